@@ -1,0 +1,339 @@
+//! fvm-bench: how long VM startup takes, next to the host baselines it competes with.
+//!
+//! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, and through
+//! `fvm` (create, cold run, exec into a running VM, run --rm), interleaved round by
+//! round, then replaces the "VM startup" section of docs/BENCHMARKS.md with what it
+//! measured. Run it as root through `bench/run`.
+
+mod measure;
+mod report;
+mod store;
+
+use std::cell::RefCell;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::SystemTime;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+
+use measure::{Samples, Stats, Subject, percentile, run_interleaved};
+use report::{Disk, Kind, Report, Row};
+use store::Store;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark fvm VM startup and write docs/BENCHMARKS.md")]
+struct Args {
+    /// The fvm binary [default: target/release/fvm next to this binary, else fvm on PATH]
+    #[arg(long)]
+    fvm: Option<PathBuf>,
+    /// Timed rounds; every subject runs once per round
+    #[arg(long, default_value_t = 200)]
+    runs: usize,
+    /// Untimed rounds before the timed ones
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Smoke test: 20 rounds
+    #[arg(long, conflicts_with = "runs")]
+    quick: bool,
+    /// Markdown file whose "VM startup" section is replaced [default: docs/BENCHMARKS.md
+    /// in the workspace]
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Directory in which the temporary VM store is made [default: $TMPDIR or /tmp]
+    #[arg(long)]
+    store_in: Option<PathBuf>,
+    /// Time the baselines only and write nothing (for testing without a working fvm)
+    #[arg(long, hide = true)]
+    baselines_only: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("fvm-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let runs = if args.quick { 20 } else { args.runs };
+    if runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let euid = std::fs::metadata("/proc/self")
+        .context("reading /proc/self")?
+        .uid();
+    if euid != 0 {
+        bail!("must run as root (fvm and `unshare -m` need it); try `sudo bench/run`");
+    }
+    let mut notes = Vec::new();
+    let baselines = baselines(&mut notes)?;
+    let fvm = if args.baselines_only {
+        None
+    } else {
+        Some(match &args.fvm {
+            Some(path) => std::path::absolute(path).context("resolving --fvm")?,
+            None => default_fvm()?,
+        })
+    };
+    let parent = args.store_in.clone().unwrap_or_else(std::env::temp_dir);
+    // Declared before the subjects, which borrow it; dropping it cleans everything up.
+    let store = fvm
+        .as_deref()
+        .map(|fvm| Store::new(fvm, &parent))
+        .transpose()?;
+
+    // Filled in by the subjects' after-hooks, outside the timing.
+    let disk_bytes = RefCell::new(Vec::new());
+    let leaked = RefCell::new(0usize);
+    let mut subjects = baselines;
+    if let Some(store) = &store {
+        eprintln!("fvm-bench: store {}", store.root().display());
+        store.create("cold").context("setting up the cold-run VM")?;
+        store.create("warm").context("setting up the running VM")?;
+        store.start("warm").context("starting the running VM")?;
+        subjects.extend(fvm_subjects(store, &disk_bytes, &leaked));
+    }
+    let (kinds, mut subjects): (Vec<Kind>, Vec<Subject>) = subjects.into_iter().unzip();
+
+    eprintln!(
+        "fvm-bench: {} subjects, {} warm-up + {runs} timed rounds",
+        subjects.len(),
+        args.warmup
+    );
+    let samples = run_interleaved(&mut subjects, args.warmup, runs)?;
+    drop(subjects);
+
+    if let Some(store) = &store {
+        store.stop("warm").context("stopping the running VM")?;
+        store.delete("warm").context("deleting the running VM")?;
+        store.delete("cold").context("deleting the cold-run VM")?;
+    }
+    if *leaked.borrow() > 0 {
+        notes.push(format!(
+            "`fvm run --rm` left {} VMs in the store",
+            leaked.borrow()
+        ));
+    }
+
+    let report = Report {
+        invocation: invocation(),
+        date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease")?,
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        rounds: runs,
+        warmup: args.warmup,
+        store: match &store {
+            Some(_) => store_description(&parent),
+            None => "none (baselines only)".to_owned(),
+        },
+        rows: rows(&kinds, &samples)?,
+        disk: disk(&disk_bytes.borrow()),
+        notes,
+    };
+    let section = report.render();
+    for line in section.lines() {
+        if line != report::BEGIN && line != report::END {
+            println!("{line}");
+        }
+    }
+
+    // Clean up before writing, so that a failed cleanup is not reported as a success.
+    drop(store);
+    if args.baselines_only {
+        eprintln!("fvm-bench: --baselines-only: not writing a report");
+        return Ok(());
+    }
+    let out = args.out.unwrap_or_else(default_out);
+    report::write_section(&out, &section)?;
+    eprintln!("fvm-bench: wrote {}", out.display());
+    Ok(())
+}
+
+/// The host commands fvm is compared with; bwrap is skipped, with a note, if missing.
+fn baselines(notes: &mut Vec<String>) -> Result<Vec<(Kind, Subject<'static>)>> {
+    let unshare = find_on_path("unshare").context("unshare (util-linux) not found on PATH")?;
+    let mut subjects = vec![
+        (
+            Kind::True,
+            Subject::new("host process", "/bin/true", |_| Command::new("/bin/true")),
+        ),
+        (
+            Kind::Unshare,
+            Subject::new("unshare", "unshare -mpiuf /bin/true", move |_| {
+                let mut cmd = Command::new(&unshare);
+                cmd.args(["-mpiuf", "/bin/true"]);
+                cmd
+            }),
+        ),
+    ];
+    let Some(bwrap) = find_on_path("bwrap") else {
+        notes.push(
+            "bwrap is not installed, so its baseline, the ratios against it and the cold-run \
+             target are missing; `bench/run` installs it"
+                .to_owned(),
+        );
+        return Ok(subjects);
+    };
+    let bwrap_args = [
+        "--bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--unshare-all",
+        "--share-net",
+        "/bin/true",
+    ];
+    let shown = format!("bwrap {}", bwrap_args.join(" "));
+    subjects.push((
+        Kind::Bwrap,
+        Subject::new("bubblewrap", shown, move |_| {
+            let mut cmd = Command::new(&bwrap);
+            cmd.args(bwrap_args);
+            cmd
+        }),
+    ));
+    Ok(subjects)
+}
+
+/// The fvm commands, in a store that already holds a stopped `cold` and a running `warm`.
+fn fvm_subjects<'a>(
+    store: &'a Store,
+    disk_bytes: &'a RefCell<Vec<u64>>,
+    leaked: &'a RefCell<usize>,
+) -> Vec<(Kind, Subject<'a>)> {
+    let fvm_cmd = move |args: &[&str]| {
+        let mut cmd = store.fvm();
+        cmd.args(args);
+        cmd
+    };
+    let create = Subject::new("fvm create", "fvm --root DIR create VM-N", |round| {
+        store.create_command(&format!("c{round}"))
+    })
+    .after(|round| {
+        // Outside the timing: account the fresh VM's disk use, then delete it so the
+        // store stays the same size from round to round.
+        let name = format!("c{round}");
+        let bytes = store::disk_usage(&store.vm_dir(&name))?;
+        disk_bytes.borrow_mut().push(bytes);
+        store.delete(&name)
+    });
+    let cold = Subject::new(
+        "fvm cold run",
+        "fvm --root DIR run cold -- /bin/true",
+        move |_| fvm_cmd(&["run", "cold", "--", "/bin/true"]),
+    );
+    let exec = Subject::new(
+        "fvm exec into running VM",
+        "fvm --root DIR run warm -- /bin/true",
+        move |_| fvm_cmd(&["run", "warm", "--", "/bin/true"]),
+    );
+    let run_rm = Subject::new(
+        "fvm run --rm",
+        "fvm --root DIR run --rm -- /bin/true",
+        move |_| fvm_cmd(&["run", "--rm", "--", "/bin/true"]),
+    )
+    .after(|_| {
+        // Only `cold` and `warm` should be left between rounds.
+        let extra = store.listed().len().saturating_sub(2);
+        let mut leaked = leaked.borrow_mut();
+        *leaked = (*leaked).max(extra);
+        Ok(())
+    });
+    vec![
+        (Kind::Create, create),
+        (Kind::ColdRun, cold),
+        (Kind::Exec, exec),
+        (Kind::RunRm, run_rm),
+    ]
+}
+
+fn rows(kinds: &[Kind], samples: &[Samples]) -> Result<Vec<Row>> {
+    kinds
+        .iter()
+        .zip(samples)
+        .map(|(&kind, s)| {
+            Ok(Row {
+                kind,
+                subject: s.name.clone(),
+                command: s.shown.clone(),
+                stats: Stats::of(&s.ms).with_context(|| format!("no samples for {}", s.name))?,
+            })
+        })
+        .collect()
+}
+
+fn disk(bytes: &[u64]) -> Option<Disk> {
+    let mut kib: Vec<f64> = bytes.iter().map(|&b| b as f64 / 1024.0).collect();
+    kib.sort_by(f64::total_cmp);
+    Some(Disk {
+        median_kib: percentile(&kib, 50.0)?,
+        vms: kib.len(),
+    })
+}
+
+/// `bench/run` passes the command the user typed; otherwise show our own argv.
+fn invocation() -> String {
+    if let Ok(cmd) = std::env::var("FVM_BENCH_INVOCATION") {
+        return cmd;
+    }
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let name = Path::new(&argv0)
+        .file_name()
+        .map_or("fvm-bench".into(), |n| n.to_string_lossy());
+    std::iter::once(name.into_owned())
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn store_description(parent: &Path) -> String {
+    match store::fs_type(parent) {
+        Ok(fstype) => format!("temporary directory under {} ({fstype})", parent.display()),
+        Err(_) => format!("temporary directory under {}", parent.display()),
+    }
+}
+
+fn default_fvm() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating fvm-bench")?;
+    if let Some(sibling) = exe.parent().map(|dir| dir.join("fvm"))
+        && sibling.is_file()
+    {
+        return Ok(sibling);
+    }
+    find_on_path("fvm").context(
+        "no fvm next to fvm-bench nor on PATH; build it (`cargo build --release -p fvm`) \
+         or pass --fvm",
+    )
+}
+
+fn default_out() -> PathBuf {
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR"));
+    bench.parent().unwrap_or(bench).join("docs/BENCHMARKS.md")
+}
+
+/// The first executable file called `name` in PATH, so timed runs skip the PATH search.
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.mode() & 0o111 != 0)
+        })
+}
+
+fn read_trimmed(path: &str) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {path}"))?
+        .trim()
+        .to_owned())
+}

@@ -1,0 +1,403 @@
+//! Control groups: one cgroup per VM, on cgroup v2 and on cgroup v1.
+//!
+//! A VM's processes can double-fork, daemonize and change their session, so the
+//! process tree can't be trusted to find them again. The kernel's cgroup
+//! membership can: every child of a member is a member, and with `/sys`
+//! read-only nothing inside the VM can leave. `fvm` uses that to list (`ps`,
+//! `stats`), account (`list`), stop (`kill_all`) and clean up every process of
+//! a VM, also after a crash of `fvm` itself.
+//!
+//! Both layouts are supported. On cgroup v2 a VM is one directory under the
+//! unified hierarchy. On cgroup v1 (and the "hybrid" layout, whose cgroup2 mount
+//! has no controllers) a VM is one directory per controller hierarchy we use, all
+//! with the same name. The version-specific work lives in `v1.rs` and `v2.rs`;
+//! mountinfo parsing lives in `detect.rs`. Resource limits are not set here yet;
+//! they belong in the version backends.
+
+mod control;
+mod detect;
+#[cfg(test)]
+mod tests;
+mod v1;
+mod v2;
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use detect::{Hierarchy, Layout};
+
+/// Where the kernel lists mounts of the calling process's mount namespace.
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// The cgroup version in use on the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Version {
+    V1,
+    V2,
+}
+
+impl std::fmt::Display for Version {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Version::V1 => "v1",
+            Version::V2 => "v2",
+        })
+    }
+}
+
+/// Errors from detecting, creating, joining, killing or removing cgroups.
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cannot read mount table {}", .path.display())]
+    Detect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "no usable cgroup hierarchy is mounted (need cgroup2, or cgroup v1 with pids, memory, cpu, cpuacct, blkio or freezer)"
+    )]
+    NoHierarchy,
+    #[error("invalid cgroup name {name:?}: must be a single path component")]
+    BadName { name: String },
+    #[error("cannot create cgroup {}", .path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot read {}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unexpected line {text:?} in {}", .path.display())]
+    Parse { path: PathBuf, text: String },
+    #[error("cannot move pid {pid} into cgroup {}", .path.display())]
+    AddPid {
+        path: PathBuf,
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot freeze cgroup {}", .path.display())]
+    Freeze {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot thaw cgroup {}", .path.display())]
+    Thaw {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot kill processes in cgroup {}", .path.display())]
+    Kill {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot send sigkill to pid {pid} of cgroup {}", .path.display())]
+    Signal {
+        path: PathBuf,
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cgroup {} still has processes after sigkill: {pids:?}", .path.display())]
+    StillPopulated { path: PathBuf, pids: Vec<i32> },
+    #[error("cannot remove cgroup {}", .path.display())]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The host's cgroup layout, detected once per command.
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Layout,
+}
+
+impl Cgroups {
+    /// Detects the layout from `/proc/self/mountinfo`.
+    ///
+    /// On v1 or hybrid hosts this uses the hierarchies that carry pids, memory,
+    /// cpu, cpuacct, blkio or freezer; on pure v2 hosts the cgroup2 mount.
+    pub fn detect() -> Result<Cgroups, CgroupError> {
+        let text = std::fs::read_to_string(MOUNTINFO).map_err(|source| CgroupError::Detect {
+            path: PathBuf::from(MOUNTINFO),
+            source,
+        })?;
+        let cgroups = Self::from_mountinfo(&text)?;
+        tracing::debug!(version = %cgroups.version(), roots = ?cgroups.roots(), "detected cgroups");
+        Ok(cgroups)
+    }
+
+    /// Detects the layout from mountinfo text in the format of `proc_pid_mountinfo(5)`.
+    pub fn from_mountinfo(text: &str) -> Result<Cgroups, CgroupError> {
+        detect::parse(text).map(|layout| Cgroups { layout })
+    }
+
+    /// A v2 layout rooted at `root`, for tests against a fake cgroupfs.
+    pub fn v2_at(root: PathBuf) -> Cgroups {
+        Cgroups {
+            layout: Layout::V2(root),
+        }
+    }
+
+    /// A v1 layout with the given `(controllers, mount point)` hierarchies, all used.
+    pub fn v1_at(hierarchies: Vec<(Vec<String>, PathBuf)>) -> Cgroups {
+        let hierarchies = hierarchies
+            .into_iter()
+            .map(|(controllers, root)| Hierarchy { controllers, root })
+            .collect();
+        Cgroups {
+            layout: Layout::V1(hierarchies),
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        match self.layout {
+            Layout::V1(_) => Version::V1,
+            Layout::V2(_) => Version::V2,
+        }
+    }
+
+    /// Controllers available to VM cgroups.
+    ///
+    /// v2: the root's `cgroup.controllers`; v1: the controllers of the hierarchies in use.
+    pub fn controllers(&self) -> Result<Vec<String>, CgroupError> {
+        match &self.layout {
+            Layout::V2(root) => {
+                let path = root.join("cgroup.controllers");
+                let text = control::read(&path).map_err(|source| CgroupError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(text.split_whitespace().map(str::to_owned).collect())
+            }
+            Layout::V1(hierarchies) => {
+                let mut all: Vec<String> = Vec::new();
+                for controller in hierarchies.iter().flat_map(|h| &h.controllers) {
+                    if !all.contains(controller) {
+                        all.push(controller.clone());
+                    }
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// Root directories in use, one per hierarchy.
+    pub fn roots(&self) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2(root) => vec![root.clone()],
+            Layout::V1(hierarchies) => hierarchies.iter().map(|h| h.root.clone()).collect(),
+        }
+    }
+
+    /// Names of cgroups directly under any root that start with `prefix` (used to
+    /// find leftovers of VMs), sorted and deduplicated.
+    pub fn leaves_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut leaves: Vec<String> = self
+            .roots()
+            .iter()
+            .filter_map(|r| std::fs::read_dir(r).ok())
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        leaves.sort();
+        leaves.dedup();
+        leaves
+    }
+
+    /// The cgroup of one VM: a directory named `leaf` directly under each root.
+    ///
+    /// `leaf` must be one path component; it becomes a directory name in
+    /// privileged code, so `..` or a `/` would let a caller escape the hierarchy.
+    pub fn vm(&self, leaf: &str) -> Result<VmCgroup, CgroupError> {
+        if leaf.is_empty() || leaf == "." || leaf == ".." || leaf.contains(['/', '\0']) {
+            return Err(CgroupError::BadName {
+                name: leaf.to_owned(),
+            });
+        }
+        let backend = match &self.layout {
+            Layout::V2(root) => Backend::V2(v2::V2Cgroup::new(root.join(leaf))),
+            Layout::V1(hierarchies) if hierarchies.is_empty() => {
+                return Err(CgroupError::NoHierarchy);
+            }
+            Layout::V1(hierarchies) => Backend::V1(v1::V1Cgroup::new(hierarchies, leaf)),
+        };
+        Ok(VmCgroup { backend })
+    }
+}
+
+/// The cgroup of one VM, in every hierarchy in use.
+#[derive(Debug, Clone)]
+pub struct VmCgroup {
+    backend: Backend,
+}
+
+/// The version-specific half of a VM's cgroup. Limits will be added here.
+#[derive(Debug, Clone)]
+enum Backend {
+    V1(v1::V1Cgroup),
+    V2(v2::V2Cgroup),
+}
+
+impl VmCgroup {
+    pub fn version(&self) -> Version {
+        match self.backend {
+            Backend::V1(_) => Version::V1,
+            Backend::V2(_) => Version::V2,
+        }
+    }
+
+    /// The VM's cgroup directories: one on v2, one per used hierarchy on v1.
+    pub fn dirs(&self) -> &[PathBuf] {
+        match &self.backend {
+            Backend::V1(v1) => v1.dirs(),
+            Backend::V2(v2) => v2.dirs(),
+        }
+    }
+
+    /// Creates the directory in every hierarchy. Existing directories are kept.
+    pub fn create(&self) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            control::make_dir(dir)?;
+        }
+        if let Backend::V1(v1) = &self.backend {
+            v1.after_create()?;
+        }
+        tracing::debug!(dirs = ?self.dirs(), "created cgroup");
+        Ok(())
+    }
+
+    /// True if the directory exists in any hierarchy, so a half-made or
+    /// half-removed cgroup still counts as something to clean up.
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|dir| dir.is_dir())
+    }
+
+    /// Opens every `cgroup.procs` for writing, for [`join_self`] in a forked child.
+    ///
+    /// Opening happens in the parent so that the child, which may already be in
+    /// new namespaces or about to exec, only has to write.
+    pub fn open_procs(&self) -> Result<Vec<OwnedFd>, CgroupError> {
+        self.dirs()
+            .iter()
+            .map(|dir| {
+                let path = procs_file(dir);
+                control::open_write(&path).map_err(|source| CgroupError::Open { path, source })
+            })
+            .collect()
+    }
+
+    /// Moves the process `pid` (all its threads) into the cgroup in every hierarchy.
+    pub fn add_pid(&self, pid: i32) -> Result<(), CgroupError> {
+        for dir in self.dirs() {
+            let path = procs_file(dir);
+            control::write(&path, pid.to_string().as_bytes()).map_err(|source| {
+                CgroupError::AddPid {
+                    path: dir.clone(),
+                    pid,
+                    source,
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Host pids of every process in the cgroup and its sub-cgroups, sorted.
+    /// Empty if the cgroup does not exist.
+    pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
+        let dir = match &self.backend {
+            Backend::V1(v1) => v1.pids_dir(),
+            Backend::V2(v2) => v2.dir(),
+        };
+        control::pids_under(dir)
+    }
+
+    /// SIGKILLs every process in the cgroup and waits until none is left.
+    ///
+    /// Gives up with [`CgroupError::StillPopulated`] after about two seconds
+    /// (a task stuck in uninterruptible sleep can't die sooner). Only pids read
+    /// from this cgroup's own `cgroup.procs` files are signalled. A cgroup that
+    /// doesn't exist is already empty.
+    pub fn kill_all(&self) -> Result<(), CgroupError> {
+        if !self.exists() {
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::V1(v1) => v1.kill_all(),
+            Backend::V2(v2) => v2.kill_all(),
+        }?;
+        tracing::debug!(dirs = ?self.dirs(), "killed every process in cgroup");
+        Ok(())
+    }
+
+    /// Removes the cgroup (and any sub-cgroups) from every hierarchy.
+    ///
+    /// Missing directories are fine, so this also cleans up after a crash
+    /// between create and remove. The processes must be gone already
+    /// ([`VmCgroup::kill_all`]); a cgroup that stays busy for about a second is an error.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        let mut retry = control::Retry::new(control::REMOVE_TIMEOUT);
+        let mut first_error = None;
+        // Try every hierarchy even after a failure, so that one stuck
+        // directory doesn't leave the others behind.
+        for dir in self.dirs() {
+            if let Err(err) = control::remove_tree(dir, &mut retry) {
+                tracing::debug!(dir = %dir.display(), %err, "cannot remove cgroup");
+                first_error.get_or_insert(err);
+            }
+        }
+        match first_error {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
+    }
+
+    /// Memory in use by the cgroup in bytes, if the memory controller reports it.
+    pub fn memory_current(&self) -> Option<u64> {
+        let path = match &self.backend {
+            Backend::V1(v1) => v1.memory_usage_file()?,
+            Backend::V2(v2) => v2.memory_current_file(),
+        };
+        control::read(&path).ok()?.trim().parse().ok()
+    }
+}
+
+/// Moves the calling process into the cgroup by writing "0" to each fd from
+/// [`VmCgroup::open_procs`].
+///
+/// Meant for a freshly forked child before it runs anything else, so it
+/// neither allocates nor logs.
+pub fn join_self(procs: &[OwnedFd]) -> io::Result<()> {
+    for fd in procs {
+        // "0" names the writer itself, so the child needn't know its own pid
+        // (which differs inside a new pid namespace).
+        rustix::io::write(fd, b"0")?;
+    }
+    Ok(())
+}
+
+/// The `cgroup.procs` file of a cgroup directory.
+fn procs_file(dir: &Path) -> PathBuf {
+    dir.join("cgroup.procs")
+}

@@ -1,0 +1,487 @@
+//! Tests of the public API: against a fake cgroupfs in a temp dir (any host,
+//! no root), and against the host's real cgroups (root only).
+//!
+//! A fake cgroupfs is plain directories and files, so it differs from the real
+//! one in two ways the tests keep in mind: the kernel fills a new cgroup with
+//! control files (here the tests write the ones they need), and rmdir of a
+//! directory with files in it fails with ENOTEMPTY.
+
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+fn v2_fake() -> (tempfile::TempDir, Cgroups) {
+    let tmp = tempfile::tempdir().unwrap();
+    let cgroups = Cgroups::v2_at(tmp.path().to_owned());
+    (tmp, cgroups)
+}
+
+fn v1_fake() -> (tempfile::TempDir, Cgroups) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut hierarchies = Vec::new();
+    for name in ["cpu,cpuacct", "memory", "pids", "freezer"] {
+        let root = tmp.path().join(name);
+        fs::create_dir(&root).unwrap();
+        let controllers = name.split(',').map(str::to_owned).collect();
+        hierarchies.push((controllers, root));
+    }
+    (tmp, Cgroups::v1_at(hierarchies))
+}
+
+/// Creates the VM cgroup and the control files the kernel would have made.
+fn create_with_files(vm: &VmCgroup, files: &[(&str, &str)]) {
+    vm.create().unwrap();
+    for dir in vm.dirs() {
+        for (name, content) in files {
+            fs::write(dir.join(name), content).unwrap();
+        }
+    }
+}
+
+#[test]
+fn v2_create_makes_one_directory_and_is_idempotent() {
+    let (tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("fvm-1a2b3c4d-web1").unwrap();
+    assert_eq!(vm.version(), Version::V2);
+    assert_eq!(vm.dirs(), [tmp.path().join("fvm-1a2b3c4d-web1")]);
+    assert!(!vm.exists());
+    vm.create().unwrap();
+    vm.create().unwrap();
+    assert!(vm.exists());
+    assert!(tmp.path().join("fvm-1a2b3c4d-web1").is_dir());
+}
+
+#[test]
+fn v1_create_makes_one_directory_per_hierarchy() {
+    let (tmp, cgroups) = v1_fake();
+    assert_eq!(cgroups.version(), Version::V1);
+    let vm = cgroups.vm("fvm-x").unwrap();
+    vm.create().unwrap();
+    let expected: Vec<PathBuf> = ["cpu,cpuacct", "memory", "pids", "freezer"]
+        .iter()
+        .map(|h| tmp.path().join(h).join("fvm-x"))
+        .collect();
+    assert_eq!(vm.dirs(), expected.as_slice());
+    assert!(expected.iter().all(|dir| dir.is_dir()));
+}
+
+#[test]
+fn create_refuses_a_control_file_with_the_leaf_name() {
+    let (tmp, cgroups) = v2_fake();
+    fs::write(tmp.path().join("cgroup.procs"), "").unwrap();
+    let err = cgroups.vm("cgroup.procs").unwrap().create().unwrap_err();
+    assert!(matches!(err, CgroupError::Create { .. }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "cannot create cgroup {}",
+            tmp.path().join("cgroup.procs").display()
+        )
+    );
+}
+
+#[test]
+fn bad_leaf_names_are_rejected() {
+    let (_tmp, cgroups) = v2_fake();
+    for name in ["", ".", "..", "a/b", "/abs", "../x", "a\0b"] {
+        let err = cgroups.vm(name).unwrap_err();
+        assert!(
+            matches!(err, CgroupError::BadName { .. }),
+            "{name:?}: {err:?}"
+        );
+    }
+    cgroups.vm("fvm-1a2b3c4d-web1.v2_x").unwrap();
+}
+
+#[test]
+fn a_v1_layout_without_hierarchies_has_no_vm_cgroups() {
+    let err = Cgroups::v1_at(Vec::new()).vm("vm").unwrap_err();
+    assert!(matches!(err, CgroupError::NoHierarchy), "{err:?}");
+}
+
+#[test]
+fn roots_and_controllers() {
+    let (tmp, cgroups) = v2_fake();
+    fs::write(
+        tmp.path().join("cgroup.controllers"),
+        "cpuset cpu io memory pids\n",
+    )
+    .unwrap();
+    assert_eq!(cgroups.roots(), [tmp.path().to_owned()]);
+    assert_eq!(
+        cgroups.controllers().unwrap(),
+        ["cpuset", "cpu", "io", "memory", "pids"]
+    );
+
+    let (tmp, cgroups) = v1_fake();
+    assert_eq!(cgroups.roots().len(), 4);
+    assert_eq!(cgroups.roots()[0], tmp.path().join("cpu,cpuacct"));
+    assert_eq!(
+        cgroups.controllers().unwrap(),
+        ["cpu", "cpuacct", "memory", "pids", "freezer"]
+    );
+}
+
+#[test]
+fn version_serializes_lowercase() {
+    assert_eq!(serde_json::to_string(&Version::V1).unwrap(), "\"v1\"");
+    assert_eq!(serde_json::to_string(&Version::V2).unwrap(), "\"v2\"");
+    assert_eq!(Version::V2.to_string(), "v2");
+}
+
+#[test]
+fn pids_parses_cgroup_procs_including_sub_cgroups() {
+    let (_tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    assert_eq!(
+        vm.pids().unwrap(),
+        Vec::<i32>::new(),
+        "missing cgroup is empty"
+    );
+    create_with_files(&vm, &[("cgroup.procs", "4242\n17\n4242\n")]);
+    let nested = vm.dirs()[0].join("inner");
+    fs::create_dir(&nested).unwrap();
+    fs::write(nested.join("cgroup.procs"), "99\n").unwrap();
+    assert_eq!(vm.pids().unwrap(), [17, 99, 4242]);
+}
+
+#[test]
+fn pids_rejects_what_is_not_a_positive_pid() {
+    let (_tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    for bad in ["abc\n", "0\n", "-1\n", "12 13\n"] {
+        create_with_files(&vm, &[("cgroup.procs", bad)]);
+        let err = vm.pids().unwrap_err();
+        assert!(matches!(err, CgroupError::Parse { .. }), "{bad:?}: {err:?}");
+    }
+}
+
+#[test]
+fn v1_pids_come_from_the_pids_hierarchy() {
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    create_with_files(&vm, &[("cgroup.procs", "")]);
+    fs::write(tmp.path().join("pids/vm/cgroup.procs"), "7\n").unwrap();
+    assert_eq!(vm.pids().unwrap(), [7]);
+}
+
+#[test]
+fn memory_current_reads_the_version_specific_file() {
+    let (_tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    assert_eq!(vm.memory_current(), None, "missing cgroup");
+    vm.create().unwrap();
+    assert_eq!(vm.memory_current(), None, "memory controller off");
+    fs::write(vm.dirs()[0].join("memory.current"), "1048576\n").unwrap();
+    assert_eq!(vm.memory_current(), Some(1_048_576));
+
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    vm.create().unwrap();
+    fs::write(tmp.path().join("memory/vm/memory.usage_in_bytes"), "8192\n").unwrap();
+    assert_eq!(vm.memory_current(), Some(8192));
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cgroups = Cgroups::v1_at(vec![(vec!["pids".into()], tmp.path().to_owned())]);
+    let vm = cgroups.vm("vm").unwrap();
+    vm.create().unwrap();
+    assert_eq!(vm.memory_current(), None, "no memory hierarchy");
+}
+
+#[test]
+fn v2_kill_all_writes_cgroup_kill() {
+    let (_tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    create_with_files(&vm, &[("cgroup.procs", ""), ("cgroup.kill", "")]);
+    vm.kill_all().unwrap();
+    assert_eq!(
+        fs::read_to_string(vm.dirs()[0].join("cgroup.kill")).unwrap(),
+        "1"
+    );
+}
+
+#[test]
+fn kill_all_of_a_missing_cgroup_is_a_no_op() {
+    let (_tmp, cgroups) = v2_fake();
+    cgroups.vm("vm").unwrap().kill_all().unwrap();
+    let (_tmp, cgroups) = v1_fake();
+    cgroups.vm("vm").unwrap().kill_all().unwrap();
+}
+
+#[test]
+fn v1_kill_all_thaws_the_freezer() {
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    create_with_files(&vm, &[("cgroup.procs", "")]);
+    let state = tmp.path().join("freezer/vm/freezer.state");
+    fs::write(&state, "THAWED\n").unwrap();
+    vm.kill_all().unwrap();
+    assert_eq!(fs::read_to_string(&state).unwrap().trim(), "THAWED");
+}
+
+#[test]
+fn open_procs_and_join_self_write_zero_to_every_hierarchy() {
+    let (_tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    create_with_files(&vm, &[("cgroup.procs", "")]);
+    let fds = vm.open_procs().unwrap();
+    assert_eq!(fds.len(), 4);
+    join_self(&fds).unwrap();
+    for dir in vm.dirs() {
+        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "0");
+    }
+}
+
+#[test]
+fn open_procs_of_a_missing_cgroup_fails() {
+    let (_tmp, cgroups) = v2_fake();
+    let err = cgroups.vm("vm").unwrap().open_procs().unwrap_err();
+    assert!(matches!(err, CgroupError::Open { .. }), "{err:?}");
+}
+
+#[test]
+fn add_pid_writes_the_pid_to_every_hierarchy() {
+    let (_tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    create_with_files(&vm, &[("cgroup.procs", "")]);
+    vm.add_pid(31337).unwrap();
+    for dir in vm.dirs() {
+        assert_eq!(
+            fs::read_to_string(dir.join("cgroup.procs")).unwrap(),
+            "31337"
+        );
+    }
+}
+
+#[test]
+fn remove_deletes_empty_directories_and_tolerates_missing_ones() {
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    vm.create().unwrap();
+    fs::create_dir(tmp.path().join("pids/vm/nested")).unwrap();
+    fs::remove_dir(tmp.path().join("memory/vm")).unwrap();
+    vm.remove().unwrap();
+    assert!(!vm.exists());
+    vm.remove().unwrap();
+}
+
+#[test]
+fn remove_reports_a_directory_it_cannot_delete() {
+    // Only the fake behaves like this (ENOTEMPTY because of a file); the real
+    // cgroupfs lets rmdir remove a cgroup with its control files.
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    vm.create().unwrap();
+    fs::write(tmp.path().join("memory/vm/cgroup.procs"), "").unwrap();
+    let err = vm.remove().unwrap_err();
+    match &err {
+        CgroupError::Remove { path, source } => {
+            assert_eq!(path, &tmp.path().join("memory/vm"));
+            assert_eq!(source.kind(), io::ErrorKind::DirectoryNotEmpty);
+        }
+        other => panic!("unexpected error: {other:?}"),
+    }
+    // The other hierarchies were still cleaned up.
+    assert!(!tmp.path().join("pids/vm").exists());
+    assert!(!tmp.path().join("freezer/vm").exists());
+}
+
+// ---- Privileged tests against the host's real cgroups ----
+
+/// True if running as root. Otherwise prints the skip, or fails under FVM_MUST_RUN=1.
+fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("FVM_MUST_RUN").is_none_or(|v| v != "1"),
+        "FVM_MUST_RUN=1 but {test} needs root"
+    );
+    println!("SKIP (needs root): {test}");
+    false
+}
+
+fn unique_leaf() -> String {
+    let mut random = [0u8; 4];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty()).unwrap();
+    format!(
+        "fvm-test-{}-{:08x}",
+        std::process::id(),
+        u32::from_ne_bytes(random)
+    )
+}
+
+/// Kills and removes the test cgroup even when an assertion fails.
+struct CgroupGuard(VmCgroup);
+
+impl Drop for CgroupGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill_all();
+        let _ = self.0.remove();
+    }
+}
+
+/// Kills and reaps a child the test spawned, if the test didn't get to.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Asserts that no directory named `leaf` is left in any hierarchy.
+fn assert_no_leftovers(cgroups: &Cgroups, leaf: &str) {
+    let mut parents = cgroups.roots();
+    parents.push(PathBuf::from("/sys/fs/cgroup"));
+    if let Ok(entries) = fs::read_dir("/sys/fs/cgroup") {
+        parents.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for parent in parents {
+        let leftover = parent.join(leaf);
+        assert!(!leftover.exists(), "{} was left behind", leftover.display());
+    }
+}
+
+/// Waits until the cgroup lists `pid`, failing if `child` exits first.
+fn wait_for_member(vm: &VmCgroup, child: &mut Child, pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !vm.pids().unwrap().contains(&pid) {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("child exited before joining the cgroup: {status}");
+        }
+        assert!(Instant::now() < deadline, "child never joined the cgroup");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills the cgroup, reaps `child`, removes the cgroup, and checks nothing is left.
+fn kill_and_remove(cgroups: &Cgroups, vm: &VmCgroup, leaf: &str, child: &mut Child) {
+    vm.kill_all().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+    assert_eq!(vm.pids().unwrap(), Vec::<i32>::new());
+    vm.remove().unwrap();
+    assert!(!vm.exists());
+    assert_no_leftovers(cgroups, leaf);
+}
+
+#[test]
+fn real_cgroup_holds_kills_and_removes_a_process() {
+    if !require_root("real_cgroup_holds_kills_and_removes_a_process") {
+        return;
+    }
+    let cgroups = Cgroups::detect().unwrap();
+    let leaf = unique_leaf();
+    let guard = CgroupGuard(cgroups.vm(&leaf).unwrap());
+    let vm = &guard.0;
+    vm.create().unwrap();
+    assert!(vm.dirs().iter().all(|dir| dir.is_dir()));
+
+    let mut child = ChildGuard(Command::new("sleep").arg("30").spawn().unwrap());
+    let pid = i32::try_from(child.0.id()).unwrap();
+    vm.add_pid(pid).unwrap();
+    assert!(vm.pids().unwrap().contains(&pid));
+    if cgroups.version() == Version::V1
+        && cgroups.controllers().unwrap().iter().any(|c| c == "memory")
+    {
+        assert!(vm.memory_current().is_some());
+    }
+
+    kill_and_remove(&cgroups, vm, &leaf, &mut child.0);
+}
+
+/// Environment variable that turns `join_self_child` into the child process of
+/// `real_join_self_moves_the_caller`; it names the cgroup leaf to join.
+const JOIN_CHILD_ENV: &str = "FVM_CGROUP_TEST_JOIN_LEAF";
+
+/// Not a test by itself: without the variable it does nothing. The privileged
+/// test below re-runs the test binary with only this test selected, so that a
+/// real separate process calls `open_procs` and `join_self` on itself.
+#[test]
+fn join_self_child() {
+    let Some(leaf) = std::env::var_os(JOIN_CHILD_ENV) else {
+        return;
+    };
+    let vm = Cgroups::detect()
+        .unwrap()
+        .vm(leaf.to_str().unwrap())
+        .unwrap();
+    let procs = vm.open_procs().unwrap();
+    join_self(&procs).unwrap();
+    std::thread::sleep(Duration::from_secs(30));
+}
+
+#[test]
+fn real_join_self_moves_the_caller() {
+    if !require_root("real_join_self_moves_the_caller") {
+        return;
+    }
+    let cgroups = Cgroups::detect().unwrap();
+    let leaf = unique_leaf();
+    let guard = CgroupGuard(cgroups.vm(&leaf).unwrap());
+    let vm = &guard.0;
+    vm.create().unwrap();
+
+    // The test's name without the crate: the same whether this module is
+    // compiled into fvm-engine or into a scratch crate.
+    let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+    let name = format!("{module}::join_self_child");
+    let mut child = ChildGuard(
+        Command::new(std::env::current_exe().unwrap())
+            .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(JOIN_CHILD_ENV, &leaf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = i32::try_from(child.0.id()).unwrap();
+    wait_for_member(vm, &mut child.0, pid);
+    for dir in vm.dirs() {
+        let pids = super::control::read_pids(&procs_file(dir)).unwrap();
+        assert!(pids.contains(&pid), "{pid} missing from {}", dir.display());
+    }
+
+    kill_and_remove(&cgroups, vm, &leaf, &mut child.0);
+}
+
+/// The first cgroup2 mount point in this process's mount table, if any.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines()
+        .filter(|line| line.contains(" - cgroup2 "))
+        .find_map(|line| line.split(' ').nth(4).map(PathBuf::from))
+}
+
+/// Real v2 coverage on a hybrid host too: the empty unified hierarchy has no
+/// controllers, but it tracks processes and has `cgroup.kill` in child cgroups.
+#[test]
+fn real_v2_cgroup_holds_kills_and_removes_a_process() {
+    let test = "real_v2_cgroup_holds_kills_and_removes_a_process";
+    if !require_root(test) {
+        return;
+    }
+    let Some(root) = cgroup2_mount() else {
+        println!("SKIP (no cgroup2 mount): {test}");
+        return;
+    };
+    let cgroups = Cgroups::v2_at(root);
+    let leaf = unique_leaf();
+    let guard = CgroupGuard(cgroups.vm(&leaf).unwrap());
+    let vm = &guard.0;
+    vm.create().unwrap();
+    assert!(vm.dirs()[0].join("cgroup.procs").exists());
+
+    let mut child = ChildGuard(Command::new("sleep").arg("30").spawn().unwrap());
+    let pid = i32::try_from(child.0.id()).unwrap();
+    vm.add_pid(pid).unwrap();
+    assert_eq!(vm.pids().unwrap(), [pid]);
+
+    kill_and_remove(&cgroups, vm, &leaf, &mut child.0);
+}

@@ -1,0 +1,28 @@
+//! The featherweight VM engine.
+//!
+//! A featherweight VM is a copy-on-write clone of the running host: every host
+//! mount seen through an overlay with a private upper layer, in its own mount, pid,
+//! IPC, UTS and cgroup namespaces, with one cgroup for all its processes. This crate
+//! holds the parts, each in a module named for what it is:
+//!
+//! - [`store`]: VMs on disk (policy, state, layers, locks);
+//! - [`mounts`]: the mount plan from the host's mount table, and applying it;
+//! - [`cgroup`]: one cgroup per VM on cgroup v1 and v2;
+//! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
+//! - [`vm`]: the operations users ask for, built from the above;
+//! - [`doctor`]: what this host supports.
+
+pub mod cgroup;
+pub mod doctor;
+pub mod mounts;
+pub mod runtime;
+pub mod store;
+mod sys;
+pub mod vm;
+
+pub use vm::{Engine, VmError};
+
+/// Whether this process has root's effective uid (fvm refuses to run otherwise).
+pub fn running_as_root() -> bool {
+    rustix::process::geteuid().is_root()
+}

@@ -1,0 +1,414 @@
+//! Carry out a [`MountPlan`] inside a VM's new mount namespace.
+//!
+//! Runs in the VM's first process before anything of the VM's own executes. The
+//! order is what keeps the host safe (docs/vm-lifecycle.md):
+//!
+//! 1. Before `pivot_root` only overlays and read-only binds are mounted, onto
+//!    targets opened beneath the new root without following symlinks: a symlink the
+//!    VM planted in its layer last time can't aim a mount at a host path.
+//! 2. After `pivot_root` and detaching the old root the host tree is unreachable,
+//!    so everything else (files, device nodes, fresh kernel filesystems) is created
+//!    by ordinary paths inside the VM's own view.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
+
+use super::plan::{Flags, MountPlan, Overlay};
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}")]
+pub struct MountError {
+    pub what: String,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn err(what: impl Into<String>, path: &Path) -> impl FnOnce(io::Error) -> MountError {
+    let what = what.into();
+    let path = path.to_owned();
+    move |source| MountError { what, path, source }
+}
+
+/// Where a VM's layers are and where its root is assembled.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// An empty directory that becomes the VM's `/` (in the store).
+    pub staging: PathBuf,
+    /// Holds one `<key>/{upper,work}` pair per overlay.
+    pub layers: PathBuf,
+    /// Keep the layers on a tmpfs private to the VM's mount namespace (throw-away
+    /// VMs): nothing reaches the disk and nothing needs deleting afterwards.
+    pub tmpfs_layers: bool,
+}
+
+/// Create the layer directories a plan needs (idempotent). The upper directory of a
+/// new layer copies the mode and owner of the host mount point, because overlayfs
+/// shows the upper root's attributes as the mount's root.
+pub fn prepare_layers(plan: &MountPlan, layers: &Path) -> Result<(), MountError> {
+    let mkdir = |p: &Path, mode| match std::fs::DirBuilder::new().mode(mode).create(p) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(err("create", p)(e)),
+        _ => Ok(()),
+    };
+    mkdir(layers, 0o700)?;
+    for o in &plan.overlays {
+        let dir = layers.join(&o.key);
+        if dir.join("work").is_dir() {
+            continue;
+        }
+        mkdir(&dir, 0o700)?;
+        let upper = dir.join("upper");
+        mkdir(&upper, 0o700)?;
+        let host = std::fs::metadata(&o.mount_point).map_err(err("stat", &o.mount_point))?;
+        std::os::unix::fs::chown(&upper, Some(host.uid()), Some(host.gid()))
+            .and_then(|()| {
+                std::fs::set_permissions(
+                    &upper,
+                    std::fs::Permissions::from_mode(host.mode() & 0o7777),
+                )
+            })
+            .map_err(err("set owner and mode of", &upper))?;
+        mkdir(&dir.join("work"), 0o700)?;
+    }
+    Ok(())
+}
+
+/// Steps 1: build the VM's root from overlays and switch to it.
+pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
+    // Nothing mounted from here on may propagate back to the host's namespace.
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| err("make private", Path::new("/"))(e.into()))?;
+    if layout.tmpfs_layers {
+        mount_fs(
+            "tmpfs",
+            &layout.layers,
+            "tmpfs",
+            MountFlags::empty(),
+            "mode=0700",
+        )?;
+        prepare_layers(plan, &layout.layers)?;
+    }
+    let (root, nested) = plan.overlays.split_first().expect("a plan has a root");
+    mount_overlay(root, &layout.layers, &layout.staging)?;
+    let staging = rustix::fs::open(
+        &layout.staging,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("open", &layout.staging)(e.into()))?;
+    for o in nested {
+        let Some(target) = open_beneath(&staging, &o.mount_point, true)? else {
+            tracing::debug!(mount = ?o.mount_point, "vm replaced the mount point; not mounted");
+            continue;
+        };
+        mount_overlay(o, &layout.layers, &fd_path(&target))?;
+    }
+    for file in &plan.file_binds {
+        bind_file_readonly(&staging, file, &layout.staging)?;
+    }
+    // Host DNS config that lives in /run must be read now, while the host's /run is
+    // still reachable; it is written into the VM's private /run after the pivot.
+    let resolv = run_resolv_conf();
+    pivot(&layout.staging)?;
+    populate(plan, resolv)
+}
+
+fn mount_overlay(o: &Overlay, layers: &Path, target: &Path) -> Result<(), MountError> {
+    let dir = layers.join(&o.key);
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off",
+        escape(&o.mount_point),
+        escape(&dir.join("upper")),
+        escape(&dir.join("work")),
+    );
+    mount_fs("overlay", target, "overlay", flags(o.flags), &data).map_err(|mut e| {
+        e.what = format!(
+            "mount the overlay of host {} (see `dmesg` for overlayfs's reason) at",
+            o.mount_point.display()
+        );
+        e
+    })
+}
+
+/// Overlayfs splits its options at `,` and lower layers at `:`; a backslash escapes.
+fn escape(p: &Path) -> String {
+    let mut s = String::new();
+    for c in p.to_string_lossy().chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s
+}
+
+fn flags(f: Flags) -> MountFlags {
+    let mut m = MountFlags::empty();
+    for (on, flag) in [
+        (f.readonly, MountFlags::RDONLY),
+        (f.nosuid, MountFlags::NOSUID),
+        (f.nodev, MountFlags::NODEV),
+        (f.noexec, MountFlags::NOEXEC),
+        (f.noatime, MountFlags::NOATIME),
+        (f.nodiratime, MountFlags::NODIRATIME),
+    ] {
+        if on {
+            m |= flag;
+        }
+    }
+    m
+}
+
+fn mount_fs(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> Result<(), MountError> {
+    let data = std::ffi::CString::new(data)
+        .map_err(|_| err("pass options for", target)(io::ErrorKind::InvalidInput.into()))?;
+    let data = (!data.is_empty()).then_some(data.as_c_str());
+    rustix::mount::mount(source, target, fstype, flags, data)
+        .map_err(|e| err(format!("mount {fstype} at"), target)(e.into()))
+}
+
+/// Open a host mount point's counterpart beneath the new root, refusing symlinks.
+/// `None` if the VM's layer removed it or turned it into something else.
+fn open_beneath(root: &OwnedFd, path: &Path, dir: bool) -> Result<Option<OwnedFd>, MountError> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let mut oflags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    if dir {
+        oflags |= OFlags::DIRECTORY;
+    }
+    match rustix::fs::openat2(
+        root.as_fd(),
+        rel,
+        oflags,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(e) if matches!(e.raw_os_error(), libc::ENOENT | libc::ELOOP | libc::ENOTDIR) => {
+            Ok(None)
+        }
+        Err(e) => Err(err("open", path)(e.into())),
+    }
+}
+
+fn fd_path(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+fn bind_file_readonly(root: &OwnedFd, file: &Path, staging: &Path) -> Result<(), MountError> {
+    let Some(target) = open_beneath(root, file, false)? else {
+        return Ok(());
+    };
+    let source = rustix::fs::open(file, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err("open", file)(e.into()))?;
+    rustix::mount::mount_bind(fd_path(&source), fd_path(&target))
+        .map_err(|e| err("bind host file", file)(e.into()))?;
+    // The fd still names the file below the new mount; remount by path (no VM
+    // process exists yet, and the path was just checked to have no symlinks).
+    let at = staging.join(file.strip_prefix("/").unwrap_or(file));
+    rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY, "")
+        .map_err(|e| err("make read-only", file)(e.into()))
+}
+
+fn run_resolv_conf() -> Option<(PathBuf, Vec<u8>)> {
+    let target = std::fs::canonicalize("/etc/resolv.conf").ok()?;
+    if !target.starts_with("/run") {
+        return None;
+    }
+    Some((target.clone(), std::fs::read(&target).ok()?))
+}
+
+fn pivot(staging: &Path) -> Result<(), MountError> {
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it
+    // then leaves only the VM's tree, with no directory needed for the old root.
+    std::env::set_current_dir(staging).map_err(err("enter", staging))?;
+    rustix::process::pivot_root(".", ".").map_err(|e| err("pivot_root into", staging)(e.into()))?;
+    rustix::mount::unmount(".", UnmountFlags::DETACH)
+        .map_err(|e| err("detach the host root from", staging)(e.into()))?;
+    std::env::set_current_dir("/").map_err(err("enter", Path::new("/")))
+}
+
+/// Step 2: fresh kernel filesystems and private directories, inside the VM's view.
+fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<(), MountError> {
+    let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    mount_at("proc", "/proc", "proc", nosuid_nodev_noexec, "")?;
+    mount_at(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        nosuid_nodev_noexec | MountFlags::RDONLY,
+        "",
+    )?;
+    populate_dev()?;
+    mount_at(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=0755",
+    )?;
+    make_dir(Path::new("/run/lock"), 0o1777)?;
+    if let Some((path, content)) = resolv {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(err("create", parent))?;
+        }
+        std::fs::write(&path, content).map_err(err("write", &path))?;
+    }
+    if plan.private_tmp {
+        mount_at(
+            "tmpfs",
+            "/tmp",
+            "tmpfs",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            "mode=1777",
+        )?;
+    }
+    for path in &plan.hide {
+        hide(path)?;
+    }
+    Ok(())
+}
+
+fn mount_at(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> Result<(), MountError> {
+    let target = Path::new(target);
+    if !target.is_dir() {
+        std::fs::create_dir_all(target).map_err(err("create", target))?;
+    }
+    mount_fs(source, target, fstype, flags, data)
+}
+
+fn make_dir(path: &Path, mode: u32) -> Result<(), MountError> {
+    std::fs::create_dir_all(path)
+        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
+        .map_err(err("create", path))
+}
+
+/// A private /dev: a tmpfs with the harmless character devices, a new devpts
+/// instance (so ptys of the VM are its own), and its own shm and mqueue.
+fn populate_dev() -> Result<(), MountError> {
+    mount_at(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for (name, major, minor) in [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ] {
+        let path = Path::new("/dev").join(name);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::CharacterDevice,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::makedev(major, minor),
+        )
+        .map_err(|e| err("create device", &path)(e.into()))?;
+        // mknod applies the umask; devices must be usable by every user.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
+            .map_err(err("set mode of", &path))?;
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let path = Path::new("/dev").join(link);
+        std::os::unix::fs::symlink(target, &path).map_err(err("create", &path))?;
+    }
+    mount_at(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MountFlags::NOSUID | MountFlags::NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620,gid=5",
+    )?;
+    mount_at(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        MountFlags::NOSUID | MountFlags::NODEV,
+        "mode=1777",
+    )?;
+    mount_at(
+        "mqueue",
+        "/dev/mqueue",
+        "mqueue",
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "",
+    )
+}
+
+/// Cover a place where VM layers would be visible with an empty read-only tmpfs.
+/// If the VM's view has no directory there (the VM removed or replaced it), the
+/// layers can't be reached through that path and nothing needs covering.
+fn hide(path: &Path) -> Result<(), MountError> {
+    let root = rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("open", Path::new("/"))(e.into()))?;
+    let Some(target) = open_beneath(&root, path, true)? else {
+        return Ok(());
+    };
+    mount_fs(
+        "tmpfs",
+        &fd_path(&target),
+        "tmpfs",
+        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+        "mode=0000,size=4k,nr_inodes=1",
+    )
+    .map_err(|mut e| {
+        e.path = path.to_owned();
+        e
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_overlay_separators() {
+        assert_eq!(escape(Path::new("/a,b:c\\d")), "/a\\,b\\:c\\\\d");
+        assert_eq!(escape(Path::new("/plain/path")), "/plain/path");
+    }
+
+    #[test]
+    fn host_flags_become_mount_flags() {
+        let f = Flags {
+            readonly: true,
+            noexec: true,
+            ..Flags::default()
+        };
+        assert_eq!(flags(f), MountFlags::RDONLY | MountFlags::NOEXEC);
+    }
+}

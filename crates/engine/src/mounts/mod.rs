@@ -1,0 +1,8 @@
+//! A VM's filesystem: overlays of every host mount, planned then applied.
+
+pub mod apply;
+pub mod mountinfo;
+pub mod plan;
+
+pub use apply::{Layout, MountError};
+pub use plan::{MountPlan, PlanError};

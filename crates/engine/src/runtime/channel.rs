@@ -1,0 +1,183 @@
+//! The private line between an fvm command and the VM's init while it starts.
+//!
+//! A SOCK_SEQPACKET socketpair keeps message boundaries and carries file
+//! descriptors (the pty master the init opens from the VM's own devpts). Messages
+//! are small JSON objects. If either side dies, the other reads end-of-file, so a
+//! killed `fvm` never leaves an init waiting forever.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+use serde::{Deserialize, Serialize};
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The shell convention: the code, or 128 + the signal number.
+    pub fn code(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+
+    pub fn from_wait(status: rustix::process::WaitStatus) -> Exit {
+        match (status.exit_status(), status.terminating_signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(s)) => Exit::Signal(s),
+            _ => Exit::Code(255),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "msg", rename_all = "kebab-case")]
+pub enum Msg {
+    /// init → fvm: the VM is assembled and waits for `Go`.
+    Ready,
+    /// init → fvm: assembling the VM failed; it exits.
+    Failed { error: String },
+    /// fvm → init: the state file names this init; carry on.
+    Go,
+    /// init → fvm: the pty master for the command, attached as a file descriptor.
+    Pty,
+    /// init → fvm: the command could not be executed.
+    ExecFailed { program: String, errno: i32 },
+    /// init → fvm: the command ended; `last` if nothing else runs in the VM, so the
+    /// init is exiting too.
+    Exited { exit: Exit, last: bool },
+}
+
+const MAX_MSG: usize = 4096;
+
+#[derive(Debug)]
+pub struct Channel(OwnedFd);
+
+impl Channel {
+    pub fn pair() -> io::Result<(Channel, Channel)> {
+        let (a, b) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )?;
+        Ok((Channel(a), Channel(b)))
+    }
+
+    pub fn send(&self, msg: &Msg, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
+        let body = serde_json::to_vec(msg).expect("messages always serialize");
+        let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut cmsg = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() {
+            cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+        }
+        // NOSIGNAL: a peer that died must give us EPIPE, not kill us with SIGPIPE.
+        rustix::net::sendmsg(
+            &self.0,
+            &[io::IoSlice::new(&body)],
+            &mut cmsg,
+            SendFlags::NOSIGNAL,
+        )?;
+        Ok(())
+    }
+
+    /// The next message, or `None` if the other side has gone.
+    pub fn recv(&self) -> io::Result<Option<(Msg, Option<OwnedFd>)>> {
+        let mut buf = [0u8; MAX_MSG];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut cmsg = RecvAncillaryBuffer::new(&mut space);
+        let got = loop {
+            match rustix::net::recvmsg(
+                &self.0,
+                &mut [io::IoSliceMut::new(&mut buf)],
+                &mut cmsg,
+                RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Err(rustix::io::Errno::INTR) => continue,
+                other => break other?,
+            }
+        };
+        let mut fd = None;
+        for m in cmsg.drain() {
+            if let RecvAncillaryMessage::ScmRights(fds) = m {
+                fd = fds.into_iter().next();
+            }
+        }
+        if got.bytes == 0 {
+            return Ok(None);
+        }
+        let msg = serde_json::from_slice(&buf[..got.bytes])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        Ok(Some((msg, fd)))
+    }
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+impl From<Channel> for OwnedFd {
+    fn from(c: Channel) -> OwnedFd {
+        c.0
+    }
+}
+
+impl From<OwnedFd> for Channel {
+    fn from(fd: OwnedFd) -> Channel {
+        Channel(fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_fds_cross_and_eof_is_none() {
+        let (a, b) = Channel::pair().unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        a.send(&Msg::Pty, Some(r.as_fd())).unwrap();
+        a.send(
+            &Msg::Exited {
+                exit: Exit::Signal(9),
+                last: true,
+            },
+            None,
+        )
+        .unwrap();
+        let (m, fd) = b.recv().unwrap().unwrap();
+        assert_eq!(m, Msg::Pty);
+        assert!(fd.is_some());
+        let (m, fd) = b.recv().unwrap().unwrap();
+        assert_eq!(
+            m,
+            Msg::Exited {
+                exit: Exit::Signal(9),
+                last: true
+            }
+        );
+        assert!(fd.is_none());
+        drop(a);
+        assert!(b.recv().unwrap().is_none());
+    }
+
+    #[test]
+    fn exit_codes_follow_the_shell() {
+        assert_eq!(Exit::Code(3).code(), 3);
+        assert_eq!(Exit::Signal(15).code(), 143);
+    }
+}

@@ -1,0 +1,300 @@
+//! Start one command inside the VM's namespaces: a new session, optionally on a pty
+//! from the VM's own devpts, then exec.
+//!
+//! Used by a VM's init (a command given to a stopped VM) and by `fvm` after it
+//! entered a running VM. Exec failures travel back over a close-on-exec pipe, so
+//! "command not found" (127) and "cannot execute" (126) are told apart from the
+//! command's own exit status.
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::process::Pid;
+
+use crate::sys::{self, Forked};
+
+/// The PATH used when the environment has none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Program {
+    /// argv[0] is looked up in PATH unless it contains a '/'.
+    Argv(Vec<String>),
+    /// root's login shell from the VM's /etc/passwd, started as a login shell.
+    LoginShell,
+}
+
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: Program,
+    pub env: Vec<(String, String)>,
+    /// Working directory; `/` is used if it does not exist in the VM.
+    pub cwd: PathBuf,
+    /// Run on a new pty from the VM's devpts.
+    pub tty: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("{program}: command not found")]
+    NotFound { program: String },
+    #[error("cannot execute {program}")]
+    Exec {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start a process for {program}")]
+    Fork {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid argument or environment (it contains a NUL byte)")]
+    Nul,
+}
+
+impl SpawnError {
+    /// The exit status a shell would give.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            SpawnError::NotFound { .. } => 127,
+            SpawnError::Exec { .. } => 126,
+            _ => 125,
+        }
+    }
+
+    pub fn from_errno(program: String, errno: i32) -> SpawnError {
+        if errno == libc::ENOENT {
+            SpawnError::NotFound { program }
+        } else {
+            SpawnError::Exec {
+                program,
+                source: io::Error::from_raw_os_error(errno),
+            }
+        }
+    }
+}
+
+/// A command resolved in the VM's view, ready to fork and exec.
+struct Resolved {
+    program: String,
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    cwd: CString,
+}
+
+fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
+    CString::new(s).map_err(|_| SpawnError::Nul)
+}
+
+impl CommandSpec {
+    pub fn display(&self) -> String {
+        match &self.program {
+            Program::Argv(a) => a.first().cloned().unwrap_or_default(),
+            Program::LoginShell => "login shell".into(),
+        }
+    }
+
+    /// Resolve against the filesystem the caller sees now (the VM's).
+    fn resolve(&self) -> Result<Resolved, SpawnError> {
+        let mut env = self.env.clone();
+        let (program, argv0, argv) = match &self.program {
+            Program::Argv(a) => {
+                let first = a.first().cloned().unwrap_or_default();
+                (first.clone(), first, a.clone())
+            }
+            Program::LoginShell => {
+                let shell = root_shell().unwrap_or_else(|| "/bin/sh".into());
+                let base = Path::new(&shell)
+                    .file_name()
+                    .map_or("sh".into(), |b| b.to_string_lossy().into_owned());
+                env.push(("SHELL".into(), shell.clone()));
+                (shell.clone(), shell, vec![format!("-{base}")])
+            }
+        };
+        let path = env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+        let candidates = if argv0.contains('/') {
+            vec![cstr(argv0.as_str())?]
+        } else {
+            path.split(':')
+                .filter(|d| !d.is_empty())
+                .map(|d| cstr(format!("{d}/{argv0}")))
+                .collect::<Result<_, _>>()?
+        };
+        let cwd = if self.cwd.is_dir() {
+            self.cwd.as_os_str().as_bytes().to_vec()
+        } else {
+            b"/".to_vec()
+        };
+        Ok(Resolved {
+            program,
+            candidates,
+            argv: argv.into_iter().map(cstr).collect::<Result<_, _>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| cstr(format!("{k}={v}")))
+                .collect::<Result<_, _>>()?,
+            cwd: cstr(cwd)?,
+        })
+    }
+}
+
+/// root's shell from /etc/passwd, parsed by hand: NSS would load libraries from the
+/// VM's own filesystem into this privileged process.
+fn root_shell() -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[2] == "0" && !f[6].is_empty()).then(|| f[6].to_owned())
+    })
+}
+
+/// Fork and exec `spec` in the current namespaces. `tty` is the pty slave to make
+/// the controlling terminal and stdio; without it the command inherits stdio.
+/// `before_exec` runs in the child first (joining the VM's cgroup, for example).
+pub fn spawn(
+    spec: &CommandSpec,
+    tty: Option<&OwnedFd>,
+    before_exec: &dyn Fn() -> io::Result<()>,
+) -> Result<Pid, SpawnError> {
+    let r = spec.resolve()?;
+    let fork_err = |source| SpawnError::Fork {
+        program: r.program.clone(),
+        source,
+    };
+    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| fork_err(e.into()))?;
+    match sys::fork().map_err(fork_err)? {
+        Forked::Child => {
+            drop(err_read);
+            let errno = exec_child(&r, tty, before_exec);
+            let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
+            sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 });
+        }
+        Forked::Parent(pid) => {
+            drop(err_write);
+            let mut buf = [0u8; 4];
+            let mut f = std::fs::File::from(err_read);
+            match f.read(&mut buf) {
+                Ok(4) => {
+                    let _ =
+                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                    Err(SpawnError::from_errno(r.program, i32::from_ne_bytes(buf)))
+                }
+                _ => Ok(pid),
+            }
+        }
+    }
+}
+
+/// In the forked child: returns the errno of the failure (exec returned).
+fn exec_child(
+    r: &Resolved,
+    tty: Option<&OwnedFd>,
+    before_exec: &dyn Fn() -> io::Result<()>,
+) -> i32 {
+    let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    if let Err(e) = before_exec() {
+        return errno(e);
+    }
+    // A new session: the command can't reach the terminal of whoever ran fvm.
+    if let Err(e) = rustix::process::setsid() {
+        return e.raw_os_error();
+    }
+    if let Some(slave) = tty {
+        if let Err(e) = rustix::process::ioctl_tiocsctty(slave) {
+            return e.raw_os_error();
+        }
+        for target in 0..=2 {
+            if let Err(e) = sys::dup_onto(slave.as_fd(), target) {
+                return errno(e);
+            }
+        }
+    }
+    if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
+        let _ = rustix::process::chdir(c"/");
+    }
+    if let Err(e) = sys::reset_signals_for_exec().and_then(|()| sys::close_fds_from(3, true)) {
+        return errno(e);
+    }
+    let mut result = libc::ENOENT;
+    for c in &r.candidates {
+        let e = sys::execve(c, &r.argv, &r.env);
+        match e.raw_os_error() {
+            // Keep looking along PATH; remember "found but not executable".
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) => {}
+            Some(libc::EACCES) => result = libc::EACCES,
+            Some(n) => return n,
+            None => return libc::EIO,
+        }
+    }
+    result
+}
+
+/// Open a new pty pair from the devpts of the mount namespace we are in: the
+/// master for fvm, the slave for the command.
+pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pty::OpenptFlags;
+    let master =
+        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    rustix::pty::grantpt(&master)?;
+    rustix::pty::unlockpt(&master)?;
+    // TIOCGPTPEER opens the slave through the master's own devpts instance, with no
+    // path lookup that could be redirected.
+    let slave = rustix::pty::ioctl_tiocgptpeer(
+        &master,
+        OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC,
+    )?;
+    Ok((master, slave))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(argv: &[&str]) -> CommandSpec {
+        CommandSpec {
+            program: Program::Argv(argv.iter().map(|s| s.to_string()).collect()),
+            env: vec![("PATH".into(), "/nonexistent:/usr/bin:/bin".into())],
+            cwd: "/nonexistent-dir".into(),
+            tty: false,
+        }
+    }
+
+    #[test]
+    fn path_lookup_and_cwd_fallback() {
+        let r = spec(&["true"]).resolve().unwrap();
+        assert_eq!(r.candidates[0].to_str().unwrap(), "/nonexistent/true");
+        assert_eq!(r.candidates.len(), 3);
+        assert_eq!(r.cwd.to_str().unwrap(), "/");
+        let r = spec(&["./x", "a"]).resolve().unwrap();
+        assert_eq!(r.candidates.len(), 1);
+        assert_eq!(r.argv.len(), 2);
+    }
+
+    #[test]
+    fn nul_bytes_are_refused() {
+        assert!(matches!(spec(&["a\0b"]).resolve(), Err(SpawnError::Nul)));
+    }
+
+    #[test]
+    fn exec_errors_map_to_shell_codes() {
+        assert_eq!(
+            SpawnError::from_errno("x".into(), libc::ENOENT).exit_code(),
+            127
+        );
+        assert_eq!(
+            SpawnError::from_errno("x".into(), libc::EACCES).exit_code(),
+            126
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! PID 1 of a VM: assembles the VM, then reaps zombies and forwards signals.
+//!
+//! This is the process `clone` created in the VM's new namespaces. It is a forked
+//! copy of the `fvm` command and never execs: exec would load the dynamic loader
+//! and libc from the VM's own (writable) filesystem into a fully privileged process.
+//! After setup it holds no file descriptor that reaches outside the VM.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+use nix::sys::signal::{SigSet, Signal};
+use rustix::process::{Pid, WaitOptions};
+
+use super::channel::{Channel, Exit, Msg};
+use super::command::{self, SpawnError};
+use super::launch::LaunchSpec;
+use crate::cgroup;
+use crate::mounts::apply;
+use crate::store::StartMode;
+use crate::sys;
+
+/// Signals the init passes on to every process of the VM.
+const FORWARDED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
+/// Run the VM's init. Never returns.
+pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup_procs: Vec<OwnedFd>) -> ! {
+    let signals = match setup(spec, &chan, cgroup_procs) {
+        Ok(s) => s,
+        Err(error) => {
+            let _ = chan.send(&Msg::Failed { error }, None);
+            sys::exit_now(1);
+        }
+    };
+    let _ = chan.send(&Msg::Ready, None);
+    // Wait until fvm has recorded this init in the VM's state. If fvm dies first,
+    // the parent-death signal (or EOF here) ends the VM: nothing would know of it.
+    match chan.recv() {
+        Ok(Some((Msg::Go, _))) => {}
+        _ => sys::exit_now(1),
+    }
+    let _ = rustix::process::set_parent_process_death_signal(None);
+    let mut init = Init {
+        mode: spec.mode,
+        command: None,
+        chan: Some(chan),
+        stopping: false,
+    };
+    if let Some(cmd) = &spec.command {
+        init.start_command(cmd);
+    }
+    if init.mode == StartMode::Background {
+        init.chan = None;
+    }
+    init.serve(&signals)
+}
+
+/// Assemble the VM. Errors are one line for the user, naming the step.
+fn setup(spec: &LaunchSpec, chan: &Channel, procs: Vec<OwnedFd>) -> Result<SigSet, String> {
+    // Everything inherited from the fvm command (lock files, the store) goes first.
+    let mut keep = vec![0, 1, 2, chan.as_fd().as_raw_fd()];
+    keep.extend(procs.iter().map(|f| f.as_raw_fd()));
+    sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    // Join the VM's cgroup before anything else runs, then make it the root of the
+    // VM's cgroup namespace, so every later process is inside and sees only it.
+    cgroup::join_self(&procs).map_err(|e| format!("cannot join the vm's cgroup: {e}"))?;
+    drop(procs);
+    sys::unshare(sys::ns::CGROUP).map_err(|e| format!("cannot create a cgroup namespace: {e}"))?;
+    // Leave the session of whoever ran fvm: the VM must not get its terminal.
+    rustix::process::setsid().map_err(|e| format!("cannot start a new session: {e}"))?;
+    apply::enter_root(&spec.plan, &spec.layout).map_err(|e| error_chain(&e))?;
+    rustix::system::sethostname(spec.name.as_bytes())
+        .map_err(|e| format!("cannot set the hostname: {e}"))?;
+    if spec.mode == StartMode::Background {
+        let null = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+        for fd in 0..=2 {
+            sys::dup_onto(null.as_fd(), fd).map_err(|e| format!("cannot redirect stdio: {e}"))?;
+        }
+    }
+    let mut all = FORWARDED.to_vec();
+    all.push(Signal::SIGCHLD);
+    sys::catch_and_block(&all).map_err(|e| format!("cannot set up signal handling: {e}"))
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+struct Init {
+    mode: StartMode,
+    command: Option<Pid>,
+    /// Open while someone waits for the command's exit status.
+    chan: Option<Channel>,
+    /// A stop signal arrived: exit once the VM is empty.
+    stopping: bool,
+}
+
+impl Init {
+    fn start_command(&mut self, cmd: &command::CommandSpec) {
+        let mut pty = None;
+        if cmd.tty {
+            match command::open_pty() {
+                Ok((master, slave)) => {
+                    self.send(&Msg::Pty, Some(&master));
+                    pty = Some(slave);
+                }
+                Err(e) => {
+                    self.send(
+                        &Msg::Failed {
+                            error: format!("cannot open a pty in the vm: {e}"),
+                        },
+                        None,
+                    );
+                    sys::exit_now(1);
+                }
+            }
+        }
+        match command::spawn(cmd, pty.as_ref(), &|| Ok(())) {
+            Ok(pid) => self.command = Some(pid),
+            Err(e) => {
+                let (program, errno) = match &e {
+                    SpawnError::NotFound { program } => (program.clone(), libc::ENOENT),
+                    SpawnError::Exec { program, source } => {
+                        (program.clone(), source.raw_os_error().unwrap_or(libc::EIO))
+                    }
+                    other => (other.to_string(), libc::EIO),
+                };
+                self.send(&Msg::ExecFailed { program, errno }, None);
+                sys::exit_now(1);
+            }
+        }
+        // The command has its own copies of the caller's stdio; the init must not
+        // keep a pipe open (a reader would never see end-of-file).
+        if let Ok(null) = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            for fd in 0..=2 {
+                let _ = sys::dup_onto(null.as_fd(), fd);
+            }
+        }
+    }
+
+    fn send(&self, msg: &Msg, fd: Option<&OwnedFd>) {
+        if let Some(chan) = &self.chan {
+            let _ = chan.send(msg, fd.map(|f| f.as_fd()));
+        }
+    }
+
+    fn serve(mut self, signals: &SigSet) -> ! {
+        loop {
+            let sig = match signals.wait() {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            if sig != Signal::SIGCHLD {
+                // kill(-1) from a pid-namespace init reaches every other process of
+                // the VM, double-forked daemons included.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
+                if sig != Signal::SIGUSR1 && sig != Signal::SIGUSR2 {
+                    self.stopping = true;
+                }
+            }
+            let empty = self.reap();
+            if empty && (self.stopping || self.mode == StartMode::Command) {
+                sys::exit_now(0);
+            }
+        }
+    }
+
+    /// Reap every exited child. Returns whether the VM has no process left but us.
+    fn reap(&mut self) -> bool {
+        let mut command_exit = None;
+        let empty = loop {
+            match rustix::process::wait(WaitOptions::NOHANG) {
+                Ok(Some((pid, status))) => {
+                    if Some(pid) == self.command {
+                        self.command = None;
+                        command_exit = Some(Exit::from_wait(status));
+                    }
+                }
+                Ok(None) => break false,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => break true,
+            }
+        };
+        if let Some(exit) = command_exit {
+            self.send(&Msg::Exited { exit, last: empty }, None);
+            self.chan = None;
+        }
+        empty
+    }
+}

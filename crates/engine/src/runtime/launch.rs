@@ -1,0 +1,94 @@
+//! Start a VM: clone its first process into new namespaces and wait until the VM is
+//! assembled. The steps, in order and with their reasons, are in
+//! docs/vm-lifecycle.md; this is the host side, `init` the VM side.
+
+use std::io::{self, Write};
+
+use rustix::process::{Pid, WaitOptions};
+
+use super::channel::{Channel, Msg};
+use super::command::CommandSpec;
+use super::init;
+use crate::cgroup::{CgroupError, VmCgroup};
+use crate::mounts::{Layout, MountPlan};
+use crate::store::StartMode;
+use crate::sys::{self, Forked};
+
+/// Everything the VM's first process needs; it reads this from its copy of our
+/// memory, so nothing is serialized.
+#[derive(Debug)]
+pub struct LaunchSpec {
+    pub name: String,
+    pub plan: MountPlan,
+    pub layout: Layout,
+    pub mode: StartMode,
+    /// The command to run first (`fvm run`/`shell` on a stopped VM).
+    pub command: Option<CommandSpec>,
+    /// Namespaces to create, from [`crate::sys::ns`]. The cgroup namespace is made by
+    /// the init itself, after it has joined the VM's cgroup.
+    pub namespaces: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error("cannot create the channel to the vm's init")]
+    Channel(#[source] io::Error),
+    #[error("cannot create the vm's first process")]
+    Clone(#[source] io::Error),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the vm's init exited while the vm was being set up")]
+    InitDied,
+}
+
+/// A VM whose init is set up and waiting for [`Launched::go`].
+#[derive(Debug)]
+pub struct Launched {
+    pub pid: Pid,
+    pub chan: Channel,
+}
+
+impl Launched {
+    /// Tell the init its pid is recorded; it may run the VM now.
+    pub fn go(&self) -> io::Result<()> {
+        self.chan.send(&Msg::Go, None)
+    }
+
+    /// Reap the init after it has exited (it is our child).
+    pub fn reap(&self) {
+        let _ = rustix::process::waitpid(Some(self.pid), WaitOptions::empty());
+    }
+}
+
+/// Clone the VM's init. The calling process must be single-threaded.
+pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchError> {
+    let procs = cgroup.open_procs()?;
+    let (ours, theirs) = Channel::pair().map_err(LaunchError::Channel)?;
+    // The child starts with a copy of our buffers; flush so nothing prints twice.
+    let _ = io::stdout().flush();
+    let _ = io::stderr().flush();
+    match sys::clone_process(spec.namespaces).map_err(LaunchError::Clone)? {
+        Forked::Child => {
+            drop(ours);
+            init::run(spec, theirs, procs)
+        }
+        Forked::Parent(pid) => {
+            drop(theirs);
+            drop(procs);
+            let launched = Launched { pid, chan: ours };
+            match launched.chan.recv() {
+                Ok(Some((Msg::Ready, _))) => Ok(launched),
+                Ok(Some((Msg::Failed { error }, _))) => {
+                    launched.reap();
+                    Err(LaunchError::Setup(error))
+                }
+                _ => {
+                    launched.reap();
+                    Err(LaunchError::InitDied)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! Running VMs: launch (clone into new namespaces), the VM's init, commands inside a
+//! VM, the terminal relay, and stopping.
+
+pub mod channel;
+pub mod command;
+pub mod enter;
+mod init;
+pub mod launch;
+pub mod procid;
+pub mod relay;
+pub mod stop;
+
+pub use channel::Exit;
+pub use command::{CommandSpec, Program, SpawnError};
+pub use procid::ProcId;

@@ -1,0 +1,102 @@
+//! Stop a VM: SIGTERM to its init (which passes it to every process of the VM),
+//! then SIGKILL after the grace time. When a pid namespace's init dies, the kernel
+//! kills every other process in it, so nothing of the VM survives.
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use super::procid::ProcId;
+
+/// How long to wait for the kernel to finish a SIGKILLed VM.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// It ended within the grace time.
+    Terminated,
+    /// It had to be killed.
+    Killed,
+    /// It was not running.
+    NotRunning,
+}
+
+/// A handle on a VM's init that can't be confused with a later process of the
+/// same pid: the pidfd is opened, then the process identity is checked.
+#[derive(Debug)]
+pub struct InitHandle {
+    pidfd: OwnedFd,
+}
+
+impl InitHandle {
+    /// `None` if the init is gone.
+    pub fn open(init: &ProcId) -> io::Result<Option<InitHandle>> {
+        let Some(pid) = Pid::from_raw(init.pid) else {
+            return Ok(None);
+        };
+        let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::SRCH) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        // Checked after opening: if the identity matches now, the pidfd refers to it.
+        if !init.is_alive() {
+            return Ok(None);
+        }
+        Ok(Some(InitHandle { pidfd }))
+    }
+
+    pub fn pidfd(&self) -> &OwnedFd {
+        &self.pidfd
+    }
+
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        match rustix::process::pidfd_send_signal(&self.pidfd, sig) {
+            Err(rustix::io::Errno::SRCH) | Ok(()) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Wait until the process has exited; false on timeout.
+    pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ts = rustix::event::Timespec {
+                tv_sec: left.as_secs() as i64,
+                tv_nsec: i64::from(left.subsec_nanos()),
+            };
+            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
+            match rustix::event::poll(&mut fds, Some(&ts)) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Stop the VM whose init is `init`, waiting at most `grace` before killing it.
+pub fn stop(init: &ProcId, grace: Duration) -> io::Result<Stopped> {
+    let Some(handle) = InitHandle::open(init)? else {
+        return Ok(Stopped::NotRunning);
+    };
+    if !grace.is_zero() {
+        handle.signal(Signal::TERM)?;
+        if handle.wait(grace)? {
+            return Ok(Stopped::Terminated);
+        }
+    }
+    handle.signal(Signal::KILL)?;
+    if !handle.wait(KILL_WAIT)? {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("init {} did not exit after SIGKILL", init.pid),
+        ));
+    }
+    Ok(Stopped::Killed)
+}

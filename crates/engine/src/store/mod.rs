@@ -1,0 +1,480 @@
+//! The VM store: one directory per VM under a store root.
+//!
+//! ```text
+//! <root>/lock            store-wide lock: create, delete and the dirs index
+//! <root>/dirs            VM layer directories kept outside the store (`--dir`)
+//! <root>/vms/<name>/     vm.toml (policy), state.json, lock, root/ (mount point
+//!                        of the VM's root while it starts), layers/<mount>/{upper,work}
+//! ```
+//!
+//! A VM directory appears by `rename` of a complete temp directory and disappears by
+//! `rename` into the trash first, so a crash never leaves a half-made VM in `list`.
+
+pub mod files;
+mod name;
+mod policy;
+mod state;
+
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+pub use files::Lock;
+pub use name::{NameError, VmName};
+pub use policy::{Policy, PolicyError};
+pub use state::{StartMode, State, StateError, Status};
+
+/// The default store root.
+pub const DEFAULT_ROOT: &str = "/var/lib/fvm";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {path} does not exist")]
+    Missing { path: PathBuf },
+    #[error("store {path} is not a directory")]
+    NotADirectory { path: PathBuf },
+    #[error("cannot open store {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("vm {name:?} does not exist")]
+    NoSuchVm { name: String },
+    #[error("vm {name:?} already exists")]
+    Exists { name: String },
+    #[error("cannot create vm {name:?} at {path}")]
+    Create {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot use {path} as the vm's dir: it exists and is not an empty directory")]
+    DirInUse { path: PathBuf },
+    #[error("cannot use {path} as the vm's dir: it is inside the store")]
+    DirInStore { path: PathBuf },
+    #[error("cannot delete {path}")]
+    Delete {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An opened store root.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    id: String,
+}
+
+impl Store {
+    /// Open an existing store root. An empty directory is a valid, empty store.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let canonical = match std::fs::canonicalize(root) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing {
+                    path: root.to_owned(),
+                });
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: root.to_owned(),
+                    source,
+                });
+            }
+        };
+        if !canonical.is_dir() {
+            return Err(StoreError::NotADirectory { path: canonical });
+        }
+        Ok(Store {
+            id: store_id(&canonical),
+            root: canonical,
+        })
+    }
+
+    /// Open the store, creating the root directory (mode 0700) if it is missing.
+    pub fn open_or_create(root: &Path) -> Result<Store, StoreError> {
+        if !root.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(root)
+                .map_err(|source| StoreError::Open {
+                    path: root.to_owned(),
+                    source,
+                })?;
+        }
+        Self::open(root)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// A short id for this store, used to keep host-side names (cgroups) of VMs in
+    /// different stores apart.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn vms(&self) -> PathBuf {
+        self.root.join("vms")
+    }
+
+    /// Take the store-wide lock (create, delete).
+    pub fn lock(&self) -> Result<Lock, StoreError> {
+        let path = self.root.join("lock");
+        Lock::exclusive(&path).map_err(|source| StoreError::Lock { path, source })
+    }
+
+    /// Names of all VMs, sorted.
+    pub fn names(&self) -> Result<Vec<VmName>, StoreError> {
+        let dir = match std::fs::read_dir(self.vms()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: self.vms(),
+                    source,
+                });
+            }
+        };
+        let mut names: Vec<VmName> = dir
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| VmName::new(e.file_name().to_str()?).ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The directory of an existing VM.
+    pub fn vm(&self, name: &VmName) -> Result<VmDir, StoreError> {
+        let path = self.vms().join(name.as_str());
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => Ok(VmDir {
+                name: name.clone(),
+                path,
+            }),
+            _ => Err(StoreError::NoSuchVm {
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// Create a VM with its policy, atomically. Takes the store lock.
+    pub fn create_vm(&self, policy: &Policy) -> Result<VmDir, StoreError> {
+        let name = &policy.name;
+        let _lock = self.lock()?;
+        let path = self.vms().join(name.as_str());
+        if path.exists() {
+            return Err(StoreError::Exists {
+                name: name.to_string(),
+            });
+        }
+        let fail = |source| StoreError::Create {
+            name: name.to_string(),
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = &policy.dir {
+            self.claim_dir(dir)?;
+        }
+        let tmp = self
+            .vms()
+            .join(format!(".new-{name}-{}", std::process::id()));
+        let made = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&tmp)
+            .and_then(|()| {
+                files::write_atomic(&tmp.join("vm.toml"), policy.to_toml().as_bytes(), 0o644)
+            })
+            .and_then(|()| {
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &tmp,
+                    rustix::fs::CWD,
+                    &path,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(io::Error::from)
+            });
+        if let Err(e) = made {
+            let _ = files::remove_tree(&tmp);
+            if let Some(dir) = &policy.dir {
+                let _ = self.release_dir(dir);
+            }
+            return Err(fail(e));
+        }
+        if let Some(dir) = &policy.dir {
+            self.set_dirs(|dirs| dirs.push(dir.clone())).map_err(fail)?;
+        }
+        Ok(VmDir {
+            name: name.clone(),
+            path,
+        })
+    }
+
+    /// `--dir` must be a new or empty directory outside the store: fvm deletes it with
+    /// the VM, so it must never adopt a directory that holds someone's data.
+    fn claim_dir(&self, dir: &Path) -> Result<(), StoreError> {
+        if dir.starts_with(&self.root) {
+            return Err(StoreError::DirInStore {
+                path: dir.to_owned(),
+            });
+        }
+        match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(StoreError::DirInUse {
+                path: dir.to_owned(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| StoreError::Open {
+                    path: dir.to_owned(),
+                    source,
+                }),
+            Err(_) => Err(StoreError::DirInUse {
+                path: dir.to_owned(),
+            }),
+        }
+    }
+
+    fn release_dir(&self, dir: &Path) -> io::Result<()> {
+        files::remove_tree(dir)
+    }
+
+    /// Delete a stopped VM and its layers. Takes the store lock.
+    pub fn delete_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let trash = self
+            .vms()
+            .join(format!(".trash-{}-{}", vm.name, std::process::id()));
+        std::fs::rename(&vm.path, &trash).map_err(|source| StoreError::Delete {
+            path: vm.path.clone(),
+            source,
+        })?;
+        if let Some(dir) = dir {
+            self.release_dir(dir).map_err(|source| StoreError::Delete {
+                path: dir.to_owned(),
+                source,
+            })?;
+            self.set_dirs(|dirs| dirs.retain(|d| d != dir))
+                .map_err(|source| StoreError::Delete {
+                    path: self.root.join("dirs"),
+                    source,
+                })?;
+        }
+        files::remove_tree(&trash).map_err(|source| StoreError::Delete {
+            path: trash.clone(),
+            source,
+        })
+    }
+
+    /// Remove what crashed creates and deletes left behind (`.new-*`, `.trash-*`).
+    /// Takes the store lock, so it never races a create or delete in progress.
+    pub fn sweep(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let _lock = self.lock()?;
+        let mut removed = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.vms()) else {
+            return Ok(removed);
+        };
+        for e in entries.filter_map(Result::ok) {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            if n.starts_with(".new-") || n.starts_with(".trash-") {
+                files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
+                    path: e.path(),
+                    source,
+                })?;
+                removed.push(e.path());
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Every host path where VM layers live: the store root and all `--dir`s. These
+    /// are hidden inside every VM.
+    pub fn private_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.root.clone()];
+        paths.extend(self.dirs());
+        paths
+    }
+
+    fn dirs(&self) -> Vec<PathBuf> {
+        files::read_regular(&self.root.join("dirs"))
+            .map(|t| {
+                t.lines()
+                    .filter(|l| l.starts_with('/'))
+                    .map(PathBuf::from)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn set_dirs(&self, change: impl FnOnce(&mut Vec<PathBuf>)) -> io::Result<()> {
+        let mut dirs = self.dirs();
+        change(&mut dirs);
+        let mut text = String::new();
+        for d in &dirs {
+            text.push_str(&d.to_string_lossy());
+            text.push('\n');
+        }
+        files::write_atomic(&self.root.join("dirs"), text.as_bytes(), 0o600)
+    }
+}
+
+/// FNV-1a of the canonical root path, as 8 hex digits.
+fn store_id(root: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u32 = 0x811c_9dc5;
+    for b in root.as_os_str().as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// One VM's directory in the store.
+#[derive(Debug, Clone)]
+pub struct VmDir {
+    name: VmName,
+    path: PathBuf,
+}
+
+impl VmDir {
+    pub fn name(&self) -> &VmName {
+        &self.name
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn policy_path(&self) -> PathBuf {
+        self.path.join("vm.toml")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join("lock")
+    }
+    /// Where the VM's root is assembled (inside its own mount namespace) at start.
+    pub fn staging_path(&self) -> PathBuf {
+        self.path.join("root")
+    }
+    /// Where the VM's layers live: its `dir` if set, else inside the store.
+    pub fn layers_path(&self, policy: &Policy) -> PathBuf {
+        policy
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.path.join("layers"))
+    }
+
+    pub fn load_policy(&self) -> Result<Policy, PolicyError> {
+        Policy::load(&self.policy_path(), &self.name)
+    }
+    pub fn load_state(&self) -> Result<State, StateError> {
+        State::load(&self.state_path())
+    }
+    pub fn save_state(&self, state: &State) -> Result<(), StateError> {
+        state.save(&self.state_path())
+    }
+    pub fn save_policy(&self, policy: &Policy) -> Result<(), PolicyError> {
+        let path = self.policy_path();
+        // Check that what we write reads back as the same policy.
+        let text = policy.to_toml();
+        Policy::parse(&text, &path, &self.name)?;
+        files::write_atomic(&path, text.as_bytes(), 0o644)
+            .map_err(|source| PolicyError::Write { path, source })
+    }
+
+    /// Block until this process holds the VM's lock.
+    pub fn lock(&self) -> Result<Lock, StoreError> {
+        let path = self.lock_path();
+        Lock::exclusive(&path).map_err(|source| StoreError::Lock { path, source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        (d, s)
+    }
+
+    fn name(n: &str) -> VmName {
+        VmName::new(n).unwrap()
+    }
+
+    #[test]
+    fn missing_root_is_an_error() {
+        let e = Store::open(Path::new("/nonexistent/fvm-store")).unwrap_err();
+        assert_eq!(e.to_string(), "store /nonexistent/fvm-store does not exist");
+    }
+
+    #[test]
+    fn create_list_delete() {
+        let (_d, s) = store();
+        assert!(s.names().unwrap().is_empty());
+        let vm = s.create_vm(&Policy::new(name("b"), None)).unwrap();
+        s.create_vm(&Policy::new(name("a"), None)).unwrap();
+        assert_eq!(s.names().unwrap(), vec![name("a"), name("b")]);
+        assert_eq!(vm.load_policy().unwrap().name, name("b"));
+        let e = s.create_vm(&Policy::new(name("a"), None)).unwrap_err();
+        assert_eq!(e.to_string(), "vm \"a\" already exists");
+        s.delete_vm(&vm, None).unwrap();
+        assert_eq!(s.names().unwrap(), vec![name("a")]);
+        assert!(matches!(s.vm(&name("b")), Err(StoreError::NoSuchVm { .. })));
+        assert!(s.sweep().unwrap().is_empty());
+    }
+
+    #[test]
+    fn external_dir_is_claimed_hidden_and_released() {
+        let (_d, s) = store();
+        let outside = tempfile::tempdir().unwrap();
+        let dir = outside.path().join("web1");
+        let vm = s
+            .create_vm(&Policy::new(name("web1"), Some(dir.clone())))
+            .unwrap();
+        assert!(dir.is_dir());
+        assert!(s.private_paths().contains(&dir));
+        std::fs::write(dir.join("f"), "x").unwrap();
+        // A second VM can't adopt a non-empty directory.
+        let e = s
+            .create_vm(&Policy::new(name("web2"), Some(dir.clone())))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::DirInUse { .. }), "{e}");
+        s.delete_vm(&vm, Some(&dir)).unwrap();
+        assert!(!dir.exists());
+        assert!(!s.private_paths().contains(&dir));
+    }
+
+    #[test]
+    fn sweep_removes_leftovers_of_crashed_operations() {
+        let (_d, s) = store();
+        std::fs::create_dir_all(s.vms().join(".new-x-1/layers")).unwrap();
+        std::fs::create_dir_all(s.vms().join(".trash-y-2")).unwrap();
+        assert_eq!(s.sweep().unwrap().len(), 2);
+        assert!(s.names().unwrap().is_empty());
+    }
+
+    #[test]
+    fn store_ids_differ_by_path() {
+        assert_ne!(store_id(Path::new("/a")), store_id(Path::new("/b")));
+        assert_eq!(store_id(Path::new("/a")).len(), 8);
+    }
+}

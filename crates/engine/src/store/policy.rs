@@ -1,0 +1,172 @@
+//! The user's policy for one VM: a commented, human-editable TOML file.
+//!
+//! Unknown keys are rejected with the line they are on, because a silently ignored
+//! typo in a limit is the complaint users of peer tools raise most.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::VmName;
+
+/// What the user asked for. Runtime facts live in [`super::State`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Policy {
+    pub name: VmName,
+    #[serde(default)]
+    pub description: String,
+    /// When the VM was created (RFC 3339, UTC).
+    pub created: String,
+    /// Where the VM's private layers live, if not inside the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+}
+
+/// A policy file that can't be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write policy file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("policy file {path}, line {line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("policy file {path} names vm {found:?}, but it is stored as {expected:?}")]
+    WrongName {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("policy file {path}: `dir` must be an absolute path, not {dir:?}")]
+    RelativeDir { path: PathBuf, dir: PathBuf },
+}
+
+const HEADER: &str = "\
+# featherweight VM policy. Edit it by hand or with `fvm config`; fvm checks every
+# key when it reads this file and refuses unknown ones.
+#
+# name         the VM's name (must match its directory in the store)
+# description  free text shown by `fvm inspect`
+# created      when the VM was created (RFC 3339, UTC)
+# dir          where the VM's private layers live, if not inside the store
+";
+
+impl Policy {
+    pub fn new(name: VmName, dir: Option<PathBuf>) -> Policy {
+        Policy {
+            name,
+            description: String::new(),
+            created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            dir,
+        }
+    }
+
+    /// Parse policy text; `path` is only used in messages, `expected` is the VM's name.
+    pub fn parse(text: &str, path: &Path, expected: &VmName) -> Result<Policy, PolicyError> {
+        let policy: Policy = toml::from_str(text).map_err(|e| PolicyError::Parse {
+            path: path.to_owned(),
+            line: e.span().map_or(1, |s| {
+                text[..s.start.min(text.len())].matches('\n').count() + 1
+            }),
+            message: e.message().trim().to_owned(),
+        })?;
+        if &policy.name != expected {
+            return Err(PolicyError::WrongName {
+                path: path.to_owned(),
+                found: policy.name.to_string(),
+                expected: expected.to_string(),
+            });
+        }
+        if let Some(dir) = &policy.dir
+            && !dir.is_absolute()
+        {
+            return Err(PolicyError::RelativeDir {
+                path: path.to_owned(),
+                dir: dir.clone(),
+            });
+        }
+        Ok(policy)
+    }
+
+    pub fn load(path: &Path, expected: &VmName) -> Result<Policy, PolicyError> {
+        let text = super::files::read_regular(path).map_err(|source| PolicyError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, expected)
+    }
+
+    /// The file text: the explanatory header, then the keys.
+    pub fn to_toml(&self) -> String {
+        let body = toml::to_string(self).expect("a policy always serializes");
+        format!("{HEADER}\n{body}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> VmName {
+        VmName::new(n).unwrap()
+    }
+
+    #[test]
+    fn round_trips_with_comments() {
+        let mut p = Policy::new(name("web1"), Some("/data/web1".into()));
+        p.description = "a \"quoted\" test".into();
+        let text = p.to_toml();
+        assert!(text.starts_with("# featherweight VM policy"));
+        let back = Policy::parse(&text, Path::new("vm.toml"), &name("web1")).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn unknown_key_names_its_line() {
+        let text = "name = \"a\"\ncreated = \"2026-01-01T00:00:00Z\"\nmemroy = \"1G\"\n";
+        let e = Policy::parse(text, Path::new("/s/vm.toml"), &name("a")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("policy file /s/vm.toml, line 3: "), "{msg}");
+        assert!(msg.contains("memroy"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn syntax_error_names_its_line() {
+        let text = "name = \"a\"\n\ncreated = \n";
+        let e = Policy::parse(text, Path::new("p"), &name("a")).unwrap_err();
+        assert!(matches!(e, PolicyError::Parse { line: 3, .. }), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_name_mismatch_and_relative_dir() {
+        let bad = "name = \"Bad!\"\ncreated = \"x\"\n";
+        assert!(matches!(
+            Policy::parse(bad, Path::new("p"), &name("a")),
+            Err(PolicyError::Parse { .. })
+        ));
+        let other = "name = \"b\"\ncreated = \"x\"\n";
+        assert!(matches!(
+            Policy::parse(other, Path::new("p"), &name("a")),
+            Err(PolicyError::WrongName { .. })
+        ));
+        let rel = "name = \"a\"\ncreated = \"x\"\ndir = \"data\"\n";
+        assert!(matches!(
+            Policy::parse(rel, Path::new("p"), &name("a")),
+            Err(PolicyError::RelativeDir { .. })
+        ));
+    }
+}

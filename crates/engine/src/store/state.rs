@@ -1,0 +1,141 @@
+//! Runtime state of one VM, as JSON. Machine-written, replaced atomically.
+//!
+//! The file records what fvm last did; the truth is whether the recorded init still
+//! lives ([`crate::runtime::procid::ProcId`]). Commands that change a VM reconcile
+//! the two first (see `crate::vm`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::procid::ProcId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[default]
+    Stopped,
+    Running,
+}
+
+/// How the running VM was started, which decides when its init exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartMode {
+    /// `fvm start`: runs until `fvm stop`.
+    Background,
+    /// `fvm run`/`shell` on a stopped VM: stops when its last process exits.
+    Command,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<ProcId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<StartMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// A throw-away VM (`run --rm`): deleted as soon as it is found stopped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub temporary: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot write state file {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl State {
+    /// Load; a missing file means "never started".
+    pub fn load(path: &Path) -> Result<State, StateError> {
+        match super::files::read_regular(path) {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
+                path: path.to_owned(),
+                message: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(source) => Err(StateError::Read {
+                path: path.to_owned(),
+                source,
+            }),
+        }
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let mut text = serde_json::to_vec_pretty(self).expect("state always serializes");
+        text.push(b'\n');
+        super::files::write_atomic(path, &text, 0o600).map_err(|source| StateError::Write {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// The init this state claims is running, if it really is.
+    pub fn live_init(&self) -> Option<&ProcId> {
+        match (&self.status, &self.init) {
+            (Status::Running, Some(init)) if init.is_alive() => Some(init),
+            _ => None,
+        }
+    }
+
+    /// The state a stopped VM is left in (keeping whether it is temporary).
+    pub fn stopped(&self) -> State {
+        State {
+            temporary: self.temporary,
+            ..State::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_is_stopped_and_garbage_is_corrupt() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        assert_eq!(State::load(&p).unwrap(), State::default());
+        std::fs::write(&p, "{\"status\": \"flying\"}").unwrap();
+        let e = State::load(&p).unwrap_err();
+        assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+    }
+
+    #[test]
+    fn round_trip_and_a_dead_init_is_not_live() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        let st = State {
+            status: Status::Running,
+            init: Some(ProcId {
+                pid: i32::MAX,
+                start_time: 1,
+                boot_id: "b".into(),
+            }),
+            mode: Some(StartMode::Background),
+            started_at: Some("2026-01-01T00:00:00Z".into()),
+            temporary: true,
+        };
+        st.save(&p).unwrap();
+        let back = State::load(&p).unwrap();
+        assert_eq!(back, st);
+        assert!(back.live_init().is_none());
+        assert!(back.stopped().temporary);
+    }
+}

@@ -1,0 +1,217 @@
+//! The only place in fvm that calls the kernel without a safe wrapper.
+//!
+//! rustix and nix cover almost every syscall fvm needs. What is left is here:
+//! `clone` with namespace flags (neither crate offers a fork-like clone), `unshare`
+//! (unsafe in rustix because of `CLONE_FILES`), `execve`, `close_range`, signal
+//! dispositions, and the inode-flags ioctl used to delete immutable files. Each
+//! wrapper states the invariant that makes it sound.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
+use rustix::process::Pid;
+
+/// Namespace flags for [`clone_process`], as the kernel spells them.
+pub mod ns {
+    pub const MOUNT: u64 = libc::CLONE_NEWNS as u64;
+    pub const PID: u64 = libc::CLONE_NEWPID as u64;
+    pub const IPC: u64 = libc::CLONE_NEWIPC as u64;
+    pub const UTS: u64 = libc::CLONE_NEWUTS as u64;
+    pub const CGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
+}
+
+/// What [`clone_process`] returned in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forked {
+    /// We are the new process.
+    Child,
+    /// We are the caller; this is the new process's pid in our pid namespace.
+    Parent(Pid),
+}
+
+/// Create a child process like `fork()`, but in new namespaces (`flags` from [`ns`]).
+///
+/// The child continues on a copy-on-write copy of the caller's stack and memory. It
+/// must only be called while the process is single-threaded: the child gets a copy of
+/// one thread, so locks held by other threads (malloc, stdio) would stay locked forever.
+/// fvm's CLI never starts a thread before it launches a VM.
+pub fn clone_process(flags: u64) -> io::Result<Forked> {
+    let flags = flags | libc::SIGCHLD as u64;
+    // SAFETY: raw clone(2) with a null stack behaves like fork(2): the child resumes here
+    // on a private copy of the caller's stack. No CLONE_VM/CLONE_THREAD/CLONE_SETTLS is
+    // passed, so no memory is shared and the pointer arguments are unused (null). The
+    // caller guarantees the process is single-threaded (see the doc comment).
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags as libc::c_ulong,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            std::ptr::null_mut::<libc::c_int>(),
+            0 as libc::c_ulong,
+        )
+    };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(
+            Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone returned pid 0"))?,
+        )),
+    }
+}
+
+/// `fork()`: [`clone_process`] without new namespaces. Same single-thread rule.
+pub fn fork() -> io::Result<Forked> {
+    clone_process(0)
+}
+
+/// `unshare(2)` for namespace flags from [`ns`].
+pub fn unshare(flags: u64) -> io::Result<()> {
+    // SAFETY: only namespace flags are passed (never CLONE_FILES, which is what makes
+    // rustix mark this unsafe: it would split the fd table between threads).
+    debug_assert_eq!(flags & libc::CLONE_FILES as u64, 0);
+    let flags = rustix::thread::UnshareFlags::from_bits_retain(flags as u32);
+    // SAFETY: see above; CLONE_FILES is excluded.
+    unsafe { rustix::thread::unshare_unsafe(flags) }.map_err(io::Error::from)
+}
+
+/// `execve(2)`. Returns only on failure.
+pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
+    let mut args: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    args.push(std::ptr::null());
+    let mut env: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    env.push(std::ptr::null());
+    // SAFETY: `path` and every element are NUL-terminated C strings that outlive the
+    // call, and both pointer arrays end with a null pointer as execve requires.
+    unsafe { libc::execve(path.as_ptr(), args.as_ptr(), env.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// Close (or, with `cloexec`, mark close-on-exec) every fd from `first` upwards.
+pub fn close_fds_from(first: RawFd, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: close_range only affects this process's fd table. Callers own every fd
+    // at or above `first` (they call this after moving the fds they keep below it), so
+    // no live OwnedFd is invalidated behind Rust's back except ones they drop unused.
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, flags) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Duplicate `fd` onto the fd number `target`, replacing what was there.
+pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
+    if fd.as_raw_fd() == target {
+        // dup2 onto itself is a no-op that keeps CLOEXEC; clear it explicitly.
+        return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into);
+    }
+    // SAFETY: dup2 onto a number the caller reserved; it atomically replaces any fd
+    // there, which the caller has declared it does not own any more.
+    if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+extern "C" fn note_signal(_: libc::c_int) {}
+
+/// Prepare a pid-namespace init for `sigwait`: a pid-1 process only receives signals
+/// it has a handler for (the kernel drops SIG_DFL ones), so install a no-op handler,
+/// then block the signals so they queue for [`SigSet::wait`].
+pub fn catch_and_block(signals: &[Signal]) -> io::Result<SigSet> {
+    let action = SigAction::new(
+        SigHandler::Handler(note_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    let mut set = SigSet::empty();
+    for &sig in signals {
+        // SAFETY: the handler does nothing (it is async-signal-safe trivially), and the
+        // signal is blocked right after, so it is consumed by sigwait, not the handler.
+        unsafe { nix::sys::signal::sigaction(sig, &action) }.map_err(io::Error::from)?;
+        set.add(sig);
+    }
+    set.thread_block().map_err(io::Error::from)?;
+    Ok(set)
+}
+
+/// Give a process that is about to exec a clean signal state: nothing blocked and the
+/// default action for every signal fvm changed (Rust ignores SIGPIPE at startup, and
+/// an ignored signal would stay ignored across exec).
+pub fn reset_signals_for_exec() -> io::Result<()> {
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for sig in Signal::iterator() {
+        if matches!(sig, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL never runs code in this process.
+        unsafe { nix::sys::signal::sigaction(sig, &default) }.map_err(io::Error::from)?;
+    }
+    SigSet::empty().thread_set_mask().map_err(io::Error::from)
+}
+
+/// The flags of FS_IOC_GETFLAGS that stop root from deleting a file.
+const UNDELETABLE: libc::c_long = 0x0000_0010 /* FS_IMMUTABLE_FL */ | 0x0000_0020 /* FS_APPEND_FL */;
+
+/// Clear the immutable and append-only inode flags, so the file can be deleted.
+/// Returns whether anything was cleared. `fd` may be opened O_RDONLY (or on a dir).
+pub fn clear_undeletable_flags(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut flags: libc::c_long = 0;
+    // SAFETY: FS_IOC_GETFLAGS writes one `long` through the pointer, which points at a
+    // live local of that type.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if flags & UNDELETABLE == 0 {
+        return Ok(false);
+    }
+    flags &= !UNDELETABLE;
+    // SAFETY: FS_IOC_SETFLAGS reads one `long` through the pointer (a live local).
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// End this process at once: no destructors, no atexit handlers, no flushing of
+/// buffers copied from the parent. For forked children that must not return.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit takes no pointers and never returns; skipping destructors is the
+    // point (a forked child must not flush or free the parent's state twice).
+    unsafe { libc::_exit(code) }
+}
+
+/// Close every fd of this process except `keep` (used by a VM's first process, which
+/// inherits whatever the fvm command had open, including its lock files).
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut keep: Vec<RawFd> = keep.to_vec();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut next = 0;
+    for &k in &keep {
+        if k > next {
+            close_range(next, k - 1)?;
+        }
+        next = k + 1;
+    }
+    close_range(next, RawFd::MAX)
+}
+
+fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
+    // SAFETY: called only by close_all_except in a process that is about to give up
+    // every fd outside `keep`; any OwnedFd in this process that refers to a closed
+    // number belongs to a stack frame that never returns (the caller exits instead).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! What `list` and `inspect` show: each VM's policy, its true status, and what it
+//! uses now. Reads take no lock; state files are replaced atomically.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{Engine, VmError, error_line};
+use crate::runtime::procid::ProcId;
+use crate::store::{Policy, StartMode, State, VmName};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmStatus {
+    Running,
+    Stopped,
+    /// The VM's policy or state file can't be read; `delete` still works.
+    Broken,
+}
+
+impl VmStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmStatus::Running => "running",
+            VmStatus::Stopped => "stopped",
+            VmStatus::Broken => "broken",
+        }
+    }
+}
+
+/// Everything known about one VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmInfo {
+    pub name: VmName,
+    pub status: VmStatus,
+    /// Why the VM is broken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub description: String,
+    pub created: Option<String>,
+    pub started_at: Option<String>,
+    pub mode: Option<StartMode>,
+    pub temporary: bool,
+    pub init: Option<ProcId>,
+    /// Host pids in the VM's cgroup.
+    pub processes: Option<usize>,
+    /// Memory charged to the VM's cgroup, in bytes.
+    pub memory: Option<u64>,
+    /// Disk used by the VM's private layers, in bytes.
+    pub disk: u64,
+    /// The VM's network address (host mode: it has none of its own).
+    pub ip: Option<String>,
+    pub paths: Paths,
+    pub cgroup: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Paths {
+    pub dir: PathBuf,
+    pub policy: PathBuf,
+    pub state: PathBuf,
+    pub layers: PathBuf,
+}
+
+impl Engine {
+    /// All VMs of the store, sorted by name.
+    pub fn list(&self) -> Result<Vec<VmInfo>, VmError> {
+        let names = self.store.names()?;
+        names.iter().map(|n| self.info(n)).collect()
+    }
+
+    pub fn info(&self, name: &VmName) -> Result<VmInfo, VmError> {
+        let vm = self.vm(name)?;
+        let policy = vm.load_policy();
+        let state = vm.load_state();
+        let error = match (&policy, &state) {
+            (Err(e), _) => Some(error_line(e)),
+            (_, Err(e)) => Some(error_line(e)),
+            _ => None,
+        };
+        let policy = policy.ok();
+        let state: Option<State> = state.ok();
+        let init = state.as_ref().and_then(|s| s.live_init()).cloned();
+        let status = match (&error, &init) {
+            (_, Some(_)) => VmStatus::Running,
+            (Some(_), None) => VmStatus::Broken,
+            (None, None) => VmStatus::Stopped,
+        };
+        let cgroup = self.cgroup(name).ok();
+        let running = init.is_some();
+        let layers = match &policy {
+            Some(p) => vm.layers_path(p),
+            None => vm.path().join("layers"),
+        };
+        Ok(VmInfo {
+            name: name.clone(),
+            status,
+            error,
+            description: policy
+                .as_ref()
+                .map(|p| p.description.clone())
+                .unwrap_or_default(),
+            created: policy.as_ref().map(|p| p.created.clone()),
+            started_at: state
+                .as_ref()
+                .filter(|_| running)
+                .and_then(|s| s.started_at.clone()),
+            mode: state.as_ref().filter(|_| running).and_then(|s| s.mode),
+            temporary: state.as_ref().is_some_and(|s| s.temporary),
+            processes: cgroup
+                .as_ref()
+                .filter(|_| running)
+                .and_then(|c| c.pids().ok())
+                .map(|p| p.len()),
+            memory: cgroup
+                .as_ref()
+                .filter(|_| running)
+                .and_then(|c| c.memory_current()),
+            disk: disk_usage(&layers),
+            ip: None,
+            paths: Paths {
+                dir: vm.path().to_owned(),
+                policy: vm.policy_path(),
+                state: vm.state_path(),
+                layers,
+            },
+            cgroup: cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default(),
+            init,
+        })
+    }
+
+    /// The VM's policy as stored.
+    pub fn policy_of(&self, name: &VmName) -> Result<Policy, VmError> {
+        self.policy(&self.vm(name)?)
+    }
+}
+
+/// Bytes allocated under `dir`, without following symlinks or crossing into other
+/// filesystems. Errors (a file vanishing while the VM runs) count as zero.
+pub fn disk_usage(dir: &Path) -> u64 {
+    fn walk(dir: &Path, dev: u64) -> u64 {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        let mut total = 0;
+        for e in entries.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.dev() != dev {
+                continue;
+            }
+            total += m.blocks() * 512;
+            if m.is_dir() {
+                total += walk(&e.path(), dev);
+            }
+        }
+        total
+    }
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => m.blocks() * 512 + walk(dir, m.dev()),
+        _ => 0,
+    }
+}

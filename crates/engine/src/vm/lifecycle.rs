@@ -1,0 +1,211 @@
+//! create, start, stop, delete, and the launch they share with `run`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{Engine, StartError, VmError};
+use crate::mounts::{self, Layout, MountPlan};
+use crate::runtime::command::CommandSpec;
+use crate::runtime::launch::{self, LaunchSpec, Launched};
+use crate::runtime::procid::ProcId;
+use crate::runtime::stop::{self, Stopped};
+use crate::store::{Policy, StartMode, State, Status, VmDir, VmName};
+use crate::sys;
+
+/// What `create` takes besides the name.
+#[derive(Debug, Clone, Default)]
+pub struct CreateOptions {
+    pub description: Option<String>,
+    /// Keep the VM's layers here instead of inside the store.
+    pub dir: Option<PathBuf>,
+}
+
+/// How long `delete --force` lets a VM shut down before killing it.
+const FORCE_GRACE: Duration = Duration::ZERO;
+
+impl Engine {
+    pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
+        let dir = match &opts.dir {
+            Some(d) if !d.is_absolute() => Some(
+                std::env::current_dir()
+                    .map(|cwd| cwd.join(d))
+                    .unwrap_or_else(|_| d.clone()),
+            ),
+            other => other.clone(),
+        };
+        let mut policy = Policy::new(name.clone(), dir);
+        if let Some(d) = &opts.description {
+            policy.description = d.clone();
+        }
+        Ok(self.store.create_vm(&policy)?)
+    }
+
+    /// Start a stopped VM in the background.
+    pub fn start(&self, name: &VmName) -> Result<ProcId, VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        let policy = self.policy(&vm)?;
+        if self.reconcile(&vm)?.live_init().is_some() {
+            return Err(VmError::AlreadyRunning {
+                name: name.to_string(),
+            });
+        }
+        let (launched, init) = self.launch(&vm, &policy, StartMode::Background, None, false)?;
+        // The init is recorded; let it run. It exits if we die before this.
+        launched.go().map_err(|e| {
+            self.start_error(name, StartError::Launch(launch::LaunchError::Channel(e)))
+        })?;
+        Ok(init)
+    }
+
+    pub(super) fn policy(&self, vm: &VmDir) -> Result<Policy, VmError> {
+        vm.load_policy().map_err(|source| VmError::Policy {
+            name: vm.name().to_string(),
+            source,
+        })
+    }
+
+    fn start_error(&self, name: &VmName, source: StartError) -> VmError {
+        VmError::Start {
+            name: name.to_string(),
+            source,
+        }
+    }
+
+    /// Assemble and launch a VM. The caller holds its lock and has checked it is
+    /// stopped. On success the state file names the new init, which waits for
+    /// [`Launched::go`].
+    pub(super) fn launch(
+        &self,
+        vm: &VmDir,
+        policy: &Policy,
+        mode: StartMode,
+        command: Option<CommandSpec>,
+        tmpfs_layers: bool,
+    ) -> Result<(Launched, ProcId), VmError> {
+        let name = vm.name();
+        let fail = |e: StartError| self.start_error(name, e);
+        let plan = self.plan().map_err(fail)?;
+        let layout = Layout {
+            staging: vm.staging_path(),
+            layers: vm.layers_path(policy),
+            tmpfs_layers,
+        };
+        make_dir(&layout.staging).map_err(fail)?;
+        if tmpfs_layers {
+            make_dir(&layout.layers).map_err(fail)?;
+        } else {
+            mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
+        }
+        let cgroup = self.cgroup(name)?;
+        cgroup.create().map_err(|e| fail(e.into()))?;
+        let spec = LaunchSpec {
+            name: name.to_string(),
+            plan,
+            layout,
+            mode,
+            command,
+            namespaces: sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS,
+        };
+        let launched = match launch::launch(&spec, &cgroup) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = cgroup.kill_all().and_then(|()| cgroup.remove());
+                return Err(fail(e.into()));
+            }
+        };
+        let recorded = ProcId::of(launched.pid.as_raw_nonzero().get())
+            .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))
+            .and_then(|init| {
+                let state = State {
+                    status: Status::Running,
+                    init: Some(init.clone()),
+                    mode: Some(mode),
+                    started_at: Some(
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+                    ),
+                    temporary: self.load_state(vm).map(|s| s.temporary).unwrap_or(false),
+                };
+                vm.save_state(&state).map_err(StartError::State)?;
+                Ok(init)
+            });
+        match recorded {
+            Ok(init) => Ok((launched, init)),
+            Err(e) => {
+                // Closing the channel without `Go` makes the init exit.
+                let pid = launched.pid;
+                drop(launched.chan);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                let _ = cgroup.kill_all().and_then(|()| cgroup.remove());
+                Err(fail(e))
+            }
+        }
+    }
+
+    /// The mount plan for a VM of this store, from the host's mount table now.
+    pub fn plan(&self) -> Result<MountPlan, StartError> {
+        let table = mounts::mountinfo::read_self().map_err(StartError::MountTable)?;
+        Ok(mounts::plan::build(
+            &table,
+            &self.store.private_paths(),
+            &|p: &Path| p.is_dir(),
+        )?)
+    }
+
+    /// Stop a running VM: SIGTERM, then SIGKILL after `grace`.
+    pub fn stop(&self, name: &VmName, grace: Duration) -> Result<Stopped, VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        let state = self.load_state(&vm)?;
+        let outcome = match state.live_init() {
+            Some(init) => stop::stop(init, grace).map_err(|source| VmError::Stop {
+                name: name.to_string(),
+                source,
+            })?,
+            None => Stopped::NotRunning,
+        };
+        self.reconcile(&vm)?;
+        Ok(outcome)
+    }
+
+    /// Delete a VM and its layers. A running VM is refused unless `force`, which
+    /// kills it first. A stopped VM is always deletable, even with a broken policy
+    /// or state file.
+    pub fn delete(&self, name: &VmName, force: bool) -> Result<(), VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        let cgroup = self.cgroup(name)?;
+        let state = vm.load_state().unwrap_or_default();
+        let running =
+            state.live_init().is_some() || cgroup.pids().map(|p| !p.is_empty()).unwrap_or(false);
+        if running {
+            if !force {
+                return Err(VmError::Running {
+                    name: name.to_string(),
+                });
+            }
+            if let Some(init) = state.live_init() {
+                stop::stop(init, FORCE_GRACE).map_err(|source| VmError::Stop {
+                    name: name.to_string(),
+                    source,
+                })?;
+            }
+        }
+        self.release_cgroup(name, &cgroup)?;
+        // With an unreadable policy only the store directory is known to be ours.
+        let dir = vm.load_policy().ok().and_then(|p| p.dir);
+        self.store.delete_vm(&vm, dir.as_deref())?;
+        Ok(())
+    }
+}
+
+fn make_dir(path: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::DirBuilderExt;
+    match std::fs::DirBuilder::new().mode(0o700).create(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(StartError::Dir {
+            path: path.to_owned(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,86 @@
+//! `fvm doctor --cleanup` and `fvm config`: housekeeping across the store.
+
+use super::{Engine, VmError};
+use crate::store::{Policy, VmName};
+
+impl Engine {
+    /// Bring the whole store in line with reality: finish crashed creates and
+    /// deletes, clean up after VMs whose init died, delete stopped throw-away VMs,
+    /// and remove cgroups of this store that belong to no running VM. Returns what
+    /// was done, one line each.
+    pub fn cleanup(&self) -> Result<Vec<String>, VmError> {
+        let mut done: Vec<String> = self
+            .store
+            .sweep()?
+            .into_iter()
+            .map(|p| format!("removed leftover {}", p.display()))
+            .collect();
+        let names = self.store.names()?;
+        for name in &names {
+            let vm = self.vm(name)?;
+            let lock = vm.lock()?;
+            let before = vm.load_state().ok();
+            let state = match self.reconcile(&vm) {
+                Ok(s) => s,
+                Err(e) => {
+                    done.push(format!("vm {name:?} left alone: {}", super::error_line(&e)));
+                    continue;
+                }
+            };
+            if before.as_ref() != Some(&state) {
+                done.push(format!("vm {name:?} was not running any more: cleaned up"));
+            }
+            if state.temporary && state.live_init().is_none() {
+                drop(lock);
+                self.delete(name, false)?;
+                done.push(format!("deleted throw-away vm {name:?}"));
+            }
+        }
+        let prefix = format!("fvm-{}-", self.store.id());
+        let cgroups = match self.cgroups() {
+            Ok(c) => c,
+            Err(_) => return Ok(done),
+        };
+        for leaf in cgroups.leaves_with_prefix(&prefix) {
+            let owner = VmName::new(&leaf[prefix.len()..]).ok();
+            let alive = owner.as_ref().is_some_and(|n| {
+                self.store
+                    .vm(n)
+                    .is_ok_and(|vm| vm.load_state().is_ok_and(|s| s.live_init().is_some()))
+            });
+            if alive {
+                continue;
+            }
+            let cg = cgroups.vm(&leaf).map_err(|source| VmError::Cgroup {
+                name: leaf.clone(),
+                source,
+            })?;
+            cg.kill_all()
+                .and_then(|()| cg.remove())
+                .map_err(|source| VmError::Cgroup {
+                    name: leaf.clone(),
+                    source,
+                })?;
+            done.push(format!("removed orphaned cgroup {leaf}"));
+        }
+        Ok(done)
+    }
+
+    /// Change a VM's policy. `change` edits it; the result is checked by writing it
+    /// and reading it back before it replaces the old file.
+    pub fn configure(
+        &self,
+        name: &VmName,
+        change: impl FnOnce(&mut Policy),
+    ) -> Result<Policy, VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        let mut policy = self.policy(&vm)?;
+        change(&mut policy);
+        vm.save_policy(&policy).map_err(|source| VmError::Policy {
+            name: name.to_string(),
+            source,
+        })?;
+        Ok(policy)
+    }
+}

@@ -1,0 +1,234 @@
+//! The operations users ask for (create, start, run, stop, delete, list, ...),
+//! built from the store, the mount plan, cgroups and the runtime.
+//!
+//! Every operation that changes a VM holds the VM's lock and first reconciles the
+//! state file with reality: if the recorded init is dead (killed, crashed, or the
+//! machine rebooted), the VM's leftovers (its cgroup) are removed and it is marked
+//! stopped. That is how a crash is cleaned up by the next command.
+
+mod info;
+mod lifecycle;
+mod maintain;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+pub use info::{VmInfo, VmStatus};
+pub use lifecycle::CreateOptions;
+
+use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
+use crate::mounts::{MountError, PlanError};
+use crate::runtime::command::SpawnError;
+use crate::runtime::enter::EnterError;
+use crate::runtime::launch::LaunchError;
+use crate::runtime::relay::RelayError;
+use crate::store::{NameError, PolicyError, State, StateError, Store, StoreError, VmDir, VmName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Name(#[from] NameError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("vm {name:?}")]
+    Policy {
+        name: String,
+        #[source]
+        source: PolicyError,
+    },
+    #[error("vm {name:?}")]
+    State {
+        name: String,
+        #[source]
+        source: StateError,
+    },
+    #[error("vm {name:?} is already running")]
+    AlreadyRunning { name: String },
+    #[error("vm {name:?} is running (stop it first, or use --force)")]
+    Running { name: String },
+    #[error("cannot start vm {name:?}")]
+    Start {
+        name: String,
+        #[source]
+        source: StartError,
+    },
+    #[error("vm {name:?}")]
+    Cgroup {
+        name: String,
+        #[source]
+        source: CgroupError,
+    },
+    #[error("cannot stop vm {name:?}")]
+    Stop {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot enter vm {name:?}")]
+    Enter {
+        name: String,
+        #[source]
+        source: EnterError,
+    },
+    #[error("vm {name:?}")]
+    Command {
+        name: String,
+        #[source]
+        source: SpawnError,
+    },
+    #[error("vm {name:?}")]
+    Relay {
+        name: String,
+        #[source]
+        source: RelayError,
+    },
+}
+
+/// Why a VM could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot read the host's mount table")]
+    MountTable(#[source] std::io::Error),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(transparent)]
+    Layers(#[from] MountError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    #[error("cannot record the vm's state")]
+    State(#[from] StateError),
+    #[error("cannot create {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl VmError {
+    /// The process exit status for this failure: 127/126 when the command could not
+    /// be executed, 125 for everything that is fvm's own failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            VmError::Command { source, .. }
+            | VmError::Relay {
+                source: RelayError::Spawn(source),
+                ..
+            }
+            | VmError::Enter {
+                source: EnterError::Spawn(source),
+                ..
+            } => source.exit_code(),
+            _ => 125,
+        }
+    }
+}
+
+/// The engine: a store plus the host's cgroup layout (detected on first use).
+#[derive(Debug)]
+pub struct Engine {
+    store: Store,
+    cgroups: OnceLock<Cgroups>,
+}
+
+impl Engine {
+    pub fn new(store: Store) -> Engine {
+        Engine {
+            store,
+            cgroups: OnceLock::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn cgroups(&self) -> Result<&Cgroups, CgroupError> {
+        if let Some(c) = self.cgroups.get() {
+            return Ok(c);
+        }
+        let detected = Cgroups::detect()?;
+        Ok(self.cgroups.get_or_init(|| detected))
+    }
+
+    /// The name of a VM's cgroup: `fvm-<store id>-<vm>`, so VMs of different stores
+    /// never share one, and leftovers are easy to find.
+    pub fn cgroup_leaf(&self, name: &VmName) -> String {
+        format!("fvm-{}-{}", self.store.id(), name)
+    }
+
+    fn cgroup(&self, name: &VmName) -> Result<VmCgroup, VmError> {
+        let wrap = |source| VmError::Cgroup {
+            name: name.to_string(),
+            source,
+        };
+        self.cgroups()
+            .map_err(wrap)?
+            .vm(&self.cgroup_leaf(name))
+            .map_err(wrap)
+    }
+
+    fn vm(&self, name: &VmName) -> Result<VmDir, VmError> {
+        Ok(self.store.vm(name)?)
+    }
+
+    fn load_state(&self, vm: &VmDir) -> Result<State, VmError> {
+        vm.load_state().map_err(|source| VmError::State {
+            name: vm.name().to_string(),
+            source,
+        })
+    }
+
+    fn save_state(&self, vm: &VmDir, state: &State) -> Result<(), VmError> {
+        vm.save_state(state).map_err(|source| VmError::State {
+            name: vm.name().to_string(),
+            source,
+        })
+    }
+
+    /// Make the state file tell the truth. The caller holds the VM's lock.
+    fn reconcile(&self, vm: &VmDir) -> Result<State, VmError> {
+        let state = self.load_state(vm)?;
+        if state.live_init().is_some() {
+            return Ok(state);
+        }
+        let cgroup = self.cgroup(vm.name())?;
+        if state.status != crate::store::Status::Stopped || cgroup.exists() {
+            tracing::debug!(vm = %vm.name(), "cleaning up after a vm that is gone");
+            self.release_cgroup(vm.name(), &cgroup)?;
+            let stopped = state.stopped();
+            self.save_state(vm, &stopped)?;
+            return Ok(stopped);
+        }
+        Ok(state)
+    }
+
+    /// Kill whatever is left in a VM's cgroup (only ever its own processes) and
+    /// remove it.
+    fn release_cgroup(&self, name: &VmName, cgroup: &VmCgroup) -> Result<(), VmError> {
+        let wrap = |source| VmError::Cgroup {
+            name: name.to_string(),
+            source,
+        };
+        cgroup.kill_all().map_err(wrap)?;
+        cgroup.remove().map_err(wrap)
+    }
+}
+
+/// An error and its causes on one line.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !s.ends_with(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}

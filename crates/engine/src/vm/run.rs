@@ -1,0 +1,136 @@
+//! `run` and `shell`: a command inside a VM, in the foreground.
+//!
+//! In a running VM the command joins it (see `runtime::enter`). A stopped VM is
+//! started for the command; its init runs the command and exits once the last
+//! process of the VM has, and this process then cleans up after it.
+
+use rustix::process::Pid;
+
+use super::{Engine, VmError};
+use crate::runtime::channel::Exit;
+use crate::runtime::command::CommandSpec;
+use crate::runtime::enter;
+use crate::runtime::procid::ProcId;
+use crate::runtime::relay::{self, Outcome, Waited};
+use crate::store::{Policy, StartMode, State, VmDir, VmName};
+
+impl Engine {
+    /// Run `spec` in VM `name` and return how it ended.
+    pub fn run(&self, name: &VmName, spec: CommandSpec) -> Result<Exit, VmError> {
+        let signals = relay::block_signals().map_err(|e| self.relay_error(name, e.into()))?;
+        let vm = self.vm(name)?;
+        let lock = vm.lock()?;
+        let policy = self.policy(&vm)?;
+        let state = self.reconcile(&vm)?;
+        if let Some(init) = state.live_init() {
+            drop(lock);
+            let cgroup = self.cgroup(name)?;
+            let (pid, master) =
+                enter::enter(init, &cgroup, &spec).map_err(|source| VmError::Enter {
+                    name: name.to_string(),
+                    source,
+                })?;
+            let outcome = relay::run(Waited::Child { pid }, master, &signals)
+                .map_err(|e| self.relay_error(name, e))?;
+            return Ok(outcome.exit);
+        }
+        let outcome = self.run_cold(&vm, &policy, spec, lock, false, &signals)?;
+        Ok(outcome.exit)
+    }
+
+    /// Start a stopped VM for one command. `lock` is released once the VM runs.
+    fn run_cold(
+        &self,
+        vm: &VmDir,
+        policy: &Policy,
+        spec: CommandSpec,
+        lock: crate::store::Lock,
+        tmpfs_layers: bool,
+        signals: &nix::sys::signal::SigSet,
+    ) -> Result<Outcome, VmError> {
+        let name = vm.name();
+        let (launched, init) =
+            self.launch(vm, policy, StartMode::Command, Some(spec), tmpfs_layers)?;
+        let pid = launched.pid;
+        let go = launched.go();
+        drop(lock);
+        let result = match go {
+            Ok(()) => relay::run(
+                Waited::Init {
+                    pid,
+                    chan: launched.chan,
+                },
+                None,
+                signals,
+            ),
+            Err(e) => Err(e.into()),
+        };
+        // The init exits by itself when nothing else runs in the VM (or the command
+        // could not start); then reap it and clean up. If processes remain (a daemon
+        // the command started), the VM keeps running until they end or `fvm stop`.
+        let ended = match &result {
+            Ok(o) => o.vm_ended,
+            Err(_) => true,
+        };
+        if ended {
+            self.finish(vm, pid, &init)?;
+        }
+        result.map_err(|e| self.relay_error(name, e))
+    }
+
+    /// After a VM started by this process has exited: reap its init and clean up,
+    /// unless another command already did (the state names a different init).
+    fn finish(&self, vm: &VmDir, pid: Pid, init: &ProcId) -> Result<(), VmError> {
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        let _lock = vm.lock()?;
+        let state = self.load_state(vm)?;
+        if state.init.as_ref() == Some(init) {
+            self.reconcile(vm)?;
+        }
+        Ok(())
+    }
+
+    /// `run --rm`: a throw-away VM, created for the command and deleted after it.
+    /// Its layers live on a tmpfs in its own mount namespace: nothing is written to
+    /// disk, and whatever it left running is stopped with it.
+    pub fn run_temporary(&self, name: Option<VmName>, spec: CommandSpec) -> Result<Exit, VmError> {
+        let name = match name {
+            Some(n) => n,
+            None => self.temporary_name()?,
+        };
+        let signals = relay::block_signals().map_err(|e| self.relay_error(&name, e.into()))?;
+        let vm = self.create(&name, &Default::default())?;
+        let lock = vm.lock()?;
+        // Marked before it starts, so that a crash leaves a VM the next cleanup deletes.
+        let marked = self.save_state(
+            &vm,
+            &State {
+                temporary: true,
+                ..State::default()
+            },
+        );
+        let result = marked
+            .and_then(|()| self.policy(&vm))
+            .and_then(|policy| self.run_cold(&vm, &policy, spec, lock, true, &signals));
+        let cleanup = self.delete(&name, true);
+        let outcome = result?;
+        cleanup?;
+        Ok(outcome.exit)
+    }
+
+    pub fn temporary_name(&self) -> Result<VmName, VmError> {
+        let mut bytes = [0u8; 4];
+        let _ = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty());
+        Ok(VmName::new(&format!(
+            "tmp-{:08x}",
+            u32::from_ne_bytes(bytes)
+        ))?)
+    }
+
+    fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
+        VmError::Relay {
+            name: name.to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The command line: global flags and one subcommand per verb.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fvm",
+    version,
+    about = "Featherweight virtual machines: copy-on-write clones of the running host",
+    long_about = "Featherweight virtual machines: copy-on-write clones of the running host.\n\n\
+        A VM sees the host's whole live filesystem, programs and configuration, and keeps \
+        only its own changes, in its own namespaces and cgroup. fvm runs as root."
+)]
+pub struct Cli {
+    /// Store directory holding the VMs
+    #[arg(long, global = true, env = "FVM_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    /// Machine-readable JSON output
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More detail on stderr (repeat for more)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a stopped VM
+    Create(CreateArgs),
+    /// List VMs
+    #[command(visible_alias = "ls")]
+    List,
+    /// Start a VM in the background
+    Start(NameArg),
+    /// Open an interactive login shell in a VM (starting it if needed)
+    Shell(NameArg),
+    /// Run a command in a VM (starting it for the command if it is stopped)
+    Run(RunArgs),
+    /// Stop a VM: SIGTERM to every process, SIGKILL after the grace time
+    Stop(StopArgs),
+    /// Delete a VM and its private layers
+    #[command(visible_alias = "rm")]
+    Delete(DeleteArgs),
+    /// Show everything known about a VM, as JSON
+    Inspect(NameArg),
+    /// Show a VM's policy, or change it
+    Config(ConfigArgs),
+    /// Check what this host supports
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NameArg {
+    /// The VM's name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The VM's name: [a-z0-9][a-z0-9_.-]{0,62}
+    pub name: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Keep the VM's private layers in DIR (new or empty) instead of the store
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Policy flags shared by `create` and `config`.
+#[derive(Debug, Args, Default)]
+pub struct PolicyArgs {
+    /// Free text describing the VM
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Create a throw-away VM for the command and delete it afterwards
+    #[arg(long)]
+    pub rm: bool,
+    /// Always give the command a pty (default: when stdin is a terminal)
+    #[arg(
+        short = 't',
+        long,
+        visible_short_alias = 'i',
+        conflicts_with = "no_tty"
+    )]
+    pub tty: bool,
+    /// Never give the command a pty
+    #[arg(short = 'T', long)]
+    pub no_tty: bool,
+    /// The VM (optional with --rm)
+    pub name: Option<String>,
+    /// The command and its arguments, after `--`
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    pub name: String,
+    /// Seconds to wait after SIGTERM before SIGKILL
+    #[arg(long, short = 't', default_value_t = 10, value_name = "S")]
+    pub time: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    pub name: String,
+    /// Stop the VM first if it is running
+    #[arg(long, short)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Also clean up after crashed VMs and commands (stale cgroups, leftovers)
+    #[arg(long)]
+    pub cleanup: bool,
+}

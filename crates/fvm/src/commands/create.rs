@@ -1,0 +1,18 @@
+use anyhow::Result;
+use fvm_engine::vm::CreateOptions;
+
+use super::{Context, vm_name};
+use crate::cli::CreateArgs;
+use crate::output;
+
+pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
+    let name = vm_name(&args.name)?;
+    let engine = ctx.engine(true)?;
+    let opts = CreateOptions {
+        description: args.policy.description.clone(),
+        dir: args.dir.clone(),
+    };
+    engine.create(&name, &opts)?;
+    output::print(&format!("{name}\n"))?;
+    Ok(0)
+}

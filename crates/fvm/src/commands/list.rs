@@ -1,0 +1,43 @@
+use anyhow::Result;
+use fvm_engine::vm::VmInfo;
+
+use super::Context;
+use crate::output;
+
+pub fn run(ctx: &Context<'_>) -> Result<u8> {
+    let vms = match ctx.engine_if_any()? {
+        Some(engine) => engine.list()?,
+        None => Vec::new(),
+    };
+    if ctx.json() {
+        output::print_json(&vms)?;
+        return Ok(0);
+    }
+    let rows = vms.iter().map(row).collect();
+    output::print(&output::table(
+        &[
+            "name",
+            "status",
+            "ip",
+            "processes",
+            "memory",
+            "disk",
+            "created",
+        ],
+        rows,
+    ))?;
+    Ok(0)
+}
+
+fn row(vm: &VmInfo) -> Vec<String> {
+    let dash = || "-".to_owned();
+    vec![
+        vm.name.to_string(),
+        vm.status.as_str().to_owned(),
+        vm.ip.clone().unwrap_or_else(dash),
+        vm.processes.map_or_else(dash, |p| p.to_string()),
+        vm.memory.map_or_else(dash, output::size),
+        output::size(vm.disk),
+        vm.created.clone().unwrap_or_else(dash),
+    ]
+}

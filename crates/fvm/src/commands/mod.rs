@@ -1,0 +1,91 @@
+//! One module per verb. Each takes the parsed arguments and an engine and returns
+//! the process exit status.
+
+mod config;
+mod create;
+mod delete;
+mod doctor;
+mod inspect;
+mod list;
+mod run;
+mod start;
+mod stop;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use fvm_engine::Engine;
+use fvm_engine::store::{DEFAULT_ROOT, Store, VmName};
+
+use crate::cli::{Cli, Command};
+
+pub fn dispatch(cli: &Cli) -> Result<u8> {
+    let ctx = Context { cli };
+    match &cli.command {
+        Command::Create(a) => create::run(&ctx, a),
+        Command::List => list::run(&ctx),
+        Command::Start(a) => start::run(&ctx, a),
+        Command::Shell(a) => run::shell(&ctx, a),
+        Command::Run(a) => run::run(&ctx, a),
+        Command::Stop(a) => stop::run(&ctx, a),
+        Command::Delete(a) => delete::run(&ctx, a),
+        Command::Inspect(a) => inspect::run(&ctx, a),
+        Command::Config(a) => config::run(&ctx, a),
+        Command::Doctor(a) => doctor::run(&ctx, a),
+    }
+}
+
+/// What every verb needs: the global flags and a way to the store.
+pub struct Context<'a> {
+    pub cli: &'a Cli,
+}
+
+impl Context<'_> {
+    fn root(&self) -> PathBuf {
+        self.cli
+            .root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT))
+    }
+
+    /// The engine on the store. A store named with `--root`/`FVM_ROOT` must exist
+    /// (a typo must not silently make a new one); the default store is created by
+    /// the verbs that add VMs.
+    pub fn engine(&self, create: bool) -> Result<Engine> {
+        let root = self.root();
+        let store = if create && self.cli.root.is_none() {
+            Store::open_or_create(&root)?
+        } else {
+            Store::open(&root)?
+        };
+        Ok(Engine::new(store))
+    }
+
+    /// The engine if the store exists; `None` for the missing default store.
+    pub fn engine_if_any(&self) -> Result<Option<Engine>> {
+        if self.cli.root.is_none() && !Path::new(DEFAULT_ROOT).exists() {
+            return Ok(None);
+        }
+        self.engine(false).map(Some)
+    }
+
+    /// The engine for a verb on an existing VM: with no store at all, the VM
+    /// simply does not exist.
+    pub fn engine_for(&self, name: &VmName) -> Result<Engine> {
+        match self.engine_if_any()? {
+            Some(e) => Ok(e),
+            None => Err(fvm_engine::store::StoreError::NoSuchVm {
+                name: name.to_string(),
+            }
+            .into()),
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.cli.json
+    }
+}
+
+pub fn vm_name(name: &str) -> Result<VmName> {
+    Ok(VmName::new(name)?)
+}
