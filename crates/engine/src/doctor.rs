@@ -117,9 +117,15 @@ fn syscalls() -> Result<String, (Level, String)> {
     let me = rustix::process::getpid();
     rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty())
         .map_err(|e| (Level::Fail, format!("pidfd_open: {e}")))?;
-    rustix::fs::openat2(
-        rustix::fs::CWD,
+    let root = rustix::fs::open(
         "/",
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| (Level::Fail, format!("open /: {e}")))?;
+    rustix::fs::openat2(
+        &root,
+        ".",
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
         rustix::fs::ResolveFlags::BENEATH,

@@ -39,12 +39,11 @@ pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup_procs: Vec<OwnedFd>) 
     };
     let _ = chan.send(&Msg::Ready, None);
     // Wait until fvm has recorded this init in the VM's state. If fvm dies first,
-    // the parent-death signal (or EOF here) ends the VM: nothing would know of it.
+    // the channel reads end-of-file and the VM ends here: nothing would know of it.
     match chan.recv() {
         Ok(Some((Msg::Go, _))) => {}
         _ => sys::exit_now(1),
     }
-    let _ = rustix::process::set_parent_process_death_signal(None);
     let mut init = Init {
         mode: spec.mode,
         command: None,
@@ -66,8 +65,8 @@ fn setup(spec: &LaunchSpec, chan: &Channel, procs: Vec<OwnedFd>) -> Result<SigSe
     let mut keep = vec![0, 1, 2, chan.as_fd().as_raw_fd()];
     keep.extend(procs.iter().map(|f| f.as_raw_fd()));
     sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| format!("cannot set the parent-death signal: {e}"))?;
+    // `ps` inside the VM shows this as PID 1.
+    let _ = rustix::thread::set_name(c"fvm-init");
     // Join the VM's cgroup before anything else runs, then make it the root of the
     // VM's cgroup namespace, so every later process is inside and sees only it.
     cgroup::join_self(&procs).map_err(|e| format!("cannot join the vm's cgroup: {e}"))?;

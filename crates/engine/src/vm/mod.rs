@@ -218,12 +218,12 @@ impl Engine {
     }
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line, without the "(os error N)" noise.
 pub fn error_line(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
+    let mut s = plain(e.to_string());
     let mut cur = e.source();
     while let Some(c) = cur {
-        let part = c.to_string();
+        let part = plain(c.to_string());
         if !s.ends_with(&part) {
             s.push_str(": ");
             s.push_str(&part);
@@ -231,4 +231,13 @@ pub fn error_line(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+fn plain(mut msg: String) -> String {
+    if let Some(i) = msg.rfind(" (os error ")
+        && msg.ends_with(')')
+    {
+        msg.truncate(i);
+    }
+    msg
 }
