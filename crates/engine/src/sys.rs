@@ -32,40 +32,65 @@ pub enum Forked {
     Parent(Pid),
 }
 
-/// Create a child process like `fork()`, but in new namespaces (`flags` from [`ns`]).
+/// `struct clone_args` of clone3(2), up to the `cgroup` field (kernel 5.7).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Create a child process like `fork()`, but in new namespaces (`flags` from
+/// [`ns`]) and, if `cgroup` is a cgroup v2 directory, born inside that cgroup.
 ///
 /// The child continues on a copy-on-write copy of the caller's stack and memory. It
 /// must only be called while the process is single-threaded: the child gets a copy of
 /// one thread, so locks held by other threads (malloc, stdio) would stay locked forever.
 /// fvm's CLI never starts a thread before it launches a VM.
-pub fn clone_process(flags: u64) -> io::Result<Forked> {
-    let flags = flags | libc::SIGCHLD as u64;
-    // SAFETY: raw clone(2) with a null stack behaves like fork(2): the child resumes here
-    // on a private copy of the caller's stack. No CLONE_VM/CLONE_THREAD/CLONE_SETTLS is
-    // passed, so no memory is shared and the pointer arguments are unused (null). The
+pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+    let mut args = CloneArgs {
+        flags,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+    }
+    // SAFETY: clone3 with no stack (0) and without CLONE_VM/CLONE_THREAD/CLONE_SETTLS
+    // behaves like fork(2): the child resumes here on a private copy of the caller's
+    // memory. `args` is a live, fully initialized clone_args of the size passed. The
     // caller guarantees the process is single-threaded (see the doc comment).
     let ret = unsafe {
         libc::syscall(
-            libc::SYS_clone,
-            flags as libc::c_ulong,
-            std::ptr::null_mut::<libc::c_void>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            std::ptr::null_mut::<libc::c_int>(),
-            0 as libc::c_ulong,
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
         )
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
         0 => Ok(Forked::Child),
         pid => Ok(Forked::Parent(
-            Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone returned pid 0"))?,
+            Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?,
         )),
     }
 }
 
 /// `fork()`: [`clone_process`] without new namespaces. Same single-thread rule.
 pub fn fork() -> io::Result<Forked> {
-    clone_process(0)
+    clone_process(0, None)
 }
 
 /// `unshare(2)` for namespace flags from [`ns`].

@@ -224,23 +224,28 @@ fn v1_kill_all_thaws_the_freezer() {
 }
 
 #[test]
-fn open_procs_and_join_self_write_zero_to_every_hierarchy() {
+fn v1_entry_writes_zero_to_every_tasks_file() {
     let (_tmp, cgroups) = v1_fake();
     let vm = cgroups.vm("vm").unwrap();
-    create_with_files(&vm, &[("cgroup.procs", "")]);
-    let fds = vm.open_procs().unwrap();
-    assert_eq!(fds.len(), 4);
-    join_self(&fds).unwrap();
+    create_with_files(&vm, &[("tasks", "")]);
+    let entry = vm.entry().unwrap();
+    assert!(entry.clone_into().is_none());
+    assert_eq!(entry.raw_fds().len(), 4);
+    entry.join_self().unwrap();
     for dir in vm.dirs() {
-        assert_eq!(fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "0");
+        assert_eq!(fs::read_to_string(dir.join("tasks")).unwrap(), "0");
     }
 }
 
 #[test]
-fn open_procs_of_a_missing_cgroup_fails() {
+fn v2_entry_is_the_directory_for_clone3() {
     let (_tmp, cgroups) = v2_fake();
-    let err = cgroups.vm("vm").unwrap().open_procs().unwrap_err();
-    assert!(matches!(err, CgroupError::Open { .. }), "{err:?}");
+    let vm = cgroups.vm("vm").unwrap();
+    assert!(matches!(vm.entry(), Err(CgroupError::Open { .. })));
+    vm.create().unwrap();
+    let entry = vm.entry().unwrap();
+    assert!(entry.clone_into().is_some());
+    entry.join_self().unwrap();
 }
 
 #[test]
@@ -402,7 +407,7 @@ const JOIN_CHILD_ENV: &str = "FVM_CGROUP_TEST_JOIN_LEAF";
 
 /// Not a test by itself: without the variable it does nothing. The privileged
 /// test below re-runs the test binary with only this test selected, so that a
-/// real separate process calls `open_procs` and `join_self` on itself.
+/// real separate process calls `entry` and `join_self` on itself.
 #[test]
 fn join_self_child() {
     let Some(leaf) = std::env::var_os(JOIN_CHILD_ENV) else {
@@ -412,8 +417,7 @@ fn join_self_child() {
         .unwrap()
         .vm(leaf.to_str().unwrap())
         .unwrap();
-    let procs = vm.open_procs().unwrap();
-    join_self(&procs).unwrap();
+    vm.entry().unwrap().join_self().unwrap();
     std::thread::sleep(Duration::from_secs(30));
 }
 

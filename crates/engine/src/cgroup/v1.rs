@@ -98,6 +98,12 @@ impl V1Cgroup {
 
     /// Kills everything in every hierarchy's directory, frozen if possible.
     pub(super) fn kill_all(&self) -> Result<(), CgroupError> {
+        // Freezing flips kernel static keys (IPIs to every CPU): only do it when
+        // there is something to kill. The common case, after the VM's init took
+        // everything down with it, is an empty cgroup.
+        if self.all_pids()?.1.is_empty() {
+            return Ok(());
+        }
         let mut retry = Retry::new(KILL_TIMEOUT);
         let freezer = self.dir_with("freezer").filter(|dir| dir.is_dir());
         loop {
@@ -219,12 +225,24 @@ mod tests {
     }
 
     #[test]
-    fn kill_all_freezes_and_always_thaws() {
+    fn kill_all_of_an_empty_cgroup_leaves_the_freezer_alone() {
         let tmp = tempfile::tempdir().unwrap();
         let cgroup = fake(tmp.path(), &[&["freezer"], &["pids"]]);
         let state = tmp.path().join("freezer/vm/freezer.state");
         std::fs::write(&state, "").unwrap();
         cgroup.kill_all().unwrap();
+        assert_eq!(std::fs::read_to_string(&state).unwrap(), "");
+    }
+
+    #[test]
+    fn kill_all_freezes_and_always_thaws() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cgroup = fake(tmp.path(), &[&["freezer"], &["pids"]]);
+        let state = tmp.path().join("freezer/vm/freezer.state");
+        std::fs::write(&state, "").unwrap();
+        // Pid 1 is never signalled, so it stays and the kill gives up.
+        std::fs::write(tmp.path().join("pids/vm/cgroup.procs"), "1\n").unwrap();
+        assert!(cgroup.kill_all().is_err());
         assert_eq!(std::fs::read_to_string(&state).unwrap(), "THAWED");
     }
 

@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -160,10 +160,12 @@ fn root_shell() -> Option<String> {
 
 /// Fork and exec `spec` in the current namespaces. `tty` is the pty slave to make
 /// the controlling terminal and stdio; without it the command inherits stdio.
-/// `before_exec` runs in the child first (joining the VM's cgroup, for example).
+/// `cgroup` is a cgroup v2 directory to create the child in. `before_exec` runs in
+/// the child first (joining the VM's cgroup on v1, for example).
 pub fn spawn(
     spec: &CommandSpec,
     tty: Option<&OwnedFd>,
+    cgroup: Option<BorrowedFd<'_>>,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> Result<Pid, SpawnError> {
     let r = spec.resolve()?;
@@ -173,7 +175,7 @@ pub fn spawn(
     };
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
-    match sys::fork().map_err(fork_err)? {
+    match sys::clone_process(0, cgroup).map_err(fork_err)? {
         Forked::Child => {
             drop(err_read);
             let errno = exec_child(&r, tty, before_exec);

@@ -3,8 +3,9 @@
 //! The fvm process itself enters the VM's mount, pid, IPC, UTS and network
 //! namespaces (through a pidfd of the VM's init, so a recycled pid can't redirect
 //! it), opens the pty from the VM's devpts, and forks the command, which is then
-//! inside the VM's pid namespace. The child joins the VM's cgroup before its cgroup
-//! namespace, because a process can only be moved into a cgroup it can see.
+//! inside the VM's pid namespace. The child is in the VM's cgroup (created inside
+//! it on v2, moved on v1) before it enters the cgroup namespace, because a process
+//! can only be moved into a cgroup it can see.
 
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -14,7 +15,7 @@ use rustix::thread::ThreadNameSpaceType as Ns;
 use super::command::{self, CommandSpec, SpawnError};
 use super::procid::ProcId;
 use super::stop::InitHandle;
-use crate::cgroup::{self, CgroupError, VmCgroup};
+use crate::cgroup::{CgroupError, VmCgroup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnterError {
@@ -42,7 +43,7 @@ pub fn enter(
     let handle = InitHandle::open(init)
         .map_err(EnterError::Init)?
         .ok_or(EnterError::NotRunning)?;
-    let procs = cgroup.open_procs()?;
+    let entry = cgroup.entry()?;
     rustix::thread::move_into_thread_name_spaces(
         handle.pidfd().as_fd(),
         Ns::MOUNT
@@ -59,10 +60,10 @@ pub fn enter(
         (None, None)
     };
     let join = || {
-        cgroup::join_self(&procs)?;
+        entry.join_self()?;
         rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::CONTROL_GROUP)?;
         Ok(())
     };
-    let pid = command::spawn(spec, slave.as_ref(), &join)?;
+    let pid = command::spawn(spec, slave.as_ref(), entry.clone_into(), &join)?;
     Ok((pid, master))
 }

@@ -29,8 +29,8 @@ const FORWARDED: [Signal; 6] = [
 ];
 
 /// Run the VM's init. Never returns.
-pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup_procs: Vec<OwnedFd>) -> ! {
-    let signals = match setup(spec, &chan, cgroup_procs) {
+pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup: cgroup::Entry) -> ! {
+    let signals = match setup(spec, &chan, cgroup) {
         Ok(s) => s,
         Err(error) => {
             let _ = chan.send(&Msg::Failed { error }, None);
@@ -60,17 +60,19 @@ pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup_procs: Vec<OwnedFd>) 
 }
 
 /// Assemble the VM. Errors are one line for the user, naming the step.
-fn setup(spec: &LaunchSpec, chan: &Channel, procs: Vec<OwnedFd>) -> Result<SigSet, String> {
+fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<SigSet, String> {
     // Everything inherited from the fvm command (lock files, the store) goes first.
     let mut keep = vec![0, 1, 2, chan.as_fd().as_raw_fd()];
-    keep.extend(procs.iter().map(|f| f.as_raw_fd()));
+    keep.extend(cgroup.raw_fds());
     sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
     // `ps` inside the VM shows this as PID 1.
     let _ = rustix::thread::set_name(c"fvm-init");
     // Join the VM's cgroup before anything else runs, then make it the root of the
     // VM's cgroup namespace, so every later process is inside and sees only it.
-    cgroup::join_self(&procs).map_err(|e| format!("cannot join the vm's cgroup: {e}"))?;
-    drop(procs);
+    cgroup
+        .join_self()
+        .map_err(|e| format!("cannot join the vm's cgroup: {e}"))?;
+    drop(cgroup);
     sys::unshare(sys::ns::CGROUP).map_err(|e| format!("cannot create a cgroup namespace: {e}"))?;
     // Leave the session of whoever ran fvm: the VM must not get its terminal.
     rustix::process::setsid().map_err(|e| format!("cannot start a new session: {e}"))?;
@@ -133,7 +135,7 @@ impl Init {
                 }
             }
         }
-        match command::spawn(cmd, pty.as_ref(), &|| Ok(())) {
+        match command::spawn(cmd, pty.as_ref(), None, &|| Ok(())) {
             Ok(pid) => self.command = Some(pid),
             Err(e) => {
                 let (program, errno) = match &e {

@@ -52,8 +52,25 @@ pub struct Launched {
 
 impl Launched {
     /// Tell the init its pid is recorded; it may run the VM now.
+    /// The init may get this before it is ready; it reads it once the VM is
+    /// assembled, so recording the state overlaps with that work.
     pub fn go(&self) -> io::Result<()> {
         self.chan.send(&Msg::Go, None)
+    }
+
+    /// Wait until the VM is assembled. On failure the init has exited and is reaped.
+    pub fn ready(&self) -> Result<(), LaunchError> {
+        match self.chan.recv() {
+            Ok(Some((Msg::Ready, _))) => Ok(()),
+            Ok(Some((Msg::Failed { error }, _))) => {
+                self.reap();
+                Err(LaunchError::Setup(error))
+            }
+            _ => {
+                self.reap();
+                Err(LaunchError::InitDied)
+            }
+        }
     }
 
     /// Reap the init after it has exited (it is our child).
@@ -62,33 +79,24 @@ impl Launched {
     }
 }
 
-/// Clone the VM's init. The calling process must be single-threaded.
+/// Clone the VM's init, which starts assembling the VM at once; see
+/// [`Launched::go`] and [`Launched::ready`]. The calling process must be
+/// single-threaded.
 pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchError> {
-    let procs = cgroup.open_procs()?;
+    let entry = cgroup.entry()?;
     let (ours, theirs) = Channel::pair().map_err(LaunchError::Channel)?;
     // The child starts with a copy of our buffers; flush so nothing prints twice.
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
-    match sys::clone_process(spec.namespaces).map_err(LaunchError::Clone)? {
+    match sys::clone_process(spec.namespaces, entry.clone_into()).map_err(LaunchError::Clone)? {
         Forked::Child => {
             drop(ours);
-            init::run(spec, theirs, procs)
+            init::run(spec, theirs, entry)
         }
         Forked::Parent(pid) => {
             drop(theirs);
-            drop(procs);
-            let launched = Launched { pid, chan: ours };
-            match launched.chan.recv() {
-                Ok(Some((Msg::Ready, _))) => Ok(launched),
-                Ok(Some((Msg::Failed { error }, _))) => {
-                    launched.reap();
-                    Err(LaunchError::Setup(error))
-                }
-                _ => {
-                    launched.reap();
-                    Err(LaunchError::InitDied)
-                }
-            }
+            drop(entry);
+            Ok(Launched { pid, chan: ours })
         }
     }
 }

@@ -81,7 +81,7 @@ impl Engine {
         policy: &Policy,
         mode: StartMode,
         command: Option<CommandSpec>,
-        tmpfs_layers: bool,
+        temporary: bool,
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
         let fail = |e: StartError| self.start_error(name, e);
@@ -89,10 +89,10 @@ impl Engine {
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
-            tmpfs_layers,
+            tmpfs_layers: temporary,
         };
         make_dir(&layout.staging).map_err(fail)?;
-        if tmpfs_layers {
+        if temporary {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
@@ -114,7 +114,8 @@ impl Engine {
                 return Err(fail(e.into()));
             }
         };
-        let recorded = ProcId::of(launched.pid.as_raw_nonzero().get())
+        // Record the init while it assembles the VM, then let it go on.
+        let started = ProcId::of(launched.pid.as_raw_nonzero().get())
             .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))
             .and_then(|init| {
                 let state = State {
@@ -124,19 +125,30 @@ impl Engine {
                     started_at: Some(
                         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                     ),
-                    temporary: self.load_state(vm).map(|s| s.temporary).unwrap_or(false),
+                    temporary,
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 Ok(init)
+            })
+            .and_then(|init| {
+                launched
+                    .go()
+                    .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;
+                launched.ready()?;
+                Ok(init)
             });
-        match recorded {
+        match started {
             Ok(init) => Ok((launched, init)),
             Err(e) => {
-                // Closing the channel without `Go` makes the init exit.
+                // Without `Go` the init exits after setup; either way, reap it.
                 let pid = launched.pid;
                 drop(launched.chan);
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
                 let _ = cgroup.kill_all().and_then(|()| cgroup.remove());
+                let _ = vm.save_state(&State {
+                    temporary,
+                    ..State::default()
+                });
                 Err(fail(e))
             }
         }
@@ -144,7 +156,10 @@ impl Engine {
 
     /// The mount plan for a VM of this store, from the host's mount table now.
     pub fn plan(&self) -> Result<MountPlan, StartError> {
-        let table = mounts::mountinfo::read_self().map_err(StartError::MountTable)?;
+        let text = self.mount_table().map_err(StartError::MountTable)?;
+        let table = mounts::mountinfo::parse(text).map_err(|e| {
+            StartError::MountTable(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })?;
         Ok(mounts::plan::build(
             &table,
             &self.store.private_paths(),

@@ -132,6 +132,8 @@ impl VmError {
 pub struct Engine {
     store: Store,
     cgroups: OnceLock<Cgroups>,
+    /// The host's mount table, read once per command (cgroups and mount plan).
+    mount_table: OnceLock<String>,
 }
 
 impl Engine {
@@ -139,6 +141,7 @@ impl Engine {
         Engine {
             store,
             cgroups: OnceLock::new(),
+            mount_table: OnceLock::new(),
         }
     }
 
@@ -150,8 +153,21 @@ impl Engine {
         if let Some(c) = self.cgroups.get() {
             return Ok(c);
         }
-        let detected = Cgroups::detect()?;
+        let table = self.mount_table().map_err(|source| CgroupError::Detect {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
+        let detected = Cgroups::from_mountinfo(table)?;
         Ok(self.cgroups.get_or_init(|| detected))
+    }
+
+    /// The text of /proc/self/mountinfo as this command first read it.
+    pub fn mount_table(&self) -> std::io::Result<&str> {
+        if let Some(t) = self.mount_table.get() {
+            return Ok(t);
+        }
+        let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+        Ok(self.mount_table.get_or_init(|| text))
     }
 
     /// The name of a VM's cgroup: `fvm-<store id>-<vm>`, so VMs of different stores

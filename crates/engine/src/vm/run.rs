@@ -45,26 +45,22 @@ impl Engine {
         policy: &Policy,
         spec: CommandSpec,
         lock: crate::store::Lock,
-        tmpfs_layers: bool,
+        temporary: bool,
         signals: &nix::sys::signal::SigSet,
     ) -> Result<Outcome, VmError> {
         let name = vm.name();
         let (launched, init) =
-            self.launch(vm, policy, StartMode::Command, Some(spec), tmpfs_layers)?;
+            self.launch(vm, policy, StartMode::Command, Some(spec), temporary)?;
         let pid = launched.pid;
-        let go = launched.go();
         drop(lock);
-        let result = match go {
-            Ok(()) => relay::run(
-                Waited::Init {
-                    pid,
-                    chan: launched.chan,
-                },
-                None,
-                signals,
-            ),
-            Err(e) => Err(e.into()),
-        };
+        let result = relay::run(
+            Waited::Init {
+                pid,
+                chan: launched.chan,
+            },
+            None,
+            signals,
+        );
         // The init exits by itself when nothing else runs in the VM (or the command
         // could not start); then reap it and clean up. If processes remain (a daemon
         // the command started), the VM keeps running until they end or `fvm stop`.
