@@ -489,3 +489,47 @@ fn real_v2_cgroup_holds_kills_and_removes_a_process() {
 
     kill_and_remove(&cgroups, vm, &leaf, &mut child.0);
 }
+
+/// The v2 way into a VM's cgroup, for real: `clone3(CLONE_INTO_CGROUP)` with the
+/// fd from `entry()` creates the child inside the cgroup.
+#[test]
+fn real_v2_clone_into_cgroup_creates_the_child_inside() {
+    let test = "real_v2_clone_into_cgroup_creates_the_child_inside";
+    if !require_root(test) {
+        return;
+    }
+    let Some(root) = cgroup2_mount() else {
+        println!("SKIP (no cgroup2 mount): {test}");
+        return;
+    };
+    let cgroups = Cgroups::v2_at(root);
+    let leaf = unique_leaf();
+    let guard = CgroupGuard(cgroups.vm(&leaf).unwrap());
+    let vm = &guard.0;
+    vm.create().unwrap();
+    let entry = vm.entry().unwrap();
+    // The child only sleeps and exits: nothing that could need a lock that another
+    // thread of the test harness held at fork time.
+    let pid = match crate::sys::clone_process(0, entry.clone_into()).unwrap() {
+        crate::sys::Forked::Child => {
+            let _ = rustix::thread::nanosleep(&rustix::thread::Timespec {
+                tv_sec: 30,
+                tv_nsec: 0,
+            });
+            crate::sys::exit_now(0)
+        }
+        crate::sys::Forked::Parent(pid) => pid.as_raw_nonzero().get(),
+    };
+    let listed = vm.pids();
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    let _ = rustix::process::waitpid(
+        rustix::process::Pid::from_raw(pid),
+        rustix::process::WaitOptions::empty(),
+    );
+    assert_eq!(listed.unwrap(), [pid]);
+    vm.remove().unwrap();
+    assert!(!vm.exists());
+}
