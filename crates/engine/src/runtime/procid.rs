@@ -52,6 +52,41 @@ impl ProcId {
     pub fn is_alive(&self) -> bool {
         self.liveness() == Liveness::Alive
     }
+
+    /// Alive, and really the init of a VM whose cgroup is named `leaf`: PID 1 of a
+    /// pid namespace below ours, inside that cgroup. A state file planted to name
+    /// some other process (the host's init, say) fails this, so fvm never signals
+    /// or enters a process that isn't the VM's.
+    pub fn is_vm_init(&self, leaf: &str) -> bool {
+        self.is_alive()
+            && is_nested_pid1(self.pid)
+            && in_cgroup(self.pid, leaf)
+            // Checked again: the pid could have been recycled between the reads.
+            && self.is_alive()
+    }
+}
+
+/// /proc/PID/status lists the pid in each namespace from ours down; a VM's init
+/// has at least two entries, the last being 1.
+fn is_nested_pid1(pid: i32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .is_some_and(|ids| ids.len() >= 2 && ids.last() == Some(&"1"))
+}
+
+/// Whether any of the process's cgroups (v1 or v2 lines) is `/<leaf>`.
+fn in_cgroup(pid: i32, leaf: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    text.lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|path| path.strip_prefix('/') == Some(leaf))
 }
 
 struct Stat {
@@ -90,6 +125,15 @@ mod tests {
         let s = parse_stat(line).unwrap();
         assert_eq!(s.state, 'S');
         assert_eq!(s.start_time, 987654);
+    }
+
+    #[test]
+    fn a_process_outside_any_vm_is_not_a_vm_init() {
+        let me = ProcId::of(std::process::id() as i32).unwrap();
+        assert!(!me.is_vm_init("fvm-00000000-x"));
+        let host_init = ProcId::of(1).unwrap();
+        assert!(host_init.is_alive());
+        assert!(!host_init.is_vm_init("fvm-00000000-x"));
     }
 
     #[test]

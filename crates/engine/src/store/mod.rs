@@ -24,6 +24,9 @@ pub use name::{NameError, VmName};
 pub use policy::{Policy, PolicyError};
 pub use state::{StartMode, State, StateError, Status};
 
+/// The file in a VM's `--dir` that marks it as that VM's.
+const OWNER_MARK: &str = ".fvm-owner";
+
 /// The default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/fvm";
 
@@ -187,7 +190,7 @@ impl Store {
             source,
         };
         if let Some(dir) = &policy.dir {
-            self.claim_dir(dir)?;
+            self.claim_dir(dir, name)?;
         }
         let tmp = self
             .vms()
@@ -227,12 +230,33 @@ impl Store {
 
     /// `--dir` must be a new or empty directory outside the store: fvm deletes it with
     /// the VM, so it must never adopt a directory that holds someone's data.
-    fn claim_dir(&self, dir: &Path) -> Result<(), StoreError> {
+    fn claim_dir(&self, dir: &Path, name: &VmName) -> Result<(), StoreError> {
         if dir.starts_with(&self.root) {
             return Err(StoreError::DirInStore {
                 path: dir.to_owned(),
             });
         }
+        self.new_or_empty_dir(dir)?;
+        files::write_atomic(
+            &dir.join(OWNER_MARK),
+            self.owner_mark(name).as_bytes(),
+            0o600,
+        )
+        .map_err(|source| StoreError::Open {
+            path: dir.join(OWNER_MARK),
+            source,
+        })
+    }
+
+    /// What a VM's `--dir` holds to prove it is fvm's to delete.
+    fn owner_mark(&self, name: &VmName) -> String {
+        format!(
+            "layers of fvm vm {name:?} in store {}\n",
+            self.root.display()
+        )
+    }
+
+    fn new_or_empty_dir(&self, dir: &Path) -> Result<(), StoreError> {
         match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
             Ok(true) => Ok(()),
             Ok(false) => Err(StoreError::DirInUse {
@@ -255,6 +279,23 @@ impl Store {
         files::remove_tree(dir)
     }
 
+    /// Delete a VM's `--dir`, but only if it carries this VM's owner mark: a policy
+    /// edited (or planted) to name another directory must not make fvm delete it.
+    fn release_owned_dir(&self, dir: &Path, name: &VmName) -> io::Result<()> {
+        match files::read_regular(&dir.join(OWNER_MARK)) {
+            Ok(mark) if mark == self.owner_mark(name) => self.release_dir(dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => Ok(()),
+            _ => {
+                tracing::warn!(
+                    "vm {:?}: not deleting {}: it lacks the vm's owner mark ({OWNER_MARK})",
+                    name.as_str(),
+                    dir.display()
+                );
+                Ok(())
+            }
+        }
+    }
+
     /// Delete a stopped VM and its layers. Takes the store lock.
     pub fn delete_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<(), StoreError> {
         let _lock = self.lock()?;
@@ -266,10 +307,11 @@ impl Store {
             source,
         })?;
         if let Some(dir) = dir {
-            self.release_dir(dir).map_err(|source| StoreError::Delete {
-                path: dir.to_owned(),
-                source,
-            })?;
+            self.release_owned_dir(dir, &vm.name)
+                .map_err(|source| StoreError::Delete {
+                    path: dir.to_owned(),
+                    source,
+                })?;
             self.set_dirs(|dirs| dirs.retain(|d| d != dir))
                 .map_err(|source| StoreError::Delete {
                     path: self.root.join("dirs"),
@@ -461,6 +503,23 @@ mod tests {
         s.delete_vm(&vm, Some(&dir)).unwrap();
         assert!(!dir.exists());
         assert!(!s.private_paths().contains(&dir));
+    }
+
+    #[test]
+    fn a_dir_without_the_owner_mark_is_never_deleted() {
+        let (_d, s) = store();
+        let outside = tempfile::tempdir().unwrap();
+        let precious = outside.path().join("precious");
+        std::fs::create_dir(&precious).unwrap();
+        std::fs::write(precious.join("data"), "keep me").unwrap();
+        let vm = s.create_vm(&Policy::new(name("a"), None)).unwrap();
+        // As if vm.toml had been edited to point `dir` at someone's data.
+        s.delete_vm(&vm, Some(&precious)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(precious.join("data")).unwrap(),
+            "keep me"
+        );
+        assert!(s.names().unwrap().is_empty());
     }
 
     #[test]

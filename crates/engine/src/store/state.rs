@@ -86,10 +86,11 @@ impl State {
         })
     }
 
-    /// The init this state claims is running, if it really is.
-    pub fn live_init(&self) -> Option<&ProcId> {
+    /// The init this state claims is running, if it really is: alive, and the
+    /// init of the VM whose cgroup is `leaf` (see [`ProcId::is_vm_init`]).
+    pub fn live_init(&self, leaf: &str) -> Option<&ProcId> {
         match (&self.status, &self.init) {
-            (Status::Running, Some(init)) if init.is_alive() => Some(init),
+            (Status::Running, Some(init)) if init.is_vm_init(leaf) => Some(init),
             _ => None,
         }
     }
@@ -135,7 +136,7 @@ mod tests {
         st.save(&p).unwrap();
         let back = State::load(&p).unwrap();
         assert_eq!(back, st);
-        assert!(back.live_init().is_none());
+        assert!(back.live_init("fvm-x-y").is_none());
         assert!(back.stopped().temporary);
     }
 }

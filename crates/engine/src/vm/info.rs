@@ -81,7 +81,8 @@ impl Engine {
         };
         let policy = policy.ok();
         let state: Option<State> = state.ok();
-        let init = state.as_ref().and_then(|s| s.live_init()).cloned();
+        let leaf = self.cgroup_leaf(name);
+        let init = state.as_ref().and_then(|s| s.live_init(&leaf)).cloned();
         let status = match (&error, &init) {
             (_, Some(_)) => VmStatus::Running,
             (Some(_), None) => VmStatus::Broken,

@@ -45,7 +45,11 @@ impl Engine {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         let policy = self.policy(&vm)?;
-        if self.reconcile(&vm)?.live_init().is_some() {
+        if self
+            .reconcile(&vm)?
+            .live_init(&self.cgroup_leaf(name))
+            .is_some()
+        {
             return Err(VmError::AlreadyRunning {
                 name: name.to_string(),
             });
@@ -172,7 +176,7 @@ impl Engine {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         let state = self.load_state(&vm)?;
-        let outcome = match state.live_init() {
+        let outcome = match state.live_init(&self.cgroup_leaf(name)) {
             Some(init) => stop::stop(init, grace).map_err(|source| VmError::Stop {
                 name: name.to_string(),
                 source,
@@ -191,15 +195,15 @@ impl Engine {
         let _lock = vm.lock()?;
         let cgroup = self.cgroup(name)?;
         let state = vm.load_state().unwrap_or_default();
-        let running =
-            state.live_init().is_some() || cgroup.pids().map(|p| !p.is_empty()).unwrap_or(false);
+        let running = state.live_init(&self.cgroup_leaf(name)).is_some()
+            || cgroup.pids().map(|p| !p.is_empty()).unwrap_or(false);
         if running {
             if !force {
                 return Err(VmError::Running {
                     name: name.to_string(),
                 });
             }
-            if let Some(init) = state.live_init() {
+            if let Some(init) = state.live_init(&self.cgroup_leaf(name)) {
                 stop::stop(init, FORCE_GRACE).map_err(|source| VmError::Stop {
                     name: name.to_string(),
                     source,

@@ -30,7 +30,7 @@ impl Engine {
             if before.as_ref() != Some(&state) {
                 done.push(format!("vm {name:?} was not running any more: cleaned up"));
             }
-            if state.temporary && state.live_init().is_none() {
+            if state.temporary && state.live_init(&self.cgroup_leaf(name)).is_none() {
                 drop(lock);
                 self.delete(name, false)?;
                 done.push(format!("deleted throw-away vm {name:?}"));
@@ -46,7 +46,7 @@ impl Engine {
             let alive = owner.as_ref().is_some_and(|n| {
                 self.store
                     .vm(n)
-                    .is_ok_and(|vm| vm.load_state().is_ok_and(|s| s.live_init().is_some()))
+                    .is_ok_and(|vm| vm.load_state().is_ok_and(|s| s.live_init(&leaf).is_some()))
             });
             if alive {
                 continue;

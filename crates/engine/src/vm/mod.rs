@@ -207,8 +207,28 @@ impl Engine {
 
     /// Make the state file tell the truth. The caller holds the VM's lock.
     fn reconcile(&self, vm: &VmDir) -> Result<State, VmError> {
-        let state = self.load_state(vm)?;
-        if state.live_init().is_some() {
+        let state = match vm.load_state() {
+            Ok(s) => s,
+            // A damaged state file of a VM with no process left can only mean
+            // "stopped"; say so and start over rather than leave the VM unusable.
+            Err(e @ StateError::Corrupt { .. })
+                if self.cgroup(vm.name())?.pids().is_ok_and(|p| p.is_empty()) =>
+            {
+                tracing::warn!(
+                    "vm {:?}: {}; it runs no process, so it is treated as stopped",
+                    vm.name().as_str(),
+                    error_line(&e)
+                );
+                State::default()
+            }
+            Err(source) => {
+                return Err(VmError::State {
+                    name: vm.name().to_string(),
+                    source,
+                });
+            }
+        };
+        if state.live_init(&self.cgroup_leaf(vm.name())).is_some() {
             return Ok(state);
         }
         let cgroup = self.cgroup(vm.name())?;

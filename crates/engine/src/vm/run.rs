@@ -22,7 +22,7 @@ impl Engine {
         let lock = vm.lock()?;
         let policy = self.policy(&vm)?;
         let state = self.reconcile(&vm)?;
-        if let Some(init) = state.live_init() {
+        if let Some(init) = state.live_init(&self.cgroup_leaf(name)) {
             drop(lock);
             let cgroup = self.cgroup(name)?;
             let (pid, master) =
