@@ -7,7 +7,9 @@
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, WaitOptions};
 
 use super::channel::{Channel, Exit, Msg};
@@ -60,7 +62,7 @@ pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup: cgroup::Entry) -> ! 
 }
 
 /// Assemble the VM. Errors are one line for the user, naming the step.
-fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<SigSet, String> {
+fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<SignalFd, String> {
     // Everything inherited from the fvm command (lock files, the store) goes first.
     let mut keep = vec![0, 1, 2, chan.as_fd().as_raw_fd()];
     keep.extend(cgroup.raw_fds());
@@ -92,7 +94,12 @@ fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<Sig
     }
     let mut all = FORWARDED.to_vec();
     all.push(Signal::SIGCHLD);
-    sys::catch_and_block(&all).map_err(|e| format!("cannot set up signal handling: {e}"))
+    sys::catch_and_block(&all)
+        .and_then(|set| {
+            SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map_err(Into::into)
+        })
+        .map_err(|e| format!("cannot set up signal handling: {e}"))
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -168,13 +175,28 @@ impl Init {
         }
     }
 
-    fn serve(mut self, signals: &SigSet) -> ! {
+    /// Wait for signals and for the VM's other processes. Processes that joined the
+    /// VM from outside (`fvm run` into a running VM) are not our children, so their
+    /// exit raises no SIGCHLD here: while the VM should end once it is empty, the
+    /// init also watches a pidfd of each of them.
+    fn serve(mut self, signals: &SignalFd) -> ! {
+        let mut watched: Vec<OwnedFd> = Vec::new();
         loop {
-            let sig = match signals.wait() {
-                Ok(s) => s,
-                Err(_) => continue,
-            };
-            if sig != Signal::SIGCHLD {
+            let mut fds = vec![PollFd::new(signals, PollFlags::IN)];
+            fds.extend(watched.iter().map(|w| PollFd::new(w, PollFlags::IN)));
+            if let Err(e) = rustix::event::poll(&mut fds, None)
+                && e != rustix::io::Errno::INTR
+            {
+                sys::exit_now(1);
+            }
+            drop(fds);
+            while let Ok(Some(info)) = signals.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
+                if sig == Signal::SIGCHLD {
+                    continue;
+                }
                 // kill(-1) from a pid-namespace init reaches every other process of
                 // the VM, double-forked daemons included.
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
@@ -182,17 +204,30 @@ impl Init {
                     self.stopping = true;
                 }
             }
-            let empty = self.reap();
-            if empty && (self.stopping || self.mode == StartMode::Command) {
+            let (no_children, command_exit) = self.reap();
+            let ending = self.stopping || self.mode == StartMode::Command;
+            let others = if no_children && (ending || command_exit.is_some()) {
+                others_alive()
+            } else {
+                Vec::new()
+            };
+            if let Some(exit) = command_exit {
+                let last = no_children && others.is_empty();
+                self.send(&Msg::Exited { exit, last }, None);
+                self.chan = None;
+            }
+            if ending && no_children && others.is_empty() {
                 sys::exit_now(0);
             }
+            watched = others;
         }
     }
 
-    /// Reap every exited child. Returns whether the VM has no process left but us.
-    fn reap(&mut self) -> bool {
+    /// Reap every exited child. Returns whether no child is left, and how the first
+    /// command ended if it just did.
+    fn reap(&mut self) -> (bool, Option<Exit>) {
         let mut command_exit = None;
-        let empty = loop {
+        loop {
             match rustix::process::wait(WaitOptions::NOHANG) {
                 Ok(Some((pid, status))) => {
                     if Some(pid) == self.command {
@@ -200,15 +235,38 @@ impl Init {
                         command_exit = Some(Exit::from_wait(status));
                     }
                 }
-                Ok(None) => break false,
+                Ok(None) => return (false, command_exit),
                 Err(rustix::io::Errno::INTR) => {}
-                Err(_) => break true,
+                Err(_) => return (true, command_exit),
             }
-        };
-        if let Some(exit) = command_exit {
-            self.send(&Msg::Exited { exit, last: empty }, None);
-            self.chan = None;
         }
-        empty
     }
+}
+
+/// Pidfds of the VM's live processes other than the init (zombies don't count).
+/// The VM's own /proc lists exactly the processes of its pid namespace.
+fn others_alive() -> Vec<OwnedFd> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != 1)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = &s[s.rfind(')')? + 1..];
+                    after
+                        .split_whitespace()
+                        .next()
+                        .map(|st| st != "Z" && st != "X")
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|pid| {
+            rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty())
+                .ok()
+        })
+        .collect()
 }

@@ -1,0 +1,258 @@
+//! Everyday CLI behaviour: exit statuses and stdio pass through, `delete` of a
+//! running VM, `config`, `list`, and a login shell on a pty.
+
+mod common;
+
+use std::process::Command;
+
+use common::{FVM, TestStore, is_alive_as, needs_root, needs_tool, run};
+
+#[test]
+fn exit_status_and_stdio_pass_through() {
+    if !needs_root("exit_status_and_stdio_pass_through") {
+        return;
+    }
+    let store = TestStore::new("stdio");
+    store.create("io");
+    // Cold (the VM is started for each command), then entering a running VM.
+    for phase in ["cold", "running"] {
+        if phase == "running" {
+            store.start("io");
+        }
+        assert_eq!(store.sh("io", "exit 3").code, 3, "{phase}");
+        assert_eq!(store.sh("io", "exit 0").code, 0, "{phase}");
+        assert_eq!(store.fvm(&["run", "io", "--", "false"]).code, 1, "{phase}");
+        assert_eq!(store.sh("io", "kill -TERM $$").code, 128 + 15, "{phase}");
+        assert_eq!(store.sh("io", "kill -KILL $$").code, 128 + 9, "{phase}");
+
+        let out = store.sh("io", "echo to-out; echo to-err >&2").ok();
+        assert_eq!(out.stdout, "to-out\n", "{phase}: {out}");
+        assert_eq!(out.stderr, "to-err\n", "{phase}: {out}");
+
+        let out = store.fvm_stdin(&["run", "io", "--", "cat"], b"hi\n").ok();
+        assert_eq!(out.stdout, "hi\n", "{phase}");
+        // More than a pipe buffer, through a command that transforms it.
+        let big: String = (0..20_000).map(|i| format!("line {i}\n")).collect();
+        let out = store
+            .fvm_stdin(&["run", "io", "--", "wc", "-l"], big.as_bytes())
+            .ok();
+        assert_eq!(out.out(), "20000", "{phase}");
+        // Without a tty by default when stdin isn't one.
+        let out = store.fvm(&["run", "io", "--", "sh", "-c", "tty || true"]);
+        assert_eq!(out.out(), "not a tty", "{phase}: {out}");
+    }
+    assert_eq!(store.status("io"), "running");
+    store.assert_clean();
+}
+
+#[test]
+fn delete_refuses_a_running_vm_unless_forced() {
+    if !needs_root("delete_refuses_a_running_vm_unless_forced") {
+        return;
+    }
+    let store = TestStore::new("delete");
+    store.create("busy");
+    store.start("busy");
+    let init = store.init_pid("busy").expect("a started vm has an init");
+    let before = store.snapshot();
+    let out = store.fvm(&["delete", "busy"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("running"), "{out}");
+    assert_eq!(
+        before,
+        store.snapshot(),
+        "a refused delete changed the store"
+    );
+    assert!(
+        is_alive_as(init, "fvm-init"),
+        "a refused delete hurt the vm"
+    );
+    assert_eq!(store.status("busy"), "running");
+
+    let dirs: Vec<String> = store.inspect("busy")["cgroup"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d.as_str().map(str::to_owned))
+        .collect();
+    let out = store.fvm(&["delete", "--force", "busy"]).ok();
+    assert_eq!(out.out(), "busy");
+    assert!(
+        !is_alive_as(init, "fvm-init"),
+        "delete --force left the init"
+    );
+    assert!(store.list().is_empty());
+    for d in &dirs {
+        assert!(!std::path::Path::new(d).exists(), "cgroup {d} left");
+    }
+    store.assert_clean();
+}
+
+#[test]
+fn config_list_and_inspect_show_the_vm() {
+    if !needs_root("config_list_and_inspect_show_the_vm") {
+        return;
+    }
+    let store = TestStore::new("config");
+    // An empty store lists nothing.
+    let empty = store.fvm(&["list"]).ok();
+    assert_eq!(empty.stdout.lines().count(), 1, "only a header:\n{empty}");
+    assert!(store.list().is_empty());
+    let out = store
+        .fvm(&["create", "c1", "--description", "first words"])
+        .ok();
+    assert_eq!(out.out(), "c1");
+    assert_eq!(store.inspect("c1")["description"], "first words");
+
+    let out = store.fvm(&["config", "c1"]).ok();
+    assert!(out.stdout.contains("name = \"c1\""), "{out}");
+    assert!(out.stdout.contains("first words"), "{out}");
+
+    let out = store
+        .fvm(&["config", "c1", "--description", "a web server"])
+        .ok();
+    assert!(
+        out.stdout.contains("description = \"a web server\""),
+        "{out}"
+    );
+    let v = store.inspect("c1");
+    assert_eq!(v["description"], "a web server", "{v:#}");
+    assert_eq!(v["status"], "stopped");
+    assert!(v["init"].is_null());
+    let json = store.fvm(&["--json", "config", "c1"]).ok();
+    let json: serde_json::Value = serde_json::from_str(&json.stdout).expect("config --json");
+    assert_eq!(json["description"], "a web server", "{json:#}");
+    // The policy file on disk says so too.
+    let policy = std::fs::read_to_string(store.root.join("vms/c1/vm.toml")).unwrap();
+    assert!(policy.contains("a web server"), "{policy}");
+
+    store.create("c2");
+    store.start("c2");
+    let table = store.fvm(&["list"]).ok();
+    let header: Vec<&str> = table
+        .stdout
+        .lines()
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "STATUS",
+            "IP",
+            "PROCESSES",
+            "MEMORY",
+            "DISK",
+            "CREATED"
+        ],
+        "{table}"
+    );
+    let row = |name: &str| -> Vec<String> {
+        table
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{table}"))
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(row("c1")[1], "stopped");
+    assert_eq!(row("c2")[1], "running");
+    let vms = store.list();
+    let names: Vec<&str> = vms.iter().filter_map(|v| v["name"].as_str()).collect();
+    assert_eq!(names, ["c1", "c2"]);
+    assert!(
+        vms[1]["processes"].as_u64().is_some_and(|n| n >= 1),
+        "{:#}",
+        vms[1]
+    );
+    // FVM_ROOT names the store as --root does.
+    let mut cmd = Command::new(FVM);
+    cmd.args(["list", "--json"]).env("FVM_ROOT", &store.root);
+    let via_env: serde_json::Value = serde_json::from_str(&run(cmd, None).ok().stdout).unwrap();
+    assert_eq!(via_env.as_array().map(Vec::len), Some(2), "{via_env:#}");
+    store.assert_clean();
+}
+
+/// `script -qec CMD /dev/null` with `input`: CMD on a pty, like a user at a terminal.
+fn on_a_terminal(cmd: &str, input: &str) -> common::Out {
+    let mut script = Command::new("script");
+    script.args(["-qec", cmd, "/dev/null"]);
+    script.env_remove("FVM_ROOT");
+    run(script, Some(input.as_bytes()))
+}
+
+#[test]
+fn shell_gives_a_login_shell_on_the_vms_own_pty() {
+    if !needs_root("shell_gives_a_login_shell_on_the_vms_own_pty")
+        || !needs_tool("shell_gives_a_login_shell_on_the_vms_own_pty", "script")
+    {
+        return;
+    }
+    let store = TestStore::new("shell");
+    store.create("shellvm");
+    let cmd = format!("{FVM} --root {} shell shellvm", store.root.display());
+    // The typed lines are echoed back; only the shell's own output can hold the
+    // expanded text.
+    let input = "echo MARK-$HOSTNAME\n\
+                 tty | sed s,^,TTY-,\n\
+                 read -r l < /proc/$$/stat; set -- ${l##*) }; [ $4 = $$ ] && echo NEW''SESSION\n\
+                 exit 7\n";
+    let out = on_a_terminal(&cmd, input);
+    assert_eq!(out.code, 7, "{out}");
+    assert!(out.stdout.contains("MARK-shellvm"), "{out}");
+    assert!(
+        out.stdout.contains("@shellvm"),
+        "the prompt should show the vm name:\n{out}"
+    );
+    assert!(out.stdout.contains("TTY-/dev/pts/"), "{out}");
+    assert!(
+        out.stdout.contains("NEWSESSION"),
+        "the shell should lead a new session:\n{out}"
+    );
+    // The shell started the VM; it stopped with the shell.
+    assert_eq!(store.status("shellvm"), "stopped");
+
+    // And into a running VM.
+    store.start("shellvm");
+    let out = on_a_terminal(&cmd, "echo MARK-$FVM_NAME\nexit 0\n");
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("MARK-shellvm"), "{out}");
+    assert_eq!(store.status("shellvm"), "running");
+    store.assert_clean();
+}
+
+#[test]
+fn run_with_a_tty_in_a_throw_away_vm() {
+    if !needs_root("run_with_a_tty_in_a_throw_away_vm")
+        || !needs_tool("run_with_a_tty_in_a_throw_away_vm", "script")
+    {
+        return;
+    }
+    let store = TestStore::new("tty");
+    let root = store.root.display();
+    // A terminal on stdin: a pty by default.
+    let out = on_a_terminal(
+        &format!("{FVM} --root {root} run --rm tty1 -- sh -c 'tty; echo NAME-$FVM_NAME; exit 5'"),
+        "",
+    );
+    assert_eq!(out.code, 5, "{out}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("NAME-tty1"), "{out}");
+    // -T: no pty even on a terminal.
+    let out = on_a_terminal(
+        &format!("{FVM} --root {root} run -T --rm -- sh -c 'tty || echo NO-TTY'"),
+        "",
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("NO-TTY"), "{out}");
+    // -t: a pty even without a terminal.
+    let out = store.fvm(&["run", "--rm", "-t", "--", "sh", "-c", "tty"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(store.list().is_empty(), "throw-away vms are gone");
+    store.assert_clean();
+}
