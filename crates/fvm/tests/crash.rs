@@ -166,3 +166,42 @@ fn leftovers_of_crashed_commands_are_cleaned_up() {
     store.sh("ok1", "true").ok();
     store.assert_clean();
 }
+
+/// A state file planted to name a process that is not the VM's init (here the
+/// host's own PID 1, with its real start time and boot id) must not make fvm
+/// signal or enter that process: the VM counts as stopped, `stop` leaves the host
+/// process alone, and `run` starts the VM's own init.
+#[test]
+fn a_planted_state_naming_a_host_process_is_not_believed() {
+    if !needs_root("a_planted_state_naming_a_host_process_is_not_believed") {
+        return;
+    }
+    let store = TestStore::new("planted");
+    store.create("p1");
+    let stat = std::fs::read_to_string("/proc/1/stat").unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    let start_time: u64 = after.split_whitespace().nth(19).unwrap().parse().unwrap();
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let planted = serde_json::json!({
+        "status": "running",
+        "init": {"pid": 1, "start_time": start_time, "boot_id": boot_id.trim()},
+        "mode": "background",
+    });
+    std::fs::write(
+        store.root.join("vms/p1/state.json"),
+        serde_json::to_string(&planted).unwrap(),
+    )
+    .unwrap();
+
+    assert_eq!(store.status("p1"), "stopped");
+    let out = store.fvm(&["stop", "p1"]).ok();
+    assert!(out.stderr.contains("not running"), "{}", out.stderr);
+    let host_init = std::fs::read_to_string("/proc/1/stat").unwrap();
+    assert!(
+        host_init.contains(&format!(" {start_time} ")),
+        "host pid 1 changed"
+    );
+    let out = store.sh("p1", "cat /proc/1/comm").ok();
+    assert_eq!(out.out(), "fvm-init");
+    assert_eq!(store.status("p1"), "stopped");
+}
