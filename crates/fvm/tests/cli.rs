@@ -256,3 +256,56 @@ fn run_with_a_tty_in_a_throw_away_vm() {
     assert!(store.list().is_empty(), "throw-away vms are gone");
     store.assert_clean();
 }
+
+/// The pty inside follows the user's terminal: its size at start, and a resize
+/// while the shell runs (SIGWINCH reaches fvm, which resizes the VM's pty). Python's
+/// pty module plays the user's terminal, because resizing needs the master side.
+#[test]
+fn the_window_size_follows_the_terminal() {
+    let test = "the_window_size_follows_the_terminal";
+    if !needs_root(test) || !needs_tool(test, "python3") {
+        return;
+    }
+    let store = TestStore::new("winsize");
+    store.create("win");
+    let driver = r#"
+import fcntl, os, pty, select, struct, sys, termios, time
+fvm, root = sys.argv[1], sys.argv[2]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(fvm, [fvm, "--root", root, "shell", "win"])
+def resize(rows, cols):
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+def read_until(marker, limit=20.0):
+    out, end = b"", time.time() + limit
+    while marker not in out and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.2)
+        if r:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+    return out.decode(errors="replace")
+resize(31, 97)
+os.write(fd, b"echo SIZE-$(stty size | tr ' ' x)-END\n")
+first = read_until(b"x97-END")
+resize(44, 123)
+time.sleep(0.3)
+os.write(fd, b"echo SIZE-$(stty size | tr ' ' x)-END\n")
+second = read_until(b"x123-END")
+os.write(fd, b"exit\n")
+read_until(b"\0", 5.0)
+os.waitpid(pid, 0)
+print("FIRST", first.count("SIZE-31x97-END"), "SECOND", second.count("SIZE-44x123-END"))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", driver, FVM, &store.root.display().to_string()]);
+    let out = run(cmd, None).ok();
+    assert!(
+        out.stdout.contains("FIRST 1"),
+        "initial size not seen:\n{out}"
+    );
+    assert!(out.stdout.contains("SECOND 1"), "resize not seen:\n{out}");
+    assert_eq!(store.status("win"), "stopped");
+    store.assert_clean();
+}
