@@ -65,10 +65,17 @@ fn init_logging(verbose: u8) {
         2 => tracing::Level::DEBUG,
         _ => tracing::Level::TRACE,
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+        .with_target(false);
+    // With -v, time since start, so `fvm -vv run VM -- true` shows where the
+    // time of a VM start goes.
+    if verbose > 0 {
+        builder
+            .with_timer(tracing_subscriber::fmt::time::Uptime::default())
+            .init();
+    } else {
+        builder.without_time().init();
+    }
 }

@@ -390,6 +390,34 @@ impl VmCgroup {
         }
     }
 
+    /// Remove the cgroup if it is empty (no process, no sub-cgroup), without
+    /// listing anything: one rmdir per hierarchy. Returns whether it is gone; if
+    /// not, use [`VmCgroup::kill_all`] and [`VmCgroup::remove`].
+    pub fn remove_if_empty(&self) -> Result<bool, CgroupError> {
+        let mut gone = true;
+        for dir in self.dirs() {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ResourceBusy | io::ErrorKind::DirectoryNotEmpty
+                    ) =>
+                {
+                    gone = false;
+                }
+                Err(source) => {
+                    return Err(CgroupError::Remove {
+                        path: dir.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(gone)
+    }
+
     /// Memory in use by the cgroup in bytes, if the memory controller reports it.
     pub fn memory_current(&self) -> Option<u64> {
         let path = match &self.backend {

@@ -533,3 +533,18 @@ fn real_v2_clone_into_cgroup_creates_the_child_inside() {
     vm.remove().unwrap();
     assert!(!vm.exists());
 }
+
+#[test]
+fn remove_if_empty_takes_only_empty_cgroups() {
+    let (_tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    vm.create().unwrap();
+    // A fake cgroup with a file in it stands for a populated one (rmdir fails).
+    fs::write(vm.dirs()[0].join("cgroup.procs"), "42\n").unwrap();
+    assert!(!vm.remove_if_empty().unwrap());
+    assert!(vm.dirs()[0].exists());
+    assert!(vm.dirs()[1..].iter().all(|d| !d.exists()));
+    fs::remove_file(vm.dirs()[0].join("cgroup.procs")).unwrap();
+    assert!(vm.remove_if_empty().unwrap());
+    assert!(!vm.exists());
+}

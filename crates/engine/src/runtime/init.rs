@@ -78,7 +78,9 @@ fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<Sig
     sys::unshare(sys::ns::CGROUP).map_err(|e| format!("cannot create a cgroup namespace: {e}"))?;
     // Leave the session of whoever ran fvm: the VM must not get its terminal.
     rustix::process::setsid().map_err(|e| format!("cannot start a new session: {e}"))?;
+    tracing::debug!("init: in the vm's cgroup");
     apply::enter_root(&spec.plan, &spec.layout).map_err(|e| error_chain(&e))?;
+    tracing::debug!("init: root assembled");
     rustix::system::sethostname(spec.name.as_bytes())
         .map_err(|e| format!("cannot set the hostname: {e}"))?;
     if spec.mode == StartMode::Background {

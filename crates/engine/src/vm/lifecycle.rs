@@ -90,6 +90,7 @@ impl Engine {
         let name = vm.name();
         let fail = |e: StartError| self.start_error(name, e);
         let plan = self.plan().map_err(fail)?;
+        tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
@@ -103,6 +104,7 @@ impl Engine {
         }
         let cgroup = self.cgroup(name)?;
         cgroup.create().map_err(|e| fail(e.into()))?;
+        tracing::debug!(vm = %name, "layers and cgroup ready");
         let spec = LaunchSpec {
             name: name.to_string(),
             plan,
@@ -132,6 +134,7 @@ impl Engine {
                     temporary,
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
+                tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
                 Ok(init)
             })
             .and_then(|init| {
@@ -139,6 +142,7 @@ impl Engine {
                     .go()
                     .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;
                 launched.ready()?;
+                tracing::debug!(vm = %name, "vm assembled");
                 Ok(init)
             });
         match started {

@@ -249,6 +249,11 @@ impl Engine {
             name: name.to_string(),
             source,
         };
+        // Usually the VM's init took everything down with it: then one rmdir per
+        // hierarchy is all it takes.
+        if cgroup.remove_if_empty().map_err(wrap)? {
+            return Ok(());
+        }
         cgroup.kill_all().map_err(wrap)?;
         cgroup.remove().map_err(wrap)
     }

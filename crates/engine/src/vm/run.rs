@@ -68,8 +68,10 @@ impl Engine {
             Ok(o) => o.vm_ended,
             Err(_) => true,
         };
+        tracing::debug!(vm = %name, ?result, "command ended");
         if ended {
             self.finish(vm, pid, &init)?;
+            tracing::debug!(vm = %name, "vm stopped and cleaned up");
         }
         result.map_err(|e| self.relay_error(name, e))
     }
@@ -78,6 +80,7 @@ impl Engine {
     /// unless another command already did (the state names a different init).
     fn finish(&self, vm: &VmDir, pid: Pid, init: &ProcId) -> Result<(), VmError> {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        tracing::debug!(vm = %vm.name(), "init exited");
         let _lock = vm.lock()?;
         let state = self.load_state(vm)?;
         if state.init.as_ref() == Some(init) {
