@@ -6,6 +6,7 @@
 //! measured. Run it as root through `bench/run`.
 
 mod measure;
+mod phases;
 mod report;
 mod store;
 
@@ -108,6 +109,14 @@ fn run(args: Args) -> Result<()> {
     let samples = run_interleaved(&mut subjects, args.warmup, runs)?;
     drop(subjects);
 
+    let phases = match (&store, &fvm) {
+        (Some(store), Some(fvm)) => {
+            let rounds = runs.min(100);
+            eprintln!("fvm-bench: {rounds} cold runs with fvm -vv, for the phases");
+            Some(phases::measure(fvm, store.root(), "cold", rounds)?)
+        }
+        _ => None,
+    };
     if let Some(store) = &store {
         store.stop("warm").context("stopping the running VM")?;
         store.delete("warm").context("deleting the running VM")?;
@@ -150,6 +159,11 @@ fn run(args: Args) -> Result<()> {
     }
     let out = args.out.unwrap_or_else(default_out);
     report::write_section(&out, &section)?;
+    if let Some(p) = &phases {
+        let section = phases::render(p, &invocation());
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
 }

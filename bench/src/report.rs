@@ -152,13 +152,21 @@ fn verdict(met: Option<bool>) -> &'static str {
 }
 
 /// Puts `section` (markers included) into `existing`, replacing an earlier version of it
-/// and keeping everything else. A missing file gets a short header first.
+/// and keeping everything else. A missing file gets a short header first. The section's
+/// first line is its begin marker (`<!-- bench:NAME:begin -->`); its end marker is the
+/// same with `end`.
 pub fn splice(existing: Option<&str>, section: &str) -> Result<String> {
+    let begin = section.lines().next().unwrap_or_default();
+    if !begin.starts_with("<!-- bench:") || !begin.ends_with(":begin -->") {
+        bail!("a section must start with a <!-- bench:NAME:begin --> marker");
+    }
+    let end = begin.replace(":begin -->", ":end -->");
+    let (begin, end) = (begin, end.as_str());
     let Some(text) = existing else {
         return Ok(format!("{HEADER}\n{section}"));
     };
-    let begins: Vec<usize> = text.match_indices(BEGIN).map(|(i, _)| i).collect();
-    let ends: Vec<usize> = text.match_indices(END).map(|(i, _)| i).collect();
+    let begins: Vec<usize> = text.match_indices(begin).map(|(i, _)| i).collect();
+    let ends: Vec<usize> = text.match_indices(end).map(|(i, _)| i).collect();
     match (begins.as_slice(), ends.as_slice()) {
         ([], []) => {
             let sep = match text {
@@ -170,13 +178,13 @@ pub fn splice(existing: Option<&str>, section: &str) -> Result<String> {
             Ok(format!("{text}{sep}{section}"))
         }
         ([b], [e]) if b < e => {
-            let mut after = &text[e + END.len()..];
+            let mut after = &text[e + end.len()..];
             // The section ends with its own newline; don't let them pile up.
             after = after.strip_prefix('\n').unwrap_or(after);
             Ok(format!("{}{section}{after}", &text[..*b]))
         }
         _ => bail!(
-            "expected at most one {BEGIN} followed by one {END}, found {} and {}",
+            "expected at most one {begin} followed by one {end}, found {} and {}",
             begins.len(),
             ends.len()
         ),

@@ -68,6 +68,7 @@ fn init_logging(verbose: u8) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     // With -v, time since start, so `fvm -vv run VM -- true` shows where the
     // time of a VM start goes.
