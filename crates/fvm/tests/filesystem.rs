@@ -4,8 +4,9 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
-use common::{HostFile, TestStore, live_comm, needs_root, temp_dir, unique};
+use common::{HostFile, TestStore, live_comm, needs_root, needs_tool, temp_dir, unique};
 
 #[test]
 fn the_store_is_hidden_inside_the_vm() {
@@ -233,5 +234,52 @@ fn a_throw_away_vm_leaves_nothing() {
         survivors.is_empty(),
         "the throw-away vm's daemon survived: {survivors:?}"
     );
+    store.assert_clean();
+}
+
+/// A layer can hold files even root can't unlink: overlayfs keeps a VM's own
+/// `chattr +i`/`+a` in an xattr, but the flags can be on the upper files themselves
+/// (set from the host, or by a copied layer). Root in a VM can also plant symlinks
+/// to host directories. `delete` still removes the whole VM and never follows a
+/// symlink out of the layer.
+#[test]
+fn delete_removes_immutable_files_and_never_follows_planted_symlinks() {
+    let test = "delete_removes_immutable_files_and_never_follows_planted_symlinks";
+    if !needs_root(test) || !needs_tool(test, "chattr") {
+        return;
+    }
+    let store = TestStore::new("hostile");
+    store.create("x1");
+    let victim = temp_dir("fvm-victim");
+    let keep = victim.path().join("keep");
+    std::fs::write(&keep, "host data").unwrap();
+    let script = format!(
+        "set -e
+         mkdir -p /opt/fvm-hostile/locked && cd /opt/fvm-hostile
+         echo a > immutable && echo b > append && echo c > locked/f
+         chattr +i immutable
+         ln -s /etc etc-link && ln -s {victim} victim-link && ln -s / root-link",
+        victim = victim.path().display()
+    );
+    store.sh("x1", &script).ok();
+    let upper = store.root.join("vms/x1/layers/-/upper/opt/fvm-hostile");
+    for (flag, path) in [("+i", "immutable"), ("+a", "append"), ("+i", "locked")] {
+        let st = Command::new("chattr")
+            .arg(flag)
+            .arg(upper.join(path))
+            .status()
+            .unwrap();
+        assert!(st.success(), "chattr {flag} {path}");
+    }
+    assert!(
+        std::fs::remove_file(upper.join("immutable")).is_err(),
+        "the layer can't be deleted by plain unlinks"
+    );
+    assert!(upper.join("etc-link").is_symlink());
+
+    store.fvm(&["delete", "x1"]).ok();
+    assert!(store.vm_dirs().is_empty());
+    assert_eq!(std::fs::read_to_string(&keep).unwrap(), "host data");
+    assert!(Path::new("/etc/passwd").exists());
     store.assert_clean();
 }
