@@ -309,3 +309,38 @@ print("FIRST", first.count("SIZE-31x97-END"), "SECOND", second.count("SIZE-44x12
     assert_eq!(store.status("win"), "stopped");
     store.assert_clean();
 }
+
+/// With stdin on a terminal the command gets a pty, but output the user redirected
+/// to a file stays byte for byte what the command wrote (no `\r\n` from the pty),
+/// in a cold VM and in a running one.
+#[test]
+fn redirected_output_bypasses_the_pty() {
+    let test = "redirected_output_bypasses_the_pty";
+    if !needs_root(test) || !needs_tool(test, "script") {
+        return;
+    }
+    let store = TestStore::new("ttyout");
+    store.create("t1");
+    let out_file = store.root.join("out.bin");
+    for phase in ["cold", "running"] {
+        if phase == "running" {
+            store.start("t1");
+        }
+        let cmd = format!(
+            "{FVM} --root {} run t1 -- sh -c 'tty; printf \"x\\ny\\n\"' > {}",
+            store.root.display(),
+            out_file.display()
+        );
+        on_a_terminal(&cmd, "").ok();
+        let bytes = std::fs::read(&out_file).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            text.starts_with("/dev/pts/"),
+            "{phase}: stdin is a pty: {text:?}"
+        );
+        assert!(text.ends_with("\nx\ny\n"), "{phase}: {text:?}");
+        assert!(!text.contains('\r'), "{phase}: {text:?}");
+    }
+    store.stop("t1");
+    store.assert_clean();
+}

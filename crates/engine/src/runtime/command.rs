@@ -35,6 +35,10 @@ pub struct CommandSpec {
     pub cwd: PathBuf,
     /// Run on a new pty from the VM's devpts.
     pub tty: bool,
+    /// With a pty: whether stdout and stderr go to it too. A stream the caller
+    /// redirected to a file or pipe stays that file or pipe, so its bytes are not
+    /// rewritten by the terminal (`\n` becoming `\r\n`).
+    pub tty_outputs: (bool, bool),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +97,13 @@ fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
 }
 
 impl CommandSpec {
+    /// A command with stdin, stdout and stderr on a new pty.
+    pub fn on_pty(mut self) -> CommandSpec {
+        self.tty = true;
+        self.tty_outputs = (true, true);
+        self
+    }
+
     pub fn display(&self) -> String {
         match &self.program {
             Program::Argv(a) => a.first().cloned().unwrap_or_default(),
@@ -178,7 +189,7 @@ pub fn spawn(
     match sys::clone_process(0, cgroup).map_err(fork_err)? {
         Forked::Child => {
             drop(err_read);
-            let errno = exec_child(&r, tty, before_exec);
+            let errno = exec_child(&r, tty, spec.tty_outputs, before_exec);
             let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
             sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 });
         }
@@ -202,6 +213,7 @@ pub fn spawn(
 fn exec_child(
     r: &Resolved,
     tty: Option<&OwnedFd>,
+    outputs: (bool, bool),
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> i32 {
     let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
@@ -216,8 +228,9 @@ fn exec_child(
         if let Err(e) = rustix::process::ioctl_tiocsctty(slave) {
             return e.raw_os_error();
         }
-        for target in 0..=2 {
-            if let Err(e) = sys::dup_onto(slave.as_fd(), target) {
+        let targets = [(0, true), (1, outputs.0), (2, outputs.1)];
+        for (target, _) in targets.iter().filter(|(_, on_pty)| *on_pty) {
+            if let Err(e) = sys::dup_onto(slave.as_fd(), *target) {
                 return errno(e);
             }
         }
@@ -269,6 +282,7 @@ mod tests {
             env: vec![("PATH".into(), "/nonexistent:/usr/bin:/bin".into())],
             cwd: "/nonexistent-dir".into(),
             tty: false,
+            tty_outputs: (false, false),
         }
     }
 

@@ -19,6 +19,11 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
     } else {
         std::io::stdin().is_terminal()
     };
+    // Output redirected to a file or pipe stays there, byte for byte.
+    let tty_outputs = (
+        std::io::stdout().is_terminal(),
+        std::io::stderr().is_terminal(),
+    );
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k != "FVM_NAME" && k != "FVM_ROOT")
         .collect();
@@ -32,6 +37,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
                 env,
                 cwd: cwd.clone(),
                 tty,
+                tty_outputs,
             }
         };
         // The name of a throw-away VM is only known once it is picked.
@@ -51,6 +57,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             env,
             cwd,
             tty,
+            tty_outputs,
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
@@ -81,8 +88,10 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
         program: Program::LoginShell,
         env,
         cwd: "/root".into(),
-        tty: true,
-    };
+        tty: false,
+        tty_outputs: (false, false),
+    }
+    .on_pty();
     let exit = ctx.engine_for(&name)?.run(&name, spec)?;
     Ok(status(exit.code()))
 }
