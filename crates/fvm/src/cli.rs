@@ -86,7 +86,8 @@ pub struct RunArgs {
     /// Create a throw-away VM for the command and delete it afterwards
     #[arg(long)]
     pub rm: bool,
-    /// Always give the command a pty (default: when stdin is a terminal)
+    /// Always give the command a pty (default: when stdin, stdout or stderr is a
+    /// terminal); output redirected to a file or pipe still bypasses it
     #[arg(
         short = 't',
         long,
@@ -94,7 +95,7 @@ pub struct RunArgs {
         conflicts_with = "no_tty"
     )]
     pub tty: bool,
-    /// Never give the command a pty
+    /// Never give the command a pty (terminal streams are then relayed by pipes)
     #[arg(short = 'T', long)]
     pub no_tty: bool,
     /// The VM (optional with --rm)

@@ -51,11 +51,10 @@ fn main() -> ExitCode {
     }
 }
 
+/// Only a closed standard output is quiet; a broken pipe anywhere else (the
+/// channel to a VM's init, say) is a real failure.
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
-    err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    err.chain().any(|e| e.is::<output::StdoutClosed>())
 }
 
 fn init_logging(verbose: u8) {

@@ -35,14 +35,22 @@ pub fn size(bytes: u64) -> String {
     format!("{v:.1}{}", UNITS[unit])
 }
 
-pub fn print(text: &str) -> io::Result<()> {
+/// Standard output was closed by its reader (`fvm list | head -1`): not an error
+/// worth a message, as in other Unix tools.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+pub fn print(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
-    out.write_all(text.as_bytes())?;
-    out.flush()
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        other => Ok(other?),
+    }
 }
 
-pub fn print_json<T: serde::Serialize>(value: &T) -> io::Result<()> {
-    let mut text = serde_json::to_string_pretty(value).map_err(io::Error::other)?;
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
     text.push('\n');
     print(&text)
 }

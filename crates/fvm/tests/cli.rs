@@ -344,3 +344,43 @@ fn redirected_output_bypasses_the_pty() {
     store.stop("t1");
     store.assert_clean();
 }
+
+/// No fd of the caller's terminal ever reaches a process in the VM (TIOCSTI
+/// injection, CVE-2017-5226, or reading what is typed later): terminal streams go
+/// through the VM's own pty, or through pipes with `-T`; redirected ones pass as
+/// they are. Checked from inside, cold and in a running VM.
+#[test]
+fn the_callers_terminal_never_reaches_the_vm() {
+    let test = "the_callers_terminal_never_reaches_the_vm";
+    if !needs_root(test) || !needs_tool(test, "script") {
+        return;
+    }
+    let store = TestStore::new("notty");
+    store.create("n1");
+    let probe = r#"vmpts=$(stat -c %d /dev/pts/ptmx); for f in 0 1 2; do if [ -p /proc/self/fd/$f ]; then echo fd$f=pipe; elif [ -c /proc/self/fd/$f ]; then if [ "$(stat -L -c %d /proc/$$/fd/$f)" = "$vmpts" ]; then echo fd$f=vmpty; else echo fd$f=HOSTTTY; fi; else echo fd$f=other; fi; done"#;
+    let root = store.root.display().to_string();
+    for phase in ["cold", "running"] {
+        if phase == "running" {
+            store.start("n1");
+        }
+        for (how, expect) in [
+            ("run -T n1", ["fd0=pipe", "fd1=pipe", "fd2=pipe"]),
+            ("run n1", ["fd0=vmpty", "fd1=vmpty", "fd2=vmpty"]),
+        ] {
+            let cmd = format!("{FVM} --root {root} {how} -- sh -c '{probe}'");
+            let out = on_a_terminal(&cmd, "").ok();
+            for e in expect {
+                assert!(out.stdout.contains(e), "{phase} {how}: want {e}:\n{out}");
+            }
+            assert!(!out.stdout.contains("HOSTTTY"), "{phase} {how}:\n{out}");
+        }
+        // stdin from a pipe of the caller's own: passed as it is; outputs on the pty.
+        let cmd = format!("echo hi | {FVM} --root {root} run n1 -- sh -c '{probe}'");
+        let out = on_a_terminal(&cmd, "").ok();
+        assert!(out.stdout.contains("fd0=pipe"), "{phase}:\n{out}");
+        assert!(out.stdout.contains("fd1=vmpty"), "{phase}:\n{out}");
+        assert!(!out.stdout.contains("HOSTTTY"), "{phase}:\n{out}");
+    }
+    store.stop("n1");
+    store.assert_clean();
+}

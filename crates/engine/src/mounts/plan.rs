@@ -246,10 +246,29 @@ fn hide_points(
     hide
 }
 
+/// The longest layer directory name; longer keys are cut and end in a hash of the
+/// whole mount point, so they stay distinct and fit any filesystem's name limit.
+const MAX_KEY: usize = 200;
+
 /// A layer directory name for a mount point, escaped like systemd unit names so
 /// that distinct paths never collide: `/` is `-`, `/var/lib` is `var-lib`, and `-`
 /// itself is `\x2d`.
 pub fn layer_key(mount_point: &Path) -> String {
+    let key = escaped_key(mount_point);
+    if key.len() <= MAX_KEY {
+        return key;
+    }
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in mount_point.as_os_str().as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    // Escaped keys are ASCII, so any byte index is a char boundary.
+    format!("{}~{h:016x}", &key[..MAX_KEY - 17])
+}
+
+fn escaped_key(mount_point: &Path) -> String {
     use std::os::unix::ffi::OsStrExt;
     let rel = mount_point
         .strip_prefix("/")
@@ -440,5 +459,15 @@ mod tests {
         assert_eq!(layer_key(Path::new("/var-lib")), "var\\x2dlib");
         assert_eq!(layer_key(Path::new("/.hidden/a b")), "\\x2ehidden-a\\x20b");
         assert_ne!(layer_key(Path::new("/a-b")), layer_key(Path::new("/a/b")));
+    }
+
+    #[test]
+    fn long_layer_keys_are_cut_and_stay_distinct() {
+        let long_a = format!("/mnt/{}", "a-".repeat(120));
+        let long_b = format!("/mnt/{}b", "a-".repeat(120));
+        let (ka, kb) = (layer_key(Path::new(&long_a)), layer_key(Path::new(&long_b)));
+        assert!(ka.len() <= MAX_KEY && kb.len() <= MAX_KEY, "{ka}");
+        assert_ne!(ka, kb);
+        assert!(ka.contains('~'));
     }
 }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::process::Pid;
 
+use super::stdio::{StdioPlan, Stream, TtyMode};
 use crate::sys::{self, Forked};
 
 /// The PATH used when the environment has none.
@@ -33,12 +34,8 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     /// Working directory; `/` is used if it does not exist in the VM.
     pub cwd: PathBuf,
-    /// Run on a new pty from the VM's devpts.
-    pub tty: bool,
-    /// With a pty: whether stdout and stderr go to it too. A stream the caller
-    /// redirected to a file or pipe stays that file or pipe, so its bytes are not
-    /// rewritten by the terminal (`\n` becoming `\r\n`).
-    pub tty_outputs: (bool, bool),
+    /// Whether the command gets a pty from the VM's devpts (see [`super::stdio`]).
+    pub tty: TtyMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,13 +94,6 @@ fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
 }
 
 impl CommandSpec {
-    /// A command with stdin, stdout and stderr on a new pty.
-    pub fn on_pty(mut self) -> CommandSpec {
-        self.tty = true;
-        self.tty_outputs = (true, true);
-        self
-    }
-
     pub fn display(&self) -> String {
         match &self.program {
             Program::Argv(a) => a.first().cloned().unwrap_or_default(),
@@ -160,21 +150,23 @@ impl CommandSpec {
 }
 
 /// root's shell from /etc/passwd, parsed by hand: NSS would load libraries from the
-/// VM's own filesystem into this privileged process.
+/// VM's own filesystem into this privileged process. The file is the VM's, so it is
+/// read like any hostile file: no symlink, no fifo, at most 1 MiB.
 fn root_shell() -> Option<String> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let passwd = crate::store::files::read_regular(Path::new("/etc/passwd")).ok()?;
     passwd.lines().find_map(|l| {
         let f: Vec<&str> = l.split(':').collect();
         (f.len() >= 7 && f[2] == "0" && !f[6].is_empty()).then(|| f[6].to_owned())
     })
 }
 
-/// Fork and exec `spec` in the current namespaces. `tty` is the pty slave to make
-/// the controlling terminal and stdio; without it the command inherits stdio.
-/// `cgroup` is a cgroup v2 directory to create the child in. `before_exec` runs in
-/// the child first (joining the VM's cgroup on v1, for example).
+/// Fork and exec `spec` in the current namespaces, with its fds 0-2 as `stdio`
+/// says. `tty` is the pty slave, made the controlling terminal if given. `cgroup`
+/// is a cgroup v2 directory to create the child in. `before_exec` runs in the
+/// child first (joining the VM's cgroup on v1, for example).
 pub fn spawn(
     spec: &CommandSpec,
+    stdio: &StdioPlan,
     tty: Option<&OwnedFd>,
     cgroup: Option<BorrowedFd<'_>>,
     before_exec: &dyn Fn() -> io::Result<()>,
@@ -189,7 +181,7 @@ pub fn spawn(
     match sys::clone_process(0, cgroup).map_err(fork_err)? {
         Forked::Child => {
             drop(err_read);
-            let errno = exec_child(&r, tty, spec.tty_outputs, before_exec);
+            let errno = exec_child(&r, stdio, tty, before_exec);
             let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
             sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 });
         }
@@ -212,8 +204,8 @@ pub fn spawn(
 /// In the forked child: returns the errno of the failure (exec returned).
 fn exec_child(
     r: &Resolved,
+    stdio: &StdioPlan,
     tty: Option<&OwnedFd>,
-    outputs: (bool, bool),
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> i32 {
     let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
@@ -224,15 +216,19 @@ fn exec_child(
     if let Err(e) = rustix::process::setsid() {
         return e.raw_os_error();
     }
-    if let Some(slave) = tty {
-        if let Err(e) = rustix::process::ioctl_tiocsctty(slave) {
-            return e.raw_os_error();
-        }
-        let targets = [(0, true), (1, outputs.0), (2, outputs.1)];
-        for (target, _) in targets.iter().filter(|(_, on_pty)| *on_pty) {
-            if let Err(e) = sys::dup_onto(slave.as_fd(), *target) {
-                return errno(e);
-            }
+    if let Some(slave) = tty
+        && let Err(e) = rustix::process::ioctl_tiocsctty(slave)
+    {
+        return e.raw_os_error();
+    }
+    for (target, stream) in stdio.streams.iter().enumerate() {
+        let source = match (stream, tty) {
+            (Stream::Pty, Some(slave)) => slave.as_fd(),
+            (Stream::Pipe(fd), _) => sys::borrow_raw(*fd),
+            _ => continue,
+        };
+        if let Err(e) = sys::dup_onto(source, target as i32) {
+            return errno(e);
         }
     }
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
@@ -258,9 +254,25 @@ fn exec_child(
 /// Open a new pty pair from the devpts of the mount namespace we are in: the
 /// master for fvm, the slave for the command.
 pub fn open_pty() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::fs::{FileType, Mode, OFlags};
     use rustix::pty::OpenptFlags;
-    let master =
-        rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)?;
+    // The VM can change its own /dev; open the devpts multiplexer itself without
+    // following links or blocking, and check it is the ptmx device (5:2).
+    let master = rustix::fs::open(
+        "/dev/pts/ptmx",
+        OFlags::RDWR | OFlags::NOCTTY | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::NONBLOCK,
+        Mode::empty(),
+    )?;
+    let st = rustix::fs::fstat(&master)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::CharacterDevice
+        || st.st_rdev != rustix::fs::makedev(5, 2)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "/dev/pts/ptmx in the vm is not the pty multiplexer",
+        ));
+    }
+    rustix::fs::fcntl_setfl(&master, OFlags::RDWR)?;
     rustix::pty::grantpt(&master)?;
     rustix::pty::unlockpt(&master)?;
     // TIOCGPTPEER opens the slave through the master's own devpts instance, with no
@@ -281,8 +293,7 @@ mod tests {
             program: Program::Argv(argv.iter().map(|s| s.to_string()).collect()),
             env: vec![("PATH".into(), "/nonexistent:/usr/bin:/bin".into())],
             cwd: "/nonexistent-dir".into(),
-            tty: false,
-            tty_outputs: (false, false),
+            tty: TtyMode::Never,
         }
     }
 

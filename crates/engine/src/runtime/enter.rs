@@ -14,6 +14,7 @@ use rustix::thread::ThreadNameSpaceType as Ns;
 
 use super::command::{self, CommandSpec, SpawnError};
 use super::procid::ProcId;
+use super::stdio::StdioPlan;
 use super::stop::InitHandle;
 use crate::cgroup::{CgroupError, VmCgroup};
 
@@ -39,6 +40,7 @@ pub fn enter(
     init: &ProcId,
     cgroup: &VmCgroup,
     spec: &CommandSpec,
+    stdio: &StdioPlan,
 ) -> Result<(Pid, Option<OwnedFd>), EnterError> {
     let handle = InitHandle::open(init)
         .map_err(EnterError::Init)?
@@ -53,7 +55,7 @@ pub fn enter(
             | Ns::NETWORK,
     )
     .map_err(|e| EnterError::Setns(e.into()))?;
-    let (master, slave) = if spec.tty {
+    let (master, slave) = if stdio.pty() {
         let (m, s) = command::open_pty().map_err(EnterError::Pty)?;
         (Some(m), Some(s))
     } else {
@@ -64,6 +66,6 @@ pub fn enter(
         rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::CONTROL_GROUP)?;
         Ok(())
     };
-    let pid = command::spawn(spec, slave.as_ref(), entry.clone_into(), &join)?;
+    let pid = command::spawn(spec, stdio, slave.as_ref(), entry.clone_into(), &join)?;
     Ok((pid, master))
 }

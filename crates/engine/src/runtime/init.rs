@@ -15,6 +15,7 @@ use rustix::process::{Pid, WaitOptions};
 use super::channel::{Channel, Exit, Msg};
 use super::command::{self, SpawnError};
 use super::launch::LaunchSpec;
+use super::stdio::StdioPlan;
 use crate::cgroup;
 use crate::mounts::apply;
 use crate::store::StartMode;
@@ -53,7 +54,7 @@ pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup: cgroup::Entry) -> ! 
         stopping: false,
     };
     if let Some(cmd) = &spec.command {
-        init.start_command(cmd);
+        init.start_command(cmd, &spec.stdio);
     }
     if init.mode == StartMode::Background {
         init.chan = None;
@@ -66,6 +67,7 @@ fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<Sig
     // Everything inherited from the fvm command (lock files, the store) goes first.
     let mut keep = vec![0, 1, 2, chan.as_fd().as_raw_fd()];
     keep.extend(cgroup.raw_fds());
+    keep.extend(spec.stdio.pipe_fds());
     sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
     // `ps` inside the VM shows this as PID 1.
     let _ = rustix::thread::set_name(c"fvm-init");
@@ -125,9 +127,9 @@ struct Init {
 }
 
 impl Init {
-    fn start_command(&mut self, cmd: &command::CommandSpec) {
+    fn start_command(&mut self, cmd: &command::CommandSpec, stdio: &StdioPlan) {
         let mut pty = None;
-        if cmd.tty {
+        if stdio.pty() {
             match command::open_pty() {
                 Ok((master, slave)) => {
                     self.send(&Msg::Pty, Some(&master));
@@ -144,7 +146,7 @@ impl Init {
                 }
             }
         }
-        match command::spawn(cmd, pty.as_ref(), None, &|| Ok(())) {
+        match command::spawn(cmd, stdio, pty.as_ref(), None, &|| Ok(())) {
             Ok(pid) => self.command = Some(pid),
             Err(e) => {
                 let (program, errno) = match &e {
@@ -158,8 +160,12 @@ impl Init {
                 sys::exit_now(1);
             }
         }
-        // The command has its own copies of the caller's stdio; the init must not
-        // keep a pipe open (a reader would never see end-of-file).
+        // The command has its own copies of the caller's stdio and of the relay
+        // pipes; the init must not keep a pipe open (a reader would never see
+        // end-of-file).
+        for fd in stdio.pipe_fds() {
+            sys::close_raw(fd);
+        }
         if let Ok(null) = rustix::fs::open(
             "/dev/null",
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,

@@ -9,6 +9,7 @@ use rustix::process::{Pid, WaitOptions};
 use super::channel::{Channel, Msg};
 use super::command::CommandSpec;
 use super::init;
+use super::stdio::StdioPlan;
 use crate::cgroup::{CgroupError, VmCgroup};
 use crate::mounts::{Layout, MountPlan};
 use crate::store::StartMode;
@@ -22,8 +23,10 @@ pub struct LaunchSpec {
     pub plan: MountPlan,
     pub layout: Layout,
     pub mode: StartMode,
-    /// The command to run first (`fvm run`/`shell` on a stopped VM).
+    /// The command to run first (`fvm run`/`shell` on a stopped VM), and how its
+    /// stdio connects to the caller's.
     pub command: Option<CommandSpec>,
+    pub stdio: StdioPlan,
     /// Namespaces to create, from [`crate::sys::ns`]. The cgroup namespace is made by
     /// the init itself, after it has joined the VM's cgroup.
     pub namespaces: u64,

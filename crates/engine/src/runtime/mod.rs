@@ -8,8 +8,10 @@ mod init;
 pub mod launch;
 pub mod procid;
 pub mod relay;
+pub mod stdio;
 pub mod stop;
 
 pub use channel::Exit;
 pub use command::{CommandSpec, Program, SpawnError};
 pub use procid::ProcId;
+pub use stdio::TtyMode;

@@ -1,9 +1,10 @@
 //! The foreground side of `fvm run` and `fvm shell`: wait for the command, pass
-//! signals on, and, when the command has a pty, copy the terminal both ways.
+//! signals on, and copy the caller's terminal streams to and from the command
+//! (through the pty master from the VM's own devpts, or pipes; see `stdio`).
 //!
-//! One poll loop, no threads: the user's terminal in raw mode, the pty master (from
-//! the VM's own devpts), a signalfd, and either the channel from a freshly started
-//! VM's init or a pidfd of the command we started in a running VM.
+//! One poll loop, no threads: a signalfd, either the channel from a freshly started
+//! VM's init or a pidfd of the command we started in a running VM, and the relayed
+//! streams, each a non-blocking source copied to a sink.
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -16,6 +17,7 @@ use rustix::termios::{self, OptionalActions, Termios};
 
 use super::channel::{Channel, Exit, Msg};
 use super::command::SpawnError;
+use super::stdio::CallerEnds;
 
 /// What we wait on for the command's end.
 #[derive(Debug)]
@@ -90,22 +92,45 @@ impl Drop for RawMode {
     }
 }
 
+/// Where output read from the command goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sink {
+    Stdout,
+    Stderr,
+    /// Nobody wants it (a pty that carries only stdin echoes what is typed).
+    Discard,
+}
+
+/// One stream from the command to the caller: the pty master or a pipe.
+struct Output {
+    fd: OwnedFd,
+    sink: Sink,
+}
+
 struct Relay {
-    master: Option<OwnedFd>,
-    raw: Option<RawMode>,
+    outputs: Vec<Output>,
+    /// Where the caller's stdin goes: the pty master (a dup of it) or a pipe.
+    input: Option<OwnedFd>,
+    input_is_pty: bool,
     stdin_open: bool,
     stdin_is_tty: bool,
-    /// Typed input not yet accepted by the pty.
+    /// Input read but not yet accepted by the command.
     pending: Vec<u8>,
-    stdout_ok: bool,
+    /// The caller's fd 0/1/2 carried by the pty.
+    on_pty: [bool; 3],
+    raw: Option<RawMode>,
+    /// The pty master, for window sizes.
+    winsize_to: Option<OwnedFd>,
     target: Pid,
 }
 
-/// Wait for the command, relaying the terminal if `master` is (or becomes) set.
+/// Wait for the command, relaying the caller's streams as `ends` says; a pty
+/// master is given here (a command in a running VM) or arrives from the init.
 pub fn run(
     waited: Waited,
     master: Option<OwnedFd>,
     signals: &SigSet,
+    ends: CallerEnds,
 ) -> Result<Outcome, RelayError> {
     let sigfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(io::Error::from)?;
@@ -121,21 +146,24 @@ pub fn run(
         ),
     };
     let mut r = Relay {
-        master: None,
-        raw: None,
+        outputs: Vec::new(),
+        input: None,
+        input_is_pty: false,
         stdin_open: true,
         stdin_is_tty: termios::isatty(io::stdin()),
         pending: Vec::new(),
-        stdout_ok: true,
+        on_pty: ends.on_pty,
+        raw: None,
+        winsize_to: None,
         target,
     };
+    r.attach_pipes(ends)?;
     if let Some(m) = master {
-        r.attach(m)?;
+        r.attach_pty(m)?;
     }
     loop {
         let stdin = io::stdin();
-        let want_stdin = r.master.is_some() && r.stdin_open && r.pending.len() < 1 << 16;
-        let has_master = r.master.is_some();
+        let want_stdin = r.input.is_some() && r.stdin_open && r.pending.len() < 1 << 16;
         let mut fds: Vec<PollFd<'_>> = vec![PollFd::new(&sigfd, PollFlags::IN)];
         let end_fd: BorrowedFd<'_> = match (&pidfd, &chan) {
             (Some(p), _) => p.as_fd(),
@@ -143,13 +171,15 @@ pub fn run(
             (None, None) => unreachable!("one of them is always set"),
         };
         fds.push(PollFd::from_borrowed_fd(end_fd, PollFlags::IN));
-        let mut master_events = PollFlags::IN;
-        if !r.pending.is_empty() {
-            master_events |= PollFlags::OUT;
+        for o in &r.outputs {
+            fds.push(PollFd::new(&o.fd, PollFlags::IN));
         }
-        if let Some(m) = &r.master {
-            fds.push(PollFd::new(m, master_events));
+        if let Some(i) = &r.input
+            && !r.pending.is_empty()
+        {
+            fds.push(PollFd::new(i, PollFlags::OUT));
         }
+        let stdin_at = fds.len();
         if want_stdin {
             fds.push(PollFd::new(&stdin, PollFlags::IN));
         }
@@ -161,16 +191,16 @@ pub fn run(
         let ready: Vec<PollFlags> = fds.iter().map(|f| f.revents()).collect();
         drop(fds);
         if !ready[0].is_empty() {
-            r.signals(&sigfd)?;
+            r.signals(&sigfd);
         }
-        if has_master && !ready[2].is_empty() {
-            r.pump_master(ready[2])?;
-        }
-        if want_stdin {
-            let i = if has_master { 3 } else { 2 };
-            if !ready[i].is_empty() {
-                r.pump_stdin()?;
-            }
+        let outputs_ready: Vec<bool> = ready[2..2 + r.outputs.len()]
+            .iter()
+            .map(|f| !f.is_empty())
+            .collect();
+        r.pump_outputs(&outputs_ready);
+        r.flush_pending();
+        if want_stdin && !ready[stdin_at].is_empty() {
+            r.pump_stdin();
         }
         if !ready[1].is_empty() {
             let outcome = match (&pidfd, &chan) {
@@ -195,22 +225,57 @@ pub fn run(
 }
 
 impl Relay {
-    fn attach(&mut self, master: OwnedFd) -> io::Result<()> {
-        rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK)?;
-        if let Ok(ws) = termios::tcgetwinsize(io::stdin()) {
-            let _ = termios::tcsetwinsize(&master, ws);
+    fn attach_pipes(&mut self, ends: CallerEnds) -> io::Result<()> {
+        for (fd, sink) in [(ends.stdout, Sink::Stdout), (ends.stderr, Sink::Stderr)] {
+            if let Some(fd) = fd {
+                rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
+                self.outputs.push(Output { fd, sink });
+            }
         }
-        if self.stdin_is_tty {
-            self.raw = RawMode::enter();
+        if let Some(fd) = ends.stdin {
+            rustix::fs::fcntl_setfl(&fd, rustix::fs::OFlags::NONBLOCK)?;
+            self.input = Some(fd);
         }
-        self.master = Some(master);
         Ok(())
+    }
+
+    fn attach_pty(&mut self, master: OwnedFd) -> io::Result<()> {
+        rustix::fs::fcntl_setfl(&master, rustix::fs::OFlags::NONBLOCK)?;
+        let winsize_to = master.try_clone()?;
+        if let Some(ws) = self.caller_winsize() {
+            let _ = termios::tcsetwinsize(&winsize_to, ws);
+        }
+        if self.on_pty[0] {
+            self.input = Some(master.try_clone()?);
+            self.input_is_pty = true;
+            if self.stdin_is_tty {
+                self.raw = RawMode::enter();
+            }
+        }
+        let sink = if self.on_pty[1] {
+            Sink::Stdout
+        } else if self.on_pty[2] {
+            Sink::Stderr
+        } else {
+            Sink::Discard
+        };
+        self.outputs.push(Output { fd: master, sink });
+        self.winsize_to = Some(winsize_to);
+        Ok(())
+    }
+
+    /// The size of whichever of the caller's streams is a terminal.
+    fn caller_winsize(&self) -> Option<termios::Winsize> {
+        termios::tcgetwinsize(io::stdin())
+            .or_else(|_| termios::tcgetwinsize(io::stdout()))
+            .or_else(|_| termios::tcgetwinsize(io::stderr()))
+            .ok()
     }
 
     fn message(&mut self, chan: &Channel) -> Result<Option<Outcome>, RelayError> {
         match chan.recv()? {
             Some((Msg::Pty, Some(fd))) => {
-                self.attach(fd)?;
+                self.attach_pty(fd)?;
                 Ok(None)
             }
             Some((Msg::Exited { exit, last }, _)) => Ok(Some(Outcome {
@@ -226,19 +291,19 @@ impl Relay {
         }
     }
 
-    fn signals(&mut self, sigfd: &SignalFd) -> io::Result<()> {
+    fn signals(&mut self, sigfd: &SignalFd) {
         while let Ok(Some(info)) = sigfd.read_signal() {
             let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                 continue;
             };
             match sig {
                 Signal::SIGWINCH => {
-                    if let (Some(m), Ok(ws)) = (&self.master, termios::tcgetwinsize(io::stdin())) {
+                    if let (Some(m), Some(ws)) = (&self.winsize_to, self.caller_winsize()) {
                         let _ = termios::tcsetwinsize(m, ws);
                     }
                 }
-                // With a pty, ^C and ^\ reach the command as bytes through it.
-                Signal::SIGINT | Signal::SIGQUIT if self.master.is_some() => {}
+                // Typed on a pty, ^C and ^\ reach the command as bytes through it.
+                Signal::SIGINT | Signal::SIGQUIT if self.raw.is_some() => {}
                 sig => {
                     let _ = nix::sys::signal::kill(
                         nix::unistd::Pid::from_raw(self.target.as_raw_nonzero().get()),
@@ -247,100 +312,118 @@ impl Relay {
                 }
             }
         }
-        Ok(())
     }
 
-    fn pump_master(&mut self, events: PollFlags) -> io::Result<()> {
-        if events.intersects(PollFlags::OUT) {
-            self.flush_pending()?;
-        }
-        if events.intersects(PollFlags::IN | PollFlags::HUP | PollFlags::ERR) {
-            self.read_master();
-        }
-        Ok(())
-    }
-
-    /// Copy what the pty has to stdout. On EIO (every slave fd closed) stop polling it.
-    fn read_master(&mut self) {
-        let Some(m) = &self.master else { return };
-        let mut buf = [0u8; 16384];
-        loop {
-            match rustix::io::read(m, &mut buf) {
-                Ok(0) | Err(rustix::io::Errno::IO) => {
-                    self.master = None;
-                    return;
-                }
-                Ok(n) => {
-                    if self.stdout_ok {
-                        let mut out = io::stdout().lock();
-                        self.stdout_ok =
-                            out.write_all(&buf[..n]).and_then(|()| out.flush()).is_ok();
-                    }
-                }
-                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return,
-                Err(_) => {
-                    self.master = None;
-                    return;
-                }
+    fn pump_outputs(&mut self, ready: &[bool]) {
+        let mut i = 0;
+        while i < self.outputs.len() {
+            let done = ready.get(i).copied().unwrap_or(false) && !copy_out(&self.outputs[i]);
+            if done {
+                self.outputs.remove(i);
+            } else {
+                i += 1;
             }
         }
     }
 
-    fn pump_stdin(&mut self) -> io::Result<()> {
+    fn pump_stdin(&mut self) {
         let mut buf = [0u8; 16384];
         match rustix::io::read(io::stdin(), &mut buf) {
             Ok(0) => {
                 self.stdin_open = false;
-                // A piped stdin ends: type the terminal's end-of-file character.
-                if !self.stdin_is_tty {
-                    self.pending.push(0x04);
+                if self.input_is_pty {
+                    // A piped stdin ends: type the terminal's end-of-file character.
+                    if !self.stdin_is_tty {
+                        self.pending.push(0x04);
+                    }
+                } else if self.pending.is_empty() {
+                    self.input = None;
                 }
             }
             Ok(n) => self.pending.extend_from_slice(&buf[..n]),
             Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
             Err(_) => self.stdin_open = false,
         }
-        self.flush_pending()
+        self.flush_pending();
     }
 
-    fn flush_pending(&mut self) -> io::Result<()> {
-        let Some(m) = &self.master else {
+    fn flush_pending(&mut self) {
+        let Some(input) = &self.input else {
             self.pending.clear();
-            return Ok(());
+            return;
         };
         while !self.pending.is_empty() {
-            match rustix::io::write(m, &self.pending) {
+            match rustix::io::write(input, &self.pending) {
                 Ok(n) => {
                     self.pending.drain(..n);
                 }
-                Err(rustix::io::Errno::AGAIN) => break,
+                Err(rustix::io::Errno::AGAIN) => return,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(_) => {
                     self.pending.clear();
-                    break;
+                    self.input = None;
+                    return;
                 }
             }
         }
-        Ok(())
+        // All typed input is in; a closed pipe stdin now reaches the command as EOF.
+        if !self.stdin_open && !self.input_is_pty {
+            self.input = None;
+        }
     }
 
-    /// The command has ended: copy what is left in the pty. The kernel moves the
-    /// last output to the master side asynchronously, so wait briefly for it until
-    /// the pty reports that every slave is closed (EIO).
+    /// The command has ended: copy what is left. The kernel moves a pty's last
+    /// output to the master side asynchronously, and a pipe may still hold data,
+    /// so keep reading until each stream ends (EOF, or EIO once every pty slave is
+    /// closed) or stays quiet for 50 ms (something else of the VM still holds it).
     fn drain(&mut self) {
         let ts = rustix::event::Timespec {
             tv_sec: 0,
             tv_nsec: 50_000_000,
         };
-        while let Some(m) = &self.master {
-            let mut fds = [PollFd::new(m, PollFlags::IN)];
+        while !self.outputs.is_empty() {
+            let mut fds: Vec<PollFd<'_>> = self
+                .outputs
+                .iter()
+                .map(|o| PollFd::new(&o.fd, PollFlags::IN))
+                .collect();
             match rustix::event::poll(&mut fds, Some(&ts)) {
                 Ok(0) => break,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(_) => break,
-                Ok(_) => self.read_master(),
+                Ok(_) => {}
             }
+            let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+            drop(fds);
+            self.pump_outputs(&ready);
         }
         self.raw = None;
+    }
+}
+
+/// Copy what `o` has to its sink; false once it has ended.
+fn copy_out(o: &Output) -> bool {
+    let mut buf = [0u8; 16384];
+    loop {
+        match rustix::io::read(&o.fd, &mut buf) {
+            Ok(0) | Err(rustix::io::Errno::IO) => return false,
+            Ok(n) => {
+                let written = match o.sink {
+                    Sink::Stdout => {
+                        let mut out = io::stdout().lock();
+                        out.write_all(&buf[..n]).and_then(|()| out.flush())
+                    }
+                    Sink::Stderr => {
+                        let mut err = io::stderr().lock();
+                        err.write_all(&buf[..n]).and_then(|()| err.flush())
+                    }
+                    Sink::Discard => Ok(()),
+                };
+                // A reader that went away (`| head`): keep draining, drop the data.
+                let _ = written;
+            }
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return true,
+            Err(_) => return false,
+        }
     }
 }

@@ -62,7 +62,11 @@ impl InitHandle {
 
     /// Wait until the process has exited; false on timeout.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let deadline = std::time::Instant::now() + timeout;
+        let now = std::time::Instant::now();
+        // A huge timeout (`--time` near u64::MAX) means "wait for ever".
+        let deadline = now
+            .checked_add(timeout)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let ts = rustix::event::Timespec {

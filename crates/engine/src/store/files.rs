@@ -19,7 +19,8 @@ const MAX_FILE: u64 = 1 << 20;
 pub fn read_regular(path: &Path) -> io::Result<String> {
     let fd = rustix::fs::open(
         path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+        // NONBLOCK: opening a fifo planted in place of the file must not hang.
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
     let st = rustix::fs::fstat(&fd)?;
@@ -36,7 +37,7 @@ pub fn read_regular(path: &Path) -> io::Result<String> {
         ));
     }
     let mut s = String::new();
-    File::from(fd).read_to_string(&mut s)?;
+    File::from(fd).take(MAX_FILE).read_to_string(&mut s)?;
     Ok(s)
 }
 
@@ -89,6 +90,16 @@ impl Lock {
             Ok(l) => Ok(Some(l)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Whether `path` still names the file this lock is on (a VM deleted while we
+    /// waited for its lock has had its directory renamed away).
+    pub fn is_at(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), std::fs::symlink_metadata(path)) {
+            (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
+            _ => false,
         }
     }
 

@@ -441,10 +441,40 @@ impl VmDir {
             .map_err(|source| PolicyError::Write { path, source })
     }
 
-    /// Block until this process holds the VM's lock.
+    /// Block until this process holds the VM's lock. If the VM was deleted while
+    /// we waited, it no longer exists (even if a new VM of the same name does).
     pub fn lock(&self) -> Result<Lock, StoreError> {
         let path = self.lock_path();
-        Lock::exclusive(&path).map_err(|source| StoreError::Lock { path, source })
+        let lock = match Lock::exclusive(&path) {
+            Ok(lock) => lock,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchVm {
+                    name: self.name.to_string(),
+                });
+            }
+            Err(source) => return Err(StoreError::Lock { path, source }),
+        };
+        self.check_lock(lock, &path)
+    }
+
+    /// Hold the VM's lock if nobody else does.
+    pub fn try_lock(&self) -> Result<Option<Lock>, StoreError> {
+        let path = self.lock_path();
+        match Lock::try_exclusive(&path) {
+            Ok(Some(lock)) => self.check_lock(lock, &path).map(Some),
+            Ok(None) => Ok(None),
+            Err(source) => Err(StoreError::Lock { path, source }),
+        }
+    }
+
+    fn check_lock(&self, lock: Lock, path: &Path) -> Result<Lock, StoreError> {
+        if lock.is_at(path) {
+            Ok(lock)
+        } else {
+            Err(StoreError::NoSuchVm {
+                name: self.name.to_string(),
+            })
+        }
     }
 }
 

@@ -8,6 +8,7 @@ use crate::mounts::{self, Layout, MountPlan};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
+use crate::runtime::stdio::StdioPlan;
 use crate::runtime::stop::{self, Stopped};
 use crate::store::{Policy, StartMode, State, Status, VmDir, VmName};
 use crate::sys;
@@ -25,14 +26,7 @@ const FORCE_GRACE: Duration = Duration::ZERO;
 
 impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
-        let dir = match &opts.dir {
-            Some(d) if !d.is_absolute() => Some(
-                std::env::current_dir()
-                    .map(|cwd| cwd.join(d))
-                    .unwrap_or_else(|_| d.clone()),
-            ),
-            other => other.clone(),
-        };
+        let dir = opts.dir.as_deref().map(canonical_dir).transpose()?;
         let mut policy = Policy::new(name.clone(), dir);
         if let Some(d) = &opts.description {
             policy.description = d.clone();
@@ -54,11 +48,7 @@ impl Engine {
                 name: name.to_string(),
             });
         }
-        let (launched, init) = self.launch(&vm, &policy, StartMode::Background, None, false)?;
-        // The init is recorded; let it run. It exits if we die before this.
-        launched.go().map_err(|e| {
-            self.start_error(name, StartError::Launch(launch::LaunchError::Channel(e)))
-        })?;
+        let (_launched, init) = self.launch(&vm, &policy, StartMode::Background, None, false)?;
         Ok(init)
     }
 
@@ -84,12 +74,12 @@ impl Engine {
         vm: &VmDir,
         policy: &Policy,
         mode: StartMode,
-        command: Option<CommandSpec>,
+        command: Option<(CommandSpec, StdioPlan)>,
         temporary: bool,
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
         let fail = |e: StartError| self.start_error(name, e);
-        let plan = self.plan().map_err(fail)?;
+        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
         tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         let layout = Layout {
             staging: vm.staging_path(),
@@ -110,7 +100,8 @@ impl Engine {
             plan,
             layout,
             mode,
-            command,
+            stdio: command.as_ref().map_or(StdioPlan::inherit(), |(_, s)| *s),
+            command: command.map(|(c, _)| c),
             namespaces: sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS,
         };
         let launched = match launch::launch(&spec, &cgroup) {
@@ -138,10 +129,11 @@ impl Engine {
                 Ok(init)
             })
             .and_then(|init| {
-                launched
-                    .go()
-                    .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;
+                // If `Go` can't be sent the init has already exited; its reason is
+                // still waiting in the channel, so read that rather than the EPIPE.
+                let sent = launched.go();
                 launched.ready()?;
+                sent.map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;
                 tracing::debug!(vm = %name, "vm assembled");
                 Ok(init)
             });
@@ -163,16 +155,18 @@ impl Engine {
     }
 
     /// The mount plan for a VM of this store, from the host's mount table now.
-    pub fn plan(&self) -> Result<MountPlan, StartError> {
+    /// `own_dir` is the VM's `dir`, hidden too even if the store's index of `dir`s
+    /// misses it (after a hand edit of the policy).
+    pub fn plan(&self, own_dir: Option<&Path>) -> Result<MountPlan, StartError> {
         let text = self.mount_table().map_err(StartError::MountTable)?;
         let table = mounts::mountinfo::parse(text).map_err(|e| {
             StartError::MountTable(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })?;
-        Ok(mounts::plan::build(
-            &table,
-            &self.store.private_paths(),
-            &|p: &Path| p.is_dir(),
-        )?)
+        let mut private = self.store.private_paths();
+        private.extend(own_dir.map(Path::to_path_buf));
+        Ok(mounts::plan::build(&table, &private, &|p: &Path| {
+            p.is_dir()
+        })?)
     }
 
     /// Stop a running VM: SIGTERM, then SIGKILL after `grace`.
@@ -220,6 +214,26 @@ impl Engine {
         self.store.delete_vm(&vm, dir.as_deref())?;
         Ok(())
     }
+}
+
+/// `--dir` as an absolute path whose parent has no symlinks (the directory itself
+/// may not exist yet), so that hiding it inside VMs, which works on the host's
+/// mount table, finds it.
+fn canonical_dir(dir: &Path) -> Result<PathBuf, VmError> {
+    let bad = |source| {
+        VmError::Store(crate::store::StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        })
+    };
+    let abs = std::path::absolute(dir).map_err(bad)?;
+    let (Some(parent), Some(name)) = (abs.parent(), abs.file_name()) else {
+        return Err(bad(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a directory a vm can own",
+        )));
+    };
+    Ok(std::fs::canonicalize(parent).map_err(bad)?.join(name))
 }
 
 fn make_dir(path: &Path) -> Result<(), StartError> {

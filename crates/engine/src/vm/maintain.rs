@@ -42,12 +42,21 @@ impl Engine {
             Err(_) => return Ok(done),
         };
         for leaf in cgroups.leaves_with_prefix(&prefix) {
-            let owner = VmName::new(&leaf[prefix.len()..]).ok();
-            let alive = owner.as_ref().is_some_and(|n| {
-                self.store
-                    .vm(n)
-                    .is_ok_and(|vm| vm.load_state().is_ok_and(|s| s.live_init(&leaf).is_some()))
-            });
+            // A VM being started or deleted holds its lock: its cgroup may exist
+            // before (or after) its state names an init. Leave those alone.
+            let owner = VmName::new(&leaf[prefix.len()..])
+                .ok()
+                .and_then(|n| self.store.vm(&n).ok());
+            let _held = match &owner {
+                Some(vm) => match vm.try_lock() {
+                    Ok(Some(lock)) => Some(lock),
+                    _ => continue,
+                },
+                None => None,
+            };
+            let alive = owner
+                .as_ref()
+                .is_some_and(|vm| vm.load_state().is_ok_and(|s| s.live_init(&leaf).is_some()));
             if alive {
                 continue;
             }

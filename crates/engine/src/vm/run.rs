@@ -12,29 +12,35 @@ use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::procid::ProcId;
 use crate::runtime::relay::{self, Outcome, Waited};
+use crate::runtime::stdio::{self, CallerEnds, StdioPlan};
 use crate::store::{Policy, StartMode, State, VmDir, VmName};
 
 impl Engine {
     /// Run `spec` in VM `name` and return how it ended.
     pub fn run(&self, name: &VmName, spec: CommandSpec) -> Result<Exit, VmError> {
-        let signals = relay::block_signals().map_err(|e| self.relay_error(name, e.into()))?;
         let vm = self.vm(name)?;
         let lock = vm.lock()?;
+        // Blocked only now, so ^C still ends a command that waits for the lock; from
+        // here on they are passed to the command.
+        let signals = relay::block_signals().map_err(|e| self.relay_error(name, e.into()))?;
         let policy = self.policy(&vm)?;
         let state = self.reconcile(&vm)?;
+        let (stdio, mut ends) =
+            stdio::plan(spec.tty).map_err(|e| self.relay_error(name, e.into()))?;
         if let Some(init) = state.live_init(&self.cgroup_leaf(name)) {
             drop(lock);
             let cgroup = self.cgroup(name)?;
             let (pid, master) =
-                enter::enter(init, &cgroup, &spec).map_err(|source| VmError::Enter {
+                enter::enter(init, &cgroup, &spec, &stdio).map_err(|source| VmError::Enter {
                     name: name.to_string(),
                     source,
                 })?;
-            let outcome = relay::run(Waited::Child { pid }, master, &signals)
+            ends.release_command_ends();
+            let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
             return Ok(outcome.exit);
         }
-        let outcome = self.run_cold(&vm, &policy, spec, lock, false, &signals)?;
+        let outcome = self.run_cold(&vm, &policy, (spec, stdio, ends), lock, false, &signals)?;
         Ok(outcome.exit)
     }
 
@@ -43,14 +49,21 @@ impl Engine {
         &self,
         vm: &VmDir,
         policy: &Policy,
-        spec: CommandSpec,
+        (spec, stdio, mut ends): (CommandSpec, StdioPlan, CallerEnds),
         lock: crate::store::Lock,
         temporary: bool,
         signals: &nix::sys::signal::SigSet,
     ) -> Result<Outcome, VmError> {
         let name = vm.name();
-        let (launched, init) =
-            self.launch(vm, policy, StartMode::Command, Some(spec), temporary)?;
+        let (launched, init) = self.launch(
+            vm,
+            policy,
+            StartMode::Command,
+            Some((spec, stdio)),
+            temporary,
+        )?;
+        // The init has its own copies of the command's pipe ends.
+        ends.release_command_ends();
         let pid = launched.pid;
         drop(lock);
         let result = relay::run(
@@ -60,6 +73,7 @@ impl Engine {
             },
             None,
             signals,
+            ends,
         );
         // The init exits by itself when nothing else runs in the VM (or the command
         // could not start); then reap it and clean up. If processes remain (a daemon
@@ -97,20 +111,25 @@ impl Engine {
             Some(n) => n,
             None => self.temporary_name()?,
         };
-        let signals = relay::block_signals().map_err(|e| self.relay_error(&name, e.into()))?;
         let vm = self.create(&name, &Default::default())?;
-        let lock = vm.lock()?;
-        // Marked before it starts, so that a crash leaves a VM the next cleanup deletes.
-        let marked = self.save_state(
-            &vm,
-            &State {
-                temporary: true,
-                ..State::default()
-            },
-        );
-        let result = marked
-            .and_then(|()| self.policy(&vm))
-            .and_then(|policy| self.run_cold(&vm, &policy, spec, lock, true, &signals));
+        // Everything after the create runs in here, so that any failure still ends
+        // in the delete below (with the VM's lock released first).
+        let result = (|| {
+            let lock = vm.lock()?;
+            let signals = relay::block_signals().map_err(|e| self.relay_error(&name, e.into()))?;
+            // Marked before it starts: a crash leaves a VM the next cleanup deletes.
+            self.save_state(
+                &vm,
+                &State {
+                    temporary: true,
+                    ..State::default()
+                },
+            )?;
+            let policy = self.policy(&vm)?;
+            let (stdio, ends) =
+                stdio::plan(spec.tty).map_err(|e| self.relay_error(&name, e.into()))?;
+            self.run_cold(&vm, &policy, (spec, stdio, ends), lock, true, &signals)
+        })();
         let cleanup = self.delete(&name, true);
         let outcome = result?;
         cleanup?;

@@ -1,11 +1,10 @@
 //! `run` and `shell`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Result;
 use fvm_engine::runtime::command::DEFAULT_PATH;
-use fvm_engine::runtime::{CommandSpec, Program};
+use fvm_engine::runtime::{CommandSpec, Program, TtyMode};
 
 use super::{Context, vm_name};
 use crate::cli::{NameArg, RunArgs};
@@ -13,17 +12,12 @@ use crate::cli::{NameArg, RunArgs};
 pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
     let name = args.name.as_deref().map(vm_name).transpose()?;
     let tty = if args.tty {
-        true
+        TtyMode::Always
     } else if args.no_tty {
-        false
+        TtyMode::Never
     } else {
-        std::io::stdin().is_terminal()
+        TtyMode::Auto
     };
-    // Output redirected to a file or pipe stays there, byte for byte.
-    let tty_outputs = (
-        std::io::stdout().is_terminal(),
-        std::io::stderr().is_terminal(),
-    );
     let mut env: Vec<(String, String)> = std::env::vars()
         .filter(|(k, _)| k != "FVM_NAME" && k != "FVM_ROOT")
         .collect();
@@ -37,7 +31,6 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
                 env,
                 cwd: cwd.clone(),
                 tty,
-                tty_outputs,
             }
         };
         // The name of a throw-away VM is only known once it is picked.
@@ -57,7 +50,6 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             env,
             cwd,
             tty,
-            tty_outputs,
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
@@ -88,10 +80,8 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
         program: Program::LoginShell,
         env,
         cwd: "/root".into(),
-        tty: false,
-        tty_outputs: (false, false),
-    }
-    .on_pty();
+        tty: TtyMode::Always,
+    };
     let exit = ctx.engine_for(&name)?.run(&name, spec)?;
     Ok(status(exit.code()))
 }
