@@ -115,23 +115,6 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
-/// Close (or, with `cloexec`, mark close-on-exec) every fd from `first` upwards.
-pub fn close_fds_from(first: RawFd, cloexec: bool) -> io::Result<()> {
-    let flags = if cloexec {
-        libc::CLOSE_RANGE_CLOEXEC
-    } else {
-        0
-    };
-    // SAFETY: close_range only affects this process's fd table. Callers own every fd
-    // at or above `first` (they call this after moving the fds they keep below it), so
-    // no live OwnedFd is invalidated behind Rust's back except ones they drop unused.
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, u32::MAX, flags) };
-    if ret == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Duplicate `fd` onto the fd number `target`, replacing what was there.
 pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
     if fd.as_raw_fd() == target {
@@ -256,4 +239,42 @@ pub fn close_raw(fd: RawFd) {
     // this process (it was kept only so a command could inherit it); closing it
     // once, here, can't invalidate another owner.
     unsafe { libc::close(fd) };
+}
+
+unsafe extern "C" {
+    /// glibc and musl both export the address of argv[0] under this name.
+    static program_invocation_name: *mut libc::c_char;
+}
+
+/// Blank this process's arguments (after argv[0]) and environment strings in
+/// place, so that /proc/PID/cmdline and /proc/PID/environ show nothing of what the
+/// fvm command was run with. For a VM's init, which lives on as a copy of that
+/// command inside the VM.
+pub fn scrub_args_and_environment() {
+    // SAFETY: `environ` and `program_invocation_name` point at the NUL-terminated
+    // strings the kernel put on this process's initial stack (argv strings, then
+    // environment strings, contiguous). We only overwrite bytes inside those
+    // strings (up to, not including, each terminator) and the gap between argv[0]
+    // and the first environment string, which holds the other argv strings. The
+    // process is single-threaded here and nothing reads the environment after.
+    unsafe {
+        let env = libc::environ;
+        let first_env = if env.is_null() {
+            std::ptr::null_mut()
+        } else {
+            *env
+        };
+        let arg0 = program_invocation_name;
+        if !arg0.is_null() && !first_env.is_null() && first_env > arg0 {
+            let rest = arg0.add(libc::strlen(arg0) + 1);
+            if rest < first_env {
+                std::ptr::write_bytes(rest, 0, first_env.offset_from(rest) as usize);
+            }
+        }
+        let mut p = env;
+        while !p.is_null() && !(*p).is_null() {
+            std::ptr::write_bytes(*p, 0, libc::strlen(*p));
+            p = p.add(1);
+        }
+    }
 }

@@ -283,3 +283,35 @@ fn delete_removes_immutable_files_and_never_follows_planted_symlinks() {
     assert!(Path::new("/etc/passwd").exists());
     store.assert_clean();
 }
+
+/// The VM's /proc shows its own processes, but the kernel settings in it are the
+/// host's: they are read-only inside (a VM writing `kernel.core_pattern` would run
+/// a program of its choice as root on the host), and kernel memory and keys are
+/// hidden.
+#[test]
+fn kernel_settings_are_read_only_inside() {
+    if !needs_root("kernel_settings_are_read_only_inside") {
+        return;
+    }
+    let store = TestStore::new("procro");
+    store.create("k1");
+    let before = std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap();
+    let out = store.sh(
+        "k1",
+        "cat /proc/sys/kernel/core_pattern >/dev/null && echo readable; \
+         echo '|/tmp/evil %p' > /proc/sys/kernel/core_pattern && echo WROTE; \
+         echo 1 > /proc/sys/vm/drop_caches && echo WROTE; \
+         for f in /proc/keys /proc/timer_list /proc/kcore; do \
+           [ -e $f ] && [ -s $f ] && echo LEAK $f; done; \
+         ls -A /sys/firmware | wc -l",
+    );
+    assert!(out.stdout.contains("readable"), "{out}");
+    assert!(!out.stdout.contains("WROTE"), "{out}");
+    assert!(!out.stdout.contains("LEAK"), "{out}");
+    assert_eq!(out.stdout.lines().last(), Some("0"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/kernel/core_pattern").unwrap(),
+        before
+    );
+    store.assert_clean();
+}

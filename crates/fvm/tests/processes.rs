@@ -316,3 +316,29 @@ fn stop_ends_a_command_that_is_running_in_the_vm() {
     }
     store.assert_clean();
 }
+
+/// The VM's init is a copy of the `fvm` command that started it; nothing of how
+/// that command was run (its arguments, the caller's environment, which may hold
+/// secrets) can be read from inside the VM.
+#[test]
+fn the_init_shows_nothing_of_the_callers_environment() {
+    if !needs_root("the_init_shows_nothing_of_the_callers_environment") {
+        return;
+    }
+    let store = TestStore::new("environ");
+    store.create("e1");
+    let mut start = store.command(&["start", "e1"]);
+    start.env("FVM_TEST_SECRET", "hunter2-fvm");
+    common::run(start, None).ok();
+    let out = store
+        .sh(
+            "e1",
+            "cat /proc/1/environ /proc/1/cmdline | tr '\\0' '\\n' | grep -v '^$'",
+        )
+        .out()
+        .to_owned();
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!out.contains("--root") && !out.contains("start"), "{out}");
+    store.stop("e1");
+    store.assert_clean();
+}

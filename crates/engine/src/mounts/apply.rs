@@ -253,6 +253,7 @@ fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<(), 
         "",
     )?;
     populate_dev()?;
+    protect_kernel_files()?;
     mount_at(
         "tmpfs",
         "/run",
@@ -300,6 +301,59 @@ fn make_dir(path: &Path, mode: u32) -> Result<(), MountError> {
     std::fs::create_dir_all(path)
         .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
         .map_err(err("create", path))
+}
+
+/// Files of /proc that change the running kernel for the whole machine (sysctls,
+/// sysrq, IRQ affinity, bus settings): read-only inside a VM.
+const KERNEL_READONLY: [&str; 5] = [
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+    "/proc/irq",
+    "/proc/bus",
+    "/proc/fs",
+];
+
+/// Files that show host kernel memory, keys, timers or firmware: hidden.
+const KERNEL_MASKED: [&str; 10] = [
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/latency_stats",
+    "/proc/acpi",
+    "/proc/scsi",
+    "/proc/asound",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// A fresh /proc is the VM's own for processes, but its kernel files are the
+/// host's: a VM writing `kernel.core_pattern` or a sysrq would act on the host.
+fn protect_kernel_files() -> Result<(), MountError> {
+    let locked = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    for path in KERNEL_READONLY.map(Path::new) {
+        if !path.exists() {
+            continue;
+        }
+        rustix::mount::mount_bind(path, path).map_err(|e| err("bind", path)(e.into()))?;
+        rustix::mount::mount_remount(path, MountFlags::BIND | MountFlags::RDONLY | locked, "")
+            .map_err(|e| err("make read-only", path)(e.into()))?;
+    }
+    for path in KERNEL_MASKED.map(Path::new) {
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => mount_fs(
+                "tmpfs",
+                path,
+                "tmpfs",
+                MountFlags::RDONLY | locked,
+                "mode=0555,size=4k,nr_inodes=1",
+            )?,
+            Ok(_) => rustix::mount::mount_bind("/dev/null", path)
+                .map_err(|e| err("mask", path)(e.into()))?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A private /dev: a tmpfs with the harmless character devices, a new devpts

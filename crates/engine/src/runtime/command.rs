@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -181,7 +181,7 @@ pub fn spawn(
     match sys::clone_process(0, cgroup).map_err(fork_err)? {
         Forked::Child => {
             drop(err_read);
-            let errno = exec_child(&r, stdio, tty, before_exec);
+            let errno = exec_child(&r, stdio, tty, err_write.as_raw_fd(), before_exec);
             let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
             sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 });
         }
@@ -206,9 +206,14 @@ fn exec_child(
     r: &Resolved,
     stdio: &StdioPlan,
     tty: Option<&OwnedFd>,
+    report_fd: RawFd,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> i32 {
     let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    // Until exec this is a copy of a privileged fvm process inside the VM's pid
+    // namespace: not dumpable, so processes of the VM without CAP_SYS_PTRACE can't
+    // attach to it. exec makes the command dumpable again as usual.
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     if let Err(e) = before_exec() {
         return errno(e);
     }
@@ -231,10 +236,15 @@ fn exec_child(
             return errno(e);
         }
     }
+    // Nothing else of fvm's (cgroup files, the init's pidfd, the pty master)
+    // stays open in the VM, not even until exec.
+    if let Err(e) = sys::close_all_except(&[0, 1, 2, report_fd]) {
+        return errno(e);
+    }
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
         let _ = rustix::process::chdir(c"/");
     }
-    if let Err(e) = sys::reset_signals_for_exec().and_then(|()| sys::close_fds_from(3, true)) {
+    if let Err(e) = sys::reset_signals_for_exec() {
         return errno(e);
     }
     let mut result = libc::ENOENT;

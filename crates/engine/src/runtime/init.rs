@@ -69,8 +69,11 @@ fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<Sig
     keep.extend(cgroup.raw_fds());
     keep.extend(spec.stdio.pipe_fds());
     sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
-    // `ps` inside the VM shows this as PID 1.
+    // `ps` inside the VM shows this as PID 1, and nothing of how fvm was run
+    // (its arguments, the caller's environment) is left for the VM to read.
     let _ = rustix::thread::set_name(c"fvm-init");
+    sys::scrub_args_and_environment();
+    let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
     // Join the VM's cgroup before anything else runs, then make it the root of the
     // VM's cgroup namespace, so every later process is inside and sees only it.
     cgroup
