@@ -8,11 +8,13 @@
 //! - [`store`]: VMs on disk (policy, state, layers, locks);
 //! - [`mounts`]: the mount plan from the host's mount table, and applying it;
 //! - [`cgroup`]: one cgroup per VM on cgroup v1 and v2;
+//! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
 //! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
 //! - [`doctor`]: what this host supports.
 
 pub mod cgroup;
+pub mod changes;
 pub mod doctor;
 pub mod mounts;
 pub mod runtime;

@@ -278,3 +278,15 @@ pub fn scrub_args_and_environment() {
         }
     }
 }
+
+#[allow(dead_code)] // used by `changes::copy`
+/// Make `dst` share `src`'s data blocks (a reflink, FICLONE), where the filesystem
+/// can (btrfs, xfs, bcachefs); `Err` with EOPNOTSUPP, EXDEV or EINVAL where it can't.
+pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: FICLONE takes the source fd as its integer argument and touches no
+    // memory of ours; both fds are open for the duration of the call.
+    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -59,6 +59,8 @@ pub fn prepare_layers(plan: &MountPlan, layers: &Path) -> Result<(), MountError>
     for o in &plan.overlays {
         let dir = layers.join(&o.key);
         if dir.join("work").is_dir() {
+            crate::changes::layer::record_mount_point(&dir, &o.mount_point)
+                .map_err(err("record the mount point in", &dir))?;
             continue;
         }
         mkdir(&dir, 0o700)?;
@@ -74,6 +76,8 @@ pub fn prepare_layers(plan: &MountPlan, layers: &Path) -> Result<(), MountError>
             })
             .map_err(err("set owner and mode of", &upper))?;
         mkdir(&dir.join("work"), 0o700)?;
+        crate::changes::layer::record_mount_point(&dir, &o.mount_point)
+            .map_err(err("record the mount point in", &dir))?;
     }
     Ok(())
 }
