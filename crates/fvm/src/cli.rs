@@ -50,6 +50,8 @@ pub enum Command {
     Delete(DeleteArgs),
     /// Show everything known about a VM, as JSON
     Inspect(NameArg),
+    /// What a VM changed: A (added), C (changed), D (deleted), sorted
+    Diff(DiffArgs),
     /// Show a VM's policy, or change it
     Config(ConfigArgs),
     /// Check what this host supports
@@ -103,6 +105,13 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    pub name: String,
+    /// Only changes at or under these paths (as the VM sees them)
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

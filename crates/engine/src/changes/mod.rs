@@ -1,4 +1,5 @@
 //! What a VM changed, read from its upper layers directly: `diff` lists it,
 //! `commit` writes it back to the host, `copy` clones it into a new VM.
 
+pub mod diff;
 pub mod layer;

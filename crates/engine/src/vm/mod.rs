@@ -6,6 +6,7 @@
 //! machine rebooted), the VM's leftovers (its cgroup) are removed and it is marked
 //! stopped. That is how a crash is cleaned up by the next command.
 
+mod changes;
 mod info;
 mod lifecycle;
 mod maintain;
@@ -78,11 +79,28 @@ pub enum VmError {
         source: SpawnError,
     },
     #[error("vm {name:?}")]
+    Changes {
+        name: String,
+        #[source]
+        source: ChangesError,
+    },
+    #[error("invalid path {path:?}: paths name what the vm sees, without `..`")]
+    BadPath { path: PathBuf },
+    #[error("vm {name:?}")]
     Relay {
         name: String,
         #[source]
         source: RelayError,
     },
+}
+
+/// What went wrong reading or writing a VM's changes.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangesError {
+    #[error(transparent)]
+    Diff(#[from] crate::changes::diff::DiffError),
+    #[error("cannot list the vm's layers")]
+    Layers(#[from] std::io::Error),
 }
 
 /// Why a VM could not start.

@@ -4,6 +4,7 @@
 mod config;
 mod create;
 mod delete;
+mod diff;
 mod doctor;
 mod inspect;
 mod list;
@@ -30,6 +31,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Stop(a) => stop::run(&ctx, a),
         Command::Delete(a) => delete::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
+        Command::Diff(a) => diff::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
     }
