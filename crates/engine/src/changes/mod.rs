@@ -2,4 +2,5 @@
 //! `commit` writes it back to the host, `copy` clones it into a new VM.
 
 pub mod diff;
+pub mod scan;
 pub mod layer;

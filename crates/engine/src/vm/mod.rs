@@ -98,7 +98,7 @@ pub enum VmError {
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
     #[error(transparent)]
-    Diff(#[from] crate::changes::diff::DiffError),
+    Scan(#[from] crate::changes::scan::ScanError),
     #[error("cannot list the vm's layers")]
     Layers(#[from] std::io::Error),
 }

@@ -1,0 +1,317 @@
+//! Read a VM's upper layers against the host as it is now: every path the VM
+//! changed, what the VM has there and what the host has. `diff` prints these;
+//! `commit` plans from them.
+//!
+//! For each entry of an upper directory:
+//! - a whiteout (char device 0/0) is a deletion: `D` if the host has the path;
+//! - anything else is `C` if the host has the path, `A` if not (a chmod or an
+//!   xattr change copies a file up, so it shows as `C`; a directory is `C` when the
+//!   VM changed something in it, as in `podman diff`);
+//! - a directory that hides the host's one (overlayfs marks it opaque) also yields
+//!   every host entry in it that the VM no longer has, as `D`.
+//!
+//! Host paths are looked up beneath the host mount with directory fds and
+//! `AT_SYMLINK_NOFOLLOW`, never crossing into another mount, which is how overlayfs
+//! sees the lower layer. The upper layer is walked with `layer::walk`.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use serde::Serialize;
+
+use super::layer::{self, Descend, Entry, Layer};
+
+/// The xattr overlayfs puts on a directory that replaces the lower one.
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub enum Kind {
+    #[serde(rename = "A")]
+    Added,
+    #[serde(rename = "C")]
+    Changed,
+    #[serde(rename = "D")]
+    Deleted,
+}
+
+impl Kind {
+    pub fn letter(self) -> char {
+        match self {
+            Kind::Added => 'A',
+            Kind::Changed => 'C',
+            Kind::Deleted => 'D',
+        }
+    }
+}
+
+/// What the VM has at a changed path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmEntry {
+    /// Deleted (a whiteout in the upper layer).
+    Whiteout,
+    /// A host entry the VM no longer sees, because a directory above it replaced
+    /// the host's one; nothing in the upper layer.
+    Hidden,
+    Dir { opaque: bool },
+    File,
+    Symlink,
+    Fifo,
+    Socket,
+    /// A character or block device the VM made (never committed to the host).
+    Device,
+}
+
+/// One changed path.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// As the VM (and the host) name it.
+    pub path: PathBuf,
+    pub kind: Kind,
+    /// Index of its layer in the list scanned.
+    pub layer: usize,
+    /// Relative to the layer's upper directory.
+    pub rel: PathBuf,
+    pub vm: VmEntry,
+    /// lstat of the upper entry (`None` for `Hidden`).
+    pub upper: Option<Stat>,
+    /// lstat of the host path, if it exists.
+    pub host: Option<Stat>,
+    /// The directory that replaced the host's one and contains this path (itself
+    /// included): it can only be committed as a whole.
+    pub unit: Option<PathBuf>,
+}
+
+/// Which paths to look at: all, or those at or under any of these.
+#[derive(Debug, Clone, Default)]
+pub struct Filter(Vec<PathBuf>);
+
+impl Filter {
+    pub fn new(paths: Vec<PathBuf>) -> Filter {
+        Filter(paths)
+    }
+
+    /// `path` is selected (at or under a filter path).
+    pub fn selects(&self, path: &Path) -> bool {
+        self.0.is_empty() || self.0.iter().any(|f| path.starts_with(f))
+    }
+
+    /// Something at or under `path` may be selected.
+    pub fn reaches(&self, path: &Path) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|f| path.starts_with(f) || f.starts_with(path))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read {path}")]
+pub struct ScanError {
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The items of `layers` that the filter reaches (and whole replaced directories
+/// it reaches into), sorted by path.
+pub fn scan(layers: &[Layer], filter: &Filter) -> Result<Vec<Item>, ScanError> {
+    let mut out = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        if filter.reaches(&l.mount_point) {
+            scan_layer(i, l, filter, &mut out)?;
+        }
+    }
+    out.sort_by(|a, b| {
+        a.path
+            .as_os_str()
+            .as_bytes()
+            .cmp(b.path.as_os_str().as_bytes())
+    });
+    out.dedup_by(|a, b| a.path == b.path);
+    Ok(out)
+}
+
+/// The host side of a directory being walked.
+struct Level {
+    /// The host directory at the same path, if it is a real directory.
+    host: Option<OwnedFd>,
+    /// The host's entries show through in the VM (not hidden).
+    merged: bool,
+    unit: Option<PathBuf>,
+    /// Inside a replaced directory the filter reaches: take everything.
+    everything: bool,
+}
+
+fn scan_layer(idx: usize, l: &Layer, filter: &Filter, out: &mut Vec<Item>) -> Result<(), ScanError> {
+    let host_root = open_host_dir(None, &l.mount_point).ok();
+    let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
+    let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
+        let mut stack = stack.borrow_mut();
+        if e.rel.as_os_str().is_empty() {
+            stack.push(Level {
+                host: host_root.as_ref().and_then(|f| f.try_clone().ok()),
+                merged: true,
+                unit: None,
+                everything: false,
+            });
+            return Ok(Descend::Yes);
+        }
+        let path = l.vm_path(e.rel);
+        let parent = stack.last().expect("the root is pushed first");
+        if !parent.everything && !filter.reaches(&path) {
+            return Ok(Descend::No);
+        }
+        let host = parent.host.as_ref().and_then(|d| host_stat(d, e.name));
+        let item = |kind, vm, unit: Option<PathBuf>| Item {
+            path: path.clone(),
+            kind,
+            layer: idx,
+            rel: e.rel.to_owned(),
+            vm,
+            upper: Some(e.stat),
+            host,
+            unit,
+        };
+        let vm = match e.file_type() {
+            _ if e.is_whiteout() => VmEntry::Whiteout,
+            FileType::Directory => VmEntry::Dir {
+                opaque: is_opaque(e)?,
+            },
+            FileType::RegularFile => VmEntry::File,
+            FileType::Symlink => VmEntry::Symlink,
+            FileType::Fifo => VmEntry::Fifo,
+            FileType::Socket => VmEntry::Socket,
+            _ => VmEntry::Device,
+        };
+        let kind = match (vm, host.is_some()) {
+            (VmEntry::Whiteout, true) => Kind::Deleted,
+            (VmEntry::Whiteout, false) => return Ok(Descend::No),
+            (_, true) => Kind::Changed,
+            (_, false) => Kind::Added,
+        };
+        let VmEntry::Dir { opaque } = vm else {
+            out.push(item(kind, vm, parent.unit.clone()));
+            return Ok(Descend::No);
+        };
+        let host_is_dir = host.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
+        let host_fd = if host_is_dir {
+            parent
+                .host
+                .as_ref()
+                .and_then(|d| open_host_dir(Some(d), Path::new(OsStr::from_bytes(e.name.to_bytes()))).ok())
+        } else {
+            None
+        };
+        let merged = parent.merged && host_is_dir && !opaque;
+        // A directory that hides a host directory is a unit of its own.
+        let unit = match (&parent.unit, !merged && host_fd.is_some()) {
+            (Some(u), _) => Some(u.clone()),
+            (None, true) => Some(path.clone()),
+            (None, false) => None,
+        };
+        let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
+        out.push(item(kind, vm, unit.clone()));
+        if !merged && let Some(hfd) = &host_fd {
+            hidden_entries(hfd, e, idx, &path, unit.as_ref(), out)?;
+        }
+        stack.push(Level {
+            host: host_fd,
+            merged,
+            unit,
+            everything,
+        });
+        Ok(Descend::Yes)
+    };
+    let mut leave = |_: &Path| -> io::Result<()> {
+        stack.borrow_mut().pop();
+        Ok(())
+    };
+    match layer::walk(&l.upper(), &mut visit, &mut leave) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ScanError {
+            path: l.mount_point.clone(),
+            source,
+        }),
+    }
+}
+
+/// The host's entries of a directory the VM replaced: each one the VM doesn't
+/// have is deleted in its view.
+fn hidden_entries(
+    host: &OwnedFd,
+    e: &Entry<'_>,
+    layer: usize,
+    path: &Path,
+    unit: Option<&PathBuf>,
+    out: &mut Vec<Item>,
+) -> io::Result<()> {
+    let ours: BTreeSet<CString> = {
+        let dir = e.open()?;
+        names(&dir)?.into_iter().collect()
+    };
+    for name in names(host)? {
+        if ours.contains(&name) {
+            continue;
+        }
+        let n = OsStr::from_bytes(name.to_bytes());
+        out.push(Item {
+            path: path.join(n),
+            kind: Kind::Deleted,
+            layer,
+            rel: e.rel.join(n),
+            vm: VmEntry::Hidden,
+            upper: None,
+            host: host_stat(host, &name),
+            unit: unit.cloned(),
+        });
+    }
+    Ok(())
+}
+
+fn names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    let mut v = Vec::new();
+    for e in rustix::fs::Dir::read_from(dir)? {
+        let e = e?;
+        let n = e.file_name();
+        if n.to_bytes() != b"." && n.to_bytes() != b".." {
+            v.push(n.to_owned());
+        }
+    }
+    Ok(v)
+}
+
+fn is_opaque(e: &Entry<'_>) -> io::Result<bool> {
+    let fd = e.open()?;
+    Ok(layer::fd_xattr(&fd, OPAQUE_XATTR)?.is_some_and(|v| v == b"y"))
+}
+
+/// lstat of `name` in a host directory; `None` if it doesn't exist.
+fn host_stat(dir: &OwnedFd, name: &CStr) -> Option<Stat> {
+    rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()
+}
+
+/// Open a host directory (absolute path, or a name under `parent`) without
+/// following a symlink at the last component or crossing into another mount.
+pub fn open_host_dir(parent: Option<&OwnedFd>, path: &Path) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match parent {
+        None => rustix::fs::open(path, flags, Mode::empty())?,
+        Some(p) => {
+            let fd = rustix::fs::openat(p, path, flags, Mode::empty())?;
+            // Overlayfs's lower layer is one mount: don't look into mounts below it.
+            if rustix::fs::fstat(&fd)?.st_dev != rustix::fs::fstat(p)?.st_dev {
+                return Err(io::Error::from_raw_os_error(libc::EXDEV));
+            }
+            fd
+        }
+    };
+    Ok(fd)
+}
