@@ -52,6 +52,8 @@ pub enum Command {
     Inspect(NameArg),
     /// What a VM changed: A (added), C (changed), D (deleted), sorted
     Diff(DiffArgs),
+    /// Write a VM's changes (or those under PATHs) back to the host
+    Commit(CommitArgs),
     /// Show a VM's policy, or change it
     Config(ConfigArgs),
     /// Check what this host supports
@@ -112,6 +114,19 @@ pub struct DiffArgs {
     pub name: String,
     /// Only changes at or under these paths (as the VM sees them)
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CommitArgs {
+    pub name: String,
+    /// Only changes at or under these paths (as the VM sees them)
+    pub paths: Vec<PathBuf>,
+    /// Print what would be done, and do nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Commit even paths the host changed after the VM copied them (the VM wins)
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

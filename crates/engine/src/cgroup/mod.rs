@@ -95,6 +95,10 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error("cgroup {} did not freeze in time", .path.display())]
+    FreezeTimeout { path: PathBuf },
+    #[error("no cgroup freezer is mounted, so a running vm can't be frozen")]
+    NoFreezer,
     #[error("cannot thaw cgroup {}", .path.display())]
     Thaw {
         path: PathBuf,
@@ -387,6 +391,23 @@ impl VmCgroup {
         match first_error {
             Some(err) => Err(err),
             None => Ok(()),
+        }
+    }
+
+    /// Freeze every process of the VM (cgroup freezer) and wait until they are; on
+    /// failure nothing stays frozen. Undo with [`VmCgroup::thaw`].
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+        match &self.backend {
+            Backend::V1(v1) => v1.freeze_strict(TIMEOUT),
+            Backend::V2(v2) => v2.freeze(TIMEOUT),
+        }
+    }
+
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        match &self.backend {
+            Backend::V1(v1) => v1.thaw(),
+            Backend::V2(v2) => v2.thaw(),
         }
     }
 

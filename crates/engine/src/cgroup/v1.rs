@@ -152,6 +152,41 @@ impl V1Cgroup {
     }
 }
 
+impl V1Cgroup {
+    /// Freeze every process of the VM and wait until the kernel reports FROZEN.
+    pub(super) fn freeze_strict(&self, timeout: Duration) -> Result<(), CgroupError> {
+        let dir = self.dir_with("freezer").ok_or(CgroupError::NoFreezer)?;
+        let state = dir.join("freezer.state");
+        control::write(&state, b"FROZEN").map_err(|source| CgroupError::Freeze {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut retry = Retry::new(timeout);
+        loop {
+            let now = control::read(&state).map_err(|source| CgroupError::Read {
+                path: state.clone(),
+                source,
+            })?;
+            if now.trim() == "FROZEN" {
+                return Ok(());
+            }
+            if !retry.wait() {
+                let _ = thaw(dir);
+                return Err(CgroupError::FreezeTimeout {
+                    path: dir.to_owned(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn thaw(&self) -> Result<(), CgroupError> {
+        match self.dir_with("freezer") {
+            Some(dir) => thaw(dir),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Sets `freezer.state` to FROZEN and waits briefly for the kernel to get there.
 fn freeze(dir: &Path) -> Result<(), CgroupError> {
     let state = dir.join("freezer.state");

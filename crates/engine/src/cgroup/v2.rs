@@ -35,6 +35,44 @@ impl V2Cgroup {
     }
 
     /// Kills everything in the cgroup, then waits for `cgroup.procs` to empty.
+    /// Freeze every process (cgroup.freeze) and wait for `frozen 1` in cgroup.events.
+    pub(super) fn freeze(&self, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        let file = self.dir.join("cgroup.freeze");
+        control::write(&file, b"1").map_err(|source| CgroupError::Freeze {
+            path: self.dir.clone(),
+            source,
+        })?;
+        let events = self.dir.join("cgroup.events");
+        let mut retry = control::Retry::new(timeout);
+        loop {
+            let text = control::read(&events).map_err(|source| CgroupError::Read {
+                path: events.clone(),
+                source,
+            })?;
+            if text.lines().any(|l| l.trim() == "frozen 1") {
+                return Ok(());
+            }
+            if !retry.wait() {
+                let _ = self.thaw();
+                return Err(CgroupError::FreezeTimeout {
+                    path: self.dir.clone(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn thaw(&self) -> Result<(), CgroupError> {
+        match control::write(&self.dir.join("cgroup.freeze"), b"0") {
+            Err(source) if source.kind() != std::io::ErrorKind::NotFound => {
+                Err(CgroupError::Thaw {
+                    path: self.dir.clone(),
+                    source,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
     pub(super) fn kill_all(&self) -> Result<(), CgroupError> {
         let mut retry = Retry::new(KILL_TIMEOUT);
         let kill_file = self.dir.join("cgroup.kill");

@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-pub use super::scan::{Filter, Kind, ScanError};
+use super::commit::deferred::Committed;
 use super::layer::Layer;
 use super::scan::{self, VmEntry};
+pub use super::scan::{Filter, Kind, ScanError};
 
 /// One changed path, as the VM sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,8 +29,12 @@ fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// Every change in `layers` that the filter selects, sorted by path.
-pub fn diff(layers: &[Layer], filter: &Filter) -> Result<Vec<Change>, ScanError> {
-    Ok(scan::scan(layers, filter)?
+pub fn diff(
+    layers: &[Layer],
+    filter: &Filter,
+    committed: &Committed,
+) -> Result<Vec<Change>, ScanError> {
+    Ok(scan::scan(layers, filter, committed)?
         .into_iter()
         .filter(|i| filter.selects(&i.path))
         .map(|i| Change {
@@ -54,7 +59,11 @@ mod tests {
             mount_point: "/".into(),
             dir: d.path().join("nothing"),
         };
-        assert!(diff(&[layer], &Filter::default()).unwrap().is_empty());
+        assert!(
+            diff(&[layer], &Filter::default(), &Committed::default())
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -70,14 +79,23 @@ mod tests {
             mount_point: host.path().to_owned(),
             dir: d.path().join("l"),
         };
-        let got: Vec<(char, String, u64)> = diff(&[layer.clone()], &Filter::default())
-            .unwrap()
-            .into_iter()
-            .map(|c| {
-                let rel = c.path.strip_prefix(host.path()).unwrap().display().to_string();
-                (c.kind.letter(), rel, c.size)
-            })
-            .collect();
+        let got: Vec<(char, String, u64)> = diff(
+            std::slice::from_ref(&layer),
+            &Filter::default(),
+            &Committed::default(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|c| {
+            let rel = c
+                .path
+                .strip_prefix(host.path())
+                .unwrap()
+                .display()
+                .to_string();
+            (c.kind.letter(), rel, c.size)
+        })
+        .collect();
         assert_eq!(
             got,
             [
@@ -87,6 +105,9 @@ mod tests {
             ]
         );
         let only = Filter::new(vec![host.path().join("newdir")]);
-        assert_eq!(diff(&[layer], &only).unwrap().len(), 2);
+        assert_eq!(
+            diff(&[layer], &only, &Committed::default()).unwrap().len(),
+            2
+        );
     }
 }

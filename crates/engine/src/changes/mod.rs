@@ -1,6 +1,9 @@
 //! What a VM changed, read from its upper layers directly: `diff` lists it,
 //! `commit` writes it back to the host, `copy` clones it into a new VM.
 
+pub mod commit;
+pub mod data;
 pub mod diff;
-pub mod scan;
 pub mod layer;
+pub mod scan;
+pub mod tree;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use serde::Serialize;
 
+use super::commit::deferred::Committed;
 use super::layer::{self, Descend, Entry, Layer};
 
 /// The xattr overlayfs puts on a directory that replaces the lower one.
@@ -58,7 +59,9 @@ pub enum VmEntry {
     /// A host entry the VM no longer sees, because a directory above it replaced
     /// the host's one; nothing in the upper layer.
     Hidden,
-    Dir { opaque: bool },
+    Dir {
+        opaque: bool,
+    },
     File,
     Symlink,
     Fifo,
@@ -121,11 +124,17 @@ pub struct ScanError {
 
 /// The items of `layers` that the filter reaches (and whole replaced directories
 /// it reaches into), sorted by path.
-pub fn scan(layers: &[Layer], filter: &Filter) -> Result<Vec<Item>, ScanError> {
+/// Entries in `committed` (written back while the VM ran, unchanged since) are
+/// not changes any more.
+pub fn scan(
+    layers: &[Layer],
+    filter: &Filter,
+    committed: &Committed,
+) -> Result<Vec<Item>, ScanError> {
     let mut out = Vec::new();
     for (i, l) in layers.iter().enumerate() {
         if filter.reaches(&l.mount_point) {
-            scan_layer(i, l, filter, &mut out)?;
+            scan_layer(i, l, filter, committed, &mut out)?;
         }
     }
     out.sort_by(|a, b| {
@@ -149,7 +158,13 @@ struct Level {
     everything: bool,
 }
 
-fn scan_layer(idx: usize, l: &Layer, filter: &Filter, out: &mut Vec<Item>) -> Result<(), ScanError> {
+fn scan_layer(
+    idx: usize,
+    l: &Layer,
+    filter: &Filter,
+    committed: &Committed,
+    out: &mut Vec<Item>,
+) -> Result<(), ScanError> {
     let host_root = open_host_dir(None, &l.mount_point).ok();
     let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
     let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
@@ -169,6 +184,10 @@ fn scan_layer(idx: usize, l: &Layer, filter: &Filter, out: &mut Vec<Item>) -> Re
             return Ok(Descend::No);
         }
         let host = parent.host.as_ref().and_then(|d| host_stat(d, e.name));
+        let done = committed.contains(&l.dir, e.rel, &e.stat);
+        if done && e.file_type() != FileType::Directory {
+            return Ok(Descend::No);
+        }
         let item = |kind, vm, unit: Option<PathBuf>| Item {
             path: path.clone(),
             kind,
@@ -200,16 +219,17 @@ fn scan_layer(idx: usize, l: &Layer, filter: &Filter, out: &mut Vec<Item>) -> Re
             out.push(item(kind, vm, parent.unit.clone()));
             return Ok(Descend::No);
         };
-        let host_is_dir = host.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
+        let host_is_dir =
+            host.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
         let host_fd = if host_is_dir {
-            parent
-                .host
-                .as_ref()
-                .and_then(|d| open_host_dir(Some(d), Path::new(OsStr::from_bytes(e.name.to_bytes()))).ok())
+            parent.host.as_ref().and_then(|d| {
+                open_host_dir(Some(d), Path::new(OsStr::from_bytes(e.name.to_bytes()))).ok()
+            })
         } else {
             None
         };
-        let merged = parent.merged && host_is_dir && !opaque;
+        // A directory committed while the VM ran is as the host has it now.
+        let merged = parent.merged && host_is_dir && (!opaque || done);
         // A directory that hides a host directory is a unit of its own.
         let unit = match (&parent.unit, !merged && host_fd.is_some()) {
             (Some(u), _) => Some(u.clone()),
@@ -217,7 +237,9 @@ fn scan_layer(idx: usize, l: &Layer, filter: &Filter, out: &mut Vec<Item>) -> Re
             (None, false) => None,
         };
         let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
-        out.push(item(kind, vm, unit.clone()));
+        if !done {
+            out.push(item(kind, vm, unit.clone()));
+        }
         if !merged && let Some(hfd) = &host_fd {
             hidden_entries(hfd, e, idx, &path, unit.as_ref(), out)?;
         }

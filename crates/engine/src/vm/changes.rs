@@ -1,28 +1,89 @@
-//! `diff` (and later `commit`): a VM's changes, for the CLI.
+//! `diff` and `commit`: a VM's changes, read and written back.
 
 use std::path::{Component, PathBuf};
 
 use super::{Engine, VmError};
+use crate::changes::commit::{self, Files, Options, Outcome};
 use crate::changes::diff::{self, Change, Filter};
-use crate::changes::layer;
-use crate::store::VmName;
+use crate::changes::layer::{self, Layer};
+use crate::store::{VmDir, VmName};
 
 impl Engine {
     /// What VM `name` changed under `paths` (all if empty), sorted by path. A
     /// running VM can be diffed; its layers are read as they are.
     pub fn diff(&self, name: &VmName, paths: &[PathBuf]) -> Result<Vec<Change>, VmError> {
         let vm = self.vm(name)?;
-        let policy = self.policy(&vm)?;
         let filter = Filter::new(vm_paths(paths)?);
-        let layers =
-            layer::layers(&vm.layers_path(&policy)).map_err(|source| VmError::Changes {
+        let layers = self.layers(&vm)?;
+        let committed =
+            commit::committed(&files(&vm)).map_err(|e| changes_error(name, e.into()))?;
+        diff::diff(&layers, &filter, &committed).map_err(|e| changes_error(name, e.into()))
+    }
+
+    /// Write VM `name`'s changes under `paths` (all if empty) back to the host. A
+    /// running VM is frozen while it happens. With conflicts, nothing is written
+    /// and the outcome lists them.
+    pub fn commit(
+        &self,
+        name: &VmName,
+        paths: &[PathBuf],
+        opts: Options,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Outcome, VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        let filter = Filter::new(vm_paths(paths)?);
+        let state = self.reconcile(&vm)?;
+        let running = state.live_init(&self.cgroup_leaf(name)).is_some();
+        let layers = self.layers(&vm)?;
+        let files = files(&vm);
+        if !running {
+            // Entries committed while the VM ran can go now that nothing uses them.
+            commit::deferred::settle(&files.committed)
+                .map_err(|e| changes_error(name, e.into()))?;
+        }
+        let cgroup = self.cgroup(name)?;
+        if running {
+            cgroup.freeze().map_err(|source| VmError::Cgroup {
                 name: name.to_string(),
-                source: source.into(),
+                source,
             })?;
-        diff::diff(&layers, &filter).map_err(|source| VmError::Changes {
-            name: name.to_string(),
-            source: source.into(),
-        })
+        }
+        let opts = Options { running, ..opts };
+        let result = commit::commit(&layers, &filter, opts, &files, progress);
+        if running {
+            cgroup.thaw().map_err(|source| VmError::Cgroup {
+                name: name.to_string(),
+                source,
+            })?;
+        }
+        result.map_err(|e| changes_error(name, e.into()))
+    }
+
+    fn layers(&self, vm: &VmDir) -> Result<Vec<Layer>, VmError> {
+        let policy = self.policy(vm)?;
+        layer::layers(&vm.layers_path(&policy)).map_err(|e| changes_error(vm.name(), e.into()))
+    }
+
+    /// Before a VM starts: drop the layer entries committed while it last ran.
+    pub(super) fn settle_commits(&self, vm: &VmDir) -> Result<(), VmError> {
+        commit::deferred::settle(&files(vm).committed)
+            .map(drop)
+            .map_err(|e| changes_error(vm.name(), e.into()))
+    }
+}
+
+fn files(vm: &VmDir) -> Files {
+    Files {
+        journal: vm.path().join("commit.journal"),
+        committed: vm.path().join("committed.json"),
+    }
+}
+
+fn changes_error(name: &VmName, source: super::ChangesError) -> VmError {
+    VmError::Changes {
+        name: name.to_string(),
+        source,
     }
 }
 

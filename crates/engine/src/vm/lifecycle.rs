@@ -79,6 +79,8 @@ impl Engine {
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
         let fail = |e: StartError| self.start_error(name, e);
+        // Nothing of the VM runs now: entries committed while it last ran can go.
+        self.settle_commits(vm)?;
         let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
         tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         let layout = Layout {

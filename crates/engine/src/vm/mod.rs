@@ -99,7 +99,9 @@ pub enum VmError {
 pub enum ChangesError {
     #[error(transparent)]
     Scan(#[from] crate::changes::scan::ScanError),
-    #[error("cannot list the vm's layers")]
+    #[error(transparent)]
+    Commit(#[from] crate::changes::commit::CommitError),
+    #[error("cannot read the vm's layers")]
     Layers(#[from] std::io::Error),
 }
 

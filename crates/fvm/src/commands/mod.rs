@@ -1,6 +1,7 @@
 //! One module per verb. Each takes the parsed arguments and an engine and returns
 //! the process exit status.
 
+mod commit;
 mod config;
 mod create;
 mod delete;
@@ -32,6 +33,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Delete(a) => delete::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Diff(a) => diff::run(&ctx, a),
+        Command::Commit(a) => commit::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
     }

@@ -1,0 +1,267 @@
+//! Carrying out a commit plan on the host, in phases that can be repeated after a
+//! crash (the journal says which phase was reached):
+//!
+//! 1. **write**: new directories are made; every file, symlink, fifo or socket is
+//!    written to a temp name beside its target with the VM's owner, mode, xattrs
+//!    and times; hard links are linked between temps. Then `syncfs`, so every
+//!    temp is on disk before any of them is renamed.
+//! 2. **rename**: deletions, and each temp renamed over its target (an atomic
+//!    replace: a host path is always the old or the new version, never partial);
+//!    directories get their metadata, deepest first. Then `syncfs`.
+//! 3. **cleanup**: the committed entries leave the VM's layer, so the VM sees the
+//!    host's (now equal) version.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+
+use super::plan::{Action, Step};
+use crate::changes::data;
+use crate::changes::tree::{Tree, temp_name};
+
+/// Progress: steps done so far and in all.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {what} {path}")]
+pub struct ApplyError {
+    pub what: &'static str,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+fn fail<'a>(what: &'static str, s: &'a Step) -> impl FnOnce(io::Error) -> ApplyError + 'a {
+    move |source| ApplyError {
+        what,
+        path: s.path.clone(),
+        source,
+    }
+}
+
+/// Phase 1. Repeatable: a temp left by an interrupted run is replaced.
+pub fn write(
+    id: &str,
+    steps: &[Step],
+    hosts: &mut [Tree],
+    uppers: &mut [Tree],
+    progress: Progress<'_>,
+) -> Result<(), ApplyError> {
+    for (i, s) in steps.iter().enumerate() {
+        progress(i, steps.len() * 2);
+        let (host, upper) = (&mut hosts[s.layer], &mut uppers[s.layer]);
+        match s.action {
+            Action::Dir => {
+                let st = upper_stat(upper, &s.rel).map_err(fail("read", s))?;
+                host.ensure_dir(&s.rel, st.st_mode)
+                    .map_err(fail("create directory", s))?;
+            }
+            Action::Put => put_temp(id, i, s, host, upper).map_err(fail("write", s))?,
+            Action::Link { of } => {
+                let src = &steps[of];
+                let (from_dir, _) = host.parent(&src.rel).map_err(fail("link", s))?;
+                let from_dir = from_dir.try_clone().map_err(fail("link", s))?;
+                let (to_dir, _) = host.parent(&s.rel).map_err(fail("link", s))?;
+                let temp = temp_name(id, i);
+                let _ = rustix::fs::unlinkat(to_dir, &temp, AtFlags::empty());
+                rustix::fs::linkat(
+                    &from_dir,
+                    temp_name(id, of),
+                    to_dir,
+                    &temp,
+                    AtFlags::empty(),
+                )
+                .map_err(|e| fail("link", s)(e.into()))?;
+            }
+            Action::Remove => {}
+        }
+    }
+    sync(hosts)
+}
+
+/// Phase 2. Repeatable: a step whose temp is gone was renamed already.
+pub fn rename(
+    id: &str,
+    steps: &[Step],
+    hosts: &mut [Tree],
+    uppers: &mut [Tree],
+    progress: Progress<'_>,
+) -> Result<(), ApplyError> {
+    for (i, s) in steps.iter().enumerate() {
+        progress(steps.len() + i, steps.len() * 2);
+        let host = &mut hosts[s.layer];
+        match s.action {
+            Action::Remove => host.remove(&s.rel).map_err(fail("delete", s))?,
+            Action::Put | Action::Link { .. } => {
+                let temp = temp_name(id, i);
+                let (dir, _) = host.parent(&s.rel).map_err(fail("replace", s))?;
+                if rustix::fs::statat(dir, &temp, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                    continue;
+                }
+                host.rename_into(&temp, &s.rel)
+                    .map_err(fail("replace", s))?;
+            }
+            Action::Dir => {}
+        }
+    }
+    // Renames change directories' times: give directories theirs last, deepest first.
+    for s in steps.iter().rev().filter(|s| s.action == Action::Dir) {
+        dir_metadata(s, &mut hosts[s.layer], &mut uppers[s.layer])
+            .map_err(fail("set metadata of", s))?;
+    }
+    sync(hosts)
+}
+
+/// Phase 3 for a stopped VM: remove the committed entries from its layer, the
+/// deepest first; a directory stays while it still holds uncommitted changes.
+pub fn cleanup(steps: &[Step], uppers: &mut [Tree]) -> Result<(), ApplyError> {
+    for s in steps.iter().rev().filter(|s| s.in_layer) {
+        let upper = &mut uppers[s.layer];
+        let (dir, name) = match upper.parent(&s.rel) {
+            Ok(p) => p,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(fail("clean up the layer at", s)(e)),
+        };
+        let flags = if s.action == Action::Dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        match rustix::fs::unlinkat(dir, &name, flags) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTEMPTY) => {}
+            Err(e) => return Err(fail("clean up the layer at", s)(e.into())),
+        }
+        if s.action == Action::Dir {
+            upper.forget(&s.rel);
+        }
+    }
+    Ok(())
+}
+
+fn sync(hosts: &[Tree]) -> Result<(), ApplyError> {
+    for h in hosts {
+        h.sync().map_err(|source| ApplyError {
+            what: "flush",
+            path: h.root().to_owned(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+fn upper_stat(upper: &mut Tree, rel: &Path) -> io::Result<Stat> {
+    upper
+        .lstat(rel)?
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "gone from the vm's layer"))
+}
+
+/// Write the VM's version of `s` to its temp name, with all its metadata.
+fn put_temp(id: &str, index: usize, s: &Step, host: &mut Tree, upper: &mut Tree) -> io::Result<()> {
+    let st = upper_stat(upper, &s.rel)?;
+    let temp = temp_name(id, index);
+    let (dir, _) = host.parent(&s.rel)?;
+    let dir = dir.try_clone()?;
+    let _ = rustix::fs::unlinkat(&dir, &temp, AtFlags::empty());
+    let times = times_of(&st);
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::RegularFile => {
+            let src = upper.open_file(&s.rel)?;
+            let dst = rustix::fs::openat(
+                &dir,
+                &temp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )?;
+            data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
+            // Owner before mode: chown clears setuid/setgid bits.
+            rustix::fs::fchown(&dst, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+            rustix::fs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+            data::set_fd_xattrs(dst.as_fd(), &data::fd_xattrs(src.as_fd())?)?;
+            rustix::fs::futimens(&dst, &times)?;
+        }
+        FileType::Symlink => {
+            let target = upper.readlink(&s.rel)?;
+            rustix::fs::symlinkat(target.as_c_str(), &dir, &temp)?;
+            special_metadata(&dir, &temp, &st, upper, &s.rel)?;
+        }
+        t @ (FileType::Fifo | FileType::Socket) => {
+            rustix::fs::mknodat(&dir, &temp, t, Mode::from_raw_mode(st.st_mode & 0o7777), 0)?;
+            special_metadata(&dir, &temp, &st, upper, &s.rel)?;
+        }
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected file type in the layer",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Owner, mode (not for symlinks), xattrs and times of something that can't be
+/// opened, set through its directory.
+fn special_metadata(
+    dir: &OwnedFd,
+    temp: &CString,
+    st: &Stat,
+    upper: &mut Tree,
+    rel: &Path,
+) -> io::Result<()> {
+    rustix::fs::chownat(
+        dir,
+        temp,
+        Some(uid(st.st_uid)),
+        Some(gid(st.st_gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
+    if !is_link {
+        rustix::fs::chmodat(
+            dir,
+            temp,
+            Mode::from_raw_mode(st.st_mode & 0o7777),
+            AtFlags::empty(),
+        )?;
+    }
+    let (udir, uname) = upper.parent(rel)?;
+    let attrs = data::path_xattrs(&data::at_path(udir.as_fd(), &uname))?;
+    data::set_path_xattrs(&data::at_path(dir.as_fd(), temp), &attrs)?;
+    rustix::fs::utimensat(dir, temp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(())
+}
+
+fn dir_metadata(s: &Step, host: &mut Tree, upper: &mut Tree) -> io::Result<()> {
+    let st = upper_stat(upper, &s.rel)?;
+    let vm = upper.dir(&s.rel)?.try_clone()?;
+    let attrs = data::fd_xattrs(vm.as_fd())?;
+    let h = host.dir(&s.rel)?;
+    rustix::fs::fchown(h, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+    rustix::fs::fchmod(h, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    data::set_fd_xattrs(h.as_fd(), &attrs)?;
+    rustix::fs::futimens(h, &times_of(&st))?;
+    Ok(())
+}
+
+fn times_of(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
+fn uid(u: u32) -> rustix::fs::Uid {
+    rustix::fs::Uid::from_raw(u)
+}
+
+fn gid(g: u32) -> rustix::fs::Gid {
+    rustix::fs::Gid::from_raw(g)
+}

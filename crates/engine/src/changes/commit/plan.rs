@@ -1,0 +1,211 @@
+//! The commit plan: which host paths change and how, decided before anything is
+//! written, and printed as it is by `--dry-run`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, StatxFlags};
+use serde::{Deserialize, Serialize};
+
+use crate::changes::layer::Layer;
+use crate::changes::scan::{Filter, Item, Kind, VmEntry};
+use crate::changes::tree::Tree;
+
+/// What happens to one host path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// Make it a directory (kept, created, or replacing something else) with the
+    /// VM's owner, mode, xattrs and times.
+    Dir,
+    /// The VM's file, symlink, fifo or socket: written beside it, then renamed over.
+    Put,
+    /// A hard link to the file of step `of` (the VM made both names one file).
+    Link { of: usize },
+    /// Deleted (with everything below it).
+    Remove,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    pub layer: usize,
+    /// Relative to the layer's mount point (and its upper directory).
+    pub rel: PathBuf,
+    /// The full path, for people.
+    pub path: PathBuf,
+    pub action: Action,
+    /// The layer has an entry for it (a whiteout, or what the VM made), to be
+    /// removed from the layer once the host has it.
+    pub in_layer: bool,
+    /// The host had something at this path when the plan was made.
+    pub host_had: bool,
+}
+
+/// A host path that changed after the VM took its copy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    pub path: PathBuf,
+    pub host_changed: i64,
+    pub vm_copied: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub conflicts: Vec<Conflict>,
+    /// Changes left out, with why (device nodes).
+    pub skipped: Vec<(PathBuf, &'static str)>,
+}
+
+/// Choose the steps for the items `filter` selects. A path inside a directory the
+/// VM replaced as a whole commits that whole directory, and a path inside new
+/// directories commits those directories too.
+pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
+    let by_path: HashMap<&Path, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| (it.path.as_path(), i))
+        .collect();
+    let mut chosen = vec![false; items.len()];
+    for (i, it) in items.iter().enumerate() {
+        if filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u)) {
+            chosen[i] = true;
+            // Directories the host lacks (or has as something else) above it.
+            let mount = &layers[it.layer].mount_point;
+            for a in it
+                .path
+                .ancestors()
+                .skip(1)
+                .take_while(|a| a.starts_with(mount) && *a != mount)
+            {
+                if let Some(&j) = by_path.get(a)
+                    && needs_structure(&items[j])
+                {
+                    chosen[j] = true;
+                }
+            }
+        }
+    }
+    let mut plan = Plan::default();
+    let mut first_of_inode: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    for (it, _) in items.iter().zip(&chosen).filter(|(_, c)| **c) {
+        let action = match it.vm {
+            VmEntry::Whiteout | VmEntry::Hidden => Action::Remove,
+            VmEntry::Dir { .. } => Action::Dir,
+            VmEntry::File => match it.upper {
+                Some(st) if st.st_nlink > 1 => {
+                    let key = (st.st_dev, st.st_ino);
+                    match first_of_inode.get(&key) {
+                        Some(&of) => Action::Link { of },
+                        None => {
+                            first_of_inode.insert(key, plan.steps.len());
+                            Action::Put
+                        }
+                    }
+                }
+                _ => Action::Put,
+            },
+            VmEntry::Symlink | VmEntry::Fifo | VmEntry::Socket => Action::Put,
+            VmEntry::Device => {
+                plan.skipped.push((
+                    it.path.clone(),
+                    "device nodes are not committed to the host",
+                ));
+                continue;
+            }
+        };
+        plan.steps.push(Step {
+            layer: it.layer,
+            rel: it.rel.clone(),
+            path: it.path.clone(),
+            action,
+            in_layer: it.vm != VmEntry::Hidden,
+            host_had: it.host.is_some(),
+        });
+    }
+    plan
+}
+
+/// A directory whose children can't land on the host without it.
+fn needs_structure(it: &Item) -> bool {
+    matches!(it.vm, VmEntry::Dir { .. })
+        && (it.kind == Kind::Added
+            || it
+                .host
+                .is_some_and(|h| FileType::from_raw_mode(h.st_mode) != FileType::Directory))
+}
+
+/// Host paths among `steps` that changed after the VM took its copy: host ctime
+/// newer than the birth of the layer's entry (its ctime where the filesystem has
+/// no birth times). Directories merged with the host's are not compared (their
+/// ctime moves whenever anything in them changes); a replaced one is.
+pub fn conflicts(
+    items: &[Item],
+    plan: &Plan,
+    uppers: &mut [Tree],
+) -> std::io::Result<Vec<Conflict>> {
+    let by_path: HashMap<&Path, &Item> = items.iter().map(|it| (it.path.as_path(), it)).collect();
+    let mut out = Vec::new();
+    for s in &plan.steps {
+        let it = by_path[s.path.as_path()];
+        let Some(host) = it.host else { continue };
+        let base = match it.vm {
+            VmEntry::Dir { opaque: true } => Some(&it.rel),
+            VmEntry::Dir { opaque: false } => None,
+            VmEntry::Hidden => it
+                .unit
+                .as_ref()
+                .and_then(|u| by_path.get(u.as_path()))
+                .map(|u| &u.rel),
+            _ => Some(&it.rel),
+        };
+        let Some(base) = base else { continue };
+        let vm_copied = birth(&mut uppers[s.layer], base)?;
+        let host_changed = host.st_ctime;
+        let host_ns = (host.st_ctime, host.st_ctime_nsec as i64);
+        if host_ns > vm_copied {
+            out.push(Conflict {
+                path: s.path.clone(),
+                host_changed,
+                vm_copied: vm_copied.0,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// When the layer's entry was made: birth time, or ctime without birth times.
+fn birth(upper: &mut Tree, rel: &Path) -> std::io::Result<(i64, i64)> {
+    let (dir, name) = upper.parent(rel)?;
+    let sx = rustix::fs::statx(
+        dir,
+        &name,
+        AtFlags::SYMLINK_NOFOLLOW,
+        StatxFlags::BTIME | StatxFlags::CTIME,
+    )?;
+    let t = if sx.stx_mask & StatxFlags::BTIME.bits() != 0 {
+        sx.stx_btime
+    } else {
+        sx.stx_ctime
+    };
+    Ok((t.tv_sec, i64::from(t.tv_nsec)))
+}
+
+impl Step {
+    /// The line `--dry-run` prints for this step.
+    pub fn describe(&self, steps: &[Step]) -> String {
+        let what = match (self.action, self.host_had) {
+            (Action::Dir, true) => "update dir",
+            (Action::Dir, false) => "create dir",
+            (Action::Put, true) => "replace",
+            (Action::Put, false) => "create",
+            (Action::Link { .. }, _) => "link",
+            (Action::Remove, _) => "delete",
+        };
+        let mut line = format!("{what:<11}{}", self.path.display());
+        if let Action::Link { of } = self.action {
+            line.push_str(&format!(" (hard link to {})", steps[of].path.display()));
+        }
+        line
+    }
+}

@@ -1,0 +1,88 @@
+//! `fvm commit`: conflicts and skipped paths on stderr, the plan on stdout with
+//! `--dry-run`, a progress bar on a terminal for large commits.
+
+use std::io::IsTerminal;
+
+use anyhow::{Result, bail};
+use fvm_engine::changes::commit::Options;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{Context, vm_name};
+use crate::cli::CommitArgs;
+use crate::output;
+
+/// Commits with fewer steps than this finish too fast for a progress bar.
+const BAR_FROM: usize = 500;
+
+pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
+    let name = vm_name(&args.name)?;
+    let engine = ctx.engine_for(&name)?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let b = ProgressBar::hidden();
+        b.set_style(
+            ProgressStyle::with_template("committing {bar:40} {pos}/{len} {elapsed}")
+                .expect("a valid template"),
+        );
+        b
+    });
+    let mut progress = |done: usize, total: usize| {
+        if let Some(b) = &bar
+            && total >= BAR_FROM
+        {
+            if b.is_hidden() {
+                b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            b.set_length(total as u64);
+            b.set_position(done as u64);
+        }
+    };
+    let opts = Options {
+        dry_run: args.dry_run,
+        force: args.force,
+        running: false,
+    };
+    let outcome = engine.commit(&name, &args.paths, opts, &mut progress)?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (path, why) in &outcome.skipped {
+        eprintln!("fvm: skipped {}: {why}", path.display());
+    }
+    if outcome.resumed > 0 {
+        eprintln!(
+            "fvm: finished an interrupted commit of {} changes first",
+            outcome.resumed
+        );
+    }
+    if !outcome.conflicts.is_empty() {
+        for c in &outcome.conflicts {
+            eprintln!(
+                "conflict: {} changed on the host after the vm copied it",
+                c.path.display()
+            );
+        }
+        bail!(
+            "vm {:?}: {} path(s) changed on the host after the vm copied them; nothing was committed (--force lets the vm win)",
+            name.as_str(),
+            outcome.conflicts.len()
+        );
+    }
+    if ctx.json() {
+        output::print_json(&serde_json::json!({
+            "dry_run": args.dry_run,
+            "steps": outcome.steps,
+        }))?;
+        return Ok(0);
+    }
+    let mut text = String::new();
+    if args.dry_run {
+        for s in &outcome.steps {
+            text.push_str(&s.describe(&outcome.steps));
+            text.push('\n');
+        }
+    } else if !outcome.steps.is_empty() {
+        text.push_str(&format!("committed {} changes\n", outcome.steps.len()));
+    }
+    output::print(&text)?;
+    Ok(0)
+}
