@@ -5,7 +5,7 @@
 //! sparse files stay sparse. Extended attributes are copied except overlayfs's own
 //! (`trusted.overlay.*`), which describe the layer, not the file.
 
-use std::fs::File;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
@@ -16,7 +16,16 @@ use rustix::fs::SeekFrom;
 pub const OVERLAY_XATTRS: &str = "trusted.overlay.";
 
 /// Copy all of `src`'s data to `dst` (a new, empty file), keeping holes.
-pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Result<u64> {
+pub fn copy_data(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    size: u64,
+    blocks: u64,
+) -> io::Result<u64> {
+    if blocks * 512 >= size {
+        // Not sparse: one run of copy_file_range, no extent search.
+        return copy_range(src, dst, 0, size);
+    }
     let mut copied = 0;
     let mut pos: u64 = 0;
     while pos < size {
@@ -32,17 +41,7 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Res
             Ok(p) => p.min(size),
             Err(_) => size,
         };
-        let mut off_in = start;
-        let mut off_out = start;
-        while off_in < end {
-            let want = (end - off_in) as usize;
-            let n =
-                rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want)?;
-            if n == 0 {
-                break;
-            }
-            copied += n as u64;
-        }
+        copied += copy_range(src, dst, start, end)?;
         pos = end;
     }
     // Trailing holes (and a file that is all hole) get their length.
@@ -50,60 +49,100 @@ pub fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, size: u64) -> io::Res
     Ok(copied)
 }
 
-fn file(fd: BorrowedFd<'_>) -> io::Result<File> {
-    Ok(File::from(fd.try_clone_to_owned()?))
+/// Copy bytes `start..end` to the same offsets.
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<u64> {
+    let mut off_in = start;
+    let mut off_out = start;
+    while off_in < end {
+        let want = (end - off_in) as usize;
+        let n = rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want)?;
+        if n == 0 {
+            // The source got shorter than planned: keep the planned length.
+            rustix::fs::ftruncate(dst, end)?;
+            break;
+        }
+    }
+    Ok(off_in - start)
+}
+
+/// Extended attributes: names and values.
+pub type Xattrs = Vec<(CString, Vec<u8>)>;
+
+/// Read a list or a value into a growing buffer (the kernel says ERANGE when it
+/// is too small).
+fn grow(mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    loop {
+        match read(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(rustix::io::Errno::RANGE) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn names(list: Vec<u8>) -> Vec<CString> {
+    list.split(|b| *b == 0)
+        .filter(|n| !n.is_empty() && !n.starts_with(OVERLAY_XATTRS.as_bytes()))
+        .filter_map(|n| CString::new(n).ok())
+        .collect()
 }
 
 /// The extended attributes of an open file or directory, overlayfs's own left out.
-pub fn fd_xattrs(fd: BorrowedFd<'_>) -> io::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
-    let f = file(fd)?;
+pub fn fd_xattrs(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     let mut out = Vec::new();
-    for name in xattr::FileExt::list_xattr(&f)? {
-        if name.to_string_lossy().starts_with(OVERLAY_XATTRS) {
-            continue;
-        }
-        if let Some(v) = xattr::FileExt::get_xattr(&f, &name)? {
-            out.push((name, v));
+    for name in names(grow(|b| rustix::fs::flistxattr(fd, b))?) {
+        match grow(|b| rustix::fs::fgetxattr(fd, name.as_c_str(), b)) {
+            Ok(v) => out.push((name, v)),
+            // Removed between the list and the read.
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
-/// Make `fd`'s extended attributes exactly `want` (overlayfs's own untouched).
-pub fn set_fd_xattrs(fd: BorrowedFd<'_>, want: &[(std::ffi::OsString, Vec<u8>)]) -> io::Result<()> {
-    let f = file(fd)?;
-    for name in xattr::FileExt::list_xattr(&f)? {
-        let keep = name.to_string_lossy().starts_with(OVERLAY_XATTRS)
-            || want.iter().any(|(n, _)| n == &name);
-        if !keep {
-            xattr::FileExt::remove_xattr(&f, &name)?;
+/// Give `fd` exactly the attributes `want` (overlayfs's own untouched). A file
+/// just created (`fresh`) has none to remove.
+pub fn set_fd_xattrs(fd: BorrowedFd<'_>, want: &Xattrs, fresh: bool) -> io::Result<()> {
+    if !fresh {
+        for name in names(grow(|b| rustix::fs::flistxattr(fd, b))?) {
+            if !want.iter().any(|(n, _)| n == &name) {
+                rustix::fs::fremovexattr(fd, name.as_c_str())?;
+            }
         }
     }
     for (name, value) in want {
-        xattr::FileExt::set_xattr(&f, name, value)?;
+        rustix::fs::fsetxattr(fd, name.as_c_str(), value, rustix::fs::XattrFlags::empty())?;
     }
     Ok(())
 }
 
-/// The same for something that can't be opened (a symlink, a fifo), by path. The
-/// path must not contain a symlink the VM controls except as its last component,
-/// which is not followed (`/proc/self/fd/N/name` with N a directory we opened).
-pub fn path_xattrs(path: &Path) -> io::Result<Vec<(std::ffi::OsString, Vec<u8>)>> {
+/// The same for something that can't be opened (a symlink, a fifo), by a path
+/// whose last component is not followed (see [`at_path`]).
+pub fn path_xattrs(path: &Path) -> io::Result<Xattrs> {
     let mut out = Vec::new();
-    for name in xattr::list(path)? {
-        if name.to_string_lossy().starts_with(OVERLAY_XATTRS) {
-            continue;
-        }
-        if let Some(v) = xattr::get(path, &name)? {
-            out.push((name, v));
+    for name in names(grow(|b| rustix::fs::llistxattr(path, b))?) {
+        match grow(|b| rustix::fs::lgetxattr(path, name.as_c_str(), b)) {
+            Ok(v) => out.push((name, v)),
+            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
 }
 
-pub fn set_path_xattrs(path: &Path, want: &[(std::ffi::OsString, Vec<u8>)]) -> io::Result<()> {
+pub fn set_path_xattrs(path: &Path, want: &Xattrs) -> io::Result<()> {
     for (name, value) in want {
-        xattr::set(path, name, value)?;
+        rustix::fs::lsetxattr(
+            path,
+            name.as_c_str(),
+            value,
+            rustix::fs::XattrFlags::empty(),
+        )?;
     }
     Ok(())
 }
@@ -120,6 +159,7 @@ pub fn at_path(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> std::path::PathBuf
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
     use std::io::{Seek, Write};
     use std::os::unix::fs::MetadataExt;
 
@@ -137,7 +177,8 @@ mod tests {
         let dst_path = d.path().join("dst");
         let dst = File::create(&dst_path).unwrap();
         let size = src.metadata().unwrap().len();
-        copy_data(src.as_fd(), dst.as_fd(), size).unwrap();
+        let blocks = src.metadata().unwrap().blocks();
+        copy_data(src.as_fd(), dst.as_fd(), size, blocks).unwrap();
         let (a, b) = (
             std::fs::read(&src_path).unwrap(),
             std::fs::read(&dst_path).unwrap(),
@@ -158,9 +199,9 @@ mod tests {
         xattr::set(&src_path, "user.fvm", b"v").unwrap();
         let src = File::open(&src_path).unwrap();
         let dst = File::create(d.path().join("dst")).unwrap();
-        copy_data(src.as_fd(), dst.as_fd(), 0).unwrap();
+        copy_data(src.as_fd(), dst.as_fd(), 0, 0).unwrap();
         let attrs = fd_xattrs(src.as_fd()).unwrap();
-        set_fd_xattrs(dst.as_fd(), &attrs).unwrap();
+        set_fd_xattrs(dst.as_fd(), &attrs, true).unwrap();
         assert_eq!(fd_xattrs(dst.as_fd()).unwrap(), attrs);
         assert_eq!(dst.metadata().unwrap().len(), 0);
     }

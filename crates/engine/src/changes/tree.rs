@@ -154,9 +154,10 @@ impl Tree {
     }
 
     /// Rename `temp` (in the directory of `rel`) to `rel`, replacing what is there;
-    /// a directory in the way is removed first.
-    pub fn rename_into(&mut self, temp: &CStr, rel: &Path) -> io::Result<()> {
-        if let Some(s) = self.lstat(rel)?
+    /// a directory in the way is removed first (looked for only if `check`).
+    pub fn rename_into(&mut self, temp: &CStr, rel: &Path, check: bool) -> io::Result<()> {
+        if check
+            && let Some(s) = self.lstat(rel)?
             && FileType::from_raw_mode(s.st_mode) == FileType::Directory
         {
             self.remove(rel)?;

@@ -66,15 +66,16 @@ pub fn write(
                 let from_dir = from_dir.try_clone().map_err(fail("link", s))?;
                 let (to_dir, _) = host.parent(&s.rel).map_err(fail("link", s))?;
                 let temp = temp_name(id, i);
-                let _ = rustix::fs::unlinkat(to_dir, &temp, AtFlags::empty());
-                rustix::fs::linkat(
-                    &from_dir,
-                    temp_name(id, of),
-                    to_dir,
-                    &temp,
-                    AtFlags::empty(),
-                )
-                .map_err(|e| fail("link", s)(e.into()))?;
+                retry_exists(to_dir, &temp, || {
+                    rustix::fs::linkat(
+                        &from_dir,
+                        temp_name(id, of),
+                        to_dir,
+                        &temp,
+                        AtFlags::empty(),
+                    )
+                })
+                .map_err(fail("link", s))?;
             }
             Action::Remove => {}
         }
@@ -88,6 +89,7 @@ pub fn rename(
     steps: &[Step],
     hosts: &mut [Tree],
     uppers: &mut [Tree],
+    resuming: bool,
     progress: Progress<'_>,
 ) -> Result<(), ApplyError> {
     for (i, s) in steps.iter().enumerate() {
@@ -97,11 +99,15 @@ pub fn rename(
             Action::Remove => host.remove(&s.rel).map_err(fail("delete", s))?,
             Action::Put | Action::Link { .. } => {
                 let temp = temp_name(id, i);
-                let (dir, _) = host.parent(&s.rel).map_err(fail("replace", s))?;
-                if rustix::fs::statat(dir, &temp, AtFlags::SYMLINK_NOFOLLOW).is_err() {
-                    continue;
+                if resuming {
+                    // Renamed already by the run that was interrupted.
+                    let (dir, _) = host.parent(&s.rel).map_err(fail("replace", s))?;
+                    if rustix::fs::statat(dir, &temp, AtFlags::SYMLINK_NOFOLLOW).is_err() {
+                        continue;
+                    }
                 }
-                host.rename_into(&temp, &s.rel)
+                // Only a host that had something there can have a directory in the way.
+                host.rename_into(&temp, &s.rel, resuming || s.host_had)
                     .map_err(fail("replace", s))?;
             }
             Action::Dir => {}
@@ -163,33 +169,33 @@ fn put_temp(id: &str, index: usize, s: &Step, host: &mut Tree, upper: &mut Tree)
     let st = upper_stat(upper, &s.rel)?;
     let temp = temp_name(id, index);
     let (dir, _) = host.parent(&s.rel)?;
-    let dir = dir.try_clone()?;
-    let _ = rustix::fs::unlinkat(&dir, &temp, AtFlags::empty());
     let times = times_of(&st);
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => {
             let src = upper.open_file(&s.rel)?;
-            let dst = rustix::fs::openat(
-                &dir,
-                &temp,
-                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_raw_mode(0o600),
+            let dst = create_temp(dir, &temp)?;
+            data::copy_data(
+                src.as_fd(),
+                dst.as_fd(),
+                st.st_size as u64,
+                st.st_blocks as u64,
             )?;
-            data::copy_data(src.as_fd(), dst.as_fd(), st.st_size as u64)?;
-            // Owner before mode: chown clears setuid/setgid bits.
-            rustix::fs::fchown(&dst, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+            set_owner(&dst, &st)?;
             rustix::fs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-            data::set_fd_xattrs(dst.as_fd(), &data::fd_xattrs(src.as_fd())?)?;
+            data::set_fd_xattrs(dst.as_fd(), &data::fd_xattrs(src.as_fd())?, true)?;
             rustix::fs::futimens(&dst, &times)?;
         }
         FileType::Symlink => {
             let target = upper.readlink(&s.rel)?;
-            rustix::fs::symlinkat(target.as_c_str(), &dir, &temp)?;
-            special_metadata(&dir, &temp, &st, upper, &s.rel)?;
+            retry_exists(dir, &temp, || {
+                rustix::fs::symlinkat(target.as_c_str(), dir, &temp)
+            })?;
+            special_metadata(dir, &temp, &st, upper, &s.rel)?;
         }
         t @ (FileType::Fifo | FileType::Socket) => {
-            rustix::fs::mknodat(&dir, &temp, t, Mode::from_raw_mode(st.st_mode & 0o7777), 0)?;
-            special_metadata(&dir, &temp, &st, upper, &s.rel)?;
+            let mode = Mode::from_raw_mode(st.st_mode & 0o7777);
+            retry_exists(dir, &temp, || rustix::fs::mknodat(dir, &temp, t, mode, 0))?;
+            special_metadata(dir, &temp, &st, upper, &s.rel)?;
         }
         _ => {
             return Err(io::Error::new(
@@ -197,6 +203,57 @@ fn put_temp(id: &str, index: usize, s: &Step, host: &mut Tree, upper: &mut Tree)
                 "unexpected file type in the layer",
             ));
         }
+    }
+    Ok(())
+}
+
+/// A new file for the temp name; one left by an interrupted commit is replaced.
+fn create_temp(dir: &OwnedFd, temp: &CString) -> io::Result<OwnedFd> {
+    let create = || {
+        rustix::fs::openat(
+            dir,
+            temp,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+    };
+    match create() {
+        Err(rustix::io::Errno::EXIST) => {
+            rustix::fs::unlinkat(dir, temp, AtFlags::empty())?;
+            Ok(create()?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// Make a temp entry; one left by an interrupted commit is replaced.
+fn retry_exists(
+    dir: &OwnedFd,
+    temp: &CString,
+    make: impl Fn() -> rustix::io::Result<()>,
+) -> io::Result<()> {
+    match make() {
+        Err(rustix::io::Errno::EXIST) => {
+            rustix::fs::unlinkat(dir, temp, AtFlags::empty())?;
+            Ok(make()?)
+        }
+        other => Ok(other?),
+    }
+}
+
+/// chown, unless the new file has that owner already (we are root, and a file we
+/// create is ours).
+fn set_owner(fd: &OwnedFd, st: &Stat) -> io::Result<()> {
+    static ME: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let &(me, my_group) = ME.get_or_init(|| {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    });
+    if st.st_uid != me || st.st_gid != my_group {
+        // Owner before mode: chown clears setuid/setgid bits.
+        rustix::fs::fchown(fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
     }
     Ok(())
 }
@@ -240,7 +297,7 @@ fn dir_metadata(s: &Step, host: &mut Tree, upper: &mut Tree) -> io::Result<()> {
     let h = host.dir(&s.rel)?;
     rustix::fs::fchown(h, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
     rustix::fs::fchmod(h, Mode::from_raw_mode(st.st_mode & 0o7777))?;
-    data::set_fd_xattrs(h.as_fd(), &attrs)?;
+    data::set_fd_xattrs(h.as_fd(), &attrs, false)?;
     rustix::fs::futimens(h, &times_of(&st))?;
     Ok(())
 }

@@ -145,7 +145,7 @@ pub fn commit(
     journal
         .save(&files.journal)
         .map_err(io_err("write", &files.journal))?;
-    run(&mut journal, files, &mut uppers, progress)?;
+    run(&mut journal, files, &mut uppers, false, progress)?;
     Ok(outcome)
 }
 
@@ -154,6 +154,7 @@ fn run(
     journal: &mut Journal,
     files: &Files,
     uppers: &mut [Tree],
+    resuming: bool,
     progress: Progress<'_>,
 ) -> Result<(), CommitError> {
     let layers = journal.layers();
@@ -166,7 +167,14 @@ fn run(
             .map_err(io_err("write", &files.journal))?;
     }
     if journal.phase == Phase::Rename {
-        apply::rename(&journal.id, &journal.steps, &mut hosts, uppers, progress)?;
+        apply::rename(
+            &journal.id,
+            &journal.steps,
+            &mut hosts,
+            uppers,
+            resuming,
+            progress,
+        )?;
         journal.phase = Phase::Cleanup;
         journal
             .save(&files.journal)
@@ -190,7 +198,7 @@ pub fn resume(files: &Files, progress: Progress<'_>) -> Result<usize, CommitErro
         return Ok(0);
     };
     let mut uppers = open_trees(&journal.layers(), true)?;
-    run(&mut journal, files, &mut uppers, progress)?;
+    run(&mut journal, files, &mut uppers, true, progress)?;
     Ok(journal.steps.len())
 }
 
