@@ -56,6 +56,10 @@ impl Engine {
                 name: name.to_string(),
                 source,
             })?;
+        } else {
+            // Directories recorded earlier may have just become empty.
+            commit::deferred::settle(&files.committed)
+                .map_err(|e| changes_error(name, e.into()))?;
         }
         result.map_err(|e| changes_error(name, e.into()))
     }

@@ -8,7 +8,6 @@
 //! since, and the next start of the VM (when nothing has them open) removes them.
 //! An entry the VM changed after the commit no longer matches and stays.
 
-use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -19,33 +18,47 @@ use super::plan::Step;
 use crate::changes::layer::Layer;
 use crate::changes::tree::Tree;
 
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub layer: PathBuf,
     pub rel: PathBuf,
     pub ino: u64,
+    /// The entry's ctime when committed (a directory's moves with its entries, so
+    /// only its inode counts).
     pub ctime: (i64, i64),
+    pub dir: bool,
+    /// When the host got this version: the host's own ctime for the path is at
+    /// most this, and a later one is a host change (a conflict).
+    pub committed: (i64, i64),
 }
 
-/// The recorded entries, for lookups while scanning.
+/// The recorded entries, for lookups while scanning and planning.
 #[derive(Debug, Clone, Default)]
-pub struct Committed(HashSet<Record>);
+pub struct Committed(Vec<Record>);
 
 impl Committed {
-    /// Whether the entry at `rel` of `layer`, as it is now (`st`), was committed.
+    fn find(&self, layer: &Path, rel: &Path, ino: u64) -> Option<&Record> {
+        self.0
+            .iter()
+            .find(|r| r.ino == ino && r.rel == rel && r.layer == layer)
+    }
+
+    /// Whether the entry at `rel` of `layer`, as it is now (`st`), is what was
+    /// committed (so it is no change any more).
     pub fn contains(&self, layer: &Path, rel: &Path, st: &Stat) -> bool {
-        !self.0.is_empty()
-            && self.0.contains(&Record {
-                layer: layer.to_owned(),
-                rel: rel.to_owned(),
-                ino: st.st_ino,
-                ctime: (st.st_ctime, st.st_ctime_nsec as i64),
-            })
+        self.find(layer, rel, st.st_ino)
+            .is_some_and(|r| r.dir || r.ctime == (st.st_ctime, st.st_ctime_nsec as i64))
+    }
+
+    /// When an earlier commit wrote this entry to the host, if one did: the base
+    /// for conflicts, since the host's ctime is ours from then on.
+    pub fn committed_at(&self, layer: &Path, rel: &Path, ino: u64) -> Option<(i64, i64)> {
+        self.find(layer, rel, ino).map(|r| r.committed)
     }
 }
 
 pub fn load(path: &Path) -> io::Result<Committed> {
-    Ok(Committed(read(path)?.into_iter().collect()))
+    Ok(Committed(read(path)?))
 }
 
 fn read(path: &Path) -> io::Result<Vec<Record>> {
@@ -58,6 +71,17 @@ fn read(path: &Path) -> io::Result<Vec<Record>> {
     }
 }
 
+fn write(path: &Path, records: &[Record]) -> io::Result<()> {
+    if records.is_empty() {
+        return match std::fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let text = serde_json::to_vec(records).expect("records always serialize");
+    crate::store::files::write_durable(path, &text, 0o600)
+}
+
 /// Add the layer entries of `steps` (committed just now) to the record.
 pub fn record(
     path: &Path,
@@ -66,22 +90,30 @@ pub fn record(
     uppers: &mut [Tree],
 ) -> io::Result<()> {
     let mut all = read(path)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let committed = (now.as_secs() as i64, i64::from(now.subsec_nanos()));
     for s in steps.iter().filter(|s| s.in_layer) {
         if let Some(st) = uppers[s.layer].lstat(&s.rel)? {
+            let layer = layers[s.layer].dir.clone();
+            all.retain(|r| !(r.layer == layer && r.rel == s.rel));
             all.push(Record {
-                layer: layers[s.layer].dir.clone(),
+                layer,
                 rel: s.rel.clone(),
                 ino: st.st_ino,
                 ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+                dir: FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+                committed,
             });
         }
     }
-    let text = serde_json::to_vec(&all).expect("records always serialize");
-    crate::store::files::write_durable(path, &text, 0o600)
+    write(path, &all)
 }
 
 /// With the VM stopped: remove the recorded entries that are still as committed
-/// (deepest first; a directory only once empty), then forget the record.
+/// (deepest first; a directory only once empty). Entries the VM changed since stay,
+/// and so do their records, which still date the host's version for conflicts.
 pub fn settle(path: &Path) -> io::Result<usize> {
     let mut records = read(path)?;
     if records.is_empty() {
@@ -89,8 +121,9 @@ pub fn settle(path: &Path) -> io::Result<usize> {
     }
     records.sort_by(|a, b| (&b.layer, &b.rel).cmp(&(&a.layer, &a.rel)));
     let mut removed = 0;
+    let mut kept = Vec::new();
     let mut trees: Vec<(PathBuf, Tree)> = Vec::new();
-    for r in &records {
+    for r in records {
         if !trees.iter().any(|(l, _)| l == &r.layer) {
             match Tree::open(&r.layer.join("upper")) {
                 Ok(t) => trees.push((r.layer.clone(), t)),
@@ -105,22 +138,29 @@ pub fn settle(path: &Path) -> io::Result<usize> {
         let Some(st) = tree.lstat(&r.rel)? else {
             continue;
         };
-        if st.st_ino != r.ino || (st.st_ctime, st.st_ctime_nsec as i64) != r.ctime {
+        if st.st_ino != r.ino {
             continue;
         }
-        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
-        let (dir, name) = tree.parent(&r.rel)?;
-        let flags = if is_dir {
-            AtFlags::REMOVEDIR
-        } else {
-            AtFlags::empty()
+        let unchanged = r.dir || (st.st_ctime, st.st_ctime_nsec as i64) == r.ctime;
+        let gone = unchanged && {
+            let (dir, name) = tree.parent(&r.rel)?;
+            let flags = if r.dir {
+                AtFlags::REMOVEDIR
+            } else {
+                AtFlags::empty()
+            };
+            match rustix::fs::unlinkat(dir, &name, flags) {
+                Ok(()) => true,
+                Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTEMPTY) => false,
+                Err(e) => return Err(e.into()),
+            }
         };
-        match rustix::fs::unlinkat(dir, &name, flags) {
-            Ok(()) => removed += 1,
-            Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTEMPTY) => {}
-            Err(e) => return Err(e.into()),
+        if gone {
+            removed += 1;
+        } else {
+            kept.push(r);
         }
     }
-    std::fs::remove_file(path)?;
+    write(path, &kept)?;
     Ok(removed)
 }

@@ -122,7 +122,7 @@ pub fn commit(
         ..Outcome::default()
     };
     if !opts.force {
-        outcome.conflicts = plan::conflicts(&items, &plan, &mut uppers)
+        outcome.conflicts = plan::conflicts(&items, &plan, &layers, &mut uppers, &committed)
             .map_err(io_err("read", Path::new("the vm's layer")))?;
     }
     outcome.steps = plan.steps;

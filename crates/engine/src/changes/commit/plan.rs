@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, StatxFlags};
 use serde::{Deserialize, Serialize};
 
+use super::deferred::Committed;
 use crate::changes::layer::Layer;
 use crate::changes::scan::{Filter, Item, Kind, VmEntry};
 use crate::changes::tree::Tree;
@@ -142,7 +143,9 @@ fn needs_structure(it: &Item) -> bool {
 pub fn conflicts(
     items: &[Item],
     plan: &Plan,
+    layers: &[Layer],
     uppers: &mut [Tree],
+    committed: &Committed,
 ) -> std::io::Result<Vec<Conflict>> {
     let by_path: HashMap<&Path, &Item> = items.iter().map(|it| (it.path.as_path(), it)).collect();
     let mut out = Vec::new();
@@ -160,7 +163,13 @@ pub fn conflicts(
             _ => Some(&it.rel),
         };
         let Some(base) = base else { continue };
-        let vm_copied = birth(&mut uppers[s.layer], base)?;
+        let mut vm_copied = birth(&mut uppers[s.layer], base)?;
+        // The host's version may be one an earlier commit of this entry wrote.
+        if let Some(st) = uppers[s.layer].lstat(base)?
+            && let Some(at) = committed.committed_at(&layers[s.layer].dir, base, st.st_ino)
+        {
+            vm_copied = vm_copied.max(at);
+        }
         let host_changed = host.st_ctime;
         let host_ns = (host.st_ctime, host.st_ctime_nsec as i64);
         if host_ns > vm_copied {
