@@ -141,7 +141,7 @@ fn every_entry_type_and_its_metadata_is_cloned() {
     std::os::unix::fs::symlink(&src, src.join("loop")).unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("fifo"),
+        src.join("fifo"),
         FileType::Fifo,
         Mode::from_raw_mode(0o640),
         0,
@@ -149,7 +149,7 @@ fn every_entry_type_and_its_metadata_is_cloned() {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("sock"),
+        src.join("sock"),
         FileType::Socket,
         Mode::from_raw_mode(0o600),
         0,
@@ -241,7 +241,7 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     std::fs::write(src.join("opaque/inner/new"), "new\n").unwrap();
     let at = |p: &str| src.join(p);
     let mknod = |p: &str, ft, dev| {
-        rustix::fs::mknodat(rustix::fs::CWD, &at(p), ft, Mode::from_raw_mode(0o600), dev).unwrap()
+        rustix::fs::mknodat(rustix::fs::CWD, at(p), ft, Mode::from_raw_mode(0o600), dev).unwrap()
     };
     mknod("whiteout", FileType::CharacterDevice, 0);
     mknod("opaque/gone", FileType::CharacterDevice, 0);
@@ -252,7 +252,7 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     xattr::set(at("link"), "trusted.overlay.fvm-test", b"on a symlink").unwrap();
     rustix::fs::chownat(
         rustix::fs::CWD,
-        &at("link"),
+        at("link"),
         Some(Uid::from_raw(4321)),
         None,
         AtFlags::SYMLINK_NOFOLLOW,
