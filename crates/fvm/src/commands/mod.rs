@@ -2,6 +2,7 @@
 //! the process exit status.
 
 mod config;
+mod copy;
 mod create;
 mod delete;
 mod doctor;
@@ -29,6 +30,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Run(a) => run::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),
         Command::Delete(a) => delete::run(&ctx, a),
+        Command::Copy(a) => copy::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
