@@ -73,15 +73,20 @@ impl Copier {
         }
         let mut bytes = 0;
         let mut off = 0;
+        let mut written_to = 0;
         while off < size {
             let Some((start, end)) = next_data(src, off, size)? else {
                 break;
             };
-            bytes += self.copy_range(src, dst, start, end, progress)?;
+            let n = self.copy_range(src, dst, start, end, progress)?;
+            bytes += n;
+            written_to = start + n;
             off = end;
         }
         // A hole at the end has no data range to copy: set the length.
-        rustix::fs::ftruncate(dst, size)?;
+        if written_to < size {
+            rustix::fs::ftruncate(dst, size)?;
+        }
         Ok(Copied {
             bytes,
             reflinked: false,
