@@ -60,7 +60,7 @@ impl Progress {
         if self.bar.is_none() && total >= PROGRESS_MIN_BYTES {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             if let Ok(style) = ProgressStyle::with_template(
-                "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec}, {eta} left",
+                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
             ) {
                 bar.set_style(style.progress_chars("=> "));
             }

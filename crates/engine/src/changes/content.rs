@@ -55,9 +55,13 @@ impl Copier {
         if !self.no_reflink {
             match sys::reflink(src.as_fd(), dst.as_fd()) {
                 Ok(()) => {
-                    progress(size);
+                    // Holes are shared as holes: count what is allocated, as
+                    // the other paths count the data ranges they copy.
+                    let blocks = u64::try_from(rustix::fs::fstat(src)?.st_blocks).unwrap_or(0);
+                    let bytes = size.min(blocks * 512);
+                    progress(bytes);
                     return Ok(Copied {
-                        bytes: size,
+                        bytes,
                         reflinked: true,
                     });
                 }
