@@ -241,3 +241,55 @@ fn a_vm_with_its_own_dir_is_copied_into_the_store() {
     assert_eq!(out.out(), "mine");
     store.assert_clean();
 }
+
+/// `kill -9` of `fvm copy` half-way leaves only a `.new-*` directory: DST is not
+/// there, SRC is unharmed, and `doctor --cleanup` removes the leftover.
+#[test]
+fn a_copy_killed_half_way_leaves_only_what_cleanup_removes() {
+    if !needs_root("a_copy_killed_half_way_leaves_only_what_cleanup_removes") {
+        return;
+    }
+    let store = TestStore::new("copykill");
+    store.create("a");
+    // Enough content that the copy takes a while on any disk without reflinks.
+    store
+        .sh(
+            "a",
+            "mkdir -p /opt/fvm-copykill && cd /opt/fvm-copykill && i=0 && \
+             while [ $i -lt 2048 ]; do head -c 262144 /dev/zero > f$i || exit 1; i=$((i+1)); done",
+        )
+        .ok();
+    let vms = store.root.join("vms");
+    let temp = || {
+        std::fs::read_dir(&vms)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .find(|n| n.starts_with(".new-b-"))
+    };
+    let mut copy = store.spawn(&["copy", "a", "b"]);
+    let start = std::time::Instant::now();
+    while temp().is_none() && start.elapsed() < common::WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    common::kill9(&[copy.pid()]);
+    copy.wait();
+    assert!(
+        !vms.join("b").exists(),
+        "the copy finished before it could be killed; this test needs a slower copy"
+    );
+    assert!(
+        temp().is_some(),
+        "no temporary directory: {:?}",
+        store.vm_dirs()
+    );
+    let names: Vec<_> = store.list().iter().map(|v| v["name"].clone()).collect();
+    assert_eq!(names, ["a"]);
+
+    store.fvm(&["doctor", "--cleanup"]);
+    assert_eq!(temp(), None, "cleanup left the temporary directory");
+    store.fvm(&["copy", "a", "b"]).ok();
+    let out = store.sh("b", "ls /opt/fvm-copykill | wc -l").ok();
+    assert_eq!(out.out(), "2048");
+    store.assert_clean();
+}
