@@ -1,10 +1,13 @@
-//! fvm-bench: how long VM startup takes, next to the host baselines it competes with.
+//! fvm-bench: how long VM startup takes, next to the host baselines it competes with,
+//! and how long `fvm copy` takes next to `cp -a`.
 //!
 //! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, and through
 //! `fvm` (create, cold run, exec into a running VM, run --rm), interleaved round by
-//! round, then replaces the "VM startup" section of docs/BENCHMARKS.md with what it
-//! measured. Run it as root through `bench/run`.
+//! round, then copies of a VM with 1 GiB of changes, then replaces the "VM startup",
+//! phases and "VM copy" sections of docs/BENCHMARKS.md with what it measured. Run it as
+//! root through `bench/run`.
 
+mod copy;
 mod measure;
 mod phases;
 mod report;
@@ -48,6 +51,15 @@ struct Args {
     /// Time the baselines only and write nothing (for testing without a working fvm)
     #[arg(long, hide = true)]
     baselines_only: bool,
+    /// Files of 1 MiB that the VM copied by the copy benchmark holds [--quick: 64]
+    #[arg(long, default_value_t = 1024)]
+    copy_files: usize,
+    /// Timed rounds of the copy benchmark [--quick: 2]
+    #[arg(long, default_value_t = 5)]
+    copy_rounds: usize,
+    /// Run only the copy benchmark, and replace only its section
+    #[arg(long, conflicts_with = "baselines_only")]
+    copy_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -70,6 +82,14 @@ fn run(args: Args) -> Result<()> {
         .uid();
     if euid != 0 {
         bail!("must run as root (fvm and `unshare -m` need it); try `sudo bench/run`");
+    }
+    let (copy_files, copy_rounds) = if args.quick {
+        (64, 2)
+    } else {
+        (args.copy_files, args.copy_rounds.max(1))
+    };
+    if args.copy_only {
+        return run_copy_only(&args, copy_files, copy_rounds);
     }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
@@ -117,10 +137,12 @@ fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
+    let mut copied = None;
     if let Some(store) = &store {
         store.stop("warm").context("stopping the running VM")?;
         store.delete("warm").context("deleting the running VM")?;
         store.delete("cold").context("deleting the cold-run VM")?;
+        copied = Some(copy::measure(store, copy_files, copy_rounds)?);
     }
     if *leaked.borrow() > 0 {
         notes.push(format!(
@@ -164,6 +186,44 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
+    if let Some(c) = &copied {
+        let section = copy::render(
+            c,
+            &invocation(),
+            &report.date,
+            &report.kernel,
+            &report.store,
+        );
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
+    eprintln!("fvm-bench: wrote {}", out.display());
+    Ok(())
+}
+
+/// `--copy-only`: the copy benchmark in a store of its own, and only its section.
+fn run_copy_only(args: &Args, files: usize, rounds: usize) -> Result<()> {
+    let fvm = match &args.fvm {
+        Some(path) => std::path::absolute(path).context("resolving --fvm")?,
+        None => default_fvm()?,
+    };
+    let parent = args.store_in.clone().unwrap_or_else(std::env::temp_dir);
+    let store = Store::new(&fvm, &parent)?;
+    eprintln!("fvm-bench: store {}", store.root().display());
+    let copied = copy::measure(&store, files, rounds)?;
+    drop(store);
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let kernel = read_trimmed("/proc/sys/kernel/osrelease")?;
+    let section = copy::render(
+        &copied,
+        &invocation(),
+        &date,
+        &kernel,
+        &store_description(&parent),
+    );
+    print!("{section}");
+    let out = args.out.clone().unwrap_or_else(default_out);
+    report::write_section(&out, &section)?;
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
 }

@@ -279,7 +279,6 @@ pub fn scrub_args_and_environment() {
     }
 }
 
-#[allow(dead_code)] // used by `changes::copy`
 /// Make `dst` share `src`'s data blocks (a reflink, FICLONE), where the filesystem
 /// can (btrfs, xfs, bcachefs); `Err` with EOPNOTSUPP, EXDEV or EINVAL where it can't.
 pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {

@@ -48,6 +48,9 @@ pub enum Command {
     /// Delete a VM and its private layers
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
+    /// Clone a stopped VM: its policy and its private layers
+    #[command(visible_alias = "cp")]
+    Copy(CopyArgs),
     /// Show everything known about a VM, as JSON
     Inspect(NameArg),
     /// What a VM changed: A (added), C (changed), D (deleted), sorted
@@ -143,6 +146,14 @@ pub struct DeleteArgs {
     /// Stop the VM first if it is running
     #[arg(long, short)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// The VM to clone (it must be stopped)
+    pub src: String,
+    /// The new VM's name: [a-z0-9][a-z0-9_.-]{0,62}
+    pub dst: String,
 }
 
 #[derive(Debug, Args)]

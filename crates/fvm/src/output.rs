@@ -1,8 +1,10 @@
-//! Human output: tables and sizes. JSON output goes through serde directly.
+//! Human output: tables, sizes and progress bars. JSON output goes through serde
+//! directly.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 
 use comfy_table::{Table, presets};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// A table with a header row and no borders, like `podman ps`.
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -33,6 +35,54 @@ pub fn size(bytes: u64) -> String {
         unit += 1;
     }
     format!("{v:.1}{}", UNITS[unit])
+}
+
+/// Work smaller than this finishes too soon for a bar to be worth drawing.
+const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+
+/// A progress bar in bytes on stderr, for long operations (copy). Only made when
+/// stderr is a terminal, drawn only once the work is known to be big, and
+/// cleared when done or dropped, so that output and errors stay on clean lines.
+#[derive(Debug)]
+pub struct Progress {
+    what: &'static str,
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn on_terminal(what: &'static str) -> Option<Progress> {
+        io::stderr()
+            .is_terminal()
+            .then_some(Progress { what, bar: None })
+    }
+
+    pub fn set(&mut self, done: u64, total: u64) {
+        if self.bar.is_none() && total >= PROGRESS_MIN_BYTES {
+            let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(self.what);
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            // The total is an estimate; never let the bar run past its end.
+            if done > bar.length().unwrap_or(0) {
+                bar.set_length(done);
+            }
+            bar.set_position(done);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 /// Standard output was closed by its reader (`fvm list | head -1`): not an error

@@ -2,6 +2,8 @@
 //! `commit` writes it back to the host, `copy` clones it into a new VM.
 
 pub mod commit;
+mod content;
+pub mod copy;
 pub mod data;
 pub mod diff;
 pub mod layer;

@@ -10,6 +10,7 @@
 //! A VM directory appears by `rename` of a complete temp directory and disappears by
 //! `rename` into the trash first, so a crash never leaves a half-made VM in `list`.
 
+mod create;
 pub mod files;
 mod name;
 mod policy;
@@ -174,107 +175,6 @@ impl Store {
         }
     }
 
-    /// Create a VM with its policy, atomically. Takes the store lock.
-    pub fn create_vm(&self, policy: &Policy) -> Result<VmDir, StoreError> {
-        let name = &policy.name;
-        let _lock = self.lock()?;
-        let path = self.vms().join(name.as_str());
-        if path.exists() {
-            return Err(StoreError::Exists {
-                name: name.to_string(),
-            });
-        }
-        let fail = |source| StoreError::Create {
-            name: name.to_string(),
-            path: path.clone(),
-            source,
-        };
-        if let Some(dir) = &policy.dir {
-            self.claim_dir(dir, name)?;
-        }
-        let tmp = self
-            .vms()
-            .join(format!(".new-{name}-{}", std::process::id()));
-        let made = std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&tmp)
-            .and_then(|()| {
-                files::write_atomic(&tmp.join("vm.toml"), policy.to_toml().as_bytes(), 0o644)
-            })
-            .and_then(|()| {
-                rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    &tmp,
-                    rustix::fs::CWD,
-                    &path,
-                    rustix::fs::RenameFlags::NOREPLACE,
-                )
-                .map_err(io::Error::from)
-            });
-        if let Err(e) = made {
-            let _ = files::remove_tree(&tmp);
-            if let Some(dir) = &policy.dir {
-                let _ = self.release_dir(dir);
-            }
-            return Err(fail(e));
-        }
-        if let Some(dir) = &policy.dir {
-            self.set_dirs(|dirs| dirs.push(dir.clone())).map_err(fail)?;
-        }
-        Ok(VmDir {
-            name: name.clone(),
-            path,
-        })
-    }
-
-    /// `--dir` must be a new or empty directory outside the store: fvm deletes it with
-    /// the VM, so it must never adopt a directory that holds someone's data.
-    fn claim_dir(&self, dir: &Path, name: &VmName) -> Result<(), StoreError> {
-        if dir.starts_with(&self.root) {
-            return Err(StoreError::DirInStore {
-                path: dir.to_owned(),
-            });
-        }
-        self.new_or_empty_dir(dir)?;
-        files::write_atomic(
-            &dir.join(OWNER_MARK),
-            self.owner_mark(name).as_bytes(),
-            0o600,
-        )
-        .map_err(|source| StoreError::Open {
-            path: dir.join(OWNER_MARK),
-            source,
-        })
-    }
-
-    /// What a VM's `--dir` holds to prove it is fvm's to delete.
-    fn owner_mark(&self, name: &VmName) -> String {
-        format!(
-            "layers of fvm vm {name:?} in store {}\n",
-            self.root.display()
-        )
-    }
-
-    fn new_or_empty_dir(&self, dir: &Path) -> Result<(), StoreError> {
-        match std::fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::DirInUse {
-                path: dir.to_owned(),
-            }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(dir)
-                .map_err(|source| StoreError::Open {
-                    path: dir.to_owned(),
-                    source,
-                }),
-            Err(_) => Err(StoreError::DirInUse {
-                path: dir.to_owned(),
-            }),
-        }
-    }
-
     fn release_dir(&self, dir: &Path) -> io::Result<()> {
         files::remove_tree(dir)
     }
@@ -335,6 +235,12 @@ impl Store {
         for e in entries.filter_map(Result::ok) {
             let n = e.file_name();
             let n = n.to_string_lossy();
+            // A create (or copy) still filling its directory holds its lock.
+            if n.starts_with(".new-")
+                && matches!(Lock::try_exclusive(&e.path().join("lock")), Ok(None))
+            {
+                continue;
+            }
             if n.starts_with(".new-") || n.starts_with(".trash-") {
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
@@ -479,91 +385,4 @@ impl VmDir {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let d = tempfile::tempdir().unwrap();
-        let s = Store::open(d.path()).unwrap();
-        (d, s)
-    }
-
-    fn name(n: &str) -> VmName {
-        VmName::new(n).unwrap()
-    }
-
-    #[test]
-    fn missing_root_is_an_error() {
-        let e = Store::open(Path::new("/nonexistent/fvm-store")).unwrap_err();
-        assert_eq!(e.to_string(), "store /nonexistent/fvm-store does not exist");
-    }
-
-    #[test]
-    fn create_list_delete() {
-        let (_d, s) = store();
-        assert!(s.names().unwrap().is_empty());
-        let vm = s.create_vm(&Policy::new(name("b"), None)).unwrap();
-        s.create_vm(&Policy::new(name("a"), None)).unwrap();
-        assert_eq!(s.names().unwrap(), vec![name("a"), name("b")]);
-        assert_eq!(vm.load_policy().unwrap().name, name("b"));
-        let e = s.create_vm(&Policy::new(name("a"), None)).unwrap_err();
-        assert_eq!(e.to_string(), "vm \"a\" already exists");
-        s.delete_vm(&vm, None).unwrap();
-        assert_eq!(s.names().unwrap(), vec![name("a")]);
-        assert!(matches!(s.vm(&name("b")), Err(StoreError::NoSuchVm { .. })));
-        assert!(s.sweep().unwrap().is_empty());
-    }
-
-    #[test]
-    fn external_dir_is_claimed_hidden_and_released() {
-        let (_d, s) = store();
-        let outside = tempfile::tempdir().unwrap();
-        let dir = outside.path().join("web1");
-        let vm = s
-            .create_vm(&Policy::new(name("web1"), Some(dir.clone())))
-            .unwrap();
-        assert!(dir.is_dir());
-        assert!(s.private_paths().contains(&dir));
-        std::fs::write(dir.join("f"), "x").unwrap();
-        // A second VM can't adopt a non-empty directory.
-        let e = s
-            .create_vm(&Policy::new(name("web2"), Some(dir.clone())))
-            .unwrap_err();
-        assert!(matches!(e, StoreError::DirInUse { .. }), "{e}");
-        s.delete_vm(&vm, Some(&dir)).unwrap();
-        assert!(!dir.exists());
-        assert!(!s.private_paths().contains(&dir));
-    }
-
-    #[test]
-    fn a_dir_without_the_owner_mark_is_never_deleted() {
-        let (_d, s) = store();
-        let outside = tempfile::tempdir().unwrap();
-        let precious = outside.path().join("precious");
-        std::fs::create_dir(&precious).unwrap();
-        std::fs::write(precious.join("data"), "keep me").unwrap();
-        let vm = s.create_vm(&Policy::new(name("a"), None)).unwrap();
-        // As if vm.toml had been edited to point `dir` at someone's data.
-        s.delete_vm(&vm, Some(&precious)).unwrap();
-        assert_eq!(
-            std::fs::read_to_string(precious.join("data")).unwrap(),
-            "keep me"
-        );
-        assert!(s.names().unwrap().is_empty());
-    }
-
-    #[test]
-    fn sweep_removes_leftovers_of_crashed_operations() {
-        let (_d, s) = store();
-        std::fs::create_dir_all(s.vms().join(".new-x-1/layers")).unwrap();
-        std::fs::create_dir_all(s.vms().join(".trash-y-2")).unwrap();
-        assert_eq!(s.sweep().unwrap().len(), 2);
-        assert!(s.names().unwrap().is_empty());
-    }
-
-    #[test]
-    fn store_ids_differ_by_path() {
-        assert_ne!(store_id(Path::new("/a")), store_id(Path::new("/b")));
-        assert_eq!(store_id(Path::new("/a")).len(), 8);
-    }
-}
+mod tests;

@@ -7,6 +7,7 @@
 //! stopped. That is how a crash is cleaned up by the next command.
 
 mod changes;
+mod copy;
 mod info;
 mod lifecycle;
 mod maintain;
@@ -15,6 +16,7 @@ mod run;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 
@@ -48,6 +50,15 @@ pub enum VmError {
     AlreadyRunning { name: String },
     #[error("vm {name:?} is running (stop it first, or use --force)")]
     Running { name: String },
+    #[error("cannot copy vm {name:?}: it is running (stop it first)")]
+    CopyRunning { name: String },
+    #[error("cannot copy vm {src:?} to {dst:?}")]
+    Copy {
+        src: String,
+        dst: String,
+        #[source]
+        source: CopyVmError,
+    },
     #[error("cannot start vm {name:?}")]
     Start {
         name: String,

@@ -3,6 +3,7 @@
 
 mod commit;
 mod config;
+mod copy;
 mod create;
 mod delete;
 mod diff;
@@ -31,6 +32,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Run(a) => run::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),
         Command::Delete(a) => delete::run(&ctx, a),
+        Command::Copy(a) => copy::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Commit(a) => commit::run(&ctx, a),

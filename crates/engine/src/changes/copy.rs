@@ -1,0 +1,479 @@
+//! Clone an upper directory exactly: the layer half of `fvm copy`.
+//!
+//! The source is a VM's upper layer, read with the fd-based [`layer::walk`] (it
+//! never follows a symlink, and files are opened with [`Entry::open`], which
+//! checks the inode is the one the walk saw). The destination is a directory fvm
+//! makes itself; entries are created relative to the fd of their parent
+//! (`mkdirat`, `mknodat`, `symlinkat`, `openat(O_CREAT|O_EXCL|O_NOFOLLOW)`,
+//! `linkat`), so nothing is followed there either.
+//!
+//! This is a clone, not a commit: every overlayfs marker is kept as it is.
+//! Whiteouts (char 0/0) are recreated with `mknodat`, opaque dirs keep their
+//! `trusted.overlay.opaque` xattr, and all other xattrs (ACLs, capabilities, user
+//! attributes) are copied too. Sockets are recreated with `mknodat(S_IFSOCK)`: an
+//! inode with nothing bound to it, which is exactly what an upper layer holds.
+//!
+//! Metadata is applied in the order the kernel needs: content first (a write
+//! clears setuid and file capabilities), then owner (chown clears setuid and
+//! `security.capability`), then xattrs (setting an ACL rewrites the group bits),
+//! then mode, then times. Directories get their mode and times after their
+//! children, since creating a child changes the parent's mtime.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{CStr, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid};
+
+use super::content;
+use super::layer::{self, Descend, Entry};
+
+/// What a copy made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CopyStats {
+    /// Regular files with their own inode (a hard link to one already copied is
+    /// counted in `hard_links` instead).
+    pub files: u64,
+    pub dirs: u64,
+    /// Symlinks, fifos, sockets and devices (whiteouts included).
+    pub others: u64,
+    pub hard_links: u64,
+    /// File content copied, in bytes (holes of sparse files not included).
+    pub bytes: u64,
+    /// Whether any file's content was shared by a reflink rather than copied.
+    pub reflinked: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {path}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot copy the content of {path}")]
+    Content {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot copy the owner, mode, xattrs or times of {path}")]
+    Metadata {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: cannot copy a file of unknown type")]
+    UnknownType { path: PathBuf },
+}
+
+/// Copy the upper directory `src_upper` to `dst_upper`, which must not exist yet.
+/// `progress` is called with the number of content bytes copied since its last
+/// call, as the copy goes.
+pub fn copy_tree(
+    src_upper: &Path,
+    dst_upper: &Path,
+    progress: &mut dyn FnMut(u64),
+) -> Result<CopyStats, CopyError> {
+    let copier = RefCell::new(Copier {
+        src: src_upper,
+        dst: dst_upper,
+        dirs: Vec::new(),
+        linked: HashMap::new(),
+        stats: CopyStats::default(),
+        content: content::Copier::default(),
+        progress,
+        failed: None,
+    });
+    let walked = layer::walk(
+        src_upper,
+        &mut |e| copier.borrow_mut().visit(e),
+        &mut |rel| copier.borrow_mut().leave(rel),
+    );
+    let mut copier = copier.into_inner();
+    if let Some(e) = copier.failed.take() {
+        return Err(e);
+    }
+    if let Err(source) = walked {
+        let at = copier.dirs.last().map_or(PathBuf::new(), |d| d.rel.clone());
+        return Err(CopyError::Read {
+            path: src_upper.join(at),
+            source,
+        });
+    }
+    copier.unwind_to(0)?;
+    Ok(copier.stats)
+}
+
+/// A destination directory whose mode and times are set once its children are in.
+struct Dir {
+    fd: File,
+    rel: PathBuf,
+    stat: Stat,
+    default_acl: Option<Vec<u8>>,
+}
+
+struct Copier<'a> {
+    src: &'a Path,
+    dst: &'a Path,
+    /// The open destination directories from the root down to the current one.
+    dirs: Vec<Dir>,
+    /// Where the first copy of each multiply-linked inode went (relative path).
+    linked: HashMap<(u64, u64), PathBuf>,
+    stats: CopyStats,
+    content: content::Copier,
+    progress: &'a mut dyn FnMut(u64),
+    /// The real error behind the placeholder returned to the walk.
+    failed: Option<CopyError>,
+}
+
+impl Copier<'_> {
+    fn visit(&mut self, e: &Entry<'_>) -> io::Result<Descend> {
+        self.copy_entry(e).map_err(|err| {
+            self.failed = Some(err);
+            io::Error::other("copy failed")
+        })
+    }
+
+    fn leave(&mut self, rel: &Path) -> io::Result<()> {
+        self.unwind_to(rel.components().count()).map_err(|err| {
+            self.failed = Some(err);
+            io::Error::other("copy failed")
+        })
+    }
+
+    /// Finish every open directory deeper than `depth` (the root has depth 0).
+    fn unwind_to(&mut self, depth: usize) -> Result<(), CopyError> {
+        while self.dirs.len() > depth {
+            let dir = self.dirs.pop().expect("not empty");
+            if let Some(acl) = &dir.default_acl {
+                set_xattr(&Xattrs::Fd(&dir.fd), OsStr::new(DEFAULT_ACL), acl)
+                    .map_err(|e| self.xattr_error(&dir.rel, e))?;
+            }
+            let fail = |source| CopyError::Metadata {
+                path: self.dst.join(&dir.rel),
+                source,
+            };
+            rustix::fs::fchmod(&dir.fd, mode_of(&dir.stat)).map_err(|e| fail(e.into()))?;
+            rustix::fs::futimens(&dir.fd, &times_of(&dir.stat)).map_err(|e| fail(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn copy_entry(&mut self, e: &Entry<'_>) -> Result<Descend, CopyError> {
+        if e.rel.as_os_str().is_empty() {
+            self.copy_root(e)?;
+            return Ok(Descend::Yes);
+        }
+        // Directories the walk did not come back from (gone meanwhile) are
+        // finished here, before a sibling or an uncle is made.
+        let depth = e.rel.components().count();
+        self.unwind_to(depth)?;
+        let src_path = || self.src.join(e.rel);
+        let dst_path = || self.dst.join(e.rel);
+        let parent = &self.dirs[depth - 1].fd;
+        let ft = e.file_type();
+        if ft != FileType::Directory && e.stat.st_nlink > 1 {
+            let key = (e.stat.st_dev, e.stat.st_ino);
+            if let Some(first) = self.linked.get(&key) {
+                rustix::fs::linkat(&self.dirs[0].fd, first, parent, e.name, AtFlags::empty())
+                    .map_err(|err| CopyError::Create {
+                        path: dst_path(),
+                        source: err.into(),
+                    })?;
+                self.stats.hard_links += 1;
+                return Ok(Descend::No);
+            }
+            self.linked.insert(key, e.rel.to_owned());
+        }
+        let create = |err: rustix::io::Errno| CopyError::Create {
+            path: dst_path(),
+            source: err.into(),
+        };
+        match ft {
+            FileType::Directory => {
+                rustix::fs::mkdirat(parent, e.name, Mode::RWXU).map_err(create)?;
+                let fd = open_dir_at(parent, e.name).map_err(create)?;
+                let src = File::from(e.open().map_err(|source| CopyError::Read {
+                    path: src_path(),
+                    source,
+                })?);
+                self.start_dir(fd, e.rel, e.stat, &Xattrs::Fd(&src))?;
+                self.stats.dirs += 1;
+                Ok(Descend::Yes)
+            }
+            FileType::RegularFile => {
+                self.copy_file(e)?;
+                self.stats.files += 1;
+                Ok(Descend::No)
+            }
+            FileType::Symlink => {
+                let target =
+                    rustix::fs::readlinkat(e.parent, e.name, Vec::new()).map_err(|err| {
+                        CopyError::Read {
+                            path: src_path(),
+                            source: err.into(),
+                        }
+                    })?;
+                rustix::fs::symlinkat(target.as_c_str(), parent, e.name).map_err(create)?;
+                self.finish_at(e)?;
+                self.stats.others += 1;
+                Ok(Descend::No)
+            }
+            FileType::Fifo
+            | FileType::Socket
+            | FileType::CharacterDevice
+            | FileType::BlockDevice => {
+                let rdev = e.stat.st_rdev;
+                rustix::fs::mknodat(parent, e.name, ft, Mode::RUSR | Mode::WUSR, rdev)
+                    .map_err(create)?;
+                self.finish_at(e)?;
+                self.stats.others += 1;
+                Ok(Descend::No)
+            }
+            FileType::Unknown => Err(CopyError::UnknownType { path: src_path() }),
+        }
+    }
+
+    fn copy_root(&mut self, e: &Entry<'_>) -> Result<(), CopyError> {
+        let create = |err: rustix::io::Errno| CopyError::Create {
+            path: self.dst.to_owned(),
+            source: err.into(),
+        };
+        rustix::fs::mkdir(self.dst, Mode::RWXU).map_err(create)?;
+        let fd = open_dir_at(rustix::fs::CWD, self.dst).map_err(create)?;
+        let src = File::from(e.open().map_err(|source| CopyError::Read {
+            path: self.src.to_owned(),
+            source,
+        })?);
+        self.start_dir(fd, Path::new(""), e.stat, &Xattrs::Fd(&src))
+    }
+
+    /// Owner and xattrs of a new directory now (the opaque marker before anything
+    /// goes in); mode and times in [`Self::unwind_to`].
+    fn start_dir(
+        &mut self,
+        fd: OwnedFd,
+        rel: &Path,
+        stat: Stat,
+        src: &Xattrs<'_>,
+    ) -> Result<(), CopyError> {
+        let fd = File::from(fd);
+        let fail = |source| CopyError::Metadata {
+            path: self.dst.join(rel),
+            source,
+        };
+        rustix::fs::fchown(&fd, Some(uid_of(&stat)), Some(gid_of(&stat)))
+            .map_err(|e| fail(e.into()))?;
+        let default_acl =
+            copy_xattrs(src, &Xattrs::Fd(&fd)).map_err(|e| self.xattr_error(rel, e))?;
+        self.dirs.push(Dir {
+            fd,
+            rel: rel.to_owned(),
+            stat,
+            default_acl,
+        });
+        Ok(())
+    }
+
+    fn copy_file(&mut self, e: &Entry<'_>) -> Result<(), CopyError> {
+        let src = File::from(e.open().map_err(|source| CopyError::Read {
+            path: self.src.join(e.rel),
+            source,
+        })?);
+        let parent = &self.dirs[e.rel.components().count() - 1].fd;
+        let dst = rustix::fs::openat(
+            parent,
+            e.name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::RUSR | Mode::WUSR,
+        )
+        .map_err(|err| CopyError::Create {
+            path: self.dst.join(e.rel),
+            source: err.into(),
+        })?;
+        let dst = File::from(dst);
+        let size = u64::try_from(e.stat.st_size).unwrap_or(0);
+        let copied = self
+            .content
+            .copy(&src, &dst, size, &mut *self.progress)
+            .map_err(|source| CopyError::Content {
+                path: self.dst.join(e.rel),
+                source,
+            })?;
+        self.stats.bytes += copied.bytes;
+        self.stats.reflinked |= copied.reflinked;
+        let fail = |source| CopyError::Metadata {
+            path: self.dst.join(e.rel),
+            source,
+        };
+        let st = &e.stat;
+        rustix::fs::fchown(&dst, Some(uid_of(st)), Some(gid_of(st))).map_err(|e| fail(e.into()))?;
+        copy_xattrs(&Xattrs::Fd(&src), &Xattrs::Fd(&dst))
+            .map_err(|err| self.xattr_error(e.rel, err))?;
+        rustix::fs::fchmod(&dst, mode_of(st)).map_err(|e| fail(e.into()))?;
+        rustix::fs::futimens(&dst, &times_of(st)).map_err(|e| fail(e.into()))
+    }
+
+    /// Owner, xattrs, mode and times of a new entry that can't be opened (symlink,
+    /// fifo, socket, device), by name under its parent's fd.
+    fn finish_at(&self, e: &Entry<'_>) -> Result<(), CopyError> {
+        let parent = &self.dirs[e.rel.components().count() - 1].fd;
+        let fail = |source: rustix::io::Errno| CopyError::Metadata {
+            path: self.dst.join(e.rel),
+            source: source.into(),
+        };
+        let st = &e.stat;
+        let nofollow = AtFlags::SYMLINK_NOFOLLOW;
+        rustix::fs::chownat(parent, e.name, Some(uid_of(st)), Some(gid_of(st)), nofollow)
+            .map_err(fail)?;
+        copy_xattrs(
+            &Xattrs::At(e.parent.as_fd(), e.name),
+            &Xattrs::At(parent.as_fd(), e.name),
+        )
+        .map_err(|err| self.xattr_error(e.rel, err))?;
+        // A symlink has no mode of its own (Linux ignores it and refuses to set it).
+        if e.file_type() != FileType::Symlink {
+            // Not a symlink, and made by us a moment ago: following is moot.
+            rustix::fs::chmodat(parent, e.name, mode_of(st), AtFlags::empty()).map_err(fail)?;
+        }
+        rustix::fs::utimensat(parent, e.name, &times_of(st), nofollow).map_err(fail)
+    }
+
+    fn xattr_error(&self, rel: &Path, e: XattrError) -> CopyError {
+        match e {
+            XattrError::Read(source) => CopyError::Read {
+                path: self.src.join(rel),
+                source,
+            },
+            XattrError::Write(source) => CopyError::Metadata {
+                path: self.dst.join(rel),
+                source,
+            },
+        }
+    }
+}
+
+fn open_dir_at(dir: impl AsFd, name: impl rustix::path::Arg) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Where an entry's xattrs are read or written: an open file or directory, or a
+/// name under a directory fd for what can't be opened. The latter goes through
+/// `/proc/self/fd/N/NAME` with the `l*xattr` calls: the directory is pinned by
+/// its fd and the last component is never followed.
+enum Xattrs<'a> {
+    Fd(&'a File),
+    At(std::os::fd::BorrowedFd<'a>, &'a CStr),
+}
+
+enum XattrError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Xattrs<'_> {
+    fn path(dir: &std::os::fd::BorrowedFd<'_>, name: &CStr) -> PathBuf {
+        use std::os::fd::AsRawFd;
+        Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd()))
+            .join(OsStr::from_bytes(name.to_bytes()))
+    }
+
+    fn list(&self) -> io::Result<Vec<std::ffi::OsString>> {
+        match self {
+            Xattrs::Fd(f) => xattr::FileExt::list_xattr(*f).map(Iterator::collect),
+            Xattrs::At(d, n) => xattr::list(Self::path(d, n)).map(Iterator::collect),
+        }
+    }
+
+    fn get(&self, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+        match self {
+            Xattrs::Fd(f) => xattr::FileExt::get_xattr(*f, name),
+            Xattrs::At(d, n) => xattr::get(Self::path(d, n), name),
+        }
+    }
+
+    fn set(&self, name: &OsStr, value: &[u8]) -> io::Result<()> {
+        match self {
+            Xattrs::Fd(f) => xattr::FileExt::set_xattr(*f, name, value),
+            Xattrs::At(d, n) => xattr::set(Self::path(d, n), name, value),
+        }
+    }
+}
+
+/// A directory's default ACL is inherited by every entry made in it: set on the
+/// copy before its children, it would give each of them an ACL it doesn't have.
+const DEFAULT_ACL: &str = "system.posix_acl_default";
+
+/// Copy every xattr `src` lists, except a default ACL, which is returned so that
+/// it can be set once the directory is filled. As root that includes `trusted.*`
+/// (the overlay markers) and `security.*`; ACLs are copied as their raw values.
+fn copy_xattrs(src: &Xattrs<'_>, dst: &Xattrs<'_>) -> Result<Option<Vec<u8>>, XattrError> {
+    let mut deferred = None;
+    for name in src.list().map_err(XattrError::Read)? {
+        // Listed but gone (or not readable as a value): nothing to copy.
+        let Some(value) = src.get(&name).map_err(XattrError::Read)? else {
+            continue;
+        };
+        if name == DEFAULT_ACL {
+            deferred = Some(value);
+            continue;
+        }
+        set_xattr(dst, &name, &value)?;
+    }
+    Ok(deferred)
+}
+
+fn set_xattr(dst: &Xattrs<'_>, name: &OsStr, value: &[u8]) -> Result<(), XattrError> {
+    dst.set(name, value).map_err(|e| {
+        XattrError::Write(io::Error::new(
+            e.kind(),
+            format!("xattr {}: {e}", name.to_string_lossy()),
+        ))
+    })
+}
+
+fn mode_of(st: &Stat) -> Mode {
+    Mode::from_raw_mode(st.st_mode & 0o7777)
+}
+
+fn uid_of(st: &Stat) -> Uid {
+    Uid::from_raw(st.st_uid)
+}
+
+fn gid_of(st: &Stat) -> Gid {
+    Gid::from_raw(st.st_gid)
+}
+
+fn times_of(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests;

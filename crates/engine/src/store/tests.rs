@@ -1,0 +1,132 @@
+//! The store on temp dirs: create, delete, sweep, `--dir`s and atomic creation.
+
+use super::*;
+
+fn store() -> (tempfile::TempDir, Store) {
+    let d = tempfile::tempdir().unwrap();
+    let s = Store::open(d.path()).unwrap();
+    (d, s)
+}
+
+fn name(n: &str) -> VmName {
+    VmName::new(n).unwrap()
+}
+
+#[test]
+fn missing_root_is_an_error() {
+    let e = Store::open(Path::new("/nonexistent/fvm-store")).unwrap_err();
+    assert_eq!(e.to_string(), "store /nonexistent/fvm-store does not exist");
+}
+
+#[test]
+fn create_list_delete() {
+    let (_d, s) = store();
+    assert!(s.names().unwrap().is_empty());
+    let vm = s.create_vm(&Policy::new(name("b"), None)).unwrap();
+    s.create_vm(&Policy::new(name("a"), None)).unwrap();
+    assert_eq!(s.names().unwrap(), vec![name("a"), name("b")]);
+    assert_eq!(vm.load_policy().unwrap().name, name("b"));
+    let e = s.create_vm(&Policy::new(name("a"), None)).unwrap_err();
+    assert_eq!(e.to_string(), "vm \"a\" already exists");
+    s.delete_vm(&vm, None).unwrap();
+    assert_eq!(s.names().unwrap(), vec![name("a")]);
+    assert!(matches!(s.vm(&name("b")), Err(StoreError::NoSuchVm { .. })));
+    assert!(s.sweep().unwrap().is_empty());
+}
+
+#[test]
+fn external_dir_is_claimed_hidden_and_released() {
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("web1");
+    let vm = s
+        .create_vm(&Policy::new(name("web1"), Some(dir.clone())))
+        .unwrap();
+    assert!(dir.is_dir());
+    assert!(s.private_paths().contains(&dir));
+    std::fs::write(dir.join("f"), "x").unwrap();
+    // A second VM can't adopt a non-empty directory.
+    let e = s
+        .create_vm(&Policy::new(name("web2"), Some(dir.clone())))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::DirInUse { .. }), "{e}");
+    s.delete_vm(&vm, Some(&dir)).unwrap();
+    assert!(!dir.exists());
+    assert!(!s.private_paths().contains(&dir));
+}
+
+#[test]
+fn a_dir_without_the_owner_mark_is_never_deleted() {
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let precious = outside.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("data"), "keep me").unwrap();
+    let vm = s.create_vm(&Policy::new(name("a"), None)).unwrap();
+    // As if vm.toml had been edited to point `dir` at someone's data.
+    s.delete_vm(&vm, Some(&precious)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(precious.join("data")).unwrap(),
+        "keep me"
+    );
+    assert!(s.names().unwrap().is_empty());
+}
+
+#[test]
+fn sweep_removes_leftovers_of_crashed_operations() {
+    let (_d, s) = store();
+    std::fs::create_dir_all(s.vms().join(".new-x-1/layers")).unwrap();
+    std::fs::create_dir_all(s.vms().join(".trash-y-2")).unwrap();
+    assert_eq!(s.sweep().unwrap().len(), 2);
+    assert!(s.names().unwrap().is_empty());
+}
+
+#[test]
+fn a_vm_filled_before_it_appears_is_all_or_nothing() {
+    let (_d, s) = store();
+    let vm = s
+        .create_vm_with(&Policy::new(name("full"), None), |tmp| {
+            // Not visible while it is being filled, and safe from a sweep.
+            assert!(s.names().unwrap().is_empty());
+            assert!(s.vm(&name("full")).is_err());
+            assert!(s.sweep().unwrap().is_empty());
+            std::fs::create_dir(tmp.join("layers"))?;
+            std::fs::write(tmp.join("layers/data"), "copied")
+        })
+        .unwrap();
+    assert_eq!(s.names().unwrap(), vec![name("full")]);
+    assert_eq!(
+        std::fs::read_to_string(vm.path().join("layers/data")).unwrap(),
+        "copied"
+    );
+    assert!(
+        vm.try_lock().unwrap().is_some(),
+        "the vm's lock is released"
+    );
+
+    let e = s
+        .create_vm_with(&Policy::new(name("half"), None), |tmp| {
+            std::fs::write(tmp.join("part"), "x")?;
+            Err(io::Error::other("disk full"))
+        })
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Create { .. }), "{e}");
+    let left: Vec<_> = std::fs::read_dir(s.vms())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["full"]);
+
+    let e = s
+        .create_vm_with(&Policy::new(name("full"), None), |_| {
+            panic!("an existing name is refused before the fill")
+        })
+        .unwrap_err();
+    assert!(matches!(e, StoreError::Exists { .. }), "{e}");
+}
+
+#[test]
+fn store_ids_differ_by_path() {
+    assert_ne!(store_id(Path::new("/a")), store_id(Path::new("/b")));
+    assert_eq!(store_id(Path::new("/a")).len(), 8);
+}
