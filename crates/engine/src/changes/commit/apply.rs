@@ -19,6 +19,7 @@ use std::path::Path;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
 
 use super::plan::{Action, Step};
+use crate::changes::content::Copier;
 use crate::changes::data;
 use crate::changes::tree::{Tree, temp_name};
 
@@ -50,6 +51,7 @@ pub fn write(
     uppers: &mut [Tree],
     progress: Progress<'_>,
 ) -> Result<(), ApplyError> {
+    let mut copier = Copier::default();
     for (i, s) in steps.iter().enumerate() {
         progress(i, steps.len() * 2);
         let (host, upper) = (&mut hosts[s.layer], &mut uppers[s.layer]);
@@ -59,7 +61,9 @@ pub fn write(
                 host.ensure_dir(&s.rel, st.st_mode)
                     .map_err(fail("create directory", s))?;
             }
-            Action::Put => put_temp(id, i, s, host, upper).map_err(fail("write", s))?,
+            Action::Put => {
+                put_temp(id, i, s, host, upper, &mut copier).map_err(fail("write", s))?
+            }
             Action::Link { of } => {
                 let src = &steps[of];
                 let (from_dir, _) = host.parent(&src.rel).map_err(fail("link", s))?;
@@ -165,21 +169,23 @@ fn upper_stat(upper: &mut Tree, rel: &Path) -> io::Result<Stat> {
 }
 
 /// Write the VM's version of `s` to its temp name, with all its metadata.
-fn put_temp(id: &str, index: usize, s: &Step, host: &mut Tree, upper: &mut Tree) -> io::Result<()> {
+fn put_temp(
+    id: &str,
+    index: usize,
+    s: &Step,
+    host: &mut Tree,
+    upper: &mut Tree,
+    copier: &mut Copier,
+) -> io::Result<()> {
     let st = upper_stat(upper, &s.rel)?;
     let temp = temp_name(id, index);
     let (dir, _) = host.parent(&s.rel)?;
     let times = times_of(&st);
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => {
-            let src = upper.open_file(&s.rel)?;
-            let dst = create_temp(dir, &temp)?;
-            data::copy_data(
-                src.as_fd(),
-                dst.as_fd(),
-                st.st_size as u64,
-                st.st_blocks as u64,
-            )?;
+            let src = std::fs::File::from(upper.open_file(&s.rel)?);
+            let dst = std::fs::File::from(create_temp(dir, &temp)?);
+            copier.copy(&src, &dst, st.st_size as u64, &mut |_| {})?;
             set_owner(&dst, &st)?;
             rustix::fs::fchmod(&dst, Mode::from_raw_mode(st.st_mode & 0o7777))?;
             data::set_fd_xattrs(dst.as_fd(), &data::fd_xattrs(src.as_fd())?, true)?;
@@ -243,7 +249,7 @@ fn retry_exists(
 
 /// chown, unless the new file has that owner already (we are root, and a file we
 /// create is ours).
-fn set_owner(fd: &OwnedFd, st: &Stat) -> io::Result<()> {
+fn set_owner(fd: impl AsFd, st: &Stat) -> io::Result<()> {
     static ME: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
     let &(me, my_group) = ME.get_or_init(|| {
         (
