@@ -105,8 +105,6 @@ pub fn at_path(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> std::path::PathBuf
 mod tests {
     use super::*;
     use std::fs::File;
-    use std::io::{Seek, Write};
-    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn user_xattrs_copy_and_overlay_ones_do_not() {
