@@ -7,6 +7,7 @@
 //! phases and "VM copy" sections of docs/BENCHMARKS.md with what it measured. Run it as
 //! root through `bench/run`.
 
+mod changes;
 mod copy;
 mod measure;
 mod phases;
@@ -60,6 +61,18 @@ struct Args {
     /// Run only the copy benchmark, and replace only its section
     #[arg(long, conflicts_with = "baselines_only")]
     copy_only: bool,
+    /// Changed files in the VM that `fvm diff` reads [--quick: 5000]
+    #[arg(long, default_value_t = 100_000)]
+    diff_files: usize,
+    /// Files of 16 KiB that `fvm commit` writes back [--quick: 1000]
+    #[arg(long, default_value_t = 10_000)]
+    commit_files: usize,
+    /// Rounds of the diff and commit benchmarks [--quick: 1]
+    #[arg(long, default_value_t = 3)]
+    changes_rounds: usize,
+    /// Run only the diff and commit benchmarks, and replace only their section
+    #[arg(long, conflicts_with_all = ["baselines_only", "copy_only"])]
+    changes_only: bool,
 }
 
 fn main() -> ExitCode {
@@ -90,6 +103,9 @@ fn run(args: Args) -> Result<()> {
     };
     if args.copy_only {
         return run_copy_only(&args, copy_files, copy_rounds);
+    }
+    if args.changes_only {
+        return run_changes_only(&args);
     }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
@@ -144,6 +160,10 @@ fn run(args: Args) -> Result<()> {
         store.delete("cold").context("deleting the cold-run VM")?;
         copied = Some(copy::measure(store, copy_files, copy_rounds)?);
     }
+    let changed = match &store {
+        Some(store) => Some(measure_changes(&args, store)?),
+        None => None,
+    };
     if *leaked.borrow() > 0 {
         notes.push(format!(
             "`fvm run --rm` left {} VMs in the store",
@@ -197,6 +217,57 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
+    if let Some(c) = &changed {
+        let section = changes::render(
+            c,
+            &invocation(),
+            &report.date,
+            &report.kernel,
+            &report.store,
+        );
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
+    eprintln!("fvm-bench: wrote {}", out.display());
+    Ok(())
+}
+
+fn measure_changes(args: &Args, store: &Store) -> Result<changes::ChangesBench> {
+    let (diff, commit, rounds) = if args.quick {
+        (5000, 1000, 1)
+    } else {
+        (
+            args.diff_files,
+            args.commit_files,
+            args.changes_rounds.max(1),
+        )
+    };
+    changes::measure(store, diff, commit, rounds)
+}
+
+/// `--changes-only`: the diff and commit benchmarks alone, and only their section.
+fn run_changes_only(args: &Args) -> Result<()> {
+    let fvm = match &args.fvm {
+        Some(path) => std::path::absolute(path).context("resolving --fvm")?,
+        None => default_fvm()?,
+    };
+    let parent = args.store_in.clone().unwrap_or_else(std::env::temp_dir);
+    let store = Store::new(&fvm, &parent)?;
+    eprintln!("fvm-bench: store {}", store.root().display());
+    let measured = measure_changes(args, &store)?;
+    drop(store);
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let kernel = read_trimmed("/proc/sys/kernel/osrelease")?;
+    let section = changes::render(
+        &measured,
+        &invocation(),
+        &date,
+        &kernel,
+        &store_description(&parent),
+    );
+    print!("{section}");
+    let out = args.out.clone().unwrap_or_else(default_out);
+    report::write_section(&out, &section)?;
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
 }

@@ -1,0 +1,317 @@
+//! The "Diff and commit" section of docs/BENCHMARKS.md.
+//!
+//! - `fvm diff` of a VM with 100,000 changed files (target: under 1 s), next to
+//!   `find` walking the same upper layer (a floor: what reading the layer costs).
+//! - `fvm commit` of 10,000 files of 16 KiB (target: within 1.5x `cp -a` of the
+//!   same files to the same filesystem). Commit syncs before and after renaming
+//!   (its files are durable when it returns), so `cp -a` is measured both alone
+//!   and followed by `sync`.
+//!
+//! Each commit round needs fresh changes: the VM writes two identical trees, one
+//! that `cp -a` copies out of the layer and one that `fvm commit` commits; their
+//! order is random per round. Everything is synced before each timed command.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::measure::{Stats, check_output};
+use crate::store::Store;
+
+pub const BEGIN: &str = "<!-- bench:changes:begin -->";
+pub const END: &str = "<!-- bench:changes:end -->";
+
+#[derive(Debug)]
+pub struct ChangesBench {
+    pub diff_files: usize,
+    pub commit_files: usize,
+    pub rounds: usize,
+    /// (subject, command as shown, seconds)
+    pub diff: Vec<(String, String, Stats)>,
+    pub commit: Vec<(String, String, Stats)>,
+    pub diff_lines: usize,
+}
+
+fn sync() -> Result<()> {
+    check_output(&mut Command::new("sync"))
+}
+
+fn timed(cmd: &mut Command) -> Result<f64> {
+    sync()?;
+    let start = Instant::now();
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(secs)
+}
+
+/// A python3 script run inside the VM: `files` files of `size` bytes under each
+/// of `dirs`, 500 to a directory.
+fn writer(dirs: &[PathBuf], files: usize, size: usize) -> String {
+    let dirs: Vec<String> = dirs
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect();
+    format!(
+        "import os\nblob = os.urandom({size})\nfor d in [{}]:\n    for i in range({files}):\n        sub = f'{{d}}/{{i // 500}}'\n        if i % 500 == 0: os.makedirs(sub)\n        with open(f'{{sub}}/f{{i}}', 'wb') as f: f.write(blob)\n",
+        dirs.join(", ")
+    )
+}
+
+pub fn measure(
+    store: &Store,
+    diff_files: usize,
+    commit_files: usize,
+    rounds: usize,
+) -> Result<ChangesBench> {
+    // Host paths the VMs write: outside the store (hidden in VMs), on its filesystem.
+    let host = store
+        .root()
+        .parent()
+        .unwrap_or(Path::new("/tmp"))
+        .join(format!("fvm-bench-changes-{}", std::process::id()));
+    std::fs::create_dir_all(&host)?;
+    let result = measure_in(store, &host, diff_files, commit_files, rounds);
+    let _ = std::fs::remove_dir_all(&host);
+    result
+}
+
+fn measure_in(
+    store: &Store,
+    host: &Path,
+    diff_files: usize,
+    commit_files: usize,
+    rounds: usize,
+) -> Result<ChangesBench> {
+    eprintln!("fvm-bench: diff: writing {diff_files} files inside a VM");
+    store.create("differ")?;
+    let script = writer(&[host.join("diff")], diff_files, 64);
+    check_output(
+        store
+            .fvm()
+            .args(["run", "differ", "--", "python3", "-c", &script]),
+    )?;
+    let upper = store.vm_dir("differ").join("layers/-/upper");
+    let diff_lines =
+        String::from_utf8_lossy(&store.fvm().args(["diff", "differ"]).output()?.stdout)
+            .lines()
+            .count();
+    let (mut d_fvm, mut d_find) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(3) {
+        d_fvm.push(timed(store.fvm().args(["diff", "differ"]))?);
+        d_find.push(timed(
+            Command::new("find").arg(&upper).args(["-printf", ""]),
+        )?);
+    }
+    store.delete("differ")?;
+
+    let (mut c_fvm, mut c_cp, mut c_cp_sync) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        eprintln!("fvm-bench: commit round {}/{rounds}", round + 1);
+        let vm = format!("committer-{round}");
+        store.create(&vm)?;
+        let (for_cp, for_commit) = (
+            host.join(format!("cp-src-{round}")),
+            host.join(format!("commit-{round}")),
+        );
+        let script = writer(
+            &[for_cp.clone(), for_commit.clone()],
+            commit_files,
+            16 << 10,
+        );
+        check_output(
+            store
+                .fvm()
+                .args(["run", &vm, "--", "python3", "-c", &script]),
+        )?;
+        let layer_src = store
+            .vm_dir(&vm)
+            .join("layers/-/upper")
+            .join(for_cp.strip_prefix("/")?);
+        let cp_dst = host.join(format!("cp-dst-{round}"));
+        let cp_dst2 = host.join(format!("cp-dst-sync-{round}"));
+        let commit = |v: &mut Vec<f64>| -> Result<()> {
+            v.push(timed(store.fvm().args(["commit", &vm]).arg(&for_commit))?);
+            Ok(())
+        };
+        let cp = |dst: &Path| -> Result<f64> {
+            timed(Command::new("cp").arg("-a").arg(&layer_src).arg(dst))
+        };
+        // Alternate which goes first.
+        if round % 2 == 0 {
+            commit(&mut c_fvm)?;
+            c_cp.push(cp(&cp_dst)?);
+        } else {
+            c_cp.push(cp(&cp_dst)?);
+            commit(&mut c_fvm)?;
+        }
+        c_cp_sync.push(
+            cp(&cp_dst2)? + {
+                let s = Instant::now();
+                sync()?;
+                s.elapsed().as_secs_f64()
+            },
+        );
+        store.delete(&vm)?;
+        for d in [&for_commit, &cp_dst, &cp_dst2] {
+            std::fs::remove_dir_all(d).with_context(|| format!("removing {}", d.display()))?;
+        }
+    }
+    let stats = |v: &[f64]| Stats::of(v).context("no samples");
+    Ok(ChangesBench {
+        diff_files,
+        commit_files,
+        rounds,
+        diff_lines,
+        diff: vec![
+            (
+                "fvm diff".into(),
+                "fvm --root DIR diff VM".into(),
+                stats(&d_fvm)?,
+            ),
+            (
+                "find (floor)".into(),
+                "find DIR/vms/VM/layers/-/upper -printf ''".into(),
+                stats(&d_find)?,
+            ),
+        ],
+        commit: vec![
+            (
+                "fvm commit".into(),
+                "fvm --root DIR commit VM HOSTDIR".into(),
+                stats(&c_fvm)?,
+            ),
+            (
+                "cp -a".into(),
+                "cp -a LAYER/HOSTDIR COPY".into(),
+                stats(&c_cp)?,
+            ),
+            (
+                "cp -a; sync".into(),
+                "cp -a LAYER/HOSTDIR COPY && sync".into(),
+                stats(&c_cp_sync)?,
+            ),
+        ],
+    })
+}
+
+pub fn render(b: &ChangesBench, invocation: &str, date: &str, kernel: &str, store: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{BEGIN}\n## Diff and commit\n");
+    let _ = writeln!(
+        s,
+        "Produced by `{invocation}`.\n\n- date: {date}\n- kernel: {kernel}\n- store: {store}\n- `sync` before every timed command, untimed\n"
+    );
+    let _ = writeln!(
+        s,
+        "`fvm diff` of a VM with {} files of 64 bytes written inside it ({} lines of output, the files and their directories), {} rounds. Target: under 1 s.\n",
+        b.diff_files,
+        b.diff_lines,
+        b.rounds.max(3)
+    );
+    table(&mut s, &b.diff, None, |m| {
+        if m < 1.0 {
+            "met: < 1 s"
+        } else {
+            "missed: < 1 s"
+        }
+    });
+    let _ = writeln!(
+        s,
+        "\n`fvm commit` of {} files of 16 KiB (each round a new VM; the two subjects take turns going first), {} rounds. Target: within 1.5x `cp -a`; the fair comparison is `cp -a; sync`, since commit's files are on disk when it returns.\n",
+        b.commit_files, b.rounds
+    );
+    let base = b.commit.iter().find(|r| r.0 == "cp -a").map(|r| r.2.median);
+    table(&mut s, &b.commit, base, |_| "");
+    if let (Some(c), Some(f)) = (base, b.commit.first()) {
+        let ratio = f.2.median / c;
+        let _ = writeln!(
+            s,
+            "\nfvm commit / cp -a = {ratio:.2}x: {}.",
+            if ratio <= 1.5 {
+                "target met"
+            } else {
+                "target missed"
+            }
+        );
+        if let Some(synced) = b.commit.iter().find(|r| r.0 == "cp -a; sync") {
+            let _ = writeln!(
+                s,
+                "fvm commit / (cp -a; sync) = {:.2}x.",
+                f.2.median / synced.2.median
+            );
+        }
+    }
+    let _ = writeln!(s, "{END}");
+    s
+}
+
+fn table(
+    s: &mut String,
+    rows: &[(String, String, Stats)],
+    base: Option<f64>,
+    target: impl Fn(f64) -> &'static str,
+) {
+    let _ = writeln!(
+        s,
+        "| subject | command | median s | p10 s | p90 s | vs cp -a | target |"
+    );
+    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|---|");
+    for (i, (name, shown, st)) in rows.iter().enumerate() {
+        let ratio = base.map_or("–".to_owned(), |b| format!("{:.2}×", st.median / b));
+        let t = if i == 0 { target(st.median) } else { "" };
+        let _ = writeln!(
+            s,
+            "| {name} | `{shown}` | {:.3} | {:.3} | {:.3} | {ratio} | {t} |",
+            st.median, st.p10, st.p90
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_both_tables_with_targets() {
+        let st = |m: f64| Stats {
+            median: m,
+            p10: m,
+            p90: m,
+        };
+        let b = ChangesBench {
+            diff_files: 100,
+            commit_files: 10,
+            rounds: 3,
+            diff_lines: 101,
+            diff: vec![
+                ("fvm diff".into(), "fvm diff".into(), st(0.5)),
+                ("find (floor)".into(), "find".into(), st(0.1)),
+            ],
+            commit: vec![
+                ("fvm commit".into(), "fvm commit".into(), st(3.0)),
+                ("cp -a".into(), "cp -a".into(), st(2.0)),
+                ("cp -a; sync".into(), "cp -a; sync".into(), st(2.5)),
+            ],
+        };
+        let md = render(&b, "bench/run", "d", "k", "s");
+        assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
+        assert!(md.contains("met: < 1 s"), "{md}");
+        assert!(md.contains("= 1.50x: target met"), "{md}");
+        assert!(md.contains("| cp -a; sync | `cp -a; sync` | 2.500"), "{md}");
+    }
+
+    #[test]
+    fn the_writer_script_names_every_dir() {
+        let s = writer(&["/a".into(), "/b".into()], 3, 8);
+        assert!(s.contains("\"/a\", \"/b\""), "{s}");
+    }
+}
