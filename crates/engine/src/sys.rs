@@ -289,3 +289,33 @@ pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Whether the inode a file handle names still exists on the filesystem of
+/// `mount` (`open_by_handle_at`; needs CAP_DAC_READ_SEARCH, which fvm has).
+/// `Ok(false)` when the kernel says the handle is stale: the inode is gone.
+pub fn handle_exists(mount: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> io::Result<bool> {
+    let header = std::mem::size_of::<libc::file_handle>();
+    // u32 words, so the header's fields are aligned.
+    let mut buf = vec![0u32; (header + handle.len()).div_ceil(4)];
+    let base = buf.as_mut_ptr().cast::<u8>();
+    // SAFETY: `buf` holds at least `header + handle.len()` bytes and is 4-byte
+    // aligned, as `file_handle` needs; the handle bytes are copied right after the
+    // header, where the kernel reads `f_handle`, and `handle_bytes` says how many.
+    let fd = unsafe {
+        let fh = base.cast::<libc::file_handle>();
+        (*fh).handle_bytes = handle.len() as libc::c_uint;
+        (*fh).handle_type = handle_type;
+        std::ptr::copy_nonoverlapping(handle.as_ptr(), base.add(header), handle.len());
+        libc::open_by_handle_at(mount.as_raw_fd(), fh, libc::O_PATH | libc::O_CLOEXEC)
+    };
+    if fd == -1 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: `fd` was just returned by open_by_handle_at and is owned by nobody else.
+    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    Ok(true)
+}

@@ -130,6 +130,10 @@ pub struct CommitArgs {
     /// Commit even paths the host changed after the VM copied them (the VM wins)
     #[arg(long)]
     pub force: bool,
+    /// Drop an interrupted commit that can't be finished (its temp files and its
+    /// journal); host paths it already replaced keep the VM's version
+    #[arg(long, conflicts_with_all = ["dry_run", "force", "paths"])]
+    pub abort: bool,
 }
 
 #[derive(Debug, Args)]

@@ -85,8 +85,8 @@ pub struct Item {
     pub upper: Option<Stat>,
     /// lstat of the host path, if it exists.
     pub host: Option<Stat>,
-    /// The directory that replaced the host's one and contains this path (itself
-    /// included): it can only be committed as a whole.
+    /// The directory that hides the host's entry at its path and contains this
+    /// path (itself included): it can only be committed as a whole.
     pub unit: Option<PathBuf>,
 }
 
@@ -156,6 +156,9 @@ struct Level {
     unit: Option<PathBuf>,
     /// Inside a replaced directory the filter reaches: take everything.
     everything: bool,
+    /// This directory was committed while the VM ran and is unchanged: its item
+    /// (at this index of the output) stays only if something below it changed.
+    committed_item: Option<usize>,
 }
 
 fn scan_layer(
@@ -167,14 +170,17 @@ fn scan_layer(
 ) -> Result<(), ScanError> {
     let host_root = open_host_dir(None, &l.mount_point).ok();
     let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
+    let out = RefCell::new(out);
     let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
         let mut stack = stack.borrow_mut();
+        let mut out = out.borrow_mut();
         if e.rel.as_os_str().is_empty() {
             stack.push(Level {
                 host: host_root.as_ref().and_then(|f| f.try_clone().ok()),
                 merged: true,
                 unit: None,
                 everything: false,
+                committed_item: None,
             });
             return Ok(Descend::Yes);
         }
@@ -230,29 +236,41 @@ fn scan_layer(
         };
         // A directory committed while the VM ran is as the host has it now.
         let merged = parent.merged && host_is_dir && (!opaque || done);
-        // A directory that hides a host directory is a unit of its own.
-        let unit = match (&parent.unit, !merged && host_fd.is_some()) {
+        // A directory that hides what the host has there (an opaque one, or one in
+        // place of a file) is a unit: committing part of it would leave the rest
+        // of it hiding what the commit put on the host.
+        let hides = (opaque && !done) || (host.is_some() && !host_is_dir);
+        let unit = match (&parent.unit, hides || (!merged && host_fd.is_some())) {
             (Some(u), _) => Some(u.clone()),
             (None, true) => Some(path.clone()),
             (None, false) => None,
         };
         let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
-        if !done {
-            out.push(item(kind, vm, unit.clone()));
-        }
+        let committed_item = done.then_some(out.len());
+        out.push(item(kind, vm, unit.clone()));
         if !merged && let Some(hfd) = &host_fd {
-            hidden_entries(hfd, e, idx, &path, unit.as_ref(), out)?;
+            hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out)?;
         }
         stack.push(Level {
             host: host_fd,
             merged,
             unit,
             everything,
+            committed_item,
         });
         Ok(Descend::Yes)
     };
     let mut leave = |_: &Path| -> io::Result<()> {
-        stack.borrow_mut().pop();
+        let level = stack.borrow_mut().pop();
+        let mut out = out.borrow_mut();
+        if let Some(Level {
+            committed_item: Some(i),
+            ..
+        }) = level
+            && out.len() == i + 1
+        {
+            out.pop();
+        }
         Ok(())
     };
     match layer::walk(&l.upper(), &mut visit, &mut leave) {

@@ -15,8 +15,16 @@ use rustix::fs::{FlockOperation, Mode, OFlags};
 /// The largest store file fvm reads; anything bigger is not ours.
 const MAX_FILE: u64 = 1 << 20;
 
+/// The largest file fvm writes for itself (a commit's journal of a big commit).
+pub const MAX_RECORD: u64 = 1 << 30;
+
 /// Read a small regular file without following a symlink at its last component.
 pub fn read_regular(path: &Path) -> io::Result<String> {
+    read_regular_max(path, MAX_FILE)
+}
+
+/// The same, for files of up to `max` bytes.
+pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
     let fd = rustix::fs::open(
         path,
         // NONBLOCK: opening a fifo planted in place of the file must not hang.
@@ -30,14 +38,14 @@ pub fn read_regular(path: &Path) -> io::Result<String> {
             "not a regular file",
         ));
     }
-    if st.st_size as u64 > MAX_FILE {
+    if st.st_size as u64 > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "file is too large",
         ));
     }
     let mut s = String::new();
-    File::from(fd).take(MAX_FILE).read_to_string(&mut s)?;
+    File::from(fd).take(max).read_to_string(&mut s)?;
     Ok(s)
 }
 

@@ -64,6 +64,13 @@ impl Engine {
         result.map_err(|e| changes_error(name, e.into()))
     }
 
+    /// Drop VM `name`'s interrupted commit (see [`commit::abort`]).
+    pub fn commit_abort(&self, name: &VmName) -> Result<Option<usize>, VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        commit::abort(&files(&vm)).map_err(|e| changes_error(name, e.into()))
+    }
+
     fn layers(&self, vm: &VmDir) -> Result<Vec<Layer>, VmError> {
         let policy = self.policy(vm)?;
         layer::layers(&vm.layers_path(&policy)).map_err(|e| changes_error(vm.name(), e.into()))

@@ -17,6 +17,14 @@ const BAR_FROM: usize = 500;
 pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let engine = ctx.engine_for(&name)?;
+    if args.abort {
+        let text = match engine.commit_abort(&name)? {
+            Some(n) => format!("dropped an interrupted commit of {n} changes\n"),
+            None => "no interrupted commit to drop\n".to_owned(),
+        };
+        output::print(&text)?;
+        return Ok(0);
+    }
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = ProgressBar::hidden();
         b.set_style(
@@ -56,8 +64,13 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
     }
     if !outcome.conflicts.is_empty() {
         for c in &outcome.conflicts {
+            let what = if c.deleted_on_host {
+                "was deleted"
+            } else {
+                "changed"
+            };
             eprintln!(
-                "conflict: {} changed on the host after the vm copied it",
+                "conflict: {} {what} on the host after the vm copied it",
                 c.path.display()
             );
         }

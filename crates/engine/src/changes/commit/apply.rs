@@ -127,8 +127,25 @@ pub fn rename(
 
 /// Phase 3 for a stopped VM: remove the committed entries from its layer, the
 /// deepest first; a directory stays while it still holds uncommitted changes.
-pub fn cleanup(steps: &[Step], uppers: &mut [Tree]) -> Result<(), ApplyError> {
+///
+/// Files the VM hard-linked stay in the layer (they are returned, to be recorded
+/// as committed): with overlayfs's `index=off`, the host's copy would show in the
+/// VM as separate files, and the VM would lose the link.
+pub fn cleanup(
+    steps: &[Step],
+    hosts: &mut [Tree],
+    uppers: &mut [Tree],
+) -> Result<Vec<Step>, ApplyError> {
+    let mut kept = Vec::new();
     for s in steps.iter().rev().filter(|s| s.in_layer) {
+        if s.action != Action::Dir
+            && let Ok(Some(st)) = uppers[s.layer].lstat(&s.rel)
+            && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_nlink > 1
+        {
+            kept.push(s.clone());
+            continue;
+        }
         let upper = &mut uppers[s.layer];
         let (dir, name) = match upper.parent(&s.rel) {
             Ok(p) => p,
@@ -141,14 +158,26 @@ pub fn cleanup(steps: &[Step], uppers: &mut [Tree]) -> Result<(), ApplyError> {
             AtFlags::empty()
         };
         match rustix::fs::unlinkat(dir, &name, flags) {
-            Ok(()) | Err(rustix::io::Errno::NOENT) | Err(rustix::io::Errno::NOTEMPTY) => {}
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            // A directory that keeps entries stays; removing the others moved its
+            // times, which the VM sees: give it the host's (now the same) again.
+            Err(rustix::io::Errno::NOTEMPTY) => {
+                kept.push(s.clone());
+                if let Ok(Some(h)) = hosts[s.layer].lstat(&s.rel) {
+                    let (dir, name) = upper
+                        .parent(&s.rel)
+                        .map_err(fail("clean up the layer at", s))?;
+                    rustix::fs::utimensat(dir, &name, &times_of(&h), AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| fail("clean up the layer at", s)(e.into()))?;
+                }
+            }
             Err(e) => return Err(fail("clean up the layer at", s)(e.into())),
         }
         if s.action == Action::Dir {
             upper.forget(&s.rel);
         }
     }
-    Ok(())
+    Ok(kept)
 }
 
 fn sync(hosts: &[Tree]) -> Result<(), ApplyError> {

@@ -34,13 +34,16 @@ pub struct Record {
 
 /// The recorded entries, for lookups while scanning and planning.
 #[derive(Debug, Clone, Default)]
-pub struct Committed(Vec<Record>);
+pub struct Committed(std::collections::HashMap<(PathBuf, PathBuf), Record>);
 
 impl Committed {
     fn find(&self, layer: &Path, rel: &Path, ino: u64) -> Option<&Record> {
+        if self.0.is_empty() {
+            return None;
+        }
         self.0
-            .iter()
-            .find(|r| r.ino == ino && r.rel == rel && r.layer == layer)
+            .get(&(layer.to_owned(), rel.to_owned()))
+            .filter(|r| r.ino == ino)
     }
 
     /// Whether the entry at `rel` of `layer`, as it is now (`st`), is what was
@@ -58,11 +61,16 @@ impl Committed {
 }
 
 pub fn load(path: &Path) -> io::Result<Committed> {
-    Ok(Committed(read(path)?))
+    Ok(Committed(
+        read(path)?
+            .into_iter()
+            .map(|r| ((r.layer.clone(), r.rel.clone()), r))
+            .collect(),
+    ))
 }
 
 fn read(path: &Path) -> io::Result<Vec<Record>> {
-    match crate::store::files::read_regular(path) {
+    match crate::store::files::read_regular_max(path, crate::store::files::MAX_RECORD) {
         Ok(text) => {
             serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         }
@@ -89,7 +97,10 @@ pub fn record(
     layers: &[Layer],
     uppers: &mut [Tree],
 ) -> io::Result<()> {
-    let mut all = read(path)?;
+    let mut all: std::collections::HashMap<(PathBuf, PathBuf), Record> = read(path)?
+        .into_iter()
+        .map(|r| ((r.layer.clone(), r.rel.clone()), r))
+        .collect();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -97,17 +108,21 @@ pub fn record(
     for s in steps.iter().filter(|s| s.in_layer) {
         if let Some(st) = uppers[s.layer].lstat(&s.rel)? {
             let layer = layers[s.layer].dir.clone();
-            all.retain(|r| !(r.layer == layer && r.rel == s.rel));
-            all.push(Record {
-                layer,
-                rel: s.rel.clone(),
-                ino: st.st_ino,
-                ctime: (st.st_ctime, st.st_ctime_nsec as i64),
-                dir: FileType::from_raw_mode(st.st_mode) == FileType::Directory,
-                committed,
-            });
+            all.insert(
+                (layer.clone(), s.rel.clone()),
+                Record {
+                    layer,
+                    rel: s.rel.clone(),
+                    ino: st.st_ino,
+                    ctime: (st.st_ctime, st.st_ctime_nsec as i64),
+                    dir: FileType::from_raw_mode(st.st_mode) == FileType::Directory,
+                    committed,
+                },
+            );
         }
     }
+    let mut all: Vec<Record> = all.into_values().collect();
+    all.sort_by(|a, b| (&a.layer, &a.rel).cmp(&(&b.layer, &b.rel)));
     write(path, &all)
 }
 
@@ -139,6 +154,13 @@ pub fn settle(path: &Path) -> io::Result<usize> {
             continue;
         };
         if st.st_ino != r.ino {
+            continue;
+        }
+        // Hard-linked files stay: removing one name would split it from the others
+        // in the VM (overlayfs runs with index=off). Their record keeps them out of
+        // diff while unchanged.
+        if !r.dir && st.st_nlink > 1 {
+            kept.push(r);
             continue;
         }
         let unchanged = r.dir || (st.st_ctime, st.st_ctime_nsec as i64) == r.ctime;

@@ -48,7 +48,7 @@ impl Journal {
     }
 
     pub fn load(path: &Path) -> io::Result<Option<Journal>> {
-        match crate::store::files::read_regular(path) {
+        match crate::store::files::read_regular_max(path, crate::store::files::MAX_RECORD) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),

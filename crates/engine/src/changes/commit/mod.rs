@@ -27,7 +27,7 @@ pub use plan::{Action, Conflict, Step};
 
 use super::layer::Layer;
 use super::scan::{self, Filter, ScanError};
-use super::tree::Tree;
+use super::tree::{self, Tree};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -180,13 +180,48 @@ fn run(
             .save(&files.journal)
             .map_err(io_err("write", &files.journal))?;
     }
-    if journal.running {
-        deferred::record(&files.committed, &journal.steps, &layers, uppers)
-            .map_err(io_err("write", &files.committed))?;
+    let kept = if journal.running {
+        journal.steps.clone()
     } else {
-        apply::cleanup(&journal.steps, uppers)?;
+        apply::cleanup(&journal.steps, &mut hosts, uppers)?
+    };
+    if !kept.is_empty() {
+        deferred::record(&files.committed, &kept, &layers, uppers)
+            .map_err(io_err("write", &files.committed))?;
     }
     std::fs::remove_file(&files.journal).map_err(io_err("remove", &files.journal))
+}
+
+/// Drop an interrupted commit that can't be finished (its layer or the host
+/// changed under it): remove the temp files it left and its journal. Host paths
+/// it had already replaced keep the VM's version; the VM's layer is untouched.
+/// Returns how many steps the dropped commit had, if there was one.
+pub fn abort(files: &Files) -> Result<Option<usize>, CommitError> {
+    let Some(journal) = Journal::load(&files.journal).map_err(io_err("read", &files.journal))?
+    else {
+        return Ok(None);
+    };
+    let layers = journal.layers();
+    for (i, s) in journal.steps.iter().enumerate() {
+        if !matches!(s.action, Action::Put | Action::Link { .. }) {
+            continue;
+        }
+        let Some(l) = layers.get(s.layer) else {
+            continue;
+        };
+        let Ok(mut host) = Tree::open(&l.mount_point) else {
+            continue;
+        };
+        if let Ok((dir, _)) = host.parent(&s.rel) {
+            let _ = rustix::fs::unlinkat(
+                dir,
+                tree::temp_name(&journal.id, i),
+                rustix::fs::AtFlags::empty(),
+            );
+        }
+    }
+    std::fs::remove_file(&files.journal).map_err(io_err("remove", &files.journal))?;
+    Ok(Some(journal.steps.len()))
 }
 
 /// Finish the commit an interrupted `fvm commit` left in the journal, if any.

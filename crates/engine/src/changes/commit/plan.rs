@@ -48,6 +48,8 @@ pub struct Conflict {
     pub path: PathBuf,
     pub host_changed: i64,
     pub vm_copied: i64,
+    /// The host deleted it (after the VM had copied it up).
+    pub deleted_on_host: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,19 +73,24 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     for (i, it) in items.iter().enumerate() {
         if filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u)) {
             chosen[i] = true;
-            // Directories the host lacks (or has as something else) above it.
-            let mount = &layers[it.layer].mount_point;
-            for a in it
-                .path
-                .ancestors()
-                .skip(1)
-                .take_while(|a| a.starts_with(mount) && *a != mount)
-            {
-                if let Some(&j) = by_path.get(a)
-                    && needs_structure(&items[j])
-                {
-                    chosen[j] = true;
-                }
+            choose_structure(items, layers, &by_path, i, &mut chosen);
+        }
+    }
+    // All names of a file the VM hard-linked go together: committing one name
+    // drops it from the layer, which would split it from the others in the VM.
+    let mut by_inode: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        if let (VmEntry::File, Some(st)) = (it.vm, it.upper)
+            && st.st_nlink > 1
+        {
+            by_inode.entry((st.st_dev, st.st_ino)).or_default().push(i);
+        }
+    }
+    for names in by_inode.values() {
+        if names.iter().any(|&i| chosen[i]) {
+            for &i in names {
+                chosen[i] = true;
+                choose_structure(items, layers, &by_path, i, &mut chosen);
             }
         }
     }
@@ -127,6 +134,30 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     plan
 }
 
+/// Choose the directories the host lacks (or has as something else) above item `i`.
+fn choose_structure(
+    items: &[Item],
+    layers: &[Layer],
+    by_path: &HashMap<&Path, usize>,
+    i: usize,
+    chosen: &mut [bool],
+) {
+    let it = &items[i];
+    let mount = &layers[it.layer].mount_point;
+    for a in it
+        .path
+        .ancestors()
+        .skip(1)
+        .take_while(|a| a.starts_with(mount) && *a != mount)
+    {
+        if let Some(&j) = by_path.get(a)
+            && needs_structure(&items[j])
+        {
+            chosen[j] = true;
+        }
+    }
+}
+
 /// A directory whose children can't land on the host without it.
 fn needs_structure(it: &Item) -> bool {
     matches!(it.vm, VmEntry::Dir { .. })
@@ -151,7 +182,24 @@ pub fn conflicts(
     let mut out = Vec::new();
     for s in &plan.steps {
         let it = by_path[s.path.as_path()];
-        let Some(host) = it.host else { continue };
+        let Some(host) = it.host else {
+            // The host has nothing there. If the layer's entry is a copy-up of a host
+            // file (overlayfs records its origin) that is gone from the host, the host
+            // deleted it after the VM copied it. (A copy-up the VM renamed or linked
+            // elsewhere names a host file that still exists.)
+            if it.kind == Kind::Added
+                && it.vm != VmEntry::Hidden
+                && origin_gone(&mut uppers[s.layer], &it.rel, &layers[s.layer].mount_point)?
+            {
+                out.push(Conflict {
+                    path: s.path.clone(),
+                    host_changed: 0,
+                    vm_copied: 0,
+                    deleted_on_host: true,
+                });
+            }
+            continue;
+        };
         let base = match it.vm {
             VmEntry::Dir { opaque: true } => Some(&it.rel),
             VmEntry::Dir { opaque: false } => None,
@@ -177,10 +225,34 @@ pub fn conflicts(
                 path: s.path.clone(),
                 host_changed,
                 vm_copied: vm_copied.0,
+                deleted_on_host: false,
             });
         }
     }
     Ok(out)
+}
+
+/// Whether the layer's entry is a copy-up (overlayfs recorded the host file it
+/// came from) of a host file that no longer exists.
+fn origin_gone(upper: &mut Tree, rel: &Path, mount: &Path) -> std::io::Result<bool> {
+    let (dir, name) = upper.parent(rel)?;
+    let path = crate::changes::data::at_path(std::os::fd::AsFd::as_fd(dir), &name);
+    let mut buf = [0u8; 256];
+    let n = match rustix::fs::lgetxattr(&path, c"trusted.overlay.origin", &mut buf) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::NODATA) | Err(rustix::io::Errno::OPNOTSUPP) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    // struct ovl_fb: version 0, magic 0xfb, length, flags, fid type, 16-byte uuid,
+    // then the fid (the file handle's bytes).
+    let fb = &buf[..n];
+    if fb.len() < 21 || fb[0] != 0 || fb[1] != 0xfb || usize::from(fb[2]) != fb.len() {
+        return Ok(false);
+    }
+    let host = std::fs::File::open(mount)?;
+    let exists =
+        crate::sys::handle_exists(std::os::fd::AsFd::as_fd(&host), i32::from(fb[4]), &fb[21..])?;
+    Ok(!exists)
 }
 
 /// When the layer's entry was made: birth time, or ctime without birth times.
