@@ -319,3 +319,35 @@ pub fn handle_exists(mount: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> 
     drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     Ok(true)
 }
+
+/// The file handle of `name` in `dir` (not following a symlink): its type and
+/// bytes, as `open_by_handle_at` and overlayfs's origin records use them.
+pub fn file_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(i32, Vec<u8>)> {
+    const MAX_HANDLE: usize = 128;
+    let header = std::mem::size_of::<libc::file_handle>();
+    let mut buf = vec![0u32; (header + MAX_HANDLE).div_ceil(4)];
+    let base = buf.as_mut_ptr().cast::<u8>();
+    let mut mount_id: libc::c_int = 0;
+    // SAFETY: `buf` is 4-byte aligned and holds the header plus MAX_HANDLE bytes,
+    // which `handle_bytes` tells the kernel; `name` is NUL-terminated; `mount_id` is
+    // a live local. After the call the kernel has set `handle_bytes` to the bytes it
+    // wrote, at most MAX_HANDLE, which are then copied out.
+    unsafe {
+        let fh = base.cast::<libc::file_handle>();
+        (*fh).handle_bytes = MAX_HANDLE as libc::c_uint;
+        if libc::name_to_handle_at(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            fh,
+            &mut mount_id,
+            // Without AT_SYMLINK_FOLLOW, a symlink is not followed.
+            0,
+        ) == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+        let len = ((*fh).handle_bytes as usize).min(MAX_HANDLE);
+        let bytes = std::slice::from_raw_parts(base.add(header), len).to_vec();
+        Ok(((*fh).handle_type, bytes))
+    }
+}

@@ -84,10 +84,11 @@ impl Engine {
     }
 }
 
-fn files(vm: &VmDir) -> Files {
+pub(super) fn files(vm: &VmDir) -> Files {
     Files {
         journal: vm.path().join("commit.journal"),
         committed: vm.path().join("committed.json"),
+        deleted: vm.path().join("commit-deleted.json"),
     }
 }
 

@@ -41,6 +41,12 @@ pub enum CopyVmError {
     },
     #[error(transparent)]
     Tree(#[from] CopyError),
+    #[error("cannot copy {path}")]
+    Record {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create {path}")]
     Dir {
         path: PathBuf,
@@ -114,6 +120,15 @@ impl Engine {
             };
             stats = copy_layers(&layers, &tmp.join("layers"), &mut step)
                 .map_err(|e| stash(&mut failed, e))?;
+            // The layers' copy-ups still name the host files they came from; which
+            // of those SRC's commits deleted stays known (see `commit::deferred`).
+            let from = super::changes::files(&vm).deleted;
+            let to = tmp.join(from.file_name().expect("a file name"));
+            crate::changes::commit::deferred::load_deleted(&from)
+                .and_then(|d| {
+                    crate::changes::commit::deferred::record_deleted(&to, d.into_iter().collect())
+                })
+                .map_err(|source| stash(&mut failed, CopyVmError::Record { path: from, source }))?;
             Ok(())
         });
         match (made, failed) {

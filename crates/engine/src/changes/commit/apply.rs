@@ -87,6 +87,29 @@ pub fn write(
     sync(hosts)
 }
 
+/// The file handles of the host entries the commit will delete or replace. A copy
+/// the VM made of one of them (a hard link, a rename) names it as its origin,
+/// and its absence afterwards is no host change.
+pub fn doomed(steps: &[Step], hosts: &mut [Tree]) -> Vec<(i32, Vec<u8>)> {
+    let mut out = Vec::new();
+    for s in steps.iter().filter(|s| s.host_had) {
+        let host = &mut hosts[s.layer];
+        let Ok(Some(st)) = host.lstat(&s.rel) else {
+            continue;
+        };
+        let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+        if s.action == Action::Dir && is_dir {
+            continue;
+        }
+        if let Ok((dir, name)) = host.parent(&s.rel)
+            && let Ok(handle) = crate::sys::file_handle(dir.as_fd(), &name)
+        {
+            out.push(handle);
+        }
+    }
+    out
+}
+
 /// Phase 2. Repeatable: a step whose temp is gone was renamed already.
 pub fn rename(
     id: &str,
@@ -163,6 +186,14 @@ pub fn cleanup(
             // times, which the VM sees: give it the host's (now the same) again.
             Err(rustix::io::Errno::NOTEMPTY) => {
                 kept.push(s.clone());
+                // The host now has everything the directory holds: an opaque one
+                // must merge with it, or it would hide what was just committed.
+                if let Ok(d) = upper.dir(&s.rel) {
+                    match rustix::fs::fremovexattr(d, c"trusted.overlay.opaque") {
+                        Ok(()) | Err(rustix::io::Errno::NODATA) => {}
+                        Err(e) => return Err(fail("clean up the layer at", s)(e.into())),
+                    }
+                }
                 if let Ok(Some(h)) = hosts[s.layer].lstat(&s.rel) {
                     let (dir, name) = upper
                         .parent(&s.rel)

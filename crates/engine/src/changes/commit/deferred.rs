@@ -186,3 +186,28 @@ pub fn settle(path: &Path) -> io::Result<usize> {
     write(path, &kept)?;
     Ok(removed)
 }
+
+/// Host files that commits of this VM deleted, by file handle (type, bytes).
+pub type Deleted = std::collections::HashSet<(i32, Vec<u8>)>;
+
+pub fn load_deleted(path: &Path) -> io::Result<Deleted> {
+    match crate::store::files::read_regular_max(path, crate::store::files::MAX_RECORD) {
+        Ok(text) => serde_json::from_str::<Vec<(i32, Vec<u8>)>>(&text)
+            .map(|v| v.into_iter().collect())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Deleted::new()),
+        Err(e) => Err(e),
+    }
+}
+
+pub fn record_deleted(path: &Path, more: Vec<(i32, Vec<u8>)>) -> io::Result<()> {
+    if more.is_empty() {
+        return Ok(());
+    }
+    let mut all: Vec<(i32, Vec<u8>)> = load_deleted(path)?.into_iter().collect();
+    all.extend(more);
+    all.sort();
+    all.dedup();
+    let text = serde_json::to_vec(&all).expect("handles always serialize");
+    crate::store::files::write_durable(path, &text, 0o600)
+}

@@ -26,7 +26,7 @@ use journal::{Journal, LayerRef, Phase};
 pub use plan::{Action, Conflict, Step};
 
 use super::layer::Layer;
-use super::scan::{self, Filter, ScanError};
+use super::scan::{self, Filter, ScanError, VmEntry};
 use super::tree::{self, Tree};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -79,6 +79,8 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
 pub struct Files {
     pub journal: PathBuf,
     pub committed: PathBuf,
+    /// File handles of host files that commits deleted (see `deferred::Deleted`).
+    pub deleted: PathBuf,
 }
 
 /// Finish an interrupted commit, then commit what `filter` selects.
@@ -95,7 +97,15 @@ pub fn commit(
         resume(files, progress)?
     };
     let committed = deferred::load(&files.committed).map_err(io_err("read", &files.committed))?;
-    let items = scan::scan(layers, filter, &committed)?;
+    let mut items = scan::scan(layers, filter, &committed)?;
+    // A file the VM hard-linked commits with all its names, which may lie outside
+    // the selected paths: then the whole layer is looked at.
+    if items
+        .iter()
+        .any(|it| it.vm == VmEntry::File && it.upper.is_some_and(|st| st.st_nlink > 1))
+    {
+        items = scan::scan(layers, &Filter::new(Vec::new()), &committed)?;
+    }
     let mut plan = plan::plan(&items, layers, filter);
     // Only the layers with something to do, re-indexed.
     let used: Vec<usize> = {
@@ -122,8 +132,11 @@ pub fn commit(
         ..Outcome::default()
     };
     if !opts.force {
-        outcome.conflicts = plan::conflicts(&items, &plan, &layers, &mut uppers, &committed)
-            .map_err(io_err("read", Path::new("the vm's layer")))?;
+        let deleted =
+            deferred::load_deleted(&files.deleted).map_err(io_err("read", &files.deleted))?;
+        outcome.conflicts =
+            plan::conflicts(&items, &plan, &layers, &mut uppers, &committed, &deleted)
+                .map_err(io_err("read", Path::new("the vm's layer")))?;
     }
     outcome.steps = plan.steps;
     if !outcome.conflicts.is_empty() || opts.dry_run || outcome.steps.is_empty() {
@@ -160,6 +173,9 @@ fn run(
     let layers = journal.layers();
     let mut hosts = open_trees(&layers, false)?;
     if journal.phase == Phase::Write {
+        let doomed = apply::doomed(&journal.steps, &mut hosts);
+        deferred::record_deleted(&files.deleted, doomed)
+            .map_err(io_err("write", &files.deleted))?;
         apply::write(&journal.id, &journal.steps, &mut hosts, uppers, progress)?;
         journal.phase = Phase::Rename;
         journal

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, StatxFlags};
 use serde::{Deserialize, Serialize};
 
-use super::deferred::Committed;
+use super::deferred::{Committed, Deleted};
 use crate::changes::layer::Layer;
 use crate::changes::scan::{Filter, Item, Kind, VmEntry};
 use crate::changes::tree::Tree;
@@ -60,38 +60,50 @@ pub struct Plan {
     pub skipped: Vec<(PathBuf, &'static str)>,
 }
 
-/// Choose the steps for the items `filter` selects. A path inside a directory the
-/// VM replaced as a whole commits that whole directory, and a path inside new
-/// directories commits those directories too.
+/// Choose the steps for the items `filter` selects, and for what must go with
+/// them: a directory the VM replaced as a whole commits as a whole, new
+/// directories above a path come too, and all names of a file the VM hard-linked
+/// go together (committing one name drops it from the layer, which would split
+/// it from the others in the VM).
 pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     let by_path: HashMap<&Path, usize> = items
         .iter()
         .enumerate()
         .map(|(i, it)| (it.path.as_path(), i))
         .collect();
-    let mut chosen = vec![false; items.len()];
+    let mut by_unit: HashMap<&Path, Vec<usize>> = HashMap::new();
+    let mut by_inode: HashMap<(u64, u64), Vec<usize>> = HashMap::new();
     for (i, it) in items.iter().enumerate() {
-        if filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u)) {
-            chosen[i] = true;
-            choose_structure(items, layers, &by_path, i, &mut chosen);
+        if let Some(u) = &it.unit {
+            by_unit.entry(u.as_path()).or_default().push(i);
         }
-    }
-    // All names of a file the VM hard-linked go together: committing one name
-    // drops it from the layer, which would split it from the others in the VM.
-    let mut by_inode: BTreeMap<(u64, u64), Vec<usize>> = BTreeMap::new();
-    for (i, it) in items.iter().enumerate() {
         if let (VmEntry::File, Some(st)) = (it.vm, it.upper)
             && st.st_nlink > 1
         {
             by_inode.entry((st.st_dev, st.st_ino)).or_default().push(i);
         }
     }
-    for names in by_inode.values() {
-        if names.iter().any(|&i| chosen[i]) {
-            for &i in names {
-                chosen[i] = true;
-                choose_structure(items, layers, &by_path, i, &mut chosen);
-            }
+    let mut chosen = vec![false; items.len()];
+    let mut todo: Vec<usize> = (0..items.len())
+        .filter(|&i| {
+            let it = &items[i];
+            filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u))
+        })
+        .collect();
+    while let Some(i) = todo.pop() {
+        if std::mem::replace(&mut chosen[i], true) {
+            continue;
+        }
+        let it = &items[i];
+        todo.extend(structure(items, layers, &by_path, i));
+        if let Some(u) = &it.unit {
+            todo.extend(&by_unit[u.as_path()]);
+            todo.extend(by_path.get(u.as_path()));
+        }
+        if let (VmEntry::File, Some(st)) = (it.vm, it.upper)
+            && let Some(names) = by_inode.get(&(st.st_dev, st.st_ino))
+        {
+            todo.extend(names);
         }
     }
     let mut plan = Plan::default();
@@ -134,28 +146,21 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     plan
 }
 
-/// Choose the directories the host lacks (or has as something else) above item `i`.
-fn choose_structure(
-    items: &[Item],
+/// The directories the host lacks (or has as something else) above item `i`.
+fn structure<'a>(
+    items: &'a [Item],
     layers: &[Layer],
-    by_path: &HashMap<&Path, usize>,
+    by_path: &'a HashMap<&Path, usize>,
     i: usize,
-    chosen: &mut [bool],
-) {
+) -> impl Iterator<Item = usize> + 'a {
     let it = &items[i];
-    let mount = &layers[it.layer].mount_point;
-    for a in it
-        .path
+    let mount = layers[it.layer].mount_point.clone();
+    it.path
         .ancestors()
         .skip(1)
-        .take_while(|a| a.starts_with(mount) && *a != mount)
-    {
-        if let Some(&j) = by_path.get(a)
-            && needs_structure(&items[j])
-        {
-            chosen[j] = true;
-        }
-    }
+        .take_while(move |a| a.starts_with(&mount) && *a != mount)
+        .filter_map(|a| by_path.get(a).copied())
+        .filter(|&j| needs_structure(&items[j]))
 }
 
 /// A directory whose children can't land on the host without it.
@@ -177,6 +182,7 @@ pub fn conflicts(
     layers: &[Layer],
     uppers: &mut [Tree],
     committed: &Committed,
+    deleted: &Deleted,
 ) -> std::io::Result<Vec<Conflict>> {
     let by_path: HashMap<&Path, &Item> = items.iter().map(|it| (it.path.as_path(), it)).collect();
     let mut out = Vec::new();
@@ -189,7 +195,12 @@ pub fn conflicts(
             // elsewhere names a host file that still exists.)
             if it.kind == Kind::Added
                 && it.vm != VmEntry::Hidden
-                && origin_gone(&mut uppers[s.layer], &it.rel, &layers[s.layer].mount_point)?
+                && origin_gone(
+                    &mut uppers[s.layer],
+                    &it.rel,
+                    &layers[s.layer].mount_point,
+                    deleted,
+                )?
             {
                 out.push(Conflict {
                     path: s.path.clone(),
@@ -234,7 +245,12 @@ pub fn conflicts(
 
 /// Whether the layer's entry is a copy-up (overlayfs recorded the host file it
 /// came from) of a host file that no longer exists.
-fn origin_gone(upper: &mut Tree, rel: &Path, mount: &Path) -> std::io::Result<bool> {
+fn origin_gone(
+    upper: &mut Tree,
+    rel: &Path,
+    mount: &Path,
+    deleted: &Deleted,
+) -> std::io::Result<bool> {
     let (dir, name) = upper.parent(rel)?;
     let path = crate::changes::data::at_path(std::os::fd::AsFd::as_fd(dir), &name);
     let mut buf = [0u8; 256];
@@ -247,6 +263,11 @@ fn origin_gone(upper: &mut Tree, rel: &Path, mount: &Path) -> std::io::Result<bo
     // then the fid (the file handle's bytes).
     let fb = &buf[..n];
     if fb.len() < 21 || fb[0] != 0 || fb[1] != 0xfb || usize::from(fb[2]) != fb.len() {
+        return Ok(false);
+    }
+    let (kind, fid) = (i32::from(fb[4]), fb[21..].to_vec());
+    // A host file the VM's own committed deletion removed is no host change.
+    if deleted.contains(&(kind, fid.clone())) {
         return Ok(false);
     }
     let host = std::fs::File::open(mount)?;
