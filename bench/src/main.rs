@@ -68,7 +68,7 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     commit_files: usize,
     /// Rounds of the diff and commit benchmarks [--quick: 1]
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     changes_rounds: usize,
     /// Run only the diff and commit benchmarks, and replace only their section
     #[arg(long, conflicts_with_all = ["baselines_only", "copy_only"])]
