@@ -8,7 +8,7 @@
 //! The commit of the tree must make the host's walk equal to it.
 //!
 //! Reproducible: the seed is printed (and named in every failure); set
-//! `FVM_PROPTEST_SEED` to rerun it, `FVM_PROPTEST_CASES` for more cases (25 by
+//! `FVM_PROPTEST_SEED` to rerun it, `FVM_PROPTEST_CASES` for more cases (50 by
 //! default), `FVM_PROPTEST_VERBOSE=1` to see each case's operations and diff.
 //! Case `i` runs with seed `SEED + i`, so one failing case reruns alone
 //! with `FVM_PROPTEST_SEED=<its seed> FVM_PROPTEST_CASES=1`.
@@ -499,7 +499,7 @@ fn a_commit_makes_the_host_what_the_vm_saw() {
             .unwrap_or(1)
             ^ u64::from(std::process::id())
     });
-    let cases = env_u64("FVM_PROPTEST_CASES").unwrap_or(25);
+    let cases = env_u64("FVM_PROPTEST_CASES").unwrap_or(50);
     println!(
         "property test: FVM_PROPTEST_SEED={seed} FVM_PROPTEST_CASES={cases} \
          (case i runs with seed {seed} + i)"
