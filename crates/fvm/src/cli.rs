@@ -45,10 +45,14 @@ pub enum Command {
     Run(RunArgs),
     /// Stop a VM: SIGTERM to every process, SIGKILL after the grace time
     Stop(StopArgs),
+    /// Freeze every process of a running VM (cgroup freezer) until resume
+    Suspend(NameArg),
+    /// Let a suspended VM's processes run again
+    Resume(NameArg),
     /// Delete a VM and its private layers
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
-    /// Clone a stopped VM: its policy and its private layers
+    /// Clone a stopped or suspended VM: its policy and its private layers
     #[command(visible_alias = "cp")]
     Copy(CopyArgs),
     /// Show everything known about a VM, as JSON

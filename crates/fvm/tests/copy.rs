@@ -193,7 +193,7 @@ fn a_copy_that_cannot_be_made_changes_nothing() {
     let out = store.fvm(&["copy", "src", "new"]).code(125);
     assert_eq!(
         out.stderr.trim(),
-        "fvm: cannot copy vm \"src\": it is running (stop it first)"
+        "fvm: cannot copy vm \"src\": it is running (stop or suspend it first)"
     );
     assert_eq!(store.snapshot(), before);
     assert_eq!(store.status("src"), "running");

@@ -404,6 +404,19 @@ impl VmCgroup {
         }
     }
 
+    /// Whether the VM's processes are frozen (or being frozen): what `suspend`
+    /// leaves and `resume` undoes. A missing cgroup or freezer is not frozen.
+    pub fn frozen(&self) -> bool {
+        let (file, yes): (PathBuf, &[&str]) = match &self.backend {
+            Backend::V1(v1) => match v1.freezer_state_file() {
+                Some(f) => (f, &["FROZEN", "FREEZING"]),
+                None => return false,
+            },
+            Backend::V2(v2) => (v2.dir().join("cgroup.freeze"), &["1"]),
+        };
+        control::read(&file).is_ok_and(|t| yes.contains(&t.trim()))
+    }
+
     pub fn thaw(&self) -> Result<(), CgroupError> {
         match &self.backend {
             Backend::V1(v1) => v1.thaw(),

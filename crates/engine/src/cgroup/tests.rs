@@ -548,3 +548,48 @@ fn remove_if_empty_takes_only_empty_cgroups() {
     assert!(vm.remove_if_empty().unwrap());
     assert!(!vm.exists());
 }
+
+#[test]
+fn v2_frozen_follows_cgroup_freeze() {
+    let (_tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    assert!(!vm.frozen(), "a missing cgroup is not frozen");
+    create_with_files(
+        &vm,
+        &[
+            ("cgroup.freeze", "0\n"),
+            ("cgroup.events", "populated 1\nfrozen 1\n"),
+        ],
+    );
+    assert!(!vm.frozen());
+    vm.freeze().unwrap();
+    assert!(vm.frozen());
+    vm.thaw().unwrap();
+    assert!(!vm.frozen());
+    assert_eq!(
+        fs::read_to_string(vm.dirs()[0].join("cgroup.freeze"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
+}
+
+#[test]
+fn v1_frozen_reads_the_freezer_state() {
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    assert!(!vm.frozen(), "a missing cgroup is not frozen");
+    create_with_files(&vm, &[]);
+    let state = tmp.path().join("freezer/vm/freezer.state");
+    for (content, frozen) in [
+        ("THAWED\n", false),
+        ("FREEZING\n", true),
+        ("FROZEN\n", true),
+    ] {
+        fs::write(&state, content).unwrap();
+        assert_eq!(vm.frozen(), frozen, "{content:?}");
+    }
+    vm.thaw().unwrap();
+    assert_eq!(fs::read_to_string(&state).unwrap().trim(), "THAWED");
+    assert!(!vm.frozen());
+}

@@ -179,6 +179,10 @@ impl V1Cgroup {
         }
     }
 
+    pub(super) fn freezer_state_file(&self) -> Option<PathBuf> {
+        self.dir_with("freezer").map(|d| d.join("freezer.state"))
+    }
+
     pub(super) fn thaw(&self) -> Result<(), CgroupError> {
         match self.dir_with("freezer") {
             Some(dir) => thaw(dir),

@@ -43,7 +43,9 @@ impl Engine {
                 .map_err(|e| changes_error(name, e.into()))?;
         }
         let cgroup = self.cgroup(name)?;
-        if running {
+        // A suspended VM is frozen already, and stays so afterwards.
+        let suspended = running && cgroup.frozen();
+        if running && !suspended {
             cgroup.freeze().map_err(|source| VmError::Cgroup {
                 name: name.to_string(),
                 source,
@@ -51,7 +53,7 @@ impl Engine {
         }
         let opts = Options { running, ..opts };
         let result = commit::commit(&layers, &filter, opts, &files, progress);
-        if running {
+        if running && !suspended {
             cgroup.thaw().map_err(|source| VmError::Cgroup {
                 name: name.to_string(),
                 source,

@@ -71,10 +71,12 @@ impl Engine {
     ) -> Result<VmDir, VmError> {
         let vm = self.vm(src)?;
         let _lock = vm.lock()?;
+        // A suspended VM can't change its layers: it is copied as it stands.
         if self
             .reconcile(&vm)?
             .live_init(&self.cgroup_leaf(src))
             .is_some()
+            && !self.cgroup(src)?.frozen()
         {
             return Err(VmError::CopyRunning {
                 name: src.to_string(),

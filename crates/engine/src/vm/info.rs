@@ -14,6 +14,8 @@ use crate::store::{Policy, StartMode, State, VmName};
 #[serde(rename_all = "lowercase")]
 pub enum VmStatus {
     Running,
+    /// Running, with every process frozen (`fvm suspend`).
+    Suspended,
     Stopped,
     /// The VM's policy or state file can't be read; `delete` still works.
     Broken,
@@ -23,6 +25,7 @@ impl VmStatus {
     pub fn as_str(self) -> &'static str {
         match self {
             VmStatus::Running => "running",
+            VmStatus::Suspended => "suspended",
             VmStatus::Stopped => "stopped",
             VmStatus::Broken => "broken",
         }
@@ -83,12 +86,13 @@ impl Engine {
         let state: Option<State> = state.ok();
         let leaf = self.cgroup_leaf(name);
         let init = state.as_ref().and_then(|s| s.live_init(&leaf)).cloned();
+        let cgroup = self.cgroup(name).ok();
         let status = match (&error, &init) {
+            (_, Some(_)) if cgroup.as_ref().is_some_and(|c| c.frozen()) => VmStatus::Suspended,
             (_, Some(_)) => VmStatus::Running,
             (Some(_), None) => VmStatus::Broken,
             (None, None) => VmStatus::Stopped,
         };
-        let cgroup = self.cgroup(name).ok();
         let running = init.is_some();
         let layers = match &policy {
             Some(p) => vm.layers_path(p),

@@ -171,12 +171,23 @@ impl Engine {
         })?)
     }
 
-    /// Stop a running VM: SIGTERM, then SIGKILL after `grace`.
+    /// Stop a running VM: SIGTERM, then SIGKILL after `grace`. A suspended VM is
+    /// resumed first, so its processes can take the SIGTERM.
     pub fn stop(&self, name: &VmName, grace: Duration) -> Result<Stopped, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         let state = self.load_state(&vm)?;
-        let outcome = match state.live_init(&self.cgroup_leaf(name)) {
+        let init = state.live_init(&self.cgroup_leaf(name));
+        if init.is_some() {
+            let cgroup = self.cgroup(name)?;
+            if cgroup.frozen() {
+                cgroup.thaw().map_err(|source| VmError::Cgroup {
+                    name: name.to_string(),
+                    source,
+                })?;
+            }
+        }
+        let outcome = match init {
             Some(init) => stop::stop(init, grace).map_err(|source| VmError::Stop {
                 name: name.to_string(),
                 source,
@@ -185,6 +196,46 @@ impl Engine {
         };
         self.reconcile(&vm)?;
         Ok(outcome)
+    }
+
+    /// Suspend a running VM: every process of it is frozen (cgroup freezer) until
+    /// [`Engine::resume`]. Suspending a suspended VM does nothing.
+    pub fn suspend(&self, name: &VmName) -> Result<(), VmError> {
+        let (_lock, cgroup) = self.live_cgroup(name)?;
+        if cgroup.frozen() {
+            return Ok(());
+        }
+        cgroup.freeze().map_err(|source| VmError::Cgroup {
+            name: name.to_string(),
+            source,
+        })
+    }
+
+    /// Let a suspended VM's processes run again. Resuming a VM that isn't
+    /// suspended does nothing.
+    pub fn resume(&self, name: &VmName) -> Result<(), VmError> {
+        let (_lock, cgroup) = self.live_cgroup(name)?;
+        cgroup.thaw().map_err(|source| VmError::Cgroup {
+            name: name.to_string(),
+            source,
+        })
+    }
+
+    /// The cgroup of running VM `name`, with the VM locked; an error if it isn't
+    /// running.
+    fn live_cgroup(
+        &self,
+        name: &VmName,
+    ) -> Result<(crate::store::Lock, crate::cgroup::VmCgroup), VmError> {
+        let vm = self.vm(name)?;
+        let lock = vm.lock()?;
+        let state = self.reconcile(&vm)?;
+        if state.live_init(&self.cgroup_leaf(name)).is_none() {
+            return Err(VmError::NotRunning {
+                name: name.to_string(),
+            });
+        }
+        Ok((lock, self.cgroup(name)?))
     }
 
     /// Delete a VM and its layers. A running VM is refused unless `force`, which

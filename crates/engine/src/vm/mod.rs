@@ -50,8 +50,12 @@ pub enum VmError {
     AlreadyRunning { name: String },
     #[error("vm {name:?} is running (stop it first, or use --force)")]
     Running { name: String },
-    #[error("cannot copy vm {name:?}: it is running (stop it first)")]
+    #[error("cannot copy vm {name:?}: it is running (stop or suspend it first)")]
     CopyRunning { name: String },
+    #[error("vm {name:?} is not running")]
+    NotRunning { name: String },
+    #[error("vm {name:?} is suspended (fvm resume {name} first)")]
+    Suspended { name: String },
     #[error("cannot copy vm {src:?} to {dst:?}")]
     Copy {
         src: String,

@@ -28,8 +28,14 @@ impl Engine {
         let (stdio, mut ends) =
             stdio::plan(spec.tty).map_err(|e| self.relay_error(name, e.into()))?;
         if let Some(init) = state.live_init(&self.cgroup_leaf(name)) {
-            drop(lock);
             let cgroup = self.cgroup(name)?;
+            // A process entering a frozen cgroup would freeze at once.
+            if cgroup.frozen() {
+                return Err(VmError::Suspended {
+                    name: name.to_string(),
+                });
+            }
+            drop(lock);
             let (pid, master) =
                 enter::enter(init, &cgroup, &spec, &stdio).map_err(|source| VmError::Enter {
                     name: name.to_string(),

@@ -13,6 +13,7 @@ mod list;
 mod run;
 mod start;
 mod stop;
+mod suspend;
 
 use std::path::{Path, PathBuf};
 
@@ -31,6 +32,8 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Shell(a) => run::shell(&ctx, a),
         Command::Run(a) => run::run(&ctx, a),
         Command::Stop(a) => stop::run(&ctx, a),
+        Command::Suspend(a) => suspend::suspend(&ctx, a),
+        Command::Resume(a) => suspend::resume(&ctx, a),
         Command::Delete(a) => delete::run(&ctx, a),
         Command::Copy(a) => copy::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),
