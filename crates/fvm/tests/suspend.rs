@@ -108,6 +108,14 @@ fn a_suspended_vm_makes_no_progress_until_resumed() {
     assert_eq!((out.out(), out.stderr.as_str()), ("sus", ""), "{out}");
     assert_eq!(store.status("sus"), "stopped");
 
+    // delete --force of a suspended VM kills it (a frozen process takes no signal
+    // until thawed).
+    store.fvm(&["suspend", "clone"]).code(125);
+    store.start("clone");
+    store.fvm(&["suspend", "clone"]).ok();
+    store.fvm(&["delete", "--force", "clone"]).ok();
+    assert!(!store.vm_dirs().contains(&"clone".to_owned()));
+
     for verb in ["suspend", "resume"] {
         let out = store.fvm(&[verb, "sus"]).code(125);
         assert_eq!(out.stderr.trim(), "fvm: vm \"sus\" is not running");

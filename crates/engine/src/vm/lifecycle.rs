@@ -179,13 +179,7 @@ impl Engine {
         let state = self.load_state(&vm)?;
         let init = state.live_init(&self.cgroup_leaf(name));
         if init.is_some() {
-            let cgroup = self.cgroup(name)?;
-            if cgroup.frozen() {
-                cgroup.thaw().map_err(|source| VmError::Cgroup {
-                    name: name.to_string(),
-                    source,
-                })?;
-            }
+            self.unfreeze(name, &self.cgroup(name)?)?;
         }
         let outcome = match init {
             Some(init) => stop::stop(init, grace).map_err(|source| VmError::Stop {
@@ -215,6 +209,18 @@ impl Engine {
     /// suspended does nothing.
     pub fn resume(&self, name: &VmName) -> Result<(), VmError> {
         let (_lock, cgroup) = self.live_cgroup(name)?;
+        cgroup.thaw().map_err(|source| VmError::Cgroup {
+            name: name.to_string(),
+            source,
+        })
+    }
+
+    /// Thaw a suspended VM about to be stopped: a frozen process takes no signal,
+    /// not even SIGKILL, until it is thawed.
+    fn unfreeze(&self, name: &VmName, cgroup: &crate::cgroup::VmCgroup) -> Result<(), VmError> {
+        if !cgroup.frozen() {
+            return Ok(());
+        }
         cgroup.thaw().map_err(|source| VmError::Cgroup {
             name: name.to_string(),
             source,
@@ -254,6 +260,7 @@ impl Engine {
                     name: name.to_string(),
                 });
             }
+            self.unfreeze(name, &cgroup)?;
             if let Some(init) = state.live_init(&self.cgroup_leaf(name)) {
                 stop::stop(init, FORCE_GRACE).map_err(|source| VmError::Stop {
                     name: name.to_string(),
