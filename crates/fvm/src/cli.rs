@@ -49,6 +49,9 @@ pub enum Command {
     Suspend(NameArg),
     /// Let a suspended VM's processes run again
     Resume(NameArg),
+    /// List a running VM's processes: pid inside and on the host, user, %CPU,
+    /// memory, start time, command
+    Ps(NameArg),
     /// Delete a VM and its private layers
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),

@@ -11,6 +11,7 @@ mod copy;
 mod info;
 mod lifecycle;
 mod maintain;
+mod processes;
 mod run;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use std::sync::OnceLock;
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
+pub use processes::VmProcess;
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};

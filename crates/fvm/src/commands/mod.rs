@@ -10,6 +10,7 @@ mod diff;
 mod doctor;
 mod inspect;
 mod list;
+mod ps;
 mod run;
 mod start;
 mod stop;
@@ -34,6 +35,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Stop(a) => stop::run(&ctx, a),
         Command::Suspend(a) => suspend::suspend(&ctx, a),
         Command::Resume(a) => suspend::resume(&ctx, a),
+        Command::Ps(a) => ps::run(&ctx, a),
         Command::Delete(a) => delete::run(&ctx, a),
         Command::Copy(a) => copy::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),

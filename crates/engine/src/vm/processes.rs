@@ -1,0 +1,148 @@
+//! What `ps` shows: every process of a running VM, read from the host's /proc.
+//! The processes are the VM's, so what they report (command lines, names) is
+//! data, never trusted; a process that ends while it is read is left out.
+
+use std::collections::HashMap;
+
+use procfs::Current;
+use serde::Serialize;
+
+use super::{Engine, VmError};
+use crate::store::VmName;
+
+/// One process of a VM.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmProcess {
+    /// Its pid inside the VM (the VM's init is 1).
+    pub pid: i32,
+    pub host_pid: i32,
+    /// Real uid, and its name in the host's /etc/passwd (else the number).
+    pub uid: u32,
+    pub user: String,
+    /// CPU time over its lifetime as a share of one CPU, as `ps` reports %CPU.
+    pub cpu_percent: f64,
+    /// Resident memory, in bytes.
+    pub rss: u64,
+    /// When it started, RFC 3339 (UTC).
+    pub started: String,
+    /// Its command line; its name in brackets when it has none (a kernel-style
+    /// or scrubbed process).
+    pub command: String,
+}
+
+impl Engine {
+    /// The processes of running VM `name`, by pid inside the VM.
+    pub fn processes(&self, name: &VmName) -> Result<Vec<VmProcess>, VmError> {
+        let vm = self.vm(name)?;
+        let state = self.load_state(&vm)?;
+        if state.live_init(&self.cgroup_leaf(name)).is_none() {
+            return Err(VmError::NotRunning {
+                name: name.to_string(),
+            });
+        }
+        let cgroup = self.cgroup(name)?;
+        let pids = cgroup.pids().map_err(|source| VmError::Cgroup {
+            name: name.to_string(),
+            source,
+        })?;
+        let clock = Clock::now();
+        let users = users();
+        let mut out: Vec<VmProcess> = pids
+            .into_iter()
+            .filter_map(|pid| process(pid, &clock, &users))
+            .collect();
+        out.sort_by_key(|p| (p.pid, p.host_pid));
+        Ok(out)
+    }
+}
+
+struct Clock {
+    ticks: f64,
+    boot: u64,
+    uptime: f64,
+    page: u64,
+}
+
+impl Clock {
+    fn now() -> Clock {
+        Clock {
+            ticks: procfs::ticks_per_second() as f64,
+            boot: procfs::boot_time_secs().unwrap_or(0),
+            uptime: procfs::Uptime::current().map_or(0.0, |u| u.uptime),
+            page: procfs::page_size(),
+        }
+    }
+}
+
+fn process(host_pid: i32, clock: &Clock, users: &HashMap<u32, String>) -> Option<VmProcess> {
+    let p = procfs::process::Process::new(host_pid).ok()?;
+    let stat = p.stat().ok()?;
+    let status = p.status().ok()?;
+    let pid = status
+        .nspid
+        .as_ref()
+        .and_then(|ns| ns.last().copied())
+        .unwrap_or(host_pid);
+    let since = stat.starttime as f64 / clock.ticks;
+    let alive = clock.uptime - since;
+    let cpu = (stat.utime + stat.stime) as f64 / clock.ticks;
+    let cpu_percent = if alive > 0.0 {
+        (cpu / alive * 1000.0).round() / 10.0
+    } else {
+        0.0
+    };
+    let started = std::time::UNIX_EPOCH
+        + std::time::Duration::from_secs(clock.boot)
+        + std::time::Duration::from_secs_f64(since);
+    let args = p.cmdline().unwrap_or_default();
+    let command = if args.is_empty() {
+        format!("[{}]", stat.comm)
+    } else {
+        args.join(" ")
+    };
+    Some(VmProcess {
+        pid,
+        host_pid,
+        uid: status.ruid,
+        user: users
+            .get(&status.ruid)
+            .cloned()
+            .unwrap_or_else(|| status.ruid.to_string()),
+        cpu_percent,
+        rss: stat.rss * clock.page,
+        started: humantime::format_rfc3339_seconds(started).to_string(),
+        command,
+    })
+}
+
+/// uid → name from the host's /etc/passwd.
+fn users() -> HashMap<u32, String> {
+    std::fs::read_to_string("/etc/passwd")
+        .map(|t| parse_passwd(&t))
+        .unwrap_or_default()
+}
+
+fn parse_passwd(text: &str) -> HashMap<u32, String> {
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if let (Some(name), Some(uid)) = (f.first(), f.get(2).and_then(|u| u.parse().ok())) {
+            out.entry(uid).or_insert_with(|| (*name).to_owned());
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwd_names_by_uid_first_entry_wins() {
+        let users =
+            parse_passwd("root:x:0:0::/root:/bin/sh\nbad line\nbin:x:2:2::/:\ntoor:x:0:0::/:\n");
+        assert_eq!(users.get(&0).map(String::as_str), Some("root"));
+        assert_eq!(users.get(&2).map(String::as_str), Some("bin"));
+        assert_eq!(users.len(), 2);
+    }
+}
