@@ -52,6 +52,9 @@ pub enum Command {
     /// List a running VM's processes: pid inside and on the host, user, %CPU,
     /// memory, start time, command
     Ps(NameArg),
+    /// What VMs use: CPU time, memory (now and peak), processes, block I/O and
+    /// private-layer size
+    Stats(StatsArgs),
     /// Delete a VM and its private layers
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
@@ -117,6 +120,15 @@ pub struct RunArgs {
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The VMs to show (all by default)
+    pub names: Vec<String>,
+    /// Refresh every INTERVAL seconds, with %CPU over each interval, until ^C
+    #[arg(long, short, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1")]
+    pub watch: Option<f64>,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,7 @@ mod control;
 mod detect;
 #[cfg(test)]
 mod tests;
+mod usage;
 mod v1;
 mod v2;
 
@@ -26,6 +27,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use detect::{Hierarchy, Layout};
+pub use usage::Usage;
 
 /// Where the kernel lists mounts of the calling process's mount namespace.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -450,6 +452,15 @@ impl VmCgroup {
             }
         }
         Ok(gone)
+    }
+
+    /// What the VM has used (CPU, memory, processes, block I/O), as far as this
+    /// host's cgroups report it.
+    pub fn usage(&self) -> Usage {
+        match &self.backend {
+            Backend::V1(v1) => usage::v1(|c| v1.dir_for(c)),
+            Backend::V2(v2) => usage::v2(v2.dir()),
+        }
     }
 
     /// Memory in use by the cgroup in bytes, if the memory controller reports it.

@@ -179,6 +179,10 @@ impl V1Cgroup {
         }
     }
 
+    pub(super) fn dir_for(&self, controller: &str) -> Option<PathBuf> {
+        self.dir_with(controller).map(Path::to_path_buf)
+    }
+
     pub(super) fn freezer_state_file(&self) -> Option<PathBuf> {
         self.dir_with("freezer").map(|d| d.join("freezer.state"))
     }

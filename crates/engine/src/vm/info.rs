@@ -50,6 +50,8 @@ pub struct VmInfo {
     pub processes: Option<usize>,
     /// Memory charged to the VM's cgroup, in bytes.
     pub memory: Option<u64>,
+    /// What the running VM has used since it started (see `fvm stats`).
+    pub usage: Option<crate::cgroup::Usage>,
     /// Disk used by the VM's private layers, in bytes.
     pub disk: u64,
     /// The VM's network address (host mode: it has none of its own).
@@ -122,6 +124,7 @@ impl Engine {
                 .as_ref()
                 .filter(|_| running)
                 .and_then(|c| c.memory_current()),
+            usage: cgroup.as_ref().filter(|_| running).map(|c| c.usage()),
             disk: disk_usage(&layers),
             ip: None,
             paths: Paths {

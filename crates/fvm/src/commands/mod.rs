@@ -13,6 +13,7 @@ mod list;
 mod ps;
 mod run;
 mod start;
+mod stats;
 mod stop;
 mod suspend;
 
@@ -36,6 +37,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Suspend(a) => suspend::suspend(&ctx, a),
         Command::Resume(a) => suspend::resume(&ctx, a),
         Command::Ps(a) => ps::run(&ctx, a),
+        Command::Stats(a) => stats::run(&ctx, a),
         Command::Delete(a) => delete::run(&ctx, a),
         Command::Copy(a) => copy::run(&ctx, a),
         Command::Inspect(a) => inspect::run(&ctx, a),

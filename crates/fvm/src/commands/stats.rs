@@ -1,0 +1,133 @@
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use fvm_engine::vm::VmInfo;
+
+use super::{Context, vm_name};
+use crate::cli::StatsArgs;
+use crate::output;
+
+pub fn run(ctx: &Context<'_>, args: &StatsArgs) -> Result<u8> {
+    let names = args
+        .names
+        .iter()
+        .map(|n| vm_name(n))
+        .collect::<Result<Vec<_>>>()?;
+    let engine = match (ctx.engine_if_any()?, names.first()) {
+        (Some(e), _) => Some(e),
+        (None, Some(n)) => Some(ctx.engine_for(n)?),
+        (None, None) => None,
+    };
+    let sample = || -> Result<Vec<VmInfo>> {
+        let Some(engine) = &engine else {
+            return Ok(Vec::new());
+        };
+        Ok(if names.is_empty() {
+            engine.list()?
+        } else {
+            names
+                .iter()
+                .map(|n| engine.info(n))
+                .collect::<Result<_, _>>()?
+        })
+    };
+    let Some(every) = args.watch else {
+        let vms = sample()?;
+        if ctx.json() {
+            output::print_json(&vms)?;
+        } else {
+            output::print(&render(&vms, None))?;
+        }
+        return Ok(0);
+    };
+    if !every.is_finite() || every < 0.1 {
+        bail!("--watch interval must be at least 0.1 seconds, got {every}");
+    }
+    let every = Duration::from_secs_f64(every);
+    watch(ctx, &sample, every)
+}
+
+/// Print a fresh table every `every` until interrupted, with each VM's CPU use
+/// over the last interval.
+fn watch(
+    ctx: &Context<'_>,
+    sample: &dyn Fn() -> Result<Vec<VmInfo>>,
+    every: Duration,
+) -> Result<u8> {
+    let clear = std::io::stdout().is_terminal() && !ctx.json();
+    let mut before: Option<(Instant, HashMap<String, u64>)> = None;
+    loop {
+        let now = Instant::now();
+        let vms = sample()?;
+        let cpu: HashMap<String, u64> = vms
+            .iter()
+            .filter_map(|v| Some((v.name.to_string(), v.usage?.cpu_ns?)))
+            .collect();
+        let percent = before.as_ref().map(|(t, prev)| {
+            let wall = now.duration_since(*t).as_nanos().max(1) as f64;
+            cpu.iter()
+                .filter_map(|(n, ns)| {
+                    let was = prev.get(n)?;
+                    Some((n.clone(), ns.saturating_sub(*was) as f64 / wall * 100.0))
+                })
+                .collect::<HashMap<_, _>>()
+        });
+        if ctx.json() {
+            output::print_json(&vms)?;
+        } else {
+            let table = render(&vms, Some(percent.as_ref().unwrap_or(&HashMap::new())));
+            if clear {
+                output::print(&format!("\x1b[H\x1b[2J{table}"))?;
+            } else {
+                output::print(&format!("{table}\n"))?;
+            }
+        }
+        before = Some((now, cpu));
+        std::thread::sleep(every);
+    }
+}
+
+/// One line per VM; `percent` (watch mode) adds %CPU over the last interval.
+fn render(vms: &[VmInfo], percent: Option<&HashMap<String, f64>>) -> String {
+    let dash = || "-".to_owned();
+    let mut header = vec!["name", "status"];
+    if percent.is_some() {
+        header.push("%cpu");
+    }
+    header.extend([
+        "cpu time",
+        "memory",
+        "peak",
+        "processes",
+        "read",
+        "written",
+        "disk",
+    ]);
+    let rows = vms
+        .iter()
+        .map(|vm| {
+            let u = vm.usage.unwrap_or_default();
+            let mut row = vec![vm.name.to_string(), vm.status.as_str().to_owned()];
+            if let Some(p) = percent {
+                row.push(
+                    p.get(vm.name.as_str())
+                        .map_or_else(dash, |v| format!("{v:.1}")),
+                );
+            }
+            row.extend([
+                u.cpu_ns
+                    .map_or_else(dash, |ns| format!("{:.2}s", ns as f64 / 1e9)),
+                u.memory.map_or_else(dash, output::size),
+                u.memory_peak.map_or_else(dash, output::size),
+                u.processes.map_or_else(dash, |p| p.to_string()),
+                u.io_read.map_or_else(dash, output::size),
+                u.io_write.map_or_else(dash, output::size),
+                output::size(vm.disk),
+            ]);
+            row
+        })
+        .collect();
+    output::table(&header, rows)
+}
