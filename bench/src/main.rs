@@ -247,33 +247,38 @@ fn measure_changes(args: &Args, store: &Store) -> Result<changes::ChangesBench> 
 
 /// `--changes-only`: the diff and commit benchmarks alone, and only their section.
 fn run_changes_only(args: &Args) -> Result<()> {
-    let fvm = match &args.fvm {
-        Some(path) => std::path::absolute(path).context("resolving --fvm")?,
-        None => default_fvm()?,
-    };
-    let parent = args.store_in.clone().unwrap_or_else(std::env::temp_dir);
-    let store = Store::new(&fvm, &parent)?;
-    eprintln!("fvm-bench: store {}", store.root().display());
-    let measured = measure_changes(args, &store)?;
-    drop(store);
-    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let kernel = read_trimmed("/proc/sys/kernel/osrelease")?;
-    let section = changes::render(
-        &measured,
-        &invocation(),
-        &date,
-        &kernel,
-        &store_description(&parent),
-    );
-    print!("{section}");
-    let out = args.out.clone().unwrap_or_else(default_out);
-    report::write_section(&out, &section)?;
-    eprintln!("fvm-bench: wrote {}", out.display());
-    Ok(())
+    run_one_section(args, |store, parent, date, kernel| {
+        let measured = measure_changes(args, store)?;
+        Ok(changes::render(
+            &measured,
+            &invocation(),
+            date,
+            kernel,
+            &store_description(parent),
+        ))
+    })
 }
 
 /// `--copy-only`: the copy benchmark in a store of its own, and only its section.
 fn run_copy_only(args: &Args, files: usize, rounds: usize) -> Result<()> {
+    run_one_section(args, |store, parent, date, kernel| {
+        let copied = copy::measure(store, files, rounds)?;
+        Ok(copy::render(
+            &copied,
+            &invocation(),
+            date,
+            kernel,
+            &store_description(parent),
+        ))
+    })
+}
+
+/// Measure one section in a store of its own (`measure(store, its parent, date,
+/// kernel)` returns the section's text), print it and replace it in the report.
+fn run_one_section(
+    args: &Args,
+    measure: impl FnOnce(&Store, &Path, &str, &str) -> Result<String>,
+) -> Result<()> {
     let fvm = match &args.fvm {
         Some(path) => std::path::absolute(path).context("resolving --fvm")?,
         None => default_fvm()?,
@@ -281,17 +286,10 @@ fn run_copy_only(args: &Args, files: usize, rounds: usize) -> Result<()> {
     let parent = args.store_in.clone().unwrap_or_else(std::env::temp_dir);
     let store = Store::new(&fvm, &parent)?;
     eprintln!("fvm-bench: store {}", store.root().display());
-    let copied = copy::measure(&store, files, rounds)?;
-    drop(store);
-    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let kernel = read_trimmed("/proc/sys/kernel/osrelease")?;
-    let section = copy::render(
-        &copied,
-        &invocation(),
-        &date,
-        &kernel,
-        &store_description(&parent),
-    );
+    let date = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let section = measure(&store, &parent, &date(), &kernel)?;
+    drop(store);
     print!("{section}");
     let out = args.out.clone().unwrap_or_else(default_out);
     report::write_section(&out, &section)?;

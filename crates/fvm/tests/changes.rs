@@ -444,6 +444,76 @@ fn a_host_deletion_after_the_vm_copied_is_a_conflict() {
     store.assert_clean();
 }
 
+/// A host file the VM renamed (its copy names the host file as its origin), then
+/// replaced on the host by a commit of the path it had: the next commit, of this VM
+/// or of a copy of it, doesn't take the host file's absence for a host deletion.
+/// The selective commit also brings every name of a file the VM hard-linked and
+/// the whole directory the VM replaced that holds one of them.
+#[test]
+fn files_a_commit_replaced_are_no_conflict_for_the_vms_renamed_copies() {
+    if !needs_root("files_a_commit_replaced_are_no_conflict_for_the_vms_renamed_copies") {
+        return;
+    }
+    let store = TestStore::new("replaced");
+    let dir = temp_dir("replaced");
+    let h = dir.path();
+    std::fs::create_dir(h.join("sub")).unwrap();
+    write(&h.join("f"), "host f\n");
+    write(&h.join("g"), "host g\n");
+    write(&h.join("sub/old"), "host old\n");
+    store.create("rp");
+    store
+        .sh(
+            "rp",
+            &format!(
+                "cd {} && mv f moved && echo vm > f && ln g g2 && echo more >> g \
+                 && rm -r sub && mkdir sub && ln g sub/g3",
+                s(h)
+            ),
+        )
+        .ok();
+    // `f` alone: the host's f (the origin of the VM's `moved`) is replaced.
+    let plan = |path: &Path| -> Vec<String> {
+        let dry = store.fvm(&["commit", "rp", "--dry-run", s(path)]).ok();
+        parse_plan(&dry)
+            .into_iter()
+            .map(|(verb, p, _)| format!("{verb} {}", p.strip_prefix(h).unwrap().display()))
+            .collect()
+    };
+    assert_eq!(plan(&h.join("f")), ["replace f"]);
+    store.fvm(&["commit", "rp", s(&h.join("f"))]).ok();
+    assert_eq!(read(&h.join("f")), "vm\n");
+    // A copy made now holds the same `moved`, and the record of what was replaced.
+    store.fvm(&["copy", "rp", "rp2"]).ok();
+    // `g2` alone brings `g` and `sub/g3` (one file), and so all of `sub`.
+    let steps = plan(&h.join("g2"));
+    for step in ["replace g", "create g2", "create sub/g3", "delete sub/old"] {
+        let (verb, path) = step.split_once(' ').unwrap();
+        assert!(
+            steps
+                .iter()
+                .any(|p| p == step || *p == format!("link {path}") && verb == "create"),
+            "{step} missing from {steps:?}"
+        );
+    }
+    store.fvm(&["commit", "rp", s(&h.join("g2"))]).ok();
+    assert_eq!(std::fs::metadata(h.join("g")).unwrap().nlink(), 3);
+    assert!(!h.join("sub/old").exists());
+    // The rest: `moved` came from the f the first commit replaced.
+    store.fvm(&["commit", "rp", s(h)]).ok();
+    assert_eq!(read(&h.join("moved")), "host f\n");
+    assert!(diff_rel(&store, "rp", h, &[h]).is_empty());
+    // The copy's `moved` is now a conflict (the host got one after the copy)…
+    let out = store.fvm(&["commit", "rp2", s(&h.join("moved"))]).code(125);
+    assert!(out.stderr.contains("moved changed on the host"), "{out}");
+    // …but not for a reason of its origin: once the host's is gone it commits.
+    std::fs::remove_file(h.join("moved")).unwrap();
+    let out = store.fvm(&["commit", "rp2", s(&h.join("moved"))]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(read(&h.join("moved")), "host f\n");
+    store.assert_clean();
+}
+
 /// Directories of the VM's layer replaced from the host by symlinks to a victim
 /// directory (after the VM wrote files into them): a commit never writes into,
 /// reads from or deletes anything in the victim, and neither does deleting the VM.

@@ -28,9 +28,10 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Stat, Timespec, Timestamps, Uid};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use super::content;
+use super::data;
 use super::layer::{self, Descend, Entry};
 
 /// What a copy made.
@@ -167,7 +168,8 @@ impl Copier<'_> {
                 source,
             };
             rustix::fs::fchmod(&dir.fd, mode_of(&dir.stat)).map_err(|e| fail(e.into()))?;
-            rustix::fs::futimens(&dir.fd, &times_of(&dir.stat)).map_err(|e| fail(e.into()))?;
+            rustix::fs::futimens(&dir.fd, &data::times_of(&dir.stat))
+                .map_err(|e| fail(e.into()))?;
         }
         Ok(())
     }
@@ -275,7 +277,7 @@ impl Copier<'_> {
             path: self.dst.join(rel),
             source,
         };
-        rustix::fs::fchown(&fd, Some(uid_of(&stat)), Some(gid_of(&stat)))
+        rustix::fs::fchown(&fd, Some(data::uid_of(&stat)), Some(data::gid_of(&stat)))
             .map_err(|e| fail(e.into()))?;
         let default_acl =
             copy_xattrs(src, &Xattrs::Fd(&fd)).map_err(|e| self.xattr_error(rel, e))?;
@@ -320,11 +322,12 @@ impl Copier<'_> {
             source,
         };
         let st = &e.stat;
-        rustix::fs::fchown(&dst, Some(uid_of(st)), Some(gid_of(st))).map_err(|e| fail(e.into()))?;
+        rustix::fs::fchown(&dst, Some(data::uid_of(st)), Some(data::gid_of(st)))
+            .map_err(|e| fail(e.into()))?;
         copy_xattrs(&Xattrs::Fd(&src), &Xattrs::Fd(&dst))
             .map_err(|err| self.xattr_error(e.rel, err))?;
         rustix::fs::fchmod(&dst, mode_of(st)).map_err(|e| fail(e.into()))?;
-        rustix::fs::futimens(&dst, &times_of(st)).map_err(|e| fail(e.into()))
+        rustix::fs::futimens(&dst, &data::times_of(st)).map_err(|e| fail(e.into()))
     }
 
     /// Owner, xattrs, mode and times of a new entry that can't be opened (symlink,
@@ -337,8 +340,14 @@ impl Copier<'_> {
         };
         let st = &e.stat;
         let nofollow = AtFlags::SYMLINK_NOFOLLOW;
-        rustix::fs::chownat(parent, e.name, Some(uid_of(st)), Some(gid_of(st)), nofollow)
-            .map_err(fail)?;
+        rustix::fs::chownat(
+            parent,
+            e.name,
+            Some(data::uid_of(st)),
+            Some(data::gid_of(st)),
+            nofollow,
+        )
+        .map_err(fail)?;
         copy_xattrs(
             &Xattrs::At(e.parent.as_fd(), e.name),
             &Xattrs::At(parent.as_fd(), e.name),
@@ -349,7 +358,7 @@ impl Copier<'_> {
             // Not a symlink, and made by us a moment ago: following is moot.
             rustix::fs::chmodat(parent, e.name, mode_of(st), AtFlags::empty()).map_err(fail)?;
         }
-        rustix::fs::utimensat(parent, e.name, &times_of(st), nofollow).map_err(fail)
+        rustix::fs::utimensat(parent, e.name, &data::times_of(st), nofollow).map_err(fail)
     }
 
     fn xattr_error(&self, rel: &Path, e: XattrError) -> CopyError {
@@ -452,27 +461,6 @@ fn set_xattr(dst: &Xattrs<'_>, name: &OsStr, value: &[u8]) -> Result<(), XattrEr
 
 fn mode_of(st: &Stat) -> Mode {
     Mode::from_raw_mode(st.st_mode & 0o7777)
-}
-
-fn uid_of(st: &Stat) -> Uid {
-    Uid::from_raw(st.st_uid)
-}
-
-fn gid_of(st: &Stat) -> Gid {
-    Gid::from_raw(st.st_gid)
-}
-
-fn times_of(st: &Stat) -> Timestamps {
-    Timestamps {
-        last_access: Timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec as _,
-        },
-        last_modification: Timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::Path;
 
+use rustix::fs::{Gid, Stat, Timespec, Timestamps, Uid};
+
 /// Overlayfs's private attributes: never copied out of a layer.
 pub const OVERLAY_XATTRS: &str = "trusted.overlay.";
 
@@ -99,6 +101,28 @@ pub fn at_path(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> std::path::PathBuf
     use std::os::unix::ffi::OsStrExt;
     Path::new(&format!("/proc/self/fd/{}", dir.as_fd().as_raw_fd()))
         .join(std::ffi::OsStr::from_bytes(name.to_bytes()))
+}
+
+/// The owner, group and times of `st`, to give a copy of the entry.
+pub(crate) fn uid_of(st: &Stat) -> Uid {
+    Uid::from_raw(st.st_uid)
+}
+
+pub(crate) fn gid_of(st: &Stat) -> Gid {
+    Gid::from_raw(st.st_gid)
+}
+
+pub(crate) fn times_of(st: &Stat) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: st.st_atime,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: Timespec {
+            tv_sec: st.st_mtime,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
 }
 
 #[cfg(test)]

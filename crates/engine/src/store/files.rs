@@ -55,6 +55,19 @@ pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
 /// stale `state.json` after power loss is detected by its boot id. Skipping the
 /// journal commit keeps `create` and `start` in the low milliseconds.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, data, mode, false)
+}
+
+/// Like [`write_atomic`], but on disk before it returns: the file is fsynced before
+/// the rename and its directory after. For files whose loss after a power cut
+/// would leave the host half-changed (a commit's journal).
+pub fn write_durable(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+    replace(path, data, mode, true)
+}
+
+/// Write `data` to a temp file beside `path` and rename it over `path`; the temp
+/// is removed on failure.
+fn replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -70,37 +83,21 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
         Mode::from_raw_mode(mode),
     )?;
     let mut f = File::from(fd);
-    let res = f.write_all(data).and_then(|()| {
-        drop(f);
-        std::fs::rename(&tmp, path)
-    });
+    let res = f
+        .write_all(data)
+        .and_then(|()| if durable { f.sync_all() } else { Ok(()) })
+        .and_then(|()| {
+            drop(f);
+            std::fs::rename(&tmp, path)
+        });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    res
-}
-
-/// Like [`write_atomic`], but on disk before it returns: the file is fsynced before
-/// the rename and its directory after. For files whose loss after a power cut
-/// would leave the host half-changed (a commit's journal).
-pub fn write_durable(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let fd = rustix::fs::open(
-        &tmp,
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(mode),
-    )?;
-    let mut f = File::from(fd);
-    f.write_all(data)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+    res?;
+    if durable {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// An flock on a lock file, released on drop.

@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use super::plan::{Action, Step};
 use crate::changes::content::Copier;
@@ -198,8 +198,13 @@ pub fn cleanup(
                     let (dir, name) = upper
                         .parent(&s.rel)
                         .map_err(fail("clean up the layer at", s))?;
-                    rustix::fs::utimensat(dir, &name, &times_of(&h), AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|e| fail("clean up the layer at", s)(e.into()))?;
+                    rustix::fs::utimensat(
+                        dir,
+                        &name,
+                        &data::times_of(&h),
+                        AtFlags::SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(|e| fail("clean up the layer at", s)(e.into()))?;
                 }
             }
             Err(e) => return Err(fail("clean up the layer at", s)(e.into())),
@@ -240,7 +245,7 @@ fn put_temp(
     let st = upper_stat(upper, &s.rel)?;
     let temp = temp_name(id, index);
     let (dir, _) = host.parent(&s.rel)?;
-    let times = times_of(&st);
+    let times = data::times_of(&st);
     match FileType::from_raw_mode(st.st_mode) {
         FileType::RegularFile => {
             let src = std::fs::File::from(upper.open_file(&s.rel)?);
@@ -319,7 +324,7 @@ fn set_owner(fd: impl AsFd, st: &Stat) -> io::Result<()> {
     });
     if st.st_uid != me || st.st_gid != my_group {
         // Owner before mode: chown clears setuid/setgid bits.
-        rustix::fs::fchown(fd, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+        rustix::fs::fchown(fd, Some(data::uid_of(st)), Some(data::gid_of(st)))?;
     }
     Ok(())
 }
@@ -336,8 +341,8 @@ fn special_metadata(
     rustix::fs::chownat(
         dir,
         temp,
-        Some(uid(st.st_uid)),
-        Some(gid(st.st_gid)),
+        Some(data::uid_of(st)),
+        Some(data::gid_of(st)),
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
     let is_link = FileType::from_raw_mode(st.st_mode) == FileType::Symlink;
@@ -352,7 +357,7 @@ fn special_metadata(
     let (udir, uname) = upper.parent(rel)?;
     let attrs = data::path_xattrs(&data::at_path(udir.as_fd(), &uname))?;
     data::set_path_xattrs(&data::at_path(dir.as_fd(), temp), &attrs)?;
-    rustix::fs::utimensat(dir, temp, &times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
+    rustix::fs::utimensat(dir, temp, &data::times_of(st), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(())
 }
 
@@ -361,30 +366,9 @@ fn dir_metadata(s: &Step, host: &mut Tree, upper: &mut Tree) -> io::Result<()> {
     let vm = upper.dir(&s.rel)?.try_clone()?;
     let attrs = data::fd_xattrs(vm.as_fd())?;
     let h = host.dir(&s.rel)?;
-    rustix::fs::fchown(h, Some(uid(st.st_uid)), Some(gid(st.st_gid)))?;
+    rustix::fs::fchown(h, Some(data::uid_of(&st)), Some(data::gid_of(&st)))?;
     rustix::fs::fchmod(h, Mode::from_raw_mode(st.st_mode & 0o7777))?;
     data::set_fd_xattrs(h.as_fd(), &attrs, false)?;
-    rustix::fs::futimens(h, &times_of(&st))?;
+    rustix::fs::futimens(h, &data::times_of(&st))?;
     Ok(())
-}
-
-fn times_of(st: &Stat) -> Timestamps {
-    Timestamps {
-        last_access: Timespec {
-            tv_sec: st.st_atime,
-            tv_nsec: st.st_atime_nsec as _,
-        },
-        last_modification: Timespec {
-            tv_sec: st.st_mtime,
-            tv_nsec: st.st_mtime_nsec as _,
-        },
-    }
-}
-
-fn uid(u: u32) -> rustix::fs::Uid {
-    rustix::fs::Uid::from_raw(u)
-}
-
-fn gid(g: u32) -> rustix::fs::Gid {
-    rustix::fs::Gid::from_raw(g)
 }

@@ -2,6 +2,7 @@
 //! the overlayfs markers and foreign owners (root only) in a test of their own.
 
 use super::*;
+use rustix::fs::{Timespec, Timestamps, Uid};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
