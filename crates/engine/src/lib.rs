@@ -20,6 +20,8 @@ pub mod mounts;
 pub mod runtime;
 pub mod store;
 mod sys;
+#[cfg(test)]
+mod testing;
 pub mod vm;
 
 pub use vm::{Engine, VmError};

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::testing::require_root;
 
 fn v2_fake() -> (tempfile::TempDir, Cgroups) {
     let tmp = tempfile::tempdir().unwrap();
@@ -296,19 +297,6 @@ fn remove_reports_a_directory_it_cannot_delete() {
 }
 
 // ---- Privileged tests against the host's real cgroups ----
-
-/// True if running as root. Otherwise prints the skip, or fails under FVM_MUST_RUN=1.
-fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("FVM_MUST_RUN").is_none_or(|v| v != "1"),
-        "FVM_MUST_RUN=1 but {test} needs root"
-    );
-    println!("SKIP (needs root): {test}");
-    false
-}
 
 fn unique_leaf() -> String {
     let mut random = [0u8; 4];

@@ -2,24 +2,12 @@
 //! the overlayfs markers and foreign owners (root only) in a test of their own.
 
 use super::*;
+use crate::testing::require_root;
 use rustix::fs::{Timespec, Timestamps, Uid};
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-
-/// True if running as root. Otherwise prints the skip, or fails under FVM_MUST_RUN=1.
-fn require_root(test: &str) -> bool {
-    if rustix::process::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var_os("FVM_MUST_RUN").is_none_or(|v| v != "1"),
-        "FVM_MUST_RUN=1 but {test} needs root"
-    );
-    println!("SKIP (needs root): {test}");
-    false
-}
 
 fn name(bytes: &[u8]) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes.to_vec()))
