@@ -10,12 +10,13 @@
 //! Both layouts are supported. On cgroup v2 a VM is one directory under the
 //! unified hierarchy. On cgroup v1 (and the "hybrid" layout, whose cgroup2 mount
 //! has no controllers) a VM is one directory per controller hierarchy we use, all
-//! with the same name. The version-specific work lives in `v1.rs` and `v2.rs`;
-//! mountinfo parsing lives in `detect.rs`. Resource limits are not set here yet;
-//! they belong in the version backends.
+//! with the same name. The version-specific work lives behind the [`Backend`]
+//! trait, in `v1.rs` and `v2.rs`; mountinfo parsing lives in `detect.rs`, and
+//! the table of limit files in `limits.rs`.
 
 mod control;
 mod detect;
+pub mod limits;
 #[cfg(test)]
 mod tests;
 mod usage;
@@ -25,9 +26,14 @@ mod v2;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use detect::{Hierarchy, Layout};
+use limits::LimitWrite;
 pub use usage::Usage;
+
+use crate::limits::{Key, Limits};
 
 /// Where the kernel lists mounts of the calling process's mount namespace.
 const MOUNTINFO: &str = "/proc/self/mountinfo";
@@ -125,6 +131,30 @@ pub enum CgroupError {
     #[error("cannot remove cgroup {}", .path.display())]
     Remove {
         path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the {key} limit can't be enforced on this host: it needs the cgroup {controller} controller, which is not {}",
+        if *.v2 { "enabled" } else { "mounted" }
+    )]
+    MissingController {
+        key: Key,
+        controller: &'static str,
+        v2: bool,
+    },
+    #[error("the {key} limit can't be enforced on this host: it has no {}{hint}", .path.display())]
+    MissingFile {
+        key: Key,
+        path: PathBuf,
+        hint: &'static str,
+    },
+    #[error("cannot set the {key} limit: writing {value:?} to {}{hint}", .path.display())]
+    Limit {
+        key: Key,
+        path: PathBuf,
+        value: String,
+        hint: &'static str,
         #[source]
         source: io::Error,
     },
@@ -242,44 +272,125 @@ impl Cgroups {
                 name: leaf.to_owned(),
             });
         }
-        let backend = match &self.layout {
-            Layout::V2(root) => Backend::V2(v2::V2Cgroup::new(root.join(leaf))),
+        let backend: Arc<dyn Backend> = match &self.layout {
+            Layout::V2(root) => Arc::new(v2::V2Cgroup::new(root.join(leaf))),
             Layout::V1(hierarchies) if hierarchies.is_empty() => {
                 return Err(CgroupError::NoHierarchy);
             }
-            Layout::V1(hierarchies) => Backend::V1(v1::V1Cgroup::new(hierarchies, leaf)),
+            Layout::V1(hierarchies) => Arc::new(v1::V1Cgroup::new(hierarchies, leaf)),
         };
         Ok(VmCgroup { backend })
+    }
+
+    /// Check that this host can enforce `limits`: every controller they need is
+    /// there (mounted on v1, available on v2), and on v1 the files that depend on
+    /// kernel options (swap accounting, CFS bandwidth control). Called before a VM
+    /// is created, configured or started, so that a limit is never silently ignored.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), CgroupError> {
+        let available = self.controllers()?;
+        let (writes, v2) = match &self.layout {
+            Layout::V1(_) => (limits::v1(limits, false, false), false),
+            Layout::V2(_) => (limits::v2(limits, false), true),
+        };
+        for w in writes.iter().filter(|w| w.required) {
+            if !available.iter().any(|c| c == w.controller) {
+                return Err(CgroupError::MissingController {
+                    key: w.key,
+                    controller: w.controller,
+                    v2,
+                });
+            }
+            // A v1 root cgroup has the same files as a VM's would (pids.max aside).
+            if let Layout::V1(hierarchies) = &self.layout
+                && w.file != "pids.max"
+                && let Some(h) = hierarchies
+                    .iter()
+                    .find(|h| h.controllers.iter().any(|c| c == w.controller))
+            {
+                let path = h.root.join(w.file);
+                if !path.exists() {
+                    return Err(CgroupError::MissingFile {
+                        key: w.key,
+                        path,
+                        hint: missing_hint(w.file),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How a VM sees its cgroup: what to mount under its `/sys/fs/cgroup`.
+    pub fn view(&self) -> CgroupView {
+        match &self.layout {
+            Layout::V2(_) => CgroupView::V2,
+            Layout::V1(hierarchies) => {
+                CgroupView::V1(hierarchies.iter().map(|h| h.controllers.clone()).collect())
+            }
+        }
+    }
+}
+
+/// What a VM mounts at `/sys/fs/cgroup`, read-only, inside its cgroup namespace
+/// (where the root of every hierarchy is the VM's own cgroup).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupView {
+    /// One cgroup2 mount.
+    V2,
+    /// A tmpfs with one v1 mount per hierarchy, named by its controllers joined
+    /// with commas (`cpu,cpuacct`, with `cpu` and `cpuacct` symlinks to it).
+    V1(Vec<Vec<String>>),
+}
+
+/// Why a limit file may be missing on an otherwise working cgroup.
+fn missing_hint(file: &str) -> &'static str {
+    match file {
+        f if f.contains("swap") || f.contains("memsw") => {
+            " (the kernel's swap accounting is off: boot with swapaccount=1)"
+        }
+        f if f.starts_with("cpu.cfs") || f == "cpu.max" => {
+            " (the kernel was built without CFS bandwidth control)"
+        }
+        _ => "",
     }
 }
 
 /// The cgroup of one VM, in every hierarchy in use.
 #[derive(Debug, Clone)]
 pub struct VmCgroup {
-    backend: Backend,
+    backend: Arc<dyn Backend>,
 }
 
-/// The version-specific half of a VM's cgroup. Limits will be added here.
-#[derive(Debug, Clone)]
-enum Backend {
-    V1(v1::V1Cgroup),
-    V2(v2::V2Cgroup),
+/// The version-specific half of a VM's cgroup: v1 (a directory per controller
+/// hierarchy) or v2 (one directory in the unified hierarchy).
+trait Backend: std::fmt::Debug + Send + Sync {
+    fn version(&self) -> Version;
+    /// The VM's directories: one on v2, one per used hierarchy on v1.
+    fn dirs(&self) -> &[PathBuf];
+    /// The directory holding `controller`'s files, if it is in use.
+    fn dir_of(&self, controller: &str) -> Option<&Path>;
+    /// Where to list the VM's processes.
+    fn procs_dir(&self) -> &Path;
+    /// Fix up a just-made cgroup so that tasks can join it and limits work.
+    fn after_create(&self) -> Result<(), CgroupError>;
+    fn kill_all(&self) -> Result<(), CgroupError>;
+    fn freeze(&self, timeout: Duration) -> Result<(), CgroupError>;
+    fn thaw(&self) -> Result<(), CgroupError>;
+    fn frozen(&self) -> bool;
+    fn usage(&self) -> Usage;
+    fn memory_current(&self) -> Option<u64>;
+    /// The writes that enforce `limits` (see `limits.rs`); `all` resets unset keys.
+    fn limit_writes(&self, limits: &Limits, all: bool) -> Vec<LimitWrite>;
 }
 
 impl VmCgroup {
     pub fn version(&self) -> Version {
-        match self.backend {
-            Backend::V1(_) => Version::V1,
-            Backend::V2(_) => Version::V2,
-        }
+        self.backend.version()
     }
 
     /// The VM's cgroup directories: one on v2, one per used hierarchy on v1.
     pub fn dirs(&self) -> &[PathBuf] {
-        match &self.backend {
-            Backend::V1(v1) => v1.dirs(),
-            Backend::V2(v2) => v2.dirs(),
-        }
+        self.backend.dirs()
     }
 
     /// Creates the directory in every hierarchy. Existing directories are kept.
@@ -287,10 +398,55 @@ impl VmCgroup {
         for dir in self.dirs() {
             control::make_dir(dir)?;
         }
-        if let Backend::V1(v1) = &self.backend {
-            v1.after_create()?;
-        }
+        self.backend.after_create()?;
         tracing::debug!(dirs = ?self.dirs(), "created cgroup");
+        Ok(())
+    }
+
+    /// Enforce `limits`. `all` also resets the keys `limits` leaves unset (for a
+    /// live change of a running VM); without it only set keys are written (for a
+    /// new cgroup). Stops at the first failure: the caller puts the old limits back.
+    pub fn set_limits(&self, limits: &Limits, all: bool) -> Result<(), CgroupError> {
+        for w in self.backend.limit_writes(limits, all) {
+            let Some(dir) = self.backend.dir_of(w.controller) else {
+                if w.required {
+                    return Err(CgroupError::MissingController {
+                        key: w.key,
+                        controller: w.controller,
+                        v2: self.version() == Version::V2,
+                    });
+                }
+                continue;
+            };
+            let path = dir.join(w.file);
+            match control::write(&path, w.value.as_bytes()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !w.required => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(CgroupError::MissingFile {
+                        key: w.key,
+                        hint: missing_hint(w.file),
+                        path,
+                    });
+                }
+                Err(source) => {
+                    let hint = match source.raw_os_error() {
+                        Some(libc::EBUSY) => {
+                            " (the vm uses more than that now, and it can't be reclaimed)"
+                        }
+                        _ => "",
+                    };
+                    return Err(CgroupError::Limit {
+                        key: w.key,
+                        path,
+                        value: w.value,
+                        hint,
+                        source,
+                    });
+                }
+            }
+        }
+        tracing::debug!(dirs = ?self.dirs(), ?limits, all, "limits set");
         Ok(())
     }
 
@@ -349,11 +505,7 @@ impl VmCgroup {
     /// Host pids of every process in the cgroup and its sub-cgroups, sorted.
     /// Empty if the cgroup does not exist.
     pub fn pids(&self) -> Result<Vec<i32>, CgroupError> {
-        let dir = match &self.backend {
-            Backend::V1(v1) => v1.pids_dir(),
-            Backend::V2(v2) => v2.dir(),
-        };
-        control::pids_under(dir)
+        control::pids_under(self.backend.procs_dir())
     }
 
     /// SIGKILLs every process in the cgroup and waits until none is left.
@@ -366,10 +518,7 @@ impl VmCgroup {
         if !self.exists() {
             return Ok(());
         }
-        match &self.backend {
-            Backend::V1(v1) => v1.kill_all(),
-            Backend::V2(v2) => v2.kill_all(),
-        }?;
+        self.backend.kill_all()?;
         tracing::debug!(dirs = ?self.dirs(), "killed every process in cgroup");
         Ok(())
     }
@@ -399,31 +548,17 @@ impl VmCgroup {
     /// Freeze every process of the VM (cgroup freezer) and wait until they are; on
     /// failure nothing stays frozen. Undo with [`VmCgroup::thaw`].
     pub fn freeze(&self) -> Result<(), CgroupError> {
-        const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
-        match &self.backend {
-            Backend::V1(v1) => v1.freeze_strict(TIMEOUT),
-            Backend::V2(v2) => v2.freeze(TIMEOUT),
-        }
+        self.backend.freeze(Duration::from_secs(5))
     }
 
     /// Whether the VM's processes are frozen (or being frozen): what `suspend`
     /// leaves and `resume` undoes. A missing cgroup or freezer is not frozen.
     pub fn frozen(&self) -> bool {
-        let (file, yes): (PathBuf, &[&str]) = match &self.backend {
-            Backend::V1(v1) => match v1.freezer_state_file() {
-                Some(f) => (f, &["FROZEN", "FREEZING"]),
-                None => return false,
-            },
-            Backend::V2(v2) => (v2.dir().join("cgroup.freeze"), &["1"]),
-        };
-        control::read(&file).is_ok_and(|t| yes.contains(&t.trim()))
+        self.backend.frozen()
     }
 
     pub fn thaw(&self) -> Result<(), CgroupError> {
-        match &self.backend {
-            Backend::V1(v1) => v1.thaw(),
-            Backend::V2(v2) => v2.thaw(),
-        }
+        self.backend.thaw()
     }
 
     /// Remove the cgroup if it is empty (no process, no sub-cgroup), without
@@ -457,19 +592,12 @@ impl VmCgroup {
     /// What the VM has used (CPU, memory, processes, block I/O), as far as this
     /// host's cgroups report it.
     pub fn usage(&self) -> Usage {
-        match &self.backend {
-            Backend::V1(v1) => usage::v1(|c| v1.dir_for(c)),
-            Backend::V2(v2) => usage::v2(v2.dir()),
-        }
+        self.backend.usage()
     }
 
     /// Memory in use by the cgroup in bytes, if the memory controller reports it.
     pub fn memory_current(&self) -> Option<u64> {
-        let path = match &self.backend {
-            Backend::V1(v1) => v1.memory_usage_file()?,
-            Backend::V2(v2) => v2.memory_current_file(),
-        };
-        control::read(&path).ok()?.trim().parse().ok()
+        self.backend.memory_current()
     }
 }
 

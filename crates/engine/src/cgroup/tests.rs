@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::*;
+use crate::limits::{Key, Limits};
 use crate::testing::require_root;
 
 fn v2_fake() -> (tempfile::TempDir, Cgroups) {
@@ -580,4 +581,283 @@ fn v1_frozen_reads_the_freezer_state() {
     vm.thaw().unwrap();
     assert_eq!(fs::read_to_string(&state).unwrap().trim(), "THAWED");
     assert!(!vm.frozen());
+}
+
+// Limits: the option → file → value tables, on a fake cgroupfs of each version.
+
+fn limits(pairs: &[(Key, &str)]) -> Limits {
+    let mut l = Limits::default();
+    for (k, v) in pairs {
+        l.set(*k, v).unwrap();
+    }
+    l.validate().unwrap();
+    l
+}
+
+/// Every control file a limit can touch, empty, as the kernel would have made them.
+const V2_FILES: [&str; 5] = [
+    "memory.max",
+    "memory.swap.max",
+    "pids.max",
+    "cpu.max",
+    "cpu.weight",
+];
+const V1_FILES: [(&str, &str); 6] = [
+    ("memory", "memory.limit_in_bytes"),
+    ("memory", "memory.memsw.limit_in_bytes"),
+    ("pids", "pids.max"),
+    ("cpu,cpuacct", "cpu.cfs_period_us"),
+    ("cpu,cpuacct", "cpu.cfs_quota_us"),
+    ("cpu,cpuacct", "cpu.shares"),
+];
+
+/// Applies `l` to a fresh fake cgroup and returns the files that were written,
+/// as `file = value` (v1 files prefixed with their hierarchy).
+fn written(v2: bool, l: &Limits, all: bool) -> Vec<String> {
+    let (tmp, cgroups) = if v2 { v2_fake() } else { v1_fake() };
+    let vm = cgroups.vm("fvm-lim").unwrap();
+    vm.create().unwrap();
+    let files: Vec<PathBuf> = if v2 {
+        V2_FILES
+            .iter()
+            .map(|f| tmp.path().join("fvm-lim").join(f))
+            .collect()
+    } else {
+        V1_FILES
+            .iter()
+            .map(|(h, f)| tmp.path().join(h).join("fvm-lim").join(f))
+            .collect()
+    };
+    for f in &files {
+        fs::write(f, "").unwrap();
+    }
+    vm.set_limits(l, all).unwrap();
+    files
+        .iter()
+        .filter_map(|f| {
+            let v = fs::read_to_string(f).unwrap();
+            let rel = f.strip_prefix(tmp.path()).unwrap().to_string_lossy();
+            let name = rel.replace("fvm-lim/", "");
+            (!v.is_empty()).then(|| format!("{name} = {v}"))
+        })
+        .collect()
+}
+
+#[test]
+fn v2_limit_table() {
+    let m = (Key::Memory, "64M");
+    for (given, expected) in [
+        (
+            vec![m],
+            vec!["memory.max = 67108864", "memory.swap.max = 0"],
+        ),
+        (
+            vec![m, (Key::Swap, "1G")],
+            vec!["memory.max = 67108864", "memory.swap.max = 1073741824"],
+        ),
+        (vec![(Key::Processes, "64")], vec!["pids.max = 64"]),
+        (vec![(Key::Cpus, "0.5")], vec!["cpu.max = 50000 100000"]),
+        (vec![(Key::Cpus, "1.25")], vec!["cpu.max = 125000 100000"]),
+        (vec![(Key::CpuWeight, "50")], vec!["cpu.weight = 50"]),
+        (vec![(Key::Priority, "low")], vec!["cpu.weight = 25"]),
+        (vec![(Key::Priority, "high")], vec!["cpu.weight = 400"]),
+        (
+            vec![(Key::Priority, "high"), (Key::CpuWeight, "7")],
+            vec!["cpu.weight = 7"],
+        ),
+        // Per-process limits and the timeout are not cgroup files.
+        (
+            vec![
+                (Key::ProcessMemory, "100M"),
+                (Key::CpuTime, "2"),
+                (Key::OpenFiles, "256"),
+                (Key::Timeout, "3s"),
+            ],
+            vec![],
+        ),
+    ] {
+        assert_eq!(written(true, &limits(&given), false), expected, "{given:?}");
+    }
+    // A live change resets what is no longer set.
+    assert_eq!(
+        written(true, &Limits::default(), true),
+        vec![
+            "memory.max = max",
+            "memory.swap.max = max",
+            "pids.max = max",
+            "cpu.max = max 100000",
+            "cpu.weight = 100",
+        ]
+    );
+}
+
+#[test]
+fn v1_limit_table() {
+    let m = (Key::Memory, "64M");
+    for (given, expected) in [
+        (
+            vec![m],
+            vec![
+                "memory/memory.limit_in_bytes = 67108864",
+                "memory/memory.memsw.limit_in_bytes = 67108864",
+            ],
+        ),
+        (
+            vec![m, (Key::Swap, "1G")],
+            vec![
+                "memory/memory.limit_in_bytes = 67108864",
+                "memory/memory.memsw.limit_in_bytes = 1140850688",
+            ],
+        ),
+        (vec![(Key::Processes, "64")], vec!["pids/pids.max = 64"]),
+        (
+            vec![(Key::Cpus, "0.5")],
+            vec![
+                "cpu,cpuacct/cpu.cfs_period_us = 100000",
+                "cpu,cpuacct/cpu.cfs_quota_us = 50000",
+            ],
+        ),
+        (
+            vec![(Key::CpuWeight, "50")],
+            vec!["cpu,cpuacct/cpu.shares = 512"],
+        ),
+        (
+            vec![(Key::Priority, "low")],
+            vec!["cpu,cpuacct/cpu.shares = 256"],
+        ),
+        (
+            vec![(Key::Priority, "normal")],
+            vec!["cpu,cpuacct/cpu.shares = 1024"],
+        ),
+        (
+            vec![(Key::Priority, "high")],
+            vec!["cpu,cpuacct/cpu.shares = 4096"],
+        ),
+        (
+            vec![(Key::CpuWeight, "1")],
+            vec!["cpu,cpuacct/cpu.shares = 10"],
+        ),
+        (
+            vec![(Key::CpuWeight, "10000")],
+            vec!["cpu,cpuacct/cpu.shares = 102400"],
+        ),
+        (
+            vec![
+                (Key::ProcessMemory, "100M"),
+                (Key::CpuTime, "2"),
+                (Key::OpenFiles, "256"),
+                (Key::Timeout, "3s"),
+            ],
+            vec![],
+        ),
+    ] {
+        assert_eq!(
+            written(false, &limits(&given), false),
+            expected,
+            "{given:?}"
+        );
+    }
+    assert_eq!(
+        written(false, &Limits::default(), true),
+        vec![
+            "memory/memory.limit_in_bytes = -1",
+            "memory/memory.memsw.limit_in_bytes = -1",
+            "pids/pids.max = max",
+            "cpu,cpuacct/cpu.cfs_quota_us = -1",
+            "cpu,cpuacct/cpu.shares = 1024",
+        ]
+    );
+}
+
+#[test]
+fn v1_grows_memory_and_swap_in_the_order_the_kernel_accepts() {
+    let l = limits(&[(Key::Memory, "1G")]);
+    let files = |w: Vec<limits::LimitWrite>| -> Vec<&str> { w.iter().map(|w| w.file).collect() };
+    assert_eq!(
+        files(limits::v1(&l, false, false))[..2],
+        ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
+    );
+    assert_eq!(
+        files(limits::v1(&l, false, true))[..2],
+        ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
+    );
+    // On a fake cgroup whose limit is 64M, 1G is a raise.
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("fvm-raise").unwrap();
+    vm.create().unwrap();
+    fs::write(
+        tmp.path().join("memory/fvm-raise/memory.limit_in_bytes"),
+        "67108864\n",
+    )
+    .unwrap();
+    let order: Vec<&str> = vm
+        .backend
+        .limit_writes(&l, true)
+        .iter()
+        .map(|w| w.file)
+        .collect();
+    assert_eq!(order[0], "memory.memsw.limit_in_bytes");
+}
+
+#[test]
+fn a_missing_controller_or_file_is_an_error_unless_optional() {
+    // v1 without a pids hierarchy: processes can't be enforced.
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join("memory")).unwrap();
+    let cgroups = Cgroups::v1_at(vec![(vec!["memory".into()], tmp.path().join("memory"))]);
+    let vm = cgroups.vm("fvm-miss").unwrap();
+    vm.create().unwrap();
+    let err = vm
+        .set_limits(&limits(&[(Key::Processes, "64")]), false)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the processes limit can't be enforced on this host: it needs the cgroup pids controller, which is not mounted"
+    );
+    let err = cgroups
+        .check_limits(&limits(&[(Key::Processes, "64")]))
+        .unwrap_err();
+    assert!(
+        matches!(err, CgroupError::MissingController { .. }),
+        "{err}"
+    );
+    // memory.limit_in_bytes but no memsw file: memory alone works, swap doesn't.
+    let dir = tmp.path().join("memory/fvm-miss");
+    fs::write(dir.join("memory.limit_in_bytes"), "").unwrap();
+    fs::write(tmp.path().join("memory/memory.limit_in_bytes"), "").unwrap();
+    let memory = limits(&[(Key::Memory, "64M")]);
+    vm.set_limits(&memory, false).unwrap();
+    cgroups.check_limits(&memory).unwrap();
+    let swap = limits(&[(Key::Memory, "64M"), (Key::Swap, "1G")]);
+    let err = vm.set_limits(&swap, false).unwrap_err();
+    assert!(
+        matches!(&err, CgroupError::MissingFile { key: Key::Swap, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("swapaccount=1"), "{err}");
+    let err = cgroups.check_limits(&swap).unwrap_err();
+    assert!(matches!(err, CgroupError::MissingFile { .. }), "{err}");
+}
+
+#[test]
+fn v2_checks_the_root_controllers_and_enables_them_for_vms() {
+    let (tmp, cgroups) = v2_fake();
+    fs::write(tmp.path().join("cgroup.controllers"), "cpu io pids\n").unwrap();
+    fs::write(tmp.path().join("cgroup.subtree_control"), "").unwrap();
+    cgroups
+        .check_limits(&limits(&[(Key::Processes, "64"), (Key::Cpus, "1")]))
+        .unwrap();
+    let err = cgroups
+        .check_limits(&limits(&[(Key::Memory, "64M")]))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the memory limit can't be enforced on this host: it needs the cgroup memory controller, which is not enabled"
+    );
+    // A new VM cgroup gets the offered controllers it lacked.
+    cgroups.vm("fvm-en").unwrap().create().unwrap();
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("cgroup.subtree_control")).unwrap(),
+        "+cpu +io +pids"
+    );
 }

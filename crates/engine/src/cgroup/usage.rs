@@ -19,6 +19,8 @@ pub struct Usage {
     /// Bytes read from and written to block devices.
     pub io_read: Option<u64>,
     pub io_write: Option<u64>,
+    /// Processes the kernel's OOM killer ended because the VM hit its memory limit.
+    pub oom_kills: Option<u64>,
 }
 
 fn number(path: &Path) -> Option<u64> {
@@ -78,6 +80,9 @@ pub(super) fn v2(dir: &Path) -> Usage {
         processes: number(&dir.join("pids.current")),
         io_read: io.map(|i| i.0),
         io_write: io.map(|i| i.1),
+        oom_kills: control::read(&dir.join("memory.events"))
+            .ok()
+            .and_then(|t| keyed(&t, "oom_kill")),
     }
 }
 
@@ -94,6 +99,10 @@ pub(super) fn v1(dir_with: impl Fn(&str) -> Option<std::path::PathBuf>) -> Usage
         processes: file("pids", "pids.current").and_then(|p| number(&p)),
         io_read: io.map(|i| i.0),
         io_write: io.map(|i| i.1),
+        // `oom_kill` is in memory.oom_control since Linux 4.13.
+        oom_kills: file("memory", "memory.oom_control")
+            .and_then(|p| control::read(&p).ok())
+            .and_then(|t| keyed(&t, "oom_kill")),
     }
 }
 
@@ -133,6 +142,7 @@ mod tests {
             ("memory.peak", "8192\n"),
             ("pids.current", "3\n"),
             ("io.stat", "8:0 rbytes=1 wbytes=2\n"),
+            ("memory.events", "low 0\nhigh 0\nmax 9\noom 2\noom_kill 2\n"),
         ] {
             std::fs::write(d.join(f), c).unwrap();
         }
@@ -146,6 +156,7 @@ mod tests {
                 processes: Some(3),
                 io_read: Some(1),
                 io_write: Some(2),
+                oom_kills: Some(2),
             }
         );
         // Without memory.peak (kernels before 5.19) the peak is unknown.
@@ -160,6 +171,10 @@ mod tests {
                 "blkio.throttle.io_service_bytes",
                 "8:0 Read 7\n8:0 Write 9\nTotal 16\n",
             ),
+            (
+                "memory.oom_control",
+                "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+            ),
         ] {
             std::fs::write(d.join(f), c).unwrap();
         }
@@ -173,6 +188,7 @@ mod tests {
                 processes: None,
                 io_read: Some(7),
                 io_write: Some(9),
+                oom_kills: Some(1),
             }
         );
     }

@@ -12,9 +12,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::CgroupError;
 use super::control::{self, KILL_TIMEOUT, Retry};
 use super::detect::Hierarchy;
+use super::limits::{self, LimitWrite};
+use super::{Backend, CgroupError, Usage, Version, usage};
+use crate::limits::Limits;
 
 /// How long to wait for FREEZING to become FROZEN before killing anyway.
 /// A task in uninterruptible sleep can hold off the freeze indefinitely.
@@ -35,10 +37,6 @@ impl V1Cgroup {
         }
     }
 
-    pub(super) fn dirs(&self) -> &[PathBuf] {
-        &self.dirs
-    }
-
     /// The VM's directory in the hierarchy that has `controller`.
     fn dir_with(&self, controller: &str) -> Option<&Path> {
         self.controllers
@@ -47,26 +45,13 @@ impl V1Cgroup {
             .map(|i| self.dirs[i].as_path())
     }
 
-    /// Where to list the VM's processes. Every hierarchy holds every task of
-    /// the VM, so any would do; pids is preferred because `pids.max` will count
-    /// exactly these tasks. Never empty: `Cgroups::vm` refuses a layout
-    /// without hierarchies.
-    pub(super) fn pids_dir(&self) -> &Path {
-        self.dir_with("pids").unwrap_or(&self.dirs[0])
-    }
-
-    pub(super) fn memory_usage_file(&self) -> Option<PathBuf> {
-        self.dir_with("memory")
-            .map(|dir| dir.join("memory.usage_in_bytes"))
-    }
-
     /// Fixes up a new cgroup so that tasks can join it.
     ///
     /// Detection skips cpuset, but a hierarchy that co-mounts it with a used
     /// controller still gets a directory, and a new cpuset cgroup starts with no
     /// CPUs and no memory nodes: joining it fails with ENOSPC. Inherit the
     /// parent's sets, as `cgroup.clone_children` would.
-    pub(super) fn after_create(&self) -> Result<(), CgroupError> {
+    fn inherit_cpuset(&self) -> Result<(), CgroupError> {
         let Some(dir) = self.dir_with("cpuset") else {
             return Ok(());
         };
@@ -97,7 +82,7 @@ impl V1Cgroup {
     }
 
     /// Kills everything in every hierarchy's directory, frozen if possible.
-    pub(super) fn kill_all(&self) -> Result<(), CgroupError> {
+    fn kill_everything(&self) -> Result<(), CgroupError> {
         // Freezing flips kernel static keys (IPIs to every CPU): only do it when
         // there is something to kill. The common case, after the VM's init took
         // everything down with it, is an empty cgroup.
@@ -138,7 +123,7 @@ impl V1Cgroup {
     /// and any populated directory would make `remove` fail, so look in all.
     fn all_pids(&self) -> Result<(&Path, Vec<i32>), CgroupError> {
         let mut all = Vec::new();
-        let mut first = self.pids_dir();
+        let mut first = self.procs_dir();
         for dir in &self.dirs {
             let pids = control::pids_under(dir)?;
             if all.is_empty() && !pids.is_empty() {
@@ -154,7 +139,7 @@ impl V1Cgroup {
 
 impl V1Cgroup {
     /// Freeze every process of the VM and wait until the kernel reports FROZEN.
-    pub(super) fn freeze_strict(&self, timeout: Duration) -> Result<(), CgroupError> {
+    fn freeze_strict(&self, timeout: Duration) -> Result<(), CgroupError> {
         let dir = self.dir_with("freezer").ok_or(CgroupError::NoFreezer)?;
         let state = dir.join("freezer.state");
         control::write(&state, b"FROZEN").map_err(|source| CgroupError::Freeze {
@@ -179,19 +164,78 @@ impl V1Cgroup {
         }
     }
 
-    pub(super) fn dir_for(&self, controller: &str) -> Option<PathBuf> {
-        self.dir_with(controller).map(Path::to_path_buf)
+    /// Whether raising the memory limit: then memory+swap must grow first.
+    fn raising_memory(&self, limits: &Limits) -> bool {
+        let current = self
+            .dir_with("memory")
+            .and_then(|d| control::read(&d.join("memory.limit_in_bytes")).ok())
+            .and_then(|t| t.trim().parse::<u64>().ok());
+        current.is_some_and(|c| limits.memory.map_or(u64::MAX, |m| m.0) > c)
+    }
+}
+
+impl Backend for V1Cgroup {
+    fn version(&self) -> Version {
+        Version::V1
     }
 
-    pub(super) fn freezer_state_file(&self) -> Option<PathBuf> {
-        self.dir_with("freezer").map(|d| d.join("freezer.state"))
+    fn dirs(&self) -> &[PathBuf] {
+        &self.dirs
     }
 
-    pub(super) fn thaw(&self) -> Result<(), CgroupError> {
+    fn dir_of(&self, controller: &str) -> Option<&Path> {
+        self.dir_with(controller)
+    }
+
+    /// Every hierarchy holds every task of the VM, so any would do; pids is
+    /// preferred because `pids.max` counts exactly these tasks. Never empty:
+    /// `Cgroups::vm` refuses a layout without hierarchies.
+    fn procs_dir(&self) -> &Path {
+        self.dir_with("pids").unwrap_or(&self.dirs[0])
+    }
+
+    fn after_create(&self) -> Result<(), CgroupError> {
+        self.inherit_cpuset()
+    }
+
+    fn kill_all(&self) -> Result<(), CgroupError> {
+        self.kill_everything()
+    }
+
+    fn freeze(&self, timeout: Duration) -> Result<(), CgroupError> {
+        self.freeze_strict(timeout)
+    }
+
+    fn thaw(&self) -> Result<(), CgroupError> {
         match self.dir_with("freezer") {
             Some(dir) => thaw(dir),
             None => Ok(()),
         }
+    }
+
+    /// FREEZING counts: a freeze is under way.
+    fn frozen(&self) -> bool {
+        self.dir_with("freezer").is_some_and(|d| {
+            control::read(&d.join("freezer.state"))
+                .is_ok_and(|t| matches!(t.trim(), "FROZEN" | "FREEZING"))
+        })
+    }
+
+    fn usage(&self) -> Usage {
+        usage::v1(|c| self.dir_with(c).map(Path::to_path_buf))
+    }
+
+    fn memory_current(&self) -> Option<u64> {
+        let dir = self.dir_with("memory")?;
+        control::read(&dir.join("memory.usage_in_bytes"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    fn limit_writes(&self, limits: &Limits, all: bool) -> Vec<LimitWrite> {
+        limits::v1(limits, all, self.raising_memory(limits))
     }
 }
 
@@ -262,9 +306,9 @@ mod tests {
     fn pids_come_from_the_pids_hierarchy_else_the_first() {
         let tmp = tempfile::tempdir().unwrap();
         let cgroup = fake(tmp.path(), &[&["cpu", "cpuacct"], &["pids"]]);
-        assert_eq!(cgroup.pids_dir(), tmp.path().join("pids/vm"));
+        assert_eq!(cgroup.procs_dir(), tmp.path().join("pids/vm"));
         let cgroup = fake(tmp.path(), &[&["cpu", "cpuacct"], &["memory"]]);
-        assert_eq!(cgroup.pids_dir(), tmp.path().join("cpu,cpuacct/vm"));
+        assert_eq!(cgroup.procs_dir(), tmp.path().join("cpu,cpuacct/vm"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::VmName;
+use crate::limits::{LimitError, Limits};
 
 /// What the user asked for. Runtime facts live in [`super::State`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,6 +22,9 @@ pub struct Policy {
     /// Where the VM's private layers live, if not inside the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Resource limits; see [`crate::limits`].
+    #[serde(default, skip_serializing_if = "Limits::is_empty")]
+    pub limits: Limits,
 }
 
 /// A policy file that can't be used.
@@ -52,6 +56,12 @@ pub enum PolicyError {
     },
     #[error("policy file {path}: `dir` must be an absolute path, not {dir:?}")]
     RelativeDir { path: PathBuf, dir: PathBuf },
+    #[error("policy file {path}: {source}")]
+    Limit {
+        path: PathBuf,
+        #[source]
+        source: LimitError,
+    },
 }
 
 const HEADER: &str = "\
@@ -62,6 +72,18 @@ const HEADER: &str = "\
 # description  free text shown by `fvm inspect`
 # created      when the VM was created (RFC 3339, UTC)
 # dir          where the VM's private layers live, if not inside the store
+#
+# [limits]       resource limits; a missing key is no limit
+# memory         memory of the whole VM (512M, 2G, or bytes)
+# swap           swap on top of memory (default 0 once memory is set)
+# processes      processes and threads in the VM
+# cpus           CPU time, in cores (0.5 is half a core)
+# cpu-weight     share under contention, 1-10000 (100 is the default)
+# priority       low, normal or high: a CPU share and the nice value of commands
+# process-memory address space of each process
+# cpu-time       CPU time of each process (SIGXCPU, then SIGKILL a second later)
+# open-files     open files of each process
+# timeout        wall-clock lifetime of the VM (90s, 10m, 1h30m), then it is stopped
 ";
 
 impl Policy {
@@ -71,6 +93,7 @@ impl Policy {
             description: String::new(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             dir,
+            limits: Limits::default(),
         }
     }
 
@@ -98,6 +121,13 @@ impl Policy {
                 dir: dir.clone(),
             });
         }
+        policy
+            .limits
+            .validate()
+            .map_err(|source| PolicyError::Limit {
+                path: path.to_owned(),
+                source,
+            })?;
         Ok(policy)
     }
 
@@ -132,6 +162,31 @@ mod tests {
         assert!(text.starts_with("# featherweight VM policy"));
         let back = Policy::parse(&text, Path::new("vm.toml"), &name("web1")).unwrap();
         assert_eq!(back, p);
+    }
+
+    #[test]
+    fn limits_round_trip_and_are_checked() {
+        let mut p = Policy::new(name("web1"), None);
+        p.limits.set(crate::limits::Key::Memory, "512M").unwrap();
+        p.limits.set(crate::limits::Key::Timeout, "90s").unwrap();
+        let text = p.to_toml();
+        assert!(
+            text.contains("[limits]\nmemory = \"512M\"\ntimeout = \"1m30s\""),
+            "{text}"
+        );
+        assert_eq!(
+            Policy::parse(&text, Path::new("p"), &name("web1")).unwrap(),
+            p
+        );
+        let low = text.replace("512M", "1K");
+        let e = Policy::parse(&low, Path::new("p"), &name("web1")).unwrap_err();
+        assert!(e.to_string().contains("memory"), "{e}");
+        let typo = text.replace("timeout", "timeuot");
+        let e = Policy::parse(&typo, Path::new("p"), &name("web1")).unwrap_err();
+        assert!(
+            matches!(e, PolicyError::Parse { .. }) && e.to_string().contains("timeuot"),
+            "{e}"
+        );
     }
 
     #[test]

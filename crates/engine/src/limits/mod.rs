@@ -1,0 +1,581 @@
+//! A VM's resource limits: what the policy's `[limits]` table says, checked.
+//!
+//! Two kinds of limit, enforced in two places:
+//! - the VM as a whole (`memory`, `swap`, `processes`, `cpus`, `cpu-weight`,
+//!   `priority`'s weight) lives in the VM's cgroup, which the kernel enforces for
+//!   every process the VM ever has; see `crate::cgroup` for the files;
+//! - each process (`process-memory`, `cpu-time`, `open-files`, `priority`'s nice
+//!   value) is an rlimit or nice value set on every command fvm starts in the VM
+//!   ([`ProcessLimits`]), inherited by whatever that command starts;
+//! - `timeout` is kept by the VM's init, which stops the VM when it runs out.
+//!
+//! Every value has a floor below which a VM can't start or a limit makes no sense;
+//! a value under it is an error, never rounded up.
+
+pub mod units;
+
+use serde::{Deserialize, Serialize};
+
+pub use units::{Cpus, Seconds, Size};
+
+/// `priority`: a named CPU share and nice value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn parse(text: &str) -> Result<Priority, String> {
+        match text.trim() {
+            "low" => Ok(Priority::Low),
+            "normal" => Ok(Priority::Normal),
+            "high" => Ok(Priority::High),
+            other => Err(format!("{other:?} is not a priority (low, normal or high)")),
+        }
+    }
+
+    /// The CPU weight (cgroup v2 scale, where 100 is every cgroup's default).
+    pub fn weight(self) -> u32 {
+        match self {
+            Priority::Low => 25,
+            Priority::Normal => 100,
+            Priority::High => 400,
+        }
+    }
+
+    /// The nice value of the VM's commands.
+    pub fn nice(self) -> i32 {
+        match self {
+            Priority::Low => 10,
+            Priority::Normal => 0,
+            Priority::High => -5,
+        }
+    }
+}
+
+/// The `[limits]` table of a policy. Every key is optional; a missing key is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Limits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swap: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Cpus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_memory: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_files: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Seconds>,
+}
+
+/// One key of [`Limits`], as `create` and `config` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Memory,
+    Swap,
+    Processes,
+    Cpus,
+    CpuWeight,
+    Priority,
+    ProcessMemory,
+    CpuTime,
+    OpenFiles,
+    Timeout,
+}
+
+impl Key {
+    pub const ALL: [Key; 10] = [
+        Key::Memory,
+        Key::Swap,
+        Key::Processes,
+        Key::Cpus,
+        Key::CpuWeight,
+        Key::Priority,
+        Key::ProcessMemory,
+        Key::CpuTime,
+        Key::OpenFiles,
+        Key::Timeout,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Memory => "memory",
+            Key::Swap => "swap",
+            Key::Processes => "processes",
+            Key::Cpus => "cpus",
+            Key::CpuWeight => "cpu-weight",
+            Key::Priority => "priority",
+            Key::ProcessMemory => "process-memory",
+            Key::CpuTime => "cpu-time",
+            Key::OpenFiles => "open-files",
+            Key::Timeout => "timeout",
+        }
+    }
+
+    /// Whether the key is a per-process limit, which reaches only processes
+    /// started after it changes.
+    pub fn per_process(self) -> bool {
+        matches!(
+            self,
+            Key::ProcessMemory | Key::CpuTime | Key::OpenFiles | Key::Priority
+        )
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A limit that can't be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {key} limit: {reason}")]
+pub struct LimitError {
+    pub key: Key,
+    pub reason: String,
+}
+
+impl LimitError {
+    fn new(key: Key, reason: impl Into<String>) -> LimitError {
+        LimitError {
+            key,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The least memory a VM needs to start its init and a shell.
+pub const MIN_MEMORY: Size = Size(16 << 20);
+/// The least address space a dynamically linked program needs to start.
+pub const MIN_PROCESS_MEMORY: Size = Size(16 << 20);
+/// The init, the command, and a pipeline of two.
+pub const MIN_PROCESSES: u64 = 4;
+/// The smallest quota the scheduler takes: 1 ms per 100 ms period.
+pub const MIN_CPUS: Cpus = Cpus(1);
+/// stdin, stdout, stderr, and the libraries a program opens while it starts.
+pub const MIN_OPEN_FILES: u64 = 16;
+/// cgroup v2's cpu.weight range.
+pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self == &Limits::default()
+    }
+
+    /// Set `key` from the text a user typed; `none` removes the limit. The result
+    /// is not checked as a whole: see [`Limits::validate`].
+    pub fn set(&mut self, key: Key, text: &str) -> Result<(), LimitError> {
+        let err = |reason: String| LimitError::new(key, reason);
+        let none = text.trim() == "none";
+        let count = |text: &str| {
+            text.trim()
+                .parse::<u64>()
+                .map_err(|_| err(format!("{text:?} is not a whole number")))
+        };
+        match key {
+            Key::Memory => self.memory = unless(none, || Size::parse(text).map_err(err))?,
+            Key::Swap => self.swap = unless(none, || Size::parse(text).map_err(err))?,
+            Key::Processes => self.processes = unless(none, || count(text))?,
+            Key::Cpus => self.cpus = unless(none, || Cpus::parse(text).map_err(err))?,
+            Key::CpuWeight => self.cpu_weight = unless(none, || count(text))?,
+            Key::Priority => self.priority = unless(none, || Priority::parse(text).map_err(err))?,
+            Key::ProcessMemory => {
+                self.process_memory = unless(none, || Size::parse(text).map_err(err))?;
+            }
+            Key::CpuTime => self.cpu_time = unless(none, || Seconds::parse(text).map_err(err))?,
+            Key::OpenFiles => self.open_files = unless(none, || count(text))?,
+            Key::Timeout => self.timeout = unless(none, || Seconds::parse(text).map_err(err))?,
+        }
+        Ok(())
+    }
+
+    /// The value of `key` as a person would write it, if set.
+    pub fn get(&self, key: Key) -> Option<String> {
+        let l = self;
+        match key {
+            Key::Memory => l.memory.map(|v| v.to_string()),
+            Key::Swap => l.swap.map(|v| v.to_string()),
+            Key::Processes => l.processes.map(|v| v.to_string()),
+            Key::Cpus => l.cpus.map(|v| v.to_string()),
+            Key::CpuWeight => l.cpu_weight.map(|v| v.to_string()),
+            Key::Priority => l.priority.map(|v| format!("{v:?}").to_lowercase()),
+            Key::ProcessMemory => l.process_memory.map(|v| v.to_string()),
+            Key::CpuTime => l.cpu_time.map(|v| v.to_string()),
+            Key::OpenFiles => l.open_files.map(|v| v.to_string()),
+            Key::Timeout => l.timeout.map(|v| v.to_string()),
+        }
+    }
+
+    /// The keys that are set.
+    pub fn keys(&self) -> Vec<Key> {
+        Key::ALL
+            .into_iter()
+            .filter(|&k| self.get(k).is_some())
+            .collect()
+    }
+
+    /// Keys whose value differs between `self` and `other`.
+    pub fn changed(&self, other: &Limits) -> Vec<Key> {
+        Key::ALL
+            .into_iter()
+            .filter(|&k| self.get(k) != other.get(k))
+            .collect()
+    }
+
+    /// Check the values against their floors and each other. Host facts (the CPU
+    /// count, the controllers) are checked where the limits are applied.
+    pub fn validate(&self) -> Result<(), LimitError> {
+        let below = |key, value: String, min: String, why: &str| {
+            Err(LimitError::new(
+                key,
+                format!("{value} is below the minimum of {min} ({why})"),
+            ))
+        };
+        if let Some(m) = self.memory
+            && m < MIN_MEMORY
+        {
+            return below(
+                Key::Memory,
+                m.to_string(),
+                MIN_MEMORY.to_string(),
+                "a vm needs that much to start",
+            );
+        }
+        if self.swap.is_some() && self.memory.is_none() {
+            return Err(LimitError::new(
+                Key::Swap,
+                "swap is counted on top of memory, so it needs a memory limit too",
+            ));
+        }
+        if let Some(p) = self.processes
+            && p < MIN_PROCESSES
+        {
+            return below(
+                Key::Processes,
+                p.to_string(),
+                MIN_PROCESSES.to_string(),
+                "the init, a command and a pipeline",
+            );
+        }
+        if let Some(c) = self.cpus
+            && c < MIN_CPUS
+        {
+            return below(
+                Key::Cpus,
+                c.to_string(),
+                MIN_CPUS.to_string(),
+                "1 ms of every 100 ms",
+            );
+        }
+        if let Some(w) = self.cpu_weight
+            && !CPU_WEIGHT_RANGE.contains(&w)
+        {
+            return Err(LimitError::new(
+                Key::CpuWeight,
+                format!("{w} is outside 1..10000 (100 is the default share)"),
+            ));
+        }
+        if let Some(m) = self.process_memory
+            && m < MIN_PROCESS_MEMORY
+        {
+            return below(
+                Key::ProcessMemory,
+                m.to_string(),
+                MIN_PROCESS_MEMORY.to_string(),
+                "a program needs that much address space to start",
+            );
+        }
+        if let Some(t) = self.cpu_time
+            && t.0 == 0
+        {
+            return below(
+                Key::CpuTime,
+                t.to_string(),
+                "1s".into(),
+                "no process could run",
+            );
+        }
+        if let Some(n) = self.open_files
+            && n < MIN_OPEN_FILES
+        {
+            return below(
+                Key::OpenFiles,
+                n.to_string(),
+                MIN_OPEN_FILES.to_string(),
+                "a program opens that many while it starts",
+            );
+        }
+        if let Some(t) = self.timeout
+            && t.0 == 0
+        {
+            return below(
+                Key::Timeout,
+                t.to_string(),
+                "1s".into(),
+                "the vm would stop at once",
+            );
+        }
+        if let Some(t) = self.timeout
+            && t.0 > u64::from(u32::MAX)
+        {
+            return Err(LimitError::new(Key::Timeout, format!("{t} is too long")));
+        }
+        Ok(())
+    }
+
+    /// Check the limits that depend on this host's size.
+    pub fn validate_for_host(&self, host_cpus: u32) -> Result<(), LimitError> {
+        if let Some(c) = self.cpus
+            && c.0 > host_cpus.saturating_mul(100)
+        {
+            return Err(LimitError::new(
+                Key::Cpus,
+                format!("{c} is more than this host's {host_cpus} CPUs"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU weight for the VM's cgroup (v2 scale), if one was asked for:
+    /// `cpu-weight`, else the `priority`'s.
+    pub fn weight(&self) -> Option<u64> {
+        self.cpu_weight
+            .or_else(|| self.priority.map(|p| u64::from(p.weight())))
+    }
+
+    /// What every command fvm starts in the VM gets.
+    pub fn per_process(&self) -> ProcessLimits {
+        ProcessLimits {
+            address_space: self.process_memory.map(|s| s.0),
+            cpu_seconds: self.cpu_time.map(|s| s.0),
+            open_files: self.open_files,
+            nice: self.priority.map(Priority::nice),
+        }
+    }
+}
+
+fn unless<T, E>(none: bool, parse: impl FnOnce() -> Result<T, E>) -> Result<Option<T>, E> {
+    if none { Ok(None) } else { parse().map(Some) }
+}
+
+/// Per-process limits, applied in a new command's process before it execs
+/// (nothing here allocates, so it is safe between fork and exec).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// RLIMIT_AS, soft and hard.
+    pub address_space: Option<u64>,
+    /// RLIMIT_CPU: SIGXCPU at this many seconds, SIGKILL a second later.
+    pub cpu_seconds: Option<u64>,
+    /// RLIMIT_NOFILE, soft and hard.
+    pub open_files: Option<u64>,
+    pub nice: Option<i32>,
+}
+
+impl ProcessLimits {
+    /// Set them on the calling process.
+    pub fn apply(&self) -> std::io::Result<()> {
+        use rustix::process::{Resource, Rlimit, setrlimit};
+        let both = |v: u64| Rlimit {
+            current: Some(v),
+            maximum: Some(v),
+        };
+        if let Some(v) = self.address_space {
+            setrlimit(Resource::As, both(v))?;
+        }
+        if let Some(v) = self.cpu_seconds {
+            setrlimit(
+                Resource::Cpu,
+                Rlimit {
+                    current: Some(v),
+                    maximum: Some(v.saturating_add(1)),
+                },
+            )?;
+        }
+        if let Some(v) = self.open_files {
+            setrlimit(Resource::Nofile, both(v))?;
+        }
+        if let Some(n) = self.nice {
+            rustix::process::setpriority_process(None, n)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(pairs: &[(Key, &str)]) -> Result<Limits, LimitError> {
+        let mut l = Limits::default();
+        for (k, v) in pairs {
+            l.set(*k, v)?;
+        }
+        l.validate()?;
+        Ok(l)
+    }
+
+    #[test]
+    fn every_key_parses_and_none_removes_it() {
+        let l = with(&[
+            (Key::Memory, "64M"),
+            (Key::Swap, "0"),
+            (Key::Processes, "64"),
+            (Key::Cpus, "0.5"),
+            (Key::CpuWeight, "50"),
+            (Key::Priority, "low"),
+            (Key::ProcessMemory, "100M"),
+            (Key::CpuTime, "2"),
+            (Key::OpenFiles, "256"),
+            (Key::Timeout, "1h30m"),
+        ])
+        .unwrap();
+        assert_eq!(l.memory, Some(Size(64 << 20)));
+        assert_eq!(l.swap, Some(Size(0)));
+        assert_eq!(l.processes, Some(64));
+        assert_eq!(l.cpus, Some(Cpus(50)));
+        assert_eq!(l.cpu_weight, Some(50));
+        assert_eq!(l.priority, Some(Priority::Low));
+        assert_eq!(l.process_memory, Some(Size(100 << 20)));
+        assert_eq!(l.cpu_time, Some(Seconds(2)));
+        assert_eq!(l.open_files, Some(256));
+        assert_eq!(l.timeout, Some(Seconds(5400)));
+        assert_eq!(l.keys(), Key::ALL.to_vec());
+        let mut cleared = l.clone();
+        for k in Key::ALL {
+            cleared.set(k, "none").unwrap();
+        }
+        assert!(cleared.is_empty());
+    }
+
+    #[test]
+    fn values_below_their_floor_are_refused() {
+        for (key, text) in [
+            (Key::Memory, "1K"),
+            (Key::ProcessMemory, "1M"),
+            (Key::Processes, "0"),
+            (Key::Processes, "3"),
+            (Key::Cpus, "0"),
+            (Key::CpuWeight, "0"),
+            (Key::CpuWeight, "10001"),
+            (Key::CpuTime, "0s"),
+            (Key::OpenFiles, "3"),
+            (Key::Timeout, "0"),
+        ] {
+            let e = with(&[(key, text)]).unwrap_err();
+            assert_eq!(e.key, key, "{key}={text}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = with(&[(Key::Swap, "1G")]).unwrap_err();
+        assert_eq!(e.key, Key::Swap);
+    }
+
+    #[test]
+    fn malformed_values_name_their_key() {
+        for (key, text) in [
+            (Key::Memory, "12Q"),
+            (Key::Processes, "-1"),
+            (Key::Cpus, "-1"),
+            (Key::Timeout, "5x"),
+            (Key::Priority, "urgent"),
+            (Key::OpenFiles, "many"),
+        ] {
+            let mut l = Limits::default();
+            let e = l.set(key, text).unwrap_err();
+            assert_eq!(e.key, key);
+            assert!(
+                e.to_string().starts_with(&format!("invalid {key} limit: ")),
+                "{e}"
+            );
+            assert!(l.is_empty());
+        }
+    }
+
+    #[test]
+    fn host_cpu_count_caps_cpus() {
+        let l = with(&[(Key::Cpus, "2")]).unwrap();
+        assert!(l.validate_for_host(2).is_ok());
+        assert!(l.validate_for_host(1).is_err());
+    }
+
+    #[test]
+    fn weight_comes_from_cpu_weight_else_priority() {
+        assert_eq!(
+            with(&[(Key::Priority, "high")]).unwrap().weight(),
+            Some(400)
+        );
+        assert_eq!(
+            with(&[(Key::Priority, "high"), (Key::CpuWeight, "7")])
+                .unwrap()
+                .weight(),
+            Some(7)
+        );
+        assert_eq!(Limits::default().weight(), None);
+    }
+
+    #[test]
+    fn changed_names_the_keys_that_differ() {
+        let a = with(&[(Key::Memory, "64M"), (Key::CpuTime, "2")]).unwrap();
+        let b = with(&[
+            (Key::Memory, "128M"),
+            (Key::CpuTime, "2"),
+            (Key::OpenFiles, "99"),
+        ])
+        .unwrap();
+        assert_eq!(a.changed(&b), vec![Key::Memory, Key::OpenFiles]);
+    }
+
+    #[test]
+    fn toml_round_trip_in_units_people_write() {
+        let l = with(&[
+            (Key::Memory, "512M"),
+            (Key::Cpus, "0.5"),
+            (Key::Timeout, "90s"),
+            (Key::Priority, "high"),
+        ])
+        .unwrap();
+        let text = toml::to_string(&l).unwrap();
+        assert!(text.contains("memory = \"512M\""), "{text}");
+        assert!(text.contains("cpus = 0.5"), "{text}");
+        assert!(text.contains("timeout = \"1m30s\""), "{text}");
+        assert!(text.contains("priority = \"high\""), "{text}");
+        assert_eq!(toml::from_str::<Limits>(&text).unwrap(), l);
+        let bare: Limits = toml::from_str("memory = 1048576\ncpus = 2\ntimeout = 90\n").unwrap();
+        assert_eq!(bare.memory, Some(Size(1 << 20)));
+        assert_eq!(bare.cpus, Some(Cpus(200)));
+        assert_eq!(bare.timeout, Some(Seconds(90)));
+    }
+
+    #[test]
+    fn per_process_limits_come_from_their_keys() {
+        let l = with(&[
+            (Key::ProcessMemory, "100M"),
+            (Key::CpuTime, "2"),
+            (Key::Priority, "low"),
+        ])
+        .unwrap();
+        assert_eq!(
+            l.per_process(),
+            ProcessLimits {
+                address_space: Some(100 << 20),
+                cpu_seconds: Some(2),
+                open_files: None,
+                nice: Some(10),
+            }
+        );
+    }
+}
