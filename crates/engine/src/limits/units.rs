@@ -68,7 +68,7 @@ impl Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (letter, factor) in UNITS {
-            if factor > 1 && self.0 >= factor && self.0 % factor == 0 {
+            if factor > 1 && self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{letter}", self.0 / factor);
             }
         }
@@ -188,7 +188,7 @@ impl fmt::Display for Cpus {
         let (whole, frac) = (self.0 / 100, self.0 % 100);
         match frac {
             0 => write!(f, "{whole}"),
-            n if n % 10 == 0 => write!(f, "{whole}.{}", n / 10),
+            n if n.is_multiple_of(10) => write!(f, "{whole}.{}", n / 10),
             n => write!(f, "{whole}.{n:02}"),
         }
     }
