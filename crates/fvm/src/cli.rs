@@ -96,6 +96,77 @@ pub struct PolicyArgs {
     /// Free text describing the VM
     #[arg(long)]
     pub description: Option<String>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Resource limits (policy `[limits]`); `none` removes one.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Resource limits (`none` removes one)")]
+pub struct LimitArgs {
+    /// Memory of the whole VM, e.g. 512M or 2G
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Swap on top of memory (default 0 once memory is set)
+    #[arg(long, value_name = "SIZE")]
+    pub swap: Option<String>,
+    /// Processes and threads in the VM
+    #[arg(long, value_name = "N")]
+    pub processes: Option<String>,
+    /// CPU time, in cores, e.g. 0.5
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Share of CPU under contention, 1-10000 (default 100)
+    #[arg(long, value_name = "N")]
+    pub cpu_weight: Option<String>,
+    /// low, normal or high: a CPU share and the nice value of commands
+    #[arg(long, value_name = "LEVEL")]
+    pub priority: Option<String>,
+    /// Address space of each process, e.g. 1G
+    #[arg(long, value_name = "SIZE")]
+    pub process_memory: Option<String>,
+    /// CPU time of each process, e.g. 90s (then SIGXCPU, and SIGKILL 1 s later)
+    #[arg(long, value_name = "DURATION")]
+    pub cpu_time: Option<String>,
+    /// Open files of each process
+    #[arg(long, value_name = "N")]
+    pub open_files: Option<String>,
+    /// Wall-clock lifetime of the VM, e.g. 10m or 1h30m; then it is stopped
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+}
+
+impl LimitArgs {
+    /// The limits given, as (key, text), in the order of the flags.
+    pub fn given(&self) -> Vec<(fvm_engine::limits::Key, &str)> {
+        use fvm_engine::limits::Key;
+        [
+            (Key::Memory, &self.memory),
+            (Key::Swap, &self.swap),
+            (Key::Processes, &self.processes),
+            (Key::Cpus, &self.cpus),
+            (Key::CpuWeight, &self.cpu_weight),
+            (Key::Priority, &self.priority),
+            (Key::ProcessMemory, &self.process_memory),
+            (Key::CpuTime, &self.cpu_time),
+            (Key::OpenFiles, &self.open_files),
+            (Key::Timeout, &self.timeout),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+        .collect()
+    }
+
+    /// Apply the flags to `limits`.
+    pub fn apply_to(
+        &self,
+        limits: &mut fvm_engine::limits::Limits,
+    ) -> Result<(), fvm_engine::limits::LimitError> {
+        for (key, text) in self.given() {
+            limits.set(key, text)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +186,9 @@ pub struct RunArgs {
     /// Never give the command a pty (terminal streams are then relayed by pipes)
     #[arg(short = 'T', long)]
     pub no_tty: bool,
+    /// Limits for the throw-away VM (with --rm; a named VM has its policy)
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// The VM (optional with --rm)
     pub name: Option<String>,
     /// The command and its arguments, after `--`

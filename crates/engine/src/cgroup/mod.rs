@@ -333,8 +333,11 @@ impl Cgroups {
 
 /// What a VM mounts at `/sys/fs/cgroup`, read-only, inside its cgroup namespace
 /// (where the root of every hierarchy is the VM's own cgroup).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CgroupView {
+    /// Nothing (no cgroup hierarchy the VM is in).
+    #[default]
+    None,
     /// One cgroup2 mount.
     V2,
     /// A tmpfs with one v1 mount per hierarchy, named by its controllers joined

@@ -256,6 +256,7 @@ fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<(), 
         nosuid_nodev_noexec | MountFlags::RDONLY,
         "",
     )?;
+    mount_cgroups(&plan.cgroups)?;
     populate_dev()?;
     protect_kernel_files()?;
     mount_at(
@@ -285,6 +286,45 @@ fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<(), 
         hide(path)?;
     }
     Ok(())
+}
+
+/// The VM's cgroup at `/sys/fs/cgroup`, read-only. The init made its cgroup
+/// namespace after joining the VM's cgroup, so a cgroup filesystem mounted now
+/// has the VM's cgroup as its root: a process sees its own limits and usage, and
+/// nothing of the host's other cgroups.
+fn mount_cgroups(view: &crate::cgroup::CgroupView) -> Result<(), MountError> {
+    use crate::cgroup::CgroupView;
+    let ro = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::RDONLY;
+    let root = Path::new("/sys/fs/cgroup");
+    match view {
+        CgroupView::None => Ok(()),
+        CgroupView::V2 => mount_fs("cgroup2", root, "cgroup2", ro, ""),
+        CgroupView::V1(hierarchies) => {
+            // sysfs is read-only: a tmpfs gives the hierarchies directories.
+            mount_fs(
+                "tmpfs",
+                root,
+                "tmpfs",
+                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
+                "mode=0755,size=64k",
+            )?;
+            for controllers in hierarchies {
+                let name = controllers.join(",");
+                let dir = root.join(&name);
+                make_dir(&dir, 0o555)?;
+                mount_fs("cgroup", &dir, "cgroup", ro, &name)?;
+                // `cpu,cpuacct` is also reachable as `cpu` and `cpuacct`, as on hosts.
+                if controllers.len() > 1 {
+                    for c in controllers {
+                        let link = root.join(c);
+                        std::os::unix::fs::symlink(&name, &link).map_err(err("create", &link))?;
+                    }
+                }
+            }
+            rustix::mount::mount_remount(root, ro, "mode=0755,size=64k")
+                .map_err(|e| err("make read-only", root)(e.into()))
+        }
+    }
 }
 
 fn mount_at(

@@ -91,6 +91,9 @@ pub struct MountPlan {
     pub hide: Vec<PathBuf>,
     /// Host mounts not carried into the VM, with the reason (for `-v` and inspect).
     pub skipped: Vec<(PathBuf, &'static str)>,
+    /// What to mount read-only at `/sys/fs/cgroup`: the VM's own cgroup, seen
+    /// through its cgroup namespace. Filled in from the host's cgroup layout.
+    pub cgroups: crate::cgroup::CgroupView,
 }
 
 #[derive(Debug, thiserror::Error)]

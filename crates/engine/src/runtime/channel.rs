@@ -55,8 +55,14 @@ pub enum Msg {
     /// init → fvm: the command could not be executed.
     ExecFailed { program: String, errno: i32 },
     /// init → fvm: the command ended; `last` if nothing else runs in the VM, so the
-    /// init is exiting too.
-    Exited { exit: Exit, last: bool },
+    /// init is exiting too; `timed_out` if the init was stopping the VM because its
+    /// timeout ran out.
+    Exited {
+        exit: Exit,
+        last: bool,
+        #[serde(default)]
+        timed_out: bool,
+    },
 }
 
 const MAX_MSG: usize = 4096;
@@ -155,6 +161,7 @@ mod tests {
             &Msg::Exited {
                 exit: Exit::Signal(9),
                 last: true,
+                timed_out: true,
             },
             None,
         )
@@ -167,7 +174,8 @@ mod tests {
             m,
             Msg::Exited {
                 exit: Exit::Signal(9),
-                last: true
+                last: true,
+                timed_out: true,
             }
         );
         assert!(fd.is_none());

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::process::Pid;
 
 use super::stdio::{StdioPlan, Stream, TtyMode};
+use crate::limits::ProcessLimits;
 use crate::sys::{self, Forked};
 
 /// The PATH used when the environment has none.
@@ -36,6 +37,8 @@ pub struct CommandSpec {
     pub cwd: PathBuf,
     /// Whether the command gets a pty from the VM's devpts (see [`super::stdio`]).
     pub tty: TtyMode,
+    /// Per-process limits from the VM's policy; the engine fills them in.
+    pub limits: ProcessLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +90,7 @@ struct Resolved {
     argv: Vec<CString>,
     env: Vec<CString>,
     cwd: CString,
+    limits: ProcessLimits,
 }
 
 fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
@@ -145,6 +149,7 @@ impl CommandSpec {
                 .map(|(k, v)| cstr(format!("{k}={v}")))
                 .collect::<Result<_, _>>()?,
             cwd: cstr(cwd)?,
+            limits: self.limits,
         })
     }
 }
@@ -244,6 +249,11 @@ fn exec_child(
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
         let _ = rustix::process::chdir(c"/");
     }
+    // The policy's rlimits and nice value, last, so that nothing of fvm's own
+    // work above counts against them.
+    if let Err(e) = r.limits.apply() {
+        return errno(e);
+    }
     if let Err(e) = sys::reset_signals_for_exec() {
         return errno(e);
     }
@@ -304,6 +314,7 @@ mod tests {
             env: vec![("PATH".into(), "/nonexistent:/usr/bin:/bin".into())],
             cwd: "/nonexistent-dir".into(),
             tty: TtyMode::Never,
+            limits: ProcessLimits::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! After setup it holds no file descriptor that reaches outside the VM.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -14,6 +15,7 @@ use rustix::process::{Pid, WaitOptions};
 
 use super::channel::{Channel, Exit, Msg};
 use super::command::{self, SpawnError};
+use super::control::{self, ControlPipe};
 use super::launch::LaunchSpec;
 use super::stdio::StdioPlan;
 use crate::cgroup;
@@ -31,9 +33,18 @@ const FORWARDED: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
+/// How long processes get between the SIGTERM of a timeout and the SIGKILL.
+const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+
 /// Run the VM's init. Never returns.
-pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup: cgroup::Entry) -> ! {
-    let signals = match setup(spec, &chan, cgroup) {
+pub(super) fn run(
+    spec: &LaunchSpec,
+    chan: Channel,
+    cgroup: cgroup::Entry,
+    control: ControlPipe,
+) -> ! {
+    let started = Instant::now();
+    let signals = match setup(spec, &chan, cgroup, &control) {
         Ok(s) => s,
         Err(error) => {
             let _ = chan.send(&Msg::Failed { error }, None);
@@ -52,6 +63,11 @@ pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup: cgroup::Entry) -> ! 
         command: None,
         chan: Some(chan),
         stopping: false,
+        control,
+        started,
+        deadline: spec.timeout.map(|s| started + Duration::from_secs(s)),
+        kill_at: None,
+        timed_out: false,
     };
     if let Some(cmd) = &spec.command {
         init.start_command(cmd, &spec.stdio);
@@ -63,9 +79,21 @@ pub(super) fn run(spec: &LaunchSpec, chan: Channel, cgroup: cgroup::Entry) -> ! 
 }
 
 /// Assemble the VM. Errors are one line for the user, naming the step.
-fn setup(spec: &LaunchSpec, chan: &Channel, cgroup: cgroup::Entry) -> Result<SignalFd, String> {
+fn setup(
+    spec: &LaunchSpec,
+    chan: &Channel,
+    cgroup: cgroup::Entry,
+    control: &ControlPipe,
+) -> Result<SignalFd, String> {
     // Everything inherited from the fvm command (lock files, the store) goes first.
-    let mut keep = vec![0, 1, 2, chan.as_fd().as_raw_fd()];
+    let mut keep = vec![
+        0,
+        1,
+        2,
+        chan.as_fd().as_raw_fd(),
+        control.read.as_raw_fd(),
+        control.write.as_raw_fd(),
+    ];
     keep.extend(cgroup.raw_fds());
     keep.extend(spec.stdio.pipe_fds());
     sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
@@ -127,6 +155,14 @@ struct Init {
     chan: Option<Channel>,
     /// A stop signal arrived: exit once the VM is empty.
     stopping: bool,
+    /// Messages from later fvm commands (see `runtime::control`).
+    control: ControlPipe,
+    started: Instant,
+    /// When the VM's timeout runs out, if it has one.
+    deadline: Option<Instant>,
+    /// When the processes that ignored the timeout's SIGTERM get SIGKILL.
+    kill_at: Option<Instant>,
+    timed_out: bool,
 }
 
 impl Init {
@@ -193,14 +229,28 @@ impl Init {
     fn serve(mut self, signals: &SignalFd) -> ! {
         let mut watched: Vec<OwnedFd> = Vec::new();
         loop {
-            let mut fds = vec![PollFd::new(signals, PollFlags::IN)];
+            let mut fds = vec![
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(&self.control.read, PollFlags::IN),
+            ];
             fds.extend(watched.iter().map(|w| PollFd::new(w, PollFlags::IN)));
-            if let Err(e) = rustix::event::poll(&mut fds, None)
+            let wake = self.next_wake().map(|at| {
+                let d = at.saturating_duration_since(Instant::now());
+                rustix::event::Timespec {
+                    tv_sec: d.as_secs() as i64,
+                    tv_nsec: i64::from(d.subsec_nanos()),
+                }
+            });
+            if let Err(e) = rustix::event::poll(&mut fds, wake.as_ref())
                 && e != rustix::io::Errno::INTR
             {
                 sys::exit_now(1);
             }
             drop(fds);
+            if let Some(timeout) = control::read_timeout(&self.control.read) {
+                self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
+            }
+            self.enforce_timeout();
             while let Ok(Some(info)) = signals.read_signal() {
                 let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                     continue;
@@ -224,13 +274,47 @@ impl Init {
             };
             if let Some(exit) = command_exit {
                 let last = no_children && others.is_empty();
-                self.send(&Msg::Exited { exit, last }, None);
+                let timed_out = self.timed_out;
+                self.send(
+                    &Msg::Exited {
+                        exit,
+                        last,
+                        timed_out,
+                    },
+                    None,
+                );
                 self.chan = None;
             }
             if ending && no_children && others.is_empty() {
                 sys::exit_now(0);
             }
             watched = others;
+        }
+    }
+
+    /// The next moment the timeout needs the init: the deadline, or the SIGKILL
+    /// after it.
+    fn next_wake(&self) -> Option<Instant> {
+        match (self.kill_at, self.timed_out) {
+            (Some(at), _) => Some(at),
+            (None, false) => self.deadline,
+            (None, true) => None,
+        }
+    }
+
+    /// Stop the VM once its timeout has run out: SIGTERM to every process, and
+    /// SIGKILL to what is left [`TIMEOUT_GRACE`] later.
+    fn enforce_timeout(&mut self) {
+        let now = Instant::now();
+        let everyone = nix::unistd::Pid::from_raw(-1);
+        if !self.timed_out && self.deadline.is_some_and(|d| now >= d) {
+            self.timed_out = true;
+            self.stopping = true;
+            self.kill_at = Some(now + TIMEOUT_GRACE);
+            let _ = nix::sys::signal::kill(everyone, Signal::SIGTERM);
+        } else if self.kill_at.is_some_and(|k| now >= k) {
+            self.kill_at = None;
+            let _ = nix::sys::signal::kill(everyone, Signal::SIGKILL);
         }
     }
 

@@ -8,6 +8,7 @@ use rustix::process::{Pid, WaitOptions};
 
 use super::channel::{Channel, Msg};
 use super::command::CommandSpec;
+use super::control::ControlPipe;
 use super::init;
 use super::stdio::StdioPlan;
 use crate::cgroup::{CgroupError, VmCgroup};
@@ -30,6 +31,8 @@ pub struct LaunchSpec {
     /// Namespaces to create, from [`crate::sys::ns`]. The cgroup namespace is made by
     /// the init itself, after it has joined the VM's cgroup.
     pub namespaces: u64,
+    /// Seconds after which the init stops the VM (the policy's `timeout`).
+    pub timeout: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +54,8 @@ pub enum LaunchError {
 pub struct Launched {
     pub pid: Pid,
     pub chan: Channel,
+    /// The write end of the init's control pipe, by its fd number in the init.
+    pub control_fd: i32,
 }
 
 impl Launched {
@@ -88,18 +93,26 @@ impl Launched {
 pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchError> {
     let entry = cgroup.entry()?;
     let (ours, theirs) = Channel::pair().map_err(LaunchError::Channel)?;
+    let control = ControlPipe::new().map_err(LaunchError::Channel)?;
+    // The child's fd table is a copy of ours: same numbers.
+    let control_fd = std::os::fd::AsRawFd::as_raw_fd(&control.write);
     // The child starts with a copy of our buffers; flush so nothing prints twice.
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
     match sys::clone_process(spec.namespaces, entry.clone_into()).map_err(LaunchError::Clone)? {
         Forked::Child => {
             drop(ours);
-            init::run(spec, theirs, entry)
+            init::run(spec, theirs, entry, control)
         }
         Forked::Parent(pid) => {
             drop(theirs);
             drop(entry);
-            Ok(Launched { pid, chan: ours })
+            drop(control);
+            Ok(Launched {
+                pid,
+                chan: ours,
+                control_fd,
+            })
         }
     }
 }

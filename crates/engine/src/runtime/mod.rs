@@ -3,6 +3,7 @@
 
 pub mod channel;
 pub mod command;
+pub mod control;
 pub mod enter;
 mod init;
 pub mod launch;

@@ -35,6 +35,8 @@ pub struct Outcome {
     pub exit: Exit,
     /// The VM's init is exiting too (nothing else runs in the VM).
     pub vm_ended: bool,
+    /// The VM was being stopped because its timeout ran out.
+    pub timed_out: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +213,7 @@ pub fn run(
                     Some(Outcome {
                         exit,
                         vm_ended: false,
+                        timed_out: false,
                     })
                 }
                 (None, Some(c)) => r.message(c)?,
@@ -278,9 +281,17 @@ impl Relay {
                 self.attach_pty(fd)?;
                 Ok(None)
             }
-            Some((Msg::Exited { exit, last }, _)) => Ok(Some(Outcome {
+            Some((
+                Msg::Exited {
+                    exit,
+                    last,
+                    timed_out,
+                },
+                _,
+            )) => Ok(Some(Outcome {
                 exit,
                 vm_ended: last,
+                timed_out,
             })),
             Some((Msg::ExecFailed { program, errno }, _)) => {
                 Err(SpawnError::from_errno(program, errno).into())

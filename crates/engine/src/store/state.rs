@@ -41,6 +41,10 @@ pub struct State {
     /// A throw-away VM (`run --rm`): deleted as soon as it is found stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub temporary: bool,
+    /// The init's end of its control pipe (see `runtime::control`), by fd number
+    /// in the init, for changes to the running VM such as a new timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_fd: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]

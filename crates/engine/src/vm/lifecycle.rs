@@ -10,6 +10,7 @@ use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
 use crate::runtime::stdio::StdioPlan;
 use crate::runtime::stop::{self, Stopped};
+use crate::limits::Limits;
 use crate::store::{Policy, StartMode, State, Status, VmDir, VmName};
 use crate::sys;
 
@@ -19,6 +20,8 @@ pub struct CreateOptions {
     pub description: Option<String>,
     /// Keep the VM's layers here instead of inside the store.
     pub dir: Option<PathBuf>,
+    /// Resource limits, checked against this host before the VM is created.
+    pub limits: Limits,
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -26,11 +29,13 @@ const FORCE_GRACE: Duration = Duration::ZERO;
 
 impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
+        self.check_limits(&opts.limits)?;
         let dir = opts.dir.as_deref().map(canonical_dir).transpose()?;
         let mut policy = Policy::new(name.clone(), dir);
         if let Some(d) = &opts.description {
             policy.description = d.clone();
         }
+        policy.limits = opts.limits.clone();
         Ok(self.store.create_vm(&policy)?)
     }
 
@@ -79,6 +84,9 @@ impl Engine {
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
         let fail = |e: StartError| self.start_error(name, e);
+        // A policy written on another host, or by hand, may ask for what this one
+        // can't enforce: refuse to start rather than run without the limit.
+        self.check_limits(&policy.limits)?;
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
         let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
@@ -96,6 +104,10 @@ impl Engine {
         }
         let cgroup = self.cgroup(name)?;
         cgroup.create().map_err(|e| fail(e.into()))?;
+        if let Err(e) = cgroup.set_limits(&policy.limits, false) {
+            let _ = cgroup.remove();
+            return Err(fail(e.into()));
+        }
         tracing::debug!(vm = %name, "layers and cgroup ready");
         let spec = LaunchSpec {
             name: name.to_string(),
@@ -103,8 +115,12 @@ impl Engine {
             layout,
             mode,
             stdio: command.as_ref().map_or(StdioPlan::inherit(), |(_, s)| *s),
-            command: command.map(|(c, _)| c),
+            command: command.map(|(mut c, _)| {
+                c.limits = policy.limits.per_process();
+                c
+            }),
             namespaces: sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS,
+            timeout: policy.limits.timeout.map(|t| t.0),
         };
         let launched = match launch::launch(&spec, &cgroup) {
             Ok(l) => l,
@@ -125,6 +141,7 @@ impl Engine {
                         humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
                     ),
                     temporary,
+                    control_fd: Some(launched.control_fd),
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
@@ -166,9 +183,9 @@ impl Engine {
         })?;
         let mut private = self.store.private_paths();
         private.extend(own_dir.map(Path::to_path_buf));
-        Ok(mounts::plan::build(&table, &private, &|p: &Path| {
-            p.is_dir()
-        })?)
+        let mut plan = mounts::plan::build(&table, &private, &|p: &Path| p.is_dir())?;
+        plan.cgroups = self.cgroups()?.view();
+        Ok(plan)
     }
 
     /// Stop a running VM: SIGTERM, then SIGKILL after `grace`. A suspended VM is

@@ -1,7 +1,7 @@
 //! `fvm doctor --cleanup` and `fvm config`: housekeeping across the store.
 
 use super::{Engine, VmError};
-use crate::store::{Policy, VmName};
+use crate::store::VmName;
 
 impl Engine {
     /// Bring the whole store in line with reality: finish crashed creates and
@@ -73,23 +73,5 @@ impl Engine {
             done.push(format!("removed orphaned cgroup {leaf}"));
         }
         Ok(done)
-    }
-
-    /// Change a VM's policy. `change` edits it; the result is checked by writing it
-    /// and reading it back before it replaces the old file.
-    pub fn configure(
-        &self,
-        name: &VmName,
-        change: impl FnOnce(&mut Policy),
-    ) -> Result<Policy, VmError> {
-        let vm = self.vm(name)?;
-        let _lock = vm.lock()?;
-        let mut policy = self.policy(&vm)?;
-        change(&mut policy);
-        vm.save_policy(&policy).map_err(|source| VmError::Policy {
-            name: name.to_string(),
-            source,
-        })?;
-        Ok(policy)
     }
 }

@@ -10,6 +10,7 @@ mod changes;
 mod copy;
 mod info;
 mod lifecycle;
+mod limits;
 mod maintain;
 mod processes;
 mod run;
@@ -20,6 +21,7 @@ use std::sync::OnceLock;
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
+pub use limits::Configured;
 pub use processes::VmProcess;
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
@@ -76,6 +78,16 @@ pub enum VmError {
         name: String,
         #[source]
         source: CgroupError,
+    },
+    #[error(transparent)]
+    Limit(#[from] crate::limits::LimitError),
+    #[error(transparent)]
+    HostLimit(CgroupError),
+    #[error("cannot reach the init of vm {name:?}")]
+    Control {
+        name: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("cannot stop vm {name:?}")]
     Stop {

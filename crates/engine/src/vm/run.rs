@@ -17,13 +17,14 @@ use crate::store::{Policy, StartMode, State, VmDir, VmName};
 
 impl Engine {
     /// Run `spec` in VM `name` and return how it ended.
-    pub fn run(&self, name: &VmName, spec: CommandSpec) -> Result<Exit, VmError> {
+    pub fn run(&self, name: &VmName, mut spec: CommandSpec) -> Result<Exit, VmError> {
         let vm = self.vm(name)?;
         let lock = vm.lock()?;
         // Blocked only now, so ^C still ends a command that waits for the lock; from
         // here on they are passed to the command.
         let signals = relay::block_signals().map_err(|e| self.relay_error(name, e.into()))?;
         let policy = self.policy(&vm)?;
+        spec.limits = policy.limits.per_process();
         let state = self.reconcile(&vm)?;
         let (stdio, mut ends) =
             stdio::plan(spec.tty).map_err(|e| self.relay_error(name, e.into()))?;
@@ -93,6 +94,12 @@ impl Engine {
             self.finish(vm, pid, &init)?;
             tracing::debug!(vm = %name, "vm stopped and cleaned up");
         }
+        if let Ok(o) = &result
+            && o.timed_out
+        {
+            let limit = policy.limits.timeout.map(|t| t.to_string()).unwrap_or_default();
+            tracing::warn!("vm {name} was stopped: its timeout of {limit} ran out");
+        }
         result.map_err(|e| self.relay_error(name, e))
     }
 
@@ -112,12 +119,17 @@ impl Engine {
     /// `run --rm`: a throw-away VM, created for the command and deleted after it.
     /// Its layers live on a tmpfs in its own mount namespace: nothing is written to
     /// disk, and whatever it left running is stopped with it.
-    pub fn run_temporary(&self, name: Option<VmName>, spec: CommandSpec) -> Result<Exit, VmError> {
+    pub fn run_temporary(
+        &self,
+        name: Option<VmName>,
+        opts: &super::CreateOptions,
+        spec: CommandSpec,
+    ) -> Result<Exit, VmError> {
         let name = match name {
             Some(n) => n,
             None => self.temporary_name()?,
         };
-        let vm = self.create(&name, &Default::default())?;
+        let vm = self.create(&name, opts)?;
         // Everything after the create runs in here, so that any failure still ends
         // in the delete below (with the VM's lock released first).
         let result = (|| {

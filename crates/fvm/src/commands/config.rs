@@ -1,4 +1,5 @@
 use anyhow::Result;
+use fvm_engine::VmError;
 
 use super::{Context, vm_name};
 use crate::cli::ConfigArgs;
@@ -8,12 +9,23 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let engine = ctx.engine_for(&name)?;
     let p = &args.policy;
-    let policy = if p.description.is_some() {
-        engine.configure(&name, |policy| {
+    let policy = if p.description.is_some() || !p.limits.given().is_empty() {
+        let done = engine.configure(&name, |policy| {
             if let Some(d) = &p.description {
                 policy.description = d.clone();
             }
-        })?
+            p.limits.apply_to(&mut policy.limits).map_err(VmError::from)
+        })?;
+        if !done.applied.is_empty() {
+            eprintln!("fvm: {} applied to running vm {name}", list(&done.applied));
+        }
+        if !done.for_new_processes.is_empty() {
+            eprintln!(
+                "fvm: {} of vm {name} apply to processes started from now on (fvm run, fvm shell); running processes keep their old limits",
+                list(&done.for_new_processes)
+            );
+        }
+        done.policy
     } else {
         engine.policy_of(&name)?
     };
@@ -23,4 +35,11 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         output::print(&policy.to_toml())?;
     }
     Ok(0)
+}
+
+fn list(keys: &[fvm_engine::limits::Key]) -> String {
+    keys.iter()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

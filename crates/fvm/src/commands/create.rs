@@ -8,10 +8,12 @@ use crate::output;
 pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let engine = ctx.engine(true)?;
-    let opts = CreateOptions {
+    let mut opts = CreateOptions {
         description: args.policy.description.clone(),
         dir: args.dir.clone(),
+        ..CreateOptions::default()
     };
+    args.policy.limits.apply_to(&mut opts.limits)?;
     engine.create(&name, &opts)?;
     output::print(&format!("{name}\n"))?;
     Ok(0)

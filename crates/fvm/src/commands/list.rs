@@ -33,11 +33,21 @@ fn row(vm: &VmInfo) -> Vec<String> {
     let dash = || "-".to_owned();
     vec![
         vm.name.to_string(),
-        vm.status.as_str().to_owned(),
+        status(vm),
         vm.ip.clone().unwrap_or_else(dash),
         vm.processes.map_or_else(dash, |p| p.to_string()),
         vm.memory.map_or_else(dash, output::size),
         output::size(vm.disk),
         vm.created.clone().unwrap_or_else(dash),
     ]
+}
+
+/// The status, with the processes the OOM killer ended in a running VM (the VM
+/// itself goes on; its memory limit is what ended them).
+fn status(vm: &VmInfo) -> String {
+    match vm.usage.and_then(|u| u.oom_kills) {
+        Some(1) => format!("{} (1 oom kill)", vm.status.as_str()),
+        Some(n) if n > 1 => format!("{} ({n} oom kills)", vm.status.as_str()),
+        _ => vm.status.as_str().to_owned(),
+    }
 }

@@ -22,8 +22,17 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
         .filter(|(k, _)| k != "FVM_NAME" && k != "FVM_ROOT")
         .collect();
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    let given = args.limits.given();
+    if !args.rm && !given.is_empty() {
+        anyhow::bail!(
+            "--{} is for throw-away vms (--rm); set a named vm's limits with fvm config",
+            given[0].0
+        );
+    }
     let exit = if args.rm {
         let engine = ctx.engine(true)?;
+        let mut opts = fvm_engine::vm::CreateOptions::default();
+        args.limits.apply_to(&mut opts.limits)?;
         let spec_for = |vm: &str, mut env: Vec<(String, String)>| {
             env.push(("FVM_NAME".into(), vm.to_owned()));
             CommandSpec {
@@ -31,6 +40,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
                 env,
                 cwd: cwd.clone(),
                 tty,
+                limits: Default::default(),
             }
         };
         // The name of a throw-away VM is only known once it is picked.
@@ -39,7 +49,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             None => engine.temporary_name()?,
         };
         let spec = spec_for(name.as_str(), env);
-        engine.run_temporary(Some(name), spec)?
+        engine.run_temporary(Some(name), &opts, spec)?
     } else {
         let Some(name) = name else {
             anyhow::bail!("a vm name is required (or use --rm for a throw-away vm)");
@@ -50,6 +60,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             env,
             cwd,
             tty,
+            limits: Default::default(),
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
@@ -81,6 +92,7 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
         env,
         cwd: "/root".into(),
         tty: TtyMode::Always,
+        limits: Default::default(),
     };
     let exit = ctx.engine_for(&name)?.run(&name, spec)?;
     Ok(status(exit.code()))

@@ -1,0 +1,132 @@
+//! Resource limits of VMs: checked against this host before they are stored or
+//! used, set on a VM's cgroup as it starts (see `lifecycle`), and changed on a
+//! running VM by `configure`.
+
+use super::{Engine, VmError};
+use crate::limits::{Key, Limits};
+use crate::runtime::control;
+use crate::store::{Policy, VmName};
+
+/// What `configure` did.
+#[derive(Debug, Clone)]
+pub struct Configured {
+    /// The policy as now stored.
+    pub policy: Policy,
+    /// Limits that changed while the VM ran: applied to it at once.
+    pub applied: Vec<Key>,
+    /// Per-process limits that changed while the VM ran: they reach processes
+    /// started from now on (`fvm run`, `fvm shell`); running ones keep theirs.
+    pub for_new_processes: Vec<Key>,
+}
+
+impl Engine {
+    /// Check `limits` for this host: their floors, its CPU count, and the cgroup
+    /// controllers and files they need.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), VmError> {
+        limits.validate()?;
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        limits.validate_for_host(u32::try_from(cpus).unwrap_or(u32::MAX))?;
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let cgroups = self.cgroups().map_err(VmError::HostLimit)?;
+        cgroups.check_limits(limits).map_err(VmError::HostLimit)
+    }
+
+    /// Change a VM's policy. `change` edits a copy; the result is checked, applied
+    /// to the VM if it is running, and only then stored (written and read back
+    /// before it replaces the old file). On any failure the stored policy and the
+    /// running VM keep their old limits.
+    pub fn configure(
+        &self,
+        name: &VmName,
+        change: impl FnOnce(&mut Policy) -> Result<(), VmError>,
+    ) -> Result<Configured, VmError> {
+        let vm = self.vm(name)?;
+        let _lock = vm.lock()?;
+        let old = self.policy(&vm)?;
+        let mut policy = old.clone();
+        change(&mut policy)?;
+        let changed = old.limits.changed(&policy.limits);
+        if !changed.is_empty() {
+            self.check_limits(&policy.limits)?;
+        }
+        let state = self.reconcile(&vm)?;
+        let running = state.live_init(&self.cgroup_leaf(name)).cloned();
+        let mut done = Configured {
+            policy: policy.clone(),
+            applied: Vec::new(),
+            for_new_processes: Vec::new(),
+        };
+        if let Some(init) = &running
+            && !changed.is_empty()
+        {
+            let cgroup = self.cgroup(name)?;
+            let wrap = |source| VmError::Cgroup {
+                name: name.to_string(),
+                source,
+            };
+            if changed.iter().any(|k| is_cgroup_key(*k))
+                && let Err(e) = cgroup.set_limits(&policy.limits, true)
+            {
+                let _ = cgroup.set_limits(&old.limits, true);
+                return Err(wrap(e));
+            }
+            if changed.contains(&Key::Timeout) {
+                self.send_timeout(name, init, state.control_fd, &policy.limits)?;
+            }
+            done.applied = changed
+                .iter()
+                .copied()
+                .filter(|k| !k.per_process() || *k == Key::Priority)
+                .collect();
+            done.for_new_processes = changed.iter().copied().filter(|k| k.per_process()).collect();
+            if let Err(source) = vm.save_policy(&policy) {
+                let _ = cgroup.set_limits(&old.limits, true);
+                if changed.contains(&Key::Timeout) {
+                    let _ = self.send_timeout(name, init, state.control_fd, &old.limits);
+                }
+                return Err(VmError::Policy {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+            return Ok(done);
+        }
+        vm.save_policy(&policy).map_err(|source| VmError::Policy {
+            name: name.to_string(),
+            source,
+        })?;
+        Ok(done)
+    }
+
+    /// Tell a running VM's init its new timeout.
+    fn send_timeout(
+        &self,
+        name: &VmName,
+        init: &crate::runtime::ProcId,
+        control_fd: Option<i32>,
+        limits: &Limits,
+    ) -> Result<(), VmError> {
+        let fail = |source| VmError::Control {
+            name: name.to_string(),
+            source,
+        };
+        let fd = control_fd.ok_or_else(|| {
+            fail(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "it was started by an older fvm; restart it to change its timeout",
+            ))
+        })?;
+        control::send_timeout(init, fd, limits.timeout.map(|t| t.0)).map_err(fail)?;
+        Ok(())
+    }
+}
+
+/// Whether `key` lives in the VM's cgroup (else it is per process, or the timeout).
+fn is_cgroup_key(key: Key) -> bool {
+    matches!(
+        key,
+        Key::Memory | Key::Swap | Key::Processes | Key::Cpus | Key::CpuWeight | Key::Priority
+    )
+}
