@@ -105,34 +105,34 @@ pub struct PolicyArgs {
 #[command(next_help_heading = "Resource limits (`none` removes one)")]
 pub struct LimitArgs {
     /// Memory of the whole VM, e.g. 512M or 2G
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
     pub memory: Option<String>,
     /// Swap on top of memory (default 0 once memory is set)
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
     pub swap: Option<String>,
     /// Processes and threads in the VM
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub processes: Option<String>,
     /// CPU time, in cores, e.g. 0.5
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub cpus: Option<String>,
     /// Share of CPU under contention, 1-10000 (default 100)
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub cpu_weight: Option<String>,
     /// low, normal or high: a CPU share and the nice value of commands
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, allow_hyphen_values = true, value_name = "LEVEL")]
     pub priority: Option<String>,
     /// Address space of each process, e.g. 1G
-    #[arg(long, value_name = "SIZE")]
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
     pub process_memory: Option<String>,
     /// CPU time of each process, e.g. 90s (then SIGXCPU, and SIGKILL 1 s later)
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub cpu_time: Option<String>,
     /// Open files of each process
-    #[arg(long, value_name = "N")]
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
     pub open_files: Option<String>,
     /// Wall-clock lifetime of the VM, e.g. 10m or 1h30m; then it is stopped
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub timeout: Option<String>,
 }
 

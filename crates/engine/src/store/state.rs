@@ -136,6 +136,7 @@ mod tests {
             mode: Some(StartMode::Background),
             started_at: Some("2026-01-01T00:00:00Z".into()),
             temporary: true,
+            control_fd: Some(7),
         };
         st.save(&p).unwrap();
         let back = State::load(&p).unwrap();
