@@ -56,6 +56,8 @@ pub struct VmInfo {
     pub disk: u64,
     /// The VM's network address (host mode: it has none of its own).
     pub ip: Option<String>,
+    /// The policy's resource limits (see docs/limits.md).
+    pub limits: crate::limits::Limits,
     pub paths: Paths,
     pub cgroup: Vec<PathBuf>,
 }
@@ -127,6 +129,7 @@ impl Engine {
             usage: cgroup.as_ref().filter(|_| running).map(|c| c.usage()),
             disk: disk_usage(&layers),
             ip: None,
+            limits: policy.as_ref().map(|p| p.limits.clone()).unwrap_or_default(),
             paths: Paths {
                 dir: vm.path().to_owned(),
                 policy: vm.policy_path(),
