@@ -671,10 +671,11 @@ fn process_memory_caps_the_address_space_of_each_process() {
     assert!(out.stderr.contains("MemoryError"), "{out}");
     let out = py(&store, "pm", &alloc(20)).ok();
     assert_eq!(out.out(), (20u64 << 20).to_string(), "{out}");
-    // It is per process, not for the VM: two 60M processes at once are fine.
-    // ($0 is python, $1 the script.)
+    // It is per process, not for the VM: two processes side by side, each holding
+    // 60M for a second, are fine. ($0 is python, $1 the script.)
     let both = "\"$0\" -c \"$1\" & \"$0\" -c \"$1\"; s=$?; wait $! && exit $s";
-    let out = run_in(&store, "pm", &["sh", "-c", both, python(), &alloc(60)]).ok();
+    let hold = format!("{}; import time; time.sleep(1)", alloc(60));
+    let out = run_in(&store, "pm", &["sh", "-c", both, python(), &hold]).ok();
     assert_eq!(out.stdout.lines().count(), 2, "{out}");
     store.assert_clean();
 }
@@ -940,7 +941,7 @@ fn sizes_and_durations_take_every_documented_spelling() {
         "mins",
         &[
             "--memory",
-            "16M",
+            "32M",
             "--process-memory",
             "16M",
             "--processes",
@@ -1016,7 +1017,7 @@ fn sizes_and_durations_take_every_documented_spelling() {
 const BAD: &[(&str, &str)] = &[
     ("--memory", "12Q"),
     ("--memory", "1K"),
-    ("--memory", "15M"),
+    ("--memory", "31M"),
     ("--process-memory", "15M"),
     ("--processes", "0"),
     ("--processes", "3"),

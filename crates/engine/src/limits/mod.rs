@@ -160,7 +160,7 @@ impl LimitError {
 }
 
 /// The least memory a VM needs to start its init and a shell.
-pub const MIN_MEMORY: Size = Size(16 << 20);
+pub const MIN_MEMORY: Size = Size(32 << 20);
 /// The least address space a dynamically linked program needs to start.
 pub const MIN_PROCESS_MEMORY: Size = Size(16 << 20);
 /// The init, the command, and a pipeline of two.

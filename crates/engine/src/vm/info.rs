@@ -129,7 +129,10 @@ impl Engine {
             usage: cgroup.as_ref().filter(|_| running).map(|c| c.usage()),
             disk: disk_usage(&layers),
             ip: None,
-            limits: policy.as_ref().map(|p| p.limits.clone()).unwrap_or_default(),
+            limits: policy
+                .as_ref()
+                .map(|p| p.limits.clone())
+                .unwrap_or_default(),
             paths: Paths {
                 dir: vm.path().to_owned(),
                 policy: vm.policy_path(),

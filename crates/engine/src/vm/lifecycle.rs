@@ -4,13 +4,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{Engine, StartError, VmError};
+use crate::limits::Limits;
 use crate::mounts::{self, Layout, MountPlan};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
 use crate::runtime::stdio::StdioPlan;
 use crate::runtime::stop::{self, Stopped};
-use crate::limits::Limits;
 use crate::store::{Policy, StartMode, State, Status, VmDir, VmName};
 use crate::sys;
 

@@ -80,7 +80,11 @@ impl Engine {
                 .copied()
                 .filter(|k| !k.per_process() || *k == Key::Priority)
                 .collect();
-            done.for_new_processes = changed.iter().copied().filter(|k| k.per_process()).collect();
+            done.for_new_processes = changed
+                .iter()
+                .copied()
+                .filter(|k| k.per_process())
+                .collect();
             if let Err(source) = vm.save_policy(&policy) {
                 let _ = cgroup.set_limits(&old.limits, true);
                 if changed.contains(&Key::Timeout) {

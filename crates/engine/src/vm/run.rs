@@ -97,7 +97,11 @@ impl Engine {
         if let Ok(o) = &result
             && o.timed_out
         {
-            let limit = policy.limits.timeout.map(|t| t.to_string()).unwrap_or_default();
+            let limit = policy
+                .limits
+                .timeout
+                .map(|t| t.to_string())
+                .unwrap_or_default();
             tracing::warn!("vm {name} was stopped: its timeout of {limit} ran out");
         }
         result.map_err(|e| self.relay_error(name, e))

@@ -38,8 +38,5 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
 }
 
 fn list(keys: &[fvm_engine::limits::Key]) -> String {
-    keys.iter()
-        .map(|k| k.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+    keys.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
 }
