@@ -9,6 +9,7 @@
 //! - [`mounts`]: the mount plan from the host's mount table, and applying it;
 //! - [`cgroup`]: one cgroup per VM on cgroup v1 and v2, and the limits in it;
 //! - [`limits`]: the resource policy (sizes, durations, CPUs, rlimits);
+//! - [`confine`]: what root in a VM may not do (capabilities, seccomp);
 //! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
 //! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
@@ -16,6 +17,7 @@
 
 pub mod cgroup;
 pub mod changes;
+pub mod confine;
 pub mod doctor;
 pub mod limits;
 pub mod mounts;

@@ -351,3 +351,31 @@ pub fn file_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(i32, Vec<u8>
         Ok(((*fh).handle_type, bytes))
     }
 }
+
+/// Load a seccomp filter on the calling thread without setting `no_new_privs`
+/// (the caller needs CAP_SYS_ADMIN). Filters stack: every later exec keeps it.
+pub fn load_seccomp(program: &[seccompiler::sock_filter]) -> io::Result<()> {
+    let len = u16::try_from(program.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "seccomp filter too long"))?;
+    let prog = libc::sock_fprog {
+        len,
+        // seccompiler's sock_filter is `struct sock_filter` from linux/filter.h,
+        // field for field, as libc's is.
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `prog` points at `len` valid instructions that outlive the call; the
+    // kernel copies the program and keeps no pointer into our memory.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -96,6 +96,10 @@ pub struct PolicyArgs {
     /// Free text describing the VM
     #[arg(long)]
     pub description: Option<String>,
+    /// `unconfined` gives root in the VM every capability and no seccomp filter
+    /// (trusted work only); `default` confines it
+    #[arg(long, value_name = "MODE")]
+    pub security: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
 }

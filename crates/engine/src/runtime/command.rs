@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use rustix::process::Pid;
 
 use super::stdio::{StdioPlan, Stream, TtyMode};
+use crate::confine::Confinement;
 use crate::limits::ProcessLimits;
 use crate::sys::{self, Forked};
 
@@ -39,6 +40,8 @@ pub struct CommandSpec {
     pub tty: TtyMode,
     /// Per-process limits from the VM's policy; the engine fills them in.
     pub limits: ProcessLimits,
+    /// Capabilities and seccomp; the engine fills them in from the VM's policy.
+    pub confine: Confinement,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +94,7 @@ struct Resolved {
     env: Vec<CString>,
     cwd: CString,
     limits: ProcessLimits,
+    confine: Confinement,
 }
 
 fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
@@ -150,6 +154,7 @@ impl CommandSpec {
                 .collect::<Result<_, _>>()?,
             cwd: cstr(cwd)?,
             limits: self.limits,
+            confine: self.confine.clone(),
         })
     }
 }
@@ -254,6 +259,11 @@ fn exec_child(
     if let Err(e) = r.limits.apply() {
         return errno(e);
     }
+    // Then the seccomp filter and the capability drop (see `confine`): after the
+    // rlimits, whose hard limits may need CAP_SYS_RESOURCE to set.
+    if let Err(e) = r.confine.apply() {
+        return errno(e);
+    }
     if let Err(e) = sys::reset_signals_for_exec() {
         return errno(e);
     }
@@ -315,6 +325,7 @@ mod tests {
             cwd: "/nonexistent-dir".into(),
             tty: TtyMode::Never,
             limits: ProcessLimits::default(),
+            confine: Confinement::none(),
         }
     }
 

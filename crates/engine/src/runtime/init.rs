@@ -72,6 +72,12 @@ pub(super) fn run(
     if let Some(cmd) = &spec.command {
         init.start_command(cmd, &spec.stdio);
     }
+    // From here the init only reaps, forwards signals and keeps the timeout: none
+    // of that needs more than the VM's own capabilities, and a process of the VM
+    // that took it over would get no more than root in the VM has.
+    if spec.confined && crate::confine::caps::drop_to_kept().is_err() {
+        sys::exit_now(1);
+    }
     if init.mode == StartMode::Background {
         init.chan = None;
     }

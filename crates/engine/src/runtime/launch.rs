@@ -33,6 +33,8 @@ pub struct LaunchSpec {
     pub namespaces: u64,
     /// Seconds after which the init stops the VM (the policy's `timeout`).
     pub timeout: Option<u64>,
+    /// The init drops to the VM's capabilities once the VM runs.
+    pub confined: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

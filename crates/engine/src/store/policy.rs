@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::VmName;
+use crate::confine::Security;
 use crate::limits::{LimitError, Limits};
 
 /// What the user asked for. Runtime facts live in [`super::State`].
@@ -22,6 +23,9 @@ pub struct Policy {
     /// Where the VM's private layers live, if not inside the store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// `unconfined` turns off capability dropping and seccomp; see [`crate::confine`].
+    #[serde(default, skip_serializing_if = "Security::is_default")]
+    pub security: Security,
     /// Resource limits; see [`crate::limits`].
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
@@ -72,6 +76,8 @@ const HEADER: &str = "\
 # description  free text shown by `fvm inspect`
 # created      when the VM was created (RFC 3339, UTC)
 # dir          where the VM's private layers live, if not inside the store
+# security     unconfined gives root in the VM every capability and no seccomp
+#              filter (for trusted work only); by default both confine it
 #
 # [limits]       resource limits; a missing key is no limit
 # memory         memory of the whole VM (512M, 2G, or bytes)
@@ -93,6 +99,7 @@ impl Policy {
             description: String::new(),
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             dir,
+            security: Security::Default,
             limits: Limits::default(),
         }
     }

@@ -22,6 +22,7 @@ pub struct CreateOptions {
     pub dir: Option<PathBuf>,
     /// Resource limits, checked against this host before the VM is created.
     pub limits: Limits,
+    pub security: crate::confine::Security,
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -36,6 +37,7 @@ impl Engine {
             policy.description = d.clone();
         }
         policy.limits = opts.limits.clone();
+        policy.security = opts.security;
         Ok(self.store.create_vm(&policy)?)
     }
 
@@ -102,6 +104,7 @@ impl Engine {
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
         }
+        let confinement = self.confinement(name, policy)?;
         let cgroup = self.cgroup(name)?;
         cgroup.create().map_err(|e| fail(e.into()))?;
         if let Err(e) = cgroup.set_limits(&policy.limits, false) {
@@ -117,10 +120,12 @@ impl Engine {
             stdio: command.as_ref().map_or(StdioPlan::inherit(), |(_, s)| *s),
             command: command.map(|(mut c, _)| {
                 c.limits = policy.limits.per_process();
+                c.confine = confinement.clone();
                 c
             }),
             namespaces: sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS,
             timeout: policy.limits.timeout.map(|t| t.0),
+            confined: confinement.is_confined(),
         };
         let launched = match launch::launch(&spec, &cgroup) {
             Ok(l) => l,

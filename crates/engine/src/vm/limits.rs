@@ -104,6 +104,22 @@ impl Engine {
         Ok(done)
     }
 
+    /// What commands in VM `name` are confined by, from its policy; warns when the
+    /// policy turns confinement off.
+    pub(super) fn confinement(
+        &self,
+        name: &VmName,
+        policy: &Policy,
+    ) -> Result<crate::confine::Confinement, VmError> {
+        use crate::confine::{Confinement, Security};
+        if policy.security == Security::Unconfined {
+            tracing::warn!(
+                "vm {name} is unconfined (security = \"unconfined\"): root in it has every capability and no seccomp filter, and can take over the host"
+            );
+        }
+        Ok(Confinement::new(policy.security)?)
+    }
+
     /// Tell a running VM's init its new timeout.
     fn send_timeout(
         &self,

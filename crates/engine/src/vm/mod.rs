@@ -82,6 +82,8 @@ pub enum VmError {
     #[error(transparent)]
     Limit(#[from] crate::limits::LimitError),
     #[error(transparent)]
+    Confine(#[from] crate::confine::seccomp::FilterError),
+    #[error(transparent)]
     HostLimit(CgroupError),
     #[error("cannot reach the init of vm {name:?}")]
     Control {

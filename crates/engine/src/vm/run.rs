@@ -36,6 +36,7 @@ impl Engine {
                     name: name.to_string(),
                 });
             }
+            spec.confine = self.confinement(name, &policy)?;
             drop(lock);
             let (pid, master) =
                 enter::enter(init, &cgroup, &spec, &stdio).map_err(|source| VmError::Enter {

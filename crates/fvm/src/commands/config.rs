@@ -1,5 +1,6 @@
 use anyhow::Result;
 use fvm_engine::VmError;
+use fvm_engine::confine::Security;
 
 use super::{Context, vm_name};
 use crate::cli::ConfigArgs;
@@ -9,10 +10,19 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let engine = ctx.engine_for(&name)?;
     let p = &args.policy;
-    let policy = if p.description.is_some() || !p.limits.given().is_empty() {
+    let security = p
+        .security
+        .as_deref()
+        .map(Security::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let policy = if p.description.is_some() || security.is_some() || !p.limits.given().is_empty() {
         let done = engine.configure(&name, |policy| {
             if let Some(d) = &p.description {
                 policy.description = d.clone();
+            }
+            if let Some(s) = security {
+                policy.security = s;
             }
             p.limits.apply_to(&mut policy.limits).map_err(VmError::from)
         })?;

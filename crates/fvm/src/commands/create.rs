@@ -1,4 +1,5 @@
 use anyhow::Result;
+use fvm_engine::confine::Security;
 use fvm_engine::vm::CreateOptions;
 
 use super::{Context, vm_name};
@@ -14,6 +15,9 @@ pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
         ..CreateOptions::default()
     };
     args.policy.limits.apply_to(&mut opts.limits)?;
+    if let Some(s) = &args.policy.security {
+        opts.security = Security::parse(s).map_err(anyhow::Error::msg)?;
+    }
     engine.create(&name, &opts)?;
     output::print(&format!("{name}\n"))?;
     Ok(0)

@@ -41,6 +41,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
                 cwd: cwd.clone(),
                 tty,
                 limits: Default::default(),
+                confine: Default::default(),
             }
         };
         // The name of a throw-away VM is only known once it is picked.
@@ -61,6 +62,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             cwd,
             tty,
             limits: Default::default(),
+            confine: Default::default(),
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
@@ -93,6 +95,7 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
         cwd: "/root".into(),
         tty: TtyMode::Always,
         limits: Default::default(),
+        confine: Default::default(),
     };
     let exit = ctx.engine_for(&name)?.run(&name, spec)?;
     Ok(status(exit.code()))
