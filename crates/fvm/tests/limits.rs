@@ -760,6 +760,41 @@ fn timeout_stops_the_vm_after_3_to_6_seconds() {
     store.assert_clean();
 }
 
+#[test]
+fn a_new_timeout_reaches_a_running_vm() {
+    if !needs_root("a_new_timeout_reaches_a_running_vm") {
+        return;
+    }
+    let store = TestStore::new("retime");
+    create(&store, "long", &["--timeout", "1h"]);
+    let started = Instant::now();
+    store.start("long");
+    // Shortened: the VM stops about 4 s after it started, not in an hour.
+    let out = config(&store, "long", &["--timeout", "4s"]).ok();
+    assert!(
+        out.stderr.contains("timeout"),
+        "config said nothing:\n{out}"
+    );
+    let stopped = wait_status(&store, "long", "stopped", Duration::from_secs(20));
+    let took = stopped - started;
+    assert!(
+        took >= Duration::from_millis(3500) && took <= Duration::from_secs(9),
+        "timeout changed to 4 s on a running vm: stopped after {took:?}"
+    );
+    // Removed: a VM started with a 3 s timeout runs on past it.
+    config(&store, "long", &["--timeout", "3s"]).ok();
+    store.start("long");
+    config(&store, "long", &["--timeout", "none"]).ok();
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        store.status("long"),
+        "running",
+        "the removed timeout still stopped the vm"
+    );
+    store.stop("long");
+    store.assert_clean();
+}
+
 // ---------------------------------------------------------------------------
 // the VM's view
 
