@@ -1,7 +1,6 @@
 //! What `list` and `inspect` show: each VM's policy, its true status, and what it
 //! uses now. Reads take no lock; state files are replaced atomically.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -151,27 +150,19 @@ impl Engine {
 }
 
 /// Bytes allocated under `dir`, without following symlinks or crossing into other
-/// filesystems. Errors (a file vanishing while the VM runs) count as zero.
+/// filesystems. The layers are the VM's to write, also while this runs, so the
+/// walk goes by directory fd with `O_NOFOLLOW` (`changes::layer::walk`): a
+/// directory swapped for a symlink to a host path is counted as the symlink.
+/// Entries that vanish meanwhile count as zero; an error ends the count early.
 pub fn disk_usage(dir: &Path) -> u64 {
-    fn walk(dir: &Path, dev: u64) -> u64 {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return 0;
-        };
-        let mut total = 0;
-        for e in entries.flatten() {
-            let Ok(m) = e.metadata() else { continue };
-            if m.dev() != dev {
-                continue;
-            }
-            total += m.blocks() * 512;
-            if m.is_dir() {
-                total += walk(&e.path(), dev);
-            }
-        }
-        total
-    }
-    match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.is_dir() => m.blocks() * 512 + walk(dir, m.dev()),
-        _ => 0,
-    }
+    let mut total = 0;
+    let _ = crate::changes::layer::walk(
+        dir,
+        &mut |e| {
+            total += e.stat.st_blocks as u64 * 512;
+            Ok(crate::changes::layer::Descend::Yes)
+        },
+        &mut |_| Ok(()),
+    );
+    total
 }
