@@ -10,6 +10,7 @@
 //! - [`cgroup`]: one cgroup per VM on cgroup v1 and v2, and the limits in it;
 //! - [`limits`]: the resource policy (sizes, durations, CPUs, rlimits);
 //! - [`confine`]: what root in a VM may not do (capabilities, seccomp);
+//! - [`net`]: VM networks (host, none, bridge), through netlink and nftables;
 //! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
 //! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
@@ -21,6 +22,7 @@ pub mod confine;
 pub mod doctor;
 pub mod limits;
 pub mod mounts;
+pub mod net;
 pub mod runtime;
 pub mod store;
 mod sys;

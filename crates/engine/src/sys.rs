@@ -21,6 +21,7 @@ pub mod ns {
     pub const IPC: u64 = libc::CLONE_NEWIPC as u64;
     pub const UTS: u64 = libc::CLONE_NEWUTS as u64;
     pub const CGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
+    pub const NET: u64 = libc::CLONE_NEWNET as u64;
 }
 
 /// What [`clone_process`] returned in this process.

@@ -71,6 +71,18 @@ pub enum Command {
     Config(ConfigArgs),
     /// Check what this host supports
     Doctor(DoctorArgs),
+    /// Show or set the store's bridge and subnet (for VMs with --net bridge)
+    Network(NetworkArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkArgs {
+    /// The bridge bridged VMs attach to (must contain "fvm"; default fvm0)
+    #[arg(long, value_name = "NAME")]
+    pub bridge: Option<String>,
+    /// Its subnet; the bridge gets the first address (default 10.77.0.0/24)
+    #[arg(long, value_name = "CIDR")]
+    pub subnet: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +114,65 @@ pub struct PolicyArgs {
     pub security: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Network settings (policy `[network]`); list flags add, `none` clears.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Network")]
+pub struct NetArgs {
+    /// host (the host's network), none (only lo) or bridge (its own address)
+    #[arg(long = "net", value_name = "MODE")]
+    pub mode: Option<String>,
+    /// The VM's address on the bridge, e.g. 10.77.0.5/24 (default: the next free one)
+    #[arg(long, value_name = "ADDR/PREFIX")]
+    pub ip: Option<String>,
+    /// Masquerade the VM's traffic to beyond the bridge's subnet (--nat false: off)
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub nat: Option<String>,
+    /// A name server for the VM's own /etc/resolv.conf (repeatable)
+    #[arg(long, value_name = "ADDR")]
+    pub dns: Vec<String>,
+    /// Let the VM reach CIDR[:PORT[/tcp|udp]] (repeatable)
+    #[arg(long, value_name = "RULE")]
+    pub allow: Vec<String>,
+    /// Stop the VM from reaching CIDR[:PORT[/tcp|udp]], enforced on the host (repeatable)
+    #[arg(long, value_name = "RULE")]
+    pub deny: Vec<String>,
+    /// Forward host port HOSTPORT to the VM's VMPORT, HOSTPORT:VMPORT[/tcp|udp] (repeatable)
+    #[arg(long, value_name = "PORTS")]
+    pub publish: Vec<String>,
+}
+
+impl NetArgs {
+    /// The settings given, as (key, text), in flag order.
+    pub fn given(&self) -> Vec<(fvm_engine::net::NetKey, &str)> {
+        use fvm_engine::net::NetKey;
+        let mut out: Vec<(NetKey, &str)> = Vec::new();
+        out.extend(self.mode.as_deref().map(|v| (NetKey::Net, v)));
+        out.extend(self.ip.as_deref().map(|v| (NetKey::Ip, v)));
+        out.extend(self.nat.as_deref().map(|v| (NetKey::Nat, v)));
+        for (key, list) in [
+            (NetKey::Dns, &self.dns),
+            (NetKey::Allow, &self.allow),
+            (NetKey::Deny, &self.deny),
+            (NetKey::Publish, &self.publish),
+        ] {
+            out.extend(list.iter().map(|v| (key, v.as_str())));
+        }
+        out
+    }
+
+    pub fn apply_to(
+        &self,
+        net: &mut fvm_engine::net::NetPolicy,
+    ) -> Result<(), fvm_engine::net::NetError> {
+        for (key, text) in self.given() {
+            net.set(key, text)?;
+        }
+        Ok(())
+    }
 }
 
 /// Resource limits (policy `[limits]`); `none` removes one.

@@ -28,14 +28,20 @@ pub const KEPT: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::SYS_CHROOT)
     .union(CapabilitySet::AUDIT_WRITE);
 
-/// Drop every capability outside [`KEPT`] from the calling thread: the bounding
-/// set first (that needs CAP_SETPCAP, which is kept), then the ambient set, then
-/// effective, permitted and inheritable. Allocates nothing (used between fork and
-/// exec).
-pub fn drop_to_kept() -> std::io::Result<()> {
+/// Drop every capability outside [`KEPT`] (plus CAP_NET_ADMIN if `net_admin`:
+/// a VM with its own network namespace may configure it, and nothing else) from
+/// the calling thread: the bounding set first (that needs CAP_SETPCAP, which is
+/// kept), then the ambient set, then effective, permitted and inheritable.
+/// Allocates nothing (used between fork and exec).
+pub fn drop_to_kept(net_admin: bool) -> std::io::Result<()> {
+    let kept = if net_admin {
+        KEPT.union(CapabilitySet::NET_ADMIN)
+    } else {
+        KEPT
+    };
     for bit in 0..64u32 {
         let cap = CapabilitySet::from_bits_retain(1 << bit);
-        if KEPT.contains(cap) {
+        if kept.contains(cap) {
             continue;
         }
         match rustix::thread::remove_capability_from_bounding_set(cap) {
@@ -50,8 +56,8 @@ pub fn drop_to_kept() -> std::io::Result<()> {
     rustix::thread::set_capabilities(
         None,
         CapabilitySets {
-            effective: now.effective & KEPT,
-            permitted: now.permitted & KEPT,
+            effective: now.effective & kept,
+            permitted: now.permitted & kept,
             inheritable: CapabilitySet::empty(),
         },
     )?;
@@ -87,7 +93,7 @@ mod tests {
         }
         match crate::sys::fork().unwrap() {
             crate::sys::Forked::Child => {
-                let ok = drop_to_kept().is_ok()
+                let ok = drop_to_kept(false).is_ok()
                     && rustix::thread::capabilities(None).is_ok_and(|c| {
                         c.effective == KEPT && c.permitted == KEPT && c.inheritable.is_empty()
                     })

@@ -75,7 +75,8 @@ pub(super) fn run(
     // From here the init only reaps, forwards signals and keeps the timeout: none
     // of that needs more than the VM's own capabilities, and a process of the VM
     // that took it over would get no more than root in the VM has.
-    if spec.confined && crate::confine::caps::drop_to_kept().is_err() {
+    let own_network = spec.namespaces & sys::ns::NET != 0;
+    if spec.confined && crate::confine::caps::drop_to_kept(own_network).is_err() {
         sys::exit_now(1);
     }
     if init.mode == StartMode::Background {
@@ -122,6 +123,9 @@ fn setup(
     tracing::debug!("init: root assembled");
     rustix::system::sethostname(spec.name.as_bytes())
         .map_err(|e| format!("cannot set the hostname: {e}"))?;
+    if !spec.dns.is_empty() {
+        write_resolv_conf(&spec.dns).map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))?;
+    }
     if spec.mode == StartMode::Background {
         let null = rustix::fs::open(
             "/dev/null",
@@ -141,6 +145,28 @@ fn setup(
                 .map_err(Into::into)
         })
         .map_err(|e| format!("cannot set up signal handling: {e}"))
+}
+
+/// The VM's own /etc/resolv.conf (in its layer), naming `servers`. Whatever was
+/// there (often a symlink into the host's /run) is replaced, not written through.
+fn write_resolv_conf(servers: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
+    let path = std::path::Path::new("/etc/resolv.conf");
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let text: String = servers
+        .iter()
+        .map(|s| format!("nameserver {s}\n"))
+        .collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    std::io::Write::write_all(
+        &mut file,
+        format!("# written by fvm (--dns)\n{text}").as_bytes(),
+    )
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -35,6 +35,8 @@ pub struct LaunchSpec {
     pub timeout: Option<u64>,
     /// The init drops to the VM's capabilities once the VM runs.
     pub confined: bool,
+    /// Name servers for the VM's own /etc/resolv.conf (none: keep the host's).
+    pub dns: Vec<std::net::Ipv4Addr>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::VmName;
 use crate::confine::Security;
 use crate::limits::{LimitError, Limits};
+use crate::net::{NetError, NetPolicy};
 
 /// What the user asked for. Runtime facts live in [`super::State`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +30,9 @@ pub struct Policy {
     /// Resource limits; see [`crate::limits`].
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
+    /// How the VM is networked; see [`crate::net`].
+    #[serde(default, skip_serializing_if = "NetPolicy::is_default")]
+    pub network: NetPolicy,
 }
 
 /// A policy file that can't be used.
@@ -66,6 +70,12 @@ pub enum PolicyError {
         #[source]
         source: LimitError,
     },
+    #[error("policy file {path}: {source}")]
+    Network {
+        path: PathBuf,
+        #[source]
+        source: NetError,
+    },
 }
 
 const HEADER: &str = "\
@@ -90,6 +100,14 @@ const HEADER: &str = "\
 # cpu-time       CPU time of each process (SIGXCPU, then SIGKILL a second later)
 # open-files     open files of each process
 # timeout        wall-clock lifetime of the VM (90s, 10m, 1h30m), then it is stopped
+#
+# [network]      how the VM is networked (see `fvm network` for the store's bridge)
+# mode           host (the host's network), none (only lo) or bridge (its own address)
+# ip             bridge: the VM's address and prefix, e.g. 10.77.0.5/24
+# nat            bridge: masquerade traffic to beyond the bridge's subnet
+# dns            bridge: name servers for the VM's own /etc/resolv.conf
+# allow, deny    bridge: egress rules, CIDR[:PORT[/tcp|udp]]
+# publish        bridge: host ports forwarded to the VM, HOSTPORT:VMPORT[/tcp|udp]
 ";
 
 impl Policy {
@@ -101,6 +119,7 @@ impl Policy {
             dir,
             security: Security::Default,
             limits: Limits::default(),
+            network: NetPolicy::default(),
         }
     }
 
@@ -132,6 +151,13 @@ impl Policy {
             .limits
             .validate()
             .map_err(|source| PolicyError::Limit {
+                path: path.to_owned(),
+                source,
+            })?;
+        policy
+            .network
+            .validate()
+            .map_err(|source| PolicyError::Network {
                 path: path.to_owned(),
                 source,
             })?;

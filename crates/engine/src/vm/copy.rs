@@ -101,6 +101,10 @@ impl Engine {
         clone.name = dst.clone();
         clone.created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         clone.dir = None;
+        // Its own address (given at its first start) and no published ports: those
+        // are SRC's.
+        clone.network.ip = None;
+        clone.network.publish.clear();
 
         let mut failed = None;
         let mut stats = CopyStats::default();

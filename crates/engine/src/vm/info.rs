@@ -57,8 +57,19 @@ pub struct VmInfo {
     pub ip: Option<String>,
     /// The policy's resource limits (see docs/limits.md).
     pub limits: crate::limits::Limits,
+    pub network: NetInfo,
     pub paths: Paths,
     pub cgroup: Vec<PathBuf>,
+}
+
+/// How the VM is networked.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetInfo {
+    pub mode: crate::net::NetMode,
+    /// The address with its prefix (bridge mode).
+    pub ip: Option<crate::net::Ipv4Net>,
+    /// The host side of its veth, while it runs (bridge mode).
+    pub link: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,7 +138,21 @@ impl Engine {
                 .and_then(|c| c.memory_current()),
             usage: cgroup.as_ref().filter(|_| running).map(|c| c.usage()),
             disk: disk_usage(&layers),
-            ip: None,
+            ip: policy
+                .as_ref()
+                .and_then(|p| p.network.address())
+                .map(|a| a.to_string()),
+            network: NetInfo {
+                mode: policy.as_ref().map(|p| p.network.mode).unwrap_or_default(),
+                ip: policy
+                    .as_ref()
+                    .filter(|p| p.network.mode == crate::net::NetMode::Bridge)
+                    .and_then(|p| p.network.ip),
+                link: policy
+                    .as_ref()
+                    .filter(|p| running && p.network.mode == crate::net::NetMode::Bridge)
+                    .map(|_| crate::net::veth_name(self.store.id(), name.as_str())),
+            },
             limits: policy
                 .as_ref()
                 .map(|p| p.limits.clone())

@@ -23,6 +23,8 @@ pub struct CreateOptions {
     /// Resource limits, checked against this host before the VM is created.
     pub limits: Limits,
     pub security: crate::confine::Security,
+    /// The network; a bridged VM without an address gets the lowest free one.
+    pub network: crate::net::NetPolicy,
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -38,7 +40,11 @@ impl Engine {
         }
         policy.limits = opts.limits.clone();
         policy.security = opts.security;
-        Ok(self.store.create_vm(&policy)?)
+        let mut network = opts.network.clone();
+        self.with_network(name, &mut network, |net| {
+            policy.network = net.clone();
+            Ok(self.store.create_vm(&policy)?)
+        })
     }
 
     /// Start a stopped VM in the background.
@@ -89,6 +95,7 @@ impl Engine {
         // A policy written on another host, or by hand, may ask for what this one
         // can't enforce: refuse to start rather than run without the limit.
         self.check_limits(&policy.limits)?;
+        let policy = &self.ensure_address(vm, policy)?;
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
         let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
@@ -123,7 +130,16 @@ impl Engine {
                 c.confine = confinement.clone();
                 c
             }),
-            namespaces: sys::ns::MOUNT | sys::ns::PID | sys::ns::IPC | sys::ns::UTS,
+            namespaces: sys::ns::MOUNT
+                | sys::ns::PID
+                | sys::ns::IPC
+                | sys::ns::UTS
+                | if policy.network.mode.own_namespace() {
+                    sys::ns::NET
+                } else {
+                    0
+                },
+            dns: policy.network.dns.clone(),
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
         };
@@ -150,6 +166,14 @@ impl Engine {
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
+                // The VM's processes start only after `Go`: by then its network is up
+                // and the firewall knows it.
+                self.connect_vm(vm, &policy.network, init.pid)
+                    .map_err(StartError::Network)?;
+                if policy.network.mode == crate::net::NetMode::Bridge {
+                    self.refresh_firewall(&policy.network)
+                        .map_err(|e| StartError::Firewall(Box::new(e)))?;
+                }
                 Ok(init)
             })
             .and_then(|init| {
@@ -173,6 +197,7 @@ impl Engine {
                     temporary,
                     ..State::default()
                 });
+                let _ = self.refresh_firewall(&policy.network);
                 Err(fail(e))
             }
         }
@@ -211,6 +236,9 @@ impl Engine {
             None => Stopped::NotRunning,
         };
         self.reconcile(&vm)?;
+        if let Ok(policy) = vm.load_policy() {
+            self.refresh_firewall(&policy.network)?;
+        }
         Ok(outcome)
     }
 
@@ -292,8 +320,12 @@ impl Engine {
         }
         self.release_cgroup(name, &cgroup)?;
         // With an unreadable policy only the store directory is known to be ours.
-        let dir = vm.load_policy().ok().and_then(|p| p.dir);
+        let policy = vm.load_policy().ok();
+        let dir = policy.as_ref().and_then(|p| p.dir.clone());
         self.store.delete_vm(&vm, dir.as_deref())?;
+        if policy.is_some_and(|p| p.network.mode == crate::net::NetMode::Bridge) {
+            self.release_network()?;
+        }
         Ok(())
     }
 }

@@ -17,6 +17,8 @@ pub struct Configured {
     /// Per-process limits that changed while the VM ran: they reach processes
     /// started from now on (`fvm run`, `fvm shell`); running ones keep theirs.
     pub for_new_processes: Vec<Key>,
+    /// Network rules (allow, deny, publish, nat) changed on the running VM.
+    pub network_applied: bool,
 }
 
 impl Engine {
@@ -53,27 +55,47 @@ impl Engine {
         }
         let state = self.reconcile(&vm)?;
         let running = state.live_init(&self.cgroup_leaf(name)).cloned();
+        // Network settings are checked against the store under its network lock,
+        // held until the firewall has the change.
+        let net_lock = self
+            .reconfigure_network(name, &old.network, &mut policy.network, running.is_some())
+            .map_err(VmError::Network)?;
         let mut done = Configured {
             policy: policy.clone(),
             applied: Vec::new(),
             for_new_processes: Vec::new(),
+            network_applied: false,
         };
-        if let Some(init) = &running
-            && !changed.is_empty()
-        {
-            let cgroup = self.cgroup(name)?;
-            let wrap = |source| VmError::Cgroup {
-                name: name.to_string(),
-                source,
-            };
-            if changed.iter().any(|k| is_cgroup_key(*k))
-                && let Err(e) = cgroup.set_limits(&policy.limits, true)
-            {
+        let live_limits = running.is_some() && !changed.is_empty();
+        let cgroup = self.cgroup(name)?;
+        // Put the running VM back as it was, after a later step failed.
+        let undo = |timeout_sent: bool| {
+            if live_limits {
                 let _ = cgroup.set_limits(&old.limits, true);
-                return Err(wrap(e));
+            }
+            if let (true, Some(init)) = (timeout_sent, &running) {
+                let _ = self.send_timeout(name, init, state.control_fd, &old.limits);
+            }
+        };
+        let mut timeout_sent = false;
+        if let Some(init) = &running
+            && live_limits
+        {
+            if changed.iter().any(|k| is_cgroup_key(*k))
+                && let Err(source) = cgroup.set_limits(&policy.limits, true)
+            {
+                undo(false);
+                return Err(VmError::Cgroup {
+                    name: name.to_string(),
+                    source,
+                });
             }
             if changed.contains(&Key::Timeout) {
-                self.send_timeout(name, init, state.control_fd, &policy.limits)?;
+                if let Err(e) = self.send_timeout(name, init, state.control_fd, &policy.limits) {
+                    undo(false);
+                    return Err(e);
+                }
+                timeout_sent = true;
             }
             done.applied = changed
                 .iter()
@@ -85,22 +107,23 @@ impl Engine {
                 .copied()
                 .filter(|k| k.per_process())
                 .collect();
-            if let Err(source) = vm.save_policy(&policy) {
-                let _ = cgroup.set_limits(&old.limits, true);
-                if changed.contains(&Key::Timeout) {
-                    let _ = self.send_timeout(name, init, state.control_fd, &old.limits);
-                }
-                return Err(VmError::Policy {
-                    name: name.to_string(),
-                    source,
-                });
-            }
-            return Ok(done);
         }
-        vm.save_policy(&policy).map_err(|source| VmError::Policy {
-            name: name.to_string(),
-            source,
-        })?;
+        if let Err(source) = vm.save_policy(&policy) {
+            undo(timeout_sent);
+            return Err(VmError::Policy {
+                name: name.to_string(),
+                source,
+            });
+        }
+        if net_lock.is_some() && running.is_some() {
+            if let Err(e) = self.sync_firewall(None) {
+                undo(timeout_sent);
+                let _ = vm.save_policy(&old);
+                let _ = self.sync_firewall(None);
+                return Err(VmError::Network(e));
+            }
+            done.network_applied = true;
+        }
         Ok(done)
     }
 
@@ -117,7 +140,10 @@ impl Engine {
                 "vm {name} is unconfined (security = \"unconfined\"): root in it has every capability and no seccomp filter, and can take over the host"
             );
         }
-        Ok(Confinement::new(policy.security)?)
+        Ok(Confinement::new(
+            policy.security,
+            policy.network.mode.own_namespace(),
+        )?)
     }
 
     /// Tell a running VM's init its new timeout.

@@ -36,6 +36,7 @@ impl Engine {
                 done.push(format!("deleted throw-away vm {name:?}"));
             }
         }
+        done.extend(self.cleanup_network()?);
         let prefix = format!("fvm-{}-", self.store.id());
         let cgroups = match self.cgroups() {
             Ok(c) => c,

@@ -12,6 +12,7 @@ mod info;
 mod lifecycle;
 mod limits;
 mod maintain;
+mod network;
 mod processes;
 mod run;
 
@@ -84,6 +85,8 @@ pub enum VmError {
     #[error(transparent)]
     Confine(#[from] crate::confine::seccomp::FilterError),
     #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error(transparent)]
     HostLimit(CgroupError),
     #[error("cannot reach the init of vm {name:?}")]
     Control {
@@ -149,6 +152,10 @@ pub enum StartError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    #[error("cannot connect the vm to its network")]
+    Network(#[source] network::NetworkError),
+    #[error(transparent)]
+    Firewall(Box<VmError>),
     #[error("cannot record the vm's state")]
     State(#[from] StateError),
     #[error("cannot create {path}")]
@@ -288,6 +295,10 @@ impl Engine {
             self.release_cgroup(vm.name(), &cgroup)?;
             let stopped = state.stopped();
             self.save_state(vm, &stopped)?;
+            // Its rules go with it (its veth went with its network namespace).
+            if let Ok(policy) = vm.load_policy() {
+                self.refresh_firewall(&policy.network)?;
+            }
             return Ok(stopped);
         }
         Ok(state)

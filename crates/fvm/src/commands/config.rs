@@ -16,7 +16,11 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         .map(Security::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
-    let policy = if p.description.is_some() || security.is_some() || !p.limits.given().is_empty() {
+    let policy = if p.description.is_some()
+        || security.is_some()
+        || !p.limits.given().is_empty()
+        || !p.net.given().is_empty()
+    {
         let done = engine.configure(&name, |policy| {
             if let Some(d) = &p.description {
                 policy.description = d.clone();
@@ -24,8 +28,14 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
             if let Some(s) = security {
                 policy.security = s;
             }
+            p.net
+                .apply_to(&mut policy.network)
+                .map_err(|e| VmError::Network(e.into()))?;
             p.limits.apply_to(&mut policy.limits).map_err(VmError::from)
         })?;
+        if done.network_applied {
+            eprintln!("fvm: network rules applied to running vm {name}");
+        }
         if !done.applied.is_empty() {
             eprintln!("fvm: {} applied to running vm {name}", list(&done.applied));
         }

@@ -15,6 +15,7 @@ pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
         ..CreateOptions::default()
     };
     args.policy.limits.apply_to(&mut opts.limits)?;
+    args.policy.net.apply_to(&mut opts.network)?;
     if let Some(s) = &args.policy.security {
         opts.security = Security::parse(s).map_err(anyhow::Error::msg)?;
     }

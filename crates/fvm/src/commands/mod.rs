@@ -10,6 +10,7 @@ mod diff;
 mod doctor;
 mod inspect;
 mod list;
+mod network;
 mod ps;
 mod run;
 mod start;
@@ -45,6 +46,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Commit(a) => commit::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
+        Command::Network(a) => network::run(&ctx, a),
     }
 }
 

@@ -1,0 +1,433 @@
+//! VM networks in the engine: addresses handed out at create, the store's bridge
+//! and firewall kept in line with its running VMs, and a bridged VM's veth made
+//! as it starts.
+//!
+//! Two store-wide things are shared by all bridged VMs: the bridge and the nft
+//! tables. Both are changed only under the store's network lock
+//! (`STORE/net.lock`), and the tables are always rebuilt whole from the VMs that
+//! run now, so a crashed VM's rules go with the next rebuild.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use super::{Engine, VmError};
+use crate::net::link::{self, LinkError, Netlink};
+use crate::net::nft::{self, NftError, Ruleset, VmRules};
+use crate::net::{self as netcfg, Ipv4Net, NetMode, NetPolicy, StoreNet};
+use crate::store::files::Lock;
+use crate::store::{Policy, VmDir, VmName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(transparent)]
+    Policy(#[from] netcfg::NetError),
+    #[error("{0}")]
+    Store(String),
+    #[error("address {ip} is already used by vm {owner:?}")]
+    AddressInUse { ip: Ipv4Addr, owner: String },
+    #[error("no free address left in the bridge subnet {0}")]
+    Exhausted(Ipv4Net),
+    #[error("host port {port}/{proto} is already published by vm {owner:?}")]
+    PortInUse {
+        port: u16,
+        proto: &'static str,
+        owner: String,
+    },
+    #[error("--{key} changes what vm {name:?} was started with: stop it first")]
+    Running { key: &'static str, name: String },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Nft(#[from] NftError),
+    #[error("cannot take the store's network lock {}", .path.display())]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The alias that marks a bridge as this store's.
+fn bridge_mark(store_id: &str) -> String {
+    format!("fvm store {store_id}")
+}
+
+impl Engine {
+    fn net_lock(&self) -> Result<Lock, NetworkError> {
+        let path = self.store.root().join("net.lock");
+        Lock::exclusive(&path).map_err(|source| NetworkError::Lock { path, source })
+    }
+
+    fn network_path(&self) -> PathBuf {
+        self.store.root().join("network.toml")
+    }
+
+    /// The store's bridge and subnet.
+    pub fn store_network(&self) -> Result<StoreNet, VmError> {
+        StoreNet::load(&self.network_path()).map_err(|e| VmError::Network(NetworkError::Store(e)))
+    }
+
+    /// Change the store's bridge and subnet. Refused while a bridged VM runs, or
+    /// if a VM's address would fall outside the new subnet.
+    pub fn set_store_network(
+        &self,
+        bridge: Option<String>,
+        subnet: Option<Ipv4Net>,
+    ) -> Result<StoreNet, VmError> {
+        let _net = self.net_lock().map_err(VmError::Network)?;
+        let old = self.store_network()?;
+        let new = StoreNet {
+            bridge: bridge.unwrap_or_else(|| old.bridge.clone()),
+            subnet: subnet.unwrap_or(old.subnet),
+        };
+        new.validate()
+            .map_err(|e| VmError::Network(NetworkError::Store(e)))?;
+        if new == old {
+            return Ok(new);
+        }
+        for (name, policy) in self.policies() {
+            if policy.network.mode != NetMode::Bridge {
+                continue;
+            }
+            let vm = self.vm(&name)?;
+            if vm
+                .load_state()
+                .is_ok_and(|s| s.live_init(&self.cgroup_leaf(&name)).is_some())
+            {
+                return Err(VmError::Network(NetworkError::Store(format!(
+                    "vm {name:?} runs on bridge {}: stop it before changing the store's network",
+                    old.bridge
+                ))));
+            }
+            if let Some(ip) = policy.network.ip
+                && let Err(e) = new.check_vm_ip(ip)
+            {
+                return Err(VmError::Network(NetworkError::Store(format!(
+                    "vm {name:?}: {e}; give it another address first (fvm config {name} --ip …)"
+                ))));
+            }
+        }
+        // The old bridge has no VM left on it; it goes if it is ours.
+        if new.bridge != old.bridge {
+            self.remove_bridge(&old).map_err(VmError::Network)?;
+        }
+        let path = self.network_path();
+        crate::store::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
+            .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
+        Ok(new)
+    }
+
+    /// Every VM's policy that can be read, by name.
+    fn policies(&self) -> Vec<(VmName, Policy)> {
+        self.store
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| {
+                let p = self.store.vm(&n).ok()?.load_policy().ok()?;
+                Some((n, p))
+            })
+            .collect()
+    }
+
+    /// Check `net` for VM `name` against the store (subnet, other VMs' addresses
+    /// and published ports) and give a bridged VM without an address the lowest
+    /// free one. The caller holds the network lock.
+    fn settle_network(&self, name: &VmName, net: &mut NetPolicy) -> Result<(), NetworkError> {
+        net.validate()?;
+        if net.mode != NetMode::Bridge {
+            return Ok(());
+        }
+        let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
+        let others: Vec<(VmName, Policy)> = self
+            .policies()
+            .into_iter()
+            .filter(|(n, p)| n != name && p.network.mode == NetMode::Bridge)
+            .collect();
+        match net.ip {
+            Some(ip) => {
+                store.check_vm_ip(ip).map_err(|reason| {
+                    NetworkError::Policy(netcfg::NetError { key: "ip", reason })
+                })?;
+                if let Some((owner, _)) = others
+                    .iter()
+                    .find(|(_, p)| p.network.ip.map(|i| i.addr) == Some(ip.addr))
+                {
+                    return Err(NetworkError::AddressInUse {
+                        ip: ip.addr,
+                        owner: owner.to_string(),
+                    });
+                }
+            }
+            None => {
+                let used: Vec<Ipv4Addr> = others
+                    .iter()
+                    .filter_map(|(_, p)| p.network.ip.map(|i| i.addr))
+                    .collect();
+                net.ip = Some(
+                    store
+                        .allocate(&used)
+                        .ok_or(NetworkError::Exhausted(store.subnet))?,
+                );
+            }
+        }
+        for p in &net.publish {
+            if let Some((owner, _)) = others.iter().find(|(_, o)| {
+                o.network
+                    .publish
+                    .iter()
+                    .any(|q| q.host_port == p.host_port && q.proto == p.proto)
+            }) {
+                return Err(NetworkError::PortInUse {
+                    port: p.host_port,
+                    proto: p.proto.as_str(),
+                    owner: owner.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Settle a new VM's network under the network lock, then run `create` (which
+    /// makes the VM) while still holding it, so no two VMs get one address.
+    pub(super) fn with_network<T>(
+        &self,
+        name: &VmName,
+        net: &mut NetPolicy,
+        create: impl FnOnce(&NetPolicy) -> Result<T, VmError>,
+    ) -> Result<T, VmError> {
+        if net.is_default() {
+            return create(net);
+        }
+        let _net = self.net_lock().map_err(VmError::Network)?;
+        self.settle_network(name, net).map_err(VmError::Network)?;
+        create(net)
+    }
+
+    /// A bridged VM without an address (a copy) gets the lowest free one now,
+    /// recorded in its policy. The caller holds the VM's lock.
+    pub(super) fn ensure_address(&self, vm: &VmDir, policy: &Policy) -> Result<Policy, VmError> {
+        let mut policy = policy.clone();
+        if policy.network.mode != NetMode::Bridge || policy.network.ip.is_some() {
+            return Ok(policy);
+        }
+        let _lock = self.net_lock().map_err(VmError::Network)?;
+        self.settle_network(vm.name(), &mut policy.network)
+            .map_err(VmError::Network)?;
+        vm.save_policy(&policy).map_err(|source| VmError::Policy {
+            name: vm.name().to_string(),
+            source,
+        })?;
+        Ok(policy)
+    }
+
+    /// The network part of `configure`: check the new settings; on a running VM
+    /// only the host-side rules may change, and the firewall is rebuilt at once.
+    pub(super) fn reconfigure_network(
+        &self,
+        name: &VmName,
+        old: &NetPolicy,
+        new: &mut NetPolicy,
+        running: bool,
+    ) -> Result<Option<Lock>, NetworkError> {
+        if old == new {
+            return Ok(None);
+        }
+        if running {
+            let start_only = [
+                ("net", old.mode != new.mode),
+                ("ip", old.ip != new.ip),
+                ("dns", old.dns != new.dns),
+            ];
+            if let Some((key, _)) = start_only.iter().find(|(_, changed)| *changed) {
+                return Err(NetworkError::Running {
+                    key,
+                    name: name.to_string(),
+                });
+            }
+        }
+        // A VM leaving bridge mode gives its address back.
+        if new.mode != NetMode::Bridge && old.mode == NetMode::Bridge && new.ip == old.ip {
+            new.ip = None;
+        }
+        let lock = self.net_lock()?;
+        self.settle_network(name, new)?;
+        Ok(Some(lock))
+    }
+
+    /// Rebuild the store's firewall from the bridged VMs that run now (VM
+    /// `pending` counts as running with `pending_policy`, for a change being
+    /// made). The caller holds the network lock.
+    pub(super) fn sync_firewall(
+        &self,
+        pending: Option<(&VmName, &NetPolicy)>,
+    ) -> Result<(), NetworkError> {
+        let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
+        let mut vms = Vec::new();
+        for (name, policy) in self.policies() {
+            let net = match pending {
+                Some((n, p)) if *n == name => p.clone(),
+                _ => policy.network.clone(),
+            };
+            let Some(ip) = net.address() else { continue };
+            let running = self
+                .store
+                .vm(&name)
+                .ok()
+                .and_then(|vm| vm.load_state().ok())
+                .is_some_and(|s| s.live_init(&self.cgroup_leaf(&name)).is_some());
+            if !running {
+                continue;
+            }
+            vms.push(VmRules {
+                name: name.to_string(),
+                link: netcfg::veth_name(self.store.id(), name.as_str()),
+                ip,
+                nat: net.nat,
+                allow: net.allow.clone(),
+                deny: net.deny.clone(),
+                publish: net.publish.clone(),
+            });
+        }
+        let table = format!("fvm-{}", self.store.id());
+        let forwarding = vms.iter().any(|v| v.nat || !v.publish.is_empty());
+        Ruleset {
+            table: &table,
+            bridge: &store.bridge,
+            subnet: store.subnet,
+            vms: &vms,
+        }
+        .apply()?;
+        if forwarding {
+            enable_forwarding();
+        }
+        Ok(())
+    }
+
+    /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
+    /// network: `lo` up in its namespace, and for a bridged VM the veth, address
+    /// and default route, then the firewall rules.
+    pub(super) fn connect_vm(
+        &self,
+        vm: &VmDir,
+        net: &NetPolicy,
+        pid: i32,
+    ) -> Result<(), NetworkError> {
+        if !net.mode.own_namespace() {
+            return Ok(());
+        }
+        let netns = link::netns_of_child(pid).map_err(LinkError::Setns)?;
+        let home = link::own_netns().map_err(LinkError::Setns)?;
+        use std::os::fd::AsFd;
+        if net.mode == NetMode::None {
+            let inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
+            return Ok(inside.configure_vm_side("", None, None)?);
+        }
+        let _lock = self.net_lock()?;
+        let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
+        let ip = net.ip.ok_or_else(|| {
+            NetworkError::Policy(netcfg::NetError {
+                key: "ip",
+                reason: "a bridged vm needs an address (fvm config NAME --ip …)".into(),
+            })
+        })?;
+        store
+            .check_vm_ip(ip)
+            .map_err(|reason| NetworkError::Policy(netcfg::NetError { key: "ip", reason }))?;
+        let host = Netlink::open()?;
+        let bridge = host.ensure_bridge(
+            &store.bridge,
+            store.gateway(),
+            &bridge_mark(self.store.id()),
+        )?;
+        // Loopback clients of published ports leave through the bridge with a
+        // 127.0.0.0/8 source until the masquerade rewrites it.
+        let _ = std::fs::write(
+            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", store.bridge),
+            "1",
+        );
+        let veth = netcfg::veth_name(self.store.id(), vm.name().as_str());
+        let peer = format!("{veth}p");
+        host.add_veth(&veth, &peer, bridge, netns.as_fd())?;
+        let inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
+        inside.configure_vm_side(&peer, Some(ip), Some(store.gateway().addr))?;
+        tracing::debug!(vm = %vm.name(), %ip, veth, "vm connected to bridge {}", store.bridge);
+        Ok(())
+    }
+
+    /// After VM `name` started, stopped or changed rules: rebuild the firewall.
+    pub(super) fn refresh_firewall(&self, net: &NetPolicy) -> Result<(), VmError> {
+        if net.mode != NetMode::Bridge {
+            return Ok(());
+        }
+        let _lock = self.net_lock().map_err(VmError::Network)?;
+        self.sync_firewall(None).map_err(VmError::Network)
+    }
+
+    /// After a bridged VM was deleted: with no bridged VM left in the store, the
+    /// bridge and the tables go too.
+    pub(super) fn release_network(&self) -> Result<(), VmError> {
+        let _lock = self.net_lock().map_err(VmError::Network)?;
+        let store = self.store_network()?;
+        self.sync_firewall(None).map_err(VmError::Network)?;
+        if self
+            .policies()
+            .iter()
+            .all(|(_, p)| p.network.mode != NetMode::Bridge)
+        {
+            self.remove_bridge(&store).map_err(VmError::Network)?;
+            nft::remove(&format!("fvm-{}", self.store.id()))
+                .map_err(|e| VmError::Network(e.into()))?;
+        }
+        Ok(())
+    }
+
+    fn remove_bridge(&self, store: &StoreNet) -> Result<bool, NetworkError> {
+        let host = Netlink::open()?;
+        Ok(host.delete_marked(&store.bridge, &bridge_mark(self.store.id()))?)
+    }
+
+    /// For `doctor --cleanup`: rebuild the firewall, and remove the bridge if no
+    /// bridged VM is left. Returns what was done.
+    pub(super) fn cleanup_network(&self) -> Result<Vec<String>, VmError> {
+        let mut done = Vec::new();
+        let _lock = self.net_lock().map_err(VmError::Network)?;
+        let store = self.store_network()?;
+        let table = format!("fvm-{}", self.store.id());
+        let had_tables = nft::exists(&table);
+        let bridged = self
+            .policies()
+            .iter()
+            .any(|(_, p)| p.network.mode == NetMode::Bridge);
+        if bridged {
+            self.sync_firewall(None).map_err(VmError::Network)?;
+        } else {
+            if had_tables {
+                nft::remove(&table).map_err(|e| VmError::Network(e.into()))?;
+                done.push(format!("removed nft tables {table}"));
+            }
+            if self.remove_bridge(&store).map_err(VmError::Network)? {
+                done.push(format!("removed bridge {}", store.bridge));
+            }
+        }
+        Ok(done)
+    }
+}
+
+/// Turn on IPv4 forwarding for NAT and published ports, if it is off (the
+/// kernel's default). Left on afterwards, as other tools expect it to stay.
+fn enable_forwarding() {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0") {
+        match std::fs::write(path, "1") {
+            Ok(()) => tracing::info!("enabled net.ipv4.ip_forward for vm nat and published ports"),
+            Err(e) => tracing::warn!("cannot enable net.ipv4.ip_forward: {e}"),
+        }
+    }
+}
