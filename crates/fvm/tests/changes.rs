@@ -216,7 +216,10 @@ fn device_nodes_show_in_diff_but_are_never_committed() {
     let store = TestStore::new("devnode");
     let dir = temp_dir("devnode");
     let h = dir.path();
-    store.create("dn");
+    // Making device nodes needs CAP_MKNOD, which only an unconfined VM has.
+    store
+        .fvm(&["create", "dn", "--security", "unconfined"])
+        .ok();
     let py = python();
     store
         .sh(

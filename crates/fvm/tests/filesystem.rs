@@ -249,7 +249,10 @@ fn delete_removes_immutable_files_and_never_follows_planted_symlinks() {
         return;
     }
     let store = TestStore::new("hostile");
-    store.create("x1");
+    // The most capable VM there is (chattr +i needs CAP_LINUX_IMMUTABLE).
+    store
+        .fvm(&["create", "x1", "--security", "unconfined"])
+        .ok();
     let victim = temp_dir("fvm-victim");
     let keep = victim.path().join("keep");
     std::fs::write(&keep, "host data").unwrap();

@@ -170,11 +170,6 @@ pub const DENIED: &[Denied] = &[
         libc::SYS_clock_settime,
         "the clock is the host's",
     ),
-    deny(
-        "clock_adjtime",
-        libc::SYS_clock_adjtime,
-        "the clock is the host's",
-    ),
     deny("iopl", libc::SYS_iopl, "raw access to the host's I/O ports"),
     deny(
         "ioperm",

@@ -467,6 +467,25 @@ fn populate_dev() -> Result<(), MountError> {
 /// Cover a place where VM layers would be visible with an empty read-only tmpfs.
 /// If the VM's view has no directory there (the VM removed or replaced it), the
 /// layers can't be reached through that path and nothing needs covering.
+/// In a running VM's mount namespace (the caller has entered it): cover each of
+/// `paths` with an empty read-only tmpfs, as a start does. A path the VM can't
+/// see is an error here, unlike at start: it may appear later, uncovered.
+pub fn hide_in_running(paths: &[PathBuf]) -> Result<(), MountError> {
+    for path in paths {
+        let root = rustix::fs::open(
+            "/",
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| err("open", Path::new("/"))(e.into()))?;
+        if open_beneath(&root, path, true)?.is_none() {
+            return Err(err("find", path)(io::ErrorKind::NotFound.into()));
+        }
+        hide(path)?;
+    }
+    Ok(())
+}
+
 fn hide(path: &Path) -> Result<(), MountError> {
     let root = rustix::fs::open(
         "/",

@@ -69,3 +69,72 @@ pub fn enter(
     let pid = command::spawn(spec, stdio, slave.as_ref(), entry.clone_into(), &join)?;
     Ok((pid, master))
 }
+
+/// Cover `paths` (as the VM sees them) with an empty read-only tmpfs inside the
+/// running VM whose init is `init`: for a VM directory made after the VM started.
+/// A child process enters the VM's mount namespace and mounts, so this process
+/// stays where it is. Returns false if the VM isn't running any more.
+pub fn hide_paths(init: &ProcId, paths: &[std::path::PathBuf]) -> Result<bool, EnterError> {
+    let Some(handle) = InitHandle::open(init).map_err(EnterError::Init)? else {
+        return Ok(false);
+    };
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| EnterError::Setns(e.into()))?;
+    match crate::sys::fork().map_err(EnterError::Setns)? {
+        crate::sys::Forked::Child => {
+            drop(read);
+            // The mounts go through /proc/self/fd, so the process that makes them
+            // must be in the VM's pid namespace too, which only a child can be.
+            let result = rustix::thread::move_into_thread_name_spaces(
+                handle.pidfd().as_fd(),
+                Ns::MOUNT | Ns::PROCESS_ID,
+            )
+            .map_err(|e| e.to_string())
+            .and_then(|()| match crate::sys::fork() {
+                Ok(crate::sys::Forked::Child) => {
+                    let code = match crate::mounts::apply::hide_in_running(paths) {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            let msg = crate::vm::error_line(&e);
+                            let _ = rustix::io::write(&write, msg.as_bytes());
+                            1
+                        }
+                    };
+                    crate::sys::exit_now(code);
+                }
+                Ok(crate::sys::Forked::Parent(pid)) => {
+                    match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                    {
+                        Ok(Some((_, s))) if s.exit_status() == Some(0) => Ok(()),
+                        _ => Err(String::new()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            });
+            if let Err(msg) = result {
+                let _ = rustix::io::write(&write, msg.as_bytes());
+                crate::sys::exit_now(1);
+            }
+            crate::sys::exit_now(0);
+        }
+        crate::sys::Forked::Parent(pid) => {
+            drop(write);
+            let mut msg = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut msg);
+            let status = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .map_err(|e| EnterError::Setns(e.into()))?;
+            let ok = status.is_some_and(|(_, s)| s.exit_status() == Some(0));
+            if ok {
+                Ok(true)
+            } else {
+                Err(EnterError::Setns(std::io::Error::other(
+                    if msg.is_empty() {
+                        "the helper process failed".to_owned()
+                    } else {
+                        msg
+                    },
+                )))
+            }
+        }
+    }
+}

@@ -41,10 +41,62 @@ impl Engine {
         policy.limits = opts.limits.clone();
         policy.security = opts.security;
         let mut network = opts.network.clone();
-        self.with_network(name, &mut network, |net| {
+        let made = self.with_network(name, &mut network, |net| {
             policy.network = net.clone();
             Ok(self.store.create_vm(&policy)?)
-        })
+        })?;
+        if let Some(dir) = &policy.dir
+            && let Err(e) = self.hide_from_running(name, dir)
+        {
+            let _ = self.delete(name, true);
+            return Err(e);
+        }
+        Ok(made)
+    }
+
+    /// VMs that run already were started before `dir` (a new VM's layers) was
+    /// one of the store's: cover it inside each of them too, where the host
+    /// filesystem would show it.
+    fn hide_from_running(&self, new: &VmName, dir: &Path) -> Result<(), VmError> {
+        let mut plan = None;
+        for other in self.store.names()? {
+            if &other == new {
+                continue;
+            }
+            let Ok(vm) = self.vm(&other) else { continue };
+            let Some(init) = vm
+                .load_state()
+                .ok()
+                .and_then(|s| s.live_init(&self.cgroup_leaf(&other)).cloned())
+            else {
+                continue;
+            };
+            if plan.is_none() {
+                let text = self
+                    .mount_table()
+                    .map_err(|e| self.start_error(new, StartError::MountTable(e)))?;
+                let table = mounts::mountinfo::parse(text).map_err(|e| {
+                    self.start_error(
+                        new,
+                        StartError::MountTable(std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            e,
+                        )),
+                    )
+                })?;
+                let built = mounts::plan::build(&table, &[dir.to_owned()], &|p: &Path| p.is_dir())
+                    .map_err(|e| self.start_error(new, e.into()))?;
+                plan = Some(built.hide);
+            }
+            let paths = plan.as_deref().unwrap_or_default();
+            crate::runtime::enter::hide_paths(&init, paths).map_err(|source| VmError::HideDir {
+                dir: dir.to_owned(),
+                name: other.to_string(),
+                source: Box::new(source),
+            })?;
+            tracing::debug!(vm = %other, dir = %dir.display(), "new vm dir hidden in running vm");
+        }
+        Ok(())
     }
 
     /// Start a stopped VM in the background.

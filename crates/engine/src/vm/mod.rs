@@ -118,6 +118,16 @@ pub enum VmError {
         #[source]
         source: ChangesError,
     },
+    #[error(
+        "cannot hide {} from running vm {name:?} (stop it, then create this vm)",
+        .dir.display()
+    )]
+    HideDir {
+        dir: PathBuf,
+        name: String,
+        #[source]
+        source: Box<EnterError>,
+    },
     #[error("invalid path {path:?}: paths name what the vm sees, without `..`")]
     BadPath { path: PathBuf },
     #[error("vm {name:?}")]
