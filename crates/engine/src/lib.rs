@@ -14,6 +14,7 @@
 //! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
 //! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
+//! - [`watch`]: host changes made visible in running VMs;
 //! - [`doctor`]: what this host supports.
 
 pub mod cgroup;
@@ -29,6 +30,7 @@ mod sys;
 #[cfg(test)]
 mod testing;
 pub mod vm;
+pub mod watch;
 
 pub use vm::{Engine, VmError};
 

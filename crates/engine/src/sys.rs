@@ -295,6 +295,16 @@ pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
 /// `mount` (`open_by_handle_at`; needs CAP_DAC_READ_SEARCH, which fvm has).
 /// `Ok(false)` when the kernel says the handle is stale: the inode is gone.
 pub fn handle_exists(mount: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> io::Result<bool> {
+    Ok(open_by_handle(mount, handle_type, handle)?.is_some())
+}
+
+/// `open_by_handle_at(O_PATH)`: the file with this handle on the filesystem of
+/// `mount`, or `None` when the kernel says the handle is stale (the inode is gone).
+pub fn open_by_handle(
+    mount: BorrowedFd<'_>,
+    handle_type: i32,
+    handle: &[u8],
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
     let header = std::mem::size_of::<libc::file_handle>();
     // u32 words, so the header's fields are aligned.
     let mut buf = vec![0u32; (header + handle.len()).div_ceil(4)];
@@ -312,13 +322,54 @@ pub fn handle_exists(mount: BorrowedFd<'_>, handle_type: i32, handle: &[u8]) -> 
     if fd == -1 {
         let e = io::Error::last_os_error();
         return match e.raw_os_error() {
-            Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(false),
+            Some(libc::ESTALE) | Some(libc::ENOENT) => Ok(None),
             _ => Err(e),
         };
     }
     // SAFETY: `fd` was just returned by open_by_handle_at and is owned by nobody else.
-    drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    Ok(true)
+    Ok(Some(unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    }))
+}
+
+/// A fanotify group that reports directory entry changes with the parent
+/// directory's file handle and the entry's name (`FAN_REPORT_DFID_NAME`),
+/// non-blocking.
+pub fn fanotify_dfid_name() -> io::Result<std::os::fd::OwnedFd> {
+    // SAFETY: plain syscall with flag arguments; the result is checked.
+    let fd = unsafe {
+        libc::fanotify_init(
+            libc::FAN_CLASS_NOTIF
+                | libc::FAN_CLOEXEC
+                | libc::FAN_NONBLOCK
+                | libc::FAN_REPORT_DFID_NAME,
+            (libc::O_RDONLY | libc::O_LARGEFILE) as libc::c_uint,
+        )
+    };
+    if fd == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by fanotify_init and is owned by nobody else.
+    Ok(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Watch the whole filesystem that `path` is on for the events in `mask`.
+pub fn fanotify_mark_filesystem(group: BorrowedFd<'_>, mask: u64, path: &CStr) -> io::Result<()> {
+    // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
+    let ret = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+            mask,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// The file handle of `name` in `dir` (not following a symlink): its type and

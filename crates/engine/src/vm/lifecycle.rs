@@ -238,7 +238,10 @@ impl Engine {
                 Ok(init)
             });
         match started {
-            Ok(init) => Ok((launched, init)),
+            Ok(init) => {
+                self.ensure_watcher();
+                Ok((launched, init))
+            }
             Err(e) => {
                 // Without `Go` the init exits after setup; either way, reap it.
                 let pid = launched.pid;

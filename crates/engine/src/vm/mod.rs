@@ -15,6 +15,7 @@ mod maintain;
 mod network;
 mod processes;
 mod run;
+mod watch;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -1,0 +1,358 @@
+//! The store's watcher: one process per store, alive while any of its VMs runs,
+//! that makes host changes visible inside them (see [`crate::watch`]).
+//!
+//! It is started by the command that starts a VM (forked off and detached, so
+//! no fvm command waits for it), holds `STORE/watch.lock` for its life so there
+//! is never a second one, and rescans the store when one of the VMs it knows
+//! exits (a pidfd each) or when a new one starts (SIGHUP from the starter). It
+//! exits when no VM of the store runs. It has no timer of its own: it sleeps in
+//! `poll` until the kernel reports a change, a VM ends or a signal comes.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::event::{PollFd, PollFlags};
+
+use super::Engine;
+use crate::mounts;
+use crate::runtime::procid::ProcId;
+use crate::runtime::stop::InitHandle;
+use crate::store::files::Lock;
+use crate::sys;
+use crate::watch::{self, Event};
+
+/// A host filesystem under the VMs' overlays, watched as a whole.
+struct Watched {
+    group: OwnedFd,
+    /// Any directory on it, for `open_by_handle_at`.
+    mount: OwnedFd,
+}
+
+/// A running VM of the store.
+struct Running {
+    init: ProcId,
+    handle: InitHandle,
+}
+
+impl Engine {
+    fn watch_lock_path(&self) -> PathBuf {
+        self.store.root().join("watch.lock")
+    }
+
+    fn watch_pid_path(&self) -> PathBuf {
+        self.store.root().join("watch.pid")
+    }
+
+    /// After a VM started: make sure the store's watcher runs and knows it.
+    pub(super) fn ensure_watcher(&self) {
+        if let Err(e) = self.try_ensure_watcher() {
+            tracing::warn!(
+                "host changes may not show in running vms: cannot start the watcher: {e}"
+            );
+        }
+    }
+
+    fn try_ensure_watcher(&self) -> std::io::Result<()> {
+        let lock = self.watch_lock_path();
+        if Lock::try_exclusive(&lock)?.is_none() {
+            // Running: tell it to pick up the new VM.
+            if let Some(pid) = std::fs::read_to_string(self.watch_pid_path())
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+                .filter(|p| *p > 1)
+            {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
+            }
+            return Ok(());
+        }
+        // Not running (the lock we just took and dropped says so). Fork twice, so
+        // the watcher is nobody's child and nobody waits for it.
+        match sys::fork()? {
+            sys::Forked::Parent(pid) => {
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                Ok(())
+            }
+            sys::Forked::Child => {
+                let _ = rustix::process::setsid();
+                match sys::fork() {
+                    Ok(sys::Forked::Child) => self.run_watcher(),
+                    _ => sys::exit_now(0),
+                }
+            }
+        }
+    }
+
+    /// The watcher process. Never returns.
+    fn run_watcher(&self) -> ! {
+        let _ = sys::close_all_except(&[]);
+        if let Ok(null) = rustix::fs::open(
+            "/dev/null",
+            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) {
+            let raw = null.as_raw_fd();
+            for fd in (0..=2).filter(|fd| *fd != raw) {
+                let _ = sys::dup_onto(null.as_fd(), fd);
+            }
+            if raw <= 2 {
+                // It is one of stdin, stdout, stderr now: keep it open.
+                let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+            }
+        }
+        let _ = rustix::thread::set_name(c"fvm-watch");
+        sys::scrub_args_and_environment();
+        let code = match self.watch_loop() {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        let _ = std::fs::remove_file(self.watch_pid_path());
+        sys::exit_now(code)
+    }
+
+    fn watch_loop(&self) -> std::io::Result<()> {
+        let Some(_lock) = Lock::try_exclusive(&self.watch_lock_path())? else {
+            return Ok(());
+        };
+        crate::store::files::write_atomic(
+            &self.watch_pid_path(),
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o600,
+        )?;
+        let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
+        let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let home = rustix::fs::open(
+            "/proc/self/ns/mnt",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        let mut watched: HashMap<u64, Watched> = HashMap::new();
+        // Directory handle → whether changes in it concern the VMs.
+        let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
+        let mut pending: Option<Instant> = None;
+        loop {
+            let vms = self.running_vms();
+            if vms.is_empty() {
+                return Ok(());
+            }
+            let private = self.store.private_paths();
+            self.watch_filesystems(&mut watched);
+            let devs: Vec<u64> = watched.keys().copied().collect();
+            // Sleep until a change, a VM's end, a signal, or the end of SETTLE.
+            loop {
+                let mut fds = vec![PollFd::new(&signals, PollFlags::IN)];
+                fds.extend(
+                    devs.iter()
+                        .map(|d| PollFd::new(&watched[d].group, PollFlags::IN)),
+                );
+                fds.extend(
+                    vms.iter()
+                        .map(|v| PollFd::new(v.handle.pidfd(), PollFlags::IN)),
+                );
+                let wake = pending.map(|at| {
+                    let d = at.saturating_duration_since(Instant::now());
+                    rustix::event::Timespec {
+                        tv_sec: d.as_secs() as i64,
+                        tv_nsec: i64::from(d.subsec_nanos()),
+                    }
+                });
+                match rustix::event::poll(&mut fds, wake.as_ref()) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+                drop(fds);
+                let mut rescan = false;
+                if ready[0] {
+                    while let Ok(Some(info)) = signals.read_signal() {
+                        match Signal::try_from(info.ssi_signo as i32) {
+                            Ok(Signal::SIGHUP) => rescan = true,
+                            Ok(_) => return Ok(()),
+                            Err(_) => {}
+                        }
+                    }
+                }
+                for (i, dev) in devs.iter().enumerate() {
+                    if ready[1 + i] && self.drain(*dev, &watched[dev], &private, &mut relevant) {
+                        pending.get_or_insert_with(|| Instant::now() + watch::SETTLE);
+                    }
+                }
+                if ready[1 + devs.len()..].iter().any(|r| *r) {
+                    rescan = true;
+                }
+                if pending.is_some_and(|at| Instant::now() >= at) {
+                    pending = None;
+                    for vm in &vms {
+                        invalidate(vm, &home);
+                    }
+                }
+                if relevant.len() > 100_000 {
+                    relevant.clear();
+                }
+                if rescan {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// The store's VMs whose init runs now.
+    fn running_vms(&self) -> Vec<Running> {
+        let mut out = Vec::new();
+        for name in self.store.names().unwrap_or_default() {
+            let Ok(vm) = self.store.vm(&name) else {
+                continue;
+            };
+            let Some(init) = vm
+                .load_state()
+                .ok()
+                .and_then(|s| s.live_init(&self.cgroup_leaf(&name)).cloned())
+            else {
+                continue;
+            };
+            if let Ok(Some(handle)) = InitHandle::open(&init) {
+                out.push(Running { init, handle });
+            }
+        }
+        out
+    }
+
+    /// Add a fanotify group for each host filesystem the VMs overlay that has none
+    /// yet. A filesystem that can't be watched (no file handles) is left out.
+    fn watch_filesystems(&self, watched: &mut HashMap<u64, Watched>) {
+        let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let Ok(table) = mounts::mountinfo::parse(&text) else {
+            return;
+        };
+        let Ok(plan) =
+            mounts::plan::build(&table, &self.store.private_paths(), &|p: &Path| p.is_dir())
+        else {
+            return;
+        };
+        for o in &plan.overlays {
+            let Ok(st) = rustix::fs::stat(&o.mount_point) else {
+                continue;
+            };
+            if watched.contains_key(&st.st_dev) {
+                continue;
+            }
+            let added = (|| -> std::io::Result<Watched> {
+                let group = sys::fanotify_dfid_name()?;
+                let path = CString::new(o.mount_point.as_os_str().as_bytes())?;
+                sys::fanotify_mark_filesystem(group.as_fd(), watch::MASK, &path)?;
+                let mount = rustix::fs::open(
+                    &o.mount_point,
+                    rustix::fs::OFlags::PATH
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )?;
+                Ok(Watched { group, mount })
+            })();
+            match added {
+                Ok(w) => {
+                    watched.insert(st.st_dev, w);
+                }
+                Err(e) => tracing::debug!(mount = %o.mount_point.display(), %e, "not watched"),
+            }
+        }
+    }
+
+    /// Read every queued event of one filesystem; true if any concerns the VMs
+    /// (not a change under the store or a VM's `--dir`, which are the VMs' own).
+    fn drain(
+        &self,
+        dev: u64,
+        w: &Watched,
+        private: &[PathBuf],
+        relevant: &mut HashMap<(u64, Vec<u8>), bool>,
+    ) -> bool {
+        let mut any = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match rustix::io::read(&w.group, &mut buf) {
+                Ok(0) | Err(_) => return any,
+                Ok(n) => n,
+            };
+            for event in watch::parse(&buf[..n]) {
+                if any {
+                    continue;
+                }
+                any = is_relevant(dev, w, &event, private, relevant);
+            }
+        }
+    }
+}
+
+fn is_relevant(
+    dev: u64,
+    w: &Watched,
+    event: &Event,
+    private: &[PathBuf],
+    cache: &mut HashMap<(u64, Vec<u8>), bool>,
+) -> bool {
+    if event.handle.is_empty() {
+        return true;
+    }
+    let key = (dev, event.handle.clone());
+    if let Some(r) = cache.get(&key) {
+        return *r;
+    }
+    let r = match sys::open_by_handle(w.mount.as_fd(), event.handle_type, &event.handle) {
+        Ok(Some(fd)) => match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(dir) => !private.iter().any(|p| dir.starts_with(p)),
+            Err(_) => true,
+        },
+        // The directory is gone already: it can't be told apart; assume it matters.
+        _ => true,
+    };
+    cache.insert(key, r);
+    r
+}
+
+/// Drop the VM's cached overlay dentries: reconfigure each of its overlay
+/// mounts, from inside its mount namespace, then come back.
+fn invalidate(vm: &Running, home: &OwnedFd) {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", vm.init.pid)) else {
+        return;
+    };
+    // Checked after reading: the pid still names the VM's init.
+    if !vm.init.is_alive() {
+        return;
+    }
+    let Ok(table) = mounts::mountinfo::parse(&text) else {
+        return;
+    };
+    let points: Vec<PathBuf> = table
+        .iter()
+        .filter(|m| m.fs_type == "overlay")
+        .map(|m| m.mount_point.clone())
+        .collect();
+    use rustix::thread::ThreadNameSpaceType as Ns;
+    if rustix::thread::move_into_thread_name_spaces(vm.handle.pidfd().as_fd(), Ns::MOUNT).is_err() {
+        return;
+    }
+    for p in &points {
+        let picked = rustix::mount::fspick(
+            rustix::fs::CWD,
+            p,
+            rustix::mount::FsPickFlags::FSPICK_CLOEXEC
+                | rustix::mount::FsPickFlags::FSPICK_SYMLINK_NOFOLLOW
+                | rustix::mount::FsPickFlags::FSPICK_NO_AUTOMOUNT,
+        );
+        if let Ok(fs) = picked {
+            let _ = rustix::mount::fsconfig_reconfigure(&fs);
+        }
+    }
+    let _ = rustix::thread::move_into_link_name_space(
+        home.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Mount),
+    );
+}
