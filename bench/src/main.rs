@@ -1,18 +1,21 @@
 //! fvm-bench: how long VM startup takes, next to the host baselines it competes with,
-//! and how long `fvm copy` takes next to `cp -a`.
+//! how long `fvm copy` takes next to `cp -a`, and what a VM's own network costs.
 //!
 //! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, and through
 //! `fvm` (create, cold run, exec into a running VM, run --rm), interleaved round by
-//! round, then copies of a VM with 1 GiB of changes, then replaces the "VM startup",
-//! phases and "VM copy" sections of docs/BENCHMARKS.md with what it measured. Run it as
-//! root through `bench/run`.
+//! round, then copies of a VM with 1 GiB of changes, diff and commit, and bridged VMs
+//! next to host VMs, then replaces the "VM startup", phases, "VM copy", "Diff and
+//! commit" and "Network" sections of docs/BENCHMARKS.md with what it measured. Run it
+//! as root through `bench/run`.
 
 mod changes;
 mod copy;
 mod measure;
+mod network;
 mod phases;
 mod report;
 mod store;
+mod throughput;
 
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
@@ -73,6 +76,39 @@ struct Args {
     /// Run only the diff and commit benchmarks, and replace only their section
     #[arg(long, conflicts_with_all = ["baselines_only", "copy_only"])]
     changes_only: bool,
+    /// Start/stop rounds of a bridged and a host VM [--quick: 5]
+    #[arg(long, default_value_t = 20)]
+    net_rounds: usize,
+    /// MiB sent over one TCP connection per throughput transfer [--quick: 256]
+    #[arg(long, default_value_t = 1024)]
+    net_mib: usize,
+    /// Timed throughput transfers on each path [--quick: 2]
+    #[arg(long, default_value_t = 5)]
+    net_transfers: usize,
+    /// VMs in each fleet started one after another (bridged, then host) [--quick: 10]
+    #[arg(long, default_value_t = 100)]
+    net_vms: usize,
+    /// Subnet of the benchmark's bridge [default: the first 10.231.x.0/22 that no route
+    /// of the host overlaps]
+    #[arg(long, value_name = "CIDR")]
+    net_subnet: Option<String>,
+    /// Run only the network benchmark, and replace only its section
+    #[arg(long, conflicts_with_all = ["baselines_only", "copy_only", "changes_only"])]
+    network_only: bool,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+/// Helpers the benchmark runs itself, inside VMs too.
+#[derive(Debug, clap::Subcommand)]
+enum Helper {
+    /// Accept one TCP connection on ADDR, read it to EOF, answer with the byte count
+    #[command(hide = true)]
+    Recv {
+        /// Address to listen on; port 0 picks one, printed on stdout
+        #[arg(long)]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -86,6 +122,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(Helper::Recv { listen }) = &args.helper {
+        return throughput::receive(listen);
+    }
     let runs = if args.quick { 20 } else { args.runs };
     if runs == 0 {
         bail!("--runs must be at least 1");
@@ -106,6 +145,9 @@ fn run(args: Args) -> Result<()> {
     }
     if args.changes_only {
         return run_changes_only(&args);
+    }
+    if args.network_only {
+        return run_network_only(&args);
     }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
@@ -162,6 +204,10 @@ fn run(args: Args) -> Result<()> {
     }
     let changed = match &store {
         Some(store) => Some(measure_changes(&args, store)?),
+        None => None,
+    };
+    let networked = match &store {
+        Some(store) => Some(network::measure(store, &network_params(&args))?),
         None => None,
     };
     if *leaked.borrow() > 0 {
@@ -228,8 +274,54 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
+    if let Some(n) = &networked {
+        let section = network::render(
+            n,
+            &invocation(),
+            &report.date,
+            &report.kernel,
+            &report.store,
+        );
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
+}
+
+fn network_params(args: &Args) -> network::Params {
+    let (rounds, mib, transfers, vms) = if args.quick {
+        (5, 256, 2, 10)
+    } else {
+        (
+            args.net_rounds.max(1),
+            args.net_mib.max(1),
+            args.net_transfers.max(1),
+            args.net_vms.max(1),
+        )
+    };
+    network::Params {
+        rounds,
+        warmup: 2,
+        mib,
+        transfers,
+        vms,
+        subnet: args.net_subnet.clone(),
+    }
+}
+
+/// `--network-only`: the network benchmark alone, and only its section.
+fn run_network_only(args: &Args) -> Result<()> {
+    run_one_section(args, |store, parent, date, kernel| {
+        let measured = network::measure(store, &network_params(args))?;
+        Ok(network::render(
+            &measured,
+            &invocation(),
+            date,
+            kernel,
+            &store_description(parent),
+        ))
+    })
 }
 
 fn measure_changes(args: &Args, store: &Store) -> Result<changes::ChangesBench> {

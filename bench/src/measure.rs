@@ -106,7 +106,7 @@ pub fn run_interleaved(
 }
 
 /// Wall-clock time from spawn to reaped exit; a non-zero status is an error.
-fn time_command(cmd: &mut Command) -> Result<Duration> {
+pub fn time_command(cmd: &mut Command) -> Result<Duration> {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

@@ -135,6 +135,8 @@ impl Engine {
         // Directory handle → whether changes in it concern the VMs.
         let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
         let mut pending: Option<Instant> = None;
+        // Invalidations left for the current batch of changes (see `watch::PASSES`).
+        let mut passes_left = 0;
         loop {
             let vms = self.running_vms();
             if vms.is_empty() {
@@ -180,13 +182,15 @@ impl Engine {
                 for (i, dev) in devs.iter().enumerate() {
                     if ready[1 + i] && self.drain(*dev, &watched[dev], &private, &mut relevant) {
                         pending.get_or_insert_with(|| Instant::now() + watch::SETTLE);
+                        passes_left = watch::PASSES;
                     }
                 }
                 if ready[1 + devs.len()..].iter().any(|r| *r) {
                     rescan = true;
                 }
                 if pending.is_some_and(|at| Instant::now() >= at) {
-                    pending = None;
+                    passes_left -= 1;
+                    pending = (passes_left > 0).then(|| Instant::now() + watch::RETRY);
                     for vm in &vms {
                         invalidate(vm, &home);
                     }

@@ -32,6 +32,13 @@ use std::time::Duration;
 /// a change still shows within a fraction of a second.
 pub const SETTLE: Duration = Duration::from_millis(50);
 
+/// Invalidations per batch of changes, [`RETRY`] apart. A dentry that a VM
+/// process is using at the instant of an invalidation (open, or being looked
+/// up) isn't dropped; a second pass a little later catches the ones that were
+/// only busy for a moment.
+pub const PASSES: u32 = 3;
+pub const RETRY: Duration = Duration::from_millis(100);
+
 /// The events that can leave a VM's view stale.
 pub const MASK: u64 = libc::FAN_CREATE
     | libc::FAN_DELETE
