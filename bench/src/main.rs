@@ -83,7 +83,7 @@ struct Args {
     #[arg(long, default_value_t = 1024)]
     net_mib: usize,
     /// Timed throughput transfers on each path [--quick: 2]
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     net_transfers: usize,
     /// VMs in each fleet started one after another (bridged, then host) [--quick: 10]
     #[arg(long, default_value_t = 100)]
