@@ -290,10 +290,8 @@ impl Engine {
             })?,
             None => Stopped::NotRunning,
         };
+        // Cleans up after the init, the VM's firewall rules included.
         self.reconcile(&vm)?;
-        if let Ok(policy) = vm.load_policy() {
-            self.refresh_firewall(&policy.network)?;
-        }
         Ok(outcome)
     }
 

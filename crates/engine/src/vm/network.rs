@@ -370,6 +370,21 @@ impl Engine {
         self.sync_firewall(None).map_err(VmError::Network)
     }
 
+    /// After a VM ended behind fvm's back (the watcher saw its init go): rebuild
+    /// the firewall without it, if the store has bridged VMs.
+    pub(super) fn firewall_after_exit(&self) {
+        let bridged = self
+            .policies()
+            .iter()
+            .any(|(_, p)| p.network.mode == NetMode::Bridge);
+        if !bridged {
+            return;
+        }
+        if let Ok(_lock) = self.net_lock() {
+            let _ = self.sync_firewall(None);
+        }
+    }
+
     /// After a bridged VM was deleted: with no bridged VM left in the store, the
     /// bridge and the tables go too.
     pub(super) fn release_network(&self) -> Result<(), VmError> {

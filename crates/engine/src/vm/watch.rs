@@ -40,6 +40,12 @@ struct Running {
     handle: InitHandle,
 }
 
+impl PartialEq for Running {
+    fn eq(&self, other: &Running) -> bool {
+        self.init == other.init
+    }
+}
+
 impl Engine {
     fn watch_lock_path(&self) -> PathBuf {
         self.store.root().join("watch.lock")
@@ -105,8 +111,9 @@ impl Engine {
                 let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
             }
         }
+        // (Its arguments and environment are the starting command's and stay: it
+        // runs nft, which needs PATH, and nothing in a VM can read them.)
         let _ = rustix::thread::set_name(c"fvm-watch");
-        sys::scrub_args_and_environment();
         let code = match self.watch_loop() {
             Ok(()) => 0,
             Err(_) => 1,
@@ -119,12 +126,14 @@ impl Engine {
         let Some(_lock) = Lock::try_exclusive(&self.watch_lock_path())? else {
             return Ok(());
         };
+        // Signals first: a starter that reads the pid file sends SIGHUP at once,
+        // whose default action would end this process.
+        let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
         crate::store::files::write_atomic(
             &self.watch_pid_path(),
             format!("{}\n", std::process::id()).as_bytes(),
             0o600,
         )?;
-        let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let home = rustix::fs::open(
             "/proc/self/ns/mnt",
@@ -137,13 +146,26 @@ impl Engine {
         let mut pending: Option<Instant> = None;
         // Invalidations left for the current batch of changes (see `watch::PASSES`).
         let mut passes_left = 0;
+        let mut known: Vec<Running> = Vec::new();
         loop {
             let vms = self.running_vms();
+            // A VM ended without fvm (its init crashed or was killed): its firewall
+            // rules go now rather than at the next command on it.
+            if known.iter().any(|k| !vms.contains(k)) {
+                self.firewall_after_exit();
+            }
             if vms.is_empty() {
                 return Ok(());
             }
             let private = self.store.private_paths();
+            let marked = watched.len();
             self.watch_filesystems(&mut watched);
+            // A new VM (or a new mark) may have looked something up before the
+            // marks saw the change: one invalidation covers that window.
+            if watched.len() != marked || vms.iter().any(|v| !known.contains(v)) {
+                pending.get_or_insert_with(|| Instant::now() + watch::SETTLE);
+                passes_left = passes_left.max(1);
+            }
             let devs: Vec<u64> = watched.keys().copied().collect();
             // Sleep until a change, a VM's end, a signal, or the end of SETTLE.
             loop {
@@ -202,6 +224,7 @@ impl Engine {
                     break;
                 }
             }
+            known = vms;
         }
     }
 
