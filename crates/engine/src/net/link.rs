@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 use super::Ipv4Net;
@@ -232,48 +232,23 @@ impl Netlink {
         if let Some(old) = self.get(host)? {
             self.delete(old.header.index, host)?;
         }
-        let add = self
-            .handle
-            .link()
-            .add(LinkVeth::new(host, peer).build())
-            .execute();
+        // One request: the pair, the host end on the bridge and up, the peer made
+        // directly inside the VM's namespace (moving it there afterwards costs the
+        // kernel several times more).
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
+        let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer)
+            .setns_by_fd(fd)
+            .build();
+        let pair = LinkVeth::new(host, peer)
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+            .controller(bridge)
+            .up()
+            .build();
+        let add = self.handle.link().add(pair).execute();
         self.rt
             .block_on(add)
-            .map_err(nl(format!("create veth {host}")))?;
-        let host_link = self.get(host)?.ok_or_else(|| LinkError::Netlink {
-            what: format!("create veth {host}"),
-            message: "it vanished".into(),
-        })?;
-        let peer_link = self.get(peer)?.ok_or_else(|| LinkError::Netlink {
-            what: format!("create veth {host}"),
-            message: "its peer vanished".into(),
-        })?;
-        let attach = self
-            .handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(host_link.header.index)
-                    .controller(bridge)
-                    .up()
-                    .build(),
-            )
-            .execute();
-        self.rt
-            .block_on(attach)
-            .map_err(nl(format!("attach {host} to the bridge")))?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
-        let moved = self
-            .handle
-            .link()
-            .set(
-                LinkUnspec::new_with_index(peer_link.header.index)
-                    .setns_by_fd(fd)
-                    .build(),
-            )
-            .execute();
-        self.rt
-            .block_on(moved)
-            .map_err(nl(format!("move {peer} into the vm")))
+            .map_err(nl(format!("create veth {host}")))
     }
 
     /// In a VM's namespace: `lo` up; `peer` renamed `eth0`, given `ip` and up;
@@ -295,12 +270,14 @@ impl Netlink {
             message: format!("{peer} is not in the vm"),
         })?;
         let index = link.header.index;
-        let rename = self
-            .handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).name("eth0").build())
-            .execute();
-        self.rt.block_on(rename).map_err(nl("name the vm's eth0"))?;
+        if peer != "eth0" {
+            let rename = self
+                .handle
+                .link()
+                .set(LinkUnspec::new_with_index(index).name("eth0").build())
+                .execute();
+            self.rt.block_on(rename).map_err(nl("name the vm's eth0"))?;
+        }
         self.add_address(index, ip, "eth0")?;
         self.up(index, "eth0")?;
         if let Some(gw) = gateway {

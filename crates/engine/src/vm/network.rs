@@ -353,10 +353,10 @@ impl Engine {
             "1",
         );
         let veth = netcfg::veth_name(self.store.id(), vm.name().as_str());
-        let peer = format!("{veth}p");
-        host.add_veth(&veth, &peer, bridge, netns.as_fd())?;
+        // The VM's end is made inside its namespace, where no other eth0 exists.
+        host.add_veth(&veth, "eth0", bridge, netns.as_fd())?;
         let inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
-        inside.configure_vm_side(&peer, Some(ip), Some(store.gateway().addr))?;
+        inside.configure_vm_side("eth0", Some(ip), Some(store.gateway().addr))?;
         tracing::debug!(vm = %vm.name(), %ip, veth, "vm connected to bridge {}", store.bridge);
         Ok(())
     }

@@ -701,14 +701,17 @@ impl Net {
         );
         // Rules of a VM that crashed are rebuilt away by the store's watcher as
         // soon as it sees the init go, or by the next command on the VM.
-        wait_for(&format!("{what}: no nft rule mentions {link} or {ip}"), || {
-            let rules = ruleset();
-            if mentions(&rules, link) || mentions(&rules, ip) {
-                Err(rules)
-            } else {
-                Ok(())
-            }
-        });
+        wait_for(
+            &format!("{what}: no nft rule mentions {link} or {ip}"),
+            || {
+                let rules = ruleset();
+                if mentions(&rules, link) || mentions(&rules, ip) {
+                    Err(rules)
+                } else {
+                    Ok(())
+                }
+            },
+        );
         let rules = ruleset();
         assert!(
             !mentions(&rules, link),
