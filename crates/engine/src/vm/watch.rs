@@ -27,6 +27,9 @@ use crate::store::files::Lock;
 use crate::sys;
 use crate::watch::{self, Event};
 
+/// `statfs` type of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
 /// A host filesystem under the VMs' overlays, watched as a whole.
 struct Watched {
     group: OwnedFd,
@@ -367,11 +370,25 @@ fn invalidate(vm: &Running, home: &OwnedFd) {
         return;
     }
     for p in &points {
-        let picked = rustix::mount::fspick(
+        // The VM owns every directory on the way: no symlink may redirect this to
+        // another mount (only the VM's own overlays are picked).
+        let Ok(dir) = rustix::fs::openat2(
             rustix::fs::CWD,
             p,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+            rustix::fs::ResolveFlags::NO_SYMLINKS | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+        ) else {
+            continue;
+        };
+        if !rustix::fs::fstatfs(&dir).is_ok_and(|s| s.f_type == OVERLAYFS_MAGIC) {
+            continue;
+        }
+        let picked = rustix::mount::fspick(
+            &dir,
+            "",
             rustix::mount::FsPickFlags::FSPICK_CLOEXEC
-                | rustix::mount::FsPickFlags::FSPICK_SYMLINK_NOFOLLOW
+                | rustix::mount::FsPickFlags::FSPICK_EMPTY_PATH
                 | rustix::mount::FsPickFlags::FSPICK_NO_AUTOMOUNT,
         );
         if let Ok(fs) = picked {
