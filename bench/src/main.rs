@@ -1,15 +1,18 @@
 //! fvm-bench: how long VM startup takes, next to the host baselines it competes with,
-//! how long `fvm copy` takes next to `cp -a`, and what a VM's own network costs.
+//! how long `fvm copy` takes next to `cp -a`, what a VM's own network costs, and how
+//! soon host changes show in running VMs and at what cost to the host.
 //!
 //! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, and through
 //! `fvm` (create, cold run, exec into a running VM, run --rm), interleaved round by
-//! round, then copies of a VM with 1 GiB of changes, diff and commit, and bridged VMs
-//! next to host VMs, then replaces the "VM startup", phases, "VM copy", "Diff and
-//! commit" and "Network" sections of docs/BENCHMARKS.md with what it measured. Run it
-//! as root through `bench/run`.
+//! round, then copies of a VM with 1 GiB of changes, diff and commit, bridged VMs
+//! next to host VMs, and host changes seen from a VM and a host workload with and
+//! without running VMs, then replaces the "VM startup", phases, "VM copy", "Diff and
+//! commit", "Network" and "Host changes" sections of docs/BENCHMARKS.md with what it
+//! measured. Run it as root through `bench/run`.
 
 mod changes;
 mod copy;
+mod host_changes;
 mod measure;
 mod network;
 mod phases;
@@ -95,6 +98,25 @@ struct Args {
     /// Run only the network benchmark, and replace only its section
     #[arg(long, conflicts_with_all = ["baselines_only", "copy_only", "changes_only"])]
     network_only: bool,
+    /// Host changes a running VM's reader watches for, for the latency [default: 1000
+    /// with --host-changes-only, 300 in the full run; --quick: 50]
+    #[arg(long)]
+    host_changes: Option<usize>,
+    /// Rounds of the host workload, each with 0 and with --host-vms running VMs
+    /// [--quick: 2]
+    #[arg(long, default_value_t = 5)]
+    host_rounds: usize,
+    /// Idle VMs running during the host workload's loaded runs [--quick: 10]
+    #[arg(long, default_value_t = 50)]
+    host_vms: usize,
+    /// MiB of small files in the tree the host workload untars [--quick: 20]
+    #[arg(long, default_value_t = 100)]
+    host_tree_mib: usize,
+    /// Run only the host-changes benchmark, and replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only"
+    ])]
+    host_changes_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -109,6 +131,18 @@ enum Helper {
         #[arg(long)]
         listen: String,
     },
+    /// Re-read FILE every EVERY_US microseconds; print its content and the time (ns
+    /// since the epoch) whenever it changed, until it reads "stop"
+    #[command(hide = true)]
+    WatchFile {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        every_us: u64,
+        /// Give up (and fail) after this long
+        #[arg(long, default_value_t = 3600)]
+        max_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -122,8 +156,20 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<()> {
-    if let Some(Helper::Recv { listen }) = &args.helper {
-        return throughput::receive(listen);
+    match &args.helper {
+        Some(Helper::Recv { listen }) => return throughput::receive(listen),
+        Some(Helper::WatchFile {
+            file,
+            every_us,
+            max_secs,
+        }) => {
+            return host_changes::watch_file(
+                file,
+                std::time::Duration::from_micros(*every_us),
+                std::time::Duration::from_secs(*max_secs),
+            );
+        }
+        None => {}
     }
     let runs = if args.quick { 20 } else { args.runs };
     if runs == 0 {
@@ -148,6 +194,9 @@ fn run(args: Args) -> Result<()> {
     }
     if args.network_only {
         return run_network_only(&args);
+    }
+    if args.host_changes_only {
+        return run_host_changes_only(&args);
     }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
@@ -208,6 +257,13 @@ fn run(args: Args) -> Result<()> {
     };
     let networked = match &store {
         Some(store) => Some(network::measure(store, &network_params(&args))?),
+        None => None,
+    };
+    let hosted = match &store {
+        Some(store) => Some(host_changes::measure(
+            store,
+            &host_changes_params(&args, false),
+        )?),
         None => None,
     };
     if *leaked.borrow() > 0 {
@@ -285,8 +341,54 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
+    if let Some(h) = &hosted {
+        let section = host_changes::render(
+            h,
+            &invocation(),
+            &report.date,
+            &report.kernel,
+            &report.store,
+        );
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
+}
+
+/// The host-changes benchmark's sizes; `only`: run alone, with time for 1000 changes.
+fn host_changes_params(args: &Args, only: bool) -> host_changes::Params {
+    if args.quick {
+        return host_changes::Params {
+            changes: 50,
+            rounds: 2,
+            vms: 10,
+            tree_mib: 20,
+        };
+    }
+    host_changes::Params {
+        changes: args
+            .host_changes
+            .unwrap_or(if only { 1000 } else { 300 })
+            .max(1),
+        rounds: args.host_rounds.max(1),
+        vms: args.host_vms.max(1),
+        tree_mib: args.host_tree_mib.max(1),
+    }
+}
+
+/// `--host-changes-only`: the host-changes benchmark alone, and only its section.
+fn run_host_changes_only(args: &Args) -> Result<()> {
+    run_one_section(args, |store, parent, date, kernel| {
+        let measured = host_changes::measure(store, &host_changes_params(args, true))?;
+        Ok(host_changes::render(
+            &measured,
+            &invocation(),
+            date,
+            kernel,
+            &store_description(parent),
+        ))
+    })
 }
 
 fn network_params(args: &Args) -> network::Params {

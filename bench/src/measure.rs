@@ -184,19 +184,20 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-/// A tiny PRNG for shuffling the run order; statistical quality is irrelevant here.
+/// A tiny PRNG for shuffling the run order (and jittering the host-changes
+/// benchmark's schedule); statistical quality is irrelevant here.
 #[derive(Debug)]
-struct SplitMix64(u64);
+pub struct SplitMix64(u64);
 
 impl SplitMix64 {
-    fn from_clock() -> Self {
+    pub fn from_clock() -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
         Self(nanos ^ u64::from(std::process::id()))
     }
 
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -27,6 +27,9 @@ use crate::store::files::Lock;
 use crate::sys;
 use crate::watch::{self, Event};
 
+/// How long the watcher gathers news of started VMs before it rescans the store.
+const RESCAN_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// `statfs` type of overlayfs.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
@@ -150,6 +153,7 @@ impl Engine {
         // Invalidations left for the current batch of changes (see `watch::PASSES`).
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
+        let mut rescan_at: Option<Instant> = None;
         loop {
             let vms = self.running_vms();
             // A VM ended without fvm (its init crashed or was killed): its firewall
@@ -181,7 +185,7 @@ impl Engine {
                     vms.iter()
                         .map(|v| PollFd::new(v.handle.pidfd(), PollFlags::IN)),
                 );
-                let wake = pending.map(|at| {
+                let wake = [pending, rescan_at].into_iter().flatten().min().map(|at| {
                     let d = at.saturating_duration_since(Instant::now());
                     rustix::event::Timespec {
                         tv_sec: d.as_secs() as i64,
@@ -198,7 +202,11 @@ impl Engine {
                 if ready[0] {
                     while let Ok(Some(info)) = signals.read_signal() {
                         match Signal::try_from(info.ssi_signo as i32) {
-                            Ok(Signal::SIGHUP) => rescan = true,
+                            // New VMs: gathered, so a thousand starts in a row cost
+                            // a few rescans of the store, not a thousand.
+                            Ok(Signal::SIGHUP) => {
+                                rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                            }
                             Ok(_) => return Ok(()),
                             Err(_) => {}
                         }
@@ -223,7 +231,11 @@ impl Engine {
                 if relevant.len() > 100_000 {
                     relevant.clear();
                 }
+                if rescan_at.is_some_and(|at| Instant::now() >= at) {
+                    rescan = true;
+                }
                 if rescan {
+                    rescan_at = None;
                     break;
                 }
             }
