@@ -141,11 +141,6 @@ impl Engine {
             0o600,
         )?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
-        let home = rustix::fs::open(
-            "/proc/self/ns/mnt",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )?;
         let mut watched: HashMap<u64, Watched> = HashMap::new();
         // Directory handle → whether changes in it concern the VMs.
         let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
@@ -225,7 +220,7 @@ impl Engine {
                     passes_left -= 1;
                     pending = (passes_left > 0).then(|| Instant::now() + watch::RETRY);
                     for vm in &vms {
-                        invalidate(vm, &home);
+                        invalidate(vm);
                     }
                 }
                 if relevant.len() > 100_000 {
@@ -360,8 +355,9 @@ fn is_relevant(
 }
 
 /// Drop the VM's cached overlay dentries: reconfigure each of its overlay
-/// mounts, from inside its mount namespace, then come back.
-fn invalidate(vm: &Running, home: &OwnedFd) {
+/// mounts, reached from the VM's root through /proc (the watcher never enters
+/// the VM's namespace).
+fn invalidate(vm: &Running) {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", vm.init.pid)) else {
         return;
     };
@@ -377,22 +373,38 @@ fn invalidate(vm: &Running, home: &OwnedFd) {
         .filter(|m| m.fs_type == "overlay")
         .map(|m| m.mount_point.clone())
         .collect();
-    use rustix::thread::ThreadNameSpaceType as Ns;
-    if rustix::thread::move_into_thread_name_spaces(vm.handle.pidfd().as_fd(), Ns::MOUNT).is_err() {
+    // The VM's root, through /proc (our own namespace stays): lookups from it
+    // follow the VM's mount tree.
+    let Ok(root) = rustix::fs::open(
+        format!("/proc/{}/root", vm.init.pid),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return;
+    };
+    if !vm.init.is_alive() {
         return;
     }
     for p in &points {
         // The VM owns every directory on the way: no symlink may redirect this to
         // another mount (only the VM's own overlays are picked).
-        let Ok(dir) = rustix::fs::openat2(
-            rustix::fs::CWD,
-            p,
-            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-            rustix::fs::ResolveFlags::NO_SYMLINKS | rustix::fs::ResolveFlags::NO_MAGICLINKS,
-        ) else {
-            continue;
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        let dir = if rel.as_os_str().is_empty() {
+            rustix::io::dup(&root)
+        } else {
+            rustix::fs::openat2(
+                &root,
+                rel,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                rustix::fs::ResolveFlags::BENEATH
+                    | rustix::fs::ResolveFlags::NO_SYMLINKS
+                    | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+            )
         };
+        let Ok(dir) = dir else { continue };
         if !rustix::fs::fstatfs(&dir).is_ok_and(|s| s.f_type == OVERLAYFS_MAGIC) {
             continue;
         }
@@ -407,8 +419,4 @@ fn invalidate(vm: &Running, home: &OwnedFd) {
             let _ = rustix::mount::fsconfig_reconfigure(&fs);
         }
     }
-    let _ = rustix::thread::move_into_link_name_space(
-        home.as_fd(),
-        Some(rustix::thread::LinkNameSpaceType::Mount),
-    );
 }
