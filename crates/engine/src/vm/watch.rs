@@ -44,6 +44,9 @@ struct Watched {
 struct Running {
     init: ProcId,
     handle: InitHandle,
+    /// Where its overlays are mounted, read from its mount table at the first
+    /// invalidation (a VM can't mount, so they stay where they are).
+    overlays: std::cell::RefCell<Option<Vec<PathBuf>>>,
 }
 
 impl PartialEq for Running {
@@ -145,6 +148,8 @@ impl Engine {
         // Directory handle → whether changes in it concern the VMs.
         let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
         let mut pending: Option<Instant> = None;
+        // When the current burst of changes began (see `watch::MAX_WAIT`).
+        let mut burst: Option<Instant> = None;
         // Invalidations left for the current batch of changes (see `watch::PASSES`).
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
@@ -209,7 +214,9 @@ impl Engine {
                 }
                 for (i, dev) in devs.iter().enumerate() {
                     if ready[1 + i] && self.drain(*dev, &watched[dev], &private, &mut relevant) {
-                        pending.get_or_insert_with(|| Instant::now() + watch::SETTLE);
+                        let now = Instant::now();
+                        let began = *burst.get_or_insert(now);
+                        pending = Some((now + watch::SETTLE).min(began + watch::MAX_WAIT));
                         passes_left = watch::PASSES;
                     }
                 }
@@ -217,7 +224,8 @@ impl Engine {
                     rescan = true;
                 }
                 if pending.is_some_and(|at| Instant::now() >= at) {
-                    passes_left -= 1;
+                    burst = None;
+                    passes_left = passes_left.saturating_sub(1);
                     pending = (passes_left > 0).then(|| Instant::now() + watch::RETRY);
                     for vm in &vms {
                         invalidate(vm);
@@ -253,7 +261,11 @@ impl Engine {
                 continue;
             };
             if let Ok(Some(handle)) = InitHandle::open(&init) {
-                out.push(Running { init, handle });
+                out.push(Running {
+                    init,
+                    handle,
+                    overlays: std::cell::RefCell::new(None),
+                });
             }
         }
         out
@@ -358,23 +370,11 @@ fn is_relevant(
 /// mounts, reached from the VM's root through /proc (the watcher never enters
 /// the VM's namespace).
 fn invalidate(vm: &Running) {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", vm.init.pid)) else {
-        return;
-    };
-    // Checked after reading: the pid still names the VM's init.
-    if !vm.init.is_alive() {
-        return;
-    }
-    let Ok(table) = mounts::mountinfo::parse(&text) else {
-        return;
-    };
-    let points: Vec<PathBuf> = table
-        .iter()
-        .filter(|m| m.fs_type == "overlay")
-        .map(|m| m.mount_point.clone())
-        .collect();
-    // The VM's root, through /proc (our own namespace stays): lookups from it
-    // follow the VM's mount tree.
+    let mut cached = vm.overlays.borrow_mut();
+    let points = cached.get_or_insert_with(|| overlay_points(vm));
+    // Fresh fds each time: holding the overlay roots open between invalidations
+    // keeps later reconfigures from dropping anything (seen on this kernel).
+    // Lookups from the VM's root follow the VM's mount tree.
     let Ok(root) = rustix::fs::open(
         format!("/proc/{}/root", vm.init.pid),
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -385,7 +385,7 @@ fn invalidate(vm: &Running) {
     if !vm.init.is_alive() {
         return;
     }
-    for p in &points {
+    for p in points.iter() {
         // The VM owns every directory on the way: no symlink may redirect this to
         // another mount (only the VM's own overlays are picked).
         let rel = p.strip_prefix("/").unwrap_or(p);
@@ -408,15 +408,34 @@ fn invalidate(vm: &Running) {
         if !rustix::fs::fstatfs(&dir).is_ok_and(|s| s.f_type == OVERLAYFS_MAGIC) {
             continue;
         }
-        let picked = rustix::mount::fspick(
+        if let Ok(fs) = rustix::mount::fspick(
             &dir,
             "",
             rustix::mount::FsPickFlags::FSPICK_CLOEXEC
                 | rustix::mount::FsPickFlags::FSPICK_EMPTY_PATH
                 | rustix::mount::FsPickFlags::FSPICK_NO_AUTOMOUNT,
-        );
-        if let Ok(fs) = picked {
+        ) {
             let _ = rustix::mount::fsconfig_reconfigure(&fs);
         }
     }
+}
+
+/// Where the VM's overlays are mounted, as its mount table says.
+fn overlay_points(vm: &Running) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", vm.init.pid)) else {
+        return Vec::new();
+    };
+    // Checked after reading: the pid still names the VM's init.
+    if !vm.init.is_alive() {
+        return Vec::new();
+    }
+    mounts::mountinfo::parse(&text)
+        .map(|table| {
+            table
+                .iter()
+                .filter(|m| m.fs_type == "overlay")
+                .map(|m| m.mount_point.clone())
+                .collect()
+        })
+        .unwrap_or_default()
 }

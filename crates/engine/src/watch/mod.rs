@@ -32,6 +32,11 @@ use std::time::Duration;
 /// a change still shows within a fraction of a second.
 pub const SETTLE: Duration = Duration::from_millis(50);
 
+/// The longest a burst of changes goes without an invalidation: a host that
+/// never stops changing (an untar) still reaches the VMs twice a second, and the
+/// VMs' caches are dropped twice a second, not every [`SETTLE`].
+pub const MAX_WAIT: Duration = Duration::from_millis(500);
+
 /// Invalidations per batch of changes, [`RETRY`] apart. A dentry that a VM
 /// process is using at the instant of an invalidation (open, or being looked
 /// up) isn't dropped; a second pass a little later catches the ones that were
