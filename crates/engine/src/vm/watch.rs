@@ -296,9 +296,10 @@ impl Engine {
                 let group = sys::fanotify_dfid_name()?;
                 let path = CString::new(o.mount_point.as_os_str().as_bytes())?;
                 sys::fanotify_mark_filesystem(group.as_fd(), watch::MASK, &path)?;
+                // Not O_PATH: open_by_handle_at refuses those (EBADF).
                 let mount = rustix::fs::open(
                     &o.mount_point,
-                    rustix::fs::OFlags::PATH
+                    rustix::fs::OFlags::RDONLY
                         | rustix::fs::OFlags::DIRECTORY
                         | rustix::fs::OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
