@@ -5,9 +5,8 @@
 //! - Latency. A file in a directory of the benchmark's own under /var/tmp (on the
 //!   host's filesystem, which the VMs overlay) is replaced the way dpkg replaces
 //!   files, a new file written and renamed over it, with a new value every 150 to
-//!   200 ms, at random, so that the changes meet the watcher's schedule (its first
-//!   invalidation 50 ms after a change, then one every 100 ms while changes keep
-//!   coming) at random points. Two readers re-read the file every millisecond and
+//!   200 ms, at random, so that the changes meet the watcher's schedule (an
+//!   invalidation 50 ms after a change, retried 100 ms apart) at random points. Two readers re-read the file every millisecond and
 //!   print each new value with the time they read it: one inside a running VM
 //!   (`fvm-bench watch-file`, this binary, run through `fvm run` by its host
 //!   path), one on the host, which shows what the readers themselves add. Both
@@ -26,8 +25,10 @@
 //!   between runs, or anybody's) had just freed inodes took 6 to 15 times longer.
 //!   With `discard`, a `rm -rf` itself mostly waits for the disk's discards, which
 //!   have nothing to do with fvm, so it is not part of the workload.
-//! - The workload runs first, the latency second: its replaced files free inodes
-//!   too.
+//! - The latency is measured first, the workload second: the inodes the
+//!   latency's replaced files free are few and in another group than the trees,
+//!   and its minutes let whatever freed many inodes before the section (the full
+//!   run's diff and commit, a previous run's cleanup) stop counting as recent.
 //!
 //! Everything the section makes on the host is in one temporary directory under
 //! /var/tmp, removed at the end, also on failure; its VMs are in the benchmark's
@@ -99,6 +100,10 @@ pub struct Latency {
     /// Whether each reader read the last change (within [`LAST_WAIT`]) and exited.
     pub vm_ended: bool,
     pub host_ended: bool,
+    /// Checks (one every 10 changes) that found another store's `fvm-watch`
+    /// running, of all checks.
+    pub foreign: usize,
+    pub checks: usize,
 }
 
 /// Seconds per run without the store's VMs (idle) and with them (loaded), one
@@ -193,10 +198,9 @@ pub fn measure(store: &Store, p: &Params) -> Result<HostChangesBench> {
         host_fs: crate::store::fs_type(dir.path()).unwrap_or_default(),
         ..HostChangesBench::default()
     };
-    // The workload first: the latency's replaced files leave freed inodes that
-    // the untar's creates would skip past (see the module's doc).
-    b.workload = workload(store, dir.path(), p)?;
+    // The latency first (see the module's doc).
     b.latency = latency(store, dir.path(), p.changes)?;
+    b.workload = workload(store, dir.path(), p)?;
     eprintln!("fvm-bench: host changes: removing the host files");
     let t = Instant::now();
     let trees = dir.path().join("trees");
@@ -405,10 +409,15 @@ fn latency(store: &Store, dir: &Path, changes: usize) -> Result<Latency> {
     let mut written = Vec::with_capacity(changes);
     let mut next = Instant::now();
     let every = (changes / 10).max(1);
+    let (mut foreign, mut checks) = (0, 0);
     for i in 1..=changes {
         next += Duration::from_micros(GAP_US.0 + rng.next() % (GAP_US.1 - GAP_US.0 + 1));
         std::thread::sleep(next.saturating_duration_since(Instant::now()));
         written.push(replace(&file, &tmp, &i.to_string())?);
+        if i % 10 == 1 {
+            checks += 1;
+            foreign += usize::from(other_watchers(watcher_pid(store)) > 0);
+        }
         if i % every == 0 {
             eprintln!("fvm-bench: host changes: {i}/{changes}");
         }
@@ -424,6 +433,8 @@ fn latency(store: &Store, dir: &Path, changes: usize) -> Result<Latency> {
         host: latencies(&written, &host_lines),
         vm_ended,
         host_ended,
+        foreign,
+        checks,
     })
 }
 
@@ -869,6 +880,15 @@ pub fn render(
             v.len() - missed
         );
     }
+    if l.foreign > 0 {
+        let _ = writeln!(
+            s,
+            "\nOther stores' watchers (other fvm users of this machine) ran during the \
+             changes ({} of {} checks, one every 10 changes, found one); their work \
+             shares the CPUs with this section's watcher and readers.",
+            l.foreign, l.checks
+        );
+    }
     for (who, ended) in [("VM's", l.vm_ended), ("host's", l.host_ended)] {
         if !ended {
             let _ = writeln!(
@@ -1161,6 +1181,8 @@ mod tests {
                 host: vec![Some(0.5); 4],
                 vm_ended: false,
                 host_ended: true,
+                foreign: 2,
+                checks: 100,
             },
             workload: Workload {
                 rounds: 3,
@@ -1199,6 +1221,7 @@ mod tests {
             "4.8 % of the run's wall time",
             "took a median of 1.00 s per switch (2 switches), stopping them 0.50 s (2)",
             "ran during 1 of the 6 timed runs",
+            "ran during the changes (2 of 100 checks,",
             "measuring this section took 100 s",
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");

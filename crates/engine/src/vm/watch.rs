@@ -148,8 +148,6 @@ impl Engine {
         // Directory handle → whether changes in it concern the VMs.
         let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
         let mut pending: Option<Instant> = None;
-        // When the current burst of changes began (see `watch::MAX_WAIT`).
-        let mut burst: Option<Instant> = None;
         // Invalidations left for the current batch of changes (see `watch::PASSES`).
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
@@ -174,11 +172,17 @@ impl Engine {
                 passes_left = passes_left.max(1);
             }
             let devs: Vec<u64> = watched.keys().copied().collect();
-            // Sleep until a change, a VM's end, a signal, or the end of SETTLE.
+            // Sleep until a change, a VM's end, a signal, or the next invalidation.
+            // While one is due, the fanotify groups are left out: what they queue
+            // meanwhile is read just before it, so a burst of changes costs a few
+            // wake-ups, not one per change.
             loop {
+                let listening = pending.is_none();
                 let mut fds = vec![PollFd::new(&signals, PollFlags::IN)];
+                let groups = if listening { devs.len() } else { 0 };
                 fds.extend(
                     devs.iter()
+                        .take(groups)
                         .map(|d| PollFd::new(&watched[d].group, PollFlags::IN)),
                 );
                 fds.extend(
@@ -212,24 +216,36 @@ impl Engine {
                         }
                     }
                 }
+                let now = Instant::now();
+                let due = pending.is_some_and(|at| now >= at);
+                // Read the queues when they woke us, and before every invalidation.
+                let mut changed = false;
                 for (i, dev) in devs.iter().enumerate() {
-                    if ready[1 + i] && self.drain(*dev, &watched[dev], &private, &mut relevant) {
-                        let now = Instant::now();
-                        let began = *burst.get_or_insert(now);
-                        pending = Some((now + watch::SETTLE).min(began + watch::MAX_WAIT));
-                        passes_left = watch::PASSES;
+                    let woke = listening && ready[1 + i];
+                    if (woke || due) && self.drain(*dev, &watched[dev], &private, &mut relevant) {
+                        changed = true;
                     }
                 }
-                if ready[1 + devs.len()..].iter().any(|r| *r) {
-                    rescan = true;
-                }
-                if pending.is_some_and(|at| Instant::now() >= at) {
-                    burst = None;
-                    passes_left = passes_left.saturating_sub(1);
-                    pending = (passes_left > 0).then(|| Instant::now() + watch::RETRY);
+                if changed && !due {
+                    // The first change of a burst: gather for SETTLE.
+                    pending = Some(now + watch::SETTLE);
+                    passes_left = watch::PASSES;
+                } else if due {
+                    if changed {
+                        // Still changing: invalidate now and again in BURST, with the
+                        // follow-up passes once it is quiet.
+                        passes_left = watch::PASSES;
+                        pending = Some(now + watch::BURST);
+                    } else {
+                        passes_left = passes_left.saturating_sub(1);
+                        pending = (passes_left > 0).then(|| now + watch::RETRY);
+                    }
                     for vm in &vms {
                         invalidate(vm);
                     }
+                }
+                if ready[1 + groups..].iter().any(|r| *r) {
+                    rescan = true;
                 }
                 if relevant.len() > 100_000 {
                     relevant.clear();

@@ -32,10 +32,10 @@ use std::time::Duration;
 /// a change still shows within a fraction of a second.
 pub const SETTLE: Duration = Duration::from_millis(50);
 
-/// The longest a burst of changes goes without an invalidation: a host that
-/// never stops changing (an untar) still reaches the VMs twice a second, and the
-/// VMs' caches are dropped twice a second, not every [`SETTLE`].
-pub const MAX_WAIT: Duration = Duration::from_millis(500);
+/// How often the VMs are invalidated while the host goes on changing files (an
+/// untar, an upgrade): ten times a second, not at every change. Meanwhile the
+/// watcher doesn't listen: it reads what queued just before each invalidation.
+pub const BURST: Duration = Duration::from_millis(100);
 
 /// Invalidations per batch of changes, [`RETRY`] apart. A dentry that a VM
 /// process is using at the instant of an invalidation (open, or being looked
