@@ -1,17 +1,19 @@
 //! fvm-bench: how long VM startup takes, next to the host baselines it competes with,
 //! how long `fvm copy` takes next to `cp -a`, what a VM's own network costs, and how
-//! soon host changes show in running VMs and at what cost to the host.
+//! soon host changes show in running VMs and at what cost to the host, and how many
+//! idle VMs one machine holds.
 //!
 //! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, and through
 //! `fvm` (create, cold run, exec into a running VM, run --rm), interleaved round by
 //! round, then copies of a VM with 1 GiB of changes, diff and commit, bridged VMs
 //! next to host VMs, and host changes seen from a VM and a host workload with and
-//! without running VMs, then replaces the "VM startup", phases, "VM copy", "Diff and
-//! commit", "Network" and "Host changes" sections of docs/BENCHMARKS.md with what it
-//! measured. Run it as root through `bench/run`.
+//! without running VMs, and fleets of up to 1000 idle VMs, then replaces the "VM
+//! startup", phases, "VM copy", "Diff and commit", "Network", "Host changes" and
+//! "Density" sections of docs/BENCHMARKS.md with what it measured. Run it as root through `bench/run`.
 
 mod changes;
 mod copy;
+mod density;
 mod host_changes;
 mod measure;
 mod network;
@@ -117,6 +119,15 @@ struct Args {
         "baselines_only", "copy_only", "changes_only", "network_only"
     ])]
     host_changes_only: bool,
+    /// The largest fleet of the density benchmark: fleets of 100, 500 and 1000 VMs
+    /// up to it [--quick: fleets of 50 and 100]
+    #[arg(long, default_value_t = 1000)]
+    density_max: usize,
+    /// Run only the density benchmark, and replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only"
+    ])]
+    density_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -198,6 +209,9 @@ fn run(args: Args) -> Result<()> {
     if args.host_changes_only {
         return run_host_changes_only(&args);
     }
+    if args.density_only {
+        return run_density_only(&args);
+    }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
     let fvm = if args.baselines_only {
@@ -264,6 +278,10 @@ fn run(args: Args) -> Result<()> {
             store,
             &host_changes_params(&args, false),
         )?),
+        None => None,
+    };
+    let dense = match &store {
+        Some(store) => Some(density::measure(store, &density_params(&args))?),
         None => None,
     };
     if *leaked.borrow() > 0 {
@@ -352,8 +370,39 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
+    if let Some(d) = &dense {
+        let section = density::render(
+            d,
+            &invocation(),
+            &report.date,
+            &report.kernel,
+            &report.store,
+        );
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
+}
+
+fn density_params(args: &Args) -> density::Params {
+    density::Params {
+        sizes: density::sizes(args.quick, args.density_max),
+    }
+}
+
+/// `--density-only`: the density benchmark alone, and only its section.
+fn run_density_only(args: &Args) -> Result<()> {
+    run_one_section(args, |store, parent, date, kernel| {
+        let measured = density::measure(store, &density_params(args))?;
+        Ok(density::render(
+            &measured,
+            &invocation(),
+            date,
+            kernel,
+            &store_description(parent),
+        ))
+    })
 }
 
 /// The host-changes benchmark's sizes; `only`: run alone, with time for 1000 changes.
