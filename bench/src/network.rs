@@ -716,7 +716,7 @@ fn step_meaning(command: &str, key: &str) -> &'static str {
         ),
         (
             "vm connected to bridge",
-            "under the store's network lock: the bridge found, a veth pair made and attached to it, the peer moved into the VM's namespace; lo, the address and the default route set there (rtnetlink)",
+            "under the store's network lock: the bridge found; a veth pair made in one request, its host end on the bridge, the VM's end created inside the VM's namespace as eth0; lo, the address and the default route set there (rtnetlink)",
         ),
         (
             "nft -f -",
@@ -739,6 +739,10 @@ fn step_meaning(command: &str, key: &str) -> &'static str {
         (
             "nft -f - #2",
             "`nft -f -` rebuilds the tables without the VM; then `stop` reads the policies again for a second rebuild",
+        ),
+        (
+            "nft -f -",
+            "the VM's cgroup removed and its state saved; every VM's policy and state read",
         ),
     ];
     let table: &[(&str, &str)] = if command == "start" { &start } else { &stop };
@@ -832,7 +836,7 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
         (
             "stop",
             sp,
-            "the second `nft -f -`; exec of fvm before `main`, exit",
+            "`nft -f -` rebuilds the tables without the VM (the store's watcher, which saw the init go, may rebuild them too); exec of fvm before `main`, exit",
         ),
     ] {
         for (key, median, p90) in &steps.steps {
