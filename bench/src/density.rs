@@ -107,7 +107,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<DensityBench> {
     let mut b = DensityBench {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         mem_total_kib: meminfo_kib(&meminfo, "MemTotal").context("MemTotal in /proc/meminfo")?,
-        store_id: store_id(store.root()),
+        store_id: store.id(),
         fleets: Vec::new(),
         took_s: 0.0,
     };
@@ -234,18 +234,6 @@ pub fn count_running(json: &str) -> usize {
                 .is_some_and(|r| r.trim_start().starts_with("\"running\""))
         })
         .count()
-}
-
-/// The store's id, as fvm names its cgroups (`fvm-<id>-VM`): the FNV-1a hash
-/// (32 bits) of the store's canonical path (the engine's `store_id`).
-fn store_id(root: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut h: u32 = 0x811c_9dc5;
-    for b in root.as_os_str().as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("{h:08x}")
 }
 
 /// `fvm-init` processes in one of the store's cgroups (`/fvm-<id>-` in

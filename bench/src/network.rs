@@ -143,7 +143,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<NetworkBench> {
     let cleanup = Cleanup {
         store,
         bridge: bridge.clone(),
-        table: table_name(store.root()),
+        table: format!("fvm-{}", store.id()),
         armed: true,
     };
     let mut b = NetworkBench {
@@ -248,7 +248,7 @@ fn breakdown(store: &Store, runs: usize, table: &str, b: &mut NetworkBench) -> R
             // The cleanup check below would look for the wrong tables.
             bail!(
                 "a bridged VM runs but there is no nft table inet {table}; fvm names its \
-                 tables differently now, update table_name() in bench/src/network.rs"
+                 tables differently now, update Store::id in bench/src/store.rs"
             );
         }
         b_stop.push(verbose(store, "stop", BRIDGED)?);
@@ -525,19 +525,6 @@ fn nft_table_exists(family: &str, table: &str) -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-/// The store's nft tables, as fvm names them: `fvm-` and the FNV-1a hash (32 bits)
-/// of the store's canonical path (the engine's `store_id`). Checked against the
-/// running tables in [`breakdown`].
-fn table_name(root: &Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let mut h: u32 = 0x811c_9dc5;
-    for b in root.as_os_str().as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    format!("fvm-{h:08x}")
 }
 
 /// `fvmbench0`, or the next such name that no link has.
@@ -1063,13 +1050,6 @@ delete table inet fvm-eee0af39
                 .to_string(),
             "10.9.9.0/24"
         );
-    }
-
-    #[test]
-    fn table_names_follow_the_store_id() {
-        // FNV-1a of "" is the offset basis.
-        assert_eq!(table_name(Path::new("")), "fvm-811c9dc5");
-        assert_eq!(table_name(Path::new("/tmp/x")).len(), 12);
     }
 
     #[test]

@@ -49,6 +49,13 @@ impl Store {
         &self.root
     }
 
+    /// The store's id, as fvm names its host-side objects (cgroups
+    /// `fvm-<id>-VM`, nft tables `fvm-<id>`): the FNV-1a hash (32 bits) of the
+    /// store's canonical path, as the engine's `store_id` computes it.
+    pub fn id(&self) -> String {
+        id_of(&self.root)
+    }
+
     /// `fvm --root DIR`, ready for a verb.
     pub fn fvm(&self) -> Command {
         let mut cmd = Command::new(&self.fvm);
@@ -225,6 +232,16 @@ pub fn disk_usage(path: &Path) -> Result<u64> {
     Ok(total)
 }
 
+fn id_of(root: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u32 = 0x811c_9dc5;
+    for b in root.as_os_str().as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,5 +283,12 @@ mod tests {
     fn disk_usage_of_missing_path_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         assert!(disk_usage(&dir.path().join("nope")).is_err());
+    }
+
+    #[test]
+    fn ids_follow_the_engine() {
+        // FNV-1a of "" is the offset basis.
+        assert_eq!(id_of(Path::new("")), "811c9dc5");
+        assert_eq!(id_of(Path::new("/tmp/x")).len(), 8);
     }
 }
