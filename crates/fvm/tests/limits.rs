@@ -1131,3 +1131,40 @@ fn bad_limit_values_are_refused_and_change_nothing() {
     store.stop("live");
     store.assert_clean();
 }
+
+#[test]
+fn a_throw_away_vm_takes_limits_and_a_named_run_refuses_them() {
+    if !needs_root("a_throw_away_vm_takes_limits_and_a_named_run_refuses_them") {
+        return;
+    }
+    let store = TestStore::new("rmlimits");
+    // The throw-away VM's cgroup carries the limit, whichever version it is.
+    let out = store
+        .fvm(&[
+            "run",
+            "--rm",
+            "--memory",
+            "64M",
+            "--",
+            "sh",
+            "-c",
+            "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+        ])
+        .ok();
+    assert_eq!(
+        out.out().trim(),
+        "67108864",
+        "run --rm --memory 64M:\n{out}"
+    );
+    // A named VM has its policy: limit flags on its run are an error.
+    create(&store, "named", &[]);
+    let out = store
+        .fvm(&["run", "--memory", "64M", "named", "--", "true"])
+        .code(125);
+    assert!(
+        out.stderr.starts_with("fvm: ") && out.stderr.contains("--rm"),
+        "{out}"
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    store.assert_clean();
+}
