@@ -112,6 +112,11 @@ pub struct PolicyArgs {
     /// (trusted work only); `default` confines it
     #[arg(long, value_name = "MODE")]
     pub security: Option<String>,
+    /// `volatile` skips syncing the VM's layers while it runs (fsync in the VM
+    /// returns at once; synced when it stops; lost if the host goes down meanwhile);
+    /// `disk` (default) writes them like any file
+    #[arg(long, value_name = "disk|volatile")]
+    pub layers: Option<String>,
     #[command(flatten)]
     pub limits: LimitArgs,
     #[command(flatten)]

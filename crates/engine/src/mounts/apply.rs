@@ -45,6 +45,9 @@ pub struct Layout {
     /// Keep the layers on a tmpfs private to the VM's mount namespace (throw-away
     /// VMs): nothing reaches the disk and nothing needs deleting afterwards.
     pub tmpfs_layers: bool,
+    /// Mount the overlays with overlayfs's `volatile` option (no syncs of the upper
+    /// layer); see [`super::volatile`].
+    pub volatile: bool,
 }
 
 /// Create the layer directories a plan needs (idempotent). The upper directory of a
@@ -101,7 +104,7 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
         prepare_layers(plan, &layout.layers)?;
     }
     let (root, nested) = plan.overlays.split_first().expect("a plan has a root");
-    mount_overlay(root, &layout.layers, &layout.staging)?;
+    mount_overlay(root, layout, &layout.staging)?;
     let staging = rustix::fs::open(
         &layout.staging,
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -113,7 +116,7 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
             tracing::debug!(mount = ?o.mount_point, "vm replaced the mount point; not mounted");
             continue;
         };
-        mount_overlay(o, &layout.layers, &fd_path(&target))?;
+        mount_overlay(o, layout, &fd_path(&target))?;
     }
     for file in &plan.file_binds {
         bind_file_readonly(&staging, file, &layout.staging)?;
@@ -125,14 +128,17 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
     populate(plan, resolv)
 }
 
-fn mount_overlay(o: &Overlay, layers: &Path, target: &Path) -> Result<(), MountError> {
-    let dir = layers.join(&o.key);
-    let data = format!(
+fn mount_overlay(o: &Overlay, layout: &Layout, target: &Path) -> Result<(), MountError> {
+    let dir = layout.layers.join(&o.key);
+    let mut data = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off",
         escape(&o.mount_point),
         escape(&dir.join("upper")),
         escape(&dir.join("work")),
     );
+    if layout.volatile {
+        data.push_str(",volatile");
+    }
     mount_fs("overlay", target, "overlay", flags(o.flags), &data).map_err(|mut e| {
         e.what = format!(
             "mount the overlay of host {} (see `dmesg` for overlayfs's reason) at",

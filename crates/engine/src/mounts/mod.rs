@@ -3,6 +3,8 @@
 pub mod apply;
 pub mod mountinfo;
 pub mod plan;
+pub mod volatile;
 
 pub use apply::{Layout, MountError};
 pub use plan::{MountPlan, PlanError};
+pub use volatile::Layers;

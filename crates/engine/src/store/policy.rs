@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::VmName;
 use crate::confine::Security;
 use crate::limits::{LimitError, Limits};
+use crate::mounts::Layers;
 use crate::net::{NetError, NetPolicy};
 
 /// What the user asked for. Runtime facts live in [`super::State`].
@@ -27,6 +28,10 @@ pub struct Policy {
     /// `unconfined` turns off capability dropping and seccomp; see [`crate::confine`].
     #[serde(default, skip_serializing_if = "Security::is_default")]
     pub security: Security,
+    /// `volatile` skips syncing the VM's layers while it runs; see
+    /// [`crate::mounts::volatile`].
+    #[serde(default, skip_serializing_if = "Layers::is_default")]
+    pub layers: Layers,
     /// Resource limits; see [`crate::limits`].
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
@@ -88,6 +93,9 @@ const HEADER: &str = "\
 # dir          where the VM's private layers live, if not inside the store
 # security     unconfined gives root in the VM every capability and no seccomp
 #              filter (for trusted work only); by default both confine it
+# layers       disk (default) or volatile: nothing the VM writes is synced while it
+#              runs (fsync returns at once; faster), it is synced when the VM stops;
+#              if the host goes down while it runs, its changes can't be trusted
 #
 # [limits]       resource limits; a missing key is no limit
 # memory         memory of the whole VM (512M, 2G, or bytes)
@@ -118,6 +126,7 @@ impl Policy {
             created: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             dir,
             security: Security::Default,
+            layers: Layers::Disk,
             limits: Limits::default(),
             network: NetPolicy::default(),
         }

@@ -35,6 +35,10 @@ impl Engine {
         let filter = Filter::new(vm_paths(paths)?);
         let state = self.reconcile(&vm)?;
         let running = state.live_init(&self.cgroup_leaf(name)).is_some();
+        if !running {
+            let policy = self.policy(&vm)?;
+            self.check_layers_trusted(&vm, &vm.layers_path(&policy))?;
+        }
         let layers = self.layers(&vm)?;
         let files = files(&vm);
         if !running {

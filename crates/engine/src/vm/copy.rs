@@ -72,17 +72,19 @@ impl Engine {
         let vm = self.vm(src)?;
         let _lock = vm.lock()?;
         // A suspended VM can't change its layers: it is copied as it stands.
-        if self
+        let running = self
             .reconcile(&vm)?
             .live_init(&self.cgroup_leaf(src))
-            .is_some()
-            && !self.cgroup(src)?.frozen()
-        {
+            .is_some();
+        if running && !self.cgroup(src)?.frozen() {
             return Err(VmError::CopyRunning {
                 name: src.to_string(),
             });
         }
         let policy = self.policy(&vm)?;
+        if !running {
+            self.check_layers_trusted(&vm, &vm.layers_path(&policy))?;
+        }
         let fail = |source| VmError::Copy {
             src: src.to_string(),
             dst: dst.to_string(),

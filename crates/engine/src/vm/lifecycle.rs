@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Engine, StartError, VmError};
 use crate::limits::Limits;
-use crate::mounts::{self, Layout, MountPlan};
+use crate::mounts::{self, Layers, Layout, MountPlan};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
@@ -23,6 +23,8 @@ pub struct CreateOptions {
     /// Resource limits, checked against this host before the VM is created.
     pub limits: Limits,
     pub security: crate::confine::Security,
+    /// How durable the VM's layers are.
+    pub layers: Layers,
     /// The network; a bridged VM without an address gets the lowest free one.
     pub network: crate::net::NetPolicy,
 }
@@ -40,6 +42,7 @@ impl Engine {
         }
         policy.limits = opts.limits.clone();
         policy.security = opts.security;
+        policy.layers = opts.layers;
         let mut network = opts.network.clone();
         let made = self.with_network(name, &mut network, |net| {
             policy.network = net.clone();
@@ -156,7 +159,11 @@ impl Engine {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
             tmpfs_layers: temporary,
+            volatile: policy.layers == Layers::Volatile && !temporary,
         };
+        // The VM is not running, so a volatile marker left in its layers means
+        // the host went down while it ran (see `mounts::volatile`).
+        self.check_layers_trusted(vm, &layout.layers)?;
         make_dir(&layout.staging).map_err(fail)?;
         if temporary {
             make_dir(&layout.layers).map_err(fail)?;

@@ -55,6 +55,12 @@ impl Engine {
         }
         let state = self.reconcile(&vm)?;
         let running = state.live_init(&self.cgroup_leaf(name)).cloned();
+        if running.is_some() && policy.layers != old.layers {
+            return Err(VmError::LayersWhileRunning {
+                name: name.to_string(),
+                layers: policy.layers.as_str(),
+            });
+        }
         // Network settings are checked against the store under its network lock,
         // held until the firewall has the change.
         let net_lock = self

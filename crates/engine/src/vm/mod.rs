@@ -17,7 +17,7 @@ mod processes;
 mod run;
 mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use copy::{CopyProgress, CopyVmError};
@@ -129,6 +129,25 @@ pub enum VmError {
         #[source]
         source: Box<EnterError>,
     },
+    #[error(
+        "vm {name:?}: the host went down while it ran with volatile layers, so its changes may be incomplete; `fvm diff {name}` shows what is left: delete the vm, or remove {} to use them anyway",
+        .markers.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(" and ")
+    )]
+    VolatileLost { name: String, markers: Vec<PathBuf> },
+    #[error("vm {name:?}: cannot check its layers")]
+    LayersCheck {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vm {name:?}: cannot sync its volatile layers")]
+    LayersSync {
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("vm {name:?} is running: its layers can be changed to {layers} once it is stopped")]
+    LayersWhileRunning { name: String, layers: &'static str },
     #[error("invalid path {path:?}: paths name what the vm sees, without `..`")]
     BadPath { path: PathBuf },
     #[error("vm {name:?}")]
@@ -304,6 +323,7 @@ impl Engine {
         if state.status != crate::store::Status::Stopped || cgroup.exists() {
             tracing::debug!(vm = %vm.name(), "cleaning up after a vm that is gone");
             self.release_cgroup(vm.name(), &cgroup)?;
+            self.settle_volatile(vm, &state)?;
             let stopped = state.stopped();
             self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
@@ -313,6 +333,48 @@ impl Engine {
             return Ok(stopped);
         }
         Ok(state)
+    }
+
+    /// After a VM stopped in the boot of the host it started in: whatever its volatile
+    /// layers hold is in the page cache, so sync it and drop overlayfs's markers (see
+    /// [`crate::mounts::volatile`]). After a restart of the host the markers stay,
+    /// and [`Engine::check_layers_trusted`] refuses the layers.
+    fn settle_volatile(&self, vm: &VmDir, state: &State) -> Result<(), VmError> {
+        let Some(init) = &state.init else {
+            return Ok(());
+        };
+        let wrap = |source| VmError::LayersSync {
+            name: vm.name().to_string(),
+            source,
+        };
+        if init.boot_id != crate::mounts::volatile::boot_id().map_err(wrap)? {
+            tracing::warn!(
+                "vm {:?} ran with volatile layers when the host went down",
+                vm.name().as_str()
+            );
+            return Ok(());
+        }
+        let policy = self.policy(vm)?;
+        let settled = crate::mounts::volatile::settle(&vm.layers_path(&policy)).map_err(wrap)?;
+        tracing::debug!(vm = %vm.name(), settled, "volatile layers synced");
+        Ok(())
+    }
+
+    /// Refuse the layers of a VM that is not running if overlayfs's volatile
+    /// marker is still in them: the host went down while the VM ran.
+    pub(super) fn check_layers_trusted(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
+        let markers =
+            crate::mounts::volatile::markers(layers).map_err(|source| VmError::LayersCheck {
+                name: vm.name().to_string(),
+                source,
+            })?;
+        if markers.is_empty() {
+            return Ok(());
+        }
+        Err(VmError::VolatileLost {
+            name: vm.name().to_string(),
+            markers,
+        })
     }
 
     /// Kill whatever is left in a VM's cgroup (only ever its own processes) and

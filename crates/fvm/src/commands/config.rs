@@ -1,6 +1,7 @@
 use anyhow::Result;
 use fvm_engine::VmError;
 use fvm_engine::confine::Security;
+use fvm_engine::mounts::Layers;
 
 use super::{Context, vm_name};
 use crate::cli::ConfigArgs;
@@ -16,8 +17,15 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         .map(Security::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let layers = p
+        .layers
+        .as_deref()
+        .map(Layers::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     let policy = if p.description.is_some()
         || security.is_some()
+        || layers.is_some()
         || !p.limits.given().is_empty()
         || !p.net.given().is_empty()
     {
@@ -27,6 +35,9 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
             }
             if let Some(s) = security {
                 policy.security = s;
+            }
+            if let Some(l) = layers {
+                policy.layers = l;
             }
             p.net
                 .apply_to(&mut policy.network)

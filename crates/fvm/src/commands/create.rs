@@ -1,5 +1,6 @@
 use anyhow::Result;
 use fvm_engine::confine::Security;
+use fvm_engine::mounts::Layers;
 use fvm_engine::vm::CreateOptions;
 
 use super::{Context, vm_name};
@@ -18,6 +19,9 @@ pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
     args.policy.net.apply_to(&mut opts.network)?;
     if let Some(s) = &args.policy.security {
         opts.security = Security::parse(s).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(l) = &args.policy.layers {
+        opts.layers = Layers::parse(l).map_err(anyhow::Error::msg)?;
     }
     engine.create(&name, &opts)?;
     output::print(&format!("{name}\n"))?;

@@ -1,0 +1,164 @@
+//! How durable a VM's layers are: `disk` (the default) or `volatile`.
+//!
+//! A volatile VM's overlays are mounted with overlayfs's `volatile` option: the
+//! kernel skips every sync of the upper layer, so `fsync` in the VM returns at once
+//! and a copy-up is not flushed. Overlayfs marks such a layer with the directory
+//! `WORK/work/incompat/volatile` and refuses to mount it again while the marker is
+//! there, because after a host crash the layer may be missing writes the VM saw
+//! succeed.
+//!
+//! fvm settles that on the host side. When it cleans up after a stopped VM (the host
+//! has not restarted since the VM started, so every write is still in the page cache),
+//! it syncs the layers' filesystem and then removes the markers: from then on the
+//! layers are as durable as a disk VM's. A marker that is still there when the VM is
+//! not running therefore means the host went down while the VM ran, and the VM's
+//! start and commit refuse its layers.
+
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The `layers` key of a policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layers {
+    /// Written like any file: what the VM syncs is on disk.
+    #[default]
+    Disk,
+    /// No syncs while the VM runs; synced once when it stops.
+    Volatile,
+}
+
+impl Layers {
+    pub fn parse(text: &str) -> Result<Layers, String> {
+        match text.trim() {
+            "disk" => Ok(Layers::Disk),
+            "volatile" => Ok(Layers::Volatile),
+            other => Err(format!("invalid layers {other:?}: use disk or volatile")),
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Layers::Disk
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layers::Disk => "disk",
+            Layers::Volatile => "volatile",
+        }
+    }
+}
+
+/// Where overlayfs marks a volatile layer (`dir` holds `upper` and `work`).
+fn marker(layer: &Path) -> PathBuf {
+    layer.join("work/work/incompat/volatile")
+}
+
+/// The markers under a VM's layers directory (one `<key>/{upper,work}` per overlay).
+pub fn markers(layers: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match std::fs::read_dir(layers) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut found = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if !entry.file_type()?.is_dir() {
+            continue;
+        }
+        let m = marker(&entry.path());
+        if std::fs::symlink_metadata(&m).is_ok() {
+            found.push(m);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// After a volatile VM stopped, with the host up since it started: flush the
+/// filesystem that holds its layers, then remove the markers. Returns how many
+/// markers were removed.
+pub fn settle(layers: &Path) -> io::Result<usize> {
+    let found = markers(layers)?;
+    if found.is_empty() {
+        return Ok(0);
+    }
+    let dir = std::fs::File::open(layers)?;
+    rustix::fs::syncfs(dir.as_fd())?;
+    for m in &found {
+        // The marker is a directory holding at most overlayfs's empty `dirty` file;
+        // anything else there is not ours to remove, and makes `remove_dir` fail.
+        match std::fs::remove_file(m.join("dirty")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::remove_dir(m)?;
+    }
+    // The removals themselves must reach the disk too, or a crash now would bring
+    // a marker back over layers that are complete.
+    rustix::fs::syncfs(dir.as_fd())?;
+    Ok(found.len())
+}
+
+/// This boot of the host, to tell whether it restarted since a VM started.
+pub fn boot_id() -> io::Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+        .trim()
+        .to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_both_values_and_refuses_others() {
+        assert_eq!(Layers::parse("disk"), Ok(Layers::Disk));
+        assert_eq!(Layers::parse(" volatile "), Ok(Layers::Volatile));
+        let err = Layers::parse("tmpfs").unwrap_err();
+        assert!(err.contains("use disk or volatile"), "{err}");
+        assert!(Layers::parse("").is_err());
+    }
+
+    #[test]
+    fn finds_and_settles_markers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let layers = dir.path();
+        assert!(markers(&layers.join("missing")).unwrap().is_empty());
+        for key in ["root", "home"] {
+            std::fs::create_dir_all(layers.join(key).join("upper")).unwrap();
+            std::fs::create_dir_all(layers.join(key).join("work/work")).unwrap();
+        }
+        std::fs::write(layers.join("stray-file"), b"").unwrap();
+        assert!(markers(layers).unwrap().is_empty());
+        assert_eq!(settle(layers).unwrap(), 0);
+        std::fs::create_dir_all(marker(&layers.join("home"))).unwrap();
+        std::fs::write(marker(&layers.join("home")).join("dirty"), b"").unwrap();
+        assert_eq!(markers(layers).unwrap(), vec![marker(&layers.join("home"))]);
+        assert_eq!(settle(layers).unwrap(), 1);
+        assert!(markers(layers).unwrap().is_empty());
+        assert!(layers.join("home/work/work/incompat").is_dir());
+        assert!(layers.join("root/upper").is_dir());
+    }
+
+    #[test]
+    fn a_marker_with_content_is_left_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = marker(&dir.path().join("root"));
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("x"), b"").unwrap();
+        assert!(settle(dir.path()).is_err());
+        assert_eq!(markers(dir.path()).unwrap(), vec![m]);
+    }
+
+    #[test]
+    fn boot_id_is_stable() {
+        let a = boot_id().unwrap();
+        assert!(!a.is_empty());
+        assert_eq!(a, boot_id().unwrap());
+    }
+}
