@@ -21,6 +21,9 @@ pub enum Kind {
     True,
     Unshare,
     Bwrap,
+    /// Another tool's throw-away sandbox (firejail, systemd-nspawn, podman): ratios, no
+    /// target.
+    Peer,
     Create,
     ColdRun,
     Exec,
@@ -100,6 +103,14 @@ impl Report {
             s,
             "Wall-clock time of the whole command, from spawn to exit, in milliseconds.\n"
         );
+        if self.rows.iter().any(|r| r.kind == Kind::Peer) {
+            let _ = writeln!(
+                s,
+                "Peers run `/bin/true` in the nearest thing each has to a throw-away \
+                 copy-on-write view of the host; `bench/src/peers.rs` says why each command \
+                 has the options it has.\n"
+            );
+        }
         let _ = writeln!(
             s,
             "| subject | command | median ms | p10 ms | p90 ms | vs unshare | vs bwrap | target |"
@@ -323,6 +334,24 @@ mod tests {
         );
         assert!(md.contains("**12.0 KiB**, median over 10 VMs; target < 64 KiB: met."));
         assert!(md.contains("Note: a note"));
+    }
+
+    #[test]
+    fn peers_get_ratios_and_no_target() {
+        let r = report(vec![
+            row(Kind::Unshare, 2.0),
+            row(Kind::Bwrap, 4.0),
+            row(Kind::Peer, 10.0),
+        ]);
+        assert_eq!(r.target(&r.rows[2]), "");
+        let md = r.render();
+        assert!(
+            md.contains("| Peer | `cmd \\| x` | 10.00 | 5.00 | 20.00 | 5.00× | 2.50× |  |"),
+            "{md}"
+        );
+        assert!(md.contains("Peers run `/bin/true`"), "{md}");
+        let without = report(vec![row(Kind::Unshare, 2.0)]).render();
+        assert!(!without.contains("Peers run"), "{without}");
     }
 
     #[test]
