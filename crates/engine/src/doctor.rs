@@ -166,7 +166,7 @@ fn overlay(store: Option<&Store>) -> Result<String, (Level, String)> {
             .map_err(|e| (Level::Fail, format!("cannot create {}: {e}", d.display())))?;
     }
     let data = std::ffi::CString::new(format!(
-        "lowerdir=/,upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off",
+        "lowerdir=/,upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=on",
         upper.display(),
         work.display()
     ))

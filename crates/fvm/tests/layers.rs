@@ -263,3 +263,34 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn directory_inode_numbers_in_a_throw_away_vm_survive_dropped_caches() {
+    if !needs_root("directory_inode_numbers_in_a_throw_away_vm_survive_dropped_caches") {
+        return;
+    }
+    // Its layers are on a tmpfs, another filesystem than the host's: without
+    // overlayfs's xino a directory's inode number changes when its cached inode is
+    // dropped, and tar, rsync or find take that for a rename.
+    let store = TestStore::new("layers-ino");
+    let dir = common::unique("fvm-ino");
+    let script = format!(
+        "mkdir /var/tmp/{dir} && stat -c '%d %i' /var/tmp/{dir} /var/tmp && sleep 2 && \
+         stat -c '%d %i' /var/tmp/{dir} /var/tmp"
+    );
+    let vm = store.background(&["run", "--rm", "--", "sh", "-c", &script]);
+    for _ in 0..8 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        std::fs::write("/proc/sys/vm/drop_caches", "2\n").unwrap();
+    }
+    let out = vm.finish().ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{out}");
+    assert_eq!(lines[..2], lines[2..], "inode numbers changed:\n{out}");
+    // One device for the directories of both layers, as on the host.
+    assert_eq!(
+        lines[0].split(' ').next(),
+        lines[1].split(' ').next(),
+        "{out}"
+    );
+}

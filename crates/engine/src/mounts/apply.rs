@@ -94,12 +94,14 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
     )
     .map_err(|e| err("make private", Path::new("/"))(e.into()))?;
     if layout.tmpfs_layers {
+        // 32-bit inode numbers leave overlayfs the high bits it needs for `xino`
+        // (see `mount_overlay`).
         mount_fs(
             "tmpfs",
             &layout.layers,
             "tmpfs",
             MountFlags::empty(),
-            "mode=0700",
+            "mode=0700,inode32",
         )?;
         prepare_layers(plan, &layout.layers)?;
     }
@@ -130,8 +132,13 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
 
 fn mount_overlay(o: &Overlay, layout: &Layout, target: &Path) -> Result<(), MountError> {
     let dir = layout.layers.join(&o.key);
+    // `xino=on`: when the upper layer is on another filesystem than the host mount
+    // (a throw-away VM's tmpfs, a host mount on its own disk), overlayfs otherwise
+    // gives directories inode numbers that change whenever their cached inode is
+    // dropped, which tools that compare them (tar, rsync, find) take for a rename.
+    // With all layers on one filesystem it changes nothing.
     let mut data = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=on",
         escape(&o.mount_point),
         escape(&dir.join("upper")),
         escape(&dir.join("work")),
