@@ -499,6 +499,48 @@ fn pick_tree(base: &Path, roots: &[&str], want: u64) -> Tree {
     t
 }
 
+/// A tarball of small files copied from /usr/share (then /usr/lib), in `dir`.
+pub struct Tarball {
+    pub path: PathBuf,
+    /// Directories, symlinks and files in it.
+    pub entries: usize,
+    pub files: usize,
+    /// Bytes of file content, and of the tarball.
+    pub file_bytes: u64,
+    pub tar_bytes: u64,
+}
+
+/// Write `dir/tree.tar`: a tree of files of at most [`TREE_FILE_MAX`] bytes, holding
+/// `mib` MiB, picked from /usr/share and then /usr/lib in path order.
+pub fn make_tarball(dir: &Path, mib: usize) -> Result<Tarball> {
+    let tree = pick_tree(Path::new("/usr"), &["share", "lib"], mib as u64 * (1 << 20));
+    if tree.files == 0 {
+        bail!("found no files of at most {TREE_FILE_MAX} bytes under /usr/share or /usr/lib");
+    }
+    let list = dir.join("tree.list");
+    let mut names = Vec::new();
+    for path in &tree.paths {
+        names.extend_from_slice(path.as_os_str().as_bytes());
+        names.push(0);
+    }
+    fs::write(&list, names).with_context(|| format!("writing {}", list.display()))?;
+    let tar = dir.join("tree.tar");
+    check_output(
+        Command::new("tar")
+            .arg("-cf")
+            .arg(&tar)
+            .args(["--null", "--no-recursion", "-C", "/usr", "-T"])
+            .arg(&list),
+    )?;
+    Ok(Tarball {
+        tar_bytes: fs::metadata(&tar)?.len(),
+        path: tar,
+        entries: tree.paths.len(),
+        files: tree.files,
+        file_bytes: tree.bytes,
+    })
+}
+
 /// One run of the workload.
 #[derive(Debug)]
 struct Run {
@@ -520,31 +562,14 @@ fn workload(store: &Store, dir: &Path, p: &Params) -> Result<Workload> {
         "fvm-bench: host changes: a tarball of {} MiB of small files from /usr/share",
         p.tree_mib
     );
-    let tree = pick_tree(
-        Path::new("/usr"),
-        &["share", "lib"],
-        p.tree_mib as u64 * (1 << 20),
+    let tarball = make_tarball(dir, p.tree_mib)?;
+    let tar = tarball.path;
+    (w.entries, w.files, w.file_bytes, w.tar_bytes) = (
+        tarball.entries,
+        tarball.files,
+        tarball.file_bytes,
+        tarball.tar_bytes,
     );
-    if tree.files == 0 {
-        bail!("found no files of at most {TREE_FILE_MAX} bytes under /usr/share or /usr/lib");
-    }
-    (w.entries, w.files, w.file_bytes) = (tree.paths.len(), tree.files, tree.bytes);
-    let list = dir.join("tree.list");
-    let mut names = Vec::new();
-    for path in &tree.paths {
-        names.extend_from_slice(path.as_os_str().as_bytes());
-        names.push(0);
-    }
-    fs::write(&list, names).with_context(|| format!("writing {}", list.display()))?;
-    let tar = dir.join("tree.tar");
-    check_output(
-        Command::new("tar")
-            .arg("-cf")
-            .arg(&tar)
-            .args(["--null", "--no-recursion", "-C", "/usr", "-T"])
-            .arg(&list),
-    )?;
-    w.tar_bytes = fs::metadata(&tar)?.len();
     // Each tree in a block group of its own, away from inodes anyone freed lately.
     let trees = dir.join("trees");
     fs::create_dir(&trees).with_context(|| format!("creating {}", trees.display()))?;

@@ -3,7 +3,8 @@
 //! soon host changes show in running VMs and at what cost to the host, and how many
 //! idle VMs one machine holds.
 //!
-//! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, and through
+//! One invocation times `/bin/true` alone, under `unshare`, under bubblewrap, under the
+//! peers that are installed (firejail, systemd-nspawn, podman; see peers.rs), and through
 //! `fvm` (create, cold run, exec into a running VM, run --rm), interleaved round by
 //! round, then copies of a VM with 1 GiB of changes, diff and commit, bridged VMs
 //! next to host VMs, and host changes seen from a VM and a host workload with and
@@ -15,8 +16,10 @@ mod changes;
 mod copy;
 mod density;
 mod host_changes;
+mod io;
 mod measure;
 mod network;
+mod peers;
 mod phases;
 mod report;
 mod store;
@@ -128,6 +131,21 @@ struct Args {
         "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only"
     ])]
     density_only: bool,
+    /// Rounds of the I/O benchmark [--quick: 1]
+    #[arg(long, default_value_t = 3)]
+    io_rounds: usize,
+    /// MiB of small files in the tree the I/O benchmark untars [--quick: 20]
+    #[arg(long, default_value_t = 100)]
+    io_tree_mib: usize,
+    /// Existing files the I/O benchmark writes to twice [--quick: 200]
+    #[arg(long, default_value_t = 2000)]
+    io_files: usize,
+    /// Run only the I/O benchmark, and replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only"
+    ])]
+    io_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -153,6 +171,17 @@ enum Helper {
         /// Give up (and fail) after this long
         #[arg(long, default_value_t = 3600)]
         max_secs: u64,
+    },
+    /// Run ARGV (or append a byte to each file listed in --append) REPEAT times and
+    /// print the nanoseconds each took, one per line
+    #[command(hide = true)]
+    IoOp {
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[arg(long)]
+        append: Option<PathBuf>,
+        #[arg(last = true)]
+        argv: Vec<std::ffi::OsString>,
     },
 }
 
@@ -180,6 +209,11 @@ fn run(args: Args) -> Result<()> {
                 std::time::Duration::from_secs(*max_secs),
             );
         }
+        Some(Helper::IoOp {
+            repeat,
+            append,
+            argv,
+        }) => return io::io_op(*repeat, append.as_deref(), argv),
         None => {}
     }
     let runs = if args.quick { 20 } else { args.runs };
@@ -211,6 +245,9 @@ fn run(args: Args) -> Result<()> {
     }
     if args.density_only {
         return run_density_only(&args);
+    }
+    if args.io_only {
+        return run_io_only(&args);
     }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
@@ -278,6 +315,10 @@ fn run(args: Args) -> Result<()> {
             store,
             &host_changes_params(&args, false),
         )?),
+        None => None,
+    };
+    let io_measured = match &store {
+        Some(store) => Some(io::measure(store, &io_params(&args))?),
         None => None,
     };
     let dense = match &store {
@@ -370,6 +411,17 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
+    if let Some(m) = &io_measured {
+        let section = io::render(
+            m,
+            &invocation(),
+            &report.date,
+            &report.kernel,
+            &report.store,
+        );
+        print!("{section}");
+        report::write_section(&out, &section)?;
+    }
     if let Some(d) = &dense {
         let section = density::render(
             d,
@@ -396,6 +448,35 @@ fn run_density_only(args: &Args) -> Result<()> {
     run_one_section(args, |store, parent, date, kernel| {
         let measured = density::measure(store, &density_params(args))?;
         Ok(density::render(
+            &measured,
+            &invocation(),
+            date,
+            kernel,
+            &store_description(parent),
+        ))
+    })
+}
+
+fn io_params(args: &Args) -> io::Params {
+    if args.quick {
+        return io::Params {
+            rounds: 1,
+            tree_mib: 20,
+            files: 200,
+        };
+    }
+    io::Params {
+        rounds: args.io_rounds.max(1),
+        tree_mib: args.io_tree_mib.max(1),
+        files: args.io_files.max(1),
+    }
+}
+
+/// `--io-only`: the I/O benchmark alone, and only its section.
+fn run_io_only(args: &Args) -> Result<()> {
+    run_one_section(args, |store, parent, date, kernel| {
+        let measured = io::measure(store, &io_params(args))?;
+        Ok(io::render(
             &measured,
             &invocation(),
             date,
@@ -540,7 +621,8 @@ fn run_one_section(
     Ok(())
 }
 
-/// The host commands fvm is compared with; bwrap is skipped, with a note, if missing.
+/// The host commands fvm is compared with; bwrap and each peer (firejail, systemd-nspawn,
+/// podman) are skipped, with a note, if missing.
 fn baselines(notes: &mut Vec<String>) -> Result<Vec<(Kind, Subject<'static>)>> {
     let unshare = find_on_path("unshare").context("unshare (util-linux) not found on PATH")?;
     let mut subjects = vec![
@@ -557,35 +639,36 @@ fn baselines(notes: &mut Vec<String>) -> Result<Vec<(Kind, Subject<'static>)>> {
             }),
         ),
     ];
-    let Some(bwrap) = find_on_path("bwrap") else {
+    if let Some(bwrap) = find_on_path("bwrap") {
+        let bwrap_args = [
+            "--bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--unshare-all",
+            "--share-net",
+            "/bin/true",
+        ];
+        let shown = format!("bwrap {}", bwrap_args.join(" "));
+        subjects.push((
+            Kind::Bwrap,
+            Subject::new("bubblewrap", shown, move |_| {
+                let mut cmd = Command::new(&bwrap);
+                cmd.args(bwrap_args);
+                cmd
+            }),
+        ));
+    } else {
         notes.push(
             "bwrap is not installed, so its baseline, the ratios against it and the cold-run \
              target are missing; `bench/run` installs it"
                 .to_owned(),
         );
-        return Ok(subjects);
-    };
-    let bwrap_args = [
-        "--bind",
-        "/",
-        "/",
-        "--dev",
-        "/dev",
-        "--proc",
-        "/proc",
-        "--unshare-all",
-        "--share-net",
-        "/bin/true",
-    ];
-    let shown = format!("bwrap {}", bwrap_args.join(" "));
-    subjects.push((
-        Kind::Bwrap,
-        Subject::new("bubblewrap", shown, move |_| {
-            let mut cmd = Command::new(&bwrap);
-            cmd.args(bwrap_args);
-            cmd
-        }),
-    ));
+    }
+    subjects.extend(peers::subjects(notes));
     Ok(subjects)
 }
 
