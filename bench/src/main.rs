@@ -41,7 +41,7 @@ use store::Store;
 #[derive(Debug, Parser)]
 #[command(about = "Benchmark fvm VM startup and write docs/BENCHMARKS.md")]
 struct Args {
-    /// The fvm binary [default: target/release/fvm next to this binary, else fvm on PATH]
+    /// The fvm binary [default: fvm next to this binary, else fvm on PATH]
     #[arg(long)]
     fvm: Option<PathBuf>,
     /// Timed rounds; every subject runs once per round

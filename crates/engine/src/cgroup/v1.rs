@@ -235,7 +235,9 @@ impl Backend for V1Cgroup {
     }
 
     fn limit_writes(&self, limits: &Limits, all: bool) -> Vec<LimitWrite> {
-        limits::v1(limits, all, self.raising_memory(limits))
+        // The order of the memory writes matters only if there are any.
+        let memory = all || limits.memory.is_some();
+        limits::v1(limits, all, memory && self.raising_memory(limits))
     }
 }
 

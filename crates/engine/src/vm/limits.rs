@@ -26,10 +26,14 @@ impl Engine {
     /// controllers and files they need.
     pub fn check_limits(&self, limits: &Limits) -> Result<(), VmError> {
         limits.validate()?;
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        limits.validate_for_host(u32::try_from(cpus).unwrap_or(u32::MAX))?;
         if limits.is_empty() {
             return Ok(());
+        }
+        // Only a CPU limit is checked against the host's CPUs (counting them reads
+        // the cgroup's CPU quota: a dozen system calls every start).
+        if limits.cpus.is_some() {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            limits.validate_for_host(u32::try_from(cpus).unwrap_or(u32::MAX))?;
         }
         let cgroups = self.cgroups().map_err(VmError::HostLimit)?;
         cgroups.check_limits(limits).map_err(VmError::HostLimit)

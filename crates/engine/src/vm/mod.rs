@@ -254,7 +254,13 @@ impl Engine {
         if let Some(t) = self.mount_table.get() {
             return Ok(t);
         }
-        let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+        // /proc files have no size for read_to_string to go by: without room
+        // up front it reads 32 bytes, then 32, 64, ... (a read per doubling).
+        let mut text = String::with_capacity(16 * 1024);
+        std::io::Read::read_to_string(
+            &mut std::fs::File::open("/proc/self/mountinfo")?,
+            &mut text,
+        )?;
         Ok(self.mount_table.get_or_init(|| text))
     }
 
