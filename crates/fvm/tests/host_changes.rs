@@ -655,3 +655,44 @@ fn the_watcher_ends_with_the_stores_last_vm() {
     );
     store.assert_clean();
 }
+
+#[test]
+fn a_vm_started_as_the_last_one_stops_still_gets_a_watcher() {
+    if !needs_root("a_vm_started_as_the_last_one_stops_still_gets_a_watcher") {
+        return;
+    }
+    // The watcher of a store whose last VM just stopped is on its way out for a
+    // while (closing its fanotify marks); a VM started meanwhile must not be left
+    // without one. Several tries, each starting the next VM right after the stop.
+    let host = host_dir("hostchg-handover");
+    let store = TestStore::new("hostchg-handover");
+    let dir = host.path();
+    for i in 0..4 {
+        store.create(&format!("vm{i}"));
+    }
+    store.start("vm0");
+    wait_for_watcher(&store, dir);
+    for i in 1..4 {
+        let (prev, next) = (format!("vm{}", i - 1), format!("vm{i}"));
+        store.stop(&prev);
+        store.start(&next);
+        let pid = wait_for_watcher(&store, dir);
+        let name = format!("handover-{i}");
+        in_vm(&store, &next, dir, &format!("test ! -e {name}")).ok();
+        write(&dir.join(&name), "here\n");
+        let made = Instant::now();
+        Watch {
+            store: &store,
+            vm: &next,
+            dir,
+            probe: &format!("cat {name} 2>/dev/null || echo missing"),
+            want: "here",
+        }
+        .shows(
+            "create seen by a vm started right after the last one stopped",
+            made,
+        );
+        assert_eq!(watchers_of(&store), vec![pid], "one watcher per store");
+    }
+    store.stop("vm3");
+}

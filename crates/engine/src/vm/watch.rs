@@ -77,11 +77,7 @@ impl Engine {
         let lock = self.watch_lock_path();
         if Lock::try_exclusive(&lock)?.is_none() {
             // Running: tell it to pick up the new VM.
-            if let Some(pid) = std::fs::read_to_string(self.watch_pid_path())
-                .ok()
-                .and_then(|t| t.trim().parse::<i32>().ok())
-                .filter(|p| *p > 1)
-            {
+            if let Some(pid) = self.watcher_pid() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
             }
             return Ok(());
@@ -127,22 +123,43 @@ impl Engine {
             Ok(()) => 0,
             Err(_) => 1,
         };
-        let _ = std::fs::remove_file(self.watch_pid_path());
+        // Normally gone already (see `watch_loop`); after an error, only if it is
+        // still this watcher's.
+        if self.watcher_pid() == Some(std::process::id() as i32) {
+            let _ = std::fs::remove_file(self.watch_pid_path());
+        }
         sys::exit_now(code)
     }
 
+    fn write_pid_file(&self) -> std::io::Result<()> {
+        crate::store::files::write_atomic(
+            &self.watch_pid_path(),
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o600,
+        )
+    }
+
+    /// The pid in the store's watcher pid file, if it is a live `fvm-watch`
+    /// (never signal a process the file names after its watcher has gone).
+    fn watcher_pid(&self) -> Option<i32> {
+        let pid = std::fs::read_to_string(self.watch_pid_path())
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 1)?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == "fvm-watch").then_some(pid)
+    }
+
     fn watch_loop(&self) -> std::io::Result<()> {
-        let Some(_lock) = Lock::try_exclusive(&self.watch_lock_path())? else {
+        let Some(mut lock) = Lock::try_exclusive(&self.watch_lock_path())? else {
             return Ok(());
         };
         // Signals first: a starter that reads the pid file sends SIGHUP at once,
         // whose default action would end this process.
         let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
-        crate::store::files::write_atomic(
-            &self.watch_pid_path(),
-            format!("{}\n", std::process::id()).as_bytes(),
-            0o600,
-        )?;
+        self.write_pid_file()?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let mut watched: HashMap<u64, Watched> = HashMap::new();
         // Directory handle → whether changes in it concern the VMs.
@@ -160,7 +177,22 @@ impl Engine {
                 self.firewall_after_exit();
             }
             if vms.is_empty() {
-                return Ok(());
+                // A VM may start now: its command finds the lock taken and only
+                // signals this watcher, which is on its way out. So let go of the
+                // lock (and the pid file) first, then look once more: the new VM
+                // is recorded as running before its command looks for a watcher.
+                let _ = std::fs::remove_file(self.watch_pid_path());
+                drop(lock);
+                if self.running_vms().is_empty() {
+                    return Ok(());
+                }
+                // One did start. Carry on, unless it started a watcher of its own.
+                let Some(again) = Lock::try_exclusive(&self.watch_lock_path())? else {
+                    return Ok(());
+                };
+                lock = again;
+                self.write_pid_file()?;
+                continue;
             }
             let private = self.store.private_paths();
             let marked = watched.len();
