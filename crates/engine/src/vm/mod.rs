@@ -362,7 +362,9 @@ impl Engine {
         }
         let policy = self.policy(vm)?;
         let settled = crate::mounts::volatile::settle(&vm.layers_path(&policy)).map_err(wrap)?;
-        tracing::debug!(vm = %vm.name(), settled, "volatile layers synced");
+        if settled > 0 {
+            tracing::debug!(vm = %vm.name(), settled, "volatile layers synced");
+        }
         Ok(())
     }
 
