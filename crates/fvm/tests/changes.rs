@@ -517,6 +517,37 @@ fn files_a_commit_replaced_are_no_conflict_for_the_vms_renamed_copies() {
     store.assert_clean();
 }
 
+/// A host file the VM moved out of a directory it then deleted: committing the
+/// directory's deletion first removes the file's origin from the host with it,
+/// and the later commit of the moved file is no conflict.
+#[test]
+fn a_file_moved_out_of_a_committed_deleted_directory_is_no_conflict() {
+    if !needs_root("a_file_moved_out_of_a_committed_deleted_directory_is_no_conflict") {
+        return;
+    }
+    let store = TestStore::new("movedout");
+    let dir = temp_dir("movedout");
+    let h = dir.path();
+    std::fs::create_dir_all(h.join("d/deeper")).unwrap();
+    write(&h.join("d/x"), "host x\n");
+    write(&h.join("d/deeper/y"), "host y\n");
+    store.create("mo");
+    store
+        .sh(
+            "mo",
+            &format!("cd {} && mv d/x x && mv d/deeper/y y && rm -r d", s(h)),
+        )
+        .ok();
+    store.fvm(&["commit", "mo", s(&h.join("d"))]).ok();
+    assert!(!h.join("d").exists());
+    let out = store.fvm(&["commit", "mo", s(h)]);
+    assert_eq!(out.code, 0, "{out}");
+    assert_eq!(read(&h.join("x")), "host x\n");
+    assert_eq!(read(&h.join("y")), "host y\n");
+    assert!(diff_rel(&store, "mo", h, &[h]).is_empty());
+    store.assert_clean();
+}
+
 /// Directories of the VM's layer replaced from the host by symlinks to a victim
 /// directory (after the VM wrote files into them): a commit never writes into,
 /// reads from or deletes anything in the victim, and neither does deleting the VM.

@@ -101,13 +101,62 @@ pub fn doomed(steps: &[Step], hosts: &mut [Tree]) -> Vec<(i32, Vec<u8>)> {
         if s.action == Action::Dir && is_dir {
             continue;
         }
-        if let Ok((dir, name)) = host.parent(&s.rel)
-            && let Ok(handle) = crate::sys::file_handle(dir.as_fd(), &name)
-        {
-            out.push(handle);
+        if let Ok((dir, name)) = host.parent(&s.rel) {
+            if let Ok(handle) = crate::sys::file_handle(dir.as_fd(), &name) {
+                out.push(handle);
+            }
+            // A directory goes with everything in it, and the VM may have renamed
+            // or linked any of those files elsewhere before deleting the rest.
+            if is_dir {
+                handles_under(dir.as_fd(), &name, &mut out);
+            }
         }
     }
     out
+}
+
+/// The file handles of everything under directory `name` in `parent`, without
+/// following symlinks; entries that can't be read are skipped.
+fn handles_under(
+    parent: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    out: &mut Vec<(i32, Vec<u8>)>,
+) {
+    let open = |at: std::os::fd::BorrowedFd<'_>, name: &std::ffi::CStr| {
+        rustix::fs::openat(
+            at,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let Ok(top) = open(parent, name) else {
+        return;
+    };
+    let mut todo: Vec<OwnedFd> = vec![top];
+    while let Some(dir) = todo.pop() {
+        let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let child = entry.file_name();
+            if child == c"." || child == c".." {
+                continue;
+            }
+            if let Ok(handle) = crate::sys::file_handle(dir.as_fd(), child) {
+                out.push(handle);
+            }
+            let is_dir = match entry.file_type() {
+                FileType::Directory => true,
+                FileType::Unknown => rustix::fs::statat(&dir, child, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Directory),
+                _ => false,
+            };
+            if is_dir && let Ok(fd) = open(dir.as_fd(), child) {
+                todo.push(fd);
+            }
+        }
+    }
 }
 
 /// Phase 2. Repeatable: a step whose temp is gone was renamed already.
