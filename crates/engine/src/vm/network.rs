@@ -370,9 +370,22 @@ impl Engine {
         self.sync_firewall(None).map_err(VmError::Network)
     }
 
-    /// After a VM ended behind fvm's back (the watcher saw its init go): rebuild
-    /// the firewall without it, if the store has bridged VMs.
-    pub(super) fn firewall_after_exit(&self) {
+    /// After VMs' inits went (the watcher saw it, a moment ago): if no command has
+    /// cleaned up after any of them, rebuild the firewall without them, if the
+    /// store has bridged VMs.
+    pub(super) fn firewall_after_exit(&self, gone: &[crate::store::VmName]) {
+        // A command that cleaned up after the VM (a `stop`, or any command that
+        // reconciled it) rebuilt the firewall already and marked it stopped.
+        let unreconciled = gone.iter().any(|name| {
+            self.store
+                .vm(name)
+                .ok()
+                .and_then(|vm| vm.load_state().ok())
+                .is_some_and(|s| s.status == crate::store::Status::Running)
+        });
+        if !unreconciled {
+            return;
+        }
         let bridged = self
             .policies()
             .iter()

@@ -30,6 +30,12 @@ use crate::watch::{self, Event};
 /// How long the watcher gathers news of started VMs before it rescans the store.
 const RESCAN_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How long after a VM's init went the watcher looks whether a command cleaned
+/// up after it (`fvm stop` does, firewall included); only if none did, it rebuilds
+/// the store's firewall itself. Rebuilding at once would make every bridged
+/// `stop` wait for the watcher's rebuild before its own.
+const FIREWALL_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// `statfs` type of overlayfs.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
@@ -42,6 +48,7 @@ struct Watched {
 
 /// A running VM of the store.
 struct Running {
+    name: crate::store::VmName,
     init: ProcId,
     handle: InitHandle,
     /// Where its overlays are mounted, read from its mount table at the first
@@ -168,15 +175,30 @@ impl Engine {
         // Invalidations left for the current batch of changes (see `watch::PASSES`).
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
+        // VMs whose init went, and when to check whether a command cleaned up after
+        // them (see FIREWALL_GRACE).
+        let mut firewall: Option<(Instant, Vec<crate::store::VmName>)> = None;
         let mut rescan_at: Option<Instant> = None;
         loop {
             let vms = self.running_vms();
             // A VM ended without fvm (its init crashed or was killed): its firewall
             // rules go now rather than at the next command on it.
-            if known.iter().any(|k| !vms.contains(k)) {
-                self.firewall_after_exit();
+            let gone: Vec<_> = known
+                .iter()
+                .filter(|k| !vms.contains(k))
+                .map(|k| k.name.clone())
+                .collect();
+            if !gone.is_empty() {
+                firewall
+                    .get_or_insert_with(|| (Instant::now() + FIREWALL_GRACE, Vec::new()))
+                    .1
+                    .extend(gone);
             }
             if vms.is_empty() {
+                if let Some((at, gone)) = firewall.take() {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    self.firewall_after_exit(&gone);
+                }
                 // A VM may start now: its command finds the lock taken and only
                 // signals this watcher, which is on its way out. So let go of the
                 // lock (and the pid file) first, then look once more: the new VM
@@ -221,13 +243,17 @@ impl Engine {
                     vms.iter()
                         .map(|v| PollFd::new(v.handle.pidfd(), PollFlags::IN)),
                 );
-                let wake = [pending, rescan_at].into_iter().flatten().min().map(|at| {
-                    let d = at.saturating_duration_since(Instant::now());
-                    rustix::event::Timespec {
-                        tv_sec: d.as_secs() as i64,
-                        tv_nsec: i64::from(d.subsec_nanos()),
-                    }
-                });
+                let wake = [pending, rescan_at, firewall.as_ref().map(|f| f.0)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|at| {
+                        let d = at.saturating_duration_since(Instant::now());
+                        rustix::event::Timespec {
+                            tv_sec: d.as_secs() as i64,
+                            tv_nsec: i64::from(d.subsec_nanos()),
+                        }
+                    });
                 match rustix::event::poll(&mut fds, wake.as_ref()) {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
@@ -285,6 +311,11 @@ impl Engine {
                 if rescan_at.is_some_and(|at| Instant::now() >= at) {
                     rescan = true;
                 }
+                if firewall.as_ref().is_some_and(|f| Instant::now() >= f.0)
+                    && let Some((_, gone)) = firewall.take()
+                {
+                    self.firewall_after_exit(&gone);
+                }
                 if rescan {
                     rescan_at = None;
                     break;
@@ -310,6 +341,7 @@ impl Engine {
             };
             if let Ok(Some(handle)) = InitHandle::open(&init) {
                 out.push(Running {
+                    name: name.clone(),
                     init,
                     handle,
                     overlays: std::cell::RefCell::new(None),
