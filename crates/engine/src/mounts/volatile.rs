@@ -104,6 +104,24 @@ pub fn settle(layers: &Path) -> io::Result<usize> {
     Ok(found.len())
 }
 
+/// Record, in the file `path`, that a volatile VM is being started in this boot of
+/// the host: markers found later in the same boot are this run's, whose writes
+/// are all still in the page cache.
+pub fn record_boot(path: &Path) -> io::Result<()> {
+    let mut id = boot_id()?;
+    id.push('\n');
+    crate::store::files::write_atomic(path, id.as_bytes(), 0o600)
+}
+
+/// Whether the file `path` names this boot of the host (a missing or damaged
+/// file does not).
+pub fn recorded_this_boot(path: &Path) -> io::Result<bool> {
+    match crate::store::files::read_regular_max(path, 128) {
+        Ok(text) => Ok(text.trim() == boot_id()?),
+        Err(_) => Ok(false),
+    }
+}
+
 /// This boot of the host, to tell whether it restarted since a VM started.
 pub fn boot_id() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?

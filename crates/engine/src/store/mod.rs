@@ -317,6 +317,10 @@ impl VmDir {
     pub fn lock_path(&self) -> PathBuf {
         self.path.join("lock")
     }
+    /// The boot of the host in which the VM last started with volatile layers.
+    pub fn volatile_boot_path(&self) -> PathBuf {
+        self.path.join("volatile-boot")
+    }
     /// Where the VM's root is assembled (inside its own mount namespace) at start.
     pub fn staging_path(&self) -> PathBuf {
         self.path.join("root")

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{Engine, StartError, VmError};
 use crate::limits::Limits;
-use crate::mounts::{self, Layers, Layout, MountPlan};
+use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
@@ -164,6 +164,14 @@ impl Engine {
         // The VM is not running, so a volatile marker left in its layers means
         // the host went down while it ran (see `mounts::volatile`).
         self.check_layers_trusted(vm, &layout.layers)?;
+        if layout.volatile {
+            volatile::record_boot(&vm.volatile_boot_path()).map_err(|source| {
+                VmError::LayersSync {
+                    name: name.to_string(),
+                    source,
+                }
+            })?;
+        }
         make_dir(&layout.staging).map_err(fail)?;
         if temporary {
             make_dir(&layout.layers).map_err(fail)?;

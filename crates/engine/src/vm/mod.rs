@@ -33,6 +33,7 @@ use crate::runtime::enter::EnterError;
 use crate::runtime::launch::LaunchError;
 use crate::runtime::relay::RelayError;
 use crate::store::{NameError, PolicyError, State, StateError, Store, StoreError, VmDir, VmName};
+use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -329,7 +330,7 @@ impl Engine {
         if state.status != crate::store::Status::Stopped || cgroup.exists() {
             tracing::debug!(vm = %vm.name(), "cleaning up after a vm that is gone");
             self.release_cgroup(vm.name(), &cgroup)?;
-            self.settle_volatile(vm, &state)?;
+            self.settle_volatile(vm)?;
             let stopped = state.stopped();
             self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
@@ -341,42 +342,78 @@ impl Engine {
         Ok(state)
     }
 
-    /// After a VM stopped in the boot of the host it started in: whatever its volatile
-    /// layers hold is in the page cache, so sync it and drop overlayfs's markers (see
-    /// [`crate::mounts::volatile`]). After a restart of the host the markers stay,
-    /// and [`Engine::check_layers_trusted`] refuses the layers.
-    fn settle_volatile(&self, vm: &VmDir, state: &State) -> Result<(), VmError> {
-        let Some(init) = &state.init else {
+    /// After a VM with volatile layers stopped, in the boot of the host it started
+    /// in: whatever its layers hold is still in the page cache. A detached process
+    /// syncs the layers' filesystem and drops overlayfs's markers (see
+    /// [`crate::mounts::volatile`]) once this command lets go of the VM's lock, so
+    /// the stop doesn't wait for the host's dirty data to reach the disk. Until it
+    /// has, the next command on the VM waits for the lock, or settles the layers
+    /// itself ([`Engine::check_layers_trusted`]).
+    fn settle_volatile(&self, vm: &VmDir) -> Result<(), VmError> {
+        let policy = self.policy(vm)?;
+        let layers = vm.layers_path(&policy);
+        let marked =
+            crate::mounts::volatile::markers(&layers).map_err(|source| VmError::LayersSync {
+                name: vm.name().to_string(),
+                source,
+            })?;
+        if marked.is_empty() {
             return Ok(());
-        };
-        let wrap = |source| VmError::LayersSync {
-            name: vm.name().to_string(),
-            source,
-        };
-        if init.boot_id != crate::mounts::volatile::boot_id().map_err(wrap)? {
+        }
+        let this_boot = crate::mounts::volatile::recorded_this_boot(&vm.volatile_boot_path())
+            .map_err(|source| VmError::LayersSync {
+                name: vm.name().to_string(),
+                source,
+            })?;
+        if !this_boot {
             tracing::warn!(
                 "vm {:?} ran with volatile layers when the host went down",
                 vm.name().as_str()
             );
             return Ok(());
         }
-        let policy = self.policy(vm)?;
-        let settled = crate::mounts::volatile::settle(&vm.layers_path(&policy)).map_err(wrap)?;
-        if settled > 0 {
-            tracing::debug!(vm = %vm.name(), settled, "volatile layers synced");
-        }
+        let settle = || {
+            // Once the command that stopped the VM is done with it; unless the VM
+            // was started again meanwhile (its next stop settles it then).
+            let Ok(_lock) = vm.lock() else { return 1 };
+            let running = vm
+                .load_state()
+                .is_ok_and(|s| s.live_init(&self.cgroup_leaf(vm.name())).is_some());
+            if running {
+                return 0;
+            }
+            match crate::mounts::volatile::settle(&layers) {
+                Ok(_) => 0,
+                Err(_) => 1,
+            }
+        };
+        spawn_detached(c"fvm-settle", settle).map_err(|source| VmError::LayersSync {
+            name: vm.name().to_string(),
+            source,
+        })?;
+        tracing::debug!(vm = %vm.name(), "volatile layers: sync started");
         Ok(())
     }
 
-    /// Refuse the layers of a VM that is not running if overlayfs's volatile
-    /// marker is still in them: the host went down while the VM ran.
+    /// Check the layers of a VM that is not running, under its lock, before they are
+    /// mounted, copied or committed. Overlayfs's volatile markers left by a run in
+    /// this boot of the host (their sync in the background hasn't happened yet) are
+    /// settled now; markers from an earlier boot mean the host went down while the
+    /// VM ran, and the layers are refused.
     pub(super) fn check_layers_trusted(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
-        let markers =
-            crate::mounts::volatile::markers(layers).map_err(|source| VmError::LayersCheck {
+        let wrap = |source| VmError::LayersCheck {
+            name: vm.name().to_string(),
+            source,
+        };
+        let markers = crate::mounts::volatile::markers(layers).map_err(wrap)?;
+        if markers.is_empty() {
+            return Ok(());
+        }
+        if crate::mounts::volatile::recorded_this_boot(&vm.volatile_boot_path()).map_err(wrap)? {
+            crate::mounts::volatile::settle(layers).map_err(|source| VmError::LayersSync {
                 name: vm.name().to_string(),
                 source,
             })?;
-        if markers.is_empty() {
             return Ok(());
         }
         Err(VmError::VolatileLost {
@@ -399,6 +436,46 @@ impl Engine {
         }
         cgroup.kill_all().map_err(wrap)?;
         cgroup.remove().map_err(wrap)
+    }
+}
+
+/// Run `work` in a new process that is nobody's child (forked twice, in a session
+/// of its own), named `name`, with every inherited file closed and stdio on
+/// /dev/null; it exits with what `work` returns. Returns once the intermediate
+/// child is reaped.
+pub(super) fn spawn_detached(
+    name: &std::ffi::CStr,
+    work: impl FnOnce() -> i32,
+) -> std::io::Result<()> {
+    use std::os::fd::{AsFd, AsRawFd};
+    match sys::fork()? {
+        sys::Forked::Parent(pid) => {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Ok(())
+        }
+        sys::Forked::Child => {
+            let _ = rustix::process::setsid();
+            if !matches!(sys::fork(), Ok(sys::Forked::Child)) {
+                sys::exit_now(0);
+            }
+            let _ = sys::close_all_except(&[]);
+            if let Ok(null) = rustix::fs::open(
+                "/dev/null",
+                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                let raw = null.as_raw_fd();
+                for fd in (0..=2).filter(|fd| *fd != raw) {
+                    let _ = sys::dup_onto(null.as_fd(), fd);
+                }
+                if raw <= 2 {
+                    // It is one of stdin, stdout, stderr now: keep it open.
+                    let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
+                }
+            }
+            let _ = rustix::thread::set_name(name);
+            sys::exit_now(work())
+        }
     }
 }
 

@@ -89,43 +89,14 @@ impl Engine {
             }
             return Ok(());
         }
-        // Not running (the lock we just took and dropped says so). Fork twice, so
-        // the watcher is nobody's child and nobody waits for it.
-        match sys::fork()? {
-            sys::Forked::Parent(pid) => {
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                Ok(())
-            }
-            sys::Forked::Child => {
-                let _ = rustix::process::setsid();
-                match sys::fork() {
-                    Ok(sys::Forked::Child) => self.run_watcher(),
-                    _ => sys::exit_now(0),
-                }
-            }
-        }
+        // Not running (the lock we just took and dropped says so).
+        super::spawn_detached(c"fvm-watch", || self.run_watcher())
     }
 
-    /// The watcher process. Never returns.
-    fn run_watcher(&self) -> ! {
-        let _ = sys::close_all_except(&[]);
-        if let Ok(null) = rustix::fs::open(
-            "/dev/null",
-            rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        ) {
-            let raw = null.as_raw_fd();
-            for fd in (0..=2).filter(|fd| *fd != raw) {
-                let _ = sys::dup_onto(null.as_fd(), fd);
-            }
-            if raw <= 2 {
-                // It is one of stdin, stdout, stderr now: keep it open.
-                let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
-            }
-        }
+    /// The watcher process's work; returns its exit status.
+    fn run_watcher(&self) -> i32 {
         // (Its arguments and environment are the starting command's and stay: it
         // runs nft, which needs PATH, and nothing in a VM can read them.)
-        let _ = rustix::thread::set_name(c"fvm-watch");
         let code = match self.watch_loop() {
             Ok(()) => 0,
             Err(_) => 1,
@@ -135,7 +106,7 @@ impl Engine {
         if self.watcher_pid() == Some(std::process::id() as i32) {
             let _ = std::fs::remove_file(self.watch_pid_path());
         }
-        sys::exit_now(code)
+        code
     }
 
     fn write_pid_file(&self) -> std::io::Result<()> {
