@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, check_output, time_command};
-use crate::store::Store;
+use crate::store::{Store, Sweep, Swept};
 
 pub const BEGIN: &str = "<!-- bench:density:begin -->";
 pub const END: &str = "<!-- bench:density:end -->";
@@ -113,11 +113,10 @@ pub fn measure(store: &Store, p: &Params) -> Result<DensityBench> {
     };
     for &n in &p.sizes {
         eprintln!("fvm-bench: density: {n} VMs");
-        let cleanup = Cleanup {
+        let cleanup = Swept::new(Cleanup {
             store,
             id: b.store_id.clone(),
-            armed: true,
-        };
+        });
         let f = fleet(store, n)?;
         cleanup.finish()?;
         eprintln!(
@@ -286,10 +285,9 @@ fn leftover_cgroups(id: &str) -> Vec<String> {
 struct Cleanup<'a> {
     store: &'a Store,
     id: String,
-    armed: bool,
 }
 
-impl Cleanup<'_> {
+impl Sweep for Cleanup<'_> {
     /// What was left behind.
     fn sweep(&self) -> Vec<String> {
         let mut left = Vec::new();
@@ -309,29 +307,6 @@ impl Cleanup<'_> {
             left.push(format!("cgroups still there: {}", cgroups.join(", ")));
         }
         left
-    }
-
-    /// Clean up after a successful fleet; anything left behind is an error.
-    fn finish(mut self) -> Result<()> {
-        self.armed = false;
-        let left = self.sweep();
-        if !left.is_empty() {
-            bail!(
-                "after deleting every VM, fvm left behind: {}",
-                left.join("; ")
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            for problem in self.sweep() {
-                eprintln!("fvm-bench: cleanup: {problem}");
-            }
-        }
     }
 }
 

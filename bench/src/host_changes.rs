@@ -467,36 +467,49 @@ struct Tree {
 /// the files hold `want` bytes.
 fn pick_tree(base: &Path, roots: &[&str], want: u64) -> Tree {
     let mut t = Tree::default();
+    walk_sorted(base, roots, |rel, meta| {
+        let kind = meta.file_type();
+        if kind.is_dir() || kind.is_symlink() {
+            t.paths.push(rel);
+        } else if kind.is_file() && meta.len() <= TREE_FILE_MAX {
+            t.paths.push(rel);
+            t.files += 1;
+            t.bytes += meta.len();
+        }
+        t.bytes < want
+    });
+    t
+}
+
+/// Every entry under each of `roots` (relative to `base`) in turn, in path order
+/// (bytewise), without following symlinks: `visit` gets its path relative to
+/// `base` and its metadata, and returns whether to go on. Unreadable entries are
+/// skipped.
+pub fn walk_sorted(
+    base: &Path,
+    roots: &[&str],
+    mut visit: impl FnMut(PathBuf, &fs::Metadata) -> bool,
+) {
     for root in roots {
         let mut stack = vec![PathBuf::from(root)];
         while let Some(rel) = stack.pop() {
-            if t.bytes >= want {
-                return t;
-            }
             let path = base.join(&rel);
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
-            let kind = meta.file_type();
-            if kind.is_dir() {
-                t.paths.push(rel.clone());
-                let Ok(entries) = fs::read_dir(&path) else {
-                    continue;
-                };
+            if meta.is_dir()
+                && let Ok(entries) = fs::read_dir(&path)
+            {
                 let mut names: Vec<OsString> =
                     entries.filter_map(|e| Some(e.ok()?.file_name())).collect();
                 names.sort();
                 stack.extend(names.into_iter().rev().map(|n| rel.join(n)));
-            } else if kind.is_symlink() {
-                t.paths.push(rel);
-            } else if kind.is_file() && meta.len() <= TREE_FILE_MAX {
-                t.paths.push(rel);
-                t.files += 1;
-                t.bytes += meta.len();
+            }
+            if !visit(rel, &meta) {
+                return;
             }
         }
     }
-    t
 }
 
 /// A tarball of small files copied from /usr/share (then /usr/lib), in `dir`.

@@ -42,8 +42,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::host_changes::make_tarball;
-use crate::measure::{SplitMix64, check_output, describe, percentile};
+use crate::host_changes::{make_tarball, walk_sorted};
+use crate::measure::{SplitMix64, check_output, describe, percentile, stdout_of};
 use crate::store::Store;
 
 pub const BEGIN: &str = "<!-- bench:io:begin -->";
@@ -389,19 +389,7 @@ fn step_args(
 
 /// Run an `io-op` command and read the seconds it printed, one line per repetition.
 fn run_op(cmd: &mut Command, want: usize) -> Result<Vec<f64>> {
-    cmd.stdin(Stdio::null());
-    let out = cmd
-        .output()
-        .with_context(|| format!("spawning {}", describe(cmd)))?;
-    if !out.status.success() {
-        bail!(
-            "{} exited with {}: {}",
-            describe(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = stdout_of(cmd)?;
     let secs: Vec<f64> = text
         .lines()
         .filter_map(|l| l.trim().parse::<u64>().ok())
@@ -423,27 +411,12 @@ fn run_op(cmd: &mut Command, want: usize) -> Result<Vec<f64>> {
 fn copy_write_files(dir: &Path, n: usize) -> Result<Vec<PathBuf>> {
     let base = Path::new("/usr/share");
     let mut picked = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        if picked.len() >= n {
-            break;
-        }
-        let path = base.join(&rel);
-        let Ok(meta) = fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if meta.is_dir() {
-            let Ok(entries) = fs::read_dir(&path) else {
-                continue;
-            };
-            let mut names: Vec<OsString> =
-                entries.filter_map(|e| Some(e.ok()?.file_name())).collect();
-            names.sort();
-            stack.extend(names.into_iter().rev().map(|n| rel.join(n)));
-        } else if meta.is_file() && meta.len() <= WRITE_FILE_MAX {
+    walk_sorted(base, &[""], |rel, meta| {
+        if meta.is_file() && meta.len() <= WRITE_FILE_MAX {
             picked.push(rel);
         }
-    }
+        picked.len() < n
+    });
     if picked.len() < n {
         bail!(
             "found only {} files of at most 1 MiB under /usr/share, not {n}",

@@ -226,28 +226,8 @@ fn run(args: Args) -> Result<()> {
     if euid != 0 {
         bail!("must run as root (fvm and `unshare -m` need it); try `sudo bench/run`");
     }
-    let (copy_files, copy_rounds) = if args.quick {
-        (64, 2)
-    } else {
-        (args.copy_files, args.copy_rounds.max(1))
-    };
-    if args.copy_only {
-        return run_copy_only(&args, copy_files, copy_rounds);
-    }
-    if args.changes_only {
-        return run_changes_only(&args);
-    }
-    if args.network_only {
-        return run_network_only(&args);
-    }
-    if args.host_changes_only {
-        return run_host_changes_only(&args);
-    }
-    if args.density_only {
-        return run_density_only(&args);
-    }
-    if args.io_only {
-        return run_io_only(&args);
+    if let Some(section) = Section::only(&args) {
+        return run_one_section(&args, section);
     }
     let mut notes = Vec::new();
     let baselines = baselines(&mut notes)?;
@@ -295,36 +275,18 @@ fn run(args: Args) -> Result<()> {
         }
         _ => None,
     };
-    let mut copied = None;
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let kernel = read_trimmed("/proc/sys/kernel/osrelease")?;
+    let mut sections = Vec::new();
     if let Some(store) = &store {
         store.stop("warm").context("stopping the running VM")?;
         store.delete("warm").context("deleting the running VM")?;
         store.delete("cold").context("deleting the cold-run VM")?;
-        copied = Some(copy::measure(store, copy_files, copy_rounds)?);
+        let place = store_description(&parent);
+        for section in Section::ALL {
+            sections.push(section.measure(&args, store, false, &date, &kernel, &place)?);
+        }
     }
-    let changed = match &store {
-        Some(store) => Some(measure_changes(&args, store)?),
-        None => None,
-    };
-    let networked = match &store {
-        Some(store) => Some(network::measure(store, &network_params(&args))?),
-        None => None,
-    };
-    let hosted = match &store {
-        Some(store) => Some(host_changes::measure(
-            store,
-            &host_changes_params(&args, false),
-        )?),
-        None => None,
-    };
-    let io_measured = match &store {
-        Some(store) => Some(io::measure(store, &io_params(&args))?),
-        None => None,
-    };
-    let dense = match &store {
-        Some(store) => Some(density::measure(store, &density_params(&args))?),
-        None => None,
-    };
     if *leaked.borrow() > 0 {
         notes.push(format!(
             "`fvm run --rm` left {} VMs in the store",
@@ -334,8 +296,8 @@ fn run(args: Args) -> Result<()> {
 
     let report = Report {
         invocation: invocation(),
-        date: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-        kernel: read_trimmed("/proc/sys/kernel/osrelease")?,
+        date,
+        kernel,
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         rounds: runs,
         warmup: args.warmup,
@@ -367,94 +329,115 @@ fn run(args: Args) -> Result<()> {
         print!("{section}");
         report::write_section(&out, &section)?;
     }
-    if let Some(c) = &copied {
-        let section = copy::render(
-            c,
-            &invocation(),
-            &report.date,
-            &report.kernel,
-            &report.store,
-        );
+    for section in &sections {
         print!("{section}");
-        report::write_section(&out, &section)?;
-    }
-    if let Some(c) = &changed {
-        let section = changes::render(
-            c,
-            &invocation(),
-            &report.date,
-            &report.kernel,
-            &report.store,
-        );
-        print!("{section}");
-        report::write_section(&out, &section)?;
-    }
-    if let Some(n) = &networked {
-        let section = network::render(
-            n,
-            &invocation(),
-            &report.date,
-            &report.kernel,
-            &report.store,
-        );
-        print!("{section}");
-        report::write_section(&out, &section)?;
-    }
-    if let Some(h) = &hosted {
-        let section = host_changes::render(
-            h,
-            &invocation(),
-            &report.date,
-            &report.kernel,
-            &report.store,
-        );
-        print!("{section}");
-        report::write_section(&out, &section)?;
-    }
-    if let Some(m) = &io_measured {
-        let section = io::render(
-            m,
-            &invocation(),
-            &report.date,
-            &report.kernel,
-            &report.store,
-        );
-        print!("{section}");
-        report::write_section(&out, &section)?;
-    }
-    if let Some(d) = &dense {
-        let section = density::render(
-            d,
-            &invocation(),
-            &report.date,
-            &report.kernel,
-            &report.store,
-        );
-        print!("{section}");
-        report::write_section(&out, &section)?;
+        report::write_section(&out, section)?;
     }
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
+}
+
+/// The sections measured after the startup rounds, in the order of a full run.
+#[derive(Debug, Clone, Copy)]
+enum Section {
+    Copy,
+    Changes,
+    Network,
+    HostChanges,
+    Io,
+    Density,
+}
+
+impl Section {
+    const ALL: [Section; 6] = [
+        Section::Copy,
+        Section::Changes,
+        Section::Network,
+        Section::HostChanges,
+        Section::Io,
+        Section::Density,
+    ];
+
+    /// The section an `--X-only` flag asks for.
+    fn only(args: &Args) -> Option<Section> {
+        [
+            (args.copy_only, Section::Copy),
+            (args.changes_only, Section::Changes),
+            (args.network_only, Section::Network),
+            (args.host_changes_only, Section::HostChanges),
+            (args.io_only, Section::Io),
+            (args.density_only, Section::Density),
+        ]
+        .into_iter()
+        .find_map(|(asked, section)| asked.then_some(section))
+    }
+
+    /// Measure this section in `store` and render it; `only`: run alone.
+    fn measure(
+        self,
+        args: &Args,
+        store: &Store,
+        only: bool,
+        date: &str,
+        kernel: &str,
+        place: &str,
+    ) -> Result<String> {
+        let inv = invocation();
+        Ok(match self {
+            Section::Copy => {
+                let (files, rounds) = if args.quick {
+                    (64, 2)
+                } else {
+                    (args.copy_files, args.copy_rounds.max(1))
+                };
+                copy::render(
+                    &copy::measure(store, files, rounds)?,
+                    &inv,
+                    date,
+                    kernel,
+                    place,
+                )
+            }
+            Section::Changes => {
+                let (diff, commit, rounds) = if args.quick {
+                    (5000, 1000, 1)
+                } else {
+                    (
+                        args.diff_files,
+                        args.commit_files,
+                        args.changes_rounds.max(1),
+                    )
+                };
+                let measured = changes::measure(store, diff, commit, rounds)?;
+                changes::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Network => {
+                let measured = network::measure(store, &network_params(args))?;
+                network::render(&measured, &inv, date, kernel, place)
+            }
+            Section::HostChanges => {
+                let measured = host_changes::measure(store, &host_changes_params(args, only))?;
+                host_changes::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Io => io::render(
+                &io::measure(store, &io_params(args))?,
+                &inv,
+                date,
+                kernel,
+                place,
+            ),
+            Section::Density => {
+                let measured = density::measure(store, &density_params(args))?;
+                density::render(&measured, &inv, date, kernel, place)
+            }
+        })
+    }
 }
 
 fn density_params(args: &Args) -> density::Params {
     density::Params {
         sizes: density::sizes(args.quick, args.density_max),
     }
-}
-
-/// `--density-only`: the density benchmark alone, and only its section.
-fn run_density_only(args: &Args) -> Result<()> {
-    run_one_section(args, |store, parent, date, kernel| {
-        let measured = density::measure(store, &density_params(args))?;
-        Ok(density::render(
-            &measured,
-            &invocation(),
-            date,
-            kernel,
-            &store_description(parent),
-        ))
-    })
 }
 
 fn io_params(args: &Args) -> io::Params {
@@ -470,20 +453,6 @@ fn io_params(args: &Args) -> io::Params {
         tree_mib: args.io_tree_mib.max(1),
         files: args.io_files.max(1),
     }
-}
-
-/// `--io-only`: the I/O benchmark alone, and only its section.
-fn run_io_only(args: &Args) -> Result<()> {
-    run_one_section(args, |store, parent, date, kernel| {
-        let measured = io::measure(store, &io_params(args))?;
-        Ok(io::render(
-            &measured,
-            &invocation(),
-            date,
-            kernel,
-            &store_description(parent),
-        ))
-    })
 }
 
 /// The host-changes benchmark's sizes; `only`: run alone, with time for 1000 changes.
@@ -507,20 +476,6 @@ fn host_changes_params(args: &Args, only: bool) -> host_changes::Params {
     }
 }
 
-/// `--host-changes-only`: the host-changes benchmark alone, and only its section.
-fn run_host_changes_only(args: &Args) -> Result<()> {
-    run_one_section(args, |store, parent, date, kernel| {
-        let measured = host_changes::measure(store, &host_changes_params(args, true))?;
-        Ok(host_changes::render(
-            &measured,
-            &invocation(),
-            date,
-            kernel,
-            &store_description(parent),
-        ))
-    })
-}
-
 fn network_params(args: &Args) -> network::Params {
     let (rounds, mib, transfers, vms) = if args.quick {
         (5, 256, 2, 10)
@@ -542,67 +497,9 @@ fn network_params(args: &Args) -> network::Params {
     }
 }
 
-/// `--network-only`: the network benchmark alone, and only its section.
-fn run_network_only(args: &Args) -> Result<()> {
-    run_one_section(args, |store, parent, date, kernel| {
-        let measured = network::measure(store, &network_params(args))?;
-        Ok(network::render(
-            &measured,
-            &invocation(),
-            date,
-            kernel,
-            &store_description(parent),
-        ))
-    })
-}
-
-fn measure_changes(args: &Args, store: &Store) -> Result<changes::ChangesBench> {
-    let (diff, commit, rounds) = if args.quick {
-        (5000, 1000, 1)
-    } else {
-        (
-            args.diff_files,
-            args.commit_files,
-            args.changes_rounds.max(1),
-        )
-    };
-    changes::measure(store, diff, commit, rounds)
-}
-
-/// `--changes-only`: the diff and commit benchmarks alone, and only their section.
-fn run_changes_only(args: &Args) -> Result<()> {
-    run_one_section(args, |store, parent, date, kernel| {
-        let measured = measure_changes(args, store)?;
-        Ok(changes::render(
-            &measured,
-            &invocation(),
-            date,
-            kernel,
-            &store_description(parent),
-        ))
-    })
-}
-
-/// `--copy-only`: the copy benchmark in a store of its own, and only its section.
-fn run_copy_only(args: &Args, files: usize, rounds: usize) -> Result<()> {
-    run_one_section(args, |store, parent, date, kernel| {
-        let copied = copy::measure(store, files, rounds)?;
-        Ok(copy::render(
-            &copied,
-            &invocation(),
-            date,
-            kernel,
-            &store_description(parent),
-        ))
-    })
-}
-
-/// Measure one section in a store of its own (`measure(store, its parent, date,
-/// kernel)` returns the section's text), print it and replace it in the report.
-fn run_one_section(
-    args: &Args,
-    measure: impl FnOnce(&Store, &Path, &str, &str) -> Result<String>,
-) -> Result<()> {
+/// `--X-only`: measure one section in a store of its own, print it and replace it
+/// in the report.
+fn run_one_section(args: &Args, section: Section) -> Result<()> {
     let fvm = match &args.fvm {
         Some(path) => std::path::absolute(path).context("resolving --fvm")?,
         None => default_fvm()?,
@@ -611,12 +508,19 @@ fn run_one_section(
     let store = Store::new(&fvm, &parent)?;
     eprintln!("fvm-bench: store {}", store.root().display());
     let kernel = read_trimmed("/proc/sys/kernel/osrelease")?;
-    let date = || humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
-    let section = measure(&store, &parent, &date(), &kernel)?;
+    let date = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let text = section.measure(
+        args,
+        &store,
+        true,
+        &date,
+        &kernel,
+        &store_description(&parent),
+    )?;
     drop(store);
-    print!("{section}");
+    print!("{text}");
     let out = args.out.clone().unwrap_or_else(default_out);
-    report::write_section(&out, &section)?;
+    report::write_section(&out, &text)?;
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
 }

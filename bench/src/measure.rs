@@ -129,6 +129,12 @@ pub fn time_command(cmd: &mut Command) -> Result<Duration> {
 
 /// Runs a command to completion, failing with its stderr if it does not exit 0.
 pub fn check_output(cmd: &mut Command) -> Result<()> {
+    stdout_of(cmd).map(drop)
+}
+
+/// Runs a command to completion and returns its stdout, failing with its stderr
+/// if it does not exit 0.
+pub fn stdout_of(cmd: &mut Command) -> Result<String> {
     cmd.stdin(Stdio::null());
     let out = cmd
         .output()
@@ -141,7 +147,7 @@ pub fn check_output(cmd: &mut Command) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// The command line as a shell user would type it, for error messages.

@@ -27,7 +27,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, Subject, check_output, run_interleaved, time_command};
-use crate::store::Store;
+use crate::store::{Store, Sweep, Swept};
 use crate::throughput::{self, Receiver};
 
 pub const BEGIN: &str = "<!-- bench:network:begin -->";
@@ -140,12 +140,11 @@ pub fn measure(store: &Store, p: &Params) -> Result<NetworkBench> {
         "--subnet",
         &subnet.to_string(),
     ]))?;
-    let cleanup = Cleanup {
+    let cleanup = Swept::new(Cleanup {
         store,
         bridge: bridge.clone(),
         table: format!("fvm-{}", store.id()),
-        armed: true,
-    };
+    });
     let mut b = NetworkBench {
         bridge,
         subnet: subnet.to_string(),
@@ -162,7 +161,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<NetworkBench> {
     b.vm_ip = vm_ip(store, BRIDGED)?.to_string();
 
     latency(store, p, &mut b)?;
-    breakdown(store, p.rounds, &cleanup.table, &mut b)?;
+    breakdown(store, p.rounds, &cleanup.inner.table, &mut b)?;
     transfer(store, p, &mut b)?;
     eprintln!("fvm-bench: network: {} bridged VMs", p.vms);
     b.fleet_bridge = fleet(store, FLEET_BRIDGED, true, p.vms)?;
@@ -456,10 +455,9 @@ struct Cleanup<'a> {
     store: &'a Store,
     bridge: String,
     table: String,
-    armed: bool,
 }
 
-impl Cleanup<'_> {
+impl Sweep for Cleanup<'_> {
     /// What was left behind, removed now.
     fn sweep(&self) -> Vec<String> {
         let mut left = Vec::new();
@@ -492,29 +490,6 @@ impl Cleanup<'_> {
             }
         }
         left
-    }
-
-    /// Clean up after a successful run; anything fvm left behind is an error.
-    fn finish(mut self) -> Result<()> {
-        self.armed = false;
-        let left = self.sweep();
-        if !left.is_empty() {
-            bail!(
-                "after deleting every VM, fvm left behind: {}",
-                left.join("; ")
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            for problem in self.sweep() {
-                eprintln!("fvm-bench: cleanup: {problem}");
-            }
-        }
     }
 }
 

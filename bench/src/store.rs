@@ -242,6 +242,48 @@ fn id_of(root: &Path) -> String {
     format!("{h:08x}")
 }
 
+/// What a benchmark section leaves on the host, found and removed by `sweep`
+/// (one line per thing left behind).
+pub trait Sweep {
+    fn sweep(&self) -> Vec<String>;
+}
+
+/// Sweeps up after a section: [`Swept::finish`] after a successful run, where
+/// anything left behind is an error; on drop (the section failed) it sweeps and
+/// reports what it found.
+pub struct Swept<S: Sweep> {
+    pub inner: S,
+    armed: bool,
+}
+
+impl<S: Sweep> Swept<S> {
+    pub fn new(inner: S) -> Self {
+        Swept { inner, armed: true }
+    }
+
+    pub fn finish(mut self) -> Result<()> {
+        self.armed = false;
+        let left = self.inner.sweep();
+        if !left.is_empty() {
+            bail!(
+                "after deleting every VM, fvm left behind: {}",
+                left.join("; ")
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<S: Sweep> Drop for Swept<S> {
+    fn drop(&mut self) {
+        if self.armed {
+            for problem in self.inner.sweep() {
+                eprintln!("fvm-bench: cleanup: {problem}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
