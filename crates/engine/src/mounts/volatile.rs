@@ -7,16 +7,20 @@
 //! there, because after a host crash the layer may be missing writes the VM saw
 //! succeed.
 //!
-//! fvm settles that on the host side. When it cleans up after a stopped VM (the host
-//! has not restarted since the VM started, so every write is still in the page cache),
-//! it syncs the layers' filesystem and then removes the markers: from then on the
-//! layers are as durable as a disk VM's. A marker that is still there when the VM is
-//! not running therefore means the host went down while the VM ran, and the VM's
-//! start and commit refuse its layers.
+//! fvm settles that on the host side. Before a volatile VM's overlays are mounted it
+//! records the host's boot id ([`record_boot`]). Markers found while the VM is not
+//! running, in the same boot, are that run's, and every write of it is still in the
+//! page cache: [`settle`] syncs the layers' filesystem and removes them, after which
+//! the layers are as durable as a disk VM's (a detached process does it after a
+//! stop; a command that needs the layers sooner does it itself). Markers from an
+//! earlier boot mean the host went down while the VM ran, and start, commit and
+//! copy refuse the layers.
 
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
+
+use crate::runtime::procid::boot_id;
 
 use serde::{Deserialize, Serialize};
 
@@ -122,13 +126,6 @@ pub fn recorded_this_boot(path: &Path) -> io::Result<bool> {
     }
 }
 
-/// This boot of the host, to tell whether it restarted since a VM started.
-pub fn boot_id() -> io::Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
-        .trim()
-        .to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,9 +171,19 @@ mod tests {
     }
 
     #[test]
-    fn boot_id_is_stable() {
-        let a = boot_id().unwrap();
-        assert!(!a.is_empty());
-        assert_eq!(a, boot_id().unwrap());
+    fn only_a_record_of_this_boot_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("volatile-boot");
+        assert!(!recorded_this_boot(&p).unwrap());
+        record_boot(&p).unwrap();
+        assert!(recorded_this_boot(&p).unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&p).unwrap().trim(),
+            boot_id().unwrap()
+        );
+        std::fs::write(&p, "00000000-0000-4000-8000-000000000000\n").unwrap();
+        assert!(!recorded_this_boot(&p).unwrap());
+        std::fs::write(&p, vec![b'x'; 4096]).unwrap();
+        assert!(!recorded_this_boot(&p).unwrap());
     }
 }

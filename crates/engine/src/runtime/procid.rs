@@ -109,7 +109,8 @@ fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
-fn boot_id() -> io::Result<String> {
+/// This boot of the host (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> io::Result<String> {
     Ok(std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
         .trim()
         .to_owned())
