@@ -330,11 +330,16 @@ impl Engine {
         if state.status != crate::store::Status::Stopped || cgroup.exists() {
             tracing::debug!(vm = %vm.name(), "cleaning up after a vm that is gone");
             self.release_cgroup(vm.name(), &cgroup)?;
-            self.settle_volatile(vm)?;
+            // (A policy that can't be read doesn't stop the cleanup; the next
+            // start reports it.)
+            let policy = vm.load_policy().ok();
+            if let Some(policy) = &policy {
+                self.settle_volatile(vm, &vm.layers_path(policy))?;
+            }
             let stopped = state.stopped();
             self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
-            if let Ok(policy) = vm.load_policy() {
+            if let Some(policy) = &policy {
                 self.refresh_firewall(&policy.network)?;
             }
             return Ok(stopped);
@@ -349,11 +354,9 @@ impl Engine {
     /// the stop doesn't wait for the host's dirty data to reach the disk. Until it
     /// has, the next command on the VM waits for the lock, or settles the layers
     /// itself ([`Engine::check_layers_trusted`]).
-    fn settle_volatile(&self, vm: &VmDir) -> Result<(), VmError> {
-        let policy = self.policy(vm)?;
-        let layers = vm.layers_path(&policy);
+    fn settle_volatile(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
         let marked =
-            crate::mounts::volatile::markers(&layers).map_err(|source| VmError::LayersSync {
+            crate::mounts::volatile::markers(layers).map_err(|source| VmError::LayersSync {
                 name: vm.name().to_string(),
                 source,
             })?;
@@ -382,7 +385,7 @@ impl Engine {
             if running {
                 return 0;
             }
-            match crate::mounts::volatile::settle(&layers) {
+            match crate::mounts::volatile::settle(layers) {
                 Ok(_) => 0,
                 Err(_) => 1,
             }
