@@ -7,9 +7,17 @@
 //! In particular (DESIGN §7): no SYS_ADMIN (mount, umount of the overlay), no
 //! SYS_MODULE, SYS_RAWIO, SYS_TIME, SYS_BOOT, no MKNOD (a VM has no device cgroup,
 //! so a block device node would be the host's disk), no DAC_READ_SEARCH (the
-//! `open_by_handle_at` escape), SYSLOG, MAC_*, NET_ADMIN (host network), BPF,
-//! PERFMON, and no SYS_PTRACE (the VM's init is a privileged process),
-//! SYS_RESOURCE (the policy's rlimits and OOM priority) or SYS_NICE.
+//! `open_by_handle_at` escape), SYSLOG, MAC_*, BPF, PERFMON, and no SYS_PTRACE
+//! (the VM's init is a privileged process), SYS_RESOURCE (the policy's rlimits
+//! and OOM priority) or SYS_NICE.
+//!
+//! No NET_ADMIN either, in any network mode, not even with the VM's own network
+//! namespace: a VM's processes live in the host's user namespace, so the
+//! capability counts for every network namespace they can name. A bridged VM's
+//! veth gives it an id for the host's namespace (IFLA_TARGET_NETNSID,
+//! IFLA_LINK_NETNSID), and any socket a VM inherits from the host names the
+//! host's namespace (SIOCGSKNS); with NET_ADMIN either reaches the host's links.
+//! fvm configures a VM's network from the host before its processes start.
 
 use rustix::thread::{CapabilitySet, CapabilitySets};
 
@@ -28,17 +36,12 @@ pub const KEPT: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::SYS_CHROOT)
     .union(CapabilitySet::AUDIT_WRITE);
 
-/// Drop every capability outside [`KEPT`] (plus CAP_NET_ADMIN if `net_admin`:
-/// a VM with its own network namespace may configure it, and nothing else) from
-/// the calling thread: the bounding set first (that needs CAP_SETPCAP, which is
-/// kept), then the ambient set, then effective, permitted and inheritable.
-/// Allocates nothing (used between fork and exec).
-pub fn drop_to_kept(net_admin: bool) -> std::io::Result<()> {
-    let kept = if net_admin {
-        KEPT.union(CapabilitySet::NET_ADMIN)
-    } else {
-        KEPT
-    };
+/// Drop every capability outside [`KEPT`] from the calling thread: the bounding
+/// set first (that needs CAP_SETPCAP, which is kept), then the ambient set, then
+/// effective, permitted and inheritable. Allocates nothing (used between fork and
+/// exec).
+pub fn drop_to_kept() -> std::io::Result<()> {
+    let kept = KEPT;
     for bit in 0..64u32 {
         let cap = CapabilitySet::from_bits_retain(1 << bit);
         if kept.contains(cap) {
@@ -93,7 +96,7 @@ mod tests {
         }
         match crate::sys::fork().unwrap() {
             crate::sys::Forked::Child => {
-                let ok = drop_to_kept(false).is_ok()
+                let ok = drop_to_kept().is_ok()
                     && rustix::thread::capabilities(None).is_ok_and(|c| {
                         c.effective == KEPT && c.permitted == KEPT && c.inheritable.is_empty()
                     })

@@ -60,20 +60,16 @@ impl Security {
 pub struct Confinement {
     /// `None`: unconfined.
     filters: Option<Arc<seccomp::Filters>>,
-    /// Root may configure the VM's own network namespace (CAP_NET_ADMIN).
-    net_admin: bool,
 }
 
 impl Confinement {
-    /// The confinement for a VM with this `security` setting. `own_network`: the
-    /// VM has its own network namespace, which root in it may configure.
-    pub fn new(security: Security, own_network: bool) -> Result<Confinement, seccomp::FilterError> {
+    /// The confinement for a VM with this `security` setting.
+    pub fn new(security: Security) -> Result<Confinement, seccomp::FilterError> {
         Ok(Confinement {
             filters: match security {
                 Security::Default => Some(Arc::new(seccomp::compile()?)),
                 Security::Unconfined => None,
             },
-            net_admin: own_network,
         })
     }
 
@@ -96,6 +92,6 @@ impl Confinement {
         for program in &filters.0 {
             crate::sys::load_seccomp(program)?;
         }
-        caps::drop_to_kept(self.net_admin)
+        caps::drop_to_kept()
     }
 }

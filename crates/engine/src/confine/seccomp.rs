@@ -24,21 +24,35 @@ use seccompiler::{
 pub struct Denied {
     pub name: &'static str,
     pub nr: i64,
-    /// Only when this flag is set in the first argument (`clone`, `unshare`).
-    pub only_with_flag: Option<u64>,
+    pub when: When,
     pub reason: &'static str,
+}
+
+/// Which calls of a system call are denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Always,
+    /// When these bits are set in the first argument (`clone`, `unshare`).
+    FirstArgHas(u64),
+    /// When the first argument is this value (`socket`'s address family).
+    FirstArgIs(u32),
+    /// When the second argument is this value (an `ioctl` request).
+    SecondArgIs(u32),
 }
 
 const fn deny(name: &'static str, nr: i64, reason: &'static str) -> Denied {
     Denied {
         name,
         nr,
-        only_with_flag: None,
+        when: When::Always,
         reason,
     }
 }
 
 const NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
+
+/// `ioctl(SIOCGSKNS)`: a file descriptor for the network namespace of a socket.
+const SIOCGSKNS: u32 = 0x894c;
 
 /// The default policy.
 pub const DENIED: &[Denied] = &[
@@ -205,18 +219,46 @@ pub const DENIED: &[Denied] = &[
     Denied {
         name: "unshare",
         nr: libc::SYS_unshare,
-        only_with_flag: Some(NEWUSER),
+        when: When::FirstArgHas(NEWUSER),
         reason: "a new user namespace would give back every capability inside it",
     },
     Denied {
         name: "clone",
         nr: libc::SYS_clone,
-        only_with_flag: Some(NEWUSER),
+        when: When::FirstArgHas(NEWUSER),
         reason: "a new user namespace would give back every capability inside it",
+    },
+    deny(
+        "io_uring_setup",
+        libc::SYS_io_uring_setup,
+        "io_uring's operations run in kernel workers the filter never sees",
+    ),
+    deny(
+        "io_uring_enter",
+        libc::SYS_io_uring_enter,
+        "io_uring's operations run in kernel workers the filter never sees",
+    ),
+    deny(
+        "io_uring_register",
+        libc::SYS_io_uring_register,
+        "io_uring's operations run in kernel workers the filter never sees",
+    ),
+    Denied {
+        name: "socket(AF_VSOCK)",
+        nr: libc::SYS_socket,
+        when: When::FirstArgIs(libc::AF_VSOCK as u32),
+        reason: "vsock is not namespaced: its ports are the host's",
+    },
+    Denied {
+        name: "ioctl(SIOCGSKNS)",
+        nr: libc::SYS_ioctl,
+        when: When::SecondArgIs(SIOCGSKNS),
+        reason: "a socket inherited from the host would hand over the host's network namespace",
     },
 ];
 
-/// The filters to load, in order: the deny list (EPERM), then `clone3` (ENOSYS).
+/// The filters to load, in order: the deny list (EPERM), then `clone3` (ENOSYS),
+/// then (on x86_64) the x32 system call numbers (EPERM).
 #[derive(Debug, Clone)]
 pub struct Filters(pub Vec<BpfProgram>);
 
@@ -232,16 +274,23 @@ pub fn compile() -> Result<Filters, FilterError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for d in DENIED {
         let entry = rules.entry(d.nr).or_default();
-        if let Some(flag) = d.only_with_flag {
-            let cond = SeccompCondition::new(
+        let cond = match d.when {
+            When::Always => continue,
+            When::FirstArgHas(bits) => SeccompCondition::new(
                 0,
                 SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag),
-                flag,
-            )
-            .map_err(bad)?;
-            entry.push(SeccompRule::new(vec![cond]).map_err(bad)?);
+                SeccompCmpOp::MaskedEq(bits),
+                bits,
+            ),
+            When::FirstArgIs(value) => {
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value.into())
+            }
+            When::SecondArgIs(value) => {
+                SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value.into())
+            }
         }
+        .map_err(bad)?;
+        entry.push(SeccompRule::new(vec![cond]).map_err(bad)?);
     }
     let eperm = SeccompAction::Errno(libc::EPERM as u32);
     let main = SeccompFilter::new(rules, SeccompAction::Allow, eperm, arch).map_err(bad)?;
@@ -252,11 +301,46 @@ pub fn compile() -> Result<Filters, FilterError> {
         arch,
     )
     .map_err(bad)?;
-    let programs = [main, clone3]
+    let mut programs = [main, clone3]
         .into_iter()
         .map(|f| BpfProgram::try_from(f).map_err(bad))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    if cfg!(target_arch = "x86_64") {
+        programs.push(x32_filter());
+    }
     Ok(Filters(programs))
+}
+
+/// On x86_64 the x32 ABI's system calls carry the x86_64 architecture token and
+/// their number with bit 30 set (`__X32_SYSCALL_BIT`). The deny list matches
+/// exact numbers, so on a kernel built with x32 support the x32 twin of a denied
+/// call would pass it: deny every number at or above the bit. -1 still passes:
+/// it is no system call (ENOSYS), and tracers use it to skip one.
+fn x32_filter() -> BpfProgram {
+    const AUDIT_ARCH_X86_64: u32 = 62 | 0x8000_0000 | 0x4000_0000;
+    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    // struct seccomp_data: int nr, then __u32 arch.
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
+    let op = |code: u32, k: u32, jt: u8, jf: u8| seccompiler::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
+    let jge = libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K;
+    let ret = libc::BPF_RET | libc::BPF_K;
+    vec![
+        op(load, ARCH, 0, 0),
+        op(jeq, AUDIT_ARCH_X86_64, 0, 4), // another architecture: allow
+        op(load, NR, 0, 0),
+        op(jge, X32_SYSCALL_BIT, 0, 2), // below the bit: allow
+        op(jeq, u32::MAX, 1, 0),        // -1: allow
+        op(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32, 0, 0),
+        op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ]
 }
 
 #[cfg(test)]
@@ -281,7 +365,7 @@ mod tests {
     #[test]
     fn compiles_for_this_machine() {
         let f = compile().unwrap();
-        assert_eq!(f.0.len(), 2);
+        assert_eq!(f.0.len(), if cfg!(target_arch = "x86_64") { 3 } else { 2 });
         assert!(f.0.iter().all(|p| !p.is_empty()));
     }
 }

@@ -75,8 +75,7 @@ pub(super) fn run(
     // From here the init only reaps, forwards signals and keeps the timeout: none
     // of that needs more than the VM's own capabilities, and a process of the VM
     // that took it over would get no more than root in the VM has.
-    let own_network = spec.namespaces & sys::ns::NET != 0;
-    if spec.confined && crate::confine::caps::drop_to_kept(own_network).is_err() {
+    if spec.confined && crate::confine::caps::drop_to_kept().is_err() {
         sys::exit_now(1);
     }
     if init.mode == StartMode::Background {

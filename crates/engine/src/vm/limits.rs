@@ -150,10 +150,7 @@ impl Engine {
                 "vm {name} is unconfined (security = \"unconfined\"): root in it has every capability and no seccomp filter, and can take over the host"
             );
         }
-        Ok(Confinement::new(
-            policy.security,
-            policy.network.mode.own_namespace(),
-        )?)
+        Ok(Confinement::new(policy.security)?)
     }
 
     /// Tell a running VM's init its new timeout.
