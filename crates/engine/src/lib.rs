@@ -24,6 +24,7 @@ pub mod doctor;
 pub mod limits;
 pub mod mounts;
 pub mod net;
+pub mod quote;
 pub mod runtime;
 pub mod store;
 mod sys;

@@ -45,7 +45,9 @@ fn main() -> ExitCode {
                 .find_map(|e| e.downcast_ref::<fvm_engine::VmError>())
                 .map_or(i32::from(FAILURE), fvm_engine::VmError::exit_code);
             let _ = std::io::stdout().flush();
-            eprintln!("fvm: {}", fvm_engine::vm::error_line(err.as_ref()));
+            // One line, whatever a VM put in the pieces of the message.
+            let line = fvm_engine::vm::error_line(err.as_ref());
+            eprintln!("fvm: {}", fvm_engine::quote::line(&line));
             ExitCode::from(u8::try_from(code).unwrap_or(FAILURE))
         }
     }

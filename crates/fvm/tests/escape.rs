@@ -25,6 +25,8 @@
 
 mod common;
 mod escape_support;
+#[allow(dead_code)]
+mod network_support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -404,8 +406,8 @@ def py_unshare():
         return type(e).__name__
 "#;
 
-/// Every command loads the filter (mode 2, two filters: the deny list and
-/// clone3's), with no_new_privs off; each denied call fails with EPERM, clone3
+/// Every command loads the filter (mode 2, three filters: the deny list,
+/// clone3's and the x32 numbers'), with no_new_privs off; each denied call fails with EPERM, clone3
 /// with ENOSYS; fork, clone, threads and exec still work; util-linux `unshare -U`
 /// and python's `os.unshare(CLONE_NEWUSER)` fail.
 #[test]
@@ -441,7 +443,7 @@ fn a_seccomp_filter_denies_the_listed_calls_with_eperm() {
             let st = by.get(who).cloned().unwrap_or_default();
             for (key, want) in [
                 ("Seccomp", "2"),
-                ("Seccomp_filters", "2"),
+                ("Seccomp_filters", "3"),
                 ("NoNewPrivs", "0"),
             ] {
                 assert_eq!(
@@ -2111,5 +2113,388 @@ fn useradd_su_and_setuid_programs_work_inside_with_the_kept_capabilities() {
     assert!(!Path::new(&format!("/home/{user}")).exists());
     assert!(!Path::new(&dir).exists(), "the vm's {dir} is on the host");
     store.stop("us");
+    store.assert_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 15. other network namespaces: the host's, through netlink and sockets
+
+/// Raw rtnetlink from inside a VM, aimed at the host's network namespace:
+/// `say(name, result)` for each, where the result is `OK...` if the kernel did
+/// it, else the errno name. argv: the index of a host link the test made, and a
+/// name for a link the probe tries to create on the host.
+const NETNS_PROBE: &str = r#"
+import socket, fcntl
+HOST_IFINDEX = int(sys.argv[1])
+NEW_NAME = sys.argv[2].encode()
+
+def attr(kind, data):
+    n = 4 + len(data)
+    return struct.pack("=HH", n, kind) + data + b"\0" * ((4 - n % 4) % 4)
+
+def u32(v):
+    return struct.pack("=I", v & 0xffffffff)
+
+def s32(v):
+    return struct.pack("=i", v)
+
+def nl(msg_type, flags, body):
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    s.settimeout(5)
+    try:
+        s.send(struct.pack("=IHHII", 16 + len(body), msg_type, flags | 1, 1, 0) + body)
+        names = []
+        while True:
+            data = s.recv(65536)
+            off = 0
+            while off + 16 <= len(data):
+                n, t = struct.unpack_from("=IH", data, off)
+                if t == 2:  # NLMSG_ERROR
+                    err = -struct.unpack_from("=i", data, off + 16)[0]
+                    if err:
+                        return errname(err)
+                    return "OK" + (":" + ",".join(names) if names else "")
+                if t == 3:  # NLMSG_DONE, with the dump's error if it failed
+                    if n >= 20 and struct.unpack_from("=i", data, off + 16)[0] < 0:
+                        return errname(-struct.unpack_from("=i", data, off + 16)[0])
+                    return "OK:" + ",".join(names)
+                if t == 16:  # RTM_NEWLINK: collect IFLA_IFNAME
+                    a = off + 16 + 16
+                    while a + 4 <= off + n:
+                        al, at = struct.unpack_from("=HH", data, a)
+                        if al < 4:
+                            break
+                        if at == 3:
+                            names.append(data[a + 4:a + al].rstrip(b"\0").decode())
+                        a += (al + 3) & ~3
+                off += (n + 3) & ~3
+    except OSError as e:
+        return errname(e.errno)
+    finally:
+        s.close()
+
+ACK, CREATE, EXCL, DUMP = 0x4, 0x400, 0x200, 0x300
+IFLA_IFNAME, IFLA_LINK, IFLA_LINKINFO, IFLA_LINK_NETNSID, IFLA_TARGET_NETNSID = 3, 5, 18, 37, 46
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_NEWNSID = 16, 17, 18, 88
+
+def ifinfo(index=0):
+    return struct.pack("=BxHiII", 0, 0, index, 0, 0)
+
+def kind(k):
+    return attr(IFLA_LINKINFO, attr(1, k))
+
+# A bridge made in the host's namespace (netnsid 0).
+say("newlink-target-netnsid", nl(RTM_NEWLINK, ACK | CREATE | EXCL,
+    ifinfo() + attr(IFLA_IFNAME, NEW_NAME + b"\0") + kind(b"bridge")
+    + attr(IFLA_TARGET_NETNSID, s32(0))))
+# The host's links, listed.
+say("getlink-target-netnsid", nl(RTM_GETLINK, DUMP,
+    ifinfo() + attr(IFLA_TARGET_NETNSID, s32(0))))
+say("getlink-one-target-netnsid", nl(RTM_GETLINK, ACK,
+    ifinfo(HOST_IFINDEX) + attr(IFLA_TARGET_NETNSID, s32(0))))
+# The test's host link, deleted.
+say("dellink-target-netnsid", nl(RTM_DELLINK, ACK,
+    ifinfo(HOST_IFINDEX) + attr(IFLA_TARGET_NETNSID, s32(0))))
+# A macvlan in the VM on top of a host link.
+say("newlink-link-netnsid", nl(RTM_NEWLINK, ACK | CREATE | EXCL,
+    ifinfo() + attr(IFLA_IFNAME, b"fvmescmv0\0") + kind(b"macvlan")
+    + attr(IFLA_LINK, u32(HOST_IFINDEX)) + attr(IFLA_LINK_NETNSID, s32(0))))
+# An id for the namespace of the VM's init (NETNSA_PID) and of our own (NETNSA_FD).
+say("newnsid-pid", nl(RTM_NEWNSID, ACK, struct.pack("=Bxxx", 0) + attr(2, u32(1))))
+fd = os.open("/proc/self/ns/net", os.O_RDONLY)
+say("newnsid-fd", nl(RTM_NEWNSID, ACK, struct.pack("=Bxxx", 0) + attr(3, u32(fd))))
+# stdin is a socket the host made: the host's network namespace, by ioctl.
+try:
+    ns = fcntl.ioctl(0, 0x894c)
+    say("siocgskns-stdin", "OK")
+except OSError as e:
+    say("siocgskns-stdin", errname(e.errno))
+"#;
+
+/// Root in a VM of each network mode can neither read nor change any network
+/// namespace but its own: rtnetlink aimed at the host's namespace by id
+/// (IFLA_TARGET_NETNSID, IFLA_LINK_NETNSID, which a bridged VM's veth hands it),
+/// new namespace ids (RTM_NEWNSID), and the host namespace of a socket it was
+/// handed as stdin (SIOCGSKNS) are all refused, and the host's links stay as
+/// they were.
+#[test]
+fn no_vm_reaches_the_hosts_network_namespace() {
+    let test = "no_vm_reaches_the_hosts_network_namespace";
+    if !network_support::ready(test, &["nft"]) || !x86_64(test) {
+        return;
+    }
+    let net = network_support::Net::new("esc-netns");
+    let dummy = format!("fvmesd{}", network_support::random_hex(6));
+    let made = format!("fvmesb{}", network_support::random_hex(6));
+    let _undo = Undo(|| {
+        for link in [&dummy, &made, &"fvmescmv0".to_owned()] {
+            if host_has_link(link) {
+                quiet(&format!("ip link del {link}"));
+            }
+        }
+    });
+    network_support::host(&["ip", "link", "add", &dummy, "type", "bridge"]).ok();
+    let index = std::fs::read_to_string(format!("/sys/class/net/{dummy}/ifindex"))
+        .expect("the dummy link's index")
+        .trim()
+        .to_owned();
+    let links_before = network_support::links();
+
+    net.create("h", &[]);
+    net.create("n", &["--net", "none"]);
+    net.bridged("b", &[]);
+    let script = escape_support::probe_script(NETNS_PROBE);
+    let driver = "import socket, subprocess, sys\n\
+                  a, b = socket.socketpair()\n\
+                  sys.exit(subprocess.call(sys.argv[1:], stdin=b))";
+    for vm in ["h", "n", "b"] {
+        let mut cmd = Command::new(escape_support::python());
+        cmd.args(["-c", driver, FVM, "--root"])
+            .arg(&net.store.root)
+            .args(["run", vm, "--", escape_support::python(), "-c", &script])
+            .args([index.as_str(), made.as_str()]);
+        let out = run(cmd, None);
+        let got = results(&out);
+        let refused = |name: &str, allowed: &[&str]| {
+            let r = got.get(name).map(String::as_str).unwrap_or("no answer");
+            assert!(
+                allowed.contains(&r),
+                "vm {vm} (network {}): {name} gave {r}, expected one of {allowed:?}\n{out}",
+                if vm == "h" {
+                    "host"
+                } else if vm == "n" {
+                    "none"
+                } else {
+                    "bridge"
+                }
+            );
+        };
+        // EPERM or EACCES: no CAP_NET_ADMIN (or seccomp). Where the VM's namespace
+        // has no id 0, a target id is first refused as unknown (EINVAL).
+        for name in [
+            "newlink-target-netnsid",
+            "getlink-target-netnsid",
+            "getlink-one-target-netnsid",
+            "dellink-target-netnsid",
+        ] {
+            refused(name, &["EPERM", "EACCES", "EINVAL"]);
+        }
+        if vm == "b" {
+            // The veth really gives a bridged VM an id for the host's namespace:
+            // refused for want of the capability.
+            refused("getlink-target-netnsid", &["EACCES"]);
+            refused("getlink-one-target-netnsid", &["EACCES"]);
+            refused("dellink-target-netnsid", &["EPERM"]);
+        }
+        refused("newlink-link-netnsid", &["EPERM"]);
+        refused("newnsid-pid", &["EPERM"]);
+        refused("newnsid-fd", &["EPERM"]);
+        refused("siocgskns-stdin", &["EPERM"]);
+        assert!(host_has_link(&dummy), "vm {vm} deleted the host's {dummy}");
+        assert!(!host_has_link(&made), "vm {vm} made {made} on the host");
+    }
+    let names = |links: &[network_support::Link]| -> BTreeMap<String, ()> {
+        links
+            .iter()
+            // The store's bridge and veths, and other tests' links, are fvm*.
+            .filter(|l| !l.name.starts_with("fvm"))
+            .map(|l| (l.name.clone(), ()))
+            .collect()
+    };
+    assert_eq!(
+        names(&network_support::links()),
+        names(&links_before),
+        "the host's links changed"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 16. system calls that get around the filter or out of every namespace
+
+const SURFACE_PROBE: &str = r#"
+params = mem(b"", 120)
+say("io_uring_setup", sc(425, 1, params))
+say("io_uring_enter", sc(426, 0, 0, 0, 0, None, 0))
+say("io_uring_register", sc(427, 0, 0, None, 0))
+r, e = call(41, 40, 1, 0)   # socket(AF_VSOCK, SOCK_STREAM, 0)
+say("socket(AF_VSOCK)", e or "OK")
+r, e = call(53, 40, 1, 0, mem(b"", 8))   # socketpair(AF_VSOCK, ...)
+say("socketpair(AF_VSOCK)", e or "OK")
+say("x32-getpid", sc(0x40000000 + 39))
+say("x32-mount", sc(0x40000000 + 165, "none", "/tmp", "tmpfs", 0, None))
+say("syscall(-1)", sc(-1))
+say("getpid", sc(39))
+"#;
+
+/// io_uring (whose operations bypass the filter), vsock sockets (not
+/// namespaced: a VM could take the host's vsock ports) and the x32 twins of the
+/// system calls are denied; an unknown number still gets ENOSYS.
+#[test]
+fn io_uring_vsock_and_x32_are_denied() {
+    let test = "io_uring_vsock_and_x32_are_denied";
+    if !needs_root(test) || !x86_64(test) {
+        return;
+    }
+    let store = TestStore::new("esc-surface");
+    store.create("s1");
+    for net in ["host", "none"] {
+        store.fvm(&["config", "s1", "--net", net]).ok();
+        let out = probe(&store, "s1", SURFACE_PROBE, &[]);
+        assert_results(
+            &out,
+            &[
+                ("io_uring_setup", "EPERM"),
+                ("io_uring_enter", "EPERM"),
+                ("io_uring_register", "EPERM"),
+                ("socket(AF_VSOCK)", "EPERM"),
+                ("x32-getpid", "EPERM"),
+                ("x32-mount", "EPERM"),
+                ("syscall(-1)", "ENOSYS"),
+                ("getpid", "OK"),
+            ],
+            &format!("the system call surface of a vm with network {net}"),
+        );
+        let pair = results(&out);
+        assert!(
+            pair.get("socketpair(AF_VSOCK)").is_some_and(|r| r != "OK"),
+            "socketpair(AF_VSOCK) worked:\n{out}"
+        );
+    }
+    store.assert_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 17. names that would fake the review
+
+/// The hostile names: terminal escapes (ESC, the 8-bit CSI), line breaks,
+/// backspace, tab, invalid UTF-8 and a right-to-left override, as python bytes
+/// literals, each with what fvm must show for it.
+const HOSTILE_NAMES: &[(&str, &str)] = &[
+    (
+        r"b'esc\x1b[2K\x1b[1A\x1b[2K\x1b[1A'",
+        r#""esc\x1b[2K\x1b[1A\x1b[2K\x1b[1A""#,
+    ),
+    (r"b'cr\rfake'", r#""cr\rfake""#),
+    (r"b'lf\nA forged'", r#""lf\nA forged""#),
+    (r"b'bs\x08\x08x'", r#""bs\x08\x08x""#),
+    (r"b'tab\tx'", r#""tab\tx""#),
+    (r"b'csi\xc2\x9b2K'", r#""csi\u{009b}2K""#),
+    (r"b'bad\xff\xfe'", r#""bad\xff\xfe""#),
+    (r"b'rlo\xe2\x80\xaetxt.sh'", r#""rlo\u{202e}txt.sh""#),
+];
+
+/// Every line of `text` is printable: no control character, no invisible
+/// formatting character, and no U+FFFD (which stands for bytes that are not
+/// UTF-8 in the test's lossy view of the output).
+#[track_caller]
+fn assert_printable_lines(text: &str, what: &str) {
+    for line in text.lines() {
+        assert!(
+            !line.chars().any(|c| c.is_control()
+                || c == '\u{fffd}'
+                || matches!(c as u32, 0x200b..=0x200f | 0x2028..=0x202e | 0x2060..=0x206f)),
+            "{what}: a line with control, formatting or non-UTF-8 characters: {line:?}\n{text}"
+        );
+    }
+}
+
+/// A VM names files (and a process) with terminal escapes, line breaks,
+/// invalid UTF-8 and a right-to-left override: `diff`, `commit --dry-run`,
+/// `commit`'s conflicts, `ps` and errors show each on exactly one line, quoted,
+/// printable and distinct, so nothing can be hidden from or forged into the
+/// review.
+#[test]
+fn hostile_names_cannot_fake_the_review() {
+    let test = "hostile_names_cannot_fake_the_review";
+    if !needs_root(test) {
+        return;
+    }
+    let host = var_tmp_dir("esc-names");
+    let h = s(host.path());
+    let conflicting: &std::ffi::OsStr =
+        std::os::unix::ffi::OsStrExt::from_bytes(b"conflict\x1b[2K\nx");
+    // A host file with a hostile name of its own, for a conflict.
+    std::fs::write(host.path().join(conflicting), "host\n").unwrap();
+    let store = TestStore::new("esc-names");
+    store.create("nm");
+    let names: Vec<&str> = HOSTILE_NAMES.iter().map(|(py, _)| *py).collect();
+    let make = format!(
+        "import os\nd = {h:?}.encode()\nfor n in [{}]:\n    open(os.path.join(d, n), 'w').write('x')\n\
+         open(os.path.join(d, b'conflict\\x1b[2K\\nx'), 'w').write('vm')\n",
+        names.join(", ")
+    );
+    let py = escape_support::python();
+    store.fvm(&["run", "nm", "--", py, "-c", &make]).ok();
+    // The host changes its file after the VM copied it: a conflict.
+    std::fs::write(host.path().join(conflicting), "host again\n").unwrap();
+
+    let want_lines = |shown: &str, prefix: &str| -> Vec<String> {
+        HOSTILE_NAMES
+            .iter()
+            .map(|(_, q)| {
+                let inner = &q[1..q.len() - 1];
+                format!("{prefix}\"{shown}/{inner}\"")
+            })
+            .collect()
+    };
+    let diff = store.fvm(&["diff", "nm", h]).ok();
+    assert_printable_lines(&diff.stdout, "fvm diff");
+    for line in want_lines(h, "A ") {
+        assert!(
+            diff.stdout.lines().any(|l| l == line),
+            "fvm diff has no line {line:?}:\n{diff}"
+        );
+    }
+    // One line per change: the names, the conflicting file, their directory,
+    // nothing else.
+    assert_eq!(
+        diff.stdout.lines().count(),
+        HOSTILE_NAMES.len() + 2,
+        "fvm diff:\n{diff}"
+    );
+
+    let dry = store.fvm(&["commit", "--dry-run", "--force", "nm", h]).ok();
+    assert_printable_lines(&dry.stdout, "fvm commit --dry-run");
+    for line in want_lines(h, "create     ") {
+        assert!(
+            dry.stdout.lines().any(|l| l == line),
+            "fvm commit --dry-run has no line {line:?}:\n{dry}"
+        );
+    }
+
+    let conflict = store.fvm(&["commit", "nm", h]);
+    assert_ne!(
+        conflict.code, 0,
+        "the commit should stop at the conflict:\n{conflict}"
+    );
+    // The conflicts and the error that ends the commit, all on printable lines.
+    assert_printable_lines(&conflict.stderr, "fvm commit's conflicts and error");
+    let line =
+        format!(r#"conflict: "{h}/conflict\x1b[2K\nx" changed on the host after the vm copied it"#);
+    assert!(
+        conflict.stderr.lines().any(|l| l == line),
+        "fvm commit shows no line {line:?}:\n{conflict}"
+    );
+
+    // ps: a process whose command line is made of the same names.
+    store.start("nm");
+    let spawn = format!(
+        "import os\nif os.fork() == 0:\n    os.setsid()\n    os.execv('/bin/sleep', [{} + {}, b'1000'])\n",
+        HOSTILE_NAMES[0].0, HOSTILE_NAMES[2].0
+    );
+    store.fvm(&["run", "nm", "--", py, "-c", &spawn]).ok();
+    let mut ps = store.fvm(&["ps", "nm"]).ok();
+    wait_until("the hostile sleep shows in fvm ps", || {
+        ps = store.fvm(&["ps", "nm"]).ok();
+        ps.stdout.contains("1000")
+    });
+    assert_printable_lines(&ps.stdout, "fvm ps");
+    let (a, b) = (HOSTILE_NAMES[0].1, HOSTILE_NAMES[2].1);
+    let want = format!("{}{} 1000", &a[..a.len() - 1], &b[1..]);
+    assert!(
+        ps.stdout.lines().any(|l| l.ends_with(&want)),
+        "fvm ps shows no command line {want:?}:\n{ps}"
+    );
+    store.stop("nm");
     store.assert_clean();
 }

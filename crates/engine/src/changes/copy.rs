@@ -52,31 +52,31 @@ pub struct CopyStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("cannot read {path}")]
+    #[error("cannot read {}", crate::quote::path(.path))]
     Read {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot create {path}")]
+    #[error("cannot create {}", crate::quote::path(.path))]
     Create {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot copy the content of {path}")]
+    #[error("cannot copy the content of {}", crate::quote::path(.path))]
     Content {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot copy the owner, mode, xattrs or times of {path}")]
+    #[error("cannot copy the owner, mode, xattrs or times of {}", crate::quote::path(.path))]
     Metadata {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path}: cannot copy a file of unknown type")]
+    #[error("{}: cannot copy a file of unknown type", crate::quote::path(.path))]
     UnknownType { path: PathBuf },
 }
 

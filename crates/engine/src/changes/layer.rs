@@ -80,7 +80,7 @@ pub fn layers(layers_dir: &Path) -> io::Result<Vec<Layer>> {
         if !mount_point.is_absolute()
             || layer_key(&mount_point).as_bytes() != entry.file_name().as_bytes()
         {
-            tracing::warn!(layer = %dir.display(), "layer's mount point does not match its name; skipped");
+            tracing::warn!(layer = %crate::quote::path(&dir), "layer's mount point does not match its name; skipped");
             continue;
         }
         out.push(Layer { mount_point, dir });

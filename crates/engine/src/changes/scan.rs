@@ -115,7 +115,7 @@ impl Filter {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {path}")]
+#[error("cannot read {}", crate::quote::path(.path))]
 pub struct ScanError {
     pub path: PathBuf,
     #[source]

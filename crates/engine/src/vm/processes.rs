@@ -26,8 +26,25 @@ pub struct VmProcess {
     /// When it started, RFC 3339 (UTC).
     pub started: String,
     /// Its command line; its name in brackets when it has none (a kernel-style
-    /// or scrubbed process).
+    /// or scrubbed process). Bytes that are not UTF-8 show as U+FFFD here;
+    /// [`VmProcess::shown_command`] shows them exactly.
     pub command: String,
+    /// The arguments as the process has them, or its name when it has none.
+    #[serde(skip)]
+    pub args: Vec<Vec<u8>>,
+}
+
+impl VmProcess {
+    /// The command line for a person: each argument quoted by the rule of
+    /// [`crate::quote`], so a process of the VM can't forge lines or hide
+    /// itself; the name in brackets when there are no arguments.
+    pub fn shown_command(&self) -> String {
+        if self.command.starts_with('[') && self.args.len() == 1 {
+            return format!("[{}]", crate::quote::bytes(&self.args[0]));
+        }
+        let shown: Vec<_> = self.args.iter().map(|a| crate::quote::bytes(a)).collect();
+        shown.join(" ")
+    }
 }
 
 impl Engine {
@@ -94,11 +111,21 @@ fn process(host_pid: i32, clock: &Clock, users: &HashMap<u32, String>) -> Option
     let started = std::time::UNIX_EPOCH
         + std::time::Duration::from_secs(clock.boot)
         + std::time::Duration::from_secs_f64(since);
-    let args = p.cmdline().unwrap_or_default();
+    // NUL-separated; trailing NULs are the terminator, or arguments a process
+    // blanked (fvm's init does).
+    let raw = std::fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
+    let end = raw.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    let mut args: Vec<Vec<u8>> = if end == 0 {
+        Vec::new()
+    } else {
+        raw[..end].split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+    };
     let command = if args.is_empty() {
+        args.push(stat.comm.clone().into_bytes());
         format!("[{}]", stat.comm)
     } else {
-        args.join(" ")
+        let lossy: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a)).collect();
+        lossy.join(" ")
     };
     Some(VmProcess {
         pid,
@@ -112,6 +139,7 @@ fn process(host_pid: i32, clock: &Clock, users: &HashMap<u32, String>) -> Option
         rss: stat.rss * clock.page,
         started: humantime::format_rfc3339_seconds(started).to_string(),
         command,
+        args,
     })
 }
 

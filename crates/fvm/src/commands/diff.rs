@@ -1,5 +1,3 @@
-use std::os::unix::ffi::OsStrExt;
-
 use anyhow::Result;
 
 use super::{Context, vm_name};
@@ -13,14 +11,15 @@ pub fn run(ctx: &Context<'_>, args: &DiffArgs) -> Result<u8> {
         output::print_json(&changes)?;
         return Ok(0);
     }
-    // Paths are printed as the bytes they are (a VM may create any name).
-    let mut text = Vec::new();
+    // A VM may create any name: each is quoted where it could mislead (see
+    // fvm_engine::quote), so every change is exactly one line.
+    let mut text = String::new();
     for c in &changes {
-        text.push(c.kind.letter() as u8);
-        text.push(b' ');
-        text.extend_from_slice(c.path.as_os_str().as_bytes());
-        text.push(b'\n');
+        text.push(c.kind.letter());
+        text.push(' ');
+        text.push_str(&fvm_engine::quote::path(&c.path));
+        text.push('\n');
     }
-    output::print_bytes(&text)?;
+    output::print(&text)?;
     Ok(0)
 }

@@ -26,14 +26,11 @@ fn row(p: &VmProcess) -> Vec<String> {
     vec![
         p.pid.to_string(),
         p.host_pid.to_string(),
-        p.user.clone(),
+        fvm_engine::quote::text(&p.user).into_owned(),
         format!("{:.1}", p.cpu_percent),
         output::size(p.rss),
         p.started.clone(),
         // One line per process, whatever the command line holds.
-        p.command
-            .chars()
-            .map(|c| if c.is_control() { '?' } else { c })
-            .collect(),
+        p.shown_command(),
     ]
 }

@@ -27,7 +27,7 @@ use crate::changes::tree::{Tree, temp_name};
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {what} {path}")]
+#[error("cannot {what} {}", crate::quote::path(.path))]
 pub struct ApplyError {
     pub what: &'static str,
     pub path: std::path::PathBuf,

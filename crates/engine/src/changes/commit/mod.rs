@@ -56,7 +56,7 @@ pub enum CommitError {
     Scan(#[from] ScanError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    #[error("cannot {what} {path}")]
+    #[error("cannot {what} {}", crate::quote::path(.path))]
     Io {
         what: &'static str,
         path: PathBuf,

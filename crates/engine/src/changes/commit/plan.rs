@@ -304,9 +304,12 @@ impl Step {
             (Action::Link { .. }, _) => "link",
             (Action::Remove, _) => "delete",
         };
-        let mut line = format!("{what:<11}{}", self.path.display());
+        let mut line = format!("{what:<11}{}", crate::quote::path(&self.path));
         if let Action::Link { of } = self.action {
-            line.push_str(&format!(" (hard link to {})", steps[of].path.display()));
+            line.push_str(&format!(
+                " (hard link to {})",
+                crate::quote::path(&steps[of].path)
+            ));
         }
         line
     }
