@@ -266,6 +266,16 @@ pub struct RunArgs {
     /// Never give the command a pty (terminal streams are then relayed by pipes)
     #[arg(short = 'T', long)]
     pub no_tty: bool,
+    /// Set NAME to VALUE in the command's environment, or pass the caller's NAME
+    /// (`--env NAME`); the command otherwise gets a clean environment: PATH,
+    /// HOME, USER, LOGNAME, SHELL and the locale from the VM's own files, TERM
+    /// and FVM_NAME
+    #[arg(short = 'e', long = "env", value_name = "NAME[=VALUE]")]
+    pub env: Vec<String>,
+    /// Read NAME=VALUE (or NAME) lines from FILE, before --env; blank lines and
+    /// lines starting with # are skipped
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Vec<PathBuf>,
     /// Limits for the throw-away VM (with --rm; a named VM has its policy)
     #[command(flatten)]
     pub limits: LimitArgs,

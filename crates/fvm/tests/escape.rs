@@ -2498,3 +2498,189 @@ fn hostile_names_cannot_fake_the_review() {
     store.stop("nm");
     store.assert_clean();
 }
+
+// ---------------------------------------------------------------------------
+// 18. what a VM is handed: the environment and stdio
+
+/// A command in a VM starts with a clean environment: nothing of the caller's
+/// (`RT_SECRET` stays out), PATH, HOME, USER and the locale from the VM's own
+/// files, TERM and FVM_NAME; `--env NAME=VALUE`, `--env NAME` and `--env-file`
+/// add what the user names; a bad one is refused with one line, before the VM
+/// starts.
+#[test]
+fn a_command_gets_a_clean_environment_and_only_what_is_named() {
+    let test = "a_command_gets_a_clean_environment_and_only_what_is_named";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("esc-env");
+    store.create("ev");
+    let env_of = |out: &Out| -> BTreeMap<String, String> {
+        out.stdout
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    };
+    let files = tempfile::tempdir().unwrap();
+    let env_file = files.path().join("vars");
+    std::fs::write(&env_file, "# a comment\n\nFROM_FILE=f1\nSHARED=from-file\n").unwrap();
+    for phase in ["cold", "running", "rm"] {
+        if phase == "running" {
+            store.start("ev");
+        }
+        let mut args = if phase == "rm" {
+            vec!["run", "--rm"]
+        } else {
+            vec!["run", "ev"]
+        };
+        args.extend([
+            "--env",
+            "GIVEN=a=b c",
+            "-e",
+            "RT_PASSED",
+            "-e",
+            "RT_UNSET_IN_CALLER",
+            "--env-file",
+            s(&env_file),
+            "--env",
+            "SHARED=from-flag",
+            "--",
+            "env",
+        ]);
+        let mut cmd = store.command(&args);
+        cmd.env("RT_SECRET", "hunter2-fvm")
+            .env("RT_PASSED", "passed")
+            .env("TERM", "xterm-fvmtest")
+            .env("LC_SECRET", "lc-hunter2");
+        let out = run(cmd, None).ok();
+        let env = env_of(&out);
+        assert!(
+            !out.stdout.contains("hunter2"),
+            "{phase}: the caller's environment reached the vm:\n{out}"
+        );
+        for (k, v) in [
+            ("GIVEN", "a=b c"),
+            ("RT_PASSED", "passed"),
+            ("FROM_FILE", "f1"),
+            ("SHARED", "from-flag"),
+            ("TERM", "xterm-fvmtest"),
+            ("HOME", "/root"),
+            ("USER", "root"),
+        ] {
+            assert_eq!(
+                env.get(k).map(String::as_str),
+                Some(v),
+                "{phase}: {k}:\n{out}"
+            );
+        }
+        assert!(
+            env.contains_key("PATH") && env.contains_key("FVM_NAME"),
+            "{phase}:\n{out}"
+        );
+        assert!(!env.contains_key("RT_UNSET_IN_CALLER"), "{phase}:\n{out}");
+    }
+    store.stop("ev");
+    for bad in ["=x", "A B=1", "", "A\u{0}=1"] {
+        if bad.contains('\0') {
+            continue; // an argv can't hold a NUL
+        }
+        let out = store.fvm(&["run", "ev", "--env", bad, "--", "true"]);
+        assert_eq!(out.code, 125, "--env {bad:?}:\n{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "--env {bad:?}:\n{out}");
+        assert!(out.stderr.contains("invalid --env"), "{out}");
+    }
+    std::fs::write(&env_file, "OK=1\nBAD NAME=2\n").unwrap();
+    let out = store.fvm(&["run", "ev", "--env-file", s(&env_file), "--", "true"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(out.stderr.contains("line 2"), "{out}");
+    assert_eq!(store.status("ev"), "stopped");
+    store.assert_clean();
+}
+
+/// A host directory (or an O_PATH fd) as stdin, stdout or stderr is refused
+/// with one line, so `openat(0, ...)` can't write host files; a host file given
+/// as stdin reaches the command through a pipe, so reopening
+/// `/proc/self/fd/0` for writing can't change it.
+#[test]
+fn stdio_never_hands_a_vm_a_host_directory_or_a_reopenable_file() {
+    let test = "stdio_never_hands_a_vm_a_host_directory_or_a_reopenable_file";
+    if !needs_root(test) {
+        return;
+    }
+    let host = var_tmp_dir("esc-stdio");
+    let h = s(host.path());
+    let store = TestStore::new("esc-stdio");
+    store.create("io");
+    let py = escape_support::python();
+    // stdin, stdout and stderr in turn: a directory, then an O_PATH fd.
+    let driver = "import os, sys\n\
+                  fd, path_flag = int(sys.argv[1]), sys.argv[2] == 'path'\n\
+                  d = os.open(sys.argv[3], os.O_PATH if path_flag else os.O_RDONLY)\n\
+                  os.dup2(d, fd)\n\
+                  os.execv(sys.argv[4], sys.argv[4:])";
+    let write = format!(
+        "import os\ntry:\n    f = os.open('planted', os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=0)\n    os.write(f, b'x')\nexcept OSError:\n    pass\n"
+    );
+    for phase in ["cold", "running"] {
+        if phase == "running" {
+            store.start("io");
+        }
+        for fd in ["0", "1", "2"] {
+            for kind in ["dir", "path"] {
+                let mut cmd = Command::new(py);
+                cmd.args(["-c", driver, fd, kind, h, FVM, "--root"])
+                    .arg(&store.root)
+                    .args(["run", "io", "--", py, "-c", &write]);
+                let out = run(cmd, None);
+                assert_eq!(out.code, 125, "{phase} fd {fd} {kind}:\n{out}");
+                assert!(
+                    !host.path().join("planted").exists(),
+                    "{phase}: a vm given a host directory as fd {fd} wrote into it:\n{out}"
+                );
+                if fd != "2" {
+                    assert_eq!(
+                        out.stderr.lines().count(),
+                        1,
+                        "{phase} fd {fd} {kind}:\n{out}"
+                    );
+                    assert!(
+                        out.stderr.contains(if kind == "dir" {
+                            "a directory"
+                        } else {
+                            "O_PATH"
+                        }),
+                        "{phase} fd {fd} {kind}:\n{out}"
+                    );
+                }
+            }
+        }
+        // A host file as stdin: read as it is, but never reopened for writing.
+        let file = host.path().join("input");
+        std::fs::write(&file, "host data\n").unwrap();
+        let mut cmd = store.command(&[
+            "run",
+            "io",
+            "--",
+            "sh",
+            "-c",
+            "cat; echo vm > /proc/self/fd/0; exit 0",
+        ]);
+        cmd.stdin(std::fs::File::open(&file).unwrap());
+        let mut out = tempfile::tempfile().unwrap();
+        cmd.stdout(out.try_clone().unwrap());
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "{phase}: {status:?}");
+        let mut got = String::new();
+        std::io::Seek::rewind(&mut out).unwrap();
+        std::io::Read::read_to_string(&mut out, &mut got).unwrap();
+        assert_eq!(got, "host data\n", "{phase}: what the command read");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "host data\n",
+            "{phase}: the vm rewrote the host file it was given as stdin"
+        );
+    }
+    store.stop("io");
+    store.assert_clean();
+}

@@ -21,8 +21,15 @@ fn ps_lists_the_vms_processes_by_pid_inside() {
              nohup setpriv --reuid=65534 --regid=65534 --clear-groups sleep 1002 >/dev/null 2>&1 &",
         )
         .ok();
-    let out = store.fvm(&["--json", "ps", "p"]).ok();
-    let procs: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    // The shell returns before its children have exec'd sleep.
+    let mut procs: Vec<Value> = Vec::new();
+    common::wait_until("both sleeps show in fvm ps", || {
+        let out = store.fvm(&["--json", "ps", "p"]).ok();
+        procs = serde_json::from_str(&out.stdout).unwrap();
+        ["sleep 1001", "sleep 1002"]
+            .iter()
+            .all(|c| procs.iter().any(|p| p["command"] == *c))
+    });
     let find = |cmd: &str| {
         procs
             .iter()

@@ -33,6 +33,8 @@ pub enum Program {
 #[derive(Debug, Clone)]
 pub struct CommandSpec {
     pub program: Program,
+    /// Set on top of the clean environment every command starts from (see
+    /// [`base_env`]); a later entry wins over an earlier one of the same name.
     pub env: Vec<(String, String)>,
     /// Working directory; `/` is used if it does not exist in the VM.
     pub cwd: PathBuf,
@@ -111,18 +113,22 @@ impl CommandSpec {
 
     /// Resolve against the filesystem the caller sees now (the VM's).
     fn resolve(&self) -> Result<Resolved, SpawnError> {
-        let mut env = self.env.clone();
+        let root = RootAccount::read();
+        let mut env = base_env(&root);
+        for (k, v) in &self.env {
+            env.retain(|(key, _)| key != k);
+            env.push((k.clone(), v.clone()));
+        }
         let (program, argv0, argv) = match &self.program {
             Program::Argv(a) => {
                 let first = a.first().cloned().unwrap_or_default();
                 (first.clone(), first, a.clone())
             }
             Program::LoginShell => {
-                let shell = root_shell().unwrap_or_else(|| "/bin/sh".into());
+                let shell = root.shell;
                 let base = Path::new(&shell)
                     .file_name()
                     .map_or("sh".into(), |b| b.to_string_lossy().into_owned());
-                env.push(("SHELL".into(), shell.clone()));
                 (shell.clone(), shell, vec![format!("-{base}")])
             }
         };
@@ -162,12 +168,84 @@ impl CommandSpec {
 /// root's shell from /etc/passwd, parsed by hand: NSS would load libraries from the
 /// VM's own filesystem into this privileged process. The file is the VM's, so it is
 /// read like any hostile file: no symlink, no fifo, at most 1 MiB.
-fn root_shell() -> Option<String> {
-    let passwd = crate::store::files::read_regular(Path::new("/etc/passwd")).ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[2] == "0" && !f[6].is_empty()).then(|| f[6].to_owned())
-    })
+/// root's home and login shell from the VM's /etc/passwd (`/root` and `/bin/sh`
+/// where it has none).
+struct RootAccount {
+    home: String,
+    shell: String,
+}
+
+impl RootAccount {
+    fn read() -> RootAccount {
+        let entry = crate::store::files::read_regular(Path::new("/etc/passwd"))
+            .ok()
+            .and_then(|passwd| {
+                passwd.lines().find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 7 && f[2] == "0").then(|| (f[5].to_owned(), f[6].to_owned()))
+                })
+            });
+        let (home, shell) = entry.unwrap_or_default();
+        RootAccount {
+            home: if home.starts_with('/') {
+                home
+            } else {
+                "/root".into()
+            },
+            shell: if shell.starts_with('/') {
+                shell
+            } else {
+                "/bin/sh".into()
+            },
+        }
+    }
+}
+
+/// The environment every command in a VM starts from, as `sudo`, `su -` and
+/// `podman` give one: nothing of the caller's (whose tokens and secrets
+/// untrusted code must not get), only what the VM's own files say. PATH, HOME,
+/// USER, LOGNAME and SHELL for root, and the locale (LANG, LANGUAGE, LC_*) from
+/// the VM's /etc/default/locale or /etc/locale.conf. The caller adds TERM, the
+/// VM's name and what the user asked for with `--env`. Read inside the VM, by
+/// the process that is about to fork the command.
+fn base_env(root: &RootAccount) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
+        ("HOME".into(), root.home.clone()),
+        ("USER".into(), "root".into()),
+        ("LOGNAME".into(), "root".into()),
+        ("SHELL".into(), root.shell.clone()),
+    ];
+    for file in ["/etc/default/locale", "/etc/locale.conf"] {
+        let Ok(text) = crate::store::files::read_regular_max(Path::new(file), 64 << 10) else {
+            continue;
+        };
+        env.extend(locale_vars(&text));
+        break;
+    }
+    env
+}
+
+/// `NAME=value` lines of a locale file whose name is a locale variable; quotes
+/// around the value are dropped.
+fn locale_vars(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once('=')?;
+            let is_locale = k == "LANG"
+                || k == "LANGUAGE"
+                || k.strip_prefix("LC_").is_some_and(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_uppercase() || b == b'_')
+                });
+            let v = v.trim();
+            let v = v
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(v);
+            (is_locale && !v.contains(['\0', '"', '\'', '$', '`']))
+                .then(|| (k.to_owned(), v.to_owned()))
+        })
+        .collect()
 }
 
 /// Fork and exec `spec` in the current namespaces, with its fds 0-2 as `stdio`

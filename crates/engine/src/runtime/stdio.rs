@@ -5,11 +5,22 @@
 //! and read what is typed later, and a VM process could keep it long after `fvm`
 //! exits. So a stream that is a terminal on the caller's side reaches the command
 //! through a pty from the VM's own devpts, or, without a pty (`-T`), through a
-//! pipe that `fvm` relays. Files and pipes the caller redirected pass straight
-//! through, so their bytes are never touched.
+//! pipe that `fvm` relays. Pipes, sockets and output files the caller
+//! redirected pass straight through, so their bytes are never touched.
+//!
+//! Other host files are not handed over as they are. Any fd a process holds can
+//! be opened again through `/proc/self/fd/N`, with whatever access root in the VM
+//! has to the file, not the access the fd had: a host file given as stdin (only
+//! to be read) could be reopened for writing. So a stdin that is a file or a
+//! device (other than the harmless `/dev/null`, `/dev/zero`, `/dev/full`,
+//! `/dev/random`, `/dev/urandom`) is relayed through a pipe. A directory (whose
+//! fd would open any host path beneath it with `openat`) or an `O_PATH` fd is
+//! refused on any of the three.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use rustix::fs::{FileType, OFlags};
 
 /// Whether a command gets a pty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -86,17 +97,71 @@ impl CallerEnds {
     }
 }
 
-/// Decide, and make the pipes, from what fds 0, 1 and 2 of this process are.
-pub fn plan(mode: TtyMode) -> io::Result<(StdioPlan, CallerEnds)> {
-    let terminal = [
-        rustix::termios::isatty(io::stdin()),
-        rustix::termios::isatty(io::stdout()),
-        rustix::termios::isatty(io::stderr()),
-    ];
-    decide(mode, terminal)
+/// What one of the caller's fds 0, 1, 2 is, as far as handing it to a VM goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    Terminal,
+    /// Handed over as it is.
+    Pass,
+    /// Relayed through a pipe (a host file or device as stdin).
+    Relay,
 }
 
-fn decide(mode: TtyMode, terminal: [bool; 3]) -> io::Result<(StdioPlan, CallerEnds)> {
+/// Decide, and make the pipes, from what fds 0, 1 and 2 of this process are.
+/// A directory or an `O_PATH` fd among them is refused with one line.
+pub fn plan(mode: TtyMode) -> io::Result<(StdioPlan, CallerEnds)> {
+    let callers = [
+        classify(io::stdin().as_fd(), 0)?,
+        classify(io::stdout().as_fd(), 1)?,
+        classify(io::stderr().as_fd(), 2)?,
+    ];
+    decide(mode, callers)
+}
+
+const NAMES: [&str; 3] = ["stdin", "stdout", "stderr"];
+
+fn classify(fd: BorrowedFd<'_>, i: usize) -> io::Result<Caller> {
+    let refuse = |what: &str| {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "{} is {what}: a vm is never handed a host directory (redirect a file or a pipe instead)",
+                NAMES[i]
+            ),
+        ))
+    };
+    let stat = match rustix::fs::fstat(fd) {
+        Ok(st) => st,
+        // Closed: the command gets no such fd either.
+        Err(rustix::io::Errno::BADF) => return Ok(Caller::Pass),
+        Err(e) => return Err(e.into()),
+    };
+    if rustix::fs::fcntl_getfl(fd)?.contains(OFlags::PATH) {
+        return refuse("an O_PATH descriptor");
+    }
+    let kind = FileType::from_raw_mode(stat.st_mode);
+    if kind == FileType::Directory {
+        return refuse("a directory");
+    }
+    if rustix::termios::isatty(fd) {
+        return Ok(Caller::Terminal);
+    }
+    let harmless_device = kind == FileType::CharacterDevice
+        && rustix::fs::major(stat.st_rdev) == 1
+        && matches!(rustix::fs::minor(stat.st_rdev), 3 | 5 | 7 | 8 | 9);
+    let reopenable = matches!(
+        kind,
+        FileType::RegularFile | FileType::BlockDevice | FileType::CharacterDevice
+    );
+    Ok(if i == 0 && reopenable && !harmless_device {
+        Caller::Relay
+    } else {
+        Caller::Pass
+    })
+}
+
+fn decide(mode: TtyMode, callers: [Caller; 3]) -> io::Result<(StdioPlan, CallerEnds)> {
+    let terminal = callers.map(|c| c == Caller::Terminal);
     let pty = match mode {
         TtyMode::Always => true,
         TtyMode::Never => false,
@@ -109,7 +174,7 @@ fn decide(mode: TtyMode, terminal: [bool; 3]) -> io::Result<(StdioPlan, CallerEn
         if pty && (terminal[i] || forced_stdin) {
             *stream = Stream::Pty;
             ends.on_pty[i] = true;
-        } else if terminal[i] {
+        } else if callers[i] != Caller::Pass {
             let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
             let (mine, theirs) = if i == 0 { (write, read) } else { (read, write) };
             *stream = Stream::Pipe(theirs.as_raw_fd());
@@ -128,8 +193,12 @@ fn decide(mode: TtyMode, terminal: [bool; 3]) -> io::Result<(StdioPlan, CallerEn
 mod tests {
     use super::*;
 
+    fn callers(terminal: [bool; 3]) -> [Caller; 3] {
+        terminal.map(|t| if t { Caller::Terminal } else { Caller::Pass })
+    }
+
     fn streams(mode: TtyMode, terminal: [bool; 3]) -> [Stream; 3] {
-        decide(mode, terminal).unwrap().0.streams
+        decide(mode, callers(terminal)).unwrap().0.streams
     }
 
     #[test]
@@ -156,13 +225,36 @@ mod tests {
 
     #[test]
     fn without_a_pty_terminals_go_through_pipes() {
-        let (plan, ends) = decide(TtyMode::Never, [true, true, false]).unwrap();
+        let (plan, ends) = decide(TtyMode::Never, callers([true, true, false])).unwrap();
         assert!(matches!(plan.streams[0], Stream::Pipe(_)));
         assert!(matches!(plan.streams[1], Stream::Pipe(_)));
         assert_eq!(plan.streams[2], Stream::Inherit);
         assert!(ends.stdin.is_some() && ends.stdout.is_some() && ends.stderr.is_none());
         assert_eq!(plan.pipe_fds().len(), 2);
         assert!(!plan.pty());
+    }
+
+    #[test]
+    fn a_host_file_as_stdin_is_relayed_and_a_directory_refused() {
+        let file = tempfile::tempfile().unwrap();
+        assert_eq!(classify(file.as_fd(), 0).unwrap(), Caller::Relay);
+        assert_eq!(classify(file.as_fd(), 1).unwrap(), Caller::Pass);
+        let null = std::fs::File::open("/dev/null").unwrap();
+        assert_eq!(classify(null.as_fd(), 0).unwrap(), Caller::Pass);
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        assert_eq!(classify(r.as_fd(), 0).unwrap(), Caller::Pass);
+        let dir = std::fs::File::open("/").unwrap();
+        for i in 0..3 {
+            let e = classify(dir.as_fd(), i).unwrap_err();
+            assert!(e.to_string().contains("is a directory"), "{e}");
+        }
+        let path = rustix::fs::open("/etc", OFlags::PATH, rustix::fs::Mode::empty()).unwrap();
+        let e = classify(path.as_fd(), 1).unwrap_err();
+        assert!(e.to_string().contains("O_PATH"), "{e}");
+        let (plan, ends) =
+            decide(TtyMode::Auto, [Caller::Relay, Caller::Pass, Caller::Pass]).unwrap();
+        assert!(matches!(plan.streams[0], Stream::Pipe(_)));
+        assert!(ends.stdin.is_some());
     }
 
     #[test]

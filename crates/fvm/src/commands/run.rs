@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use fvm_engine::runtime::command::DEFAULT_PATH;
 use fvm_engine::runtime::{CommandSpec, Program, TtyMode};
 
 use super::{Context, vm_name};
@@ -18,9 +17,15 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
     } else {
         TtyMode::Auto
     };
-    let mut env: Vec<(String, String)> = std::env::vars()
-        .filter(|(k, _)| k != "FVM_NAME" && k != "FVM_ROOT")
-        .collect();
+    let mut env = terminal_env();
+    for file in &args.env_file {
+        env.extend(env_file(file)?);
+    }
+    for given in &args.env {
+        env.extend(
+            env_arg(given).map_err(|why| anyhow::anyhow!("invalid --env {given:?}: {why}"))?,
+        );
+    }
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
     let given = args.limits.given();
     if !args.rm && !given.is_empty() {
@@ -71,24 +76,15 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
 
 pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
     let name = vm_name(&args.name)?;
-    let mut env = vec![
-        ("HOME".to_owned(), "/root".to_owned()),
-        ("USER".into(), "root".into()),
-        ("LOGNAME".into(), "root".into()),
-        ("PATH".into(), DEFAULT_PATH.into()),
-        ("FVM_NAME".into(), name.to_string()),
+    let mut env = terminal_env();
+    if !env.iter().any(|(k, _)| k == "TERM") {
+        env.push(("TERM".into(), "xterm".into()));
+    }
+    env.extend([
+        ("FVM_NAME".to_owned(), name.to_string()),
         // Debian's default bash prompt shows this in front of user@host.
         ("debian_chroot".into(), "fvm".into()),
-        (
-            "TERM".into(),
-            std::env::var("TERM").unwrap_or_else(|_| "xterm".into()),
-        ),
-    ];
-    for key in ["LANG", "LC_ALL", "COLORTERM"] {
-        if let Ok(v) = std::env::var(key) {
-            env.push((key.into(), v));
-        }
-    }
+    ]);
     let spec = CommandSpec {
         program: Program::LoginShell,
         env,
@@ -103,4 +99,54 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
 
 fn status(code: i32) -> u8 {
     u8::try_from(code.clamp(0, 255)).unwrap_or(125)
+}
+
+/// What the caller's terminal is, which a command on it needs: TERM and
+/// COLORTERM. Nothing else of the caller's environment reaches a VM unless the
+/// user names it with `--env`.
+fn terminal_env() -> Vec<(String, String)> {
+    ["TERM", "COLORTERM"]
+        .into_iter()
+        .filter_map(|k| Some((k.to_owned(), std::env::var(k).ok()?)))
+        .collect()
+}
+
+/// One `--env` value (or env-file line): `NAME=VALUE`, or `NAME` for the
+/// caller's value (nothing when the caller has none).
+fn env_arg(given: &str) -> Result<Option<(String, String)>, String> {
+    let (name, value) = match given.split_once('=') {
+        Some((n, v)) => (n, Some(v.to_owned())),
+        None => (given, None),
+    };
+    if name.is_empty() {
+        return Err("the name is empty".into());
+    }
+    if name.contains(['\0', '=']) || name.chars().any(char::is_whitespace) {
+        return Err("a name has no '=', white space or NUL".into());
+    }
+    if value.as_deref().is_some_and(|v| v.contains('\0')) {
+        return Err("the value has a NUL byte".into());
+    }
+    let value = match value {
+        Some(v) => Some(v),
+        None => std::env::var(name).ok(),
+    };
+    Ok(value.map(|v| (name.to_owned(), v)))
+}
+
+/// The variables of an `--env-file`.
+fn env_file(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read env file {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let var = env_arg(line)
+            .map_err(|why| anyhow::anyhow!("env file {} line {}: {why}", path.display(), i + 1))?;
+        out.extend(var);
+    }
+    Ok(out)
 }
