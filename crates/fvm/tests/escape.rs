@@ -2619,9 +2619,7 @@ fn stdio_never_hands_a_vm_a_host_directory_or_a_reopenable_file() {
                   d = os.open(sys.argv[3], os.O_PATH if path_flag else os.O_RDONLY)\n\
                   os.dup2(d, fd)\n\
                   os.execv(sys.argv[4], sys.argv[4:])";
-    let write = format!(
-        "import os\ntry:\n    f = os.open('planted', os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=0)\n    os.write(f, b'x')\nexcept OSError:\n    pass\n"
-    );
+    let write = "import os\ntry:\n    f = os.open('planted', os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=0)\n    os.write(f, b'x')\nexcept OSError:\n    pass\n";
     for phase in ["cold", "running"] {
         if phase == "running" {
             store.start("io");
@@ -2631,7 +2629,7 @@ fn stdio_never_hands_a_vm_a_host_directory_or_a_reopenable_file() {
                 let mut cmd = Command::new(py);
                 cmd.args(["-c", driver, fd, kind, h, FVM, "--root"])
                     .arg(&store.root)
-                    .args(["run", "io", "--", py, "-c", &write]);
+                    .args(["run", "io", "--", py, "-c", write]);
                 let out = run(cmd, None);
                 assert_eq!(out.code, 125, "{phase} fd {fd} {kind}:\n{out}");
                 assert!(

@@ -48,13 +48,30 @@ impl Layer {
 
 /// Record a layer's mount point next to it (done when the layer is made).
 pub fn record_mount_point(dir: &Path, mount_point: &Path) -> io::Result<()> {
-    let file = dir.join(MOUNT_POINT_FILE);
-    if file.exists() {
-        return Ok(());
-    }
+    let dir = rustix::fs::open(
+        dir,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    record_mount_point_at(&dir, mount_point)
+}
+
+/// [`record_mount_point`] in the layer directory `dir`; an existing record is
+/// left as it is, and nothing is written through a symlink.
+pub fn record_mount_point_at(dir: &OwnedFd, mount_point: &Path) -> io::Result<()> {
+    let file = match rustix::fs::openat(
+        dir,
+        MOUNT_POINT_FILE,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::EXIST) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
     let mut text = mount_point.as_os_str().as_bytes().to_vec();
     text.push(b'\n');
-    std::fs::write(file, text)
+    std::io::Write::write_all(&mut std::fs::File::from(file), &text)
 }
 
 /// Every layer in a VM's layers directory, sorted by mount point. A layer whose

@@ -52,37 +52,94 @@ pub struct Layout {
 
 /// Create the layer directories a plan needs (idempotent). The upper directory of a
 /// new layer copies the mode and owner of the host mount point, because overlayfs
-/// shows the upper root's attributes as the mount's root.
+/// shows the upper root's attributes as the mount's root. Every directory is made
+/// and opened beneath `layers` without following a symlink: a store whose layer
+/// directory was replaced by one is refused, never written through.
 pub fn prepare_layers(plan: &MountPlan, layers: &Path) -> Result<(), MountError> {
-    let mkdir = |p: &Path, mode| match std::fs::DirBuilder::new().mode(mode).create(p) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(err("create", p)(e)),
-        _ => Ok(()),
-    };
-    mkdir(layers, 0o700)?;
+    match std::fs::DirBuilder::new().mode(0o700).create(layers) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err("create", layers)(e)),
+        _ => {}
+    }
+    let layers_fd = open_layers(layers)?;
     for o in &plan.overlays {
         let dir = layers.join(&o.key);
-        if dir.join("work").is_dir() {
-            crate::changes::layer::record_mount_point(&dir, &o.mount_point)
-                .map_err(err("record the mount point in", &dir))?;
-            continue;
+        let fresh = layer_dir(&layers_fd, layers, &o.key, "work").is_err();
+        mkdir_at(&layers_fd, Path::new(&o.key), &dir)?;
+        let dir_fd = layer_dir(&layers_fd, layers, &o.key, "")?;
+        if fresh {
+            let upper = dir.join("upper");
+            mkdir_at(&dir_fd, Path::new("upper"), &upper)?;
+            let host = std::fs::metadata(&o.mount_point).map_err(err("stat", &o.mount_point))?;
+            let upper_fd = rustix::fs::openat(
+                &dir_fd,
+                "upper",
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| err("open", &upper)(e.into()))?;
+            rustix::fs::fchown(
+                &upper_fd,
+                Some(rustix::fs::Uid::from_raw(host.uid())),
+                Some(rustix::fs::Gid::from_raw(host.gid())),
+            )
+            .and_then(|()| rustix::fs::fchmod(&upper_fd, Mode::from_raw_mode(host.mode() & 0o7777)))
+            .map_err(|e| err("set owner and mode of", &upper)(e.into()))?;
+            mkdir_at(&dir_fd, Path::new("work"), &dir.join("work"))?;
         }
-        mkdir(&dir, 0o700)?;
-        let upper = dir.join("upper");
-        mkdir(&upper, 0o700)?;
-        let host = std::fs::metadata(&o.mount_point).map_err(err("stat", &o.mount_point))?;
-        std::os::unix::fs::chown(&upper, Some(host.uid()), Some(host.gid()))
-            .and_then(|()| {
-                std::fs::set_permissions(
-                    &upper,
-                    std::fs::Permissions::from_mode(host.mode() & 0o7777),
-                )
-            })
-            .map_err(err("set owner and mode of", &upper))?;
-        mkdir(&dir.join("work"), 0o700)?;
-        crate::changes::layer::record_mount_point(&dir, &o.mount_point)
+        crate::changes::layer::record_mount_point_at(&dir_fd, &o.mount_point)
             .map_err(err("record the mount point in", &dir))?;
     }
     Ok(())
+}
+
+/// The layers directory itself, refused if it is a symlink.
+fn open_layers(layers: &Path) -> Result<OwnedFd, MountError> {
+    rustix::fs::open(
+        layers,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("open the layers directory", layers)(e.into()))
+}
+
+/// `<key>/<sub>` (or `<key>` for an empty `sub`) beneath the layers directory,
+/// with no symlink on the way.
+fn layer_dir(
+    layers_fd: &OwnedFd,
+    layers: &Path,
+    key: &str,
+    sub: &str,
+) -> Result<OwnedFd, MountError> {
+    let rel = if sub.is_empty() {
+        PathBuf::from(key)
+    } else {
+        Path::new(key).join(sub)
+    };
+    rustix::fs::openat2(
+        layers_fd,
+        &rel,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    )
+    .map_err(|e| {
+        let path = layers.join(&rel);
+        match e {
+            rustix::io::Errno::LOOP | rustix::io::Errno::XDEV | rustix::io::Errno::NOTDIR => {
+                err("use the layer directory", &path)(io::Error::other(
+                    "it is a symlink or not a directory",
+                ))
+            }
+            e => err("open the layer directory", &path)(e.into()),
+        }
+    })
+}
+
+fn mkdir_at(parent: &OwnedFd, name: &Path, shown: &Path) -> Result<(), MountError> {
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => Ok(()),
+        Err(e) => Err(err("create", shown)(e.into())),
+    }
 }
 
 /// Steps 1: build the VM's root from overlays and switch to it.
@@ -131,7 +188,11 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
 }
 
 fn mount_overlay(o: &Overlay, layout: &Layout, target: &Path) -> Result<(), MountError> {
-    let dir = layout.layers.join(&o.key);
+    // The layer's directories by fd, opened with no symlink on the way: what
+    // overlayfs is given can't be aimed anywhere else.
+    let layers_fd = open_layers(&layout.layers)?;
+    let upper = layer_dir(&layers_fd, &layout.layers, &o.key, "upper")?;
+    let work = layer_dir(&layers_fd, &layout.layers, &o.key, "work")?;
     // `xino=on`: when the upper layer is on another filesystem than the host mount
     // (a throw-away VM's tmpfs, a host mount on its own disk), overlayfs otherwise
     // gives directories inode numbers that change whenever their cached inode is
@@ -140,8 +201,8 @@ fn mount_overlay(o: &Overlay, layout: &Layout, target: &Path) -> Result<(), Moun
     let mut data = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,index=off,metacopy=off,xino=on",
         escape(&o.mount_point),
-        escape(&dir.join("upper")),
-        escape(&dir.join("work")),
+        escape(&fd_path(&upper)),
+        escape(&fd_path(&work)),
     );
     if layout.volatile {
         data.push_str(",volatile");
