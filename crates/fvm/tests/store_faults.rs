@@ -58,3 +58,76 @@ fn start_refuses_a_symlinked_layer_directory() {
     assert!(!Path::new(&decoy.path().join("upper")).exists());
     store.assert_clean();
 }
+
+/// The ways a state file can be damaged: bad JSON, not UTF-8, too large, a
+/// directory.
+fn damage(path: &Path, how: &str) {
+    let _ = std::fs::remove_file(path);
+    match how {
+        "json" => std::fs::write(path, "{\"status\": \"flying\"").unwrap(),
+        "utf8" => std::fs::write(path, b"\xff\xfe{}").unwrap(),
+        "large" => std::fs::write(path, vec![b' '; 3 << 20]).unwrap(),
+        "dir" => std::fs::create_dir(path).unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+fn undamage(path: &Path) {
+    if path.is_dir() {
+        std::fs::remove_dir(path).unwrap();
+    }
+}
+
+/// One rule for every kind of damaged state file: a VM that runs no process is
+/// treated as stopped (and used again at once); one that runs is shown as
+/// broken, left alone by `doctor --cleanup` (which says so and keeps its
+/// processes), and ended by `fvm stop`.
+#[test]
+fn a_damaged_state_file_has_one_rule() {
+    if !needs_root("a_damaged_state_file_has_one_rule") {
+        return;
+    }
+    let store = TestStore::new("badstate");
+    store.create("bs");
+    let state = store.root.join("vms/bs/state.json");
+    for how in ["json", "utf8", "large", "dir"] {
+        // Stopped: treated as stopped, and the next command works.
+        store.fvm(&["run", "bs", "--", "true"]).ok();
+        damage(&state, how);
+        assert_eq!(store.status("bs"), "stopped", "{how}");
+        undamage(&state);
+        store.fvm(&["run", "bs", "--", "true"]).ok();
+
+        // Running: broken, left alone by doctor --cleanup, ended by stop.
+        store.start("bs");
+        store
+            .fvm(&[
+                "run",
+                "bs",
+                "--",
+                "sh",
+                "-c",
+                "nohup sleep 1000 >/dev/null 2>&1 &",
+            ])
+            .ok();
+        let pids = store.vm_pids("bs");
+        assert!(!pids.is_empty(), "{how}");
+        damage(&state, how);
+        assert_eq!(store.status("bs"), "broken", "{how}");
+        let out = store.fvm(&["doctor", "--cleanup"]).ok();
+        assert!(out.stdout.contains("left alone"), "{how}:\n{out}");
+        assert!(
+            pids.iter()
+                .all(|p| Path::new(&format!("/proc/{p}")).exists()),
+            "{how}: doctor --cleanup killed the vm it said it left alone:\n{out}"
+        );
+        undamage(&state);
+        let out = store.fvm(&["stop", "bs"]).ok();
+        assert!(
+            store.vm_pids("bs").is_empty(),
+            "{how}: stop left processes:\n{out}"
+        );
+        assert_eq!(store.status("bs"), "stopped", "{how}");
+    }
+    store.assert_clean();
+}

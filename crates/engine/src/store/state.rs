@@ -66,14 +66,19 @@ pub enum StateError {
 }
 
 impl State {
-    /// Load; a missing file means "never started".
+    /// Load; a missing file means "never started". One rule for a damaged
+    /// file: whatever is there but can't be read as a state (not a regular
+    /// file, too large, not UTF-8, not the JSON of a state) is corrupt; only a
+    /// failure to read at all (EIO, EACCES) is a read error.
     pub fn load(path: &Path) -> Result<State, StateError> {
+        let corrupt = |message: String| StateError::Corrupt {
+            path: path.to_owned(),
+            message,
+        };
         match super::files::read_regular(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| StateError::Corrupt {
-                path: path.to_owned(),
-                message: e.to_string(),
-            }),
+            Ok(text) => serde_json::from_str(&text).map_err(|e| corrupt(e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(corrupt(e.to_string())),
             Err(source) => Err(StateError::Read {
                 path: path.to_owned(),
                 source,
@@ -117,7 +122,17 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.json");
         assert_eq!(State::load(&p).unwrap(), State::default());
-        std::fs::write(&p, "{\"status\": \"flying\"}").unwrap();
+        for bad in [
+            b"{\"status\": \"flying\"}".to_vec(),
+            b"\xff\xfe not utf-8".to_vec(),
+            vec![b' '; 2 << 20],
+        ] {
+            std::fs::write(&p, &bad).unwrap();
+            let e = State::load(&p).unwrap_err();
+            assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
+        }
+        std::fs::remove_file(&p).unwrap();
+        std::fs::create_dir(&p).unwrap();
         let e = State::load(&p).unwrap_err();
         assert!(matches!(e, StateError::Corrupt { .. }), "{e}");
     }

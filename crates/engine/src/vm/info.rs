@@ -90,7 +90,18 @@ impl Engine {
     pub fn info(&self, name: &VmName) -> Result<VmInfo, VmError> {
         let vm = self.vm(name)?;
         let policy = vm.load_policy();
-        let state = vm.load_state();
+        let state = match vm.load_state() {
+            // The rule every command follows (`reconcile`): a damaged state file
+            // of a VM that runs no process means stopped.
+            Err(crate::store::StateError::Corrupt { .. })
+                if self
+                    .cgroup(name)
+                    .is_ok_and(|c| c.pids().is_ok_and(|p| p.is_empty())) =>
+            {
+                Ok(State::default())
+            }
+            other => other,
+        };
         let error = match (&policy, &state) {
             (Err(e), _) => Some(error_line(e)),
             (_, Err(e)) => Some(error_line(e)),

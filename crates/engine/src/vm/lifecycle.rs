@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Engine, StartError, VmError};
+use super::{Engine, StartError, VmError, error_line};
 use crate::limits::Limits;
 use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
 use crate::runtime::command::CommandSpec;
@@ -11,7 +11,7 @@ use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
 use crate::runtime::stdio::StdioPlan;
 use crate::runtime::stop::{self, Stopped};
-use crate::store::{Policy, StartMode, State, Status, VmDir, VmName};
+use crate::store::{Policy, StartMode, State, StateError, Status, VmDir, VmName};
 use crate::sys;
 
 /// What `create` takes besides the name.
@@ -293,7 +293,36 @@ impl Engine {
     pub fn stop(&self, name: &VmName, grace: Duration) -> Result<Stopped, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
-        let state = self.load_state(&vm)?;
+        let state = match vm.load_state() {
+            Ok(state) => state,
+            // A damaged state file names no init to stop; the VM's cgroup still
+            // holds every process it has. End them, then clean up as after a crash.
+            Err(e @ StateError::Corrupt { .. }) => {
+                let cgroup = self.cgroup(name)?;
+                if cgroup.pids().is_ok_and(|p| p.is_empty()) {
+                    self.reconcile(&vm)?;
+                    return Ok(Stopped::NotRunning);
+                }
+                tracing::warn!(
+                    "vm {:?}: {}; ending its processes through its cgroup",
+                    name.as_str(),
+                    error_line(&e)
+                );
+                self.unfreeze(name, &cgroup)?;
+                cgroup.kill_all().map_err(|source| VmError::Cgroup {
+                    name: name.to_string(),
+                    source,
+                })?;
+                self.reconcile(&vm)?;
+                return Ok(Stopped::Killed);
+            }
+            Err(source) => {
+                return Err(VmError::State {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+        };
         let init = state.live_init(&self.cgroup_leaf(name));
         if init.is_some() {
             self.unfreeze(name, &self.cgroup(name)?)?;

@@ -23,7 +23,10 @@ impl Engine {
             let state = match self.reconcile(&vm) {
                 Ok(s) => s,
                 Err(e) => {
-                    done.push(format!("vm {name:?} left alone: {}", super::error_line(&e)));
+                    done.push(format!(
+                        "vm {name:?} left alone: {} (`fvm stop {name}` ends its processes)",
+                        super::error_line(&e)
+                    ));
                     continue;
                 }
             };
@@ -55,9 +58,12 @@ impl Engine {
                 },
                 None => None,
             };
-            let alive = owner
-                .as_ref()
-                .is_some_and(|vm| vm.load_state().is_ok_and(|s| s.live_init(&leaf).is_some()));
+            // A VM whose state can't be read may well be running: its cgroup is
+            // left alone (`fvm stop` ends it), as the loop above said.
+            let alive = owner.as_ref().is_some_and(|vm| {
+                vm.load_state()
+                    .map_or(true, |s| s.live_init(&leaf).is_some())
+            });
             if alive {
                 continue;
             }
