@@ -131,3 +131,112 @@ fn a_damaged_state_file_has_one_rule() {
     }
     store.assert_clean();
 }
+
+/// A store on a small tmpfs of the test's own, unmounted (after every VM of it is
+/// deleted) on drop.
+struct SmallStore {
+    store: TestStore,
+}
+
+impl SmallStore {
+    fn new(tag: &str, size: &str) -> SmallStore {
+        let store = TestStore::new(tag);
+        let mut mount = std::process::Command::new("mount");
+        mount
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "fvm-test-store",
+            ])
+            .arg(&store.root);
+        common::run(mount, None).ok();
+        SmallStore { store }
+    }
+
+    /// Fill the filesystem until it has no room left.
+    fn fill(&self) {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "dd if=/dev/zero of={}/filler bs=16k 2>/dev/null; true",
+            self.store.root.display()
+        ));
+        common::run(cmd, None).ok();
+    }
+
+    fn free(&self) {
+        let _ = std::fs::remove_file(self.store.root.join("filler"));
+    }
+}
+
+impl Drop for SmallStore {
+    fn drop(&mut self) {
+        self.free();
+        for problem in self.store.delete_all() {
+            eprintln!("{problem}");
+        }
+        let _ = std::process::Command::new("umount")
+            .arg(&self.store.root)
+            .status();
+    }
+}
+
+/// With the store's filesystem full, `stop` stops the VM and says so (status 0,
+/// a warning about the cleanup it couldn't write), a `run` whose command filled
+/// the disk reports the command's own status, a start that can't record itself
+/// fails with one line and leaves nothing running, and once there is room the
+/// next command finishes the cleanup.
+#[test]
+fn a_full_store_disk_never_turns_a_done_job_into_a_failure() {
+    if !needs_root("a_full_store_disk_never_turns_a_done_job_into_a_failure") {
+        return;
+    }
+    let small = SmallStore::new("fullstore", "8m");
+    let store = &small.store;
+    store.create("fd");
+    store.fvm(&["run", "fd", "--", "true"]).ok();
+
+    // stop on a full disk.
+    store.start("fd");
+    small.fill();
+    let out = store.fvm(&["stop", "fd"]);
+    assert_eq!(out.code, 0, "stop on a full disk:\n{out}");
+    assert!(
+        store.vm_pids("fd").is_empty(),
+        "stop left processes:\n{out}"
+    );
+    small.free();
+    assert_eq!(store.status("fd"), "stopped");
+    store.fvm(&["run", "fd", "--", "true"]).ok();
+
+    // A command that fills the disk itself, then exits 3.
+    let out = store.fvm(&[
+        "run",
+        "fd",
+        "--",
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/fvm-test-fill bs=16k 2>/dev/null; exit 3",
+    ]);
+    assert_eq!(out.code, 3, "the command's status:\n{out}");
+    assert!(store.vm_pids("fd").is_empty(), "{out}");
+
+    // A start that can't record itself.
+    let out = store.fvm(&["run", "fd", "--", "true"]);
+    if out.code != 0 {
+        assert_eq!(out.code, 125, "{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(store.vm_pids("fd").is_empty(), "{out}");
+    }
+    let _ = std::fs::remove_file(store.root.join("vms/fd/layers/-/upper/fvm-test-fill"));
+    store.fvm(&["run", "fd", "--", "true"]).ok();
+    assert_eq!(store.status("fd"), "stopped");
+    store.delete_all();
+    let left: Vec<String> = store
+        .leftovers()
+        .into_iter()
+        .filter(|l| !l.contains("fvm-test-store"))
+        .collect();
+    assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
+}

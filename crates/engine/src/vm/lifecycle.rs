@@ -334,8 +334,18 @@ impl Engine {
             })?,
             None => Stopped::NotRunning,
         };
-        // Cleans up after the init, the VM's firewall rules included.
-        self.reconcile(&vm)?;
+        // Cleans up after the init, the VM's firewall rules included. The VM has
+        // stopped either way: a cleanup that fails now (a full disk) is reported,
+        // and the next command on the VM finishes it.
+        if let Err(e) = self.reconcile(&vm) {
+            if outcome == Stopped::NotRunning {
+                return Err(e);
+            }
+            tracing::warn!(
+                "vm {name} stopped, but cleaning up after it failed: {}; the next command on it finishes that",
+                error_line(&e)
+            );
+        }
         Ok(outcome)
     }
 

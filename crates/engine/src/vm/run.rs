@@ -92,8 +92,17 @@ impl Engine {
         };
         tracing::debug!(vm = %name, ?result, "command ended");
         if ended {
-            self.finish(vm, pid, &init)?;
-            tracing::debug!(vm = %name, "vm stopped and cleaned up");
+            match self.finish(vm, pid, &init) {
+                Ok(()) => tracing::debug!(vm = %name, "vm stopped and cleaned up"),
+                // The command has run and the VM has stopped: that is the job, and
+                // its status is what this command reports. What is left (the state
+                // file, the cgroup) the next command on the VM finishes.
+                Err(e) if result.is_ok() => tracing::warn!(
+                    "vm {name} stopped after the command, but cleaning up after it failed: {}; the next command on it finishes that",
+                    super::error_line(&e)
+                ),
+                Err(e) => return Err(e),
+            }
         }
         if let Ok(o) = &result
             && o.timed_out
@@ -155,7 +164,15 @@ impl Engine {
         })();
         let cleanup = self.delete(&name, true);
         let outcome = result?;
-        cleanup?;
+        // The command ran: a delete that failed afterwards (a full disk) is a
+        // warning; the next `fvm doctor --cleanup` or command on the store removes
+        // the throw-away VM.
+        if let Err(e) = cleanup {
+            tracing::warn!(
+                "the throw-away vm {name} could not be deleted after the command: {}; `fvm doctor --cleanup` removes it",
+                super::error_line(&e)
+            );
+        }
         Ok(outcome.exit)
     }
 
