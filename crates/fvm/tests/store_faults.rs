@@ -240,3 +240,37 @@ fn a_full_store_disk_never_turns_a_done_job_into_a_failure() {
         .collect();
     assert!(left.is_empty(), "left behind:\n{}", left.join("\n"));
 }
+
+/// A `run` whose command a concurrent `fvm stop` ended says that the VM was
+/// stopped, both when the run started the VM and when it entered a running one.
+#[test]
+fn run_ended_by_a_stop_says_the_vm_was_stopped() {
+    if !needs_root("run_ended_by_a_stop_says_the_vm_was_stopped") {
+        return;
+    }
+    let store = TestStore::new("runstop");
+    store.create("rs");
+    for phase in ["cold", "entered"] {
+        if phase == "entered" {
+            store.start("rs");
+        }
+        let bg = store.background(&["run", "rs", "--", "sleep", "1000"]);
+        common::wait_until("the sleep runs in the vm", || {
+            store.vm_pids("rs").iter().any(|p| {
+                std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.starts_with(b"sleep\0"))
+            })
+        });
+        store.fvm(&["stop", "rs"]).ok();
+        let out = bg.finish();
+        assert!(
+            out.code == 143 || out.code == 137,
+            "{phase}: the command's status:\n{out}"
+        );
+        assert!(
+            out.stderr.contains("was stopped while the command ran"),
+            "{phase}: run didn't say the vm was stopped:\n{out}"
+        );
+        assert_eq!(store.status("rs"), "stopped", "{phase}");
+    }
+    store.assert_clean();
+}

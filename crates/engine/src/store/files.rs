@@ -108,6 +108,20 @@ pub struct Lock {
     _file: File,
 }
 
+/// A lock's file, open but not locked (see [`Lock::unlock`]).
+#[derive(Debug)]
+pub struct Unlocked {
+    file: File,
+}
+
+impl Unlocked {
+    /// Block until we hold the lock again.
+    pub fn lock(self) -> io::Result<Lock> {
+        rustix::fs::flock(self.file.as_fd(), FlockOperation::LockExclusive)?;
+        Ok(Lock { _file: self.file })
+    }
+}
+
 impl Lock {
     /// Block until we hold `path` exclusively.
     pub fn exclusive(path: &Path) -> io::Result<Lock> {
@@ -131,6 +145,13 @@ impl Lock {
             (Ok(held), Ok(now)) => held.dev() == now.dev() && held.ino() == now.ino(),
             _ => false,
         }
+    }
+
+    /// Let go of the lock but keep its file open, to take it again later from
+    /// where its path can't be reached (inside a VM's mount namespace).
+    pub fn unlock(self) -> io::Result<Unlocked> {
+        rustix::fs::flock(self._file.as_fd(), FlockOperation::Unlock)?;
+        Ok(Unlocked { file: self._file })
     }
 
     fn take(path: &Path, op: FlockOperation) -> io::Result<Lock> {

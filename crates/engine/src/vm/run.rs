@@ -37,7 +37,16 @@ impl Engine {
                 });
             }
             spec.confine = self.confinement(name, &policy)?;
-            drop(lock);
+            // Kept open, to learn after the command whether a stop of the VM ended
+            // it: past the namespaces' switch the store can't be reached by path.
+            let init_fd = rustix::process::pidfd_open(
+                rustix::process::Pid::from_raw(init.pid).ok_or(VmError::NotRunning {
+                    name: name.to_string(),
+                })?,
+                rustix::process::PidfdFlags::empty(),
+            )
+            .ok();
+            let unlocked = lock.unlock().ok();
             let (pid, master) =
                 enter::enter(init, &cgroup, &spec, &stdio).map_err(|source| VmError::Enter {
                     name: name.to_string(),
@@ -46,6 +55,23 @@ impl Engine {
             ends.release_command_ends();
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
+            if killed(outcome.exit)
+                && let (Some(unlocked), Some(init_fd)) = (unlocked, init_fd)
+            {
+                // Ended by SIGTERM or SIGKILL: if that was a stop of the whole VM,
+                // say so. A stop holds the VM's lock until the VM's init is gone.
+                let _lock = unlocked.lock();
+                let mut fds = [rustix::event::PollFd::new(
+                    &init_fd,
+                    rustix::event::PollFlags::IN,
+                )];
+                let init_gone =
+                    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default()))
+                        .is_ok_and(|n| n > 0);
+                if init_gone {
+                    warn_stopped(name, outcome.exit);
+                }
+            }
             return Ok(outcome.exit);
         }
         let outcome = self.run_cold(&vm, &policy, (spec, stdio, ends), lock, false, &signals)?;
@@ -93,7 +119,15 @@ impl Engine {
         tracing::debug!(vm = %name, ?result, "command ended");
         if ended {
             match self.finish(vm, pid, &init) {
-                Ok(()) => tracing::debug!(vm = %name, "vm stopped and cleaned up"),
+                Ok(by_another) => {
+                    tracing::debug!(vm = %name, "vm stopped and cleaned up");
+                    if let Ok(o) = &result
+                        && by_another
+                        && killed(o.exit)
+                    {
+                        warn_stopped(name, o.exit);
+                    }
+                }
                 // The command has run and the VM has stopped: that is the job, and
                 // its status is what this command reports. What is left (the state
                 // file, the cgroup) the next command on the VM finishes.
@@ -119,15 +153,17 @@ impl Engine {
 
     /// After a VM started by this process has exited: reap its init and clean up,
     /// unless another command already did (the state names a different init).
-    fn finish(&self, vm: &VmDir, pid: Pid, init: &ProcId) -> Result<(), VmError> {
+    /// True when another command had (a stop).
+    fn finish(&self, vm: &VmDir, pid: Pid, init: &ProcId) -> Result<bool, VmError> {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
         tracing::debug!(vm = %vm.name(), "init exited");
         let _lock = vm.lock()?;
         let state = self.load_state(vm)?;
         if state.init.as_ref() == Some(init) {
             self.reconcile(vm)?;
+            return Ok(false);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// `run --rm`: a throw-away VM, created for the command and deleted after it.
@@ -191,4 +227,19 @@ impl Engine {
             source,
         }
     }
+}
+
+/// Ended by SIGTERM or SIGKILL, as a stop of the VM ends its processes.
+fn killed(exit: crate::runtime::channel::Exit) -> bool {
+    matches!(
+        exit,
+        crate::runtime::channel::Exit::Signal(libc::SIGTERM | libc::SIGKILL)
+    )
+}
+
+fn warn_stopped(name: &VmName, exit: crate::runtime::channel::Exit) {
+    tracing::warn!(
+        "vm {name} was stopped while the command ran (the command ended with status {})",
+        exit.code()
+    );
 }
