@@ -14,18 +14,38 @@ use super::scan::{self, VmEntry};
 pub use super::scan::{Filter, Kind, ScanError};
 
 /// One changed path, as the VM sees it.
+///
+/// In JSON, `path` is the path as text (JSON's own escapes make control
+/// characters exact); a path that is not UTF-8 can't be a JSON string, so it also
+/// has `path_hex`, its bytes in hex, and `path` shows U+FFFD for the bad bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Change {
     #[serde(serialize_with = "lossy")]
     pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_hex: Option<String>,
     pub kind: Kind,
     /// Size of the VM's version (files and symlinks), 0 otherwise.
     pub size: u64,
 }
 
-/// Paths that aren't UTF-8 are shown with replacement characters in JSON.
 fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
+}
+
+/// The bytes of a path that is not UTF-8, in hex.
+fn hex_unless_utf8(p: &Path) -> Option<String> {
+    use std::fmt::Write as _;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    std::str::from_utf8(bytes).is_err().then(|| {
+        bytes
+            .iter()
+            .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+                let _ = write!(s, "{b:02x}");
+                s
+            })
+    })
 }
 
 /// Every change in `layers` that the filter selects, sorted by path.
@@ -42,6 +62,7 @@ pub fn diff(
                 (VmEntry::File | VmEntry::Symlink, Some(st)) => st.st_size as u64,
                 _ => 0,
             },
+            path_hex: hex_unless_utf8(&i.path),
             path: i.path,
             kind: i.kind,
         })
@@ -51,6 +72,26 @@ pub fn diff(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_is_exact_for_any_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let change = |bytes: &[u8]| {
+            let path = PathBuf::from(std::ffi::OsStr::from_bytes(bytes));
+            serde_json::to_value(Change {
+                path_hex: hex_unless_utf8(&path),
+                path,
+                kind: Kind::Added,
+                size: 0,
+            })
+            .unwrap()
+        };
+        let v = change(b"/a\x1b[2K\nb");
+        assert_eq!(v["path"], "/a\u{1b}[2K\nb");
+        assert!(v.get("path_hex").is_none());
+        let v = change(b"/bad\xff");
+        assert_eq!(v["path_hex"], "2f626164ff");
+    }
 
     #[test]
     fn a_missing_upper_has_no_changes() {
