@@ -602,9 +602,10 @@ const V2_FILES: [&str; 5] = [
     "cpu.max",
     "cpu.weight",
 ];
-const V1_FILES: [(&str, &str); 6] = [
+const V1_FILES: [(&str, &str); 7] = [
     ("memory", "memory.limit_in_bytes"),
     ("memory", "memory.memsw.limit_in_bytes"),
+    ("memory", "memory.kmem.tcp.limit_in_bytes"),
     ("pids", "pids.max"),
     ("cpu,cpuacct", "cpu.cfs_period_us"),
     ("cpu,cpuacct", "cpu.cfs_quota_us"),
@@ -700,6 +701,7 @@ fn v1_limit_table() {
             vec![
                 "memory/memory.limit_in_bytes = 67108864",
                 "memory/memory.memsw.limit_in_bytes = 67108864",
+                "memory/memory.kmem.tcp.limit_in_bytes = 67108864",
             ],
         ),
         (
@@ -707,6 +709,7 @@ fn v1_limit_table() {
             vec![
                 "memory/memory.limit_in_bytes = 67108864",
                 "memory/memory.memsw.limit_in_bytes = 1140850688",
+                "memory/memory.kmem.tcp.limit_in_bytes = 67108864",
             ],
         ),
         (vec![(Key::Processes, "64")], vec!["pids/pids.max = 64"]),
@@ -762,6 +765,7 @@ fn v1_limit_table() {
         vec![
             "memory/memory.limit_in_bytes = -1",
             "memory/memory.memsw.limit_in_bytes = -1",
+            "memory/memory.kmem.tcp.limit_in_bytes = -1",
             "pids/pids.max = max",
             "cpu,cpuacct/cpu.cfs_quota_us = -1",
             "cpu,cpuacct/cpu.shares = 1024",
@@ -821,11 +825,30 @@ fn a_missing_controller_or_file_is_an_error_unless_optional() {
         matches!(err, CgroupError::MissingController { .. }),
         "{err}"
     );
-    // memory.limit_in_bytes but no memsw file: memory alone works, swap doesn't.
+    // memory.limit_in_bytes but no TCP file: memory would leave the VM's
+    // socket buffers uncharged, so it is refused.
     let dir = tmp.path().join("memory/fvm-miss");
     fs::write(dir.join("memory.limit_in_bytes"), "").unwrap();
     fs::write(tmp.path().join("memory/memory.limit_in_bytes"), "").unwrap();
     let memory = limits(&[(Key::Memory, "64M")]);
+    let err = cgroups.check_limits(&memory).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CgroupError::MissingFile {
+                key: Key::Memory,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sockets' buffers"), "{err}");
+    let err = vm.set_limits(&memory, false).unwrap_err();
+    assert!(err.to_string().contains("sockets' buffers"), "{err}");
+    // With it but no memsw file: memory alone works, swap doesn't.
+    for d in [&dir, &tmp.path().join("memory")] {
+        fs::write(d.join("memory.kmem.tcp.limit_in_bytes"), "").unwrap();
+    }
     vm.set_limits(&memory, false).unwrap();
     cgroups.check_limits(&memory).unwrap();
     let swap = limits(&[(Key::Memory, "64M"), (Key::Swap, "1G")]);
