@@ -373,6 +373,84 @@ fn unless<T, E>(none: bool, parse: impl FnOnce() -> Result<T, E>) -> Result<Opti
     if none { Ok(None) } else { parse().map(Some) }
 }
 
+/// The OOM scores of a VM's init and of its commands (`oom_score_adj`): when
+/// the VM runs out of memory, the OOM killer takes every other process of the VM
+/// before its init. What it weighs is each process's own memory, and memory
+/// charged to no process's address space (socket buffers, a memfd) would
+/// otherwise leave the init as good a victim as any, and the whole VM with it.
+///
+/// With CAP_SYS_RESOURCE the init goes down to -999 (not -1000: a VM whose init is
+/// the only thing left can still be killed) and each command back to 0, the floor
+/// included, so root in the VM (which lacks CAP_SYS_RESOURCE) can't go below the
+/// rest of the host. Without it (fvm itself in a container that dropped it) the
+/// init keeps fvm's score and commands go up to 500 instead: the same order in
+/// the VM, but a command may go back down to fvm's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomScores {
+    /// What the init sets, if anything.
+    pub init: Option<i32>,
+    pub command: i32,
+}
+
+impl OomScores {
+    pub const WITH_CAP_SYS_RESOURCE: OomScores = OomScores {
+        init: Some(-999),
+        command: 0,
+    };
+    pub const WITHOUT: OomScores = OomScores {
+        init: None,
+        command: 500,
+    };
+
+    /// The scores for the calling process's capabilities. Allocates nothing.
+    pub fn here() -> OomScores {
+        let capable = rustix::thread::capabilities(None).is_ok_and(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::SYS_RESOURCE)
+        });
+        if capable {
+            OomScores::WITH_CAP_SYS_RESOURCE
+        } else {
+            OomScores::WITHOUT
+        }
+    }
+}
+
+/// Write `value` to the calling process's `/proc/self/oom_score_adj`. With
+/// CAP_SYS_RESOURCE this also sets the floor (`oom_score_adj_min`) that the
+/// process and its children can go back to without it. Allocates nothing.
+pub fn set_oom_score_adj(value: i32) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        c"/proc/self/oom_score_adj",
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = [0u8; 12];
+    let text = decimal(value, &mut buf);
+    rustix::io::write(&fd, text)?;
+    Ok(())
+}
+
+/// `value` in decimal, written to the end of `buf`, without allocating.
+fn decimal(value: i32, buf: &mut [u8; 12]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = value.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
+}
+
 /// Per-process limits, applied in a new command's process before it execs
 /// (nothing here allocates, so it is safe between fork and exec).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -387,9 +465,13 @@ pub struct ProcessLimits {
 }
 
 impl ProcessLimits {
-    /// Set them on the calling process.
+    /// Set them on the calling process, which must still have CAP_SYS_RESOURCE.
+    ///
+    /// First its OOM score (see [`OomScores`]): a command of the VM inherits the
+    /// init's, or that of the `fvm` that started it.
     pub fn apply(&self) -> std::io::Result<()> {
         use rustix::process::{Resource, Rlimit, setrlimit};
+        set_oom_score_adj(OomScores::here().command)?;
         let both = |v: u64| Rlimit {
             current: Some(v),
             maximum: Some(v),
@@ -558,6 +640,15 @@ mod tests {
         assert_eq!(bare.memory, Some(Size(1 << 20)));
         assert_eq!(bare.cpus, Some(Cpus(200)));
         assert_eq!(bare.timeout, Some(Seconds(90)));
+    }
+
+    #[test]
+    fn oom_scores_are_written_in_decimal() {
+        let mut buf = [0u8; 12];
+        assert_eq!(decimal(-999, &mut buf), b"-999");
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(500, &mut buf), b"500");
+        assert_eq!(decimal(i32::MIN, &mut buf), b"-2147483648");
     }
 
     #[test]

@@ -1,0 +1,241 @@
+//! Resources a VM could take from the host around its limits: socket buffers
+//! outside the memory limit, an OOM kill that takes the VM's init, and (see the
+//! disk tests) the host's disk and inodes.
+//!
+//! Each test is what root inside a VM would try, bounded so that even on a host
+//! without the fix it takes little: a few dozen loopback connections, a small
+//! file system made by the test.
+
+mod common;
+
+use std::path::Path;
+
+use common::{TestStore, is_alive_as, needs_root, wait_until};
+
+/// The python3 run inside VMs: the distribution's, not a version-manager shim.
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// `fvm create NAME FLAGS…`, asserting success; notes the VM's cgroups.
+#[track_caller]
+fn create(store: &TestStore, name: &str, flags: &[&str]) {
+    let mut args = vec!["create", name];
+    args.extend_from_slice(flags);
+    let out = store.fvm(&args).ok();
+    assert_eq!(out.out(), name, "{out}");
+    store.inspect(name);
+}
+
+/// A number from a cgroup file (or a `key value` line of one), if there.
+fn cgroup_number(path: &Path, key: Option<&str>) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    match key {
+        None => text.trim().parse().ok(),
+        Some(key) => text.lines().find_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            (k == key).then(|| v.trim().parse().ok())?
+        }),
+    }
+}
+
+/// The socket buffers charged to the VM's memory cgroup: v1 counts TCP buffers
+/// in `memory.kmem.tcp.usage_in_bytes`, v2 in the `sock` line of `memory.stat`.
+fn socket_memory(memory_dir: &Path) -> u64 {
+    let v1 = memory_dir.join("memory.kmem.tcp.usage_in_bytes");
+    if v1.exists() {
+        cgroup_number(&v1, None).unwrap_or(0)
+    } else {
+        cgroup_number(&memory_dir.join("memory.stat"), Some("sock")).unwrap_or(0)
+    }
+}
+
+/// The host's TCP buffer memory in bytes (`mem` of /proc/net/sockstat, in pages).
+fn host_tcp_memory() -> u64 {
+    let text = std::fs::read_to_string("/proc/net/sockstat").expect("read /proc/net/sockstat");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .expect("a TCP line in /proc/net/sockstat");
+    let mut words = line.split_whitespace();
+    let pages: u64 = std::iter::from_fn(|| words.next())
+        .skip_while(|w| *w != "mem")
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no mem in {line:?}"));
+    pages * 4096
+}
+
+/// Opens `count` loopback connections inside the VM, writes to each until the
+/// kernel takes no more, reads nothing, prints "filled", and holds them.
+fn fill_sockets(count: u32) -> String {
+    format!(
+        r#"
+import socket, sys, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen({count})
+keep = []
+chunk = b"x" * 65536
+for _ in range({count}):
+    c = socket.create_connection(srv.getsockname())
+    a, _ = srv.accept()
+    keep += [c, a]
+    c.setblocking(False)
+    stuck = 0
+    while stuck < 20:
+        try:
+            c.send(chunk)
+        except BlockingIOError:
+            stuck += 1
+            time.sleep(0.002)
+print("filled", flush=True)
+sys.stdout.close()
+time.sleep(600)
+"#
+    )
+}
+
+#[test]
+fn socket_buffers_are_charged_to_the_vm_and_held_to_its_memory_limit() {
+    if !needs_root("socket_buffers_are_charged_to_the_vm_and_held_to_its_memory_limit") {
+        return;
+    }
+    const LIMIT: u64 = 64 << 20;
+    let store = TestStore::new("tcpmem");
+    create(&store, "sockets", &["--memory", "64M"]);
+    store.start("sockets");
+    let memory_dir = store.cgroup_dir("sockets", "memory");
+    let before = host_tcp_memory();
+    // 48 connections could each hold several MiB (send and receive buffers):
+    // far more than 64M if nothing charged them to the VM.
+    let filler = store.background(&["run", "sockets", "--", python(), "-c", &fill_sockets(48)]);
+    let mut charged = 0;
+    wait_until("the vm's sockets are charged to its cgroup", || {
+        charged = socket_memory(&memory_dir);
+        charged >= 16 << 20
+    });
+    // Watch the VM and the host while the filler goes on.
+    let mut peak_host = 0;
+    for _ in 0..40 {
+        peak_host = peak_host.max(host_tcp_memory());
+        charged = charged.max(socket_memory(&memory_dir));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The kernel lets a socket go a little over (a forced charge per socket).
+    assert!(
+        charged <= LIMIT + (8 << 20),
+        "the vm holds {charged} bytes of socket buffers under a {LIMIT} limit"
+    );
+    // Other tests on this host use loopback too: allow them 32 MiB.
+    let grown = peak_host.saturating_sub(before);
+    assert!(
+        grown <= LIMIT + (32 << 20),
+        "the host's TCP memory grew by {grown} bytes for a vm limited to {LIMIT}"
+    );
+    store.stop("sockets");
+    drop(filler);
+    store.assert_clean();
+}
+
+/// The host pid of the VM process whose command line starts with `prefix`.
+fn host_pid_starting(store: &TestStore, name: &str, prefix: &str) -> Option<i32> {
+    let out = store.fvm(&["--json", "ps", name]).ok();
+    let procs: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
+    procs
+        .as_array()?
+        .iter()
+        .find(|p| p["command"].as_str().is_some_and(|c| c.starts_with(prefix)))
+        .and_then(|p| p["host_pid"].as_i64())
+        .and_then(|p| i32::try_from(p).ok())
+}
+
+/// Whether this process has CAP_SYS_RESOURCE (as the fvm it starts will).
+fn has_cap_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// CAP_SYS_RESOURCE's bit in the capability sets.
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// A process's `oom_score_adj` as the host sees it.
+fn oom_score_adj(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+        .unwrap_or_else(|e| panic!("cannot read oom_score_adj of {pid}: {e}"))
+        .trim()
+        .parse()
+        .expect("oom_score_adj is a number")
+}
+
+#[test]
+fn the_oom_killer_takes_the_vms_init_last() {
+    if !needs_root("the_oom_killer_takes_the_vms_init_last") {
+        return;
+    }
+    let store = TestStore::new("oominit");
+    create(&store, "full", &["--memory", "64M"]);
+    store.start("full");
+    let init = store.init_pid("full").expect("a running vm has an init");
+    store.sh("full", "nohup sleep 1004 >/dev/null 2>&1 &").ok();
+    wait_until("the vm's sleep runs", || {
+        host_pid_starting(&store, "full", "sleep 1004").is_some()
+    });
+    let sleep = host_pid_starting(&store, "full", "sleep 1004").unwrap();
+    // With CAP_SYS_RESOURCE the init goes down to -999 and commands stay at 0;
+    // without it (this test runs as fvm does) the init keeps fvm's score and
+    // commands go up to 500.
+    let (init_score, command_score) = if has_cap_sys_resource() {
+        (-999, 0)
+    } else {
+        (oom_score_adj(std::process::id() as i32), 500)
+    };
+    assert_eq!(oom_score_adj(init), init_score, "the vm's init");
+    assert_eq!(
+        oom_score_adj(sleep),
+        command_score,
+        "a command of the vm, seen from the host"
+    );
+    // Inside: root in the VM has no CAP_SYS_RESOURCE, so it can't go below 0
+    // nor lower the init's.
+    let out = store
+        .sh(
+            "full",
+            "cat /proc/self/oom_score_adj; \
+             echo -1000 > /proc/self/oom_score_adj && echo lowered-self; \
+             echo -1000 > /proc/1/oom_score_adj && echo lowered-init; \
+             cat /proc/1/oom_score_adj",
+        )
+        .ok();
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [command_score.to_string(), init_score.to_string()],
+        "{out}"
+    );
+
+    // Memory no process's size accounts for (a memfd, like socket buffers):
+    // the OOM killer has nothing to go by but the score, and must not take the
+    // init.
+    let fill = "import os\n\
+                fd = os.memfd_create('fvm-fill')\n\
+                block = b'x' * (1 << 20)\n\
+                for _ in range(256):\n    os.write(fd, block)\n\
+                print('not killed')\n";
+    let out = store.fvm(&["run", "full", "--", python(), "-c", fill]);
+    assert_eq!(out.code, 137, "256M in a memfd under a 64M limit:\n{out}");
+    assert_eq!(store.status("full"), "running");
+    assert_eq!(store.init_pid("full"), Some(init), "the vm's init changed");
+    assert!(is_alive_as(init, "fvm-init"), "the vm's init was killed");
+    store.sh("full", "true").ok();
+    store.stop("full");
+    store.assert_clean();
+}
