@@ -33,7 +33,10 @@ impl Priority {
             "low" => Ok(Priority::Low),
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            other => Err(format!("{other:?} is not a priority (low, normal or high)")),
+            other => Err(format!(
+                "{} is not a priority (low, normal or high)",
+                units::shown(other)
+            )),
         }
     }
 
@@ -185,7 +188,7 @@ impl Limits {
         let count = |text: &str| {
             text.trim()
                 .parse::<u64>()
-                .map_err(|_| err(format!("{text:?} is not a whole number")))
+                .map_err(|_| err(format!("{} is not a whole number", units::shown(text))))
         };
         match key {
             Key::Memory => self.memory = unless(none, || Size::parse(text).map_err(err))?,
@@ -584,6 +587,19 @@ mod tests {
                 "{e}"
             );
             assert!(l.is_empty());
+        }
+    }
+
+    #[test]
+    fn absurd_values_of_every_key_give_one_short_line() {
+        let huge = "9".repeat(10_000);
+        for key in Key::ALL {
+            for text in [huge.clone(), format!("1e308{huge}"), format!("{huge}.5")] {
+                let mut l = Limits::default();
+                let e = l.set(key, &text).unwrap_err().to_string();
+                assert!(e.len() < 150 && !e.contains('\n'), "{key}: {e}");
+                assert!(l.is_empty());
+            }
         }
     }
 
