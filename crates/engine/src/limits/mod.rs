@@ -7,7 +7,10 @@
 //! - each process (`process-memory`, `cpu-time`, `open-files`, `priority`'s nice
 //!   value) is an rlimit or nice value set on every command fvm starts in the VM
 //!   ([`ProcessLimits`]), inherited by whatever that command starts;
-//! - `timeout` is kept by the VM's init, which stops the VM when it runs out.
+//! - `timeout` is kept by the VM's init, which stops the VM when it runs out;
+//! - `disk` and `inodes` hold the VM's layers: project quotas on the layers'
+//!   filesystem, or the size of the tmpfs of a throw-away VM (see
+//!   `crate::mounts::disk`).
 //!
 //! Every value has a floor below which a VM can't start or a limit makes no sense;
 //! a value under it is an error, never rounded up.
@@ -83,6 +86,10 @@ pub struct Limits {
     pub open_files: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
 }
 
 /// One key of [`Limits`], as `create` and `config` name it.
@@ -98,10 +105,12 @@ pub enum Key {
     CpuTime,
     OpenFiles,
     Timeout,
+    Disk,
+    Inodes,
 }
 
 impl Key {
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 12] = [
         Key::Memory,
         Key::Swap,
         Key::Processes,
@@ -112,6 +121,8 @@ impl Key {
         Key::CpuTime,
         Key::OpenFiles,
         Key::Timeout,
+        Key::Disk,
+        Key::Inodes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -126,6 +137,8 @@ impl Key {
             Key::CpuTime => "cpu-time",
             Key::OpenFiles => "open-files",
             Key::Timeout => "timeout",
+            Key::Disk => "disk",
+            Key::Inodes => "inodes",
         }
     }
 
@@ -136,6 +149,11 @@ impl Key {
             self,
             Key::ProcessMemory | Key::CpuTime | Key::OpenFiles | Key::Priority
         )
+    }
+
+    /// Whether the key limits the VM's layers.
+    pub fn on_disk(self) -> bool {
+        matches!(self, Key::Disk | Key::Inodes)
     }
 }
 
@@ -172,6 +190,10 @@ pub const MIN_PROCESSES: u64 = 4;
 pub const MIN_CPUS: Cpus = Cpus(1);
 /// stdin, stdout, stderr, and the libraries a program opens while it starts.
 pub const MIN_OPEN_FILES: u64 = 16;
+/// The layer directories of every host mount, and room for the VM to start.
+pub const MIN_DISK: Size = Size(4 << 20);
+/// As [`MIN_DISK`], in files and directories.
+pub const MIN_INODES: u64 = 1000;
 /// cgroup v2's cpu.weight range.
 pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 
@@ -203,6 +225,8 @@ impl Limits {
             Key::CpuTime => self.cpu_time = unless(none, || Seconds::parse(text).map_err(err))?,
             Key::OpenFiles => self.open_files = unless(none, || count(text))?,
             Key::Timeout => self.timeout = unless(none, || Seconds::parse(text).map_err(err))?,
+            Key::Disk => self.disk = unless(none, || Size::parse(text).map_err(err))?,
+            Key::Inodes => self.inodes = unless(none, || count(text))?,
         }
         Ok(())
     }
@@ -221,6 +245,8 @@ impl Limits {
             Key::CpuTime => l.cpu_time.map(|v| v.to_string()),
             Key::OpenFiles => l.open_files.map(|v| v.to_string()),
             Key::Timeout => l.timeout.map(|v| v.to_string()),
+            Key::Disk => l.disk.map(|v| v.to_string()),
+            Key::Inodes => l.inodes.map(|v| v.to_string()),
         }
     }
 
@@ -338,6 +364,26 @@ impl Limits {
         {
             return Err(LimitError::new(Key::Timeout, format!("{t} is too long")));
         }
+        if let Some(d) = self.disk
+            && d < MIN_DISK
+        {
+            return below(
+                Key::Disk,
+                d.to_string(),
+                MIN_DISK.to_string(),
+                "the vm's layer directories need that much",
+            );
+        }
+        if let Some(n) = self.inodes
+            && n < MIN_INODES
+        {
+            return below(
+                Key::Inodes,
+                n.to_string(),
+                MIN_INODES.to_string(),
+                "the vm's layer directories need that many",
+            );
+        }
         Ok(())
     }
 
@@ -352,6 +398,11 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the VM's layers are limited (`disk` or `inodes`).
+    pub fn limits_disk(&self) -> bool {
+        self.disk.is_some() || self.inodes.is_some()
     }
 
     /// The CPU weight for the VM's cgroup (v2 scale), if one was asked for:
@@ -527,6 +578,8 @@ mod tests {
             (Key::CpuTime, "2"),
             (Key::OpenFiles, "256"),
             (Key::Timeout, "1h30m"),
+            (Key::Disk, "10G"),
+            (Key::Inodes, "100000"),
         ])
         .unwrap();
         assert_eq!(l.memory, Some(Size(64 << 20)));
@@ -539,6 +592,9 @@ mod tests {
         assert_eq!(l.cpu_time, Some(Seconds(2)));
         assert_eq!(l.open_files, Some(256));
         assert_eq!(l.timeout, Some(Seconds(5400)));
+        assert_eq!(l.disk, Some(Size(10 << 30)));
+        assert_eq!(l.inodes, Some(100_000));
+        assert!(l.limits_disk());
         assert_eq!(l.keys(), Key::ALL.to_vec());
         let mut cleared = l.clone();
         for k in Key::ALL {
@@ -560,6 +616,10 @@ mod tests {
             (Key::CpuTime, "0s"),
             (Key::OpenFiles, "3"),
             (Key::Timeout, "0"),
+            (Key::Disk, "1M"),
+            (Key::Disk, "0"),
+            (Key::Inodes, "999"),
+            (Key::Inodes, "0"),
         ] {
             let e = with(&[(key, text)]).unwrap_err();
             assert_eq!(e.key, key, "{key}={text}");
@@ -578,6 +638,9 @@ mod tests {
             (Key::Timeout, "5x"),
             (Key::Priority, "urgent"),
             (Key::OpenFiles, "many"),
+            (Key::Disk, "lots"),
+            (Key::Disk, "-1G"),
+            (Key::Inodes, "1.5"),
         ] {
             let mut l = Limits::default();
             let e = l.set(key, text).unwrap_err();

@@ -322,6 +322,12 @@ impl VmDir {
         self.path.join("volatile-boot")
     }
     /// Where the VM's root is assembled (inside its own mount namespace) at start.
+    /// The project id of the VM's layers, for its `disk` and `inodes` limits
+    /// (see `mounts::disk`).
+    pub fn project_path(&self) -> PathBuf {
+        self.path.join("project")
+    }
+
     pub fn staging_path(&self) -> PathBuf {
         self.path.join("root")
     }

@@ -108,6 +108,8 @@ const HEADER: &str = "\
 # cpu-time       CPU time of each process (SIGXCPU, then SIGKILL a second later)
 # open-files     open files of each process
 # timeout        wall-clock lifetime of the VM (90s, 10m, 1h30m), then it is stopped
+# disk           disk space of the VM's layers (10G); writes past it fail
+# inodes         files and directories in the VM's layers
 #
 # [network]      how the VM is networked (see `fvm network` for the store's bridge)
 # mode           host (the host's network), none (only lo) or bridge (its own address)

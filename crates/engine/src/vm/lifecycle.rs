@@ -27,6 +27,9 @@ pub struct CreateOptions {
     pub layers: Layers,
     /// The network; a bridged VM without an address gets the lowest free one.
     pub network: crate::net::NetPolicy,
+    /// A throw-away VM (`run --rm`): its layers are a tmpfs, which takes any
+    /// `disk` and `inodes` limit on any host.
+    pub temporary: bool,
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -36,6 +39,10 @@ impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
         self.check_limits(&opts.limits)?;
         let dir = opts.dir.as_deref().map(canonical_dir).transpose()?;
+        if !opts.temporary {
+            let layers = dir.clone().unwrap_or_else(|| self.store.root().join("vms"));
+            self.check_disk(&layers, &opts.limits)?;
+        }
         let mut policy = Policy::new(name.clone(), dir);
         if let Some(d) = &opts.description {
             policy.description = d.clone();
@@ -159,6 +166,11 @@ impl Engine {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
             tmpfs_layers: temporary,
+            tmpfs_limits: if temporary {
+                mounts::disk::tmpfs_options(&policy.limits)
+            } else {
+                String::new()
+            },
             volatile: policy.layers == Layers::Volatile && !temporary,
         };
         // The VM is not running, so a volatile marker left in its layers means
@@ -177,6 +189,7 @@ impl Engine {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
+            self.limit_layers(vm, &layout.layers, &policy.limits)?;
         }
         let confinement = self.confinement(name, policy)?;
         let cgroup = self.cgroup(name)?;
@@ -390,6 +403,7 @@ impl Engine {
         // With an unreadable policy only the store directory is known to be ours.
         let policy = vm.load_policy().ok();
         let dir = policy.as_ref().and_then(|p| p.dir.clone());
+        self.release_disk_limits(&vm, policy.as_ref());
         self.store.delete_vm(&vm, dir.as_deref())?;
         if policy.is_some_and(|p| p.network.mode == crate::net::NetMode::Bridge) {
             self.release_network()?;

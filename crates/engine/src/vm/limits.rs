@@ -2,10 +2,13 @@
 //! used, set on a VM's cgroup as it starts (see `lifecycle`), and changed on a
 //! running VM by `configure`.
 
+use std::path::Path;
+
 use super::{Engine, VmError};
 use crate::limits::{Key, Limits};
+use crate::mounts::disk;
 use crate::runtime::control;
-use crate::store::{Policy, VmName};
+use crate::store::{Policy, VmDir, VmName};
 
 /// What `configure` did.
 #[derive(Debug, Clone)]
@@ -65,6 +68,30 @@ impl Engine {
                 layers: policy.layers.as_str(),
             });
         }
+        // `disk` and `inodes`: checked against the layers' filesystem; on a running
+        // VM they change at once if its layers have their project already.
+        let layers = vm.layers_path(&policy);
+        let live_disk = if changed.iter().any(|k| k.on_disk()) && !state.temporary {
+            self.check_disk(&layers, &policy.limits)?;
+            match (&running, disk::recorded_id(&vm.project_path())) {
+                (None, _) => None,
+                (Some(_), Some(id)) => Some(id),
+                (Some(_), None) => {
+                    return Err(VmError::DiskWhileRunning {
+                        name: name.to_string(),
+                        why: "its layers get the project that holds them to disk and inodes as it starts: stop it first",
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        if running.is_some() && state.temporary && changed.iter().any(|k| k.on_disk()) {
+            return Err(VmError::DiskWhileRunning {
+                name: name.to_string(),
+                why: "the tmpfs of a throw-away vm keeps the size it started with",
+            });
+        }
         // Network settings are checked against the store under its network lock,
         // held until the firewall has the change.
         let net_lock = self
@@ -83,6 +110,9 @@ impl Engine {
             if live_limits {
                 let _ = cgroup.set_limits(&old.limits, true);
             }
+            if let Some(id) = live_disk {
+                let _ = disk::set_limits(&layers, id, &old.limits);
+            }
             if let (true, Some(init)) = (timeout_sent, &running) {
                 let _ = self.send_timeout(name, init, state.control_fd, &old.limits);
             }
@@ -96,6 +126,15 @@ impl Engine {
             {
                 undo(false);
                 return Err(VmError::Cgroup {
+                    name: name.to_string(),
+                    source,
+                });
+            }
+            if let Some(id) = live_disk
+                && let Err(source) = disk::set_limits(&layers, id, &policy.limits)
+            {
+                undo(false);
+                return Err(VmError::Disk {
                     name: name.to_string(),
                     source,
                 });
@@ -135,6 +174,57 @@ impl Engine {
             done.network_applied = true;
         }
         Ok(done)
+    }
+
+    /// Check that layers at `layers` (made there if they don't exist yet) can be
+    /// held to `limits`' `disk` and `inodes`. Not for a throw-away VM, whose tmpfs
+    /// takes them anywhere.
+    pub(super) fn check_disk(&self, layers: &Path, limits: &Limits) -> Result<(), VmError> {
+        disk::check(layers, limits).map_err(VmError::HostDisk)
+    }
+
+    /// As a VM starts: hold its layers (made already) to its `disk` and `inodes`.
+    /// The first time, the VM gets a project id and everything in its layers is
+    /// labeled with it; every time, the project's limits are set from `limits`
+    /// (none: removed, the id stays, so use is still counted).
+    pub(super) fn limit_layers(
+        &self,
+        vm: &VmDir,
+        layers: &Path,
+        limits: &Limits,
+    ) -> Result<(), VmError> {
+        let fail = |source| VmError::Disk {
+            name: vm.name().to_string(),
+            source,
+        };
+        // Also when the id is there: the filesystem may have lost its quotas.
+        self.check_disk(layers, limits)?;
+        let id = match disk::recorded_id(&vm.project_path()) {
+            Some(id) => id,
+            None if !limits.limits_disk() => return Ok(()),
+            None => {
+                let id = disk::new_id(layers, &vm.project_path()).map_err(fail)?;
+                disk::label(layers, id).map_err(fail)?;
+                id
+            }
+        };
+        disk::set_limits(layers, id, limits).map_err(fail)
+    }
+
+    /// As a VM is deleted: clear its project's limits, so that with its files gone
+    /// the filesystem keeps nothing of it. A failure is only logged (the VM goes
+    /// anyway; its id is never picked again while the limits stay).
+    pub(super) fn release_disk_limits(&self, vm: &VmDir, policy: Option<&Policy>) {
+        let Some(id) = disk::recorded_id(&vm.project_path()) else {
+            return;
+        };
+        let layers = match policy {
+            Some(p) => vm.layers_path(p),
+            None => vm.path().join("layers"),
+        };
+        if let Err(e) = disk::set_limits(&layers, id, &Limits::default()) {
+            tracing::warn!(vm = %vm.name(), "cannot clear the disk limits of its project {id}: {e}");
+        }
     }
 
     /// What commands in VM `name` are confined by, from its policy; warns when the

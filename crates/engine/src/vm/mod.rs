@@ -90,6 +90,16 @@ pub enum VmError {
     Network(#[from] network::NetworkError),
     #[error(transparent)]
     HostLimit(CgroupError),
+    #[error(transparent)]
+    HostDisk(crate::mounts::disk::DiskError),
+    #[error("vm {name:?}")]
+    Disk {
+        name: String,
+        #[source]
+        source: crate::mounts::disk::DiskError,
+    },
+    #[error("vm {name:?} is running: {why}")]
+    DiskWhileRunning { name: String, why: &'static str },
     #[error("cannot reach the init of vm {name:?}")]
     Control {
         name: String,
