@@ -566,3 +566,109 @@ pub fn set_project_quota(fd: BorrowedFd<'_>, id: u32, bytes: u64, inodes: u64) -
     // local.
     unsafe { quotactl_project(fd, libc::Q_SETQUOTA, id, (&raw mut q).cast()) }
 }
+
+/// `struct loop_info64` of `<linux/loop.h>` (232 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `struct loop_config` of `<linux/loop.h>`, for LOOP_CONFIGURE.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+/// Detach the device when its last user (open file or mount) goes.
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+fn zeroed_loop_info() -> LoopInfo64 {
+    LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rdevice: 0,
+        offset: 0,
+        sizelimit: 0,
+        number: 0,
+        encrypt_type: 0,
+        encrypt_key_size: 0,
+        flags: 0,
+        file_name: [0; 64],
+        crypt_name: [0; 64],
+        encrypt_key: [0; 32],
+        init: [0; 2],
+    }
+}
+
+/// Attach `file` to a free loop device that detaches itself once nothing uses
+/// it any more (LO_FLAGS_AUTOCLEAR). Returns the device's number and an open fd
+/// of it: keep that open until the device is mounted, or it goes at once.
+pub fn loop_attach(file: BorrowedFd<'_>) -> io::Result<(u32, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags, open};
+    let control = open(
+        "/dev/loop-control",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // Another process may take the free device between asking and configuring.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let device = open(
+            format!("/dev/loop{n}").as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut info = zeroed_loop_info();
+        info.flags = LO_FLAGS_AUTOCLEAR;
+        let config = LoopConfig {
+            fd: file.as_raw_fd() as u32,
+            block_size: 0,
+            info,
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config` through the
+        // pointer, a live local with the kernel's layout.
+        if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) } == 0 {
+            return Ok((n as u32, device));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            return Err(err);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EBUSY))
+}
+
+/// The (device, inode) of the file behind an open loop device.
+pub fn loop_backing(device: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut info = zeroed_loop_info();
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` through the
+    // pointer, a live local with the kernel's layout.
+    if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_GET_STATUS64, &mut info) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.device, info.inode))
+}

@@ -17,8 +17,21 @@
 //! store on the same filesystem. Deleting the VM clears its limits; with its files
 //! gone the kernel forgets the id.
 //!
-//! Elsewhere the limits can't be enforced, and a VM asking for them is refused
-//! (see [`check`]).
+//! - On any other host the VM's layers live in a filesystem image of their own
+//!   (`vms/NAME/disk.img`: a sparse file of `disk` bytes, ext4 with `inodes`
+//!   inodes, made once), on a loop device that detaches itself when its last user
+//!   goes (LO_FLAGS_AUTOCLEAR). It is mounted only in private mount namespaces: fvm
+//!   enters one of its own ([`ImageMount`]), mounts the image on the layers
+//!   directory, and works there as on any layers (preparing them, starting the VM,
+//!   diff, commit, copy); the VM's mount namespace, cloned from it, keeps the mount
+//!   while the VM runs. The host's mount table never shows it, and once the VM and
+//!   the fvm command are gone so are the mount and the loop device. A full image
+//!   gives the VM ENOSPC. Its size and inode count are fixed when it is made: they
+//!   can't change afterwards, and a VM whose layers already hold files on such a
+//!   host can't get them (its files would have to move).
+//!
+//! Where none of these works (no loop devices, no `mkfs.ext4`), a VM asking for
+//! the limits is refused (see [`backing`]).
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -89,28 +102,224 @@ fn existing(path: &Path) -> &Path {
         .unwrap_or(Path::new("/"))
 }
 
-/// Check that layers at `layers` can be held to `limits`' `disk` and `inodes`:
-/// their filesystem enforces project quotas. Nothing to check without them.
-pub fn check(layers: &Path, limits: &Limits) -> Result<(), DiskError> {
+/// How a VM's layers are held to their `disk` and `inodes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Project quotas on the layers' filesystem.
+    Quota,
+    /// A filesystem image of their own.
+    Image,
+}
+
+/// Whether the filesystem of `layers` (or of its nearest existing parent)
+/// enforces project quotas.
+pub fn has_project_quotas(layers: &Path) -> bool {
+    open_dir(existing(layers))
+        .ok()
+        .and_then(|fd| sys::project_quota_state(fd.as_fd()).ok())
+        .is_some_and(|(_, enforced)| enforced)
+}
+
+/// How layers at `layers` will be held to `limits` (None: no such limit), given
+/// whether the VM has an image already: a VM with an image keeps it; otherwise
+/// project quotas where the filesystem enforces them, else an image if this host
+/// can make and attach one. An error says why neither works.
+pub fn backing(layers: &Path, limits: &Limits, image: bool) -> Result<Option<Backing>, DiskError> {
+    if image {
+        return Ok(Some(Backing::Image));
+    }
     let key = match (limits.disk, limits.inodes) {
         (Some(_), _) => Key::Disk,
         (None, Some(_)) => Key::Inodes,
-        (None, None) => return Ok(()),
+        (None, None) => return Ok(None),
     };
-    let dir = existing(layers);
-    let fd = open_dir(dir).map_err(io_err("open", dir))?;
+    if has_project_quotas(layers) {
+        return Ok(Some(Backing::Quota));
+    }
     let no = |why| DiskError::NoQuota {
         key,
-        path: dir.to_owned(),
+        path: existing(layers).to_owned(),
         why,
     };
-    match sys::project_quota_state(fd.as_fd()) {
-        Ok((_, true)) => Ok(()),
-        Ok((true, false)) => Err(no(
-            "its filesystem counts project quotas but doesn't enforce them",
-        )),
-        Ok((false, false)) | Err(_) => Err(no("its filesystem has no project quotas")),
+    if !Path::new("/dev/loop-control").exists() {
+        return Err(no(
+            "its filesystem has no project quotas, and this host has no loop devices for an image",
+        ));
     }
+    if find_program(MKFS).is_none() {
+        return Err(no(
+            "its filesystem has no project quotas, and mkfs.ext4 (e2fsprogs) isn't installed to make an image",
+        ));
+    }
+    Ok(Some(Backing::Image))
+}
+
+/// The tool that formats a VM's image.
+const MKFS: &str = "mkfs.ext4";
+
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Make a VM's layer image at `image`: a sparse file of `limits.disk` bytes (else
+/// the free space of its filesystem), formatted ext4 with no blocks reserved for
+/// root and `limits.inodes` inodes (ext4 rounds that up to fill its block
+/// groups). Made under a temporary name and renamed into place when complete.
+pub fn make_image(image: &Path, limits: &Limits) -> Result<(), DiskError> {
+    let parent = image.parent().unwrap_or(Path::new("/"));
+    let size = match limits.disk {
+        Some(d) => d.0,
+        None => {
+            let st = rustix::fs::statvfs(parent).map_err(|e| io_err("stat", parent)(e.into()))?;
+            st.f_bavail.saturating_mul(st.f_frsize)
+        }
+    };
+    let tmp = image.with_extension("img.new");
+    let _ = std::fs::remove_file(&tmp);
+    let made = (|| {
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        file.set_len(size).map_err(io_err("size", &tmp))?;
+        drop(file);
+        let mkfs = find_program(MKFS).unwrap_or_else(|| PathBuf::from(MKFS));
+        let mut cmd = std::process::Command::new(&mkfs);
+        cmd.args(["-q", "-F", "-m", "0", "-E", "root_owner=0:0"]);
+        if let Some(n) = limits.inodes {
+            cmd.args(["-N", &n.to_string()]);
+        }
+        let out = cmd
+            .arg(&tmp)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(io_err("run mkfs.ext4 on", &tmp))?;
+        if !out.status.success() {
+            let why = String::from_utf8_lossy(&out.stderr);
+            let why = why.lines().next().unwrap_or("failed").trim();
+            return Err(io_err("format", &tmp)(io::Error::other(format!(
+                "mkfs.ext4: {why}"
+            ))));
+        }
+        std::fs::rename(&tmp, image).map_err(io_err("rename into place", image))
+    })();
+    if made.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    made
+}
+
+/// A VM's image mounted on its layers directory in a private mount namespace of
+/// this process; dropping it returns the process to the mount namespace it was
+/// in, and the private one (with its mount) goes. Processes cloned meanwhile
+/// with a mount namespace of their own (a VM's init) keep a copy of the mount.
+#[derive(Debug)]
+pub struct ImageMount {
+    previous: OwnedFd,
+}
+
+impl ImageMount {
+    /// Enter a private mount namespace and mount `image` on `layers` there:
+    /// through the loop device already attached to it (a running VM's), else a
+    /// new one. The process must be single-threaded.
+    pub fn enter(image: &Path, layers: &Path) -> Result<ImageMount, DiskError> {
+        use rustix::mount::{MountFlags, MountPropagationFlags};
+        let previous = rustix::fs::open(
+            "/proc/self/ns/mnt",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| io_err("open the mount namespace of", Path::new("/proc/self"))(e.into()))?;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(image)
+            .map_err(io_err("open", image))?;
+        let meta = rustix::fs::fstat(&file).map_err(|e| io_err("stat", image)(e.into()))?;
+        let (number, device) = match attached(meta.st_dev, meta.st_ino) {
+            Some(found) => found,
+            None => {
+                sys::loop_attach(file.as_fd()).map_err(io_err("attach a loop device to", image))?
+            }
+        };
+        sys::unshare(sys::ns::MOUNT)
+            .map_err(io_err("enter a private mount namespace for", image))?;
+        let mounted = ImageMount { previous };
+        rustix::mount::mount_change(
+            "/",
+            MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+        )
+        .map_err(|e| io_err("make private the mounts of", Path::new("/"))(e.into()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Err(e) = std::fs::DirBuilder::new().mode(0o700).create(layers)
+                && e.kind() != io::ErrorKind::AlreadyExists
+            {
+                return Err(io_err("create", layers)(e));
+            }
+        }
+        rustix::mount::mount(
+            format!("/dev/loop{number}").as_str(),
+            layers,
+            "ext4",
+            MountFlags::NOSUID | MountFlags::NODEV,
+            None,
+        )
+        .map_err(|e| io_err("mount the image of", layers)(e.into()))?;
+        // As the layers directory it stands for: fvm's only.
+        rustix::fs::chmod(layers, Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err("set the mode of", layers)(e.into()))?;
+        // The mount holds the device now; with this last fd closed, the device
+        // goes with the last mount.
+        drop(device);
+        Ok(mounted)
+    }
+}
+
+impl Drop for ImageMount {
+    fn drop(&mut self) {
+        if let Err(e) = rustix::thread::move_into_link_name_space(
+            self.previous.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Mount),
+        ) {
+            tracing::warn!("cannot return to the host's mount namespace: {e}");
+        }
+    }
+}
+
+/// The loop device attached to the file (dev, ino), if one is: its number and an
+/// open fd (which keeps it from detaching until closed).
+fn attached(dev: u64, ino: u64) -> Option<(u32, OwnedFd)> {
+    for entry in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(number) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("loop"))
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !entry.path().join("loop/backing_file").exists() {
+            continue;
+        }
+        let Ok(fd) = rustix::fs::open(
+            format!("/dev/loop{number}").as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
+            continue;
+        };
+        // Checked on the open device: it can't be detached while this is open.
+        if sys::loop_backing(fd.as_fd()).is_ok_and(|b| b == (dev, ino)) {
+            return Some((number, fd));
+        }
+    }
+    None
 }
 
 /// Run `mount` (of an overlay) with CAP_SYS_RESOURCE out of the effective set.
@@ -225,7 +434,8 @@ pub struct DiskUse {
     pub bytes: u64,
     /// None: no limit.
     pub bytes_limit: Option<u64>,
-    pub inodes: u64,
+    /// None: not known (a stopped VM's image isn't mounted to count them).
+    pub inodes: Option<u64>,
     pub inodes_limit: Option<u64>,
 }
 
@@ -237,24 +447,37 @@ pub fn project_use(layers: &Path, id: u32) -> Option<DiskUse> {
     Some(DiskUse {
         bytes: q.bytes_used,
         bytes_limit: some(q.bytes_limit),
-        inodes: q.inodes_used,
+        inodes: Some(q.inodes_used),
         inodes_limit: some(q.inodes_limit),
     })
 }
 
-/// A throw-away VM's use of its tmpfs, through the root of its init
-/// (`/proc/PID/root`: overlayfs reports its upper filesystem's numbers). Only
-/// what `limits` limits has a limit.
-pub fn tmpfs_use(init_pid: i32, limits: &Limits) -> Option<DiskUse> {
+/// A stopped VM's image: the bytes it takes on the host, of its size.
+pub fn image_use(image: &Path) -> Option<DiskUse> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(image).ok()?;
+    Some(DiskUse {
+        bytes: meta.blocks() * 512,
+        bytes_limit: Some(meta.len()),
+        inodes: None,
+        inodes_limit: None,
+    })
+}
+
+/// A running VM's use of the filesystem of its layers (a tmpfs or an image),
+/// through the root of its init (`/proc/PID/root`: overlayfs reports its upper
+/// filesystem's numbers). With `all` (an image) both limits are the filesystem's
+/// size; else only what `limits` limits has a limit.
+pub fn mounted_use(init_pid: i32, limits: &Limits, all: bool) -> Option<DiskUse> {
     let st = rustix::fs::statfs(format!("/proc/{init_pid}/root").as_str()).ok()?;
     let block = st.f_bsize as u64;
     let blocks = st.f_blocks as u64;
     let files = st.f_files as u64;
     Some(DiskUse {
         bytes: blocks.saturating_sub(st.f_bfree as u64) * block,
-        bytes_limit: limits.disk.map(|_| blocks * block),
-        inodes: files.saturating_sub(st.f_ffree as u64),
-        inodes_limit: limits.inodes.map(|_| files),
+        bytes_limit: (all || limits.disk.is_some()).then_some(blocks * block),
+        inodes: Some(files.saturating_sub(st.f_ffree as u64)),
+        inodes_limit: (all || limits.inodes.is_some()).then_some(files),
     })
 }
 
@@ -273,19 +496,22 @@ mod tests {
     }
 
     #[test]
-    fn a_filesystem_without_project_quotas_is_refused_in_one_line() {
+    fn no_limit_needs_no_backing_and_an_image_stays() {
         let tmp = tempfile::tempdir().unwrap();
         let mut l = Limits::default();
-        check(tmp.path(), &l).unwrap();
+        assert_eq!(backing(tmp.path(), &l, false).unwrap(), None);
+        assert_eq!(backing(tmp.path(), &l, true).unwrap(), Some(Backing::Image));
         l.set(Key::Inodes, "5000").unwrap();
-        // /tmp of a test host is a tmpfs or a filesystem without project quotas.
-        if let Err(e) = check(&tmp.path().join("vms/a/layers"), &l) {
-            let msg = e.to_string();
-            assert!(
-                msg.starts_with("the inodes limit can't be enforced for "),
-                "{msg}"
-            );
-            assert!(!msg.contains('\n'));
+        match backing(&tmp.path().join("vms/a/layers"), &l, false) {
+            Ok(b) => assert!(b.is_some()),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.starts_with("the inodes limit can't be enforced for "),
+                    "{msg}"
+                );
+                assert!(!msg.contains('\n'));
+            }
         }
     }
 

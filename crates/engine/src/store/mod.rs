@@ -328,6 +328,12 @@ impl VmDir {
         self.path.join("project")
     }
 
+    /// The filesystem image holding the VM's layers, on a host without project
+    /// quotas (see `mounts::disk`).
+    pub fn image_path(&self) -> PathBuf {
+        self.path.join("disk.img")
+    }
+
     pub fn staging_path(&self) -> PathBuf {
         self.path.join("root")
     }

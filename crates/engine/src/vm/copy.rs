@@ -82,6 +82,12 @@ impl Engine {
             });
         }
         let policy = self.policy(&vm)?;
+        if vm.image_path().exists() {
+            return Err(VmError::DiskFixed {
+                name: src.to_string(),
+                why: "its layers live in a filesystem image (this host has no project quotas), which fvm copy doesn't clone",
+            });
+        }
         if !running {
             self.check_layers_trusted(&vm, &vm.layers_path(&policy))?;
         }

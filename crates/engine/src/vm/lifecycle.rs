@@ -158,9 +158,17 @@ impl Engine {
         // can't enforce: refuse to start rather than run without the limit.
         self.check_limits(&policy.limits)?;
         let policy = &self.ensure_address(vm, policy)?;
+        // The plan is of the host's mounts: read them before a VM's image is
+        // mounted (in a mount namespace of this process; the VM's init is cloned
+        // into a copy of it, which keeps the image mounted while the VM runs).
+        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
+        let image = if temporary {
+            None
+        } else {
+            self.image_layers(vm, &vm.layers_path(policy), &policy.limits)?
+        };
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
-        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
         tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         let layout = Layout {
             staging: vm.staging_path(),
@@ -189,7 +197,9 @@ impl Engine {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
-            self.limit_layers(vm, &layout.layers, &policy.limits)?;
+            if image.is_none() {
+                self.limit_layers(vm, &layout.layers, &policy.limits)?;
+            }
         }
         let confinement = self.confinement(name, policy)?;
         let cgroup = self.cgroup(name)?;
@@ -230,6 +240,9 @@ impl Engine {
                 return Err(fail(e.into()));
             }
         };
+        // The init has its copy of the image's mount: this process goes back to
+        // the host's mount namespace before it starts anything else.
+        drop(image);
         // Record the init while it assembles the VM, then let it go on.
         let started = ProcId::of(launched.pid.as_raw_nonzero().get())
             .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))

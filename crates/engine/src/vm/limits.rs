@@ -68,30 +68,15 @@ impl Engine {
                 layers: policy.layers.as_str(),
             });
         }
-        // `disk` and `inodes`: checked against the layers' filesystem; on a running
-        // VM they change at once if its layers have their project already.
+        // `disk` and `inodes`: checked against how the layers are held to them; on
+        // a running VM with project quotas they change at once.
         let layers = vm.layers_path(&policy);
-        let live_disk = if changed.iter().any(|k| k.on_disk()) && !state.temporary {
-            self.check_disk(&layers, &policy.limits)?;
-            match (&running, disk::recorded_id(&vm.project_path())) {
-                (None, _) => None,
-                (Some(_), Some(id)) => Some(id),
-                (Some(_), None) => {
-                    return Err(VmError::DiskWhileRunning {
-                        name: name.to_string(),
-                        why: "its layers get the project that holds them to disk and inodes as it starts: stop it first",
-                    });
-                }
-            }
+        let disk_changed = changed.iter().any(|k| k.on_disk());
+        let live_disk = if disk_changed {
+            self.check_disk_change(&vm, &layers, &policy.limits, &state, running.is_some())?
         } else {
             None
         };
-        if running.is_some() && state.temporary && changed.iter().any(|k| k.on_disk()) {
-            return Err(VmError::DiskWhileRunning {
-                name: name.to_string(),
-                why: "the tmpfs of a throw-away vm keeps the size it started with",
-            });
-        }
         // Network settings are checked against the store under its network lock,
         // held until the firewall has the change.
         let net_lock = self
@@ -180,10 +165,106 @@ impl Engine {
     /// held to `limits`' `disk` and `inodes`. Not for a throw-away VM, whose tmpfs
     /// takes them anywhere.
     pub(super) fn check_disk(&self, layers: &Path, limits: &Limits) -> Result<(), VmError> {
-        disk::check(layers, limits).map_err(VmError::HostDisk)
+        disk::backing(layers, limits, false)
+            .map(drop)
+            .map_err(VmError::HostDisk)
     }
 
-    /// As a VM starts: hold its layers (made already) to its `disk` and `inodes`.
+    /// Check a change of VM `vm`'s `disk` or `inodes` to `limits`. Returns the
+    /// project id to set them on at once (running, with project quotas).
+    fn check_disk_change(
+        &self,
+        vm: &VmDir,
+        layers: &Path,
+        limits: &Limits,
+        state: &crate::store::State,
+        running: bool,
+    ) -> Result<Option<u32>, VmError> {
+        let name = vm.name().to_string();
+        if state.temporary {
+            return Err(VmError::DiskWhileRunning {
+                name,
+                why: "the tmpfs of a throw-away vm keeps the size it started with",
+            });
+        }
+        if vm.image_path().exists() {
+            return Err(VmError::DiskFixed {
+                name,
+                why: "its layers live in a filesystem image made for the disk and inodes it had then, which can't change (this host has no project quotas)",
+            });
+        }
+        match disk::backing(layers, limits, false).map_err(VmError::HostDisk)? {
+            Some(disk::Backing::Image) if has_files(layers) => Err(VmError::DiskFixed {
+                name,
+                why: "its layers hold files already on a filesystem without project quotas, so disk and inodes can only be set when a vm is created on this host (or with the store on xfs or ext4 with prjquota)",
+            }),
+            Some(disk::Backing::Quota) | None if running => {
+                match disk::recorded_id(&vm.project_path()) {
+                    Some(id) => Ok(Some(id)),
+                    None if limits.limits_disk() => Err(VmError::DiskWhileRunning {
+                        name,
+                        why: "its layers get the project that holds them to disk and inodes as it starts: stop it first",
+                    }),
+                    None => Ok(None),
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// As a VM starts, before anything reads its layers: on a host without project
+    /// quotas, a VM with `disk` or `inodes` (or an image already) gets its layers
+    /// from its image, mounted in a private mount namespace of this process until
+    /// the guard is dropped (see `disk::ImageMount`).
+    pub(super) fn image_layers(
+        &self,
+        vm: &VmDir,
+        layers: &Path,
+        limits: &Limits,
+    ) -> Result<Option<disk::ImageMount>, VmError> {
+        let fail = |source| VmError::Disk {
+            name: vm.name().to_string(),
+            source,
+        };
+        let image = vm.image_path();
+        let exists = image.exists();
+        if disk::backing(layers, limits, exists).map_err(VmError::HostDisk)?
+            != Some(disk::Backing::Image)
+        {
+            return Ok(None);
+        }
+        if !exists {
+            if has_files(layers) {
+                return Err(VmError::DiskFixed {
+                    name: vm.name().to_string(),
+                    why: "its layers hold files already on a filesystem without project quotas, so disk and inodes can only be set when a vm is created on this host (or with the store on xfs or ext4 with prjquota)",
+                });
+            }
+            disk::make_image(&image, limits).map_err(fail)?;
+        }
+        disk::ImageMount::enter(&image, layers)
+            .map(Some)
+            .map_err(fail)
+    }
+
+    /// The VM's layers as they are, for reading or writing them from the host:
+    /// its image mounted, if it has one, while the guard lives.
+    pub(super) fn layers_image(&self, vm: &VmDir) -> Result<Option<disk::ImageMount>, VmError> {
+        let image = vm.image_path();
+        if !image.exists() {
+            return Ok(None);
+        }
+        let policy = self.policy(vm)?;
+        disk::ImageMount::enter(&image, &vm.layers_path(&policy))
+            .map(Some)
+            .map_err(|source| VmError::Disk {
+                name: vm.name().to_string(),
+                source,
+            })
+    }
+
+    /// As a VM starts: hold its layers (made already) to its `disk` and `inodes`
+    /// with project quotas (a VM whose layers are an image has nothing to do).
     /// The first time, the VM gets a project id and everything in its layers is
     /// labeled with it; every time, the project's limits are set from `limits`
     /// (none: removed, the id stays, so use is still counted).
@@ -197,8 +278,6 @@ impl Engine {
             name: vm.name().to_string(),
             source,
         };
-        // Also when the id is there: the filesystem may have lost its quotas.
-        self.check_disk(layers, limits)?;
         let id = match disk::recorded_id(&vm.project_path()) {
             Some(id) => id,
             None if !limits.limits_disk() => return Ok(()),
@@ -208,6 +287,14 @@ impl Engine {
                 id
             }
         };
+        // Also when the id is there: the filesystem may have lost its quotas.
+        if limits.limits_disk() && !disk::has_project_quotas(layers) {
+            self.check_disk(layers, limits)?;
+            return Err(VmError::DiskFixed {
+                name: vm.name().to_string(),
+                why: "the filesystem of its layers no longer enforces project quotas",
+            });
+        }
         disk::set_limits(layers, id, limits).map_err(fail)
     }
 
@@ -267,6 +354,11 @@ impl Engine {
         control::send_timeout(init, fd, limits.timeout.map(|t| t.0)).map_err(fail)?;
         Ok(())
     }
+}
+
+/// Whether a VM's layers directory holds anything of the VM's (any layer).
+fn has_files(layers: &Path) -> bool {
+    std::fs::read_dir(layers).is_ok_and(|mut d| d.next().is_some())
 }
 
 /// Whether `key` lives in the VM's cgroup (else it is per process, or the timeout).

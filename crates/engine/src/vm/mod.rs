@@ -100,6 +100,8 @@ pub enum VmError {
     },
     #[error("vm {name:?} is running: {why}")]
     DiskWhileRunning { name: String, why: &'static str },
+    #[error("vm {name:?}: {why}")]
+    DiskFixed { name: String, why: &'static str },
     #[error("cannot reach the init of vm {name:?}")]
     Control {
         name: String,
