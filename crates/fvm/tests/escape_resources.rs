@@ -8,9 +8,11 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use common::{TestStore, is_alive_as, needs_root, wait_until};
+use common::{TestStore, is_alive_as, needs_root, needs_tool, wait_until};
 
 /// The python3 run inside VMs: the distribution's, not a version-manager shim.
 fn python() -> &'static str {
@@ -237,5 +239,271 @@ fn the_oom_killer_takes_the_vms_init_last() {
     assert!(is_alive_as(init, "fvm-init"), "the vm's init was killed");
     store.sh("full", "true").ok();
     store.stop("full");
+    store.assert_clean();
+}
+
+// ---------------------------------------------------------------------------
+// disk and inodes
+
+/// A small filesystem the test makes: an image file formatted and mounted on the
+/// host (`mount -o loop`), with project quotas if this kernel has them. Unmounted
+/// (its loop device goes with it) and removed on drop, even if the test failed.
+struct LoopFs {
+    path: PathBuf,
+    /// Mounted with project quotas enforced (else fvm falls back to an image).
+    quotas: bool,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl LoopFs {
+    /// `mb` MiB of ext4: made with `-O quota,project` and mounted with `prjquota`
+    /// where the kernel can, else plain.
+    #[track_caller]
+    fn new(tag: &str, mb: u64) -> LoopFs {
+        let dir = common::temp_dir(tag);
+        let image = dir.path().join("fs.img");
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).expect("create the mount point");
+        std::fs::File::create(&image)
+            .and_then(|f| f.set_len(mb << 20))
+            .expect("create the filesystem image");
+        let mut fs = LoopFs {
+            path,
+            quotas: false,
+            dir: Some(dir),
+        };
+        let mkfs = |features: &[&str]| {
+            let mut cmd = Command::new("mkfs.ext4");
+            cmd.args(["-q", "-F", "-m", "0"]).args(features).arg(&image);
+            common::run(cmd, None).ok();
+        };
+        let mount = |options: &str| {
+            let mut cmd = Command::new("mount");
+            cmd.args(["-o", options]).arg(&image).arg(&fs.path);
+            common::run(cmd, None).code == 0
+        };
+        mkfs(&["-O", "quota,project"]);
+        if mount("loop,prjquota") {
+            fs.quotas = true;
+        } else {
+            // This kernel has no quota support: plain ext4, where fvm must fall
+            // back to an image of the VM's own.
+            mkfs(&[]);
+            assert!(mount("loop"), "cannot mount {}", image.display());
+        }
+        fs
+    }
+}
+
+impl Drop for LoopFs {
+    fn drop(&mut self) {
+        for lazy in [false, true] {
+            let mut cmd = Command::new("umount");
+            if lazy {
+                cmd.arg("-l");
+            }
+            cmd.arg(&self.path);
+            if common::try_run(cmd, None, Duration::from_secs(30)).is_ok_and(|o| o.code == 0) {
+                break;
+            }
+        }
+        drop(self.dir.take());
+    }
+}
+
+/// Loop devices whose backing file is under `dir` (as /sys/block names it).
+fn loop_devices_under(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let backing = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            backing
+                .contains(&needle)
+                .then(|| format!("{}: {}", e.file_name().to_string_lossy(), backing.trim()))
+        })
+        .collect()
+}
+
+/// Mounts of this (the test's) mount namespace under `dir`, but `dir` itself.
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let needle = format!("{}/", dir.display());
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// In the VM: write `mb` MiB to one file, then make up to `files` empty files.
+/// Prints `write failed: <dd's error>` if the write stopped early, and `made N`.
+fn fill_disk(mb: u64, files: u64) -> String {
+    format!(
+        "if ! out=$(dd if=/dev/zero of=/root/fvm-big bs=1M count={mb} 2>&1); then \
+           echo \"write failed: $(echo \"$out\" | head -1)\"; fi; \
+         rm -f /root/fvm-big; mkdir -p /root/fvm-many; cd /root/fvm-many; i=0; \
+         while [ $i -lt {files} ] && printf '' 2>/dev/null > f$i; do i=$((i+1)); done; \
+         echo made $i; rm -rf /root/fvm-many"
+    )
+}
+
+/// Asserts that a [`fill_disk`] run hit the disk and the inode limits.
+#[track_caller]
+fn assert_held(out: &common::Out, inodes: u64, what: &str) {
+    assert_eq!(out.code, 0, "{what}:\n{out}");
+    let failed = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("write failed: "))
+        .unwrap_or_else(|| panic!("{what}: writing past disk did not fail:\n{out}"));
+    assert!(
+        failed.contains("No space left") || failed.contains("quota exceeded"),
+        "{what}: writing past disk failed with {failed:?}"
+    );
+    let made: u64 = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("made "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{what}: no count of files:\n{out}"));
+    assert!(
+        made < inodes,
+        "{what}: made {made} files under an inodes limit of {inodes}"
+    );
+}
+
+/// The VM's `disk_limits` from `fvm --json stats NAME`.
+#[track_caller]
+fn disk_limits(store: &TestStore, name: &str) -> serde_json::Value {
+    let out = store.fvm(&["--json", "stats", name]).ok();
+    let vms: serde_json::Value = serde_json::from_str(&out.stdout).expect("stats --json");
+    vms[0]["disk_limits"].clone()
+}
+
+#[test]
+fn disk_and_inodes_hold_every_kind_of_layer_and_spare_the_host() {
+    if !needs_root("disk_and_inodes_hold_every_kind_of_layer_and_spare_the_host")
+        || !needs_tool(
+            "disk_and_inodes_hold_every_kind_of_layer_and_spare_the_host",
+            "mkfs.ext4",
+        )
+    {
+        return;
+    }
+    let fs = LoopFs::new("disk", 320);
+    let store = TestStore::in_dir(&fs.path, "disk");
+    let limits = ["--disk", "32M", "--inodes", "2000"];
+    create(&store, "plain", &limits);
+    let mut volatile = limits.to_vec();
+    volatile.extend(["--layers", "volatile"]);
+    create(&store, "fast", &volatile);
+    create(&store, "other", &[]);
+    for vm in ["plain", "fast", "other"] {
+        store.start(vm);
+    }
+    for vm in ["plain", "fast"] {
+        // How the layers are held: project quotas where the filesystem has them,
+        // else an image of the VM's own.
+        let dir = store.root.join("vms").join(vm);
+        if fs.quotas {
+            assert!(dir.join("project").is_file(), "{vm} has no project id");
+        } else {
+            assert!(dir.join("disk.img").is_file(), "{vm} has no image");
+        }
+        let out = store.sh(vm, &fill_disk(48, 3000));
+        assert_held(&out, 2000, vm);
+        // Use against the limit, as stats and list show it.
+        let used = disk_limits(&store, vm);
+        let limit = used["bytes_limit"].as_u64().unwrap_or(0);
+        assert!(
+            limit > 0 && limit <= 32 << 20,
+            "stats of {vm}: disk limit {limit}:\n{used:#}"
+        );
+        assert!(used["inodes_limit"].as_u64().is_some(), "{used:#}");
+        let list = store.fvm(&["list"]).ok();
+        let row = list
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(vm))
+            .unwrap_or_else(|| panic!("no {vm} in list:\n{list}"));
+        assert!(
+            row.split_whitespace()
+                .any(|t| t.contains('/') && t.ends_with('M')),
+            "list shows no disk use against the limit for {vm}: {row}"
+        );
+    }
+    // The limits were the VMs' own: the other VM and the host still write.
+    let out = store.sh(
+        "other",
+        "dd if=/dev/zero of=/root/fvm-other bs=1M count=40 2>&1 && rm /root/fvm-other && echo ok",
+    );
+    assert_eq!(out.code, 0, "the other vm can't write:\n{out}");
+    let host_file = fs.path.join("fvm-host-file");
+    std::fs::write(&host_file, vec![0u8; 16 << 20]).expect("the host can't write");
+    std::fs::remove_file(&host_file).unwrap();
+
+    // A throw-away VM: its tmpfs is the limit.
+    let out = store.fvm(&[
+        "run",
+        "--rm",
+        "--disk",
+        "16M",
+        "--inodes",
+        "1000",
+        "--",
+        "sh",
+        "-c",
+        &fill_disk(32, 2000),
+    ]);
+    assert_held(&out, 1000, "run --rm");
+
+    for vm in ["plain", "fast", "other"] {
+        store.stop(vm);
+    }
+    // Stopped: the diff of an image-backed VM still reads its layers.
+    store.sh("plain", "echo kept > /root/fvm-kept").ok();
+    store.stop("plain");
+    let diff = store.fvm(&["diff", "plain"]).ok();
+    assert!(diff.stdout.contains("/root/fvm-kept"), "{diff}");
+    store.assert_clean();
+    assert_eq!(loop_devices_under(&fs.path), Vec::<String>::new());
+    assert_eq!(mounts_under(&fs.path), Vec::<String>::new());
+}
+
+#[test]
+fn disk_limits_that_cannot_change_are_refused_in_one_line() {
+    if !needs_root("disk_limits_that_cannot_change_are_refused_in_one_line") {
+        return;
+    }
+    let store = TestStore::new("diskfix");
+    create(&store, "used", &[]);
+    store.sh("used", "echo x > /root/fvm-x").ok();
+    let before = store.snapshot();
+    let out = store.fvm(&["config", "used", "--disk", "1G"]);
+    // A store with project quotas takes it; elsewhere the files already in the
+    // layers can't move into an image.
+    if out.code != 0 {
+        assert_eq!(out.code, 125, "{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("disk"), "{out}");
+        assert_eq!(
+            store.snapshot(),
+            before,
+            "a refused config changed the store"
+        );
+    }
+    for (flag, value) in [
+        ("--cpus", "1e308"),
+        ("--disk", &"9".repeat(400)),
+        ("--inodes", "1e308"),
+    ] {
+        let out = store.fvm(&["create", "absurd", flag, value]);
+        assert_eq!(out.code, 125, "{out}");
+        assert_eq!(out.stderr.lines().count(), 1, "{out}");
+        assert!(out.stderr.len() < 200, "{flag}: {}", out.stderr);
+    }
     store.assert_clean();
 }
