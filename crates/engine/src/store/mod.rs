@@ -26,7 +26,7 @@ pub use policy::{Policy, PolicyError};
 pub use state::{StartMode, State, StateError, Status};
 
 /// The file in a VM's `--dir` that marks it as that VM's.
-const OWNER_MARK: &str = ".fvm-owner";
+pub(crate) const OWNER_MARK: &str = ".fvm-owner";
 
 /// The default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/fvm";

@@ -356,9 +356,13 @@ impl Engine {
     }
 }
 
-/// Whether a VM's layers directory holds anything of the VM's (any layer).
+/// Whether a VM's layers directory holds anything of the VM's (any layer; a
+/// `--dir`'s owner mark is fvm's).
 fn has_files(layers: &Path) -> bool {
-    std::fs::read_dir(layers).is_ok_and(|mut d| d.next().is_some())
+    std::fs::read_dir(layers).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name() != crate::store::OWNER_MARK)
+    })
 }
 
 /// Whether `key` lives in the VM's cgroup (else it is per process, or the timeout).
