@@ -488,6 +488,18 @@ fn hold_on(fs: &LoopFs) {
     store.stop("plain");
     let diff = store.fvm(&["diff", "plain"]).ok();
     assert!(diff.stdout.contains("/root/fvm-kept"), "{diff}");
+    // A copy has the layers and limits of its own.
+    store.fvm(&["copy", "plain", "copied"]).ok();
+    let out = store.sh("copied", "cat /root/fvm-kept").ok();
+    assert_eq!(out.out(), "kept");
+    let copied = store.root.join("vms/copied");
+    assert!(
+        copied
+            .join(if fs.quotas { "project" } else { "disk.img" })
+            .is_file(),
+        "the copy's layers are not held"
+    );
+    assert_held(&store.sh("copied", &fill_disk(48, 3000)), 2000, "copied");
     store.assert_clean();
     drop(store);
     assert_eq!(loop_devices_under(&fs.path), Vec::<String>::new());

@@ -181,9 +181,11 @@ pub fn make_image(image: &Path, limits: &Limits) -> Result<(), DiskError> {
     let tmp = image.with_extension("img.new");
     let _ = std::fs::remove_file(&tmp);
     let made = (|| {
+        use std::os::unix::fs::OpenOptionsExt;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&tmp)
             .map_err(io_err("create", &tmp))?;
         file.set_len(size).map_err(io_err("size", &tmp))?;
