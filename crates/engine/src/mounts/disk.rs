@@ -242,6 +242,14 @@ impl ImageMount {
             .write(true)
             .open(image)
             .map_err(io_err("open", image))?;
+        // One attach per image: two loop devices on one file would be two ext4
+        // instances writing the same blocks. Whoever holds this lock attaches (or
+        // finds the device attached) and mounts; the mount then keeps the device.
+        // Taken on an open of its own: the loop device keeps `file`'s open file,
+        // and the lock with it, for as long as it is attached.
+        let lock = std::fs::File::open(image).map_err(io_err("open", image))?;
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io_err("lock", image)(e.into()))?;
         let meta = rustix::fs::fstat(&file).map_err(|e| io_err("stat", image)(e.into()))?;
         let (number, device) = match attached(meta.st_dev, meta.st_ino) {
             Some(found) => found,
@@ -279,6 +287,7 @@ impl ImageMount {
         // The mount holds the device now; with this last fd closed, the device
         // goes with the last mount.
         drop(device);
+        drop(lock);
         Ok(mounted)
     }
 }
