@@ -357,6 +357,15 @@ pub fn mount_without_sys_resource<T, E>(
     result
 }
 
+/// Record the VM's project id in `file` (written whole and synced, then renamed
+/// into place): once its layers carry it and its limits are set. Until then a
+/// crash leaves layers labeled with an id nothing names, and the next start picks
+/// another (the first is in use, by those files) and labels them again.
+pub fn record_id(file: &Path, id: u32) -> Result<(), DiskError> {
+    crate::store::files::write_durable(file, format!("{id}\n").as_bytes(), 0o600)
+        .map_err(io_err("write", file))
+}
+
 /// The project id recorded in `file`, if any.
 pub fn recorded_id(file: &Path) -> Option<u32> {
     crate::store::files::read_regular(file)
@@ -367,9 +376,9 @@ pub fn recorded_id(file: &Path) -> Option<u32> {
         .filter(|id| *id >= FIRST_ID)
 }
 
-/// Pick a project id unused on the filesystem of `layers` and record it in
-/// `file` (written whole, then renamed into place).
-pub fn new_id(layers: &Path, file: &Path) -> Result<u32, DiskError> {
+/// Pick a project id unused on the filesystem of `layers`: one it has neither
+/// use nor limits for.
+pub fn new_id(layers: &Path) -> Result<u32, DiskError> {
     let fd = open_dir(layers).map_err(io_err("open", layers))?;
     for _ in 0..64 {
         let mut bytes = [0u8; 4];
@@ -381,8 +390,6 @@ pub fn new_id(layers: &Path, file: &Path) -> Result<u32, DiskError> {
         }
         let q = sys::project_quota(fd.as_fd(), id).map_err(io_err("read the quota of", layers))?;
         if q == ProjectQuota::default() {
-            crate::store::files::write_durable(file, format!("{id}\n").as_bytes(), 0o600)
-                .map_err(io_err("write", file))?;
             return Ok(id);
         }
     }

@@ -278,24 +278,23 @@ impl Engine {
             name: vm.name().to_string(),
             source,
         };
-        let id = match disk::recorded_id(&vm.project_path()) {
-            Some(id) => id,
-            None if !limits.limits_disk() => return Ok(()),
-            None => {
-                let id = disk::new_id(layers, &vm.project_path()).map_err(fail)?;
-                disk::label(layers, id).map_err(fail)?;
-                id
-            }
-        };
-        // Also when the id is there: the filesystem may have lost its quotas.
+        // The filesystem may have lost its quotas since the id was recorded.
         if limits.limits_disk() && !disk::has_project_quotas(layers) {
-            self.check_disk(layers, limits)?;
             return Err(VmError::DiskFixed {
                 name: vm.name().to_string(),
                 why: "the filesystem of its layers no longer enforces project quotas",
             });
         }
-        disk::set_limits(layers, id, limits).map_err(fail)
+        match disk::recorded_id(&vm.project_path()) {
+            Some(id) => disk::set_limits(layers, id, limits).map_err(fail),
+            None if !limits.limits_disk() => Ok(()),
+            None => {
+                let id = disk::new_id(layers).map_err(fail)?;
+                disk::label(layers, id).map_err(fail)?;
+                disk::set_limits(layers, id, limits).map_err(fail)?;
+                disk::record_id(&vm.project_path(), id).map_err(fail)
+            }
+        }
     }
 
     /// As a VM is deleted: clear its project's limits, so that with its files gone
