@@ -679,6 +679,19 @@ fn v2_limit_table() {
     ] {
         assert_eq!(written(true, &limits(&given), false), expected, "{given:?}");
     }
+    // v2 charges socket buffers to memory.current already: nothing more to write.
+    let memory = limits(&[m]);
+    assert!(
+        limits::v2(&memory, true)
+            .iter()
+            .all(|w| !w.file.contains("tcp") && !w.file.contains("kmem")),
+        "{:?}",
+        limits::v2(&memory, true)
+    );
+    // Disk limits are no cgroup's.
+    let disk = limits(&[(Key::Disk, "1G"), (Key::Inodes, "5000")]);
+    assert!(limits::v2(&disk, false).is_empty());
+    assert!(limits::v1(&disk, false, false).is_empty());
     // A live change resets what is no longer set.
     assert_eq!(
         written(true, &Limits::default(), true),
