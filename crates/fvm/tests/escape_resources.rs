@@ -522,28 +522,72 @@ fn hold_on(fs: &LoopFs) {
     assert_eq!(mounts_under(&fs.path), Vec::<String>::new());
 }
 
+/// `fvm config NAME FLAGS…`, asserting it is refused in one line and that the
+/// store is left as it was.
+#[track_caller]
+fn refused(store: &TestStore, name: &str, flags: &[&str]) -> String {
+    let before = store.snapshot();
+    let mut args = vec!["config", name];
+    args.extend_from_slice(flags);
+    let out = store.fvm(&args);
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out}");
+    assert_eq!(
+        store.snapshot(),
+        before,
+        "a refused config changed the store"
+    );
+    out.stderr
+}
+
 #[test]
-fn disk_limits_that_cannot_change_are_refused_in_one_line() {
-    if !needs_root("disk_limits_that_cannot_change_are_refused_in_one_line") {
+fn disk_limits_change_where_the_layers_allow_and_are_refused_in_one_line_elsewhere() {
+    let test = "disk_limits_change_where_the_layers_allow_and_are_refused_in_one_line_elsewhere";
+    if !needs_root(test) || !needs_tool(test, "mkfs.ext4") {
         return;
     }
-    let store = TestStore::new("diskfix");
+    // No project quotas here: the layers move into (and out of) an image.
+    let fs = LoopFs::new("diskcfg", 320, "ext4", false).expect("a plain ext4");
+    let store = TestStore::in_dir(&fs.path, "diskcfg");
     create(&store, "used", &[]);
-    store.sh("used", "echo x > /root/fvm-x").ok();
-    let before = store.snapshot();
-    let out = store.fvm(&["config", "used", "--disk", "1G"]);
-    // A store with project quotas takes it; elsewhere the files already in the
-    // layers can't move into an image.
-    if out.code != 0 {
-        assert_eq!(out.code, 125, "{out}");
-        assert_eq!(out.stderr.lines().count(), 1, "{out}");
-        assert!(out.stderr.contains("disk"), "{out}");
-        assert_eq!(
-            store.snapshot(),
-            before,
-            "a refused config changed the store"
-        );
-    }
+    store
+        .sh(
+            "used",
+            "echo kept > /root/fvm-kept && dd if=/dev/zero of=/root/fvm-20m bs=1M count=20 2>/dev/null",
+        )
+        .ok();
+    let image = store.root.join("vms/used/disk.img");
+    // What the layers hold doesn't fit: refused, nothing moved.
+    let err = refused(&store, "used", &["--disk", "16M"]);
+    assert!(err.contains("No space left"), "{err}");
+    assert!(!image.exists());
+    // It fits: the stopped VM's layers move into an image of that size.
+    store
+        .fvm(&["config", "used", "--disk", "64M", "--inodes", "3000"])
+        .ok();
+    assert!(image.is_file());
+    let out = store.sh("used", "cat /root/fvm-kept").ok();
+    assert_eq!(out.out(), "kept");
+    // A running VM's image keeps its size.
+    store.start("used");
+    let err = refused(&store, "used", &["--disk", "128M"]);
+    assert!(err.contains("once it is stopped"), "{err}");
+    store.stop("used");
+    store.fvm(&["config", "used", "--disk", "128M"]).ok();
+    let limit = disk_limits(&store, "used")["bytes_limit"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        limit > 64 << 20,
+        "after growing to 128M the limit is {limit}"
+    );
+    // No limits left: the layers leave the image.
+    store
+        .fvm(&["config", "used", "--disk", "none", "--inodes", "none"])
+        .ok();
+    assert!(!image.exists());
+    let out = store.sh("used", "cat /root/fvm-kept").ok();
+    assert_eq!(out.out(), "kept");
     for (flag, value) in [
         ("--cpus", "1e308"),
         ("--disk", &"9".repeat(400)),
@@ -555,4 +599,8 @@ fn disk_limits_that_cannot_change_are_refused_in_one_line() {
         assert!(out.stderr.len() < 200, "{flag}: {}", out.stderr);
     }
     store.assert_clean();
+    drop(store);
+    wait_until("no loop device is left of the store", || {
+        loop_devices_under(&fs.path).is_empty()
+    });
 }

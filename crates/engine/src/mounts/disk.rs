@@ -26,9 +26,9 @@
 //!   diff, commit, copy); the VM's mount namespace, cloned from it, keeps the mount
 //!   while the VM runs. The host's mount table never shows it, and once the VM and
 //!   the fvm command are gone so are the mount and the loop device. A full image
-//!   gives the VM ENOSPC. Its size and inode count are fixed when it is made: they
-//!   can't change afterwards, and a VM whose layers already hold files on such a
-//!   host can't get them (its files would have to move).
+//!   gives the VM ENOSPC. Its size and inode count are fixed when it is made; new
+//!   limits on a stopped VM copy its layers into a new image (see
+//!   `vm::limits`).
 //!
 //! Where none of these works (no loop devices, no `mkfs.ext4`), a VM asking for
 //! the limits is refused (see [`backing`]).

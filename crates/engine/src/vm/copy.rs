@@ -182,7 +182,7 @@ fn stash(slot: &mut Option<CopyVmError>, e: CopyVmError) -> io::Error {
 
 /// Clone every layer into `dst` (the new VM's layers directory), which a VM
 /// that never ran (no layers) doesn't get, like a new VM.
-fn copy_layers(
+pub(super) fn copy_layers(
     layers: &[Layer],
     dst: &Path,
     progress: &mut dyn FnMut(u64),

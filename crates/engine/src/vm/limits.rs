@@ -72,10 +72,10 @@ impl Engine {
         // a running VM with project quotas they change at once.
         let layers = vm.layers_path(&policy);
         let disk_changed = changed.iter().any(|k| k.on_disk());
-        let live_disk = if disk_changed {
+        let (live_disk, rebuild) = if disk_changed {
             self.check_disk_change(&vm, &layers, &policy.limits, &state, running.is_some())?
         } else {
-            None
+            (None, false)
         };
         // Network settings are checked against the store under its network lock,
         // held until the firewall has the change.
@@ -142,6 +142,11 @@ impl Engine {
                 .filter(|k| k.per_process())
                 .collect();
         }
+        // A stopped VM whose layers are (or must become) an image: moved now, with
+        // the VM's lock held; on failure they stay as they were.
+        if rebuild {
+            self.rebuild_layers(&vm, &layers, &policy.limits)?;
+        }
         if let Err(source) = vm.save_policy(&policy) {
             undo(timeout_sent);
             return Err(VmError::Policy {
@@ -171,7 +176,9 @@ impl Engine {
     }
 
     /// Check a change of VM `vm`'s `disk` or `inodes` to `limits`. Returns the
-    /// project id to set them on at once (running, with project quotas).
+    /// project id to set them on at once (running, with project quotas), and
+    /// whether the stopped VM's layers must move (into an image, into another, or
+    /// out of one).
     fn check_disk_change(
         &self,
         vm: &VmDir,
@@ -179,7 +186,7 @@ impl Engine {
         limits: &Limits,
         state: &crate::store::State,
         running: bool,
-    ) -> Result<Option<u32>, VmError> {
+    ) -> Result<(Option<u32>, bool), VmError> {
         let name = vm.name().to_string();
         if state.temporary {
             return Err(VmError::DiskWhileRunning {
@@ -187,29 +194,101 @@ impl Engine {
                 why: "the tmpfs of a throw-away vm keeps the size it started with",
             });
         }
-        if vm.image_path().exists() {
-            return Err(VmError::DiskFixed {
+        let image = vm.image_path().exists();
+        let backing = if image && !limits.limits_disk() {
+            None
+        } else {
+            disk::backing(layers, limits, image).map_err(VmError::HostDisk)?
+        };
+        // Layers in an image, or files that must move into one.
+        let moves = image || (backing == Some(disk::Backing::Image) && has_files(layers));
+        match (moves, running) {
+            (true, true) => Err(VmError::DiskWhileRunning {
                 name,
-                why: "its layers live in a filesystem image made for the disk and inodes it had then, which can't change (this host has no project quotas)",
-            });
-        }
-        match disk::backing(layers, limits, false).map_err(VmError::HostDisk)? {
-            Some(disk::Backing::Image) if has_files(layers) => Err(VmError::DiskFixed {
-                name,
-                why: "its layers hold files already on a filesystem without project quotas, so disk and inodes can only be set when a vm is created on this host (or with the store on xfs or ext4 with prjquota)",
+                why: "its layers live in a filesystem image (this host has no project quotas), which is made again for new disk and inodes once it is stopped",
             }),
-            Some(disk::Backing::Quota) | None if running => {
-                match disk::recorded_id(&vm.project_path()) {
-                    Some(id) => Ok(Some(id)),
-                    None if limits.limits_disk() => Err(VmError::DiskWhileRunning {
+            (true, false) => Ok((None, true)),
+            (false, false) => Ok((None, false)),
+            (false, true) => match disk::recorded_id(&vm.project_path()) {
+                Some(id) => Ok((Some(id), false)),
+                None if limits.limits_disk() && backing == Some(disk::Backing::Quota) => {
+                    Err(VmError::DiskWhileRunning {
                         name,
                         why: "its layers get the project that holds them to disk and inodes as it starts: stop it first",
-                    }),
-                    None => Ok(None),
+                    })
                 }
-            }
-            _ => Ok(None),
+                None => Ok((None, false)),
+            },
         }
+    }
+
+    /// Move a stopped VM's layers to where `limits` puts them on a host without
+    /// project quotas: from its image or its layers directory into a new image
+    /// made for `limits`, or (no limits left) out of its image into the layers
+    /// directory. The layers are copied as `fvm copy` copies them; only once the
+    /// copy is complete does it replace the old (the image renamed over, the old
+    /// files removed), so a copy that doesn't fit (ENOSPC) changes nothing.
+    fn rebuild_layers(&self, vm: &VmDir, layers: &Path, limits: &Limits) -> Result<(), VmError> {
+        use super::copy::{CopyVmError, copy_layers};
+        use crate::changes::layer;
+        let fail = |source: CopyVmError| VmError::Rebuild {
+            name: vm.name().to_string(),
+            source,
+        };
+        let image = vm.image_path();
+        let next = vm.path().join("disk.img.next");
+        let old_mount = vm.path().join("layers.old");
+        let next_mount = vm.path().join("layers.next");
+        let from_image = image.exists();
+        let to_image = limits.limits_disk();
+        let copied = (|| {
+            let _src = match from_image {
+                true => Some(disk::ImageMount::enter(&image, &old_mount)?),
+                false => None,
+            };
+            let src_dir = if from_image { &old_mount } else { layers };
+            let src = layer::layers(src_dir).map_err(|source| CopyVmError::Layers {
+                path: src_dir.to_owned(),
+                source,
+            })?;
+            let _dst = match to_image {
+                true => {
+                    disk::make_image(&next, limits)?;
+                    Some(disk::ImageMount::enter(&next, &next_mount)?)
+                }
+                false => None,
+            };
+            copy_layers(
+                &src,
+                if to_image { &next_mount } else { layers },
+                &mut |_| {},
+            )
+            .map(drop)
+        })();
+        let _ = std::fs::remove_dir(&old_mount);
+        let _ = std::fs::remove_dir(&next_mount);
+        let done = copied.and_then(|()| {
+            let io = |path: &Path| {
+                let path = path.to_owned();
+                move |source| CopyVmError::Dir { path, source }
+            };
+            match (from_image, to_image) {
+                (_, true) => std::fs::rename(&next, &image).map_err(io(&image))?,
+                (true, false) => std::fs::remove_file(&image).map_err(io(&image))?,
+                (false, false) => {}
+            }
+            if !from_image {
+                clear_layers(layers).map_err(io(layers))?;
+            }
+            Ok(())
+        });
+        if done.is_err() {
+            let _ = std::fs::remove_file(&next);
+            if from_image && !to_image {
+                let _ = clear_layers(layers);
+            }
+        }
+        done.map_err(fail)
     }
 
     /// As a VM starts, before anything reads its layers: on a host without project
@@ -353,6 +432,22 @@ impl Engine {
         control::send_timeout(init, fd, limits.timeout.map(|t| t.0)).map_err(fail)?;
         Ok(())
     }
+}
+
+/// Remove what a VM's layers directory holds, but a `--dir`'s owner mark.
+fn clear_layers(layers: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(layers)? {
+        let entry = entry?;
+        if entry.file_name() == crate::store::OWNER_MARK {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            crate::store::files::remove_tree(&entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether a VM's layers directory holds anything of the VM's (any layer; a

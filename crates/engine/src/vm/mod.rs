@@ -102,6 +102,12 @@ pub enum VmError {
     DiskWhileRunning { name: String, why: &'static str },
     #[error("vm {name:?}: {why}")]
     DiskFixed { name: String, why: &'static str },
+    #[error("vm {name:?}: cannot move its layers for its new disk and inodes")]
+    Rebuild {
+        name: String,
+        #[source]
+        source: CopyVmError,
+    },
     #[error("cannot reach the init of vm {name:?}")]
     Control {
         name: String,
