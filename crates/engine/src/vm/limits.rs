@@ -313,13 +313,12 @@ impl Engine {
             return Ok(None);
         }
         if !exists {
+            // Limits set by hand in the policy of a VM with files: they move in now.
             if has_files(layers) {
-                return Err(VmError::DiskFixed {
-                    name: vm.name().to_string(),
-                    why: "its layers hold files already on a filesystem without project quotas, so disk and inodes can only be set when a vm is created on this host (or with the store on xfs or ext4 with prjquota)",
-                });
+                self.rebuild_layers(vm, layers, limits)?;
+            } else {
+                disk::make_image(&image, limits).map_err(fail)?;
             }
-            disk::make_image(&image, limits).map_err(fail)?;
         }
         disk::ImageMount::enter(&image, layers)
             .map(Some)
