@@ -431,3 +431,244 @@ pub fn load_seccomp(program: &[seccompiler::sock_filter]) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// `struct fsxattr` of `<linux/fs.h>`: what FS_IOC_FS{GET,SET}XATTR read and write.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy)]
+struct FsXattr {
+    xflags: u32,
+    extsize: u32,
+    nextents: u32,
+    projid: u32,
+    cowextsize: u32,
+    pad: [u8; 8],
+}
+
+/// `_IOR('X', 31, struct fsxattr)` and `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+/// New files and directories under a directory with this flag get its project id.
+pub const FS_XFLAG_PROJINHERIT: u32 = 0x0000_0200;
+
+/// Give an open file or directory the project id `id`, and to a directory also
+/// FS_XFLAG_PROJINHERIT (so what is made in it later gets `id` too).
+pub fn set_project(fd: BorrowedFd<'_>, id: u32, dir: bool) -> io::Result<()> {
+    let mut attr = FsXattr::default();
+    // SAFETY: FS_IOC_FSGETXATTR writes one `struct fsxattr` (28 bytes, the layout
+    // of `FsXattr`) through the pointer, which points at a live local.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut attr) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    attr.projid = id;
+    if dir {
+        attr.xflags |= FS_XFLAG_PROJINHERIT;
+    }
+    // SAFETY: FS_IOC_FSSETXATTR reads one `struct fsxattr` through the pointer (a
+    // live local filled in by the kernel just above).
+    if unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, &attr) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `PRJQUOTA` of `<linux/quota.h>`.
+const PRJQUOTA: libc::c_int = 2;
+/// `Q_XGETQSTAT` of `<linux/dqblk_xfs.h>`: quota state in `struct fs_quota_stat`.
+const Q_XGETQSTAT: libc::c_int = (b'X' as libc::c_int) << 8 | 5;
+/// `FS_QUOTA_PDQ_ACCT` and `FS_QUOTA_PDQ_ENFD`: project quota accounted, enforced.
+const FS_QUOTA_PDQ_ACCT: u16 = 1 << 4;
+const FS_QUOTA_PDQ_ENFD: u16 = 1 << 5;
+
+/// `quotactl_fd(2)` (Linux 5.14) on the filesystem of `fd`, for project quotas.
+///
+/// # Safety
+///
+/// `addr` must be null or point at memory of the size and layout `cmd` reads or
+/// writes, valid for the call.
+unsafe fn quotactl_project(
+    fd: BorrowedFd<'_>,
+    cmd: libc::c_int,
+    id: u32,
+    addr: *mut libc::c_void,
+) -> io::Result<()> {
+    let cmd = libc::QCMD(cmd, PRJQUOTA);
+    // SAFETY: the caller vouches for `addr`; the other arguments are integers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            fd.as_raw_fd() as libc::c_uint,
+            cmd as libc::c_uint,
+            id as libc::c_uint,
+            addr,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether project quotas are (accounted, enforced) on the filesystem of `fd`.
+pub fn project_quota_state(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    // `struct fs_quota_stat` is 80 bytes on every ABI; `qs_flags` is the u16 at
+    // offset 2. A larger, 8-aligned zeroed buffer holds it.
+    let mut buf = [0u64; 16];
+    // SAFETY: Q_XGETQSTAT writes one `struct fs_quota_stat` (80 bytes) through
+    // the pointer; `buf` is 128 bytes, 8-aligned, and lives across the call.
+    unsafe { quotactl_project(fd, Q_XGETQSTAT, 0, buf.as_mut_ptr().cast())? };
+    let bytes: [u8; 8] = buf[0].to_ne_bytes();
+    let flags = u16::from_ne_bytes([bytes[2], bytes[3]]);
+    Ok((
+        flags & FS_QUOTA_PDQ_ACCT != 0,
+        flags & FS_QUOTA_PDQ_ENFD != 0,
+    ))
+}
+
+/// One project's quota: limits (0 is none) and use, in bytes and inodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProjectQuota {
+    pub bytes_limit: u64,
+    pub inodes_limit: u64,
+    pub bytes_used: u64,
+    pub inodes_used: u64,
+}
+
+/// Quota blocks of `struct if_dqblk` are 1 KiB.
+const QUOTA_BLOCK: u64 = 1024;
+
+/// Project `id`'s quota on the filesystem of `fd`.
+pub fn project_quota(fd: BorrowedFd<'_>, id: u32) -> io::Result<ProjectQuota> {
+    // SAFETY: `dqblk` is plain integers, for which all-zero is a valid value.
+    let mut q: libc::dqblk = unsafe { std::mem::zeroed() };
+    // SAFETY: Q_GETQUOTA writes one `struct if_dqblk` (libc's `dqblk`) through
+    // the pointer, a live local.
+    unsafe { quotactl_project(fd, libc::Q_GETQUOTA, id, (&raw mut q).cast())? };
+    Ok(ProjectQuota {
+        bytes_limit: q.dqb_bhardlimit.saturating_mul(QUOTA_BLOCK),
+        inodes_limit: q.dqb_ihardlimit,
+        bytes_used: q.dqb_curspace,
+        inodes_used: q.dqb_curinodes,
+    })
+}
+
+/// Set project `id`'s hard and soft limits on the filesystem of `fd`: `bytes`
+/// (rounded up to whole KiB) and `inodes`, 0 meaning none.
+pub fn set_project_quota(fd: BorrowedFd<'_>, id: u32, bytes: u64, inodes: u64) -> io::Result<()> {
+    // SAFETY: as in `project_quota`.
+    let mut q: libc::dqblk = unsafe { std::mem::zeroed() };
+    let blocks = bytes.div_ceil(QUOTA_BLOCK);
+    q.dqb_bhardlimit = blocks;
+    q.dqb_bsoftlimit = blocks;
+    q.dqb_ihardlimit = inodes;
+    q.dqb_isoftlimit = inodes;
+    q.dqb_valid = libc::QIF_LIMITS;
+    // SAFETY: Q_SETQUOTA reads one `struct if_dqblk` through the pointer, a live
+    // local.
+    unsafe { quotactl_project(fd, libc::Q_SETQUOTA, id, (&raw mut q).cast()) }
+}
+
+/// `struct loop_info64` of `<linux/loop.h>` (232 bytes).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `struct loop_config` of `<linux/loop.h>`, for LOOP_CONFIGURE.
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+/// Detach the device when its last user (open file or mount) goes.
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+fn zeroed_loop_info() -> LoopInfo64 {
+    LoopInfo64 {
+        device: 0,
+        inode: 0,
+        rdevice: 0,
+        offset: 0,
+        sizelimit: 0,
+        number: 0,
+        encrypt_type: 0,
+        encrypt_key_size: 0,
+        flags: 0,
+        file_name: [0; 64],
+        crypt_name: [0; 64],
+        encrypt_key: [0; 32],
+        init: [0; 2],
+    }
+}
+
+/// Attach `file` to a free loop device that detaches itself once nothing uses
+/// it any more (LO_FLAGS_AUTOCLEAR). Returns the device's number and an open fd
+/// of it: keep that open until the device is mounted, or it goes at once.
+pub fn loop_attach(file: BorrowedFd<'_>) -> io::Result<(u32, std::os::fd::OwnedFd)> {
+    use rustix::fs::{Mode, OFlags, open};
+    let control = open(
+        "/dev/loop-control",
+        OFlags::RDWR | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // Another process may take the free device between asking and configuring.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number.
+        let n = unsafe { libc::ioctl(control.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let device = open(
+            format!("/dev/loop{n}").as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut info = zeroed_loop_info();
+        info.flags = LO_FLAGS_AUTOCLEAR;
+        let config = LoopConfig {
+            fd: file.as_raw_fd() as u32,
+            block_size: 0,
+            info,
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config` through the
+        // pointer, a live local with the kernel's layout.
+        if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_CONFIGURE, &config) } == 0 {
+            return Ok((n as u32, device));
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EBUSY) {
+            return Err(err);
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EBUSY))
+}
+
+/// The (device, inode) of the file behind an open loop device.
+pub fn loop_backing(device: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let mut info = zeroed_loop_info();
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64` through the
+    // pointer, a live local with the kernel's layout.
+    if unsafe { libc::ioctl(device.as_raw_fd(), LOOP_GET_STATUS64, &mut info) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((info.device, info.inode))
+}

@@ -214,6 +214,13 @@ pub struct LimitArgs {
     /// Wall-clock lifetime of the VM, e.g. 10m or 1h30m; then it is stopped
     #[arg(long, allow_hyphen_values = true, value_name = "DURATION")]
     pub timeout: Option<String>,
+    /// Disk space the VM's layers may take, e.g. 10G (writes past it fail with
+    /// ENOSPC or EDQUOT)
+    #[arg(long, allow_hyphen_values = true, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Files and directories the VM's layers may hold
+    #[arg(long, allow_hyphen_values = true, value_name = "N")]
+    pub inodes: Option<String>,
 }
 
 impl LimitArgs {
@@ -231,6 +238,8 @@ impl LimitArgs {
             (Key::CpuTime, &self.cpu_time),
             (Key::OpenFiles, &self.open_files),
             (Key::Timeout, &self.timeout),
+            (Key::Disk, &self.disk),
+            (Key::Inodes, &self.inodes),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))

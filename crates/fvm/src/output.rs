@@ -23,6 +23,23 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// Bytes as a short human size: 0B, 512B, 4.0K, 12.3M, 2.1G.
+/// A VM's disk use, against its `disk` limit if it has one (`1.2M/64.0M`).
+pub fn disk(vm: &fvm_engine::vm::VmInfo) -> String {
+    match vm.disk_limits.and_then(|d| d.bytes_limit) {
+        Some(limit) => format!("{}/{}", size(vm.disk), size(limit)),
+        None => size(vm.disk),
+    }
+}
+
+/// A VM's files and directories, against its `inodes` limit if it has one.
+pub fn inodes(vm: &fvm_engine::vm::VmInfo) -> String {
+    match vm.disk_limits.map(|d| (d.inodes, d.inodes_limit)) {
+        Some((Some(n), Some(limit))) => format!("{n}/{limit}"),
+        Some((Some(n), None)) => n.to_string(),
+        _ => "-".to_owned(),
+    }
+}
+
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
     if bytes < 1024 {

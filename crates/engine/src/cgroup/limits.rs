@@ -3,7 +3,7 @@
 //!
 //! | key | v2 | v1 |
 //! |---|---|---|
-//! | memory | memory.max | memory.limit_in_bytes |
+//! | memory | memory.max | memory.limit_in_bytes, memory.kmem.tcp.limit_in_bytes |
 //! | swap | memory.swap.max = swap | memory.memsw.limit_in_bytes = memory + swap |
 //! | processes | pids.max | pids.max |
 //! | cpus | cpu.max = "quota period" | cpu.cfs_period_us, cpu.cfs_quota_us |
@@ -13,10 +13,19 @@
 //! around by swapping isn't the limit the user set. A host without swap
 //! accounting lacks the swap files; that is an error only if `swap` was asked for.
 //!
+//! Socket buffers: v2 charges them to the cgroup's `memory.current` always; v1
+//! charges a cgroup's TCP buffers only once its `memory.kmem.tcp.limit_in_bytes`
+//! has been written, and then against that limit (its own counter, not
+//! `memory.usage_in_bytes`). So on v1 a memory limit also sets that file to the
+//! same value, and a kernel without it can't enforce `memory`.
+//!
 //! The tables are pure functions so that unit tests can check every key on both
 //! versions without a cgroupfs (see `tests.rs`).
 
 use crate::limits::{Key, Limits};
+
+/// cgroup v1's limit of the TCP buffers charged to a cgroup.
+pub const V1_TCP: &str = "memory.kmem.tcp.limit_in_bytes";
 
 /// The scheduler period for `cpus`: 100 ms, the kernel's default.
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -79,6 +88,18 @@ pub fn v1(l: &Limits, all: bool, raising_memory: bool) -> Vec<LimitWrite> {
         memory.reverse();
     }
     out.extend(memory);
+    // Socket buffers: v1 charges them to a VM only once this file was written
+    // (before that they are the host's, unlimited). They count against their own
+    // limit there, not memory.limit_in_bytes, so give them the same ceiling. The
+    // file's limit is independent of the two above, so its order doesn't matter.
+    match l.memory {
+        Some(m) => out.push(write(Key::Memory, "memory", V1_TCP, m.0)),
+        None if all => out.push(LimitWrite {
+            required: false,
+            ..write(Key::Memory, "memory", V1_TCP, "-1")
+        }),
+        None => {}
+    }
     if all || l.processes.is_some() {
         out.push(write(
             Key::Processes,

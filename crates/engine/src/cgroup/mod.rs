@@ -351,6 +351,9 @@ fn missing_hint(file: &str) -> &'static str {
         f if f.contains("swap") || f.contains("memsw") => {
             " (the kernel's swap accounting is off: boot with swapaccount=1)"
         }
+        limits::V1_TCP => {
+            " (this kernel can't charge a cgroup v1 for its sockets' buffers, which would escape the limit)"
+        }
         f if f.starts_with("cpu.cfs") || f == "cpu.max" => {
             " (the kernel was built without CFS bandwidth control)"
         }

@@ -602,9 +602,10 @@ const V2_FILES: [&str; 5] = [
     "cpu.max",
     "cpu.weight",
 ];
-const V1_FILES: [(&str, &str); 6] = [
+const V1_FILES: [(&str, &str); 7] = [
     ("memory", "memory.limit_in_bytes"),
     ("memory", "memory.memsw.limit_in_bytes"),
+    ("memory", "memory.kmem.tcp.limit_in_bytes"),
     ("pids", "pids.max"),
     ("cpu,cpuacct", "cpu.cfs_period_us"),
     ("cpu,cpuacct", "cpu.cfs_quota_us"),
@@ -678,6 +679,19 @@ fn v2_limit_table() {
     ] {
         assert_eq!(written(true, &limits(&given), false), expected, "{given:?}");
     }
+    // v2 charges socket buffers to memory.current already: nothing more to write.
+    let memory = limits(&[m]);
+    assert!(
+        limits::v2(&memory, true)
+            .iter()
+            .all(|w| !w.file.contains("tcp") && !w.file.contains("kmem")),
+        "{:?}",
+        limits::v2(&memory, true)
+    );
+    // Disk limits are no cgroup's.
+    let disk = limits(&[(Key::Disk, "1G"), (Key::Inodes, "5000")]);
+    assert!(limits::v2(&disk, false).is_empty());
+    assert!(limits::v1(&disk, false, false).is_empty());
     // A live change resets what is no longer set.
     assert_eq!(
         written(true, &Limits::default(), true),
@@ -700,6 +714,7 @@ fn v1_limit_table() {
             vec![
                 "memory/memory.limit_in_bytes = 67108864",
                 "memory/memory.memsw.limit_in_bytes = 67108864",
+                "memory/memory.kmem.tcp.limit_in_bytes = 67108864",
             ],
         ),
         (
@@ -707,6 +722,7 @@ fn v1_limit_table() {
             vec![
                 "memory/memory.limit_in_bytes = 67108864",
                 "memory/memory.memsw.limit_in_bytes = 1140850688",
+                "memory/memory.kmem.tcp.limit_in_bytes = 67108864",
             ],
         ),
         (vec![(Key::Processes, "64")], vec!["pids/pids.max = 64"]),
@@ -762,6 +778,7 @@ fn v1_limit_table() {
         vec![
             "memory/memory.limit_in_bytes = -1",
             "memory/memory.memsw.limit_in_bytes = -1",
+            "memory/memory.kmem.tcp.limit_in_bytes = -1",
             "pids/pids.max = max",
             "cpu,cpuacct/cpu.cfs_quota_us = -1",
             "cpu,cpuacct/cpu.shares = 1024",
@@ -821,11 +838,30 @@ fn a_missing_controller_or_file_is_an_error_unless_optional() {
         matches!(err, CgroupError::MissingController { .. }),
         "{err}"
     );
-    // memory.limit_in_bytes but no memsw file: memory alone works, swap doesn't.
+    // memory.limit_in_bytes but no TCP file: memory would leave the VM's
+    // socket buffers uncharged, so it is refused.
     let dir = tmp.path().join("memory/fvm-miss");
     fs::write(dir.join("memory.limit_in_bytes"), "").unwrap();
     fs::write(tmp.path().join("memory/memory.limit_in_bytes"), "").unwrap();
     let memory = limits(&[(Key::Memory, "64M")]);
+    let err = cgroups.check_limits(&memory).unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            CgroupError::MissingFile {
+                key: Key::Memory,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("sockets' buffers"), "{err}");
+    let err = vm.set_limits(&memory, false).unwrap_err();
+    assert!(err.to_string().contains("sockets' buffers"), "{err}");
+    // With it but no memsw file: memory alone works, swap doesn't.
+    for d in [&dir, &tmp.path().join("memory")] {
+        fs::write(d.join("memory.kmem.tcp.limit_in_bytes"), "").unwrap();
+    }
     vm.set_limits(&memory, false).unwrap();
     cgroups.check_limits(&memory).unwrap();
     let swap = limits(&[(Key::Memory, "64M"), (Key::Swap, "1G")]);

@@ -7,7 +7,10 @@
 //! - each process (`process-memory`, `cpu-time`, `open-files`, `priority`'s nice
 //!   value) is an rlimit or nice value set on every command fvm starts in the VM
 //!   ([`ProcessLimits`]), inherited by whatever that command starts;
-//! - `timeout` is kept by the VM's init, which stops the VM when it runs out.
+//! - `timeout` is kept by the VM's init, which stops the VM when it runs out;
+//! - `disk` and `inodes` hold the VM's layers: project quotas on the layers'
+//!   filesystem, or the size of the tmpfs of a throw-away VM (see
+//!   `crate::mounts::disk`).
 //!
 //! Every value has a floor below which a VM can't start or a limit makes no sense;
 //! a value under it is an error, never rounded up.
@@ -33,7 +36,10 @@ impl Priority {
             "low" => Ok(Priority::Low),
             "normal" => Ok(Priority::Normal),
             "high" => Ok(Priority::High),
-            other => Err(format!("{other:?} is not a priority (low, normal or high)")),
+            other => Err(format!(
+                "{} is not a priority (low, normal or high)",
+                units::shown(other)
+            )),
         }
     }
 
@@ -80,6 +86,10 @@ pub struct Limits {
     pub open_files: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Seconds>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<Size>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inodes: Option<u64>,
 }
 
 /// One key of [`Limits`], as `create` and `config` name it.
@@ -95,10 +105,12 @@ pub enum Key {
     CpuTime,
     OpenFiles,
     Timeout,
+    Disk,
+    Inodes,
 }
 
 impl Key {
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 12] = [
         Key::Memory,
         Key::Swap,
         Key::Processes,
@@ -109,6 +121,8 @@ impl Key {
         Key::CpuTime,
         Key::OpenFiles,
         Key::Timeout,
+        Key::Disk,
+        Key::Inodes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -123,6 +137,8 @@ impl Key {
             Key::CpuTime => "cpu-time",
             Key::OpenFiles => "open-files",
             Key::Timeout => "timeout",
+            Key::Disk => "disk",
+            Key::Inodes => "inodes",
         }
     }
 
@@ -133,6 +149,11 @@ impl Key {
             self,
             Key::ProcessMemory | Key::CpuTime | Key::OpenFiles | Key::Priority
         )
+    }
+
+    /// Whether the key limits the VM's layers.
+    pub fn on_disk(self) -> bool {
+        matches!(self, Key::Disk | Key::Inodes)
     }
 }
 
@@ -169,6 +190,10 @@ pub const MIN_PROCESSES: u64 = 4;
 pub const MIN_CPUS: Cpus = Cpus(1);
 /// stdin, stdout, stderr, and the libraries a program opens while it starts.
 pub const MIN_OPEN_FILES: u64 = 16;
+/// The layer directories of every host mount, and room for the VM to start.
+pub const MIN_DISK: Size = Size(4 << 20);
+/// As [`MIN_DISK`], in files and directories.
+pub const MIN_INODES: u64 = 1000;
 /// cgroup v2's cpu.weight range.
 pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 
@@ -185,7 +210,7 @@ impl Limits {
         let count = |text: &str| {
             text.trim()
                 .parse::<u64>()
-                .map_err(|_| err(format!("{text:?} is not a whole number")))
+                .map_err(|_| err(format!("{} is not a whole number", units::shown(text))))
         };
         match key {
             Key::Memory => self.memory = unless(none, || Size::parse(text).map_err(err))?,
@@ -200,6 +225,8 @@ impl Limits {
             Key::CpuTime => self.cpu_time = unless(none, || Seconds::parse(text).map_err(err))?,
             Key::OpenFiles => self.open_files = unless(none, || count(text))?,
             Key::Timeout => self.timeout = unless(none, || Seconds::parse(text).map_err(err))?,
+            Key::Disk => self.disk = unless(none, || Size::parse(text).map_err(err))?,
+            Key::Inodes => self.inodes = unless(none, || count(text))?,
         }
         Ok(())
     }
@@ -218,6 +245,8 @@ impl Limits {
             Key::CpuTime => l.cpu_time.map(|v| v.to_string()),
             Key::OpenFiles => l.open_files.map(|v| v.to_string()),
             Key::Timeout => l.timeout.map(|v| v.to_string()),
+            Key::Disk => l.disk.map(|v| v.to_string()),
+            Key::Inodes => l.inodes.map(|v| v.to_string()),
         }
     }
 
@@ -335,6 +364,26 @@ impl Limits {
         {
             return Err(LimitError::new(Key::Timeout, format!("{t} is too long")));
         }
+        if let Some(d) = self.disk
+            && d < MIN_DISK
+        {
+            return below(
+                Key::Disk,
+                d.to_string(),
+                MIN_DISK.to_string(),
+                "the vm's layer directories need that much",
+            );
+        }
+        if let Some(n) = self.inodes
+            && n < MIN_INODES
+        {
+            return below(
+                Key::Inodes,
+                n.to_string(),
+                MIN_INODES.to_string(),
+                "the vm's layer directories need that many",
+            );
+        }
         Ok(())
     }
 
@@ -349,6 +398,11 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+
+    /// Whether the VM's layers are limited (`disk` or `inodes`).
+    pub fn limits_disk(&self) -> bool {
+        self.disk.is_some() || self.inodes.is_some()
     }
 
     /// The CPU weight for the VM's cgroup (v2 scale), if one was asked for:
@@ -373,6 +427,84 @@ fn unless<T, E>(none: bool, parse: impl FnOnce() -> Result<T, E>) -> Result<Opti
     if none { Ok(None) } else { parse().map(Some) }
 }
 
+/// The OOM scores of a VM's init and of its commands (`oom_score_adj`): when
+/// the VM runs out of memory, the OOM killer takes every other process of the VM
+/// before its init. What it weighs is each process's own memory, and memory
+/// charged to no process's address space (socket buffers, a memfd) would
+/// otherwise leave the init as good a victim as any, and the whole VM with it.
+///
+/// With CAP_SYS_RESOURCE the init goes down to -999 (not -1000: a VM whose init is
+/// the only thing left can still be killed) and each command back to 0, the floor
+/// included, so root in the VM (which lacks CAP_SYS_RESOURCE) can't go below the
+/// rest of the host. Without it (fvm itself in a container that dropped it) the
+/// init keeps fvm's score and commands go up to 500 instead: the same order in
+/// the VM, but a command may go back down to fvm's score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OomScores {
+    /// What the init sets, if anything.
+    pub init: Option<i32>,
+    pub command: i32,
+}
+
+impl OomScores {
+    pub const WITH_CAP_SYS_RESOURCE: OomScores = OomScores {
+        init: Some(-999),
+        command: 0,
+    };
+    pub const WITHOUT: OomScores = OomScores {
+        init: None,
+        command: 500,
+    };
+
+    /// The scores for the calling process's capabilities. Allocates nothing.
+    pub fn here() -> OomScores {
+        let capable = rustix::thread::capabilities(None).is_ok_and(|c| {
+            c.effective
+                .contains(rustix::thread::CapabilitySet::SYS_RESOURCE)
+        });
+        if capable {
+            OomScores::WITH_CAP_SYS_RESOURCE
+        } else {
+            OomScores::WITHOUT
+        }
+    }
+}
+
+/// Write `value` to the calling process's `/proc/self/oom_score_adj`. With
+/// CAP_SYS_RESOURCE this also sets the floor (`oom_score_adj_min`) that the
+/// process and its children can go back to without it. Allocates nothing.
+pub fn set_oom_score_adj(value: i32) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        c"/proc/self/oom_score_adj",
+        OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let mut buf = [0u8; 12];
+    let text = decimal(value, &mut buf);
+    rustix::io::write(&fd, text)?;
+    Ok(())
+}
+
+/// `value` in decimal, written to the end of `buf`, without allocating.
+fn decimal(value: i32, buf: &mut [u8; 12]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = value.unsigned_abs();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    if value < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    &buf[at..]
+}
+
 /// Per-process limits, applied in a new command's process before it execs
 /// (nothing here allocates, so it is safe between fork and exec).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -387,9 +519,13 @@ pub struct ProcessLimits {
 }
 
 impl ProcessLimits {
-    /// Set them on the calling process.
+    /// Set them on the calling process, which must still have CAP_SYS_RESOURCE.
+    ///
+    /// First its OOM score (see [`OomScores`]): a command of the VM inherits the
+    /// init's, or that of the `fvm` that started it.
     pub fn apply(&self) -> std::io::Result<()> {
         use rustix::process::{Resource, Rlimit, setrlimit};
+        set_oom_score_adj(OomScores::here().command)?;
         let both = |v: u64| Rlimit {
             current: Some(v),
             maximum: Some(v),
@@ -442,6 +578,8 @@ mod tests {
             (Key::CpuTime, "2"),
             (Key::OpenFiles, "256"),
             (Key::Timeout, "1h30m"),
+            (Key::Disk, "10G"),
+            (Key::Inodes, "100000"),
         ])
         .unwrap();
         assert_eq!(l.memory, Some(Size(64 << 20)));
@@ -454,6 +592,9 @@ mod tests {
         assert_eq!(l.cpu_time, Some(Seconds(2)));
         assert_eq!(l.open_files, Some(256));
         assert_eq!(l.timeout, Some(Seconds(5400)));
+        assert_eq!(l.disk, Some(Size(10 << 30)));
+        assert_eq!(l.inodes, Some(100_000));
+        assert!(l.limits_disk());
         assert_eq!(l.keys(), Key::ALL.to_vec());
         let mut cleared = l.clone();
         for k in Key::ALL {
@@ -475,6 +616,10 @@ mod tests {
             (Key::CpuTime, "0s"),
             (Key::OpenFiles, "3"),
             (Key::Timeout, "0"),
+            (Key::Disk, "1M"),
+            (Key::Disk, "0"),
+            (Key::Inodes, "999"),
+            (Key::Inodes, "0"),
         ] {
             let e = with(&[(key, text)]).unwrap_err();
             assert_eq!(e.key, key, "{key}={text}");
@@ -493,6 +638,9 @@ mod tests {
             (Key::Timeout, "5x"),
             (Key::Priority, "urgent"),
             (Key::OpenFiles, "many"),
+            (Key::Disk, "lots"),
+            (Key::Disk, "-1G"),
+            (Key::Inodes, "1.5"),
         ] {
             let mut l = Limits::default();
             let e = l.set(key, text).unwrap_err();
@@ -502,6 +650,19 @@ mod tests {
                 "{e}"
             );
             assert!(l.is_empty());
+        }
+    }
+
+    #[test]
+    fn absurd_values_of_every_key_give_one_short_line() {
+        let huge = "9".repeat(10_000);
+        for key in Key::ALL {
+            for text in [huge.clone(), format!("1e308{huge}"), format!("{huge}.5")] {
+                let mut l = Limits::default();
+                let e = l.set(key, &text).unwrap_err().to_string();
+                assert!(e.len() < 150 && !e.contains('\n'), "{key}: {e}");
+                assert!(l.is_empty());
+            }
         }
     }
 
@@ -558,6 +719,15 @@ mod tests {
         assert_eq!(bare.memory, Some(Size(1 << 20)));
         assert_eq!(bare.cpus, Some(Cpus(200)));
         assert_eq!(bare.timeout, Some(Seconds(90)));
+    }
+
+    #[test]
+    fn oom_scores_are_written_in_decimal() {
+        let mut buf = [0u8; 12];
+        assert_eq!(decimal(-999, &mut buf), b"-999");
+        assert_eq!(decimal(0, &mut buf), b"0");
+        assert_eq!(decimal(500, &mut buf), b"500");
+        assert_eq!(decimal(i32::MIN, &mut buf), b"-2147483648");
     }
 
     #[test]

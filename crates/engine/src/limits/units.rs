@@ -24,6 +24,29 @@ pub struct Seconds(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cpus(pub u32);
 
+/// `text` as an error message quotes it: a hostile or mistyped value of any
+/// length stays a short, one-line message (at most 24 characters of it, and
+/// control characters escaped).
+pub fn shown(text: &str) -> String {
+    const MAX: usize = 24;
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(MAX).collect();
+    if chars.next().is_some() {
+        format!("{:?}", format!("{head}…"))
+    } else {
+        format!("{head:?}")
+    }
+}
+
+/// A number from a TOML file as an error message shows it: `1e308`, not 309 digits.
+fn float(v: f64) -> String {
+    if v.is_finite() && v.abs() < 1e9 {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
 const UNITS: [(char, u64); 5] = [
     ('T', 1 << 40),
     ('G', 1 << 30),
@@ -40,7 +63,10 @@ impl Size {
         let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (number, unit) = t.split_at(digits);
         let bad = || {
-            format!("{text:?} is not a size (use bytes, or a number with K, M, G or T, as in 512M)")
+            format!(
+                "{} is not a size (use bytes, or a number with K, M, G or T, as in 512M)",
+                shown(text)
+            )
         };
         let n: u64 = number.parse().map_err(|_| bad())?;
         let unit = unit.trim();
@@ -61,7 +87,7 @@ impl Size {
         };
         n.checked_mul(factor)
             .map(Size)
-            .ok_or_else(|| format!("{text:?} is too large"))
+            .ok_or_else(|| format!("{} is too large", shown(text)))
     }
 }
 
@@ -79,8 +105,12 @@ impl fmt::Display for Size {
 impl Seconds {
     /// `90`, `90s`, `10m`, `1h`, `1h30m`, `2d`: a sum of numbers with units.
     pub fn parse(text: &str) -> Result<Seconds, String> {
-        let bad =
-            || format!("{text:?} is not a duration (use seconds, or units as in 90s, 10m, 1h30m)");
+        let bad = || {
+            format!(
+                "{} is not a duration (use seconds, or units as in 90s, 10m, 1h30m)",
+                shown(text)
+            )
+        };
         let t = text.trim();
         if t.is_empty() {
             return Err(bad());
@@ -111,7 +141,7 @@ impl Seconds {
             total = n
                 .checked_mul(factor)
                 .and_then(|s| total.checked_add(s))
-                .ok_or_else(|| format!("{text:?} is too long"))?;
+                .ok_or_else(|| format!("{} is too long", shown(text)))?;
         }
         Ok(Seconds(total))
     }
@@ -140,7 +170,7 @@ impl fmt::Display for Seconds {
 impl Cpus {
     /// `0.5`, `1`, `1.25`: at most two decimals.
     pub fn parse(text: &str) -> Result<Cpus, String> {
-        let bad = || format!("{text:?} is not a number of CPUs (as in 0.5 or 2)");
+        let bad = || format!("{} is not a number of CPUs (as in 0.5 or 2)", shown(text));
         let t = text.trim();
         let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
         if whole.is_empty() && frac.is_empty()
@@ -151,7 +181,8 @@ impl Cpus {
         }
         if frac.len() > 2 {
             return Err(format!(
-                "{text:?}: CPUs are counted in hundredths, as in 0.25"
+                "{}: CPUs are counted in hundredths, as in 0.25",
+                shown(text)
             ));
         }
         let whole: u32 = if whole.is_empty() {
@@ -169,11 +200,14 @@ impl Cpus {
 
     fn from_float(v: f64) -> Result<Cpus, String> {
         if !v.is_finite() || v < 0.0 || v > f64::from(u32::MAX / 100) {
-            return Err(format!("{v} is not a number of CPUs"));
+            return Err(format!("{} is not a number of CPUs", float(v)));
         }
         let hundredths = v * 100.0;
         if (hundredths - hundredths.round()).abs() > 1e-6 {
-            return Err(format!("{v}: CPUs are counted in hundredths, as in 0.25"));
+            return Err(format!(
+                "{}: CPUs are counted in hundredths, as in 0.25",
+                float(v)
+            ));
         }
         Ok(Cpus(hundredths.round() as u32))
     }
@@ -227,7 +261,7 @@ macro_rules! serde_unit {
 }
 
 fn no_fraction<T>(v: f64) -> Result<T, String> {
-    Err(format!("{v} must be a whole number"))
+    Err(format!("{} must be a whole number", float(v)))
 }
 
 serde_unit!(
@@ -331,6 +365,30 @@ mod tests {
         assert_eq!(Seconds(5405).to_string(), "1h30m5s");
         assert_eq!(Seconds(3).to_string(), "3s");
         assert_eq!(Seconds(600).to_string(), "10m");
+    }
+
+    #[test]
+    fn absurd_values_give_short_errors() {
+        let long = "9".repeat(10_000);
+        for e in [
+            Size::parse(&long).unwrap_err(),
+            Size::parse(&format!("{long}X")).unwrap_err(),
+            Seconds::parse(&format!("{long}s")).unwrap_err(),
+            Cpus::parse(&long).unwrap_err(),
+            Cpus::parse(&format!("1.{long}")).unwrap_err(),
+            Cpus::from_float(1e308).unwrap_err(),
+            Cpus::from_float(f64::INFINITY).unwrap_err(),
+            Cpus::from_float(f64::NAN).unwrap_err(),
+            Cpus::from_float(-1e300).unwrap_err(),
+            no_fraction::<Size>(1e308).unwrap_err(),
+            Size::parse("\n\u{1b}[2J").unwrap_err(),
+        ] {
+            assert!(e.len() < 100 && !e.contains(['\n', '\u{1b}']), "{e}");
+        }
+        assert_eq!(
+            Cpus::from_float(1e308).unwrap_err(),
+            "1e308 is not a number of CPUs"
+        );
     }
 
     #[test]

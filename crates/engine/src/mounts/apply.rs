@@ -45,6 +45,9 @@ pub struct Layout {
     /// Keep the layers on a tmpfs private to the VM's mount namespace (throw-away
     /// VMs): nothing reaches the disk and nothing needs deleting afterwards.
     pub tmpfs_layers: bool,
+    /// Options added to that tmpfs's: its size and inode count, the VM's `disk`
+    /// and `inodes` limits (see [`super::disk::tmpfs_options`]).
+    pub tmpfs_limits: String,
     /// Mount the overlays with overlayfs's `volatile` option (no syncs of the upper
     /// layer); see [`super::volatile`].
     pub volatile: bool,
@@ -158,7 +161,7 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
             &layout.layers,
             "tmpfs",
             MountFlags::empty(),
-            "mode=0700,inode32",
+            &format!("mode=0700,inode32{}", layout.tmpfs_limits),
         )?;
         prepare_layers(plan, &layout.layers)?;
     }
@@ -207,7 +210,13 @@ fn mount_overlay(o: &Overlay, layout: &Layout, target: &Path) -> Result<(), Moun
     if layout.volatile {
         data.push_str(",volatile");
     }
-    mount_fs("overlay", target, "overlay", flags(o.flags), &data).map_err(|mut e| {
+    // Without CAP_SYS_RESOURCE: overlayfs writes with the mounter's credentials,
+    // which must not step past the VM's `disk` and `inodes` quotas.
+    super::disk::mount_without_sys_resource(
+        || mount_fs("overlay", target, "overlay", flags(o.flags), &data),
+        |e| err("set the capabilities to mount", target)(e),
+    )
+    .map_err(|mut e| {
         e.what = format!(
             "mount the overlay of host {} (see `dmesg` for overlayfs's reason) at",
             o.mount_point.display()

@@ -332,8 +332,8 @@ fn exec_child(
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
         let _ = rustix::process::chdir(c"/");
     }
-    // The policy's rlimits and nice value, last, so that nothing of fvm's own
-    // work above counts against them.
+    // The policy's rlimits and nice value (and an OOM score of 0), last, so
+    // that nothing of fvm's own work above counts against them.
     if let Err(e) = r.limits.apply() {
         return errno(e);
     }

@@ -108,6 +108,11 @@ fn setup(
     let _ = rustix::thread::set_name(c"fvm-init");
     sys::scrub_args_and_environment();
     let _ = rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable);
+    // The OOM killer's last choice in the VM (see `limits::OomScores`).
+    if let Some(score) = crate::limits::OomScores::here().init {
+        crate::limits::set_oom_score_adj(score)
+            .map_err(|e| format!("cannot set the init's oom score: {e}"))?;
+    }
     // Join the VM's cgroup before anything else runs, then make it the root of the
     // VM's cgroup namespace, so every later process is inside and sees only it.
     cgroup

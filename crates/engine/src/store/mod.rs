@@ -26,7 +26,7 @@ pub use policy::{Policy, PolicyError};
 pub use state::{StartMode, State, StateError, Status};
 
 /// The file in a VM's `--dir` that marks it as that VM's.
-const OWNER_MARK: &str = ".fvm-owner";
+pub(crate) const OWNER_MARK: &str = ".fvm-owner";
 
 /// The default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/fvm";
@@ -322,6 +322,18 @@ impl VmDir {
         self.path.join("volatile-boot")
     }
     /// Where the VM's root is assembled (inside its own mount namespace) at start.
+    /// The project id of the VM's layers, for its `disk` and `inodes` limits
+    /// (see `mounts::disk`).
+    pub fn project_path(&self) -> PathBuf {
+        self.path.join("project")
+    }
+
+    /// The filesystem image holding the VM's layers, on a host without project
+    /// quotas (see `mounts::disk`).
+    pub fn image_path(&self) -> PathBuf {
+        self.path.join("disk.img")
+    }
+
     pub fn staging_path(&self) -> PathBuf {
         self.path.join("root")
     }

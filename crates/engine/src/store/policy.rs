@@ -108,6 +108,8 @@ const HEADER: &str = "\
 # cpu-time       CPU time of each process (SIGXCPU, then SIGKILL a second later)
 # open-files     open files of each process
 # timeout        wall-clock lifetime of the VM (90s, 10m, 1h30m), then it is stopped
+# disk           disk space of the VM's layers (10G); writes past it fail
+# inodes         files and directories in the VM's layers
 #
 # [network]      how the VM is networked (see `fvm network` for the store's bridge)
 # mode           host (the host's network), none (only lo) or bridge (its own address)
@@ -139,7 +141,7 @@ impl Policy {
             line: e.span().map_or(1, |s| {
                 text[..s.start.min(text.len())].matches('\n').count() + 1
             }),
-            message: e.message().trim().to_owned(),
+            message: short_message(e.message()),
         })?;
         if &policy.name != expected {
             return Err(PolicyError::WrongName {
@@ -186,6 +188,20 @@ impl Policy {
         let body = toml::to_string(self).expect("a policy always serializes");
         format!("{HEADER}\n{body}")
     }
+}
+
+/// A parser's message as one short line: a value of absurd length in the file
+/// (serde quotes `1e308` as 309 digits) is cut to its first characters.
+fn short_message(message: &str) -> String {
+    const WORD: usize = 32;
+    message
+        .split_whitespace()
+        .map(|word| match word.char_indices().nth(WORD) {
+            Some((at, _)) => format!("{}…", &word[..at]),
+            None => word.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -239,6 +255,30 @@ mod tests {
         assert!(msg.starts_with("policy file /s/vm.toml, line 3: "), "{msg}");
         assert!(msg.contains("memroy"), "{msg}");
         assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn absurd_numbers_give_one_short_line() {
+        let head = "name = \"a\"\ncreated = \"2026-01-01T00:00:00Z\"\n[limits]\n";
+        let huge = "9".repeat(400);
+        for line in [
+            "cpus = 1e308".to_owned(),
+            "cpus = -1e308".to_owned(),
+            "cpus = inf".to_owned(),
+            "memory = 1e308".to_owned(),
+            "timeout = 1e308".to_owned(),
+            "processes = 1e308".to_owned(),
+            format!("memory = {huge}"),
+            format!("memory = \"{huge}\""),
+            format!("cpus = \"{huge}\""),
+            format!("timeout = \"{huge}s\""),
+            format!("open-files = {huge}"),
+        ] {
+            let text = format!("{head}{line}\n");
+            let e = Policy::parse(&text, Path::new("p"), &name("a")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.len() < 160 && !msg.contains('\n'), "{line}: {msg}");
+        }
     }
 
     #[test]

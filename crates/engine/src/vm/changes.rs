@@ -14,6 +14,7 @@ impl Engine {
     pub fn diff(&self, name: &VmName, paths: &[PathBuf]) -> Result<Vec<Change>, VmError> {
         let vm = self.vm(name)?;
         let filter = Filter::new(vm_paths(paths)?);
+        let _image = self.layers_image(&vm)?;
         let layers = self.layers(&vm)?;
         let committed =
             commit::committed(&files(&vm)).map_err(|e| changes_error(name, e.into()))?;
@@ -35,6 +36,7 @@ impl Engine {
         let filter = Filter::new(vm_paths(paths)?);
         let state = self.reconcile(&vm)?;
         let running = state.live_init(&self.cgroup_leaf(name)).is_some();
+        let _image = self.layers_image(&vm)?;
         if !running {
             let policy = self.policy(&vm)?;
             self.check_layers_trusted(&vm, &vm.layers_path(&policy))?;
@@ -74,6 +76,7 @@ impl Engine {
     pub fn commit_abort(&self, name: &VmName) -> Result<Option<usize>, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
+        let _image = self.layers_image(&vm)?;
         commit::abort(&files(&vm)).map_err(|e| changes_error(name, e.into()))
     }
 

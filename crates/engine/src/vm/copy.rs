@@ -8,7 +8,9 @@
 //! with a fresh `work/` beside it: overlayfs's scratch space holds nothing that
 //! belongs to the VM. The clone is built in the store's temporary directory and
 //! renamed into place ([`crate::store::Store::create_vm_with`]), so DST appears
-//! complete or not at all.
+//! complete or not at all. A SRC whose layers live in a filesystem image (see
+//! `crate::mounts::disk`) is read with its image mounted, and DST gets an image of
+//! its own, made for the same limits, that the layers are copied into.
 
 use std::collections::HashSet;
 use std::io;
@@ -53,6 +55,8 @@ pub enum CopyVmError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Image(#[from] crate::mounts::disk::DiskError),
 }
 
 impl Engine {
@@ -82,6 +86,7 @@ impl Engine {
             });
         }
         let policy = self.policy(&vm)?;
+        let src_image = self.layers_image(&vm)?;
         if !running {
             self.check_layers_trusted(&vm, &vm.layers_path(&policy))?;
         }
@@ -111,6 +116,20 @@ impl Engine {
         let mut failed = None;
         let mut stats = CopyStats::default();
         let made = self.store.create_vm_with(&clone, |tmp| {
+            // SRC's image is mounted in this process's mount namespace; DST's
+            // goes in a namespace within it, left when this closure ends.
+            let _dst_image = match &src_image {
+                Some(_) => {
+                    let image = tmp.join(vm.image_path().file_name().expect("a file name"));
+                    crate::mounts::disk::make_image(&image, &clone.limits)
+                        .and_then(|()| {
+                            crate::mounts::disk::ImageMount::enter(&image, &tmp.join("layers"))
+                        })
+                        .map(Some)
+                        .map_err(|e| stash(&mut failed, e.into()))?
+                }
+                None => None,
+            };
             let total = match progress.as_mut() {
                 Some(report) => {
                     let total = content_size(&layers).map_err(|e| stash(&mut failed, e))?;
@@ -163,7 +182,7 @@ fn stash(slot: &mut Option<CopyVmError>, e: CopyVmError) -> io::Error {
 
 /// Clone every layer into `dst` (the new VM's layers directory), which a VM
 /// that never ran (no layers) doesn't get, like a new VM.
-fn copy_layers(
+pub(super) fn copy_layers(
     layers: &[Layer],
     dst: &Path,
     progress: &mut dyn FnMut(u64),
@@ -172,7 +191,10 @@ fn copy_layers(
     if layers.is_empty() {
         return Ok(total);
     }
-    make_dir(dst)?;
+    // An image mounted there (see `copy_with_progress`) made it already.
+    if !dst.is_dir() {
+        make_dir(dst)?;
+    }
     for l in layers {
         let key = l.dir.file_name().expect("a layer dir has a name");
         let dir = dst.join(key);

@@ -53,6 +53,9 @@ pub struct VmInfo {
     pub usage: Option<crate::cgroup::Usage>,
     /// Disk used by the VM's private layers, in bytes.
     pub disk: u64,
+    /// The layers' use against their `disk` and `inodes` limits, where the
+    /// kernel counts it (project quota, tmpfs, image); else none.
+    pub disk_limits: Option<crate::mounts::disk::DiskUse>,
     /// The VM's network address (host mode: it has none of its own).
     pub ip: Option<String>,
     /// The policy's resource limits (see docs/limits.md).
@@ -123,6 +126,14 @@ impl Engine {
             Some(p) => vm.layers_path(p),
             None => vm.path().join("layers"),
         };
+        let temporary = state.as_ref().is_some_and(|s| s.temporary);
+        let disk_limits = self.disk_use(
+            &vm,
+            &layers,
+            policy.as_ref().map(|p| &p.limits),
+            init.as_ref()
+                .filter(|_| temporary || vm.image_path().exists()),
+        );
         Ok(VmInfo {
             name: name.clone(),
             status,
@@ -137,7 +148,7 @@ impl Engine {
                 .filter(|_| running)
                 .and_then(|s| s.started_at.clone()),
             mode: state.as_ref().filter(|_| running).and_then(|s| s.mode),
-            temporary: state.as_ref().is_some_and(|s| s.temporary),
+            temporary,
             processes: cgroup
                 .as_ref()
                 .filter(|_| running)
@@ -148,7 +159,8 @@ impl Engine {
                 .filter(|_| running)
                 .and_then(|c| c.memory_current()),
             usage: cgroup.as_ref().filter(|_| running).map(|c| c.usage()),
-            disk: disk_usage(&layers),
+            disk: disk_limits.map_or_else(|| disk_usage(&layers), |d| d.bytes),
+            disk_limits,
             ip: policy
                 .as_ref()
                 .and_then(|p| p.network.address())
@@ -177,6 +189,31 @@ impl Engine {
             cgroup: cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default(),
             init,
         })
+    }
+
+    /// What the VM's layers use of their limits, as the kernel counts it: the
+    /// filesystem of a running VM's tmpfs or image (`mounted`: its init), a
+    /// stopped VM's image file, or its project quota.
+    fn disk_use(
+        &self,
+        vm: &crate::store::VmDir,
+        layers: &Path,
+        limits: Option<&crate::limits::Limits>,
+        mounted: Option<&ProcId>,
+    ) -> Option<crate::mounts::disk::DiskUse> {
+        use crate::mounts::disk;
+        let none = crate::limits::Limits::default();
+        let limits = limits.unwrap_or(&none);
+        let image = vm.image_path();
+        if let Some(init) = mounted {
+            let all = image.exists();
+            return disk::mounted_use(init.pid, limits, all)
+                .filter(|u| all || u.bytes_limit.is_some() || u.inodes_limit.is_some());
+        }
+        if image.exists() {
+            return disk::image_use(&image);
+        }
+        disk::recorded_id(&vm.project_path()).and_then(|id| disk::project_use(layers, id))
     }
 
     /// The VM's policy as stored.

@@ -27,6 +27,9 @@ pub struct CreateOptions {
     pub layers: Layers,
     /// The network; a bridged VM without an address gets the lowest free one.
     pub network: crate::net::NetPolicy,
+    /// A throw-away VM (`run --rm`): its layers are a tmpfs, which takes any
+    /// `disk` and `inodes` limit on any host.
+    pub temporary: bool,
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -36,6 +39,10 @@ impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
         self.check_limits(&opts.limits)?;
         let dir = opts.dir.as_deref().map(canonical_dir).transpose()?;
+        if !opts.temporary {
+            let layers = dir.clone().unwrap_or_else(|| self.store.root().join("vms"));
+            self.check_disk(&layers, &opts.limits)?;
+        }
         let mut policy = Policy::new(name.clone(), dir);
         if let Some(d) = &opts.description {
             policy.description = d.clone();
@@ -151,14 +158,27 @@ impl Engine {
         // can't enforce: refuse to start rather than run without the limit.
         self.check_limits(&policy.limits)?;
         let policy = &self.ensure_address(vm, policy)?;
+        // The plan is of the host's mounts: read them before a VM's image is
+        // mounted (in a mount namespace of this process; the VM's init is cloned
+        // into a copy of it, which keeps the image mounted while the VM runs).
+        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
+        let image = if temporary {
+            None
+        } else {
+            self.image_layers(vm, &vm.layers_path(policy), &policy.limits)?
+        };
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
-        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
         tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
             tmpfs_layers: temporary,
+            tmpfs_limits: if temporary {
+                mounts::disk::tmpfs_options(&policy.limits)
+            } else {
+                String::new()
+            },
             volatile: policy.layers == Layers::Volatile && !temporary,
         };
         // The VM is not running, so a volatile marker left in its layers means
@@ -177,6 +197,9 @@ impl Engine {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
+            if image.is_none() {
+                self.limit_layers(vm, &layout.layers, &policy.limits)?;
+            }
         }
         let confinement = self.confinement(name, policy)?;
         let cgroup = self.cgroup(name)?;
@@ -217,6 +240,9 @@ impl Engine {
                 return Err(fail(e.into()));
             }
         };
+        // The init has its copy of the image's mount: this process goes back to
+        // the host's mount namespace before it starts anything else.
+        drop(image);
         // Record the init while it assembles the VM, then let it go on.
         let started = ProcId::of(launched.pid.as_raw_nonzero().get())
             .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))
@@ -429,6 +455,7 @@ impl Engine {
         // With an unreadable policy only the store directory is known to be ours.
         let policy = vm.load_policy().ok();
         let dir = policy.as_ref().and_then(|p| p.dir.clone());
+        self.release_disk_limits(&vm, policy.as_ref());
         self.store.delete_vm(&vm, dir.as_deref())?;
         if policy.is_some_and(|p| p.network.mode == crate::net::NetMode::Bridge) {
             self.release_network()?;

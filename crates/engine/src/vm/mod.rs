@@ -90,6 +90,24 @@ pub enum VmError {
     Network(#[from] network::NetworkError),
     #[error(transparent)]
     HostLimit(CgroupError),
+    #[error(transparent)]
+    HostDisk(crate::mounts::disk::DiskError),
+    #[error("vm {name:?}")]
+    Disk {
+        name: String,
+        #[source]
+        source: crate::mounts::disk::DiskError,
+    },
+    #[error("vm {name:?} is running: {why}")]
+    DiskWhileRunning { name: String, why: &'static str },
+    #[error("vm {name:?}: {why}")]
+    DiskFixed { name: String, why: &'static str },
+    #[error("vm {name:?}: cannot move its layers for its new disk and inodes")]
+    Rebuild {
+        name: String,
+        #[source]
+        source: CopyVmError,
+    },
     #[error("cannot reach the init of vm {name:?}")]
     Control {
         name: String,

@@ -179,7 +179,11 @@ impl Engine {
             Some(n) => n,
             None => self.temporary_name()?,
         };
-        let vm = self.create(&name, opts)?;
+        let opts = super::CreateOptions {
+            temporary: true,
+            ..opts.clone()
+        };
+        let vm = self.create(&name, &opts)?;
         // Everything after the create runs in here, so that any failure still ends
         // in the delete below (with the VM's lock released first).
         let result = (|| {

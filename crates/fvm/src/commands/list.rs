@@ -37,7 +37,7 @@ fn row(vm: &VmInfo) -> Vec<String> {
         vm.ip.clone().unwrap_or_else(dash),
         vm.processes.map_or_else(dash, |p| p.to_string()),
         vm.memory.map_or_else(dash, output::size),
-        output::size(vm.disk),
+        output::disk(vm),
         vm.created.clone().unwrap_or_else(dash),
     ]
 }

@@ -105,6 +105,7 @@ fn render(vms: &[VmInfo], percent: Option<&HashMap<String, f64>>) -> String {
         "read",
         "written",
         "disk",
+        "inodes",
     ]);
     let rows = vms
         .iter()
@@ -126,7 +127,8 @@ fn render(vms: &[VmInfo], percent: Option<&HashMap<String, f64>>) -> String {
                 u.processes.map_or_else(dash, |p| p.to_string()),
                 u.io_read.map_or_else(dash, output::size),
                 u.io_write.map_or_else(dash, output::size),
-                output::size(vm.disk),
+                output::disk(vm),
+                output::inodes(vm),
             ]);
             row
         })

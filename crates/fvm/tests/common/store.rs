@@ -27,9 +27,14 @@ pub struct TestStore {
 
 impl TestStore {
     pub fn new(tag: &str) -> TestStore {
+        TestStore::in_dir(Path::new("/tmp"), tag)
+    }
+
+    /// A temporary store root in `parent` (e.g. on a filesystem the test made).
+    pub fn in_dir(parent: &Path, tag: &str) -> TestStore {
         let dir = tempfile::Builder::new()
             .prefix(&format!("fvm-store-{tag}-"))
-            .tempdir_in("/tmp")
+            .tempdir_in(parent)
             .expect("create a temporary store");
         let root = dir.path().canonicalize().expect("canonical store path");
         TestStore {
