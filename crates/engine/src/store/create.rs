@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use super::{Lock, OWNER_MARK, Policy, Store, StoreError, VmDir, VmName, files};
+use super::{HIDE_PENDING, Lock, OWNER_MARK, Policy, Store, StoreError, VmDir, VmName, files};
 
 impl Store {
     /// Create a VM with its policy, atomically. Takes the store lock.
@@ -47,6 +47,17 @@ impl Store {
             }
             if let Some(dir) = &policy.dir {
                 self.claim_dir(dir, name)?;
+                // In the index before the VM can exist: every VM that starts from
+                // now on covers it (and `Engine::create` covers it in those
+                // already running before the VM may start).
+                if let Err(e) = self.set_dirs(|dirs| {
+                    if !dirs.contains(dir) {
+                        dirs.push(dir.clone());
+                    }
+                }) {
+                    let _ = self.release_dir(dir);
+                    return Err(fail(e));
+                }
             }
             let tmp = self.vms().join(format!(
                 ".new-{name}-{}-{}",
@@ -89,9 +100,6 @@ impl Store {
                 fail(e)
             });
         }
-        if let Some(dir) = &policy.dir {
-            self.set_dirs(|dirs| dirs.push(dir.clone())).map_err(fail)?;
-        }
         drop(vm_lock);
         Ok(VmDir {
             name: name.clone(),
@@ -104,6 +112,7 @@ impl Store {
         let _ = files::remove_tree(tmp);
         if let Some(dir) = &policy.dir {
             let _ = self.release_dir(dir);
+            let _ = self.set_dirs(|dirs| dirs.retain(|d| d != dir));
         }
     }
 
@@ -167,5 +176,10 @@ fn make_vm_dir(tmp: &Path, policy: &Policy) -> io::Result<Lock> {
     std::fs::DirBuilder::new().mode(0o700).create(tmp)?;
     let lock = Lock::exclusive(&tmp.join("lock"))?;
     files::write_atomic(&tmp.join("vm.toml"), policy.to_toml().as_bytes(), 0o644)?;
+    if policy.dir.is_some() {
+        // Until the VMs that already run cover the `--dir`, the VM must not start
+        // (see `Engine::create`).
+        files::write_atomic(&tmp.join(HIDE_PENDING), b"", 0o600)?;
+    }
     Ok(lock)
 }
