@@ -129,33 +129,16 @@ pub fn hide_paths(init: &ProcId, paths: &[std::path::PathBuf]) -> Result<bool, E
 /// Wait for our child `pid` for at most `deadline`: whether it exited with 0, or
 /// None if it had to be killed.
 fn wait_with_deadline(pid: Pid, deadline: std::time::Duration) -> Result<Option<bool>, EnterError> {
-    use rustix::process::{PidfdFlags, WaitOptions, pidfd_open, waitpid};
-    let wait_err = |e: rustix::io::Errno| EnterError::Setns(e.into());
-    let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(wait_err)?;
-    let end = std::time::Instant::now() + deadline;
-    loop {
-        let left = end.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            let _ = rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL);
-            // Reaped if it died; one stuck in the kernel is left to our own exit.
-            let _ = waitpid(Some(pid), WaitOptions::NOHANG);
-            return Ok(None);
-        }
-        let timeout = rustix::event::Timespec {
-            tv_sec: left.as_secs() as i64,
-            tv_nsec: i64::from(left.subsec_nanos()),
-        };
-        let mut fds = [rustix::event::PollFd::new(
-            &pidfd,
-            rustix::event::PollFlags::IN,
-        )];
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(0) | Err(rustix::io::Errno::INTR) => continue,
-            Ok(_) => break,
-            Err(e) => return Err(wait_err(e)),
-        }
+    use rustix::process::{WaitOptions, waitpid};
+    let child = InitHandle::of_child(pid).map_err(EnterError::Setns)?;
+    if !child.wait(deadline).map_err(EnterError::Setns)? {
+        let _ = child.signal(rustix::process::Signal::KILL);
+        // Reaped if it died; one stuck in the kernel is left to our own exit.
+        let _ = waitpid(Some(pid), WaitOptions::NOHANG);
+        return Ok(None);
     }
-    let status = waitpid(Some(pid), WaitOptions::empty()).map_err(wait_err)?;
+    let status =
+        waitpid(Some(pid), WaitOptions::empty()).map_err(|e| EnterError::Setns(e.into()))?;
     Ok(Some(
         status.is_some_and(|(_, s)| s.exit_status() == Some(0)),
     ))

@@ -49,6 +49,14 @@ impl InitHandle {
         Ok(Some(InitHandle { pidfd }))
     }
 
+    /// A handle on a child of this process that is not reaped yet (so its pid
+    /// can't be reused), to wait for it with a deadline.
+    pub fn of_child(pid: Pid) -> io::Result<InitHandle> {
+        Ok(InitHandle {
+            pidfd: rustix::process::pidfd_open(pid, PidfdFlags::empty())?,
+        })
+    }
+
     pub fn pidfd(&self) -> &OwnedFd {
         &self.pidfd
     }

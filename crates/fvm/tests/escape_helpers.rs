@@ -1,0 +1,457 @@
+//! The escape suite, part two: what fvm runs for the host next to a hostile VM.
+//!
+//! Root in a VM sees, signals and traces only the processes of its own pid
+//! namespace. Nothing fvm runs for the host (the helper that covers a new
+//! `--dir` in running VMs, the store's watcher, the volatile-layer settler) may
+//! be among them, and every host command must finish while a VM stops and kills
+//! everything it can see. The design fails closed: a `--dir` VM whose directory
+//! is not covered in every running VM can't start, and an interrupted create is
+//! finished by the next command. A VM whose `--dir` was deleted is refused, not
+//! given a new empty one, and a killed watcher is started again by the next
+//! command that finds VMs running.
+
+mod common;
+mod escape_support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{
+    COMMAND_TIMEOUT, Out, TestStore, is_alive_as, kill9, needs_root, needs_tool, try_run, unique,
+    wait_until,
+};
+use escape_support::var_tmp_dir;
+
+/// How long any one host command may take while the attacker runs: far more
+/// than it needs, far less than "hangs for ever".
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 test path")
+}
+
+/// fvm on `store`, failing the test if it doesn't finish within [`DEADLINE`].
+#[track_caller]
+fn fvm_within(store: &TestStore, args: &[&str]) -> Out {
+    try_run(store.command(args), None, DEADLINE).unwrap_or_else(|e| panic!("hung: {e}"))
+}
+
+#[track_caller]
+fn ok_within(store: &TestStore, args: &[&str]) -> Out {
+    let out = fvm_within(store, args);
+    assert_eq!(out.code, 0, "{out}");
+    out
+}
+
+/// Stops (SIGSTOP), then kills (SIGKILL) every process it can see but itself and
+/// its init, over and over; and between rounds reads every file under argv[1],
+/// noting in /root/fvm-leak (its own layer) each one that holds "fvm-tok".
+const ATTACKER: &str = r#"
+import os, signal, sys, time
+me = os.getpid()
+watch = sys.argv[1]
+leak = open("/root/fvm-leak", "a")
+seen = set()
+while True:
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for p in os.listdir("/proc"):
+            if p.isdigit() and int(p) not in (me, 1):
+                try:
+                    os.kill(int(p), sig)
+                except OSError:
+                    pass
+    for root, dirs, files in os.walk(watch):
+        for f in files:
+            path = os.path.join(root, f)
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read(4096)
+            except OSError:
+                continue
+            if b"fvm-tok" in data and path not in seen:
+                seen.add(path)
+                leak.write(path + " " + data.decode(errors="replace").strip() + "\n")
+                leak.flush()
+    time.sleep(0.01)
+"#;
+
+/// The host pid of the VM's init.
+#[track_caller]
+fn init_of(store: &TestStore, name: &str) -> i32 {
+    store
+        .init_pid(name)
+        .unwrap_or_else(|| panic!("vm {name} has no init"))
+}
+
+/// Whether the running VM sees `dir` covered: an empty tmpfs mounted right there
+/// in its mount table (read from the host).
+fn covered_in(init: i32, dir: &Path) -> bool {
+    std::fs::read_to_string(format!("/proc/{init}/mountinfo")).is_ok_and(|t| {
+        t.lines().any(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            f.get(4) == Some(&s(dir)) && l.contains(" - tmpfs ")
+        })
+    })
+}
+
+/// What the attacker noted, from its layer (it is stopped by then).
+fn leaked(store: &TestStore, name: &str) -> String {
+    std::fs::read_to_string(
+        store
+            .root
+            .join(format!("vms/{name}/layers/-/upper/root/fvm-leak")),
+    )
+    .unwrap_or_default()
+}
+
+/// A VM that stops and kills everything it sees, in a loop, while the host makes
+/// `--dir` VMs, starts, stops, runs, commits and copies: every host command
+/// finishes, and the attacker reads none of the new VMs' files (but does read a
+/// plain host file next to them, so it really was looking).
+#[test]
+fn host_commands_finish_while_a_vm_stops_and_kills_all_it_sees() {
+    let test = "host_commands_finish_while_a_vm_stops_and_kills_all_it_sees";
+    if !needs_root(test) || !needs_tool(test, "python3") {
+        return;
+    }
+    let store = TestStore::new("esch-attack");
+    let outside = var_tmp_dir("esch-attack");
+    let dirs = outside.path().join("dirs");
+    std::fs::create_dir(&dirs).expect("mkdir");
+    let control = unique("fvm-tok-control");
+    std::fs::write(dirs.join("control.txt"), &control).expect("write");
+    let script = outside.path().join("attack.py");
+    std::fs::write(&script, ATTACKER).expect("write the attacker");
+    let committed = var_tmp_dir("esch-commit");
+
+    store.create("att");
+    store.start("att");
+    // Started from a shell that the loop itself kills at once: no wait for it.
+    let _ = fvm_within(
+        &store,
+        &[
+            "run",
+            "att",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "setsid python3 {} {} </dev/null >/dev/null 2>&1 &",
+                s(&script),
+                s(&dirs)
+            ),
+        ],
+    );
+    wait_until("the attacker runs", || {
+        store.vm_pids("att").iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.contains("attack.py"))
+        })
+    });
+    let att = init_of(&store, "att");
+
+    let secret = unique("fvm-tok-secret");
+    for name in ["d0", "d1", "d2"] {
+        let dir = dirs.join(name);
+        ok_within(&store, &["create", name, "--dir", s(&dir)]);
+        assert!(
+            covered_in(att, &dir),
+            "{} is not covered in the running vm att",
+            s(&dir)
+        );
+    }
+    ok_within(&store, &["start", "d0"]);
+    ok_within(
+        &store,
+        &[
+            "run",
+            "d0",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {secret} > /root/s0"),
+        ],
+    );
+    ok_within(&store, &["stop", "d0"]);
+    ok_within(
+        &store,
+        &[
+            "run",
+            "d1",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "echo {secret} > /root/s1; echo committed > {}/file",
+                s(committed.path())
+            ),
+        ],
+    );
+    ok_within(&store, &["commit", "d1", s(committed.path())]);
+    assert_eq!(
+        std::fs::read_to_string(committed.path().join("file")).unwrap_or_default(),
+        "committed\n"
+    );
+    ok_within(&store, &["copy", "d1", "d1c"]);
+    ok_within(
+        &store,
+        &[
+            "run",
+            "d2",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {secret} > /root/s2"),
+        ],
+    );
+    // A command that enters the attacker is stopped and killed by it: it ends,
+    // and it is the only one that suffers.
+    let _ = fvm_within(&store, &["run", "att", "--", "sleep", "1"]);
+    ok_within(&store, &["list"]);
+    // Time for the attacker to look at all of it.
+    std::thread::sleep(Duration::from_secs(1));
+    ok_within(&store, &["stop", "att"]);
+
+    let seen = leaked(&store, "att");
+    assert!(
+        seen.contains(&control),
+        "the attacker never read the plain host file next to the vm dirs:\n{seen}"
+    );
+    assert!(
+        !seen.contains(&secret),
+        "the attacker read a --dir vm's files:\n{seen}"
+    );
+    store.assert_clean();
+}
+
+/// Holds a VM's lock (as a host command does) until dropped.
+struct Held(std::fs::File);
+
+impl Held {
+    fn lock(store: &TestStore, name: &str) -> Held {
+        let f = std::fs::File::open(store.root.join(format!("vms/{name}/lock"))).expect("open");
+        f.lock().expect("flock");
+        Held(f)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let _ = self.0.unlock();
+    }
+}
+
+/// A `create --dir` killed while it covers the dir in a running VM leaves a VM
+/// that can't start while that VM isn't covered (one line why), and whose next
+/// start covers it first.
+#[test]
+fn an_interrupted_dir_create_leaves_a_vm_that_starts_only_once_hidden_everywhere() {
+    let test = "an_interrupted_dir_create_leaves_a_vm_that_starts_only_once_hidden_everywhere";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("esch-interrupt");
+    let outside = var_tmp_dir("esch-interrupt");
+    let dir = outside.path().join("x");
+    store.create("early");
+    store.start("early");
+    let early = init_of(&store, "early");
+    // While the VM is busy (its lock held), the create waits to cover it.
+    let held = Held::lock(&store, "early");
+    let create = store.background(&["create", "x", "--dir", s(&dir)]);
+    let pending = store.root.join("vms/x/hide-pending");
+    wait_until("vm x exists, marked as not yet hidden", || pending.exists());
+    kill9(&[create.pid()]);
+    let _ = create.finish();
+    assert!(!covered_in(early, &dir));
+
+    let out = fvm_within(&store, &["start", "x"]);
+    assert_eq!(
+        out.code, 125,
+        "vm x started while early doesn't cover its dir:\n{out}"
+    );
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    assert!(
+        out.stderr.contains("cannot hide") && out.stderr.contains("\"early\""),
+        "{out}"
+    );
+    assert_eq!(store.status("x"), "stopped");
+
+    drop(held);
+    ok_within(&store, &["start", "x"]);
+    assert!(!pending.exists());
+    assert!(
+        covered_in(early, &dir),
+        "{} is not covered in vm early",
+        s(&dir)
+    );
+    let secret = unique("fvm-tok-secret");
+    ok_within(
+        &store,
+        &[
+            "run",
+            "x",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {secret} > /root/s"),
+        ],
+    );
+    let look = fvm_within(
+        &store,
+        &[
+            "run",
+            "early",
+            "--",
+            "sh",
+            "-c",
+            &format!("cat {}/-/upper/root/s", s(&dir)),
+        ],
+    );
+    assert!(!look.stdout.contains(&secret), "{look}");
+    store.stop("x");
+    store.stop("early");
+    store.assert_clean();
+}
+
+/// `start` of a VM whose `--dir` was deleted refuses with one line and doesn't
+/// make the dir again; `delete` then removes the VM and its place in the index.
+#[test]
+fn start_refuses_a_vm_whose_dir_was_deleted() {
+    let test = "start_refuses_a_vm_whose_dir_was_deleted";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("esch-gone");
+    let outside = var_tmp_dir("esch-gone");
+    let dir = outside.path().join("x");
+    ok_within(&store, &["create", "x", "--dir", s(&dir)]);
+    std::fs::remove_dir_all(&dir).expect("remove the dir");
+    let out = fvm_within(&store, &["start", "x"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    assert!(out.stderr.contains("is gone"), "{out}");
+    assert!(!dir.exists(), "start made the deleted --dir again");
+    let out = fvm_within(&store, &["run", "x", "--", "true"]);
+    assert_eq!(out.code, 125, "{out}");
+    assert!(!dir.exists(), "run made the deleted --dir again");
+    ok_within(&store, &["delete", "x"]);
+    let index = std::fs::read_to_string(store.root.join("dirs")).unwrap_or_default();
+    assert!(!index.contains(s(&dir)), "{index}");
+    store.assert_clean();
+}
+
+/// The pid in STORE/watch.pid, if it names a live `fvm-watch`.
+fn watch_pid(store: &TestStore) -> Option<i32> {
+    std::fs::read_to_string(store.root.join("watch.pid"))
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .filter(|p| is_alive_as(*p, "fvm-watch"))
+}
+
+/// Kill the store's watcher; returns its pid.
+#[track_caller]
+fn kill_watcher(store: &TestStore) -> i32 {
+    let mut pid = None;
+    wait_until("the store's watcher runs", || {
+        pid = watch_pid(store);
+        pid.is_some()
+    });
+    let pid = pid.expect("found");
+    kill9(&[pid]);
+    wait_until("the watcher is gone", || !is_alive_as(pid, "fvm-watch"));
+    pid
+}
+
+/// A host process's namespace or cgroup line, to compare with ours.
+fn ns_of(pid: &str, ns: &str) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/ns/{ns}")).unwrap_or_default()
+}
+
+/// Replace `path` by a new file (a new inode): a VM that looked at the old one
+/// sees the new one only once the watcher drops its cached view.
+fn rename_over(path: &Path, content: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// After the watcher was SIGKILLed, `list`, `stats`, `doctor` and `run` each
+/// start it again (doctor says so), outside every VM's pid namespace and
+/// cgroup, and host changes reach the running VM again.
+#[test]
+fn a_killed_watcher_is_started_again_by_the_next_command() {
+    let test = "a_killed_watcher_is_started_again_by_the_next_command";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("esch-watch");
+    let outside = var_tmp_dir("esch-watch");
+    let file = outside.path().join("f");
+    std::fs::write(&file, "v0").expect("write");
+    store.create("w");
+    store.start("w");
+    let read = || {
+        try_run(
+            store.command(&["run", "w", "--", "cat", s(&file)]),
+            None,
+            COMMAND_TIMEOUT,
+        )
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+    };
+    assert_eq!(read(), "v0");
+
+    kill_watcher(&store);
+    ok_within(&store, &["list"]);
+    let mut revived = None;
+    wait_until("`list` started the watcher again", || {
+        revived = watch_pid(&store);
+        revived.is_some()
+    });
+    let revived = revived.expect("found").to_string();
+    for ns in ["pid", "mnt", "cgroup"] {
+        assert_eq!(
+            ns_of(&revived, ns),
+            ns_of("self", ns),
+            "watcher's {ns} namespace"
+        );
+    }
+    let cgroup = std::fs::read_to_string(format!("/proc/{revived}/cgroup")).unwrap_or_default();
+    assert!(
+        !cgroup.contains("fvm-"),
+        "the watcher is in a vm's cgroup:\n{cgroup}"
+    );
+    rename_over(&file, "v1");
+    wait_until("the vm sees the host's new file", || read() == "v1");
+
+    for args in [&["stats"][..], &["doctor"][..]] {
+        kill_watcher(&store);
+        // (doctor's verdict on the rest of the host is not this test's business)
+        let out = fvm_within(&store, args);
+        if args == ["doctor"] {
+            let row = out.stdout.lines().find(|l| l.starts_with("watcher"));
+            assert!(
+                row.is_some_and(|r| r.contains("warn") && r.contains("restarted")),
+                "doctor doesn't report the missing watcher:\n{out}"
+            );
+        }
+        wait_until("the watcher runs again", || watch_pid(&store).is_some());
+    }
+    kill_watcher(&store);
+    ok_within(&store, &["run", "w", "--", "true"]);
+    wait_until("`run` started the watcher again", || {
+        watch_pid(&store).is_some()
+    });
+    rename_over(&file, "v2");
+    wait_until("the vm sees the host's newer file", || read() == "v2");
+    let out = fvm_within(&store, &["doctor"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("watcher") && l.contains("running")),
+        "{out}"
+    );
+    store.stop("w");
+    store.assert_clean();
+}
