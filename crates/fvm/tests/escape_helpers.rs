@@ -43,23 +43,31 @@ fn ok_within(store: &TestStore, args: &[&str]) -> Out {
     out
 }
 
-/// Stops (SIGSTOP), then kills (SIGKILL) every process it can see but itself and
-/// its init, over and over; and between rounds reads every file under argv[1],
-/// noting in /root/fvm-leak (its own layer) each one that holds "fvm-tok".
+/// Two processes: one stops (SIGSTOP), then kills (SIGKILL) every process it
+/// can see but the two of them and their init, and the next pids its pid
+/// namespace will hand out, over and over, as fast as it can (for the few
+/// seconds of the test); the other reads every file under argv[1], noting in
+/// /root/fvm-leak (its own layer) each one that holds "fvm-tok".
 const ATTACKER: &str = r#"
 import os, signal, sys, time
-me = os.getpid()
+walker = os.getpid()
+if os.fork() == 0:
+    spare = {os.getpid(), walker, 1}
+    while True:
+        seen = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+        # And the next pids the VM's pid namespace hands out, before they exist.
+        top = max(seen)
+        targets = [p for p in seen if p not in spare] + list(range(top + 1, top + 32))
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for p in targets:
+                try:
+                    os.kill(p, sig)
+                except OSError:
+                    pass
 watch = sys.argv[1]
 leak = open("/root/fvm-leak", "a")
 seen = set()
 while True:
-    for sig in (signal.SIGSTOP, signal.SIGKILL):
-        for p in os.listdir("/proc"):
-            if p.isdigit() and int(p) not in (me, 1):
-                try:
-                    os.kill(int(p), sig)
-                except OSError:
-                    pass
     for root, dirs, files in os.walk(watch):
         for f in files:
             path = os.path.join(root, f)
@@ -142,11 +150,16 @@ fn host_commands_finish_while_a_vm_stops_and_kills_all_it_sees() {
             ),
         ],
     );
-    wait_until("the attacker runs", || {
-        store.vm_pids("att").iter().any(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                .is_ok_and(|c| c.contains("attack.py"))
-        })
+    wait_until("both processes of the attacker run", || {
+        store
+            .vm_pids("att")
+            .iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("attack.py"))
+            })
+            .count()
+            == 2
     });
     let att = init_of(&store, "att");
 
