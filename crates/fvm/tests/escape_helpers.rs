@@ -354,20 +354,12 @@ fn start_refuses_a_vm_whose_dir_was_deleted() {
     store.assert_clean();
 }
 
-/// The pid in STORE/watch.pid, if it names a live `fvm-watch`.
-fn watch_pid(store: &TestStore) -> Option<i32> {
-    std::fs::read_to_string(store.root.join("watch.pid"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .filter(|p| is_alive_as(*p, "fvm-watch"))
-}
-
 /// Kill the store's watcher; returns its pid.
 #[track_caller]
 fn kill_watcher(store: &TestStore) -> i32 {
     let mut pid = None;
     wait_until("the store's watcher runs", || {
-        pid = watch_pid(store);
+        pid = store.watcher_pid();
         pid.is_some()
     });
     let pid = pid.expect("found");
@@ -419,7 +411,7 @@ fn a_killed_watcher_is_started_again_by_the_next_command() {
     ok_within(&store, &["list"]);
     let mut revived = None;
     wait_until("`list` started the watcher again", || {
-        revived = watch_pid(&store);
+        revived = store.watcher_pid();
         revived.is_some()
     });
     let revived = revived.expect("found").to_string();
@@ -449,12 +441,12 @@ fn a_killed_watcher_is_started_again_by_the_next_command() {
                 "doctor doesn't report the missing watcher:\n{out}"
             );
         }
-        wait_until("the watcher runs again", || watch_pid(&store).is_some());
+        wait_until("the watcher runs again", || store.watcher_pid().is_some());
     }
     kill_watcher(&store);
     ok_within(&store, &["run", "w", "--", "true"]);
     wait_until("`run` started the watcher again", || {
-        watch_pid(&store).is_some()
+        store.watcher_pid().is_some()
     });
     rename_over(&file, "v2");
     wait_until("the vm sees the host's newer file", || read() == "v2");
