@@ -327,6 +327,66 @@ fn an_interrupted_dir_create_leaves_a_vm_that_starts_only_once_hidden_everywhere
     store.assert_clean();
 }
 
+/// A process of a running VM that made the (empty) `--dir` its working
+/// directory before the create covered it keeps that directory, but none of the
+/// new VM's files ever appear in it: the VM gets a new directory at the path.
+#[test]
+fn a_vm_holding_the_dir_open_from_before_the_create_reads_nothing_of_it() {
+    let test = "a_vm_holding_the_dir_open_from_before_the_create_reads_nothing_of_it";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("esch-held");
+    let outside = var_tmp_dir("esch-held");
+    let dir = outside.path().join("x");
+    std::fs::create_dir(&dir).expect("mkdir");
+    store.create("early");
+    store.start("early");
+    let tag = unique("fvm-holder");
+    let _ = fvm_within(
+        &store,
+        &[
+            "run",
+            "early",
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "cd {} && setsid sh -c 'while :; do cat ./-/upper/root/s; sleep 0.1; done # {tag}' \
+                 </dev/null >/root/fvm-leak 2>/dev/null &",
+                s(&dir)
+            ),
+        ],
+    );
+    wait_until("the holder runs in vm early", || {
+        store.vm_pids("early").iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/cmdline")).is_ok_and(|c| c.contains(&tag))
+        })
+    });
+    ok_within(&store, &["create", "x", "--dir", s(&dir)]);
+    let secret = unique("fvm-tok-secret");
+    ok_within(
+        &store,
+        &[
+            "run",
+            "x",
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {secret} > /root/s"),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    ok_within(&store, &["stop", "early"]);
+    let seen = std::fs::read_to_string(store.root.join("vms/early/layers/-/upper/root/fvm-leak"))
+        .expect("the holder's output");
+    assert!(
+        !seen.contains(&secret),
+        "vm early read vm x's files through a directory it held open:\n{seen}"
+    );
+    store.assert_clean();
+}
+
 /// `start` of a VM whose `--dir` was deleted refuses with one line and doesn't
 /// make the dir again; `delete` then removes the VM and its place in the index.
 #[test]

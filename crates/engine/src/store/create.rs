@@ -136,6 +136,52 @@ impl Store {
         })
     }
 
+    /// Give VM `name`'s `--dir` a new inode, once every running VM covers its
+    /// path and before the VM first starts: a process of a VM that opened the
+    /// directory before it was covered (as its working directory, say; it may have
+    /// existed empty before the create) still reaches the old inode, and through
+    /// it whatever is made in it. The old one is renamed aside and removed, and a
+    /// new one made at the path, with the owner mark. Refused unless the directory
+    /// holds nothing but the VM's owner mark.
+    pub fn renew_dir(&self, dir: &Path, name: &VmName) -> Result<(), StoreError> {
+        let fail = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        let only_mark = std::fs::read_dir(dir)
+            .map_err(fail)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(fail)?
+            == [OWNER_MARK];
+        if !only_mark || !self.owns_dir(dir, name) {
+            return Err(StoreError::DirInUse {
+                path: dir.to_owned(),
+            });
+        }
+        let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else {
+            return Err(fail(io::ErrorKind::InvalidInput.into()));
+        };
+        let aside = parent.join(format!(
+            ".{}.fvm-old-{}",
+            leaf.to_string_lossy(),
+            std::process::id()
+        ));
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::CWD,
+            &aside,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| fail(e.into()))?;
+        self.claim_dir(dir, name)?;
+        files::remove_tree(&aside).map_err(|source| StoreError::Delete {
+            path: aside.clone(),
+            source,
+        })
+    }
+
     /// What a VM's `--dir` holds to prove it is fvm's to delete.
     pub(super) fn owner_mark(&self, name: &VmName) -> String {
         format!(

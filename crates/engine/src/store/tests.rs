@@ -183,3 +183,25 @@ fn sweep_releases_the_dir_of_a_create_that_died_before_its_vm_appeared() {
     assert!(!s.private_paths().contains(&dir));
     assert!(precious.is_dir());
 }
+
+#[test]
+fn a_dir_is_renewed_only_while_it_holds_nothing_but_its_owner_mark() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("x");
+    s.create_vm(&Policy::new(name("x"), Some(dir.clone())))
+        .unwrap();
+    let before = std::fs::metadata(&dir).unwrap().ino();
+    s.renew_dir(&dir, &name("x")).unwrap();
+    assert_ne!(std::fs::metadata(&dir).unwrap().ino(), before);
+    assert!(s.owns_dir(&dir, &name("x")));
+    // Nothing is left beside it.
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    // Not another VM's, and never once it holds layers.
+    assert!(s.renew_dir(&dir, &name("y")).is_err());
+    std::fs::create_dir(dir.join("-")).unwrap();
+    let e = s.renew_dir(&dir, &name("x")).unwrap_err();
+    assert!(matches!(e, StoreError::DirInUse { .. }), "{e}");
+    assert!(dir.join("-").is_dir());
+}

@@ -50,10 +50,14 @@ impl Engine {
             Ok(self.store.create_vm(&policy)?)
         })?;
         // The VM was made with a `hide-pending` mark: until the VMs that already
-        // run cover its `--dir`, it can't start. A create killed before the mark
-        // goes leaves a VM whose next start (or `run`) covers the dir first.
+        // run cover its `--dir` (and it has a new inode, which nothing a VM
+        // opened before can reach), it can't start. A create killed before the
+        // mark goes leaves a VM whose next start (or `run`) does both first.
         if let Some(dir) = &policy.dir {
-            if let Err(e) = self.hide_from_running(name, dir) {
+            let hidden = self
+                .hide_from_running(name, dir)
+                .and_then(|()| Ok(self.store.renew_dir(dir, name)?));
+            if let Err(e) = hidden {
                 let _ = self.delete(name, true);
                 return Err(e);
             }
@@ -195,6 +199,7 @@ impl Engine {
             }
             if vm.hide_pending_path().exists() {
                 self.hide_from_running(name, dir)?;
+                self.store.renew_dir(dir, name)?;
                 self.clear_hide_pending(vm)?;
             }
         }
