@@ -488,14 +488,17 @@ const TMPFS_MAGIC: i64 = 0x0102_1994;
 /// symlinks), so nothing goes through the VM's `/proc`, and each cover is then
 /// checked by opening the path again. A path the VM sees as something other
 /// than a directory (a file or symlink of its own layer) can't show the host's
-/// directory and needs no cover; a path it doesn't see at all is an error, unlike
-/// at start: it may be a stale lookup that shows the directory later.
-pub fn hide_in_running(paths: &[PathBuf]) -> Result<(), MountError> {
+/// directory and needs no cover. A path it doesn't see at all is an error unless
+/// `missing_ok` (a VM none of whose processes ran yet): it may be a stale lookup
+/// that shows the directory later.
+pub fn hide_in_running(paths: &[PathBuf], missing_ok: bool) -> Result<(), MountError> {
     for path in paths {
         let root = open_root()?;
-        let target = match open_dir_beneath(&root, path)? {
-            Reached::Dir(fd) => fd,
-            Reached::NotADir => continue,
+        let target = match open_dir_beneath(&root, path) {
+            Ok(Reached::Dir(fd)) => fd,
+            Ok(Reached::NotADir) => continue,
+            Err(e) if missing_ok && e.source.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
         };
         if is_cover(&target) {
             continue;

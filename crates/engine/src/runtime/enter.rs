@@ -34,6 +34,9 @@ pub enum EnterError {
     Spawn(#[from] SpawnError),
     #[error("gave up after {0:?}")]
     Timeout(std::time::Duration),
+    /// What the helper that covers a path in the VM reported.
+    #[error("{0}")]
+    Cover(String),
 }
 
 /// Enter the VM and start `spec`. Returns the command's pid (our child) and the pty
@@ -72,6 +75,23 @@ pub fn enter(
     Ok((pid, master))
 }
 
+/// What a path the VM doesn't show at all means to [`hide_paths`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// A VM that has run: it may be a stale lookup that shows the directory
+    /// later, so it is an error.
+    Error,
+    /// A VM just assembled, none of whose processes ran yet: its own layer hides
+    /// the path for good.
+    Hidden,
+}
+
+/// The mount points of tmpfs mounts in the VM's mount table, read from the host.
+/// A VM can't mount, so these are fvm's.
+pub fn covered(init: &ProcId) -> Vec<std::path::PathBuf> {
+    crate::mounts::mountinfo::mount_points_of(init, "tmpfs")
+}
+
 /// How long covering a new VM directory inside one running VM may take.
 pub const HIDE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -84,7 +104,11 @@ pub const HIDE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10
 /// of the VM can see, signal, trace or starve it, and it mounts by file
 /// descriptor, never through the VM's `/proc`. It gets [`HIDE_DEADLINE`]; after
 /// that it is killed and this is an error.
-pub fn hide_paths(init: &ProcId, paths: &[std::path::PathBuf]) -> Result<bool, EnterError> {
+pub fn hide_paths(
+    init: &ProcId,
+    paths: &[std::path::PathBuf],
+    missing: Missing,
+) -> Result<bool, EnterError> {
     let Some(handle) = InitHandle::open(init).map_err(EnterError::Init)? else {
         return Ok(false);
     };
@@ -98,7 +122,7 @@ pub fn hide_paths(init: &ProcId, paths: &[std::path::PathBuf]) -> Result<bool, E
                 rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)
                     .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
                     .and_then(|()| {
-                        crate::mounts::apply::hide_in_running(paths)
+                        crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
                             .map_err(|e| crate::vm::error_line(&e))
                     });
             if let Err(msg) = result {
@@ -115,13 +139,11 @@ pub fn hide_paths(init: &ProcId, paths: &[std::path::PathBuf]) -> Result<bool, E
     let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut msg);
     match ok {
         Some(true) => Ok(true),
-        Some(false) => Err(EnterError::Setns(std::io::Error::other(
-            if msg.is_empty() {
-                "the helper process failed".to_owned()
-            } else {
-                msg
-            },
-        ))),
+        Some(false) => Err(EnterError::Cover(if msg.is_empty() {
+            "the helper process failed".to_owned()
+        } else {
+            msg
+        })),
         None => Err(EnterError::Timeout(HIDE_DEADLINE)),
     }
 }

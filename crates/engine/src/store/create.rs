@@ -162,6 +162,10 @@ impl Store {
         let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else {
             return Err(fail(io::ErrorKind::InvalidInput.into()));
         };
+        // A VM that starts checks its covers under the store lock (see
+        // `Engine::launch`): it never sees the path between the rename and the
+        // new directory.
+        let _lock = self.lock()?;
         let aside = parent.join(format!(
             ".{}.fvm-old-{}",
             leaf.to_string_lossy(),

@@ -294,7 +294,8 @@ impl Store {
         paths
     }
 
-    fn dirs(&self) -> Vec<PathBuf> {
+    /// The index of the store's `--dir`s.
+    pub fn dirs(&self) -> Vec<PathBuf> {
         files::read_regular(&self.root.join("dirs"))
             .map(|t| {
                 t.lines()

@@ -118,9 +118,46 @@ impl Engine {
                 plan = Some(self.hide_points(new, &[dir.to_owned()])?);
             }
             let paths = plan.as_deref().unwrap_or_default();
-            enter::hide_paths(&init, paths).map_err(failed)?;
+            enter::hide_paths(&init, paths, enter::Missing::Error).map_err(failed)?;
             tracing::debug!(vm = %other, dir = %dir.display(), "new vm dir hidden in running vm");
         }
+        Ok(())
+    }
+
+    /// After the VM is assembled and before its processes run: every `--dir` of
+    /// the store is covered in it, checked against its mount table (read from the
+    /// host). One made after its mount plan was read (a create that found this VM
+    /// not yet running) is covered now, as the create does. Under the store lock,
+    /// so that no `--dir` is half renewed ([`crate::store::Store::renew_dir`])
+    /// meanwhile. The VM's view is fresh: a path it doesn't show at all is hidden
+    /// by its own layer for good and needs no cover.
+    fn cover_new_dirs(&self, name: &VmName, init: &ProcId) -> Result<(), VmError> {
+        let _lock = self.store.lock()?;
+        let dirs: Vec<PathBuf> = self
+            .store
+            .dirs()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .collect();
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        let covered = enter::covered(init);
+        let missing: Vec<PathBuf> = self
+            .hide_points(name, &dirs)?
+            .into_iter()
+            .filter(|p| !covered.contains(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        enter::hide_paths(init, &missing, enter::Missing::Hidden).map_err(|source| {
+            VmError::HideDir {
+                dir: missing[0].clone(),
+                name: name.to_string(),
+                source: Box::new(source),
+            }
+        })?;
         Ok(())
     }
 
@@ -206,7 +243,6 @@ impl Engine {
         let policy = &self.ensure_address(vm, policy)?;
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
-        let private = self.store.private_paths();
         let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
         tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         let layout = Layout {
@@ -307,24 +343,8 @@ impl Engine {
         // A `--dir` VM made while this one started may have missed its mount plan
         // (and the create, this VM's lock): cover it before the VM's processes run.
         let started = started.and_then(|init| {
-            let added: Vec<PathBuf> = self
-                .store
-                .private_paths()
-                .into_iter()
-                .filter(|p| !private.contains(p))
-                .collect();
-            if !added.is_empty() {
-                let paths = self
-                    .hide_points(name, &added)
-                    .map_err(|e| StartError::Hide(Box::new(e)))?;
-                enter::hide_paths(&init, &paths).map_err(|source| {
-                    StartError::Hide(Box::new(VmError::HideDir {
-                        dir: added[0].clone(),
-                        name: name.to_string(),
-                        source: Box::new(source),
-                    }))
-                })?;
-            }
+            self.cover_new_dirs(name, &init)
+                .map_err(|e| StartError::Hide(Box::new(e)))?;
             launched
                 .go()
                 .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;

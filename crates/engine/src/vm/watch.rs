@@ -531,20 +531,5 @@ fn invalidate(vm: &Running) {
 
 /// Where the VM's overlays are mounted, as its mount table says.
 fn overlay_points(vm: &Running) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", vm.init.pid)) else {
-        return Vec::new();
-    };
-    // Checked after reading: the pid still names the VM's init.
-    if !vm.init.is_alive() {
-        return Vec::new();
-    }
-    mounts::mountinfo::parse(&text)
-        .map(|table| {
-            table
-                .iter()
-                .filter(|m| m.fs_type == "overlay")
-                .map(|m| m.mount_point.clone())
-                .collect()
-        })
-        .unwrap_or_default()
+    mounts::mountinfo::mount_points_of(&vm.init, "overlay")
 }
