@@ -2,10 +2,13 @@
 //! that makes host changes visible inside them (see [`crate::watch`]).
 //!
 //! It is started by the command that starts a VM (forked off and detached, so
-//! no fvm command waits for it), holds `STORE/watch.lock` for its life so there
-//! is never a second one, and rescans the store when one of the VMs it knows
-//! exits (a pidfd each) or when a new one starts (SIGHUP from the starter). It
-//! exits when no VM of the store runs. It has no timer of its own: it sleeps in
+//! no fvm command waits for it), and again by `list`, `stats`, `run` or `doctor`
+//! if they find VMs running without it ([`Engine::keep_watcher`]). It runs in
+//! the host's namespaces and the starting command's cgroup, never a VM's. It
+//! holds `STORE/watch.lock` for its life so there is never a second one, and
+//! rescans the store when one of the VMs it knows exits (a pidfd each) or when a
+//! new one starts (SIGHUP from the starter). It exits when no VM of the store
+//! runs. It has no timer of its own: it sleeps in
 //! `poll` until the kernel reports a change, a VM ends or a signal comes.
 
 use std::collections::HashMap;
