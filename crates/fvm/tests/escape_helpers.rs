@@ -387,6 +387,50 @@ fn a_vm_holding_the_dir_open_from_before_the_create_reads_nothing_of_it() {
     store.assert_clean();
 }
 
+/// A `--dir` that enters the store's index after a starting VM read its mount
+/// plan (a create racing the start, which may not yet find the VM running) is
+/// covered in that VM before any of its processes runs. The race is made
+/// certain: the store's lock is held while the VM starts, the dir is added to
+/// the index meanwhile, as a create's first step does, then the lock is let go.
+#[test]
+fn a_dir_made_while_a_vm_starts_is_covered_before_the_vm_runs() {
+    let test = "a_dir_made_while_a_vm_starts_is_covered_before_the_vm_runs";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("esch-race");
+    let outside = var_tmp_dir("esch-race");
+    let dir = outside.path().join("x");
+    store.create("y");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(store.root.join("lock"))
+        .expect("open the store lock");
+    lock.lock().expect("flock");
+    let start = store.background(&["start", "y"]);
+    let state = store.root.join("vms/y/state.json");
+    wait_until("vm y is recorded as running", || {
+        std::fs::read_to_string(&state).is_ok_and(|t| t.contains("running"))
+    });
+    std::fs::create_dir(&dir).expect("mkdir");
+    let index = store.root.join("dirs");
+    let mut dirs = std::fs::read_to_string(&index).unwrap_or_default();
+    dirs.push_str(&format!("{}\n", s(&dir)));
+    std::fs::write(&index, dirs).expect("write the index");
+    lock.unlock().expect("unlock");
+    let out = start.finish();
+    assert_eq!(out.code, 0, "{out}");
+    assert!(
+        covered_in(init_of(&store, "y"), &dir),
+        "{} is not covered in vm y",
+        s(&dir)
+    );
+    store.stop("y");
+    store.assert_clean();
+}
+
 /// `start` of a VM whose `--dir` was deleted refuses with one line and doesn't
 /// make the dir again; `delete` then removes the VM and its place in the index.
 #[test]
