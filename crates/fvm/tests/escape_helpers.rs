@@ -46,11 +46,13 @@ fn ok_within(store: &TestStore, args: &[&str]) -> Out {
 /// Two processes: one stops (SIGSTOP), then kills (SIGKILL) every process it
 /// can see but the two of them and their init, and the next pids its pid
 /// namespace will hand out, over and over, as fast as it can (for the few
-/// seconds of the test); the other reads every file under argv[1], noting in
-/// /root/fvm-leak (its own layer) each one that holds "fvm-tok".
+/// seconds of the test), or only stops them with argv[2] "stop-only"; the other
+/// reads every file under argv[1], noting in /root/fvm-leak (its own layer) each
+/// one that holds "fvm-tok".
 const ATTACKER: &str = r#"
 import os, signal, sys, time
 walker = os.getpid()
+signals = [signal.SIGSTOP] + ([] if sys.argv[2:] == ["stop-only"] else [signal.SIGKILL])
 if os.fork() == 0:
     spare = {os.getpid(), walker, 1}
     while True:
@@ -58,7 +60,7 @@ if os.fork() == 0:
         # And the next pids the VM's pid namespace hands out, before they exist.
         top = max(seen)
         targets = [p for p in seen if p not in spare] + list(range(top + 1, top + 32))
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for sig in signals:
             for p in targets:
                 try:
                     os.kill(p, sig)
@@ -82,6 +84,41 @@ while True:
                 leak.flush()
     time.sleep(0.01)
 "#;
+
+/// Start the attacker (script `script`) in running VM `name`, reading under
+/// `dirs`; `mode` is "" or "stop-only". Returns once both of its processes run.
+#[track_caller]
+fn start_attacker(store: &TestStore, name: &str, script: &Path, dirs: &Path, mode: &str) {
+    // Started from a shell that the loop itself stops or kills at once: no wait
+    // for it.
+    let _ = try_run(
+        store.command(&[
+            "run",
+            name,
+            "--",
+            "sh",
+            "-c",
+            &format!(
+                "setsid python3 {} {} {mode} </dev/null >/dev/null 2>&1 &",
+                s(script),
+                s(dirs)
+            ),
+        ]),
+        None,
+        Duration::from_secs(5),
+    );
+    wait_until("both processes of the attacker run", || {
+        store
+            .vm_pids(name)
+            .iter()
+            .filter(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| c.contains("attack.py"))
+            })
+            .count()
+            == 2
+    });
+}
 
 /// The host pid of the VM's init.
 #[track_caller]
@@ -134,33 +171,7 @@ fn host_commands_finish_while_a_vm_stops_and_kills_all_it_sees() {
 
     store.create("att");
     store.start("att");
-    // Started from a shell that the loop itself kills at once: no wait for it.
-    let _ = fvm_within(
-        &store,
-        &[
-            "run",
-            "att",
-            "--",
-            "sh",
-            "-c",
-            &format!(
-                "setsid python3 {} {} </dev/null >/dev/null 2>&1 &",
-                s(&script),
-                s(&dirs)
-            ),
-        ],
-    );
-    wait_until("both processes of the attacker run", || {
-        store
-            .vm_pids("att")
-            .iter()
-            .filter(|p| {
-                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .is_ok_and(|c| c.contains("attack.py"))
-            })
-            .count()
-            == 2
-    });
+    start_attacker(&store, "att", &script, &dirs, "");
     let att = init_of(&store, "att");
 
     let secret = unique("fvm-tok-secret");
@@ -234,6 +245,35 @@ fn host_commands_finish_while_a_vm_stops_and_kills_all_it_sees() {
         !seen.contains(&secret),
         "the attacker read a --dir vm's files:\n{seen}"
     );
+    store.assert_clean();
+}
+
+/// `fvm run` into a VM that stops every process it can see (and the next pids of
+/// its namespace) hurts only that command: it ends on SIGINT, or gives up on a
+/// command that never reaches exec, and the store stays usable meanwhile.
+#[test]
+fn a_command_the_vm_stops_ends_on_sigint_and_blocks_nothing() {
+    let test = "a_command_the_vm_stops_ends_on_sigint_and_blocks_nothing";
+    if !needs_root(test) || !needs_tool(test, "python3") {
+        return;
+    }
+    let store = TestStore::new("esch-stopped");
+    let outside = var_tmp_dir("esch-stopped");
+    let script = outside.path().join("attack.py");
+    std::fs::write(&script, ATTACKER).expect("write the attacker");
+    store.create("att");
+    store.start("att");
+    start_attacker(&store, "att", &script, outside.path(), "stop-only");
+    let mut run = store.background(&["run", "att", "--", "sleep", "1000"]);
+    std::thread::sleep(Duration::from_secs(1));
+    // Meanwhile the store and the VM answer.
+    ok_within(&store, &["list"]);
+    ok_within(&store, &["create", "other"]);
+    assert!(!run.finished(), "the command ended by itself");
+    common::signal("INT", &[run.pid()]);
+    let out = run.finish();
+    assert_ne!(out.code, 0, "{out}");
+    ok_within(&store, &["stop", "att"]);
     store.assert_clean();
 }
 
