@@ -277,12 +277,18 @@ fn a_command_the_vm_stops_ends_on_sigint_and_blocks_nothing() {
     store.assert_clean();
 }
 
-/// Holds a VM's lock (as a host command does) until dropped.
+/// Holds a lock file of the store (as a host command does) until dropped.
 struct Held(std::fs::File);
 
 impl Held {
-    fn lock(store: &TestStore, name: &str) -> Held {
-        let f = std::fs::File::open(store.root.join(format!("vms/{name}/lock"))).expect("open");
+    /// `rel`: "lock" for the store's, "vms/NAME/lock" for a VM's.
+    fn lock(store: &TestStore, rel: &str) -> Held {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(store.root.join(rel))
+            .expect("open the lock file");
         f.lock().expect("flock");
         Held(f)
     }
@@ -310,7 +316,7 @@ fn an_interrupted_dir_create_leaves_a_vm_that_starts_only_once_hidden_everywhere
     store.start("early");
     let early = init_of(&store, "early");
     // While the VM is busy (its lock held), the create waits to cover it.
-    let held = Held::lock(&store, "early");
+    let held = Held::lock(&store, "vms/early/lock");
     let create = store.background(&["create", "x", "--dir", s(&dir)]);
     let pending = store.root.join("vms/x/hide-pending");
     wait_until("vm x exists, marked as not yet hidden", || pending.exists());
@@ -442,13 +448,7 @@ fn a_dir_made_while_a_vm_starts_is_covered_before_the_vm_runs() {
     let outside = var_tmp_dir("esch-race");
     let dir = outside.path().join("x");
     store.create("y");
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(store.root.join("lock"))
-        .expect("open the store lock");
-    lock.lock().expect("flock");
+    let held = Held::lock(&store, "lock");
     let start = store.background(&["start", "y"]);
     let state = store.root.join("vms/y/state.json");
     wait_until("vm y is recorded as running", || {
@@ -459,7 +459,7 @@ fn a_dir_made_while_a_vm_starts_is_covered_before_the_vm_runs() {
     let mut dirs = std::fs::read_to_string(&index).unwrap_or_default();
     dirs.push_str(&format!("{}\n", s(&dir)));
     std::fs::write(&index, dirs).expect("write the index");
-    lock.unlock().expect("unlock");
+    drop(held);
     let out = start.finish();
     assert_eq!(out.code, 0, "{out}");
     assert!(
