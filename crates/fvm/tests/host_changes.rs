@@ -170,14 +170,6 @@ fn kernel_dev(p: &Path) -> String {
     format!("{:x}", (major << 20) | minor)
 }
 
-/// The pid in STORE/watch.pid, if it names a live `fvm-watch`.
-fn watch_pid(store: &TestStore) -> Option<i32> {
-    std::fs::read_to_string(store.root.join("watch.pid"))
-        .ok()
-        .and_then(|t| t.trim().parse().ok())
-        .filter(|p| is_alive_as(*p, "fvm-watch"))
-}
-
 /// Whether the process has a fanotify group with a mark on the filesystem whose
 /// kernel device number is `sdev`.
 fn watches(pid: i32, sdev: &str) -> bool {
@@ -202,7 +194,7 @@ fn wait_for_watcher(store: &TestStore, dir: &Path) -> i32 {
     let sdev = kernel_dev(dir);
     let start = Instant::now();
     loop {
-        if let Some(pid) = watch_pid(store).filter(|p| watches(*p, &sdev)) {
+        if let Some(pid) = store.watcher_pid().filter(|p| watches(*p, &sdev)) {
             return pid;
         }
         assert!(

@@ -547,28 +547,127 @@ fn populate_dev() -> Result<(), MountError> {
     )
 }
 
-/// Cover a place where VM layers would be visible with an empty read-only tmpfs.
-/// If the VM's view has no directory there (the VM removed or replaced it), the
-/// layers can't be reached through that path and nothing needs covering.
-/// In a running VM's mount namespace (the caller has entered it): cover each of
-/// `paths` with an empty read-only tmpfs, as a start does. A path the VM can't
-/// see is an error here, unlike at start: it may appear later, uncovered.
-pub fn hide_in_running(paths: &[PathBuf]) -> Result<(), MountError> {
+/// `statfs` type of tmpfs.
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+
+/// In a running VM's mount namespace (the caller has entered that namespace
+/// only, and stays in the host's pid namespace and cgroup): cover each of
+/// `paths` with an empty read-only tmpfs, as a start does, unless it is covered
+/// already. The mount is made with file descriptors only (`fsmount` and
+/// `move_mount` onto a target opened beneath the VM's root without following
+/// symlinks), so nothing goes through the VM's `/proc`, and each cover is then
+/// checked by opening the path again. A path the VM sees as something other
+/// than a directory (a file or symlink of its own layer) can't show the host's
+/// directory and needs no cover. A path it doesn't see at all is an error unless
+/// `missing_ok` (a VM none of whose processes ran yet): it may be a stale lookup
+/// that shows the directory later.
+pub fn hide_in_running(paths: &[PathBuf], missing_ok: bool) -> Result<(), MountError> {
     for path in paths {
-        let root = rustix::fs::open(
-            "/",
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| err("open", Path::new("/"))(e.into()))?;
-        if open_beneath(&root, path, true)?.is_none() {
-            return Err(err("find", path)(io::ErrorKind::NotFound.into()));
+        let root = open_root()?;
+        let target = match open_dir_beneath(&root, path) {
+            Ok(Reached::Dir(fd)) => fd,
+            Ok(Reached::NotADir) => continue,
+            Err(e) if missing_ok && e.source.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if is_cover(&target) {
+            continue;
         }
-        hide(path)?;
+        cover_fd(&target).map_err(err("mount an empty tmpfs at", path))?;
+        let root = open_root()?;
+        match open_dir_beneath(&root, path)? {
+            Reached::Dir(fd) if is_cover(&fd) => {}
+            _ => {
+                return Err(err("cover", path)(io::Error::other(
+                    "the path moved while it was covered",
+                )));
+            }
+        }
     }
     Ok(())
 }
 
+fn open_root() -> Result<OwnedFd, MountError> {
+    rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| err("open", Path::new("/"))(e.into()))
+}
+
+enum Reached {
+    Dir(OwnedFd),
+    /// A non-directory (or a symlink) on the way or at the end.
+    NotADir,
+}
+
+fn open_dir_beneath(root: &OwnedFd, path: &Path) -> Result<Reached, MountError> {
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    match rustix::fs::openat2(
+        root.as_fd(),
+        rel,
+        OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW | OFlags::DIRECTORY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(Reached::Dir(fd)),
+        Err(e) if matches!(e.raw_os_error(), libc::ELOOP | libc::ENOTDIR) => Ok(Reached::NotADir),
+        Err(e) => Err(err("find", path)(e.into())),
+    }
+}
+
+/// Whether `dir` is the root of an empty read-only tmpfs mount, as a cover is
+/// (a VM can't mount, so it can't have made one).
+fn is_cover(dir: &OwnedFd) -> bool {
+    let tmpfs = rustix::fs::fstatfs(dir).is_ok_and(|s| s.f_type == TMPFS_MAGIC);
+    let root = rustix::fs::statx(
+        dir,
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
+        rustix::fs::StatxFlags::BASIC_STATS,
+    )
+    .is_ok_and(|st| {
+        let attr = rustix::fs::StatxAttributes::MOUNT_ROOT;
+        st.stx_attributes_mask.contains(attr)
+            && st.stx_attributes.contains(attr)
+            && st.stx_mode & 0o777 == 0
+    });
+    tmpfs && root
+}
+
+/// Mount an empty read-only tmpfs onto the directory `target`, by descriptor.
+fn cover_fd(target: &OwnedFd) -> io::Result<()> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let fs = fsopen("tmpfs", FsOpenFlags::FSOPEN_CLOEXEC)?;
+    for (key, value) in [("mode", "0000"), ("size", "4k"), ("nr_inodes", "1")] {
+        fsconfig_set_string(&fs, key, value)?;
+    }
+    fsconfig_create(&fs)?;
+    let mnt = fsmount(
+        &fs,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_RDONLY
+            | MountAttrFlags::MOUNT_ATTR_NOSUID
+            | MountAttrFlags::MOUNT_ATTR_NODEV
+            | MountAttrFlags::MOUNT_ATTR_NOEXEC,
+    )?;
+    move_mount(
+        &mnt,
+        "",
+        target,
+        "",
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH | MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+    )?;
+    Ok(())
+}
+
+/// Cover a place where VM layers would be visible with an empty read-only tmpfs.
+/// If the VM's view has no directory there (the VM removed or replaced it), the
+/// layers can't be reached through that path and nothing needs covering.
 fn hide(path: &Path) -> Result<(), MountError> {
     let root = rustix::fs::open(
         "/",

@@ -103,6 +103,27 @@ fn unescape(field: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
+/// Where mounts of filesystem type `fs_type` are in the mount table of the
+/// process `init` (a VM's init), as it sees them; empty if it is gone.
+pub fn mount_points_of(init: &crate::runtime::procid::ProcId, fs_type: &str) -> Vec<PathBuf> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", init.pid)) else {
+        return Vec::new();
+    };
+    // Checked after reading: the pid still names the VM's init.
+    if !init.is_alive() {
+        return Vec::new();
+    }
+    parse(&text)
+        .map(|table| {
+            table
+                .iter()
+                .filter(|m| m.fs_type == fs_type)
+                .map(|m| m.mount_point.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,7 +64,19 @@ pub enum SpawnError {
     },
     #[error("invalid argument or environment (it contains a NUL byte)")]
     Nul,
+    #[error(
+        "{program} did not start within {after:?} (a process of the vm may have stopped it); gave up"
+    )]
+    Stalled {
+        program: String,
+        after: std::time::Duration,
+    },
 }
+
+/// How long a new process may take to reach `exec`. In a running VM it is in the
+/// VM's pid namespace from its first instruction, so a process of the VM can stop
+/// it; the command that waits for it must not wait for ever.
+const EXEC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SpawnError {
     /// The exit status a shell would give.
@@ -275,6 +287,15 @@ pub fn spawn(
         }
         Forked::Parent(pid) => {
             drop(err_write);
+            // Readable once the child exec'd (or died), or its exec failed.
+            if !super::stop::wait_readable(&err_read, EXEC_DEADLINE).unwrap_or(true) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+                return Err(SpawnError::Stalled {
+                    program: r.program,
+                    after: EXEC_DEADLINE,
+                });
+            }
             let mut buf = [0u8; 4];
             let mut f = std::fs::File::from(err_read);
             match f.read(&mut buf) {

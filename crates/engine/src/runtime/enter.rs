@@ -32,6 +32,11 @@ pub enum EnterError {
     Pty(#[source] std::io::Error),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
+    #[error("gave up after {0:?}")]
+    Timeout(std::time::Duration),
+    /// What the helper that covers a path in the VM reported.
+    #[error("{0}")]
+    Cover(String),
 }
 
 /// Enter the VM and start `spec`. Returns the command's pid (our child) and the pty
@@ -70,71 +75,93 @@ pub fn enter(
     Ok((pid, master))
 }
 
+/// What a path the VM doesn't show at all means to [`hide_paths`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    /// A VM that has run: it may be a stale lookup that shows the directory
+    /// later, so it is an error.
+    Error,
+    /// A VM just assembled, none of whose processes ran yet: its own layer hides
+    /// the path for good.
+    Hidden,
+}
+
+/// The mount points of tmpfs mounts in the VM's mount table, read from the host.
+/// A VM can't mount, so these are fvm's.
+pub fn covered(init: &ProcId) -> Vec<std::path::PathBuf> {
+    crate::mounts::mountinfo::mount_points_of(init, "tmpfs")
+}
+
+/// How long covering a new VM directory inside one running VM may take.
+pub const HIDE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Cover `paths` (as the VM sees them) with an empty read-only tmpfs inside the
 /// running VM whose init is `init`: for a VM directory made after the VM started.
-/// A child process enters the VM's mount namespace and mounts, so this process
-/// stays where it is. Returns false if the VM isn't running any more.
-pub fn hide_paths(init: &ProcId, paths: &[std::path::PathBuf]) -> Result<bool, EnterError> {
+/// Returns false if the VM isn't running any more.
+///
+/// A child process (`fvm-hide`) enters the VM's mount namespace and nothing else:
+/// it stays in the host's pid namespace and this command's cgroup, so no process
+/// of the VM can see, signal, trace or starve it, and it mounts by file
+/// descriptor, never through the VM's `/proc`. It gets [`HIDE_DEADLINE`]; after
+/// that it is killed and this is an error.
+pub fn hide_paths(
+    init: &ProcId,
+    paths: &[std::path::PathBuf],
+    missing: Missing,
+) -> Result<bool, EnterError> {
     let Some(handle) = InitHandle::open(init).map_err(EnterError::Init)? else {
         return Ok(false);
     };
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| EnterError::Setns(e.into()))?;
-    match crate::sys::fork().map_err(EnterError::Setns)? {
+    let pid = match crate::sys::fork().map_err(EnterError::Setns)? {
         crate::sys::Forked::Child => {
             drop(read);
-            // The mounts go through /proc/self/fd, so the process that makes them
-            // must be in the VM's pid namespace too, which only a child can be.
-            let result = rustix::thread::move_into_thread_name_spaces(
-                handle.pidfd().as_fd(),
-                Ns::MOUNT | Ns::PROCESS_ID,
-            )
-            .map_err(|e| e.to_string())
-            .and_then(|()| match crate::sys::fork() {
-                Ok(crate::sys::Forked::Child) => {
-                    let code = match crate::mounts::apply::hide_in_running(paths) {
-                        Ok(()) => 0,
-                        Err(e) => {
-                            let msg = crate::vm::error_line(&e);
-                            let _ = rustix::io::write(&write, msg.as_bytes());
-                            1
-                        }
-                    };
-                    crate::sys::exit_now(code);
-                }
-                Ok(crate::sys::Forked::Parent(pid)) => {
-                    match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
-                    {
-                        Ok(Some((_, s))) if s.exit_status() == Some(0) => Ok(()),
-                        _ => Err(String::new()),
-                    }
-                }
-                Err(e) => Err(e.to_string()),
-            });
+            let _ = rustix::thread::set_name(c"fvm-hide");
+            let result =
+                rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)
+                    .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
+                    .and_then(|()| {
+                        crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
+                            .map_err(|e| crate::vm::error_line(&e))
+                    });
             if let Err(msg) = result {
                 let _ = rustix::io::write(&write, msg.as_bytes());
                 crate::sys::exit_now(1);
             }
             crate::sys::exit_now(0);
         }
-        crate::sys::Forked::Parent(pid) => {
-            drop(write);
-            let mut msg = String::new();
-            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut msg);
-            let status = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
-                .map_err(|e| EnterError::Setns(e.into()))?;
-            let ok = status.is_some_and(|(_, s)| s.exit_status() == Some(0));
-            if ok {
-                Ok(true)
-            } else {
-                Err(EnterError::Setns(std::io::Error::other(
-                    if msg.is_empty() {
-                        "the helper process failed".to_owned()
-                    } else {
-                        msg
-                    },
-                )))
-            }
-        }
+        crate::sys::Forked::Parent(pid) => pid,
+    };
+    drop(write);
+    let ok = wait_with_deadline(pid, HIDE_DEADLINE)?;
+    let mut msg = String::new();
+    let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut msg);
+    match ok {
+        Some(true) => Ok(true),
+        Some(false) => Err(EnterError::Cover(if msg.is_empty() {
+            "the helper process failed".to_owned()
+        } else {
+            msg
+        })),
+        None => Err(EnterError::Timeout(HIDE_DEADLINE)),
     }
+}
+
+/// Wait for our child `pid` for at most `deadline`: whether it exited with 0, or
+/// None if it had to be killed.
+fn wait_with_deadline(pid: Pid, deadline: std::time::Duration) -> Result<Option<bool>, EnterError> {
+    use rustix::process::{WaitOptions, waitpid};
+    let child = InitHandle::of_child(pid).map_err(EnterError::Setns)?;
+    if !child.wait(deadline).map_err(EnterError::Setns)? {
+        let _ = child.signal(rustix::process::Signal::KILL);
+        // Reaped if it died; one stuck in the kernel is left to our own exit.
+        let _ = waitpid(Some(pid), WaitOptions::NOHANG);
+        return Ok(None);
+    }
+    let status =
+        waitpid(Some(pid), WaitOptions::empty()).map_err(|e| EnterError::Setns(e.into()))?;
+    Ok(Some(
+        status.is_some_and(|(_, s)| s.exit_status() == Some(0)),
+    ))
 }

@@ -124,6 +124,9 @@ struct Relay {
     /// The pty master, for window sizes.
     winsize_to: Option<OwnedFd>,
     target: Pid,
+    /// The target is the command itself, in a running VM, whose processes can
+    /// stop it: a signal that ends it is followed by SIGCONT.
+    wake_after: bool,
 }
 
 /// Wait for the command, relaying the caller's streams as `ends` says; a pty
@@ -158,6 +161,7 @@ pub fn run(
         raw: None,
         winsize_to: None,
         target,
+        wake_after: pidfd.is_some(),
     };
     r.attach_pipes(ends)?;
     if let Some(m) = master {
@@ -316,10 +320,18 @@ impl Relay {
                 // Typed on a pty, ^C and ^\ reach the command as bytes through it.
                 Signal::SIGINT | Signal::SIGQUIT if self.raw.is_some() => {}
                 sig => {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(self.target.as_raw_nonzero().get()),
-                        sig,
-                    );
+                    let target = nix::unistd::Pid::from_raw(self.target.as_raw_nonzero().get());
+                    let _ = nix::sys::signal::kill(target, sig);
+                    // A command a process of the VM stopped would hold the signal
+                    // until someone continues it, and this command would wait.
+                    if self.wake_after
+                        && matches!(
+                            sig,
+                            Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT
+                        )
+                    {
+                        let _ = nix::sys::signal::kill(target, Signal::SIGCONT);
+                    }
                 }
             }
         }

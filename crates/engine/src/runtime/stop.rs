@@ -49,6 +49,14 @@ impl InitHandle {
         Ok(Some(InitHandle { pidfd }))
     }
 
+    /// A handle on a child of this process that is not reaped yet (so its pid
+    /// can't be reused), to wait for it with a deadline.
+    pub fn of_child(pid: Pid) -> io::Result<InitHandle> {
+        Ok(InitHandle {
+            pidfd: rustix::process::pidfd_open(pid, PidfdFlags::empty())?,
+        })
+    }
+
     pub fn pidfd(&self) -> &OwnedFd {
         &self.pidfd
     }
@@ -62,24 +70,30 @@ impl InitHandle {
 
     /// Wait until the process has exited; false on timeout.
     pub fn wait(&self, timeout: Duration) -> io::Result<bool> {
-        let now = std::time::Instant::now();
-        // A huge timeout (`--time` near u64::MAX) means "wait for ever".
-        let deadline = now
-            .checked_add(timeout)
-            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
-        loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let ts = rustix::event::Timespec {
-                tv_sec: left.as_secs() as i64,
-                tv_nsec: i64::from(left.subsec_nanos()),
-            };
-            let mut fds = [PollFd::new(&self.pidfd, PollFlags::IN)];
-            match rustix::event::poll(&mut fds, Some(&ts)) {
-                Ok(0) => return Ok(false),
-                Ok(_) => return Ok(true),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
+        wait_readable(&self.pidfd, timeout)
+    }
+}
+
+/// Wait until `fd` is readable (a pidfd: the process exited; a pipe: data or its
+/// other end closed); false on timeout. A huge timeout (`--time` near u64::MAX)
+/// means "wait for ever".
+pub fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    let now = std::time::Instant::now();
+    let deadline = now
+        .checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let ts = rustix::event::Timespec {
+            tv_sec: left.as_secs() as i64,
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&ts)) {
+            Ok(0) => return Ok(false),
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
-use super::{Lock, OWNER_MARK, Policy, Store, StoreError, VmDir, VmName, files};
+use super::{HIDE_PENDING, Lock, OWNER_MARK, Policy, Store, StoreError, VmDir, VmName, files};
 
 impl Store {
     /// Create a VM with its policy, atomically. Takes the store lock.
@@ -47,6 +47,17 @@ impl Store {
             }
             if let Some(dir) = &policy.dir {
                 self.claim_dir(dir, name)?;
+                // In the index before the VM can exist: every VM that starts from
+                // now on covers it (and `Engine::create` covers it in those
+                // already running before the VM may start).
+                if let Err(e) = self.set_dirs(|dirs| {
+                    if !dirs.contains(dir) {
+                        dirs.push(dir.clone());
+                    }
+                }) {
+                    let _ = self.release_dir(dir);
+                    return Err(fail(e));
+                }
             }
             let tmp = self.vms().join(format!(
                 ".new-{name}-{}-{}",
@@ -89,9 +100,6 @@ impl Store {
                 fail(e)
             });
         }
-        if let Some(dir) = &policy.dir {
-            self.set_dirs(|dirs| dirs.push(dir.clone())).map_err(fail)?;
-        }
         drop(vm_lock);
         Ok(VmDir {
             name: name.clone(),
@@ -104,6 +112,7 @@ impl Store {
         let _ = files::remove_tree(tmp);
         if let Some(dir) = &policy.dir {
             let _ = self.release_dir(dir);
+            let _ = self.set_dirs(|dirs| dirs.retain(|d| d != dir));
         }
     }
 
@@ -123,6 +132,56 @@ impl Store {
         )
         .map_err(|source| StoreError::Open {
             path: dir.join(OWNER_MARK),
+            source,
+        })
+    }
+
+    /// Give VM `name`'s `--dir` a new inode, once every running VM covers its
+    /// path and before the VM first starts: a process of a VM that opened the
+    /// directory before it was covered (as its working directory, say; it may have
+    /// existed empty before the create) still reaches the old inode, and through
+    /// it whatever is made in it. The old one is renamed aside and removed, and a
+    /// new one made at the path, with the owner mark. Refused unless the directory
+    /// holds nothing but the VM's owner mark.
+    pub fn renew_dir(&self, dir: &Path, name: &VmName) -> Result<(), StoreError> {
+        let fail = |source| StoreError::Open {
+            path: dir.to_owned(),
+            source,
+        };
+        let only_mark = std::fs::read_dir(dir)
+            .map_err(fail)?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(fail)?
+            == [OWNER_MARK];
+        if !only_mark || !self.owns_dir(dir, name) {
+            return Err(StoreError::DirInUse {
+                path: dir.to_owned(),
+            });
+        }
+        let (Some(parent), Some(leaf)) = (dir.parent(), dir.file_name()) else {
+            return Err(fail(io::ErrorKind::InvalidInput.into()));
+        };
+        // A VM that starts checks its covers under the store lock (see
+        // `Engine::launch`): it never sees the path between the rename and the
+        // new directory.
+        let _lock = self.lock()?;
+        let aside = parent.join(format!(
+            ".{}.fvm-old-{}",
+            leaf.to_string_lossy(),
+            std::process::id()
+        ));
+        rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            dir,
+            rustix::fs::CWD,
+            &aside,
+            rustix::fs::RenameFlags::NOREPLACE,
+        )
+        .map_err(|e| fail(e.into()))?;
+        self.claim_dir(dir, name)?;
+        files::remove_tree(&aside).map_err(|source| StoreError::Delete {
+            path: aside.clone(),
             source,
         })
     }
@@ -167,5 +226,10 @@ fn make_vm_dir(tmp: &Path, policy: &Policy) -> io::Result<Lock> {
     std::fs::DirBuilder::new().mode(0o700).create(tmp)?;
     let lock = Lock::exclusive(&tmp.join("lock"))?;
     files::write_atomic(&tmp.join("vm.toml"), policy.to_toml().as_bytes(), 0o644)?;
+    if policy.dir.is_some() {
+        // Until the VMs that already run cover the `--dir`, the VM must not start
+        // (see `Engine::create`).
+        files::write_atomic(&tmp.join(HIDE_PENDING), b"", 0o600)?;
+    }
     Ok(lock)
 }

@@ -4,7 +4,8 @@
 //! <root>/lock            store-wide lock: create, delete and the dirs index
 //! <root>/dirs            VM layer directories kept outside the store (`--dir`)
 //! <root>/vms/<name>/     vm.toml (policy), state.json, lock, root/ (mount point
-//!                        of the VM's root while it starts), layers/<mount>/{upper,work}
+//!                        of the VM's root while it starts), layers/<mount>/{upper,work},
+//!                        hide-pending (a `--dir` VM not yet covered in every running VM)
 //! ```
 //!
 //! A VM directory appears by `rename` of a complete temp directory and disappears by
@@ -27,6 +28,10 @@ pub use state::{StartMode, State, StateError, Status};
 
 /// The file in a VM's `--dir` that marks it as that VM's.
 pub(crate) const OWNER_MARK: &str = ".fvm-owner";
+
+/// In a VM's directory: its `--dir` is not known to be covered in every VM that
+/// ran before it was made.
+const HIDE_PENDING: &str = "hide-pending";
 
 /// The default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/fvm";
@@ -179,6 +184,11 @@ impl Store {
         files::remove_tree(dir)
     }
 
+    /// Whether `dir` carries VM `name`'s owner mark (false if it is gone).
+    pub fn owns_dir(&self, dir: &Path, name: &VmName) -> bool {
+        files::read_regular(&dir.join(OWNER_MARK)).is_ok_and(|mark| mark == self.owner_mark(name))
+    }
+
     /// Delete a VM's `--dir`, but only if it carries this VM's owner mark: a policy
     /// edited (or planted) to name another directory must not make fvm delete it.
     fn release_owned_dir(&self, dir: &Path, name: &VmName) -> io::Result<()> {
@@ -241,6 +251,9 @@ impl Store {
             {
                 continue;
             }
+            if n.starts_with(".new-") {
+                self.release_dir_of_crashed_create(&e.path(), &n);
+            }
             if n.starts_with(".new-") || n.starts_with(".trash-") {
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
@@ -252,6 +265,27 @@ impl Store {
         Ok(removed)
     }
 
+    /// A create that died before its VM appeared (`.new-NAME-PID-N`) leaves the
+    /// `--dir` it claimed, marked as NAME's and in the index: both go.
+    fn release_dir_of_crashed_create(&self, tmp: &Path, entry: &str) {
+        let Some(name) = entry
+            .strip_prefix(".new-")
+            .and_then(|rest| rest.rsplitn(3, '-').nth(2))
+            .and_then(|n| VmName::new(n).ok())
+        else {
+            return;
+        };
+        let Ok(policy) = Policy::load(&tmp.join("vm.toml"), &name) else {
+            return;
+        };
+        if let Some(dir) = &policy.dir
+            && self.owns_dir(dir, &name)
+            && self.release_dir(dir).is_ok()
+        {
+            let _ = self.set_dirs(|dirs| dirs.retain(|d| d != dir));
+        }
+    }
+
     /// Every host path where VM layers live: the store root and all `--dir`s. These
     /// are hidden inside every VM.
     pub fn private_paths(&self) -> Vec<PathBuf> {
@@ -260,7 +294,8 @@ impl Store {
         paths
     }
 
-    fn dirs(&self) -> Vec<PathBuf> {
+    /// The index of the store's `--dir`s.
+    pub fn dirs(&self) -> Vec<PathBuf> {
         files::read_regular(&self.root.join("dirs"))
             .map(|t| {
                 t.lines()
@@ -320,6 +355,11 @@ impl VmDir {
     /// The boot of the host in which the VM last started with volatile layers.
     pub fn volatile_boot_path(&self) -> PathBuf {
         self.path.join("volatile-boot")
+    }
+    /// Present while the VM's `--dir` may still be visible in a VM that ran
+    /// before it was made: the VM can't start until it is gone.
+    pub fn hide_pending_path(&self) -> PathBuf {
+        self.path.join(HIDE_PENDING)
     }
     /// Where the VM's root is assembled (inside its own mount namespace) at start.
     /// The project id of the VM's layers, for its `disk` and `inodes` limits

@@ -130,3 +130,78 @@ fn store_ids_differ_by_path() {
     assert_ne!(store_id(Path::new("/a")), store_id(Path::new("/b")));
     assert_eq!(store_id(Path::new("/a")).len(), 8);
 }
+
+#[test]
+fn a_dir_is_in_the_index_before_its_vm_appears_and_the_vm_is_marked_pending() {
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("x");
+    let vm = s
+        .create_vm_with(&Policy::new(name("x"), Some(dir.clone())), |tmp| {
+            assert!(s.private_paths().contains(&dir));
+            assert!(tmp.join(HIDE_PENDING).is_file());
+            Ok(())
+        })
+        .unwrap();
+    assert!(vm.hide_pending_path().is_file());
+    assert!(s.owns_dir(&dir, &name("x")));
+    assert!(!s.owns_dir(&dir, &name("y")));
+
+    // A create that fails after claiming its dir gives both back.
+    let other = outside.path().join("y");
+    s.create_vm_with(&Policy::new(name("y"), Some(other.clone())), |_| {
+        Err(io::Error::other("disk full"))
+    })
+    .unwrap_err();
+    assert!(!other.exists());
+    assert!(!s.private_paths().contains(&other));
+}
+
+#[test]
+fn sweep_releases_the_dir_of_a_create_that_died_before_its_vm_appeared() {
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("x");
+    // What a create killed between claiming its dir and the rename leaves.
+    let tmp = s.vms().join(".new-my-vm-123-0");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let policy = Policy::new(name("my-vm"), Some(dir.clone()));
+    std::fs::write(tmp.join("vm.toml"), policy.to_toml()).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join(OWNER_MARK), s.owner_mark(&name("my-vm"))).unwrap();
+    s.set_dirs(|d| d.push(dir.clone())).unwrap();
+    // Someone else's directory named by a leftover is not touched.
+    let precious = outside.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    let tmp2 = s.vms().join(".new-b-9-0");
+    std::fs::create_dir_all(&tmp2).unwrap();
+    let planted = Policy::new(name("b"), Some(precious.clone()));
+    std::fs::write(tmp2.join("vm.toml"), planted.to_toml()).unwrap();
+
+    assert_eq!(s.sweep().unwrap().len(), 2);
+    assert!(!dir.exists());
+    assert!(!s.private_paths().contains(&dir));
+    assert!(precious.is_dir());
+}
+
+#[test]
+fn a_dir_is_renewed_only_while_it_holds_nothing_but_its_owner_mark() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("x");
+    s.create_vm(&Policy::new(name("x"), Some(dir.clone())))
+        .unwrap();
+    let before = std::fs::metadata(&dir).unwrap().ino();
+    s.renew_dir(&dir, &name("x")).unwrap();
+    assert_ne!(std::fs::metadata(&dir).unwrap().ino(), before);
+    assert!(s.owns_dir(&dir, &name("x")));
+    // Nothing is left beside it.
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    // Not another VM's, and never once it holds layers.
+    assert!(s.renew_dir(&dir, &name("y")).is_err());
+    std::fs::create_dir(dir.join("-")).unwrap();
+    let e = s.renew_dir(&dir, &name("x")).unwrap_err();
+    assert!(matches!(e, StoreError::DirInUse { .. }), "{e}");
+    assert!(dir.join("-").is_dir());
+}

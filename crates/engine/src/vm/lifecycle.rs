@@ -7,6 +7,7 @@ use super::{Engine, StartError, VmError, error_line};
 use crate::limits::Limits;
 use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
 use crate::runtime::command::CommandSpec;
+use crate::runtime::enter;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
 use crate::runtime::stdio::StdioPlan;
@@ -55,18 +56,42 @@ impl Engine {
             policy.network = net.clone();
             Ok(self.store.create_vm(&policy)?)
         })?;
-        if let Some(dir) = &policy.dir
-            && let Err(e) = self.hide_from_running(name, dir)
-        {
-            let _ = self.delete(name, true);
-            return Err(e);
+        // The VM was made with a `hide-pending` mark: until the VMs that already
+        // run cover its `--dir` (and it has a new inode, which nothing a VM
+        // opened before can reach), it can't start. A create killed before the
+        // mark goes leaves a VM whose next start (or `run`) does both first.
+        if let Some(dir) = &policy.dir {
+            let hidden = self
+                .hide_from_running(name, dir)
+                .and_then(|()| Ok(self.store.renew_dir(dir, name)?));
+            if let Err(e) = hidden {
+                let _ = self.delete(name, true);
+                return Err(e);
+            }
+            self.clear_hide_pending(&made)?;
         }
         Ok(made)
     }
 
-    /// VMs that run already were started before `dir` (a new VM's layers) was
-    /// one of the store's: cover it inside each of them too, where the host
-    /// filesystem would show it.
+    fn clear_hide_pending(&self, vm: &VmDir) -> Result<(), VmError> {
+        let path = vm.hide_pending_path();
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(VmError::Store(crate::store::StoreError::Open {
+                    path,
+                    source: e,
+                }))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Cover `dir` (a new VM's layers) inside every other VM that runs now: those
+    /// started before it was in the store's index of `dir`s. Each VM is locked
+    /// while it is covered (for at most [`enter::HIDE_DEADLINE`]), so one that is
+    /// starting is covered once it is assembled, and a VM that starts later has
+    /// `dir` in its mount plan (or covers it itself, see [`Engine::launch`]).
+    /// Any VM that can't be covered is an error: fail closed.
     fn hide_from_running(&self, new: &VmName, dir: &Path) -> Result<(), VmError> {
         let mut plan = None;
         for other in self.store.names()? {
@@ -74,39 +99,89 @@ impl Engine {
                 continue;
             }
             let Ok(vm) = self.vm(&other) else { continue };
-            let Some(init) = vm
-                .load_state()
-                .ok()
-                .and_then(|s| s.live_init(&self.cgroup_leaf(&other)).cloned())
-            else {
-                continue;
+            let leaf = self.cgroup_leaf(&other);
+            let live = |vm: &VmDir| {
+                vm.load_state()
+                    .ok()
+                    .and_then(|s| s.live_init(&leaf).cloned())
             };
-            if plan.is_none() {
-                let text = self
-                    .mount_table()
-                    .map_err(|e| self.start_error(new, StartError::MountTable(e)))?;
-                let table = mounts::mountinfo::parse(text).map_err(|e| {
-                    self.start_error(
-                        new,
-                        StartError::MountTable(std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            e,
-                        )),
-                    )
-                })?;
-                let built = mounts::plan::build(&table, &[dir.to_owned()], &|p: &Path| p.is_dir())
-                    .map_err(|e| self.start_error(new, e.into()))?;
-                plan = Some(built.hide);
+            if live(&vm).is_none() {
+                continue;
             }
-            let paths = plan.as_deref().unwrap_or_default();
-            crate::runtime::enter::hide_paths(&init, paths).map_err(|source| VmError::HideDir {
+            let failed = |source| VmError::HideDir {
                 dir: dir.to_owned(),
                 name: other.to_string(),
                 source: Box::new(source),
-            })?;
+            };
+            let _lock = match lock_within(&vm, enter::HIDE_DEADLINE) {
+                Ok(Some(lock)) => lock,
+                Ok(None) => return Err(failed(enter::EnterError::Timeout(enter::HIDE_DEADLINE))),
+                // Deleted meanwhile.
+                Err(crate::store::StoreError::NoSuchVm { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let Some(init) = live(&vm) else { continue };
+            if plan.is_none() {
+                plan = Some(self.hide_points(new, &[dir.to_owned()])?);
+            }
+            let paths = plan.as_deref().unwrap_or_default();
+            enter::hide_paths(&init, paths, enter::Missing::Error).map_err(failed)?;
             tracing::debug!(vm = %other, dir = %dir.display(), "new vm dir hidden in running vm");
         }
         Ok(())
+    }
+
+    /// After the VM is assembled and before its processes run: every `--dir` of
+    /// the store is covered in it, checked against its mount table (read from the
+    /// host). One made after its mount plan was read (a create that found this VM
+    /// not yet running) is covered now, as the create does. Under the store lock,
+    /// so that no `--dir` is half renewed ([`crate::store::Store::renew_dir`])
+    /// meanwhile. The VM's view is fresh: a path it doesn't show at all is hidden
+    /// by its own layer for good and needs no cover.
+    fn cover_new_dirs(&self, name: &VmName, init: &ProcId) -> Result<(), VmError> {
+        let _lock = self.store.lock()?;
+        let dirs: Vec<PathBuf> = self
+            .store
+            .dirs()
+            .into_iter()
+            .filter(|d| d.is_dir())
+            .collect();
+        if dirs.is_empty() {
+            return Ok(());
+        }
+        let covered = enter::covered(init);
+        let missing: Vec<PathBuf> = self
+            .hide_points(name, &dirs)?
+            .into_iter()
+            .filter(|p| !covered.contains(p))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        enter::hide_paths(init, &missing, enter::Missing::Hidden).map_err(|source| {
+            VmError::HideDir {
+                dir: missing[0].clone(),
+                name: name.to_string(),
+                source: Box::new(source),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Where the host's mount table shows `dirs` (paths as a VM sees them).
+    fn hide_points(&self, name: &VmName, dirs: &[PathBuf]) -> Result<Vec<PathBuf>, VmError> {
+        let text = self
+            .mount_table()
+            .map_err(|e| self.start_error(name, StartError::MountTable(e)))?;
+        let table = mounts::mountinfo::parse(text).map_err(|e| {
+            self.start_error(
+                name,
+                StartError::MountTable(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            )
+        })?;
+        let built = mounts::plan::build(&table, dirs, &|p: &Path| p.is_dir())
+            .map_err(|e| self.start_error(name, e.into()))?;
+        Ok(built.hide)
     }
 
     /// Start a stopped VM in the background.
@@ -157,6 +232,21 @@ impl Engine {
         // A policy written on another host, or by hand, may ask for what this one
         // can't enforce: refuse to start rather than run without the limit.
         self.check_limits(&policy.limits)?;
+        if let Some(dir) = &policy.dir {
+            // Made again empty, it would be a directory no VM hides and `delete`
+            // leaves behind.
+            if !self.store.owns_dir(dir, name) {
+                return Err(VmError::DirGone {
+                    name: name.to_string(),
+                    dir: dir.clone(),
+                });
+            }
+            if vm.hide_pending_path().exists() {
+                self.hide_from_running(name, dir)?;
+                self.store.renew_dir(dir, name)?;
+                self.clear_hide_pending(vm)?;
+            }
+        }
         let policy = &self.ensure_address(vm, policy)?;
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
@@ -270,14 +360,22 @@ impl Engine {
                 Ok(init)
             })
             .and_then(|init| {
-                // If `Go` can't be sent the init has already exited; its reason is
-                // still waiting in the channel, so read that rather than the EPIPE.
-                let sent = launched.go();
+                // The init reports the VM assembled, then waits for `Go` before
+                // anything of the VM runs.
                 launched.ready()?;
-                sent.map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;
                 tracing::debug!(vm = %name, "vm assembled");
                 Ok(init)
             });
+        // A `--dir` VM made while this one started may have missed its mount plan
+        // (and the create, this VM's lock): cover it before the VM's processes run.
+        let started = started.and_then(|init| {
+            self.cover_new_dirs(name, &init)
+                .map_err(|e| StartError::Hide(Box::new(e)))?;
+            launched
+                .go()
+                .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))?;
+            Ok(init)
+        });
         match started {
             Ok(init) => {
                 self.ensure_watcher();
@@ -461,6 +559,23 @@ impl Engine {
             self.release_network()?;
         }
         Ok(())
+    }
+}
+
+/// The VM's lock, if it can be had within `deadline`.
+fn lock_within(
+    vm: &VmDir,
+    deadline: Duration,
+) -> Result<Option<crate::store::Lock>, crate::store::StoreError> {
+    let end = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(lock) = vm.try_lock()? {
+            return Ok(Some(lock));
+        }
+        if std::time::Instant::now() >= end {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

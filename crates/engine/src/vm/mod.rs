@@ -25,6 +25,7 @@ pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
 pub use processes::VmProcess;
+pub use watch::WatcherHealth;
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
@@ -139,7 +140,7 @@ pub enum VmError {
         source: ChangesError,
     },
     #[error(
-        "cannot hide {} from running vm {name:?} (stop it, then create this vm)",
+        "cannot hide {} from running vm {name:?} (stop that vm and try again)",
         .dir.display()
     )]
     HideDir {
@@ -148,6 +149,11 @@ pub enum VmError {
         #[source]
         source: Box<EnterError>,
     },
+    #[error(
+        "vm {name:?}: its directory {} is gone or is no longer its own (fvm doesn't make it again): delete the vm",
+        .dir.display()
+    )]
+    DirGone { name: String, dir: PathBuf },
     #[error(
         "vm {name:?}: the host went down while it ran with volatile layers, so its changes may be incomplete; `fvm diff {name}` shows what is left: delete the vm, or remove {} to use them anyway",
         .markers.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(" and ")
@@ -205,6 +211,8 @@ pub enum StartError {
     Network(#[source] network::NetworkError),
     #[error(transparent)]
     Firewall(Box<VmError>),
+    #[error(transparent)]
+    Hide(Box<VmError>),
     #[error("cannot record the vm's state")]
     State(#[from] StateError),
     #[error("cannot create {path}")]

@@ -19,6 +19,9 @@ impl Engine {
     /// Run `spec` in VM `name` and return how it ended.
     pub fn run(&self, name: &VmName, mut spec: CommandSpec) -> Result<Exit, VmError> {
         let vm = self.vm(name)?;
+        // While this process is still wholly the host's (`enter` moves it into the
+        // VM's namespaces): a watcher started from it must run outside every VM.
+        self.keep_watcher();
         let lock = vm.lock()?;
         // Blocked only now, so ^C still ends a command that waits for the lock; from
         // here on they are passed to the command.

@@ -2,10 +2,13 @@
 //! that makes host changes visible inside them (see [`crate::watch`]).
 //!
 //! It is started by the command that starts a VM (forked off and detached, so
-//! no fvm command waits for it), holds `STORE/watch.lock` for its life so there
-//! is never a second one, and rescans the store when one of the VMs it knows
-//! exits (a pidfd each) or when a new one starts (SIGHUP from the starter). It
-//! exits when no VM of the store runs. It has no timer of its own: it sleeps in
+//! no fvm command waits for it), and again by `list`, `stats`, `run` or `doctor`
+//! if they find VMs running without it ([`Engine::keep_watcher`]). It runs in
+//! the host's namespaces and the starting command's cgroup, never a VM's. It
+//! holds `STORE/watch.lock` for its life so there is never a second one, and
+//! rescans the store when one of the VMs it knows exits (a pidfd each) or when a
+//! new one starts (SIGHUP from the starter). It exits when no VM of the store
+//! runs. It has no timer of its own: it sleeps in
 //! `poll` until the kernel reports a change, a VM ends or a signal comes.
 
 use std::collections::HashMap;
@@ -62,6 +65,22 @@ impl PartialEq for Running {
     }
 }
 
+/// What [`Engine::watcher_health`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatcherHealth {
+    /// No VM of the store runs: no watcher is needed.
+    Idle,
+    Running {
+        pid: Option<i32>,
+    },
+    /// VMs ran without it; it was started again.
+    Restarted {
+        vms: usize,
+    },
+    /// VMs run without it and it could not be started.
+    Failed(String),
+}
+
 impl Engine {
     fn watch_lock_path(&self) -> PathBuf {
         self.store.root().join("watch.lock")
@@ -91,6 +110,47 @@ impl Engine {
         }
         // Not running (the lock we just took and dropped says so).
         super::spawn_detached(c"fvm-watch", || self.run_watcher())
+    }
+
+    /// Whether the store's watcher runs (it holds its lock for its life).
+    fn watcher_alive(&self) -> std::io::Result<bool> {
+        Ok(Lock::try_exclusive(&self.watch_lock_path())?.is_none())
+    }
+
+    /// For commands that look at the store: if VMs of it run but its watcher
+    /// doesn't (it was killed, or crashed), start it again, so that host changes
+    /// reach the VMs again. Says so on stderr.
+    pub fn keep_watcher(&self) {
+        match self.watcher_health() {
+            WatcherHealth::Restarted { vms } => tracing::warn!(
+                "the store's watcher was not running while {vms} vm(s) ran (host changes did not reach them): restarted it"
+            ),
+            WatcherHealth::Failed(e) => tracing::warn!(
+                "host changes may not show in running vms: cannot start the watcher: {e}"
+            ),
+            WatcherHealth::Idle | WatcherHealth::Running { .. } => {}
+        }
+    }
+
+    /// The state of the store's watcher; a missing one is started again.
+    pub fn watcher_health(&self) -> WatcherHealth {
+        let vms = self.running_vms().len();
+        if vms == 0 {
+            return WatcherHealth::Idle;
+        }
+        match self.watcher_alive() {
+            Ok(true) => {
+                return WatcherHealth::Running {
+                    pid: self.watcher_pid(),
+                };
+            }
+            Ok(false) => {}
+            Err(e) => return WatcherHealth::Failed(e.to_string()),
+        }
+        match super::spawn_detached(c"fvm-watch", || self.run_watcher()) {
+            Ok(()) => WatcherHealth::Restarted { vms },
+            Err(e) => WatcherHealth::Failed(e.to_string()),
+        }
     }
 
     /// The watcher process's work; returns its exit status.
@@ -474,20 +534,5 @@ fn invalidate(vm: &Running) {
 
 /// Where the VM's overlays are mounted, as its mount table says.
 fn overlay_points(vm: &Running) -> Vec<PathBuf> {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", vm.init.pid)) else {
-        return Vec::new();
-    };
-    // Checked after reading: the pid still names the VM's init.
-    if !vm.init.is_alive() {
-        return Vec::new();
-    }
-    mounts::mountinfo::parse(&text)
-        .map(|table| {
-            table
-                .iter()
-                .filter(|m| m.fs_type == "overlay")
-                .map(|m| m.mount_point.clone())
-                .collect()
-        })
-        .unwrap_or_default()
+    mounts::mountinfo::mount_points_of(&vm.init, "overlay")
 }

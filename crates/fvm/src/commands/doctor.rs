@@ -1,5 +1,6 @@
 use anyhow::Result;
 use fvm_engine::doctor::{self, Level};
+use fvm_engine::vm::WatcherHealth;
 
 use super::Context;
 use crate::cli::DoctorArgs;
@@ -7,7 +8,10 @@ use crate::output;
 
 pub fn run(ctx: &Context<'_>, args: &DoctorArgs) -> Result<u8> {
     let engine = ctx.engine_if_any().ok().flatten();
-    let checks = doctor::run(engine.as_ref().map(|e| e.store()), &ctx_root(ctx));
+    let mut checks = doctor::run(engine.as_ref().map(|e| e.store()), &ctx_root(ctx));
+    if let Some(engine) = &engine {
+        checks.push(watcher_check(engine));
+    }
     let failed = checks.iter().any(|c| c.level == Level::Fail);
     let mut cleaned = Vec::new();
     if args.cleanup
@@ -41,6 +45,33 @@ pub fn run(ctx: &Context<'_>, args: &DoctorArgs) -> Result<u8> {
         output::print(&text)?;
     }
     Ok(if failed { 125 } else { 0 })
+}
+
+/// Whether host changes reach the running VMs: their watcher runs (a missing
+/// one is started again, and reported).
+fn watcher_check(engine: &fvm_engine::vm::Engine) -> doctor::Check {
+    let (level, detail) = match engine.watcher_health() {
+        WatcherHealth::Idle => (Level::Ok, "no vm runs, none needed".to_owned()),
+        WatcherHealth::Running { pid } => (
+            Level::Ok,
+            pid.map_or_else(|| "running".to_owned(), |p| format!("running (pid {p})")),
+        ),
+        WatcherHealth::Restarted { vms } => (
+            Level::Warn,
+            format!(
+                "was not running while {vms} vm(s) ran, so host changes did not reach them: restarted it"
+            ),
+        ),
+        WatcherHealth::Failed(e) => (
+            Level::Fail,
+            format!("not running while vms run, and cannot be started: {e}"),
+        ),
+    };
+    doctor::Check {
+        name: "watcher",
+        level,
+        detail,
+    }
 }
 
 fn ctx_root(ctx: &Context<'_>) -> std::path::PathBuf {

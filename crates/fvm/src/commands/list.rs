@@ -6,7 +6,10 @@ use crate::output;
 
 pub fn run(ctx: &Context<'_>) -> Result<u8> {
     let vms = match ctx.engine_if_any()? {
-        Some(engine) => engine.list()?,
+        Some(engine) => {
+            engine.keep_watcher();
+            engine.list()?
+        }
         None => Vec::new(),
     };
     if ctx.json() {

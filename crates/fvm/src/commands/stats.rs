@@ -20,6 +20,9 @@ pub fn run(ctx: &Context<'_>, args: &StatsArgs) -> Result<u8> {
         (None, Some(n)) => Some(ctx.engine_for(n)?),
         (None, None) => None,
     };
+    if let Some(engine) = &engine {
+        engine.keep_watcher();
+    }
     let sample = || -> Result<Vec<VmInfo>> {
         let Some(engine) = &engine else {
             return Ok(Vec::new());

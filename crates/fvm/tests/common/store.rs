@@ -204,6 +204,14 @@ impl TestStore {
             .collect()
     }
 
+    /// The pid in STORE/watch.pid, if it names a live `fvm-watch`.
+    pub fn watcher_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.root.join("watch.pid"))
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|p| super::is_alive_as(*p, "fvm-watch"))
+    }
+
     /// The store's id in cgroup names, once a VM was inspected.
     pub fn id(&self) -> Option<String> {
         self.id.lock().unwrap_or_else(|e| e.into_inner()).clone()
