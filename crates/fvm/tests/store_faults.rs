@@ -274,3 +274,28 @@ fn run_ended_by_a_stop_says_the_vm_was_stopped() {
     }
     store.assert_clean();
 }
+
+/// A VM that `run` started keeps running while processes its command left in the
+/// background live (`list` says running); once the last one ends, the store's
+/// watcher cleans up after it (state, cgroups) without waiting for the next
+/// command on it, and a delete then just works.
+#[test]
+fn a_run_vm_is_cleaned_up_when_its_last_process_ends() {
+    if !needs_root("a_run_vm_is_cleaned_up_when_its_last_process_ends") {
+        return;
+    }
+    let store = TestStore::new("runbg");
+    store.create("bg");
+    store
+        .fvm(&["run", "bg", "--", "sh", "-c", "sleep 1 >/dev/null 2>&1 &"])
+        .ok();
+    assert_eq!(store.status("bg"), "running", "the background sleep still runs");
+    let cgroup = store.cgroup_dir("bg", "pids");
+    let state = store.root.join("vms/bg/state.json");
+    common::wait_until("the watcher cleans up after the vm's last process", || {
+        !cgroup.exists()
+            && std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"stopped\""))
+    });
+    store.fvm(&["delete", "bg"]).ok();
+    store.assert_clean();
+}

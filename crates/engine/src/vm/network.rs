@@ -370,34 +370,6 @@ impl Engine {
         self.sync_firewall(None).map_err(VmError::Network)
     }
 
-    /// After VMs' inits went (the watcher saw it, a moment ago): if no command has
-    /// cleaned up after any of them, rebuild the firewall without them, if the
-    /// store has bridged VMs.
-    pub(super) fn firewall_after_exit(&self, gone: &[crate::store::VmName]) {
-        // A command that cleaned up after the VM (a `stop`, or any command that
-        // reconciled it) rebuilt the firewall already and marked it stopped.
-        let unreconciled = gone.iter().any(|name| {
-            self.store
-                .vm(name)
-                .ok()
-                .and_then(|vm| vm.load_state().ok())
-                .is_some_and(|s| s.status == crate::store::Status::Running)
-        });
-        if !unreconciled {
-            return;
-        }
-        let bridged = self
-            .policies()
-            .iter()
-            .any(|(_, p)| p.network.mode == NetMode::Bridge);
-        if !bridged {
-            return;
-        }
-        if let Ok(_lock) = self.net_lock() {
-            let _ = self.sync_firewall(None);
-        }
-    }
-
     /// After a bridged VM was deleted: with no bridged VM left in the store, the
     /// bridge and the tables go too.
     pub(super) fn release_network(&self) -> Result<(), VmError> {

@@ -34,10 +34,11 @@ use crate::watch::{self, Event};
 const RESCAN_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// How long after a VM's init went the watcher looks whether a command cleaned
-/// up after it (`fvm stop` does, firewall included); only if none did, it rebuilds
-/// the store's firewall itself. Rebuilding at once would make every bridged
-/// `stop` wait for the watcher's rebuild before its own.
-const FIREWALL_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+/// up after it (`fvm stop` does, firewall included); only if none did, it cleans
+/// up itself: the VM's cgroup, its state and its firewall rules. At once would
+/// make every bridged `stop` wait for the watcher's firewall rebuild before its
+/// own.
+const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// `statfs` type of overlayfs.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
@@ -207,13 +208,15 @@ impl Engine {
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
         // VMs whose init went, and when to check whether a command cleaned up after
-        // them (see FIREWALL_GRACE).
+        // them (see CLEANUP_GRACE).
         let mut firewall: Option<(Instant, Vec<crate::store::VmName>)> = None;
         let mut rescan_at: Option<Instant> = None;
         loop {
             let vms = self.running_vms();
-            // A VM ended without fvm (its init crashed or was killed): its firewall
-            // rules go now rather than at the next command on it.
+            // A VM ended without a command that cleans up after it (its last process
+            // ended after the `run` that started it, or its init crashed or was
+            // killed): its cgroup, state and firewall rules are cleaned up now
+            // rather than at the next command on it.
             let gone: Vec<_> = known
                 .iter()
                 .filter(|k| !vms.contains(k))
@@ -221,14 +224,14 @@ impl Engine {
                 .collect();
             if !gone.is_empty() {
                 firewall
-                    .get_or_insert_with(|| (Instant::now() + FIREWALL_GRACE, Vec::new()))
+                    .get_or_insert_with(|| (Instant::now() + CLEANUP_GRACE, Vec::new()))
                     .1
                     .extend(gone);
             }
             if vms.is_empty() {
                 if let Some((at, gone)) = firewall.take() {
                     std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                    self.firewall_after_exit(&gone);
+                    self.clean_up_after_exit(&gone);
                 }
                 // A VM may start now: its command finds the lock taken and only
                 // signals this watcher, which is on its way out. So let go of the
@@ -345,7 +348,7 @@ impl Engine {
                 if firewall.as_ref().is_some_and(|f| Instant::now() >= f.0)
                     && let Some((_, gone)) = firewall.take()
                 {
-                    self.firewall_after_exit(&gone);
+                    self.clean_up_after_exit(&gone);
                 }
                 if rescan {
                     rescan_at = None;
@@ -353,6 +356,27 @@ impl Engine {
                 }
             }
             known = vms;
+        }
+    }
+
+    /// After VMs' inits went: clean up after each one no command has (its state
+    /// still says running), as the next command on it would. A VM whose lock is
+    /// held is left to the command holding it.
+    fn clean_up_after_exit(&self, gone: &[crate::store::VmName]) {
+        for name in gone {
+            let Ok(vm) = self.store.vm(name) else {
+                continue;
+            };
+            let Ok(Some(_lock)) = vm.try_lock() else {
+                continue;
+            };
+            if vm
+                .load_state()
+                .is_ok_and(|s| s.status == crate::store::Status::Running)
+                && let Err(e) = self.reconcile(&vm)
+            {
+                tracing::debug!(vm = %name, "cleanup after the vm's end failed: {}", super::error_line(&e));
+            }
         }
     }
 
