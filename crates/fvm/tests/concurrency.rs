@@ -107,3 +107,78 @@ fn parallel_starts_start_the_vm_once() {
     assert_eq!(inits, 1, "one init in the vm's cgroup: {pids:?}");
     store.assert_clean();
 }
+
+/// Commands racing on one VM, suspend and resume among them: for a fixed number
+/// of rounds, four threads each fire a random command at the VM. None may hang
+/// (each gets 10 s), and each failure is one `fvm: ` line. Afterwards the VM
+/// is resumed and stopped by ordinary commands and nothing of it is left.
+#[test]
+fn racing_commands_on_one_vm_never_hang() {
+    if !needs_root("racing_commands_on_one_vm_never_hang") {
+        return;
+    }
+    let store = TestStore::new("race");
+    store.create("rc");
+    let host = common::temp_dir("race");
+    let h = host.path().to_str().expect("utf-8").to_owned();
+    let commands: Vec<Vec<String>> = [
+        vec!["start", "rc"],
+        vec!["stop", "rc"],
+        vec!["suspend", "rc"],
+        vec!["resume", "rc"],
+        vec!["run", "rc", "--", "true"],
+        vec!["run", "rc", "--", "sh", "-c", &format!("echo x > {h}/f")],
+        vec!["list"],
+        vec!["stats", "rc"],
+        vec!["ps", "rc"],
+        vec!["diff", "rc"],
+        vec!["config", "rc", "--memory", "256M"],
+        vec!["commit", "--dry-run", "rc"],
+        vec!["commit", "rc", &h],
+        vec!["inspect", "rc"],
+    ]
+    .iter()
+    .map(|c| c.iter().map(|s| s.to_string()).collect())
+    .collect();
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as usize;
+    println!("seed {seed}");
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (store, commands) = (&store, &commands);
+            scope.spawn(move || {
+                let mut x = seed.wrapping_add(t * 7919) | 1;
+                for _ in 0..50 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let args: Vec<&str> = commands[x % commands.len()]
+                        .iter()
+                        .map(String::as_str)
+                        .collect();
+                    let out = common::try_run(
+                        store.command(&args),
+                        None,
+                        std::time::Duration::from_secs(10),
+                    )
+                    .unwrap_or_else(|e| panic!("seed {seed}: hung: {e}"));
+                    if out.code != 0 && (args[0] != "run" || out.code == 125) {
+                        let lines: Vec<&str> = out.stderr.lines().collect();
+                        assert!(
+                            lines.len() == 1 && lines[0].starts_with("fvm: "),
+                            "seed {seed}: `fvm {}` failed without one line:\n{out}",
+                            args.join(" ")
+                        );
+                    }
+                }
+            });
+        }
+    });
+    store.fvm(&["resume", "rc"]);
+    store.fvm(&["stop", "rc"]).ok();
+    assert_eq!(store.status("rc"), "stopped");
+    store.fvm(&["run", "rc", "--", "true"]).ok();
+    store.assert_clean();
+}
