@@ -9,8 +9,8 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use changes_support::{commit_temps, journal, parse_plan, vm_python};
-use common::{TestStore, needs_root, needs_tool, run, temp_dir};
+use changes_support::{commit_temps, journal, parse_plan, poll, vm_python};
+use common::{COMMAND_TIMEOUT, TestStore, needs_root, needs_tool, run, temp_dir};
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("a UTF-8 test path")
@@ -59,5 +59,78 @@ fn a_new_directory_of_100k_files_commits_under_a_memory_cap() {
     assert_eq!(std::fs::read_dir(h.join("many")).unwrap().count(), N);
     assert_eq!(commit_temps(h), Vec::<String>::new());
     assert!(!journal(&store, "many").exists());
+    store.assert_clean();
+}
+
+/// Whether the kernel has VM `name`'s processes frozen (or freezing).
+fn kernel_frozen(store: &TestStore, name: &str) -> bool {
+    let dir = store.cgroup_dir(name, "freezer");
+    match std::fs::read_to_string(dir.join("freezer.state")) {
+        Ok(state) => state.trim() != "THAWED",
+        // cgroup v2
+        Err(_) => std::fs::read_to_string(dir.join("cgroup.freeze")).is_ok_and(|t| t.trim() == "1"),
+    }
+}
+
+const MAKE_FEW: &str = r#"
+import os, sys
+d = os.path.join(sys.argv[1], sys.argv[2])
+os.makedirs(d)
+for i in range(int(sys.argv[3])):
+    with open(os.path.join(d, "f%05d" % i), "w") as f:
+        f.write("%d\n" % i)
+"#;
+
+/// A commit of a running VM SIGKILLed while the VM is frozen for it: the next
+/// command (`list` here, then `commit`) thaws the VM. A VM the user suspended
+/// stays suspended through a commit, killed or not, until `resume`.
+#[test]
+fn a_commit_killed_while_the_vm_is_frozen_never_leaves_it_frozen() {
+    let test = "a_commit_killed_while_the_vm_is_frozen_never_leaves_it_frozen";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("frozen");
+    let dir = temp_dir("frozen");
+    let h = dir.path();
+    store.create("fz");
+    store.start("fz");
+    for round in 0..3 {
+        let sub = format!("r{round}");
+        vm_python(&store, "fz", MAKE_FEW, &[s(h), &sub, "3000"]).ok();
+        let mut bg = store.background(&["commit", "fz", s(h)]);
+        poll(COMMAND_TIMEOUT, || {
+            bg.finished() || kernel_frozen(&store, "fz")
+        });
+        if !bg.finished() {
+            common::kill9(&[bg.pid()]);
+        }
+        let out = bg.finish();
+        println!("round {round}: commit exit {}", out.code);
+        assert_eq!(store.status("fz"), "running", "round {round}");
+        assert!(!kernel_frozen(&store, "fz"), "round {round}: still frozen");
+        // What was left is finished by the next commit.
+        store.fvm(&["commit", "fz", s(h)]).ok();
+        assert!(!kernel_frozen(&store, "fz"));
+        assert_eq!(std::fs::read_dir(h.join(&sub)).unwrap().count(), 3000);
+        assert_eq!(commit_temps(h), Vec::<String>::new());
+    }
+    // The user's suspend is theirs: a commit (even one killed) doesn't undo it.
+    vm_python(&store, "fz", MAKE_FEW, &[s(h), "user", "3000"]).ok();
+    store.fvm(&["suspend", "fz"]).ok();
+    let mut bg = store.background(&["commit", "fz", s(h)]);
+    poll(COMMAND_TIMEOUT, || {
+        bg.finished() || journal(&store, "fz").exists()
+    });
+    if !bg.finished() {
+        common::kill9(&[bg.pid()]);
+    }
+    bg.finish();
+    assert_eq!(store.status("fz"), "suspended");
+    store.fvm(&["commit", "fz", s(h)]).ok();
+    assert_eq!(store.status("fz"), "suspended");
+    assert!(kernel_frozen(&store, "fz"));
+    store.fvm(&["resume", "fz"]).ok();
+    assert_eq!(store.status("fz"), "running");
     store.assert_clean();
 }

@@ -47,21 +47,16 @@ impl Engine {
                 .map_err(|e| changes_error(name, e.into()))?;
         }
         let cgroup = self.cgroup(name)?;
-        // A suspended VM is frozen already, and stays so afterwards.
+        // A suspended VM is frozen already, and stays so afterwards (a freeze
+        // left by a commit that died was thawed by `reconcile`).
         let suspended = running && cgroup.frozen();
         if running && !suspended {
-            cgroup.freeze().map_err(|source| VmError::Cgroup {
-                name: name.to_string(),
-                source,
-            })?;
+            self.freeze_own(&vm, &cgroup)?;
         }
         let opts = Options { running, ..opts };
         let result = commit::commit(&layers, &filter, opts, &files, progress);
         if running && !suspended {
-            cgroup.thaw().map_err(|source| VmError::Cgroup {
-                name: name.to_string(),
-                source,
-            })?;
+            self.thaw_own(&vm, &cgroup)?;
         } else {
             // Directories recorded earlier may have just become empty.
             commit::deferred::settle(&files.committed)
@@ -74,6 +69,7 @@ impl Engine {
     pub fn commit_abort(&self, name: &VmName) -> Result<Option<usize>, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
+        self.thaw_abandoned(&vm)?;
         commit::abort(&files(&vm)).map_err(|e| changes_error(name, e.into()))
     }
 

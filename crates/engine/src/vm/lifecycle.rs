@@ -293,6 +293,7 @@ impl Engine {
     pub fn stop(&self, name: &VmName, grace: Duration) -> Result<Stopped, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
+        self.thaw_abandoned(&vm)?;
         let state = self.load_state(&vm)?;
         let init = state.live_init(&self.cgroup_leaf(name));
         if init.is_some() {
