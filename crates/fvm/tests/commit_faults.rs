@@ -134,3 +134,50 @@ fn a_commit_killed_while_the_vm_is_frozen_never_leaves_it_frozen() {
     assert_eq!(store.status("fz"), "running");
     store.assert_clean();
 }
+
+/// Host pids listed in `dir/cgroup.procs`.
+fn procs(dir: &Path) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// `run` racing `suspend`: a command either enters the VM completely before the
+/// freeze (it is then in every cgroup of the VM, frozen with the rest) or is
+/// refused; it is never frozen half-way in (in the freezer's cgroup but not the
+/// pids one), which used to hang it until someone resumed the VM.
+#[test]
+fn run_racing_suspend_enters_completely_or_not_at_all() {
+    let test = "run_racing_suspend_enters_completely_or_not_at_all";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("race");
+    store.create("race");
+    store.start("race");
+    let freezer = store.cgroup_dir("race", "freezer");
+    let pids = store.cgroup_dir("race", "pids");
+    let (mut entered, mut refused) = (0, 0);
+    for round in 0..40 {
+        let run = store.background(&["run", "race", "--", "true"]);
+        store.fvm(&["suspend", "race"]).ok();
+        let (in_freezer, in_pids) = (procs(&freezer), procs(&pids));
+        store.fvm(&["resume", "race"]).ok();
+        let out = run.finish();
+        assert!(
+            in_freezer == in_pids,
+            "round {round}: frozen half-way in: freezer cgroup {in_freezer:?}, pids cgroup {in_pids:?}"
+        );
+        match out.code {
+            0 => entered += 1,
+            _ if out.stderr.contains("is suspended") => refused += 1,
+            _ => panic!("round {round}: run failed:\n{out}"),
+        }
+    }
+    println!("{entered} entered, {refused} refused");
+    store.assert_clean();
+}

@@ -37,12 +37,17 @@ impl Engine {
                 });
             }
             spec.confine = self.confinement(name, &policy)?;
+            // The lock is held until the command runs in the VM: `suspend` (and
+            // a commit's freeze) take it, so the VM can't be frozen while the
+            // command is half-way in (in the freezer's cgroup but not yet in the
+            // others), which would leave it, and this command, frozen outside the
+            // VM's accounting until someone resumed the VM.
+            let entered = enter::enter(init, &cgroup, &spec, &stdio);
             drop(lock);
-            let (pid, master) =
-                enter::enter(init, &cgroup, &spec, &stdio).map_err(|source| VmError::Enter {
-                    name: name.to_string(),
-                    source,
-                })?;
+            let (pid, master) = entered.map_err(|source| VmError::Enter {
+                name: name.to_string(),
+                source,
+            })?;
             ends.release_command_ends();
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
