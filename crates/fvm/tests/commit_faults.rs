@@ -181,3 +181,160 @@ fn run_racing_suspend_enters_completely_or_not_at_all() {
     println!("{entered} entered, {refused} refused");
     store.assert_clean();
 }
+
+/// The VM's layer directory of the host's root mount, as the store names it.
+fn root_layer(store: &TestStore, name: &str) -> std::path::PathBuf {
+    store.root.join("vms").join(name).join("layers/-")
+}
+
+/// A journal that names a decoy directory as the VM's mount point, or a host
+/// file its layer never deleted, is refused: nothing is deleted outside what
+/// the VM changed, `--abort` drops it without touching the host, and commits
+/// work again.
+#[test]
+fn a_forged_journal_is_refused_and_abort_drops_it() {
+    let test = "a_forged_journal_is_refused_and_abort_drops_it";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("forged");
+    let dir = temp_dir("forged");
+    let h = dir.path();
+    let victim = changes_support::Victim::new("forged-victim");
+    store.create("fj");
+    vm_python(&store, "fj", MAKE_FEW, &[s(h), "new", "3"]).ok();
+    let j = journal(&store, "fj");
+    let layer = root_layer(&store, "fj");
+    let secret_rel = victim
+        .path()
+        .join("secret")
+        .strip_prefix("/")
+        .unwrap()
+        .to_owned();
+    let forged = [
+        // A decoy directory as the layer's mount point.
+        serde_json::json!({
+            "id": "0000abcd", "phase": "rename", "running": false,
+            "layers": [{"mount_point": victim.path(), "dir": layer}],
+            "steps": [{"layer": 0, "rel": "secret", "path": victim.path().join("secret"),
+                       "action": "remove", "in_layer": true, "host_had": true}],
+        }),
+        // The VM's real layer, but a deletion its layer doesn't have.
+        serde_json::json!({
+            "id": "0000abcd", "phase": "rename", "running": false,
+            "layers": [{"mount_point": "/", "dir": layer}],
+            "steps": [{"layer": 0, "rel": secret_rel, "path": victim.path().join("secret"),
+                       "action": "remove", "in_layer": true, "host_had": true}],
+        }),
+        // A way out of the mount point.
+        serde_json::json!({
+            "id": "0000abcd", "phase": "rename", "running": false,
+            "layers": [{"mount_point": "/", "dir": layer}],
+            "steps": [{"layer": 0, "rel": "tmp/../etc/fvm-test-nothing", "path": "/tmp/../etc/fvm-test-nothing",
+                       "action": "remove", "in_layer": true, "host_had": true}],
+        }),
+    ];
+    for (n, f) in forged.iter().enumerate() {
+        std::fs::write(&j, serde_json::to_vec(f).unwrap()).unwrap();
+        let out = store.fvm(&["commit", "fj", s(h)]);
+        assert_ne!(out.code, 0, "forged journal {n} was used:\n{out}");
+        assert!(out.stderr.contains("--abort"), "forged journal {n}:\n{out}");
+        victim.assert_untouched(&format!("forged journal {n}"));
+        let out = store.fvm(&["commit", "--abort", "fj"]).ok();
+        assert!(
+            out.stdout.contains("nothing on the host was touched"),
+            "{out}"
+        );
+        assert!(!j.exists());
+        victim.assert_untouched(&format!("abort of forged journal {n}"));
+    }
+    // An unreadable journal: refused by commit, dropped by --abort.
+    std::fs::write(&j, b"{\"id\": \"0000ab").unwrap();
+    let out = store.fvm(&["commit", "fj", s(h)]);
+    assert!(out.code != 0 && out.stderr.contains("--abort"), "{out}");
+    store.fvm(&["commit", "--abort", "fj"]).ok();
+    assert!(!j.exists());
+    store.fvm(&["commit", "fj", s(h)]).ok();
+    assert_eq!(std::fs::read_dir(h.join("new")).unwrap().count(), 3);
+    victim.assert_untouched("at the end");
+    store.assert_clean();
+}
+
+/// A commit whose target filesystem fills up takes itself back: the error says
+/// nothing was committed and its temps are gone, and the filesystem has exactly
+/// what it had, with its space free again.
+#[test]
+fn a_commit_to_a_full_filesystem_leaves_nothing_behind() {
+    let test = "a_commit_to_a_full_filesystem_leaves_nothing_behind";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("full");
+    let mnt = common::TmpfsMount::with_size("full", "1m");
+    let m = &mnt.path;
+    std::fs::write(m.join("keep"), "host\n").unwrap();
+    let before = changes_support::entries(m);
+    store.create("full");
+    let script = r#"
+import os, sys
+d = os.path.join(sys.argv[1], "new")
+os.mkdir(d)
+for n in "abc":
+    with open(os.path.join(d, n), "wb") as f:
+        f.write(os.urandom(400 * 1024))
+"#;
+    vm_python(&store, "full", script, &[s(m)]).ok();
+    let out = store.fvm(&["commit", "full", s(m)]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("nothing was committed")
+            && out
+                .stderr
+                .contains("temp files and new directories were removed"),
+        "{out}"
+    );
+    assert_eq!(commit_temps(m), Vec::<String>::new());
+    assert_eq!(changes_support::entries(m), before);
+    assert_eq!(std::fs::read_to_string(m.join("keep")).unwrap(), "host\n");
+    assert!(!journal(&store, "full").exists());
+    let out = store.fvm(&["commit", "--abort", "full"]).ok();
+    assert!(out.stdout.contains("no interrupted commit"), "{out}");
+    store.assert_clean();
+}
+
+/// A commit that fails on a path too long for the host takes back the
+/// directories it made.
+#[test]
+fn a_commit_failing_on_path_length_removes_its_new_directories() {
+    let test = "a_commit_failing_on_path_length_removes_its_new_directories";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("long");
+    let dir = temp_dir("long");
+    let h = dir.path();
+    store.create("long");
+    let script = r#"
+import os, sys
+os.chdir(sys.argv[1])
+os.mkdir("long")
+os.chdir("long")
+for i in range(25):
+    n = ("%02d" % i) * 100
+    os.mkdir(n)
+    os.chdir(n)
+with open("f", "w") as f:
+    f.write("deep\n")
+"#;
+    vm_python(&store, "long", script, &[s(h)]).ok();
+    let out = store.fvm(&["commit", "long", s(h), "--force"]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("nothing was committed"), "{out}");
+    assert!(
+        !h.join("long").exists(),
+        "the new directories are left:\n{out}"
+    );
+    assert_eq!(commit_temps(h), Vec::<String>::new());
+    assert!(!journal(&store, "long").exists());
+    store.assert_clean();
+}

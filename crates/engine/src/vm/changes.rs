@@ -3,7 +3,7 @@
 use std::path::{Component, PathBuf};
 
 use super::{Engine, VmError};
-use crate::changes::commit::{self, Files, Options, Outcome};
+use crate::changes::commit::{self, Aborted, Files, Options, Outcome};
 use crate::changes::diff::{self, Change, Filter};
 use crate::changes::layer::{self, Layer};
 use crate::store::{VmDir, VmName};
@@ -66,11 +66,26 @@ impl Engine {
     }
 
     /// Drop VM `name`'s interrupted commit (see [`commit::abort`]).
-    pub fn commit_abort(&self, name: &VmName) -> Result<Option<usize>, VmError> {
+    pub fn commit_abort(&self, name: &VmName) -> Result<Aborted, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         self.thaw_abandoned(&vm)?;
-        commit::abort(&files(&vm)).map_err(|e| changes_error(name, e.into()))
+        // Without the VM's layers (an unreadable policy) nothing in the journal
+        // can be checked, so nothing it names is touched.
+        let layers = self.layers(&vm).unwrap_or_default();
+        commit::abort(&files(&vm), &layers).map_err(|e| changes_error(name, e.into()))
+    }
+
+    /// With the VM's lock held and the VM not running: finish or drop an
+    /// unfinished commit (see [`commit::settle_unfinished`]), before the VM's
+    /// files go (`delete`) or in `doctor --cleanup`.
+    pub(super) fn settle_unfinished_commit(&self, vm: &VmDir) -> Result<Option<String>, VmError> {
+        let files = files(vm);
+        if !files.journal.exists() {
+            return Ok(None);
+        }
+        let layers = self.layers(vm).unwrap_or_default();
+        commit::settle_unfinished(&files, &layers).map_err(|e| changes_error(vm.name(), e.into()))
     }
 
     fn layers(&self, vm: &VmDir) -> Result<Vec<Layer>, VmError> {

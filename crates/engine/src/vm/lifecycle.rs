@@ -388,6 +388,10 @@ impl Engine {
             }
         }
         self.release_cgroup(name, &cgroup)?;
+        // Its temp files on the host are known only from its journal.
+        if let Some(done) = self.settle_unfinished_commit(&vm)? {
+            tracing::warn!("vm {:?}: {done}", name.as_str());
+        }
         // With an unreadable policy only the store directory is known to be ours.
         let policy = vm.load_policy().ok();
         let dir = policy.as_ref().and_then(|p| p.dir.clone());

@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{Result, bail};
-use fvm_engine::changes::commit::Options;
+use fvm_engine::changes::commit::{Aborted, Options};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Context, vm_name};
@@ -19,8 +19,11 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
     let engine = ctx.engine_for(&name)?;
     if args.abort {
         let text = match engine.commit_abort(&name)? {
-            Some(n) => format!("dropped an interrupted commit of {n} changes\n"),
-            None => "no interrupted commit to drop\n".to_owned(),
+            Aborted::Dropped(n) => format!("dropped an interrupted commit of {n} changes\n"),
+            Aborted::Nothing => "no interrupted commit to drop\n".to_owned(),
+            Aborted::Untrusted(why) => format!(
+                "dropped a commit journal that can't be used ({why}); nothing on the host was touched\n"
+            ),
         };
         output::print(&text)?;
         return Ok(0);

@@ -3,11 +3,11 @@
 //! `fvm commit` of the VM (every phase can be repeated safely).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::plan::Step;
+use super::plan::{Action, Step};
 use crate::changes::layer::Layer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -45,6 +45,59 @@ impl Journal {
                 dir: l.dir.clone(),
             })
             .collect()
+    }
+
+    /// Check what can be checked without the host: the journal is input (a file
+    /// anyone with access to the store could have written), and nothing in it is
+    /// acted on unless it names the VM's own layers (`layers`, from the store),
+    /// paths beneath their mount points without `..`, temp names of the expected
+    /// form, and links to earlier steps. Returns why not.
+    pub fn validate(&self, layers: &[Layer]) -> Result<(), String> {
+        if self.id.len() != 8 || !self.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("{:?} is not a commit id", self.id));
+        }
+        for l in &self.layers {
+            if !layers
+                .iter()
+                .any(|v| v.mount_point == l.mount_point && v.dir == l.dir)
+            {
+                return Err(format!(
+                    "the vm has no layer {} for mount point {}",
+                    l.dir.display(),
+                    l.mount_point.display()
+                ));
+            }
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            let Some(l) = self.layers.get(s.layer) else {
+                return Err(format!("step {i} names no layer of the journal"));
+            };
+            let clean = s.rel.components().count() > 0
+                && s.rel
+                    .components()
+                    .all(|c| matches!(c, Component::Normal(_)));
+            if !clean {
+                return Err(format!("{:?} is not a path beneath a mount point", s.rel));
+            }
+            if s.path != l.mount_point.join(&s.rel) {
+                return Err(format!(
+                    "{} is not {} beneath {}",
+                    s.path.display(),
+                    s.rel.display(),
+                    l.mount_point.display()
+                ));
+            }
+            if let Action::Link { of } = s.action
+                && (of >= i
+                    || self.steps[of].action != Action::Put
+                    || self.steps[of].layer != s.layer)
+            {
+                return Err(format!(
+                    "step {i} links to a step that is no file before it"
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn load(path: &Path) -> io::Result<Option<Journal>> {
