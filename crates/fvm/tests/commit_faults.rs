@@ -338,3 +338,98 @@ with open("f", "w") as f:
     assert!(!journal(&store, "long").exists());
     store.assert_clean();
 }
+
+const MAKE_DIRS: &str = r#"
+import os, sys
+h, top, dirs, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for d in range(dirs):
+    p = os.path.join(h, top, "d%02d" % d)
+    os.makedirs(p)
+    for i in range(per):
+        with open(os.path.join(p, "f%04d" % i), "w") as f:
+            f.write("%d/%d\n" % (d, i))
+"#;
+
+/// SIGKILL `fvm commit VM H` of a stopped VM once `H/REL` exists (or it ends).
+fn kill_commit_when(store: &TestStore, name: &str, h: &Path, rel: &str) -> common::Out {
+    let mut bg = store.background(&["commit", name, s(h)]);
+    poll(COMMAND_TIMEOUT, || bg.finished() || h.join(rel).exists());
+    if !bg.finished() {
+        common::kill9(&[bg.pid()]);
+    }
+    bg.finish()
+}
+
+/// `--abort` of a commit killed while renaming: the next commit sees no
+/// conflict in what fvm itself wrote, and commits the rest.
+#[test]
+fn after_abort_of_a_commit_killed_while_renaming_fvm_writes_are_no_conflicts() {
+    let test = "after_abort_of_a_commit_killed_while_renaming_fvm_writes_are_no_conflicts";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("abort");
+    let dir = temp_dir("abort");
+    let h = dir.path();
+    store.create("ab");
+    vm_python(&store, "ab", MAKE_DIRS, &[s(h), "big", "6", "400"]).ok();
+    let out = kill_commit_when(&store, "ab", h, "big/d00/f0000");
+    assert_eq!(out.code, 128 + 9, "the commit was not interrupted:\n{out}");
+    assert!(journal(&store, "ab").exists());
+    store.fvm(&["commit", "--abort", "ab"]).ok();
+    assert_eq!(commit_temps(h), Vec::<String>::new());
+    let out = store.fvm(&["commit", "ab", s(h)]);
+    assert_eq!(out.code, 0, "fvm's own writes taken for conflicts:\n{out}");
+    for d in 0..6 {
+        assert_eq!(
+            std::fs::read_dir(h.join(format!("big/d{d:02}")))
+                .unwrap()
+                .count(),
+            400
+        );
+    }
+    let diff = store.fvm(&["diff", "ab", s(h)]).ok();
+    assert_eq!(diff.out(), "", "changes left after the commit");
+    store.assert_clean();
+}
+
+/// `delete` of a VM with an unfinished commit, and `doctor --cleanup` of one,
+/// leave no temp file and no new directory of it on the host.
+#[test]
+fn delete_and_doctor_leave_no_temps_of_an_unfinished_commit() {
+    let test = "delete_and_doctor_leave_no_temps_of_an_unfinished_commit";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("orphan");
+    for how in ["delete", "doctor"] {
+        let dir = temp_dir("orphan");
+        let h = dir.path();
+        store.create(how);
+        vm_python(&store, how, MAKE_DIRS, &[s(h), "big", "4", "400"]).ok();
+        // Killed while writing temps: the host has none of the commit yet.
+        let mut bg = store.background(&["commit", how, s(h)]);
+        poll(COMMAND_TIMEOUT, || {
+            bg.finished() || !commit_temps(h).is_empty()
+        });
+        if !bg.finished() {
+            common::kill9(&[bg.pid()]);
+        }
+        let out = bg.finish();
+        assert_eq!(
+            out.code,
+            128 + 9,
+            "{how}: the commit was not interrupted:\n{out}"
+        );
+        if how == "delete" {
+            store.fvm(&["delete", how]).ok();
+        } else {
+            let out = store.fvm(&["doctor", "--cleanup"]).ok();
+            assert!(out.stdout.contains("interrupted commit"), "{out}");
+            assert!(!journal(&store, how).exists());
+        }
+        assert_eq!(commit_temps(h), Vec::<String>::new(), "{how}");
+        assert_eq!(changes_support::entries(h), Vec::<String>::new(), "{how}");
+    }
+    store.assert_clean();
+}

@@ -262,11 +262,11 @@ fn run(
 /// Take back what an unfinished commit did to the host as far as it can be,
 /// then drop its journal: its temp files go, and so do the directories it made
 /// that are empty again. Host paths it had already replaced (it was renaming)
-/// keep the VM's version: those entries count as committed, and the host's
-/// versions of the directories it touched are dated as fvm's, so the next
-/// commit doesn't take fvm's own writes for host changes. The VM's layer is left
-/// alone. If something can't be removed, the journal stays and the error says
-/// what.
+/// keep the VM's version; the host's versions of those and of the directories
+/// it touched are dated as fvm's, so the next commit doesn't take fvm's own
+/// writes for host changes (it commits them again, with the rest). The VM's
+/// layer is left alone. If something can't be removed, the journal stays and
+/// the error says what.
 fn undo(
     journal: &Journal,
     files: &Files,
@@ -344,9 +344,8 @@ fn undo(
         });
     }
     if journal.phase >= Phase::Rename {
-        deferred::record(&files.committed, &renamed, &layers, uppers)
-            .map_err(io_err("write", &files.committed))?;
-        deferred::record_dated(&files.committed, &touched, &layers, uppers)
+        renamed.extend(touched);
+        deferred::record_dated(&files.committed, &renamed, &layers, uppers)
             .map_err(io_err("write", &files.committed))?;
     }
     std::fs::remove_file(&files.journal).map_err(io_err("remove", &files.journal))
