@@ -433,3 +433,197 @@ fn delete_and_doctor_leave_no_temps_of_an_unfinished_commit() {
     }
     store.assert_clean();
 }
+
+/// A small deterministic generator (xorshift64*), so a seed replays a run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What the VM writes to `rROUND/fI` (a few KiB, so a partial file shows).
+fn round_content(round: usize, i: usize) -> String {
+    format!("{round}:{i};").repeat(100 + i % 50)
+}
+
+const MAKE_ROUND: &str = r#"
+import os, sys
+h, r, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+d = os.path.join(h, "r%02d" % r)
+os.mkdir(d)
+for i in range(n):
+    with open(os.path.join(d, "f%04d" % i), "w") as f:
+        f.write(("%d:%d;" % (r, i)) * (100 + i % 50))
+with open(os.path.join(h, "existing"), "w") as f:
+    f.write("round %d\n" % r)
+"#;
+
+/// Every host path under `h` is what the VM wrote in some round (or the host's
+/// original), never partial; with `settled`, no temp file is left and rounds up
+/// to `upto` are all there.
+#[track_caller]
+fn check_host(h: &Path, upto: usize, per: usize, settled: bool, when: &str) {
+    let mut count = vec![0usize; upto + 1];
+    for rel in changes_support::entries(h) {
+        let p = h.join(&rel);
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".fvm-commit-") {
+            assert!(!settled, "{when}: temp file {rel} left on the host");
+            continue;
+        }
+        let parts: Vec<&str> = rel.split('/').collect();
+        match parts.as_slice() {
+            ["existing"] => {
+                let got = std::fs::read_to_string(&p).unwrap();
+                let ok = got == "old\n"
+                    || got
+                        .strip_prefix("round ")
+                        .and_then(|r| r.strip_suffix('\n'))
+                        .is_some_and(|r| r.parse::<usize>().is_ok_and(|r| r <= upto));
+                assert!(ok, "{when}: existing is {got:?}");
+                if settled {
+                    assert_eq!(got, format!("round {upto}\n"), "{when}");
+                }
+            }
+            [_] => assert!(p.is_dir(), "{when}: {rel} is not a directory"),
+            [d, f] => {
+                let r: usize = d.strip_prefix('r').unwrap().parse().unwrap();
+                let i: usize = f.strip_prefix('f').unwrap().parse().unwrap();
+                let got = std::fs::read_to_string(&p).unwrap();
+                assert!(
+                    got == round_content(r, i),
+                    "{when}: {rel} is partial or wrong ({} bytes)",
+                    got.len()
+                );
+                count[r] += 1;
+            }
+            _ => panic!("{when}: unexpected host path {rel}"),
+        }
+    }
+    if settled {
+        assert!(
+            count.iter().all(|&c| c == per),
+            "{when}: files missing: {count:?}"
+        );
+    }
+}
+
+/// SIGKILL `fvm commit` of a stopped or running VM at a random moment, round
+/// after round, then run one ordinary command (commit, `commit --abort`,
+/// `doctor --cleanup` or `list`) and check: the VM isn't frozen and no record
+/// of fvm's freeze is left, no host file is half-written, and after a commit,
+/// an abort or a cleanup no temp file or journal is left; then a commit brings
+/// the host up to date. The seed is printed; `FVM_FAULT_SEED=N` replays a run.
+#[test]
+fn sigkilled_commits_at_random_points_leave_nothing_behind() {
+    let test = "sigkilled_commits_at_random_points_leave_nothing_behind";
+    if !needs_root(test) {
+        return;
+    }
+    const ROUNDS: usize = 12;
+    const PER: usize = 400;
+    let seed = std::env::var("FVM_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            let t = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            t.as_nanos() as u64 | 1
+        });
+    println!("seed {seed} (FVM_FAULT_SEED={seed} replays this run)");
+    let mut rng = Rng(seed);
+    let store = TestStore::new("faults");
+    let dir = temp_dir("faults");
+    let h = dir.path();
+    std::fs::write(h.join("existing"), "old\n").unwrap();
+    store.create("fk");
+    let owner = store.root.join("vms/fk/freeze-owner");
+    let mut running = false;
+    for round in 0..ROUNDS {
+        let run_it = rng.below(2) == 1;
+        if run_it != running {
+            store
+                .fvm(&[if run_it { "start" } else { "stop" }, "fk"])
+                .ok();
+            running = run_it;
+        }
+        vm_python(
+            &store,
+            "fk",
+            MAKE_ROUND,
+            &[s(h), &round.to_string(), &PER.to_string()],
+        )
+        .ok();
+        let delay = std::time::Duration::from_millis(rng.below(600));
+        let next = ["commit", "abort", "doctor", "list"][rng.below(4) as usize];
+        let when = format!(
+            "seed {seed} round {round} (running {running}, kill after {delay:?}, then {next})"
+        );
+        let mut bg = store.background(&["commit", "fk", s(h)]);
+        let start = std::time::Instant::now();
+        poll(COMMAND_TIMEOUT, || {
+            bg.finished() || start.elapsed() >= delay
+        });
+        if !bg.finished() {
+            common::kill9(&[bg.pid()]);
+        }
+        let out = bg.finish();
+        println!("{when}: commit exit {}", out.code);
+        assert!(out.code == 0 || out.code == 128 + 9, "{when}:\n{out}");
+        let settles = match next {
+            "commit" => {
+                store.fvm(&["commit", "fk", s(h)]).ok();
+                true
+            }
+            "abort" => {
+                store.fvm(&["commit", "--abort", "fk"]).ok();
+                true
+            }
+            "doctor" => {
+                store.fvm(&["doctor", "--cleanup"]).ok();
+                !running
+            }
+            _ => {
+                store.list();
+                false
+            }
+        };
+        let status = store.status("fk");
+        assert_eq!(
+            status,
+            if running { "running" } else { "stopped" },
+            "{when}"
+        );
+        if running {
+            assert!(!kernel_frozen(&store, "fk"), "{when}: the vm is frozen");
+        }
+        assert!(!owner.exists(), "{when}: fvm's freeze record is left");
+        check_host(h, round, PER, false, &when);
+        if settles {
+            let temps = commit_temps(h);
+            assert!(
+                temps.is_empty(),
+                "{when}: {} temp files left, as {:?}",
+                temps.len(),
+                &temps[..temps.len().min(3)]
+            );
+            assert!(!journal(&store, "fk").exists(), "{when}: journal left");
+        }
+        // Whatever happened, the next commit brings the host up to date.
+        let out = store.fvm(&["commit", "fk", s(h)]);
+        assert_eq!(out.code, 0, "{when}: the commit after:\n{out}");
+        check_host(h, round, PER, true, &format!("{when}, after a commit"));
+        assert!(!journal(&store, "fk").exists(), "{when}");
+    }
+    store.assert_clean();
+}
