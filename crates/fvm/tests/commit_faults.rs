@@ -98,14 +98,7 @@ fn a_commit_killed_while_the_vm_is_frozen_never_leaves_it_frozen() {
     for round in 0..3 {
         let sub = format!("r{round}");
         vm_python(&store, "fz", MAKE_FEW, &[s(h), &sub, "3000"]).ok();
-        let mut bg = store.background(&["commit", "fz", s(h)]);
-        poll(COMMAND_TIMEOUT, || {
-            bg.finished() || kernel_frozen(&store, "fz")
-        });
-        if !bg.finished() {
-            common::kill9(&[bg.pid()]);
-        }
-        let out = bg.finish();
+        let out = kill_commit(&store, "fz", h, || kernel_frozen(&store, "fz"));
         println!("round {round}: commit exit {}", out.code);
         assert_eq!(store.status("fz"), "running", "round {round}");
         assert!(!kernel_frozen(&store, "fz"), "round {round}: still frozen");
@@ -118,14 +111,7 @@ fn a_commit_killed_while_the_vm_is_frozen_never_leaves_it_frozen() {
     // The user's suspend is theirs: a commit (even one killed) doesn't undo it.
     vm_python(&store, "fz", MAKE_FEW, &[s(h), "user", "3000"]).ok();
     store.fvm(&["suspend", "fz"]).ok();
-    let mut bg = store.background(&["commit", "fz", s(h)]);
-    poll(COMMAND_TIMEOUT, || {
-        bg.finished() || journal(&store, "fz").exists()
-    });
-    if !bg.finished() {
-        common::kill9(&[bg.pid()]);
-    }
-    bg.finish();
+    kill_commit(&store, "fz", h, || journal(&store, "fz").exists());
     assert_eq!(store.status("fz"), "suspended");
     store.fvm(&["commit", "fz", s(h)]).ok();
     assert_eq!(store.status("fz"), "suspended");
@@ -350,10 +336,16 @@ for d in range(dirs):
             f.write("%d/%d\n" % (d, i))
 "#;
 
-/// SIGKILL `fvm commit VM H` of a stopped VM once `H/REL` exists (or it ends).
-fn kill_commit_when(store: &TestStore, name: &str, h: &Path, rel: &str) -> common::Out {
+/// Start `fvm commit NAME H` and SIGKILL it (by pid) once `until` holds, unless
+/// it ended first; how it ended.
+fn kill_commit(
+    store: &TestStore,
+    name: &str,
+    h: &Path,
+    mut until: impl FnMut() -> bool,
+) -> common::Out {
     let mut bg = store.background(&["commit", name, s(h)]);
-    poll(COMMAND_TIMEOUT, || bg.finished() || h.join(rel).exists());
+    poll(COMMAND_TIMEOUT, || bg.finished() || until());
     if !bg.finished() {
         common::kill9(&[bg.pid()]);
     }
@@ -373,7 +365,7 @@ fn after_abort_of_a_commit_killed_while_renaming_fvm_writes_are_no_conflicts() {
     let h = dir.path();
     store.create("ab");
     vm_python(&store, "ab", MAKE_DIRS, &[s(h), "big", "6", "400"]).ok();
-    let out = kill_commit_when(&store, "ab", h, "big/d00/f0000");
+    let out = kill_commit(&store, "ab", h, || h.join("big/d00/f0000").exists());
     assert_eq!(out.code, 128 + 9, "the commit was not interrupted:\n{out}");
     assert!(journal(&store, "ab").exists());
     store.fvm(&["commit", "--abort", "ab"]).ok();
@@ -408,14 +400,7 @@ fn delete_and_doctor_leave_no_temps_of_an_unfinished_commit() {
         store.create(how);
         vm_python(&store, how, MAKE_DIRS, &[s(h), "big", "4", "400"]).ok();
         // Killed while writing temps: the host has none of the commit yet.
-        let mut bg = store.background(&["commit", how, s(h)]);
-        poll(COMMAND_TIMEOUT, || {
-            bg.finished() || !commit_temps(h).is_empty()
-        });
-        if !bg.finished() {
-            common::kill9(&[bg.pid()]);
-        }
-        let out = bg.finish();
+        let out = kill_commit(&store, how, h, || !commit_temps(h).is_empty());
         assert_eq!(
             out.code,
             128 + 9,
@@ -569,15 +554,8 @@ fn sigkilled_commits_at_random_points_leave_nothing_behind() {
         let when = format!(
             "seed {seed} round {round} (running {running}, kill after {delay:?}, then {next})"
         );
-        let mut bg = store.background(&["commit", "fk", s(h)]);
         let start = std::time::Instant::now();
-        poll(COMMAND_TIMEOUT, || {
-            bg.finished() || start.elapsed() >= delay
-        });
-        if !bg.finished() {
-            common::kill9(&[bg.pid()]);
-        }
-        let out = bg.finish();
+        let out = kill_commit(&store, "fk", h, || start.elapsed() >= delay);
         println!("{when}: commit exit {}", out.code);
         assert!(out.code == 0 || out.code == 128 + 9, "{when}:\n{out}");
         let settles = match next {
