@@ -115,3 +115,98 @@ impl Journal {
         crate::store::files::write_durable(path, &text, 0o600)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer() -> Layer {
+        Layer {
+            mount_point: "/srv".into(),
+            dir: "/store/vms/a/layers/srv".into(),
+        }
+    }
+
+    fn step(rel: &str, action: Action) -> Step {
+        Step {
+            layer: 0,
+            rel: rel.into(),
+            path: Path::new("/srv").join(rel),
+            action,
+            in_layer: true,
+            host_had: false,
+        }
+    }
+
+    fn journal(steps: Vec<Step>) -> Journal {
+        Journal {
+            id: "0123abcd".into(),
+            phase: Phase::Rename,
+            layers: vec![LayerRef {
+                mount_point: "/srv".into(),
+                dir: "/store/vms/a/layers/srv".into(),
+            }],
+            steps,
+            running: false,
+        }
+    }
+
+    #[test]
+    fn a_journal_of_the_vms_own_layers_and_clean_paths_is_accepted() {
+        let j = journal(vec![
+            step("d", Action::Dir),
+            step("d/f", Action::Put),
+            step("d/g", Action::Link { of: 1 }),
+            step("old", Action::Remove),
+        ]);
+        assert_eq!(j.validate(&[layer()]), Ok(()));
+    }
+
+    #[test]
+    fn anything_else_in_a_journal_is_refused() {
+        let ok = journal(vec![step("f", Action::Put)]);
+        // A layer the VM doesn't have (a decoy mount point).
+        let mut decoy = ok.clone();
+        decoy.layers[0].mount_point = "/tmp/decoy".into();
+        decoy.steps[0].path = "/tmp/decoy/f".into();
+        // Paths that leave the mount point, or aren't beneath it.
+        let mut up = ok.clone();
+        up.steps[0].rel = "d/../../etc/shadow".into();
+        up.steps[0].path = "/srv/d/../../etc/shadow".into();
+        let mut absolute = ok.clone();
+        absolute.steps[0].rel = "/etc/shadow".into();
+        let mut elsewhere = ok.clone();
+        elsewhere.steps[0].path = "/etc/f".into();
+        let mut empty = ok.clone();
+        empty.steps[0].rel = "".into();
+        empty.steps[0].path = "/srv".into();
+        // Temp names are built from the id.
+        let mut id = ok.clone();
+        id.id = "../../x".into();
+        // Links only to an earlier file.
+        let forward = journal(vec![
+            step("a", Action::Link { of: 1 }),
+            step("b", Action::Put),
+        ]);
+        let to_dir = journal(vec![
+            step("a", Action::Dir),
+            step("b", Action::Link { of: 0 }),
+        ]);
+        let mut no_layer = ok.clone();
+        no_layer.steps[0].layer = 3;
+        for (what, j) in [
+            ("decoy", decoy),
+            ("up", up),
+            ("absolute", absolute),
+            ("elsewhere", elsewhere),
+            ("empty", empty),
+            ("id", id),
+            ("forward", forward),
+            ("to_dir", to_dir),
+            ("no_layer", no_layer),
+        ] {
+            assert!(j.validate(&[layer()]).is_err(), "{what} was accepted");
+        }
+        assert_eq!(ok.validate(&[layer()]), Ok(()));
+    }
+}
