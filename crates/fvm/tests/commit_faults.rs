@@ -605,3 +605,47 @@ fn sigkilled_commits_at_random_points_leave_nothing_behind() {
     }
     store.assert_clean();
 }
+
+/// A commit of a stopped VM killed half-way, finished by the next commit once
+/// the VM runs: the running VM's layer is left alone (entries unlinked under a
+/// live overlay would lose what the VM writes to them next), and its writes
+/// after the commit are still there.
+#[test]
+fn a_commit_begun_stopped_and_finished_running_leaves_the_layer_alone() {
+    let test = "a_commit_begun_stopped_and_finished_running_leaves_the_layer_alone";
+    if !needs_root(test) {
+        return;
+    }
+    let store = TestStore::new("resumerun");
+    let dir = temp_dir("resumerun");
+    let h = dir.path();
+    store.create("rr");
+    vm_python(&store, "rr", MAKE_DIRS, &[s(h), "big", "4", "400"]).ok();
+    let out = kill_commit(&store, "rr", h, || h.join("big/d00/f0000").exists());
+    assert_eq!(out.code, 128 + 9, "the commit was not interrupted:\n{out}");
+    store.start("rr");
+    // A process of the VM holds a committed file open across the commit.
+    let mut holder = store.spawn(&[
+        "run",
+        "rr",
+        "--",
+        "sh",
+        "-c",
+        &format!("exec 3>>{}/big/d01/f0001; sleep 3; echo later >&3", s(h)),
+    ]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = store.fvm(&["commit", "rr", s(h)]).ok();
+    assert!(
+        out.stderr.contains("finished an interrupted commit"),
+        "{out}"
+    );
+    let layer = changes_support::upper(&store, "rr", h);
+    assert!(
+        layer.join("big/d01/f0001").exists(),
+        "the running vm's layer lost a committed entry"
+    );
+    assert_eq!(holder.wait(), 0);
+    let seen = store.sh("rr", &format!("cat {}/big/d01/f0001", s(h))).ok();
+    assert_eq!(seen.stdout, "1/1\nlater\n");
+    store.assert_clean();
+}

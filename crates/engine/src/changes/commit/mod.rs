@@ -126,7 +126,7 @@ pub fn commit(
     let resumed = if opts.dry_run {
         0
     } else {
-        resume(files, layers, progress)?
+        resume(files, layers, opts.running, progress)?
     };
     let committed = deferred::load(&files.committed).map_err(io_err("read", &files.committed))?;
     let mut items = scan::scan(layers, filter, &committed)?;
@@ -417,10 +417,12 @@ fn remove_journal(files: &Files) -> Result<(), CommitError> {
 /// Finish the commit an interrupted `fvm commit` left in the journal, if any.
 /// Returns how many steps it had. The journal must match the VM (`layers`, see
 /// [`Journal::validate`]) and, until its renames are done, the VM's layer must
-/// still hold what each step writes.
+/// still hold what each step writes. `running`: the VM runs now (it may have
+/// been stopped when the commit began): then its layer is left alone.
 pub fn resume(
     files: &Files,
     layers: &[Layer],
+    running: bool,
     progress: Progress<'_>,
 ) -> Result<usize, CommitError> {
     let bad = |why: String| CommitError::BadJournal {
@@ -437,11 +439,12 @@ pub fn resume(
     if journal.phase < Phase::Cleanup {
         check_layer(&journal, &mut uppers).map_err(bad)?;
     }
+    journal.running |= running;
     run(&mut journal, files, &mut uppers, true, progress)?;
     Ok(journal.steps.len())
 }
 
-/// Before a VM's files go (`delete`) or in `doctor --cleanup`: finish an
+/// With the VM stopped, before its files go (`delete`) or in `doctor --cleanup`: finish an
 /// unfinished commit that was renaming (the host has part of it already), drop
 /// one that was still writing (the host has none of it), and drop one that can't
 /// be finished. Returns one line saying what was done, if there was anything.
@@ -452,7 +455,7 @@ pub fn settle_unfinished(files: &Files, layers: &[Layer]) -> Result<Option<Strin
         Err(_) => false,
     };
     if renaming {
-        match resume(files, layers, &mut |_, _| {}) {
+        match resume(files, layers, false, &mut |_, _| {}) {
             Ok(n) => {
                 return Ok(Some(format!(
                     "finished an interrupted commit of {n} changes"
