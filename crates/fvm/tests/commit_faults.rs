@@ -385,8 +385,8 @@ fn after_abort_of_a_commit_killed_while_renaming_fvm_writes_are_no_conflicts() {
     store.assert_clean();
 }
 
-/// `delete` of a VM with an unfinished commit, and `doctor --cleanup` of one,
-/// leave no temp file and no new directory of it on the host.
+/// `delete` of a stopped VM with an unfinished commit, and `doctor --cleanup`
+/// of a running one, leave no temp file and no new directory of it on the host.
 #[test]
 fn delete_and_doctor_leave_no_temps_of_an_unfinished_commit() {
     let test = "delete_and_doctor_leave_no_temps_of_an_unfinished_commit";
@@ -399,6 +399,10 @@ fn delete_and_doctor_leave_no_temps_of_an_unfinished_commit() {
         let h = dir.path();
         store.create(how);
         vm_python(&store, how, MAKE_DIRS, &[s(h), "big", "4", "400"]).ok();
+        if how == "doctor" {
+            // Its unfinished commit is found while the VM runs.
+            store.start(how);
+        }
         // Killed while writing temps: the host has none of the commit yet.
         let out = kill_commit(&store, how, h, || !commit_temps(h).is_empty());
         assert_eq!(
@@ -569,7 +573,7 @@ fn sigkilled_commits_at_random_points_leave_nothing_behind() {
             }
             "doctor" => {
                 store.fvm(&["doctor", "--cleanup"]).ok();
-                !running
+                true
             }
             _ => {
                 store.list();
@@ -647,5 +651,98 @@ fn a_commit_begun_stopped_and_finished_running_leaves_the_layer_alone() {
     assert_eq!(holder.wait(), 0);
     let seen = store.sh("rr", &format!("cat {}/big/d01/f0001", s(h))).ok();
     assert_eq!(seen.stdout, "1/1\nlater\n");
+    store.assert_clean();
+}
+
+/// The phase an unfinished commit's journal says it reached, if there is one.
+fn journal_phase(store: &TestStore, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(journal(store, name)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["phase"].as_str().map(str::to_owned)
+}
+
+/// A commit killed while it cleans the VM's layer (the host has all of it, the
+/// layer part): `--abort` finishes the cleanup rather than leave a new directory
+/// of the VM hiding the files already taken out of it, and a start does the same;
+/// the VM sees every file, and the next commit deletes none from the host.
+#[test]
+fn a_commit_killed_while_cleaning_the_layer_never_hides_files() {
+    let test = "a_commit_killed_while_cleaning_the_layer_never_hides_files";
+    if !needs_root(test) {
+        return;
+    }
+    const DIRS: usize = 8;
+    const PER: usize = 500;
+    let store = TestStore::new("cleanup");
+    let mut caught = Vec::new();
+    for attempt in 0..6 {
+        let name = format!("cl{attempt}");
+        let dir = temp_dir("cleanup");
+        let h = dir.path();
+        store.create(&name);
+        vm_python(
+            &store,
+            &name,
+            MAKE_DIRS,
+            &[s(h), "big", &DIRS.to_string(), &PER.to_string()],
+        )
+        .ok();
+        let layer = changes_support::upper(&store, &name, h);
+        let last = layer.join(format!("big/d{:02}/f{:04}", DIRS - 1, PER - 1));
+        // Cleanup takes entries out of the layer, the last first.
+        let out = kill_commit(&store, &name, h, || !last.exists());
+        let phase = journal_phase(&store, &name);
+        println!(
+            "attempt {attempt}: exit {}, journal phase {phase:?}",
+            out.code
+        );
+        if phase.as_deref() != Some("cleanup") {
+            store.fvm(&["commit", &name, s(h)]).ok();
+            continue;
+        }
+        // Every other attempt: --abort, or a start, is the next command.
+        let how = if caught.len() % 2 == 0 {
+            "abort"
+        } else {
+            "start"
+        };
+        if how == "abort" {
+            let out = store.fvm(&["commit", "--abort", &name]).ok();
+            assert!(out.stdout.contains("finished it"), "{out}");
+        } else {
+            store.start(&name);
+        }
+        assert!(
+            !journal(&store, &name).exists(),
+            "{how}: the journal is left"
+        );
+        let seen = store
+            .sh(&name, &format!("ls {}/big/* | grep -c '^f'", s(h)))
+            .ok();
+        assert_eq!(
+            seen.out(),
+            (DIRS * PER).to_string(),
+            "{how}: the vm lost files"
+        );
+        store.fvm(&["commit", &name, s(h)]).ok();
+        for d in 0..DIRS {
+            assert_eq!(
+                std::fs::read_dir(h.join(format!("big/d{d:02}")))
+                    .unwrap()
+                    .count(),
+                PER,
+                "{how}: host files deleted by the next commit"
+            );
+        }
+        caught.push(how);
+        if caught.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        !caught.is_empty(),
+        "no kill happened while the layer was cleaned"
+    );
+    println!("checked after: {caught:?}");
     store.assert_clean();
 }

@@ -69,23 +69,29 @@ impl Engine {
     pub fn commit_abort(&self, name: &VmName) -> Result<Aborted, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
-        self.thaw_abandoned(&vm)?;
+        let state = self.reconcile(&vm)?;
+        let running = state.live_init(&self.cgroup_leaf(name)).is_some();
         // Without the VM's layers (an unreadable policy) nothing in the journal
         // can be checked, so nothing it names is touched.
         let layers = self.layers(&vm).unwrap_or_default();
-        commit::abort(&files(&vm), &layers).map_err(|e| changes_error(name, e.into()))
+        commit::abort(&files(&vm), &layers, running).map_err(|e| changes_error(name, e.into()))
     }
 
-    /// With the VM's lock held and the VM not running: finish or drop an
-    /// unfinished commit (see [`commit::settle_unfinished`]), before the VM's
-    /// files go (`delete`) or in `doctor --cleanup`.
-    pub(super) fn settle_unfinished_commit(&self, vm: &VmDir) -> Result<Option<String>, VmError> {
+    /// With the VM's lock held: finish or drop an unfinished commit (see
+    /// [`commit::settle_unfinished`]), before the VM's files go (`delete`) or in
+    /// `doctor --cleanup`. `running`: the VM runs.
+    pub(super) fn settle_unfinished_commit(
+        &self,
+        vm: &VmDir,
+        running: bool,
+    ) -> Result<Option<String>, VmError> {
         let files = files(vm);
         if !files.journal.exists() {
             return Ok(None);
         }
         let layers = self.layers(vm).unwrap_or_default();
-        commit::settle_unfinished(&files, &layers).map_err(|e| changes_error(vm.name(), e.into()))
+        commit::settle_unfinished(&files, &layers, running)
+            .map_err(|e| changes_error(vm.name(), e.into()))
     }
 
     fn layers(&self, vm: &VmDir) -> Result<Vec<Layer>, VmError> {
@@ -93,9 +99,17 @@ impl Engine {
         layer::layers(&vm.layers_path(&policy)).map_err(|e| changes_error(vm.name(), e.into()))
     }
 
-    /// Before a VM starts: drop the layer entries committed while it last ran.
+    /// Before a VM starts: finish the layer's cleanup of a commit killed during
+    /// it (the VM would see its layer half-way), and drop the layer entries
+    /// committed while it last ran.
     pub(super) fn settle_commits(&self, vm: &VmDir) -> Result<(), VmError> {
-        commit::deferred::settle(&files(vm).committed)
+        let files = files(vm);
+        if files.journal.exists() {
+            let layers = self.layers(vm)?;
+            commit::finish_cleanup(&files, &layers)
+                .map_err(|e| changes_error(vm.name(), e.into()))?;
+        }
+        commit::deferred::settle(&files.committed)
             .map(drop)
             .map_err(|e| changes_error(vm.name(), e.into()))
     }

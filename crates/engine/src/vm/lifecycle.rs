@@ -389,7 +389,7 @@ impl Engine {
         }
         self.release_cgroup(name, &cgroup)?;
         // Its temp files on the host are known only from its journal.
-        if let Some(done) = self.settle_unfinished_commit(&vm)? {
+        if let Some(done) = self.settle_unfinished_commit(&vm, false)? {
             tracing::warn!("vm {:?}: {done}", name.as_str());
         }
         // With an unreadable policy only the store directory is known to be ours.

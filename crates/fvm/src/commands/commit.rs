@@ -20,6 +20,9 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
     if args.abort {
         let text = match engine.commit_abort(&name)? {
             Aborted::Dropped(n) => format!("dropped an interrupted commit of {n} changes\n"),
+            Aborted::Finished(n) => format!(
+                "an interrupted commit of {n} changes was on the host in full: finished it\n"
+            ),
             Aborted::Nothing => "no interrupted commit to drop\n".to_owned(),
             Aborted::Untrusted(why) => format!(
                 "dropped a commit journal that can't be used ({why}); nothing on the host was touched\n"

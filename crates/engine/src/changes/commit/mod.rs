@@ -373,6 +373,9 @@ pub enum Aborted {
     Nothing,
     /// The unfinished commit of this many steps was dropped (see [`undo`]).
     Dropped(usize),
+    /// The unfinished commit of this many steps was on the host in full; the
+    /// cleanup of the VM's layer was finished.
+    Finished(usize),
     /// The journal couldn't be read or didn't match the VM (why): it was
     /// removed, and nothing it names was touched.
     Untrusted(String),
@@ -382,7 +385,12 @@ pub enum Aborted {
 /// changed under it), as [`undo`] says. `layers` are the VM's own (from the
 /// store): a journal that can't be read or names anything else is removed
 /// without touching the host.
-pub fn abort(files: &Files, layers: &[Layer]) -> Result<Aborted, CommitError> {
+///
+/// A commit killed while it cleaned the VM's layer is on the host in full, and
+/// the layer is half-way (an opaque directory may have lost part of its
+/// entries, hiding the host's versions from the VM): that cleanup is finished
+/// instead (`running`: the VM runs, and its layer is left alone).
+pub fn abort(files: &Files, layers: &[Layer], running: bool) -> Result<Aborted, CommitError> {
     let journal = match Journal::load(&files.journal) {
         Ok(None) => return Ok(Aborted::Nothing),
         Ok(Some(j)) => j.validate(layers).map(|()| j),
@@ -402,9 +410,25 @@ pub fn abort(files: &Files, layers: &[Layer]) -> Result<Aborted, CommitError> {
             return Ok(Aborted::Untrusted(why));
         }
     };
+    if journal.phase == Phase::Cleanup {
+        let mut journal = journal;
+        journal.running |= running;
+        run(&mut journal, files, &mut uppers, true, &mut |_, _| {})?;
+        return Ok(Aborted::Finished(journal.steps.len()));
+    }
     let mut hosts = open_trees(&journal.layers(), false)?;
     undo(&journal, files, &mut hosts, &mut uppers)?;
     Ok(Aborted::Dropped(journal.steps.len()))
+}
+
+/// Before a stopped VM starts: a commit killed while it cleaned the layer left
+/// the VM's view half-changed; finish it (see [`abort`]). Returns how many steps
+/// it had, 0 if there was none.
+pub fn finish_cleanup(files: &Files, layers: &[Layer]) -> Result<usize, CommitError> {
+    match Journal::load(&files.journal) {
+        Ok(Some(j)) if j.phase == Phase::Cleanup => resume(files, layers, false, &mut |_, _| {}),
+        _ => Ok(0),
+    }
 }
 
 fn remove_journal(files: &Files) -> Result<(), CommitError> {
@@ -444,18 +468,24 @@ pub fn resume(
     Ok(journal.steps.len())
 }
 
-/// With the VM stopped, before its files go (`delete`) or in `doctor --cleanup`: finish an
+/// Before a VM's files go (`delete`) or in `doctor --cleanup`: finish an
 /// unfinished commit that was renaming (the host has part of it already), drop
 /// one that was still writing (the host has none of it), and drop one that can't
-/// be finished. Returns one line saying what was done, if there was anything.
-pub fn settle_unfinished(files: &Files, layers: &[Layer]) -> Result<Option<String>, CommitError> {
+/// be finished. Neither reads the VM's files while it could be writing them, so
+/// a running VM (`running`) needn't be frozen; its layer is left alone. Returns
+/// one line saying what was done, if there was anything.
+pub fn settle_unfinished(
+    files: &Files,
+    layers: &[Layer],
+    running: bool,
+) -> Result<Option<String>, CommitError> {
     let renaming = match Journal::load(&files.journal) {
         Ok(None) => return Ok(None),
         Ok(Some(j)) => j.phase >= Phase::Rename,
         Err(_) => false,
     };
     if renaming {
-        match resume(files, layers, false, &mut |_, _| {}) {
+        match resume(files, layers, running, &mut |_, _| {}) {
             Ok(n) => {
                 return Ok(Some(format!(
                     "finished an interrupted commit of {n} changes"
@@ -467,9 +497,10 @@ pub fn settle_unfinished(files: &Files, layers: &[Layer]) -> Result<Option<Strin
             ),
         }
     }
-    Ok(match abort(files, layers)? {
+    Ok(match abort(files, layers, running)? {
         Aborted::Nothing => None,
         Aborted::Dropped(n) => Some(format!("dropped an interrupted commit of {n} changes")),
+        Aborted::Finished(n) => Some(format!("finished an interrupted commit of {n} changes")),
         Aborted::Untrusted(why) => Some(format!(
             "dropped a commit journal that can't be used ({why}); nothing on the host was touched"
         )),
