@@ -4,7 +4,7 @@
 use std::io::IsTerminal;
 
 use anyhow::{Result, bail};
-use fvm_engine::changes::commit::{Aborted, Options};
+use fvm_engine::changes::commit::Options;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{Context, vm_name};
@@ -18,15 +18,9 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let engine = ctx.engine_for(&name)?;
     if args.abort {
-        let text = match engine.commit_abort(&name)? {
-            Aborted::Dropped(n) => format!("dropped an interrupted commit of {n} changes\n"),
-            Aborted::Finished(n) => format!(
-                "an interrupted commit of {n} changes was on the host in full: finished it\n"
-            ),
-            Aborted::Nothing => "no interrupted commit to drop\n".to_owned(),
-            Aborted::Untrusted(why) => format!(
-                "dropped a commit journal that can't be used ({why}); nothing on the host was touched\n"
-            ),
+        let text = match engine.commit_abort(&name)?.describe() {
+            Some(line) => format!("{line}\n"),
+            None => "no interrupted commit to drop\n".to_owned(),
         };
         output::print(&text)?;
         return Ok(0);

@@ -381,6 +381,22 @@ pub enum Aborted {
     Untrusted(String),
 }
 
+impl Aborted {
+    /// One line for people, if something was done.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Aborted::Nothing => None,
+            Aborted::Dropped(n) => Some(format!("dropped an interrupted commit of {n} changes")),
+            Aborted::Finished(n) => Some(format!(
+                "an interrupted commit of {n} changes was on the host in full: finished it"
+            )),
+            Aborted::Untrusted(why) => Some(format!(
+                "dropped a commit journal that can't be used ({why}); nothing on the host was touched"
+            )),
+        }
+    }
+}
+
 /// Drop an interrupted commit that can't be finished (its layer or the host
 /// changed under it), as [`undo`] says. `layers` are the VM's own (from the
 /// store): a journal that can't be read or names anything else is removed
@@ -497,14 +513,7 @@ pub fn settle_unfinished(
             ),
         }
     }
-    Ok(match abort(files, layers, running)? {
-        Aborted::Nothing => None,
-        Aborted::Dropped(n) => Some(format!("dropped an interrupted commit of {n} changes")),
-        Aborted::Finished(n) => Some(format!("finished an interrupted commit of {n} changes")),
-        Aborted::Untrusted(why) => Some(format!(
-            "dropped a commit journal that can't be used ({why}); nothing on the host was touched"
-        )),
-    })
+    Ok(abort(files, layers, running)?.describe())
 }
 
 /// The layer still holds what each step of a journal that hasn't finished
