@@ -7,6 +7,10 @@
 //!   (its files are durable when it returns), so `cp -a` is measured both alone
 //!   and followed by `sync`.
 //!
+//! - `fvm commit --dry-run` of one new directory of 1,000,000 empty files: the
+//!   plan's time and its peak memory (resident, sampled from /proc while it
+//!   runs), which grows linearly with the directory.
+//!
 //! Each commit round needs fresh changes: the VM writes two identical trees, one
 //! that `cp -a` copies out of the layer and one that `fvm commit` commits; their
 //! order alternates per round. Everything is synced before each timed command.
@@ -26,11 +30,24 @@ use crate::store::Store;
 pub const BEGIN: &str = "<!-- bench:changes:begin -->";
 pub const END: &str = "<!-- bench:changes:end -->";
 
+/// How much each part of the section does.
+#[derive(Debug, Clone)]
+pub struct Sizes {
+    pub diff_files: usize,
+    pub commit_files: usize,
+    pub plan_files: usize,
+    pub rounds: usize,
+}
+
 #[derive(Debug)]
 pub struct ChangesBench {
     pub diff_files: usize,
     pub commit_files: usize,
     pub rounds: usize,
+    pub plan_files: usize,
+    /// The dry run of `plan_files` new files: seconds, peak resident KiB, and
+    /// the plan's lines.
+    pub plan: (f64, u64, usize),
     /// (subject, command as shown, seconds)
     pub diff: Vec<(String, String, Stats)>,
     pub commit: Vec<(String, String, Stats)>,
@@ -70,12 +87,7 @@ fn writer(dirs: &[PathBuf], files: usize, size: usize) -> String {
     )
 }
 
-pub fn measure(
-    store: &Store,
-    diff_files: usize,
-    commit_files: usize,
-    rounds: usize,
-) -> Result<ChangesBench> {
+pub fn measure(store: &Store, sizes: &Sizes) -> Result<ChangesBench> {
     // Host paths the VMs write: outside the store (hidden in VMs), on its filesystem.
     let host = store
         .root()
@@ -83,18 +95,82 @@ pub fn measure(
         .unwrap_or(Path::new("/tmp"))
         .join(format!("fvm-bench-changes-{}", std::process::id()));
     std::fs::create_dir_all(&host)?;
-    let result = measure_in(store, &host, diff_files, commit_files, rounds);
+    let result = measure_in(store, &host, sizes);
     let _ = std::fs::remove_dir_all(&host);
     result
 }
 
-fn measure_in(
-    store: &Store,
-    host: &Path,
-    diff_files: usize,
-    commit_files: usize,
-    rounds: usize,
-) -> Result<ChangesBench> {
+/// Run `cmd` to its end, sampling its peak resident memory (VmHWM) from /proc
+/// every few milliseconds: (seconds, peak KiB, stdout lines).
+fn timed_peak(cmd: &mut Command) -> Result<(f64, u64, usize)> {
+    sync()?;
+    let out = tempfile::tempfile()?;
+    let start = Instant::now();
+    let mut child = cmd
+        .stdout(out.try_clone()?)
+        .spawn()
+        .with_context(|| format!("running {cmd:?}"))?;
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_file)
+            .ok()
+            .and_then(|t| {
+                t.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
+            .unwrap_or(0);
+        peak = peak.max(hwm);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    let mut out = out;
+    std::io::Seek::rewind(&mut out)?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut out, &mut text)?;
+    Ok((secs, peak, text.lines().count()))
+}
+
+/// The dry run of a commit of one new directory of `files` empty files.
+fn plan_dry_run(store: &Store, host: &Path, files: usize) -> Result<(f64, u64, usize)> {
+    eprintln!("fvm-bench: commit plan: writing {files} files in one directory inside a VM");
+    store.create("planner")?;
+    let dir = host.join("plan");
+    let script = format!(
+        "import os\nd = {:?}\nos.mkdir(d)\nfor i in range({files}):\n    os.close(os.open(f'{{d}}/f{{i}}', os.O_CREAT | os.O_WRONLY, 0o644))\n",
+        dir.display().to_string()
+    );
+    check_output(
+        store
+            .fvm()
+            .args(["run", "planner", "--", "python3", "-c", &script]),
+    )?;
+    let measured = timed_peak(
+        store
+            .fvm()
+            .args(["commit", "planner"])
+            .arg(&dir)
+            .arg("--dry-run"),
+    )?;
+    store.delete("planner")?;
+    Ok(measured)
+}
+
+fn measure_in(store: &Store, host: &Path, sizes: &Sizes) -> Result<ChangesBench> {
+    let Sizes {
+        diff_files,
+        commit_files,
+        plan_files,
+        rounds,
+    } = sizes.clone();
+    let plan = plan_dry_run(store, host, plan_files)?;
     eprintln!("fvm-bench: diff: writing {diff_files} files inside a VM");
     store.create("differ")?;
     let script = writer(&[host.join("diff")], diff_files, 64);
@@ -177,6 +253,8 @@ fn measure_in(
         diff_files,
         commit_files,
         rounds,
+        plan_files,
+        plan,
         ratios,
         diff_lines,
         diff: vec![
@@ -253,6 +331,14 @@ pub fn render(b: &ChangesBench, invocation: &str, date: &str, kernel: &str, stor
             if plain <= 1.5 { "met" } else { "missed" }
         );
     }
+    let (secs, peak_kib, lines) = b.plan;
+    let _ = writeln!(
+        s,
+        "\nCommit planning: `fvm --root DIR commit VM HOSTDIR/plan --dry-run` of one new directory of {} empty files ({lines} lines of plan): {secs:.2} s, peak resident memory {:.0} MiB (sampled from /proc every 5 ms), {:.0} bytes per file. Memory grows linearly with the directory.",
+        b.plan_files,
+        peak_kib as f64 / 1024.0,
+        peak_kib as f64 * 1024.0 / b.plan_files.max(1) as f64
+    );
     let _ = writeln!(s, "{END}");
     s
 }
@@ -305,6 +391,8 @@ mod tests {
                 ("cp -a; sync".into(), "cp -a; sync".into(), st(2.5)),
             ],
             ratios: vec![(1.5, 1.2), (1.4, 1.0), (2.0, 1.3)],
+            plan_files: 1000,
+            plan: (0.25, 2048, 1002),
         };
         let md = render(&b, "bench/run", "d", "k", "s");
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
@@ -315,6 +403,12 @@ mod tests {
         );
         assert!(md.contains("(cp -a; sync) = 1.20x."), "{md}");
         assert!(md.contains("| cp -a; sync | `cp -a; sync` | 2.500"), "{md}");
+        assert!(
+            md.contains(
+                "of 1000 empty files (1002 lines of plan): 0.25 s, peak resident memory 2 MiB"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -81,6 +81,10 @@ struct Args {
     /// Rounds of the diff and commit benchmarks [--quick: 1]
     #[arg(long, default_value_t = 5)]
     changes_rounds: usize,
+    /// Empty files in one new directory whose commit is planned (`--dry-run`),
+    /// for its time and peak memory [--quick: 100000]
+    #[arg(long, default_value_t = 1_000_000)]
+    plan_files: usize,
     /// Run only the diff and commit benchmarks, and replace only their section
     #[arg(long, conflicts_with_all = ["baselines_only", "copy_only"])]
     changes_only: bool,
@@ -399,16 +403,22 @@ impl Section {
                 )
             }
             Section::Changes => {
-                let (diff, commit, rounds) = if args.quick {
-                    (5000, 1000, 1)
+                let sizes = if args.quick {
+                    changes::Sizes {
+                        diff_files: 5000,
+                        commit_files: 1000,
+                        plan_files: 100_000,
+                        rounds: 1,
+                    }
                 } else {
-                    (
-                        args.diff_files,
-                        args.commit_files,
-                        args.changes_rounds.max(1),
-                    )
+                    changes::Sizes {
+                        diff_files: args.diff_files,
+                        commit_files: args.commit_files,
+                        plan_files: args.plan_files,
+                        rounds: args.changes_rounds.max(1),
+                    }
                 };
-                let measured = changes::measure(store, diff, commit, rounds)?;
+                let measured = changes::measure(store, &sizes)?;
                 changes::render(&measured, &inv, date, kernel, place)
             }
             Section::Network => {

@@ -289,12 +289,15 @@ fn a_run_vm_is_cleaned_up_when_its_last_process_ends() {
     store
         .fvm(&["run", "bg", "--", "sh", "-c", "sleep 1 >/dev/null 2>&1 &"])
         .ok();
-    assert_eq!(store.status("bg"), "running", "the background sleep still runs");
+    assert_eq!(
+        store.status("bg"),
+        "running",
+        "the background sleep still runs"
+    );
     let cgroup = store.cgroup_dir("bg", "pids");
     let state = store.root.join("vms/bg/state.json");
     common::wait_until("the watcher cleans up after the vm's last process", || {
-        !cgroup.exists()
-            && std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"stopped\""))
+        !cgroup.exists() && std::fs::read_to_string(&state).is_ok_and(|s| s.contains("\"stopped\""))
     });
     store.fvm(&["delete", "bg"]).ok();
     store.assert_clean();

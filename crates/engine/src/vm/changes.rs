@@ -3,7 +3,7 @@
 use std::path::{Component, PathBuf};
 
 use super::{Engine, VmError};
-use crate::changes::commit::{self, Files, Options, Outcome};
+use crate::changes::commit::{self, Aborted, Files, Options, Outcome};
 use crate::changes::diff::{self, Change, Filter};
 use crate::changes::layer::{self, Layer};
 use crate::store::{VmDir, VmName};
@@ -49,21 +49,16 @@ impl Engine {
                 .map_err(|e| changes_error(name, e.into()))?;
         }
         let cgroup = self.cgroup(name)?;
-        // A suspended VM is frozen already, and stays so afterwards.
+        // A suspended VM is frozen already, and stays so afterwards (a freeze
+        // left by a commit that died was thawed by `reconcile`).
         let suspended = running && cgroup.frozen();
         if running && !suspended {
-            cgroup.freeze().map_err(|source| VmError::Cgroup {
-                name: name.to_string(),
-                source,
-            })?;
+            self.freeze_own(&vm, &cgroup)?;
         }
         let opts = Options { running, ..opts };
         let result = commit::commit(&layers, &filter, opts, &files, progress);
         if running && !suspended {
-            cgroup.thaw().map_err(|source| VmError::Cgroup {
-                name: name.to_string(),
-                source,
-            })?;
+            self.thaw_own(&vm, &cgroup)?;
         } else {
             // Directories recorded earlier may have just become empty.
             commit::deferred::settle(&files.committed)
@@ -73,11 +68,36 @@ impl Engine {
     }
 
     /// Drop VM `name`'s interrupted commit (see [`commit::abort`]).
-    pub fn commit_abort(&self, name: &VmName) -> Result<Option<usize>, VmError> {
+    pub fn commit_abort(&self, name: &VmName) -> Result<Aborted, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
+        let state = self.reconcile(&vm)?;
+        let running = state.live_init(&self.cgroup_leaf(name)).is_some();
         let _image = self.layers_image(&vm)?;
-        commit::abort(&files(&vm)).map_err(|e| changes_error(name, e.into()))
+        // Without the VM's layers (an unreadable policy) nothing in the journal
+        // can be checked, so nothing it names is touched.
+        let layers = self.layers(&vm).unwrap_or_default();
+        commit::abort(&files(&vm), &layers, running).map_err(|e| changes_error(name, e.into()))
+    }
+
+    /// With the VM's lock held: finish or drop an unfinished commit (see
+    /// [`commit::settle_unfinished`]), before the VM's files go (`delete`) or in
+    /// `doctor --cleanup`. `running`: the VM runs.
+    pub(super) fn settle_unfinished_commit(
+        &self,
+        vm: &VmDir,
+        running: bool,
+    ) -> Result<Option<String>, VmError> {
+        let files = files(vm);
+        if !files.journal.exists() {
+            return Ok(None);
+        }
+        // (An image that can't be mounted leaves no layers to check: the journal
+        // is then dropped without touching the host.)
+        let _image = self.layers_image(vm).ok().flatten();
+        let layers = self.layers(vm).unwrap_or_default();
+        commit::settle_unfinished(&files, &layers, running)
+            .map_err(|e| changes_error(vm.name(), e.into()))
     }
 
     fn layers(&self, vm: &VmDir) -> Result<Vec<Layer>, VmError> {
@@ -85,9 +105,17 @@ impl Engine {
         layer::layers(&vm.layers_path(&policy)).map_err(|e| changes_error(vm.name(), e.into()))
     }
 
-    /// Before a VM starts: drop the layer entries committed while it last ran.
+    /// Before a VM starts: finish the layer's cleanup of a commit killed during
+    /// it (the VM would see its layer half-way), and drop the layer entries
+    /// committed while it last ran.
     pub(super) fn settle_commits(&self, vm: &VmDir) -> Result<(), VmError> {
-        commit::deferred::settle(&files(vm).committed)
+        let files = files(vm);
+        if files.journal.exists() {
+            let layers = self.layers(vm)?;
+            commit::finish_cleanup(&files, &layers)
+                .map_err(|e| changes_error(vm.name(), e.into()))?;
+        }
+        commit::deferred::settle(&files.committed)
             .map(drop)
             .map_err(|e| changes_error(vm.name(), e.into()))
     }

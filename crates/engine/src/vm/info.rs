@@ -116,7 +116,12 @@ impl Engine {
         let init = state.as_ref().and_then(|s| s.live_init(&leaf)).cloned();
         let cgroup = self.cgroup(name).ok();
         let status = match (&error, &init) {
-            (_, Some(_)) if cgroup.as_ref().is_some_and(|c| c.frozen()) => VmStatus::Suspended,
+            // Frozen by a command of fvm's at work (a commit) is not suspended.
+            (_, Some(_))
+                if cgroup.as_ref().is_some_and(|c| c.frozen()) && !self.frozen_by_fvm(&vm) =>
+            {
+                VmStatus::Suspended
+            }
             (_, Some(_)) => VmStatus::Running,
             (Some(_), None) => VmStatus::Broken,
             (None, None) => VmStatus::Stopped,

@@ -417,6 +417,7 @@ impl Engine {
     pub fn stop(&self, name: &VmName, grace: Duration) -> Result<Stopped, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
+        self.thaw_abandoned(&vm)?;
         let state = match vm.load_state() {
             Ok(state) => state,
             // A damaged state file names no init to stop; the VM's cgroup still
@@ -550,6 +551,10 @@ impl Engine {
             }
         }
         self.release_cgroup(name, &cgroup)?;
+        // Its temp files on the host are known only from its journal.
+        if let Some(done) = self.settle_unfinished_commit(&vm, false)? {
+            tracing::warn!("vm {:?}: {done}", name.as_str());
+        }
         // With an unreadable policy only the store directory is known to be ours.
         let policy = vm.load_policy().ok();
         let dir = policy.as_ref().and_then(|p| p.dir.clone());

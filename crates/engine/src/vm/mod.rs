@@ -8,6 +8,7 @@
 
 mod changes;
 mod copy;
+mod freeze;
 mod info;
 mod lifecycle;
 mod limits;
@@ -132,6 +133,13 @@ pub enum VmError {
         name: String,
         #[source]
         source: SpawnError,
+    },
+    #[error("vm {name:?}: cannot record fvm's own freeze of it in {}", .path.display())]
+    Freeze {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("vm {name:?}")]
     Changes {
@@ -328,6 +336,8 @@ impl Engine {
 
     /// Make the state file tell the truth. The caller holds the VM's lock.
     fn reconcile(&self, vm: &VmDir) -> Result<State, VmError> {
+        // A VM left frozen by a command of fvm's that died is thawed first.
+        self.thaw_abandoned(vm)?;
         let state = match vm.load_state() {
             Ok(s) => s,
             // A damaged state file of a VM with no process left can only mean

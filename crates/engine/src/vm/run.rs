@@ -49,12 +49,18 @@ impl Engine {
                 rustix::process::PidfdFlags::empty(),
             )
             .ok();
+            // The lock is held until the command runs in the VM: `suspend` (and
+            // a commit's freeze) take it, so the VM can't be frozen while the
+            // command is half-way in (in the freezer's cgroup but not yet in the
+            // others), which would leave it, and this command, frozen outside the
+            // VM's accounting until someone resumed the VM. Then it is let go, its
+            // file kept open to take it again after the command.
+            let entered = enter::enter(init, &cgroup, &spec, &stdio);
             let unlocked = lock.unlock().ok();
-            let (pid, master) =
-                enter::enter(init, &cgroup, &spec, &stdio).map_err(|source| VmError::Enter {
-                    name: name.to_string(),
-                    source,
-                })?;
+            let (pid, master) = entered.map_err(|source| VmError::Enter {
+                name: name.to_string(),
+                source,
+            })?;
             ends.release_command_ends();
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;

@@ -18,8 +18,8 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let engine = ctx.engine_for(&name)?;
     if args.abort {
-        let text = match engine.commit_abort(&name)? {
-            Some(n) => format!("dropped an interrupted commit of {n} changes\n"),
+        let text = match engine.commit_abort(&name)?.describe() {
+            Some(line) => format!("{line}\n"),
             None => "no interrupted commit to drop\n".to_owned(),
         };
         output::print(&text)?;

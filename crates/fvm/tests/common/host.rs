@@ -79,12 +79,24 @@ pub struct TmpfsMount {
 impl TmpfsMount {
     #[track_caller]
     pub fn new(tag: &str) -> TmpfsMount {
+        TmpfsMount::with_size(tag, "16m")
+    }
+
+    /// A tmpfs of `size` (as `mount -o size=` takes it).
+    #[track_caller]
+    pub fn with_size(tag: &str, size: &str) -> TmpfsMount {
         let dir = temp_dir(tag);
         let path = dir.path().join("mnt");
         std::fs::create_dir(&path).expect("create the mount point");
         let mut cmd = Command::new("mount");
-        cmd.args(["-t", "tmpfs", "-o", "size=16m,mode=0755", "fvm-test-tmpfs"])
-            .arg(&path);
+        cmd.args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0755"),
+            "fvm-test-tmpfs",
+        ])
+        .arg(&path);
         run(cmd, None).ok();
         TmpfsMount {
             path,

@@ -30,6 +30,11 @@ pub struct Record {
     /// When the host got this version: the host's own ctime for the path is at
     /// most this, and a later one is a host change (a conflict).
     pub committed: (i64, i64),
+    /// Only dates the host's version (fvm wrote it, by a commit that was then
+    /// dropped half-way): the entry is still a change of the VM, and stays in its
+    /// layer, but the host's ctime up to `committed` is no host change.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dated_only: bool,
 }
 
 /// The recorded entries, for lookups while scanning and planning.
@@ -49,8 +54,9 @@ impl Committed {
     /// Whether the entry at `rel` of `layer`, as it is now (`st`), is what was
     /// committed (so it is no change any more).
     pub fn contains(&self, layer: &Path, rel: &Path, st: &Stat) -> bool {
-        self.find(layer, rel, st.st_ino)
-            .is_some_and(|r| r.dir || r.ctime == (st.st_ctime, st.st_ctime_nsec as i64))
+        self.find(layer, rel, st.st_ino).is_some_and(|r| {
+            !r.dated_only && (r.dir || r.ctime == (st.st_ctime, st.st_ctime_nsec as i64))
+        })
     }
 
     /// When an earlier commit wrote this entry to the host, if one did: the base
@@ -97,6 +103,30 @@ pub fn record(
     layers: &[Layer],
     uppers: &mut [Tree],
 ) -> io::Result<()> {
+    record_as(path, steps, layers, uppers, false)
+}
+
+/// Date the host's versions of `steps`, which fvm wrote for a commit dropped
+/// half-way, without counting the entries as committed (see [`Record::dated_only`]).
+pub fn record_dated(
+    path: &Path,
+    steps: &[Step],
+    layers: &[Layer],
+    uppers: &mut [Tree],
+) -> io::Result<()> {
+    record_as(path, steps, layers, uppers, true)
+}
+
+fn record_as(
+    path: &Path,
+    steps: &[Step],
+    layers: &[Layer],
+    uppers: &mut [Tree],
+    dated_only: bool,
+) -> io::Result<()> {
+    if steps.is_empty() {
+        return Ok(());
+    }
     let mut all: std::collections::HashMap<(PathBuf, PathBuf), Record> = read(path)?
         .into_iter()
         .map(|r| ((r.layer.clone(), r.rel.clone()), r))
@@ -117,6 +147,7 @@ pub fn record(
                     ctime: (st.st_ctime, st.st_ctime_nsec as i64),
                     dir: FileType::from_raw_mode(st.st_mode) == FileType::Directory,
                     committed,
+                    dated_only,
                 },
             );
         }
@@ -154,6 +185,10 @@ pub fn settle(path: &Path) -> io::Result<usize> {
             continue;
         };
         if st.st_ino != r.ino {
+            continue;
+        }
+        if r.dated_only {
+            kept.push(r);
             continue;
         }
         // Hard-linked files stay: removing one name would split it from the others

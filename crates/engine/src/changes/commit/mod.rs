@@ -18,6 +18,7 @@ pub mod journal;
 pub mod plan;
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use apply::{ApplyError, Progress};
@@ -56,6 +57,37 @@ pub enum CommitError {
     Scan(#[from] ScanError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(
+        "the commit journal {} can't be used ({why}); `fvm commit --abort` drops it without touching the host",
+        .path.display()
+    )]
+    BadJournal { path: PathBuf, why: String },
+    /// The write phase failed: the host has none of the commit.
+    #[error("nothing was committed ({cleanup})")]
+    RolledBack {
+        cleanup: String,
+        #[source]
+        source: ApplyError,
+    },
+    /// The rename phase failed: the host has part of the commit.
+    #[error(
+        "the commit stopped half-way, its temp files (.fvm-commit-{id}-*) beside their targets: `fvm commit` finishes it, `fvm commit --abort` removes them"
+    )]
+    HalfWay {
+        id: String,
+        #[source]
+        source: ApplyError,
+    },
+    #[error(
+        "{left} temp file(s) or new directories of the dropped commit could not be removed (the first: {}): the journal is kept for another `fvm commit --abort`",
+        crate::quote::path(.first)
+    )]
+    Leftovers {
+        left: usize,
+        first: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot {what} {}", crate::quote::path(.path))]
     Io {
         what: &'static str,
@@ -94,7 +126,7 @@ pub fn commit(
     let resumed = if opts.dry_run {
         0
     } else {
-        resume(files, progress)?
+        resume(files, layers, opts.running, progress)?
     };
     let committed = deferred::load(&files.committed).map_err(io_err("read", &files.committed))?;
     let mut items = scan::scan(layers, filter, &committed)?;
@@ -163,6 +195,11 @@ pub fn commit(
 }
 
 /// Carry a journaled commit from its phase to the end, then drop the journal.
+///
+/// A failure while writing (a full disk, a name too long) takes everything back:
+/// the host has none of the commit, and none of its temp files or new
+/// directories. A failure while renaming keeps the journal and says how to finish
+/// or drop the commit.
 fn run(
     journal: &mut Journal,
     files: &Files,
@@ -176,7 +213,17 @@ fn run(
         let doomed = apply::doomed(&journal.steps, &mut hosts);
         deferred::record_deleted(&files.deleted, doomed)
             .map_err(io_err("write", &files.deleted))?;
-        apply::write(&journal.id, &journal.steps, &mut hosts, uppers, progress)?;
+        if let Err(source) = apply::write(&journal.id, &journal.steps, &mut hosts, uppers, progress)
+        {
+            let cleanup = match undo(journal, files, &mut hosts, uppers) {
+                Ok(()) => "its temp files and new directories were removed".to_owned(),
+                Err(e) => format!(
+                    "{}; `fvm commit --abort` removes the rest",
+                    crate::vm::error_line(&e)
+                ),
+            };
+            return Err(CommitError::RolledBack { cleanup, source });
+        }
         journal.phase = Phase::Rename;
         journal
             .save(&files.journal)
@@ -190,7 +237,11 @@ fn run(
             uppers,
             resuming,
             progress,
-        )?;
+        )
+        .map_err(|source| CommitError::HalfWay {
+            id: journal.id.clone(),
+            source,
+        })?;
         journal.phase = Phase::Cleanup;
         journal
             .save(&files.journal)
@@ -208,49 +259,310 @@ fn run(
     std::fs::remove_file(&files.journal).map_err(io_err("remove", &files.journal))
 }
 
-/// Drop an interrupted commit that can't be finished (its layer or the host
-/// changed under it): remove the temp files it left and its journal. Host paths
-/// it had already replaced keep the VM's version; the VM's layer is untouched.
-/// Returns how many steps the dropped commit had, if there was one.
-pub fn abort(files: &Files) -> Result<Option<usize>, CommitError> {
-    let Some(journal) = Journal::load(&files.journal).map_err(io_err("read", &files.journal))?
-    else {
-        return Ok(None);
-    };
+/// Take back what an unfinished commit did to the host as far as it can be,
+/// then drop its journal: its temp files go, and so do the directories it made
+/// that are empty again. Host paths it had already replaced (it was renaming)
+/// keep the VM's version; the host's versions of those and of the directories
+/// it touched are dated as fvm's, so the next commit doesn't take fvm's own
+/// writes for host changes (it commits them again, with the rest). The VM's
+/// layer is left alone. If something can't be removed, the journal stays and
+/// the error says what.
+fn undo(
+    journal: &Journal,
+    files: &Files,
+    hosts: &mut [Tree],
+    uppers: &mut [Tree],
+) -> Result<(), CommitError> {
     let layers = journal.layers();
+    let mut left: Option<(usize, PathBuf, io::Error)> = None;
+    let mut note = |path: PathBuf, e: io::Error| match &mut left {
+        Some((n, ..)) => *n += 1,
+        None => left = Some((1, path, e)),
+    };
+    let mut renamed = Vec::new();
     for (i, s) in journal.steps.iter().enumerate() {
         if !matches!(s.action, Action::Put | Action::Link { .. }) {
             continue;
         }
-        let Some(l) = layers.get(s.layer) else {
-            continue;
+        let temp = tree::temp_name(&journal.id, i);
+        let gone = match hosts[s.layer].parent(&s.rel) {
+            Ok((dir, _)) => match rustix::fs::unlinkat(dir, &temp, rustix::fs::AtFlags::empty()) {
+                Ok(()) => false,
+                Err(rustix::io::Errno::NOENT) => true,
+                Err(e) => {
+                    note(temp_path(s, &temp), e.into());
+                    false
+                }
+            },
+            // Its directory isn't there (or can't be reached: fvm never could
+            // have written there either): nor is the temp.
+            Err(e) if unreachable(&e) => true,
+            Err(e) => {
+                note(temp_path(s, &temp), e);
+                false
+            }
         };
-        let Ok(mut host) = Tree::open(&l.mount_point) else {
-            continue;
-        };
-        if let Ok((dir, _)) = host.parent(&s.rel) {
-            let _ = rustix::fs::unlinkat(
-                dir,
-                tree::temp_name(&journal.id, i),
-                rustix::fs::AtFlags::empty(),
-            );
+        // Once renaming began, a temp that is gone was renamed into place.
+        if gone
+            && journal.phase >= Phase::Rename
+            && hosts[s.layer].lstat(&s.rel).ok().flatten().is_some()
+        {
+            renamed.push(s.clone());
         }
     }
-    std::fs::remove_file(&files.journal).map_err(io_err("remove", &files.journal))?;
-    Ok(Some(journal.steps.len()))
+    // The directories this commit made, deepest first, if nothing is in them.
+    let mut touched = Vec::new();
+    for s in journal
+        .steps
+        .iter()
+        .rev()
+        .filter(|s| s.action == Action::Dir)
+    {
+        if !s.host_had {
+            match hosts[s.layer].parent(&s.rel) {
+                Ok((dir, name)) => {
+                    match rustix::fs::unlinkat(dir, &name, rustix::fs::AtFlags::REMOVEDIR) {
+                        Ok(()) | Err(rustix::io::Errno::NOENT) => {
+                            hosts[s.layer].forget(&s.rel);
+                            continue;
+                        }
+                        Err(rustix::io::Errno::NOTEMPTY) | Err(rustix::io::Errno::NOTDIR) => {}
+                        Err(e) => note(s.path.clone(), e.into()),
+                    }
+                }
+                Err(e) if unreachable(&e) => continue,
+                Err(e) => note(s.path.clone(), e),
+            }
+        }
+        touched.push(s.clone());
+    }
+    if let Some((left, first, source)) = left {
+        return Err(CommitError::Leftovers {
+            left,
+            first,
+            source,
+        });
+    }
+    if journal.phase >= Phase::Rename {
+        renamed.extend(touched);
+        deferred::record_dated(&files.committed, &renamed, &layers, uppers)
+            .map_err(io_err("write", &files.committed))?;
+    }
+    std::fs::remove_file(&files.journal).map_err(io_err("remove", &files.journal))
+}
+
+/// A path that isn't there, or that no commit could have reached (through a
+/// non-directory, or too long to open).
+fn unreachable(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ENAMETOOLONG)
+    )
+}
+
+/// The host path of step `s`'s temp file, for messages.
+fn temp_path(s: &Step, temp: &std::ffi::CStr) -> PathBuf {
+    let name = std::ffi::OsStr::from_bytes(temp.to_bytes());
+    s.path.parent().unwrap_or(Path::new("/")).join(name)
+}
+
+/// What [`abort`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Aborted {
+    /// There was no unfinished commit.
+    Nothing,
+    /// The unfinished commit of this many steps was dropped (see [`undo`]).
+    Dropped(usize),
+    /// The unfinished commit of this many steps was on the host in full; the
+    /// cleanup of the VM's layer was finished.
+    Finished(usize),
+    /// The journal couldn't be read or didn't match the VM (why): it was
+    /// removed, and nothing it names was touched.
+    Untrusted(String),
+}
+
+impl Aborted {
+    /// One line for people, if something was done.
+    pub fn describe(&self) -> Option<String> {
+        match self {
+            Aborted::Nothing => None,
+            Aborted::Dropped(n) => Some(format!("dropped an interrupted commit of {n} changes")),
+            Aborted::Finished(n) => Some(format!(
+                "an interrupted commit of {n} changes was on the host in full: finished it"
+            )),
+            Aborted::Untrusted(why) => Some(format!(
+                "dropped a commit journal that can't be used ({why}); nothing on the host was touched"
+            )),
+        }
+    }
+}
+
+/// Drop an interrupted commit that can't be finished (its layer or the host
+/// changed under it), as [`undo`] says. `layers` are the VM's own (from the
+/// store): a journal that can't be read or names anything else is removed
+/// without touching the host.
+///
+/// A commit killed while it cleaned the VM's layer is on the host in full, and
+/// the layer is half-way (an opaque directory may have lost part of its
+/// entries, hiding the host's versions from the VM): that cleanup is finished
+/// instead (`running`: the VM runs, and its layer is left alone).
+pub fn abort(files: &Files, layers: &[Layer], running: bool) -> Result<Aborted, CommitError> {
+    let journal = match Journal::load(&files.journal) {
+        Ok(None) => return Ok(Aborted::Nothing),
+        Ok(Some(j)) => j.validate(layers).map(|()| j),
+        Err(e) => Err(e.to_string()),
+    };
+    let checked = journal.and_then(|j| {
+        let mut uppers = open_trees(&j.layers(), true).map_err(|e| crate::vm::error_line(&e))?;
+        if j.phase < Phase::Cleanup {
+            check_layer(&j, &mut uppers)?;
+        }
+        Ok((j, uppers))
+    });
+    let (journal, mut uppers) = match checked {
+        Ok(j) => j,
+        Err(why) => {
+            remove_journal(files)?;
+            return Ok(Aborted::Untrusted(why));
+        }
+    };
+    if journal.phase == Phase::Cleanup {
+        let mut journal = journal;
+        journal.running |= running;
+        run(&mut journal, files, &mut uppers, true, &mut |_, _| {})?;
+        return Ok(Aborted::Finished(journal.steps.len()));
+    }
+    let mut hosts = open_trees(&journal.layers(), false)?;
+    undo(&journal, files, &mut hosts, &mut uppers)?;
+    Ok(Aborted::Dropped(journal.steps.len()))
+}
+
+/// Before a stopped VM starts: a commit killed while it cleaned the layer left
+/// the VM's view half-changed; finish it (see [`abort`]). Returns how many steps
+/// it had, 0 if there was none.
+pub fn finish_cleanup(files: &Files, layers: &[Layer]) -> Result<usize, CommitError> {
+    match Journal::load(&files.journal) {
+        Ok(Some(j)) if j.phase == Phase::Cleanup => resume(files, layers, false, &mut |_, _| {}),
+        _ => Ok(0),
+    }
+}
+
+fn remove_journal(files: &Files) -> Result<(), CommitError> {
+    match std::fs::remove_file(&files.journal) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("remove", &files.journal)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Finish the commit an interrupted `fvm commit` left in the journal, if any.
-/// Returns how many steps it had.
-pub fn resume(files: &Files, progress: Progress<'_>) -> Result<usize, CommitError> {
-    let Some(mut journal) =
-        Journal::load(&files.journal).map_err(io_err("read", &files.journal))?
-    else {
-        return Ok(0);
+/// Returns how many steps it had. The journal must match the VM (`layers`, see
+/// [`Journal::validate`]) and, until its renames are done, the VM's layer must
+/// still hold what each step writes. `running`: the VM runs now (it may have
+/// been stopped when the commit began): then its layer is left alone.
+pub fn resume(
+    files: &Files,
+    layers: &[Layer],
+    running: bool,
+    progress: Progress<'_>,
+) -> Result<usize, CommitError> {
+    let bad = |why: String| CommitError::BadJournal {
+        path: files.journal.clone(),
+        why,
     };
+    let mut journal = match Journal::load(&files.journal) {
+        Ok(None) => return Ok(0),
+        Ok(Some(j)) => j,
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    journal.validate(layers).map_err(bad)?;
     let mut uppers = open_trees(&journal.layers(), true)?;
+    if journal.phase < Phase::Cleanup {
+        check_layer(&journal, &mut uppers).map_err(bad)?;
+    }
+    journal.running |= running;
     run(&mut journal, files, &mut uppers, true, progress)?;
     Ok(journal.steps.len())
+}
+
+/// Before a VM's files go (`delete`) or in `doctor --cleanup`: finish an
+/// unfinished commit that was renaming (the host has part of it already), drop
+/// one that was still writing (the host has none of it), and drop one that can't
+/// be finished. Neither reads the VM's files while it could be writing them, so
+/// a running VM (`running`) needn't be frozen; its layer is left alone. Returns
+/// one line saying what was done, if there was anything.
+pub fn settle_unfinished(
+    files: &Files,
+    layers: &[Layer],
+    running: bool,
+) -> Result<Option<String>, CommitError> {
+    let renaming = match Journal::load(&files.journal) {
+        Ok(None) => return Ok(None),
+        Ok(Some(j)) => j.phase >= Phase::Rename,
+        Err(_) => false,
+    };
+    if renaming {
+        match resume(files, layers, running, &mut |_, _| {}) {
+            Ok(n) => {
+                return Ok(Some(format!(
+                    "finished an interrupted commit of {n} changes"
+                )));
+            }
+            Err(e) => tracing::warn!(
+                "an interrupted commit can't be finished ({}); dropping it",
+                crate::vm::error_line(&e)
+            ),
+        }
+    }
+    Ok(abort(files, layers, running)?.describe())
+}
+
+/// The layer still holds what each step of a journal that hasn't finished
+/// renaming writes: a directory for a directory, something else for a file,
+/// and for a deletion a whiteout or a directory above that hides the host's.
+fn check_layer(journal: &Journal, uppers: &mut [Tree]) -> Result<(), String> {
+    for s in &journal.steps {
+        let upper = &mut uppers[s.layer];
+        let st = upper
+            .lstat(&s.rel)
+            .map_err(|e| format!("{}: {e}", s.path.display()))?;
+        let kind = st.map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode));
+        let ok = match s.action {
+            Action::Dir => kind == Some(rustix::fs::FileType::Directory),
+            Action::Put | Action::Link { .. } => {
+                kind.is_some_and(|k| k != rustix::fs::FileType::Directory)
+            }
+            Action::Remove => {
+                st.is_some_and(|st| {
+                    kind == Some(rustix::fs::FileType::CharacterDevice) && st.st_rdev == 0
+                }) || hidden_by_layer(upper, &s.rel)
+            }
+        };
+        if !ok {
+            return Err(format!(
+                "the vm's layer has nothing that makes {} {}",
+                s.path.display(),
+                match s.action {
+                    Action::Dir => "a directory",
+                    Action::Put | Action::Link { .. } => "a file",
+                    Action::Remove => "deleted",
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A directory above `rel` in the layer hides the host's (overlayfs's opaque mark).
+fn hidden_by_layer(upper: &mut Tree, rel: &Path) -> bool {
+    rel.ancestors()
+        .skip(1)
+        .filter(|a| !a.as_os_str().is_empty())
+        .any(|a| {
+            upper.dir(a).is_ok_and(|d| {
+                let mut v = [0u8; 2];
+                rustix::fs::fgetxattr(d, scan::OPAQUE_XATTR, &mut v).is_ok_and(|n| &v[..n] == b"y")
+            })
+        })
 }
 
 fn open_trees(layers: &[Layer], upper: bool) -> Result<Vec<Tree>, CommitError> {

@@ -1,7 +1,7 @@
 //! The commit plan: which host paths change and how, decided before anything is
 //! written, and printed as it is by `--dry-run`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, StatxFlags};
@@ -90,20 +90,36 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
             filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u))
         })
         .collect();
+    // Each group (a replaced directory, the names of one file) is added to the
+    // work list once, by whichever member is chosen first: adding it again for
+    // every member would make a directory of N new files cost N² (time and memory).
+    let mut units_added: HashSet<&Path> = HashSet::new();
+    let mut inodes_added: HashSet<(u64, u64)> = HashSet::new();
     while let Some(i) = todo.pop() {
         if std::mem::replace(&mut chosen[i], true) {
             continue;
         }
         let it = &items[i];
-        todo.extend(structure(items, layers, &by_path, i));
-        if let Some(u) = &it.unit {
-            todo.extend(&by_unit[u.as_path()]);
+        // Up to the first ancestor chosen already: it added those above it.
+        for j in ancestors(items, layers, &by_path, i) {
+            if chosen[j] {
+                break;
+            }
+            if needs_structure(&items[j]) {
+                todo.push(j);
+            }
+        }
+        if let Some(u) = &it.unit
+            && units_added.insert(u.as_path())
+        {
+            todo.extend(by_unit[u.as_path()].iter().filter(|&&j| !chosen[j]));
             todo.extend(by_path.get(u.as_path()));
         }
         if let (VmEntry::File, Some(st)) = (it.vm, it.upper)
+            && inodes_added.insert((st.st_dev, st.st_ino))
             && let Some(names) = by_inode.get(&(st.st_dev, st.st_ino))
         {
-            todo.extend(names);
+            todo.extend(names.iter().filter(|&&j| !chosen[j]));
         }
     }
     let mut plan = Plan::default();
@@ -146,8 +162,8 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     plan
 }
 
-/// The directories the host lacks (or has as something else) above item `i`.
-fn structure<'a>(
+/// The items of the directories above item `i` in its layer, nearest first.
+fn ancestors<'a>(
     items: &'a [Item],
     layers: &[Layer],
     by_path: &'a HashMap<&Path, usize>,
@@ -160,7 +176,6 @@ fn structure<'a>(
         .skip(1)
         .take_while(move |a| a.starts_with(&mount) && *a != mount)
         .filter_map(|a| by_path.get(a).copied())
-        .filter(|&j| needs_structure(&items[j]))
 }
 
 /// A directory whose children can't land on the host without it.
