@@ -1,4 +1,4 @@
-//! The escape suite (DESIGN §7, docs/security.md): root inside a VM tries to
+//! The escape suite (docs/security.md): root inside a VM tries to
 //! tamper with the host, and every attempt must fail, with the precise error the
 //! contract names, while the host (and a second VM) stay as they were.
 //!
@@ -1161,7 +1161,7 @@ fn the_store_and_other_vms_layers_are_out_of_reach() {
 }
 
 /// A VM made with `--dir` keeps its layers outside the store; a VM that was
-/// already running when it was made must not read them either (DESIGN §1: a VM
+/// already running when it was made must not read them either (docs/security.md, "The promise": a VM
 /// never sees another VM's layer).
 #[test]
 fn a_vm_made_with_dir_while_another_runs_is_out_of_its_reach() {

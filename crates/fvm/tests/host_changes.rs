@@ -1,4 +1,4 @@
-//! Host changes seen from running VMs (DESIGN §8): the host creates, rewrites,
+//! Host changes seen from running VMs (docs/host-changes.md): the host creates, rewrites,
 //! replaces by rename, deletes or chmods a path that a running VM had already
 //! looked up, and the VM sees the host's new state within a second; a second VM
 //! that had made its own version of the same path keeps it.

@@ -1,4 +1,4 @@
-//! Resource limits (DESIGN §5): the `[limits]` policy of a VM, set by `create` and
+//! Resource limits (docs/limits.md): the `[limits]` policy of a VM, set by `create` and
 //! `config`, enforced by the VM's cgroup and by per-process rlimits, and visible
 //! inside the VM where users look for them.
 //!

@@ -1,4 +1,4 @@
-//! Network (DESIGN §6) end to end: `--net bridge|none|host`, addresses, the
+//! Network (docs/network.md) end to end: `--net bridge|none|host`, addresses, the
 //! egress policy (`--deny`, `--allow`, `--nat`), `--publish`, the store's bridge
 //! and subnet (`fvm network`), and what a VM leaves on the host after stop, crash
 //! and delete.

@@ -3,7 +3,7 @@
 //! Each overlaid host mount has a layer directory `<layers>/<key>` with `upper/`
 //! (what the VM changed, in overlayfs's format), `work/` (overlayfs's scratch
 //! space) and `mount-point` (the host mount point, as text). The upper directory
-//! is the single source of truth for what the VM changed (DESIGN §4).
+//! is the single source of truth for what the VM changed (docs/commit.md).
 //!
 //! Everything in an upper directory was written by the VM, so it is read like
 //! hostile input: the walk holds a directory fd for each level and opens the next

@@ -4,7 +4,7 @@
 //! packages (chown, setuid/setgid files, file capabilities), run daemons on low
 //! ports, `su`, `chroot` and `ping`. Everything else is dropped from every set,
 //! the bounding set included, so not even a setuid-root program can get it back.
-//! In particular (DESIGN §7): no SYS_ADMIN (mount, umount of the overlay), no
+//! In particular (docs/security.md): no SYS_ADMIN (mount, umount of the overlay), no
 //! SYS_MODULE, SYS_RAWIO, SYS_TIME, SYS_BOOT, no MKNOD (a VM has no device cgroup,
 //! so a block device node would be the host's disk), no DAC_READ_SEARCH (the
 //! `open_by_handle_at` escape), SYSLOG, MAC_*, BPF, PERFMON, and no SYS_PTRACE

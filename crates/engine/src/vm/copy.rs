@@ -1,6 +1,6 @@
 //! `fvm copy SRC DST`: a new VM with SRC's policy and a clone of its layers.
 //!
-//! SRC must be stopped: its upper layers are read directly (DESIGN §4), and an
+//! SRC must be stopped: its upper layers are read directly (docs/commit.md), and an
 //! upper that overlayfs is writing to would be copied half-changed. SRC's lock is
 //! held throughout, so it can't be started, changed or deleted meanwhile. Each
 //! upper is cloned with [`copy_tree`] (reflinks where the filesystem has them,

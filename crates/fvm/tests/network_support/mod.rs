@@ -1,4 +1,4 @@
-//! Helpers for the network tests (DESIGN §6): a store with a bridge and a /24 of
+//! Helpers for the network tests (docs/network.md): a store with a bridge and a /24 of
 //! its own ([`Net`]), an "outside world" network namespace the test makes
 //! ([`Outside`]), TCP and HTTP probes from the host and from inside a VM, and the
 //! host-side checks (links, addresses, routes, nftables).

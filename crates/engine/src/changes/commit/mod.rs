@@ -1,5 +1,5 @@
 //! `commit`: write what a VM changed back to the host, so that a user can trust it
-//! with `/etc` and `/usr` (DESIGN §4):
+//! with `/etc` and `/usr` (docs/commit.md):
 //!
 //! - **conflicts** (a host path changed after the VM took its copy) are all listed
 //!   and nothing is written, unless forced;
