@@ -22,6 +22,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, check_output};
 use crate::store::Store;
+use crate::table::Align::{Left as L, Right as R};
+use crate::table::{Table, code, ratio};
 
 pub const BEGIN: &str = "<!-- bench:changes:begin -->";
 pub const END: &str = "<!-- bench:changes:end -->";
@@ -263,20 +265,28 @@ fn table(
     base: Option<f64>,
     target: impl Fn(f64) -> &'static str,
 ) {
-    let _ = writeln!(
-        s,
-        "| subject | command | median s | p10 s | p90 s | vs cp -a | target |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|---|");
+    let mut table = Table::new(&[
+        ("subject", L),
+        ("command", L),
+        ("median s", R),
+        ("p10 s", R),
+        ("p90 s", R),
+        ("vs cp -a", R),
+        ("target", L),
+    ]);
     for (i, (name, shown, st)) in rows.iter().enumerate() {
-        let ratio = base.map_or("–".to_owned(), |b| format!("{:.2}×", st.median / b));
         let t = if i == 0 { target(st.median) } else { "" };
-        let _ = writeln!(
-            s,
-            "| {name} | `{shown}` | {:.3} | {:.3} | {:.3} | {ratio} | {t} |",
-            st.median, st.p10, st.p90
-        );
+        table.row([
+            name.clone(),
+            code(shown),
+            format!("{:.3}", st.median),
+            format!("{:.3}", st.p10),
+            format!("{:.3}", st.p90),
+            ratio(st.median, base),
+            t.to_owned(),
+        ]);
     }
+    s.push_str(&table.render());
 }
 
 #[cfg(test)]
@@ -307,6 +317,10 @@ mod tests {
             ratios: vec![(1.5, 1.2), (1.4, 1.0), (2.0, 1.3)],
         };
         let md = render(&b, "bench/run", "d", "k", "s");
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/changes.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
         assert!(md.contains("met: < 1 s"), "{md}");
         assert!(

@@ -49,6 +49,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{SplitMix64, Stats, check_output, describe, percentile, time_command};
 use crate::store::Store;
+use crate::table::Align::{Left as L, Right as R};
+use crate::table::{Table, code, ratio};
 
 pub const BEGIN: &str = "<!-- bench:host-changes:begin -->";
 pub const END: &str = "<!-- bench:host-changes:end -->";
@@ -887,11 +889,17 @@ pub fn render(
         GAP_US.1 / 1000,
         READ_EVERY_US as f64 / 1000.0
     );
-    let _ = writeln!(
-        s,
-        "| reader | command | changes | read | never read | median ms | p90 ms | p99 ms | max ms |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|--:|");
+    let mut table = Table::new(&[
+        ("reader", L),
+        ("command", L),
+        ("changes", R),
+        ("read", R),
+        ("never read", R),
+        ("median ms", R),
+        ("p90 ms", R),
+        ("p99 ms", R),
+        ("max ms", R),
+    ]);
     let args =
         format!("watch-file --every-us {READ_EVERY_US} --max-secs N --file HOSTDIR/lat/value");
     for (who, shown, v) in [
@@ -902,22 +910,27 @@ pub fn render(
         ),
         ("on the host", format!("fvm-bench {args}"), &l.host),
     ] {
-        let Some(([median, p90, p99, max], missed)) = latency_stats(v) else {
-            let _ = writeln!(
-                s,
-                "| {who} | `{shown}` | {} | 0 | {} | – | – | – | – |",
-                v.len(),
-                v.len()
-            );
-            continue;
+        let (read, missed, figures) = match latency_stats(v) {
+            Some((figures, missed)) => (
+                v.len() - missed,
+                missed,
+                figures.map(|ms| format!("{ms:.1}")),
+            ),
+            None => (0, v.len(), ["–"; 4].map(str::to_owned)),
         };
-        let _ = writeln!(
-            s,
-            "| {who} | `{shown}` | {} | {} | {missed} | {median:.1} | {p90:.1} | {p99:.1} | {max:.1} |",
-            v.len(),
-            v.len() - missed
+        table.row(
+            [
+                who.to_owned(),
+                code(&shown),
+                v.len().to_string(),
+                read.to_string(),
+                missed.to_string(),
+            ]
+            .into_iter()
+            .chain(figures),
         );
     }
+    s.push_str(&table.render());
     if l.foreign > 0 {
         let _ = writeln!(
             s,
@@ -968,11 +981,15 @@ pub fn render(
             " (`chattr +T HOSTDIR/trees` failed, so ext4 placed them as usual)"
         }
     );
-    let _ = writeln!(
-        s,
-        "| workload | command | VMs running | median s | p10 s | p90 s | vs 0 VMs |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|");
+    let mut table = Table::new(&[
+        ("workload", L),
+        ("command", L),
+        ("VMs running", R),
+        ("median s", R),
+        ("p10 s", R),
+        ("p90 s", R),
+        ("vs 0 VMs", R),
+    ]);
     let both = w.find.sum(&w.untar);
     for (name, shown, runs) in [
         ("find", "find /usr > /dev/null", &w.find),
@@ -987,17 +1004,18 @@ pub fn render(
         let idle = Stats::of(&runs.idle).map(|st| st.median);
         for (vms, v) in [(0, &runs.idle), (w.vms, &runs.loaded)] {
             let Some(st) = Stats::of(v) else { continue };
-            let vs = match idle {
-                Some(i) if i > 0.0 => format!("{:.2}×", st.median / i),
-                _ => "–".to_owned(),
-            };
-            let _ = writeln!(
-                s,
-                "| {name} | `{shown}` | {vms} | {:.3} | {:.3} | {:.3} | {vs} |",
-                st.median, st.p10, st.p90
-            );
+            table.row([
+                name.to_owned(),
+                code(shown),
+                vms.to_string(),
+                format!("{:.3}", st.median),
+                format!("{:.3}", st.p10),
+                format!("{:.3}", st.p90),
+                ratio(st.median, idle),
+            ]);
         }
     }
+    s.push_str(&table.render());
     let x = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}x"));
     let list = |r: &Runs| {
         r.ratios()
@@ -1244,6 +1262,13 @@ mod tests {
             took_s: 100.0,
         };
         let md = render(&b, "bench/run --host-changes-only", "d", "k", "s");
+        assert_eq!(
+            md,
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/snapshots/host-changes.md"
+            ))
+        );
         assert!(md.starts_with(BEGIN) && md.ends_with(&format!("{END}\n")));
         for want in [
             "Produced by `bench/run --host-changes-only`.",

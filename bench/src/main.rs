@@ -23,6 +23,7 @@ mod peers;
 mod phases;
 mod report;
 mod store;
+mod table;
 mod throughput;
 
 use std::cell::RefCell;

@@ -28,6 +28,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, Subject, check_output, run_interleaved, time_command};
 use crate::store::{Store, Sweep, Swept};
+use crate::table::Align::{Left as L, Right as R};
+use crate::table::{Table, code, ratio};
 use crate::throughput::{self, Receiver};
 
 pub const BEGIN: &str = "<!-- bench:network:begin -->";
@@ -719,10 +721,6 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
     let mut s = String::new();
     // Ratios: "x" in sentences, "×" in tables, as the other sections write them.
     let x = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}x"));
-    let vs = |num: f64, den: Option<f64>| match den {
-        Some(d) if d > 0.0 => format!("{:.2}×", num / d),
-        _ => "–".to_owned(),
-    };
     let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2} ms"));
     let _ = writeln!(s, "{BEGIN}\n## Network\n");
     let _ = writeln!(s, "Produced by `{invocation}`.\n");
@@ -744,27 +742,31 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
          random order. Wall-clock time of the whole command, in milliseconds.\n",
         b.rounds, b.warmup
     );
-    let _ = writeln!(
-        s,
-        "| subject | command | median ms | p10 ms | p90 ms | vs host |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|");
+    let mut table = Table::new(&[
+        ("subject", L),
+        ("command", L),
+        ("median ms", R),
+        ("p10 ms", R),
+        ("p90 ms", R),
+        ("vs host", R),
+    ]);
     for (verb, pair) in [("start", &b.start), ("stop", &b.stop)] {
         let host = Stats::of(&pair.host).map(|st| st.median);
         for (label, samples) in [("bridge", &pair.bridge), ("host", &pair.host)] {
             let Some(st) = Stats::of(samples) else {
                 continue;
             };
-            let _ = writeln!(
-                s,
-                "| {verb}, {label} | `fvm --root DIR {verb} VM` | {:.2} | {:.2} | {:.2} | {} |",
-                st.median,
-                st.p10,
-                st.p90,
-                vs(st.median, host)
-            );
+            table.row([
+                format!("{verb}, {label}"),
+                code(&format!("fvm --root DIR {verb} VM")),
+                format!("{:.2}", st.median),
+                format!("{:.2}", st.p10),
+                format!("{:.2}", st.p90),
+                ratio(st.median, host),
+            ]);
         }
     }
+    s.push_str(&table.render());
     let _ = writeln!(
         s,
         "\nMedian of the per-round ratios bridge / host: start {}, stop {}.\n",
@@ -791,8 +793,13 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
         ms(b.gone_at.0),
         ms(b.gone_at.1)
     );
-    let _ = writeln!(s, "| command | until | what happens | median ms | p90 ms |");
-    let _ = writeln!(s, "|---|---|---|--:|--:|");
+    let mut table = Table::new(&[
+        ("command", L),
+        ("until", L),
+        ("what happens", L),
+        ("median ms", R),
+        ("p90 ms", R),
+    ]);
     for (command, steps, rest) in [
         ("start", st, "exec of fvm before `main`, exit"),
         (
@@ -802,23 +809,30 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
         ),
     ] {
         for (key, median, p90) in &steps.steps {
-            let _ = writeln!(
-                s,
-                "| {command} | \"{key}\" | {} | {median:.2} | {p90:.2} |",
-                step_meaning(command, key)
-            );
+            table.row([
+                command.to_owned(),
+                format!("\"{key}\""),
+                step_meaning(command, key).to_owned(),
+                format!("{median:.2}"),
+                format!("{p90:.2}"),
+            ]);
         }
-        let _ = writeln!(
-            s,
-            "| {command} | the rest | {rest} | {:.2} | {:.2} |",
-            steps.rest.0, steps.rest.1
-        );
-        let _ = writeln!(
-            s,
-            "| {command} | **total** | wall time of the command | **{:.2}** | {:.2} |",
-            steps.total.0, steps.total.1
-        );
+        table.row([
+            command.to_owned(),
+            "the rest".to_owned(),
+            rest.to_owned(),
+            format!("{:.2}", steps.rest.0),
+            format!("{:.2}", steps.rest.1),
+        ]);
+        table.row([
+            command.to_owned(),
+            "**total**".to_owned(),
+            "wall time of the command".to_owned(),
+            format!("**{:.2}**", steps.total.0),
+            format!("{:.2}", steps.total.1),
+        ]);
     }
+    s.push_str(&table.render());
 
     let size = if b.mib.is_multiple_of(1024) {
         format!("{} GiB", b.mib / 1024)
@@ -834,11 +848,14 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
          receiver has acknowledged the last byte.\n",
         b.transfers
     );
-    let _ = writeln!(
-        s,
-        "| path | receiver | median GiB/s | p10 GiB/s | p90 GiB/s | vs loopback |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|");
+    let mut table = Table::new(&[
+        ("path", L),
+        ("receiver", L),
+        ("median GiB/s", R),
+        ("p10 GiB/s", R),
+        ("p90 GiB/s", R),
+        ("vs loopback", R),
+    ]);
     let lo = Stats::of(&b.rates.host).map(|st| st.median);
     for (path, receiver, rates) in [
         (
@@ -858,15 +875,16 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
         let Some(st) = Stats::of(rates) else {
             continue;
         };
-        let _ = writeln!(
-            s,
-            "| {path} | `{receiver}` | {:.2} | {:.2} | {:.2} | {} |",
-            st.median,
-            st.p10,
-            st.p90,
-            vs(st.median, lo)
-        );
+        table.row([
+            path.to_owned(),
+            code(&receiver),
+            format!("{:.2}", st.median),
+            format!("{:.2}", st.p10),
+            format!("{:.2}", st.p90),
+            ratio(st.median, lo),
+        ]);
     }
+    s.push_str(&table.render());
     let _ = writeln!(
         s,
         "\nMedian of the per-round ratios into the VM / loopback: {} ({}).\n",
@@ -889,11 +907,16 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
          before the first stop).\n",
         b.vms
     );
-    let _ = writeln!(
-        s,
-        "| subject | command | total s | median ms | p90 ms | first {k}, median ms | last {k}, median ms | vs host (total) |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|--:|");
+    let mut table = Table::new(&[
+        ("subject", L),
+        ("command", L),
+        ("total s", R),
+        ("median ms", R),
+        ("p90 ms", R),
+        (&format!("first {k}, median ms"), R),
+        (&format!("last {k}, median ms"), R),
+        ("vs host (total)", R),
+    ]);
     let (fb, fh) = (&b.fleet_bridge, &b.fleet_host);
     for (verb, bridged, hosted) in [
         ("start", &fb.start_ms, &fh.start_ms),
@@ -905,21 +928,19 @@ pub fn render(b: &NetworkBench, invocation: &str, date: &str, kernel: &str, stor
             let total: f64 = v.iter().sum();
             let head = Stats::of(&v[..k.min(v.len())]).map_or(f64::NAN, |s| s.median);
             let tail = Stats::of(&v[v.len().saturating_sub(k)..]).map_or(f64::NAN, |s| s.median);
-            let vs = if host_total > 0.0 {
-                format!("{:.2}×", total / host_total)
-            } else {
-                "–".to_owned()
-            };
-            let _ = writeln!(
-                s,
-                "| {verb} {} {label} VMs | `fvm --root DIR {verb} VM-N` | {:.2} | {:.2} | {:.2} | {head:.2} | {tail:.2} | {vs} |",
-                v.len(),
-                total / 1000.0,
-                st.median,
-                st.p90
-            );
+            table.row([
+                format!("{verb} {} {label} VMs", v.len()),
+                code(&format!("fvm --root DIR {verb} VM-N")),
+                format!("{:.2}", total / 1000.0),
+                format!("{:.2}", st.median),
+                format!("{:.2}", st.p90),
+                format!("{head:.2}"),
+                format!("{tail:.2}"),
+                ratio(total, Some(host_total)),
+            ]);
         }
     }
+    s.push_str(&table.render());
     let _ = writeln!(
         s,
         "\nCreating them took {:.2} s (bridged: each gets the lowest free address) and \
@@ -1063,6 +1084,10 @@ delete table inet fvm-eee0af39
             took_s: 42.0,
         };
         let md = render(&b, "bench/run --network-only", "d", "k", "s");
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/network.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.ends_with(&format!("{END}\n")));
         for want in [
             "Produced by `bench/run --network-only`.",

@@ -10,6 +10,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use crate::measure::Stats;
+use crate::table::Align::{Left as L, Right as R};
+use crate::table::{Table, code, ratio};
 
 pub const BEGIN: &str = "<!-- bench:startup:begin -->";
 pub const END: &str = "<!-- bench:startup:end -->";
@@ -86,10 +88,6 @@ impl Report {
     /// The section, markers included.
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let ratio = |num: f64, den: Option<f64>| match den {
-            Some(d) if d > 0.0 => format!("{:.2}×", num / d),
-            _ => "–".to_owned(),
-        };
         let (unshare, bwrap) = (self.median(Kind::Unshare), self.median(Kind::Bwrap));
         let _ = writeln!(s, "{BEGIN}\n## VM startup\n");
         let _ = writeln!(s, "Produced by `{}`.\n", self.invocation);
@@ -111,26 +109,30 @@ impl Report {
                  has the options it has.\n"
             );
         }
-        let _ = writeln!(
-            s,
-            "| subject | command | median ms | p10 ms | p90 ms | vs unshare | vs bwrap | target |"
-        );
-        let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|---|");
+        let mut table = Table::new(&[
+            ("subject", L),
+            ("command", L),
+            ("median ms", R),
+            ("p10 ms", R),
+            ("p90 ms", R),
+            ("vs unshare", R),
+            ("vs bwrap", R),
+            ("target", L),
+        ]);
         for row in &self.rows {
             let st = row.stats;
-            let _ = writeln!(
-                s,
-                "| {} | `{}` | {:.2} | {:.2} | {:.2} | {} | {} | {} |",
-                row.subject,
-                row.command.replace('|', "\\|"),
-                st.median,
-                st.p10,
-                st.p90,
+            table.row([
+                row.subject.clone(),
+                code(&row.command),
+                format!("{:.2}", st.median),
+                format!("{:.2}", st.p10),
+                format!("{:.2}", st.p90),
                 ratio(st.median, unshare),
                 ratio(st.median, bwrap),
-                self.target(row)
-            );
+                self.target(row),
+            ]);
         }
+        s.push_str(&table.render());
         if let Some(disk) = self.disk {
             let met = disk.median_kib < DISK_TARGET_KIB;
             let _ = writeln!(
@@ -325,6 +327,10 @@ mod tests {
             ]
         );
         let md = r.render();
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/startup.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.ends_with(&format!("{END}\n")));
         assert!(
             md.contains(
@@ -345,6 +351,13 @@ mod tests {
         ]);
         assert_eq!(r.target(&r.rows[2]), "");
         let md = r.render();
+        assert_eq!(
+            md,
+            include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/snapshots/startup-peers.md"
+            ))
+        );
         assert!(
             md.contains("| Peer | `cmd \\| x` | 10.00 | 5.00 | 20.00 | 5.00× | 2.50× |  |"),
             "{md}"
