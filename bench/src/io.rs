@@ -42,11 +42,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::host_changes::{make_tarball, walk_sorted};
 use crate::measure::{SplitMix64, check_output, describe, percentile, stdout_of};
 use crate::store::Store;
 use crate::table::Align::{self, Left as L, Right as R};
 use crate::table::Table;
+use crate::tree::{make_tarball, walk_sorted};
 
 pub const BEGIN: &str = "<!-- bench:io:begin -->";
 pub const END: &str = "<!-- bench:io:end -->";

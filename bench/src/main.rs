@@ -27,6 +27,7 @@ mod startup;
 mod store;
 mod table;
 mod throughput;
+mod tree;
 
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
