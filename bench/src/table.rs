@@ -80,6 +80,11 @@ pub fn ratio(num: f64, den: Option<f64>) -> String {
     }
 }
 
+/// A ratio in a sentence ("1.25x"; tables write "×"), or "–" when there is none.
+pub fn factor(v: Option<f64>) -> String {
+    v.map_or("–".to_owned(), |v| format!("{v:.2}x"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::Align::{Left as L, Right as R};
@@ -109,6 +114,10 @@ mod tests {
         let t = Table::new(&[("VMs", R), ("what", L)]);
         assert_eq!(t.render(), "| VMs | what |\n|--:|---|\n");
         assert_eq!(ratio(1.0, Some(0.0)), "–");
+        assert_eq!(
+            (factor(Some(1.049)), factor(None)),
+            ("1.05x".into(), "–".into())
+        );
     }
 
     #[test]

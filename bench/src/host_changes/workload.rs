@@ -16,7 +16,7 @@ use super::watcher::{
 use crate::measure::{Stats, check_output, time_command};
 use crate::store::Store;
 use crate::table::Align::{Left as L, Right as R};
-use crate::table::{Table, code, ratio};
+use crate::table::{Table, code, factor as x, ratio};
 use crate::tree::{TREE_FILE_MAX, make_tarball};
 
 /// The prefix of the idle VMs.
@@ -341,7 +341,6 @@ pub fn render(s: &mut String, w: &Workload) {
         }
     }
     s.push_str(&table.render());
-    let x = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.2}x"));
     let list = |r: &Runs| {
         r.ratios()
             .iter()
