@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use crate::measure::{Stats, check_output};
 use crate::store::Store;
 use crate::table::Align::{Left as L, Right as R};
-use crate::table::{Table, code, ratio};
+use crate::table::{Table, ratio};
 
 pub const BEGIN: &str = "<!-- bench:changes:begin -->";
 pub const END: &str = "<!-- bench:changes:end -->";
@@ -265,26 +265,10 @@ fn table(
     base: Option<f64>,
     target: impl Fn(f64) -> &'static str,
 ) {
-    let mut table = Table::new(&[
-        ("subject", L),
-        ("command", L),
-        ("median s", R),
-        ("p10 s", R),
-        ("p90 s", R),
-        ("vs cp -a", R),
-        ("target", L),
-    ]);
+    let mut table = Table::of_stats("s", &[("vs cp -a", R), ("target", L)]);
     for (i, (name, shown, st)) in rows.iter().enumerate() {
         let t = if i == 0 { target(st.median) } else { "" };
-        table.row([
-            name.clone(),
-            code(shown),
-            format!("{:.3}", st.median),
-            format!("{:.3}", st.p10),
-            format!("{:.3}", st.p90),
-            ratio(st.median, base),
-            t.to_owned(),
-        ]);
+        table.stats_row(name, shown, st, 3, [ratio(st.median, base), t.to_owned()]);
     }
     s.push_str(&table.render());
 }

@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, Subject, check_output, run_interleaved};
 use crate::store::Store;
-use crate::table::Align::{Left as L, Right as R};
-use crate::table::{Table, code, ratio};
+use crate::table::Align::Right as R;
+use crate::table::{Table, ratio};
 
 pub const BEGIN: &str = "<!-- bench:copy:begin -->";
 pub const END: &str = "<!-- bench:copy:end -->";
@@ -142,30 +142,20 @@ pub fn render(b: &CopyBench, invocation: &str, date: &str, kernel: &str, store: 
          layer directory to the same filesystem; `fvm copy` also checks the VM is \
          stopped and makes the new VM atomically.\n"
     );
-    let mut table = Table::new(&[
-        ("subject", L),
-        ("command", L),
-        ("median s", R),
-        ("p10 s", R),
-        ("p90 s", R),
-        ("GiB/s (median)", R),
-        ("vs cp", R),
-    ]);
+    let mut table = Table::of_stats("s", &[("GiB/s (median)", R), ("vs cp", R)]);
     let cp = b
         .rows
         .iter()
         .find(|(name, _, _)| name.starts_with("cp"))
         .map(|(_, _, st)| st.median);
     for (name, shown, st) in &b.rows {
-        table.row([
-            name.clone(),
-            code(shown),
-            format!("{:.3}", st.median),
-            format!("{:.3}", st.p10),
-            format!("{:.3}", st.p90),
-            format!("{:.2}", gib / st.median),
-            ratio(st.median, cp),
-        ]);
+        table.stats_row(
+            name,
+            shown,
+            st,
+            3,
+            [format!("{:.2}", gib / st.median), ratio(st.median, cp)],
+        );
     }
     s.push_str(&table.render());
     let how = if b.reflinked {

@@ -42,7 +42,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::measure::{SplitMix64, check_output, describe, percentile, stdout_of};
+use crate::measure::{SplitMix64, check_output, describe, median_ratio, percentile, stdout_of};
 use crate::store::Store;
 use crate::table::Align::{self, Left as L, Right as R};
 use crate::table::Table;
@@ -498,17 +498,6 @@ fn median(v: &[f64]) -> Option<f64> {
     percentile(&s, 50.0)
 }
 
-/// The median over rounds of `a[i] / b[i]`.
-fn ratio(a: &[f64], b: &[f64]) -> Option<f64> {
-    let r: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .filter(|(_, d)| **d > 0.0)
-        .map(|(n, d)| n / d)
-        .collect();
-    median(&r)
-}
-
 pub fn render(b: &IoBench, invocation: &str, date: &str, kernel: &str, store: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN}\n## I/O inside a VM\n");
@@ -551,7 +540,7 @@ pub fn render(b: &IoBench, invocation: &str, date: &str, kernel: &str, store: &s
             match (median(v), p) {
                 (None, _) => "–".to_owned(),
                 (Some(m), Place::Host) => format!("{m:.3}"),
-                (Some(m), _) => match ratio(v, host) {
+                (Some(m), _) => match median_ratio(v, host) {
                     Some(r) => format!("{m:.3} ({r:.2}×)"),
                     None => format!("{m:.3}"),
                 },
@@ -562,8 +551,10 @@ pub fn render(b: &IoBench, invocation: &str, date: &str, kernel: &str, store: &s
     s.push_str(&table.render());
     let _ = writeln!(s);
     if let Some(cp) = median(&b.cp) {
-        let first =
-            |p| ratio(b.get(Op::FirstWrite, p), &b.cp).map_or("–".into(), |r| format!("{r:.2}×"));
+        let first = |p| {
+            median_ratio(b.get(Op::FirstWrite, p), &b.cp)
+                .map_or("–".into(), |r| format!("{r:.2}×"))
+        };
         let _ = writeln!(
             s,
             "A copy-up is a copy: `cp --parents` of the same {} files to a new directory on \
@@ -623,11 +614,5 @@ mod tests {
             md.contains("1.00× of that with disk layers, 0.75× with volatile"),
             "{md}"
         );
-    }
-
-    #[test]
-    fn ratio_is_per_round() {
-        assert_eq!(ratio(&[2.0, 9.0, 3.0], &[1.0, 3.0, 1.0]), Some(3.0));
-        assert_eq!(ratio(&[], &[]), None);
     }
 }

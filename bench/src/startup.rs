@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::measure::{Samples, Stats, Subject, percentile};
 use crate::store::{self, Store};
 use crate::table::Align::{Left as L, Right as R};
-use crate::table::{Table, code, ratio};
+use crate::table::{Table, ratio};
 use crate::{find_on_path, peers};
 
 pub const BEGIN: &str = "<!-- bench:startup:begin -->";
@@ -109,28 +109,20 @@ impl Report {
                  has the options it has.\n"
             );
         }
-        let mut table = Table::new(&[
-            ("subject", L),
-            ("command", L),
-            ("median ms", R),
-            ("p10 ms", R),
-            ("p90 ms", R),
-            ("vs unshare", R),
-            ("vs bwrap", R),
-            ("target", L),
-        ]);
+        let mut table = Table::of_stats("ms", &[("vs unshare", R), ("vs bwrap", R), ("target", L)]);
         for row in &self.rows {
             let st = row.stats;
-            table.row([
-                row.subject.clone(),
-                code(&row.command),
-                format!("{:.2}", st.median),
-                format!("{:.2}", st.p10),
-                format!("{:.2}", st.p90),
-                ratio(st.median, unshare),
-                ratio(st.median, bwrap),
-                self.target(row),
-            ]);
+            table.stats_row(
+                &row.subject,
+                &row.command,
+                &st,
+                2,
+                [
+                    ratio(st.median, unshare),
+                    ratio(st.median, bwrap),
+                    self.target(row),
+                ],
+            );
         }
         s.push_str(&table.render());
         if let Some(disk) = self.disk {

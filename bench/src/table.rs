@@ -3,6 +3,8 @@
 //! `---` or `--:` per column, then one line per row) and their cells the same
 //! conventions ([`code`], [`ratio`]).
 
+use crate::measure::Stats;
+
 /// How a column's cells are aligned: text left, figures right. Sections import
 /// them as `L` and `R` to keep their column lists short.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,43 @@ impl Table {
         }
         table.text.push('\n');
         table
+    }
+
+    /// A table of samples: a subject, its command, the median, p10 and p90 of its
+    /// samples in `unit`, then the columns `more`.
+    pub fn of_stats(unit: &str, more: &[(&str, Align)]) -> Table {
+        let columns: Vec<(String, Align)> = [
+            ("subject".to_owned(), Align::Left),
+            ("command".to_owned(), Align::Left),
+        ]
+        .into_iter()
+        .chain(
+            ["median", "p10", "p90"]
+                .into_iter()
+                .map(|stat| (format!("{stat} {unit}"), Align::Right)),
+        )
+        .chain(more.iter().map(|(h, a)| ((*h).to_owned(), *a)))
+        .collect();
+        Table::new(&columns)
+    }
+
+    /// A row of a table [`Table::of_stats`] made: the figures with `decimals`
+    /// decimals, then the cells of the columns `more`.
+    pub fn stats_row(
+        &mut self,
+        subject: &str,
+        command: &str,
+        st: &Stats,
+        decimals: usize,
+        more: impl IntoIterator<Item = String>,
+    ) {
+        let figures = [st.median, st.p10, st.p90].map(|v| format!("{v:.decimals$}"));
+        self.row(
+            [subject.to_owned(), code(command)]
+                .into_iter()
+                .chain(figures)
+                .chain(more),
+        );
     }
 
     /// One row; it must have a cell per column.
@@ -106,6 +145,29 @@ mod tests {
              |---|---|--:|--:|\n\
              | fvm run | `a \\| b` | 1.50 | 3.00× |\n\
              |  | `` | 2.00 | – |\n"
+        );
+    }
+
+    #[test]
+    fn tables_of_samples_start_with_the_same_columns() {
+        let mut t = Table::of_stats("s", &[("vs cp", R), ("target", L)]);
+        let st = Stats {
+            median: 1.0,
+            p10: 0.5,
+            p90: 2.25,
+        };
+        t.stats_row(
+            "fvm copy",
+            "fvm copy A B",
+            &st,
+            3,
+            ["1.00×".into(), "met".into()],
+        );
+        assert_eq!(
+            t.render(),
+            "| subject | command | median s | p10 s | p90 s | vs cp | target |\n\
+             |---|---|--:|--:|--:|--:|---|\n\
+             | fvm copy | `fvm copy A B` | 1.000 | 0.500 | 2.250 | 1.00× | met |\n"
         );
     }
 

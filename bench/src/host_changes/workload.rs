@@ -13,7 +13,7 @@ use super::Params;
 use super::watcher::{
     children_cpu_ticks, clock_ticks, cpu_ticks, other_watchers, wait_for_watcher, watcher_pid,
 };
-use crate::measure::{Stats, check_output, time_command};
+use crate::measure::{Stats, check_output, median_ratio, round_ratios, time_command};
 use crate::store::Store;
 use crate::table::Align::{Left as L, Right as R};
 use crate::table::{Table, code, factor as x, ratio};
@@ -38,17 +38,12 @@ pub struct Runs {
 impl Runs {
     /// Per round: loaded / idle.
     pub fn ratios(&self) -> Vec<f64> {
-        self.loaded
-            .iter()
-            .zip(&self.idle)
-            .filter(|(_, i)| **i > 0.0)
-            .map(|(l, i)| l / i)
-            .collect()
+        round_ratios(&self.loaded, &self.idle)
     }
 
     /// Their median.
     pub fn ratio(&self) -> Option<f64> {
-        Stats::of(&self.ratios()).map(|s| s.median)
+        median_ratio(&self.loaded, &self.idle)
     }
 
     fn sum(&self, other: &Runs) -> Runs {

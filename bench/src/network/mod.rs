@@ -29,7 +29,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::measure::{Stats, check_output, time_command};
+use crate::measure::{check_output, median_ratio, round_ratios, time_command};
 use crate::store::{Store, Sweep, Swept};
 use fleet::{FLEET_BRIDGED, FLEET_HOSTED, Fleet};
 use startstop::Steps;
@@ -67,17 +67,12 @@ pub struct Pair {
 impl Pair {
     /// The per-round ratios bridge / host.
     pub fn ratios(&self) -> Vec<f64> {
-        self.bridge
-            .iter()
-            .zip(&self.host)
-            .filter(|(_, h)| **h > 0.0)
-            .map(|(b, h)| b / h)
-            .collect()
+        round_ratios(&self.bridge, &self.host)
     }
 
     /// Their median.
     pub fn ratio(&self) -> Option<f64> {
-        Stats::of(&self.ratios()).map(|s| s.median)
+        median_ratio(&self.bridge, &self.host)
     }
 }
 

@@ -13,7 +13,7 @@ use super::{BRIDGED, HOSTED, NetworkBench, Pair, Params, ms, nft_table_exists, v
 use crate::measure::{Stats, Subject, run_interleaved};
 use crate::store::Store;
 use crate::table::Align::{Left as L, Right as R};
-use crate::table::{Table, code, factor as x, ratio};
+use crate::table::{Table, factor as x, ratio};
 
 /// Where the time of one command goes: the median gap before each of fvm's events.
 #[derive(Debug, Clone, Default)]
@@ -276,28 +276,20 @@ pub fn render(s: &mut String, b: &NetworkBench) {
          random order. Wall-clock time of the whole command, in milliseconds.\n",
         b.rounds, b.warmup
     );
-    let mut table = Table::new(&[
-        ("subject", L),
-        ("command", L),
-        ("median ms", R),
-        ("p10 ms", R),
-        ("p90 ms", R),
-        ("vs host", R),
-    ]);
+    let mut table = Table::of_stats("ms", &[("vs host", R)]);
     for (verb, pair) in [("start", &b.start), ("stop", &b.stop)] {
         let host = Stats::of(&pair.host).map(|st| st.median);
         for (label, samples) in [("bridge", &pair.bridge), ("host", &pair.host)] {
             let Some(st) = Stats::of(samples) else {
                 continue;
             };
-            table.row([
-                format!("{verb}, {label}"),
-                code(&format!("fvm --root DIR {verb} VM")),
-                format!("{:.2}", st.median),
-                format!("{:.2}", st.p10),
-                format!("{:.2}", st.p90),
-                ratio(st.median, host),
-            ]);
+            table.stats_row(
+                &format!("{verb}, {label}"),
+                &format!("fvm --root DIR {verb} VM"),
+                &st,
+                2,
+                [ratio(st.median, host)],
+            );
         }
     }
     s.push_str(&table.render());
