@@ -2,6 +2,10 @@
 //! through [`Table`], so they all have the same shape (a header row, a row of
 //! `---` or `--:` per column, then one line per row) and their cells the same
 //! conventions ([`code`], [`ratio`]).
+//!
+//! Each section's test renders it from fixed figures and compares the text with
+//! bench/snapshots/SECTION.md, byte for byte: a change to a section's text or
+//! tables updates its snapshot in the same commit.
 
 use crate::measure::Stats;
 
