@@ -26,6 +26,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, check_output};
 use crate::store::Store;
+use crate::table::Align::{Left as L, Right as R};
+use crate::table::{Table, ratio};
 
 pub const BEGIN: &str = "<!-- bench:changes:begin -->";
 pub const END: &str = "<!-- bench:changes:end -->";
@@ -349,20 +351,12 @@ fn table(
     base: Option<f64>,
     target: impl Fn(f64) -> &'static str,
 ) {
-    let _ = writeln!(
-        s,
-        "| subject | command | median s | p10 s | p90 s | vs cp -a | target |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|---|");
+    let mut table = Table::of_stats("s", &[("vs cp -a", R), ("target", L)]);
     for (i, (name, shown, st)) in rows.iter().enumerate() {
-        let ratio = base.map_or("–".to_owned(), |b| format!("{:.2}×", st.median / b));
         let t = if i == 0 { target(st.median) } else { "" };
-        let _ = writeln!(
-            s,
-            "| {name} | `{shown}` | {:.3} | {:.3} | {:.3} | {ratio} | {t} |",
-            st.median, st.p10, st.p90
-        );
+        table.stats_row(name, shown, st, 3, [ratio(st.median, base), t.to_owned()]);
     }
+    s.push_str(&table.render());
 }
 
 #[cfg(test)]
@@ -395,6 +389,10 @@ mod tests {
             plan: (0.25, 2048, 1002),
         };
         let md = render(&b, "bench/run", "d", "k", "s");
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/changes.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.trim_end().ends_with(END));
         assert!(md.contains("met: < 1 s"), "{md}");
         assert!(

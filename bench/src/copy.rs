@@ -16,6 +16,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, Subject, check_output, run_interleaved};
 use crate::store::Store;
+use crate::table::Align::Right as R;
+use crate::table::{Table, ratio};
 
 pub const BEGIN: &str = "<!-- bench:copy:begin -->";
 pub const END: &str = "<!-- bench:copy:end -->";
@@ -140,30 +142,22 @@ pub fn render(b: &CopyBench, invocation: &str, date: &str, kernel: &str, store: 
          layer directory to the same filesystem; `fvm copy` also checks the VM is \
          stopped and makes the new VM atomically.\n"
     );
-    let _ = writeln!(
-        s,
-        "| subject | command | median s | p10 s | p90 s | GiB/s (median) | vs cp |"
-    );
-    let _ = writeln!(s, "|---|---|--:|--:|--:|--:|--:|");
+    let mut table = Table::of_stats("s", &[("GiB/s (median)", R), ("vs cp", R)]);
     let cp = b
         .rows
         .iter()
         .find(|(name, _, _)| name.starts_with("cp"))
         .map(|(_, _, st)| st.median);
     for (name, shown, st) in &b.rows {
-        let ratio = match cp {
-            Some(c) if c > 0.0 => format!("{:.2}×", st.median / c),
-            _ => "–".to_owned(),
-        };
-        let _ = writeln!(
-            s,
-            "| {name} | `{shown}` | {:.3} | {:.3} | {:.3} | {:.2} | {ratio} |",
-            st.median,
-            st.p10,
-            st.p90,
-            gib / st.median
+        table.stats_row(
+            name,
+            shown,
+            st,
+            3,
+            [format!("{:.2}", gib / st.median), ratio(st.median, cp)],
         );
     }
+    s.push_str(&table.render());
     let how = if b.reflinked {
         "by reflink (the filesystem shares the blocks)"
     } else {
@@ -196,6 +190,10 @@ mod tests {
             ],
         };
         let md = render(&b, "bench/run", "2000-01-01", "6.0", "/tmp (ext4)");
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/copy.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.ends_with(&format!("{END}\n")));
         assert!(
             md.contains("| fvm copy | `fvm copy` | 1.000 | 0.500 | 2.000 | 1.00 | 0.50× |"),

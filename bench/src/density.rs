@@ -22,6 +22,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::measure::{Stats, check_output, time_command};
 use crate::store::{Store, Sweep, Swept};
+use crate::table::Align::Right as R;
+use crate::table::Table;
 
 pub const BEGIN: &str = "<!-- bench:density:begin -->";
 pub const END: &str = "<!-- bench:density:end -->";
@@ -341,29 +343,33 @@ pub fn render(b: &DensityBench, invocation: &str, date: &str, kernel: &str, stor
          --root DIR list --json` with status running, after the last start.\n",
         SETTLE.as_secs()
     );
-    let _ = writeln!(
-        s,
-        "| VMs | start all s | median per VM ms | p90 per VM ms | MemAvailable per VM KiB | \
-         Slab per VM KiB | running | stop all s |"
-    );
-    let _ = writeln!(s, "|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let mut table = Table::new(&[
+        ("VMs", R),
+        ("start all s", R),
+        ("median per VM ms", R),
+        ("p90 per VM ms", R),
+        ("MemAvailable per VM KiB", R),
+        ("Slab per VM KiB", R),
+        ("running", R),
+        ("stop all s", R),
+    ]);
     for f in &b.fleets {
         let (median, p90) = Stats::of(&f.per_vm_ms)
             .map_or(("–".to_owned(), "–".to_owned()), |st| {
                 (format!("{:.1}", st.median), format!("{:.1}", st.p90))
             });
-        let _ = writeln!(
-            s,
-            "| {} | {:.2} | {median} | {p90} | {:.0} | {:.0} | {}/{} | {:.2} |",
-            f.vms,
-            f.start_s,
-            f.avail_per_vm_kib(),
-            f.slab_per_vm_kib(),
-            f.running,
-            f.vms,
-            f.stop_s
-        );
+        table.row([
+            f.vms.to_string(),
+            format!("{:.2}", f.start_s),
+            median,
+            p90,
+            format!("{:.0}", f.avail_per_vm_kib()),
+            format!("{:.0}", f.slab_per_vm_kib()),
+            format!("{}/{}", f.running, f.vms),
+            format!("{:.2}", f.stop_s),
+        ]);
     }
+    s.push_str(&table.render());
     let _ = writeln!(s);
     match b.fleets.iter().max_by_key(|f| f.vms) {
         Some(f) => {
@@ -445,6 +451,10 @@ mod tests {
             took_s: 100.0,
         };
         let md = render(&b, "bench/run --density-only", "d", "k", "s");
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/density.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.ends_with(&format!("{END}\n")));
         for want in [
             "Produced by `bench/run --density-only`.",

@@ -42,9 +42,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
-use crate::host_changes::{make_tarball, walk_sorted};
-use crate::measure::{SplitMix64, check_output, describe, percentile, stdout_of};
+use crate::measure::{SplitMix64, check_output, describe, median_ratio, percentile, stdout_of};
 use crate::store::Store;
+use crate::table::Align::{self, Left as L, Right as R};
+use crate::table::Table;
+use crate::tree::{make_tarball, walk_sorted};
 
 pub const BEGIN: &str = "<!-- bench:io:begin -->";
 pub const END: &str = "<!-- bench:io:end -->";
@@ -172,6 +174,8 @@ pub struct IoBench {
     /// `cp --parents` of the write files on the host, seconds per round.
     pub cp: Vec<f64>,
     pub topdir: bool,
+    /// Filesystem type of /var/tmp, which holds the files and the named VMs' layers.
+    pub var_tmp_fs: String,
     pub took_s: f64,
 }
 
@@ -228,6 +232,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<IoBench> {
     let mut b = IoBench {
         rounds: p.rounds,
         samples: vec![vec![Vec::new(); PLACES.len()]; OPS.len()],
+        var_tmp_fs: crate::store::fs_type(Path::new("/var/tmp")).unwrap_or_else(|_| "?".into()),
         ..IoBench::default()
     };
     eprintln!(
@@ -493,17 +498,6 @@ fn median(v: &[f64]) -> Option<f64> {
     percentile(&s, 50.0)
 }
 
-/// The median over rounds of `a[i] / b[i]`.
-fn ratio(a: &[f64], b: &[f64]) -> Option<f64> {
-    let r: Vec<f64> = a
-        .iter()
-        .zip(b)
-        .filter(|(_, d)| **d > 0.0)
-        .map(|(n, d)| n / d)
-        .collect();
-    median(&r)
-}
-
 pub fn render(b: &IoBench, invocation: &str, date: &str, kernel: &str, store: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{BEGIN}\n## I/O inside a VM\n");
@@ -514,9 +508,7 @@ pub fn render(b: &IoBench, invocation: &str, date: &str, kernel: &str, store: &s
          the named VMs' layers (`--dir`) in a temporary directory under /var/tmp ({})\n\
          - rounds: {}; in each, every step once per subject, in a new random order, each \
          run after `sync`; the section took {:.0} s\n",
-        crate::store::fs_type(Path::new("/var/tmp")).unwrap_or_else(|_| "?".into()),
-        b.rounds,
-        b.took_s
+        b.var_tmp_fs, b.rounds, b.took_s
     );
     let _ = writeln!(
         s,
@@ -537,32 +529,32 @@ pub fn render(b: &IoBench, invocation: &str, date: &str, kernel: &str, store: &s
         b.write_files,
         b.write_bytes as f64 / f64::from(1u32 << 20)
     );
-    let _ = write!(s, "| operation |");
-    for p in PLACES {
-        let _ = write!(s, " {} s |", p.label());
-    }
-    let _ = writeln!(s, "\n|---|--:|--:|--:|--:|");
+    let columns: Vec<(String, Align)> = std::iter::once(("operation".to_owned(), L))
+        .chain(PLACES.iter().map(|p| (format!("{} s", p.label()), R)))
+        .collect();
+    let mut table = Table::new(&columns);
     for op in OPS {
         let host = b.get(op, Place::Host);
-        let _ = write!(s, "| {} |", op.label(b));
-        for p in PLACES {
+        let cells = PLACES.iter().map(|&p| {
             let v = b.get(op, p);
-            let cell = match (median(v), p) {
+            match (median(v), p) {
                 (None, _) => "–".to_owned(),
                 (Some(m), Place::Host) => format!("{m:.3}"),
-                (Some(m), _) => match ratio(v, host) {
+                (Some(m), _) => match median_ratio(v, host) {
                     Some(r) => format!("{m:.3} ({r:.2}×)"),
                     None => format!("{m:.3}"),
                 },
-            };
-            let _ = write!(s, " {cell} |");
-        }
-        let _ = writeln!(s);
+            }
+        });
+        table.row(std::iter::once(op.label(b)).chain(cells));
     }
+    s.push_str(&table.render());
     let _ = writeln!(s);
     if let Some(cp) = median(&b.cp) {
-        let first =
-            |p| ratio(b.get(Op::FirstWrite, p), &b.cp).map_or("–".into(), |r| format!("{r:.2}×"));
+        let first = |p| {
+            median_ratio(b.get(Op::FirstWrite, p), &b.cp)
+                .map_or("–".into(), |r| format!("{r:.2}×"))
+        };
         let _ = writeln!(
             s,
             "A copy-up is a copy: `cp --parents` of the same {} files to a new directory on \
@@ -602,6 +594,7 @@ mod tests {
             samples: vec![vec![Vec::new(); PLACES.len()]; OPS.len()],
             cp: vec![2.0, 2.0],
             topdir: true,
+            var_tmp_fs: "ext4".to_owned(),
             took_s: 60.0,
         };
         for o in 0..OPS.len() {
@@ -610,6 +603,10 @@ mod tests {
             }
         }
         let md = render(&b, "bench/run --io-only", "d", "k", "s");
+        assert_eq!(
+            md,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/io.md"))
+        );
         assert!(md.starts_with(BEGIN) && md.ends_with(&format!("{END}\n")));
         assert!(md.contains("| untar 100 MiB (100 files) | 1.000 | 2.000 (2.00×) | 1.500 (1.50×) | 0.500 (0.50×) |"), "{md}");
         assert!(md.contains("took 2.000 s on the host"), "{md}");
@@ -617,11 +614,5 @@ mod tests {
             md.contains("1.00× of that with disk layers, 0.75× with volatile"),
             "{md}"
         );
-    }
-
-    #[test]
-    fn ratio_is_per_round() {
-        assert_eq!(ratio(&[2.0, 9.0, 3.0], &[1.0, 3.0, 1.0]), Some(3.0));
-        assert_eq!(ratio(&[], &[]), None);
     }
 }

@@ -22,20 +22,25 @@ mod network;
 mod peers;
 mod phases;
 mod report;
+mod section;
+mod startup;
 mod store;
+mod table;
 mod throughput;
+mod tree;
 
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 
-use measure::{Samples, Stats, Subject, percentile, run_interleaved};
-use report::{Disk, Kind, Report, Row};
+use measure::{Subject, run_interleaved};
+use section::Section;
+use startup::{Kind, Report, baselines, disk, fvm_subjects, rows};
 use store::Store;
 
 #[derive(Debug, Parser)]
@@ -315,7 +320,7 @@ fn run(args: Args) -> Result<()> {
     };
     let section = report.render();
     for line in section.lines() {
-        if line != report::BEGIN && line != report::END {
+        if line != startup::BEGIN && line != startup::END {
             println!("{line}");
         }
     }
@@ -339,172 +344,6 @@ fn run(args: Args) -> Result<()> {
     }
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
-}
-
-/// The sections measured after the startup rounds, in the order of a full run.
-#[derive(Debug, Clone, Copy)]
-enum Section {
-    Copy,
-    Changes,
-    Network,
-    HostChanges,
-    Io,
-    Density,
-}
-
-impl Section {
-    const ALL: [Section; 6] = [
-        Section::Copy,
-        Section::Changes,
-        Section::Network,
-        Section::HostChanges,
-        Section::Io,
-        Section::Density,
-    ];
-
-    /// The section an `--X-only` flag asks for.
-    fn only(args: &Args) -> Option<Section> {
-        [
-            (args.copy_only, Section::Copy),
-            (args.changes_only, Section::Changes),
-            (args.network_only, Section::Network),
-            (args.host_changes_only, Section::HostChanges),
-            (args.io_only, Section::Io),
-            (args.density_only, Section::Density),
-        ]
-        .into_iter()
-        .find_map(|(asked, section)| asked.then_some(section))
-    }
-
-    /// Measure this section in `store` and render it; `only`: run alone.
-    fn measure(
-        self,
-        args: &Args,
-        store: &Store,
-        only: bool,
-        date: &str,
-        kernel: &str,
-        place: &str,
-    ) -> Result<String> {
-        let inv = invocation();
-        Ok(match self {
-            Section::Copy => {
-                let (files, rounds) = if args.quick {
-                    (64, 2)
-                } else {
-                    (args.copy_files, args.copy_rounds.max(1))
-                };
-                copy::render(
-                    &copy::measure(store, files, rounds)?,
-                    &inv,
-                    date,
-                    kernel,
-                    place,
-                )
-            }
-            Section::Changes => {
-                let sizes = if args.quick {
-                    changes::Sizes {
-                        diff_files: 5000,
-                        commit_files: 1000,
-                        plan_files: 100_000,
-                        rounds: 1,
-                    }
-                } else {
-                    changes::Sizes {
-                        diff_files: args.diff_files,
-                        commit_files: args.commit_files,
-                        plan_files: args.plan_files,
-                        rounds: args.changes_rounds.max(1),
-                    }
-                };
-                let measured = changes::measure(store, &sizes)?;
-                changes::render(&measured, &inv, date, kernel, place)
-            }
-            Section::Network => {
-                let measured = network::measure(store, &network_params(args))?;
-                network::render(&measured, &inv, date, kernel, place)
-            }
-            Section::HostChanges => {
-                let measured = host_changes::measure(store, &host_changes_params(args, only))?;
-                host_changes::render(&measured, &inv, date, kernel, place)
-            }
-            Section::Io => io::render(
-                &io::measure(store, &io_params(args))?,
-                &inv,
-                date,
-                kernel,
-                place,
-            ),
-            Section::Density => {
-                let measured = density::measure(store, &density_params(args))?;
-                density::render(&measured, &inv, date, kernel, place)
-            }
-        })
-    }
-}
-
-fn density_params(args: &Args) -> density::Params {
-    density::Params {
-        sizes: density::sizes(args.quick, args.density_max),
-    }
-}
-
-fn io_params(args: &Args) -> io::Params {
-    if args.quick {
-        return io::Params {
-            rounds: 1,
-            tree_mib: 20,
-            files: 200,
-        };
-    }
-    io::Params {
-        rounds: args.io_rounds.max(1),
-        tree_mib: args.io_tree_mib.max(1),
-        files: args.io_files.max(1),
-    }
-}
-
-/// The host-changes benchmark's sizes; `only`: run alone, with time for 1000 changes.
-fn host_changes_params(args: &Args, only: bool) -> host_changes::Params {
-    if args.quick {
-        return host_changes::Params {
-            changes: 50,
-            rounds: 2,
-            vms: 10,
-            tree_mib: 20,
-        };
-    }
-    host_changes::Params {
-        changes: args
-            .host_changes
-            .unwrap_or(if only { 1000 } else { 300 })
-            .max(1),
-        rounds: args.host_rounds.max(1),
-        vms: args.host_vms.max(1),
-        tree_mib: args.host_tree_mib.max(1),
-    }
-}
-
-fn network_params(args: &Args) -> network::Params {
-    let (rounds, mib, transfers, vms) = if args.quick {
-        (5, 256, 2, 10)
-    } else {
-        (
-            args.net_rounds.max(1),
-            args.net_mib.max(1),
-            args.net_transfers.max(1),
-            args.net_vms.max(1),
-        )
-    };
-    network::Params {
-        rounds,
-        warmup: 2,
-        mib,
-        transfers,
-        vms,
-        subnet: args.net_subnet.clone(),
-    }
 }
 
 /// `--X-only`: measure one section in a store of its own, print it and replace it
@@ -533,133 +372,6 @@ fn run_one_section(args: &Args, section: Section) -> Result<()> {
     report::write_section(&out, &text)?;
     eprintln!("fvm-bench: wrote {}", out.display());
     Ok(())
-}
-
-/// The host commands fvm is compared with; bwrap and each peer (firejail, systemd-nspawn,
-/// podman) are skipped, with a note, if missing.
-fn baselines(notes: &mut Vec<String>) -> Result<Vec<(Kind, Subject<'static>)>> {
-    let unshare = find_on_path("unshare").context("unshare (util-linux) not found on PATH")?;
-    let mut subjects = vec![
-        (
-            Kind::True,
-            Subject::new("host process", "/bin/true", |_| Command::new("/bin/true")),
-        ),
-        (
-            Kind::Unshare,
-            Subject::new("unshare", "unshare -mpiuf /bin/true", move |_| {
-                let mut cmd = Command::new(&unshare);
-                cmd.args(["-mpiuf", "/bin/true"]);
-                cmd
-            }),
-        ),
-    ];
-    if let Some(bwrap) = find_on_path("bwrap") {
-        let bwrap_args = [
-            "--bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--unshare-all",
-            "--share-net",
-            "/bin/true",
-        ];
-        let shown = format!("bwrap {}", bwrap_args.join(" "));
-        subjects.push((
-            Kind::Bwrap,
-            Subject::new("bubblewrap", shown, move |_| {
-                let mut cmd = Command::new(&bwrap);
-                cmd.args(bwrap_args);
-                cmd
-            }),
-        ));
-    } else {
-        notes.push(
-            "bwrap is not installed, so its baseline, the ratios against it and the cold-run \
-             target are missing; `bench/run` installs it"
-                .to_owned(),
-        );
-    }
-    subjects.extend(peers::subjects(notes));
-    Ok(subjects)
-}
-
-/// The fvm commands, in a store that already holds a stopped `cold` and a running `warm`.
-fn fvm_subjects<'a>(
-    store: &'a Store,
-    disk_bytes: &'a RefCell<Vec<u64>>,
-    leaked: &'a RefCell<usize>,
-) -> Vec<(Kind, Subject<'a>)> {
-    let fvm_cmd = move |args: &[&str]| {
-        let mut cmd = store.fvm();
-        cmd.args(args);
-        cmd
-    };
-    let create = Subject::new("fvm create", "fvm --root DIR create VM-N", |round| {
-        store.create_command(&format!("c{round}"))
-    })
-    .after(|round| {
-        // Outside the timing: account the fresh VM's disk use, then delete it so the
-        // store stays the same size from round to round.
-        let name = format!("c{round}");
-        let bytes = store::disk_usage(&store.vm_dir(&name))?;
-        disk_bytes.borrow_mut().push(bytes);
-        store.delete(&name)
-    });
-    let cold = Subject::new(
-        "fvm cold run",
-        "fvm --root DIR run cold -- /bin/true",
-        move |_| fvm_cmd(&["run", "cold", "--", "/bin/true"]),
-    );
-    let exec = Subject::new(
-        "fvm exec into running VM",
-        "fvm --root DIR run warm -- /bin/true",
-        move |_| fvm_cmd(&["run", "warm", "--", "/bin/true"]),
-    );
-    let run_rm = Subject::new(
-        "fvm run --rm",
-        "fvm --root DIR run --rm -- /bin/true",
-        move |_| fvm_cmd(&["run", "--rm", "--", "/bin/true"]),
-    )
-    .after(|_| {
-        // Only `cold` and `warm` should be left between rounds.
-        let extra = store.listed().len().saturating_sub(2);
-        let mut leaked = leaked.borrow_mut();
-        *leaked = (*leaked).max(extra);
-        Ok(())
-    });
-    vec![
-        (Kind::Create, create),
-        (Kind::ColdRun, cold),
-        (Kind::Exec, exec),
-        (Kind::RunRm, run_rm),
-    ]
-}
-
-fn rows(kinds: &[Kind], samples: &[Samples]) -> Result<Vec<Row>> {
-    kinds
-        .iter()
-        .zip(samples)
-        .map(|(&kind, s)| {
-            Ok(Row {
-                kind,
-                subject: s.name.clone(),
-                command: s.shown.clone(),
-                stats: Stats::of(&s.ms).with_context(|| format!("no samples for {}", s.name))?,
-            })
-        })
-        .collect()
-}
-
-fn disk(bytes: &[u64]) -> Option<Disk> {
-    let mut kib: Vec<f64> = bytes.iter().map(|&b| b as f64 / 1024.0).collect();
-    kib.sort_by(f64::total_cmp);
-    Some(Disk {
-        median_kib: percentile(&kib, 50.0)?,
-        vms: kib.len(),
-    })
 }
 
 /// `bench/run` passes the command the user typed; otherwise show our own argv.

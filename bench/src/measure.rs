@@ -180,6 +180,20 @@ impl Stats {
     }
 }
 
+/// Per round, `num[i] / den[i]`, leaving out the rounds whose `den` is not positive.
+pub fn round_ratios(num: &[f64], den: &[f64]) -> Vec<f64> {
+    num.iter()
+        .zip(den)
+        .filter(|(_, d)| **d > 0.0)
+        .map(|(n, d)| n / d)
+        .collect()
+}
+
+/// The median of the per-round ratios ([`round_ratios`]).
+pub fn median_ratio(num: &[f64], den: &[f64]) -> Option<f64> {
+    Stats::of(&round_ratios(num, den)).map(|s| s.median)
+}
+
 /// Nearest-rank percentile of already sorted samples: the smallest sample such that at
 /// least `p` percent of the samples are less than or equal to it.
 pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
@@ -223,6 +237,13 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ratios_are_per_round() {
+        assert_eq!(round_ratios(&[2.0, 9.0, 3.0], &[1.0, 0.0, 1.0]), [2.0, 3.0]);
+        assert_eq!(median_ratio(&[2.0, 9.0, 3.0], &[1.0, 3.0, 1.0]), Some(3.0));
+        assert_eq!(median_ratio(&[], &[]), None);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

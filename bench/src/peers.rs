@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use crate::find_on_path;
 use crate::measure::Subject;
-use crate::report::Kind;
+use crate::startup::Kind;
 
 /// How long a trial run may take before its peer is skipped.
 const TRIAL_TIMEOUT: Duration = Duration::from_secs(60);

@@ -14,6 +14,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use crate::measure::percentile;
+use crate::table::Align::{Left as L, Right as R};
+use crate::table::Table;
 
 pub const BEGIN: &str = "<!-- bench:phases:begin -->";
 pub const END: &str = "<!-- bench:phases:end -->";
@@ -131,21 +133,33 @@ pub fn render(p: &Phases, invocation: &str) -> String {
          timing events (`-vv` prints them); medians don't add up exactly to the median total.\n",
         p.rounds
     );
-    let _ = writeln!(s, "| phase | what happens | median ms | p90 ms |");
-    let _ = writeln!(s, "|---|---|--:|--:|");
+    let mut table = Table::new(&[
+        ("phase", L),
+        ("what happens", L),
+        ("median ms", R),
+        ("p90 ms", R),
+    ]);
     for ((event, what), (median, p90)) in PHASES.iter().zip(&p.phases) {
-        let _ = writeln!(s, "| until \"{event}\" | {what} | {median:.2} | {p90:.2} |");
+        table.row([
+            format!("until \"{event}\""),
+            (*what).to_owned(),
+            format!("{median:.2}"),
+            format!("{p90:.2}"),
+        ]);
     }
-    let _ = writeln!(
-        s,
-        "| the rest | exec of fvm and its libraries before `main`, exit after cleanup | {:.2} | {:.2} |",
-        p.rest.0, p.rest.1
-    );
-    let _ = writeln!(
-        s,
-        "| **total** | wall time of the command | **{:.2}** | {:.2} |",
-        p.total.0, p.total.1
-    );
+    table.row([
+        "the rest".to_owned(),
+        "exec of fvm and its libraries before `main`, exit after cleanup".to_owned(),
+        format!("{:.2}", p.rest.0),
+        format!("{:.2}", p.rest.1),
+    ]);
+    table.row([
+        "**total**".to_owned(),
+        "wall time of the command".to_owned(),
+        format!("**{:.2}**", p.total.0),
+        format!("{:.2}", p.total.1),
+    ]);
+    s.push_str(&table.render());
     let _ = writeln!(s, "{END}");
     s
 }
@@ -188,6 +202,10 @@ mod tests {
             total: (1.3, 1.5),
         };
         let s = render(&p, "bench/run");
+        assert_eq!(
+            s,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/snapshots/phases.md"))
+        );
         assert!(s.starts_with(BEGIN) && s.trim_end().ends_with(END));
         assert!(s.contains("| **total** |"));
     }
