@@ -74,6 +74,10 @@ struct Args {
     /// Timed rounds of the copy benchmark [--quick: 2]
     #[arg(long, default_value_t = 5)]
     copy_rounds: usize,
+    /// Run only the startup rounds (and the phases of a cold run), and replace only
+    /// their sections
+    #[arg(long, conflicts_with = "baselines_only")]
+    startup_only: bool,
     /// Run only the copy benchmark, and replace only its section
     #[arg(long, conflicts_with = "baselines_only")]
     copy_only: bool,
@@ -292,8 +296,10 @@ fn run(args: Args) -> Result<()> {
         store.delete("warm").context("deleting the running VM")?;
         store.delete("cold").context("deleting the cold-run VM")?;
         let place = store_description(&parent);
-        for section in Section::ALL {
-            sections.push(section.measure(&args, store, false, &date, &kernel, &place)?);
+        if !args.startup_only {
+            for section in Section::ALL {
+                sections.push(section.measure(&args, store, false, &date, &kernel, &place)?);
+            }
         }
     }
     if *leaked.borrow() > 0 {
