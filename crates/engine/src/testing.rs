@@ -61,3 +61,112 @@ extern "C" fn print_summary() {
     }
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
+
+/// Property tests: run `check` on `count` cases, each from its own seeded random
+/// generator. The seeds are fixed (the same cases on every run, so a run can't
+/// pass by luck) unless `FVM_TEST_SEED` gives another base. A failing case names
+/// its seed, and `FVM_TEST_SEED=<seed>` with count 1 replays it first.
+///
+/// A seeded loop rather than a property-testing framework: the generators here are
+/// a few lines each, the cases are reproducible from one number, and every run is
+/// bounded by `count`.
+#[cfg(test)]
+#[track_caller]
+pub fn cases(name: &str, count: u64, mut check: impl FnMut(&mut fastrand::Rng)) {
+    let base = std::env::var("FVM_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0x00f0_0d5e_ed00);
+    for i in 0..count {
+        let seed = base.wrapping_add(i);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mut rng)));
+        if let Err(panic) = result {
+            let why = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            panic!("{name}: case {i} failed (replay with FVM_TEST_SEED={seed}): {why}");
+        }
+    }
+}
+
+/// Up to `max` random bytes, weighted towards the ones parsers treat specially.
+#[cfg(test)]
+pub fn bytes(rng: &mut fastrand::Rng, max: usize, special: &[u8]) -> Vec<u8> {
+    let len = rng.usize(..=max);
+    (0..len)
+        .map(|_| {
+            if !special.is_empty() && rng.u8(..) < 160 {
+                special[rng.usize(..special.len())]
+            } else {
+                rng.u8(..)
+            }
+        })
+        .collect()
+}
+
+/// A random egress rule, as `--allow`/`--deny` could give it.
+#[cfg(test)]
+pub fn rule(rng: &mut fastrand::Rng) -> crate::net::Rule {
+    use crate::net::{Ipv4Net, Proto, Rule};
+    let net = Ipv4Net {
+        addr: std::net::Ipv4Addr::from(rng.u32(..)),
+        prefix: rng.u8(..=32),
+    };
+    let port = rng.bool().then(|| rng.u16(1..));
+    let proto = port.and_then(|_| [Some(Proto::Tcp), Some(Proto::Udp), None][rng.usize(..3)]);
+    Rule {
+        net: net.trunc(),
+        port,
+        proto,
+    }
+}
+
+/// A random published port, as `--publish` could give it.
+#[cfg(test)]
+pub fn publish(rng: &mut fastrand::Rng) -> crate::net::Publish {
+    use crate::net::{Proto, Publish};
+    Publish {
+        host_port: rng.u16(1..),
+        vm_port: rng.u16(1..),
+        proto: if rng.bool() { Proto::Tcp } else { Proto::Udp },
+    }
+}
+
+/// A random string of any characters, weighted towards the ones that need
+/// quoting (quotes, backslashes, newlines, control and multi-byte characters).
+#[cfg(test)]
+pub fn text(rng: &mut fastrand::Rng, max: usize) -> String {
+    const SPECIAL: &[char] = &[
+        '"',
+        '\'',
+        '\\',
+        '\n',
+        '\r',
+        '\t',
+        '\0',
+        '\u{7f}',
+        '#',
+        '=',
+        '[',
+        ']',
+        '{',
+        '}',
+        'é',
+        '…',
+        '\u{feff}',
+        '\u{10ffff}',
+        ' ',
+    ];
+    (0..rng.usize(..=max))
+        .map(|_| {
+            if rng.bool() {
+                SPECIAL[rng.usize(..SPECIAL.len())]
+            } else {
+                rng.char(..)
+            }
+        })
+        .collect()
+}
