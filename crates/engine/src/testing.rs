@@ -13,8 +13,9 @@
 use std::io::Write;
 use std::sync::Mutex;
 
-/// The skips of this process so far: (reason, test).
-static SKIPPED: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+/// The skips of this process so far: (kind, reason, test); kind is `SKIP` or
+/// `PART SKIPPED`.
+static SKIPPED: Mutex<Vec<(&str, String, String)>> = Mutex::new(Vec::new());
 
 /// Whether `FVM_MUST_RUN=1` is set: every skip is then a failure.
 pub fn must_run() -> bool {
@@ -30,13 +31,26 @@ pub fn skip(test: &str, reason: &str) -> bool {
         !must_run(),
         "{test} was not run ({reason}), and FVM_MUST_RUN=1 makes a skipped test a failure"
     );
+    record("SKIP", test, reason);
+    false
+}
+
+/// Record that a part of `test` does not run here because of `reason`, where
+/// nothing on this host can make it run (e.g. the kernel lacks the feature) and
+/// the rest of the test covers the fallback. Listed in the summary like a skip,
+/// and not a failure under `FVM_MUST_RUN=1`.
+pub fn part_skipped(test: &str, reason: &str) {
+    record("PART SKIPPED", test, reason);
+}
+
+fn record(kind: &'static str, test: &str, reason: &str) {
     let mut skipped = SKIPPED.lock().unwrap_or_else(|e| e.into_inner());
     if skipped.is_empty() {
-        // The summary is best effort: without it each skip was still printed.
+        // Best effort: without the summary, the test still passes or fails as it
+        // would have.
         let _ = crate::sys::at_exit(print_summary);
     }
-    skipped.push((reason.to_owned(), test.to_owned()));
-    false
+    skipped.push((kind, reason.to_owned(), test.to_owned()));
 }
 
 /// True if running as root; otherwise [`skip`]s `test`.
@@ -51,13 +65,14 @@ extern "C" fn print_summary() {
     let Ok(skipped) = SKIPPED.try_lock() else {
         return;
     };
+    let whole = skipped.iter().filter(|(kind, ..)| *kind == "SKIP").count();
     let mut text = format!(
-        "\nSKIPPED: {} of the tests counted as passed above did not run \
-         (FVM_MUST_RUN=1 makes each a failure):\n",
-        skipped.len()
+        "\nSKIPPED: {whole} of the tests counted as passed above did not run \
+         (FVM_MUST_RUN=1 makes each a failure), and {} ran only in part:\n",
+        skipped.len() - whole
     );
-    for (reason, test) in skipped.iter() {
-        text.push_str(&format!("  SKIP ({reason}): {test}\n"));
+    for (kind, reason, test) in skipped.iter() {
+        text.push_str(&format!("  {kind} ({reason}): {test}\n"));
     }
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
