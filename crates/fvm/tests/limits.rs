@@ -666,7 +666,7 @@ fn cpu_time_ends_a_busy_loop() {
     let out = try_run(
         store.command(&["run", "burn", "--", "sh", "-c", "while :; do :; done"]),
         None,
-        Duration::from_secs(20),
+        COMMAND_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("a busy loop under cpu-time = 2 s went on: {e}"));
     let took = start.elapsed();
@@ -803,11 +803,15 @@ fn a_new_timeout_reaches_a_running_vm() {
         took >= Duration::from_millis(3500),
         "timeout changed to 4 s on a running vm: stopped after {took:?}"
     );
-    // Removed: a VM started with a 3 s timeout runs on past it.
+    // Removed: a VM started with a 3 s timeout runs on past it. How long to
+    // watch: until a VM started after it with the same timeout, kept, has been
+    // stopped by it (load delays both alike).
     config(&store, "long", &["--timeout", "3s"]).ok();
+    create(&store, "witness", &["--timeout", "3s"]);
     store.start("long");
+    store.start("witness");
     config(&store, "long", &["--timeout", "none"]).ok();
-    std::thread::sleep(Duration::from_secs(5));
+    wait_status(&store, "witness", "stopped", COMMAND_TIMEOUT);
     assert_eq!(
         store.status("long"),
         "running",
