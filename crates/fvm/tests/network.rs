@@ -423,14 +423,38 @@ fn a_denied_destination_stays_unreachable_whatever_root_in_the_vm_does() {
 
     let to_b = Probe::get(&b, 80);
     let to_c = Probe::get(&c, 80);
-    assert_eq!(
-        net.probe1("c", to_b.clone()).as_deref(),
-        Ok("b"),
-        "c reaches b"
-    );
-    // Probes that must find a destination dropped wait out PROBE_TIMEOUT: the
-    // VMs' checks run side by side, so that they wait at the same time.
+    let gw = net.subnet.gateway();
+    let listener = TcpListener::bind((gw.as_str(), 0)).expect("a host listener on the gateway");
+    let port = listener.local_addr().unwrap().port();
+    let to_host = Probe::connect(&gw, port);
+    let got = net.probe("c", &[to_b.clone(), to_host.clone()]);
+    assert_eq!(got[0].as_deref(), Ok("b"), "c reaches b");
+    assert_eq!(got[1].as_deref(), Ok("connected"), "c reaches the host");
+
+    // c's policy is its own, and a and u only reach c: c's checks run beside
+    // theirs. Policy changes reach running VMs at once: a deny covers the host
+    // itself, another --deny adds to the list, and `none` lifts them.
+    let net = &net;
     std::thread::scope(|scope| {
+        scope.spawn(|| {
+            net.fvm(&["config", "c", "--deny", &format!("{gw}/32")])
+                .ok();
+            let got = net.probe("c", &[to_host.clone(), to_b.clone()]);
+            assert_blocked("c reaching the host after --deny of it", &got[0]);
+            assert_eq!(got[1].as_deref(), Ok("b"), "c still reaches b");
+            net.fvm(&["config", "c", "--deny", &deny]).ok();
+            let got = net.probe("c", &[to_host.clone(), to_b.clone()]);
+            assert_blocked("c reaching the host after a second --deny", &got[0]);
+            assert_blocked("c fetching b after a second --deny", &got[1]);
+            net.fvm(&["config", "c", "--deny", "none"]).ok();
+            let got = net.probe("c", &[to_b.clone(), to_host.clone()]);
+            assert_eq!(got[0].as_deref(), Ok("b"), "after --deny none");
+            assert_eq!(got[1].as_deref(), Ok("connected"), "after --deny none");
+        });
+
+        // Meanwhile, a and u: probes that must find a destination dropped wait
+        // out PROBE_TIMEOUT, so the VMs' checks run side by side, to wait at the
+        // same time.
         let checks: Vec<_> = ["a", "u"]
             .map(|vm| {
                 (
@@ -445,49 +469,17 @@ fn a_denied_destination_stays_unreachable_whatever_root_in_the_vm_does() {
             assert_blocked(&format!("{vm} (--deny {deny}) fetching b's page"), &got[0]);
             assert_eq!(got[1].as_deref(), Ok("c"), "{vm} still reaches c");
         }
-    });
-    // The rule lives on the host, tied to a's link.
-    let a_link = net.link("a");
-    let rules = ruleset();
-    assert!(
-        mentions(&rules, &a_link) || mentions(&rules, &net.ip("a")),
-        "no nft rule on the host mentions a's link {a_link} or address:\n{rules}"
-    );
-    assert!(
-        mentions(&rules, &b),
-        "no nft rule mentions the denied {b}:\n{rules}"
-    );
-
-    // Meanwhile (c's policy is its own, and a and u only reach c), policy
-    // changes reach running VMs at once: c is denied b, then allowed again, and a
-    // deny covers the host itself.
-    let gw = net.subnet.gateway();
-    let listener = TcpListener::bind((gw.as_str(), 0)).expect("a host listener on the gateway");
-    let port = listener.local_addr().unwrap().port();
-    let net = &net;
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            net.fvm(&["config", "c", "--deny", &deny]).ok();
-            assert_blocked(
-                "c fetching b after `config c --deny`",
-                &net.probe1("c", to_b.clone()),
-            );
-            net.fvm(&["config", "c", "--deny", "none"]).ok();
-            let got = net.probe("c", &[to_b.clone(), Probe::connect(&gw, port)]);
-            assert_eq!(got[0].as_deref(), Ok("b"), "after --deny none");
-            assert_eq!(got[1].as_deref(), Ok("connected"), "c reaches the host");
-            net.fvm(&["config", "c", "--deny", &format!("{gw}/32")])
-                .ok();
-            assert_blocked(
-                "c reaching the host after --deny of it",
-                &net.probe1("c", Probe::connect(&gw, port)),
-            );
-            // Another --deny adds to the list.
-            net.fvm(&["config", "c", "--deny", &deny]).ok();
-            let got = net.probe("c", &[Probe::connect(&gw, port), to_b.clone()]);
-            assert_blocked("c reaching the host after a second --deny", &got[0]);
-            assert_blocked("c fetching b after a second --deny", &got[1]);
-        });
+        // The rule lives on the host, tied to a's link.
+        let a_link = net.link("a");
+        let rules = ruleset();
+        assert!(
+            mentions(&rules, &a_link) || mentions(&rules, &net.ip("a")),
+            "no nft rule on the host mentions a's link {a_link} or address:\n{rules}"
+        );
+        assert!(
+            mentions(&rules, &b),
+            "no nft rule mentions the denied {b}:\n{rules}"
+        );
 
         // Root in the VM tries to get around it: flush its own firewall, route
         // everything out of eth0 on-link, and take another address. (Only ever in a
