@@ -185,3 +185,67 @@ pub fn text(rng: &mut fastrand::Rng, max: usize) -> String {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::process::{Command, Stdio};
+
+    /// Turns `skipping_child` into a test that skips.
+    const CHILD_ENV: &str = "FVM_TESTING_SKIP_CHILD";
+
+    /// Not a test by itself: without the variable it does nothing. The test
+    /// below runs the test binary again with only this test selected.
+    #[test]
+    fn skipping_child() {
+        if std::env::var_os(CHILD_ENV).is_some() {
+            super::skip("the_skipping_child", "needs something");
+            super::part_skipped("the_partly_skipping_child", "lacks a part");
+        }
+    }
+
+    /// Run `skipping_child` in its own test process; (exit code, stdout + stderr).
+    fn run_child(must_run: bool) -> (Option<i32>, String) {
+        let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([&format!("{module}::skipping_child"), "--exact"])
+            .env(CHILD_ENV, "1")
+            .env_remove("FVM_MUST_RUN")
+            .stdin(Stdio::null());
+        if must_run {
+            cmd.env("FVM_MUST_RUN", "1");
+        }
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    }
+
+    #[test]
+    fn a_skip_is_listed_after_the_summary_and_fails_under_must_run() {
+        let (code, text) = run_child(false);
+        assert_eq!(code, Some(0), "{text}");
+        let result = text.find("test result: ok. 1 passed").expect(&text);
+        let listed = text
+            .find("SKIPPED: 1 of the tests counted as passed above did not run")
+            .expect(&text);
+        assert!(listed > result, "the skips come after the summary:\n{text}");
+        assert!(
+            text.contains("  SKIP (needs something): the_skipping_child\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  PART SKIPPED (lacks a part): the_partly_skipping_child\n"),
+            "{text}"
+        );
+
+        let (code, text) = run_child(true);
+        assert_eq!(code, Some(101), "{text}");
+        assert!(
+            text.contains(
+                "the_skipping_child was not run (needs something), and FVM_MUST_RUN=1 \
+                 makes a skipped test a failure"
+            ),
+            "{text}"
+        );
+    }
+}
