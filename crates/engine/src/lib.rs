@@ -28,8 +28,8 @@ pub mod quote;
 pub mod runtime;
 pub mod store;
 mod sys;
-#[cfg(test)]
-mod testing;
+#[doc(hidden)]
+pub mod testing;
 pub mod vm;
 pub mod watch;
 

@@ -190,6 +190,18 @@ pub fn clear_undeletable_flags(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
+/// Call `f` when this process exits normally (returns from `main` or calls
+/// `exit`), after everything else it printed.
+pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
+    // SAFETY: atexit only records the pointer; `f` is a plain `extern "C" fn()` with
+    // 'static lifetime, which is exactly what atexit later calls with no arguments.
+    if unsafe { libc::atexit(f) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::other("atexit: no room for another handler"))
+    }
+}
+
 /// End this process at once: no destructors, no atexit handlers, no flushing of
 /// buffers copied from the parent. For forked children that must not return.
 pub fn exit_now(code: i32) -> ! {

@@ -7,7 +7,9 @@ mod common;
 
 use std::path::Path;
 
-use common::{TestStore, needs_root};
+use std::process::Command;
+
+use common::{TestStore, needs_root, needs_tool};
 
 /// A host directory the VMs change (on disk, not in /tmp, which is private to
 /// a VM on hosts where it is a tmpfs), removed on drop.
@@ -244,19 +246,23 @@ fn a_vm_with_its_own_dir_is_copied_into_the_store() {
 
 /// `kill -9` of `fvm copy` half-way leaves only a `.new-*` directory: DST is not
 /// there, SRC is unharmed, and `doctor --cleanup` removes the leftover.
+///
+/// "Half-way" without a race: strace kills the copy as it enters its 2048th
+/// `openat`, when about half of SRC's 2048 files are copied (each takes at least
+/// two), whatever the speed of the disk or the load on the host.
 #[test]
 fn a_copy_killed_half_way_leaves_only_what_cleanup_removes() {
-    if !needs_root("a_copy_killed_half_way_leaves_only_what_cleanup_removes") {
+    let test = "a_copy_killed_half_way_leaves_only_what_cleanup_removes";
+    if !needs_root(test) || !needs_tool(test, "strace") {
         return;
     }
     let store = TestStore::new("copykill");
     store.create("a");
-    // Enough content that the copy takes a while on any disk without reflinks.
     store
         .sh(
             "a",
             "mkdir -p /opt/fvm-copykill && cd /opt/fvm-copykill && i=0 && \
-             while [ $i -lt 2048 ]; do head -c 262144 /dev/zero > f$i || exit 1; i=$((i+1)); done",
+             while [ $i -lt 2048 ]; do echo $i > f$i || exit 1; i=$((i+1)); done",
         )
         .ok();
     let vms = store.root.join("vms");
@@ -267,21 +273,30 @@ fn a_copy_killed_half_way_leaves_only_what_cleanup_removes() {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .find(|n| n.starts_with(".new-b-"))
     };
-    let mut copy = store.spawn(&["copy", "a", "b"]);
-    let start = std::time::Instant::now();
-    while temp().is_none() && start.elapsed() < common::WAIT {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    common::kill9(&[copy.pid()]);
-    copy.wait();
-    assert!(
-        !vms.join("b").exists(),
-        "the copy finished before it could be killed; this test needs a slower copy"
+    let mut strace = Command::new("strace");
+    strace
+        .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=openat"])
+        .args(["-e", "inject=openat:signal=KILL:when=2048", "--"])
+        .arg(common::FVM)
+        .arg("--root")
+        .arg(&store.root)
+        .args(["copy", "a", "b"]);
+    let out = common::run(strace, None);
+    assert_eq!(
+        out.code,
+        128 + 9,
+        "fvm copy was not killed half-way:\n{out}"
     );
+    assert!(!vms.join("b").exists(), "the killed copy made b");
+    let tmp = temp().unwrap_or_else(|| panic!("no temporary directory: {:?}", store.vm_dirs()));
+    let copied = common::sh(&format!(
+        "find {}/layers -path '*/upper/opt/fvm-copykill/f*' | wc -l",
+        vms.join(&tmp).display()
+    ));
+    let copied: u32 = copied.out().parse().unwrap_or(0);
     assert!(
-        temp().is_some(),
-        "no temporary directory: {:?}",
-        store.vm_dirs()
+        (1..2048).contains(&copied),
+        "the copy was killed with {copied} of 2048 files copied, not half-way"
     );
     let names: Vec<_> = store.list().iter().map(|v| v["name"].clone()).collect();
     assert_eq!(names, ["a"]);

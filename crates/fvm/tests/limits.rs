@@ -20,7 +20,9 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use common::{Out, TestStore, WAIT, cgroup_dirs_matching, is_alive_as, needs_root, try_run};
+use common::{
+    COMMAND_TIMEOUT, Out, TestStore, WAIT, cgroup_dirs_matching, is_alive_as, needs_root, try_run,
+};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -481,6 +483,21 @@ fn a_memory_hog_is_oom_killed_and_the_rest_of_the_vm_goes_on() {
     store.assert_clean();
 }
 
+/// `nr_throttled` of the VM's `cpu.stat`: how many periods it ran out of quota.
+#[track_caller]
+fn throttled(store: &TestStore, name: &str, view: View) -> u64 {
+    let stat = cgroup_inside(store, name, view, ("cpu/cpu.stat", "cpu.stat"));
+    stat.lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no nr_throttled in cpu.stat of {name}:\n{stat}"))
+}
+
+/// What load on the host can't change: over any stretch of time, a busy loop
+/// under `cpus = 0.5` gets at most half a core (plus at most one period's quota
+/// at either end), and it runs and is throttled. No lower bound on its share: a
+/// busy host can starve it; its high weight only makes the cap the limit that
+/// bites, so that throttling shows.
 #[test]
 fn a_cpus_cap_holds_a_busy_loop_to_half_a_core() {
     if !needs_root("a_cpus_cap_holds_a_busy_loop_to_half_a_core") {
@@ -488,33 +505,40 @@ fn a_cpus_cap_holds_a_busy_loop_to_half_a_core() {
     }
     let _cpu = cpu_heavy();
     let store = TestStore::new("cpus");
-    create(&store, "half", &["--cpus", "0.5"]);
+    create(&store, "half", &["--cpus", "0.5", "--cpu-weight", "10000"]);
     store.start("half");
+    let view = view(&store, "half");
+    let (quota, period) = cpu_quota_inside(&store, "half", view);
+    assert_eq!((quota.as_str(), period.as_str()), ("50000", "100000"));
     store
         .sh(
             "half",
             "nohup sh -c 'while :; do :; done' >/dev/null 2>&1 &",
         )
         .ok();
-    std::thread::sleep(Duration::from_secs(1));
+    let cpu_ns = || usage_of(&store, "half", "cpu_ns");
+    let started = cpu_ns();
+    common::wait_until("the busy loop runs", || cpu_ns() > started + 50_000_000);
 
-    // CPU time against wall time, over 5 s; each sample's time is the middle of
-    // the stats command that took it.
-    let sample = || {
-        let before = Instant::now();
-        let cpu_ns = usage_of(&store, "half", "cpu_ns");
-        let after = Instant::now();
-        (cpu_ns, before + (after - before) / 2)
-    };
-    let (cpu0, t0) = sample();
-    std::thread::sleep(Duration::from_secs(5));
-    let (cpu1, t1) = sample();
-    let wall = (t1 - t0).as_secs_f64();
-    let ratio = cpu1.saturating_sub(cpu0) as f64 / 1e9 / wall;
+    // The window is the longest the readings could span: from before the first
+    // stats command to after the second (the sleep only makes it long enough
+    // that a period's quota at its ends is small beside it).
+    let first = Instant::now();
+    let cpu0 = cpu_ns();
+    std::thread::sleep(Duration::from_secs(4));
+    let cpu1 = cpu_ns();
+    let window = first.elapsed().as_secs_f64();
+    let used = cpu1.saturating_sub(cpu0) as f64 / 1e9;
+    let most = 0.5 * window + 2.0 * 0.05;
     assert!(
-        (0.40..=0.60).contains(&ratio),
-        "a busy loop under cpus = 0.5 used {ratio:.3} of a core over {wall:.2} s"
+        used <= most,
+        "a busy loop under cpus = 0.5 used {used:.3} s of CPU in at most {window:.2} s \
+         (the cap allows {most:.3} s)"
     );
+    assert!(used > 0.0, "the busy loop got no CPU in {window:.2} s");
+    common::wait_until("the busy loop is throttled", || {
+        throttled(&store, "half", view) > 0
+    });
 
     store.stop("half");
     store.assert_clean();
@@ -642,7 +666,7 @@ fn cpu_time_ends_a_busy_loop() {
     let out = try_run(
         store.command(&["run", "burn", "--", "sh", "-c", "while :; do :; done"]),
         None,
-        Duration::from_secs(20),
+        COMMAND_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("a busy loop under cpu-time = 2 s went on: {e}"));
     let took = start.elapsed();
@@ -718,42 +742,39 @@ fn changed_rlimits_apply_to_processes_started_afterwards() {
 // timeout
 
 #[test]
-fn timeout_stops_the_vm_after_3_to_6_seconds() {
-    if !needs_root("timeout_stops_the_vm_after_3_to_6_seconds") {
+fn timeout_stops_the_vm_and_not_before_its_time() {
+    if !needs_root("timeout_stops_the_vm_and_not_before_its_time") {
         return;
     }
     let store = TestStore::new("timeout");
     create(&store, "brief", &["--timeout", "3s"]);
 
-    // A started VM: stopped 3 s after it started, give or take the SIGKILL grace.
-    // (The lower bound counts from start's return, the upper from its invocation.)
+    // A started VM is stopped, and not before its 3 s (counted from start's
+    // invocation, before the VM started; the time it started is kept in whole
+    // seconds). No upper bound but the wait's: without the timeout the VM would
+    // run on, and a loaded host may stop it late.
     let invoked = Instant::now();
     store.start("brief");
-    let returned = Instant::now();
-    let stopped = wait_status(&store, "brief", "stopped", Duration::from_secs(20));
-    let after_return = stopped - returned;
+    let stopped = wait_status(&store, "brief", "stopped", COMMAND_TIMEOUT);
     let after_invoke = stopped - invoked;
     assert!(
-        after_return >= Duration::from_millis(2500),
-        "the vm stopped {after_return:?} after start returned (timeout 3 s)"
-    );
-    assert!(
-        after_invoke <= Duration::from_secs(7),
+        after_invoke >= Duration::from_millis(2500),
         "the vm stopped {after_invoke:?} after start was invoked (timeout 3 s)"
     );
 
-    // A VM started by a run: the run's command ends with the VM, long before 30 s.
+    // A VM started by a run: the run's command ends with the VM, long before its
+    // 1000 s.
     let invoked = Instant::now();
     let out = try_run(
-        store.command(&["run", "brief", "--", "sleep", "30"]),
+        store.command(&["run", "brief", "--", "sleep", "1000"]),
         None,
-        Duration::from_secs(25),
+        COMMAND_TIMEOUT,
     )
     .unwrap_or_else(|e| panic!("the timeout did not end the run: {e}"));
     let took = invoked.elapsed();
-    assert_ne!(out.code, 0, "sleep 30 should not end normally:\n{out}");
+    assert_ne!(out.code, 0, "sleep 1000 should not end normally:\n{out}");
     assert!(
-        took >= Duration::from_millis(2500) && took <= Duration::from_secs(10),
+        took >= Duration::from_millis(2500),
         "a run in a vm with timeout 3 s took {took:?}:\n{out}"
     );
     wait_status(&store, "brief", "stopped", WAIT);
@@ -775,17 +796,22 @@ fn a_new_timeout_reaches_a_running_vm() {
         out.stderr.contains("timeout"),
         "config said nothing:\n{out}"
     );
-    let stopped = wait_status(&store, "long", "stopped", Duration::from_secs(20));
+    // (No upper bound but the wait's: the hour it had before is far beyond it.)
+    let stopped = wait_status(&store, "long", "stopped", COMMAND_TIMEOUT);
     let took = stopped - started;
     assert!(
-        took >= Duration::from_millis(3500) && took <= Duration::from_secs(9),
+        took >= Duration::from_millis(3500),
         "timeout changed to 4 s on a running vm: stopped after {took:?}"
     );
-    // Removed: a VM started with a 3 s timeout runs on past it.
+    // Removed: a VM started with a 3 s timeout runs on past it. How long to
+    // watch: until a VM started after it with the same timeout, kept, has been
+    // stopped by it (load delays both alike).
     config(&store, "long", &["--timeout", "3s"]).ok();
+    create(&store, "witness", &["--timeout", "3s"]);
     store.start("long");
+    store.start("witness");
     config(&store, "long", &["--timeout", "none"]).ok();
-    std::thread::sleep(Duration::from_secs(5));
+    wait_status(&store, "witness", "stopped", COMMAND_TIMEOUT);
     assert_eq!(
         store.status("long"),
         "running",

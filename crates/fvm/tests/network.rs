@@ -423,119 +423,139 @@ fn a_denied_destination_stays_unreachable_whatever_root_in_the_vm_does() {
 
     let to_b = Probe::get(&b, 80);
     let to_c = Probe::get(&c, 80);
-    assert_eq!(
-        net.probe1("c", to_b.clone()).as_deref(),
-        Ok("b"),
-        "c reaches b"
-    );
-    for vm in ["a", "u"] {
-        let got = net.probe(vm, &[to_b.clone(), to_c.clone()]);
-        assert_blocked(&format!("{vm} (--deny {deny}) fetching b's page"), &got[0]);
-        assert_eq!(got[1].as_deref(), Ok("c"), "{vm} still reaches c");
-    }
-    // The rule lives on the host, tied to a's link.
-    let a_link = net.link("a");
-    let rules = ruleset();
-    assert!(
-        mentions(&rules, &a_link) || mentions(&rules, &net.ip("a")),
-        "no nft rule on the host mentions a's link {a_link} or address:\n{rules}"
-    );
-    assert!(
-        mentions(&rules, &b),
-        "no nft rule mentions the denied {b}:\n{rules}"
-    );
+    let gw = net.subnet.gateway();
+    let listener = TcpListener::bind((gw.as_str(), 0)).expect("a host listener on the gateway");
+    let port = listener.local_addr().unwrap().port();
+    let to_host = Probe::connect(&gw, port);
+    let got = net.probe("c", &[to_b.clone(), to_host.clone()]);
+    assert_eq!(got[0].as_deref(), Ok("b"), "c reaches b");
+    assert_eq!(got[1].as_deref(), Ok("connected"), "c reaches the host");
 
-    // Root in the VM tries to get around it: flush its own firewall, route
-    // everything out of eth0 on-link, and take another address. (Only ever in a
-    // network namespace of the VM's own: never run that on the host's.)
-    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
-    for vm in ["a", "u"] {
-        let ns = net.store.sh(vm, "readlink /proc/self/ns/net").ok();
+    // c's policy is its own, and a and u only reach c: c's checks run beside
+    // theirs. Policy changes reach running VMs at once: a deny covers the host
+    // itself, another --deny adds to the list, and `none` lifts them.
+    let net = &net;
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            net.fvm(&["config", "c", "--deny", &format!("{gw}/32")])
+                .ok();
+            let got = net.probe("c", &[to_host.clone(), to_b.clone()]);
+            assert_blocked("c reaching the host after --deny of it", &got[0]);
+            assert_eq!(got[1].as_deref(), Ok("b"), "c still reaches b");
+            net.fvm(&["config", "c", "--deny", &deny]).ok();
+            let got = net.probe("c", &[to_host.clone(), to_b.clone()]);
+            assert_blocked("c reaching the host after a second --deny", &got[0]);
+            assert_blocked("c fetching b after a second --deny", &got[1]);
+            net.fvm(&["config", "c", "--deny", "none"]).ok();
+            let got = net.probe("c", &[to_b.clone(), to_host.clone()]);
+            assert_eq!(got[0].as_deref(), Ok("b"), "after --deny none");
+            assert_eq!(got[1].as_deref(), Ok("connected"), "after --deny none");
+        });
+
+        // Meanwhile, a and u: probes that must find a destination dropped wait
+        // out PROBE_TIMEOUT, so the VMs' checks run side by side, to wait at the
+        // same time.
+        let checks: Vec<_> = ["a", "u"]
+            .map(|vm| {
+                (
+                    vm,
+                    scope.spawn(|| net.probe(vm, &[to_b.clone(), to_c.clone()])),
+                )
+            })
+            .into_iter()
+            .collect();
+        for (vm, check) in checks {
+            let got = check.join().unwrap();
+            assert_blocked(&format!("{vm} (--deny {deny}) fetching b's page"), &got[0]);
+            assert_eq!(got[1].as_deref(), Ok("c"), "{vm} still reaches c");
+        }
+        // The rule lives on the host, tied to a's link.
+        let a_link = net.link("a");
+        let rules = ruleset();
         assert!(
-            !ns.out().is_empty() && ns.out() != host_ns.to_str().unwrap(),
-            "bridged vm {vm} is in the host's network namespace:\n{ns}"
+            mentions(&rules, &a_link) || mentions(&rules, &net.ip("a")),
+            "no nft rule on the host mentions a's link {a_link} or address:\n{rules}"
         );
-    }
-    for (vm, spoof) in [("a", net.subnet.addr(200)), ("u", net.subnet.addr(201))] {
-        let attack = format!(
-            "nft flush ruleset; ip route flush table main; ip route add default dev eth0; \
-             ip addr add {spoof}/24 dev eth0; exit 0"
+        assert!(
+            mentions(&rules, &b),
+            "no nft rule mentions the denied {b}:\n{rules}"
         );
-        let tried = net.store.sh(vm, &attack).ok();
-        let got = net.probe(vm, &[to_b.clone(), to_b.clone().from(&spoof)]);
-        assert_blocked(
-            &format!("{vm} after `{attack}` ({tried}), fetching b"),
-            &got[0],
-        );
-        assert_blocked(
-            &format!("{vm} fetching b from the spoofed {spoof}"),
-            &got[1],
-        );
-    }
-    // u really has the spoofed address (the attack took), yet can't use it even
-    // towards a VM it may reach; with its own address it still reaches c.
-    let spoof = net.subnet.addr(201);
-    let out = net.store.sh("u", "ip -4 -o addr show dev eth0").ok();
-    assert!(
-        out.stdout.contains(&format!(" {spoof}/24 ")),
-        "root in the unconfined vm u could not add {spoof}, so the spoofing check means nothing:\n{out}"
-    );
-    let got = net.probe("u", &[to_c.clone(), to_c.clone().from(&spoof)]);
-    assert_eq!(
-        got[0].as_deref(),
-        Ok("c"),
-        "u reaches c with its own address"
-    );
-    assert_blocked(&format!("u fetching c from the spoofed {spoof}"), &got[1]);
-    let rules = ruleset();
-    assert!(
-        mentions(&rules, &a_link) || mentions(&rules, &net.ip("a")),
-        "a's rules are gone from the host after root in a tried:\n{rules}"
-    );
-    assert_eq!(
-        net.probe1("c", to_b.clone()).as_deref(),
-        Ok("b"),
-        "c still reaches b"
-    );
 
-    // Policy changes reach running VMs at once: c is denied b, then allowed again;
-    // a loses its deny; and a deny covers the host itself.
-    net.fvm(&["config", "c", "--deny", &deny]).ok();
-    assert_blocked(
-        "c fetching b after `config c --deny`",
-        &net.probe1("c", to_b.clone()),
-    );
-    net.fvm(&["config", "c", "--deny", "none"]).ok();
-    assert_eq!(
-        net.probe1("c", to_b.clone()).as_deref(),
-        Ok("b"),
-        "after --deny none"
-    );
+        // Root in the VM tries to get around it: flush its own firewall, route
+        // everything out of eth0 on-link, and take another address. (Only ever in a
+        // network namespace of the VM's own: never run that on the host's.)
+        let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap();
+        for vm in ["a", "u"] {
+            let ns = net.store.sh(vm, "readlink /proc/self/ns/net").ok();
+            assert!(
+                !ns.out().is_empty() && ns.out() != host_ns.to_str().unwrap(),
+                "bridged vm {vm} is in the host's network namespace:\n{ns}"
+            );
+        }
+        let mut attacks = Vec::new();
+        for (vm, spoof) in [("a", net.subnet.addr(200)), ("u", net.subnet.addr(201))] {
+            let attack = format!(
+                "nft flush ruleset; ip route flush table main; ip route add default dev eth0; \
+                 ip addr add {spoof}/24 dev eth0; exit 0"
+            );
+            let tried = net.store.sh(vm, &attack).ok();
+            attacks.push((vm, spoof, attack, tried));
+        }
+        // u really has the spoofed address (the attack took), yet can't use it even
+        // towards a VM it may reach; with its own address it still reaches c.
+        let spoof = net.subnet.addr(201);
+        let out = net.store.sh("u", "ip -4 -o addr show dev eth0").ok();
+        assert!(
+            out.stdout.contains(&format!(" {spoof}/24 ")),
+            "root in the unconfined vm u could not add {spoof}, so the spoofing check means nothing:\n{out}"
+        );
+        let checks: Vec<_> = attacks
+            .iter()
+            .map(|(vm, spoof, _, _)| {
+                let vm = vm.to_string();
+                let probes = [
+                    to_b.clone(),
+                    to_b.clone().from(spoof),
+                    to_c.clone(),
+                    to_c.clone().from(spoof),
+                ];
+                scope.spawn(move || net.probe(&vm, &probes))
+            })
+            .collect();
+        for ((vm, spoof, attack, tried), check) in attacks.iter().zip(checks) {
+            let got = check.join().unwrap();
+            assert_blocked(
+                &format!("{vm} after `{attack}` ({tried}), fetching b"),
+                &got[0],
+            );
+            assert_blocked(
+                &format!("{vm} fetching b from the spoofed {spoof}"),
+                &got[1],
+            );
+            assert_eq!(
+                got[2].as_deref(),
+                Ok("c"),
+                "{vm} reaches c with its own address"
+            );
+            assert_blocked(
+                &format!("{vm} fetching c from the spoofed {spoof}"),
+                &got[3],
+            );
+        }
+        let rules = ruleset();
+        assert!(
+            mentions(&rules, &a_link) || mentions(&rules, &net.ip("a")),
+            "a's rules are gone from the host after root in a tried:\n{rules}"
+        );
+    });
+
+    // a loses its deny.
     net.fvm(&["config", "a", "--deny", "none"]).ok();
     assert_eq!(
         net.probe1("a", to_b.clone()).as_deref(),
         Ok("b"),
         "a after --deny none"
     );
-    let gw = net.subnet.gateway();
-    let listener = TcpListener::bind((gw.as_str(), 0)).expect("a host listener on the gateway");
-    let port = listener.local_addr().unwrap().port();
-    assert_eq!(
-        net.probe1("c", Probe::connect(&gw, port)).as_deref(),
-        Ok("connected"),
-        "c reaches the host"
-    );
-    net.fvm(&["config", "c", "--deny", &format!("{gw}/32")])
-        .ok();
-    assert_blocked(
-        "c reaching the host after --deny of it",
-        &net.probe1("c", Probe::connect(&gw, port)),
-    );
-    // Another --deny adds to the list.
-    net.fvm(&["config", "c", "--deny", &deny]).ok();
-    let got = net.probe("c", &[Probe::connect(&gw, port), to_b.clone()]);
-    assert_blocked("c reaching the host after a second --deny", &got[0]);
-    assert_blocked("c fetching b after a second --deny", &got[1]);
     drop(listener);
     net.assert_clean();
 }

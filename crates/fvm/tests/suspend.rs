@@ -7,7 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{TestStore, needs_root};
+use common::{TestStore, needs_root, spawn_host};
 
 /// The counter's file as the VM's layer holds it (readable while the VM is frozen).
 fn layer_file(store: &TestStore, vm: &str, rel: &str) -> Option<PathBuf> {
@@ -31,6 +31,16 @@ fn count(path: &Path) -> u64 {
         std::thread::sleep(Duration::from_millis(20));
     }
     panic!("no count in {}", path.display());
+}
+
+/// A shell loop that counts in `dir/count`, one step every 50 ms (each value
+/// renamed into place whole). No single quotes: it goes inside them.
+fn counter(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "i=0; while :; do i=$((i+1)); echo $i > {d}/count.new; mv {d}/count.new {d}/count; \
+         sleep 0.05; done"
+    )
 }
 
 /// Wait until `f` holds, for at most 10 s.
@@ -58,10 +68,10 @@ fn a_suspended_vm_makes_no_progress_until_resumed() {
     store
         .sh(
             "sus",
-            "mkdir -p /var/tmp/fvm-test-suspend && nohup sh -c \
-             'i=0; while :; do i=$((i+1)); echo $i > /var/tmp/fvm-test-suspend/count.new; \
-              mv /var/tmp/fvm-test-suspend/count.new /var/tmp/fvm-test-suspend/count; \
-              sleep 0.05; done' >/dev/null 2>&1 &",
+            &format!(
+                "mkdir -p /var/tmp/fvm-test-suspend && nohup sh -c '{}' >/dev/null 2>&1 &",
+                counter(Path::new("/var/tmp/fvm-test-suspend"))
+            ),
         )
         .ok();
     let mut file = None;
@@ -76,8 +86,16 @@ fn a_suspended_vm_makes_no_progress_until_resumed() {
     // Suspending again is no error and changes nothing.
     store.fvm(&["suspend", "sus"]).ok();
     let frozen_at = count(&file);
-    std::thread::sleep(Duration::from_millis(600));
+    // As long as the same counter outside the VM takes to count 10 (which load
+    // slows as much as the VM's), the VM's counts nothing.
+    let outside = tempfile::tempdir().unwrap();
+    let outside_file = outside.path().join("count");
+    let outside_counter = spawn_host(&["sh", "-c", &counter(outside.path()), "fvm-test-counter"]);
+    wait_for("the counter outside the vm to count 10", || {
+        outside_file.exists() && count(&outside_file) >= 10
+    });
     assert_eq!(count(&file), frozen_at, "the counter ran while suspended");
+    drop(outside_counter);
 
     // Nothing enters a frozen VM (it would freeze on the spot).
     let out = store.fvm(&["run", "sus", "--", "true"]).code(125);

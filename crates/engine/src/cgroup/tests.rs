@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::limits::{Key, Limits};
 use crate::testing::require_root;
+use rustix::mount::MountFlags;
 
 fn v2_fake() -> (tempfile::TempDir, Cgroups) {
     let tmp = tempfile::tempdir().unwrap();
@@ -444,27 +445,53 @@ fn real_join_self_moves_the_caller() {
     kill_and_remove(&cgroups, vm, &leaf, &mut child.0);
 }
 
-/// The first cgroup2 mount point in this process's mount table, if any.
-fn cgroup2_mount() -> Option<PathBuf> {
-    let text = fs::read_to_string("/proc/self/mountinfo").ok()?;
-    text.lines()
-        .filter(|line| line.contains(" - cgroup2 "))
-        .find_map(|line| line.split(' ').nth(4).map(PathBuf::from))
+/// A cgroup2 hierarchy mounted by the test in a temporary directory, unmounted on
+/// drop. The test's own mount rather than the host's (which a hybrid host may not
+/// have at all, and a v1-only host has nowhere): the same real v2 file semantics
+/// on every host where root can mount cgroup2, and a visible skip (a failure under
+/// FVM_MUST_RUN=1) where it can't.
+struct Cgroup2Mount {
+    dir: tempfile::TempDir,
+}
+
+impl Cgroup2Mount {
+    /// None (after a skip) when not root or the mount fails.
+    fn new(test: &str) -> Option<Cgroup2Mount> {
+        if !require_root(test) {
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("fvm-test-cgroup2-")
+            .tempdir()
+            .unwrap();
+        match rustix::mount::mount("none", dir.path(), "cgroup2", MountFlags::empty(), None) {
+            Ok(()) => Some(Cgroup2Mount { dir }),
+            Err(e) => {
+                crate::testing::skip(test, &format!("cannot mount cgroup2: {e}"));
+                None
+            }
+        }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_owned()
+    }
+}
+
+impl Drop for Cgroup2Mount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(self.dir.path(), rustix::mount::UnmountFlags::DETACH);
+    }
 }
 
 /// Real v2 coverage on a hybrid host too: the empty unified hierarchy has no
 /// controllers, but it tracks processes and has `cgroup.kill` in child cgroups.
 #[test]
 fn real_v2_cgroup_holds_kills_and_removes_a_process() {
-    let test = "real_v2_cgroup_holds_kills_and_removes_a_process";
-    if !require_root(test) {
-        return;
-    }
-    let Some(root) = cgroup2_mount() else {
-        println!("SKIP (no cgroup2 mount): {test}");
+    let Some(mount) = Cgroup2Mount::new("real_v2_cgroup_holds_kills_and_removes_a_process") else {
         return;
     };
-    let cgroups = Cgroups::v2_at(root);
+    let cgroups = Cgroups::v2_at(mount.path());
     let leaf = unique_leaf();
     let guard = CgroupGuard(cgroups.vm(&leaf).unwrap());
     let vm = &guard.0;
@@ -483,15 +510,11 @@ fn real_v2_cgroup_holds_kills_and_removes_a_process() {
 /// fd from `entry()` creates the child inside the cgroup.
 #[test]
 fn real_v2_clone_into_cgroup_creates_the_child_inside() {
-    let test = "real_v2_clone_into_cgroup_creates_the_child_inside";
-    if !require_root(test) {
-        return;
-    }
-    let Some(root) = cgroup2_mount() else {
-        println!("SKIP (no cgroup2 mount): {test}");
+    let Some(mount) = Cgroup2Mount::new("real_v2_clone_into_cgroup_creates_the_child_inside")
+    else {
         return;
     };
-    let cgroups = Cgroups::v2_at(root);
+    let cgroups = Cgroups::v2_at(mount.path());
     let leaf = unique_leaf();
     let guard = CgroupGuard(cgroups.vm(&leaf).unwrap());
     let vm = &guard.0;

@@ -748,4 +748,84 @@ mod tests {
             }
         );
     }
+
+    /// Random text of what limit values are made of: digits, points, exponents,
+    /// signs, units, words and odd characters.
+    fn value_text(rng: &mut fastrand::Rng) -> String {
+        const PIECES: &[&str] = &[
+            "0",
+            "1",
+            "7",
+            "9",
+            "00",
+            "18446744073709551615",
+            "99999999999999999999",
+            ".",
+            "e",
+            "E",
+            "+",
+            "-",
+            "K",
+            "M",
+            "G",
+            "T",
+            "P",
+            "k",
+            "b",
+            "B",
+            "s",
+            "m",
+            "h",
+            "d",
+            "ms",
+            "inf",
+            "nan",
+            "none",
+            "low",
+            "high",
+            "normal",
+            " ",
+            "\t",
+            "_",
+            "\u{661}",
+            "…",
+            "\0",
+        ];
+        let mut text: String = (0..rng.usize(..6))
+            .map(|_| PIECES[rng.usize(..PIECES.len())])
+            .collect();
+        if rng.u8(..) < 30 {
+            text.push_str(&crate::testing::text(rng, 4));
+        }
+        text
+    }
+
+    #[test]
+    fn any_value_is_set_and_shown_back_or_refused_in_one_line() {
+        crate::testing::cases("limit values", 5000, |rng| {
+            let key = Key::ALL[rng.usize(..Key::ALL.len())];
+            let text = value_text(rng);
+            let mut limits = Limits::default();
+            match limits.set(key, &text) {
+                Ok(()) => {
+                    // What is shown is read back as the same value.
+                    if let Some(shown) = limits.get(key) {
+                        let mut again = Limits::default();
+                        again
+                            .set(key, &shown)
+                            .unwrap_or_else(|e| panic!("{key} {text:?} shown as {shown:?}: {e}"));
+                        assert_eq!(again, limits, "{key} {text:?} shown as {shown:?}");
+                    }
+                    let _ = limits.validate();
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        !msg.contains(['\n', '\r']) && msg.chars().count() < 200,
+                        "{key} {text:?}: {msg:?}"
+                    );
+                }
+            }
+        });
+    }
 }

@@ -74,7 +74,7 @@ impl Size {
             "" | "B" => 1,
             u => {
                 let letter = u.chars().next().ok_or_else(bad)?;
-                let rest = &u[1..];
+                let rest = &u[letter.len_utf8()..];
                 if !matches!(rest, "" | "B" | "IB") {
                     return Err(bad());
                 }
@@ -335,6 +335,10 @@ mod tests {
             "1MX",
             "99999999999999999999",
             "20000000T",
+            // A unit that starts with a character of more than one byte.
+            "9…",
+            "9éB",
+            "1\u{661}",
         ] {
             assert!(Size::parse(bad).is_err(), "{bad}");
         }

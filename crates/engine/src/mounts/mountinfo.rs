@@ -89,11 +89,20 @@ fn unescape(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+        // `\ooo` is one byte; a value past 0o377 (which the kernel never writes)
+        // is no escape, and stays as it is.
+        let byte = b
+            .get(i + 1..i + 4)
+            .filter(|_| b[i] == b'\\')
+            .and_then(|digits| {
+                digits.iter().try_fold(0u16, |value, &c| {
+                    (b'0'..=b'7')
+                        .contains(&c)
+                        .then(|| value * 8 + u16::from(c - b'0'))
+                })
+            });
+        if let Some(byte) = byte.and_then(|v| u8::try_from(v).ok()) {
+            out.push(byte);
             i += 4;
         } else {
             out.push(b[i]);
@@ -127,6 +136,7 @@ pub fn mount_points_of(init: &crate::runtime::procid::ProcId, fs_type: &str) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
     use std::path::Path;
 
     #[test]
@@ -162,5 +172,72 @@ mod tests {
     fn reads_this_machine() {
         let m = read_self().unwrap();
         assert!(m.iter().any(|e| e.mount_point == Path::new("/")));
+    }
+
+    /// The kernel's escaping of a path in mountinfo (`seq_path` with " \t\n\\").
+    fn escape(path: &[u8]) -> String {
+        let mut out = String::new();
+        for &b in path {
+            match b {
+                b' ' | b'\t' | b'\n' | b'\\' => out.push_str(&format!("\\{b:03o}")),
+                _ => out.push(char::from(b)),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn any_escaped_path_reads_back_as_itself() {
+        // ASCII bytes (the line is text), the escaped ones often, and the
+        // characters that look like escapes without being one.
+        let special = b" \t\n\\01234567/89";
+        crate::testing::cases("mountinfo paths", 3000, |rng| {
+            let mut root = crate::testing::bytes(rng, 12, special);
+            let mut point = crate::testing::bytes(rng, 12, special);
+            for path in [&mut root, &mut point] {
+                path.retain(|b| b.is_ascii() && *b != 0);
+                path.insert(0, b'/');
+            }
+            let line = format!(
+                "36 35 98:0 {} {} rw,noatime shared:7 - ext4 /dev/sda1 rw",
+                escape(&root),
+                escape(&point)
+            );
+            let e = &parse(&line).unwrap()[0];
+            assert_eq!(e.root.as_os_str().as_bytes(), root, "{line:?}");
+            assert_eq!(e.mount_point.as_os_str().as_bytes(), point, "{line:?}");
+        });
+    }
+
+    #[test]
+    fn any_text_is_parsed_or_refused_without_a_panic() {
+        let valid =
+            "36 35 98:0 /mnt\\040a /mnt/my\\134disk rw,noatime master:1 - ext3 /dev/root rw\n";
+        crate::testing::cases("mountinfo text", 3000, |rng| {
+            let mut text = valid.as_bytes().to_vec();
+            // Random edits of a valid line, with what the parser looks for.
+            for _ in 0..rng.usize(1..8) {
+                let at = rng.usize(..=text.len());
+                let piece = crate::testing::bytes(rng, 5, b"\\7770 -:\n9");
+                if rng.bool() && at < text.len() {
+                    let end = (at + piece.len()).min(text.len());
+                    text.splice(at..end, piece);
+                } else {
+                    text.splice(at..at, piece);
+                }
+            }
+            let text = String::from_utf8_lossy(&text);
+            if let Ok(entries) = parse(&text) {
+                assert!(entries.len() <= text.lines().count());
+            }
+        });
+        // The escape of a value past a byte, which the kernel never writes.
+        assert_eq!(unescape("/a\\777b"), PathBuf::from("/a\\777b"));
+        assert_eq!(unescape("/a\\400"), PathBuf::from("/a\\400"));
+        assert_eq!(
+            unescape("/a\\377"),
+            PathBuf::from(std::ffi::OsStr::from_bytes(b"/a\xff"))
+        );
+        assert_eq!(unescape("/mnt/x\\040"), PathBuf::from("/mnt/x "));
     }
 }

@@ -352,4 +352,112 @@ mod tests {
         assert!(present);
         assert!(!exists(&table));
     }
+
+    /// A random set of running VMs of a random store, as the store would have
+    /// them: hostile names (which reach the rules only through the hash in the
+    /// link's name), any addresses, rules and published ports.
+    fn random_vms(rng: &mut fastrand::Rng, store: &str) -> Vec<VmRules> {
+        (0..rng.usize(1..6))
+            .map(|i| {
+                let name = format!("{i}{}", crate::testing::text(rng, 12));
+                VmRules {
+                    link: super::super::veth_name(store, &name),
+                    name,
+                    ip: Ipv4Addr::from(rng.u32(..)),
+                    nat: rng.bool(),
+                    allow: (0..rng.usize(..4))
+                        .map(|_| crate::testing::rule(rng))
+                        .collect(),
+                    deny: (0..rng.usize(..4))
+                        .map(|_| crate::testing::rule(rng))
+                        .collect(),
+                    publish: (0..rng.usize(..3))
+                        .map(|_| crate::testing::publish(rng))
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    /// A bridge name as `fvm network` accepts it: 1 to 15 of `[A-Za-z0-9_.-]`,
+    /// with "fvm" in it.
+    fn random_bridge(rng: &mut fastrand::Rng) -> String {
+        const CHARS: &[u8] = b"abcXYZ019_.-";
+        let mut b: String = (0..rng.usize(..=12))
+            .map(|_| char::from(CHARS[rng.usize(..CHARS.len())]))
+            .collect();
+        b.insert_str(rng.usize(..=b.len()), "fvm");
+        b
+    }
+
+    #[test]
+    fn vm_names_never_reach_the_script() {
+        crate::testing::cases("nft names", 300, |rng| {
+            let vms = random_vms(rng, "1a2b3c4d");
+            let mut renamed = vms.clone();
+            for vm in &mut renamed {
+                vm.name = "x".into();
+                assert!(
+                    vm.link.len() == 14
+                        && vm.link.starts_with("fvm")
+                        && vm.link[3..].bytes().all(|b| b.is_ascii_hexdigit()),
+                    "{}",
+                    vm.link
+                );
+            }
+            let bridge = random_bridge(rng);
+            let r = |vms| Ruleset {
+                table: "fvm-1a2b3c4d",
+                bridge: &bridge,
+                subnet: "10.77.0.0/24".parse().unwrap(),
+                vms,
+            };
+            assert_eq!(r(&vms).script(), r(&renamed).script());
+        });
+    }
+
+    #[test]
+    fn any_vms_rules_are_accepted_by_nft() {
+        if !crate::testing::require_root("any_vms_rules_are_accepted_by_nft") {
+            return;
+        }
+        // Checked (`nft -c`), not applied: nothing changes on the host.
+        crate::testing::cases("nft scripts", 40, |rng| {
+            let store = format!("{:08x}", rng.u32(..));
+            let vms = random_vms(rng, &store);
+            let table = format!("fvm-{store}");
+            let bridge = random_bridge(rng);
+            let subnet = crate::net::Ipv4Net {
+                addr: Ipv4Addr::from(rng.u32(..)),
+                prefix: rng.u8(8..=30),
+            }
+            .trunc();
+            let r = Ruleset {
+                table: &table,
+                bridge: &bridge,
+                subnet,
+                vms: &vms,
+            };
+            let script = r.script();
+            let mut child = Command::new("nft")
+                .args(["-c", "-f", "-"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("nft is installed");
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(script.as_bytes())
+                .unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "nft refused:\n{}\n{script}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+    }
 }

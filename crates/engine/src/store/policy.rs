@@ -306,4 +306,121 @@ mod tests {
             Err(PolicyError::RelativeDir { .. })
         ));
     }
+
+    /// A random policy that is valid: random text where the file takes any, and
+    /// values of every limit and network setting.
+    fn random_policy(rng: &mut fastrand::Rng) -> Policy {
+        use crate::limits::Key;
+        use crate::net::NetMode;
+        let mut p = Policy::new(name("web1"), None);
+        p.description = crate::testing::text(rng, 40);
+        p.created = crate::testing::text(rng, 30);
+        if rng.bool() {
+            p.dir = Some(PathBuf::from(format!("/{}", crate::testing::text(rng, 20))));
+        }
+        p.security = [Security::Default, Security::Unconfined][rng.usize(..2)];
+        p.layers = [Layers::Disk, Layers::Volatile][rng.usize(..2)];
+        const VALUES: &[(Key, &[&str])] = &[
+            (Key::Memory, &["64M", "512M", "2G", "1073741824", "1T"]),
+            (Key::Swap, &["0", "128M", "1G"]),
+            (Key::Processes, &["1", "64", "100000"]),
+            (Key::Cpus, &["0.5", "1", "0.01", "1.25"]),
+            (Key::CpuWeight, &["1", "100", "10000"]),
+            (Key::Priority, &["low", "normal", "high"]),
+            (Key::ProcessMemory, &["64M", "4G"]),
+            (Key::CpuTime, &["1s", "90s", "1h30m"]),
+            (Key::OpenFiles, &["16", "1024", "65536"]),
+            (Key::Timeout, &["1s", "10m", "1h30m", "36h"]),
+            (Key::Disk, &["64M", "10G"]),
+            (Key::Inodes, &["1000", "100000"]),
+        ];
+        for (key, values) in VALUES {
+            if rng.bool() {
+                let mut limits = p.limits.clone();
+                limits.set(*key, values[rng.usize(..values.len())]).unwrap();
+                if limits.validate().is_ok() {
+                    p.limits = limits;
+                }
+            }
+        }
+        p.network.mode = [NetMode::Host, NetMode::None, NetMode::Bridge][rng.usize(..3)];
+        if p.network.mode == NetMode::Bridge {
+            if rng.bool() {
+                p.network.ip = Some(
+                    format!("10.77.{}.{}/24", rng.u8(..), rng.u8(1..255))
+                        .parse()
+                        .unwrap(),
+                );
+            }
+            p.network.nat = rng.bool();
+            p.network.dns = (0..rng.usize(..3)).map(|_| rng.u32(..).into()).collect();
+            p.network.allow = (0..rng.usize(..4))
+                .map(|_| crate::testing::rule(rng))
+                .collect();
+            p.network.deny = (0..rng.usize(..4))
+                .map(|_| crate::testing::rule(rng))
+                .collect();
+            for _ in 0..rng.usize(..4) {
+                let publish = crate::testing::publish(rng);
+                if !p
+                    .network
+                    .publish
+                    .iter()
+                    .any(|q| (q.host_port, q.proto) == (publish.host_port, publish.proto))
+                {
+                    p.network.publish.push(publish);
+                }
+            }
+        }
+        p
+    }
+
+    #[test]
+    fn any_policy_reads_back_as_itself() {
+        crate::testing::cases("policy round trip", 500, |rng| {
+            let p = random_policy(rng);
+            let text = p.to_toml();
+            let back = Policy::parse(&text, Path::new("vm.toml"), &name("web1"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back, p, "{text}");
+        });
+    }
+
+    #[test]
+    fn any_edit_of_a_policy_file_is_read_or_refused_in_one_line() {
+        crate::testing::cases("policy edits", 1500, |rng| {
+            let mut text: Vec<char> = random_policy(rng).to_toml().chars().collect();
+            for _ in 0..rng.usize(1..6) {
+                let at = rng.usize(..=text.len());
+                let piece: Vec<char> = crate::testing::text(rng, 6).chars().collect();
+                let end = if rng.bool() {
+                    (at + piece.len()).min(text.len())
+                } else {
+                    at
+                };
+                text.splice(at..end, piece);
+            }
+            let text: String = text.into_iter().collect();
+            match Policy::parse(&text, Path::new("vm.toml"), &name("web1")) {
+                Ok(p) => {
+                    // What was read is written and read back the same.
+                    let again = Policy::parse(&p.to_toml(), Path::new("vm.toml"), &name("web1"));
+                    assert_eq!(again.ok().as_ref(), Some(&p), "{text}");
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(
+                        !msg.contains('\n') && !msg.contains('\r'),
+                        "{msg:?} for\n{text}"
+                    );
+                    if let PolicyError::Parse { line, .. } = e {
+                        assert!(
+                            line >= 1 && line <= text.split('\n').count(),
+                            "line {line}: {msg}"
+                        );
+                    }
+                }
+            }
+        });
+    }
 }

@@ -192,4 +192,66 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert!(e[0].handle.is_empty());
     }
+
+    #[test]
+    fn any_bytes_are_parsed_without_a_panic_or_reading_past_a_record() {
+        crate::testing::cases("fanotify events", 3000, |rng| {
+            // Real events, then random edits (lengths and types are what the
+            // parser trusts), sometimes followed by an unknown info record.
+            let mut buf = Vec::new();
+            let mut made = Vec::new();
+            for _ in 0..rng.usize(1..4) {
+                let handle = crate::testing::bytes(rng, 20, &[]);
+                let name: String = (0..rng.usize(0..10)).map(|_| rng.alphanumeric()).collect();
+                buf.extend(raw(libc::FAN_CREATE, &handle, &name));
+                made.push((handle, name.into_bytes()));
+            }
+            let clean = parse(&buf);
+            let read: Vec<_> = clean
+                .iter()
+                .map(|e| (e.handle.clone(), e.name.clone()))
+                .collect();
+            assert_eq!(read, made);
+            for _ in 0..rng.usize(0..6) {
+                let at = rng.usize(..buf.len());
+                buf[at] = crate::testing::bytes(rng, 1, &[0, 1, 0xff, 0x7f, 8, 12, 24])
+                    .first()
+                    .copied()
+                    .unwrap_or(0);
+            }
+            let cut = rng.usize(..=buf.len());
+            let buf = if rng.bool() { &buf[..cut] } else { &buf[..] };
+            let events = parse(buf);
+            assert!(events.len() <= clean.len().max(buf.len() / METADATA_LEN));
+            for event in &events {
+                // What an event names was read from inside one info record: the
+                // record header, handle header and name come on top of it.
+                assert!(
+                    INFO_HEADER_LEN + 8 + event.handle.len() + event.name.len() <= buf.len(),
+                    "{event:?} from {} bytes",
+                    buf.len()
+                );
+            }
+        });
+    }
+
+    #[test]
+    fn a_handle_longer_than_its_record_is_no_handle() {
+        // A record claiming a 40-byte handle, followed by another record of the
+        // same event: the handle must not be read from the next record.
+        let mut ev = raw(libc::FAN_CREATE, &[1; 8], "a");
+        let info = METADATA_LEN;
+        let record = usize::from(u16_at(&ev, info + 2).unwrap());
+        ev[info + INFO_HEADER_LEN..info + INFO_HEADER_LEN + 4]
+            .copy_from_slice(&40u32.to_ne_bytes());
+        let mut next = vec![99u8, 0, 64, 0];
+        next.extend([0xaa; 60]);
+        ev.extend(&next);
+        let len = u32::try_from(ev.len()).unwrap();
+        ev[..4].copy_from_slice(&len.to_ne_bytes());
+        assert_eq!(info + record + next.len(), ev.len());
+        let events = parse(&ev);
+        assert_eq!(events.len(), 1);
+        assert!(events[0].handle.is_empty(), "{:?}", events[0]);
+    }
 }

@@ -41,18 +41,12 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Call first in every test that needs root. Returns false (after printing
-/// `SKIP (needs root): <test>`) when the test must be skipped; with
-/// `FVM_MUST_RUN=1` a skip is a failure instead.
+/// Call first in every test that needs root. Returns false when the test must be
+/// skipped: the skip is printed as `SKIP (needs root): <test>` (uncaptured) and
+/// counted under the harness's summary line; with `FVM_MUST_RUN=1` a skip is a
+/// failure instead.
 pub fn needs_root(test: &str) -> bool {
-    if is_root() {
-        return true;
-    }
-    if std::env::var("FVM_MUST_RUN").as_deref() == Ok("1") {
-        panic!("{test} needs root, and FVM_MUST_RUN=1 makes a skipped test a failure");
-    }
-    println!("SKIP (needs root): {test}");
-    false
+    is_root() || skip(test, "needs root")
 }
 
 /// Like [`needs_root`] for a test that also needs a host tool (e.g. `script`).
@@ -60,14 +54,12 @@ pub fn needs_tool(test: &str, tool: &str) -> bool {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
         .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var("FVM_MUST_RUN").as_deref() == Ok("1") {
-        panic!("{test} needs `{tool}`, and FVM_MUST_RUN=1 makes a skipped test a failure");
-    }
-    println!("SKIP (needs {tool}): {test}");
-    false
+    found || skip(test, &format!("needs {tool}"))
+}
+
+/// Skip `test` for `reason` visibly (see [`needs_root`]); always false.
+pub fn skip(test: &str, reason: &str) -> bool {
+    fvm_engine::testing::skip(test, reason)
 }
 
 // ---------------------------------------------------------------------------

@@ -396,10 +396,13 @@ pub fn start_server_in(store: &TestStore, vm: &str, bind: &str, port: u16, body:
 }
 
 /// The probes, in python3, run inside a VM: one line per argument, `OK <answer>`
-/// or `ERR <why>`. Exit status 0 unless python itself fails.
+/// or `ERR <why>`, in the order given. Exit status 0 unless python itself fails.
+/// The probes run at the same time: a batch with dropped destinations takes one
+/// PROBE_TIMEOUT, not one per drop.
 const PROBE_PY: &str = r#"
 import socket, sys
-for arg in sys.argv[1:]:
+from concurrent.futures import ThreadPoolExecutor
+def probe(arg):
     verb, host, port, src = arg.split(",")
     try:
         s = socket.create_connection(
@@ -417,12 +420,16 @@ for arg in sys.argv[1:]:
             status = head.split(b"\r\n")[0].decode(errors="replace")
             if status.split()[1:2] != ["200"]:
                 raise RuntimeError("answer: " + status)
-            print("OK", " ".join(body.decode(errors="replace").split()))
+            answer = "OK " + " ".join(body.decode(errors="replace").split())
         else:
-            print("OK connected")
+            answer = "OK connected"
         s.close()
+        return answer
     except Exception as e:
-        print("ERR", type(e).__name__, " ".join(str(e).split()))
+        return "ERR " + type(e).__name__ + " " + " ".join(str(e).split())
+with ThreadPoolExecutor(max(1, len(sys.argv) - 1)) as pool:
+    for line in pool.map(probe, sys.argv[1:]):
+        print(line)
 "#;
 
 /// Run the probes inside the VM `vm` (a command in it; a stopped VM is started for
