@@ -17,6 +17,7 @@ mod policy;
 mod state;
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -27,6 +28,9 @@ pub use state::{StartMode, State, StateError, Status};
 
 /// The file in a VM's `--dir` that marks it as that VM's.
 const OWNER_MARK: &str = ".fvm-owner";
+
+/// How a deleted VM's directory is renamed in `vms/` until it is removed.
+const TRASH: &str = ".trash-";
 
 /// The default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/fvm";
@@ -201,7 +205,7 @@ impl Store {
         let _lock = self.lock()?;
         let trash = self
             .vms()
-            .join(format!(".trash-{}-{}", vm.name, std::process::id()));
+            .join(format!("{TRASH}{}-{}", vm.name, std::process::id()));
         std::fs::rename(&vm.path, &trash).map_err(|source| StoreError::Delete {
             path: vm.path.clone(),
             source,
@@ -228,20 +232,45 @@ impl Store {
     /// Takes the store lock, so it never races a create or delete in progress.
     pub fn sweep(&self) -> Result<Vec<PathBuf>, StoreError> {
         let _lock = self.lock()?;
+        self.remove_leftovers(true)
+    }
+
+    /// Finish deletes that were interrupted (killed, or the machine went down):
+    /// each left a `.trash-*` directory holding the VM's layers. Every command on
+    /// the store calls this first. It does nothing while another command holds the
+    /// store lock, since a delete in progress holds it until its trash is gone.
+    pub fn finish_deletes(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let trash = |n: &std::ffi::OsStr| n.as_bytes().starts_with(TRASH.as_bytes());
+        let any = std::fs::read_dir(self.vms())
+            .map(|d| d.filter_map(Result::ok).any(|e| trash(&e.file_name())))
+            .unwrap_or(false);
+        if !any {
+            return Ok(Vec::new());
+        }
+        let path = self.root.join("lock");
+        match Lock::try_exclusive(&path) {
+            Ok(Some(_lock)) => self.remove_leftovers(false),
+            Ok(None) => Ok(Vec::new()),
+            Err(source) => Err(StoreError::Lock { path, source }),
+        }
+    }
+
+    /// Remove the `.trash-*` directories (and the `.new-*` ones whose create is
+    /// gone, if `new_too`); the caller holds the store lock.
+    fn remove_leftovers(&self, new_too: bool) -> Result<Vec<PathBuf>, StoreError> {
         let mut removed = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.vms()) else {
             return Ok(removed);
         };
         for e in entries.filter_map(Result::ok) {
             let n = e.file_name();
-            let n = n.to_string_lossy();
+            let n = n.as_bytes();
+            let new = new_too && n.starts_with(b".new-");
             // A create (or copy) still filling its directory holds its lock.
-            if n.starts_with(".new-")
-                && matches!(Lock::try_exclusive(&e.path().join("lock")), Ok(None))
-            {
+            if new && matches!(Lock::try_exclusive(&e.path().join("lock")), Ok(None)) {
                 continue;
             }
-            if n.starts_with(".new-") || n.starts_with(".trash-") {
+            if new || n.starts_with(TRASH.as_bytes()) {
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
                     source,

@@ -82,6 +82,19 @@ fn sweep_removes_leftovers_of_crashed_operations() {
 }
 
 #[test]
+fn an_interrupted_delete_is_finished_unless_a_delete_is_under_way() {
+    let (_d, s) = store();
+    std::fs::create_dir_all(s.vms().join(".trash-y-2/layers/a")).unwrap();
+    std::fs::create_dir_all(s.vms().join(".new-x-1/layers")).unwrap();
+    let held = s.lock().unwrap();
+    assert!(s.finish_deletes().unwrap().is_empty());
+    drop(held);
+    assert_eq!(s.finish_deletes().unwrap(), [s.vms().join(".trash-y-2")]);
+    // A create's leftover is `doctor --cleanup`'s (it checks the create's lock).
+    assert!(s.vms().join(".new-x-1").exists());
+}
+
+#[test]
 fn a_vm_filled_before_it_appears_is_all_or_nothing() {
     let (_d, s) = store();
     let vm = s
