@@ -214,6 +214,31 @@ fn open_checked(parent: &OwnedFd, name: &CStr, seen: &Level) -> io::Result<Owned
     Ok(fd)
 }
 
+/// Open the directory `rel` below `root` one component at a time, with
+/// `O_NOFOLLOW | O_DIRECTORY` and on `root`'s filesystem only; `..` is refused.
+/// Holds two fds at most, and works for paths of any length.
+pub fn open_beneath(root: &OwnedFd, rel: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let dev = rustix::fs::fstat(root)?.st_dev;
+    let mut fd = root.try_clone()?;
+    for c in rel.components() {
+        let std::path::Component::Normal(name) = c else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a path below the directory",
+            ));
+        };
+        let name = CString::new(name.as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+        let next = rustix::fs::openat(&fd, &name, DIR_FLAGS, Mode::empty())?;
+        if rustix::fs::fstat(&next)?.st_dev != dev {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        fd = next;
+    }
+    Ok(fd)
+}
+
 /// The names in a directory, without `.` and `..`, sorted.
 pub fn names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
     let mut v = Vec::new();

@@ -152,8 +152,9 @@ pub enum Descend {
 /// Walk an upper directory depth-first, parents before children, entries of a
 /// directory in name order. `visit` sees every entry (the root first, with an
 /// empty `rel`) and decides whether to descend into directories; `leave` is
-/// called after a directory's children. Stays on the upper's filesystem and never
-/// follows a symlink.
+/// called after a directory's children, for every directory `visit` said to
+/// descend into (also when it could not be entered). Stays on the upper's
+/// filesystem and never follows a symlink.
 ///
 /// The walk is a loop over a [`DirChain`], not a recursion: its stack, its open
 /// fds and its memory stay bounded at any depth (the names of the directories on
@@ -210,10 +211,12 @@ pub fn walk(
             name: &name,
             stat,
         };
-        let descend = visit(&entry)? == Descend::Yes
-            && FileType::from_raw_mode(stat.st_mode) == FileType::Directory
-            && stat.st_dev == dev;
-        let sub = if descend {
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        if visit(&entry)? == Descend::No || !is_dir {
+            rel.pop();
+            continue;
+        }
+        let sub = if stat.st_dev == dev {
             match open_same(dir, &name, &stat).and_then(|fd| Ok((dirchain::names(&fd)?, fd))) {
                 Ok(s) => Some(s),
                 Err(e) if dirchain::vanished(&e) => {
@@ -230,7 +233,9 @@ pub fn walk(
                 chain.push_seen(&name, fd, &stat);
                 todo.push(names.into_iter());
             }
+            // Left at once: another filesystem, or gone.
             None => {
+                leave(&rel)?;
                 rel.pop();
             }
         }
