@@ -207,8 +207,7 @@ impl Copier<'_> {
         }
         // Directories the walk did not come back from (gone meanwhile) are
         // finished here, before a sibling or an uncle is made.
-        let depth = e.rel.components().count();
-        self.unwind_to(depth)?;
+        self.unwind_to(e.depth)?;
         let src_path = || self.src.join(e.rel);
         let dst_path = || self.dst.join(e.rel);
         let ft = e.file_type();

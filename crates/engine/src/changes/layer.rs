@@ -97,6 +97,8 @@ pub fn layers(layers_dir: &Path) -> io::Result<Vec<Layer>> {
 pub struct Entry<'a> {
     /// Relative to the upper directory ("" for the upper directory itself).
     pub rel: &'a Path,
+    /// How many names `rel` has (0 for the upper directory itself).
+    pub depth: usize,
     /// The directory holding it, and its name there (for the upper directory
     /// itself: the upper directory and ".").
     pub parent: &'a OwnedFd,
@@ -170,6 +172,7 @@ pub fn walk(
     let stat = rustix::fs::fstat(chain.root())?;
     let root = Entry {
         rel: Path::new(""),
+        depth: 0,
         parent: chain.root(),
         name: c".",
         stat,
@@ -207,6 +210,7 @@ pub fn walk(
         rel.push(OsStr::from_bytes(name.to_bytes()));
         let entry = Entry {
             rel: &rel,
+            depth: chain.depth() + 1,
             parent: dir,
             name: &name,
             stat,

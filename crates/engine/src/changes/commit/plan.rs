@@ -95,7 +95,7 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
             continue;
         }
         let it = &items[i];
-        todo.extend(structure(items, layers, &by_path, i));
+        todo.extend(structure(items, layers, &by_path, &chosen, i));
         if let Some(u) = &it.unit {
             todo.extend(&by_unit[u.as_path()]);
             todo.extend(by_path.get(u.as_path()));
@@ -146,11 +146,14 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     plan
 }
 
-/// The directories the host lacks (or has as something else) above item `i`.
+/// The directories the host lacks (or has as something else) above item `i`, up
+/// to the first one chosen already (which brought those above it): a VM's tree
+/// thousands of levels deep costs one pass over each path, not one per level.
 fn structure<'a>(
     items: &'a [Item],
     layers: &[Layer],
     by_path: &'a HashMap<&Path, usize>,
+    chosen: &'a [bool],
     i: usize,
 ) -> impl Iterator<Item = usize> + 'a {
     let it = &items[i];
@@ -160,6 +163,7 @@ fn structure<'a>(
         .skip(1)
         .take_while(move |a| a.starts_with(&mount) && *a != mount)
         .filter_map(|a| by_path.get(a).copied())
+        .take_while(|&j| !chosen[j])
         .filter(|&j| needs_structure(&items[j]))
 }
 
