@@ -20,7 +20,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 
 /// How many of the deepest levels keep their fd open (the root's is always open).
-pub const WINDOW: usize = 32;
+pub const WINDOW: usize = 16;
 
 const DIR_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::DIRECTORY)

@@ -144,7 +144,9 @@ pub fn scan(
             .as_bytes()
             .cmp(b.path.as_os_str().as_bytes())
     });
-    out.dedup_by(|a, b| a.path == b.path);
+    // The paths are clean (made by joining names): equal bytes are equal paths, and
+    // comparing bytes doesn't parse two long paths from the end for each pair.
+    out.dedup_by(|a, b| a.path.as_os_str() == b.path.as_os_str());
     Ok(out)
 }
 

@@ -99,6 +99,9 @@ impl Tree {
     /// Go up to the first `len` bytes of the current path (a whole number of
     /// names).
     fn up_to(&mut self, len: usize) {
+        if len == self.at.len() {
+            return;
+        }
         let depth = match len {
             0 => 0,
             n => self.at[..n].iter().filter(|&&b| b == b'/').count() + 1,
