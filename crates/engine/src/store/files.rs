@@ -174,6 +174,27 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     remove_tree_at(parent.as_fd(), &name)
 }
 
+/// Delete the directory `path` like [`remove_tree`], its entry `last` only after
+/// everything else in it.
+pub fn remove_tree_last(path: &Path, last: &str) -> io::Result<()> {
+    let dir = match rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    for name in crate::dirchain::names(&dir)? {
+        if name.as_bytes() != last.as_bytes() {
+            remove_tree_at(dir.as_fd(), &name)?;
+        }
+    }
+    drop(dir);
+    remove_tree(path)
+}
+
 /// Delete `name` in `parent` and, if it is a directory, everything below it.
 /// Fine if it is gone already.
 ///

@@ -179,8 +179,11 @@ impl Store {
         }
     }
 
+    /// Remove a VM's `--dir`, its owner mark last: a delete killed half-way
+    /// leaves the mark, so the next command can still tell the rest is the VM's
+    /// and finish the job.
     fn release_dir(&self, dir: &Path) -> io::Result<()> {
-        files::remove_tree(dir)
+        files::remove_tree_last(dir, OWNER_MARK)
     }
 
     /// Delete a VM's `--dir`, but only if it carries this VM's owner mark: a policy
@@ -271,6 +274,9 @@ impl Store {
                 continue;
             }
             if new || n.starts_with(TRASH.as_bytes()) {
+                if !new {
+                    self.release_dir_of_trash(&e.path())?;
+                }
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
                     source,
@@ -279,6 +285,37 @@ impl Store {
             }
         }
         Ok(removed)
+    }
+
+    /// The `--dir` of a VM whose delete was interrupted (named by the policy in
+    /// its trash, `.trash-NAME-PID`), released as its delete would have.
+    fn release_dir_of_trash(&self, trash: &Path) -> Result<(), StoreError> {
+        let name = trash
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(TRASH))
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(name, _pid)| VmName::new(name).ok());
+        let Some(name) = name else {
+            return Ok(());
+        };
+        // Gone with the first files removed (the dir was released before that).
+        let Ok(policy) = Policy::load(&trash.join("vm.toml"), &name) else {
+            return Ok(());
+        };
+        let Some(dir) = policy.dir else {
+            return Ok(());
+        };
+        let fail = |source| StoreError::Delete {
+            path: dir.clone(),
+            source,
+        };
+        self.release_owned_dir(&dir, &name).map_err(fail)?;
+        self.set_dirs(|dirs| dirs.retain(|d| *d != dir))
+            .map_err(|source| StoreError::Delete {
+                path: self.root.join("dirs"),
+                source,
+            })
     }
 
     /// Every host path where VM layers live: the store root and all `--dir`s. These

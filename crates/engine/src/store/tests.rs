@@ -56,6 +56,35 @@ fn external_dir_is_claimed_hidden_and_released() {
 }
 
 #[test]
+fn an_interrupted_delete_releases_the_vms_dir_too() {
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("web1");
+    let vm = s
+        .create_vm(&Policy::new(name("web1"), Some(dir.clone())))
+        .unwrap();
+    std::fs::create_dir_all(dir.join("layers/a/b")).unwrap();
+    // Killed after the rename into the trash, half-way through the dir (whose
+    // owner mark goes last).
+    std::fs::rename(vm.path(), s.vms().join(".trash-web1-4242")).unwrap();
+    std::fs::remove_dir(dir.join("layers/a/b")).unwrap();
+    assert!(s.private_paths().contains(&dir));
+    assert_eq!(s.finish_deletes().unwrap().len(), 1);
+    assert!(!dir.exists());
+    assert!(!s.private_paths().contains(&dir));
+    // The owner mark still decides: a trash naming someone else's dir leaves it.
+    let precious = outside.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    let vm = s.create_vm(&Policy::new(name("a"), None)).unwrap();
+    let mut p = vm.load_policy().unwrap();
+    p.dir = Some(precious.clone());
+    vm.save_policy(&p).unwrap();
+    std::fs::rename(vm.path(), s.vms().join(".trash-a-1")).unwrap();
+    assert_eq!(s.finish_deletes().unwrap().len(), 1);
+    assert!(precious.is_dir());
+}
+
+#[test]
 fn a_dir_without_the_owner_mark_is_never_deleted() {
     let (_d, s) = store();
     let outside = tempfile::tempdir().unwrap();
