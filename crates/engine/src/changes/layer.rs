@@ -267,20 +267,7 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
         std::os::unix::fs::symlink(outside.path(), upper.join("link")).unwrap();
-        let mut seen = Vec::new();
-        let mut left = Vec::new();
-        walk(
-            &upper,
-            &mut |e| {
-                seen.push(e.rel.display().to_string());
-                Ok(Descend::Yes)
-            },
-            &mut |rel| {
-                left.push(rel.display().to_string());
-                Ok(())
-            },
-        )
-        .unwrap();
+        let (seen, left) = walk_all(&upper, |_| {});
         assert_eq!(seen, ["", "a", "b", "b/c", "b/c/f", "link"]);
         assert_eq!(left, ["b/c", "b"]);
     }

@@ -177,14 +177,8 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// Delete the directory `path` like [`remove_tree`], its entry `last` only after
 /// everything else in it.
 pub fn remove_tree_last(path: &Path, last: &str) -> io::Result<()> {
-    let dir = match rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some(dir) = open_dir(rustix::fs::CWD, path)? else {
+        return Ok(());
     };
     for name in crate::dirchain::names(&dir)? {
         if name.as_bytes() != last.as_bytes() {
@@ -213,15 +207,8 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
         Err(rustix::io::Errno::ISDIR) => {}
         Err(e) => return Err(e.into()),
     }
-    let top = match rustix::fs::openat(
-        parent,
-        name,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e.into()),
+    let Some(top) = open_dir(parent, name)? else {
+        return Ok(());
     };
     let mut chain = DirChain::new(top)?;
     // The subdirectories still to remove in each directory of the chain.
@@ -254,6 +241,21 @@ pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
     drop(chain);
     match unlink(parent, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Open the directory `name` under `dir` without following a symlink; `None` if
+/// it is gone.
+fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<Option<OwnedFd>> {
+    match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
