@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn walks_deeper_than_the_fd_window_and_path_max() {
         // Deeper than the window of open fds, and its paths longer than PATH_MAX.
-        let depth = dirchain::WINDOW * 3;
+        let depth = dirchain::WINDOW * 2 + libc::PATH_MAX as usize / X.count_bytes();
         assert!(depth * X.count_bytes() > libc::PATH_MAX as usize);
         let d = deep_layer(depth);
         let (seen, left) = walk_all(d.path(), |e| {
