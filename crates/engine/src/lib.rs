@@ -15,11 +15,13 @@
 //! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
 //! - [`watch`]: host changes made visible in running VMs;
-//! - [`doctor`]: what this host supports.
+//! - [`doctor`]: what this host supports;
+//! - [`dirchain`]: host-side tree walks with bounded fds, whatever the depth.
 
 pub mod cgroup;
 pub mod changes;
 pub mod confine;
+pub mod dirchain;
 pub mod doctor;
 pub mod limits;
 pub mod mounts;

@@ -33,6 +33,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use super::content;
 use super::data;
 use super::layer::{self, Descend, Entry};
+use crate::dirchain::{self, DirChain};
 
 /// What a copy made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,6 +93,7 @@ pub fn copy_tree(
         src: src_upper,
         dst: dst_upper,
         dirs: Vec::new(),
+        chain: None,
         linked: HashMap::new(),
         stats: CopyStats::default(),
         content: content::Copier::default(),
@@ -108,9 +110,8 @@ pub fn copy_tree(
         return Err(e);
     }
     if let Err(source) = walked {
-        let at = copier.dirs.last().map_or(PathBuf::new(), |d| d.rel.clone());
         return Err(CopyError::Read {
-            path: src_upper.join(at),
+            path: copier.open_path(src_upper),
             source,
         });
     }
@@ -120,8 +121,6 @@ pub fn copy_tree(
 
 /// A destination directory whose mode and times are set once its children are in.
 struct Dir {
-    fd: File,
-    rel: PathBuf,
     stat: Stat,
     default_acl: Option<Vec<u8>>,
 }
@@ -129,8 +128,10 @@ struct Dir {
 struct Copier<'a> {
     src: &'a Path,
     dst: &'a Path,
-    /// The open destination directories from the root down to the current one.
+    /// The destination directories from the root down to the current one...
     dirs: Vec<Dir>,
+    /// ... and their fds (a bounded number of them open; see `DirChain`).
+    chain: Option<DirChain>,
     /// Where the first copy of each multiply-linked inode went (relative path).
     linked: HashMap<(u64, u64), PathBuf>,
     stats: CopyStats,
@@ -155,21 +156,46 @@ impl Copier<'_> {
         })
     }
 
+    /// The path below `base` of the deepest open destination directory.
+    fn open_path(&self, base: &Path) -> PathBuf {
+        let mut p = base.to_owned();
+        if let Some(c) = &self.chain {
+            p.extend(c.names().map(|n| OsStr::from_bytes(n.to_bytes())));
+        }
+        p
+    }
+
+    /// The deepest open destination directory.
+    fn top(&self) -> Result<&OwnedFd, CopyError> {
+        self.chain
+            .as_ref()
+            .and_then(DirChain::top)
+            .ok_or_else(|| CopyError::Create {
+                path: self.open_path(self.dst),
+                source: io::Error::other("the copy's directory moved"),
+            })
+    }
+
     /// Finish every open directory deeper than `depth` (the root has depth 0).
     fn unwind_to(&mut self, depth: usize) -> Result<(), CopyError> {
         while self.dirs.len() > depth {
             let dir = self.dirs.pop().expect("not empty");
-            if let Some(acl) = &dir.default_acl {
-                set_xattr(&Xattrs::Fd(&dir.fd), OsStr::new(DEFAULT_ACL), acl)
-                    .map_err(|e| self.xattr_error(&dir.rel, e))?;
-            }
+            let fd = self.top()?;
             let fail = |source| CopyError::Metadata {
-                path: self.dst.join(&dir.rel),
+                path: self.open_path(self.dst),
                 source,
             };
-            rustix::fs::fchmod(&dir.fd, mode_of(&dir.stat)).map_err(|e| fail(e.into()))?;
-            rustix::fs::futimens(&dir.fd, &data::times_of(&dir.stat))
-                .map_err(|e| fail(e.into()))?;
+            if let Some(acl) = &dir.default_acl {
+                let file = File::from(fd.try_clone().map_err(fail)?);
+                let rel = self.open_path(Path::new(""));
+                set_xattr(&Xattrs::Fd(&file), OsStr::new(DEFAULT_ACL), acl)
+                    .map_err(|e| self.xattr_error(&rel, e))?;
+            }
+            rustix::fs::fchmod(fd, mode_of(&dir.stat)).map_err(|e| fail(e.into()))?;
+            rustix::fs::futimens(fd, &data::times_of(&dir.stat)).map_err(|e| fail(e.into()))?;
+            if let Some(c) = &mut self.chain {
+                c.pop();
+            }
         }
         Ok(())
     }
@@ -181,25 +207,37 @@ impl Copier<'_> {
         }
         // Directories the walk did not come back from (gone meanwhile) are
         // finished here, before a sibling or an uncle is made.
-        let depth = e.rel.components().count();
-        self.unwind_to(depth)?;
+        self.unwind_to(e.depth)?;
         let src_path = || self.src.join(e.rel);
         let dst_path = || self.dst.join(e.rel);
-        let parent = &self.dirs[depth - 1].fd;
         let ft = e.file_type();
         if ft != FileType::Directory && e.stat.st_nlink > 1 {
             let key = (e.stat.st_dev, e.stat.st_ino);
             if let Some(first) = self.linked.get(&key) {
-                rustix::fs::linkat(&self.dirs[0].fd, first, parent, e.name, AtFlags::empty())
-                    .map_err(|err| CopyError::Create {
+                let parent = self.top()?;
+                // By the first copy's directory: its path may be longer than PATH_MAX.
+                let (dir, name) = super::tree::split(first);
+                let root = self.chain.as_ref().expect("the root is made first").root();
+                dirchain::open_beneath(root, dir)
+                    .and_then(|from| {
+                        Ok(rustix::fs::linkat(
+                            &from,
+                            name,
+                            parent,
+                            e.name,
+                            AtFlags::empty(),
+                        )?)
+                    })
+                    .map_err(|source| CopyError::Create {
                         path: dst_path(),
-                        source: err.into(),
+                        source,
                     })?;
                 self.stats.hard_links += 1;
                 return Ok(Descend::No);
             }
             self.linked.insert(key, e.rel.to_owned());
         }
+        let parent = self.top()?;
         let create = |err: rustix::io::Errno| CopyError::Create {
             path: dst_path(),
             source: err.into(),
@@ -212,7 +250,7 @@ impl Copier<'_> {
                     path: src_path(),
                     source,
                 })?);
-                self.start_dir(fd, e.rel, e.stat, &Xattrs::Fd(&src))?;
+                self.start_dir(fd, Some(e.name), e.rel, e.stat, &Xattrs::Fd(&src))?;
                 self.stats.dirs += 1;
                 Ok(Descend::Yes)
             }
@@ -260,7 +298,7 @@ impl Copier<'_> {
             path: self.src.to_owned(),
             source,
         })?);
-        self.start_dir(fd, Path::new(""), e.stat, &Xattrs::Fd(&src))
+        self.start_dir(fd, None, Path::new(""), e.stat, &Xattrs::Fd(&src))
     }
 
     /// Owner and xattrs of a new directory now (the opaque marker before anything
@@ -268,6 +306,7 @@ impl Copier<'_> {
     fn start_dir(
         &mut self,
         fd: OwnedFd,
+        name: Option<&CStr>,
         rel: &Path,
         stat: Stat,
         src: &Xattrs<'_>,
@@ -281,12 +320,12 @@ impl Copier<'_> {
             .map_err(|e| fail(e.into()))?;
         let default_acl =
             copy_xattrs(src, &Xattrs::Fd(&fd)).map_err(|e| self.xattr_error(rel, e))?;
-        self.dirs.push(Dir {
-            fd,
-            rel: rel.to_owned(),
-            stat,
-            default_acl,
-        });
+        let fd = OwnedFd::from(fd);
+        match (&mut self.chain, name) {
+            (Some(c), Some(name)) => c.push(name, fd).map_err(fail)?,
+            _ => self.chain = Some(DirChain::new(fd).map_err(fail)?),
+        }
+        self.dirs.push(Dir { stat, default_acl });
         Ok(())
     }
 
@@ -295,7 +334,7 @@ impl Copier<'_> {
             path: self.src.join(e.rel),
             source,
         })?);
-        let parent = &self.dirs[e.rel.components().count() - 1].fd;
+        let parent = self.top()?;
         let dst = rustix::fs::openat(
             parent,
             e.name,
@@ -333,7 +372,7 @@ impl Copier<'_> {
     /// Owner, xattrs, mode and times of a new entry that can't be opened (symlink,
     /// fifo, socket, device), by name under its parent's fd.
     fn finish_at(&self, e: &Entry<'_>) -> Result<(), CopyError> {
-        let parent = &self.dirs[e.rel.components().count() - 1].fd;
+        let parent = self.top()?;
         let fail = |source: rustix::io::Errno| CopyError::Metadata {
             path: self.dst.join(e.rel),
             source: source.into(),

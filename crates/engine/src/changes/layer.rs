@@ -6,9 +6,11 @@
 //! is the single source of truth for what the VM changed (docs/commit.md).
 //!
 //! Everything in an upper directory was written by the VM, so it is read like
-//! hostile input: the walk holds a directory fd for each level and opens the next
-//! with `O_NOFOLLOW | O_DIRECTORY`, so a symlink (or one swapped in while a VM
-//! runs) can never take it outside the layer.
+//! hostile input: the walk goes by directory fd ([`DirChain`]) and opens the next
+//! level with `O_NOFOLLOW | O_DIRECTORY`, checking it is the inode it saw, so a
+//! symlink (or one swapped in while a VM runs) can never take it outside the
+//! layer; and it is a loop with a bounded number of open fds, so no depth the VM
+//! makes can exhaust fvm's stack or fd limit.
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
@@ -16,8 +18,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
+use rustix::fs::{FileType, Mode, OFlags, Stat};
 
+use crate::dirchain::{self, DirChain};
 use crate::mounts::plan::layer_key;
 
 /// The file in a layer directory that names its host mount point.
@@ -111,6 +114,8 @@ pub fn layers(layers_dir: &Path) -> io::Result<Vec<Layer>> {
 pub struct Entry<'a> {
     /// Relative to the upper directory ("" for the upper directory itself).
     pub rel: &'a Path,
+    /// How many names `rel` has (0 for the upper directory itself).
+    pub depth: usize,
     /// The directory holding it, and its name there (for the upper directory
     /// itself: the upper directory and ".").
     pub parent: &'a OwnedFd,
@@ -137,7 +142,8 @@ impl Entry<'_> {
 }
 
 /// Open `name` under `parent` read-only, not following symlinks and not blocking
-/// (a fifo), and check it is the inode `seen` describes.
+/// (a fifo), and check it is the inode `seen` describes. An entry that is no
+/// longer that inode is an error of kind `NotFound` (see [`dirchain::vanished`]).
 pub fn open_same(parent: &OwnedFd, name: &CStr, seen: &Stat) -> io::Result<OwnedFd> {
     let mut flags =
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC;
@@ -147,7 +153,10 @@ pub fn open_same(parent: &OwnedFd, name: &CStr, seen: &Stat) -> io::Result<Owned
     let fd = rustix::fs::openat(parent, name, flags, Mode::empty())?;
     let now = rustix::fs::fstat(&fd)?;
     if now.st_ino != seen.st_ino || now.st_dev != seen.st_dev {
-        return Err(io::Error::other("the entry changed while it was read"));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "the entry changed while it was read",
+        ));
     }
     Ok(fd)
 }
@@ -162,74 +171,94 @@ pub enum Descend {
 /// Walk an upper directory depth-first, parents before children, entries of a
 /// directory in name order. `visit` sees every entry (the root first, with an
 /// empty `rel`) and decides whether to descend into directories; `leave` is
-/// called after a directory's children. Stays on the upper's filesystem and never
-/// follows a symlink.
+/// called after a directory's children, for every directory `visit` said to
+/// descend into (also when it could not be entered). Stays on the upper's
+/// filesystem and never follows a symlink.
+///
+/// The walk is a loop over a [`DirChain`], not a recursion: its stack, its open
+/// fds and its memory stay bounded at any depth (the names of the directories on
+/// the current path, and the names left to visit in each of them). Entries that
+/// vanish or change while the walk runs (a running VM) are skipped, and so is
+/// what is left of a directory that moved.
 pub fn walk(
     upper: &Path,
     visit: &mut dyn FnMut(&Entry<'_>) -> io::Result<Descend>,
     leave: &mut dyn FnMut(&Path) -> io::Result<()>,
 ) -> io::Result<()> {
-    let root = rustix::fs::open(
-        upper,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    let stat = rustix::fs::fstat(&root)?;
-    let dot = CString::new(".").expect("no NUL");
-    let entry = Entry {
+    let mut chain = DirChain::open(upper)?;
+    let stat = rustix::fs::fstat(chain.root())?;
+    let root = Entry {
         rel: Path::new(""),
-        parent: &root,
-        name: &dot,
+        depth: 0,
+        parent: chain.root(),
+        name: c".",
         stat,
     };
-    if visit(&entry)? == Descend::Yes {
-        walk_dir(&root, PathBuf::new(), stat.st_dev, visit, leave)?;
+    if visit(&root)? == Descend::No {
+        return Ok(());
     }
-    Ok(())
-}
-
-fn walk_dir(
-    dir: &OwnedFd,
-    rel: PathBuf,
-    dev: u64,
-    visit: &mut dyn FnMut(&Entry<'_>) -> io::Result<Descend>,
-    leave: &mut dyn FnMut(&Path) -> io::Result<()>,
-) -> io::Result<()> {
-    let mut names: Vec<CString> = Vec::new();
-    for e in rustix::fs::Dir::read_from(dir)? {
-        let e = e?;
-        let n = e.file_name();
-        if n.to_bytes() != b"." && n.to_bytes() != b".." {
-            names.push(n.to_owned());
-        }
-    }
-    names.sort();
-    for name in names {
-        let stat = match rustix::fs::statat(dir, &*name, AtFlags::SYMLINK_NOFOLLOW) {
+    let dev = stat.st_dev;
+    let mut rel = PathBuf::new();
+    // The names still to visit in each directory of the chain.
+    let mut todo: Vec<std::vec::IntoIter<CString>> =
+        vec![dirchain::names(chain.root())?.into_iter()];
+    while let Some(names) = todo.last_mut() {
+        let next = match chain.top() {
+            Some(dir) => names.next().map(|n| (dir, n)),
+            // Moved while we were below it: what is left of it can't be reached.
+            None => None,
+        };
+        let Some((dir, name)) = next else {
+            todo.pop();
+            if todo.is_empty() {
+                break;
+            }
+            chain.pop();
+            leave(&rel)?;
+            rel.pop();
+            continue;
+        };
+        let stat = match dirchain::lstat_at(dir, &name) {
             Ok(s) => s,
             // Removed meanwhile (a running VM): nothing to report.
-            Err(rustix::io::Errno::NOENT) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) if dirchain::vanished(&e) => continue,
+            Err(e) => return Err(e),
         };
-        let child_rel = rel.join(OsStr::from_bytes(name.to_bytes()));
+        rel.push(OsStr::from_bytes(name.to_bytes()));
         let entry = Entry {
-            rel: &child_rel,
+            rel: &rel,
+            depth: chain.depth() + 1,
             parent: dir,
             name: &name,
             stat,
         };
-        let descend = visit(&entry)?;
-        if descend == Descend::Yes
-            && FileType::from_raw_mode(stat.st_mode) == FileType::Directory
-            && stat.st_dev == dev
-        {
-            let sub = match open_same(dir, &name, &stat) {
-                Ok(fd) => fd,
-                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+        let is_dir = FileType::from_raw_mode(stat.st_mode) == FileType::Directory;
+        if visit(&entry)? == Descend::No || !is_dir {
+            rel.pop();
+            continue;
+        }
+        let sub = if stat.st_dev == dev {
+            match open_same(dir, &name, &stat).and_then(|fd| Ok((dirchain::names(&fd)?, fd))) {
+                Ok(s) => Some(s),
+                Err(e) if dirchain::vanished(&e) => {
+                    tracing::debug!(path = %rel.display(), "changed during the walk; skipped");
+                    None
+                }
                 Err(e) => return Err(e),
-            };
-            walk_dir(&sub, child_rel.clone(), dev, visit, leave)?;
-            leave(&child_rel)?;
+            }
+        } else {
+            None
+        };
+        match sub {
+            Some((names, fd)) => {
+                chain.push_seen(&name, fd, &stat);
+                todo.push(names.into_iter());
+            }
+            // Left at once: another filesystem, or gone.
+            None => {
+                leave(&rel)?;
+                rel.pop();
+            }
         }
     }
     Ok(())
@@ -255,11 +284,41 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         std::fs::write(outside.path().join("secret"), "s").unwrap();
         std::os::unix::fs::symlink(outside.path(), upper.join("link")).unwrap();
-        let mut seen = Vec::new();
-        let mut left = Vec::new();
+        let (seen, left) = walk_all(&upper, |_| {});
+        assert_eq!(seen, ["", "a", "b", "b/c", "b/c/f", "link"]);
+        assert_eq!(left, ["b/c", "b"]);
+    }
+
+    /// A directory name of 60 bytes.
+    const X: &CStr = c"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx";
+
+    /// `a/X/X/.../X` (`depth` levels of `X`) with a file `f` at the bottom, then
+    /// `a/zz` and `b`.
+    fn deep_layer(depth: usize) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        let mut c = DirChain::open(d.path()).unwrap();
+        for name in std::iter::once(c"a").chain(std::iter::repeat_n(X, depth)) {
+            rustix::fs::mkdirat(c.top().unwrap(), name, Mode::RWXU).unwrap();
+            c.enter(name).unwrap();
+        }
+        rustix::fs::openat(
+            c.top().unwrap(),
+            c"f",
+            OFlags::CREATE | OFlags::WRONLY,
+            Mode::RUSR,
+        )
+        .unwrap();
+        std::fs::write(d.path().join("a/zz"), "").unwrap();
+        std::fs::write(d.path().join("b"), "").unwrap();
+        d
+    }
+
+    fn walk_all(upper: &Path, mut on: impl FnMut(&Entry<'_>)) -> (Vec<String>, Vec<String>) {
+        let (mut seen, mut left) = (Vec::new(), Vec::new());
         walk(
-            &upper,
+            upper,
             &mut |e| {
+                on(e);
                 seen.push(e.rel.display().to_string());
                 Ok(Descend::Yes)
             },
@@ -269,8 +328,55 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(seen, ["", "a", "b", "b/c", "b/c/f", "link"]);
-        assert_eq!(left, ["b/c", "b"]);
+        (seen, left)
+    }
+
+    #[test]
+    fn walks_deeper_than_the_fd_window_and_path_max() {
+        // Deeper than the window of open fds, and its paths longer than PATH_MAX.
+        let depth = dirchain::WINDOW * 2 + libc::PATH_MAX as usize / X.count_bytes();
+        assert!(depth * X.count_bytes() > libc::PATH_MAX as usize);
+        let d = deep_layer(depth);
+        let (seen, left) = walk_all(d.path(), |e| {
+            // Each entry's parent is the directory it is in.
+            let parent = rustix::fs::fstat(e.parent).unwrap();
+            let st = dirchain::lstat_at(e.parent, e.name).unwrap();
+            assert_eq!(st.st_ino, e.stat.st_ino);
+            assert_eq!(parent.st_dev, e.stat.st_dev);
+        });
+        assert_eq!(seen.len(), 1 + 1 + depth + 1 + 2);
+        let deepest = format!("a{}/f", format!("/{}", X.to_str().unwrap()).repeat(depth));
+        assert_eq!(seen[depth + 2], deepest);
+        assert_eq!(seen[depth + 3], "a/zz");
+        assert_eq!(seen[depth + 4], "b");
+        assert_eq!(left.len(), depth + 1);
+        assert_eq!(left.last().unwrap(), "a");
+    }
+
+    #[test]
+    fn a_directory_moved_during_the_walk_is_skipped_and_the_walk_goes_on() {
+        let depth = dirchain::WINDOW + 8;
+        let d = deep_layer(depth);
+        let root = d.path().to_owned();
+        let deepest = format!("a{}/f", format!("/{}", X.to_str().unwrap()).repeat(depth));
+        let (seen, left) = walk_all(d.path(), |e| {
+            if e.rel == Path::new(&deepest) {
+                // Moved out from under the walk: `a/x/x` leaves `a/x`, and `a` is
+                // replaced by a directory of the same name.
+                let x = X.to_str().unwrap();
+                std::fs::rename(root.join(format!("a/{x}/{x}")), root.join("y")).unwrap();
+                std::fs::rename(root.join("a"), root.join("a2")).unwrap();
+                std::fs::create_dir(root.join("a")).unwrap();
+                std::fs::write(root.join("a/zz"), "").unwrap();
+            }
+        });
+        // Everything seen before the move is reported; `a/zz` was in the `a` that
+        // moved, and the new `a` is not the one the walk entered; `b` comes after.
+        assert!(seen.contains(&deepest));
+        assert!(!seen.iter().any(|s| s == "a/zz"));
+        assert_eq!(seen.last().unwrap(), "b");
+        assert!(!seen.iter().any(|s| s == "y" || s.starts_with("a2")));
+        assert_eq!(left.len(), depth + 1);
     }
 
     #[test]

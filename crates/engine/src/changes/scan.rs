@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use super::commit::deferred::Committed;
 use super::layer::{self, Descend, Entry, Layer};
+use crate::dirchain::{self, DirChain};
 
 /// The xattr overlayfs puts on a directory that replaces the lower one.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -143,14 +144,17 @@ pub fn scan(
             .as_bytes()
             .cmp(b.path.as_os_str().as_bytes())
     });
-    out.dedup_by(|a, b| a.path == b.path);
+    // The paths are clean (made by joining names): equal bytes are equal paths, and
+    // comparing bytes doesn't parse two long paths from the end for each pair.
+    out.dedup_by(|a, b| a.path.as_os_str() == b.path.as_os_str());
     Ok(out)
 }
 
 /// The host side of a directory being walked.
 struct Level {
-    /// The host directory at the same path, if it is a real directory.
-    host: Option<OwnedFd>,
+    /// The host has a real directory at the same path: it is the top of the
+    /// walk's host chain while this level is the deepest.
+    host: bool,
     /// The host's entries show through in the VM (not hidden).
     merged: bool,
     unit: Option<PathBuf>,
@@ -168,15 +172,22 @@ fn scan_layer(
     committed: &Committed,
     out: &mut Vec<Item>,
 ) -> Result<(), ScanError> {
-    let host_root = open_host_dir(None, &l.mount_point).ok();
+    // The host directories at the paths being walked, as deep as the host has
+    // them, with a bounded number of fds (see `DirChain`).
+    let hosts = RefCell::new(
+        open_host_dir(None, &l.mount_point)
+            .and_then(DirChain::new)
+            .ok(),
+    );
     let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
     let out = RefCell::new(out);
     let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
         let mut stack = stack.borrow_mut();
         let mut out = out.borrow_mut();
+        let mut hosts = hosts.borrow_mut();
         if e.rel.as_os_str().is_empty() {
             stack.push(Level {
-                host: host_root.as_ref().and_then(|f| f.try_clone().ok()),
+                host: hosts.is_some(),
                 merged: true,
                 unit: None,
                 everything: false,
@@ -189,7 +200,12 @@ fn scan_layer(
         if !parent.everything && !filter.reaches(&path) {
             return Ok(Descend::No);
         }
-        let host = parent.host.as_ref().and_then(|d| host_stat(d, e.name));
+        // The host's directory here (`None` if it has none, or it moved).
+        let host_dir = match hosts.as_ref() {
+            Some(h) if parent.host => h.top(),
+            _ => None,
+        };
+        let host = host_dir.and_then(|d| host_stat(d, e.name));
         let done = committed.contains(&l.dir, e.rel, &e.stat);
         if done && e.file_type() != FileType::Directory {
             return Ok(Descend::No);
@@ -206,8 +222,11 @@ fn scan_layer(
         };
         let vm = match e.file_type() {
             _ if e.is_whiteout() => VmEntry::Whiteout,
-            FileType::Directory => VmEntry::Dir {
-                opaque: is_opaque(e)?,
+            FileType::Directory => match is_opaque(e) {
+                Ok(opaque) => VmEntry::Dir { opaque },
+                // Gone or moved since the walk saw it (a running VM).
+                Err(e) if dirchain::vanished(&e) => return Ok(Descend::No),
+                Err(e) => return Err(e),
             },
             FileType::RegularFile => VmEntry::File,
             FileType::Symlink => VmEntry::Symlink,
@@ -228,7 +247,7 @@ fn scan_layer(
         let host_is_dir =
             host.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
         let host_fd = if host_is_dir {
-            parent.host.as_ref().and_then(|d| {
+            host_dir.and_then(|d| {
                 open_host_dir(Some(d), Path::new(OsStr::from_bytes(e.name.to_bytes()))).ok()
             })
         } else {
@@ -249,10 +268,17 @@ fn scan_layer(
         let committed_item = done.then_some(out.len());
         out.push(item(kind, vm, unit.clone()));
         if !merged && let Some(hfd) = &host_fd {
-            hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out)?;
+            match hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out) {
+                Err(e) if dirchain::vanished(&e) => {}
+                other => other?,
+            }
+        }
+        let has_host = host_fd.is_some();
+        if let (Some(h), Some(fd)) = (hosts.as_mut(), host_fd) {
+            h.push(e.name, fd)?;
         }
         stack.push(Level {
-            host: host_fd,
+            host: has_host,
             merged,
             unit,
             everything,
@@ -262,6 +288,11 @@ fn scan_layer(
     };
     let mut leave = |_: &Path| -> io::Result<()> {
         let level = stack.borrow_mut().pop();
+        if level.as_ref().is_some_and(|l| l.host)
+            && let Some(h) = hosts.borrow_mut().as_mut()
+        {
+            h.pop();
+        }
         let mut out = out.borrow_mut();
         if let Some(Level {
             committed_item: Some(i),
@@ -295,9 +326,9 @@ fn hidden_entries(
 ) -> io::Result<()> {
     let ours: BTreeSet<CString> = {
         let dir = e.open()?;
-        names(&dir)?.into_iter().collect()
+        dirchain::names(&dir)?.into_iter().collect()
     };
-    for name in names(host)? {
+    for name in dirchain::names(host)? {
         if ours.contains(&name) {
             continue;
         }
@@ -314,18 +345,6 @@ fn hidden_entries(
         });
     }
     Ok(())
-}
-
-fn names(dir: &OwnedFd) -> io::Result<Vec<CString>> {
-    let mut v = Vec::new();
-    for e in rustix::fs::Dir::read_from(dir)? {
-        let e = e?;
-        let n = e.file_name();
-        if n.to_bytes() != b"." && n.to_bytes() != b".." {
-            v.push(n.to_owned());
-        }
-    }
-    Ok(v)
 }
 
 fn is_opaque(e: &Entry<'_>) -> io::Result<bool> {

@@ -5,8 +5,13 @@
 //! No path is ever resolved by string joining: a symlink or a rename planted in a
 //! layer (or on the host) can make an operation fail, but never redirect it
 //! outside the tree or into another mount.
+//!
+//! Directories are opened one component at a time from the directories of the
+//! path looked up last, which a [`DirChain`] holds with a bounded number of fds:
+//! a commit goes through its paths in order, so each lookup opens only what
+//! differs from the one before, and a tree of any depth (paths far beyond
+//! `PATH_MAX`) needs a few dozen fds.
 
-use std::collections::HashMap;
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,12 +20,15 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
+use crate::dirchain::DirChain;
+
 #[derive(Debug)]
 pub struct Tree {
     root: PathBuf,
-    root_fd: OwnedFd,
-    /// Directories opened so far, by path relative to the root.
-    dirs: HashMap<PathBuf, OwnedFd>,
+    /// The directories of the path looked up last, from the root down...
+    chain: DirChain,
+    /// ... and that path, relative to the root (`/`-separated names).
+    at: Vec<u8>,
 }
 
 const BENEATH: ResolveFlags = ResolveFlags::BENEATH
@@ -37,8 +45,8 @@ impl Tree {
         )?;
         Ok(Tree {
             root: root.to_owned(),
-            root_fd,
-            dirs: HashMap::new(),
+            chain: DirChain::new(root_fd)?,
+            at: Vec::new(),
         })
     }
 
@@ -48,25 +56,69 @@ impl Tree {
 
     /// The directory at `rel` ("" is the root), opened beneath the root.
     pub fn dir(&mut self, rel: &Path) -> io::Result<&OwnedFd> {
-        if rel.as_os_str().is_empty() {
-            return Ok(&self.root_fd);
+        let want = rel.as_os_str().as_bytes();
+        if want.is_empty() {
+            return Ok(self.chain.root());
         }
-        if !self.dirs.contains_key(rel) {
+        // Keep the directories `rel` shares with the path looked up last.
+        let keep = shared_prefix(&self.at, want);
+        self.up_to(keep);
+        while self.chain.top().is_none() {
+            // Moved meanwhile: look it up again from above.
+            let parent = self.at.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            self.up_to(parent);
+        }
+        let rest = &want[self.at.len()..];
+        let rest = rest.strip_prefix(b"/").unwrap_or(rest);
+        for name in rest.split(|&b| b == b'/').filter(|_| !rest.is_empty()) {
+            if name.is_empty() || name == b"." || name == b".." {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "not a clean relative path",
+                ));
+            }
+            let name = CString::new(name)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+            let top = self.chain.top().expect("checked above");
             let fd = rustix::fs::openat2(
-                &self.root_fd,
-                rel,
+                top,
+                &name,
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                 Mode::empty(),
                 BENEATH,
             )?;
-            self.dirs.insert(rel.to_owned(), fd);
+            self.chain.push(&name, fd)?;
+            if !self.at.is_empty() {
+                self.at.push(b'/');
+            }
+            self.at.extend_from_slice(name.as_bytes());
         }
-        Ok(&self.dirs[rel])
+        Ok(self.chain.top().expect("just opened"))
+    }
+
+    /// Go up to the first `len` bytes of the current path (a whole number of
+    /// names).
+    fn up_to(&mut self, len: usize) {
+        if len == self.at.len() {
+            return;
+        }
+        let depth = match len {
+            0 => 0,
+            n => self.at[..n].iter().filter(|&&b| b == b'/').count() + 1,
+        };
+        self.chain.truncate(depth);
+        self.at.truncate(len);
     }
 
     /// Forget opened directories at or under `rel` (it was removed or replaced).
     pub fn forget(&mut self, rel: &Path) {
-        self.dirs.retain(|p, _| !p.starts_with(rel));
+        let r = rel.as_os_str().as_bytes();
+        if r.is_empty() {
+            self.up_to(0);
+        } else if self.at.starts_with(r) && matches!(self.at.get(r.len()), None | Some(b'/')) {
+            let parent = r.iter().rposition(|&b| b == b'/').unwrap_or(0);
+            self.up_to(parent);
+        }
     }
 
     /// The directory holding `rel`, and its last component.
@@ -98,9 +150,10 @@ impl Tree {
 
     /// Open the regular file `rel` for reading (never a symlink, fifo or device).
     pub fn open_file(&mut self, rel: &Path) -> io::Result<OwnedFd> {
+        let (dir, name) = self.parent(rel)?;
         let fd = rustix::fs::openat2(
-            &self.root_fd,
-            rel,
+            dir,
+            &name,
             OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
             Mode::empty(),
             BENEATH,
@@ -143,8 +196,8 @@ impl Tree {
         self.forget(rel);
         let (dir, name) = self.parent(rel)?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            // remove_tree works relative to directory fds and never follows links.
-            crate::store::files::remove_tree(&super::data::at_path(dir.as_fd(), &name))
+            // remove_tree_at works relative to directory fds and never follows links.
+            crate::store::files::remove_tree_at(dir.as_fd(), &name)
         } else {
             match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
@@ -169,8 +222,19 @@ impl Tree {
 
     /// Flush everything written to this tree's filesystem to disk.
     pub fn sync(&self) -> io::Result<()> {
-        Ok(rustix::fs::syncfs(&self.root_fd)?)
+        Ok(rustix::fs::syncfs(self.chain.root())?)
     }
+}
+
+/// The length of the longest prefix of `a` and `b` that is a whole number of
+/// `/`-separated names of both.
+fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
+    let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
+    if long.starts_with(short) && matches!(long.get(short.len()), None | Some(b'/')) {
+        return short.len();
+    }
+    let n = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    a[..n].iter().rposition(|&c| c == b'/').unwrap_or(0)
 }
 
 /// A temp name for `rel`'s new version, beside it.
@@ -189,6 +253,41 @@ pub fn split(rel: &Path) -> (&Path, &OsStr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_longer_than_path_max_and_the_fd_window_resolve_in_any_order() {
+        let d = tempfile::tempdir().unwrap();
+        let name = "n".repeat(100);
+        let depth = crate::dirchain::WINDOW * 2 + libc::PATH_MAX as usize / 100;
+        let mut t = Tree::open(d.path()).unwrap();
+        let mut rel = PathBuf::new();
+        let mut paths = Vec::new();
+        for _ in 0..depth {
+            rel.push(&name);
+            t.ensure_dir(&rel, 0o755).unwrap();
+            paths.push(rel.clone());
+        }
+        let file = rel.join("f");
+        let (dir, n) = t.parent(&file).unwrap();
+        rustix::fs::openat(dir, &n, OFlags::CREATE | OFlags::WRONLY, Mode::RUSR).unwrap();
+        assert!(t.open_file(&file).is_ok());
+        // Deepest first, then every other one from the top, then a jump.
+        for p in paths.iter().rev().chain(paths.iter().step_by(2)) {
+            let st = t.lstat(p).unwrap().unwrap();
+            assert_eq!(FileType::from_raw_mode(st.st_mode), FileType::Directory);
+        }
+        assert!(t.lstat(&paths[5].join("none")).unwrap().is_none());
+        assert!(t.dir(Path::new("a/../b")).is_err());
+        // Removing a directory on the current path, then looking below it.
+        t.dir(&rel).unwrap();
+        t.remove(&paths[3]).unwrap();
+        assert!(t.lstat(&file).unwrap().is_none());
+        assert!(t.lstat(&paths[2]).unwrap().is_some());
+        assert_eq!(shared_prefix(b"ab/c", b"ab/d"), 2);
+        assert_eq!(shared_prefix(b"a/b", b"a/bc"), 1);
+        assert_eq!(shared_prefix(b"ab", b"abc"), 0);
+        assert_eq!(shared_prefix(b"a/b/c", b"a/b"), 3);
+    }
 
     #[test]
     fn nothing_resolves_through_a_symlink_or_outside() {

@@ -5,12 +5,16 @@
 //! host. Writes go to a temp file in the same directory and are renamed over the
 //! target, so a reader (or a crash) sees the old or the new content, never a mix.
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{FlockOperation, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
+
+use crate::dirchain::DirChain;
 
 /// The largest store file fvm reads; anything bigger is not ours.
 const MAX_FILE: u64 = 1 << 20;
@@ -168,47 +172,165 @@ impl Lock {
 }
 
 /// Delete a directory tree that a VM may have filled with hostile content.
-///
-/// `std::fs::remove_dir_all` never follows symlinks (it works relative to directory
-/// fds), so a symlink to `/etc` planted in a layer is removed, not followed. Root in
-/// a VM can also mark files immutable or append-only (`chattr +i`), which makes
-/// even root's unlink fail; in that case clear those flags and try again.
+/// See [`remove_tree_at`]; `path`'s last component is not followed.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            clear_flags_below(path)?;
-            std::fs::remove_dir_all(path)
-        }
-        Err(e) => Err(e),
-    }
-}
-
-fn clear_flags_below(dir: &Path) -> io::Result<()> {
-    clear_flags(dir)?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        if ft.is_dir() {
-            clear_flags_below(&entry.path())?;
-        } else if ft.is_file() {
-            clear_flags(&entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-fn clear_flags(path: &Path) -> io::Result<()> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let name = CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a path"))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = match rustix::fs::open(
+        parent,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
-    )?;
-    match crate::sys::clear_undeletable_flags(fd.as_fd()) {
-        // Filesystems without inode flags (tmpfs before 6.0, fuse) can't have them set.
-        Err(e) if e.raw_os_error() == Some(libc::ENOTTY) => Ok(()),
-        other => other.map(drop),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    remove_tree_at(parent.as_fd(), &name)
+}
+
+/// Delete the directory `path` like [`remove_tree`], its entry `last` only after
+/// everything else in it.
+pub fn remove_tree_last(path: &Path, last: &str) -> io::Result<()> {
+    let Some(dir) = open_dir(rustix::fs::CWD, path)? else {
+        return Ok(());
+    };
+    for name in crate::dirchain::names(&dir)? {
+        if name.as_bytes() != last.as_bytes() {
+            remove_tree_at(dir.as_fd(), &name)?;
+        }
+    }
+    drop(dir);
+    remove_tree(path)
+}
+
+/// Delete `name` in `parent` and, if it is a directory, everything below it.
+/// Fine if it is gone already.
+///
+/// Nothing is followed: entries are removed by name under their directory's fd,
+/// and directories are entered with `O_NOFOLLOW` through a [`DirChain`], so a
+/// symlink to `/etc` planted in a layer is removed, not followed, and no depth
+/// exhausts the stack or the fd limit (the tree is removed bottom-up by a loop,
+/// holding the names of the directories still to enter on the current path).
+/// Mounts below it are not entered. Root in a VM with `CAP_LINUX_IMMUTABLE`
+/// could mark entries immutable or append-only (`chattr +i`), which makes even
+/// root's unlink fail: those flags are cleared and the removal tried again.
+pub fn remove_tree_at(parent: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    match unlink(parent, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let Some(top) = open_dir(parent, name)? else {
+        return Ok(());
+    };
+    let mut chain = DirChain::new(top)?;
+    // The subdirectories still to remove in each directory of the chain.
+    let mut todo = vec![empty_files(chain.root())?.into_iter()];
+    while let Some(subdirs) = todo.last_mut() {
+        if let Some(sub) = subdirs.next() {
+            match chain.enter(&sub) {
+                Ok(()) => {
+                    let dir = chain.top().expect("just entered");
+                    todo.push(empty_files(dir)?.into_iter());
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
+        todo.pop();
+        let Some(done) = chain.names().last().map(CStr::to_owned) else {
+            break;
+        };
+        chain.pop();
+        let dir = chain
+            .top()
+            .ok_or_else(|| io::Error::other("a directory moved while it was removed"))?;
+        match unlink(dir.as_fd(), &done, AtFlags::REMOVEDIR) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    drop(chain);
+    match unlink(parent, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Open the directory `name` under `dir` without following a symlink; `None` if
+/// it is gone.
+fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<Option<OwnedFd>> {
+    match rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Unlink everything in `dir` that is not a directory; the names of the
+/// directories in it are returned.
+fn empty_files(dir: &OwnedFd) -> io::Result<Vec<CString>> {
+    let mut subdirs = Vec::new();
+    for name in crate::dirchain::names(dir)? {
+        match unlink(dir.as_fd(), &name, AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::ISDIR) => subdirs.push(name),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(subdirs)
+}
+
+/// `unlinkat`; refused for an immutable or append-only entry (or one in such a
+/// directory), those flags are cleared and it is tried once more.
+fn unlink(dir: BorrowedFd<'_>, name: &CStr, flags: AtFlags) -> rustix::io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, flags) {
+        Err(rustix::io::Errno::PERM) => {
+            clear_flags(dir);
+            if let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                // Only files and directories have inode flags (and opening a
+                // device or fifo could do something).
+                let ft = FileType::from_raw_mode(st.st_mode);
+                if matches!(ft, FileType::RegularFile | FileType::Directory)
+                    && let Ok(fd) = rustix::fs::openat(
+                        dir,
+                        name,
+                        OFlags::RDONLY
+                            | OFlags::NOFOLLOW
+                            | OFlags::NONBLOCK
+                            | OFlags::NOCTTY
+                            | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                {
+                    clear_flags(fd.as_fd());
+                }
+            }
+            rustix::fs::unlinkat(dir, name, flags)
+        }
+        other => other,
+    }
+}
+
+/// Clear the immutable and append-only flags (best effort: a filesystem without
+/// inode flags can't have them, and the retried unlink reports what is left).
+fn clear_flags(fd: BorrowedFd<'_>) {
+    if let Err(err) = crate::sys::clear_undeletable_flags(fd) {
+        tracing::debug!(%err, "cannot clear inode flags");
     }
 }
 
@@ -235,6 +357,41 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         assert!(read_regular(&link).is_err());
         assert!(read_regular(d.path()).is_err());
+    }
+
+    #[test]
+    fn remove_tree_goes_deeper_than_the_fd_limit_and_follows_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("keep"), "k").unwrap();
+        std::fs::create_dir(d.path().join("t")).unwrap();
+        // Paths longer than PATH_MAX, more levels than the fd window, a symlink
+        // out, and directories nobody may write to or enter.
+        let mut c = DirChain::open(&d.path().join("t")).unwrap();
+        let name = CString::new("n".repeat(200)).unwrap();
+        for i in 0..crate::dirchain::WINDOW * 3 {
+            let top = c.top().unwrap();
+            rustix::fs::mkdirat(top, &name, Mode::RWXU).unwrap();
+            rustix::fs::symlinkat(outside.path(), top, c"out").unwrap();
+            std::fs::write(crate::changes::data::at_path(top.as_fd(), c"f"), "x").unwrap();
+            for j in 0..3 {
+                let sib = CString::new(format!("s{j}")).unwrap();
+                rustix::fs::mkdirat(top, &sib, Mode::empty()).unwrap();
+            }
+            if i % 7 == 0 && crate::running_as_root() {
+                rustix::fs::fchmod(top, Mode::empty()).unwrap();
+            }
+            c.enter(&name).unwrap();
+        }
+        drop(c);
+        remove_tree(&d.path().join("t")).unwrap();
+        assert!(!d.path().join("t").exists());
+        assert!(outside.path().join("keep").exists());
+        // Gone already, or not a directory: fine.
+        remove_tree(&d.path().join("t")).unwrap();
+        std::fs::write(d.path().join("file"), "").unwrap();
+        remove_tree(&d.path().join("file")).unwrap();
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod policy;
 mod state;
 
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -32,6 +33,9 @@ pub(crate) const OWNER_MARK: &str = ".fvm-owner";
 /// In a VM's directory: its `--dir` is not known to be covered in every VM that
 /// ran before it was made.
 const HIDE_PENDING: &str = "hide-pending";
+
+/// How a deleted VM's directory is renamed in `vms/` until it is removed.
+const TRASH: &str = ".trash-";
 
 /// The default store root.
 pub const DEFAULT_ROOT: &str = "/var/lib/fvm";
@@ -180,8 +184,11 @@ impl Store {
         }
     }
 
+    /// Remove a VM's `--dir`, its owner mark last: a delete killed half-way
+    /// leaves the mark, so the next command can still tell the rest is the VM's
+    /// and finish the job.
     fn release_dir(&self, dir: &Path) -> io::Result<()> {
-        files::remove_tree(dir)
+        files::remove_tree_last(dir, OWNER_MARK)
     }
 
     /// Whether `dir` carries VM `name`'s owner mark (false if it is gone).
@@ -211,7 +218,7 @@ impl Store {
         let _lock = self.lock()?;
         let trash = self
             .vms()
-            .join(format!(".trash-{}-{}", vm.name, std::process::id()));
+            .join(format!("{TRASH}{}-{}", vm.name, std::process::id()));
         std::fs::rename(&vm.path, &trash).map_err(|source| StoreError::Delete {
             path: vm.path.clone(),
             source,
@@ -238,23 +245,51 @@ impl Store {
     /// Takes the store lock, so it never races a create or delete in progress.
     pub fn sweep(&self) -> Result<Vec<PathBuf>, StoreError> {
         let _lock = self.lock()?;
+        self.remove_leftovers(true)
+    }
+
+    /// Finish deletes that were interrupted (killed, or the machine went down):
+    /// each left a `.trash-*` directory holding the VM's layers. Every command on
+    /// the store calls this first. It does nothing while another command holds the
+    /// store lock, since a delete in progress holds it until its trash is gone.
+    pub fn finish_deletes(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let trash = |n: &std::ffi::OsStr| n.as_bytes().starts_with(TRASH.as_bytes());
+        let any = std::fs::read_dir(self.vms())
+            .map(|d| d.filter_map(Result::ok).any(|e| trash(&e.file_name())))
+            .unwrap_or(false);
+        if !any {
+            return Ok(Vec::new());
+        }
+        let path = self.root.join("lock");
+        match Lock::try_exclusive(&path) {
+            Ok(Some(_lock)) => self.remove_leftovers(false),
+            Ok(None) => Ok(Vec::new()),
+            Err(source) => Err(StoreError::Lock { path, source }),
+        }
+    }
+
+    /// Remove the `.trash-*` directories (and the `.new-*` ones whose create is
+    /// gone, if `new_too`); the caller holds the store lock.
+    fn remove_leftovers(&self, new_too: bool) -> Result<Vec<PathBuf>, StoreError> {
         let mut removed = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.vms()) else {
             return Ok(removed);
         };
         for e in entries.filter_map(Result::ok) {
             let n = e.file_name();
-            let n = n.to_string_lossy();
+            let n = n.as_bytes();
+            let new = new_too && n.starts_with(b".new-");
             // A create (or copy) still filling its directory holds its lock.
-            if n.starts_with(".new-")
-                && matches!(Lock::try_exclusive(&e.path().join("lock")), Ok(None))
-            {
+            if new && matches!(Lock::try_exclusive(&e.path().join("lock")), Ok(None)) {
                 continue;
             }
-            if n.starts_with(".new-") {
-                self.release_dir_of_crashed_create(&e.path(), &n);
+            if new {
+                self.release_dir_of_crashed_create(&e.path(), &e.file_name().to_string_lossy());
             }
-            if n.starts_with(".new-") || n.starts_with(".trash-") {
+            if new || n.starts_with(TRASH.as_bytes()) {
+                if !new {
+                    self.release_dir_of_trash(&e.path())?;
+                }
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
                     source,
@@ -284,6 +319,37 @@ impl Store {
         {
             let _ = self.set_dirs(|dirs| dirs.retain(|d| d != dir));
         }
+    }
+
+    /// The `--dir` of a VM whose delete was interrupted (named by the policy in
+    /// its trash, `.trash-NAME-PID`), released as its delete would have.
+    fn release_dir_of_trash(&self, trash: &Path) -> Result<(), StoreError> {
+        let name = trash
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix(TRASH))
+            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|(name, _pid)| VmName::new(name).ok());
+        let Some(name) = name else {
+            return Ok(());
+        };
+        // Gone with the first files removed (the dir was released before that).
+        let Ok(policy) = Policy::load(&trash.join("vm.toml"), &name) else {
+            return Ok(());
+        };
+        let Some(dir) = policy.dir else {
+            return Ok(());
+        };
+        let fail = |source| StoreError::Delete {
+            path: dir.clone(),
+            source,
+        };
+        self.release_owned_dir(&dir, &name).map_err(fail)?;
+        self.set_dirs(|dirs| dirs.retain(|d| *d != dir))
+            .map_err(|source| StoreError::Delete {
+                path: self.root.join("dirs"),
+                source,
+            })
     }
 
     /// Every host path where VM layers live: the store root and all `--dir`s. These

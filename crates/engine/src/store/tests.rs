@@ -56,6 +56,35 @@ fn external_dir_is_claimed_hidden_and_released() {
 }
 
 #[test]
+fn an_interrupted_delete_releases_the_vms_dir_too() {
+    let (_d, s) = store();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = outside.path().join("web1");
+    let vm = s
+        .create_vm(&Policy::new(name("web1"), Some(dir.clone())))
+        .unwrap();
+    std::fs::create_dir_all(dir.join("layers/a/b")).unwrap();
+    // Killed after the rename into the trash, half-way through the dir (whose
+    // owner mark goes last).
+    std::fs::rename(vm.path(), s.vms().join(".trash-web1-4242")).unwrap();
+    std::fs::remove_dir(dir.join("layers/a/b")).unwrap();
+    assert!(s.private_paths().contains(&dir));
+    assert_eq!(s.finish_deletes().unwrap().len(), 1);
+    assert!(!dir.exists());
+    assert!(!s.private_paths().contains(&dir));
+    // The owner mark still decides: a trash naming someone else's dir leaves it.
+    let precious = outside.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    let vm = s.create_vm(&Policy::new(name("a"), None)).unwrap();
+    let mut p = vm.load_policy().unwrap();
+    p.dir = Some(precious.clone());
+    vm.save_policy(&p).unwrap();
+    std::fs::rename(vm.path(), s.vms().join(".trash-a-1")).unwrap();
+    assert_eq!(s.finish_deletes().unwrap().len(), 1);
+    assert!(precious.is_dir());
+}
+
+#[test]
 fn a_dir_without_the_owner_mark_is_never_deleted() {
     let (_d, s) = store();
     let outside = tempfile::tempdir().unwrap();
@@ -79,6 +108,19 @@ fn sweep_removes_leftovers_of_crashed_operations() {
     std::fs::create_dir_all(s.vms().join(".trash-y-2")).unwrap();
     assert_eq!(s.sweep().unwrap().len(), 2);
     assert!(s.names().unwrap().is_empty());
+}
+
+#[test]
+fn an_interrupted_delete_is_finished_unless_a_delete_is_under_way() {
+    let (_d, s) = store();
+    std::fs::create_dir_all(s.vms().join(".trash-y-2/layers/a")).unwrap();
+    std::fs::create_dir_all(s.vms().join(".new-x-1/layers")).unwrap();
+    let held = s.lock().unwrap();
+    assert!(s.finish_deletes().unwrap().is_empty());
+    drop(held);
+    assert_eq!(s.finish_deletes().unwrap(), [s.vms().join(".trash-y-2")]);
+    // A create's leftover is `doctor --cleanup`'s (it checks the create's lock).
+    assert!(s.vms().join(".new-x-1").exists());
 }
 
 #[test]

@@ -73,6 +73,18 @@ impl Context<'_> {
         } else {
             Store::open(&root)?
         };
+        // A delete that was killed left its trash: finish it now.
+        match store.finish_deletes() {
+            Ok(done) => {
+                for p in done {
+                    tracing::info!(path = %p.display(), "finished an interrupted delete");
+                }
+            }
+            Err(err) => tracing::warn!(
+                "cannot finish an interrupted delete: {:#}",
+                anyhow::Error::new(err)
+            ),
+        }
         Ok(Engine::new(store))
     }
 

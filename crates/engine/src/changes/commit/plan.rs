@@ -83,43 +83,41 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
             by_inode.entry((st.st_dev, st.st_ino)).or_default().push(i);
         }
     }
+    // Each item is queued once, and each replaced directory's and each inode's
+    // group is added once: a layer of many thousands of entries (or levels)
+    // plans in one pass over them, not one per entry.
     let mut chosen = vec![false; items.len()];
-    let mut todo: Vec<usize> = (0..items.len())
-        .filter(|&i| {
-            let it = &items[i];
-            filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u))
-        })
-        .collect();
-    // Each group (a replaced directory, the names of one file) is added to the
-    // work list once, by whichever member is chosen first: adding it again for
-    // every member would make a directory of N new files cost N² (time and memory).
+    let mut todo: Vec<usize> = Vec::new();
+    let queue = |j: usize, chosen: &mut [bool], todo: &mut Vec<usize>| {
+        if !std::mem::replace(&mut chosen[j], true) {
+            todo.push(j);
+        }
+    };
+    for (i, it) in items.iter().enumerate() {
+        if filter.selects(&it.path) || it.unit.as_deref().is_some_and(|u| filter.reaches(u)) {
+            queue(i, &mut chosen, &mut todo);
+        }
+    }
     let mut units_added: HashSet<&Path> = HashSet::new();
     let mut inodes_added: HashSet<(u64, u64)> = HashSet::new();
+    let mut more: Vec<usize> = Vec::new();
     while let Some(i) = todo.pop() {
-        if std::mem::replace(&mut chosen[i], true) {
-            continue;
-        }
         let it = &items[i];
-        // Up to the first ancestor chosen already: it added those above it.
-        for j in ancestors(items, layers, &by_path, i) {
-            if chosen[j] {
-                break;
-            }
-            if needs_structure(&items[j]) {
-                todo.push(j);
-            }
-        }
+        more.extend(structure(items, layers, &by_path, &chosen, i));
         if let Some(u) = &it.unit
             && units_added.insert(u.as_path())
         {
-            todo.extend(by_unit[u.as_path()].iter().filter(|&&j| !chosen[j]));
-            todo.extend(by_path.get(u.as_path()));
+            more.extend(&by_unit[u.as_path()]);
+            more.extend(by_path.get(u.as_path()));
         }
         if let (VmEntry::File, Some(st)) = (it.vm, it.upper)
-            && inodes_added.insert((st.st_dev, st.st_ino))
             && let Some(names) = by_inode.get(&(st.st_dev, st.st_ino))
+            && inodes_added.insert((st.st_dev, st.st_ino))
         {
-            todo.extend(names.iter().filter(|&&j| !chosen[j]));
+            more.extend(names);
+        }
+        for j in more.drain(..) {
+            queue(j, &mut chosen, &mut todo);
         }
     }
     let mut plan = Plan::default();
@@ -162,11 +160,14 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
     plan
 }
 
-/// The items of the directories above item `i` in its layer, nearest first.
-fn ancestors<'a>(
+/// The directories the host lacks (or has as something else) above item `i`, up
+/// to the first one queued already (it brings those above it): a VM's tree
+/// thousands of levels deep costs one step up per entry, not one per level.
+fn structure<'a>(
     items: &'a [Item],
     layers: &[Layer],
     by_path: &'a HashMap<&Path, usize>,
+    queued: &'a [bool],
     i: usize,
 ) -> impl Iterator<Item = usize> + 'a {
     let it = &items[i];
@@ -176,6 +177,8 @@ fn ancestors<'a>(
         .skip(1)
         .take_while(move |a| a.starts_with(&mount) && *a != mount)
         .filter_map(|a| by_path.get(a).copied())
+        .take_while(|&j| !queued[j])
+        .filter(|&j| needs_structure(&items[j]))
 }
 
 /// A directory whose children can't land on the host without it.

@@ -300,3 +300,48 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     );
     assert_eq!(stats.others, 5, "{stats:?}");
 }
+
+/// `rel`, mode, link count and mtime of every entry, by the fd walk (paths can
+/// be longer than PATH_MAX).
+fn describe_deep(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    layer::walk(
+        root,
+        &mut |e| {
+            out.push(format!(
+                "{} {:o} {} {}",
+                e.rel.display(),
+                e.stat.st_mode,
+                e.stat.st_nlink,
+                e.stat.st_mtime
+            ));
+            Ok(Descend::Yes)
+        },
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    out
+}
+
+#[test]
+fn trees_deeper_than_the_fd_window_and_path_max_are_cloned_with_their_links() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("top"), "linked").unwrap();
+    let name = std::ffi::CString::new("n".repeat(100)).unwrap();
+    let depth = dirchain::WINDOW * 2 + libc::PATH_MAX as usize / 100;
+    let mut c = DirChain::open(&src).unwrap();
+    for _ in 0..depth {
+        rustix::fs::mkdirat(c.top().unwrap(), &name, Mode::from_raw_mode(0o751)).unwrap();
+        c.enter(&name).unwrap();
+    }
+    // A hard link at the bottom to a file at the top, and one the other way.
+    let top = rustix::fs::open(&src, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    rustix::fs::linkat(&top, c"top", c.top().unwrap(), c"bottom", AtFlags::empty()).unwrap();
+    drop(c);
+    let (stats, _) = copy(&src, &d.path().join("dst"));
+    assert_eq!(stats.dirs, depth as u64);
+    assert_eq!((stats.files, stats.hard_links), (1, 1));
+    assert_eq!(describe_deep(&src), describe_deep(&d.path().join("dst")));
+}
