@@ -249,20 +249,26 @@ impl Store {
     }
 
     /// Finish deletes that were interrupted (killed, or the machine went down):
-    /// each left a `.trash-*` directory holding the VM's layers. Every command on
-    /// the store calls this first. It does nothing while another command holds the
-    /// store lock, since a delete in progress holds it until its trash is gone.
+    /// each left a `.trash-*` directory holding the VM's layers; and remove what
+    /// creates and copies that were killed left (a `.new-*` directory whose lock
+    /// nobody holds). Every command on the store calls this first. It does nothing
+    /// while another command holds the store lock, since a delete in progress
+    /// holds it until its trash is gone.
     pub fn finish_deletes(&self) -> Result<Vec<PathBuf>, StoreError> {
-        let trash = |n: &std::ffi::OsStr| n.as_bytes().starts_with(TRASH.as_bytes());
+        // Trash, and the half-made directories of creates and copies that were
+        // killed (one still at work holds its directory's lock, and is left alone).
+        let leftover = |n: &std::ffi::OsStr| {
+            n.as_bytes().starts_with(TRASH.as_bytes()) || n.as_bytes().starts_with(b".new-")
+        };
         let any = std::fs::read_dir(self.vms())
-            .map(|d| d.filter_map(Result::ok).any(|e| trash(&e.file_name())))
+            .map(|d| d.filter_map(Result::ok).any(|e| leftover(&e.file_name())))
             .unwrap_or(false);
         if !any {
             return Ok(Vec::new());
         }
         let path = self.root.join("lock");
         match Lock::try_exclusive(&path) {
-            Ok(Some(_lock)) => self.remove_leftovers(false),
+            Ok(Some(_lock)) => self.remove_leftovers(true),
             Ok(None) => Ok(Vec::new()),
             Err(source) => Err(StoreError::Lock { path, source }),
         }

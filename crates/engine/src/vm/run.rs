@@ -74,9 +74,13 @@ impl Engine {
                     &init_fd,
                     rustix::event::PollFlags::IN,
                 )];
-                let init_gone =
-                    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default()))
-                        .is_ok_and(|n| n > 0);
+                // A VM that ends kills what is left in it before its init is gone:
+                // give the init a moment to finish.
+                let moment = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 250_000_000,
+                };
+                let init_gone = rustix::event::poll(&mut fds, Some(&moment)).is_ok_and(|n| n > 0);
                 if init_gone {
                     warn_stopped(name, outcome.exit);
                 }
