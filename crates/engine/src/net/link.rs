@@ -674,4 +674,42 @@ mod tests {
             );
         });
     }
+
+    #[test]
+    fn no_other_process_can_slip_an_answer_into_the_socket() {
+        if !crate::testing::require_root("no_other_process_can_slip_an_answer_into_the_socket") {
+            return;
+        }
+        in_private_netns(|| {
+            let mut nl = Netlink::open().unwrap();
+            let port = SocketAddrNetlink::try_from(rustix::net::getsockname(&nl.socket).unwrap())
+                .unwrap()
+                .pid();
+            assert_ne!(port, 0);
+            // What root in a VM could send to fvm's socket in the VM's namespace: a
+            // refusal of the next request, before fvm has even made it.
+            let mut refusal = netlink_packet_core::ErrorMessage::default();
+            refusal.code = std::num::NonZeroI32::new(-libc::EPERM);
+            let mut forged = NetlinkMessage::<RouteNetlinkMessage>::new(
+                Default::default(),
+                NetlinkPayload::Error(refusal),
+            );
+            forged.header.sequence_number = nl.sequence + 1;
+            forged.finalize();
+            let mut bytes = vec![0; forged.buffer_len()];
+            forged.serialize(&mut bytes);
+            let forger = rustix::net::socket(SocketFamily::NETLINK, SocketType::RAW, None).unwrap();
+            let sent = rustix::net::sendto(
+                &forger,
+                &bytes,
+                SendFlags::empty(),
+                &SocketAddrNetlink::new(port, 0),
+            );
+            assert_eq!(sent, Err(rustix::io::Errno::CONNREFUSED));
+            // The next request gets the kernel's own answer (no such link: fine).
+            let deleted = nl.delete(987_654, "fvmnone");
+            assert!(deleted.is_ok(), "{deleted:?}");
+            assert!(nl.get("fvmnone").unwrap().is_none());
+        });
+    }
 }
