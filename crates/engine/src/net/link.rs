@@ -1,18 +1,32 @@
-//! Links, addresses and routes through netlink (rtnetlink), never by running `ip`.
+//! Links, addresses and routes through netlink, never by running `ip`.
 //!
-//! rtnetlink is asynchronous; each [`Netlink`] runs its own current-thread tokio
-//! runtime, so fvm stays single-threaded (it forks VM processes). A netlink
-//! socket belongs to the network namespace it was opened in: to configure a
-//! VM's namespace, fvm enters it, opens a socket, and returns to its own
-//! ([`Netlink::open_in`]); the socket stays in the VM's namespace.
+//! Each request is one message on a blocking `NETLINK_ROUTE` socket, answered
+//! before the next is sent: no runtime and no threads, so fvm stays a single
+//! thread that can fork VM processes. The messages are built with
+//! `netlink-packet-route`. A netlink socket belongs to the network namespace it
+//! was opened in: to configure a VM's namespace, fvm enters it, opens a socket,
+//! and returns to its own ([`Netlink::open_in`]); the socket stays in the VM's
+//! namespace.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkMessage};
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rustix::net::{
+    AddressFamily as SocketFamily, RecvFlags, SendFlags, SocketFlags, SocketType,
+    netlink::SocketAddrNetlink,
+};
 
 use super::Ipv4Net;
 
@@ -30,7 +44,32 @@ pub enum LinkError {
     ForeignBridge { name: String, alias: String },
 }
 
-fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
+/// Why one netlink request failed.
+#[derive(Debug)]
+enum Failure {
+    /// The kernel refused the request, with this error.
+    Refused(io::Error),
+    /// The request or its answer did not get through, or could not be read.
+    Transport(String),
+}
+
+impl Failure {
+    /// The kernel refused the request with `errno`.
+    fn is(&self, errno: i32) -> bool {
+        matches!(self, Failure::Refused(e) if e.raw_os_error() == Some(errno))
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(e) => write!(f, "{e}"),
+            Failure::Transport(what) => f.write_str(what),
+        }
+    }
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(Failure) -> LinkError {
     let what = what.into();
     move |e| LinkError::Netlink {
         what,
@@ -38,31 +77,47 @@ fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> LinkError {
     }
 }
 
-/// A netlink connection in one network namespace.
+/// A netlink message header: the least a reply can be.
+const HEADER_LEN: usize = 16;
+
+/// A netlink connection in one network namespace: one blocking socket,
+/// connected to the kernel, and the sequence number of the last request.
 pub struct Netlink {
-    rt: tokio::runtime::Runtime,
-    handle: Handle,
+    socket: OwnedFd,
+    sequence: u32,
+    /// Room for one datagram from the kernel; grown when one is larger.
+    buf: Vec<u8>,
 }
 
 impl std::fmt::Debug for Netlink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Netlink")
+        f.debug_struct("Netlink")
+            .field("socket", &self.socket.as_raw_fd())
+            .field("sequence", &self.sequence)
+            .finish()
     }
 }
 
 impl Netlink {
     /// A connection in the calling thread's network namespace.
     pub fn open() -> Result<Netlink, LinkError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .build()
-            .map_err(LinkError::Socket)?;
-        let (conn, handle, _) = {
-            let _guard = rt.enter();
-            rtnetlink::new_connection().map_err(LinkError::Socket)?
-        };
-        rt.spawn(conn);
-        Ok(Netlink { rt, handle })
+        let socket = rustix::net::socket_with(
+            SocketFamily::NETLINK,
+            SocketType::RAW,
+            SocketFlags::CLOEXEC,
+            None, // NETLINK_ROUTE
+        )
+        .map_err(|e| LinkError::Socket(e.into()))?;
+        // Connected to the kernel (port 0), the socket takes datagrams from the
+        // kernel only: no process of the namespace (a VM's, for one opened in
+        // it) can slip forged answers in.
+        rustix::net::connect(&socket, &SocketAddrNetlink::new(0, 0))
+            .map_err(|e| LinkError::Socket(e.into()))?;
+        Ok(Netlink {
+            socket,
+            sequence: 0,
+            buf: vec![0; 32 * 1024],
+        })
     }
 
     /// A connection in the network namespace `netns`, made by entering it and
@@ -77,41 +132,149 @@ impl Netlink {
         opened
     }
 
-    /// The link named `name`, if there is one.
-    pub fn get(&self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
-        let mut req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match self.rt.block_on(async { req.try_next().await }) {
-            Ok(link) => Ok(link),
-            // The kernel answers a lookup of a missing name with ENODEV.
-            Err(rtnetlink::Error::NetlinkError(e))
-                if e.raw_code() == -libc::ENODEV || e.raw_code() == -libc::ENOENT =>
-            {
-                Ok(None)
+    /// Send `message` with `flags` (besides `NLM_F_REQUEST`) and read the
+    /// kernel's answer to it: the messages it returns, up to the end of a dump
+    /// (`NLMSG_DONE`), the acknowledgement (`NLMSG_ERROR` with no error) or a
+    /// single reply for a plain lookup. An `NLMSG_ERROR` with an error is
+    /// [`Failure::Refused`]. Answers to an earlier request (one given up on
+    /// half-read) are skipped by their sequence number.
+    fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+    ) -> Result<Vec<RouteNetlinkMessage>, Failure> {
+        self.sequence = self.sequence.wrapping_add(1);
+        let sequence = self.sequence;
+        let mut packet = NetlinkMessage::from(message);
+        packet.header.flags = NLM_F_REQUEST | flags;
+        packet.header.sequence_number = sequence;
+        packet.finalize();
+        let mut bytes = vec![0; packet.buffer_len()];
+        packet.serialize(&mut bytes);
+        let sent = retry(|| rustix::net::send(&self.socket, &bytes, SendFlags::empty()))
+            .map_err(|e| Failure::Transport(format!("send a request: {e}")))?;
+        if sent != bytes.len() {
+            return Err(Failure::Transport(format!(
+                "the kernel took {sent} of a request's {} bytes",
+                bytes.len()
+            )));
+        }
+        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
+        let acked = flags & NLM_F_ACK != 0;
+        let mut replies = Vec::new();
+        loop {
+            let len = self.receive()?;
+            let mut rest = &self.buf[..len];
+            while !rest.is_empty() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(rest)
+                    .map_err(|e| Failure::Transport(format!("unreadable answer: {e}")))?;
+                // Messages in one datagram start at 4-byte boundaries.
+                let size = (reply.header.length as usize).max(HEADER_LEN);
+                rest = rest.get(size.next_multiple_of(4)..).unwrap_or_default();
+                if reply.header.sequence_number != sequence {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Error(e) if e.code.is_some() => {
+                        return Err(Failure::Refused(e.to_io()));
+                    }
+                    NetlinkPayload::Error(_) => return Ok(replies),
+                    NetlinkPayload::Done(done) if done.code != 0 => {
+                        return Err(Failure::Refused(io::Error::from_raw_os_error(
+                            done.code.saturating_neg(),
+                        )));
+                    }
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(m) => {
+                        replies.push(m);
+                        if !dump && !acked {
+                            return Ok(replies);
+                        }
+                    }
+                    NetlinkPayload::Overrun(_) => {
+                        return Err(Failure::Transport("the kernel's answer overran".into()));
+                    }
+                    _ => {}
+                }
             }
+        }
+    }
+
+    /// Take the next datagram into `buf`, made large enough for it first.
+    /// Returns its length.
+    fn receive(&mut self) -> Result<usize, Failure> {
+        let failed = |e: rustix::io::Errno| Failure::Transport(format!("read the answer: {e}"));
+        // With MSG_TRUNC, the datagram's whole length, whatever the room given.
+        let (_, whole) = retry(|| {
+            rustix::net::recv(
+                &self.socket,
+                &mut [0u8; 0][..],
+                RecvFlags::PEEK | RecvFlags::TRUNC,
+            )
+        })
+        .map_err(failed)?;
+        if whole > self.buf.len() {
+            self.buf.resize(whole, 0);
+        }
+        let (_, len) =
+            retry(|| rustix::net::recv(&self.socket, &mut self.buf[..], RecvFlags::empty()))
+                .map_err(failed)?;
+        Ok(len.min(self.buf.len()))
+    }
+
+    /// The link named `name`, if there is one.
+    pub fn get(&mut self, name: &str) -> Result<Option<LinkMessage>, LinkError> {
+        let mut lookup = LinkMessage::default();
+        lookup
+            .attributes
+            .push(LinkAttribute::IfName(name.to_owned()));
+        match self.request(RouteNetlinkMessage::GetLink(lookup), 0) {
+            Ok(replies) => Ok(replies.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => Some(link),
+                _ => None,
+            })),
+            // The kernel answers a lookup of a missing name with ENODEV.
+            Err(e) if e.is(libc::ENODEV) || e.is(libc::ENOENT) => Ok(None),
             Err(e) => Err(nl(format!("look up {name}"))(e)),
         }
     }
 
     /// Names of all links, in this namespace.
-    pub fn names(&self) -> Result<Vec<String>, LinkError> {
-        let req = self.handle.link().get().execute();
-        let links: Vec<LinkMessage> = self
-            .rt
-            .block_on(req.try_collect())
+    pub fn names(&mut self) -> Result<Vec<String>, LinkError> {
+        let links = self
+            .request(
+                RouteNetlinkMessage::GetLink(LinkMessage::default()),
+                NLM_F_DUMP,
+            )
             .map_err(nl("list links"))?;
-        Ok(links.iter().filter_map(name_of).collect())
+        Ok(links
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(link) => name_of(link),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Send `message`, which makes or changes something, and wait for the
+    /// kernel's acknowledgement.
+    fn change(&mut self, message: RouteNetlinkMessage, flags: u16) -> Result<(), Failure> {
+        self.request(message, NLM_F_ACK | flags).map(drop)
+    }
+
+    /// Set the attributes of link `index` (`RTM_SETLINK`).
+    fn set_link(&mut self, link: LinkMessage) -> Result<(), Failure> {
+        self.change(
+            RouteNetlinkMessage::SetLink(link),
+            NLM_F_EXCL | NLM_F_CREATE,
+        )
     }
 
     /// Make sure bridge `name` exists, is up, carries `gateway`, and is marked
     /// with `alias` (the store that owns it). A bridge with another mark is not
     /// ours: refused.
     pub fn ensure_bridge(
-        &self,
+        &mut self,
         name: &str,
         gateway: Ipv4Net,
         alias: &str,
@@ -128,15 +291,18 @@ impl Netlink {
                 link
             }
             None => {
-                let add = self
-                    .handle
-                    .link()
-                    .add(LinkBridge::new(name).build())
-                    .execute();
-                match self.rt.block_on(add) {
+                let mut bridge = up_link(0);
+                bridge.attributes = vec![
+                    LinkAttribute::IfName(name.to_owned()),
+                    LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+                ];
+                match self.change(
+                    RouteNetlinkMessage::NewLink(bridge),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                ) {
                     Ok(()) => {}
                     // Made meanwhile by another fvm: checked below.
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+                    Err(e) if e.is(libc::EEXIST) => {}
                     Err(e) => return Err(nl(format!("create bridge {name}"))(e)),
                 }
                 let link = self.get(name)?.ok_or_else(|| LinkError::Netlink {
@@ -145,17 +311,11 @@ impl Netlink {
                 })?;
                 let mark = alias_of(&link).unwrap_or_default();
                 if mark.is_empty() {
-                    let set = self
-                        .handle
-                        .link()
-                        .set(
-                            LinkUnspec::new_with_index(link.header.index)
-                                .alias(alias)
-                                .build(),
-                        )
-                        .execute();
-                    self.rt
-                        .block_on(set)
+                    let mut set = LinkMessage::default();
+                    set.header.index = link.header.index;
+                    set.attributes
+                        .push(LinkAttribute::IfAlias(alias.to_owned()));
+                    self.set_link(set)
                         .map_err(nl(format!("mark bridge {name}")))?;
                 } else if mark != alias {
                     return Err(LinkError::ForeignBridge {
@@ -173,33 +333,39 @@ impl Netlink {
     }
 
     /// Add `ip` to link `index`; an address it already has is fine.
-    fn add_address(&self, index: u32, ip: Ipv4Net, name: &str) -> Result<(), LinkError> {
-        let req = self
-            .handle
-            .address()
-            .add(index, IpAddr::V4(ip.addr), ip.prefix)
-            .execute();
-        match self.rt.block_on(req) {
+    fn add_address(&mut self, index: u32, ip: Ipv4Net, name: &str) -> Result<(), LinkError> {
+        let mut address = AddressMessage::default();
+        address.header.family = AddressFamily::Inet;
+        address.header.prefix_len = ip.prefix;
+        address.header.index = index;
+        address.attributes = vec![
+            AddressAttribute::Address(ip.addr.into()),
+            AddressAttribute::Local(ip.addr.into()),
+        ];
+        if ip.prefix < 31 {
+            let broadcast = u32::MAX >> ip.prefix | u32::from(ip.addr);
+            address
+                .attributes
+                .push(AddressAttribute::Broadcast(Ipv4Addr::from(broadcast)));
+        }
+        match self.change(
+            RouteNetlinkMessage::NewAddress(address),
+            NLM_F_CREATE | NLM_F_EXCL,
+        ) {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) if e.is(libc::EEXIST) => Ok(()),
             Err(e) => Err(nl(format!("add {ip} to {name}"))(e)),
         }
     }
 
-    fn up(&self, index: u32, name: &str) -> Result<(), LinkError> {
-        let req = self
-            .handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).up().build())
-            .execute();
-        self.rt
-            .block_on(req)
+    fn up(&mut self, index: u32, name: &str) -> Result<(), LinkError> {
+        self.set_link(up_link(index))
             .map_err(nl(format!("bring {name} up")))
     }
 
     /// Delete link `name` if it carries `alias` (so only what fvm made for this
     /// store). Returns whether it was deleted.
-    pub fn delete_marked(&self, name: &str, alias: &str) -> Result<bool, LinkError> {
+    pub fn delete_marked(&mut self, name: &str, alias: &str) -> Result<bool, LinkError> {
         let Some(link) = self.get(name)? else {
             return Ok(false);
         };
@@ -211,10 +377,12 @@ impl Netlink {
     }
 
     /// Delete link `index` (a missing one is fine).
-    pub fn delete(&self, index: u32, name: &str) -> Result<(), LinkError> {
-        match self.rt.block_on(self.handle.link().del(index).execute()) {
+    pub fn delete(&mut self, index: u32, name: &str) -> Result<(), LinkError> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        match self.change(RouteNetlinkMessage::DelLink(link), 0) {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => Ok(()),
+            Err(e) if e.is(libc::ENODEV) => Ok(()),
             Err(e) => Err(nl(format!("delete {name}"))(e)),
         }
     }
@@ -223,7 +391,7 @@ impl Netlink {
     /// `bridge` and up, the peer moved into the namespace `netns`. A leftover
     /// pair of the same name (a crash between create and move) is replaced.
     pub fn add_veth(
-        &self,
+        &mut self,
         host: &str,
         peer: &str,
         bridge: u32,
@@ -235,26 +403,31 @@ impl Netlink {
         // One request: the pair, the host end on the bridge and up, the peer made
         // directly inside the VM's namespace (moving it there afterwards costs the
         // kernel several times more).
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&netns);
-        let peer_msg = rtnetlink::LinkMessageBuilder::<LinkUnspec>::new()
-            .name(peer)
-            .setns_by_fd(fd)
-            .build();
-        let pair = LinkVeth::new(host, peer)
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
-            .controller(bridge)
-            .up()
-            .build();
-        let add = self.handle.link().add(pair).execute();
-        self.rt
-            .block_on(add)
-            .map_err(nl(format!("create veth {host}")))
+        let mut peer_link = LinkMessage::default();
+        peer_link.attributes = vec![
+            LinkAttribute::IfName(peer.to_owned()),
+            LinkAttribute::NetNsFd(netns.as_raw_fd()),
+        ];
+        let mut pair = up_link(0);
+        pair.attributes = vec![
+            LinkAttribute::IfName(host.to_owned()),
+            LinkAttribute::Controller(bridge),
+            LinkAttribute::LinkInfo(vec![
+                LinkInfo::Kind(InfoKind::Veth),
+                LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_link))),
+            ]),
+        ];
+        self.change(
+            RouteNetlinkMessage::NewLink(pair),
+            NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map_err(nl(format!("create veth {host}")))
     }
 
     /// In a VM's namespace: `lo` up; `peer` renamed `eth0`, given `ip` and up;
     /// a default route via `gateway` (if any).
     pub fn configure_vm_side(
-        &self,
+        &mut self,
         peer: &str,
         ip: Option<Ipv4Net>,
         gateway: Option<Ipv4Addr>,
@@ -271,26 +444,50 @@ impl Netlink {
         })?;
         let index = link.header.index;
         if peer != "eth0" {
-            let rename = self
-                .handle
-                .link()
-                .set(LinkUnspec::new_with_index(index).name("eth0").build())
-                .execute();
-            self.rt.block_on(rename).map_err(nl("name the vm's eth0"))?;
+            let mut rename = LinkMessage::default();
+            rename.header.index = index;
+            rename.attributes.push(LinkAttribute::IfName("eth0".into()));
+            self.set_link(rename).map_err(nl("name the vm's eth0"))?;
         }
         self.add_address(index, ip, "eth0")?;
         self.up(index, "eth0")?;
         if let Some(gw) = gateway {
-            let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                .gateway(gw)
-                .output_interface(index)
-                .build();
-            let add = self.handle.route().add(route).execute();
-            self.rt
-                .block_on(add)
-                .map_err(nl(format!("add the default route via {gw}")))?;
+            let mut route = RouteMessage::default();
+            route.header.address_family = AddressFamily::Inet;
+            route.header.table = RouteHeader::RT_TABLE_MAIN;
+            route.header.protocol = RouteProtocol::Static;
+            route.header.scope = RouteScope::Universe;
+            route.header.kind = RouteType::Unicast;
+            route.attributes = vec![
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)),
+                RouteAttribute::Oif(index),
+            ];
+            self.change(
+                RouteNetlinkMessage::NewRoute(route),
+                NLM_F_CREATE | NLM_F_EXCL,
+            )
+            .map_err(nl(format!("add the default route via {gw}")))?;
         }
         Ok(())
+    }
+}
+
+/// A link message for link `index` (0: one being made) that brings it up.
+fn up_link(index: u32) -> LinkMessage {
+    let mut link = LinkMessage::default();
+    link.header.index = index;
+    link.header.flags = LinkFlags::Up;
+    link.header.change_mask = LinkFlags::Up;
+    link
+}
+
+/// Run a socket call again when a signal interrupted it.
+fn retry<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    loop {
+        match call() {
+            Err(rustix::io::Errno::INTR) => continue,
+            done => return done,
+        }
     }
 }
 
@@ -325,4 +522,194 @@ pub fn netns_of_child(pid: i32) -> io::Result<OwnedFd> {
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys;
+    use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
+    use std::os::fd::AsFd;
+
+    /// Run `f` on a thread of its own in a network namespace of its own, which
+    /// goes away with the thread (and every link made in it).
+    fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::spawn(move || {
+            sys::unshare(sys::ns::NET).expect("unshare a network namespace");
+            f()
+        })
+        .join()
+        .expect("the test thread")
+    }
+
+    fn net(text: &str) -> Ipv4Net {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_bridge_is_made_marked_found_and_deleted_only_by_its_store() {
+        if !crate::testing::require_root(
+            "a_bridge_is_made_marked_found_and_deleted_only_by_its_store",
+        ) {
+            return;
+        }
+        in_private_netns(|| {
+            let mut nl = Netlink::open().unwrap();
+            assert_eq!(nl.names().unwrap(), vec!["lo".to_owned()]);
+            let gateway = net("10.200.250.1/24");
+            let index = nl.ensure_bridge("fvmnl0", gateway, "fvm-a").unwrap();
+            let link = nl.get("fvmnl0").unwrap().expect("the bridge");
+            assert_eq!(link.header.index, index);
+            assert_eq!(alias_of(&link).as_deref(), Some("fvm-a"));
+            assert!(link.header.flags.contains(LinkFlags::Up));
+            // Again: the same bridge, its address already there.
+            assert_eq!(nl.ensure_bridge("fvmnl0", gateway, "fvm-a").unwrap(), index);
+            let foreign = nl.ensure_bridge("fvmnl0", gateway, "fvm-b").unwrap_err();
+            assert!(
+                matches!(foreign, LinkError::ForeignBridge { .. }),
+                "{foreign}"
+            );
+            assert!(!nl.delete_marked("fvmnl0", "fvm-b").unwrap());
+            assert!(nl.delete_marked("fvmnl0", "fvm-a").unwrap());
+            assert!(nl.get("fvmnl0").unwrap().is_none());
+            assert!(!nl.delete_marked("fvmnl0", "fvm-a").unwrap());
+            // A refusal is one line naming what failed and why.
+            let refused = nl
+                .get("a-name-longer-than-ifnamsiz")
+                .unwrap_err()
+                .to_string();
+            assert!(refused.starts_with("netlink: cannot look up "), "{refused}");
+            assert!(!refused.contains('\n'), "{refused}");
+        });
+    }
+
+    #[test]
+    fn a_dump_larger_than_one_datagram_is_read_to_its_end() {
+        if !crate::testing::require_root("a_dump_larger_than_one_datagram_is_read_to_its_end") {
+            return;
+        }
+        in_private_netns(|| {
+            let mut nl = Netlink::open().unwrap();
+            let mut want = vec!["lo".to_owned()];
+            for i in 0..120 {
+                let name = format!("fvmnl{i}");
+                let mut bridge = up_link(0);
+                bridge.attributes = vec![
+                    LinkAttribute::IfName(name.clone()),
+                    LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
+                ];
+                nl.change(
+                    RouteNetlinkMessage::NewLink(bridge),
+                    NLM_F_CREATE | NLM_F_EXCL,
+                )
+                .unwrap();
+                want.push(name);
+            }
+            let mut names = nl.names().unwrap();
+            names.sort();
+            want.sort();
+            assert_eq!(names, want);
+            // The socket is in step afterwards: the next request gets its own answer.
+            assert!(nl.get("fvmnl7").unwrap().is_some());
+        });
+    }
+
+    #[test]
+    fn a_veth_joins_a_bridge_with_its_peer_made_inside_another_namespace() {
+        if !crate::testing::require_root(
+            "a_veth_joins_a_bridge_with_its_peer_made_inside_another_namespace",
+        ) {
+            return;
+        }
+        in_private_netns(|| {
+            let home = own_netns().unwrap();
+            sys::unshare(sys::ns::NET).unwrap();
+            let vm = own_netns().unwrap();
+            move_into_link_name_space(home.as_fd(), Some(LinkNameSpaceType::Network)).unwrap();
+
+            let mut host = Netlink::open().unwrap();
+            let gateway = net("10.200.251.1/24");
+            let bridge = host.ensure_bridge("fvmnlbr", gateway, "fvm-a").unwrap();
+            host.add_veth("fvmnlveth", "eth0", bridge, vm.as_fd())
+                .unwrap();
+            let veth = host.get("fvmnlveth").unwrap().expect("the host end");
+            assert!(veth.attributes.contains(&LinkAttribute::Controller(bridge)));
+            assert!(
+                host.get("eth0").unwrap().is_none(),
+                "the peer is not on the host"
+            );
+            // Made again over a leftover of the same name: the old pair goes first.
+            host.add_veth("fvmnlveth", "eth0", bridge, vm.as_fd())
+                .unwrap();
+            assert_ne!(
+                host.get("fvmnlveth").unwrap().unwrap().header.index,
+                veth.header.index
+            );
+
+            let mut inside = Netlink::open_in(vm.as_fd(), home.as_fd()).unwrap();
+            let missing = inside
+                .configure_vm_side("fvmnone", Some(net("10.200.251.2/24")), None)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                missing,
+                "netlink: cannot configure the vm's eth0: fvmnone is not in the vm"
+            );
+            inside
+                .configure_vm_side("eth0", Some(net("10.200.251.2/24")), Some(gateway.addr))
+                .unwrap();
+            let mut names = inside.names().unwrap();
+            names.sort();
+            assert_eq!(names, vec!["eth0".to_owned(), "lo".to_owned()]);
+            let lo = inside.get("lo").unwrap().unwrap();
+            assert!(lo.header.flags.contains(LinkFlags::Up));
+            // A default route via the gateway was added: adding it again is refused.
+            let again = inside
+                .configure_vm_side("eth0", Some(net("10.200.251.2/24")), Some(gateway.addr))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                again.starts_with("netlink: cannot add the default route via 10.200.251.1: "),
+                "{again}"
+            );
+        });
+    }
+
+    #[test]
+    fn no_other_process_can_slip_an_answer_into_the_socket() {
+        if !crate::testing::require_root("no_other_process_can_slip_an_answer_into_the_socket") {
+            return;
+        }
+        in_private_netns(|| {
+            let mut nl = Netlink::open().unwrap();
+            let port = SocketAddrNetlink::try_from(rustix::net::getsockname(&nl.socket).unwrap())
+                .unwrap()
+                .pid();
+            assert_ne!(port, 0);
+            // What root in a VM could send to fvm's socket in the VM's namespace: a
+            // refusal of the next request, before fvm has even made it.
+            let mut refusal = netlink_packet_core::ErrorMessage::default();
+            refusal.code = std::num::NonZeroI32::new(-libc::EPERM);
+            let mut forged = NetlinkMessage::<RouteNetlinkMessage>::new(
+                Default::default(),
+                NetlinkPayload::Error(refusal),
+            );
+            forged.header.sequence_number = nl.sequence + 1;
+            forged.finalize();
+            let mut bytes = vec![0; forged.buffer_len()];
+            forged.serialize(&mut bytes);
+            let forger = rustix::net::socket(SocketFamily::NETLINK, SocketType::RAW, None).unwrap();
+            let sent = rustix::net::sendto(
+                &forger,
+                &bytes,
+                SendFlags::empty(),
+                &SocketAddrNetlink::new(port, 0),
+            );
+            assert_eq!(sent, Err(rustix::io::Errno::CONNREFUSED));
+            // The next request gets the kernel's own answer (no such link: fine).
+            let deleted = nl.delete(987_654, "fvmnone");
+            assert!(deleted.is_ok(), "{deleted:?}");
+            assert!(nl.get("fvmnone").unwrap().is_none());
+        });
+    }
 }

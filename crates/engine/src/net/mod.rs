@@ -3,7 +3,7 @@
 //! store's bridge, its own address, NAT and an egress policy enforced on the host).
 //!
 //! - [`addr`]: addresses, egress rules and published ports, as the policy writes them;
-//! - [`link`]: bridges, veths, addresses and routes, through netlink (rtnetlink);
+//! - [`link`]: bridges, veths, addresses and routes, through netlink (blocking requests);
 //! - [`nft`]: the store's nftables tables (egress policy, NAT, published ports),
 //!   generated as text and applied atomically with `nft -f`.
 //!

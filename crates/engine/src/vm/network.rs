@@ -326,7 +326,7 @@ impl Engine {
         let home = link::own_netns().map_err(LinkError::Setns)?;
         use std::os::fd::AsFd;
         if net.mode == NetMode::None {
-            let inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
+            let mut inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
             return Ok(inside.configure_vm_side("", None, None)?);
         }
         let _lock = self.net_lock()?;
@@ -340,7 +340,7 @@ impl Engine {
         store
             .check_vm_ip(ip)
             .map_err(|reason| NetworkError::Policy(netcfg::NetError { key: "ip", reason }))?;
-        let host = Netlink::open()?;
+        let mut host = Netlink::open()?;
         let bridge = host.ensure_bridge(
             &store.bridge,
             store.gateway(),
@@ -355,7 +355,7 @@ impl Engine {
         let veth = netcfg::veth_name(self.store.id(), vm.name().as_str());
         // The VM's end is made inside its namespace, where no other eth0 exists.
         host.add_veth(&veth, "eth0", bridge, netns.as_fd())?;
-        let inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
+        let mut inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
         inside.configure_vm_side("eth0", Some(ip), Some(store.gateway().addr))?;
         tracing::debug!(vm = %vm.name(), %ip, veth, "vm connected to bridge {}", store.bridge);
         Ok(())
@@ -389,7 +389,7 @@ impl Engine {
     }
 
     fn remove_bridge(&self, store: &StoreNet) -> Result<bool, NetworkError> {
-        let host = Netlink::open()?;
+        let mut host = Netlink::open()?;
         Ok(host.delete_marked(&store.bridge, &bridge_mark(self.store.id()))?)
     }
 
