@@ -229,7 +229,7 @@ fn step_meaning(command: &str, key: &str) -> &'static str {
         ),
         (
             "vm connected to bridge",
-            "under the store's network lock: the bridge found; a veth pair made in one request, its host end on the bridge, the VM's end created inside the VM's namespace as eth0; lo, the address and the default route set there (rtnetlink)",
+            "under the store's network lock: the bridge found; a veth pair made in one request, its host end on the bridge, the VM's end created inside the VM's namespace as eth0; lo, the address and the default route set there (netlink)",
         ),
         (
             "nft -f -",
