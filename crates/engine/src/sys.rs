@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 use rustix::process::Pid;
 
-/// Namespace flags for [`clone_process`], as the kernel spells them.
+/// Namespace flags for [`spawn_in`], as the kernel spells them.
 pub mod ns {
     pub const MOUNT: u64 = libc::CLONE_NEWNS as u64;
     pub const PID: u64 = libc::CLONE_NEWPID as u64;
@@ -22,15 +22,6 @@ pub mod ns {
     pub const UTS: u64 = libc::CLONE_NEWUTS as u64;
     pub const CGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
     pub const NET: u64 = libc::CLONE_NEWNET as u64;
-}
-
-/// What [`clone_process`] returned in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forked {
-    /// We are the new process.
-    Child,
-    /// We are the caller; this is the new process's pid in our pid namespace.
-    Parent(Pid),
 }
 
 /// `struct clone_args` of clone3(2), up to the `cgroup` field (kernel 5.7).
@@ -52,14 +43,80 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Create a child process like `fork()`, but in new namespaces (`flags` from
-/// [`ns`]) and, if `cgroup` is a cgroup v2 directory, born inside that cgroup.
+/// The exit status of a forked child whose work panicked (Rust's own code for a
+/// panicking program).
+pub const CHILD_PANICKED: i32 = 101;
+
+/// Run `child` in a new process (like `fork()`), in new namespaces (`flags` from
+/// [`ns`]) and, if `cgroup` is a cgroup v2 directory, born inside that cgroup. The
+/// new process ends with `_exit` and the code `child` returns, or
+/// [`CHILD_PANICKED`] if it panics: it never returns into the caller's frames,
+/// never runs the caller's destructors or flushes its buffers a second time.
+/// Returns the new process's pid in our pid namespace.
 ///
-/// The child continues on a copy-on-write copy of the caller's stack and memory. It
-/// must only be called while the process is single-threaded: the child gets a copy of
-/// one thread, so locks held by other threads (malloc, stdio) would stay locked forever.
-/// fvm's CLI never starts a thread before it launches a VM.
-pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+/// The child gets a copy of one thread only: had another thread held a lock
+/// (malloc's, stdio's) it would stay locked in the child forever. So this fails,
+/// without forking, unless the calling process is single-threaded; the kernel
+/// answers that (see [`ensure_single_threaded`]), not a promise of the caller.
+pub fn spawn_in(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    child: impl FnOnce() -> i32,
+) -> io::Result<Pid> {
+    ensure_single_threaded()?;
+    // SAFETY: the process was single-threaded just now, and nothing between the
+    // check and the clone starts a thread.
+    unsafe { clone_and_run(flags, cgroup, child) }
+}
+
+/// [`spawn_in`] without new namespaces or a cgroup: `fork()`.
+pub fn spawn(child: impl FnOnce() -> i32) -> io::Result<Pid> {
+    spawn_in(0, None, child)
+}
+
+/// [`spawn`] from a test, which runs on one of the test harness's threads, so
+/// the single-thread check can't pass. The child is a plain `fn` (it captures
+/// nothing) and must only make system calls: no allocation, no lock, no output.
+#[cfg(test)]
+pub fn spawn_from_test(cgroup: Option<BorrowedFd<'_>>, child: fn() -> i32) -> io::Result<Pid> {
+    // SAFETY: the other threads are the harness's; the child, by this function's
+    // contract, takes none of the locks they may hold.
+    unsafe { clone_and_run(0, cgroup, child) }
+}
+
+/// Fail unless this process is single-threaded. `unshare` of CLONE_THREAD,
+/// CLONE_SIGHAND and CLONE_VM is refused with EINVAL while any other task shares
+/// this process's thread group, signal handlers or memory, and otherwise has
+/// nothing to unshare: it asks the kernel and changes nothing. Unlike counting
+/// /proc/self/task it works in any mount namespace (a running VM's /proc does not
+/// show this process) and can't be fooled by what is mounted on /proc.
+fn ensure_single_threaded() -> io::Result<()> {
+    let flags = libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_VM;
+    // SAFETY: with these flags unshare either fails or, for a process that shares
+    // nothing, leaves every kernel object of the process as it was.
+    if unsafe { libc::unshare(flags) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        return Err(io::Error::other(
+            "cannot fork: this process has other threads",
+        ));
+    }
+    Err(e)
+}
+
+/// clone3 like `fork()`; the child runs `child` under `catch_unwind` and exits.
+///
+/// # Safety
+///
+/// The process must be single-threaded, or `child` must take no lock another
+/// thread might hold (no allocation, no stdio).
+unsafe fn clone_and_run(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    child: impl FnOnce() -> i32,
+) -> io::Result<Pid> {
     let mut args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -72,7 +129,7 @@ pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<F
     // SAFETY: clone3 with no stack (0) and without CLONE_VM/CLONE_THREAD/CLONE_SETTLS
     // behaves like fork(2): the child resumes here on a private copy of the caller's
     // memory. `args` is a live, fully initialized clone_args of the size passed. The
-    // caller guarantees the process is single-threaded (see the doc comment).
+    // caller vouches for the threads (see above).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -82,16 +139,19 @@ pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<F
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(
-            Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?,
-        )),
+        0 => {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
+                Ok(code) => code,
+                Err(payload) => {
+                    // Dropping the payload could run code that panics again.
+                    std::mem::forget(payload);
+                    CHILD_PANICKED
+                }
+            };
+            exit_now(code)
+        }
+        pid => Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0")),
     }
-}
-
-/// `fork()`: [`clone_process`] without new namespaces. Same single-thread rule.
-pub fn fork() -> io::Result<Forked> {
-    clone_process(0, None)
 }
 
 /// `unshare(2)` for namespace flags from [`ns`].
@@ -191,7 +251,8 @@ pub fn clear_undeletable_flags(fd: BorrowedFd<'_>) -> io::Result<bool> {
 }
 
 /// End this process at once: no destructors, no atexit handlers, no flushing of
-/// buffers copied from the parent. For forked children that must not return.
+/// buffers copied from the parent. For a VM's init, which ends from deep inside
+/// its loop; every other forked child just returns its code to [`spawn_in`].
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns; skipping destructors is the
     // point (a forked child must not flush or free the parent's state twice).
@@ -671,4 +732,26 @@ pub fn loop_backing(device: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
         return Err(io::Error::last_os_error());
     }
     Ok((info.device, info.inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_refuses_a_process_with_other_threads() {
+        // The test harness runs this on a thread of its own: not single-threaded.
+        let err = spawn(|| 0).unwrap_err();
+        assert!(err.to_string().contains("other threads"), "{err}");
+    }
+
+    #[test]
+    fn a_test_child_exits_with_what_it_returns() {
+        let pid = spawn_from_test(None, || 7).unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        assert_eq!(status.exit_status(), Some(7));
+    }
 }

@@ -17,7 +17,7 @@ use rustix::process::Pid;
 use super::stdio::{StdioPlan, Stream, TtyMode};
 use crate::confine::Confinement;
 use crate::limits::ProcessLimits;
-use crate::sys::{self, Forked};
+use crate::sys;
 
 /// The PATH used when the environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -278,35 +278,30 @@ pub fn spawn(
     };
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
-    match sys::clone_process(0, cgroup).map_err(fork_err)? {
-        Forked::Child => {
-            drop(err_read);
-            let errno = exec_child(&r, stdio, tty, err_write.as_raw_fd(), before_exec);
-            let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
-            sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 });
+    let pid = sys::spawn_in(0, cgroup, || {
+        let errno = exec_child(&r, stdio, tty, err_write.as_raw_fd(), before_exec);
+        let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
+        if errno == libc::ENOENT { 127 } else { 126 }
+    })
+    .map_err(fork_err)?;
+    drop(err_write);
+    // Readable once the child exec'd (or died), or its exec failed.
+    if !super::stop::wait_readable(&err_read, EXEC_DEADLINE).unwrap_or(true) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        return Err(SpawnError::Stalled {
+            program: r.program,
+            after: EXEC_DEADLINE,
+        });
+    }
+    let mut buf = [0u8; 4];
+    let mut f = std::fs::File::from(err_read);
+    match f.read(&mut buf) {
+        Ok(4) => {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Err(SpawnError::from_errno(r.program, i32::from_ne_bytes(buf)))
         }
-        Forked::Parent(pid) => {
-            drop(err_write);
-            // Readable once the child exec'd (or died), or its exec failed.
-            if !super::stop::wait_readable(&err_read, EXEC_DEADLINE).unwrap_or(true) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                return Err(SpawnError::Stalled {
-                    program: r.program,
-                    after: EXEC_DEADLINE,
-                });
-            }
-            let mut buf = [0u8; 4];
-            let mut f = std::fs::File::from(err_read);
-            match f.read(&mut buf) {
-                Ok(4) => {
-                    let _ =
-                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                    Err(SpawnError::from_errno(r.program, i32::from_ne_bytes(buf)))
-                }
-                _ => Ok(pid),
-            }
-        }
+        _ => Ok(pid),
     }
 }
 

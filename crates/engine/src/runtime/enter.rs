@@ -114,25 +114,24 @@ pub fn hide_paths(
     };
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| EnterError::Setns(e.into()))?;
-    let pid = match crate::sys::fork().map_err(EnterError::Setns)? {
-        crate::sys::Forked::Child => {
-            drop(read);
-            let _ = rustix::thread::set_name(c"fvm-hide");
-            let result =
-                rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)
-                    .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
-                    .and_then(|()| {
-                        crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
-                            .map_err(|e| crate::vm::error_line(&e))
-                    });
-            if let Err(msg) = result {
+    let pid = crate::sys::spawn(|| {
+        let _ = rustix::thread::set_name(c"fvm-hide");
+        let result =
+            rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)
+                .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
+                .and_then(|()| {
+                    crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
+                        .map_err(|e| crate::vm::error_line(&e))
+                });
+        match result {
+            Ok(()) => 0,
+            Err(msg) => {
                 let _ = rustix::io::write(&write, msg.as_bytes());
-                crate::sys::exit_now(1);
+                1
             }
-            crate::sys::exit_now(0);
         }
-        crate::sys::Forked::Parent(pid) => pid,
-    };
+    })
+    .map_err(EnterError::Setns)?;
     drop(write);
     let ok = wait_with_deadline(pid, HIDE_DEADLINE)?;
     let mut msg = String::new();

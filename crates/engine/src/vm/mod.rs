@@ -486,36 +486,34 @@ pub(super) fn spawn_detached(
     name: &std::ffi::CStr,
     work: impl FnOnce() -> i32,
 ) -> std::io::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
-    match sys::fork()? {
-        sys::Forked::Parent(pid) => {
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            Ok(())
-        }
-        sys::Forked::Child => {
-            let _ = rustix::process::setsid();
-            if !matches!(sys::fork(), Ok(sys::Forked::Child)) {
-                sys::exit_now(0);
-            }
-            let _ = sys::close_all_except(&[]);
-            if let Ok(null) = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            ) {
-                let raw = null.as_raw_fd();
-                for fd in (0..=2).filter(|fd| *fd != raw) {
-                    let _ = sys::dup_onto(null.as_fd(), fd);
-                }
-                if raw <= 2 {
-                    // It is one of stdin, stdout, stderr now: keep it open.
-                    let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
-                }
-            }
-            let _ = rustix::thread::set_name(name);
-            sys::exit_now(work())
+    let pid = sys::spawn(|| {
+        let _ = rustix::process::setsid();
+        // The intermediate child ends at once, so the worker is nobody's child.
+        let _ = sys::spawn(|| detached(name, work));
+        0
+    })?;
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    Ok(())
+}
+
+/// The second child of [`spawn_detached`]: stdio on /dev/null, then `work`.
+fn detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> i32 {
+    let _ = sys::close_all_except(&[]);
+    // With every fd closed, /dev/null opens as fd 0 (stdin) and stays open.
+    if let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+        if std::os::fd::AsRawFd::as_raw_fd(&null) <= 2 {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
         }
     }
+    let _ = rustix::thread::set_name(name);
+    work()
 }
 
 /// An error and its causes on one line, without the "(os error N)" noise.
