@@ -3,8 +3,9 @@
 //! rustix and nix cover almost every syscall fvm needs. What is left is here:
 //! `clone` with namespace flags (neither crate offers a fork-like clone), `unshare`
 //! (unsafe in rustix because of `CLONE_FILES`), `execve`, `close_range`, signal
-//! dispositions, and the inode-flags ioctl used to delete immutable files. Each
-//! wrapper states the invariant that makes it sound.
+//! dispositions, file handles, fanotify, quotas and loop devices. Each wrapper
+//! states the invariant that makes it sound. Where rustix has a safe call (inode
+//! flags, FICLONE, dup2 onto stdio) the wrappers here use it.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -176,18 +177,25 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
-/// Duplicate `fd` onto the fd number `target`, replacing what was there.
-pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
-    if fd.as_raw_fd() == target {
+/// Make `fd` this process's stdin (`n` 0), stdout (1) or stderr (2), replacing
+/// what was there; the copy is inherited across exec.
+pub fn dup_onto_stdio(fd: BorrowedFd<'_>, n: usize) -> io::Result<()> {
+    if fd.as_raw_fd() as usize == n {
         // dup2 onto itself is a no-op that keeps CLOEXEC; clear it explicitly.
         return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into);
     }
-    // SAFETY: dup2 onto a number the caller reserved; it atomically replaces any fd
-    // there, which the caller has declared it does not own any more.
-    if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
-        return Err(io::Error::last_os_error());
+    match n {
+        0 => rustix::stdio::dup2_stdin(fd),
+        1 => rustix::stdio::dup2_stdout(fd),
+        2 => rustix::stdio::dup2_stderr(fd),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a stdio fd",
+            ));
+        }
     }
-    Ok(())
+    .map_err(Into::into)
 }
 
 extern "C" fn note_signal(_: libc::c_int) {}
@@ -227,26 +235,16 @@ pub fn reset_signals_for_exec() -> io::Result<()> {
     SigSet::empty().thread_set_mask().map_err(io::Error::from)
 }
 
-/// The flags of FS_IOC_GETFLAGS that stop root from deleting a file.
-const UNDELETABLE: libc::c_long = 0x0000_0010 /* FS_IMMUTABLE_FL */ | 0x0000_0020 /* FS_APPEND_FL */;
-
 /// Clear the immutable and append-only inode flags, so the file can be deleted.
 /// Returns whether anything was cleared. `fd` may be opened O_RDONLY (or on a dir).
 pub fn clear_undeletable_flags(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one `long` through the pointer, which points at a
-    // live local of that type.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    if flags & UNDELETABLE == 0 {
+    use rustix::fs::IFlags;
+    let undeletable = IFlags::IMMUTABLE | IFlags::APPEND;
+    let flags = rustix::fs::ioctl_getflags(fd)?;
+    if !flags.intersects(undeletable) {
         return Ok(false);
     }
-    flags &= !UNDELETABLE;
-    // SAFETY: FS_IOC_SETFLAGS reads one `long` through the pointer (a live local).
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::ioctl_setflags(fd, flags - undeletable)?;
     Ok(true)
 }
 
@@ -344,12 +342,7 @@ pub fn scrub_args_and_environment() {
 /// Make `dst` share `src`'s data blocks (a reflink, FICLONE), where the filesystem
 /// can (btrfs, xfs, bcachefs); `Err` with EOPNOTSUPP, EXDEV or EINVAL where it can't.
 pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: FICLONE takes the source fd as its integer argument and touches no
-    // memory of ours; both fds are open for the duration of the call.
-    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    rustix::fs::ioctl_ficlone(dst, src).map_err(Into::into)
 }
 
 /// Whether the inode a file handle names still exists on the filesystem of

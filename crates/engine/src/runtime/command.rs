@@ -336,7 +336,7 @@ fn exec_child(
             (Stream::Pipe(fd), _) => sys::borrow_raw(*fd),
             _ => continue,
         };
-        if let Err(e) = sys::dup_onto(source, target as i32) {
+        if let Err(e) = sys::dup_onto_stdio(source, target) {
             return errno(e);
         }
     }

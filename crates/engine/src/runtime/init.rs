@@ -138,7 +138,8 @@ fn setup(
         )
         .map_err(|e| format!("cannot open /dev/null: {e}"))?;
         for fd in 0..=2 {
-            sys::dup_onto(null.as_fd(), fd).map_err(|e| format!("cannot redirect stdio: {e}"))?;
+            sys::dup_onto_stdio(null.as_fd(), fd)
+                .map_err(|e| format!("cannot redirect stdio: {e}"))?;
         }
     }
     let mut all = FORWARDED.to_vec();
@@ -247,7 +248,7 @@ impl Init {
             rustix::fs::Mode::empty(),
         ) {
             for fd in 0..=2 {
-                let _ = sys::dup_onto(null.as_fd(), fd);
+                let _ = sys::dup_onto_stdio(null.as_fd(), fd);
             }
         }
     }
