@@ -273,6 +273,27 @@ pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     close_range(next, RawFd::MAX)
 }
 
+/// Mark every fd of this process but stdin, stdout and stderr close-on-exec
+/// (`close_range` with CLOSE_RANGE_CLOEXEC, Linux 5.11): a command about to be
+/// exec'd starts with fds 0-2 only. Nothing is closed before the exec, so every
+/// owner of an fd in this process stays valid.
+pub fn close_on_exec_beyond_stdio() -> io::Result<()> {
+    // SAFETY: with CLOSE_RANGE_CLOEXEC the kernel only sets a flag on each fd
+    // from 3 up; no fd is closed, so no owner is invalidated.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
     // SAFETY: called only by close_all_except in a process that is about to give up
     // every fd outside `keep`; any OwnedFd in this process that refers to a closed

@@ -8,7 +8,7 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -279,7 +279,7 @@ pub fn spawn(
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
     let pid = sys::spawn_in(0, cgroup, || {
-        let errno = exec_child(&r, stdio, tty, err_write.as_raw_fd(), before_exec);
+        let errno = exec_child(&r, stdio, tty, before_exec);
         let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
         if errno == libc::ENOENT { 127 } else { 126 }
     })
@@ -310,7 +310,6 @@ fn exec_child(
     r: &Resolved,
     stdio: &StdioPlan,
     tty: Option<&OwnedFd>,
-    report_fd: RawFd,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> i32 {
     let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
@@ -341,8 +340,9 @@ fn exec_child(
         }
     }
     // Nothing else of fvm's (cgroup files, the init's pidfd, the pty master)
-    // stays open in the VM, not even until exec.
-    if let Err(e) = sys::close_all_except(&[0, 1, 2, report_fd]) {
+    // stays open in the VM past exec. Marked, not closed: closing would leave
+    // this process's owners of those fds naming numbers that may be reused.
+    if let Err(e) = sys::close_on_exec_beyond_stdio() {
         return errno(e);
     }
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
