@@ -135,7 +135,7 @@ fn syscalls() -> Result<String, (Level, String)> {
 }
 
 fn cgroups() -> Result<String, (Level, String)> {
-    let c = Cgroups::detect().map_err(|e| (Level::Fail, crate::vm::error_line(&e)))?;
+    let c = Cgroups::detect().map_err(|e| (Level::Fail, crate::error_line(&e)))?;
     let controllers = c.controllers().unwrap_or_default();
     let roots: Vec<String> = c.roots().iter().map(|r| r.display().to_string()).collect();
     Ok(format!(

@@ -35,6 +35,30 @@ pub mod watch;
 
 pub use vm::{Engine, VmError};
 
+/// An error and its causes on one line, without the "(os error N)" noise.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut s = plain(e.to_string());
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = plain(c.to_string());
+        if !s.ends_with(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn plain(mut msg: String) -> String {
+    if let Some(i) = msg.rfind(" (os error ")
+        && msg.ends_with(')')
+    {
+        msg.truncate(i);
+    }
+    msg
+}
+
 /// Whether this process has root's effective uid (fvm refuses to run otherwise).
 pub fn running_as_root() -> bool {
     rustix::process::geteuid().is_root()

@@ -121,7 +121,7 @@ pub fn hide_paths(
                 .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
                 .and_then(|()| {
                     crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
-                        .map_err(|e| crate::vm::error_line(&e))
+                        .map_err(|e| crate::error_line(&e))
                 });
         match result {
             Ok(()) => 0,

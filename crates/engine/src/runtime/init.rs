@@ -123,7 +123,7 @@ fn setup(
     // Leave the session of whoever ran fvm: the VM must not get its terminal.
     rustix::process::setsid().map_err(|e| format!("cannot start a new session: {e}"))?;
     tracing::debug!("init: in the vm's cgroup");
-    apply::enter_root(&spec.plan, &spec.layout).map_err(|e| error_chain(&e))?;
+    apply::enter_root(&spec.plan, &spec.layout).map_err(|e| crate::error_line(&e))?;
     tracing::debug!("init: root assembled");
     rustix::system::sethostname(spec.name.as_bytes())
         .map_err(|e| format!("cannot set the hostname: {e}"))?;
@@ -172,17 +172,6 @@ fn write_resolv_conf(servers: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
         &mut file,
         format!("# written by fvm (--dns)\n{text}").as_bytes(),
     )
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 struct Init {

@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Engine, StartError, VmError, error_line};
+use super::{Engine, StartError, VmError};
+use crate::error_line;
 use crate::limits::Limits;
 use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
 use crate::runtime::command::CommandSpec;

@@ -25,7 +25,7 @@ impl Engine {
                 Err(e) => {
                     done.push(format!(
                         "vm {name:?} left alone: {} (`fvm stop {name}` ends its processes)",
-                        super::error_line(&e)
+                        crate::error_line(&e)
                     ));
                     continue;
                 }
@@ -40,7 +40,7 @@ impl Engine {
                 Ok(None) => {}
                 Err(e) => done.push(format!(
                     "vm {name:?}: its unfinished commit was left alone: {}",
-                    super::error_line(&e)
+                    crate::error_line(&e)
                 )),
             }
             if state.temporary && state.live_init(&self.cgroup_leaf(name)).is_none() {

@@ -348,7 +348,7 @@ impl Engine {
                 tracing::warn!(
                     "vm {:?}: {}; it runs no process, so it is treated as stopped",
                     vm.name().as_str(),
-                    error_line(&e)
+                    crate::error_line(&e)
                 );
                 State::default()
             }
@@ -514,28 +514,4 @@ fn detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> i32 {
     }
     let _ = rustix::thread::set_name(name);
     work()
-}
-
-/// An error and its causes on one line, without the "(os error N)" noise.
-pub fn error_line(e: &dyn std::error::Error) -> String {
-    let mut s = plain(e.to_string());
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let part = plain(c.to_string());
-        if !s.ends_with(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-fn plain(mut msg: String) -> String {
-    if let Some(i) = msg.rfind(" (os error ")
-        && msg.ends_with(')')
-    {
-        msg.truncate(i);
-    }
-    msg
 }

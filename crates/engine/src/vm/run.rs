@@ -142,7 +142,7 @@ impl Engine {
                 // file, the cgroup) the next command on the VM finishes.
                 Err(e) if result.is_ok() => tracing::warn!(
                     "vm {name} stopped after the command, but cleaning up after it failed: {}; the next command on it finishes that",
-                    super::error_line(&e)
+                    crate::error_line(&e)
                 ),
                 Err(e) => return Err(e),
             }
@@ -219,7 +219,7 @@ impl Engine {
         if let Err(e) = cleanup {
             tracing::warn!(
                 "the throw-away vm {name} could not be deleted after the command: {}; `fvm doctor --cleanup` removes it",
-                super::error_line(&e)
+                crate::error_line(&e)
             );
         }
         Ok(outcome.exit)
