@@ -373,18 +373,7 @@ fn others_alive() -> Vec<OwnedFd> {
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != 1)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = &s[s.rfind(')')? + 1..];
-                    after
-                        .split_whitespace()
-                        .next()
-                        .map(|st| st != "Z" && st != "X")
-                })
-                .unwrap_or(false)
-        })
+        .filter(|&pid| super::procid::read_stat(pid).is_ok_and(|s| !s.is_gone()))
         .filter_map(|pid| {
             rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty())
                 .ok()
