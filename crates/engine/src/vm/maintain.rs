@@ -77,16 +77,10 @@ impl Engine {
             if alive {
                 continue;
             }
-            let cg = cgroups.vm(&leaf).map_err(|source| VmError::Cgroup {
-                name: leaf.clone(),
-                source,
-            })?;
+            let cg = cgroups.vm(&leaf).map_err(VmError::cgroup(&leaf))?;
             cg.kill_all()
                 .and_then(|()| cg.remove())
-                .map_err(|source| VmError::Cgroup {
-                    name: leaf.clone(),
-                    source,
-                })?;
+                .map_err(VmError::cgroup(&leaf))?;
             done.push(format!("removed orphaned cgroup {leaf}"));
         }
         Ok(done)

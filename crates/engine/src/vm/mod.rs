@@ -191,6 +191,41 @@ pub enum VmError {
     },
 }
 
+/// The `.map_err` of every error that is a VM's name and a cause:
+/// `.map_err(VmError::state(vm.name()))` builds `VmError::State { name, source }`.
+macro_rules! name_and_source {
+    ($($ctor:ident => $variant:ident($source:ty);)*) => {
+        impl VmError {
+            $(
+                pub(crate) fn $ctor<N: ToString + ?Sized>(
+                    name: &N,
+                ) -> impl Fn($source) -> VmError + Copy + '_ {
+                    move |source| VmError::$variant {
+                        name: name.to_string(),
+                        source,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+name_and_source! {
+    cgroup => Cgroup(CgroupError);
+    changes => Changes(ChangesError);
+    control => Control(std::io::Error);
+    disk => Disk(crate::mounts::disk::DiskError);
+    enter => Enter(EnterError);
+    layers_check => LayersCheck(std::io::Error);
+    layers_sync => LayersSync(std::io::Error);
+    policy => Policy(PolicyError);
+    rebuild => Rebuild(CopyVmError);
+    relay => Relay(RelayError);
+    start => Start(StartError);
+    state => State(StateError);
+    stop => Stop(std::io::Error);
+}
+
 /// What went wrong reading or writing a VM's changes.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -306,10 +341,7 @@ impl Engine {
     }
 
     fn cgroup(&self, name: &VmName) -> Result<VmCgroup, VmError> {
-        let wrap = |source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        };
+        let wrap = VmError::cgroup(name);
         self.cgroups()
             .map_err(wrap)?
             .vm(&self.cgroup_leaf(name))
@@ -321,17 +353,11 @@ impl Engine {
     }
 
     fn load_state(&self, vm: &VmDir) -> Result<State, VmError> {
-        vm.load_state().map_err(|source| VmError::State {
-            name: vm.name().to_string(),
-            source,
-        })
+        vm.load_state().map_err(VmError::state(vm.name()))
     }
 
     fn save_state(&self, vm: &VmDir, state: &State) -> Result<(), VmError> {
-        vm.save_state(state).map_err(|source| VmError::State {
-            name: vm.name().to_string(),
-            source,
-        })
+        vm.save_state(state).map_err(VmError::state(vm.name()))
     }
 
     /// Make the state file tell the truth. The caller holds the VM's lock.
@@ -353,10 +379,7 @@ impl Engine {
                 State::default()
             }
             Err(source) => {
-                return Err(VmError::State {
-                    name: vm.name().to_string(),
-                    source,
-                });
+                return Err(VmError::state(vm.name())(source));
             }
         };
         if state.live_init(&self.cgroup_leaf(vm.name())).is_some() {
@@ -392,18 +415,12 @@ impl Engine {
     /// itself ([`Engine::check_layers_trusted`]).
     fn settle_volatile(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
         let marked =
-            crate::mounts::volatile::markers(layers).map_err(|source| VmError::LayersSync {
-                name: vm.name().to_string(),
-                source,
-            })?;
+            crate::mounts::volatile::markers(layers).map_err(VmError::layers_sync(vm.name()))?;
         if marked.is_empty() {
             return Ok(());
         }
         let this_boot = crate::mounts::volatile::recorded_this_boot(&vm.volatile_boot_path())
-            .map_err(|source| VmError::LayersSync {
-                name: vm.name().to_string(),
-                source,
-            })?;
+            .map_err(VmError::layers_sync(vm.name()))?;
         if !this_boot {
             tracing::warn!(
                 "vm {:?} ran with volatile layers when the host went down",
@@ -426,10 +443,7 @@ impl Engine {
                 Err(_) => 1,
             }
         };
-        spawn_detached(c"fvm-settle", settle).map_err(|source| VmError::LayersSync {
-            name: vm.name().to_string(),
-            source,
-        })?;
+        spawn_detached(c"fvm-settle", settle).map_err(VmError::layers_sync(vm.name()))?;
         tracing::debug!(vm = %vm.name(), "volatile layers: sync started");
         Ok(())
     }
@@ -440,19 +454,13 @@ impl Engine {
     /// settled now; markers from an earlier boot mean the host went down while the
     /// VM ran, and the layers are refused.
     pub(super) fn check_layers_trusted(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
-        let wrap = |source| VmError::LayersCheck {
-            name: vm.name().to_string(),
-            source,
-        };
+        let wrap = VmError::layers_check(vm.name());
         let markers = crate::mounts::volatile::markers(layers).map_err(wrap)?;
         if markers.is_empty() {
             return Ok(());
         }
         if crate::mounts::volatile::recorded_this_boot(&vm.volatile_boot_path()).map_err(wrap)? {
-            crate::mounts::volatile::settle(layers).map_err(|source| VmError::LayersSync {
-                name: vm.name().to_string(),
-                source,
-            })?;
+            crate::mounts::volatile::settle(layers).map_err(VmError::layers_sync(vm.name()))?;
             return Ok(());
         }
         Err(VmError::VolatileLost {
@@ -464,10 +472,7 @@ impl Engine {
     /// Kill whatever is left in a VM's cgroup (only ever its own processes) and
     /// remove it.
     fn release_cgroup(&self, name: &VmName, cgroup: &VmCgroup) -> Result<(), VmError> {
-        let wrap = |source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        };
+        let wrap = VmError::cgroup(name);
         // Usually the VM's init took everything down with it: then one rmdir per
         // hierarchy is all it takes.
         if cgroup.remove_if_empty().map_err(wrap)? {

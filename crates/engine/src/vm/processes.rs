@@ -58,10 +58,7 @@ impl Engine {
             });
         }
         let cgroup = self.cgroup(name)?;
-        let pids = cgroup.pids().map_err(|source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        })?;
+        let pids = cgroup.pids().map_err(VmError::cgroup(name))?;
         let clock = Clock::now();
         let users = users();
         let mut out: Vec<VmProcess> = pids

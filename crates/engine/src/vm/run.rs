@@ -57,10 +57,7 @@ impl Engine {
             // file kept open to take it again after the command.
             let entered = enter::enter(init, &cgroup, &spec, &stdio);
             let unlocked = lock.unlock().ok();
-            let (pid, master) = entered.map_err(|source| VmError::Enter {
-                name: name.to_string(),
-                source,
-            })?;
+            let (pid, master) = entered.map_err(VmError::enter(name))?;
             ends.release_command_ends();
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
@@ -235,10 +232,7 @@ impl Engine {
     }
 
     fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
-        VmError::Relay {
-            name: name.to_string(),
-            source,
-        }
+        VmError::relay(name)(source)
     }
 }
 
