@@ -12,7 +12,7 @@
 //! - [`confine`]: what root in a VM may not do (capabilities, seccomp);
 //! - [`net`]: VM networks (host, none, bridge), through netlink and nftables;
 //! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
-//! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
+//! - `runtime` (inside the crate): launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
 //! - [`watch`]: host changes made visible in running VMs;
 //! - [`doctor`]: what this host supports.
@@ -25,7 +25,7 @@ pub mod limits;
 pub mod mounts;
 pub mod net;
 pub mod quote;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod store;
 mod sys;
 #[cfg(test)]

@@ -21,6 +21,9 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// What the `run` and `stop` of the CLI hand to and get from the engine.
+pub use crate::runtime::stop::Stopped;
+pub use crate::runtime::{CommandSpec, Program, TtyMode};
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
