@@ -759,6 +759,45 @@ mod tests {
         assert!(err.to_string().contains("other threads"), "{err}");
     }
 
+    const PANIC_CHILD_ENV: &str = "FVM_TEST_PANICKING_CHILD";
+
+    /// Run in a process of its own by the test below: one test, so the
+    /// harness's only other thread is its main one, waiting for this test.
+    #[test]
+    fn panicking_child() {
+        if std::env::var_os(PANIC_CHILD_ENV).is_none() {
+            return;
+        }
+        let pid = spawn_from_test(None, || panic!("the child panics")).unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        // Only the parent gets here: the child never unwound into this frame.
+        println!("child exit status {:?}", status.exit_status());
+    }
+
+    #[test]
+    fn a_panicking_child_exits_with_101_and_never_returns_to_the_parent() {
+        let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                &format!("{module}::panicking_child"),
+                "--exact",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(PANIC_CHILD_ENV, "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        // Once: a child that went on in the parent's frames would report too.
+        assert_eq!(stdout.matches("child exit status").count(), 1, "{stdout}");
+        assert!(stdout.contains("child exit status Some(101)"), "{stdout}");
+    }
+
     #[test]
     fn a_test_child_exits_with_what_it_returns() {
         let pid = spawn_from_test(None, || 7).unwrap();
