@@ -258,7 +258,11 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// Close every fd of this process except `keep` (used by a VM's first process, which
-/// inherits whatever the fvm command had open, including its lock files).
+/// inherits whatever the fvm command had open, including its lock files, and by
+/// the detached workers). Only for the start of a [`spawn_in`] child: the owners
+/// of the closed numbers in the frames it was forked from are never used or
+/// dropped there again ([`spawn_in`] ends the child with `_exit`); the fds the
+/// child's own work holds must all be in `keep`, which this can't check.
 pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<RawFd> = keep.to_vec();
     keep.sort_unstable();
@@ -295,9 +299,9 @@ pub fn close_on_exec_beyond_stdio() -> io::Result<()> {
 }
 
 fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
-    // SAFETY: called only by close_all_except in a process that is about to give up
-    // every fd outside `keep`; any OwnedFd in this process that refers to a closed
-    // number belongs to a stack frame that never returns (the caller exits instead).
+    // SAFETY: called only by close_all_except at the start of a spawn_in child, which
+    // gives up every fd outside `keep`; an OwnedFd that refers to a closed number
+    // belongs to a frame the child never returns to (spawn_in _exits it).
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
     if ret == -1 {
         return Err(io::Error::last_os_error());
