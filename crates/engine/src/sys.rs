@@ -309,23 +309,6 @@ fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Borrow an fd this process knows by number only (a pipe end inherited through
-/// fork, kept open by [`close_all_except`]).
-pub fn borrow_raw(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: callers pass fds that stay open for the rest of this process's life
-    // before exec (the pipe ends of a command being started); the borrow is only
-    // used for dup2 right away.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
-/// Close an fd this process knows by number only, once nothing will use it.
-pub fn close_raw(fd: RawFd) {
-    // SAFETY: the fd was inherited through fork and is not owned by any OwnedFd in
-    // this process (it was kept only so a command could inherit it); closing it
-    // once, here, can't invalidate another owner.
-    unsafe { libc::close(fd) };
-}
-
 unsafe extern "C" {
     /// glibc and musl both export the address of argv[0] under this name.
     static program_invocation_name: *mut libc::c_char;

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::process::Pid;
 
-use super::stdio::{StdioPlan, Stream, TtyMode};
+use super::stdio::{Pipes, StdioPlan, Stream, TtyMode};
 use crate::confine::Confinement;
 use crate::limits::ProcessLimits;
 use crate::sys;
@@ -267,6 +267,7 @@ fn locale_vars(text: &str) -> Vec<(String, String)> {
 pub fn spawn(
     spec: &CommandSpec,
     stdio: &StdioPlan,
+    pipes: Pipes<'_>,
     tty: Option<&OwnedFd>,
     cgroup: Option<BorrowedFd<'_>>,
     before_exec: &dyn Fn() -> io::Result<()>,
@@ -279,7 +280,7 @@ pub fn spawn(
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
     let pid = sys::spawn_in(0, cgroup, || {
-        let errno = exec_child(&r, stdio, tty, before_exec);
+        let errno = exec_child(&r, stdio, pipes, tty, before_exec);
         let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
         if errno == libc::ENOENT { 127 } else { 126 }
     })
@@ -309,6 +310,7 @@ pub fn spawn(
 fn exec_child(
     r: &Resolved,
     stdio: &StdioPlan,
+    pipes: Pipes<'_>,
     tty: Option<&OwnedFd>,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> i32 {
@@ -332,7 +334,10 @@ fn exec_child(
     for (target, stream) in stdio.streams.iter().enumerate() {
         let source = match (stream, tty) {
             (Stream::Pty, Some(slave)) => slave.as_fd(),
-            (Stream::Pipe(fd), _) => sys::borrow_raw(*fd),
+            (Stream::Pipe, _) => match pipes.0[target] {
+                Some(fd) => fd,
+                None => return libc::EBADF,
+            },
             _ => continue,
         };
         if let Err(e) = sys::dup_onto_stdio(source, target) {

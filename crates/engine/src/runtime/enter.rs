@@ -14,7 +14,7 @@ use rustix::thread::ThreadNameSpaceType as Ns;
 
 use super::command::{self, CommandSpec, SpawnError};
 use super::procid::ProcId;
-use super::stdio::StdioPlan;
+use super::stdio::{Pipes, StdioPlan};
 use super::stop::InitHandle;
 use crate::cgroup::{CgroupError, VmCgroup};
 
@@ -46,6 +46,7 @@ pub fn enter(
     cgroup: &VmCgroup,
     spec: &CommandSpec,
     stdio: &StdioPlan,
+    pipes: Pipes<'_>,
 ) -> Result<(Pid, Option<OwnedFd>), EnterError> {
     let handle = InitHandle::open(init)
         .map_err(EnterError::Init)?
@@ -71,7 +72,14 @@ pub fn enter(
         rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::CONTROL_GROUP)?;
         Ok(())
     };
-    let pid = command::spawn(spec, stdio, slave.as_ref(), entry.clone_into(), &join)?;
+    let pid = command::spawn(
+        spec,
+        stdio,
+        pipes,
+        slave.as_ref(),
+        entry.clone_into(),
+        &join,
+    )?;
     Ok((pid, master))
 }
 

@@ -11,7 +11,7 @@ use super::channel::{Channel, Msg};
 use super::command::CommandSpec;
 use super::control::ControlPipe;
 use super::init;
-use super::stdio::StdioPlan;
+use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup::{CgroupError, VmCgroup};
 use crate::mounts::{Layout, MountPlan};
 use crate::store::StartMode;
@@ -95,7 +95,13 @@ impl Launched {
 /// Clone the VM's init, which starts assembling the VM at once; see
 /// [`Launched::go`] and [`Launched::ready`]. The calling process must be
 /// single-threaded.
-pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchError> {
+/// `pipes` are the command's ends of the relay pipes, which the init takes its
+/// own copies of.
+pub fn launch(
+    spec: &LaunchSpec,
+    pipes: Pipes<'_>,
+    cgroup: &VmCgroup,
+) -> Result<Launched, LaunchError> {
     let entry = cgroup.entry()?;
     let (ours, theirs) = Channel::pair().map_err(LaunchError::Channel)?;
     let control = ControlPipe::new().map_err(LaunchError::Channel)?;
@@ -115,7 +121,7 @@ pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchEr
     // The init's copy of `ours` goes with every other inherited file it does not
     // keep (see `init::setup`); here the unrun closure drops what was the init's.
     let pid = sys::spawn_in(spec.namespaces, into.as_ref().map(|fd| fd.as_fd()), || {
-        init::run(spec, theirs, entry, control)
+        init::run(spec, pipes, theirs, entry, control)
     })
     .map_err(LaunchError::Clone)?;
     Ok(Launched {

@@ -11,7 +11,7 @@ use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
-use crate::runtime::stdio::StdioPlan;
+use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::runtime::stop::{self, Stopped};
 use crate::store::{Policy, StartMode, State, StateError, Status, VmDir, VmName};
 use crate::sys;
@@ -219,7 +219,7 @@ impl Engine {
         vm: &VmDir,
         policy: &Policy,
         mode: StartMode,
-        command: Option<(CommandSpec, StdioPlan)>,
+        command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
         temporary: bool,
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
@@ -290,13 +290,16 @@ impl Engine {
             return Err(fail(e.into()));
         }
         tracing::debug!(vm = %name, "layers and cgroup ready");
+        let pipes = command.as_ref().map_or(Pipes::default(), |(_, _, p)| *p);
         let spec = LaunchSpec {
             name: name.to_string(),
             plan,
             layout,
             mode,
-            stdio: command.as_ref().map_or(StdioPlan::inherit(), |(_, s)| *s),
-            command: command.map(|(mut c, _)| {
+            stdio: command
+                .as_ref()
+                .map_or(StdioPlan::inherit(), |(_, s, _)| *s),
+            command: command.map(|(mut c, _, _)| {
                 c.limits = policy.limits.per_process();
                 c.confine = confinement.clone();
                 c
@@ -314,7 +317,7 @@ impl Engine {
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
         };
-        let launched = match launch::launch(&spec, &cgroup) {
+        let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,
             Err(e) => {
                 let _ = cgroup.kill_all().and_then(|()| cgroup.remove());

@@ -55,7 +55,7 @@ impl Engine {
             // others), which would leave it, and this command, frozen outside the
             // VM's accounting until someone resumed the VM. Then it is let go, its
             // file kept open to take it again after the command.
-            let entered = enter::enter(init, &cgroup, &spec, &stdio);
+            let entered = enter::enter(init, &cgroup, &spec, &stdio, ends.command_pipes());
             let unlocked = lock.unlock().ok();
             let (pid, master) = entered.map_err(VmError::enter(name))?;
             ends.release_command_ends();
@@ -99,7 +99,7 @@ impl Engine {
             vm,
             policy,
             StartMode::Command,
-            Some((spec, stdio)),
+            Some((spec, stdio, ends.command_pipes())),
             temporary,
         )?;
         // The init has its own copies of the command's pipe ends.
