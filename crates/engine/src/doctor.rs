@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::cgroup::Cgroups;
 use crate::store::Store;
-use crate::sys::{self, Forked};
+use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -135,7 +135,7 @@ fn syscalls() -> Result<String, (Level, String)> {
 }
 
 fn cgroups() -> Result<String, (Level, String)> {
-    let c = Cgroups::detect().map_err(|e| (Level::Fail, crate::vm::error_line(&e)))?;
+    let c = Cgroups::detect().map_err(|e| (Level::Fail, crate::error_line(&e)))?;
     let controllers = c.controllers().unwrap_or_default();
     let roots: Vec<String> = c.roots().iter().map(|r| r.display().to_string()).collect();
     Ok(format!(
@@ -171,38 +171,34 @@ fn overlay(store: Option<&Store>) -> Result<String, (Level, String)> {
         work.display()
     ))
     .map_err(|_| (Level::Fail, "the store path contains a NUL byte".to_owned()))?;
-    let result = match sys::fork() {
-        Ok(Forked::Child) => {
-            let ok = sys::unshare(sys::ns::MOUNT).is_ok()
-                && rustix::mount::mount_change(
-                    "/",
-                    rustix::mount::MountPropagationFlags::PRIVATE
-                        | rustix::mount::MountPropagationFlags::REC,
-                )
-                .is_ok();
-            let code = match ok {
-                false => 2,
-                true => match rustix::mount::mount(
-                    "overlay",
-                    &target,
-                    "overlay",
-                    rustix::mount::MountFlags::empty(),
-                    Some(data.as_c_str()),
-                ) {
-                    Ok(()) => 0,
-                    Err(e) => 10 + e.raw_os_error().min(200),
-                },
-            };
-            sys::exit_now(code)
+    let probe_mount = || {
+        let ok = sys::unshare(sys::ns::MOUNT).is_ok()
+            && rustix::mount::mount_change(
+                "/",
+                rustix::mount::MountPropagationFlags::PRIVATE
+                    | rustix::mount::MountPropagationFlags::REC,
+            )
+            .is_ok();
+        match ok {
+            false => 2,
+            true => match rustix::mount::mount(
+                "overlay",
+                &target,
+                "overlay",
+                rustix::mount::MountFlags::empty(),
+                Some(data.as_c_str()),
+            ) {
+                Ok(()) => 0,
+                Err(e) => 10 + e.raw_os_error().min(200),
+            },
         }
-        Ok(Forked::Parent(pid)) => {
-            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
-                .ok()
-                .flatten()
-                .and_then(|(_, s)| s.exit_status())
-        }
-        Err(_) => None,
     };
+    let result = sys::spawn(probe_mount).ok().and_then(|pid| {
+        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+            .ok()
+            .flatten()
+            .and_then(|(_, s)| s.exit_status())
+    });
     let _ = crate::store::files::remove_tree(&probe);
     match result {
         Some(0) => Ok(format!(

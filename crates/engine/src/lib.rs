@@ -12,7 +12,7 @@
 //! - [`confine`]: what root in a VM may not do (capabilities, seccomp);
 //! - [`net`]: VM networks (host, none, bridge), through netlink and nftables;
 //! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
-//! - [`runtime`]: launch, the VM's init, commands inside, terminal relay, stop;
+//! - `runtime` (inside the crate): launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
 //! - [`watch`]: host changes made visible in running VMs;
 //! - [`doctor`]: what this host supports;
@@ -27,7 +27,7 @@ pub mod limits;
 pub mod mounts;
 pub mod net;
 pub mod quote;
-pub mod runtime;
+pub(crate) mod runtime;
 pub mod store;
 mod sys;
 #[doc(hidden)]
@@ -36,6 +36,30 @@ pub mod vm;
 pub mod watch;
 
 pub use vm::{Engine, VmError};
+
+/// An error and its causes on one line, without the "(os error N)" noise.
+pub fn error_line(e: &dyn std::error::Error) -> String {
+    let mut s = plain(e.to_string());
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = plain(c.to_string());
+        if !s.ends_with(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+fn plain(mut msg: String) -> String {
+    if let Some(i) = msg.rfind(" (os error ")
+        && msg.ends_with(')')
+    {
+        msg.truncate(i);
+    }
+    msg
+}
 
 /// Whether this process has root's effective uid (fvm refuses to run otherwise).
 pub fn running_as_root() -> bool {

@@ -3,8 +3,9 @@
 //! rustix and nix cover almost every syscall fvm needs. What is left is here:
 //! `clone` with namespace flags (neither crate offers a fork-like clone), `unshare`
 //! (unsafe in rustix because of `CLONE_FILES`), `execve`, `close_range`, signal
-//! dispositions, and the inode-flags ioctl used to delete immutable files. Each
-//! wrapper states the invariant that makes it sound.
+//! dispositions, file handles, fanotify, quotas and loop devices. Each wrapper
+//! states the invariant that makes it sound. Where rustix has a safe call (inode
+//! flags, FICLONE, dup2 onto stdio) the wrappers here use it.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, CString};
@@ -14,7 +15,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal};
 use rustix::process::Pid;
 
-/// Namespace flags for [`clone_process`], as the kernel spells them.
+/// Namespace flags for [`spawn_in`], as the kernel spells them.
 pub mod ns {
     pub const MOUNT: u64 = libc::CLONE_NEWNS as u64;
     pub const PID: u64 = libc::CLONE_NEWPID as u64;
@@ -22,15 +23,6 @@ pub mod ns {
     pub const UTS: u64 = libc::CLONE_NEWUTS as u64;
     pub const CGROUP: u64 = libc::CLONE_NEWCGROUP as u64;
     pub const NET: u64 = libc::CLONE_NEWNET as u64;
-}
-
-/// What [`clone_process`] returned in this process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Forked {
-    /// We are the new process.
-    Child,
-    /// We are the caller; this is the new process's pid in our pid namespace.
-    Parent(Pid),
 }
 
 /// `struct clone_args` of clone3(2), up to the `cgroup` field (kernel 5.7).
@@ -52,14 +44,80 @@ struct CloneArgs {
 
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
-/// Create a child process like `fork()`, but in new namespaces (`flags` from
-/// [`ns`]) and, if `cgroup` is a cgroup v2 directory, born inside that cgroup.
+/// The exit status of a forked child whose work panicked (Rust's own code for a
+/// panicking program).
+pub const CHILD_PANICKED: i32 = 101;
+
+/// Run `child` in a new process (like `fork()`), in new namespaces (`flags` from
+/// [`ns`]) and, if `cgroup` is a cgroup v2 directory, born inside that cgroup. The
+/// new process ends with `_exit` and the code `child` returns, or
+/// [`CHILD_PANICKED`] if it panics: it never returns into the caller's frames,
+/// never runs the caller's destructors or flushes its buffers a second time.
+/// Returns the new process's pid in our pid namespace.
 ///
-/// The child continues on a copy-on-write copy of the caller's stack and memory. It
-/// must only be called while the process is single-threaded: the child gets a copy of
-/// one thread, so locks held by other threads (malloc, stdio) would stay locked forever.
-/// fvm's CLI never starts a thread before it launches a VM.
-pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<Forked> {
+/// The child gets a copy of one thread only: had another thread held a lock
+/// (malloc's, stdio's) it would stay locked in the child forever. So this fails,
+/// without forking, unless the calling process is single-threaded; the kernel
+/// answers that (see [`ensure_single_threaded`]), not a promise of the caller.
+pub fn spawn_in(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    child: impl FnOnce() -> i32,
+) -> io::Result<Pid> {
+    ensure_single_threaded()?;
+    // SAFETY: the process was single-threaded just now, and nothing between the
+    // check and the clone starts a thread.
+    unsafe { clone_and_run(flags, cgroup, child) }
+}
+
+/// [`spawn_in`] without new namespaces or a cgroup: `fork()`.
+pub fn spawn(child: impl FnOnce() -> i32) -> io::Result<Pid> {
+    spawn_in(0, None, child)
+}
+
+/// [`spawn`] from a test, which runs on one of the test harness's threads, so
+/// the single-thread check can't pass. The child is a plain `fn` (it captures
+/// nothing) and must only make system calls: no allocation, no lock, no output.
+#[cfg(test)]
+pub fn spawn_from_test(cgroup: Option<BorrowedFd<'_>>, child: fn() -> i32) -> io::Result<Pid> {
+    // SAFETY: the other threads are the harness's; the child, by this function's
+    // contract, takes none of the locks they may hold.
+    unsafe { clone_and_run(0, cgroup, child) }
+}
+
+/// Fail unless this process is single-threaded. `unshare` of CLONE_THREAD,
+/// CLONE_SIGHAND and CLONE_VM is refused with EINVAL while any other task shares
+/// this process's thread group, signal handlers or memory, and otherwise has
+/// nothing to unshare: it asks the kernel and changes nothing. Unlike counting
+/// /proc/self/task it works in any mount namespace (a running VM's /proc does not
+/// show this process) and can't be fooled by what is mounted on /proc.
+fn ensure_single_threaded() -> io::Result<()> {
+    let flags = libc::CLONE_THREAD | libc::CLONE_SIGHAND | libc::CLONE_VM;
+    // SAFETY: with these flags unshare either fails or, for a process that shares
+    // nothing, leaves every kernel object of the process as it was.
+    if unsafe { libc::unshare(flags) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EINVAL) {
+        return Err(io::Error::other(
+            "cannot fork: this process has other threads",
+        ));
+    }
+    Err(e)
+}
+
+/// clone3 like `fork()`; the child runs `child` under `catch_unwind` and exits.
+///
+/// # Safety
+///
+/// The process must be single-threaded, or `child` must take no lock another
+/// thread might hold (no allocation, no stdio).
+unsafe fn clone_and_run(
+    flags: u64,
+    cgroup: Option<BorrowedFd<'_>>,
+    child: impl FnOnce() -> i32,
+) -> io::Result<Pid> {
     let mut args = CloneArgs {
         flags,
         exit_signal: libc::SIGCHLD as u64,
@@ -72,7 +130,7 @@ pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<F
     // SAFETY: clone3 with no stack (0) and without CLONE_VM/CLONE_THREAD/CLONE_SETTLS
     // behaves like fork(2): the child resumes here on a private copy of the caller's
     // memory. `args` is a live, fully initialized clone_args of the size passed. The
-    // caller guarantees the process is single-threaded (see the doc comment).
+    // caller vouches for the threads (see above).
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -82,16 +140,19 @@ pub fn clone_process(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> io::Result<F
     };
     match ret {
         -1 => Err(io::Error::last_os_error()),
-        0 => Ok(Forked::Child),
-        pid => Ok(Forked::Parent(
-            Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0"))?,
-        )),
+        0 => {
+            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
+                Ok(code) => code,
+                Err(payload) => {
+                    // Dropping the payload could run code that panics again.
+                    std::mem::forget(payload);
+                    CHILD_PANICKED
+                }
+            };
+            exit_now(code)
+        }
+        pid => Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0")),
     }
-}
-
-/// `fork()`: [`clone_process`] without new namespaces. Same single-thread rule.
-pub fn fork() -> io::Result<Forked> {
-    clone_process(0, None)
 }
 
 /// `unshare(2)` for namespace flags from [`ns`].
@@ -116,18 +177,25 @@ pub fn execve(path: &CStr, argv: &[CString], envp: &[CString]) -> io::Error {
     io::Error::last_os_error()
 }
 
-/// Duplicate `fd` onto the fd number `target`, replacing what was there.
-pub fn dup_onto(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<()> {
-    if fd.as_raw_fd() == target {
+/// Make `fd` this process's stdin (`n` 0), stdout (1) or stderr (2), replacing
+/// what was there; the copy is inherited across exec.
+pub fn dup_onto_stdio(fd: BorrowedFd<'_>, n: usize) -> io::Result<()> {
+    if fd.as_raw_fd() as usize == n {
         // dup2 onto itself is a no-op that keeps CLOEXEC; clear it explicitly.
         return rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty()).map_err(Into::into);
     }
-    // SAFETY: dup2 onto a number the caller reserved; it atomically replaces any fd
-    // there, which the caller has declared it does not own any more.
-    if unsafe { libc::dup2(fd.as_raw_fd(), target) } == -1 {
-        return Err(io::Error::last_os_error());
+    match n {
+        0 => rustix::stdio::dup2_stdin(fd),
+        1 => rustix::stdio::dup2_stdout(fd),
+        2 => rustix::stdio::dup2_stderr(fd),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a stdio fd",
+            ));
+        }
     }
-    Ok(())
+    .map_err(Into::into)
 }
 
 extern "C" fn note_signal(_: libc::c_int) {}
@@ -167,26 +235,16 @@ pub fn reset_signals_for_exec() -> io::Result<()> {
     SigSet::empty().thread_set_mask().map_err(io::Error::from)
 }
 
-/// The flags of FS_IOC_GETFLAGS that stop root from deleting a file.
-const UNDELETABLE: libc::c_long = 0x0000_0010 /* FS_IMMUTABLE_FL */ | 0x0000_0020 /* FS_APPEND_FL */;
-
 /// Clear the immutable and append-only inode flags, so the file can be deleted.
 /// Returns whether anything was cleared. `fd` may be opened O_RDONLY (or on a dir).
 pub fn clear_undeletable_flags(fd: BorrowedFd<'_>) -> io::Result<bool> {
-    let mut flags: libc::c_long = 0;
-    // SAFETY: FS_IOC_GETFLAGS writes one `long` through the pointer, which points at a
-    // live local of that type.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    if flags & UNDELETABLE == 0 {
+    use rustix::fs::IFlags;
+    let undeletable = IFlags::IMMUTABLE | IFlags::APPEND;
+    let flags = rustix::fs::ioctl_getflags(fd)?;
+    if !flags.intersects(undeletable) {
         return Ok(false);
     }
-    flags &= !UNDELETABLE;
-    // SAFETY: FS_IOC_SETFLAGS reads one `long` through the pointer (a live local).
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::FS_IOC_SETFLAGS, &flags) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
+    rustix::fs::ioctl_setflags(fd, flags - undeletable)?;
     Ok(true)
 }
 
@@ -203,7 +261,8 @@ pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
 }
 
 /// End this process at once: no destructors, no atexit handlers, no flushing of
-/// buffers copied from the parent. For forked children that must not return.
+/// buffers copied from the parent. For a VM's init, which ends from deep inside
+/// its loop; every other forked child just returns its code to [`spawn_in`].
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: _exit takes no pointers and never returns; skipping destructors is the
     // point (a forked child must not flush or free the parent's state twice).
@@ -211,7 +270,11 @@ pub fn exit_now(code: i32) -> ! {
 }
 
 /// Close every fd of this process except `keep` (used by a VM's first process, which
-/// inherits whatever the fvm command had open, including its lock files).
+/// inherits whatever the fvm command had open, including its lock files, and by
+/// the detached workers). Only for the start of a [`spawn_in`] child: the owners
+/// of the closed numbers in the frames it was forked from are never used or
+/// dropped there again ([`spawn_in`] ends the child with `_exit`); the fds the
+/// child's own work holds must all be in `keep`, which this can't check.
 pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     let mut keep: Vec<RawFd> = keep.to_vec();
     keep.sort_unstable();
@@ -226,32 +289,36 @@ pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     close_range(next, RawFd::MAX)
 }
 
-fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
-    // SAFETY: called only by close_all_except in a process that is about to give up
-    // every fd outside `keep`; any OwnedFd in this process that refers to a closed
-    // number belongs to a stack frame that never returns (the caller exits instead).
-    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
+/// Mark every fd of this process but stdin, stdout and stderr close-on-exec
+/// (`close_range` with CLOSE_RANGE_CLOEXEC, Linux 5.11): a command about to be
+/// exec'd starts with fds 0-2 only. Nothing is closed before the exec, so every
+/// owner of an fd in this process stays valid.
+pub fn close_on_exec_beyond_stdio() -> io::Result<()> {
+    // SAFETY: with CLOSE_RANGE_CLOEXEC the kernel only sets a flag on each fd
+    // from 3 up; no fd is closed, so no owner is invalidated.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
     if ret == -1 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// Borrow an fd this process knows by number only (a pipe end inherited through
-/// fork, kept open by [`close_all_except`]).
-pub fn borrow_raw(fd: RawFd) -> BorrowedFd<'static> {
-    // SAFETY: callers pass fds that stay open for the rest of this process's life
-    // before exec (the pipe ends of a command being started); the borrow is only
-    // used for dup2 right away.
-    unsafe { BorrowedFd::borrow_raw(fd) }
-}
-
-/// Close an fd this process knows by number only, once nothing will use it.
-pub fn close_raw(fd: RawFd) {
-    // SAFETY: the fd was inherited through fork and is not owned by any OwnedFd in
-    // this process (it was kept only so a command could inherit it); closing it
-    // once, here, can't invalidate another owner.
-    unsafe { libc::close(fd) };
+fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
+    // SAFETY: called only by close_all_except at the start of a spawn_in child, which
+    // gives up every fd outside `keep`; an OwnedFd that refers to a closed number
+    // belongs to a frame the child never returns to (spawn_in _exits it).
+    let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
+    if ret == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 unsafe extern "C" {
@@ -295,12 +362,7 @@ pub fn scrub_args_and_environment() {
 /// Make `dst` share `src`'s data blocks (a reflink, FICLONE), where the filesystem
 /// can (btrfs, xfs, bcachefs); `Err` with EOPNOTSUPP, EXDEV or EINVAL where it can't.
 pub fn reflink(src: BorrowedFd<'_>, dst: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: FICLONE takes the source fd as its integer argument and touches no
-    // memory of ours; both fds are open for the duration of the call.
-    if unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == -1 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    rustix::fs::ioctl_ficlone(dst, src).map_err(Into::into)
 }
 
 /// Whether the inode a file handle names still exists on the filesystem of
@@ -683,4 +745,65 @@ pub fn loop_backing(device: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
         return Err(io::Error::last_os_error());
     }
     Ok((info.device, info.inode))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_refuses_a_process_with_other_threads() {
+        // The test harness runs this on a thread of its own: not single-threaded.
+        let err = spawn(|| 0).unwrap_err();
+        assert!(err.to_string().contains("other threads"), "{err}");
+    }
+
+    const PANIC_CHILD_ENV: &str = "FVM_TEST_PANICKING_CHILD";
+
+    /// Run in a process of its own by the test below: one test, so the
+    /// harness's only other thread is its main one, waiting for this test.
+    #[test]
+    fn panicking_child() {
+        if std::env::var_os(PANIC_CHILD_ENV).is_none() {
+            return;
+        }
+        let pid = spawn_from_test(None, || panic!("the child panics")).unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        // Only the parent gets here: the child never unwound into this frame.
+        println!("child exit status {:?}", status.exit_status());
+    }
+
+    #[test]
+    fn a_panicking_child_exits_with_101_and_never_returns_to_the_parent() {
+        let module = module_path!().split_once("::").map_or("", |(_, rest)| rest);
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                &format!("{module}::panicking_child"),
+                "--exact",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(PANIC_CHILD_ENV, "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        // Once: a child that went on in the parent's frames would report too.
+        assert_eq!(stdout.matches("child exit status").count(), 1, "{stdout}");
+        assert!(stdout.contains("child exit status Some(101)"), "{stdout}");
+    }
+
+    #[test]
+    fn a_test_child_exits_with_what_it_returns() {
+        let pid = spawn_from_test(None, || 7).unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        assert_eq!(status.exit_status(), Some(7));
+    }
 }

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                 .map_or(i32::from(FAILURE), fvm_engine::VmError::exit_code);
             let _ = std::io::stdout().flush();
             // One line, whatever a VM put in the pieces of the message.
-            let line = fvm_engine::vm::error_line(err.as_ref());
+            let line = fvm_engine::error_line(err.as_ref());
             eprintln!("fvm: {}", fvm_engine::quote::line(&line));
             ExitCode::from(u8::try_from(code).unwrap_or(FAILURE))
         }

@@ -522,16 +522,16 @@ fn real_v2_clone_into_cgroup_creates_the_child_inside() {
     let entry = vm.entry().unwrap();
     // The child only sleeps and exits: nothing that could need a lock that another
     // thread of the test harness held at fork time.
-    let pid = match crate::sys::clone_process(0, entry.clone_into()).unwrap() {
-        crate::sys::Forked::Child => {
-            let _ = rustix::thread::nanosleep(&rustix::thread::Timespec {
-                tv_sec: 30,
-                tv_nsec: 0,
-            });
-            crate::sys::exit_now(0)
-        }
-        crate::sys::Forked::Parent(pid) => pid.as_raw_nonzero().get(),
-    };
+    let pid = crate::sys::spawn_from_test(entry.clone_into(), || {
+        let _ = rustix::thread::nanosleep(&rustix::thread::Timespec {
+            tv_sec: 30,
+            tv_nsec: 0,
+        });
+        0
+    })
+    .unwrap()
+    .as_raw_nonzero()
+    .get();
     let listed = vm.pids();
     let _ = rustix::process::kill_process(
         rustix::process::Pid::from_raw(pid).unwrap(),

@@ -21,7 +21,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::{CStr, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -188,7 +188,7 @@ impl Copier<'_> {
             if let Some(acl) = &dir.default_acl {
                 let file = File::from(fd.try_clone().map_err(fail)?);
                 let rel = self.open_path(Path::new(""));
-                set_xattr(&Xattrs::Fd(&file), OsStr::new(DEFAULT_ACL), acl)
+                set_xattr(&Xattrs::Fd(&file), DEFAULT_ACL, acl)
                     .map_err(|e| self.xattr_error(&rel, e))?;
             }
             rustix::fs::fchmod(fd, mode_of(&dir.stat)).map_err(|e| fail(e.into()))?;
@@ -438,37 +438,36 @@ enum XattrError {
 }
 
 impl Xattrs<'_> {
-    fn path(dir: &std::os::fd::BorrowedFd<'_>, name: &CStr) -> PathBuf {
-        use std::os::fd::AsRawFd;
-        Path::new(&format!("/proc/self/fd/{}", dir.as_raw_fd()))
-            .join(OsStr::from_bytes(name.to_bytes()))
+    fn list(&self) -> io::Result<Vec<CString>> {
+        let list = match self {
+            Xattrs::Fd(f) => data::grow(|b| rustix::fs::flistxattr(f, b)),
+            Xattrs::At(d, n) => data::grow(|b| rustix::fs::llistxattr(data::at_path(*d, n), b)),
+        }?;
+        Ok(data::all_names(&list))
     }
 
-    fn list(&self) -> io::Result<Vec<std::ffi::OsString>> {
+    fn get(&self, name: &CStr) -> io::Result<Option<Vec<u8>>> {
         match self {
-            Xattrs::Fd(f) => xattr::FileExt::list_xattr(*f).map(Iterator::collect),
-            Xattrs::At(d, n) => xattr::list(Self::path(d, n)).map(Iterator::collect),
+            Xattrs::Fd(f) => data::value(|b| rustix::fs::fgetxattr(f, name, b)),
+            Xattrs::At(d, n) => {
+                data::value(|b| rustix::fs::lgetxattr(data::at_path(*d, n), name, b))
+            }
         }
     }
 
-    fn get(&self, name: &OsStr) -> io::Result<Option<Vec<u8>>> {
+    fn set(&self, name: &CStr, value: &[u8]) -> io::Result<()> {
+        let flags = rustix::fs::XattrFlags::empty();
         match self {
-            Xattrs::Fd(f) => xattr::FileExt::get_xattr(*f, name),
-            Xattrs::At(d, n) => xattr::get(Self::path(d, n), name),
+            Xattrs::Fd(f) => rustix::fs::fsetxattr(f, name, value, flags),
+            Xattrs::At(d, n) => rustix::fs::lsetxattr(data::at_path(*d, n), name, value, flags),
         }
-    }
-
-    fn set(&self, name: &OsStr, value: &[u8]) -> io::Result<()> {
-        match self {
-            Xattrs::Fd(f) => xattr::FileExt::set_xattr(*f, name, value),
-            Xattrs::At(d, n) => xattr::set(Self::path(d, n), name, value),
-        }
+        .map_err(Into::into)
     }
 }
 
 /// A directory's default ACL is inherited by every entry made in it: set on the
 /// copy before its children, it would give each of them an ACL it doesn't have.
-const DEFAULT_ACL: &str = "system.posix_acl_default";
+const DEFAULT_ACL: &CStr = c"system.posix_acl_default";
 
 /// Copy every xattr `src` lists, except a default ACL, which is returned so that
 /// it can be set once the directory is filled. As root that includes `trusted.*`
@@ -480,7 +479,7 @@ fn copy_xattrs(src: &Xattrs<'_>, dst: &Xattrs<'_>) -> Result<Option<Vec<u8>>, Xa
         let Some(value) = src.get(&name).map_err(XattrError::Read)? else {
             continue;
         };
-        if name == DEFAULT_ACL {
+        if name.as_c_str() == DEFAULT_ACL {
             deferred = Some(value);
             continue;
         }
@@ -489,7 +488,7 @@ fn copy_xattrs(src: &Xattrs<'_>, dst: &Xattrs<'_>) -> Result<Option<Vec<u8>>, Xa
     Ok(deferred)
 }
 
-fn set_xattr(dst: &Xattrs<'_>, name: &OsStr, value: &[u8]) -> Result<(), XattrError> {
+fn set_xattr(dst: &Xattrs<'_>, name: &CStr, value: &[u8]) -> Result<(), XattrError> {
     dst.set(name, value).map_err(|e| {
         XattrError::Write(io::Error::new(
             e.kind(),

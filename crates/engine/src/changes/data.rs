@@ -17,7 +17,9 @@ pub type Xattrs = Vec<(CString, Vec<u8>)>;
 
 /// Read a list or a value into a growing buffer (the kernel says ERANGE when it
 /// is too small).
-fn grow(mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> io::Result<Vec<u8>> {
+pub(super) fn grow(
+    mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 256];
     loop {
         match read(&mut buf) {
@@ -32,21 +34,38 @@ fn grow(mut read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>) -> io::Res
 }
 
 fn names(list: Vec<u8>) -> Vec<CString> {
+    all_names(&list)
+        .into_iter()
+        .filter(|n| !n.to_bytes().starts_with(OVERLAY_XATTRS.as_bytes()))
+        .collect()
+}
+
+/// Every name in an xattr list (NUL-separated, as the kernel gives it).
+pub(super) fn all_names(list: &[u8]) -> Vec<CString> {
     list.split(|b| *b == 0)
-        .filter(|n| !n.is_empty() && !n.starts_with(OVERLAY_XATTRS.as_bytes()))
+        .filter(|n| !n.is_empty())
         .filter_map(|n| CString::new(n).ok())
         .collect()
+}
+
+/// An xattr's value, read into a growing buffer; `None` if the file has no
+/// attribute of that name (or it was removed after it was listed).
+pub(super) fn value(
+    read: impl FnMut(&mut [u8]) -> rustix::io::Result<usize>,
+) -> io::Result<Option<Vec<u8>>> {
+    match grow(read) {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.raw_os_error() == Some(libc::ENODATA) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The extended attributes of an open file or directory, overlayfs's own left out.
 pub fn fd_xattrs(fd: BorrowedFd<'_>) -> io::Result<Xattrs> {
     let mut out = Vec::new();
     for name in names(grow(|b| rustix::fs::flistxattr(fd, b))?) {
-        match grow(|b| rustix::fs::fgetxattr(fd, name.as_c_str(), b)) {
-            Ok(v) => out.push((name, v)),
-            // Removed between the list and the read.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-            Err(e) => return Err(e),
+        if let Some(v) = value(|b| rustix::fs::fgetxattr(fd, name.as_c_str(), b))? {
+            out.push((name, v));
         }
     }
     Ok(out)
@@ -73,10 +92,8 @@ pub fn set_fd_xattrs(fd: BorrowedFd<'_>, want: &Xattrs, fresh: bool) -> io::Resu
 pub fn path_xattrs(path: &Path) -> io::Result<Xattrs> {
     let mut out = Vec::new();
     for name in names(grow(|b| rustix::fs::llistxattr(path, b))?) {
-        match grow(|b| rustix::fs::lgetxattr(path, name.as_c_str(), b)) {
-            Ok(v) => out.push((name, v)),
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => {}
-            Err(e) => return Err(e),
+        if let Some(v) = value(|b| rustix::fs::lgetxattr(path, name.as_c_str(), b))? {
+            out.push((name, v));
         }
     }
     Ok(out)
@@ -128,6 +145,7 @@ pub(crate) fn times_of(st: &Stat) -> Timestamps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::CStr;
     use std::fs::File;
 
     #[test]
@@ -135,11 +153,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src_path = d.path().join("src");
         std::fs::write(&src_path, "").unwrap();
-        xattr::set(&src_path, "user.fvm", b"v").unwrap();
+        let set = |name: &CStr, v: &[u8]| {
+            rustix::fs::lsetxattr(&src_path, name, v, rustix::fs::XattrFlags::empty()).unwrap()
+        };
+        set(c"user.fvm", b"v");
         // trusted.* needs root; as root, overlayfs's own must not be copied.
         let root = rustix::process::geteuid().is_root();
         if root {
-            xattr::set(&src_path, "trusted.overlay.opaque", b"y").unwrap();
+            set(c"trusted.overlay.opaque", b"y");
         }
         let src = File::open(&src_path).unwrap();
         let dst = File::create(d.path().join("dst")).unwrap();

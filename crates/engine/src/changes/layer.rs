@@ -14,7 +14,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -266,8 +266,7 @@ pub fn walk(
 
 /// The value of an xattr of an open file or directory, if it has it.
 pub fn fd_xattr(fd: &OwnedFd, name: &str) -> io::Result<Option<Vec<u8>>> {
-    let file = std::fs::File::from(fd.as_fd().try_clone_to_owned()?);
-    xattr::FileExt::get_xattr(&file, name)
+    super::data::value(|b| rustix::fs::fgetxattr(fd, name, b))
 }
 
 #[cfg(test)]

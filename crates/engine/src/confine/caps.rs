@@ -94,23 +94,20 @@ mod tests {
         if !crate::testing::require_root("dropping_in_a_child_leaves_only_the_kept_set") {
             return;
         }
-        match crate::sys::fork().unwrap() {
-            crate::sys::Forked::Child => {
-                let ok = drop_to_kept().is_ok()
-                    && rustix::thread::capabilities(None).is_ok_and(|c| {
-                        c.effective == KEPT && c.permitted == KEPT && c.inheritable.is_empty()
-                    })
-                    && !rustix::thread::capability_is_in_bounding_set(CapabilitySet::SYS_ADMIN)
-                        .unwrap_or(true);
-                crate::sys::exit_now(if ok { 0 } else { 1 });
-            }
-            crate::sys::Forked::Parent(pid) => {
-                let (_, status) =
-                    rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
-                        .unwrap()
-                        .unwrap();
-                assert_eq!(status.exit_status(), Some(0));
-            }
-        }
+        let pid = crate::sys::spawn_from_test(None, || {
+            let ok = drop_to_kept().is_ok()
+                && rustix::thread::capabilities(None).is_ok_and(|c| {
+                    c.effective == KEPT && c.permitted == KEPT && c.inheritable.is_empty()
+                })
+                && !rustix::thread::capability_is_in_bounding_set(CapabilitySet::SYS_ADMIN)
+                    .unwrap_or(true);
+            if ok { 0 } else { 1 }
+        })
+        .unwrap();
+        let (_, status) =
+            rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
+                .unwrap()
+                .unwrap();
+        assert_eq!(status.exit_status(), Some(0));
     }
 }

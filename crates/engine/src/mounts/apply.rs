@@ -165,7 +165,11 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
         )?;
         prepare_layers(plan, &layout.layers)?;
     }
-    let (root, nested) = plan.overlays.split_first().expect("a plan has a root");
+    let Some((root, nested)) = plan.overlays.split_first() else {
+        return Err(err("assemble the root at", &layout.staging)(
+            io::Error::other("the mount plan has no root overlay"),
+        ));
+    };
     mount_overlay(root, layout, &layout.staging)?;
     let staging = rustix::fs::open(
         &layout.staging,

@@ -82,7 +82,7 @@ impl Channel {
     }
 
     pub fn send(&self, msg: &Msg, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        let body = serde_json::to_vec(msg).expect("messages always serialize");
+        let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
         let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);

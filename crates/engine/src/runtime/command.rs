@@ -8,16 +8,16 @@
 
 use std::ffi::CString;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::process::Pid;
 
-use super::stdio::{StdioPlan, Stream, TtyMode};
+use super::stdio::{Pipes, StdioPlan, Stream, TtyMode};
 use crate::confine::Confinement;
 use crate::limits::ProcessLimits;
-use crate::sys::{self, Forked};
+use crate::sys;
 
 /// The PATH used when the environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -267,6 +267,7 @@ fn locale_vars(text: &str) -> Vec<(String, String)> {
 pub fn spawn(
     spec: &CommandSpec,
     stdio: &StdioPlan,
+    pipes: Pipes<'_>,
     tty: Option<&OwnedFd>,
     cgroup: Option<BorrowedFd<'_>>,
     before_exec: &dyn Fn() -> io::Result<()>,
@@ -278,35 +279,30 @@ pub fn spawn(
     };
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
-    match sys::clone_process(0, cgroup).map_err(fork_err)? {
-        Forked::Child => {
-            drop(err_read);
-            let errno = exec_child(&r, stdio, tty, err_write.as_raw_fd(), before_exec);
-            let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
-            sys::exit_now(if errno == libc::ENOENT { 127 } else { 126 });
+    let pid = sys::spawn_in(0, cgroup, || {
+        let errno = exec_child(&r, stdio, pipes, tty, before_exec);
+        let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
+        if errno == libc::ENOENT { 127 } else { 126 }
+    })
+    .map_err(fork_err)?;
+    drop(err_write);
+    // Readable once the child exec'd (or died), or its exec failed.
+    if !super::stop::wait_readable(&err_read, EXEC_DEADLINE).unwrap_or(true) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        return Err(SpawnError::Stalled {
+            program: r.program,
+            after: EXEC_DEADLINE,
+        });
+    }
+    let mut buf = [0u8; 4];
+    let mut f = std::fs::File::from(err_read);
+    match f.read(&mut buf) {
+        Ok(4) => {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            Err(SpawnError::from_errno(r.program, i32::from_ne_bytes(buf)))
         }
-        Forked::Parent(pid) => {
-            drop(err_write);
-            // Readable once the child exec'd (or died), or its exec failed.
-            if !super::stop::wait_readable(&err_read, EXEC_DEADLINE).unwrap_or(true) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                return Err(SpawnError::Stalled {
-                    program: r.program,
-                    after: EXEC_DEADLINE,
-                });
-            }
-            let mut buf = [0u8; 4];
-            let mut f = std::fs::File::from(err_read);
-            match f.read(&mut buf) {
-                Ok(4) => {
-                    let _ =
-                        rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-                    Err(SpawnError::from_errno(r.program, i32::from_ne_bytes(buf)))
-                }
-                _ => Ok(pid),
-            }
-        }
+        _ => Ok(pid),
     }
 }
 
@@ -314,8 +310,8 @@ pub fn spawn(
 fn exec_child(
     r: &Resolved,
     stdio: &StdioPlan,
+    pipes: Pipes<'_>,
     tty: Option<&OwnedFd>,
-    report_fd: RawFd,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> i32 {
     let errno = |e: io::Error| e.raw_os_error().unwrap_or(libc::EIO);
@@ -338,16 +334,20 @@ fn exec_child(
     for (target, stream) in stdio.streams.iter().enumerate() {
         let source = match (stream, tty) {
             (Stream::Pty, Some(slave)) => slave.as_fd(),
-            (Stream::Pipe(fd), _) => sys::borrow_raw(*fd),
+            (Stream::Pipe, _) => match pipes.0[target] {
+                Some(fd) => fd,
+                None => return libc::EBADF,
+            },
             _ => continue,
         };
-        if let Err(e) = sys::dup_onto(source, target as i32) {
+        if let Err(e) = sys::dup_onto_stdio(source, target) {
             return errno(e);
         }
     }
     // Nothing else of fvm's (cgroup files, the init's pidfd, the pty master)
-    // stays open in the VM, not even until exec.
-    if let Err(e) = sys::close_all_except(&[0, 1, 2, report_fd]) {
+    // stays open in the VM past exec. Marked, not closed: closing would leave
+    // this process's owners of those fds naming numbers that may be reused.
+    if let Err(e) = sys::close_on_exec_beyond_stdio() {
         return errno(e);
     }
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {

@@ -14,7 +14,7 @@ use rustix::thread::ThreadNameSpaceType as Ns;
 
 use super::command::{self, CommandSpec, SpawnError};
 use super::procid::ProcId;
-use super::stdio::StdioPlan;
+use super::stdio::{Pipes, StdioPlan};
 use super::stop::InitHandle;
 use crate::cgroup::{CgroupError, VmCgroup};
 
@@ -46,6 +46,7 @@ pub fn enter(
     cgroup: &VmCgroup,
     spec: &CommandSpec,
     stdio: &StdioPlan,
+    pipes: Pipes<'_>,
 ) -> Result<(Pid, Option<OwnedFd>), EnterError> {
     let handle = InitHandle::open(init)
         .map_err(EnterError::Init)?
@@ -71,7 +72,14 @@ pub fn enter(
         rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::CONTROL_GROUP)?;
         Ok(())
     };
-    let pid = command::spawn(spec, stdio, slave.as_ref(), entry.clone_into(), &join)?;
+    let pid = command::spawn(
+        spec,
+        stdio,
+        pipes,
+        slave.as_ref(),
+        entry.clone_into(),
+        &join,
+    )?;
     Ok((pid, master))
 }
 
@@ -114,25 +122,24 @@ pub fn hide_paths(
     };
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| EnterError::Setns(e.into()))?;
-    let pid = match crate::sys::fork().map_err(EnterError::Setns)? {
-        crate::sys::Forked::Child => {
-            drop(read);
-            let _ = rustix::thread::set_name(c"fvm-hide");
-            let result =
-                rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)
-                    .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
-                    .and_then(|()| {
-                        crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
-                            .map_err(|e| crate::vm::error_line(&e))
-                    });
-            if let Err(msg) = result {
+    let pid = crate::sys::spawn(|| {
+        let _ = rustix::thread::set_name(c"fvm-hide");
+        let result =
+            rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)
+                .map_err(|e| format!("cannot enter the vm's mount namespace: {e}"))
+                .and_then(|()| {
+                    crate::mounts::apply::hide_in_running(paths, missing == Missing::Hidden)
+                        .map_err(|e| crate::error_line(&e))
+                });
+        match result {
+            Ok(()) => 0,
+            Err(msg) => {
                 let _ = rustix::io::write(&write, msg.as_bytes());
-                crate::sys::exit_now(1);
+                1
             }
-            crate::sys::exit_now(0);
         }
-        crate::sys::Forked::Parent(pid) => pid,
-    };
+    })
+    .map_err(EnterError::Setns)?;
     drop(write);
     let ok = wait_with_deadline(pid, HIDE_DEADLINE)?;
     let mut msg = String::new();

@@ -17,7 +17,7 @@ use super::channel::{Channel, Exit, Msg};
 use super::command::{self, SpawnError};
 use super::control::{self, ControlPipe};
 use super::launch::LaunchSpec;
-use super::stdio::StdioPlan;
+use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup;
 use crate::mounts::apply;
 use crate::store::StartMode;
@@ -39,12 +39,13 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 /// Run the VM's init. Never returns.
 pub(super) fn run(
     spec: &LaunchSpec,
+    pipes: Pipes<'_>,
     chan: Channel,
     cgroup: cgroup::Entry,
     control: ControlPipe,
 ) -> ! {
     let started = Instant::now();
-    let signals = match setup(spec, &chan, cgroup, &control) {
+    let (signals, pipes) = match setup(spec, pipes, &chan, cgroup, &control) {
         Ok(s) => s,
         Err(error) => {
             let _ = chan.send(&Msg::Failed { error }, None);
@@ -70,7 +71,7 @@ pub(super) fn run(
         timed_out: false,
     };
     if let Some(cmd) = &spec.command {
-        init.start_command(cmd, &spec.stdio);
+        init.start_command(cmd, &spec.stdio, pipes);
     }
     // From here the init only reaps, forwards signals and keeps the timeout: none
     // of that needs more than the VM's own capabilities, and a process of the VM
@@ -87,10 +88,16 @@ pub(super) fn run(
 /// Assemble the VM. Errors are one line for the user, naming the step.
 fn setup(
     spec: &LaunchSpec,
+    pipes: Pipes<'_>,
     chan: &Channel,
     cgroup: cgroup::Entry,
     control: &ControlPipe,
-) -> Result<SignalFd, String> {
+) -> Result<(SignalFd, [Option<OwnedFd>; 3]), String> {
+    // The command's pipe ends are fvm's (and go with everything else it had
+    // open); the init takes copies of its own, to hand on and then close.
+    let pipes = pipes
+        .copies()
+        .map_err(|e| format!("cannot copy the command's pipes: {e}"))?;
     // Everything inherited from the fvm command (lock files, the store) goes first.
     let mut keep = vec![
         0,
@@ -101,7 +108,7 @@ fn setup(
         control.write.as_raw_fd(),
     ];
     keep.extend(cgroup.raw_fds());
-    keep.extend(spec.stdio.pipe_fds());
+    keep.extend(pipes.iter().flatten().map(AsRawFd::as_raw_fd));
     sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
     // `ps` inside the VM shows this as PID 1, and nothing of how fvm was run
     // (its arguments, the caller's environment) is left for the VM to read.
@@ -123,7 +130,7 @@ fn setup(
     // Leave the session of whoever ran fvm: the VM must not get its terminal.
     rustix::process::setsid().map_err(|e| format!("cannot start a new session: {e}"))?;
     tracing::debug!("init: in the vm's cgroup");
-    apply::enter_root(&spec.plan, &spec.layout).map_err(|e| error_chain(&e))?;
+    apply::enter_root(&spec.plan, &spec.layout).map_err(|e| crate::error_line(&e))?;
     tracing::debug!("init: root assembled");
     rustix::system::sethostname(spec.name.as_bytes())
         .map_err(|e| format!("cannot set the hostname: {e}"))?;
@@ -138,7 +145,8 @@ fn setup(
         )
         .map_err(|e| format!("cannot open /dev/null: {e}"))?;
         for fd in 0..=2 {
-            sys::dup_onto(null.as_fd(), fd).map_err(|e| format!("cannot redirect stdio: {e}"))?;
+            sys::dup_onto_stdio(null.as_fd(), fd)
+                .map_err(|e| format!("cannot redirect stdio: {e}"))?;
         }
     }
     let mut all = FORWARDED.to_vec();
@@ -149,6 +157,7 @@ fn setup(
                 .map_err(Into::into)
         })
         .map_err(|e| format!("cannot set up signal handling: {e}"))
+        .map(|signals| (signals, pipes))
 }
 
 /// The VM's own /etc/resolv.conf (in its layer), naming `servers`. Whatever was
@@ -173,17 +182,6 @@ fn write_resolv_conf(servers: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
     )
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 struct Init {
     mode: StartMode,
     command: Option<Pid>,
@@ -202,7 +200,12 @@ struct Init {
 }
 
 impl Init {
-    fn start_command(&mut self, cmd: &command::CommandSpec, stdio: &StdioPlan) {
+    fn start_command(
+        &mut self,
+        cmd: &command::CommandSpec,
+        stdio: &StdioPlan,
+        pipes: [Option<OwnedFd>; 3],
+    ) {
         let mut pty = None;
         if stdio.pty() {
             match command::open_pty() {
@@ -221,7 +224,14 @@ impl Init {
                 }
             }
         }
-        match command::spawn(cmd, stdio, pty.as_ref(), None, &|| Ok(())) {
+        match command::spawn(
+            cmd,
+            stdio,
+            Pipes::of(&pipes),
+            pty.as_ref(),
+            None,
+            &|| Ok(()),
+        ) {
             Ok(pid) => self.command = Some(pid),
             Err(e) => {
                 let (program, errno) = match &e {
@@ -238,16 +248,14 @@ impl Init {
         // The command has its own copies of the caller's stdio and of the relay
         // pipes; the init must not keep a pipe open (a reader would never see
         // end-of-file).
-        for fd in stdio.pipe_fds() {
-            sys::close_raw(fd);
-        }
+        drop(pipes);
         if let Ok(null) = rustix::fs::open(
             "/dev/null",
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         ) {
             for fd in 0..=2 {
-                let _ = sys::dup_onto(null.as_fd(), fd);
+                let _ = sys::dup_onto_stdio(null.as_fd(), fd);
             }
         }
     }
@@ -383,18 +391,7 @@ fn others_alive() -> Vec<OwnedFd> {
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != 1)
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = &s[s.rfind(')')? + 1..];
-                    after
-                        .split_whitespace()
-                        .next()
-                        .map(|st| st != "Z" && st != "X")
-                })
-                .unwrap_or(false)
-        })
+        .filter(|&pid| super::procid::read_stat(pid).is_ok_and(|s| !s.is_gone()))
         .filter_map(|pid| {
             rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty())
                 .ok()

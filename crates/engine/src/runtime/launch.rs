@@ -3,6 +3,7 @@
 //! docs/vm-lifecycle.md; this is the host side, `init` the VM side.
 
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 
 use rustix::process::{Pid, WaitOptions};
 
@@ -10,11 +11,11 @@ use super::channel::{Channel, Msg};
 use super::command::CommandSpec;
 use super::control::ControlPipe;
 use super::init;
-use super::stdio::StdioPlan;
+use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup::{CgroupError, VmCgroup};
 use crate::mounts::{Layout, MountPlan};
 use crate::store::StartMode;
-use crate::sys::{self, Forked};
+use crate::sys;
 
 /// Everything the VM's first process needs; it reads this from its copy of our
 /// memory, so nothing is serialized.
@@ -94,7 +95,13 @@ impl Launched {
 /// Clone the VM's init, which starts assembling the VM at once; see
 /// [`Launched::go`] and [`Launched::ready`]. The calling process must be
 /// single-threaded.
-pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchError> {
+/// `pipes` are the command's ends of the relay pipes, which the init takes its
+/// own copies of.
+pub fn launch(
+    spec: &LaunchSpec,
+    pipes: Pipes<'_>,
+    cgroup: &VmCgroup,
+) -> Result<Launched, LaunchError> {
     let entry = cgroup.entry()?;
     let (ours, theirs) = Channel::pair().map_err(LaunchError::Channel)?;
     let control = ControlPipe::new().map_err(LaunchError::Channel)?;
@@ -103,20 +110,23 @@ pub fn launch(spec: &LaunchSpec, cgroup: &VmCgroup) -> Result<Launched, LaunchEr
     // The child starts with a copy of our buffers; flush so nothing prints twice.
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
-    match sys::clone_process(spec.namespaces, entry.clone_into()).map_err(LaunchError::Clone)? {
-        Forked::Child => {
-            drop(ours);
-            init::run(spec, theirs, entry, control)
-        }
-        Forked::Parent(pid) => {
-            drop(theirs);
-            drop(entry);
-            drop(control);
-            Ok(Launched {
-                pid,
-                chan: ours,
-                control_fd,
-            })
-        }
-    }
+    // The init takes `entry` (to join the cgroup on v1, then close it); the clone
+    // needs its directory on v2, so it gets a duplicate, which the init closes
+    // with every other file it does not keep.
+    let into = entry
+        .clone_into()
+        .map(|fd| fd.try_clone_to_owned())
+        .transpose()
+        .map_err(LaunchError::Clone)?;
+    // The init's copy of `ours` goes with every other inherited file it does not
+    // keep (see `init::setup`); here the unrun closure drops what was the init's.
+    let pid = sys::spawn_in(spec.namespaces, into.as_ref().map(|fd| fd.as_fd()), || {
+        init::run(spec, pipes, theirs, entry, control)
+    })
+    .map_err(LaunchError::Clone)?;
+    Ok(Launched {
+        pid,
+        chan: ours,
+        control_fd,
+    })
 }

@@ -12,7 +12,6 @@ pub mod relay;
 pub mod stdio;
 pub mod stop;
 
-pub use channel::Exit;
-pub use command::{CommandSpec, Program, SpawnError};
+pub use command::{CommandSpec, Program};
 pub use procid::ProcId;
 pub use stdio::TtyMode;

@@ -41,7 +41,7 @@ impl ProcId {
             (Ok(stat), Ok(boot))
                 if boot == self.boot_id
                     && stat.start_time == self.start_time
-                    && !matches!(stat.state, 'Z' | 'X' | 'x') =>
+                    && !stat.is_gone() =>
             {
                 Liveness::Alive
             }
@@ -69,14 +69,7 @@ impl ProcId {
 /// /proc/PID/status lists the pid in each namespace from ours down; a VM's init
 /// has at least two entries, the last being 1.
 fn is_nested_pid1(pid: i32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("NSpid:"))
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .is_some_and(|ids| ids.len() >= 2 && ids.last() == Some(&"1"))
+    ns_pids(pid).is_some_and(|ids| ids.len() >= 2 && ids.last() == Some(&1))
 }
 
 /// Whether any of the process's cgroups (v1 or v2 lines) is `/<leaf>`.
@@ -89,24 +82,89 @@ fn in_cgroup(pid: i32, leaf: &str) -> bool {
         .any(|path| path.strip_prefix('/') == Some(leaf))
 }
 
-struct Stat {
-    state: char,
-    start_time: u64,
+/// The fields of /proc/PID/stat that fvm reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 2, the command name: up to 15 bytes the process chose, so any bytes
+    /// but NUL, `)` and spaces included.
+    pub comm: Vec<u8>,
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: u8,
+    /// Fields 14 and 15: CPU time in user and kernel mode, in clock ticks.
+    pub utime: u64,
+    pub stime: u64,
+    /// Field 22: clock ticks after boot when the process started.
+    pub start_time: u64,
+    /// Field 24: resident set size, in pages.
+    pub rss: u64,
 }
 
-fn read_stat(pid: i32) -> io::Result<Stat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    parse_stat(&text).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat line"))
+impl Stat {
+    /// A zombie or a dead process: it runs no more.
+    pub fn is_gone(&self) -> bool {
+        matches!(self.state, b'Z' | b'X' | b'x')
+    }
 }
 
-/// Parse the fields after the command name, which may itself contain spaces and ')'.
-fn parse_stat(text: &str) -> Option<Stat> {
-    let rest = &text[text.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // After ')' the fields are numbered from 3 (state); start time is field 22.
-    let start_time = fields.nth(22 - 4)?.parse().ok()?;
-    Some(Stat { state, start_time })
+/// /proc/PID/stat of `pid`, as this process's /proc shows it.
+pub fn read_stat(pid: i32) -> io::Result<Stat> {
+    let bytes = std::fs::read(format!("/proc/{pid}/stat"))?;
+    parse_stat(&bytes).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad stat line"))
+}
+
+/// Parse a /proc/PID/stat line. The command name is whatever lies between the
+/// first `(` and the last `)`: it may itself hold `)`, spaces and bytes that are
+/// not UTF-8, but the fields after it are numbers and one state letter.
+pub fn parse_stat(line: &[u8]) -> Option<Stat> {
+    let open = line.iter().position(|&b| b == b'(')?;
+    let close = line.iter().rposition(|&b| b == b')')?;
+    let comm = line.get(open + 1..close)?.to_vec();
+    let rest = std::str::from_utf8(&line[close + 1..]).ok()?;
+    // After ')' the fields are numbered from 3 (state).
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied();
+    let number = |n: usize| field(n)?.parse::<u64>().ok();
+    let state = match field(3)?.as_bytes() {
+        [s] => *s,
+        _ => return None,
+    };
+    Some(Stat {
+        comm,
+        state,
+        utime: number(14)?,
+        stime: number(15)?,
+        start_time: number(22)?,
+        rss: number(24)?,
+    })
+}
+
+/// The pids of `pid` in each pid namespace from ours down (`NSpid` of
+/// /proc/PID/status): a VM's process has two or more, the last as the VM sees it.
+pub fn ns_pids(pid: i32) -> Option<Vec<i32>> {
+    let status = std::fs::read(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, "NSpid")?
+        .split_ascii_whitespace()
+        .map(|n| n.parse().ok())
+        .collect()
+}
+
+/// The real uid of `pid` (the first number of `Uid` in /proc/PID/status).
+pub fn real_uid(pid: i32) -> Option<u32> {
+    let status = std::fs::read(format!("/proc/{pid}/status")).ok()?;
+    status_field(&status, "Uid")?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The value of `name:` in /proc/PID/status. The `Name` line holds the process's
+/// own bytes, so lines are split as bytes and only the one asked for is decoded.
+fn status_field<'a>(status: &'a [u8], name: &str) -> Option<&'a str> {
+    status.split(|&b| b == b'\n').find_map(|line| {
+        let value = line.strip_prefix(name.as_bytes())?.strip_prefix(b":")?;
+        std::str::from_utf8(value).ok()
+    })
 }
 
 /// This boot of the host (`/proc/sys/kernel/random/boot_id`).
@@ -122,10 +180,31 @@ mod tests {
 
     #[test]
     fn parses_stat_with_odd_command_names() {
-        let line = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 \n";
+        let line = b"1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 \n";
         let s = parse_stat(line).unwrap();
-        assert_eq!(s.state, 'S');
+        assert_eq!(s.comm, b"a) b (c)");
+        assert_eq!(s.state, b'S');
+        assert_eq!((s.utime, s.stime), (1, 2));
         assert_eq!(s.start_time, 987654);
+        assert_eq!(s.rss, 10);
+        let odd = b"7 (\xff) 1 2 (3) R 1 1 1 0 -1 0 0 0 0 0 5 6 0 0 20 0 1 0 42 0 3\n";
+        let s = parse_stat(odd).unwrap();
+        assert_eq!(s.comm, b"\xff) 1 2 (3");
+        assert_eq!((s.state, s.start_time, s.rss), (b'R', 42, 3));
+        assert!(parse_stat(b"7 (x) S 1 2\n").is_none());
+    }
+
+    #[test]
+    fn a_process_whose_name_is_not_utf8_is_read() {
+        // A thread's name is its own /proc/TID/stat's command name; this test's
+        // thread gets bytes that are not UTF-8 (as any process in a VM may).
+        let tid = rustix::thread::gettid().as_raw_nonzero().get();
+        rustix::thread::set_name(c"\xff)x (y").unwrap();
+        let stat = read_stat(tid).unwrap();
+        assert_eq!(stat.comm, b"\xff)x (y");
+        assert!(!stat.is_gone());
+        assert_eq!(real_uid(tid), Some(rustix::process::getuid().as_raw()));
+        assert_eq!(ns_pids(tid).and_then(|p| p.last().copied()), Some(tid));
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! refused on any of the three.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::fs::{FileType, OFlags};
 
@@ -41,8 +41,9 @@ pub enum Stream {
     Inherit,
     /// The pty's slave.
     Pty,
-    /// This end of a pipe that fvm relays to the caller's terminal.
-    Pipe(RawFd),
+    /// A pipe that fvm relays to the caller's terminal; the command's end is in
+    /// [`Pipes`].
+    Pipe,
 }
 
 /// The command's side of the plan, copied into the processes that start it.
@@ -54,17 +55,6 @@ pub struct StdioPlan {
 impl StdioPlan {
     pub fn pty(&self) -> bool {
         self.streams.contains(&Stream::Pty)
-    }
-
-    /// The pipe ends the command needs (to keep open until it is started).
-    pub fn pipe_fds(&self) -> Vec<RawFd> {
-        self.streams
-            .iter()
-            .filter_map(|s| match s {
-                Stream::Pipe(fd) => Some(*fd),
-                _ => None,
-            })
-            .collect()
     }
 
     /// Everything passed as it is: for a process that must not relay anything.
@@ -85,15 +75,43 @@ pub struct CallerEnds {
     /// Read ends of the command's stdout and stderr pipes.
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
-    /// The command's ends, held until the command has them.
-    pub(crate) command_ends: Vec<OwnedFd>,
+    /// The command's ends of the pipes (by its fd 0, 1, 2), held until the
+    /// command has them.
+    command_ends: [Option<OwnedFd>; 3],
+}
+
+/// The command's ends of the relay pipes, by the fd (0, 1, 2) each becomes: for
+/// the streams the plan says are [`Stream::Pipe`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Pipes<'a>(pub [Option<BorrowedFd<'a>>; 3]);
+
+impl Pipes<'_> {
+    /// Copies of the pipe ends that this process owns (a forked process that
+    /// must close its copies once the command has them).
+    pub fn copies(self) -> io::Result<[Option<OwnedFd>; 3]> {
+        let mut out: [Option<OwnedFd>; 3] = Default::default();
+        for (o, fd) in out.iter_mut().zip(self.0) {
+            *o = fd.map(|fd| fd.try_clone_to_owned()).transpose()?;
+        }
+        Ok(out)
+    }
+
+    /// Borrow pipe ends this process owns.
+    pub fn of(owned: &[Option<OwnedFd>; 3]) -> Pipes<'_> {
+        Pipes(owned.each_ref().map(|o| o.as_ref().map(AsFd::as_fd)))
+    }
 }
 
 impl CallerEnds {
+    /// The command's pipe ends, for starting it.
+    pub fn command_pipes(&self) -> Pipes<'_> {
+        Pipes::of(&self.command_ends)
+    }
+
     /// Close fvm's copies of the command's pipe ends (after it has started), so the
     /// relay sees end-of-file when the command closes its own.
     pub fn release_command_ends(&mut self) {
-        self.command_ends.clear();
+        self.command_ends = Default::default();
     }
 }
 
@@ -177,13 +195,13 @@ fn decide(mode: TtyMode, callers: [Caller; 3]) -> io::Result<(StdioPlan, CallerE
         } else if callers[i] != Caller::Pass {
             let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
             let (mine, theirs) = if i == 0 { (write, read) } else { (read, write) };
-            *stream = Stream::Pipe(theirs.as_raw_fd());
+            *stream = Stream::Pipe;
             match i {
                 0 => ends.stdin = Some(mine),
                 1 => ends.stdout = Some(mine),
                 _ => ends.stderr = Some(mine),
             }
-            ends.command_ends.push(theirs);
+            ends.command_ends[i] = Some(theirs);
         }
     }
     Ok((StdioPlan { streams }, ends))
@@ -226,11 +244,12 @@ mod tests {
     #[test]
     fn without_a_pty_terminals_go_through_pipes() {
         let (plan, ends) = decide(TtyMode::Never, callers([true, true, false])).unwrap();
-        assert!(matches!(plan.streams[0], Stream::Pipe(_)));
-        assert!(matches!(plan.streams[1], Stream::Pipe(_)));
+        assert!(matches!(plan.streams[0], Stream::Pipe));
+        assert!(matches!(plan.streams[1], Stream::Pipe));
         assert_eq!(plan.streams[2], Stream::Inherit);
         assert!(ends.stdin.is_some() && ends.stdout.is_some() && ends.stderr.is_none());
-        assert_eq!(plan.pipe_fds().len(), 2);
+        let pipes = ends.command_pipes().0;
+        assert!(pipes[0].is_some() && pipes[1].is_some() && pipes[2].is_none());
         assert!(!plan.pty());
     }
 
@@ -253,7 +272,7 @@ mod tests {
         assert!(e.to_string().contains("O_PATH"), "{e}");
         let (plan, ends) =
             decide(TtyMode::Auto, [Caller::Relay, Caller::Pass, Caller::Pass]).unwrap();
-        assert!(matches!(plan.streams[0], Stream::Pipe(_)));
+        assert!(matches!(plan.streams[0], Stream::Pipe));
         assert!(ends.stdin.is_some());
     }
 

@@ -130,10 +130,7 @@ pub(super) fn files(vm: &VmDir) -> Files {
 }
 
 fn changes_error(name: &VmName, source: super::ChangesError) -> VmError {
-    VmError::Changes {
-        name: name.to_string(),
-        source,
-    }
+    VmError::changes(name)(source)
 }
 
 /// Paths as the VM sees them: absolute (a relative one is taken from `/`), without

@@ -64,20 +64,14 @@ impl Engine {
         })?;
         if let Err(source) = cgroup.freeze() {
             let _ = std::fs::remove_file(&path);
-            return Err(VmError::Cgroup {
-                name: vm.name().to_string(),
-                source,
-            });
+            return Err(VmError::cgroup(vm.name())(source));
         }
         Ok(())
     }
 
     /// Thaw what [`Engine::freeze_own`] froze, then drop the record.
     pub(super) fn thaw_own(&self, vm: &VmDir, cgroup: &VmCgroup) -> Result<(), VmError> {
-        cgroup.thaw().map_err(|source| VmError::Cgroup {
-            name: vm.name().to_string(),
-            source,
-        })?;
+        cgroup.thaw().map_err(VmError::cgroup(vm.name()))?;
         match std::fs::remove_file(owner_path(vm)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(VmError::Freeze {
                 name: vm.name().to_string(),

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::{Engine, VmError, error_line};
+use super::{Engine, VmError};
+use crate::error_line;
 use crate::runtime::procid::ProcId;
 use crate::store::{Policy, StartMode, State, VmName};
 

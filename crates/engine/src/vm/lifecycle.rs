@@ -3,14 +3,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{Engine, StartError, VmError, error_line};
+use super::{Engine, StartError, VmError};
+use crate::error_line;
 use crate::limits::Limits;
 use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::procid::ProcId;
-use crate::runtime::stdio::StdioPlan;
+use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::runtime::stop::{self, Stopped};
 use crate::store::{Policy, StartMode, State, StateError, Status, VmDir, VmName};
 use crate::sys;
@@ -203,17 +204,11 @@ impl Engine {
     }
 
     pub(super) fn policy(&self, vm: &VmDir) -> Result<Policy, VmError> {
-        vm.load_policy().map_err(|source| VmError::Policy {
-            name: vm.name().to_string(),
-            source,
-        })
+        vm.load_policy().map_err(VmError::policy(vm.name()))
     }
 
     fn start_error(&self, name: &VmName, source: StartError) -> VmError {
-        VmError::Start {
-            name: name.to_string(),
-            source,
-        }
+        VmError::start(name)(source)
     }
 
     /// Assemble and launch a VM. The caller holds its lock and has checked it is
@@ -224,7 +219,7 @@ impl Engine {
         vm: &VmDir,
         policy: &Policy,
         mode: StartMode,
-        command: Option<(CommandSpec, StdioPlan)>,
+        command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
         temporary: bool,
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
@@ -275,12 +270,8 @@ impl Engine {
         // the host went down while it ran (see `mounts::volatile`).
         self.check_layers_trusted(vm, &layout.layers)?;
         if layout.volatile {
-            volatile::record_boot(&vm.volatile_boot_path()).map_err(|source| {
-                VmError::LayersSync {
-                    name: name.to_string(),
-                    source,
-                }
-            })?;
+            volatile::record_boot(&vm.volatile_boot_path())
+                .map_err(|source| VmError::layers_sync(name)(source))?;
         }
         make_dir(&layout.staging).map_err(fail)?;
         if temporary {
@@ -299,13 +290,16 @@ impl Engine {
             return Err(fail(e.into()));
         }
         tracing::debug!(vm = %name, "layers and cgroup ready");
+        let pipes = command.as_ref().map_or(Pipes::default(), |(_, _, p)| *p);
         let spec = LaunchSpec {
             name: name.to_string(),
             plan,
             layout,
             mode,
-            stdio: command.as_ref().map_or(StdioPlan::inherit(), |(_, s)| *s),
-            command: command.map(|(mut c, _)| {
+            stdio: command
+                .as_ref()
+                .map_or(StdioPlan::inherit(), |(_, s, _)| *s),
+            command: command.map(|(mut c, _, _)| {
                 c.limits = policy.limits.per_process();
                 c.confine = confinement.clone();
                 c
@@ -323,7 +317,7 @@ impl Engine {
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
         };
-        let launched = match launch::launch(&spec, &cgroup) {
+        let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,
             Err(e) => {
                 let _ = cgroup.kill_all().and_then(|()| cgroup.remove());
@@ -434,18 +428,12 @@ impl Engine {
                     error_line(&e)
                 );
                 self.unfreeze(name, &cgroup)?;
-                cgroup.kill_all().map_err(|source| VmError::Cgroup {
-                    name: name.to_string(),
-                    source,
-                })?;
+                cgroup.kill_all().map_err(VmError::cgroup(name))?;
                 self.reconcile(&vm)?;
                 return Ok(Stopped::Killed);
             }
             Err(source) => {
-                return Err(VmError::State {
-                    name: name.to_string(),
-                    source,
-                });
+                return Err(VmError::state(name)(source));
             }
         };
         let init = state.live_init(&self.cgroup_leaf(name));
@@ -453,10 +441,7 @@ impl Engine {
             self.unfreeze(name, &self.cgroup(name)?)?;
         }
         let outcome = match init {
-            Some(init) => stop::stop(init, grace).map_err(|source| VmError::Stop {
-                name: name.to_string(),
-                source,
-            })?,
+            Some(init) => stop::stop(init, grace).map_err(VmError::stop(name))?,
             None => Stopped::NotRunning,
         };
         // Cleans up after the init, the VM's firewall rules included. The VM has
@@ -481,20 +466,14 @@ impl Engine {
         if cgroup.frozen() {
             return Ok(());
         }
-        cgroup.freeze().map_err(|source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        })
+        cgroup.freeze().map_err(VmError::cgroup(name))
     }
 
     /// Let a suspended VM's processes run again. Resuming a VM that isn't
     /// suspended does nothing.
     pub fn resume(&self, name: &VmName) -> Result<(), VmError> {
         let (_lock, cgroup) = self.live_cgroup(name)?;
-        cgroup.thaw().map_err(|source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        })
+        cgroup.thaw().map_err(VmError::cgroup(name))
     }
 
     /// Thaw a suspended VM about to be stopped: a frozen process takes no signal,
@@ -503,10 +482,7 @@ impl Engine {
         if !cgroup.frozen() {
             return Ok(());
         }
-        cgroup.thaw().map_err(|source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        })
+        cgroup.thaw().map_err(VmError::cgroup(name))
     }
 
     /// The cgroup of running VM `name`, with the VM locked; an error if it isn't
@@ -544,10 +520,7 @@ impl Engine {
             }
             self.unfreeze(name, &cgroup)?;
             if let Some(init) = state.live_init(&self.cgroup_leaf(name)) {
-                stop::stop(init, FORCE_GRACE).map_err(|source| VmError::Stop {
-                    name: name.to_string(),
-                    source,
-                })?;
+                stop::stop(init, FORCE_GRACE).map_err(VmError::stop(name))?;
             }
         }
         self.release_cgroup(name, &cgroup)?;

@@ -110,19 +110,13 @@ impl Engine {
                 && let Err(source) = cgroup.set_limits(&policy.limits, true)
             {
                 undo(false);
-                return Err(VmError::Cgroup {
-                    name: name.to_string(),
-                    source,
-                });
+                return Err(VmError::cgroup(name)(source));
             }
             if let Some(id) = live_disk
                 && let Err(source) = disk::set_limits(&layers, id, &policy.limits)
             {
                 undo(false);
-                return Err(VmError::Disk {
-                    name: name.to_string(),
-                    source,
-                });
+                return Err(VmError::disk(name)(source));
             }
             if changed.contains(&Key::Timeout) {
                 if let Err(e) = self.send_timeout(name, init, state.control_fd, &policy.limits) {
@@ -149,10 +143,7 @@ impl Engine {
         }
         if let Err(source) = vm.save_policy(&policy) {
             undo(timeout_sent);
-            return Err(VmError::Policy {
-                name: name.to_string(),
-                source,
-            });
+            return Err(VmError::policy(name)(source));
         }
         if net_lock.is_some() && running.is_some() {
             if let Err(e) = self.sync_firewall(None) {
@@ -231,10 +222,7 @@ impl Engine {
     fn rebuild_layers(&self, vm: &VmDir, layers: &Path, limits: &Limits) -> Result<(), VmError> {
         use super::copy::{CopyVmError, copy_layers};
         use crate::changes::layer;
-        let fail = |source: CopyVmError| VmError::Rebuild {
-            name: vm.name().to_string(),
-            source,
-        };
+        let fail = VmError::rebuild(vm.name());
         let image = vm.image_path();
         let next = vm.path().join("disk.img.next");
         let old_mount = vm.path().join("layers.old");
@@ -301,10 +289,7 @@ impl Engine {
         layers: &Path,
         limits: &Limits,
     ) -> Result<Option<disk::ImageMount>, VmError> {
-        let fail = |source| VmError::Disk {
-            name: vm.name().to_string(),
-            source,
-        };
+        let fail = VmError::disk(vm.name());
         let image = vm.image_path();
         let exists = image.exists();
         if disk::backing(layers, limits, exists).map_err(VmError::HostDisk)?
@@ -335,10 +320,7 @@ impl Engine {
         let policy = self.policy(vm)?;
         disk::ImageMount::enter(&image, &vm.layers_path(&policy))
             .map(Some)
-            .map_err(|source| VmError::Disk {
-                name: vm.name().to_string(),
-                source,
-            })
+            .map_err(VmError::disk(vm.name()))
     }
 
     /// As a VM starts: hold its layers (made already) to its `disk` and `inodes`
@@ -352,10 +334,7 @@ impl Engine {
         layers: &Path,
         limits: &Limits,
     ) -> Result<(), VmError> {
-        let fail = |source| VmError::Disk {
-            name: vm.name().to_string(),
-            source,
-        };
+        let fail = VmError::disk(vm.name());
         // The filesystem may have lost its quotas since the id was recorded.
         if limits.limits_disk() && !disk::has_project_quotas(layers) {
             return Err(VmError::DiskFixed {
@@ -415,10 +394,7 @@ impl Engine {
         control_fd: Option<i32>,
         limits: &Limits,
     ) -> Result<(), VmError> {
-        let fail = |source| VmError::Control {
-            name: name.to_string(),
-            source,
-        };
+        let fail = VmError::control(name);
         let fd = control_fd.ok_or_else(|| {
             fail(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,

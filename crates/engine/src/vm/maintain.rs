@@ -25,7 +25,7 @@ impl Engine {
                 Err(e) => {
                     done.push(format!(
                         "vm {name:?} left alone: {} (`fvm stop {name}` ends its processes)",
-                        super::error_line(&e)
+                        crate::error_line(&e)
                     ));
                     continue;
                 }
@@ -40,7 +40,7 @@ impl Engine {
                 Ok(None) => {}
                 Err(e) => done.push(format!(
                     "vm {name:?}: its unfinished commit was left alone: {}",
-                    super::error_line(&e)
+                    crate::error_line(&e)
                 )),
             }
             if state.temporary && state.live_init(&self.cgroup_leaf(name)).is_none() {
@@ -77,16 +77,10 @@ impl Engine {
             if alive {
                 continue;
             }
-            let cg = cgroups.vm(&leaf).map_err(|source| VmError::Cgroup {
-                name: leaf.clone(),
-                source,
-            })?;
+            let cg = cgroups.vm(&leaf).map_err(VmError::cgroup(&leaf))?;
             cg.kill_all()
                 .and_then(|()| cg.remove())
-                .map_err(|source| VmError::Cgroup {
-                    name: leaf.clone(),
-                    source,
-                })?;
+                .map_err(VmError::cgroup(&leaf))?;
             done.push(format!("removed orphaned cgroup {leaf}"));
         }
         Ok(done)

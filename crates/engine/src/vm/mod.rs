@@ -21,6 +21,9 @@ mod watch;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// What the `run` and `stop` of the CLI hand to and get from the engine.
+pub use crate::runtime::stop::Stopped;
+pub use crate::runtime::{CommandSpec, Program, TtyMode};
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
@@ -191,6 +194,41 @@ pub enum VmError {
     },
 }
 
+/// The `.map_err` of every error that is a VM's name and a cause:
+/// `.map_err(VmError::state(vm.name()))` builds `VmError::State { name, source }`.
+macro_rules! name_and_source {
+    ($($ctor:ident => $variant:ident($source:ty);)*) => {
+        impl VmError {
+            $(
+                pub(crate) fn $ctor<N: ToString + ?Sized>(
+                    name: &N,
+                ) -> impl Fn($source) -> VmError + Copy + '_ {
+                    move |source| VmError::$variant {
+                        name: name.to_string(),
+                        source,
+                    }
+                }
+            )*
+        }
+    };
+}
+
+name_and_source! {
+    cgroup => Cgroup(CgroupError);
+    changes => Changes(ChangesError);
+    control => Control(std::io::Error);
+    disk => Disk(crate::mounts::disk::DiskError);
+    enter => Enter(EnterError);
+    layers_check => LayersCheck(std::io::Error);
+    layers_sync => LayersSync(std::io::Error);
+    policy => Policy(PolicyError);
+    rebuild => Rebuild(CopyVmError);
+    relay => Relay(RelayError);
+    start => Start(StartError);
+    state => State(StateError);
+    stop => Stop(std::io::Error);
+}
+
 /// What went wrong reading or writing a VM's changes.
 #[derive(Debug, thiserror::Error)]
 pub enum ChangesError {
@@ -306,10 +344,7 @@ impl Engine {
     }
 
     fn cgroup(&self, name: &VmName) -> Result<VmCgroup, VmError> {
-        let wrap = |source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        };
+        let wrap = VmError::cgroup(name);
         self.cgroups()
             .map_err(wrap)?
             .vm(&self.cgroup_leaf(name))
@@ -321,17 +356,11 @@ impl Engine {
     }
 
     fn load_state(&self, vm: &VmDir) -> Result<State, VmError> {
-        vm.load_state().map_err(|source| VmError::State {
-            name: vm.name().to_string(),
-            source,
-        })
+        vm.load_state().map_err(VmError::state(vm.name()))
     }
 
     fn save_state(&self, vm: &VmDir, state: &State) -> Result<(), VmError> {
-        vm.save_state(state).map_err(|source| VmError::State {
-            name: vm.name().to_string(),
-            source,
-        })
+        vm.save_state(state).map_err(VmError::state(vm.name()))
     }
 
     /// Make the state file tell the truth. The caller holds the VM's lock.
@@ -348,15 +377,12 @@ impl Engine {
                 tracing::warn!(
                     "vm {:?}: {}; it runs no process, so it is treated as stopped",
                     vm.name().as_str(),
-                    error_line(&e)
+                    crate::error_line(&e)
                 );
                 State::default()
             }
             Err(source) => {
-                return Err(VmError::State {
-                    name: vm.name().to_string(),
-                    source,
-                });
+                return Err(VmError::state(vm.name())(source));
             }
         };
         if state.live_init(&self.cgroup_leaf(vm.name())).is_some() {
@@ -392,18 +418,12 @@ impl Engine {
     /// itself ([`Engine::check_layers_trusted`]).
     fn settle_volatile(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
         let marked =
-            crate::mounts::volatile::markers(layers).map_err(|source| VmError::LayersSync {
-                name: vm.name().to_string(),
-                source,
-            })?;
+            crate::mounts::volatile::markers(layers).map_err(VmError::layers_sync(vm.name()))?;
         if marked.is_empty() {
             return Ok(());
         }
         let this_boot = crate::mounts::volatile::recorded_this_boot(&vm.volatile_boot_path())
-            .map_err(|source| VmError::LayersSync {
-                name: vm.name().to_string(),
-                source,
-            })?;
+            .map_err(VmError::layers_sync(vm.name()))?;
         if !this_boot {
             tracing::warn!(
                 "vm {:?} ran with volatile layers when the host went down",
@@ -426,10 +446,7 @@ impl Engine {
                 Err(_) => 1,
             }
         };
-        spawn_detached(c"fvm-settle", settle).map_err(|source| VmError::LayersSync {
-            name: vm.name().to_string(),
-            source,
-        })?;
+        spawn_detached(c"fvm-settle", settle).map_err(VmError::layers_sync(vm.name()))?;
         tracing::debug!(vm = %vm.name(), "volatile layers: sync started");
         Ok(())
     }
@@ -440,19 +457,13 @@ impl Engine {
     /// settled now; markers from an earlier boot mean the host went down while the
     /// VM ran, and the layers are refused.
     pub(super) fn check_layers_trusted(&self, vm: &VmDir, layers: &Path) -> Result<(), VmError> {
-        let wrap = |source| VmError::LayersCheck {
-            name: vm.name().to_string(),
-            source,
-        };
+        let wrap = VmError::layers_check(vm.name());
         let markers = crate::mounts::volatile::markers(layers).map_err(wrap)?;
         if markers.is_empty() {
             return Ok(());
         }
         if crate::mounts::volatile::recorded_this_boot(&vm.volatile_boot_path()).map_err(wrap)? {
-            crate::mounts::volatile::settle(layers).map_err(|source| VmError::LayersSync {
-                name: vm.name().to_string(),
-                source,
-            })?;
+            crate::mounts::volatile::settle(layers).map_err(VmError::layers_sync(vm.name()))?;
             return Ok(());
         }
         Err(VmError::VolatileLost {
@@ -464,10 +475,7 @@ impl Engine {
     /// Kill whatever is left in a VM's cgroup (only ever its own processes) and
     /// remove it.
     fn release_cgroup(&self, name: &VmName, cgroup: &VmCgroup) -> Result<(), VmError> {
-        let wrap = |source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        };
+        let wrap = VmError::cgroup(name);
         // Usually the VM's init took everything down with it: then one rmdir per
         // hierarchy is all it takes.
         if cgroup.remove_if_empty().map_err(wrap)? {
@@ -486,58 +494,32 @@ pub(super) fn spawn_detached(
     name: &std::ffi::CStr,
     work: impl FnOnce() -> i32,
 ) -> std::io::Result<()> {
-    use std::os::fd::{AsFd, AsRawFd};
-    match sys::fork()? {
-        sys::Forked::Parent(pid) => {
-            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            Ok(())
-        }
-        sys::Forked::Child => {
-            let _ = rustix::process::setsid();
-            if !matches!(sys::fork(), Ok(sys::Forked::Child)) {
-                sys::exit_now(0);
-            }
-            let _ = sys::close_all_except(&[]);
-            if let Ok(null) = rustix::fs::open(
-                "/dev/null",
-                rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            ) {
-                let raw = null.as_raw_fd();
-                for fd in (0..=2).filter(|fd| *fd != raw) {
-                    let _ = sys::dup_onto(null.as_fd(), fd);
-                }
-                if raw <= 2 {
-                    // It is one of stdin, stdout, stderr now: keep it open.
-                    let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
-                }
-            }
-            let _ = rustix::thread::set_name(name);
-            sys::exit_now(work())
-        }
-    }
+    let pid = sys::spawn(|| {
+        let _ = rustix::process::setsid();
+        // The intermediate child ends at once, so the worker is nobody's child.
+        let _ = sys::spawn(|| detached(name, work));
+        0
+    })?;
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+    Ok(())
 }
 
-/// An error and its causes on one line, without the "(os error N)" noise.
-pub fn error_line(e: &dyn std::error::Error) -> String {
-    let mut s = plain(e.to_string());
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let part = plain(c.to_string());
-        if !s.ends_with(&part) {
-            s.push_str(": ");
-            s.push_str(&part);
+/// The second child of [`spawn_detached`]: stdio on /dev/null, then `work`.
+fn detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> i32 {
+    let _ = sys::close_all_except(&[]);
+    // With every fd closed, /dev/null opens as fd 0 (stdin) and stays open.
+    if let Ok(null) = rustix::fs::open(
+        "/dev/null",
+        rustix::fs::OFlags::RDWR,
+        rustix::fs::Mode::empty(),
+    ) {
+        let _ = rustix::stdio::dup2_stdin(&null);
+        let _ = rustix::stdio::dup2_stdout(&null);
+        let _ = rustix::stdio::dup2_stderr(&null);
+        if std::os::fd::AsRawFd::as_raw_fd(&null) <= 2 {
+            let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
         }
-        cur = c.source();
     }
-    s
-}
-
-fn plain(mut msg: String) -> String {
-    if let Some(i) = msg.rfind(" (os error ")
-        && msg.ends_with(')')
-    {
-        msg.truncate(i);
-    }
-    msg
+    let _ = rustix::thread::set_name(name);
+    work()
 }

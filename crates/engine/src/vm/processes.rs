@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use procfs::Current;
 use serde::Serialize;
 
 use super::{Engine, VmError};
+use crate::runtime::procid;
 use crate::store::VmName;
 
 /// One process of a VM.
@@ -58,10 +58,7 @@ impl Engine {
             });
         }
         let cgroup = self.cgroup(name)?;
-        let pids = cgroup.pids().map_err(|source| VmError::Cgroup {
-            name: name.to_string(),
-            source,
-        })?;
+        let pids = cgroup.pids().map_err(VmError::cgroup(name))?;
         let clock = Clock::now();
         let users = users();
         let mut out: Vec<VmProcess> = pids
@@ -83,24 +80,21 @@ struct Clock {
 impl Clock {
     fn now() -> Clock {
         Clock {
-            ticks: procfs::ticks_per_second() as f64,
-            boot: procfs::boot_time_secs().unwrap_or(0),
-            uptime: procfs::Uptime::current().map_or(0.0, |u| u.uptime),
-            page: procfs::page_size(),
+            ticks: rustix::param::clock_ticks_per_second() as f64,
+            boot: boot_time().unwrap_or(0),
+            uptime: uptime().unwrap_or(0.0),
+            page: rustix::param::page_size() as u64,
         }
     }
 }
 
 fn process(host_pid: i32, clock: &Clock, users: &HashMap<u32, String>) -> Option<VmProcess> {
-    let p = procfs::process::Process::new(host_pid).ok()?;
-    let stat = p.stat().ok()?;
-    let status = p.status().ok()?;
-    let pid = status
-        .nspid
-        .as_ref()
+    let stat = procid::read_stat(host_pid).ok()?;
+    let uid = procid::real_uid(host_pid)?;
+    let pid = procid::ns_pids(host_pid)
         .and_then(|ns| ns.last().copied())
         .unwrap_or(host_pid);
-    let since = stat.starttime as f64 / clock.ticks;
+    let since = stat.start_time as f64 / clock.ticks;
     let alive = clock.uptime - since;
     let cpu = (stat.utime + stat.stime) as f64 / clock.ticks;
     let cpu_percent = if alive > 0.0 {
@@ -121,8 +115,9 @@ fn process(host_pid: i32, clock: &Clock, users: &HashMap<u32, String>) -> Option
         raw[..end].split(|&b| b == 0).map(<[u8]>::to_vec).collect()
     };
     let command = if args.is_empty() {
-        args.push(stat.comm.clone().into_bytes());
-        format!("[{}]", stat.comm)
+        let command = format!("[{}]", String::from_utf8_lossy(&stat.comm));
+        args.push(stat.comm);
+        command
     } else {
         let lossy: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a)).collect();
         lossy.join(" ")
@@ -130,17 +125,35 @@ fn process(host_pid: i32, clock: &Clock, users: &HashMap<u32, String>) -> Option
     Some(VmProcess {
         pid,
         host_pid,
-        uid: status.ruid,
-        user: users
-            .get(&status.ruid)
-            .cloned()
-            .unwrap_or_else(|| status.ruid.to_string()),
+        uid,
+        user: users.get(&uid).cloned().unwrap_or_else(|| uid.to_string()),
         cpu_percent,
         rss: stat.rss * clock.page,
         started: humantime::format_rfc3339_seconds(started).to_string(),
         command,
         args,
     })
+}
+
+/// When the host booted, in seconds after the epoch (`btime` of /proc/stat).
+fn boot_time() -> Option<u64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Seconds since the host booted (the first number of /proc/uptime).
+fn uptime() -> Option<f64> {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// uid → name from the host's /etc/passwd.

@@ -55,12 +55,9 @@ impl Engine {
             // others), which would leave it, and this command, frozen outside the
             // VM's accounting until someone resumed the VM. Then it is let go, its
             // file kept open to take it again after the command.
-            let entered = enter::enter(init, &cgroup, &spec, &stdio);
+            let entered = enter::enter(init, &cgroup, &spec, &stdio, ends.command_pipes());
             let unlocked = lock.unlock().ok();
-            let (pid, master) = entered.map_err(|source| VmError::Enter {
-                name: name.to_string(),
-                source,
-            })?;
+            let (pid, master) = entered.map_err(VmError::enter(name))?;
             ends.release_command_ends();
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
@@ -106,7 +103,7 @@ impl Engine {
             vm,
             policy,
             StartMode::Command,
-            Some((spec, stdio)),
+            Some((spec, stdio, ends.command_pipes())),
             temporary,
         )?;
         // The init has its own copies of the command's pipe ends.
@@ -146,7 +143,7 @@ impl Engine {
                 // file, the cgroup) the next command on the VM finishes.
                 Err(e) if result.is_ok() => tracing::warn!(
                     "vm {name} stopped after the command, but cleaning up after it failed: {}; the next command on it finishes that",
-                    super::error_line(&e)
+                    crate::error_line(&e)
                 ),
                 Err(e) => return Err(e),
             }
@@ -223,7 +220,7 @@ impl Engine {
         if let Err(e) = cleanup {
             tracing::warn!(
                 "the throw-away vm {name} could not be deleted after the command: {}; `fvm doctor --cleanup` removes it",
-                super::error_line(&e)
+                crate::error_line(&e)
             );
         }
         Ok(outcome.exit)
@@ -239,10 +236,7 @@ impl Engine {
     }
 
     fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
-        VmError::Relay {
-            name: name.to_string(),
-            source,
-        }
+        VmError::relay(name)(source)
     }
 }
 

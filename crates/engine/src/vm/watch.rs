@@ -375,7 +375,7 @@ impl Engine {
                 .is_ok_and(|s| s.status == crate::store::Status::Running)
                 && let Err(e) = self.reconcile(&vm)
             {
-                tracing::debug!(vm = %name, "cleanup after the vm's end failed: {}", super::error_line(&e));
+                tracing::debug!(vm = %name, "cleanup after the vm's end failed: {}", crate::error_line(&e));
             }
         }
     }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use fvm_engine::runtime::{CommandSpec, Program, TtyMode};
+use fvm_engine::vm::{CommandSpec, Program, TtyMode};
 
 use super::{Context, vm_name};
 use crate::cli::{NameArg, RunArgs};

@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use anyhow::Result;
-use fvm_engine::runtime::stop::Stopped;
+use fvm_engine::vm::Stopped;
 
 use super::{Context, vm_name};
 use crate::cli::StopArgs;

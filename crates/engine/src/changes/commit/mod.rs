@@ -219,7 +219,7 @@ fn run(
                 Ok(()) => "its temp files and new directories were removed".to_owned(),
                 Err(e) => format!(
                     "{}; `fvm commit --abort` removes the rest",
-                    crate::vm::error_line(&e)
+                    crate::error_line(&e)
                 ),
             };
             return Err(CommitError::RolledBack { cleanup, source });
@@ -413,7 +413,7 @@ pub fn abort(files: &Files, layers: &[Layer], running: bool) -> Result<Aborted, 
         Err(e) => Err(e.to_string()),
     };
     let checked = journal.and_then(|j| {
-        let mut uppers = open_trees(&j.layers(), true).map_err(|e| crate::vm::error_line(&e))?;
+        let mut uppers = open_trees(&j.layers(), true).map_err(|e| crate::error_line(&e))?;
         if j.phase < Phase::Cleanup {
             check_layer(&j, &mut uppers)?;
         }
@@ -509,7 +509,7 @@ pub fn settle_unfinished(
             }
             Err(e) => tracing::warn!(
                 "an interrupted commit can't be finished ({}); dropping it",
-                crate::vm::error_line(&e)
+                crate::error_line(&e)
             ),
         }
     }

@@ -9,6 +9,16 @@ use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
+/// Set an xattr on `path` (a symlink itself, not what it points at).
+fn set_xattr(path: impl AsRef<Path>, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(path.as_ref(), name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+/// An xattr of `path` (not following a symlink), if it has it.
+fn get_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    data::value(|b| rustix::fs::lgetxattr(path, name, b)).unwrap()
+}
+
 fn name(bytes: &[u8]) -> PathBuf {
     PathBuf::from(OsString::from_vec(bytes.to_vec()))
 }
@@ -25,10 +35,13 @@ fn describe(root: &Path) -> BTreeMap<PathBuf, String> {
         for path in entries {
             let m = std::fs::symlink_metadata(&path).unwrap();
             let ft = m.file_type();
-            let mut xattrs: Vec<String> = xattr::list(&path)
-                .unwrap()
+            let list = data::grow(|b| rustix::fs::llistxattr(&path, b)).unwrap();
+            let mut xattrs: Vec<String> = data::all_names(&list)
+                .into_iter()
                 .map(|n| {
-                    let v = xattr::get(&path, &n).unwrap().unwrap_or_default();
+                    let v = data::value(|b| rustix::fs::lgetxattr(&path, n.as_c_str(), b))
+                        .unwrap()
+                        .unwrap_or_default();
                     format!("{}={v:?}", n.to_string_lossy())
                 })
                 .collect();
@@ -112,8 +125,8 @@ fn every_entry_type_and_its_metadata_is_cloned() {
     std::fs::create_dir_all(src.join("dir/sub")).unwrap();
     std::fs::write(src.join("dir/sub/deep"), "deep\n").unwrap();
     std::fs::write(src.join("file"), "hello\n").unwrap();
-    xattr::set(src.join("file"), "user.note", b"a note").unwrap();
-    xattr::set(src.join("dir"), "user.dir", b"\x00\xffbinary").unwrap();
+    set_xattr(src.join("file"), "user.note", b"a note");
+    set_xattr(src.join("dir"), "user.dir", b"\x00\xffbinary");
     std::fs::write(src.join("empty"), "").unwrap();
     std::fs::write(src.join("setuid"), "#!/bin/sh\n").unwrap();
     std::fs::set_permissions(src.join("setuid"), PermissionsExt::from_mode(0o4755)).unwrap();
@@ -226,7 +239,7 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("upper");
     std::fs::create_dir_all(src.join("opaque/inner")).unwrap();
-    xattr::set(src.join("opaque"), "trusted.overlay.opaque", b"y").unwrap();
+    set_xattr(src.join("opaque"), "trusted.overlay.opaque", b"y");
     std::fs::write(src.join("opaque/inner/new"), "new\n").unwrap();
     let at = |p: &str| src.join(p);
     let mknod = |p: &str, ft, dev| {
@@ -236,9 +249,9 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     mknod("opaque/gone", FileType::CharacterDevice, 0);
     mknod("null", FileType::CharacterDevice, rustix::fs::makedev(1, 3));
     mknod("loop", FileType::BlockDevice, rustix::fs::makedev(7, 0));
-    xattr::set(at("whiteout"), "trusted.fvm-test", b"on a device").unwrap();
+    set_xattr(at("whiteout"), "trusted.fvm-test", b"on a device");
     std::os::unix::fs::symlink("target", at("link")).unwrap();
-    xattr::set(at("link"), "trusted.overlay.fvm-test", b"on a symlink").unwrap();
+    set_xattr(at("link"), "trusted.overlay.fvm-test", b"on a symlink");
     rustix::fs::chownat(
         rustix::fs::CWD,
         at("link"),
@@ -256,7 +269,7 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     // VFS_CAP_REVISION_2 with the effective flag, permitted = CAP_NET_BIND_SERVICE.
     let mut cap = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x04, 0x00, 0x00];
     cap.resize(20, 0);
-    xattr::set(at("cap"), "security.capability", &cap).unwrap();
+    set_xattr(at("cap"), "security.capability", &cap);
     // An access ACL (user 1000 r--, mask r--) and a default ACL on a directory.
     let acl = |entries: &[(u16, u16, u32)]| {
         let mut v = 2u32.to_le_bytes().to_vec();
@@ -275,8 +288,8 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
         (0x20, 0, !0),
     ]);
     std::fs::write(at("acl"), "acl").unwrap();
-    xattr::set(at("acl"), "system.posix_acl_access", &full).unwrap();
-    xattr::set(at("opaque"), "system.posix_acl_default", &full).unwrap();
+    set_xattr(at("acl"), "system.posix_acl_access", &full);
+    set_xattr(at("opaque"), "system.posix_acl_default", &full);
     std::fs::set_permissions(&src, PermissionsExt::from_mode(0o755)).unwrap();
     std::os::unix::fs::chown(&src, Some(0), Some(0)).unwrap();
     stamp_times(&src);
@@ -289,7 +302,7 @@ fn overlay_markers_owners_acls_and_capabilities_are_cloned() {
     let dst = d.path().join("clone");
     let (stats, _) = copy(&src, &dst);
     assert_eq!(describe(&dst), before);
-    let opaque = xattr::get(dst.join("opaque"), "trusted.overlay.opaque").unwrap();
+    let opaque = get_xattr(&dst.join("opaque"), "trusted.overlay.opaque");
     assert_eq!(opaque.as_deref(), Some(&b"y"[..]));
     let wh = std::fs::symlink_metadata(dst.join("opaque/gone")).unwrap();
     assert!(std::os::unix::fs::FileTypeExt::is_char_device(&wh.file_type()) && wh.rdev() == 0);
