@@ -60,6 +60,12 @@ impl Tree {
         if want.is_empty() {
             return Ok(self.chain.root());
         }
+        if want.starts_with(b"/") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a relative path",
+            ));
+        }
         // Keep the directories `rel` shares with the path looked up last.
         let keep = shared_prefix(&self.at, want);
         self.up_to(keep);
@@ -278,6 +284,7 @@ mod tests {
         }
         assert!(t.lstat(&paths[5].join("none")).unwrap().is_none());
         assert!(t.dir(Path::new("a/../b")).is_err());
+        assert!(t.dir(Path::new("/etc")).is_err());
         // Removing a directory on the current path, then looking below it.
         t.dir(&rel).unwrap();
         t.remove(&paths[3]).unwrap();
