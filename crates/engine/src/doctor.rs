@@ -9,8 +9,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::cgroup::Cgroups;
+use crate::os::sys;
 use crate::store::Store;
-use crate::sys;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -199,7 +199,7 @@ fn overlay(store: Option<&Store>) -> Result<String, (Level, String)> {
             .flatten()
             .and_then(|(_, s)| s.exit_status())
     });
-    let _ = crate::store::files::remove_tree(&probe);
+    let _ = crate::os::files::remove_tree(&probe);
     match result {
         Some(0) => Ok(format!(
             "an overlay of / with its upper layer in {} mounts",

@@ -16,20 +16,21 @@
 //! - [`vm`]: the operations users ask for, built from the above;
 //! - [`watch`]: host changes made visible in running VMs;
 //! - [`doctor`]: what this host supports;
-//! - [`dirchain`]: host-side tree walks with bounded fds, whatever the depth.
+//! - [`os`]: the bottom layer: raw system calls (all of fvm's `unsafe`), store
+//!   files, bounded tree walks, process identity, how a VM's strings are shown.
+//!
+//! docs/architecture.md has the layers and what each may import.
 
 pub mod cgroup;
 pub mod changes;
 pub mod confine;
-pub mod dirchain;
 pub mod doctor;
 pub mod limits;
 pub mod mounts;
 pub mod net;
-pub mod quote;
+pub mod os;
 pub(crate) mod runtime;
 pub mod store;
-mod sys;
 #[doc(hidden)]
 pub mod testing;
 pub mod vm;

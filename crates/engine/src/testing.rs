@@ -48,7 +48,7 @@ fn record(kind: &'static str, test: &str, reason: &str) {
     if skipped.is_empty() {
         // Best effort: without the summary, the test still passes or fails as it
         // would have.
-        let _ = crate::sys::at_exit(print_summary);
+        let _ = crate::os::sys::at_exit(print_summary);
     }
     skipped.push((kind, reason.to_owned(), test.to_owned()));
 }

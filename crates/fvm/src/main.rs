@@ -47,7 +47,7 @@ fn main() -> ExitCode {
             let _ = std::io::stdout().flush();
             // One line, whatever a VM put in the pieces of the message.
             let line = fvm_engine::error_line(err.as_ref());
-            eprintln!("fvm: {}", fvm_engine::quote::line(&line));
+            eprintln!("fvm: {}", fvm_engine::os::quote::line(&line));
             ExitCode::from(u8::try_from(code).unwrap_or(FAILURE))
         }
     }

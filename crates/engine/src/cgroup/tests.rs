@@ -522,7 +522,7 @@ fn real_v2_clone_into_cgroup_creates_the_child_inside() {
     let entry = vm.entry().unwrap();
     // The child only sleeps and exits: nothing that could need a lock that another
     // thread of the test harness held at fork time.
-    let pid = crate::sys::spawn_from_test(entry.clone_into(), || {
+    let pid = crate::os::sys::spawn_from_test(entry.clone_into(), || {
         let _ = rustix::thread::nanosleep(&rustix::thread::Timespec {
             tv_sec: 30,
             tv_nsec: 0,

@@ -15,7 +15,7 @@ use std::os::fd::AsFd;
 use rustix::fs::SeekFrom;
 use rustix::io::Errno;
 
-use crate::sys;
+use crate::os::sys;
 
 /// The most one `copy_file_range` or read is asked for, so that progress is
 /// reported at least this often on a big file.

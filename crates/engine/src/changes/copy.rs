@@ -33,7 +33,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use super::content;
 use super::data;
 use super::layer::{self, Descend, Entry};
-use crate::dirchain::{self, DirChain};
+use crate::os::dirchain::{self, DirChain};
 
 /// What a copy made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -53,31 +53,31 @@ pub struct CopyStats {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CopyError {
-    #[error("cannot read {}", crate::quote::path(.path))]
+    #[error("cannot read {}", crate::os::quote::path(.path))]
     Read {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot create {}", crate::quote::path(.path))]
+    #[error("cannot create {}", crate::os::quote::path(.path))]
     Create {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot copy the content of {}", crate::quote::path(.path))]
+    #[error("cannot copy the content of {}", crate::os::quote::path(.path))]
     Content {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("cannot copy the owner, mode, xattrs or times of {}", crate::quote::path(.path))]
+    #[error("cannot copy the owner, mode, xattrs or times of {}", crate::os::quote::path(.path))]
     Metadata {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{}: cannot copy a file of unknown type", crate::quote::path(.path))]
+    #[error("{}: cannot copy a file of unknown type", crate::os::quote::path(.path))]
     UnknownType { path: PathBuf },
 }
 

@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 
-use crate::dirchain::{self, DirChain};
 use crate::mounts::plan::layer_key;
+use crate::os::dirchain::{self, DirChain};
 
 /// The file in a layer directory that names its host mount point.
 pub const MOUNT_POINT_FILE: &str = "mount-point";
@@ -93,14 +93,14 @@ pub fn layers(layers_dir: &Path) -> io::Result<Vec<Layer>> {
             continue;
         }
         let dir = entry.path();
-        let Ok(text) = crate::store::files::read_regular(&dir.join(MOUNT_POINT_FILE)) else {
+        let Ok(text) = crate::os::files::read_regular(&dir.join(MOUNT_POINT_FILE)) else {
             continue;
         };
         let mount_point = PathBuf::from(OsStr::from_bytes(text.trim_end_matches('\n').as_bytes()));
         if !mount_point.is_absolute()
             || layer_key(&mount_point).as_bytes() != entry.file_name().as_bytes()
         {
-            tracing::warn!(layer = %crate::quote::path(&dir), "layer's mount point does not match its name; skipped");
+            tracing::warn!(layer = %crate::os::quote::path(&dir), "layer's mount point does not match its name; skipped");
             continue;
         }
         out.push(Layer { mount_point, dir });

@@ -27,7 +27,7 @@ use serde::Serialize;
 
 use super::commit::deferred::Committed;
 use super::layer::{self, Descend, Entry, Layer};
-use crate::dirchain::{self, DirChain};
+use crate::os::dirchain::{self, DirChain};
 
 /// The xattr overlayfs puts on a directory that replaces the lower one.
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
@@ -116,7 +116,7 @@ impl Filter {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot read {}", crate::quote::path(.path))]
+#[error("cannot read {}", crate::os::quote::path(.path))]
 pub struct ScanError {
     pub path: PathBuf,
     #[source]

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Stat};
 
-use crate::dirchain::DirChain;
+use crate::os::dirchain::DirChain;
 
 #[derive(Debug)]
 pub struct Tree {
@@ -203,7 +203,7 @@ impl Tree {
         let (dir, name) = self.parent(rel)?;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
             // remove_tree_at works relative to directory fds and never follows links.
-            crate::store::files::remove_tree_at(dir.as_fd(), &name)
+            crate::os::files::remove_tree_at(dir.as_fd(), &name)
         } else {
             match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
                 Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
@@ -264,7 +264,7 @@ mod tests {
     fn paths_longer_than_path_max_and_the_fd_window_resolve_in_any_order() {
         let d = tempfile::tempdir().unwrap();
         let name = "n".repeat(100);
-        let depth = crate::dirchain::WINDOW * 2 + libc::PATH_MAX as usize / 100;
+        let depth = crate::os::dirchain::WINDOW * 2 + libc::PATH_MAX as usize / 100;
         let mut t = Tree::open(d.path()).unwrap();
         let mut rel = PathBuf::new();
         let mut paths = Vec::new();

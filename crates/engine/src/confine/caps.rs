@@ -94,7 +94,7 @@ mod tests {
         if !crate::testing::require_root("dropping_in_a_child_leaves_only_the_kept_set") {
             return;
         }
-        let pid = crate::sys::spawn_from_test(None, || {
+        let pid = crate::os::sys::spawn_from_test(None, || {
             let ok = drop_to_kept().is_ok()
                 && rustix::thread::capabilities(None).is_ok_and(|c| {
                     c.effective == KEPT && c.permitted == KEPT && c.inheritable.is_empty()

@@ -90,7 +90,7 @@ impl Confinement {
             return Ok(());
         };
         for program in &filters.0 {
-            crate::sys::load_seccomp(program)?;
+            crate::os::sys::load_seccomp(program)?;
         }
         caps::drop_to_kept()
     }

@@ -41,7 +41,7 @@ use rustix::fs::{FileType, Mode, OFlags};
 
 use crate::changes::layer::{Descend, walk};
 use crate::limits::{Key, Limits};
-use crate::sys::{self, ProjectQuota};
+use crate::os::sys::{self, ProjectQuota};
 
 /// The lowest project id fvm picks; ids below are left to the host's admins.
 const FIRST_ID: u32 = 1 << 31;
@@ -362,13 +362,13 @@ pub fn mount_without_sys_resource<T, E>(
 /// crash leaves layers labeled with an id nothing names, and the next start picks
 /// another (the first is in use, by those files) and labels them again.
 pub fn record_id(file: &Path, id: u32) -> Result<(), DiskError> {
-    crate::store::files::write_durable(file, format!("{id}\n").as_bytes(), 0o600)
+    crate::os::files::write_durable(file, format!("{id}\n").as_bytes(), 0o600)
         .map_err(io_err("write", file))
 }
 
 /// The project id recorded in `file`, if any.
 pub fn recorded_id(file: &Path) -> Option<u32> {
-    crate::store::files::read_regular(file)
+    crate::os::files::read_regular(file)
         .ok()?
         .trim()
         .parse()

@@ -114,7 +114,7 @@ fn unescape(field: &str) -> PathBuf {
 
 /// Where mounts of filesystem type `fs_type` are in the mount table of the
 /// process `init` (a VM's init), as it sees them; empty if it is gone.
-pub fn mount_points_of(init: &crate::runtime::procid::ProcId, fs_type: &str) -> Vec<PathBuf> {
+pub fn mount_points_of(init: &crate::os::procid::ProcId, fs_type: &str) -> Vec<PathBuf> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{}/mountinfo", init.pid)) else {
         return Vec::new();
     };

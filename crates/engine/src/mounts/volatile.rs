@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use crate::runtime::procid::boot_id;
+use crate::os::procid::boot_id;
 
 use serde::{Deserialize, Serialize};
 
@@ -114,13 +114,13 @@ pub fn settle(layers: &Path) -> io::Result<usize> {
 pub fn record_boot(path: &Path) -> io::Result<()> {
     let mut id = boot_id()?;
     id.push('\n');
-    crate::store::files::write_atomic(path, id.as_bytes(), 0o600)
+    crate::os::files::write_atomic(path, id.as_bytes(), 0o600)
 }
 
 /// Whether the file `path` names this boot of the host (a missing or damaged
 /// file does not).
 pub fn recorded_this_boot(path: &Path) -> io::Result<bool> {
-    match crate::store::files::read_regular_max(path, 128) {
+    match crate::os::files::read_regular_max(path, 128) {
         Ok(text) => Ok(text.trim() == boot_id()?),
         Err(_) => Ok(false),
     }

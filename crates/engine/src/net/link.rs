@@ -527,7 +527,7 @@ pub fn netns_of_child(pid: i32) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys;
+    use crate::os::sys;
     use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
     use std::os::fd::AsFd;
 

@@ -283,7 +283,7 @@ impl StoreNet {
 
     /// Read the store's settings; a missing file means the defaults.
     pub fn load(path: &Path) -> Result<StoreNet, String> {
-        match crate::store::files::read_regular(path) {
+        match crate::os::files::read_regular(path) {
             Ok(text) => {
                 let s: StoreNet = toml::from_str(&text)
                     .map_err(|e| format!("{}: {}", path.display(), e.message()))?;

@@ -17,7 +17,7 @@ use rustix::process::Pid;
 use super::stdio::{Pipes, StdioPlan, Stream, TtyMode};
 use crate::confine::Confinement;
 use crate::limits::ProcessLimits;
-use crate::sys;
+use crate::os::sys;
 
 /// The PATH used when the environment has none.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -189,7 +189,7 @@ struct RootAccount {
 
 impl RootAccount {
     fn read() -> RootAccount {
-        let entry = crate::store::files::read_regular(Path::new("/etc/passwd"))
+        let entry = crate::os::files::read_regular(Path::new("/etc/passwd"))
             .ok()
             .and_then(|passwd| {
                 passwd.lines().find_map(|l| {
@@ -229,7 +229,7 @@ fn base_env(root: &RootAccount) -> Vec<(String, String)> {
         ("SHELL".into(), root.shell.clone()),
     ];
     for file in ["/etc/default/locale", "/etc/locale.conf"] {
-        let Ok(text) = crate::store::files::read_regular_max(Path::new(file), 64 << 10) else {
+        let Ok(text) = crate::os::files::read_regular_max(Path::new(file), 64 << 10) else {
             continue;
         };
         env.extend(locale_vars(&text));

@@ -19,8 +19,8 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use rustix::fs::FileType;
 use rustix::process::PidfdGetfdFlags;
 
-use super::procid::ProcId;
 use super::stop::InitHandle;
+use crate::os::procid::ProcId;
 
 /// The pipe, made before the init is cloned: both ends stay with the init.
 #[derive(Debug)]

@@ -13,10 +13,10 @@ use rustix::process::Pid;
 use rustix::thread::ThreadNameSpaceType as Ns;
 
 use super::command::{self, CommandSpec, SpawnError};
-use super::procid::ProcId;
 use super::stdio::{Pipes, StdioPlan};
 use super::stop::InitHandle;
 use crate::cgroup::{CgroupError, VmCgroup};
+use crate::os::procid::ProcId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnterError {
@@ -122,7 +122,7 @@ pub fn hide_paths(
     };
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| EnterError::Setns(e.into()))?;
-    let pid = crate::sys::spawn(|| {
+    let pid = crate::os::sys::spawn(|| {
         let _ = rustix::thread::set_name(c"fvm-hide");
         let result =
             rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)

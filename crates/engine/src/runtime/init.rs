@@ -20,8 +20,8 @@ use super::launch::LaunchSpec;
 use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup;
 use crate::mounts::apply;
+use crate::os::sys;
 use crate::store::StartMode;
-use crate::sys;
 
 /// Signals the init passes on to every process of the VM.
 const FORWARDED: [Signal; 6] = [
@@ -391,7 +391,7 @@ fn others_alive() -> Vec<OwnedFd> {
     dir.filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| pid != 1)
-        .filter(|&pid| super::procid::read_stat(pid).is_ok_and(|s| !s.is_gone()))
+        .filter(|&pid| crate::os::procid::read_stat(pid).is_ok_and(|s| !s.is_gone()))
         .filter_map(|pid| {
             rustix::process::pidfd_open(Pid::from_raw(pid)?, rustix::process::PidfdFlags::empty())
                 .ok()

@@ -14,8 +14,8 @@ use super::init;
 use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup::{CgroupError, VmCgroup};
 use crate::mounts::{Layout, MountPlan};
+use crate::os::sys;
 use crate::store::StartMode;
-use crate::sys;
 
 /// Everything the VM's first process needs; it reads this from its copy of our
 /// memory, so nothing is serialized.
@@ -29,7 +29,7 @@ pub struct LaunchSpec {
     /// stdio connects to the caller's.
     pub command: Option<CommandSpec>,
     pub stdio: StdioPlan,
-    /// Namespaces to create, from [`crate::sys::ns`]. The cgroup namespace is made by
+    /// Namespaces to create, from [`crate::os::sys::ns`]. The cgroup namespace is made by
     /// the init itself, after it has joined the VM's cgroup.
     pub namespaces: u64,
     /// Seconds after which the init stops the VM (the policy's `timeout`).

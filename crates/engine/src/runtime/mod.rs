@@ -7,11 +7,10 @@ pub mod control;
 pub mod enter;
 mod init;
 pub mod launch;
-pub mod procid;
 pub mod relay;
 pub mod stdio;
 pub mod stop;
 
+pub use crate::os::procid::ProcId;
 pub use command::{CommandSpec, Program};
-pub use procid::ProcId;
 pub use stdio::TtyMode;

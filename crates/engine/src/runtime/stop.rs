@@ -9,7 +9,7 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, PidfdFlags, Signal};
 
-use super::procid::ProcId;
+use crate::os::procid::ProcId;
 
 /// How long to wait for the kernel to finish a SIGKILLed VM.
 const KILL_WAIT: Duration = Duration::from_secs(10);

@@ -12,7 +12,6 @@
 //! `rename` into the trash first, so a crash never leaves a half-made VM in `list`.
 
 mod create;
-pub mod files;
 mod name;
 mod policy;
 mod state;
@@ -22,7 +21,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-pub use files::Lock;
+use crate::os::files;
+pub use crate::os::files::Lock;
 pub use name::{NameError, VmName};
 pub use policy::{Policy, PolicyError};
 pub use state::{StartMode, State, StateError, Status};

@@ -176,7 +176,7 @@ impl Policy {
     }
 
     pub fn load(path: &Path, expected: &VmName) -> Result<Policy, PolicyError> {
-        let text = super::files::read_regular(path).map_err(|source| PolicyError::Read {
+        let text = crate::os::files::read_regular(path).map_err(|source| PolicyError::Read {
             path: path.to_owned(),
             source,
         })?;

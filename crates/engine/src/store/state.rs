@@ -1,14 +1,14 @@
 //! Runtime state of one VM, as JSON. Machine-written, replaced atomically.
 //!
 //! The file records what fvm last did; the truth is whether the recorded init still
-//! lives ([`crate::runtime::procid::ProcId`]). Commands that change a VM reconcile
+//! lives ([`crate::os::procid::ProcId`]). Commands that change a VM reconcile
 //! the two first (see `crate::vm`).
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::procid::ProcId;
+use crate::os::procid::ProcId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,7 +75,7 @@ impl State {
             path: path.to_owned(),
             message,
         };
-        match super::files::read_regular(path) {
+        match crate::os::files::read_regular(path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| corrupt(e.to_string())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(corrupt(e.to_string())),
@@ -89,7 +89,7 @@ impl State {
     pub fn save(&self, path: &Path) -> Result<(), StateError> {
         let mut text = serde_json::to_vec_pretty(self).expect("state always serializes");
         text.push(b'\n');
-        super::files::write_atomic(path, &text, 0o600).map_err(|source| StateError::Write {
+        crate::os::files::write_atomic(path, &text, 0o600).map_err(|source| StateError::Write {
             path: path.to_owned(),
             source,
         })

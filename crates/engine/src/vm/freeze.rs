@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use super::{Engine, VmError};
 use crate::cgroup::VmCgroup;
-use crate::runtime::procid::ProcId;
+use crate::os::procid::ProcId;
 use crate::store::VmDir;
 
 fn owner_path(vm: &VmDir) -> PathBuf {
@@ -25,7 +25,7 @@ fn owner_path(vm: &VmDir) -> PathBuf {
 /// Who froze the VM, if fvm did; `None` without a record. A record that can't be
 /// read names nobody alive.
 fn owner(vm: &VmDir) -> Option<Option<ProcId>> {
-    match crate::store::files::read_regular_max(&owner_path(vm), 4096) {
+    match crate::os::files::read_regular_max(&owner_path(vm), 4096) {
         Ok(text) => Some(serde_json::from_str(&text).ok()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(_) => Some(None),
@@ -55,12 +55,10 @@ impl Engine {
             source,
         })?;
         let text = serde_json::to_vec(&me).expect("a process id always serializes");
-        crate::store::files::write_durable(&path, &text, 0o600).map_err(|source| {
-            VmError::Freeze {
-                name: vm.name().to_string(),
-                path: path.clone(),
-                source,
-            }
+        crate::os::files::write_durable(&path, &text, 0o600).map_err(|source| VmError::Freeze {
+            name: vm.name().to_string(),
+            path: path.clone(),
+            source,
         })?;
         if let Err(source) = cgroup.freeze() {
             let _ = std::fs::remove_file(&path);

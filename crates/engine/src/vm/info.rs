@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Engine, VmError};
 use crate::error_line;
-use crate::runtime::procid::ProcId;
+use crate::os::procid::ProcId;
 use crate::store::{Policy, StartMode, State, VmName};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -7,14 +7,14 @@ use super::{Engine, StartError, VmError};
 use crate::error_line;
 use crate::limits::Limits;
 use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
+use crate::os::procid::ProcId;
+use crate::os::sys;
 use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
-use crate::runtime::procid::ProcId;
 use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::runtime::stop::{self, Stopped};
 use crate::store::{Policy, StartMode, State, StateError, Status, VmDir, VmName};
-use crate::sys;
 
 /// What `create` takes besides the name.
 #[derive(Debug, Clone, Default)]

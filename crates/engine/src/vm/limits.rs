@@ -414,7 +414,7 @@ fn clear_layers(layers: &Path) -> std::io::Result<()> {
             continue;
         }
         if entry.file_type()?.is_dir() {
-            crate::store::files::remove_tree(&entry.path())?;
+            crate::os::files::remove_tree(&entry.path())?;
         } else {
             std::fs::remove_file(entry.path())?;
         }

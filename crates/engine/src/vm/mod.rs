@@ -33,12 +33,12 @@ pub use watch::WatcherHealth;
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
+use crate::os::sys;
 use crate::runtime::command::SpawnError;
 use crate::runtime::enter::EnterError;
 use crate::runtime::launch::LaunchError;
 use crate::runtime::relay::RelayError;
 use crate::store::{NameError, PolicyError, State, StateError, Store, StoreError, VmDir, VmName};
-use crate::sys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {

@@ -14,7 +14,7 @@ use super::{Engine, VmError};
 use crate::net::link::{self, LinkError, Netlink};
 use crate::net::nft::{self, NftError, Ruleset, VmRules};
 use crate::net::{self as netcfg, Ipv4Net, NetMode, NetPolicy, StoreNet};
-use crate::store::files::Lock;
+use crate::os::files::Lock;
 use crate::store::{Policy, VmDir, VmName};
 
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +118,7 @@ impl Engine {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
         let path = self.network_path();
-        crate::store::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
+        crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
     }

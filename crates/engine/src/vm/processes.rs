@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::{Engine, VmError};
-use crate::runtime::procid;
+use crate::os::procid;
 use crate::store::VmName;
 
 /// One process of a VM.
@@ -36,13 +36,17 @@ pub struct VmProcess {
 
 impl VmProcess {
     /// The command line for a person: each argument quoted by the rule of
-    /// [`crate::quote`], so a process of the VM can't forge lines or hide
+    /// [`crate::os::quote`], so a process of the VM can't forge lines or hide
     /// itself; the name in brackets when there are no arguments.
     pub fn shown_command(&self) -> String {
         if self.command.starts_with('[') && self.args.len() == 1 {
-            return format!("[{}]", crate::quote::bytes(&self.args[0]));
+            return format!("[{}]", crate::os::quote::bytes(&self.args[0]));
         }
-        let shown: Vec<_> = self.args.iter().map(|a| crate::quote::bytes(a)).collect();
+        let shown: Vec<_> = self
+            .args
+            .iter()
+            .map(|a| crate::os::quote::bytes(a))
+            .collect();
         shown.join(" ")
     }
 }

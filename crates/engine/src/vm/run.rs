@@ -7,10 +7,10 @@
 use rustix::process::Pid;
 
 use super::{Engine, VmError};
+use crate::os::procid::ProcId;
 use crate::runtime::channel::Exit;
 use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
-use crate::runtime::procid::ProcId;
 use crate::runtime::relay::{self, Outcome, Waited};
 use crate::runtime::stdio::{self, CallerEnds, StdioPlan};
 use crate::store::{Policy, StartMode, State, VmDir, VmName};

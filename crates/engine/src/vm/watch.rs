@@ -24,10 +24,10 @@ use rustix::event::{PollFd, PollFlags};
 
 use super::Engine;
 use crate::mounts;
-use crate::runtime::procid::ProcId;
+use crate::os::files::Lock;
+use crate::os::procid::ProcId;
+use crate::os::sys;
 use crate::runtime::stop::InitHandle;
-use crate::store::files::Lock;
-use crate::sys;
 use crate::watch::{self, Event};
 
 /// How long the watcher gathers news of started VMs before it rescans the store.
@@ -171,7 +171,7 @@ impl Engine {
     }
 
     fn write_pid_file(&self) -> std::io::Result<()> {
-        crate::store::files::write_atomic(
+        crate::os::files::write_atomic(
             &self.watch_pid_path(),
             format!("{}\n", std::process::id()).as_bytes(),
             0o600,

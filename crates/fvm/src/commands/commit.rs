@@ -54,7 +54,7 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
         b.finish_and_clear();
     }
     for (path, why) in &outcome.skipped {
-        eprintln!("fvm: skipped {}: {why}", fvm_engine::quote::path(path));
+        eprintln!("fvm: skipped {}: {why}", fvm_engine::os::quote::path(path));
     }
     if outcome.resumed > 0 {
         eprintln!(
@@ -71,7 +71,7 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
             };
             eprintln!(
                 "conflict: {} {what} on the host after the vm copied it",
-                fvm_engine::quote::path(&c.path)
+                fvm_engine::os::quote::path(&c.path)
             );
         }
         bail!(

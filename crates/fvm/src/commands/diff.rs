@@ -12,12 +12,12 @@ pub fn run(ctx: &Context<'_>, args: &DiffArgs) -> Result<u8> {
         return Ok(0);
     }
     // A VM may create any name: each is quoted where it could mislead (see
-    // fvm_engine::quote), so every change is exactly one line.
+    // fvm_engine::os::quote), so every change is exactly one line.
     let mut text = String::new();
     for c in &changes {
         text.push(c.kind.letter());
         text.push(' ');
-        text.push_str(&fvm_engine::quote::path(&c.path));
+        text.push_str(&fvm_engine::os::quote::path(&c.path));
         text.push('\n');
     }
     output::print(&text)?;

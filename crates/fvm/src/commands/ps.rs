@@ -26,7 +26,7 @@ fn row(p: &VmProcess) -> Vec<String> {
     vec![
         p.pid.to_string(),
         p.host_pid.to_string(),
-        fvm_engine::quote::text(&p.user).into_owned(),
+        fvm_engine::os::quote::text(&p.user).into_owned(),
         format!("{:.1}", p.cpu_percent),
         output::size(p.rss),
         p.started.clone(),

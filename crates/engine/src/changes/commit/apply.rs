@@ -27,7 +27,7 @@ use crate::changes::tree::{Tree, temp_name};
 pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot {what} {}", crate::quote::path(.path))]
+#[error("cannot {what} {}", crate::os::quote::path(.path))]
 pub struct ApplyError {
     pub what: &'static str,
     pub path: std::path::PathBuf,
@@ -102,7 +102,7 @@ pub fn doomed(steps: &[Step], hosts: &mut [Tree]) -> Vec<(i32, Vec<u8>)> {
             continue;
         }
         if let Ok((dir, name)) = host.parent(&s.rel) {
-            if let Ok(handle) = crate::sys::file_handle(dir.as_fd(), &name) {
+            if let Ok(handle) = crate::os::sys::file_handle(dir.as_fd(), &name) {
                 out.push(handle);
             }
             // A directory goes with everything in it, and the VM may have renamed
@@ -143,7 +143,7 @@ fn handles_under(
             if child == c"." || child == c".." {
                 continue;
             }
-            if let Ok(handle) = crate::sys::file_handle(dir.as_fd(), child) {
+            if let Ok(handle) = crate::os::sys::file_handle(dir.as_fd(), child) {
                 out.push(handle);
             }
             let is_dir = match entry.file_type() {

@@ -76,7 +76,7 @@ pub fn load(path: &Path) -> io::Result<Committed> {
 }
 
 fn read(path: &Path) -> io::Result<Vec<Record>> {
-    match crate::store::files::read_regular_max(path, crate::store::files::MAX_RECORD) {
+    match crate::os::files::read_regular_max(path, crate::os::files::MAX_RECORD) {
         Ok(text) => {
             serde_json::from_str(&text).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         }
@@ -93,7 +93,7 @@ fn write(path: &Path, records: &[Record]) -> io::Result<()> {
         };
     }
     let text = serde_json::to_vec(records).expect("records always serialize");
-    crate::store::files::write_durable(path, &text, 0o600)
+    crate::os::files::write_durable(path, &text, 0o600)
 }
 
 /// Add the layer entries of `steps` (committed just now) to the record.
@@ -226,7 +226,7 @@ pub fn settle(path: &Path) -> io::Result<usize> {
 pub type Deleted = std::collections::HashSet<(i32, Vec<u8>)>;
 
 pub fn load_deleted(path: &Path) -> io::Result<Deleted> {
-    match crate::store::files::read_regular_max(path, crate::store::files::MAX_RECORD) {
+    match crate::os::files::read_regular_max(path, crate::os::files::MAX_RECORD) {
         Ok(text) => serde_json::from_str::<Vec<(i32, Vec<u8>)>>(&text)
             .map(|v| v.into_iter().collect())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
@@ -244,5 +244,5 @@ pub fn record_deleted(path: &Path, more: Vec<(i32, Vec<u8>)>) -> io::Result<()> 
     all.sort();
     all.dedup();
     let text = serde_json::to_vec(&all).expect("handles always serialize");
-    crate::store::files::write_durable(path, &text, 0o600)
+    crate::os::files::write_durable(path, &text, 0o600)
 }

@@ -101,7 +101,7 @@ impl Journal {
     }
 
     pub fn load(path: &Path) -> io::Result<Option<Journal>> {
-        match crate::store::files::read_regular_max(path, crate::store::files::MAX_RECORD) {
+        match crate::os::files::read_regular_max(path, crate::os::files::MAX_RECORD) {
             Ok(text) => serde_json::from_str(&text)
                 .map(Some)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
@@ -112,7 +112,7 @@ impl Journal {
 
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let text = serde_json::to_vec(self).expect("a journal always serializes");
-        crate::store::files::write_durable(path, &text, 0o600)
+        crate::os::files::write_durable(path, &text, 0o600)
     }
 }
 

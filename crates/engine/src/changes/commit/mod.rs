@@ -80,7 +80,7 @@ pub enum CommitError {
     },
     #[error(
         "{left} temp file(s) or new directories of the dropped commit could not be removed (the first: {}): the journal is kept for another `fvm commit --abort`",
-        crate::quote::path(.first)
+        crate::os::quote::path(.first)
     )]
     Leftovers {
         left: usize,
@@ -88,7 +88,7 @@ pub enum CommitError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot {what} {}", crate::quote::path(.path))]
+    #[error("cannot {what} {}", crate::os::quote::path(.path))]
     Io {
         what: &'static str,
         path: PathBuf,

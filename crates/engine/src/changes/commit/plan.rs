@@ -289,8 +289,11 @@ fn origin_gone(
         return Ok(false);
     }
     let host = std::fs::File::open(mount)?;
-    let exists =
-        crate::sys::handle_exists(std::os::fd::AsFd::as_fd(&host), i32::from(fb[4]), &fb[21..])?;
+    let exists = crate::os::sys::handle_exists(
+        std::os::fd::AsFd::as_fd(&host),
+        i32::from(fb[4]),
+        &fb[21..],
+    )?;
     Ok(!exists)
 }
 
@@ -322,11 +325,11 @@ impl Step {
             (Action::Link { .. }, _) => "link",
             (Action::Remove, _) => "delete",
         };
-        let mut line = format!("{what:<11}{}", crate::quote::path(&self.path));
+        let mut line = format!("{what:<11}{}", crate::os::quote::path(&self.path));
         if let Action::Link { of } = self.action {
             line.push_str(&format!(
                 " (hard link to {})",
-                crate::quote::path(&steps[of].path)
+                crate::os::quote::path(&steps[of].path)
             ));
         }
         line

@@ -14,7 +14,7 @@ use std::path::Path;
 
 use rustix::fs::{AtFlags, FileType, FlockOperation, Mode, OFlags};
 
-use crate::dirchain::DirChain;
+use crate::os::dirchain::DirChain;
 
 /// The largest store file fvm reads; anything bigger is not ours.
 const MAX_FILE: u64 = 1 << 20;
@@ -201,7 +201,7 @@ pub fn remove_tree_last(path: &Path, last: &str) -> io::Result<()> {
     let Some(dir) = open_dir(rustix::fs::CWD, path)? else {
         return Ok(());
     };
-    for name in crate::dirchain::names(&dir)? {
+    for name in crate::os::dirchain::names(&dir)? {
         if name.as_bytes() != last.as_bytes() {
             remove_tree_at(dir.as_fd(), &name)?;
         }
@@ -285,7 +285,7 @@ fn open_dir(dir: impl AsFd, name: impl rustix::path::Arg) -> io::Result<Option<O
 /// directories in it are returned.
 fn empty_files(dir: &OwnedFd) -> io::Result<Vec<CString>> {
     let mut subdirs = Vec::new();
-    for name in crate::dirchain::names(dir)? {
+    for name in crate::os::dirchain::names(dir)? {
         match unlink(dir.as_fd(), &name, AtFlags::empty()) {
             Ok(()) | Err(rustix::io::Errno::NOENT) => {}
             Err(rustix::io::Errno::ISDIR) => subdirs.push(name),
@@ -329,7 +329,7 @@ fn unlink(dir: BorrowedFd<'_>, name: &CStr, flags: AtFlags) -> rustix::io::Resul
 /// Clear the immutable and append-only flags (best effort: a filesystem without
 /// inode flags can't have them, and the retried unlink reports what is left).
 fn clear_flags(fd: BorrowedFd<'_>) {
-    if let Err(err) = crate::sys::clear_undeletable_flags(fd) {
+    if let Err(err) = crate::os::sys::clear_undeletable_flags(fd) {
         tracing::debug!(%err, "cannot clear inode flags");
     }
 }
@@ -369,7 +369,7 @@ mod tests {
         // out, and directories nobody may write to or enter.
         let mut c = DirChain::open(&d.path().join("t")).unwrap();
         let name = CString::new("n".repeat(200)).unwrap();
-        for i in 0..crate::dirchain::WINDOW * 3 {
+        for i in 0..crate::os::dirchain::WINDOW * 3 {
             let top = c.top().unwrap();
             rustix::fs::mkdirat(top, &name, Mode::RWXU).unwrap();
             rustix::fs::symlinkat(outside.path(), top, c"out").unwrap();
