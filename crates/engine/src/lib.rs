@@ -25,6 +25,7 @@ pub mod cgroup;
 pub mod changes;
 pub mod confine;
 pub mod doctor;
+pub mod layers;
 pub mod limits;
 pub mod mounts;
 pub mod net;

@@ -32,7 +32,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 
 use super::content;
 use super::data;
-use super::layer::{self, Descend, Entry};
+use crate::layers::{self as layer, Descend, Entry};
 use crate::os::dirchain::{self, DirChain};
 
 /// What a copy made.

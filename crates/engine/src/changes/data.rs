@@ -142,6 +142,11 @@ pub(crate) fn times_of(st: &Stat) -> Timestamps {
     }
 }
 
+/// The value of an xattr of an open file or directory, if it has it.
+pub fn fd_xattr(fd: &std::os::fd::OwnedFd, name: &str) -> io::Result<Option<Vec<u8>>> {
+    value(|b| rustix::fs::fgetxattr(fd, name, b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

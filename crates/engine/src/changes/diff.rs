@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::commit::deferred::Committed;
-use super::layer::Layer;
 use super::scan::{self, VmEntry};
 pub use super::scan::{Filter, Kind, ScanError};
+use crate::layers::Layer;
 
 /// One changed path, as the VM sees it.
 ///

@@ -6,6 +6,5 @@ mod content;
 pub mod copy;
 pub mod data;
 pub mod diff;
-pub mod layer;
 pub mod scan;
 pub mod tree;

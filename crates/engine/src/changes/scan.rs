@@ -26,7 +26,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use serde::Serialize;
 
 use super::commit::deferred::Committed;
-use super::layer::{self, Descend, Entry, Layer};
+use crate::layers::{self as layer, Descend, Entry, Layer};
 use crate::os::dirchain::{self, DirChain};
 
 /// The xattr overlayfs puts on a directory that replaces the lower one.
@@ -349,7 +349,7 @@ fn hidden_entries(
 
 fn is_opaque(e: &Entry<'_>) -> io::Result<bool> {
     let fd = e.open()?;
-    Ok(layer::fd_xattr(&fd, OPAQUE_XATTR)?.is_some_and(|v| v == b"y"))
+    Ok(super::data::fd_xattr(&fd, OPAQUE_XATTR)?.is_some_and(|v| v == b"y"))
 }
 
 /// lstat of `name` in a host directory; `None` if it doesn't exist.

@@ -89,7 +89,7 @@ pub fn prepare_layers(plan: &MountPlan, layers: &Path) -> Result<(), MountError>
             .map_err(|e| err("set owner and mode of", &upper)(e.into()))?;
             mkdir_at(&dir_fd, Path::new("work"), &dir.join("work"))?;
         }
-        crate::changes::layer::record_mount_point_at(&dir_fd, &o.mount_point)
+        crate::layers::record_mount_point_at(&dir_fd, &o.mount_point)
             .map_err(err("record the mount point in", &dir))?;
     }
     Ok(())

@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags};
 
-use crate::changes::layer::{Descend, walk};
+use crate::layers::{Descend, walk};
 use crate::limits::{Key, Limits};
 use crate::os::sys::{self, ProjectQuota};
 

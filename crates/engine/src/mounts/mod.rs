@@ -8,4 +8,3 @@ pub mod volatile;
 
 pub use apply::{Layout, MountError};
 pub use plan::{MountPlan, PlanError};
-pub use volatile::Layers;

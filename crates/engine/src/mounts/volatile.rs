@@ -22,40 +22,6 @@ use std::path::{Path, PathBuf};
 
 use crate::os::procid::boot_id;
 
-use serde::{Deserialize, Serialize};
-
-/// The `layers` key of a policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Layers {
-    /// Written like any file: what the VM syncs is on disk.
-    #[default]
-    Disk,
-    /// No syncs while the VM runs; synced once when it stops.
-    Volatile,
-}
-
-impl Layers {
-    pub fn parse(text: &str) -> Result<Layers, String> {
-        match text.trim() {
-            "disk" => Ok(Layers::Disk),
-            "volatile" => Ok(Layers::Volatile),
-            other => Err(format!("invalid layers {other:?}: use disk or volatile")),
-        }
-    }
-
-    pub fn is_default(&self) -> bool {
-        *self == Layers::Disk
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Layers::Disk => "disk",
-            Layers::Volatile => "volatile",
-        }
-    }
-}
-
 /// Where overlayfs marks a volatile layer (`dir` holds `upper` and `work`).
 fn marker(layer: &Path) -> PathBuf {
     layer.join("work/work/incompat/volatile")
@@ -129,15 +95,6 @@ pub fn recorded_this_boot(path: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_both_values_and_refuses_others() {
-        assert_eq!(Layers::parse("disk"), Ok(Layers::Disk));
-        assert_eq!(Layers::parse(" volatile "), Ok(Layers::Volatile));
-        let err = Layers::parse("tmpfs").unwrap_err();
-        assert!(err.contains("use disk or volatile"), "{err}");
-        assert!(Layers::parse("").is_err());
-    }
 
     #[test]
     fn finds_and_settles_markers_only() {

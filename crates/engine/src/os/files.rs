@@ -373,7 +373,14 @@ mod tests {
             let top = c.top().unwrap();
             rustix::fs::mkdirat(top, &name, Mode::RWXU).unwrap();
             rustix::fs::symlinkat(outside.path(), top, c"out").unwrap();
-            std::fs::write(crate::changes::data::at_path(top.as_fd(), c"f"), "x").unwrap();
+            let f = rustix::fs::openat(
+                top,
+                c"f",
+                OFlags::WRONLY | OFlags::CREATE | OFlags::CLOEXEC,
+                Mode::RUSR,
+            )
+            .unwrap();
+            rustix::io::write(&f, b"x").unwrap();
             for j in 0..3 {
                 let sib = CString::new(format!("s{j}")).unwrap();
                 rustix::fs::mkdirat(top, &sib, Mode::empty()).unwrap();

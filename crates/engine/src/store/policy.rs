@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::VmName;
 use crate::confine::Security;
+use crate::layers::Layers;
 use crate::limits::{LimitError, Limits};
-use crate::mounts::Layers;
 use crate::net::{NetError, NetPolicy};
 
 /// What the user asked for. Runtime facts live in [`super::State`].

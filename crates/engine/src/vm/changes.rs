@@ -5,7 +5,7 @@ use std::path::{Component, PathBuf};
 use super::{Engine, VmError};
 use crate::changes::commit::{self, Aborted, Files, Options, Outcome};
 use crate::changes::diff::{self, Change, Filter};
-use crate::changes::layer::{self, Layer};
+use crate::layers::{self, Layer};
 use crate::store::{VmDir, VmName};
 
 impl Engine {
@@ -102,7 +102,7 @@ impl Engine {
 
     fn layers(&self, vm: &VmDir) -> Result<Vec<Layer>, VmError> {
         let policy = self.policy(vm)?;
-        layer::layers(&vm.layers_path(&policy)).map_err(|e| changes_error(vm.name(), e.into()))
+        layers::layers(&vm.layers_path(&policy)).map_err(|e| changes_error(vm.name(), e.into()))
     }
 
     /// Before a VM starts: finish the layer's cleanup of a commit killed during

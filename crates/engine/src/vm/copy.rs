@@ -21,7 +21,7 @@ use rustix::fs::FileType;
 
 use super::{Engine, VmError};
 use crate::changes::copy::{CopyError, CopyStats, copy_tree};
-use crate::changes::layer::{self, Descend, Layer};
+use crate::layers::{self, Descend, Layer};
 use crate::store::{StoreError, VmDir, VmName};
 
 /// How far a copy has got, in bytes of file content (holes not counted).
@@ -96,7 +96,7 @@ impl Engine {
             source,
         };
         let layers_dir = vm.layers_path(&policy);
-        let layers = layer::layers(&layers_dir).map_err(|source| {
+        let layers = layers::layers(&layers_dir).map_err(|source| {
             fail(CopyVmError::Layers {
                 path: layers_dir.clone(),
                 source,
@@ -207,8 +207,8 @@ pub(super) fn copy_layers(
         total.bytes += s.bytes;
         total.reflinked |= s.reflinked;
         make_dir(&dir.join("work"))?;
-        layer::record_mount_point(&dir, &l.mount_point).map_err(|source| CopyVmError::Dir {
-            path: dir.join(layer::MOUNT_POINT_FILE),
+        layers::record_mount_point(&dir, &l.mount_point).map_err(|source| CopyVmError::Dir {
+            path: dir.join(layers::MOUNT_POINT_FILE),
             source,
         })?;
     }
@@ -232,7 +232,7 @@ fn content_size(layers: &[Layer]) -> Result<u64, CopyVmError> {
     let mut seen = HashSet::new();
     for l in layers {
         let upper = l.upper();
-        layer::walk(
+        layers::walk(
             &upper,
             &mut |e| {
                 let st = &e.stat;

@@ -230,16 +230,16 @@ impl Engine {
 
 /// Bytes allocated under `dir`, without following symlinks or crossing into other
 /// filesystems. The layers are the VM's to write, also while this runs, so the
-/// walk goes by directory fd with `O_NOFOLLOW` (`changes::layer::walk`): a
+/// walk goes by directory fd with `O_NOFOLLOW` (`layers::walk`): a
 /// directory swapped for a symlink to a host path is counted as the symlink.
 /// Entries that vanish meanwhile count as zero; an error ends the count early.
 pub fn disk_usage(dir: &Path) -> u64 {
     let mut total = 0;
-    let _ = crate::changes::layer::walk(
+    let _ = crate::layers::walk(
         dir,
         &mut |e| {
             total += e.stat.st_blocks as u64 * 512;
-            Ok(crate::changes::layer::Descend::Yes)
+            Ok(crate::layers::Descend::Yes)
         },
         &mut |_| Ok(()),
     );

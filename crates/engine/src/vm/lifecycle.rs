@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use super::{Engine, StartError, VmError};
 use crate::error_line;
+use crate::layers::Layers;
 use crate::limits::Limits;
-use crate::mounts::{self, Layers, Layout, MountPlan, volatile};
+use crate::mounts::{self, Layout, MountPlan, volatile};
 use crate::os::procid::ProcId;
 use crate::os::sys;
 use crate::runtime::command::CommandSpec;

@@ -221,7 +221,6 @@ impl Engine {
     /// files removed), so a copy that doesn't fit (ENOSPC) changes nothing.
     fn rebuild_layers(&self, vm: &VmDir, layers: &Path, limits: &Limits) -> Result<(), VmError> {
         use super::copy::{CopyVmError, copy_layers};
-        use crate::changes::layer;
         let fail = VmError::rebuild(vm.name());
         let image = vm.image_path();
         let next = vm.path().join("disk.img.next");
@@ -235,7 +234,7 @@ impl Engine {
                 false => None,
             };
             let src_dir = if from_image { &old_mount } else { layers };
-            let src = layer::layers(src_dir).map_err(|source| CopyVmError::Layers {
+            let src = crate::layers::layers(src_dir).map_err(|source| CopyVmError::Layers {
                 path: src_dir.to_owned(),
                 source,
             })?;

@@ -1,7 +1,7 @@
 use anyhow::Result;
 use fvm_engine::VmError;
 use fvm_engine::confine::Security;
-use fvm_engine::mounts::Layers;
+use fvm_engine::layers::Layers;
 
 use super::{Context, vm_name};
 use crate::cli::ConfigArgs;

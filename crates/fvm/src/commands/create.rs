@@ -1,6 +1,6 @@
 use anyhow::Result;
 use fvm_engine::confine::Security;
-use fvm_engine::mounts::Layers;
+use fvm_engine::layers::Layers;
 use fvm_engine::vm::CreateOptions;
 
 use super::{Context, vm_name};

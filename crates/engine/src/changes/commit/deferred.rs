@@ -15,8 +15,8 @@ use rustix::fs::{AtFlags, FileType, Stat};
 use serde::{Deserialize, Serialize};
 
 use super::plan::Step;
-use crate::changes::layer::Layer;
 use crate::changes::tree::Tree;
+use crate::layers::Layer;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {

@@ -26,9 +26,9 @@ use deferred::Committed;
 use journal::{Journal, LayerRef, Phase};
 pub use plan::{Action, Conflict, Step};
 
-use super::layer::Layer;
 use super::scan::{self, Filter, ScanError, VmEntry};
 use super::tree::{self, Tree};
+use crate::layers::Layer;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {

@@ -8,9 +8,9 @@ use rustix::fs::{AtFlags, FileType, StatxFlags};
 use serde::{Deserialize, Serialize};
 
 use super::deferred::{Committed, Deleted};
-use crate::changes::layer::Layer;
 use crate::changes::scan::{Filter, Item, Kind, VmEntry};
 use crate::changes::tree::Tree;
+use crate::layers::Layer;
 
 /// What happens to one host path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

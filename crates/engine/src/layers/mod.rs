@@ -12,6 +12,12 @@
 //! layer; and it is a loop with a bounded number of open fds, so no depth the VM
 //! makes can exhaust fvm's stack or fd limit.
 
+mod kind;
+mod name;
+
+pub use kind::Layers;
+pub use name::layer_key;
+
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -20,7 +26,6 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{FileType, Mode, OFlags, Stat};
 
-use crate::mounts::plan::layer_key;
 use crate::os::dirchain::{self, DirChain};
 
 /// The file in a layer directory that names its host mount point.
@@ -262,11 +267,6 @@ pub fn walk(
         }
     }
     Ok(())
-}
-
-/// The value of an xattr of an open file or directory, if it has it.
-pub fn fd_xattr(fd: &OwnedFd, name: &str) -> io::Result<Option<Vec<u8>>> {
-    super::data::value(|b| rustix::fs::fgetxattr(fd, name, b))
 }
 
 #[cfg(test)]
