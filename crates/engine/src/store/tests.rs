@@ -111,16 +111,21 @@ fn sweep_removes_leftovers_of_crashed_operations() {
 }
 
 #[test]
-fn an_interrupted_delete_is_finished_unless_a_delete_is_under_way() {
+fn an_interrupted_delete_or_create_is_finished_unless_one_is_under_way() {
     let (_d, s) = store();
     std::fs::create_dir_all(s.vms().join(".trash-y-2/layers/a")).unwrap();
     std::fs::create_dir_all(s.vms().join(".new-x-1/layers")).unwrap();
+    // A create (or copy) still at work holds its directory's lock.
+    std::fs::create_dir_all(s.vms().join(".new-z-3")).unwrap();
+    let working = crate::os::files::Lock::exclusive(&s.vms().join(".new-z-3/lock")).unwrap();
     let held = s.lock().unwrap();
     assert!(s.finish_deletes().unwrap().is_empty());
     drop(held);
-    assert_eq!(s.finish_deletes().unwrap(), [s.vms().join(".trash-y-2")]);
-    // A create's leftover is `doctor --cleanup`'s (it checks the create's lock).
-    assert!(s.vms().join(".new-x-1").exists());
+    let mut done = s.finish_deletes().unwrap();
+    done.sort();
+    assert_eq!(done, [s.vms().join(".new-x-1"), s.vms().join(".trash-y-2")]);
+    assert!(s.vms().join(".new-z-3").exists());
+    drop(working);
 }
 
 #[test]
