@@ -13,12 +13,14 @@ const LAYERS: &[&[&str]] = &[
     // The OS: raw system calls, fds and paths, process identity, error text.
     &["os"],
     // Values and leaf mechanisms, each on its own.
-    &["limits", "confine", "layers", "watch"],
+    &["limits", "confine", "layers"],
     &["cgroup", "net"],
     // The store's files, and assembling a VM's filesystem.
     &["store", "mounts"],
     // A VM's processes; a VM's changes.
     &["runtime", "changes"],
+    // Host changes into running VMs (the store's watcher).
+    &["watch"],
     // The operations, and the host check.
     &["vm"],
     &["doctor"],

@@ -6,8 +6,10 @@
 //! - [`dirchain`]: the bounded chain of directory fds every deep walk uses;
 //! - [`procid`]: a process's identity (pid, start time, boot), and its
 //!   `/proc/PID/stat`;
-//! - [`quote`]: how a string a VM chose is shown to a person.
+//! - [`quote`]: how a string a VM chose is shown to a person;
+//! - [`detach`]: processes that outlive the command that starts them.
 
+pub mod detach;
 pub mod dirchain;
 pub mod files;
 pub mod procid;

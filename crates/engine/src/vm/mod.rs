@@ -24,16 +24,15 @@ use std::sync::OnceLock;
 /// What the `run` and `stop` of the CLI hand to and get from the engine.
 pub use crate::runtime::stop::Stopped;
 pub use crate::runtime::{CommandSpec, Program, TtyMode};
+pub use crate::watch::watcher::WatcherHealth;
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
 pub use processes::VmProcess;
-pub use watch::WatcherHealth;
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
-use crate::os::sys;
 use crate::runtime::command::SpawnError;
 use crate::runtime::enter::EnterError;
 use crate::runtime::launch::LaunchError;
@@ -446,7 +445,8 @@ impl Engine {
                 Err(_) => 1,
             }
         };
-        spawn_detached(c"fvm-settle", settle).map_err(VmError::layers_sync(vm.name()))?;
+        crate::os::detach::spawn_detached(c"fvm-settle", settle)
+            .map_err(VmError::layers_sync(vm.name()))?;
         tracing::debug!(vm = %vm.name(), "volatile layers: sync started");
         Ok(())
     }
@@ -484,42 +484,4 @@ impl Engine {
         cgroup.kill_all().map_err(wrap)?;
         cgroup.remove().map_err(wrap)
     }
-}
-
-/// Run `work` in a new process that is nobody's child (forked twice, in a session
-/// of its own), named `name`, with every inherited file closed and stdio on
-/// /dev/null; it exits with what `work` returns. Returns once the intermediate
-/// child is reaped.
-pub(super) fn spawn_detached(
-    name: &std::ffi::CStr,
-    work: impl FnOnce() -> i32,
-) -> std::io::Result<()> {
-    let pid = sys::spawn(|| {
-        let _ = rustix::process::setsid();
-        // The intermediate child ends at once, so the worker is nobody's child.
-        let _ = sys::spawn(|| detached(name, work));
-        0
-    })?;
-    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-    Ok(())
-}
-
-/// The second child of [`spawn_detached`]: stdio on /dev/null, then `work`.
-fn detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> i32 {
-    let _ = sys::close_all_except(&[]);
-    // With every fd closed, /dev/null opens as fd 0 (stdin) and stays open.
-    if let Ok(null) = rustix::fs::open(
-        "/dev/null",
-        rustix::fs::OFlags::RDWR,
-        rustix::fs::Mode::empty(),
-    ) {
-        let _ = rustix::stdio::dup2_stdin(&null);
-        let _ = rustix::stdio::dup2_stdout(&null);
-        let _ = rustix::stdio::dup2_stderr(&null);
-        if std::os::fd::AsRawFd::as_raw_fd(&null) <= 2 {
-            let _ = std::os::fd::IntoRawFd::into_raw_fd(null);
-        }
-    }
-    let _ = rustix::thread::set_name(name);
-    work()
 }

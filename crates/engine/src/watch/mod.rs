@@ -13,7 +13,7 @@
 //! host's own dentries and page cache, and other VMs', are untouched; a re-lookup
 //! in the VM finds the host's dentries still cached.
 //!
-//! So a store runs one watcher ([`crate::vm`]'s `watch`) while any of its VMs
+//! So a store runs one watcher ([`watcher`]) while any of its VMs
 //! runs: a fanotify group per host filesystem under the VMs' overlays reports
 //! creates, deletes, renames and attribute changes (`FAN_MARK_FILESYSTEM`, with
 //! the parent directory's handle and the name); changes under the store itself
@@ -24,6 +24,8 @@
 //! docs/host-changes.md has what was tried, the kernel's behaviour, the costs,
 //! and the case this can't fix: a path whose old file a VM process still holds
 //! open keeps showing that file to new lookups until it is closed.
+
+pub mod watcher;
 
 use std::time::Duration;
 

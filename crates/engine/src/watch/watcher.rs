@@ -1,0 +1,555 @@
+//! The store's watcher: one process per store, alive while any of its VMs runs,
+//! that makes host changes visible inside them (see the module above).
+//!
+//! It is started by the command that starts a VM (forked off and detached, so
+//! no fvm command waits for it), and again by `list`, `stats`, `run` or `doctor`
+//! if they find VMs running without it ([`Watcher::keep`]). It runs in
+//! the host's namespaces and the starting command's cgroup, never a VM's. It
+//! holds `STORE/watch.lock` for its life so there is never a second one, and
+//! rescans the store when one of the VMs it knows exits (a pidfd each) or when a
+//! new one starts (SIGHUP from the starter). It exits when no VM of the store
+//! runs. It has no timer of its own: it sleeps in
+//! `poll` until the kernel reports a change, a VM ends or a signal comes.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use rustix::event::{PollFd, PollFlags};
+
+use super::{Event, MASK};
+use crate::mounts;
+use crate::os::files::Lock;
+use crate::os::procid::ProcId;
+use crate::os::sys;
+use crate::runtime::stop::InitHandle;
+use crate::store::{Store, VmName};
+
+/// How long the watcher gathers news of started VMs before it rescans the store.
+const RESCAN_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// How long after a VM's init went the watcher looks whether a command cleaned
+/// up after it (`fvm stop` does, firewall included); only if none did, it cleans
+/// up itself: the VM's cgroup, its state and its firewall rules. At once would
+/// make every bridged `stop` wait for the watcher's firewall rebuild before its
+/// own.
+const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `statfs` type of overlayfs.
+const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
+
+/// A host filesystem under the VMs' overlays, watched as a whole.
+struct Watched {
+    group: OwnedFd,
+    /// Any directory on it, for `open_by_handle_at`.
+    mount: OwnedFd,
+}
+
+/// A running VM of the store.
+struct Running {
+    name: VmName,
+    init: ProcId,
+    handle: InitHandle,
+    /// Where its overlays are mounted, read from its mount table at the first
+    /// invalidation (a VM can't mount, so they stay where they are).
+    overlays: std::cell::RefCell<Option<Vec<PathBuf>>>,
+}
+
+impl PartialEq for Running {
+    fn eq(&self, other: &Running) -> bool {
+        self.init == other.init
+    }
+}
+
+/// What [`Watcher::health`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatcherHealth {
+    /// No VM of the store runs: no watcher is needed.
+    Idle,
+    Running {
+        pid: Option<i32>,
+    },
+    /// VMs ran without it; it was started again.
+    Restarted {
+        vms: usize,
+    },
+    /// VMs run without it and it could not be started.
+    Failed(String),
+}
+
+/// What the watcher needs of its store's VMs.
+pub trait StoreVms {
+    /// The VMs of the store whose init runs now (checked, not just recorded).
+    fn running(&self) -> Vec<(VmName, ProcId)>;
+    /// After VMs' inits went: clean up after each one no command has (its
+    /// cgroup, state and firewall rules), as the next command on it would.
+    fn clean_up_after_exit(&self, gone: &[VmName]);
+}
+
+/// The watcher of one store.
+pub struct Watcher<'a> {
+    pub store: &'a Store,
+    pub vms: &'a dyn StoreVms,
+}
+
+impl std::fmt::Debug for Watcher<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("store", &self.store.root())
+            .finish()
+    }
+}
+
+impl Watcher<'_> {
+    fn watch_lock_path(&self) -> PathBuf {
+        self.store.root().join("watch.lock")
+    }
+
+    fn watch_pid_path(&self) -> PathBuf {
+        self.store.root().join("watch.pid")
+    }
+
+    /// After a VM started: make sure the store's watcher runs and knows it.
+    pub fn ensure(&self) {
+        if let Err(e) = self.try_ensure() {
+            tracing::warn!(
+                "host changes may not show in running vms: cannot start the watcher: {e}"
+            );
+        }
+    }
+
+    fn try_ensure(&self) -> std::io::Result<()> {
+        let lock = self.watch_lock_path();
+        if Lock::try_exclusive(&lock)?.is_none() {
+            // Running: tell it to pick up the new VM.
+            if let Some(pid) = self.watcher_pid() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGHUP);
+            }
+            return Ok(());
+        }
+        // Not running (the lock we just took and dropped says so).
+        crate::os::detach::spawn_detached(c"fvm-watch", || self.run_watcher())
+    }
+
+    /// Whether the store's watcher runs (it holds its lock for its life).
+    fn watcher_alive(&self) -> std::io::Result<bool> {
+        Ok(Lock::try_exclusive(&self.watch_lock_path())?.is_none())
+    }
+
+    /// For commands that look at the store: if VMs of it run but its watcher
+    /// doesn't (it was killed, or crashed), start it again, so that host changes
+    /// reach the VMs again. Says so on stderr.
+    pub fn keep(&self) {
+        match self.health() {
+            WatcherHealth::Restarted { vms } => tracing::warn!(
+                "the store's watcher was not running while {vms} vm(s) ran (host changes did not reach them): restarted it"
+            ),
+            WatcherHealth::Failed(e) => tracing::warn!(
+                "host changes may not show in running vms: cannot start the watcher: {e}"
+            ),
+            WatcherHealth::Idle | WatcherHealth::Running { .. } => {}
+        }
+    }
+
+    /// The state of the store's watcher; a missing one is started again.
+    pub fn health(&self) -> WatcherHealth {
+        let vms = self.running_vms().len();
+        if vms == 0 {
+            return WatcherHealth::Idle;
+        }
+        match self.watcher_alive() {
+            Ok(true) => {
+                return WatcherHealth::Running {
+                    pid: self.watcher_pid(),
+                };
+            }
+            Ok(false) => {}
+            Err(e) => return WatcherHealth::Failed(e.to_string()),
+        }
+        match crate::os::detach::spawn_detached(c"fvm-watch", || self.run_watcher()) {
+            Ok(()) => WatcherHealth::Restarted { vms },
+            Err(e) => WatcherHealth::Failed(e.to_string()),
+        }
+    }
+
+    /// The watcher process's work; returns its exit status.
+    fn run_watcher(&self) -> i32 {
+        // (Its arguments and environment are the starting command's and stay: it
+        // runs nft, which needs PATH, and nothing in a VM can read them.)
+        let code = match self.watch_loop() {
+            Ok(()) => 0,
+            Err(_) => 1,
+        };
+        // Normally gone already (see `watch_loop`); after an error, only if it is
+        // still this watcher's.
+        if self.watcher_pid() == Some(std::process::id() as i32) {
+            let _ = std::fs::remove_file(self.watch_pid_path());
+        }
+        code
+    }
+
+    fn write_pid_file(&self) -> std::io::Result<()> {
+        crate::os::files::write_atomic(
+            &self.watch_pid_path(),
+            format!("{}\n", std::process::id()).as_bytes(),
+            0o600,
+        )
+    }
+
+    /// The pid in the store's watcher pid file, if it is a live `fvm-watch`
+    /// (never signal a process the file names after its watcher has gone).
+    fn watcher_pid(&self) -> Option<i32> {
+        let pid = std::fs::read_to_string(self.watch_pid_path())
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 1)?;
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        (comm.trim_end() == "fvm-watch").then_some(pid)
+    }
+
+    fn watch_loop(&self) -> std::io::Result<()> {
+        let Some(mut lock) = Lock::try_exclusive(&self.watch_lock_path())? else {
+            return Ok(());
+        };
+        // Signals first: a starter that reads the pid file sends SIGHUP at once,
+        // whose default action would end this process.
+        let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
+        self.write_pid_file()?;
+        let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+        let mut watched: HashMap<u64, Watched> = HashMap::new();
+        // Directory handle → whether changes in it concern the VMs.
+        let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
+        let mut pending: Option<Instant> = None;
+        // Invalidations left for the current batch of changes (see `super::PASSES`).
+        let mut passes_left = 0;
+        let mut known: Vec<Running> = Vec::new();
+        // VMs whose init went, and when to check whether a command cleaned up after
+        // them (see CLEANUP_GRACE).
+        let mut firewall: Option<(Instant, Vec<VmName>)> = None;
+        let mut rescan_at: Option<Instant> = None;
+        loop {
+            let vms = self.running_vms();
+            // A VM ended without a command that cleans up after it (its last process
+            // ended after the `run` that started it, or its init crashed or was
+            // killed): its cgroup, state and firewall rules are cleaned up now
+            // rather than at the next command on it.
+            let gone: Vec<_> = known
+                .iter()
+                .filter(|k| !vms.contains(k))
+                .map(|k| k.name.clone())
+                .collect();
+            if !gone.is_empty() {
+                firewall
+                    .get_or_insert_with(|| (Instant::now() + CLEANUP_GRACE, Vec::new()))
+                    .1
+                    .extend(gone);
+            }
+            if vms.is_empty() {
+                if let Some((at, gone)) = firewall.take() {
+                    std::thread::sleep(at.saturating_duration_since(Instant::now()));
+                    self.vms.clean_up_after_exit(&gone);
+                }
+                // A VM may start now: its command finds the lock taken and only
+                // signals this watcher, which is on its way out. So let go of the
+                // lock (and the pid file) first, then look once more: the new VM
+                // is recorded as running before its command looks for a watcher.
+                let _ = std::fs::remove_file(self.watch_pid_path());
+                drop(lock);
+                if self.running_vms().is_empty() {
+                    return Ok(());
+                }
+                // One did start. Carry on, unless it started a watcher of its own.
+                let Some(again) = Lock::try_exclusive(&self.watch_lock_path())? else {
+                    return Ok(());
+                };
+                lock = again;
+                self.write_pid_file()?;
+                continue;
+            }
+            let private = self.store.private_paths();
+            let marked = watched.len();
+            self.watch_filesystems(&mut watched);
+            // A new VM (or a new mark) may have looked something up before the
+            // marks saw the change: one invalidation covers that window.
+            if watched.len() != marked || vms.iter().any(|v| !known.contains(v)) {
+                pending.get_or_insert_with(|| Instant::now() + super::SETTLE);
+                passes_left = passes_left.max(1);
+            }
+            let devs: Vec<u64> = watched.keys().copied().collect();
+            // Sleep until a change, a VM's end, a signal, or the next invalidation.
+            // While one is due, the fanotify groups are left out: what they queue
+            // meanwhile is read just before it, so a burst of changes costs a few
+            // wake-ups, not one per change.
+            loop {
+                let listening = pending.is_none();
+                let mut fds = vec![PollFd::new(&signals, PollFlags::IN)];
+                let groups = if listening { devs.len() } else { 0 };
+                fds.extend(
+                    devs.iter()
+                        .take(groups)
+                        .map(|d| PollFd::new(&watched[d].group, PollFlags::IN)),
+                );
+                fds.extend(
+                    vms.iter()
+                        .map(|v| PollFd::new(v.handle.pidfd(), PollFlags::IN)),
+                );
+                let wake = [pending, rescan_at, firewall.as_ref().map(|f| f.0)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(|at| {
+                        let d = at.saturating_duration_since(Instant::now());
+                        rustix::event::Timespec {
+                            tv_sec: d.as_secs() as i64,
+                            tv_nsec: i64::from(d.subsec_nanos()),
+                        }
+                    });
+                match rustix::event::poll(&mut fds, wake.as_ref()) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
+                drop(fds);
+                let mut rescan = false;
+                if ready[0] {
+                    while let Ok(Some(info)) = signals.read_signal() {
+                        match Signal::try_from(info.ssi_signo as i32) {
+                            // New VMs: gathered, so a thousand starts in a row cost
+                            // a few rescans of the store, not a thousand.
+                            Ok(Signal::SIGHUP) => {
+                                rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
+                            }
+                            Ok(_) => return Ok(()),
+                            Err(_) => {}
+                        }
+                    }
+                }
+                let now = Instant::now();
+                let due = pending.is_some_and(|at| now >= at);
+                // Read the queues when they woke us, and before every invalidation.
+                let mut changed = false;
+                for (i, dev) in devs.iter().enumerate() {
+                    let woke = listening && ready[1 + i];
+                    if (woke || due) && self.drain(*dev, &watched[dev], &private, &mut relevant) {
+                        changed = true;
+                    }
+                }
+                if changed && !due {
+                    // The first change of a burst: gather for SETTLE.
+                    pending = Some(now + super::SETTLE);
+                    passes_left = super::PASSES;
+                } else if due {
+                    if changed {
+                        // Still changing: invalidate now and again in BURST, with the
+                        // follow-up passes once it is quiet.
+                        passes_left = super::PASSES;
+                        pending = Some(now + super::BURST);
+                    } else {
+                        passes_left = passes_left.saturating_sub(1);
+                        pending = (passes_left > 0).then(|| now + super::RETRY);
+                    }
+                    for vm in &vms {
+                        invalidate(vm);
+                    }
+                }
+                if ready[1 + groups..].iter().any(|r| *r) {
+                    rescan = true;
+                }
+                if relevant.len() > 100_000 {
+                    relevant.clear();
+                }
+                if rescan_at.is_some_and(|at| Instant::now() >= at) {
+                    rescan = true;
+                }
+                if firewall.as_ref().is_some_and(|f| Instant::now() >= f.0)
+                    && let Some((_, gone)) = firewall.take()
+                {
+                    self.vms.clean_up_after_exit(&gone);
+                }
+                if rescan {
+                    rescan_at = None;
+                    break;
+                }
+            }
+            known = vms;
+        }
+    }
+
+    /// The store's VMs whose init runs now, each with a handle on its init.
+    fn running_vms(&self) -> Vec<Running> {
+        self.vms
+            .running()
+            .into_iter()
+            .filter_map(|(name, init)| {
+                let handle = InitHandle::open(&init).ok()??;
+                Some(Running {
+                    name,
+                    init,
+                    handle,
+                    overlays: std::cell::RefCell::new(None),
+                })
+            })
+            .collect()
+    }
+
+    /// Add a fanotify group for each host filesystem the VMs overlay that has none
+    /// yet. A filesystem that can't be watched (no file handles) is left out.
+    fn watch_filesystems(&self, watched: &mut HashMap<u64, Watched>) {
+        let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return;
+        };
+        let Ok(table) = mounts::mountinfo::parse(&text) else {
+            return;
+        };
+        let Ok(plan) =
+            mounts::plan::build(&table, &self.store.private_paths(), &|p: &Path| p.is_dir())
+        else {
+            return;
+        };
+        for o in &plan.overlays {
+            let Ok(st) = rustix::fs::stat(&o.mount_point) else {
+                continue;
+            };
+            if watched.contains_key(&st.st_dev) {
+                continue;
+            }
+            let added = (|| -> std::io::Result<Watched> {
+                let group = sys::fanotify_dfid_name()?;
+                let path = CString::new(o.mount_point.as_os_str().as_bytes())?;
+                sys::fanotify_mark_filesystem(group.as_fd(), MASK, &path)?;
+                // Not O_PATH: open_by_handle_at refuses those (EBADF).
+                let mount = rustix::fs::open(
+                    &o.mount_point,
+                    rustix::fs::OFlags::RDONLY
+                        | rustix::fs::OFlags::DIRECTORY
+                        | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )?;
+                Ok(Watched { group, mount })
+            })();
+            match added {
+                Ok(w) => {
+                    watched.insert(st.st_dev, w);
+                }
+                Err(e) => tracing::debug!(mount = %o.mount_point.display(), %e, "not watched"),
+            }
+        }
+    }
+
+    /// Read every queued event of one filesystem; true if any concerns the VMs
+    /// (not a change under the store or a VM's `--dir`, which are the VMs' own).
+    fn drain(
+        &self,
+        dev: u64,
+        w: &Watched,
+        private: &[PathBuf],
+        relevant: &mut HashMap<(u64, Vec<u8>), bool>,
+    ) -> bool {
+        let mut any = false;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match rustix::io::read(&w.group, &mut buf) {
+                Ok(0) | Err(_) => return any,
+                Ok(n) => n,
+            };
+            for event in super::parse(&buf[..n]) {
+                if any {
+                    continue;
+                }
+                any = is_relevant(dev, w, &event, private, relevant);
+            }
+        }
+    }
+}
+
+fn is_relevant(
+    dev: u64,
+    w: &Watched,
+    event: &Event,
+    private: &[PathBuf],
+    cache: &mut HashMap<(u64, Vec<u8>), bool>,
+) -> bool {
+    if event.handle.is_empty() {
+        return true;
+    }
+    let key = (dev, event.handle.clone());
+    if let Some(r) = cache.get(&key) {
+        return *r;
+    }
+    let r = match sys::open_by_handle(w.mount.as_fd(), event.handle_type, &event.handle) {
+        Ok(Some(fd)) => match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
+            Ok(dir) => !private.iter().any(|p| dir.starts_with(p)),
+            Err(_) => true,
+        },
+        // The directory is gone already: it can't be told apart; assume it matters.
+        _ => true,
+    };
+    cache.insert(key, r);
+    r
+}
+
+/// Drop the VM's cached overlay dentries: reconfigure each of its overlay
+/// mounts, reached from the VM's root through /proc (the watcher never enters
+/// the VM's namespace).
+fn invalidate(vm: &Running) {
+    let mut cached = vm.overlays.borrow_mut();
+    let points = cached.get_or_insert_with(|| overlay_points(vm));
+    // Fresh fds each time: holding the overlay roots open between invalidations
+    // keeps later reconfigures from dropping anything (seen on this kernel).
+    // Lookups from the VM's root follow the VM's mount tree.
+    let Ok(root) = rustix::fs::open(
+        format!("/proc/{}/root", vm.init.pid),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return;
+    };
+    if !vm.init.is_alive() {
+        return;
+    }
+    for p in points.iter() {
+        // The VM owns every directory on the way: no symlink may redirect this to
+        // another mount (only the VM's own overlays are picked).
+        let rel = p.strip_prefix("/").unwrap_or(p);
+        let dir = if rel.as_os_str().is_empty() {
+            rustix::io::dup(&root)
+        } else {
+            rustix::fs::openat2(
+                &root,
+                rel,
+                rustix::fs::OFlags::PATH
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+                rustix::fs::ResolveFlags::BENEATH
+                    | rustix::fs::ResolveFlags::NO_SYMLINKS
+                    | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+            )
+        };
+        let Ok(dir) = dir else { continue };
+        if !rustix::fs::fstatfs(&dir).is_ok_and(|s| s.f_type == OVERLAYFS_MAGIC) {
+            continue;
+        }
+        if let Ok(fs) = rustix::mount::fspick(
+            &dir,
+            "",
+            rustix::mount::FsPickFlags::FSPICK_CLOEXEC
+                | rustix::mount::FsPickFlags::FSPICK_EMPTY_PATH
+                | rustix::mount::FsPickFlags::FSPICK_NO_AUTOMOUNT,
+        ) {
+            let _ = rustix::mount::fsconfig_reconfigure(&fs);
+        }
+    }
+}
+
+/// Where the VM's overlays are mounted, as its mount table says.
+fn overlay_points(vm: &Running) -> Vec<PathBuf> {
+    mounts::mountinfo::mount_points_of(&vm.init, "overlay")
+}
