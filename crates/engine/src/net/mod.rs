@@ -12,6 +12,7 @@
 //! (`fvm-<store id>`).
 
 pub mod addr;
+pub mod attach;
 pub mod link;
 pub mod nft;
 

@@ -1,18 +1,15 @@
-//! VM networks in the engine: addresses handed out at create, the store's bridge
-//! and firewall kept in line with its running VMs, and a bridged VM's veth made
-//! as it starts.
-//!
-//! Two store-wide things are shared by all bridged VMs: the bridge and the nft
-//! tables. Both are changed only under the store's network lock
-//! (`STORE/net.lock`), and the tables are always rebuilt whole from the VMs that
-//! run now, so a crashed VM's rules go with the next rebuild.
+//! VM networks in the engine: addresses handed out at create, the store's
+//! settings, and which VMs the bridge and firewall are for. The store-wide
+//! pieces are changed only under the store's network lock (`STORE/net.lock`);
+//! the mechanics (links, the ruleset) are `net::attach`'s.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::{Engine, VmError};
-use crate::net::link::{self, LinkError, Netlink};
-use crate::net::nft::{self, NftError, Ruleset, VmRules};
+use crate::net::attach::{self, AttachError};
+use crate::net::link::LinkError;
+use crate::net::nft::{NftError, VmRules};
 use crate::net::{self as netcfg, Ipv4Net, NetMode, NetPolicy, StoreNet};
 use crate::os::files::Lock;
 use crate::store::{Policy, VmDir, VmName};
@@ -53,9 +50,13 @@ pub enum NetworkError {
     },
 }
 
-/// The alias that marks a bridge as this store's.
-fn bridge_mark(store_id: &str) -> String {
-    format!("fvm store {store_id}")
+impl From<AttachError> for NetworkError {
+    fn from(e: AttachError) -> NetworkError {
+        match e {
+            AttachError::Policy(e) => NetworkError::Policy(e),
+            AttachError::Link(e) => NetworkError::Link(e),
+        }
+    }
 }
 
 impl Engine {
@@ -295,19 +296,7 @@ impl Engine {
                 publish: net.publish.clone(),
             });
         }
-        let table = format!("fvm-{}", self.store.id());
-        let forwarding = vms.iter().any(|v| v.nat || !v.publish.is_empty());
-        Ruleset {
-            table: &table,
-            bridge: &store.bridge,
-            subnet: store.subnet,
-            vms: &vms,
-        }
-        .apply()?;
-        if forwarding {
-            enable_forwarding();
-        }
-        Ok(())
+        Ok(attach::firewall(&store, self.store.id(), &vms)?)
     }
 
     /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
@@ -319,46 +308,25 @@ impl Engine {
         net: &NetPolicy,
         pid: i32,
     ) -> Result<(), NetworkError> {
-        if !net.mode.own_namespace() {
-            return Ok(());
-        }
-        let netns = link::netns_of_child(pid).map_err(LinkError::Setns)?;
-        let home = link::own_netns().map_err(LinkError::Setns)?;
-        use std::os::fd::AsFd;
-        if net.mode == NetMode::None {
-            let mut inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
-            return Ok(inside.configure_vm_side("", None, None)?);
+        if net.mode != NetMode::Bridge {
+            let none = StoreNet::default();
+            return Ok(attach::connect(
+                pid,
+                net,
+                &none,
+                self.store.id(),
+                vm.name().as_str(),
+            )?);
         }
         let _lock = self.net_lock()?;
         let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
-        let ip = net.ip.ok_or_else(|| {
-            NetworkError::Policy(netcfg::NetError {
-                key: "ip",
-                reason: "a bridged vm needs an address (fvm config NAME --ip …)".into(),
-            })
-        })?;
-        store
-            .check_vm_ip(ip)
-            .map_err(|reason| NetworkError::Policy(netcfg::NetError { key: "ip", reason }))?;
-        let mut host = Netlink::open()?;
-        let bridge = host.ensure_bridge(
-            &store.bridge,
-            store.gateway(),
-            &bridge_mark(self.store.id()),
-        )?;
-        // Loopback clients of published ports leave through the bridge with a
-        // 127.0.0.0/8 source until the masquerade rewrites it.
-        let _ = std::fs::write(
-            format!("/proc/sys/net/ipv4/conf/{}/route_localnet", store.bridge),
-            "1",
-        );
-        let veth = netcfg::veth_name(self.store.id(), vm.name().as_str());
-        // The VM's end is made inside its namespace, where no other eth0 exists.
-        host.add_veth(&veth, "eth0", bridge, netns.as_fd())?;
-        let mut inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
-        inside.configure_vm_side("eth0", Some(ip), Some(store.gateway().addr))?;
-        tracing::debug!(vm = %vm.name(), %ip, veth, "vm connected to bridge {}", store.bridge);
-        Ok(())
+        Ok(attach::connect(
+            pid,
+            net,
+            &store,
+            self.store.id(),
+            vm.name().as_str(),
+        )?)
     }
 
     /// After VM `name` started, stopped or changed rules: rebuild the firewall.
@@ -382,15 +350,13 @@ impl Engine {
             .all(|(_, p)| p.network.mode != NetMode::Bridge)
         {
             self.remove_bridge(&store).map_err(VmError::Network)?;
-            nft::remove(&format!("fvm-{}", self.store.id()))
-                .map_err(|e| VmError::Network(e.into()))?;
+            attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
         }
         Ok(())
     }
 
     fn remove_bridge(&self, store: &StoreNet) -> Result<bool, NetworkError> {
-        let mut host = Netlink::open()?;
-        Ok(host.delete_marked(&store.bridge, &bridge_mark(self.store.id()))?)
+        Ok(attach::remove_bridge(store, self.store.id())?)
     }
 
     /// For `doctor --cleanup`: rebuild the firewall, and remove the bridge if no
@@ -399,8 +365,8 @@ impl Engine {
         let mut done = Vec::new();
         let _lock = self.net_lock().map_err(VmError::Network)?;
         let store = self.store_network()?;
-        let table = format!("fvm-{}", self.store.id());
-        let had_tables = nft::exists(&table);
+        let table = attach::table(self.store.id());
+        let had_tables = attach::has_tables(self.store.id());
         let bridged = self
             .policies()
             .iter()
@@ -409,7 +375,7 @@ impl Engine {
             self.sync_firewall(None).map_err(VmError::Network)?;
         } else {
             if had_tables {
-                nft::remove(&table).map_err(|e| VmError::Network(e.into()))?;
+                attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
                 done.push(format!("removed nft tables {table}"));
             }
             if self.remove_bridge(&store).map_err(VmError::Network)? {
@@ -417,17 +383,5 @@ impl Engine {
             }
         }
         Ok(done)
-    }
-}
-
-/// Turn on IPv4 forwarding for NAT and published ports, if it is off (the
-/// kernel's default). Left on afterwards, as other tools expect it to stay.
-fn enable_forwarding() {
-    let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "0") {
-        match std::fs::write(path, "1") {
-            Ok(()) => tracing::info!("enabled net.ipv4.ip_forward for vm nat and published ports"),
-            Err(e) => tracing::warn!("cannot enable net.ipv4.ip_forward: {e}"),
-        }
     }
 }
