@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::commit::deferred::Committed;
+use super::record::Committed;
 use super::scan::{self, VmEntry};
 pub use super::scan::{Filter, Kind, ScanError};
 use crate::layers::Layer;

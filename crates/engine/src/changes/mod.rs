@@ -6,5 +6,6 @@ mod content;
 pub mod copy;
 pub mod data;
 pub mod diff;
+pub mod record;
 pub mod scan;
 pub mod tree;

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use serde::Serialize;
 
-use super::commit::deferred::Committed;
+use super::record::Committed;
 use crate::layers::{self as layer, Descend, Entry, Layer};
 use crate::os::dirchain::{self, DirChain};
 

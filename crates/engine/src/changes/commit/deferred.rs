@@ -11,60 +11,12 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Stat};
-use serde::{Deserialize, Serialize};
+use rustix::fs::{AtFlags, FileType};
 
 use super::plan::Step;
+use crate::changes::record::{Committed, Deleted, Record};
 use crate::changes::tree::Tree;
 use crate::layers::Layer;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Record {
-    pub layer: PathBuf,
-    pub rel: PathBuf,
-    pub ino: u64,
-    /// The entry's ctime when committed (a directory's moves with its entries, so
-    /// only its inode counts).
-    pub ctime: (i64, i64),
-    pub dir: bool,
-    /// When the host got this version: the host's own ctime for the path is at
-    /// most this, and a later one is a host change (a conflict).
-    pub committed: (i64, i64),
-    /// Only dates the host's version (fvm wrote it, by a commit that was then
-    /// dropped half-way): the entry is still a change of the VM, and stays in its
-    /// layer, but the host's ctime up to `committed` is no host change.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub dated_only: bool,
-}
-
-/// The recorded entries, for lookups while scanning and planning.
-#[derive(Debug, Clone, Default)]
-pub struct Committed(std::collections::HashMap<(PathBuf, PathBuf), Record>);
-
-impl Committed {
-    fn find(&self, layer: &Path, rel: &Path, ino: u64) -> Option<&Record> {
-        if self.0.is_empty() {
-            return None;
-        }
-        self.0
-            .get(&(layer.to_owned(), rel.to_owned()))
-            .filter(|r| r.ino == ino)
-    }
-
-    /// Whether the entry at `rel` of `layer`, as it is now (`st`), is what was
-    /// committed (so it is no change any more).
-    pub fn contains(&self, layer: &Path, rel: &Path, st: &Stat) -> bool {
-        self.find(layer, rel, st.st_ino).is_some_and(|r| {
-            !r.dated_only && (r.dir || r.ctime == (st.st_ctime, st.st_ctime_nsec as i64))
-        })
-    }
-
-    /// When an earlier commit wrote this entry to the host, if one did: the base
-    /// for conflicts, since the host's ctime is ours from then on.
-    pub fn committed_at(&self, layer: &Path, rel: &Path, ino: u64) -> Option<(i64, i64)> {
-        self.find(layer, rel, ino).map(|r| r.committed)
-    }
-}
 
 pub fn load(path: &Path) -> io::Result<Committed> {
     Ok(Committed(
@@ -221,9 +173,6 @@ pub fn settle(path: &Path) -> io::Result<usize> {
     write(path, &kept)?;
     Ok(removed)
 }
-
-/// Host files that commits of this VM deleted, by file handle (type, bytes).
-pub type Deleted = std::collections::HashSet<(i32, Vec<u8>)>;
 
 pub fn load_deleted(path: &Path) -> io::Result<Deleted> {
     match crate::os::files::read_regular_max(path, crate::os::files::MAX_RECORD) {

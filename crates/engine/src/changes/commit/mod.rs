@@ -21,8 +21,8 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::changes::record::Committed;
 use apply::{ApplyError, Progress};
-use deferred::Committed;
 use journal::{Journal, LayerRef, Phase};
 pub use plan::{Action, Conflict, Step};
 
@@ -111,7 +111,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
 pub struct Files {
     pub journal: PathBuf,
     pub committed: PathBuf,
-    /// File handles of host files that commits deleted (see `deferred::Deleted`).
+    /// File handles of host files that commits deleted (see `record::Deleted`).
     pub deleted: PathBuf,
 }
 

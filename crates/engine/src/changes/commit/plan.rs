@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, StatxFlags};
 use serde::{Deserialize, Serialize};
 
-use super::deferred::{Committed, Deleted};
+use crate::changes::record::{Committed, Deleted};
 use crate::changes::scan::{Filter, Item, Kind, VmEntry};
 use crate::changes::tree::Tree;
 use crate::layers::Layer;
