@@ -176,7 +176,9 @@ impl Drop for SmallStore {
         for problem in self.store.delete_all() {
             eprintln!("{problem}");
         }
+        // Lazily: the store's watcher may still hold a file there for a moment.
         let _ = std::process::Command::new("umount")
+            .arg("-l")
             .arg(&self.store.root)
             .status();
     }
