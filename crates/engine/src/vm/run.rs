@@ -19,9 +19,6 @@ impl Engine {
     /// Run `spec` in VM `name` and return how it ended.
     pub fn run(&self, name: &VmName, mut spec: CommandSpec) -> Result<Exit, VmError> {
         let vm = self.vm(name)?;
-        // While this process is still wholly the host's (`enter` moves it into the
-        // VM's namespaces): a watcher started from it must run outside every VM.
-        self.keep_watcher();
         let lock = vm.lock()?;
         // Blocked only now, so ^C still ends a command that waits for the lock; from
         // here on they are passed to the command.
@@ -40,6 +37,11 @@ impl Engine {
                 });
             }
             spec.confine = self.confinement(name, &policy)?;
+            // The VM runs, so the store's watcher must too. Started now, while this
+            // process is still wholly the host's (`enter` moves it into the VM's
+            // namespaces): a watcher started from it must run outside every VM. (A
+            // stopped VM's start makes sure of it itself.)
+            self.keep_watcher();
             // Kept open, to learn after the command whether a stop of the VM ended
             // it: past the namespaces' switch the store can't be reached by path.
             let init_fd = rustix::process::pidfd_open(

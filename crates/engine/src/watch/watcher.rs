@@ -158,10 +158,8 @@ impl Watcher<'_> {
 
     /// The state of the store's watcher; a missing one is started again.
     pub fn health(&self) -> WatcherHealth {
-        let vms = self.running_vms().len();
-        if vms == 0 {
-            return WatcherHealth::Idle;
-        }
+        // The lock first: one flock, where counting the running VMs reads every
+        // VM's state (a store may hold a thousand).
         match self.watcher_alive() {
             Ok(true) => {
                 return WatcherHealth::Running {
@@ -170,6 +168,10 @@ impl Watcher<'_> {
             }
             Ok(false) => {}
             Err(e) => return WatcherHealth::Failed(e.to_string()),
+        }
+        let vms = self.vms.running().len();
+        if vms == 0 {
+            return WatcherHealth::Idle;
         }
         match crate::os::detach::spawn_detached(c"fvm-watch", || self.run_watcher()) {
             Ok(()) => WatcherHealth::Restarted { vms },
