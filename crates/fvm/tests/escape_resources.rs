@@ -12,26 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{TestStore, is_alive_as, needs_root, needs_tool, wait_until};
-
-/// The python3 run inside VMs: the distribution's, not a version-manager shim.
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
-/// `fvm create NAME FLAGS…`, asserting success; notes the VM's cgroups.
-#[track_caller]
-fn create(store: &TestStore, name: &str, flags: &[&str]) {
-    let mut args = vec!["create", name];
-    args.extend_from_slice(flags);
-    let out = store.fvm(&args).ok();
-    assert_eq!(out.out(), name, "{out}");
-    store.inspect(name);
-}
+use common::{TestStore, is_alive_as, needs_root, needs_tool, python, wait_until};
 
 /// A number from a cgroup file (or a `key value` line of one), if there.
 fn cgroup_number(path: &Path, key: Option<&str>) -> Option<u64> {
@@ -109,7 +90,7 @@ fn socket_buffers_are_charged_to_the_vm_and_held_to_its_memory_limit() {
     }
     const LIMIT: u64 = 64 << 20;
     let store = TestStore::new("tcpmem");
-    create(&store, "sockets", &["--memory", "64M"]);
+    store.create_with("sockets", &["--memory", "64M"]);
     store.start("sockets");
     let memory_dir = store.cgroup_dir("sockets", "memory");
     let before = host_tcp_memory();
@@ -191,7 +172,7 @@ fn the_oom_killer_takes_the_vms_init_last() {
         return;
     }
     let store = TestStore::new("oominit");
-    create(&store, "full", &["--memory", "64M"]);
+    store.create_with("full", &["--memory", "64M"]);
     store.start("full");
     let init = store.init_pid("full").expect("a running vm has an init");
     store.sh("full", "nohup sleep 1004 >/dev/null 2>&1 &").ok();
@@ -432,11 +413,11 @@ fn disk_and_inodes_hold_every_kind_of_layer_and_spare_the_host() {
 fn hold_on(fs: &LoopFs) {
     let store = TestStore::in_dir(&fs.path, "disk");
     let limits = ["--disk", "32M", "--inodes", "2000"];
-    create(&store, "plain", &limits);
+    store.create_with("plain", &limits);
     let mut volatile = limits.to_vec();
     volatile.extend(["--layers", "volatile"]);
-    create(&store, "fast", &volatile);
-    create(&store, "other", &[]);
+    store.create_with("fast", &volatile);
+    store.create_with("other", &[]);
     for vm in ["plain", "fast", "other"] {
         store.start(vm);
     }
@@ -554,7 +535,7 @@ fn disk_limits_change_where_the_layers_allow_and_are_refused_in_one_line_elsewhe
     // No project quotas here: the layers move into (and out of) an image.
     let fs = LoopFs::new("diskcfg", 320, "ext4", false).expect("a plain ext4");
     let store = TestStore::in_dir(&fs.path, "diskcfg");
-    create(&store, "used", &[]);
+    store.create_with("used", &[]);
     store
         .sh(
             "used",

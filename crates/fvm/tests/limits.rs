@@ -21,7 +21,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    COMMAND_TIMEOUT, Out, TestStore, WAIT, cgroup_dirs_matching, is_alive_as, needs_root, try_run,
+    COMMAND_TIMEOUT, Out, TestStore, WAIT, cgroup_dirs_matching, is_alive_as, needs_root, python,
+    try_run,
 };
 use serde_json::Value;
 
@@ -34,26 +35,6 @@ static CPU_HEAVY: Mutex<()> = Mutex::new(());
 
 fn cpu_heavy() -> MutexGuard<'static, ()> {
     CPU_HEAVY.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The python3 run inside VMs: the distribution's, not a version-manager shim.
-fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
-/// `fvm create NAME LIMIT-FLAGS…`, asserting success; notes the VM's cgroups so
-/// that the store's cleanup checks cover them.
-#[track_caller]
-fn create(store: &TestStore, name: &str, flags: &[&str]) {
-    let mut args = vec!["create", name];
-    args.extend_from_slice(flags);
-    let out = store.fvm(&args).ok();
-    assert_eq!(out.out(), name, "{out}");
-    store.inspect(name);
 }
 
 /// `fvm config NAME FLAGS…` (not asserting anything).
@@ -366,8 +347,8 @@ fn a_fork_bomb_stops_at_the_process_limit() {
     }
     let _cpu = cpu_heavy();
     let store = TestStore::new("forkbomb");
-    create(&store, "bomb", &["--processes", "64"]);
-    create(&store, "calm", &[]);
+    store.create_with("bomb", &["--processes", "64"]);
+    store.create_with("calm", &[]);
     store.start("bomb");
     let leaf = cgroup_leaf(&store, "bomb");
     let pids_current = store.cgroup_dir("bomb", "pids").join("pids.current");
@@ -433,8 +414,8 @@ fn a_memory_hog_is_oom_killed_and_the_rest_of_the_vm_goes_on() {
         return;
     }
     let store = TestStore::new("oom");
-    create(&store, "hog", &["--memory", "64M"]);
-    create(&store, "other", &[]);
+    store.create_with("hog", &["--memory", "64M"]);
+    store.create_with("other", &[]);
     store.start("hog");
     store.start("other");
     let hog_init = store.init_pid("hog");
@@ -505,7 +486,7 @@ fn a_cpus_cap_holds_a_busy_loop_to_half_a_core() {
     }
     let _cpu = cpu_heavy();
     let store = TestStore::new("cpus");
-    create(&store, "half", &["--cpus", "0.5", "--cpu-weight", "10000"]);
+    store.create_with("half", &["--cpus", "0.5", "--cpu-weight", "10000"]);
     store.start("half");
     let view = view(&store, "half");
     let (quota, period) = cpu_quota_inside(&store, "half", view);
@@ -550,7 +531,7 @@ fn raising_the_memory_limit_of_a_running_vm_applies_at_once() {
         return;
     }
     let store = TestStore::new("raise");
-    create(&store, "grow", &["--memory", "64M"]);
+    store.create_with("grow", &["--memory", "64M"]);
     store.start("grow");
     let init = store.init_pid("grow");
     let view = view(&store, "grow");
@@ -593,7 +574,7 @@ fn swap_is_allowed_on_top_of_memory() {
         return;
     }
     let store = TestStore::new("swap");
-    create(&store, "swapped", &["--memory", "64M", "--swap", "32M"]);
+    store.create_with("swapped", &["--memory", "64M", "--swap", "32M"]);
     store.start("swapped");
     let view = view(&store, "swapped");
     assert_eq!(
@@ -619,7 +600,7 @@ fn priority_and_cpu_weight_set_the_cgroup_weight_and_nice() {
     }
     let store = TestStore::new("priority");
     // low = weight 25 and nice 10; v1 shares are weight * 1024 / 100.
-    create(&store, "lowp", &["--priority", "low"]);
+    store.create_with("lowp", &["--priority", "low"]);
     store.start("lowp");
     let view = view(&store, "lowp");
     let weight = |name: &str| cgroup_inside(&store, name, view, CPU_WEIGHT);
@@ -641,7 +622,7 @@ fn priority_and_cpu_weight_set_the_cgroup_weight_and_nice() {
     assert_eq!(nice("lowp"), "-5");
 
     // An explicit weight, without a priority: nice stays 0.
-    create(&store, "w50", &["--cpu-weight", "50"]);
+    store.create_with("w50", &["--cpu-weight", "50"]);
     store.start("w50");
     assert_eq!(weight("w50"), fifty);
     assert_eq!(nice("w50"), "0");
@@ -661,7 +642,7 @@ fn cpu_time_ends_a_busy_loop() {
     }
     let _cpu = cpu_heavy();
     let store = TestStore::new("cputime");
-    create(&store, "burn", &["--cpu-time", "2"]);
+    store.create_with("burn", &["--cpu-time", "2"]);
     let start = Instant::now();
     let out = try_run(
         store.command(&["run", "burn", "--", "sh", "-c", "while :; do :; done"]),
@@ -689,7 +670,7 @@ fn process_memory_caps_the_address_space_of_each_process() {
         return;
     }
     let store = TestStore::new("procmem");
-    create(&store, "pm", &["--process-memory", "100M"]);
+    store.create_with("pm", &["--process-memory", "100M"]);
     let out = py(&store, "pm", "bytearray(200 * 1024 * 1024)");
     assert_ne!(out.code, 0, "200M under a 100M address-space cap:\n{out}");
     assert!(out.stderr.contains("MemoryError"), "{out}");
@@ -710,7 +691,7 @@ fn changed_rlimits_apply_to_processes_started_afterwards() {
         return;
     }
     let store = TestStore::new("rlimits");
-    create(&store, "fds", &["--open-files", "256", "--cpu-time", "100"]);
+    store.create_with("fds", &["--open-files", "256", "--cpu-time", "100"]);
     store.start("fds");
     let before = background_sleep(&store, "fds", 1004);
 
@@ -747,7 +728,7 @@ fn timeout_stops_the_vm_and_not_before_its_time() {
         return;
     }
     let store = TestStore::new("timeout");
-    create(&store, "brief", &["--timeout", "3s"]);
+    store.create_with("brief", &["--timeout", "3s"]);
 
     // A started VM is stopped, and not before its 3 s (counted from start's
     // invocation, before the VM started; the time it started is kept in whole
@@ -787,7 +768,7 @@ fn a_new_timeout_reaches_a_running_vm() {
         return;
     }
     let store = TestStore::new("retime");
-    create(&store, "long", &["--timeout", "1h"]);
+    store.create_with("long", &["--timeout", "1h"]);
     let started = Instant::now();
     store.start("long");
     // Shortened: the VM stops about 4 s after it started, not in an hour.
@@ -807,7 +788,7 @@ fn a_new_timeout_reaches_a_running_vm() {
     // watch: until a VM started after it with the same timeout, kept, has been
     // stopped by it (load delays both alike).
     config(&store, "long", &["--timeout", "3s"]).ok();
-    create(&store, "witness", &["--timeout", "3s"]);
+    store.create_with("witness", &["--timeout", "3s"]);
     store.start("long");
     store.start("witness");
     config(&store, "long", &["--timeout", "none"]).ok();
@@ -830,8 +811,7 @@ fn a_vm_sees_its_limits_in_proc_and_in_its_read_only_cgroup() {
         return;
     }
     let store = TestStore::new("seen");
-    create(
-        &store,
+    store.create_with(
         "seen",
         &[
             "--memory",
@@ -893,8 +873,7 @@ fn the_policy_file_records_the_limits() {
         return;
     }
     let store = TestStore::new("policy");
-    create(
-        &store,
+    store.create_with(
         "pol",
         &[
             "--memory",
@@ -947,8 +926,7 @@ fn config_none_removes_a_limit() {
         return;
     }
     let store = TestStore::new("none");
-    create(
-        &store,
+    store.create_with(
         "loose",
         &[
             "--memory",
@@ -975,7 +953,7 @@ fn config_none_removes_a_limit() {
     assert!(table.is_empty(), "limits left: {table:?}");
 
     // On a running VM the cgroup limit goes at once.
-    create(&store, "freed", &["--memory", "64M"]);
+    store.create_with("freed", &["--memory", "64M"]);
     store.start("freed");
     let view = view(&store, "freed");
     assert_eq!(cgroup_inside(&store, "freed", view, MEMORY_MAX), "67108864");
@@ -997,8 +975,7 @@ fn sizes_and_durations_take_every_documented_spelling() {
     }
     let store = TestStore::new("spelling");
     // The minimums are accepted.
-    create(
-        &store,
+    store.create_with(
         "mins",
         &[
             "--memory",
@@ -1025,7 +1002,7 @@ fn sizes_and_durations_take_every_documented_spelling() {
     }
 
     // Sizes, as the running VM's cgroup sees them.
-    create(&store, "sz", &["--memory", "512MiB"]);
+    store.create_with("sz", &["--memory", "512MiB"]);
     store.start("sz");
     let view = view(&store, "sz");
     assert_eq!(cgroup_inside(&store, "sz", view, MEMORY_MAX), "536870912");
@@ -1103,8 +1080,8 @@ fn bad_limit_values_are_refused_and_change_nothing() {
         return;
     }
     let store = TestStore::new("badlimits");
-    create(&store, "plain", &["--processes", "64"]);
-    create(&store, "live", &["--processes", "64"]);
+    store.create_with("plain", &["--processes", "64"]);
+    store.create_with("live", &["--processes", "64"]);
     store.start("live");
     let live_init = store.init_pid("live");
 
@@ -1183,7 +1160,7 @@ fn a_throw_away_vm_takes_limits_and_a_named_run_refuses_them() {
         "run --rm --memory 64M:\n{out}"
     );
     // A named VM has its policy: limit flags on its run are an error.
-    create(&store, "named", &[]);
+    store.create_with("named", &[]);
     let out = store
         .fvm(&["run", "--memory", "64M", "named", "--", "true"])
         .code(125);

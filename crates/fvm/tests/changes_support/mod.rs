@@ -12,15 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::common::{Out, TestStore, run};
 
-/// python3 for scripts on the host and in VMs (which see the host's files): the
-/// system one when there is one (a version manager's shim is slower).
-pub fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
+pub use crate::common::python;
 
 /// Python source defining `walk(root, mode)`: one line per path under `root`
 /// ("." first, then depth-first in name order) with its type and permissions,

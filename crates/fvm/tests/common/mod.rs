@@ -32,6 +32,16 @@ pub const WAIT: Duration = Duration::from_secs(15);
 // root check
 
 /// True when the test process runs with effective uid 0.
+/// The python3 run inside VMs and on the host: the distribution's when there is
+/// one (a version manager's shim is slower).
+pub fn python() -> &'static str {
+    if std::path::Path::new("/usr/bin/python3").is_file() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
 pub fn is_root() -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status

@@ -93,8 +93,17 @@ impl TestStore {
     /// `fvm create NAME`, asserting success, and note its cgroups.
     #[track_caller]
     pub fn create(&self, name: &str) {
-        let out = self.fvm(&["create", name]).ok();
-        assert_eq!(out.out(), name);
+        self.create_with(name, &[]);
+    }
+
+    /// `fvm create NAME FLAGS…`, asserting success, and note its cgroups so the
+    /// cleanup checks cover them.
+    #[track_caller]
+    pub fn create_with(&self, name: &str, flags: &[&str]) {
+        let mut args = vec!["create", name];
+        args.extend_from_slice(flags);
+        let out = self.fvm(&args).ok();
+        assert_eq!(out.out(), name, "{out}");
         self.inspect(name);
     }
 

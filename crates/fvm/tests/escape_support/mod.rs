@@ -205,15 +205,7 @@ pub fn assert_kept_caps(status: &BTreeMap<String, String>, who: &str, context: &
 // ---------------------------------------------------------------------------
 // probes inside a VM
 
-/// The python3 run inside VMs and on the host: the distribution's when there is
-/// one (a version manager's shim is slower).
-pub fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
+pub use crate::common::python;
 
 /// True on x86_64, whose system call numbers the probes use; elsewhere prints a
 /// skip line.

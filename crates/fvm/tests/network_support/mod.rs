@@ -34,15 +34,7 @@ pub fn ready(test: &str, tools: &[&str]) -> bool {
         && tools.iter().all(|t| needs_tool(test, t))
 }
 
-/// python3 for scripts on the host and in VMs (which see the host's files): the
-/// system one when there is one (a version manager's shim is slower).
-pub fn python() -> &'static str {
-    if std::path::Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
+pub use crate::common::python;
 
 /// `n` random lowercase hex digits.
 pub fn random_hex(n: usize) -> String {
