@@ -269,7 +269,7 @@ fn run_ended_by_a_stop_says_the_vm_was_stopped() {
             "{phase}: the command's status:\n{out}"
         );
         assert!(
-            out.stderr.contains("was stopped while the command ran"),
+            out.stderr.contains("fvm: stopped: fvm stop"),
             "{phase}: run didn't say the vm was stopped:\n{out}"
         );
         assert_eq!(store.status("rs"), "stopped", "{phase}");

@@ -385,6 +385,8 @@ trait Backend: std::fmt::Debug + Send + Sync {
     fn frozen(&self) -> bool;
     fn usage(&self) -> Usage;
     fn memory_current(&self) -> Option<u64>;
+    /// Processes the OOM killer ended in the cgroup so far.
+    fn oom_kills(&self) -> Option<u64>;
     /// The writes that enforce `limits` (see `limits.rs`); `all` resets unset keys.
     fn limit_writes(&self, limits: &Limits, all: bool) -> Vec<LimitWrite>;
 }
@@ -604,6 +606,14 @@ impl VmCgroup {
     /// Memory in use by the cgroup in bytes, if the memory controller reports it.
     pub fn memory_current(&self) -> Option<u64> {
         self.backend.memory_current()
+    }
+
+    /// How many processes of the VM the kernel's OOM killer has ended since the
+    /// cgroup was made (v2 `memory.events`, v1 `memory.oom_control`), if the
+    /// memory controller reports it. Compared before and after a command, it
+    /// tells an OOM kill from a SIGKILL someone sent.
+    pub fn oom_kills(&self) -> Option<u64> {
+        self.backend.oom_kills()
     }
 }
 

@@ -173,6 +173,40 @@ fn v1_pids_come_from_the_pids_hierarchy() {
 }
 
 #[test]
+fn oom_kills_read_the_version_specific_counter() {
+    let (_tmp, cgroups) = v2_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    assert_eq!(vm.oom_kills(), None, "missing cgroup");
+    vm.create().unwrap();
+    assert_eq!(vm.oom_kills(), None, "memory controller off");
+    fs::write(
+        vm.dirs()[0].join("memory.events"),
+        "low 0\nhigh 0\nmax 12\noom 2\noom_kill 2\noom_group_kill 0\n",
+    )
+    .unwrap();
+    assert_eq!(vm.oom_kills(), Some(2));
+    assert_eq!(vm.usage().oom_kills, Some(2), "stats counts the same");
+
+    let (tmp, cgroups) = v1_fake();
+    let vm = cgroups.vm("vm").unwrap();
+    vm.create().unwrap();
+    fs::write(
+        tmp.path().join("memory/vm/memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n",
+    )
+    .unwrap();
+    assert_eq!(vm.oom_kills(), Some(3));
+    assert_eq!(vm.usage().oom_kills, Some(3));
+    // A kernel older than 4.13 has no counter: unknown, not zero.
+    fs::write(
+        tmp.path().join("memory/vm/memory.oom_control"),
+        "oom_kill_disable 0\nunder_oom 0\n",
+    )
+    .unwrap();
+    assert_eq!(vm.oom_kills(), None);
+}
+
+#[test]
 fn memory_current_reads_the_version_specific_file() {
     let (_tmp, cgroups) = v2_fake();
     let vm = cgroups.vm("vm").unwrap();

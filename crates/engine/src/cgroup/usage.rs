@@ -80,10 +80,24 @@ pub(super) fn v2(dir: &Path) -> Usage {
         processes: number(&dir.join("pids.current")),
         io_read: io.map(|i| i.0),
         io_write: io.map(|i| i.1),
-        oom_kills: control::read(&dir.join("memory.events"))
-            .ok()
-            .and_then(|t| keyed(&t, "oom_kill")),
+        oom_kills: oom_kills_v2(dir),
     }
+}
+
+/// v2: processes the OOM killer ended in the cgroup (`oom_kill` of
+/// `memory.events`).
+pub(super) fn oom_kills_v2(dir: &Path) -> Option<u64> {
+    control::read(&dir.join("memory.events"))
+        .ok()
+        .and_then(|t| keyed(&t, "oom_kill"))
+}
+
+/// v1: the same, from the memory hierarchy's directory; `oom_kill` is in
+/// memory.oom_control since Linux 4.13.
+pub(super) fn oom_kills_v1(memory: &Path) -> Option<u64> {
+    control::read(&memory.join("memory.oom_control"))
+        .ok()
+        .and_then(|t| keyed(&t, "oom_kill"))
 }
 
 /// v1: each figure from the hierarchy of its controller.
@@ -99,10 +113,7 @@ pub(super) fn v1(dir_with: impl Fn(&str) -> Option<std::path::PathBuf>) -> Usage
         processes: file("pids", "pids.current").and_then(|p| number(&p)),
         io_read: io.map(|i| i.0),
         io_write: io.map(|i| i.1),
-        // `oom_kill` is in memory.oom_control since Linux 4.13.
-        oom_kills: file("memory", "memory.oom_control")
-            .and_then(|p| control::read(&p).ok())
-            .and_then(|t| keyed(&t, "oom_kill")),
+        oom_kills: dir_with("memory").and_then(|d| oom_kills_v1(&d)),
     }
 }
 

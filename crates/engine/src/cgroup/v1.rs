@@ -225,6 +225,10 @@ impl Backend for V1Cgroup {
         usage::v1(|c| self.dir_with(c).map(Path::to_path_buf))
     }
 
+    fn oom_kills(&self) -> Option<u64> {
+        usage::oom_kills_v1(self.dir_with("memory")?)
+    }
+
     fn memory_current(&self) -> Option<u64> {
         let dir = self.dir_with("memory")?;
         control::read(&dir.join("memory.usage_in_bytes"))

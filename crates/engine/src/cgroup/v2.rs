@@ -171,6 +171,10 @@ impl Backend for V2Cgroup {
         usage::v2(&self.dir)
     }
 
+    fn oom_kills(&self) -> Option<u64> {
+        usage::oom_kills_v2(&self.dir)
+    }
+
     fn memory_current(&self) -> Option<u64> {
         control::read(&self.dir.join("memory.current"))
             .ok()?

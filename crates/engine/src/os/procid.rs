@@ -73,7 +73,7 @@ fn is_nested_pid1(pid: i32) -> bool {
 }
 
 /// Whether any of the process's cgroups (v1 or v2 lines) is `/<leaf>`.
-fn in_cgroup(pid: i32, leaf: &str) -> bool {
+pub fn in_cgroup(pid: i32, leaf: &str) -> bool {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return false;
     };
@@ -90,6 +90,11 @@ pub struct Stat {
     pub comm: Vec<u8>,
     /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
     pub state: u8,
+    /// Field 6: the session id, as the reader's pid namespace shows it (0 when
+    /// the session's leader is in a namespace it can't see).
+    pub session: i32,
+    /// Field 7: the controlling terminal's device number, 0 for none.
+    pub tty: u32,
     /// Fields 14 and 15: CPU time in user and kernel mode, in clock ticks.
     pub utime: u64,
     pub stime: u64,
@@ -131,6 +136,11 @@ pub fn parse_stat(line: &[u8]) -> Option<Stat> {
     Some(Stat {
         comm,
         state,
+        session: field(6)?.parse().ok()?,
+        tty: field(7)?
+            .parse::<i64>()
+            .ok()
+            .and_then(|t| u32::try_from(t).ok())?,
         utime: number(14)?,
         stime: number(15)?,
         start_time: number(22)?,
@@ -184,6 +194,7 @@ mod tests {
         let s = parse_stat(line).unwrap();
         assert_eq!(s.comm, b"a) b (c)");
         assert_eq!(s.state, b'S');
+        assert_eq!((s.session, s.tty), (1234, 0));
         assert_eq!((s.utime, s.stime), (1, 2));
         assert_eq!(s.start_time, 987654);
         assert_eq!(s.rss, 10);
@@ -191,6 +202,11 @@ mod tests {
         let s = parse_stat(odd).unwrap();
         assert_eq!(s.comm, b"\xff) 1 2 (3");
         assert_eq!((s.state, s.start_time, s.rss), (b'R', 42, 3));
+        let on_pty = b"9 (bash) S 1 9 9 34817 9 0 0 0 0 0 5 6 0 0 20 0 1 0 42 0 3\n";
+        assert_eq!(
+            parse_stat(on_pty).map(|s| (s.session, s.tty)),
+            Some((9, 34817))
+        );
         assert!(parse_stat(b"7 (x) S 1 2\n").is_none());
     }
 

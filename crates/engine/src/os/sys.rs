@@ -260,6 +260,55 @@ pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     }
 }
 
+/// A child that ended, as `wait4` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reaped {
+    pub pid: Pid,
+    /// The raw wait status (`WIFEXITED`, `WTERMSIG`, ... read it).
+    pub status: i32,
+    /// The CPU time it used, user and system: what RLIMIT_CPU counts.
+    pub cpu: std::time::Duration,
+}
+
+/// Reap a child of this process that ended: `pid`, or any child with `None`;
+/// with `nohang`, `Ok(None)` while none has. Like `waitpid`, plus the child's CPU
+/// time, which only `wait4` reports once the child is gone.
+pub fn reap(pid: Option<Pid>, nohang: bool) -> io::Result<Option<Reaped>> {
+    let who = pid.map_or(-1, |p| p.as_raw_nonzero().get());
+    let flags = if nohang { libc::WNOHANG } else { 0 };
+    loop {
+        let mut status: libc::c_int = 0;
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `status` and `usage` are writable and of the types wait4 fills
+        // in, and both outlive the call.
+        let got = unsafe { libc::wait4(who, &mut status, flags, usage.as_mut_ptr()) };
+        if got < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        let Some(pid) = Pid::from_raw(got) else {
+            return Ok(None);
+        };
+        // SAFETY: all-zero bytes are a valid rusage (it is only integers), and
+        // wait4 filled it in besides.
+        let usage = unsafe { usage.assume_init() };
+        let time = |t: libc::timeval| {
+            std::time::Duration::new(
+                u64::try_from(t.tv_sec).unwrap_or(0),
+                u32::try_from(t.tv_usec).unwrap_or(0).saturating_mul(1000),
+            )
+        };
+        return Ok(Some(Reaped {
+            pid,
+            status,
+            cpu: time(usage.ru_utime).saturating_add(time(usage.ru_stime)),
+        }));
+    }
+}
+
 /// End this process at once: no destructors, no atexit handlers, no flushing of
 /// buffers copied from the parent. For a VM's init, which ends from deep inside
 /// its loop; every other forked child just returns its code to [`spawn_in`].

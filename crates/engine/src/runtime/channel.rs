@@ -28,15 +28,34 @@ impl Exit {
     pub fn code(self) -> i32 {
         match self {
             Exit::Code(c) => c,
-            Exit::Signal(s) => 128 + s,
+            Exit::Signal(s) => s.saturating_add(128),
         }
     }
 
-    pub fn from_wait(status: rustix::process::WaitStatus) -> Exit {
-        match (status.exit_status(), status.terminating_signal()) {
-            (Some(c), _) => Exit::Code(c),
-            (None, Some(s)) => Exit::Signal(s),
-            _ => Exit::Code(255),
+    /// From a raw wait status (see [`crate::os::sys::reap`]).
+    pub fn from_raw(status: i32) -> Exit {
+        if libc::WIFEXITED(status) {
+            Exit::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            Exit::Signal(libc::WTERMSIG(status))
+        } else {
+            Exit::Code(255)
+        }
+    }
+
+    /// The exit status, if it exited.
+    pub fn status(self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(c),
+            Exit::Signal(_) => None,
+        }
+    }
+
+    /// The signal that ended it, if one did.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            Exit::Code(_) => None,
+            Exit::Signal(s) => Some(s),
         }
     }
 }
@@ -56,12 +75,17 @@ pub enum Msg {
     ExecFailed { program: String, errno: i32 },
     /// init → fvm: the command ended; `last` if nothing else runs in the VM, so the
     /// init is exiting too; `timed_out` if the init was stopping the VM because its
-    /// timeout ran out.
+    /// timeout ran out; `outside` the stop signal the init got from outside the
+    /// VM, if one came; `cpu_ms` the CPU time the command used.
     Exited {
         exit: Exit,
         last: bool,
         #[serde(default)]
         timed_out: bool,
+        #[serde(default)]
+        outside: Option<i32>,
+        #[serde(default)]
+        cpu_ms: Option<u64>,
     },
 }
 
@@ -162,6 +186,8 @@ mod tests {
                 exit: Exit::Signal(9),
                 last: true,
                 timed_out: true,
+                outside: Some(15),
+                cpu_ms: Some(1500),
             },
             None,
         )
@@ -176,6 +202,8 @@ mod tests {
                 exit: Exit::Signal(9),
                 last: true,
                 timed_out: true,
+                outside: Some(15),
+                cpu_ms: Some(1500),
             }
         );
         assert!(fd.is_none());
@@ -187,5 +215,7 @@ mod tests {
     fn exit_codes_follow_the_shell() {
         assert_eq!(Exit::Code(3).code(), 3);
         assert_eq!(Exit::Signal(15).code(), 143);
+        assert_eq!(Exit::from_raw(3 << 8), Exit::Code(3));
+        assert_eq!(Exit::from_raw(9), Exit::Signal(9));
     }
 }

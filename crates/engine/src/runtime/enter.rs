@@ -39,8 +39,41 @@ pub enum EnterError {
     Cover(String),
 }
 
+/// This process's own namespaces, to come back to after starting a command in a
+/// VM: opened from the host's `/proc` before entering, so nothing of the VM can
+/// stand in for them.
+struct Home(Vec<OwnedFd>);
+
+impl Home {
+    const KINDS: [&'static str; 5] = ["mnt", "pid", "ipc", "uts", "net"];
+
+    fn open() -> std::io::Result<Home> {
+        Home::KINDS
+            .iter()
+            .map(|kind| {
+                rustix::fs::open(
+                    format!("/proc/self/ns/{kind}"),
+                    rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+                    rustix::fs::Mode::empty(),
+                )
+                .map_err(Into::into)
+            })
+            .collect::<std::io::Result<_>>()
+            .map(Home)
+    }
+
+    fn go_back(&self) -> std::io::Result<()> {
+        for fd in &self.0 {
+            rustix::thread::move_into_link_name_space(fd.as_fd(), None)?;
+        }
+        Ok(())
+    }
+}
+
 /// Enter the VM and start `spec`. Returns the command's pid (our child) and the pty
-/// master if it has one. Afterwards this process lives in the VM's namespaces.
+/// master if it has one. Afterwards this process is back in the host's
+/// namespaces (the command's pid is as the host sees it), so that after the
+/// command it reaches the store again: to record how the command ended.
 pub fn enter(
     init: &ProcId,
     cgroup: &VmCgroup,
@@ -52,6 +85,28 @@ pub fn enter(
         .map_err(EnterError::Init)?
         .ok_or(EnterError::NotRunning)?;
     let entry = cgroup.entry()?;
+    let home = Home::open().map_err(EnterError::Setns)?;
+    let started = start_inside(&handle, &entry, spec, stdio, pipes);
+    // Back home whatever happened inside. A process that can't come back must
+    // not go on with the VM's view of files: it ends here, and its command with it.
+    if let Err(e) = home.go_back() {
+        if let Ok((pid, _)) = &started {
+            let _ = rustix::process::kill_process(*pid, rustix::process::Signal::KILL);
+        }
+        eprintln!("fvm: cannot come back from the vm's namespaces: {e}");
+        crate::os::sys::exit_now(125);
+    }
+    started
+}
+
+/// The part of [`enter`] inside the VM's namespaces.
+fn start_inside(
+    handle: &InitHandle,
+    entry: &crate::cgroup::Entry,
+    spec: &CommandSpec,
+    stdio: &StdioPlan,
+    pipes: Pipes<'_>,
+) -> Result<(Pid, Option<OwnedFd>), EnterError> {
     rustix::thread::move_into_thread_name_spaces(
         handle.pidfd().as_fd(),
         Ns::MOUNT

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::{Pid, WaitOptions};
+use rustix::process::Pid;
 
 use super::channel::{Channel, Exit, Msg};
 use super::command::{self, SpawnError};
@@ -69,6 +69,7 @@ pub(super) fn run(
         deadline: spec.timeout.map(|s| started + Duration::from_secs(s)),
         kill_at: None,
         timed_out: false,
+        outside: None,
     };
     if let Some(cmd) = &spec.command {
         init.start_command(cmd, &spec.stdio, pipes);
@@ -197,6 +198,9 @@ struct Init {
     /// When the processes that ignored the timeout's SIGTERM get SIGKILL.
     kill_at: Option<Instant>,
     timed_out: bool,
+    /// The first stop signal that came from outside the VM (a sender the VM's
+    /// pid namespace doesn't show: `fvm stop`, the host shutting down).
+    outside: Option<i32>,
 }
 
 impl Init {
@@ -307,6 +311,11 @@ impl Init {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
                 if sig != Signal::SIGUSR1 && sig != Signal::SIGUSR2 {
                     self.stopping = true;
+                    // A process of the VM that signals its init shows its pid;
+                    // one outside the VM's pid namespace shows as 0.
+                    if info.ssi_pid == 0 {
+                        self.outside.get_or_insert(sig as i32);
+                    }
                 }
             }
             let (no_children, command_exit) = self.reap();
@@ -316,7 +325,7 @@ impl Init {
             } else {
                 Vec::new()
             };
-            if let Some(exit) = command_exit {
+            if let Some((exit, cpu)) = command_exit {
                 let last = no_children && others.is_empty();
                 let timed_out = self.timed_out;
                 self.send(
@@ -324,6 +333,8 @@ impl Init {
                         exit,
                         last,
                         timed_out,
+                        outside: self.outside,
+                        cpu_ms: u64::try_from(cpu.as_millis()).ok(),
                     },
                     None,
                 );
@@ -363,19 +374,18 @@ impl Init {
     }
 
     /// Reap every exited child. Returns whether no child is left, and how the first
-    /// command ended if it just did.
-    fn reap(&mut self) -> (bool, Option<Exit>) {
+    /// command ended (with the CPU time it used) if it just did.
+    fn reap(&mut self) -> (bool, Option<(Exit, Duration)>) {
         let mut command_exit = None;
         loop {
-            match rustix::process::wait(WaitOptions::NOHANG) {
-                Ok(Some((pid, status))) => {
-                    if Some(pid) == self.command {
+            match sys::reap(None, true) {
+                Ok(Some(child)) => {
+                    if Some(child.pid) == self.command {
                         self.command = None;
-                        command_exit = Some(Exit::from_wait(status));
+                        command_exit = Some((Exit::from_raw(child.status), child.cpu));
                     }
                 }
                 Ok(None) => return (false, command_exit),
-                Err(rustix::io::Errno::INTR) => {}
                 Err(_) => return (true, command_exit),
             }
         }

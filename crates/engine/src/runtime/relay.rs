@@ -8,11 +8,12 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use rustix::event::{PollFd, PollFlags};
-use rustix::process::{Pid, WaitOptions};
+use rustix::process::Pid;
 use rustix::termios::{self, OptionalActions, Termios};
 
 use super::channel::{Channel, Exit, Msg};
@@ -37,6 +38,10 @@ pub struct Outcome {
     pub vm_ended: bool,
     /// The VM was being stopped because its timeout ran out.
     pub timed_out: bool,
+    /// The stop signal the VM's init got from outside the VM, if one came.
+    pub outside: Option<i32>,
+    /// The CPU time the command used, where known.
+    pub cpu: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,13 +216,13 @@ pub fn run(
         if !ready[1].is_empty() {
             let outcome = match (&pidfd, &chan) {
                 (Some(_), _) => {
-                    let status = rustix::process::waitpid(Some(target), WaitOptions::empty())
-                        .map_err(io::Error::from)?;
-                    let exit = status.map_or(Exit::Code(255), |(_, s)| Exit::from_wait(s));
+                    let child = crate::os::sys::reap(Some(target), false)?;
                     Some(Outcome {
-                        exit,
+                        exit: child.map_or(Exit::Code(255), |c| Exit::from_raw(c.status)),
                         vm_ended: false,
                         timed_out: false,
+                        outside: None,
+                        cpu: child.map(|c| c.cpu),
                     })
                 }
                 (None, Some(c)) => r.message(c)?,
@@ -290,12 +295,16 @@ impl Relay {
                     exit,
                     last,
                     timed_out,
+                    outside,
+                    cpu_ms,
                 },
                 _,
             )) => Ok(Some(Outcome {
                 exit,
                 vm_ended: last,
                 timed_out,
+                outside,
+                cpu: cpu_ms.map(Duration::from_millis),
             })),
             Some((Msg::ExecFailed { program, errno }, _)) => {
                 Err(SpawnError::from_errno(program, errno).into())

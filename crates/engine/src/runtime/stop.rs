@@ -1,6 +1,9 @@
-//! Stop a VM: SIGTERM to its init (which passes it to every process of the VM),
-//! then SIGKILL after the grace time. When a pid namespace's init dies, the kernel
-//! kills every other process in it, so nothing of the VM survives.
+//! Stop a VM as a host shuts down: first hang up every terminal session in it
+//! (SIGHUP to each session leader that has a pty, as a logout does: an
+//! interactive shell ignores SIGTERM but ends on a hangup), then SIGTERM to its
+//! init (which passes it to every process of the VM), then SIGKILL after the
+//! grace time. When a pid namespace's init dies, the kernel kills every other
+//! process in it, so nothing of the VM survives.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -96,6 +99,45 @@ pub fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// The major device numbers of Unix98 pty slaves (`/dev/pts/N`).
+const PTY_SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
+
+/// Hang up every terminal session among `pids` (host pids of the VM's cgroup):
+/// SIGHUP then SIGCONT, as the kernel sends a session leader when its terminal
+/// hangs up, to each process that leads a session and has a pty as its
+/// controlling terminal. Returns how many were hung up.
+///
+/// Each process is signalled through a pidfd opened before it is checked (its
+/// cgroup is `leaf`, it leads its session, its terminal is a pty), so a pid the
+/// VM's process left behind and the host reused is never signalled.
+pub fn hang_up_sessions(pids: &[i32], leaf: &str) -> usize {
+    pids.iter()
+        .filter(|&&pid| {
+            let Some(id) = Pid::from_raw(pid) else {
+                return false;
+            };
+            let Ok(pidfd) = rustix::process::pidfd_open(id, PidfdFlags::empty()) else {
+                return false;
+            };
+            if !crate::os::procid::in_cgroup(pid, leaf) || !leads_a_pty_session(pid) {
+                return false;
+            }
+            let hung_up = rustix::process::pidfd_send_signal(&pidfd, Signal::HUP).is_ok();
+            let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::CONT);
+            hung_up
+        })
+        .count()
+}
+
+/// Whether `pid` leads its session and has a pty slave as its controlling
+/// terminal (fields 6 and 7 of /proc/PID/stat, as the host sees them).
+fn leads_a_pty_session(pid: i32) -> bool {
+    crate::os::procid::read_stat(pid).is_ok_and(|stat| {
+        let major = (stat.tty >> 8) & 0xfff;
+        stat.session == pid && PTY_SLAVE_MAJORS.contains(&major)
+    })
 }
 
 /// Stop the VM whose init is `init`, waiting at most `grace` before killing it.

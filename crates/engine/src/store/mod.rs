@@ -12,6 +12,7 @@
 //! `rename` into the trash first, so a crash never leaves a half-made VM in `list`.
 
 mod create;
+pub mod end;
 mod name;
 mod policy;
 mod state;
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use crate::os::files;
 pub use crate::os::files::Lock;
+pub use end::{Cause, End, Subject};
 pub use name::{NameError, VmName};
 pub use policy::{Policy, PolicyError};
 pub use state::{StartMode, State, StateError, Status};

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::end::End;
 use crate::os::procid::ProcId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -45,6 +46,18 @@ pub struct State {
     /// in the init, for changes to the running VM such as a new timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_fd: Option<i32>,
+    /// `fvm stop` is ending this VM: written before its first signal, so that
+    /// an init found gone with this set was stopped by fvm, and one found gone
+    /// without it ended some other way (see [`End`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stopping: bool,
+    /// How the last command `fvm run` waited for, or the VM itself, ended.
+    #[serde(
+        default,
+        deserialize_with = "super::end::lenient",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub end: Option<End>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,10 +117,12 @@ impl State {
         }
     }
 
-    /// The state a stopped VM is left in (keeping whether it is temporary).
-    pub fn stopped(&self) -> State {
+    /// The state a stopped VM is left in (keeping whether it is temporary), and
+    /// how it ended.
+    pub fn stopped(&self, end: Option<End>) -> State {
         State {
             temporary: self.temporary,
+            end: end.or_else(|| self.end.clone()),
             ..State::default()
         }
     }
@@ -138,6 +153,20 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_end_leaves_the_rest_of_the_state() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("state.json");
+        std::fs::write(
+            &p,
+            r#"{"status": "stopped", "temporary": true, "end": {"cause": "\u001b]0;pwned", "of": "vm"}}"#,
+        )
+        .unwrap();
+        let st = State::load(&p).unwrap();
+        assert!(st.temporary);
+        assert_eq!(st.end, None);
+    }
+
+    #[test]
     fn round_trip_and_a_dead_init_is_not_live() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("state.json");
@@ -152,11 +181,18 @@ mod tests {
             started_at: Some("2026-01-01T00:00:00Z".into()),
             temporary: true,
             control_fd: Some(7),
+            stopping: true,
+            end: Some(crate::store::end::End::now(
+                crate::store::end::Cause::Oom,
+                crate::store::end::Subject::Vm,
+            )),
         };
         st.save(&p).unwrap();
         let back = State::load(&p).unwrap();
         assert_eq!(back, st);
         assert!(back.live_init("fvm-x-y").is_none());
-        assert!(back.stopped().temporary);
+        assert!(back.stopped(None).temporary);
+        assert_eq!(back.stopped(None).end, st.end);
+        assert!(!back.stopped(None).stopping);
     }
 }

@@ -44,6 +44,8 @@ pub struct VmInfo {
     pub created: Option<String>,
     pub started_at: Option<String>,
     pub mode: Option<StartMode>,
+    /// How the last command `fvm run` waited for, or the VM itself, ended.
+    pub end: Option<crate::store::End>,
     pub temporary: bool,
     pub init: Option<ProcId>,
     /// Host pids in the VM's cgroup.
@@ -154,6 +156,16 @@ impl Engine {
                 .filter(|_| running)
                 .and_then(|s| s.started_at.clone()),
             mode: state.as_ref().filter(|_| running).and_then(|s| s.mode),
+            end: state.as_ref().and_then(|s| match s.status {
+                // Its init is gone and no command has cleaned up yet: what the
+                // next one will record.
+                crate::store::Status::Running if !running => Some(super::gone_end(
+                    s,
+                    policy.as_ref(),
+                    std::time::SystemTime::now(),
+                )),
+                _ => s.end.clone(),
+            }),
             temporary,
             processes: cgroup
                 .as_ref()

@@ -15,7 +15,9 @@ use crate::runtime::enter;
 use crate::runtime::launch::{self, LaunchSpec, Launched};
 use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::runtime::stop::{self, Stopped};
-use crate::store::{Policy, StartMode, State, StateError, Status, VmDir, VmName};
+use crate::store::{
+    Cause, End, Policy, StartMode, State, StateError, Status, Subject, VmDir, VmName,
+};
 
 /// What `create` takes besides the name.
 #[derive(Debug, Clone, Default)]
@@ -341,6 +343,9 @@ impl Engine {
                     ),
                     temporary,
                     control_fd: Some(launched.control_fd),
+                    stopping: false,
+                    // How it ended last time stays for `inspect` until it ends again.
+                    end: vm.load_state().ok().and_then(|s| s.end),
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
@@ -430,25 +435,50 @@ impl Engine {
                 );
                 self.unfreeze(name, &cgroup)?;
                 cgroup.kill_all().map_err(VmError::cgroup(name))?;
-                self.reconcile(&vm)?;
+                let end = End {
+                    killed: Some(true),
+                    ..End::now(Cause::Stop, Subject::Vm)
+                };
+                self.reconcile_with(&vm, Some(end))?;
                 return Ok(Stopped::Killed);
             }
             Err(source) => {
                 return Err(VmError::state(name)(source));
             }
         };
-        let init = state.live_init(&self.cgroup_leaf(name));
+        let leaf = self.cgroup_leaf(name);
+        let init = state.live_init(&leaf);
+        let mut hung_up = 0;
         if init.is_some() {
-            self.unfreeze(name, &self.cgroup(name)?)?;
+            let cgroup = self.cgroup(name)?;
+            self.unfreeze(name, &cgroup)?;
+            // Recorded before the first signal: whoever finds the init gone
+            // (this command, a `run` whose command it ends, the watcher) knows
+            // fvm stopped it.
+            self.save_state(
+                &vm,
+                &State {
+                    stopping: true,
+                    ..state.clone()
+                },
+            )?;
+            if !grace.is_zero() {
+                hung_up = stop::hang_up_sessions(&cgroup.pids().unwrap_or_default(), &leaf);
+            }
         }
         let outcome = match init {
             Some(init) => stop::stop(init, grace).map_err(VmError::stop(name))?,
             None => Stopped::NotRunning,
         };
+        let end = (outcome != Stopped::NotRunning).then(|| End {
+            hung_up: Some(u32::try_from(hung_up).unwrap_or(u32::MAX)),
+            killed: Some(outcome == Stopped::Killed),
+            ..End::now(Cause::Stop, Subject::Vm)
+        });
         // Cleans up after the init, the VM's firewall rules included. The VM has
         // stopped either way: a cleanup that fails now (a full disk) is reported,
         // and the next command on the VM finishes it.
-        if let Err(e) = self.reconcile(&vm) {
+        if let Err(e) = self.reconcile_with(&vm, end) {
             if outcome == Stopped::NotRunning {
                 return Err(e);
             }

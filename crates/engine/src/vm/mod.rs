@@ -20,6 +20,7 @@ mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 /// What the `run` and `stop` of the CLI hand to and get from the engine.
 pub use crate::runtime::stop::Stopped;
@@ -30,6 +31,7 @@ pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
 pub use processes::VmProcess;
+pub use run::Ended;
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
@@ -37,7 +39,10 @@ use crate::runtime::command::SpawnError;
 use crate::runtime::enter::EnterError;
 use crate::runtime::launch::LaunchError;
 use crate::runtime::relay::RelayError;
-use crate::store::{NameError, PolicyError, State, StateError, Store, StoreError, VmDir, VmName};
+use crate::store::{
+    Cause, End, NameError, PolicyError, State, StateError, Store, StoreError, Subject, VmDir,
+    VmName,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -364,6 +369,13 @@ impl Engine {
 
     /// Make the state file tell the truth. The caller holds the VM's lock.
     fn reconcile(&self, vm: &VmDir) -> Result<State, VmError> {
+        self.reconcile_with(vm, None)
+    }
+
+    /// [`Engine::reconcile`], recording `end` as how the VM ended if it is found
+    /// gone (a command's end that was its VM's, or a stop's); without one, how it
+    /// ended is worked out from the state (see [`gone_end`]).
+    fn reconcile_with(&self, vm: &VmDir, end: Option<End>) -> Result<State, VmError> {
         // A VM left frozen by a command of fvm's that died is thawed first.
         self.thaw_abandoned(vm)?;
         let state = match vm.load_state() {
@@ -397,7 +409,14 @@ impl Engine {
             if let Some(policy) = &policy {
                 self.settle_volatile(vm, &vm.layers_path(policy))?;
             }
-            let stopped = state.stopped();
+            let end = match (end, state.status) {
+                (Some(end), _) => Some(end),
+                (None, crate::store::Status::Running) => {
+                    Some(gone_end(&state, policy.as_ref(), SystemTime::now()))
+                }
+                (None, crate::store::Status::Stopped) => None,
+            };
+            let stopped = state.stopped(end);
             self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
             if let Some(policy) = &policy {
@@ -484,4 +503,30 @@ impl Engine {
         cgroup.kill_all().map_err(wrap)?;
         cgroup.remove().map_err(wrap)
     }
+}
+
+/// How a VM whose init is found gone ended, when no command of fvm's saw it end:
+/// `fvm stop` if the state says a stop was under way; its timeout if that had run
+/// out by now (the init ends the VM then, and nobody else is told); else
+/// something outside fvm (the host shutting down, or a kill of the init).
+fn gone_end(state: &State, policy: Option<&crate::store::Policy>, now: SystemTime) -> End {
+    if state.stopping {
+        return End::now(Cause::Stop, Subject::Vm);
+    }
+    let timeout = policy.and_then(|p| p.limits.timeout);
+    let started = state
+        .started_at
+        .as_deref()
+        .and_then(|t| humantime::parse_rfc3339(t).ok());
+    if let (Some(timeout), Some(started)) = (timeout, started)
+        && started
+            .checked_add(std::time::Duration::from_secs(timeout.0))
+            .is_some_and(|deadline| deadline <= now)
+    {
+        return End {
+            limit: Some(timeout.0),
+            ..End::now(Cause::Timeout, Subject::Vm)
+        };
+    }
+    End::now(Cause::Outside, Subject::Vm)
 }

@@ -4,6 +4,8 @@
 //! started for the command; its init runs the command and exits once the last
 //! process of the VM has, and this process then cleans up after it.
 
+use std::time::Duration;
+
 use rustix::process::Pid;
 
 use super::{Engine, VmError};
@@ -13,11 +15,11 @@ use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::relay::{self, Outcome, Waited};
 use crate::runtime::stdio::{self, CallerEnds, StdioPlan};
-use crate::store::{Policy, StartMode, State, VmDir, VmName};
+use crate::store::{Cause, End, Policy, StartMode, State, Subject, VmDir, VmName};
 
 impl Engine {
     /// Run `spec` in VM `name` and return how it ended.
-    pub fn run(&self, name: &VmName, mut spec: CommandSpec) -> Result<Exit, VmError> {
+    pub fn run(&self, name: &VmName, mut spec: CommandSpec) -> Result<Ended, VmError> {
         let vm = self.vm(name)?;
         let lock = vm.lock()?;
         // Blocked only now, so ^C still ends a command that waits for the lock; from
@@ -42,52 +44,67 @@ impl Engine {
             // namespaces): a watcher started from it must run outside every VM. (A
             // stopped VM's start makes sure of it itself.)
             self.keep_watcher();
-            // Kept open, to learn after the command whether a stop of the VM ended
-            // it: past the namespaces' switch the store can't be reached by path.
-            let init_fd = rustix::process::pidfd_open(
-                rustix::process::Pid::from_raw(init.pid).ok_or(VmError::NotRunning {
-                    name: name.to_string(),
-                })?,
-                rustix::process::PidfdFlags::empty(),
-            )
-            .ok();
             // The lock is held until the command runs in the VM: `suspend` (and
             // a commit's freeze) take it, so the VM can't be frozen while the
             // command is half-way in (in the freezer's cgroup but not yet in the
             // others), which would leave it, and this command, frozen outside the
             // VM's accounting until someone resumed the VM. Then it is let go, its
             // file kept open to take it again after the command.
+            let oom_before = cgroup.oom_kills();
             let entered = enter::enter(init, &cgroup, &spec, &stdio, ends.command_pipes());
             let unlocked = lock.unlock().ok();
             let (pid, master) = entered.map_err(VmError::enter(name))?;
             ends.release_command_ends();
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
-            if killed(outcome.exit)
-                && let (Some(unlocked), Some(init_fd)) = (unlocked, init_fd)
-            {
-                // Ended by SIGTERM or SIGKILL: if that was a stop of the whole VM,
-                // say so. A stop holds the VM's lock until the VM's init is gone.
-                let _lock = unlocked.lock();
-                let mut fds = [rustix::event::PollFd::new(
-                    &init_fd,
-                    rustix::event::PollFlags::IN,
-                )];
-                // A VM that ends kills what is left in it before its init is gone:
-                // give the init a moment to finish.
-                let moment = rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 250_000_000,
-                };
-                let init_gone = rustix::event::poll(&mut fds, Some(&moment)).is_ok_and(|n| n > 0);
-                if init_gone {
-                    warn_stopped(name, outcome.exit);
-                }
+            let seen = Seen {
+                oom_kills: (oom_before, cgroup.oom_kills()),
+                ..Seen::of(&outcome)
+            };
+            let mut end = judge(&seen, &policy.limits);
+            // Taken again to record the end. A stop holds the lock until the VM's
+            // init is gone, so a command a stop ended finds the stop's record.
+            let _lock = unlocked.and_then(|u| u.lock().ok());
+            if _lock.is_some() {
+                end = self.record_command_end(&vm, init, end, killed(outcome.exit));
             }
-            return Ok(outcome.exit);
+            return Ok(Ended {
+                exit: outcome.exit,
+                end,
+            });
         }
-        let outcome = self.run_cold(&vm, &policy, (spec, stdio, ends), lock, false, &signals)?;
-        Ok(outcome.exit)
+        self.run_cold(&vm, &policy, (spec, stdio, ends), lock, false, &signals)
+    }
+
+    /// After a command in a running VM ended, with the VM's lock held: if the VM
+    /// ended too (the command died of a stop signal and the init is gone), how the
+    /// VM ended is the command's end; else `end` is recorded as the VM's last.
+    fn record_command_end(&self, vm: &VmDir, init: &ProcId, end: End, stop_signal: bool) -> End {
+        // A VM that ends kills what is left in it before its init is gone: give
+        // the init a moment to finish.
+        let init_gone = stop_signal
+            && match crate::runtime::stop::InitHandle::open(init) {
+                Ok(Some(handle)) => handle.wait(Duration::from_millis(250)).unwrap_or(false),
+                Ok(None) => true,
+                Err(_) => false,
+            };
+        if init_gone {
+            return match self.reconcile(vm) {
+                Ok(State {
+                    end: Some(vm_end), ..
+                }) => vm_end.said_of(Subject::Command),
+                _ => end,
+            };
+        }
+        if let Ok(mut state) = vm.load_state()
+            && state.init.as_ref() == Some(init)
+        {
+            state.end = Some(end.clone());
+            if let Err(e) = self.save_state(vm, &state) {
+                tracing::debug!(vm = %vm.name(), "cannot record the command's end: {}", crate::error_line(&e));
+            }
+        }
+        end
     }
 
     /// Start a stopped VM for one command. `lock` is released once the VM runs.
@@ -99,8 +116,9 @@ impl Engine {
         lock: crate::store::Lock,
         temporary: bool,
         signals: &nix::sys::signal::SigSet,
-    ) -> Result<Outcome, VmError> {
+    ) -> Result<Ended, VmError> {
         let name = vm.name();
+        let cgroup = self.cgroup(name)?;
         let (launched, init) = self.launch(
             vm,
             policy,
@@ -111,6 +129,7 @@ impl Engine {
         // The init has its own copies of the command's pipe ends.
         ends.release_command_ends();
         let pid = launched.pid;
+        let oom_before = cgroup.oom_kills();
         drop(lock);
         let result = relay::run(
             Waited::Init {
@@ -121,6 +140,14 @@ impl Engine {
             signals,
             ends,
         );
+        // Read before the cleanup below removes the cgroup.
+        let mut end = result.as_ref().ok().map(|o| {
+            let seen = Seen {
+                oom_kills: (oom_before, cgroup.oom_kills()),
+                ..Seen::of(o)
+            };
+            judge(&seen, &policy.limits)
+        });
         // The init exits by itself when nothing else runs in the VM (or the command
         // could not start); then reap it and clean up. If processes remain (a daemon
         // the command started), the VM keeps running until they end or `fvm stop`.
@@ -130,15 +157,10 @@ impl Engine {
         };
         tracing::debug!(vm = %name, ?result, "command ended");
         if ended {
-            match self.finish(vm, pid, &init) {
-                Ok(by_another) => {
+            match self.finish(vm, pid, &init, end.as_ref()) {
+                Ok(recorded) => {
                     tracing::debug!(vm = %name, "vm stopped and cleaned up");
-                    if let Ok(o) = &result
-                        && by_another
-                        && killed(o.exit)
-                    {
-                        warn_stopped(name, o.exit);
-                    }
+                    end = recorded.or(end);
                 }
                 // The command has run and the VM has stopped: that is the job, and
                 // its status is what this command reports. What is left (the state
@@ -149,33 +171,59 @@ impl Engine {
                 ),
                 Err(e) => return Err(e),
             }
-        }
-        if let Ok(o) = &result
-            && o.timed_out
+        } else if let Some(e) = end.take()
+            && let Ok(_lock) = vm.lock()
         {
-            let limit = policy
-                .limits
-                .timeout
-                .map(|t| t.to_string())
-                .unwrap_or_default();
-            tracing::warn!("vm {name} was stopped: its timeout of {limit} ran out");
+            end = Some(self.record_command_end(vm, &init, e, false));
         }
-        result.map_err(|e| self.relay_error(name, e))
+        let outcome = result.map_err(|e| self.relay_error(name, e))?;
+        Ok(Ended {
+            exit: outcome.exit,
+            end: end.unwrap_or_else(|| {
+                End::of_exit(
+                    Subject::Command,
+                    outcome.exit.status(),
+                    outcome.exit.signal(),
+                )
+            }),
+        })
     }
 
     /// After a VM started by this process has exited: reap its init and clean up,
-    /// unless another command already did (the state names a different init).
-    /// True when another command had (a stop).
-    fn finish(&self, vm: &VmDir, pid: Pid, init: &ProcId) -> Result<bool, VmError> {
+    /// recording `end` (the command's) as how the VM ended, unless another command
+    /// already did (the state names a different init). Returns the end a stop
+    /// recorded, when it was one that ended the VM.
+    fn finish(
+        &self,
+        vm: &VmDir,
+        pid: Pid,
+        init: &ProcId,
+        end: Option<&End>,
+    ) -> Result<Option<End>, VmError> {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
         tracing::debug!(vm = %vm.name(), "init exited");
         let _lock = vm.lock()?;
-        let state = self.load_state(vm)?;
+        let mut state = self.load_state(vm)?;
         if state.init.as_ref() == Some(init) {
-            self.reconcile(vm)?;
-            return Ok(false);
+            self.reconcile_with(vm, end.map(|e| e.said_of(Subject::Vm)))?;
+            return Ok(None);
         }
-        Ok(true)
+        // Cleaned up by a stop (its record says so), or by the store's watcher,
+        // which can't know how the command ended: this command does.
+        match state.end {
+            Some(recorded) if recorded.cause == Cause::Stop => {
+                Ok(Some(recorded.said_of(Subject::Command)))
+            }
+            _ => {
+                if let Some(end) = end
+                    && state.status == crate::store::Status::Stopped
+                {
+                    state.end = Some(end.said_of(Subject::Vm));
+                    self.save_state(vm, &state)?;
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// `run --rm`: a throw-away VM, created for the command and deleted after it.
@@ -186,7 +234,7 @@ impl Engine {
         name: Option<VmName>,
         opts: &super::CreateOptions,
         spec: CommandSpec,
-    ) -> Result<Exit, VmError> {
+    ) -> Result<Ended, VmError> {
         let name = match name {
             Some(n) => n,
             None => self.temporary_name()?,
@@ -215,7 +263,7 @@ impl Engine {
             self.run_cold(&vm, &policy, (spec, stdio, ends), lock, true, &signals)
         })();
         let cleanup = self.delete(&name, true);
-        let outcome = result?;
+        let ended = result?;
         // The command ran: a delete that failed afterwards (a full disk) is a
         // warning; the next `fvm doctor --cleanup` or command on the store removes
         // the throw-away VM.
@@ -225,7 +273,7 @@ impl Engine {
                 crate::error_line(&e)
             );
         }
-        Ok(outcome.exit)
+        Ok(ended)
     }
 
     pub fn temporary_name(&self) -> Result<VmName, VmError> {
@@ -242,17 +290,80 @@ impl Engine {
     }
 }
 
-/// Ended by SIGTERM or SIGKILL, as a stop of the VM ends its processes.
-fn killed(exit: crate::runtime::channel::Exit) -> bool {
+/// Ended by a signal a stop of the VM sends: SIGHUP (a terminal session hung
+/// up), SIGTERM or SIGKILL.
+fn killed(exit: Exit) -> bool {
     matches!(
         exit,
-        crate::runtime::channel::Exit::Signal(libc::SIGTERM | libc::SIGKILL)
+        Exit::Signal(libc::SIGHUP | libc::SIGTERM | libc::SIGKILL)
     )
 }
 
-fn warn_stopped(name: &VmName, exit: crate::runtime::channel::Exit) {
-    tracing::warn!(
-        "vm {name} was stopped while the command ran (the command ended with status {})",
-        exit.code()
-    );
+/// How a command `fvm run` waited for ended: its status, which `fvm run` exits
+/// with, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub exit: Exit,
+    pub end: End,
+}
+
+/// What `run` saw of a command's end.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    exit: Exit,
+    cpu: Option<Duration>,
+    /// The VM's OOM kills before the command and after it.
+    oom_kills: (Option<u64>, Option<u64>),
+    timed_out: bool,
+    outside: Option<i32>,
+}
+
+impl Seen {
+    fn of(o: &Outcome) -> Seen {
+        Seen {
+            exit: o.exit,
+            cpu: o.cpu,
+            oom_kills: (None, None),
+            timed_out: o.timed_out,
+            outside: o.outside,
+        }
+    }
+}
+
+/// Why the command ended. A limit is blamed only on evidence: the OOM killer
+/// only if the command died of SIGKILL and the VM's OOM kill counter moved while
+/// it ran; the cpu-time limit only if it died of SIGXCPU or SIGKILL having used
+/// that much CPU time (90% of it at least: the kernel checks the limit against
+/// its precise runtime, while the times `wait4` reports are sampled and scaled,
+/// and come out a little lower). Anything else is the command's own status or signal.
+fn judge(seen: &Seen, limits: &crate::limits::Limits) -> End {
+    let own = End::of_exit(Subject::Command, seen.exit.status(), seen.exit.signal());
+    let by = |cause, limit| {
+        End {
+            limit,
+            ..End::now(cause, Subject::Command)
+        }
+        .with_exit(&own)
+    };
+    if seen.timed_out {
+        return by(Cause::Timeout, limits.timeout.map(|t| t.0));
+    }
+    if let Some(signal) = seen.outside {
+        return End {
+            signal: Some(signal),
+            status: None,
+            ..End::now(Cause::Outside, Subject::Command)
+        };
+    }
+    let oom_moved = matches!(seen.oom_kills, (Some(before), Some(after)) if after > before);
+    if seen.exit == Exit::Signal(libc::SIGKILL) && oom_moved {
+        return by(Cause::Oom, limits.memory.map(|m| m.0));
+    }
+    if let (Some(limit), Some(cpu)) = (limits.cpu_time, seen.cpu)
+        && matches!(seen.exit, Exit::Signal(libc::SIGXCPU | libc::SIGKILL))
+        && cpu.as_millis() * 10 >= u128::from(limit.0) * 1000 * 9
+    {
+        return by(Cause::CpuTime, Some(limit.0));
+    }
+    own
 }

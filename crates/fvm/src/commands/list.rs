@@ -46,11 +46,17 @@ fn row(vm: &VmInfo) -> Vec<String> {
 }
 
 /// The status, with the processes the OOM killer ended in a running VM (the VM
-/// itself goes on; its memory limit is what ended them).
+/// itself goes on; its memory limit is what ended them), or how a stopped VM
+/// ended (`stopped (oom)`, `stopped (fvm stop)`).
 fn status(vm: &VmInfo) -> String {
     match vm.usage.and_then(|u| u.oom_kills) {
         Some(1) => format!("{} (1 oom kill)", vm.status.as_str()),
         Some(n) if n > 1 => format!("{} ({n} oom kills)", vm.status.as_str()),
-        _ => vm.status.as_str().to_owned(),
+        _ => match (&vm.end, vm.status) {
+            (Some(end), fvm_engine::vm::VmStatus::Stopped) => {
+                format!("{} ({})", vm.status.as_str(), end.short())
+            }
+            _ => vm.status.as_str().to_owned(),
+        },
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use fvm_engine::vm::{CommandSpec, Program, TtyMode};
+use fvm_engine::vm::{CommandSpec, Ended, Program, TtyMode};
 
 use super::{Context, vm_name};
 use crate::cli::{NameArg, RunArgs};
@@ -34,7 +34,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             given[0].0
         );
     }
-    let exit = if args.rm {
+    let ended = if args.rm {
         let engine = ctx.engine(true)?;
         let mut opts = fvm_engine::vm::CreateOptions::default();
         args.limits.apply_to(&mut opts.limits)?;
@@ -71,7 +71,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
-    Ok(status(exit.code()))
+    Ok(report(&ended))
 }
 
 pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
@@ -93,12 +93,18 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
         limits: Default::default(),
         confine: Default::default(),
     };
-    let exit = ctx.engine_for(&name)?.run(&name, spec)?;
-    Ok(status(exit.code()))
+    let ended = ctx.engine_for(&name)?.run(&name, spec)?;
+    Ok(report(&ended))
 }
 
-fn status(code: i32) -> u8 {
-    u8::try_from(code.clamp(0, 255)).unwrap_or(125)
+/// Say why the command ended, in one line on stderr, when a limit or fvm ended
+/// it (not for its own exit status or a signal it got for its own reasons), and
+/// give its status: the command's, or 128 + the signal that ended it.
+fn report(ended: &Ended) -> u8 {
+    if ended.end.worth_saying() {
+        eprintln!("fvm: {}", ended.end);
+    }
+    u8::try_from(ended.exit.code().clamp(0, 255)).unwrap_or(125)
 }
 
 /// What the caller's terminal is, which a command on it needs: TERM and
