@@ -7,7 +7,10 @@
 //! write: a recorded end that can't be read is ignored with a warning (see
 //! [`lenient`]), and every value of one displays as one plain line.
 
+use std::collections::BTreeSet;
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
@@ -209,31 +212,29 @@ impl fmt::Display for End {
     }
 }
 
-/// Read a recorded end leniently: one that isn't an end fvm writes (a value of
-/// the wrong shape, an unknown cause, a time of any length) is dropped with a
-/// warning, so a damaged record never makes the whole state unreadable.
-pub fn lenient<'de, D>(de: D) -> Result<Option<End>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    let value = Option::<serde_json::Value>::deserialize(de)?;
-    let Some(value) = value else {
-        return Ok(None);
+/// Read an end recorded in the state file at `path` leniently: one that isn't
+/// an end fvm writes (a value of the wrong shape, an unknown cause, a time of
+/// any length) is dropped with a warning (once per file and process), so a
+/// damaged record never makes the whole state unreadable.
+pub fn read_recorded(value: serde_json::Value, path: &Path) -> Option<End> {
+    let problem = match End::deserialize(value) {
+        Ok(end) if end.plausible() => return Some(end),
+        Ok(_) => "its time is not one fvm writes".to_owned(),
+        Err(e) => e.to_string(),
     };
-    match End::deserialize(value) {
-        Ok(end) if end.plausible() => Ok(Some(end)),
-        Ok(_) => {
-            tracing::warn!("the vm's recorded end has an implausible time; it is ignored");
-            Ok(None)
-        }
-        Err(e) => {
-            tracing::warn!(
-                "the vm's recorded end can't be read ({}); it is ignored",
-                crate::os::quote::line(&e.to_string())
-            );
-            Ok(None)
-        }
+    static WARNED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .map(|mut warned| warned.insert(path.to_owned()))
+        .unwrap_or(true);
+    if first {
+        tracing::warn!(
+            "{}: the recorded end can't be read ({}); it is ignored",
+            crate::os::quote::line(&path.display().to_string()),
+            crate::os::quote::line(&problem)
+        );
     }
+    None
 }
 
 #[cfg(test)]
@@ -306,10 +307,9 @@ mod tests {
         assert_eq!(signal_name(i32::MIN), format!("signal {}", i32::MIN));
     }
 
-    #[derive(Debug, Deserialize)]
-    struct Holder {
-        #[serde(default, deserialize_with = "lenient")]
-        end: Option<End>,
+    fn read(text: &str) -> Option<End> {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        read_recorded(v["end"].clone(), Path::new("state.json"))
     }
 
     #[test]
@@ -321,18 +321,15 @@ mod tests {
             r#"{"end": {"cause": "oom", "of": "vm", "at": "\u001b[2J"}}"#,
             r#"{"end": {"cause": "oom", "of": "vm", "at": 5}}"#,
         ] {
-            let h: Holder = serde_json::from_str(bad).unwrap();
-            assert_eq!(h.end, None, "{bad}");
+            assert_eq!(read(bad), None, "{bad}");
         }
         let long = format!(
             r#"{{"end": {{"cause": "oom", "of": "vm", "at": "{}"}}}}"#,
             "1".repeat(1000)
         );
-        assert_eq!(serde_json::from_str::<Holder>(&long).unwrap().end, None);
+        assert_eq!(read(&long), None);
         let good = r#"{"end": {"cause": "oom", "of": "vm", "at": "2026-12-07T04:00:00Z", "limit": 33554432}}"#;
-        let h: Holder = serde_json::from_str(good).unwrap();
-        assert_eq!(h.end.unwrap().limit, Some(32 << 20));
-        let h: Holder = serde_json::from_str(r#"{"end": null}"#).unwrap();
-        assert_eq!(h.end, None);
+        assert_eq!(read(good).unwrap().limit, Some(32 << 20));
+        assert_eq!(read(r#"{"end": null}"#), None);
     }
 }

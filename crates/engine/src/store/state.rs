@@ -52,11 +52,8 @@ pub struct State {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
     /// How the last command `fvm run` waited for, or the VM itself, ended.
-    #[serde(
-        default,
-        deserialize_with = "super::end::lenient",
-        skip_serializing_if = "Option::is_none"
-    )]
+    /// (Read apart from the rest, leniently: see [`State::load`].)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<End>,
 }
 
@@ -89,7 +86,19 @@ impl State {
             message,
         };
         match crate::os::files::read_regular(path) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| corrupt(e.to_string())),
+            Ok(text) => {
+                // The recorded end is read apart: one that can't be read is
+                // dropped with a warning, and the rest of the state stands.
+                let mut value: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+                let end = value.as_object_mut().and_then(|o| o.remove("end"));
+                let mut state: State =
+                    serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+                state.end = end
+                    .filter(|e| !e.is_null())
+                    .and_then(|e| super::end::read_recorded(e, path));
+                Ok(state)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
             Err(e) if e.kind() == std::io::ErrorKind::InvalidData => Err(corrupt(e.to_string())),
             Err(source) => Err(StateError::Read {
