@@ -214,6 +214,62 @@ fn fvm_stop_is_named_when_it_ends_a_command() {
 }
 
 #[test]
+fn a_signal_to_the_init_from_outside_fvm_is_a_host_shutdown() {
+    if !needs_root("a_signal_to_the_init_from_outside_fvm_is_a_host_shutdown") {
+        return;
+    }
+    let store = TestStore::new("why-outside");
+    store.create("edge");
+    // SIGTERM to the init from the host, as a shutdown sends it.
+    let bg = store.background(&["run", "edge", "--", "sleep", "1000"]);
+    wait_for_process(&store, "edge", "sleep");
+    let init = store.init_pid("edge").expect("the vm runs");
+    common::signal("TERM", &[init]);
+    let out = bg.finish().code(143);
+    assert_eq!(
+        fvm_lines(&out.stderr),
+        ["fvm: stopped: the vm's init got SIGTERM from outside fvm (host shutdown?)"],
+        "{out}"
+    );
+    let end = end_of(&store, "edge");
+    assert_eq!(end["cause"], "outside", "{end}");
+    assert_eq!(end["signal"], 15, "{end}");
+    assert_eq!(list_status(&store, "edge"), "stopped (outside)");
+    // The same signal from inside the VM is the command's own business, and a
+    // process of the VM that queues it with a forged sender pid of 0 (as the
+    // kernel shows a sender outside the VM) fools nobody.
+    for (how, script) in [
+        ("kill", "import os, time\nos.kill(1, 15)\ntime.sleep(100)"),
+        (
+            "rt_sigqueueinfo",
+            "import ctypes, struct, time\n\
+             libc = ctypes.CDLL(None, use_errno=True)\n\
+             info = ctypes.create_string_buffer(struct.pack('iiiiii', 15, 0, -1, 0, 0, 0) + bytes(104))\n\
+             assert libc.syscall(129, 1, 15, info) == 0, ctypes.get_errno()\n\
+             time.sleep(100)",
+        ),
+    ] {
+        let out = store
+            .fvm(&["run", "edge", "--", python(), "-c", script])
+            .code(143);
+        assert!(fvm_lines(&out.stderr).is_empty(), "{how}: {out}");
+        let end = end_of(&store, "edge");
+        assert_eq!(end["cause"], "signal", "{how}: {end}");
+    }
+    // A VM started in the background whose init is killed from the host: the
+    // next look at it says so.
+    store.start("edge");
+    let init = store.init_pid("edge").expect("the vm runs");
+    common::kill9(&[init]);
+    wait_until("the vm is seen stopped", || {
+        store.status("edge") == "stopped"
+    });
+    assert_eq!(list_status(&store, "edge"), "stopped (outside)");
+    assert_eq!(end_of(&store, "edge")["cause"], "outside");
+    store.assert_clean();
+}
+
+#[test]
 fn a_plain_exit_status_is_kept_and_says_nothing_more() {
     if !needs_root("a_plain_exit_status_is_kept_and_says_nothing_more") {
         return;

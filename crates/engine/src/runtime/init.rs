@@ -312,8 +312,11 @@ impl Init {
                 if sig != Signal::SIGUSR1 && sig != Signal::SIGUSR2 {
                     self.stopping = true;
                     // A process of the VM that signals its init shows its pid;
-                    // one outside the VM's pid namespace shows as 0.
-                    if info.ssi_pid == 0 {
+                    // one outside the VM's pid namespace shows as 0. Only kill()
+                    // (SI_USER) counts: a process of the VM can queue a signal
+                    // with any sender pid, 0 included, but only with a negative
+                    // code (SI_QUEUE and the like).
+                    if info.ssi_pid == 0 && info.ssi_code == libc::SI_USER {
                         self.outside.get_or_insert(sig as i32);
                     }
                 }
