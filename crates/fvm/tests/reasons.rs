@@ -53,6 +53,9 @@ fn wait_for_process(store: &TestStore, vm: &str, argv0: &str) -> i32 {
     found.unwrap()
 }
 
+/// A python program that allocates a MiB at a time until something stops it.
+const ALLOCATE: &str = "x = []\nwhile True: x.append(bytearray(1 << 20))";
+
 #[test]
 fn the_memory_limit_is_named_when_the_oom_killer_ends_the_command() {
     if !needs_root("the_memory_limit_is_named_when_the_oom_killer_ends_the_command") {
@@ -61,14 +64,7 @@ fn the_memory_limit_is_named_when_the_oom_killer_ends_the_command() {
     let store = TestStore::new("why-oom");
     store.create_with("oom", &["--memory", "32M"]);
     let out = store
-        .fvm(&[
-            "run",
-            "oom",
-            "--",
-            python(),
-            "-c",
-            "x = []\nwhile True: x.append(bytearray(1 << 20))",
-        ])
+        .fvm(&["run", "oom", "--", python(), "-c", ALLOCATE])
         .code(137);
     assert_eq!(
         fvm_lines(&out.stderr),
@@ -83,14 +79,7 @@ fn the_memory_limit_is_named_when_the_oom_killer_ends_the_command() {
     // `stats` counts OOM kills of a running VM (the VM goes on).
     store.start("oom");
     store
-        .fvm(&[
-            "run",
-            "oom",
-            "--",
-            python(),
-            "-c",
-            "x = []\nwhile True: x.append(bytearray(1 << 20))",
-        ])
+        .fvm(&["run", "oom", "--", python(), "-c", ALLOCATE])
         .code(137);
     let stats = store.fvm(&["--json", "stats"]).ok();
     let vms: Vec<Value> = serde_json::from_str(&stats.stdout).unwrap();
