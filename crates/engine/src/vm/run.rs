@@ -63,10 +63,17 @@ impl Engine {
             };
             let mut end = judge(&seen, &policy.limits);
             // Taken again to record the end. A stop holds the lock until the VM's
-            // init is gone, so a command a stop ended finds the stop's record.
-            let _lock = unlocked.and_then(|u| u.lock().ok());
+            // init is gone, so a command a stop may have ended waits for it and
+            // finds the stop's record; any other end is recorded only if nobody
+            // holds the lock (a long commit of the VM doesn't hold up the command).
+            let stop_signal = killed(outcome.exit);
+            let _lock = if stop_signal {
+                unlocked.and_then(|u| u.lock().ok())
+            } else {
+                vm.try_lock().ok().flatten()
+            };
             if _lock.is_some() {
-                end = self.record_command_end(&vm, init, end, killed(outcome.exit));
+                end = self.record_command_end(&vm, init, end, stop_signal);
             }
             return Ok(Ended {
                 exit: outcome.exit,
@@ -171,10 +178,12 @@ impl Engine {
                 ),
                 Err(e) => return Err(e),
             }
-        } else if let Some(e) = end.take()
-            && let Ok(_lock) = vm.lock()
+        } else if let Some(e) = &end
+            && let Ok(Some(_lock)) = vm.try_lock()
         {
-            end = Some(self.record_command_end(vm, &init, e, false));
+            // The VM goes on (a process the command left runs): the command's
+            // end is its last, recorded if nobody holds the lock.
+            end = Some(self.record_command_end(vm, &init, e.clone(), false));
         }
         let outcome = result.map_err(|e| self.relay_error(name, e))?;
         Ok(Ended {
