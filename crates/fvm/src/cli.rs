@@ -43,7 +43,7 @@ pub enum Command {
     Shell(NameArg),
     /// Run a command in a VM (starting it for the command if it is stopped)
     Run(RunArgs),
-    /// Stop a VM: SIGTERM to every process, SIGKILL after the grace time
+    /// Stop a VM: hang up its terminal sessions, SIGTERM to every process, SIGKILL after the grace time
     Stop(StopArgs),
     /// Freeze every process of a running VM (cgroup freezer) until resume
     Suspend(NameArg),

@@ -274,6 +274,11 @@ fn a_plain_exit_status_is_kept_and_says_nothing_more() {
     assert_eq!(end["status"], 3, "{end}");
     assert_eq!(end["of"], "vm", "{end}");
     assert_eq!(list_status(&store, "plain"), "stopped (exit 3)");
+    // A command that isn't there: its status is the VM's end too.
+    store
+        .fvm(&["run", "plain", "--", "/nonexistent-fvm-test"])
+        .code(127);
+    assert_eq!(list_status(&store, "plain"), "stopped (exit 127)");
     // In a running VM the command's end is recorded; the VM runs on.
     store.start("plain");
     store.fvm(&["run", "plain", "--", "true"]).ok();

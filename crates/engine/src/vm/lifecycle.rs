@@ -454,20 +454,33 @@ impl Engine {
             self.unfreeze(name, &cgroup)?;
             // Recorded before the first signal: whoever finds the init gone
             // (this command, a `run` whose command it ends, the watcher) knows
-            // fvm stopped it.
-            self.save_state(
-                &vm,
-                &State {
-                    stopping: true,
-                    ..state.clone()
-                },
-            )?;
+            // fvm stopped it. A stop goes on without it (a full disk): only the
+            // reason others see is at stake, and this command records its own.
+            let intent = State {
+                stopping: true,
+                ..state.clone()
+            };
+            if let Err(e) = self.save_state(&vm, &intent) {
+                tracing::debug!(vm = %name, "cannot record the stop's intent: {}", error_line(&e));
+            }
             if !grace.is_zero() {
                 hung_up = stop::hang_up_sessions(&cgroup.pids().unwrap_or_default(), &leaf);
             }
         }
         let outcome = match init {
-            Some(init) => stop::stop(init, grace).map_err(VmError::stop(name))?,
+            Some(init) => match stop::stop(init, grace) {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    // Not stopped: the VM's end, when it comes, is not this stop's.
+                    if vm
+                        .load_state()
+                        .is_ok_and(|now| now.init.as_ref() == Some(init))
+                    {
+                        let _ = self.save_state(&vm, &state);
+                    }
+                    return Err(VmError::stop(name)(e));
+                }
+            },
             None => Stopped::NotRunning,
         };
         let end = (outcome != Stopped::NotRunning).then(|| End {

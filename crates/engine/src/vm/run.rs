@@ -148,13 +148,24 @@ impl Engine {
             ends,
         );
         // Read before the cleanup below removes the cgroup.
-        let mut end = result.as_ref().ok().map(|o| {
-            let seen = Seen {
-                oom_kills: (oom_before, cgroup.oom_kills()),
-                ..Seen::of(o)
-            };
-            judge(&seen, &policy.limits)
-        });
+        let mut end = match &result {
+            Ok(o) => {
+                let seen = Seen {
+                    oom_kills: (oom_before, cgroup.oom_kills()),
+                    ..Seen::of(o)
+                };
+                Some(judge(&seen, &policy.limits))
+            }
+            // The command never ran: the status `fvm run` exits with.
+            Err(relay::RelayError::Spawn(e)) => {
+                Some(End::of_exit(Subject::Command, Some(e.exit_code()), None))
+            }
+            Err(relay::RelayError::Init(_)) => {
+                Some(End::of_exit(Subject::Command, Some(125), None))
+            }
+            // The init went away under the command: how the VM ended says why.
+            Err(_) => None,
+        };
         // The init exits by itself when nothing else runs in the VM (or the command
         // could not start); then reap it and clean up. If processes remain (a daemon
         // the command started), the VM keeps running until they end or `fvm stop`.
