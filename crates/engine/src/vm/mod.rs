@@ -530,3 +530,43 @@ fn gone_end(state: &State, policy: Option<&crate::store::Policy>, now: SystemTim
     }
     End::now(Cause::Outside, Subject::Vm)
 }
+
+#[cfg(test)]
+mod end_tests {
+    use super::*;
+    use crate::store::{Policy, Status};
+
+    #[test]
+    fn a_vm_found_gone_ended_by_stop_timeout_or_from_outside() {
+        let started = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let state = State {
+            status: Status::Running,
+            started_at: Some(humantime::format_rfc3339_seconds(started).to_string()),
+            ..State::default()
+        };
+        let mut policy = Policy::new(VmName::new("v").unwrap(), None);
+        policy.limits.timeout = Some(crate::limits::Seconds(60));
+        let at = |secs| started + std::time::Duration::from_secs(secs);
+        assert_eq!(
+            gone_end(&state, Some(&policy), at(59)).cause,
+            Cause::Outside
+        );
+        let end = gone_end(&state, Some(&policy), at(61));
+        assert_eq!((end.cause, end.limit), (Cause::Timeout, Some(60)));
+        assert_eq!(gone_end(&state, None, at(61)).cause, Cause::Outside);
+        let stopping = State {
+            stopping: true,
+            ..state.clone()
+        };
+        assert_eq!(
+            gone_end(&stopping, Some(&policy), at(61)).cause,
+            Cause::Stop
+        );
+        // A start time that can't be read proves no timeout.
+        let odd = State {
+            started_at: Some("yesterday".into()),
+            ..state
+        };
+        assert_eq!(gone_end(&odd, Some(&policy), at(61)).cause, Cause::Outside);
+    }
+}

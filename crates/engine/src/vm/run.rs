@@ -387,3 +387,100 @@ fn judge(seen: &Seen, limits: &crate::limits::Limits) -> End {
     }
     own
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::{Limits, Seconds, Size};
+
+    fn seen(exit: Exit) -> Seen {
+        Seen {
+            exit,
+            cpu: Some(Duration::from_millis(10)),
+            oom_kills: (Some(0), Some(0)),
+            timed_out: false,
+            outside: None,
+        }
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            memory: Some(Size(32 << 20)),
+            cpu_time: Some(Seconds(10)),
+            timeout: Some(Seconds(60)),
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_limit_is_blamed_only_on_evidence() {
+        let l = limits();
+        let kill = Exit::Signal(libc::SIGKILL);
+        // A SIGKILL with no OOM kill counted is someone's signal.
+        assert_eq!(judge(&seen(kill), &l).cause, Cause::Signal);
+        let oom = Seen {
+            oom_kills: (Some(1), Some(2)),
+            ..seen(kill)
+        };
+        let end = judge(&oom, &l);
+        assert_eq!(
+            (end.cause, end.limit, end.signal),
+            (Cause::Oom, Some(32 << 20), Some(9))
+        );
+        // Unknown counters prove nothing.
+        let unknown = Seen {
+            oom_kills: (None, Some(2)),
+            ..seen(kill)
+        };
+        assert_eq!(judge(&unknown, &l).cause, Cause::Signal);
+        // The counter moved, but the command died of something else.
+        let segv = Seen {
+            oom_kills: (Some(0), Some(1)),
+            ..seen(Exit::Signal(libc::SIGSEGV))
+        };
+        assert_eq!(judge(&segv, &l).cause, Cause::Signal);
+        // SIGXCPU (or SIGKILL) with the CPU time used: the cpu-time limit.
+        for exit in [Exit::Signal(libc::SIGXCPU), kill] {
+            let busy = Seen {
+                cpu: Some(Duration::from_millis(9_950)),
+                ..seen(exit)
+            };
+            assert_eq!(judge(&busy, &l).cause, Cause::CpuTime, "{exit:?}");
+        }
+        // SIGXCPU someone sent to an idle command.
+        assert_eq!(
+            judge(&seen(Exit::Signal(libc::SIGXCPU)), &l).cause,
+            Cause::Signal
+        );
+        // No cpu-time limit: no cpu-time end.
+        let busy = Seen {
+            cpu: Some(Duration::from_secs(100)),
+            ..seen(Exit::Signal(libc::SIGXCPU))
+        };
+        assert_eq!(judge(&busy, &Limits::default()).cause, Cause::Signal);
+        assert_eq!(judge(&seen(Exit::Code(0)), &l).cause, Cause::Exited);
+    }
+
+    #[test]
+    fn the_init_s_word_comes_first() {
+        let l = limits();
+        let timed_out = Seen {
+            timed_out: true,
+            ..seen(Exit::Signal(libc::SIGTERM))
+        };
+        let end = judge(&timed_out, &l);
+        assert_eq!(
+            (end.cause, end.limit, end.signal),
+            (Cause::Timeout, Some(60), Some(15))
+        );
+        let outside = Seen {
+            outside: Some(libc::SIGTERM),
+            ..seen(Exit::Code(0))
+        };
+        let end = judge(&outside, &l);
+        assert_eq!(
+            (end.cause, end.signal, end.status),
+            (Cause::Outside, Some(15), None)
+        );
+    }
+}
