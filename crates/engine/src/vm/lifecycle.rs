@@ -255,7 +255,10 @@ impl Engine {
         };
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
-        tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
+        tracing::info!(
+            "starting vm {name}: mounting {} layers",
+            plan.overlays.len()
+        );
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
@@ -358,7 +361,7 @@ impl Engine {
                 // The init reports the VM assembled, then waits for `Go` before
                 // anything of the VM runs.
                 launched.ready()?;
-                tracing::debug!(vm = %name, "vm assembled");
+                tracing::info!("vm {name} runs (init pid {})", init.pid);
                 Ok(init)
             });
         // A `--dir` VM made while this one started may have missed its mount plan
@@ -424,8 +427,7 @@ impl Engine {
                     return Ok(Stopped::NotRunning);
                 }
                 tracing::warn!(
-                    "vm {:?}: {}; ending its processes through its cgroup",
-                    name.as_str(),
+                    "vm {name}: {}; ending its processes through its cgroup",
                     error_line(&e)
                 );
                 self.unfreeze(name, &cgroup)?;
@@ -442,7 +444,10 @@ impl Engine {
             self.unfreeze(name, &self.cgroup(name)?)?;
         }
         let outcome = match init {
-            Some(init) => stop::stop(init, grace).map_err(VmError::stop(name))?,
+            Some(init) => {
+                tracing::info!("stopping vm {name} (init pid {})", init.pid);
+                stop::stop(init, grace).map_err(VmError::stop(name))?
+            }
             None => Stopped::NotRunning,
         };
         // Cleans up after the init, the VM's firewall rules included. The VM has

@@ -61,8 +61,10 @@ impl Engine {
             let unlocked = lock.unlock().ok();
             let (pid, master) = entered.map_err(VmError::enter(name))?;
             ends.release_command_ends();
+            tracing::info!("command started in running vm {name}");
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
+            tracing::info!("command ended: exit {}", outcome.exit.code());
             if killed(outcome.exit)
                 && let (Some(unlocked), Some(init_fd)) = (unlocked, init_fd)
             {
@@ -128,11 +130,14 @@ impl Engine {
             Ok(o) => o.vm_ended,
             Err(_) => true,
         };
-        tracing::debug!(vm = %name, ?result, "command ended");
+        match &result {
+            Ok(o) => tracing::info!("command ended: exit {}", o.exit.code()),
+            Err(e) => tracing::info!("command failed: {}", crate::error_line(e)),
+        }
         if ended {
             match self.finish(vm, pid, &init) {
                 Ok(by_another) => {
-                    tracing::debug!(vm = %name, "vm stopped and cleaned up");
+                    tracing::info!("vm {name} stopped and cleaned up");
                     if let Ok(o) = &result
                         && by_another
                         && killed(o.exit)
