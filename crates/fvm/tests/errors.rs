@@ -241,7 +241,7 @@ fn fvm_refuses_to_run_without_root() {
             .args(["--root", &root])
             .args(args);
         let out = run(cmd, None);
-        assert_error(&out, 125, &["must run as root"]);
+        assert_error(&out, 125, &[args[0], "needs root"]);
     }
     assert_eq!(before, store.snapshot(), "a non-root fvm changed the store");
     assert_eq!(store.status("mine"), "stopped");
