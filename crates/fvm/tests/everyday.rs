@@ -388,17 +388,12 @@ fn ps_names_users_from_the_vms_own_passwd() {
     store.create("pu");
     store.start("pu");
     add_user(&store, "pu");
+    // A process of the user, by uid (setpriv, not --user: ps is what is tested).
     store
-        .fvm(&[
-            "run",
-            "--user",
-            "fvmeveryday",
+        .sh(
             "pu",
-            "--",
-            "sh",
-            "-c",
-            "setsid sleep 300 </dev/null >/dev/null 2>&1 &",
-        ])
+            "setsid setpriv --reuid=4321 --regid=4321 --clear-groups sleep 300 </dev/null >/dev/null 2>&1 &",
+        )
         .ok();
     let mut table = String::new();
     wait_until("the user's sleep shows in ps", || {
