@@ -217,7 +217,7 @@ fn starting_a_running_vm_leaves_it_alone() {
     // Stopping a stopped VM is fine: a note on stderr, status 0.
     store.stop("r1");
     let out = store.fvm(&["stop", "r1"]).ok();
-    assert!(out.stderr.contains("not running"), "{out}");
+    assert!(out.stderr.contains("r1 is already stopped"), "{out}");
     store.assert_clean();
 }
 

@@ -255,6 +255,9 @@ impl Engine {
         };
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
+        // The debug events' names are what bench/ times (`fvm -vv`); the info
+        // lines say the same in words (`fvm -v`).
+        tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
         tracing::info!(
             "starting vm {name}: mounting {} layers",
             plan.overlays.len()
@@ -361,7 +364,8 @@ impl Engine {
                 // The init reports the VM assembled, then waits for `Go` before
                 // anything of the VM runs.
                 launched.ready()?;
-                tracing::info!("vm {name} runs (init pid {})", init.pid);
+                tracing::debug!(vm = %name, "vm assembled");
+                tracing::info!("vm {name} runs");
                 Ok(init)
             });
         // A `--dir` VM made while this one started may have missed its mount plan
@@ -445,7 +449,7 @@ impl Engine {
         }
         let outcome = match init {
             Some(init) => {
-                tracing::info!("stopping vm {name} (init pid {})", init.pid);
+                tracing::info!("stopping vm {name}");
                 stop::stop(init, grace).map_err(VmError::stop(name))?
             }
             None => Stopped::NotRunning,

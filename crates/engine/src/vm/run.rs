@@ -137,7 +137,8 @@ impl Engine {
         if ended {
             match self.finish(vm, pid, &init) {
                 Ok(by_another) => {
-                    tracing::info!("vm {name} stopped and cleaned up");
+                    tracing::debug!(vm = %name, "vm stopped and cleaned up");
+                    tracing::info!("vm {name} stopped");
                     if let Ok(o) = &result
                         && by_another
                         && killed(o.exit)
