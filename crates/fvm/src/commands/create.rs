@@ -24,6 +24,7 @@ pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
         opts.layers = Layers::parse(l).map_err(anyhow::Error::msg)?;
     }
     engine.create(&name, &opts)?;
+    tracing::info!("created vm {name}");
     if ctx.json() {
         output::print_json(&engine.info(&name)?)?;
     } else {
