@@ -285,10 +285,16 @@ impl Account {
     }
 
     /// The ids to run as: the primary group and every group of the VM's
-    /// /etc/group that lists the user by name (`name:x:gid:user1,user2`).
+    /// /etc/group that lists the user by name (`name:x:gid:user1,user2`), at most
+    /// the kernel's NGROUPS_MAX of them (the file is the VM's to fill).
     fn ids(&self, group: &str) -> Ids {
+        const NGROUPS_MAX: usize = 65536;
         let mut groups = vec![self.gid];
+        let mut seen = std::collections::HashSet::from([self.gid]);
         for line in group.lines() {
+            if groups.len() >= NGROUPS_MAX {
+                break;
+            }
             let f: Vec<&str> = line.split(':').collect();
             if f.len() < 4 {
                 continue;
@@ -296,7 +302,7 @@ impl Account {
             let Ok(gid) = f[2].parse::<u32>() else {
                 continue;
             };
-            if f[3].split(',').any(|m| m == self.name) && !groups.contains(&gid) {
+            if f[3].split(',').any(|m| m == self.name) && seen.insert(gid) {
                 groups.push(gid);
             }
         }
@@ -576,6 +582,15 @@ mod tests {
         let ids =
             web.ids("sudo:x:27:alice,web\nweb:x:1001:\nbad\nstaff:x:50:webx\naudio:x:29:web\n");
         assert_eq!(ids.groups, vec![1001, 27, 29]);
+    }
+
+    #[test]
+    fn a_huge_group_file_gives_at_most_ngroups_max_groups() {
+        let web = Account::find(PASSWD, "web").unwrap();
+        let group: String = (0..70_000).map(|g| format!("g{g}:x:{g}:web\n")).collect();
+        let ids = web.ids(&group);
+        assert_eq!(ids.groups.len(), 65536);
+        assert_eq!(ids.groups[0], 1001);
     }
 
     #[test]
