@@ -139,3 +139,33 @@ fn shown(v: Option<&serde_json::Value>) -> Option<String> {
 fn list(keys: &[fvm_engine::limits::Key]) -> String {
     keys.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fvm_engine::limits::Key;
+    use fvm_engine::net::NetKey;
+    use fvm_engine::store::VmName;
+
+    #[test]
+    fn changes_are_one_line_each_with_none_for_unset() {
+        let old = Policy::new(VmName::new("c").unwrap(), None);
+        assert!(changes(&old, &old).is_empty());
+        let mut new = old.clone();
+        new.description = "db\x1b[2J".into();
+        new.limits.set(Key::Memory, "512M").unwrap();
+        new.network.set(NetKey::Net, "bridge").unwrap();
+        new.network.set(NetKey::Nat, "true").unwrap();
+        new.network.set(NetKey::Dns, "192.0.2.1").unwrap();
+        new.network.set(NetKey::Dns, "192.0.2.2").unwrap();
+        let lines = changes(&old, &new);
+        assert_eq!(lines[1], "memory: none → 512M", "{lines:?}");
+        assert_eq!(lines[2], "net: host → bridge", "{lines:?}");
+        assert_eq!(lines[3], "nat: none → true", "{lines:?}");
+        assert_eq!(lines[4], "dns: none → 192.0.2.1, 192.0.2.2", "{lines:?}");
+        // A VM's description is the user's, but shown quoted like any text.
+        assert!(!lines[0].contains('\x1b'), "{lines:?}");
+        let back = changes(&new, &old);
+        assert_eq!(back[1], "memory: 512M → none", "{back:?}");
+    }
+}
