@@ -415,6 +415,51 @@ fn ps_names_users_from_the_vms_own_passwd() {
 }
 
 #[test]
+fn ps_reads_a_hostile_passwd_safely() {
+    if !needs_root("ps_reads_a_hostile_passwd_safely") {
+        return;
+    }
+    let store = TestStore::new("pshostile");
+    store.create("ph");
+    store.start("ph");
+    // A name with a terminal escape and a bell, for uid 4323, and a process of it.
+    store
+        .sh(
+            "ph",
+            "printf 'bad\\033]0;x\\007name:x:4323:4323::/:/bin/sh\\n' >> /etc/passwd && \
+             setsid setpriv --reuid=4323 --regid=4323 --clear-groups sleep 300 </dev/null >/dev/null 2>&1 &",
+        )
+        .ok();
+    let ps = |what: &str| {
+        let out = store.fvm(&["ps", "ph"]).ok();
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.contains("sleep 300"))
+            .unwrap_or_else(|| panic!("{what}: no sleep in\n{out}"))
+            .to_owned();
+        assert!(
+            !out.stdout.contains(['\x1b', '\x07']),
+            "{what}: raw escapes:\n{out}"
+        );
+        line
+    };
+    let line = ps("escaped name");
+    assert!(line.contains("bad") && line.contains("name"), "{line}");
+    // /etc/passwd a symlink to the shadow file, then a fifo: no name, no hang.
+    for swap in [
+        "mv /etc/passwd /etc/passwd.real && ln -s /etc/shadow /etc/passwd",
+        "rm /etc/passwd && mkfifo /etc/passwd",
+    ] {
+        store.sh("ph", swap).ok();
+        let line = ps(swap);
+        assert!(line.contains("4323"), "{swap}: {line}");
+        assert!(!line.contains("bad"), "{swap}: {line}");
+    }
+    store.assert_clean();
+}
+
+#[test]
 fn run_and_shell_as_a_user_of_the_vm() {
     if !needs_root("run_and_shell_as_a_user_of_the_vm")
         || !needs_tool("run_and_shell_as_a_user_of_the_vm", "useradd")
