@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
     about = "Featherweight virtual machines: copy-on-write clones of the running host",
     long_about = "Featherweight virtual machines: copy-on-write clones of the running host.\n\n\
         A VM sees the host's whole live filesystem, programs and configuration, and keeps \
-        only its own changes, in its own namespaces and cgroup. fvm runs as root.",
+        only its own changes, in its own namespaces and cgroup. fvm runs as root (--help, \
+        --version, completions and doctor work without).",
     after_help = crate::help::EXIT_STATUS
 )]
 pub struct Cli {
