@@ -42,8 +42,15 @@ fn check(name: &'static str, result: Result<String, (Level, String)>) -> Check {
     }
 }
 
-/// Run every check. `store` is the store in use, if it exists.
+/// What `doctor` leaves out without root (every other command needs it).
+pub const NOT_CHECKED_WITHOUT_ROOT: &str = "not checked without root";
+
+/// Run every check. `store` is the store in use, if it exists. Without root the
+/// store, the overlayfs probe in it and its watcher are not checked: the store is
+/// root's, and the probe mounts.
 pub fn run(store: Option<&Store>, store_path: &Path) -> Vec<Check> {
+    let root_user = rustix::process::geteuid().is_root();
+    let store = store.filter(|_| root_user);
     let mut checks = vec![
         check("root", root()),
         check("kernel", kernel()),
@@ -53,20 +60,39 @@ pub fn run(store: Option<&Store>, store_path: &Path) -> Vec<Check> {
     ];
     checks.push(check(
         "store",
-        store.map_or_else(
-            || {
-                Err((
-                    Level::Warn,
-                    format!(
-                        "{} does not exist yet (it is created by `fvm create`)",
-                        store_path.display()
-                    ),
-                ))
-            },
-            |s| Ok(s.root().display().to_string()),
-        ),
+        if !root_user {
+            Err((
+                Level::Warn,
+                format!(
+                    "{}: {NOT_CHECKED_WITHOUT_ROOT} (the store is root's)",
+                    store_path.display()
+                ),
+            ))
+        } else {
+            store.map_or_else(
+                || {
+                    Err((
+                        Level::Warn,
+                        format!(
+                            "{} does not exist yet (it is created by `fvm create`)",
+                            store_path.display()
+                        ),
+                    ))
+                },
+                |s| Ok(s.root().display().to_string()),
+            )
+        },
     ));
-    checks.push(check("overlayfs", overlay(store)));
+    checks.push(check(
+        "overlayfs",
+        overlay(store).map(|ok| {
+            if root_user {
+                ok
+            } else {
+                format!("overlayfs is available (a mount in the store: {NOT_CHECKED_WITHOUT_ROOT})")
+            }
+        }),
+    ));
     checks.push(check("nftables", nftables()));
     checks
 }
@@ -75,7 +101,12 @@ fn root() -> Result<String, (Level, String)> {
     if rustix::process::geteuid().is_root() {
         Ok("running as root".into())
     } else {
-        Err((Level::Fail, "fvm must run as root".into()))
+        Err((
+            Level::Warn,
+            "not root: every command but doctor, completions and --help needs root (sudo); \
+             the store, a mount in it and its watcher are not checked"
+                .into(),
+        ))
     }
 }
 

@@ -11,7 +11,9 @@ use clap::{Args, Parser, Subcommand};
     about = "Featherweight virtual machines: copy-on-write clones of the running host",
     long_about = "Featherweight virtual machines: copy-on-write clones of the running host.\n\n\
         A VM sees the host's whole live filesystem, programs and configuration, and keeps \
-        only its own changes, in its own namespaces and cgroup. fvm runs as root."
+        only its own changes, in its own namespaces and cgroup. fvm runs as root (--help, \
+        --version, completions and doctor work without).",
+    after_help = crate::help::EXIT_STATUS
 )]
 pub struct Cli {
     /// Store directory holding the VMs
@@ -36,29 +38,30 @@ pub enum Command {
     Create(CreateArgs),
     /// List VMs
     #[command(visible_alias = "ls")]
-    List,
-    /// Start a VM in the background
-    Start(NameArg),
+    List(ListArgs),
+    /// Start VMs in the background
+    Start(NamesArg),
     /// Open an interactive login shell in a VM (starting it if needed)
-    Shell(NameArg),
+    Shell(ShellArgs),
     /// Run a command in a VM (starting it for the command if it is stopped)
     Run(RunArgs),
-    /// Stop a VM: hang up its terminal sessions, SIGTERM to every process, SIGKILL after the grace time
+    /// Stop VMs: hang up their terminal sessions, SIGTERM to every process, SIGKILL after the grace time
     Stop(StopArgs),
-    /// Freeze every process of a running VM (cgroup freezer) until resume
-    Suspend(NameArg),
-    /// Let a suspended VM's processes run again
-    Resume(NameArg),
+    /// Freeze every process of running VMs (cgroup freezer) until resume
+    Suspend(NamesArg),
+    /// Let suspended VMs' processes run again
+    Resume(NamesArg),
     /// List a running VM's processes: pid inside and on the host, user, %CPU,
     /// memory, start time, command
     Ps(NameArg),
     /// What VMs use: CPU time, memory (now and peak), processes, block I/O and
     /// private-layer size
     Stats(StatsArgs),
-    /// Delete a VM and its private layers
+    /// Delete VMs and their private layers
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
-    /// Clone a stopped or suspended VM: its policy and its private layers
+    /// Clone a stopped or suspended VM: its policy and its private layers (a
+    /// running VM is refused)
     #[command(visible_alias = "cp")]
     Copy(CopyArgs),
     /// Show everything known about a VM, as JSON
@@ -73,6 +76,54 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Show or set the store's bridge and subnet (for VMs with --net bridge)
     Network(NetworkArgs),
+
+    /// Print the shell code that completes fvm's commands, flags and VM names
+    Completions(CompletionsArgs),
+    /// Write the man pages of fvm and its commands into a directory
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh or fish
+    #[arg(value_parser = ["bash", "zsh", "fish"])]
+    pub shell: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Where to write fvm.1 and fvm-COMMAND.1
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only VMs whose name matches PATTERN (a glob: *, ?, [a-z])
+    #[arg(value_name = "PATTERN")]
+    pub pattern: Option<String>,
+    /// Only VMs in this status: running, suspended, stopped or broken (repeatable)
+    #[arg(long, value_name = "STATUS", value_parser = ["running", "suspended", "stopped", "broken"])]
+    pub status: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct NamesArg {
+    /// The VMs' names, each done in turn
+    #[arg(required = true, add = crate::complete::vm_names())]
+    pub names: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// The VM's name
+    #[arg(add = crate::complete::vm_names())]
+    pub name: String,
+    /// Log in as USER (a name or UID[:GID] of the VM's own /etc/passwd) instead
+    /// of root
+    #[arg(long, short, value_name = "USER")]
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +139,7 @@ pub struct NetworkArgs {
 #[derive(Debug, Args)]
 pub struct NameArg {
     /// The VM's name
+    #[arg(add = crate::complete::vm_names())]
     pub name: String,
 }
 
@@ -285,10 +337,15 @@ pub struct RunArgs {
     /// lines starting with # are skipped
     #[arg(long, value_name = "FILE")]
     pub env_file: Vec<PathBuf>,
+    /// Run the command as USER (a name or UID[:GID] of the VM's own /etc/passwd)
+    /// instead of root, with that user's groups, HOME and SHELL
+    #[arg(long, short, value_name = "USER")]
+    pub user: Option<String>,
     /// Limits for the throw-away VM (with --rm; a named VM has its policy)
     #[command(flatten)]
     pub limits: LimitArgs,
     /// The VM (optional with --rm)
+    #[arg(add = crate::complete::vm_names())]
     pub name: Option<String>,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -298,14 +355,19 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct StatsArgs {
     /// The VMs to show (all by default)
+    #[arg(add = crate::complete::vm_names())]
     pub names: Vec<String>,
     /// Refresh every INTERVAL seconds, with %CPU over each interval, until ^C
     #[arg(long, short, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "1")]
     pub watch: Option<f64>,
+    /// With --watch: stop after N samples
+    #[arg(long, short = 'n', value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
+    #[arg(add = crate::complete::vm_names())]
     pub name: String,
     /// Only changes at or under these paths (as the VM sees them)
     pub paths: Vec<PathBuf>,
@@ -313,6 +375,7 @@ pub struct DiffArgs {
 
 #[derive(Debug, Args)]
 pub struct CommitArgs {
+    #[arg(add = crate::complete::vm_names())]
     pub name: String,
     /// Only changes at or under these paths (as the VM sees them)
     pub paths: Vec<PathBuf>,
@@ -330,7 +393,9 @@ pub struct CommitArgs {
 
 #[derive(Debug, Args)]
 pub struct StopArgs {
-    pub name: String,
+    /// The VMs' names, each done in turn
+    #[arg(required = true, add = crate::complete::vm_names())]
+    pub names: Vec<String>,
     /// Seconds to wait after SIGTERM before SIGKILL
     #[arg(long, short = 't', default_value_t = 10, value_name = "S")]
     pub time: u64,
@@ -338,7 +403,9 @@ pub struct StopArgs {
 
 #[derive(Debug, Args)]
 pub struct DeleteArgs {
-    pub name: String,
+    /// The VMs' names, each done in turn
+    #[arg(required = true, add = crate::complete::vm_names())]
+    pub names: Vec<String>,
     /// Stop the VM first if it is running
     #[arg(long, short)]
     pub force: bool,
@@ -346,7 +413,9 @@ pub struct DeleteArgs {
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
-    /// The VM to clone (it must be stopped)
+    /// The VM to clone: stopped, or suspended (its processes stay frozen while
+    /// its layers are copied); a running VM is refused
+    #[arg(add = crate::complete::vm_names())]
     pub src: String,
     /// The new VM's name: [a-z0-9][a-z0-9_.-]{0,62}
     pub dst: String,
@@ -354,6 +423,7 @@ pub struct CopyArgs {
 
 #[derive(Debug, Args)]
 pub struct ConfigArgs {
+    #[arg(add = crate::complete::vm_names())]
     pub name: String,
     #[command(flatten)]
     pub policy: PolicyArgs,

@@ -111,8 +111,9 @@ fn config_list_and_inspect_show_the_vm() {
     let out = store
         .fvm(&["config", "c1", "--description", "a web server"])
         .ok();
-    assert!(
-        out.stdout.contains("description = \"a web server\""),
+    assert_eq!(
+        out.out(),
+        "description: first words → a web server",
         "{out}"
     );
     let v = store.inspect("c1");

@@ -195,7 +195,7 @@ fn a_planted_state_naming_a_host_process_is_not_believed() {
 
     assert_eq!(store.status("p1"), "stopped");
     let out = store.fvm(&["stop", "p1"]).ok();
-    assert!(out.stderr.contains("not running"), "{}", out.stderr);
+    assert!(out.stderr.contains("already stopped"), "{}", out.stderr);
     let host_init = std::fs::read_to_string("/proc/1/stat").unwrap();
     assert!(
         host_init.contains(&format!(" {start_time} ")),

@@ -17,6 +17,14 @@
 mod control;
 mod detect;
 pub mod limits;
+/// Directories for a log line: space-separated paths.
+fn shown(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests;
 mod usage;
@@ -126,7 +134,11 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
-    #[error("cgroup {} still has processes after sigkill: {pids:?}", .path.display())]
+    #[error(
+        "cgroup {} still has processes after sigkill: {}",
+        .path.display(),
+        .pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    )]
     StillPopulated { path: PathBuf, pids: Vec<i32> },
     #[error("cannot remove cgroup {}", .path.display())]
     Remove {
@@ -177,7 +189,7 @@ impl Cgroups {
             source,
         })?;
         let cgroups = Self::from_mountinfo(&text)?;
-        tracing::debug!(version = %cgroups.version(), roots = ?cgroups.roots(), "detected cgroups");
+        tracing::debug!(version = %cgroups.version(), roots = %shown(&cgroups.roots()), "detected cgroups");
         Ok(cgroups)
     }
 
@@ -407,7 +419,7 @@ impl VmCgroup {
             control::make_dir(dir)?;
         }
         self.backend.after_create()?;
-        tracing::debug!(dirs = ?self.dirs(), "created cgroup");
+        tracing::debug!(dirs = %shown(self.dirs()), "created cgroup");
         Ok(())
     }
 
@@ -454,7 +466,7 @@ impl VmCgroup {
                 }
             }
         }
-        tracing::debug!(dirs = ?self.dirs(), ?limits, all, "limits set");
+        tracing::debug!(dirs = %shown(self.dirs()), %limits, all, "limits set");
         Ok(())
     }
 
@@ -527,7 +539,7 @@ impl VmCgroup {
             return Ok(());
         }
         self.backend.kill_all()?;
-        tracing::debug!(dirs = ?self.dirs(), "killed every process in cgroup");
+        tracing::debug!(dirs = %shown(self.dirs()), "killed every process in cgroup");
         Ok(())
     }
 

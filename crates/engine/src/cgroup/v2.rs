@@ -49,7 +49,7 @@ impl V2Cgroup {
         }
         let path = parent.join("cgroup.subtree_control");
         if let Err(err) = control::write(&path, missing.join(" ").as_bytes()) {
-            tracing::debug!(path = %path.display(), %err, ?missing, "cannot enable controllers");
+            tracing::debug!(path = %path.display(), %err, missing = %missing.join(" "), "cannot enable controllers");
         }
     }
 

@@ -269,7 +269,7 @@ pub struct FilterError(String);
 /// Compile [`DENIED`] for this machine's architecture.
 pub fn compile() -> Result<Filters, FilterError> {
     let arch =
-        TargetArch::try_from(std::env::consts::ARCH).map_err(|e| FilterError(format!("{e:?}")))?;
+        TargetArch::try_from(std::env::consts::ARCH).map_err(|e| FilterError(e.to_string()))?;
     let bad = |e: seccompiler::BackendError| FilterError(e.to_string());
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for d in DENIED {

@@ -197,6 +197,22 @@ pub const MIN_INODES: u64 = 1000;
 /// cgroup v2's cpu.weight range.
 pub const CPU_WEIGHT_RANGE: std::ops::RangeInclusive<u64> = 1..=10_000;
 
+/// The limits that are set, as `create` takes them: `memory=512M processes=100`,
+/// or `none`.
+impl std::fmt::Display for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let set: Vec<String> = Key::ALL
+            .into_iter()
+            .filter_map(|k| Some(format!("{}={}", k.name(), self.get(k)?)))
+            .collect();
+        if set.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&set.join(" "))
+        }
+    }
+}
+
 impl Limits {
     pub fn is_empty(&self) -> bool {
         self == &Limits::default()

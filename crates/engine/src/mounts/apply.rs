@@ -179,7 +179,7 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
     .map_err(|e| err("open", &layout.staging)(e.into()))?;
     for o in nested {
         let Some(target) = open_beneath(&staging, &o.mount_point, true)? else {
-            tracing::debug!(mount = ?o.mount_point, "vm replaced the mount point; not mounted");
+            tracing::debug!(mount = %o.mount_point.display(), "vm replaced the mount point; not mounted");
             continue;
         };
         mount_overlay(o, layout, &fd_path(&target))?;

@@ -35,6 +35,24 @@ pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
+    read_fd_max(fd, max)
+}
+
+/// The same, for `rel` inside the tree at `root` (a VM's root directory): every
+/// symlink on the way resolves inside that tree (`RESOLVE_IN_ROOT`), never to the
+/// host's files, and none at the last component is followed.
+pub fn read_regular_in(root: BorrowedFd<'_>, rel: &Path, max: u64) -> io::Result<String> {
+    let fd = rustix::fs::openat2(
+        root,
+        rel,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
+        Mode::empty(),
+        rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+    )?;
+    read_fd_max(fd, max)
+}
+
+fn read_fd_max(fd: OwnedFd, max: u64) -> io::Result<String> {
     let st = rustix::fs::fstat(&fd)?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(

@@ -73,6 +73,9 @@ pub enum Msg {
     Pty,
     /// init → fvm: the command could not be executed.
     ExecFailed { program: String, errno: i32 },
+    /// init → fvm: the user the command was to run as is not in the VM's
+    /// /etc/passwd.
+    NoUser { user: String },
     /// init → fvm: the command ended; `last` if nothing else runs in the VM, so the
     /// init is exiting too; `timed_out` if the init was stopping the VM because its
     /// timeout ran out; `outside` the stop signal the init got from outside the

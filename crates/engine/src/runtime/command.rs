@@ -26,7 +26,7 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub enum Program {
     /// argv[0] is looked up in PATH unless it contains a '/'.
     Argv(Vec<String>),
-    /// root's login shell from the VM's /etc/passwd, started as a login shell.
+    /// The user's login shell from the VM's /etc/passwd, started as a login shell.
     LoginShell,
 }
 
@@ -36,7 +36,8 @@ pub struct CommandSpec {
     /// Set on top of the clean environment every command starts from (see
     /// [`base_env`]); a later entry wins over an earlier one of the same name.
     pub env: Vec<(String, String)>,
-    /// Working directory; `/` is used if it does not exist in the VM.
+    /// Working directory; `/` is used if it does not exist in the VM, and the
+    /// user's home when empty.
     pub cwd: PathBuf,
     /// Whether the command gets a pty from the VM's devpts (see [`super::stdio`]).
     pub tty: TtyMode,
@@ -44,6 +45,9 @@ pub struct CommandSpec {
     pub limits: ProcessLimits,
     /// Capabilities and seccomp; the engine fills them in from the VM's policy.
     pub confine: Confinement,
+    /// Who runs the command: a name or `UID[:GID]` of the VM's own /etc/passwd;
+    /// root when none.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +69,15 @@ pub enum SpawnError {
     #[error("invalid argument or environment (it contains a NUL byte)")]
     Nul,
     #[error(
-        "{program} did not start within {after:?} (a process of the vm may have stopped it); gave up"
+        "{program} did not start within {} s (a process of the vm may have stopped it); gave up",
+        .after.as_secs()
     )]
     Stalled {
         program: String,
         after: std::time::Duration,
     },
+    #[error("no user {} in the vm's /etc/passwd", crate::os::quote::text(.user))]
+    NoUser { user: String },
 }
 
 /// How long a new process may take to reach `exec`. In a running VM it is in the
@@ -109,6 +116,16 @@ struct Resolved {
     cwd: CString,
     limits: ProcessLimits,
     confine: Confinement,
+    /// The ids to switch to before exec; none for root as fvm runs.
+    ids: Option<Ids>,
+}
+
+/// A user's ids: uid, primary gid and supplementary groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Ids {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
@@ -125,8 +142,19 @@ impl CommandSpec {
 
     /// Resolve against the filesystem the caller sees now (the VM's).
     fn resolve(&self) -> Result<Resolved, SpawnError> {
-        let root = RootAccount::read();
-        let mut env = base_env(&root);
+        let passwd = crate::os::files::read_regular(Path::new("/etc/passwd")).unwrap_or_default();
+        let (account, ids) = match &self.user {
+            None => (Account::root(&passwd), None),
+            Some(user) => {
+                let group =
+                    crate::os::files::read_regular(Path::new("/etc/group")).unwrap_or_default();
+                let account = Account::find(&passwd, user)
+                    .ok_or_else(|| SpawnError::NoUser { user: user.clone() })?;
+                let ids = account.ids(&group);
+                (account, Some(ids))
+            }
+        };
+        let mut env = base_env(&account);
         for (k, v) in &self.env {
             env.retain(|(key, _)| key != k);
             env.push((k.clone(), v.clone()));
@@ -137,7 +165,7 @@ impl CommandSpec {
                 (first.clone(), first, a.clone())
             }
             Program::LoginShell => {
-                let shell = root.shell;
+                let shell = account.shell.clone();
                 let base = Path::new(&shell)
                     .file_name()
                     .map_or("sh".into(), |b| b.to_string_lossy().into_owned());
@@ -157,7 +185,9 @@ impl CommandSpec {
                 .map(|d| cstr(format!("{d}/{argv0}")))
                 .collect::<Result<_, _>>()?
         };
-        let cwd = if self.cwd.is_dir() {
+        let cwd = if self.cwd.as_os_str().is_empty() && Path::new(&account.home).is_dir() {
+            account.home.as_bytes().to_vec()
+        } else if self.cwd.is_dir() {
             self.cwd.as_os_str().as_bytes().to_vec()
         } else {
             b"/".to_vec()
@@ -173,42 +203,113 @@ impl CommandSpec {
             cwd: cstr(cwd)?,
             limits: self.limits,
             confine: self.confine.clone(),
+            ids,
         })
     }
 }
 
-/// root's shell from /etc/passwd, parsed by hand: NSS would load libraries from the
-/// VM's own filesystem into this privileged process. The file is the VM's, so it is
-/// read like any hostile file: no symlink, no fifo, at most 1 MiB.
-/// root's home and login shell from the VM's /etc/passwd (`/root` and `/bin/sh`
-/// where it has none).
-struct RootAccount {
+/// An account of the VM's /etc/passwd, parsed by hand: NSS would load libraries
+/// from the VM's own filesystem into this privileged process. The files are the
+/// VM's, so they are read like any hostile file: no symlink, no fifo, at most
+/// 1 MiB (see [`crate::os::files::read_regular`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Account {
+    name: String,
+    uid: u32,
+    gid: u32,
+    /// `/` where the entry has no absolute home (`/root` for root).
     home: String,
+    /// `/bin/sh` where the entry has no absolute shell.
     shell: String,
 }
 
-impl RootAccount {
-    fn read() -> RootAccount {
-        let entry = crate::os::files::read_regular(Path::new("/etc/passwd"))
-            .ok()
-            .and_then(|passwd| {
-                passwd.lines().find_map(|l| {
-                    let f: Vec<&str> = l.split(':').collect();
-                    (f.len() >= 7 && f[2] == "0").then(|| (f[5].to_owned(), f[6].to_owned()))
-                })
-            });
-        let (home, shell) = entry.unwrap_or_default();
-        RootAccount {
-            home: if home.starts_with('/') {
-                home
+impl Account {
+    /// One `name:x:uid:gid:gecos:home:shell` line.
+    fn parse(line: &str) -> Option<Account> {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 7 || f[0].is_empty() {
+            return None;
+        }
+        let uid = f[2].parse().ok()?;
+        let absolute = |s: &str, or: &str| {
+            if s.starts_with('/') {
+                s.to_owned()
             } else {
-                "/root".into()
-            },
-            shell: if shell.starts_with('/') {
-                shell
-            } else {
-                "/bin/sh".into()
-            },
+                or.to_owned()
+            }
+        };
+        Some(Account {
+            name: f[0].to_owned(),
+            uid,
+            gid: f[3].parse().ok()?,
+            home: absolute(f[5], if uid == 0 { "/root" } else { "/" }),
+            shell: absolute(f[6], "/bin/sh"),
+        })
+    }
+
+    /// root's entry (`/root` and `/bin/sh` where the VM has none).
+    fn root(passwd: &str) -> Account {
+        passwd
+            .lines()
+            .filter_map(Account::parse)
+            .find(|a| a.uid == 0)
+            .map(|a| Account {
+                name: "root".into(),
+                ..a
+            })
+            .unwrap_or_else(|| Account {
+                name: "root".into(),
+                uid: 0,
+                gid: 0,
+                home: "/root".into(),
+                shell: "/bin/sh".into(),
+            })
+    }
+
+    /// `user` as `--user` names it: a name, or `UID[:GID]` (the first entry with
+    /// that uid; GID replaces its primary group). None if the VM has no such user.
+    fn find(passwd: &str, user: &str) -> Option<Account> {
+        let mut entries = passwd.lines().filter_map(Account::parse);
+        let (who, gid) = match user.split_once(':') {
+            Some((u, g)) => (u, Some(g.parse::<u32>().ok()?)),
+            None => (user, None),
+        };
+        let found = match who.parse::<u32>() {
+            Ok(uid) => entries.find(|a| a.uid == uid),
+            Err(_) => entries.find(|a| a.name == who),
+        }?;
+        Some(Account {
+            gid: gid.unwrap_or(found.gid),
+            ..found
+        })
+    }
+
+    /// The ids to run as: the primary group and every group of the VM's
+    /// /etc/group that lists the user by name (`name:x:gid:user1,user2`), at most
+    /// the kernel's NGROUPS_MAX of them (the file is the VM's to fill).
+    fn ids(&self, group: &str) -> Ids {
+        const NGROUPS_MAX: usize = 65536;
+        let mut groups = vec![self.gid];
+        let mut seen = std::collections::HashSet::from([self.gid]);
+        for line in group.lines() {
+            if groups.len() >= NGROUPS_MAX {
+                break;
+            }
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() < 4 {
+                continue;
+            }
+            let Ok(gid) = f[2].parse::<u32>() else {
+                continue;
+            };
+            if f[3].split(',').any(|m| m == self.name) && seen.insert(gid) {
+                groups.push(gid);
+            }
+        }
+        Ids {
+            uid: self.uid,
+            gid: self.gid,
+            groups,
         }
     }
 }
@@ -216,17 +317,17 @@ impl RootAccount {
 /// The environment every command in a VM starts from, as `sudo`, `su -` and
 /// `podman` give one: nothing of the caller's (whose tokens and secrets
 /// untrusted code must not get), only what the VM's own files say. PATH, HOME,
-/// USER, LOGNAME and SHELL for root, and the locale (LANG, LANGUAGE, LC_*) from
+/// USER, LOGNAME and SHELL of the account, and the locale (LANG, LANGUAGE, LC_*) from
 /// the VM's /etc/default/locale or /etc/locale.conf. The caller adds TERM, the
 /// VM's name and what the user asked for with `--env`. Read inside the VM, by
 /// the process that is about to fork the command.
-fn base_env(root: &RootAccount) -> Vec<(String, String)> {
+fn base_env(account: &Account) -> Vec<(String, String)> {
     let mut env = vec![
         ("PATH".to_owned(), DEFAULT_PATH.to_owned()),
-        ("HOME".into(), root.home.clone()),
-        ("USER".into(), "root".into()),
-        ("LOGNAME".into(), "root".into()),
-        ("SHELL".into(), root.shell.clone()),
+        ("HOME".into(), account.home.clone()),
+        ("USER".into(), account.name.clone()),
+        ("LOGNAME".into(), account.name.clone()),
+        ("SHELL".into(), account.shell.clone()),
     ];
     for file in ["/etc/default/locale", "/etc/locale.conf"] {
         let Ok(text) = crate::os::files::read_regular_max(Path::new(file), 64 << 10) else {
@@ -363,6 +464,13 @@ fn exec_child(
     if let Err(e) = r.confine.apply() {
         return errno(e);
     }
+    // Last, the user's ids (root keeps SETUID and SETGID for this): groups
+    // first, then the gid, then the uid, which also clears every capability.
+    if let Some(ids) = &r.ids
+        && let Err(e) = switch_ids(ids)
+    {
+        return errno(e);
+    }
     if let Err(e) = sys::reset_signals_for_exec() {
         return errno(e);
     }
@@ -378,6 +486,19 @@ fn exec_child(
         }
     }
     result
+}
+
+/// Become `ids` for good (real, effective and saved): in the forked child, which
+/// has one thread, so the thread calls change the whole process.
+fn switch_ids(ids: &Ids) -> io::Result<()> {
+    use rustix::process::{Gid, Uid};
+    let groups: Vec<Gid> = ids.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+    rustix::thread::set_thread_groups(&groups)?;
+    let gid = Gid::from_raw(ids.gid);
+    rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+    let uid = Uid::from_raw(ids.uid);
+    rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+    Ok(())
 }
 
 /// Open a new pty pair from the devpts of the mount namespace we are in: the
@@ -425,7 +546,60 @@ mod tests {
             tty: TtyMode::Never,
             limits: ProcessLimits::default(),
             confine: Confinement::none(),
+            user: None,
         }
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+        daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n\
+        broken line\n\
+        web:x:1001:1001:Web:/home/web:/bin/zsh\n\
+        nohome:x:1002:1002:::\n";
+
+    #[test]
+    fn users_are_found_by_name_or_uid_and_gid() {
+        let web = Account::find(PASSWD, "web").unwrap();
+        assert_eq!((web.uid, web.gid), (1001, 1001));
+        assert_eq!(
+            (web.home.as_str(), web.shell.as_str()),
+            ("/home/web", "/bin/zsh")
+        );
+        assert_eq!(Account::find(PASSWD, "1001").unwrap().name, "web");
+        let as_group = Account::find(PASSWD, "1001:5").unwrap();
+        assert_eq!((as_group.uid, as_group.gid), (1001, 5));
+        let odd = Account::find(PASSWD, "nohome").unwrap();
+        assert_eq!((odd.home.as_str(), odd.shell.as_str()), ("/", "/bin/sh"));
+        for unknown in ["nobody-here", "4242", "web:x", "", "broken line"] {
+            assert_eq!(Account::find(PASSWD, unknown), None, "{unknown}");
+        }
+        assert_eq!(Account::root(PASSWD).shell, "/bin/bash");
+        assert_eq!(Account::root("").home, "/root");
+    }
+
+    #[test]
+    fn supplementary_groups_come_from_the_group_file() {
+        let web = Account::find(PASSWD, "web").unwrap();
+        let ids =
+            web.ids("sudo:x:27:alice,web\nweb:x:1001:\nbad\nstaff:x:50:webx\naudio:x:29:web\n");
+        assert_eq!(ids.groups, vec![1001, 27, 29]);
+    }
+
+    #[test]
+    fn a_huge_group_file_gives_at_most_ngroups_max_groups() {
+        let web = Account::find(PASSWD, "web").unwrap();
+        let group: String = (0..70_000).map(|g| format!("g{g}:x:{g}:web\n")).collect();
+        let ids = web.ids(&group);
+        assert_eq!(ids.groups.len(), 65536);
+        assert_eq!(ids.groups[0], 1001);
+    }
+
+    #[test]
+    fn an_unknown_user_is_one_line() {
+        let mut s = spec(&["true"]);
+        s.user = Some("ghost\nx".into());
+        let err = s.resolve().err().unwrap();
+        assert_eq!(err.exit_code(), 125);
+        assert!(!err.to_string().contains('\n'), "{err}");
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub enum EnterError {
     Pty(#[source] std::io::Error),
     #[error(transparent)]
     Spawn(#[from] SpawnError),
-    #[error("gave up after {0:?}")]
+    #[error("gave up after {} s", .0.as_secs())]
     Timeout(std::time::Duration),
     /// What the helper that covers a path in the VM reported.
     #[error("{0}")]

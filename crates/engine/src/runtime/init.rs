@@ -238,14 +238,22 @@ impl Init {
         ) {
             Ok(pid) => self.command = Some(pid),
             Err(e) => {
-                let (program, errno) = match &e {
-                    SpawnError::NotFound { program } => (program.clone(), libc::ENOENT),
-                    SpawnError::Exec { program, source } => {
-                        (program.clone(), source.raw_os_error().unwrap_or(libc::EIO))
-                    }
-                    other => (other.to_string(), libc::EIO),
+                let msg = match e {
+                    SpawnError::NoUser { user } => Msg::NoUser { user },
+                    SpawnError::NotFound { program } => Msg::ExecFailed {
+                        program,
+                        errno: libc::ENOENT,
+                    },
+                    SpawnError::Exec { program, source } => Msg::ExecFailed {
+                        program,
+                        errno: source.raw_os_error().unwrap_or(libc::EIO),
+                    },
+                    other => Msg::ExecFailed {
+                        program: other.to_string(),
+                        errno: libc::EIO,
+                    },
                 };
-                self.send(&Msg::ExecFailed { program, errno }, None);
+                self.send(&msg, None);
                 sys::exit_now(1);
             }
         }

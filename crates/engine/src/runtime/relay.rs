@@ -309,6 +309,7 @@ impl Relay {
             Some((Msg::ExecFailed { program, errno }, _)) => {
                 Err(SpawnError::from_errno(program, errno).into())
             }
+            Some((Msg::NoUser { user }, _)) => Err(SpawnError::NoUser { user }.into()),
             Some((Msg::Failed { error }, _)) => Err(RelayError::Init(error)),
             Some(_) => Ok(None),
             None => Err(RelayError::VmGone),

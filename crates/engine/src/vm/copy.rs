@@ -1,7 +1,8 @@
 //! `fvm copy SRC DST`: a new VM with SRC's policy and a clone of its layers.
 //!
-//! SRC must be stopped: its upper layers are read directly (docs/commit.md), and an
-//! upper that overlayfs is writing to would be copied half-changed. SRC's lock is
+//! SRC must be stopped or suspended (a running one is refused): its upper layers
+//! are read directly (docs/commit.md), and an upper that overlayfs is writing to
+//! would be copied half-changed; a suspended VM's frozen processes write nothing. SRC's lock is
 //! held throughout, so it can't be started, changed or deleted meanwhile. Each
 //! upper is cloned with [`copy_tree`] (reflinks where the filesystem has them,
 //! whiteouts, opaque dirs, xattrs, owners, modes, times and hard links kept),

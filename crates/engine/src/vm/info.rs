@@ -76,6 +76,13 @@ pub struct NetInfo {
     pub ip: Option<crate::net::Ipv4Net>,
     /// The host side of its veth, while it runs (bridge mode).
     pub link: Option<String>,
+    /// The rest of the policy's `[network]` table: masquerading, name servers,
+    /// what the VM may and may not reach, and the host ports forwarded to it.
+    pub nat: bool,
+    pub dns: Vec<std::net::Ipv4Addr>,
+    pub allow: Vec<crate::net::Rule>,
+    pub deny: Vec<crate::net::Rule>,
+    pub publish: Vec<crate::net::Publish>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -193,6 +200,23 @@ impl Engine {
                     .as_ref()
                     .filter(|p| running && p.network.mode == crate::net::NetMode::Bridge)
                     .map(|_| crate::net::veth_name(self.store.id(), name.as_str())),
+                nat: policy.as_ref().is_some_and(|p| p.network.nat),
+                dns: policy
+                    .as_ref()
+                    .map(|p| p.network.dns.clone())
+                    .unwrap_or_default(),
+                allow: policy
+                    .as_ref()
+                    .map(|p| p.network.allow.clone())
+                    .unwrap_or_default(),
+                deny: policy
+                    .as_ref()
+                    .map(|p| p.network.deny.clone())
+                    .unwrap_or_default(),
+                publish: policy
+                    .as_ref()
+                    .map(|p| p.network.publish.clone())
+                    .unwrap_or_default(),
             },
             limits: policy
                 .as_ref()

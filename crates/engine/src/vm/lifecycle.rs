@@ -257,7 +257,13 @@ impl Engine {
         };
         // Nothing of the VM runs now: entries committed while it last ran can go.
         self.settle_commits(vm)?;
+        // The debug events' names are what bench/ times (`fvm -vv`); the info
+        // lines say the same in words (`fvm -v`).
         tracing::debug!(vm = %name, overlays = plan.overlays.len(), "mount plan built");
+        tracing::info!(
+            "starting vm {name}: mounting {} layers",
+            plan.overlays.len()
+        );
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
@@ -364,6 +370,7 @@ impl Engine {
                 // anything of the VM runs.
                 launched.ready()?;
                 tracing::debug!(vm = %name, "vm assembled");
+                tracing::info!("vm {name} runs");
                 Ok(init)
             });
         // A `--dir` VM made while this one started may have missed its mount plan
@@ -429,8 +436,7 @@ impl Engine {
                     return Ok(Stopped::NotRunning);
                 }
                 tracing::warn!(
-                    "vm {:?}: {}; ending its processes through its cgroup",
-                    name.as_str(),
+                    "vm {name}: {}; ending its processes through its cgroup",
                     error_line(&e)
                 );
                 self.unfreeze(name, &cgroup)?;
@@ -468,7 +474,10 @@ impl Engine {
             }
         }
         let outcome = match init {
-            Some(init) => match stop::stop(init, grace) {
+            Some(init) => match {
+                tracing::info!("stopping vm {name}");
+                stop::stop(init, grace)
+            } {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     // Not stopped: the VM's end, when it comes, is not this stop's.

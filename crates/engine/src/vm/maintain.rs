@@ -24,29 +24,29 @@ impl Engine {
                 Ok(s) => s,
                 Err(e) => {
                     done.push(format!(
-                        "vm {name:?} left alone: {} (`fvm stop {name}` ends its processes)",
+                        "vm {name} left alone: {} (`fvm stop {name}` ends its processes)",
                         crate::error_line(&e)
                     ));
                     continue;
                 }
             };
             if before.as_ref() != Some(&state) {
-                done.push(format!("vm {name:?} was not running any more: cleaned up"));
+                done.push(format!("vm {name} was not running any more: cleaned up"));
             }
             // Its temp files on the host are known only from its journal.
             let running = state.live_init(&self.cgroup_leaf(name)).is_some();
             match self.settle_unfinished_commit(&vm, running) {
-                Ok(Some(line)) => done.push(format!("vm {name:?}: {line}")),
+                Ok(Some(line)) => done.push(format!("vm {name}: {line}")),
                 Ok(None) => {}
                 Err(e) => done.push(format!(
-                    "vm {name:?}: its unfinished commit was left alone: {}",
+                    "vm {name}: its unfinished commit was left alone: {}",
                     crate::error_line(&e)
                 )),
             }
             if state.temporary && state.live_init(&self.cgroup_leaf(name)).is_none() {
                 drop(lock);
                 self.delete(name, false)?;
-                done.push(format!("deleted throw-away vm {name:?}"));
+                done.push(format!("deleted throw-away vm {name}"));
             }
         }
         done.extend(self.cleanup_network()?);

@@ -102,7 +102,7 @@ impl Engine {
                 .is_ok_and(|s| s.live_init(&self.cgroup_leaf(&name)).is_some())
             {
                 return Err(VmError::Network(NetworkError::Store(format!(
-                    "vm {name:?} runs on bridge {}: stop it before changing the store's network",
+                    "vm {name} runs on bridge {}: stop it before changing the store's network",
                     old.bridge
                 ))));
             }
@@ -110,7 +110,7 @@ impl Engine {
                 && let Err(e) = new.check_vm_ip(ip)
             {
                 return Err(VmError::Network(NetworkError::Store(format!(
-                    "vm {name:?}: {e}; give it another address first (fvm config {name} --ip …)"
+                    "vm {name}: {e}; give it another address first (fvm config {name} --ip …)"
                 ))));
             }
         }

@@ -3,11 +3,13 @@
 //! data, never trusted; a process that ends while it is read is left out.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use serde::Serialize;
 
 use super::{Engine, VmError};
-use crate::os::procid;
+use crate::os::procid::{self, ProcId};
 use crate::store::VmName;
 
 /// One process of a VM.
@@ -16,7 +18,7 @@ pub struct VmProcess {
     /// Its pid inside the VM (the VM's init is 1).
     pub pid: i32,
     pub host_pid: i32,
-    /// Real uid, and its name in the host's /etc/passwd (else the number).
+    /// Real uid, and its name in the VM's own /etc/passwd (else the number).
     pub uid: u32,
     pub user: String,
     /// CPU time over its lifetime as a share of one CPU, as `ps` reports %CPU.
@@ -56,15 +58,15 @@ impl Engine {
     pub fn processes(&self, name: &VmName) -> Result<Vec<VmProcess>, VmError> {
         let vm = self.vm(name)?;
         let state = self.load_state(&vm)?;
-        if state.live_init(&self.cgroup_leaf(name)).is_none() {
+        let Some(init) = state.live_init(&self.cgroup_leaf(name)).cloned() else {
             return Err(VmError::NotRunning {
                 name: name.to_string(),
             });
-        }
+        };
         let cgroup = self.cgroup(name)?;
         let pids = cgroup.pids().map_err(VmError::cgroup(name))?;
         let clock = Clock::now();
-        let users = users();
+        let users = users(&init);
         let mut out: Vec<VmProcess> = pids
             .into_iter()
             .filter_map(|pid| process(pid, &clock, &users))
@@ -160,9 +162,26 @@ fn uptime() -> Option<f64> {
         .ok()
 }
 
-/// uid → name from the host's /etc/passwd.
-fn users() -> HashMap<u32, String> {
-    std::fs::read_to_string("/etc/passwd")
+/// The largest /etc/passwd of a VM that `ps` reads for names.
+const MAX_PASSWD: u64 = 1 << 20;
+
+/// uid → name from the VM's own /etc/passwd, read through its init's root: a
+/// user made in the VM shows by name. The file is the VM's: symlinks resolve
+/// inside the VM, a file that isn't regular or is too large names nobody, and
+/// the names are quoted where they are shown.
+fn users(init: &ProcId) -> HashMap<u32, String> {
+    let Ok(root) = rustix::fs::open(
+        format!("/proc/{}/root", init.pid),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return HashMap::new();
+    };
+    // The pid could have been reused between reading the state and the open.
+    if !init.is_alive() {
+        return HashMap::new();
+    }
+    crate::os::files::read_regular_in(root.as_fd(), Path::new("etc/passwd"), MAX_PASSWD)
         .map(|t| parse_passwd(&t))
         .unwrap_or_default()
 }

@@ -55,8 +55,10 @@ impl Engine {
             let unlocked = lock.unlock().ok();
             let (pid, master) = entered.map_err(VmError::enter(name))?;
             ends.release_command_ends();
+            tracing::info!("command started in running vm {name}");
             let outcome = relay::run(Waited::Child { pid }, master, &signals, ends)
                 .map_err(|e| self.relay_error(name, e))?;
+            tracing::info!("command ended: exit {}", outcome.exit.code());
             let seen = Seen {
                 oom_kills: (oom_before, cgroup.oom_kills()),
                 ..Seen::of(&outcome)
@@ -173,11 +175,15 @@ impl Engine {
             Ok(o) => o.vm_ended,
             Err(_) => true,
         };
-        tracing::debug!(vm = %name, ?result, "command ended");
+        match &result {
+            Ok(o) => tracing::info!("command ended: exit {}", o.exit.code()),
+            Err(e) => tracing::info!("command failed: {}", crate::error_line(e)),
+        }
         if ended {
             match self.finish(vm, pid, &init, end.as_ref()) {
                 Ok(recorded) => {
                     tracing::debug!(vm = %name, "vm stopped and cleaned up");
+                    tracing::info!("vm {name} stopped");
                     end = recorded.or(end);
                 }
                 // The command has run and the VM has stopped: that is the job, and

@@ -1,7 +1,11 @@
+//! `fvm config`: with no flags the policy; with flags, one line per setting that
+//! changed (`memory: none → 512M`), or a note that nothing did.
+
 use anyhow::Result;
 use fvm_engine::VmError;
 use fvm_engine::confine::Security;
 use fvm_engine::layers::Layers;
+use fvm_engine::store::Policy;
 
 use super::{Context, vm_name};
 use crate::cli::ConfigArgs;
@@ -23,6 +27,7 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         .map(Layers::parse)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let mut before = None;
     let policy = if p.description.is_some()
         || security.is_some()
         || layers.is_some()
@@ -30,6 +35,7 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         || !p.net.given().is_empty()
     {
         let done = engine.configure(&name, |policy| {
+            before = Some(policy.clone());
             if let Some(d) = &p.description {
                 policy.description = d.clone();
             }
@@ -62,12 +68,104 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
     };
     if ctx.json() {
         output::print_json(&policy)?;
+    } else if let Some(before) = before {
+        let lines = changes(&before, &policy);
+        if lines.is_empty() {
+            eprintln!("fvm: vm {name}: nothing changed");
+        }
+        output::print(&lines.iter().map(|l| format!("{l}\n")).collect::<String>())?;
     } else {
         output::print(&policy.to_toml())?;
     }
     Ok(0)
 }
 
+/// One line per setting that differs between `old` and `new`, as `key: old → new`
+/// (`none` for a setting that isn't set), in the order of the policy file.
+fn changes(old: &Policy, new: &Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut line = |key: &str, a: Option<String>, b: Option<String>| {
+        if a != b {
+            let shown = |v: Option<String>| {
+                v.map_or_else(
+                    || "none".to_owned(),
+                    |v| fvm_engine::os::quote::text(&v).into_owned(),
+                )
+            };
+            out.push(format!("{key}: {} → {}", shown(a), shown(b)));
+        }
+    };
+    let description = |p: &Policy| Some(p.description.clone()).filter(|d| !d.is_empty());
+    line("description", description(old), description(new));
+    line("security", value(&old.security), value(&new.security));
+    line("layers", value(&old.layers), value(&new.layers));
+    for key in fvm_engine::limits::Key::ALL {
+        line(key.name(), old.limits.get(key), new.limits.get(key));
+    }
+    let (a, b) = (
+        serde_json::to_value(&old.network).unwrap_or_default(),
+        serde_json::to_value(&new.network).unwrap_or_default(),
+    );
+    for key in ["mode", "ip", "nat", "dns", "allow", "deny", "publish"] {
+        let flag = if key == "mode" { "net" } else { key };
+        line(flag, shown(a.get(key)), shown(b.get(key)));
+    }
+    out
+}
+
+fn value(v: &impl serde::Serialize) -> Option<String> {
+    shown(serde_json::to_value(v).ok().as_ref())
+}
+
+/// A setting's value as words: a string as it is, a list comma-separated; none
+/// for what is unset (null, false, an empty list).
+fn shown(v: Option<&serde_json::Value>) -> Option<String> {
+    use serde_json::Value;
+    match v? {
+        Value::Null | Value::Bool(false) => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) if items.is_empty() => None,
+        Value::Array(items) => Some(
+            items
+                .iter()
+                .filter_map(|i| shown(Some(i)))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        other => Some(other.to_string()),
+    }
+}
+
 fn list(keys: &[fvm_engine::limits::Key]) -> String {
     keys.iter().map(|k| k.name()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fvm_engine::limits::Key;
+    use fvm_engine::net::NetKey;
+    use fvm_engine::store::VmName;
+
+    #[test]
+    fn changes_are_one_line_each_with_none_for_unset() {
+        let old = Policy::new(VmName::new("c").unwrap(), None);
+        assert!(changes(&old, &old).is_empty());
+        let mut new = old.clone();
+        new.description = "db\x1b[2J".into();
+        new.limits.set(Key::Memory, "512M").unwrap();
+        new.network.set(NetKey::Net, "bridge").unwrap();
+        new.network.set(NetKey::Nat, "true").unwrap();
+        new.network.set(NetKey::Dns, "192.0.2.1").unwrap();
+        new.network.set(NetKey::Dns, "192.0.2.2").unwrap();
+        let lines = changes(&old, &new);
+        assert_eq!(lines[1], "memory: none → 512M", "{lines:?}");
+        assert_eq!(lines[2], "net: host → bridge", "{lines:?}");
+        assert_eq!(lines[3], "nat: none → true", "{lines:?}");
+        assert_eq!(lines[4], "dns: none → 192.0.2.1, 192.0.2.2", "{lines:?}");
+        // A VM's description is the user's, but shown quoted like any text.
+        assert!(!lines[0].contains('\x1b'), "{lines:?}");
+        let back = changes(&new, &old);
+        assert_eq!(back[1], "memory: 512M → none", "{back:?}");
+    }
 }

@@ -24,6 +24,11 @@ pub fn run(ctx: &Context<'_>, args: &CreateArgs) -> Result<u8> {
         opts.layers = Layers::parse(l).map_err(anyhow::Error::msg)?;
     }
     engine.create(&name, &opts)?;
-    output::print(&format!("{name}\n"))?;
+    tracing::info!("created vm {name}");
+    if ctx.json() {
+        output::print_json(&engine.info(&name)?)?;
+    } else {
+        output::print(&format!("{name}\n"))?;
+    }
     Ok(0)
 }

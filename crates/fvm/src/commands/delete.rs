@@ -1,12 +1,13 @@
 use anyhow::Result;
 
-use super::{Context, vm_name};
+use super::{Context, for_each_vm};
 use crate::cli::DeleteArgs;
 use crate::output;
 
 pub fn run(ctx: &Context<'_>, args: &DeleteArgs) -> Result<u8> {
-    let name = vm_name(&args.name)?;
-    ctx.engine_for(&name)?.delete(&name, args.force)?;
-    output::print(&format!("{name}\n"))?;
-    Ok(0)
+    for_each_vm(ctx, &args.names, |name| {
+        ctx.engine_for(name)?.delete(name, args.force)?;
+        tracing::info!("deleted vm {name}");
+        output::print(&format!("{name}\n"))
+    })
 }

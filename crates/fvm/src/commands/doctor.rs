@@ -7,7 +7,12 @@ use crate::cli::DoctorArgs;
 use crate::output;
 
 pub fn run(ctx: &Context<'_>, args: &DoctorArgs) -> Result<u8> {
-    let engine = ctx.engine_if_any().ok().flatten();
+    let root = fvm_engine::running_as_root();
+    if args.cleanup && !root {
+        anyhow::bail!("fvm doctor --cleanup needs root (try sudo)");
+    }
+    // The store is root's: without root it is not opened (nor its watcher started).
+    let engine = ctx.engine_if_any().ok().flatten().filter(|_| root);
     let mut checks = doctor::run(engine.as_ref().map(|e| e.store()), &ctx_root(ctx));
     if let Some(engine) = &engine {
         checks.push(watcher_check(engine));

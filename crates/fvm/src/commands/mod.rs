@@ -2,6 +2,7 @@
 //! the process exit status.
 
 mod commit;
+mod completions;
 mod config;
 mod copy;
 mod create;
@@ -10,6 +11,7 @@ mod diff;
 mod doctor;
 mod inspect;
 mod list;
+mod man;
 mod network;
 mod ps;
 mod run;
@@ -30,7 +32,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
     let ctx = Context { cli };
     match &cli.command {
         Command::Create(a) => create::run(&ctx, a),
-        Command::List => list::run(&ctx),
+        Command::List(a) => list::run(&ctx, a),
         Command::Start(a) => start::run(&ctx, a),
         Command::Shell(a) => run::shell(&ctx, a),
         Command::Run(a) => run::run(&ctx, a),
@@ -47,7 +49,40 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Network(a) => network::run(&ctx, a),
+        Command::Completions(a) => completions::run(&ctx, a),
+        Command::Man(a) => man::run(&ctx, a),
     }
+}
+
+/// Whether `command` needs root: everything but what only reads the command
+/// line's definition, and `doctor`, which says what it can't check without.
+pub fn needs_root(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Doctor(_) | Command::Completions(_) | Command::Man(_)
+    )
+}
+
+/// Do `each` for every VM of `names`, in order. A failure is reported (one line,
+/// or a JSON object with --json) and the rest are still done; the status is the
+/// last failure's, 0 if none failed.
+pub fn for_each_vm(
+    ctx: &Context<'_>,
+    names: &[String],
+    mut each: impl FnMut(&VmName) -> Result<()>,
+) -> Result<u8> {
+    let mut status = 0;
+    for given in names {
+        if let Err(err) = vm_name(given).and_then(|name| each(&name)) {
+            status = crate::report_error(ctx.json(), &err);
+        }
+    }
+    Ok(status)
+}
+
+/// A note on stderr for a VM that already was as asked: the verb succeeds.
+pub fn note_already(name: &VmName, what: &str) {
+    eprintln!("fvm: vm {name} is already {what}");
 }
 
 /// What every verb needs: the global flags and a way to the store.

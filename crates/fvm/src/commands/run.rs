@@ -6,7 +6,7 @@ use anyhow::Result;
 use fvm_engine::vm::{CommandSpec, Ended, Program, TtyMode};
 
 use super::{Context, vm_name};
-use crate::cli::{NameArg, RunArgs};
+use crate::cli::{RunArgs, ShellArgs};
 
 pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
     let name = args.name.as_deref().map(vm_name).transpose()?;
@@ -47,6 +47,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
                 tty,
                 limits: Default::default(),
                 confine: Default::default(),
+                user: args.user.clone(),
             }
         };
         // The name of a throw-away VM is only known once it is picked.
@@ -68,13 +69,14 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             tty,
             limits: Default::default(),
             confine: Default::default(),
+            user: args.user.clone(),
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
     Ok(report(&ended))
 }
 
-pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
+pub fn shell(ctx: &Context<'_>, args: &ShellArgs) -> Result<u8> {
     let name = vm_name(&args.name)?;
     let mut env = terminal_env();
     if !env.iter().any(|(k, _)| k == "TERM") {
@@ -88,10 +90,12 @@ pub fn shell(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
     let spec = CommandSpec {
         program: Program::LoginShell,
         env,
-        cwd: "/root".into(),
+        // The user's home.
+        cwd: PathBuf::new(),
         tty: TtyMode::Always,
         limits: Default::default(),
         confine: Default::default(),
+        user: args.user.clone(),
     };
     let ended = ctx.engine_for(&name)?.run(&name, spec)?;
     Ok(report(&ended))

@@ -1,12 +1,18 @@
 use anyhow::Result;
+use fvm_engine::VmError;
 
-use super::{Context, vm_name};
-use crate::cli::NameArg;
+use super::{Context, for_each_vm, note_already};
+use crate::cli::NamesArg;
 use crate::output;
 
-pub fn run(ctx: &Context<'_>, args: &NameArg) -> Result<u8> {
-    let name = vm_name(&args.name)?;
-    ctx.engine_for(&name)?.start(&name)?;
-    output::print(&format!("{name}\n"))?;
-    Ok(0)
+/// Start each VM; one that already runs gets a note, and counts as started.
+pub fn run(ctx: &Context<'_>, args: &NamesArg) -> Result<u8> {
+    for_each_vm(ctx, &args.names, |name| {
+        match ctx.engine_for(name)?.start(name) {
+            Ok(_) => {}
+            Err(VmError::AlreadyRunning { .. }) => note_already(name, "running"),
+            Err(e) => return Err(e.into()),
+        }
+        output::print(&format!("{name}\n"))
+    })
 }

@@ -49,18 +49,22 @@ pub fn run(ctx: &Context<'_>, args: &StatsArgs) -> Result<u8> {
         bail!("--watch interval must be at least 0.1 seconds, got {every}");
     }
     let every = Duration::from_secs_f64(every);
-    watch(ctx, &sample, every)
+    watch(ctx, &sample, every, args.count)
 }
 
-/// Print a fresh table every `every` until interrupted, with each VM's CPU use
-/// over the last interval.
+/// Print a fresh table every `every` until interrupted (or `count` samples), with
+/// each VM's CPU use over the last interval. With --json, one line per sample: the
+/// VMs as `stats --json` shows them, each with its `cpu_percent` (null in the
+/// first sample, which has no interval before it).
 fn watch(
     ctx: &Context<'_>,
     sample: &dyn Fn() -> Result<Vec<VmInfo>>,
     every: Duration,
+    count: Option<u64>,
 ) -> Result<u8> {
     let clear = std::io::stdout().is_terminal() && !ctx.json();
     let mut before: Option<(Instant, HashMap<String, u64>)> = None;
+    let mut taken = 0u64;
     loop {
         let now = Instant::now();
         let vms = sample()?;
@@ -78,7 +82,7 @@ fn watch(
                 .collect::<HashMap<_, _>>()
         });
         if ctx.json() {
-            output::print_json(&vms)?;
+            output::print(&json_line(&vms, percent.as_ref())?)?;
         } else {
             let table = render(&vms, Some(percent.as_ref().unwrap_or(&HashMap::new())));
             if clear {
@@ -88,8 +92,30 @@ fn watch(
             }
         }
         before = Some((now, cpu));
+        taken += 1;
+        if count.is_some_and(|c| taken >= c) {
+            return Ok(0);
+        }
         std::thread::sleep(every);
     }
+}
+
+/// One sample of `watch --json`: the VMs, each with its `cpu_percent`.
+fn json_line(vms: &[VmInfo], percent: Option<&HashMap<String, f64>>) -> Result<String> {
+    let mut out = Vec::with_capacity(vms.len());
+    for vm in vms {
+        let mut value = serde_json::to_value(vm)?;
+        let cpu = percent
+            .and_then(|p| p.get(vm.name.as_str()))
+            .map(|v| (v * 10.0).round() / 10.0);
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("cpu_percent".into(), serde_json::json!(cpu));
+        }
+        out.push(value);
+    }
+    let mut line = serde_json::to_string(&out)?;
+    line.push('\n');
+    Ok(line)
 }
 
 /// One line per VM; `percent` (watch mode) adds %CPU over the last interval.

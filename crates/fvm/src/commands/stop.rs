@@ -3,24 +3,22 @@ use std::time::Duration;
 use anyhow::Result;
 use fvm_engine::vm::Stopped;
 
-use super::{Context, vm_name};
+use super::{Context, for_each_vm, note_already};
 use crate::cli::StopArgs;
 use crate::output;
 
+/// Stop each VM; one that isn't running gets a note, and counts as stopped.
 pub fn run(ctx: &Context<'_>, args: &StopArgs) -> Result<u8> {
-    let name = vm_name(&args.name)?;
-    let engine = ctx.engine_for(&name)?;
-    match engine.stop(&name, Duration::from_secs(args.time))? {
-        Stopped::NotRunning => eprintln!("fvm: vm {:?} is not running", name.as_str()),
-        Stopped::Killed if args.time > 0 => {
-            eprintln!(
-                "fvm: vm {:?} did not stop within {}s and was killed",
-                name.as_str(),
+    for_each_vm(ctx, &args.names, |name| {
+        let engine = ctx.engine_for(name)?;
+        match engine.stop(name, Duration::from_secs(args.time))? {
+            Stopped::NotRunning => note_already(name, "stopped"),
+            Stopped::Killed if args.time > 0 => eprintln!(
+                "fvm: vm {name} did not stop within {}s and was killed",
                 args.time
-            );
-            output::print(&format!("{name}\n"))?;
+            ),
+            _ => {}
         }
-        _ => output::print(&format!("{name}\n"))?,
-    }
-    Ok(0)
+        output::print(&format!("{name}\n"))
+    })
 }
