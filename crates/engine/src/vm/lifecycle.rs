@@ -473,11 +473,11 @@ impl Engine {
                 hung_up = stop::hang_up_sessions(&cgroup.pids().unwrap_or_default(), &leaf);
             }
         }
+        if init.is_some() {
+            tracing::info!("stopping vm {name}");
+        }
         let outcome = match init {
-            Some(init) => match {
-                tracing::info!("stopping vm {name}");
-                stop::stop(init, grace)
-            } {
+            Some(init) => match stop::stop(init, grace) {
                 Ok(outcome) => outcome,
                 Err(e) => {
                     // Not stopped: the VM's end, when it comes, is not this stop's.
