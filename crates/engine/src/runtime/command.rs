@@ -64,6 +64,8 @@ pub enum SpawnError {
     },
     #[error("invalid argument or environment (it contains a NUL byte)")]
     Nul,
+    #[error("no user {user} in the vm's /etc/passwd")]
+    NoUser { user: String },
     #[error(
         "{program} did not start within {after:?} (a process of the vm may have stopped it); gave up"
     )]
@@ -109,6 +111,16 @@ struct Resolved {
     cwd: CString,
     limits: ProcessLimits,
     confine: Confinement,
+    /// Who the command runs as, when not root (a service's `user`).
+    account: Option<Account>,
+}
+
+/// A user of the VM's /etc/passwd, and the groups /etc/group puts it in.
+#[derive(Debug, Clone)]
+struct Account {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
 }
 
 fn cstr(s: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
@@ -123,10 +135,27 @@ impl CommandSpec {
         }
     }
 
-    /// Resolve against the filesystem the caller sees now (the VM's).
-    fn resolve(&self) -> Result<Resolved, SpawnError> {
+    /// Resolve against the filesystem the caller sees now (the VM's), to run
+    /// as `user` (a name or a uid in the VM's /etc/passwd) if given.
+    fn resolve(&self, user: Option<&str>) -> Result<Resolved, SpawnError> {
         let root = RootAccount::read();
         let mut env = base_env(&root);
+        let account = match user {
+            None => None,
+            Some(u) => {
+                let (account, home, shell, name) = read_account(u)?;
+                for (k, v) in [
+                    ("HOME", home),
+                    ("USER", name.clone()),
+                    ("LOGNAME", name),
+                    ("SHELL", shell),
+                ] {
+                    env.retain(|(key, _)| key != k);
+                    env.push((k.to_owned(), v));
+                }
+                Some(account)
+            }
+        };
         for (k, v) in &self.env {
             env.retain(|(key, _)| key != k);
             env.push((k.clone(), v.clone()));
@@ -173,8 +202,52 @@ impl CommandSpec {
             cwd: cstr(cwd)?,
             limits: self.limits,
             confine: self.confine.clone(),
+            account,
         })
     }
+}
+
+/// `user` (a name, or a uid) from the VM's /etc/passwd, read like any hostile
+/// file (see [`RootAccount`]), and its groups from /etc/group: the account, its
+/// home, shell and name.
+fn read_account(user: &str) -> Result<(Account, String, String, String), SpawnError> {
+    let missing = || SpawnError::NoUser {
+        user: crate::os::quote::text(user).into_owned(),
+    };
+    let passwd = crate::os::files::read_regular(Path::new("/etc/passwd")).map_err(|_| missing())?;
+    let by_uid = user.parse::<u32>().ok();
+    let f = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 7 && (f[0] == user || by_uid.is_some_and(|u| f[2] == u.to_string())))
+        .ok_or_else(missing)?;
+    let (uid, gid) = match (f[2].parse::<u32>(), f[3].parse::<u32>()) {
+        (Ok(u), Ok(g)) => (u, g),
+        _ => return Err(missing()),
+    };
+    let name = f[0].to_owned();
+    let mut groups = vec![gid];
+    if let Ok(text) = crate::os::files::read_regular(Path::new("/etc/group")) {
+        for l in text.lines() {
+            let g: Vec<&str> = l.split(':').collect();
+            if g.len() >= 4
+                && g[3].split(',').any(|m| m == name)
+                && let Ok(id) = g[2].parse::<u32>()
+                && !groups.contains(&id)
+                && groups.len() < 64
+            {
+                groups.push(id);
+            }
+        }
+    }
+    let home = if f[5].starts_with('/') { f[5] } else { "/" }.to_owned();
+    let shell = if f[6].starts_with('/') {
+        f[6]
+    } else {
+        "/bin/sh"
+    }
+    .to_owned();
+    Ok((Account { uid, gid, groups }, home, shell, name))
 }
 
 /// root's shell from /etc/passwd, parsed by hand: NSS would load libraries from the
@@ -272,14 +345,49 @@ pub fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> Result<Pid, SpawnError> {
-    let r = spec.resolve()?;
+    spawn_with(spec, None, 0, stdio, pipes, tty, cgroup, before_exec)
+}
+
+/// [`spawn`] for a VM's service or detached command, from the VM's service
+/// starter (see `runtime::services`): as `user` if given, and a child of the
+/// VM's init (CLONE_PARENT), which reaps it and sees how it ended.
+pub fn spawn_service(
+    spec: &CommandSpec,
+    user: Option<&str>,
+    stdio: &StdioPlan,
+    pipes: Pipes<'_>,
+) -> Result<Pid, SpawnError> {
+    spawn_with(
+        spec,
+        user,
+        libc::CLONE_PARENT as u64,
+        stdio,
+        pipes,
+        None,
+        None,
+        &|| Ok(()),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_with(
+    spec: &CommandSpec,
+    user: Option<&str>,
+    flags: u64,
+    stdio: &StdioPlan,
+    pipes: Pipes<'_>,
+    tty: Option<&OwnedFd>,
+    cgroup: Option<BorrowedFd<'_>>,
+    before_exec: &dyn Fn() -> io::Result<()>,
+) -> Result<Pid, SpawnError> {
+    let r = spec.resolve(user)?;
     let fork_err = |source| SpawnError::Fork {
         program: r.program.clone(),
         source,
     };
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
-    let pid = sys::spawn_in(0, cgroup, || {
+    let pid = sys::spawn_in(flags, cgroup, || {
         let errno = exec_child(&r, stdio, pipes, tty, before_exec);
         let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
         if errno == libc::ENOENT { 127 } else { 126 }
@@ -363,6 +471,20 @@ fn exec_child(
     if let Err(e) = r.confine.apply() {
         return errno(e);
     }
+    // A service's user, last: the capability drop keeps CAP_SETUID/CAP_SETGID,
+    // and the change of uid clears the rest.
+    if let Some(a) = &r.account {
+        use rustix::process::{Gid, Uid};
+        let groups: Vec<Gid> = a.groups.iter().map(|&g| Gid::from_raw(g)).collect();
+        let gid = Gid::from_raw(a.gid);
+        let uid = Uid::from_raw(a.uid);
+        if let Err(e) = rustix::thread::set_thread_groups(&groups)
+            .and_then(|()| rustix::thread::set_thread_res_gid(gid, gid, gid))
+            .and_then(|()| rustix::thread::set_thread_res_uid(uid, uid, uid))
+        {
+            return e.raw_os_error();
+        }
+    }
     if let Err(e) = sys::reset_signals_for_exec() {
         return errno(e);
     }
@@ -430,18 +552,21 @@ mod tests {
 
     #[test]
     fn path_lookup_and_cwd_fallback() {
-        let r = spec(&["true"]).resolve().unwrap();
+        let r = spec(&["true"]).resolve(None).unwrap();
         assert_eq!(r.candidates[0].to_str().unwrap(), "/nonexistent/true");
         assert_eq!(r.candidates.len(), 3);
         assert_eq!(r.cwd.to_str().unwrap(), "/");
-        let r = spec(&["./x", "a"]).resolve().unwrap();
+        let r = spec(&["./x", "a"]).resolve(None).unwrap();
         assert_eq!(r.candidates.len(), 1);
         assert_eq!(r.argv.len(), 2);
     }
 
     #[test]
     fn nul_bytes_are_refused() {
-        assert!(matches!(spec(&["a\0b"]).resolve(), Err(SpawnError::Nul)));
+        assert!(matches!(
+            spec(&["a\0b"]).resolve(None),
+            Err(SpawnError::Nul)
+        ));
     }
 
     #[test]

@@ -12,6 +12,13 @@
 //!
 //! A message is 8 bytes, native-endian: the VM's timeout in seconds counted from
 //! its start, 0 for none.
+//!
+//! Requests that want an answer (services, `fvm run -d`, see
+//! `runtime::services`) go the same way over a second pair the init holds both
+//! ends of: a SOCK_SEQPACKET socketpair. fvm takes a copy of one end and sends
+//! one request, with the end of a new socketpair of its own attached, on which
+//! the init answers. Every request has its own answer line, so concurrent fvm
+//! commands never read each other's answers.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
@@ -19,6 +26,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use rustix::fs::FileType;
 use rustix::process::PidfdGetfdFlags;
 
+use super::channel::Channel;
 use super::stop::InitHandle;
 use crate::os::procid::ProcId;
 
@@ -27,6 +35,9 @@ use crate::os::procid::ProcId;
 pub struct ControlPipe {
     pub read: OwnedFd,
     pub write: OwnedFd,
+    /// The init's end of the request socketpair, and the end fvm takes copies of.
+    pub requests: Channel,
+    pub requests_in: OwnedFd,
 }
 
 impl ControlPipe {
@@ -34,7 +45,53 @@ impl ControlPipe {
         let (read, write) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )?;
-        Ok(ControlPipe { read, write })
+        let (requests, requests_in) = Channel::pair()?;
+        Ok(ControlPipe {
+            read,
+            write,
+            requests,
+            requests_in: requests_in.into(),
+        })
+    }
+}
+
+/// How long fvm waits for the init's answer to a request.
+pub const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// Send `request` to the running init `init`, whose request socket is `fd`, and
+/// wait for its answer. `None` if the VM is gone.
+pub fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    init: &ProcId,
+    fd: RawFd,
+    request: &Q,
+) -> io::Result<Option<A>> {
+    let Some(handle) = InitHandle::open(init)? else {
+        return Ok(None);
+    };
+    let sock = rustix::process::pidfd_getfd(handle.pidfd(), fd, PidfdGetfdFlags::empty())?;
+    // The fd number comes from the state file: make sure it is a socket.
+    let st = rustix::fs::fstat(&sock)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the vm's init has no request socket at the recorded fd",
+        ));
+    }
+    let sock = Channel::from(sock);
+    let (ours, theirs) = Channel::pair()?;
+    sock.send_value(request, &[theirs.as_fd()])?;
+    drop(theirs);
+    let answer_fd: OwnedFd = ours.into();
+    if !super::stop::wait_readable(&answer_fd, ANSWER_DEADLINE)? {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the vm's init did not answer",
+        ));
+    }
+    match Channel::from(answer_fd).recv_value::<A>()? {
+        Some((answer, _)) => Ok(Some(answer)),
+        // The init ended meanwhile.
+        None => Ok(None),
     }
 }
 

@@ -45,6 +45,10 @@ pub struct State {
     /// in the init, for changes to the running VM such as a new timeout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_fd: Option<i32>,
+    /// The init's request socket (see `runtime::control`), by fd number in the
+    /// init: services and `fvm run -d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fd: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +156,7 @@ mod tests {
             started_at: Some("2026-01-01T00:00:00Z".into()),
             temporary: true,
             control_fd: Some(7),
+            request_fd: Some(8),
         };
         st.save(&p).unwrap();
         let back = State::load(&p).unwrap();

@@ -275,6 +275,7 @@ impl Engine {
                 .map_err(|source| VmError::layers_sync(name)(source))?;
         }
         make_dir(&layout.staging).map_err(fail)?;
+        make_dir(&vm.logs_path()).map_err(fail)?;
         if temporary {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
@@ -317,6 +318,10 @@ impl Engine {
             dns: policy.network.dns.clone(),
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
+            services: policy.services.clone(),
+            service_limits: policy.limits.per_process(),
+            service_confine: confinement.clone(),
+            logs: Some(vm.logs_path()),
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,
@@ -341,6 +346,7 @@ impl Engine {
                     ),
                     temporary,
                     control_fd: Some(launched.control_fd),
+                    request_fd: Some(launched.request_fd),
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
@@ -442,7 +448,11 @@ impl Engine {
             self.unfreeze(name, &self.cgroup(name)?)?;
         }
         let outcome = match init {
-            Some(init) => stop::stop(init, grace).map_err(VmError::stop(name))?,
+            Some(init) => {
+                // Its services first, in reverse order, within the grace time.
+                self.stop_services(name, init, &state, grace);
+                stop::stop(init, grace).map_err(VmError::stop(name))?
+            }
             None => Stopped::NotRunning,
         };
         // Cleans up after the init, the VM's firewall rules included. The VM has

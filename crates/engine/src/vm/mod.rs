@@ -16,11 +16,13 @@ mod maintain;
 mod network;
 mod processes;
 mod run;
+mod services;
 mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+pub use crate::runtime::services::ServiceState;
 /// What the `run` and `stop` of the CLI hand to and get from the engine.
 pub use crate::runtime::stop::Stopped;
 pub use crate::runtime::{CommandSpec, Program, TtyMode};
@@ -30,6 +32,7 @@ pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
 pub use processes::VmProcess;
+pub use services::{Autostarted, Detached, ServiceAction, ServiceStatus, describe};
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
@@ -65,6 +68,8 @@ pub enum VmError {
     CopyRunning { name: String },
     #[error("vm {name:?} is not running")]
     NotRunning { name: String },
+    #[error("vm {name:?}: {message}")]
+    Services { name: String, message: String },
     #[error("vm {name:?} is suspended (fvm resume {name} first)")]
     Suspended { name: String },
     #[error("cannot copy vm {src:?} to {dst:?}")]

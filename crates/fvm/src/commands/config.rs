@@ -28,6 +28,9 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         || layers.is_some()
         || !p.limits.given().is_empty()
         || !p.net.given().is_empty()
+        || !args.services.service.is_empty()
+        || !args.services.no_service.is_empty()
+        || args.services.autostart.is_some()
     {
         let done = engine.configure(&name, |policy| {
             if let Some(d) = &p.description {
@@ -42,6 +45,7 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
             p.net
                 .apply_to(&mut policy.network)
                 .map_err(|e| VmError::Network(e.into()))?;
+            apply_services(&args.services, policy)?;
             p.limits.apply_to(&mut policy.limits).map_err(VmError::from)
         })?;
         if done.network_applied {
@@ -66,6 +70,31 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         output::print(&policy.to_toml())?;
     }
     Ok(0)
+}
+
+/// `--service`, `--no-service` and `--autostart`, in that order; any error
+/// leaves the policy as it was.
+fn apply_services(
+    args: &crate::cli::ServiceConfigArgs,
+    policy: &mut fvm_engine::store::Policy,
+) -> Result<(), VmError> {
+    use fvm_engine::store::service;
+    let bad = |e: service::ServiceError| VmError::Services {
+        name: policy.name.to_string(),
+        message: e.0,
+    };
+    let mut services = policy.services.clone();
+    for arg in &args.service {
+        service::apply_arg(&mut services, arg).map_err(bad)?;
+    }
+    for name in &args.no_service {
+        service::remove(&mut services, name).map_err(bad)?;
+    }
+    policy.services = services;
+    if let Some(a) = args.autostart {
+        policy.autostart = a;
+    }
+    Ok(())
 }
 
 fn list(keys: &[fvm_engine::limits::Key]) -> String {

@@ -10,9 +10,11 @@ mod diff;
 mod doctor;
 mod inspect;
 mod list;
+mod logs;
 mod network;
 mod ps;
 mod run;
+mod service;
 mod start;
 mod stats;
 mod stop;
@@ -47,6 +49,8 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Network(a) => network::run(&ctx, a),
+        Command::Service(a) => service::run(&ctx, a),
+        Command::Logs(a) => logs::run(&ctx, a),
     }
 }
 
