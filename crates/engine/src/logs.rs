@@ -435,10 +435,10 @@ impl Followed {
             return Ok(());
         }
         self.file.seek(io::SeekFrom::Start(self.pos))?;
+        // At most a file's worth at a time, however large it claims to be.
+        let want = (size - self.pos).min(FILE_MAX + 8 * LINE_MAX as u64);
         let mut chunk = Vec::new();
-        (&mut self.file)
-            .take(size - self.pos)
-            .read_to_end(&mut chunk)?;
+        (&mut self.file).take(want).read_to_end(&mut chunk)?;
         self.pos += chunk.len() as u64;
         self.partial.extend_from_slice(&chunk);
         let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {

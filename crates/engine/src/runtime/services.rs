@@ -402,6 +402,8 @@ struct Detached {
     pid: Option<Pid>,
     shown: i32,
     outputs: Vec<Output>,
+    /// How it ended, once it has.
+    exit: Option<Exit>,
 }
 
 /// The init's table of services and detached commands.
@@ -583,16 +585,9 @@ impl Supervisor {
 
     /// A child of the init ended.
     pub(super) fn reaped(&mut self, pid: Pid, exit: Exit) {
-        if let Some(d) = self.detached.iter_mut().position(|d| d.pid == Some(pid)) {
-            let shown = self.detached[d].shown;
-            self.detached[d].pid = None;
-            log(
-                &mut self.writer,
-                logs::DETACHED,
-                Some(shown),
-                Stream::Fvm,
-                format!("ended: {}", describe(Some(exit))).as_bytes(),
-            );
+        if let Some(d) = self.detached.iter_mut().find(|d| d.pid == Some(pid)) {
+            d.pid = None;
+            d.exit = Some(exit);
             self.prune_detached();
             return;
         }
@@ -815,9 +810,24 @@ impl Supervisor {
         self.prune_detached();
     }
 
+    /// Forget the detached commands that ended and whose output is all read,
+    /// noting how each ended after its last line.
     fn prune_detached(&mut self) {
-        self.detached
-            .retain(|d| d.pid.is_some() || !d.outputs.is_empty());
+        let writer = &mut self.writer;
+        self.detached.retain(|d| {
+            let done = d.pid.is_none() && d.outputs.is_empty();
+            if done {
+                let text = format!("ended: {}", describe(d.exit));
+                log(
+                    writer,
+                    logs::DETACHED,
+                    Some(d.shown),
+                    Stream::Fvm,
+                    text.as_bytes(),
+                );
+            }
+            !done
+        });
     }
 
     /// Write the status file if anything changed.
@@ -938,6 +948,7 @@ impl Supervisor {
                     pid: Some(pid),
                     shown,
                     outputs: outputs.into(),
+                    exit: None,
                 });
                 let line = format!("started: {}", req.argv.join(" "));
                 log(
