@@ -3,7 +3,10 @@
 //! This is the process `clone` created in the VM's new namespaces. It is a forked
 //! copy of the `fvm` command and never execs: exec would load the dynamic loader
 //! and libc from the VM's own (writable) filesystem into a fully privileged process.
-//! After setup it holds no file descriptor that reaches outside the VM.
+//! After setup it holds no file descriptor that reaches outside the VM but one:
+//! a background VM's logs directory in the store (see [`crate::logs`]), written
+//! beneath that descriptor only. It also keeps the VM's services (see
+//! [`super::services`]).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
