@@ -462,19 +462,7 @@ fn is_source(s: &str) -> bool {
 }
 
 fn open_log(path: &Path) -> io::Result<std::fs::File> {
-    let fd = rustix::fs::open(
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
-        Mode::empty(),
-    )?;
-    let st = rustix::fs::fstat(&fd)?;
-    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not a regular file",
-        ));
-    }
-    Ok(std::fs::File::from(fd))
+    crate::os::files::open_regular(path).map(|(f, _)| f)
 }
 
 /// A log file's bytes: a regular file, no link followed, at most a little over

@@ -27,8 +27,10 @@ pub fn read_regular(path: &Path) -> io::Result<String> {
     read_regular_max(path, MAX_FILE)
 }
 
-/// The same, for files of up to `max` bytes.
-pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
+/// Open a regular file for reading without following a symlink at its last
+/// component (nor hanging on a fifo planted in its place); anything else is
+/// `InvalidData`. Also its `fstat`.
+pub fn open_regular(path: &Path) -> io::Result<(File, rustix::fs::Stat)> {
     let fd = rustix::fs::open(
         path,
         // NONBLOCK: opening a fifo planted in place of the file must not hang.
@@ -42,6 +44,12 @@ pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
             "not a regular file",
         ));
     }
+    Ok((File::from(fd), st))
+}
+
+/// The same, for files of up to `max` bytes.
+pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
+    let (file, st) = open_regular(path)?;
     if st.st_size as u64 > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -51,7 +59,7 @@ pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
     // Sized from fstat (plus one byte to see the end), so a small file takes two
     // reads, not one per doubling of a buffer that starts at 32 bytes.
     let mut s = String::with_capacity((st.st_size as usize).saturating_add(1));
-    File::from(fd).take(max).read_to_string(&mut s)?;
+    file.take(max).read_to_string(&mut s)?;
     Ok(s)
 }
 

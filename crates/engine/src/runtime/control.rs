@@ -65,18 +65,9 @@ pub fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
     fd: RawFd,
     request: &Q,
 ) -> io::Result<Option<A>> {
-    let Some(handle) = InitHandle::open(init)? else {
+    let Some(sock) = take_fd(init, fd, FileType::Socket, "request socket")? else {
         return Ok(None);
     };
-    let sock = rustix::process::pidfd_getfd(handle.pidfd(), fd, PidfdGetfdFlags::empty())?;
-    // The fd number comes from the state file: make sure it is a socket.
-    let st = rustix::fs::fstat(&sock)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::Socket {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the vm's init has no request socket at the recorded fd",
-        ));
-    }
     let sock = Channel::from(sock);
     let (ours, theirs) = Channel::pair()?;
     sock.send_value(request, &[theirs.as_fd()])?;
@@ -93,6 +84,23 @@ pub fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
         // The init ended meanwhile.
         None => Ok(None),
     }
+}
+
+/// A copy of the running init's fd `fd`, which must be of type `kind` (the fd
+/// number comes from the state file); `None` if the VM is gone.
+fn take_fd(init: &ProcId, fd: RawFd, kind: FileType, what: &str) -> io::Result<Option<OwnedFd>> {
+    let Some(handle) = InitHandle::open(init)? else {
+        return Ok(None);
+    };
+    let copy = rustix::process::pidfd_getfd(handle.pidfd(), fd, PidfdGetfdFlags::empty())?;
+    let st = rustix::fs::fstat(&copy)?;
+    if FileType::from_raw_mode(st.st_mode) != kind {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the vm's init has no {what} at the recorded fd"),
+        ));
+    }
+    Ok(Some(copy))
 }
 
 /// The message for a timeout (`None`: no timeout).
@@ -114,18 +122,9 @@ pub fn read_timeout(read: &OwnedFd) -> Option<Option<u64>> {
 
 /// Tell the running init `init` its new timeout. Returns false if the VM is gone.
 pub fn send_timeout(init: &ProcId, fd: RawFd, seconds: Option<u64>) -> io::Result<bool> {
-    let Some(handle) = InitHandle::open(init)? else {
+    let Some(pipe) = take_fd(init, fd, FileType::Fifo, "control pipe")? else {
         return Ok(false);
     };
-    let pipe = rustix::process::pidfd_getfd(handle.pidfd(), fd, PidfdGetfdFlags::empty())?;
-    // The fd number comes from the state file: make sure it is the pipe.
-    let st = rustix::fs::fstat(&pipe)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::Fifo {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the vm's init has no control pipe at the recorded fd",
-        ));
-    }
     let msg = encode_timeout(seconds);
     let n = rustix::io::write(pipe.as_fd(), &msg)?;
     if n != msg.len() {

@@ -26,26 +26,19 @@ pub struct ServiceName(String);
 
 impl ServiceName {
     pub fn new(name: &str) -> Result<ServiceName, ServiceError> {
-        let fail = |why: &'static str| {
-            Err(ServiceError(format!(
+        super::name::check_narrow(
+            name,
+            MAX_NAME,
+            "_-",
+            "it is longer than 32 characters",
+            "only a-z, 0-9, '_' and '-' are allowed",
+        )
+        .map_err(|why| {
+            ServiceError(format!(
                 "invalid service name {}: {why}",
                 crate::os::quote::text(name)
-            )))
-        };
-        let mut chars = name.chars();
-        match chars.next() {
-            None => return fail("it is empty"),
-            Some(c) if !(c.is_ascii_lowercase() || c.is_ascii_digit()) => {
-                return fail("it must start with a lowercase letter or a digit");
-            }
-            Some(_) => {}
-        }
-        if name.len() > MAX_NAME {
-            return fail("it is longer than 32 characters");
-        }
-        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-') {
-            return fail("only a-z, 0-9, '_' and '-' are allowed");
-        }
+            ))
+        })?;
         Ok(ServiceName(name.to_owned()))
     }
 
