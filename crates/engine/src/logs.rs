@@ -182,6 +182,23 @@ impl Writer {
         let _ = self.append(&entry.source, &line);
     }
 
+    /// Append the lines of one read of a stream, all with the same time, in one
+    /// write (rotating first if they would not fit).
+    pub fn write_lines(&mut self, source: &str, pid: Option<i32>, stream: Stream, lines: &[&[u8]]) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut entry = Entry::now(source, pid, stream, b"");
+        let mut out = Vec::with_capacity(lines.iter().map(|l| l.len() + 96).sum());
+        for l in lines {
+            entry.line = String::from_utf8_lossy(l).into_owned();
+            if serde_json::to_writer(&mut out, &entry).is_ok() {
+                out.push(b'\n');
+            }
+        }
+        let _ = self.append(source, &out);
+    }
+
     fn append(&mut self, source: &str, line: &[u8]) -> io::Result<()> {
         let name = format!("{source}.log");
         let at = match self.open.iter().position(|(n, _, _)| *n == name) {

@@ -83,6 +83,45 @@ fn services_start_with_the_vm_and_stop_in_reverse_order() {
 }
 
 #[test]
+fn a_service_that_ignores_sigterm_does_not_hold_up_the_others() {
+    if !needs_root("a_service_that_ignores_sigterm_does_not_hold_up_the_others") {
+        return;
+    }
+    let store = TestStore::new("svc-stubborn");
+    store.create("stub1");
+    let file = "/tmp/fvm-stop-order";
+    let polite = recorder("polite", file);
+    store
+        .fvm(&[
+            "config",
+            "stub1",
+            "--service",
+            &polite,
+            "--service",
+            "stubborn=trap '' TERM; exec sleep 1000",
+        ])
+        .ok();
+    store.start("stub1");
+    wait_until("both run", || {
+        status(&store, "stub1")
+            .iter()
+            .all(|s| s["state"] == "running")
+    });
+    // The stubborn one is stopped first and gets SIGKILL when its share of the
+    // grace time is over; the polite one still gets its SIGTERM in time.
+    store.fvm(&["stop", "stub1", "--time", "3"]).ok();
+    let order = store.sh("stub1", &format!("cat {file}")).ok();
+    assert_eq!(order.out(), "polite", "{order}");
+    let all = status(&store, "stub1");
+    assert_eq!(
+        service(&all, "stubborn")["last_exit"]["signal"],
+        9,
+        "{all:?}"
+    );
+    store.assert_clean();
+}
+
+#[test]
 fn services_are_restarted_as_their_policy_says() {
     if !needs_root("services_are_restarted_as_their_policy_says") {
         return;

@@ -396,6 +396,7 @@ impl Init {
                 self.chan = None;
             }
             if ending && no_children && others.is_empty() {
+                self.services.flush();
                 sys::exit_now(0);
             }
             watched = others;

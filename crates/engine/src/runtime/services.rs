@@ -269,23 +269,48 @@ struct Output {
 impl Output {
     /// Read what is there (one read); false at end of file.
     fn read(&mut self, source: &str, pid: Option<i32>, writer: &mut Option<Writer>) -> bool {
-        let mut buf = [0u8; 64 << 10];
-        match rustix::io::read(&self.fd, &mut buf) {
-            Ok(0) => {
-                self.lines
-                    .finish(&mut |l| log(writer, source, pid, self.stream, l));
-                false
+        self.read_some(source, pid, writer) != Read::Closed
+    }
+
+    /// One read: whether it got data, found nothing yet, or found the end.
+    fn read_some(&mut self, source: &str, pid: Option<i32>, writer: &mut Option<Writer>) -> Read {
+        let mut buf = vec![0u8; 64 << 10];
+        let (open, got) = match rustix::io::read(&self.fd, &mut buf) {
+            Ok(0) => (false, 0),
+            Ok(n) => (true, n),
+            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return Read::Nothing,
+            Err(_) => (false, 0),
+        };
+        // The lines of this read, written together (cut lines are copied out).
+        let mut lines: Vec<Vec<u8>> = Vec::new();
+        self.lines
+            .feed(&buf[..got], &mut |l| lines.push(l.to_vec()));
+        if !open {
+            self.lines.finish(&mut |l| lines.push(l.to_vec()));
+        }
+        if let Some(w) = writer {
+            let refs: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+            w.write_lines(source, pid, self.stream, &refs);
+        }
+        if open { Read::Data } else { Read::Closed }
+    }
+
+    /// Read what is left, until the end or nothing more is there now (at most
+    /// a few MiB: the init is about to exit).
+    fn drain(&mut self, source: &str, pid: Option<i32>, writer: &mut Option<Writer>) {
+        for _ in 0..64 {
+            if self.read_some(source, pid, writer) != Read::Data {
+                return;
             }
-            Ok(n) => {
-                let stream = self.stream;
-                self.lines
-                    .feed(&buf[..n], &mut |l| log(writer, source, pid, stream, l));
-                true
-            }
-            Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => true,
-            Err(_) => false,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Data,
+    Nothing,
+    Closed,
 }
 
 fn log(writer: &mut Option<Writer>, source: &str, pid: Option<i32>, stream: Stream, line: &[u8]) {
@@ -574,6 +599,29 @@ impl Supervisor {
 
     pub(super) fn any_active(&self) -> bool {
         self.services.iter().any(|s| s.state.is_active())
+    }
+
+    /// The init is about to exit: log what the pipes still hold and how the
+    /// detached commands ended, and record the services' states.
+    pub(super) fn flush(&mut self) {
+        for s in &mut self.services {
+            let pid = s.pid.map(|p| p.as_raw_nonzero().get());
+            let name = s.def.name.to_string();
+            for o in &mut s.outputs {
+                o.drain(&name, pid, &mut self.writer);
+            }
+            s.outputs.clear();
+        }
+        for d in &mut self.detached {
+            for o in &mut d.outputs {
+                o.drain(logs::DETACHED, Some(d.shown), &mut self.writer);
+            }
+            d.outputs.clear();
+            d.pid = None;
+        }
+        self.prune_detached();
+        self.dirty = true;
+        self.save_status();
     }
 
     /// The VM ends: the starter goes too.
