@@ -400,3 +400,30 @@ fn autostart_starts_only_the_marked_vms_and_reports_failures() {
     store.fvm(&["delete", "auto-broken"]).ok();
     store.assert_clean();
 }
+
+#[test]
+fn root_in_the_vm_cannot_reach_into_the_service_starter() {
+    if !needs_root("root_in_the_vm_cannot_reach_into_the_service_starter") {
+        return;
+    }
+    let store = TestStore::new("svc-starter");
+    store.create("starter1");
+    store.start("starter1");
+    // The starter keeps the capabilities to confine what it starts: the VM can
+    // see it (and, as root, list its fd numbers, as for its init), but neither
+    // follow its root, fds or memory nor read its environment.
+    let script = "for p in /proc/[0-9]*; do \
+                    [ \"$(cat $p/comm)\" = fvm-starter ] && s=${p#/proc/}; done; \
+                  [ -n \"$s\" ] || { echo no-starter; exit 1; }; \
+                  ls /proc/$s/root/ >/dev/null 2>&1 && echo root-open; \
+                  for f in /proc/$s/fd/*; do \
+                    readlink $f >/dev/null 2>&1 && echo fd-link-read; \
+                    head -c0 $f >/dev/null 2>&1 && echo fd-opened; done; \
+                  head -c1 /proc/$s/mem >/dev/null 2>&1 && echo mem-open; \
+                  cat /proc/$s/environ >/dev/null 2>&1 && echo environ-open; \
+                  echo checked";
+    let out = store.sh("starter1", script).ok();
+    assert_eq!(out.out(), "checked", "{out}");
+    store.stop("starter1");
+    store.assert_clean();
+}
