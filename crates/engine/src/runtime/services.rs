@@ -590,6 +590,22 @@ impl Supervisor {
             };
             self.begin_stop(i);
         }
+        // A restart: once every service it stops has stopped, start them again,
+        // in the table's order.
+        let settled = self.stop_queue.is_empty()
+            && !self
+                .services
+                .iter()
+                .any(|s| s.state == ServiceState::Stopping);
+        if settled && !self.vm_stopping {
+            for i in 0..self.services.len() {
+                if let Some(def) = self.services[i].then_start.take() {
+                    self.services[i].def = def;
+                    self.services[i].backoff = 0;
+                    self.start(i);
+                }
+            }
+        }
     }
 
     /// No service is left to stop (the init may signal the rest of the VM).
@@ -687,14 +703,7 @@ impl Supervisor {
         if svc.state == ServiceState::Stopping {
             svc.at = None;
             svc.set(ServiceState::Stopped);
-            let next = svc.then_start.take();
             self.note(&name, None, &text);
-            if let Some(def) = next
-                && !vm_stopping
-            {
-                self.services[i].def = def;
-                self.start(i);
-            }
             self.advance_stop();
             return;
         }
@@ -946,17 +955,14 @@ impl Supervisor {
                 Answer::Done
             }
             Request::Restart { services, grace_ms } => {
+                // Stop those that run (in reverse order), then start them all
+                // in order (see `advance_stop`).
                 let mut stop = Vec::new();
                 for def in services {
                     let i = self.index_or_add(&def);
-                    if self.services[i].state.is_active() && self.services[i].alive() {
-                        self.services[i].then_start = Some(def);
+                    self.services[i].then_start = Some(def);
+                    if self.services[i].state.is_active() {
                         stop.push(i);
-                    } else {
-                        self.services[i].def = def;
-                        self.services[i].backoff = 0;
-                        self.services[i].at = None;
-                        self.start(i);
                     }
                 }
                 self.queue_stop(stop, Duration::from_millis(grace_ms));
@@ -1100,6 +1106,37 @@ mod tests {
             s.handle(Request::Start { services: vec![] }),
             Answer::Error { .. }
         ));
+    }
+
+    #[test]
+    fn a_restart_stops_in_reverse_order_then_starts_in_order() {
+        let a = Service::new(ServiceName::new("a").unwrap(), "true").unwrap();
+        let b = Service::new(ServiceName::new("b").unwrap(), "true").unwrap();
+        let mut s = Supervisor::new(&[a.clone(), b.clone()], None, None);
+        for (i, pid) in [(0, FAKE), (1, FAKE - 1)] {
+            s.services[i].pid = Pid::from_raw(pid);
+            s.services[i].set(ServiceState::Running);
+        }
+        s.handle(Request::Restart {
+            services: vec![a, b],
+            grace_ms: 1000,
+        });
+        // b first; a waits its turn.
+        assert_eq!(s.services[1].state, ServiceState::Stopping);
+        assert_eq!(s.services[0].state, ServiceState::Running);
+        s.reaped(Pid::from_raw(FAKE - 1).unwrap(), Exit::Signal(15));
+        assert_eq!(s.services[0].state, ServiceState::Stopping);
+        assert!(
+            s.services[1].then_start.is_some(),
+            "b starts only after a stopped"
+        );
+        s.reaped(Pid::from_raw(FAKE).unwrap(), Exit::Signal(15));
+        // Both started again (here without a starter, so both fail to).
+        for svc in &s.services {
+            assert!(svc.then_start.is_none());
+            assert_eq!(svc.state, ServiceState::Failed);
+            assert!(svc.error.as_deref().unwrap().contains("fvm start"));
+        }
     }
 
     #[test]
