@@ -48,6 +48,11 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
             apply_services(&args.services, policy)?;
             p.limits.apply_to(&mut policy.limits).map_err(VmError::from)
         })?;
+        if done.services_changed {
+            eprintln!(
+                "fvm: services of running vm {name} take their new definitions when next (re)started: fvm service {name} SERVICE restart"
+            );
+        }
         if done.network_applied {
             eprintln!("fvm: network rules applied to running vm {name}");
         }
