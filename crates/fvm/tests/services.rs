@@ -427,3 +427,31 @@ fn root_in_the_vm_cannot_reach_into_the_service_starter() {
     store.stop("starter1");
     store.assert_clean();
 }
+
+#[test]
+fn a_vm_with_restarting_services_still_ends_at_its_timeout() {
+    if !needs_root("a_vm_with_restarting_services_still_ends_at_its_timeout") {
+        return;
+    }
+    let store = TestStore::new("svc-timeout");
+    store.create_with("tmo1", &["--timeout", "2s"]);
+    store
+        .fvm(&[
+            "config",
+            "tmo1",
+            "--service",
+            "loop=exec sleep 1000",
+            "--service",
+            "loop.restart=always",
+        ])
+        .ok();
+    store.start("tmo1");
+    // Killed by the timeout, it is not restarted, and the VM ends.
+    wait_until("the vm has stopped at its timeout", || {
+        store.status("tmo1") == "stopped"
+    });
+    let all = status(&store, "tmo1");
+    assert_eq!(service(&all, "loop")["state"], "stopped", "{all:?}");
+    assert_eq!(service(&all, "loop")["restarts"], 0, "{all:?}");
+    store.assert_clean();
+}

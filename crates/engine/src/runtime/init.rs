@@ -442,6 +442,9 @@ impl Init {
             self.timed_out = true;
             self.stopping = true;
             self.kill_at = Some(now + TIMEOUT_GRACE);
+            // Nothing is restarted or started any more.
+            self.services.stop_all(Some(TIMEOUT_GRACE));
+            self.services.end();
             let _ = nix::sys::signal::kill(everyone, Signal::SIGTERM);
         } else if self.kill_at.is_some_and(|k| now >= k) {
             self.kill_at = None;

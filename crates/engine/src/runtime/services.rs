@@ -406,14 +406,14 @@ impl Svc {
     }
 
     /// Signal the service: its process group, and its daemon.
+    /// Once to each process: its group if it leads one (a shell would run
+    /// its trap once per signal), else itself.
     fn signal(&self, sig: Signal) {
-        if let Some(pid) = self.pid {
-            let _ = rustix::process::kill_process_group(pid, sig);
-            let _ = rustix::process::kill_process(pid, sig);
-        }
-        if let Some((pid, _)) = &self.daemon {
-            let _ = rustix::process::kill_process(*pid, sig);
-            let _ = rustix::process::kill_process_group(*pid, sig);
+        let daemon = self.daemon.as_ref().map(|(p, _)| *p);
+        for pid in [self.pid, daemon].into_iter().flatten() {
+            if rustix::process::kill_process_group(pid, sig).is_err() {
+                let _ = rustix::process::kill_process(pid, sig);
+            }
         }
     }
 
