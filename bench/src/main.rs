@@ -23,6 +23,7 @@ mod peers;
 mod phases;
 mod report;
 mod section;
+mod services;
 mod startup;
 mod store;
 mod table;
@@ -159,6 +160,20 @@ struct Args {
         "density_only"
     ])]
     io_only: bool,
+    /// Timed rounds of the services benchmark [--quick: 3]
+    #[arg(long, default_value_t = 10)]
+    services_rounds: usize,
+    /// MiB a detached command writes through the logs in the services benchmark
+    /// [--quick: 8]
+    #[arg(long, default_value_t = 64)]
+    services_log_mib: usize,
+    /// Run only the services benchmark (logging path, start with services), and
+    /// replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only", "io_only"
+    ])]
+    services_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }

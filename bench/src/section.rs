@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, host_changes, invocation, io, network};
+use crate::{Args, changes, copy, density, host_changes, invocation, io, network, services};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -15,16 +15,18 @@ pub enum Section {
     HostChanges,
     Io,
     Density,
+    Services,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
         Section::HostChanges,
         Section::Io,
         Section::Density,
+        Section::Services,
     ];
 
     /// The section an `--X-only` flag asks for.
@@ -36,6 +38,7 @@ impl Section {
             (args.host_changes_only, Section::HostChanges),
             (args.io_only, Section::Io),
             (args.density_only, Section::Density),
+            (args.services_only, Section::Services),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -104,6 +107,26 @@ impl Section {
             Section::Density => {
                 let measured = density::measure(store, &density_params(args))?;
                 density::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Services => {
+                let params = if args.quick {
+                    services::Params {
+                        rounds: 3,
+                        log_mib: 8,
+                    }
+                } else {
+                    services::Params {
+                        rounds: args.services_rounds.max(1),
+                        log_mib: args.services_log_mib.max(1),
+                    }
+                };
+                services::render(
+                    &services::measure(store, &params)?,
+                    &inv,
+                    date,
+                    kernel,
+                    place,
+                )
             }
         })
     }

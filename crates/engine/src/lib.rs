@@ -11,6 +11,7 @@
 //! - [`limits`]: the resource policy (sizes, durations, CPUs, rlimits);
 //! - [`confine`]: what root in a VM may not do (capabilities, seccomp);
 //! - [`net`]: VM networks (host, none, bridge), through netlink and nftables;
+//! - [`logs`]: the output of a VM's services and detached commands;
 //! - [`changes`]: what a VM changed (diff), writing it back (commit), cloning (copy);
 //! - `runtime` (inside the crate): launch, the VM's init, commands inside, terminal relay, stop;
 //! - [`vm`]: the operations users ask for, built from the above;
@@ -27,6 +28,7 @@ pub mod confine;
 pub mod doctor;
 pub mod layers;
 pub mod limits;
+pub mod logs;
 pub mod mounts;
 pub mod net;
 pub mod os;

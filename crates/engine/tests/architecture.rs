@@ -17,6 +17,8 @@ const LAYERS: &[&[&str]] = &[
     &["cgroup", "net"],
     // The store's files, and assembling a VM's filesystem.
     &["store", "mounts"],
+    // A VM's logs: written by its init, read by `fvm logs`.
+    &["logs"],
     // A VM's processes; a VM's changes.
     &["runtime", "changes"],
     // Host changes into running VMs (the store's watcher).

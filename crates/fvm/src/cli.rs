@@ -39,8 +39,8 @@ pub enum Command {
     /// List VMs
     #[command(visible_alias = "ls")]
     List(ListArgs),
-    /// Start VMs in the background
-    Start(NamesArg),
+    /// Start VMs in the background (and their services)
+    Start(StartArgs),
     /// Open an interactive login shell in a VM (starting it if needed)
     Shell(ShellArgs),
     /// Run a command in a VM (starting it for the command if it is stopped)
@@ -82,6 +82,10 @@ pub enum Command {
     /// Write the man pages of fvm and its commands into a directory
     #[command(hide = true)]
     Man(ManArgs),
+    /// Start, stop or restart a running VM's services, or show their status
+    Service(ServiceArgs),
+    /// Show the output of a VM's services and detached commands (run -d)
+    Logs(LogsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -124,6 +128,54 @@ pub struct ShellArgs {
     /// of root
     #[arg(long, short, value_name = "USER")]
     pub user: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The VMs' names, each done in turn
+    #[arg(required_unless_present = "autostart", add = crate::complete::vm_names())]
+    pub names: Vec<String>,
+    /// Start every VM marked `--autostart true` instead (what the host runs at
+    /// boot, see dist/systemd/fvm-autostart.service); the exit status is 1 if any
+    /// of them could not start
+    #[arg(long, conflicts_with = "names")]
+    pub autostart: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Examples:\n  fvm service web status\n  fvm service web nginx restart\n  fvm service web stop"
+)]
+pub struct ServiceArgs {
+    /// The VM's name
+    #[arg(add = crate::complete::vm_names())]
+    pub name: String,
+    /// [SERVICE] ACTION: the service (all when left out), then start, stop,
+    /// restart or status
+    #[arg(num_args = 1..=2, required = true, value_name = "[SERVICE] ACTION")]
+    pub args: Vec<String>,
+    /// Seconds a stop or restart gives each service after SIGTERM before SIGKILL
+    #[arg(long, short = 't', default_value_t = 10, value_name = "S")]
+    pub time: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The VM's name
+    #[arg(add = crate::complete::vm_names())]
+    pub name: String,
+    /// Only this service's output (`run` for the detached commands)
+    pub service: Option<String>,
+    /// Keep printing new lines as they are written, until ^C or the VM stops
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Only lines written since TIME: 2026-01-02T03:04:05Z, or a duration back
+    /// from now (10m, 1h30m)
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only the last N lines
+    #[arg(long, short = 'n', value_name = "N")]
+    pub tail: Option<usize>,
 }
 
 #[derive(Debug, Args)]
@@ -344,6 +396,11 @@ pub struct RunArgs {
     /// Limits for the throw-away VM (with --rm; a named VM has its policy)
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Start the command in the background and return at once (starting the VM
+    /// if it is stopped, and leaving it running); its output goes to the VM's
+    /// logs (fvm logs VM run), its stdin is /dev/null
+    #[arg(short = 'd', long, conflicts_with_all = ["rm", "tty"])]
+    pub detach: bool,
     /// The VM (optional with --rm)
     #[arg(add = crate::complete::vm_names())]
     pub name: Option<String>,
@@ -394,8 +451,11 @@ pub struct CommitArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// The VMs' names, each done in turn
-    #[arg(required = true, add = crate::complete::vm_names())]
+    #[arg(required_unless_present = "autostart", add = crate::complete::vm_names())]
     pub names: Vec<String>,
+    /// Stop every running VM marked `--autostart true` instead (at host shutdown)
+    #[arg(long, conflicts_with = "names")]
+    pub autostart: bool,
     /// Seconds to wait after SIGTERM before SIGKILL
     #[arg(long, short = 't', default_value_t = 10, value_name = "S")]
     pub time: u64,
@@ -427,6 +487,27 @@ pub struct ConfigArgs {
     pub name: String,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    #[command(flatten)]
+    pub services: ServiceConfigArgs,
+}
+
+/// `fvm config` flags for services and autostart.
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Services")]
+pub struct ServiceConfigArgs {
+    /// Add a service run by /bin/sh -c (NAME=CMD, appended to the start order) or
+    /// replace its command; remove it with NAME= (or --no-service NAME); set one
+    /// of its keys with NAME.KEY=VALUE: env (VAR=VALUE sets, VAR removes), workdir,
+    /// user, restart (no, on-failure, always), pidfile (a daemon that forks:
+    /// where it writes its pid); an empty VALUE clears a key (repeatable)
+    #[arg(long = "service", value_name = "NAME[.KEY]=VALUE")]
+    pub service: Vec<String>,
+    /// Remove a service (repeatable)
+    #[arg(long = "no-service", value_name = "NAME")]
+    pub no_service: Vec<String>,
+    /// Start the VM when the host boots (true or false; see fvm start --autostart)
+    #[arg(long, value_name = "true|false")]
+    pub autostart: Option<bool>,
 }
 
 #[derive(Debug, Args)]

@@ -430,6 +430,15 @@ fn ps_reads_a_hostile_passwd_safely() {
              setsid setpriv --reuid=4323 --regid=4323 --clear-groups sleep 300 </dev/null >/dev/null 2>&1 &",
         )
         .ok();
+    // The sleep is started in the background: wait until it runs.
+    wait_until("the hostile user's sleep shows in ps", || {
+        store
+            .fvm(&["ps", "ph"])
+            .ok()
+            .stdout
+            .lines()
+            .any(|l| l.contains("sleep 300"))
+    });
     let ps = |what: &str| {
         let out = store.fvm(&["ps", "ph"]).ok();
         let line = out

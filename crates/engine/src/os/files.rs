@@ -29,13 +29,21 @@ pub fn read_regular(path: &Path) -> io::Result<String> {
 
 /// The same, for files of up to `max` bytes.
 pub fn read_regular_max(path: &Path, max: u64) -> io::Result<String> {
+    let (file, st) = open_regular(path)?;
+    read_max(file, &st, max)
+}
+
+/// Open a regular file for reading without following a symlink at its last
+/// component (nor hanging on a fifo planted in its place); anything else is
+/// `InvalidData`. Also its `fstat`.
+pub fn open_regular(path: &Path) -> io::Result<(File, rustix::fs::Stat)> {
     let fd = rustix::fs::open(
         path,
         // NONBLOCK: opening a fifo planted in place of the file must not hang.
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
-    read_fd_max(fd, max)
+    regular(fd)
 }
 
 /// The same, for `rel` inside the tree at `root` (a VM's root directory): every
@@ -49,10 +57,12 @@ pub fn read_regular_in(root: BorrowedFd<'_>, rel: &Path, max: u64) -> io::Result
         Mode::empty(),
         rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
     )?;
-    read_fd_max(fd, max)
+    let (file, st) = regular(fd)?;
+    read_max(file, &st, max)
 }
 
-fn read_fd_max(fd: OwnedFd, max: u64) -> io::Result<String> {
+/// `fd` as a file, with its `fstat`, if it is a regular file.
+fn regular(fd: OwnedFd) -> io::Result<(File, rustix::fs::Stat)> {
     let st = rustix::fs::fstat(&fd)?;
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
         return Err(io::Error::new(
@@ -60,6 +70,11 @@ fn read_fd_max(fd: OwnedFd, max: u64) -> io::Result<String> {
             "not a regular file",
         ));
     }
+    Ok((File::from(fd), st))
+}
+
+/// All of `file` (whose `fstat` is `st`) as text, if it has at most `max` bytes.
+fn read_max(file: File, st: &rustix::fs::Stat, max: u64) -> io::Result<String> {
     if st.st_size as u64 > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -69,7 +84,7 @@ fn read_fd_max(fd: OwnedFd, max: u64) -> io::Result<String> {
     // Sized from fstat (plus one byte to see the end), so a small file takes two
     // reads, not one per doubling of a buffer that starts at 32 bytes.
     let mut s = String::with_capacity((st.st_size as usize).saturating_add(1));
-    File::from(fd).take(max).read_to_string(&mut s)?;
+    file.take(max).read_to_string(&mut s)?;
     Ok(s)
 }
 

@@ -120,7 +120,13 @@ unsafe fn clone_and_run(
 ) -> io::Result<Pid> {
     let mut args = CloneArgs {
         flags,
-        exit_signal: libc::SIGCHLD as u64,
+        // A sibling (CLONE_PARENT) takes the caller's own exit signal, and clone3
+        // refuses one given with it.
+        exit_signal: if flags & libc::CLONE_PARENT as u64 != 0 {
+            0
+        } else {
+            libc::SIGCHLD as u64
+        },
         ..CloneArgs::default()
     };
     if let Some(fd) = cgroup {

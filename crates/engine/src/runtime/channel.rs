@@ -92,7 +92,11 @@ pub enum Msg {
     },
 }
 
-const MAX_MSG: usize = 4096;
+/// The largest message: a service's definition or the status of every service
+/// fits many times.
+const MAX_MSG: usize = 256 << 10;
+/// The most file descriptors one message carries.
+const MAX_FDS: usize = 3;
 
 #[derive(Debug)]
 pub struct Channel(OwnedFd);
@@ -109,12 +113,30 @@ impl Channel {
     }
 
     pub fn send(&self, msg: &Msg, fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
-        let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
         let fds: Vec<BorrowedFd<'_>> = fd.into_iter().collect();
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        self.send_value(msg, &fds)
+    }
+
+    /// The next message, or `None` if the other side has gone.
+    pub fn recv(&self) -> io::Result<Option<(Msg, Option<OwnedFd>)>> {
+        Ok(self
+            .recv_value()?
+            .map(|(m, fds): (Msg, Vec<OwnedFd>)| (m, fds.into_iter().next())))
+    }
+
+    /// Send any message, with up to [`MAX_FDS`] file descriptors.
+    pub fn send_value<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let body = serde_json::to_vec(msg).map_err(io::Error::other)?;
+        if body.len() > MAX_MSG || fds.len() > MAX_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "message too large for the vm's init",
+            ));
+        }
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut cmsg = SendAncillaryBuffer::new(&mut space);
         if !fds.is_empty() {
-            cmsg.push(SendAncillaryMessage::ScmRights(&fds));
+            cmsg.push(SendAncillaryMessage::ScmRights(fds));
         }
         // NOSIGNAL: a peer that died must give us EPIPE, not kill us with SIGPIPE.
         rustix::net::sendmsg(
@@ -126,10 +148,12 @@ impl Channel {
         Ok(())
     }
 
-    /// The next message, or `None` if the other side has gone.
-    pub fn recv(&self) -> io::Result<Option<(Msg, Option<OwnedFd>)>> {
-        let mut buf = [0u8; MAX_MSG];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    /// The next message of any kind, or `None` if the other side has gone.
+    pub fn recv_value<T: serde::de::DeserializeOwned>(
+        &self,
+    ) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+        let mut buf = vec![0u8; MAX_MSG];
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
         let mut cmsg = RecvAncillaryBuffer::new(&mut space);
         let got = loop {
             match rustix::net::recvmsg(
@@ -142,10 +166,10 @@ impl Channel {
                 other => break other?,
             }
         };
-        let mut fd = None;
+        let mut fds = Vec::new();
         for m in cmsg.drain() {
-            if let RecvAncillaryMessage::ScmRights(fds) = m {
-                fd = fds.into_iter().next();
+            if let RecvAncillaryMessage::ScmRights(got) = m {
+                fds.extend(got);
             }
         }
         if got.bytes == 0 {
@@ -153,7 +177,7 @@ impl Channel {
         }
         let msg = serde_json::from_slice(&buf[..got.bytes])
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-        Ok(Some((msg, fd)))
+        Ok(Some((msg, fds)))
     }
 }
 

@@ -373,6 +373,37 @@ pub fn spawn(
     cgroup: Option<BorrowedFd<'_>>,
     before_exec: &dyn Fn() -> io::Result<()>,
 ) -> Result<Pid, SpawnError> {
+    spawn_with(spec, 0, stdio, pipes, tty, cgroup, before_exec)
+}
+
+/// [`spawn`] for a VM's service or detached command, from the VM's service
+/// starter (see `runtime::services`): a child of the VM's init (CLONE_PARENT),
+/// which reaps it and sees how it ended.
+pub fn spawn_service(
+    spec: &CommandSpec,
+    stdio: &StdioPlan,
+    pipes: Pipes<'_>,
+) -> Result<Pid, SpawnError> {
+    spawn_with(
+        spec,
+        libc::CLONE_PARENT as u64,
+        stdio,
+        pipes,
+        None,
+        None,
+        &|| Ok(()),
+    )
+}
+
+fn spawn_with(
+    spec: &CommandSpec,
+    flags: u64,
+    stdio: &StdioPlan,
+    pipes: Pipes<'_>,
+    tty: Option<&OwnedFd>,
+    cgroup: Option<BorrowedFd<'_>>,
+    before_exec: &dyn Fn() -> io::Result<()>,
+) -> Result<Pid, SpawnError> {
     let r = spec.resolve()?;
     let fork_err = |source| SpawnError::Fork {
         program: r.program.clone(),
@@ -380,7 +411,7 @@ pub fn spawn(
     };
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
-    let pid = sys::spawn_in(0, cgroup, || {
+    let pid = sys::spawn_in(flags, cgroup, || {
         let errno = exec_child(&r, stdio, pipes, tty, before_exec);
         let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
         if errno == libc::ENOENT { 127 } else { 126 }

@@ -12,6 +12,13 @@
 //!
 //! A message is 8 bytes, native-endian: the VM's timeout in seconds counted from
 //! its start, 0 for none.
+//!
+//! Requests that want an answer (services, `fvm run -d`, see
+//! `runtime::services`) go the same way over a second pair the init holds both
+//! ends of: a SOCK_SEQPACKET socketpair. fvm takes a copy of one end and sends
+//! one request, with the end of a new socketpair of its own attached, on which
+//! the init answers. Every request has its own answer line, so concurrent fvm
+//! commands never read each other's answers.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd, RawFd};
@@ -19,6 +26,7 @@ use std::os::fd::{AsFd, OwnedFd, RawFd};
 use rustix::fs::FileType;
 use rustix::process::PidfdGetfdFlags;
 
+use super::channel::Channel;
 use super::stop::InitHandle;
 use crate::os::procid::ProcId;
 
@@ -27,6 +35,9 @@ use crate::os::procid::ProcId;
 pub struct ControlPipe {
     pub read: OwnedFd,
     pub write: OwnedFd,
+    /// The init's end of the request socketpair, and the end fvm takes copies of.
+    pub requests: Channel,
+    pub requests_in: OwnedFd,
 }
 
 impl ControlPipe {
@@ -34,8 +45,62 @@ impl ControlPipe {
         let (read, write) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
         )?;
-        Ok(ControlPipe { read, write })
+        let (requests, requests_in) = Channel::pair()?;
+        Ok(ControlPipe {
+            read,
+            write,
+            requests,
+            requests_in: requests_in.into(),
+        })
     }
+}
+
+/// How long fvm waits for the init's answer to a request.
+pub const ANSWER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// Send `request` to the running init `init`, whose request socket is `fd`, and
+/// wait for its answer. `None` if the VM is gone.
+pub fn request<Q: serde::Serialize, A: serde::de::DeserializeOwned>(
+    init: &ProcId,
+    fd: RawFd,
+    request: &Q,
+) -> io::Result<Option<A>> {
+    let Some(sock) = take_fd(init, fd, FileType::Socket, "request socket")? else {
+        return Ok(None);
+    };
+    let sock = Channel::from(sock);
+    let (ours, theirs) = Channel::pair()?;
+    sock.send_value(request, &[theirs.as_fd()])?;
+    drop(theirs);
+    let answer_fd: OwnedFd = ours.into();
+    if !super::stop::wait_readable(&answer_fd, ANSWER_DEADLINE)? {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the vm's init did not answer",
+        ));
+    }
+    match Channel::from(answer_fd).recv_value::<A>()? {
+        Some((answer, _)) => Ok(Some(answer)),
+        // The init ended meanwhile.
+        None => Ok(None),
+    }
+}
+
+/// A copy of the running init's fd `fd`, which must be of type `kind` (the fd
+/// number comes from the state file); `None` if the VM is gone.
+fn take_fd(init: &ProcId, fd: RawFd, kind: FileType, what: &str) -> io::Result<Option<OwnedFd>> {
+    let Some(handle) = InitHandle::open(init)? else {
+        return Ok(None);
+    };
+    let copy = rustix::process::pidfd_getfd(handle.pidfd(), fd, PidfdGetfdFlags::empty())?;
+    let st = rustix::fs::fstat(&copy)?;
+    if FileType::from_raw_mode(st.st_mode) != kind {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the vm's init has no {what} at the recorded fd"),
+        ));
+    }
+    Ok(Some(copy))
 }
 
 /// The message for a timeout (`None`: no timeout).
@@ -57,18 +122,9 @@ pub fn read_timeout(read: &OwnedFd) -> Option<Option<u64>> {
 
 /// Tell the running init `init` its new timeout. Returns false if the VM is gone.
 pub fn send_timeout(init: &ProcId, fd: RawFd, seconds: Option<u64>) -> io::Result<bool> {
-    let Some(handle) = InitHandle::open(init)? else {
+    let Some(pipe) = take_fd(init, fd, FileType::Fifo, "control pipe")? else {
         return Ok(false);
     };
-    let pipe = rustix::process::pidfd_getfd(handle.pidfd(), fd, PidfdGetfdFlags::empty())?;
-    // The fd number comes from the state file: make sure it is the pipe.
-    let st = rustix::fs::fstat(&pipe)?;
-    if FileType::from_raw_mode(st.st_mode) != FileType::Fifo {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "the vm's init has no control pipe at the recorded fd",
-        ));
-    }
     let msg = encode_timeout(seconds);
     let n = rustix::io::write(pipe.as_fd(), &msg)?;
     if n != msg.len() {

@@ -3,7 +3,10 @@
 //! This is the process `clone` created in the VM's new namespaces. It is a forked
 //! copy of the `fvm` command and never execs: exec would load the dynamic loader
 //! and libc from the VM's own (writable) filesystem into a fully privileged process.
-//! After setup it holds no file descriptor that reaches outside the VM.
+//! After setup it holds no file descriptor that reaches outside the VM but one:
+//! a background VM's logs directory in the store (see [`crate::logs`]), written
+//! beneath that descriptor only. It also keeps the VM's services (see
+//! [`super::services`]).
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -17,8 +20,10 @@ use super::channel::{Channel, Exit, Msg};
 use super::command::{self, SpawnError};
 use super::control::{self, ControlPipe};
 use super::launch::LaunchSpec;
+use super::services;
 use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup;
+use crate::logs::Writer;
 use crate::mounts::apply;
 use crate::os::sys;
 use crate::store::StartMode;
@@ -45,7 +50,7 @@ pub(super) fn run(
     control: ControlPipe,
 ) -> ! {
     let started = Instant::now();
-    let (signals, pipes) = match setup(spec, pipes, &chan, cgroup, &control) {
+    let (signals, pipes, writer) = match setup(spec, pipes, &chan, cgroup, &control) {
         Ok(s) => s,
         Err(error) => {
             let _ = chan.send(&Msg::Failed { error }, None);
@@ -70,9 +75,19 @@ pub(super) fn run(
         kill_at: None,
         timed_out: false,
         outside: None,
+        services: services::Supervisor::new(&[], None, None),
+        pending_signal: None,
     };
     if let Some(cmd) = &spec.command {
         init.start_command(cmd, &spec.stdio, pipes);
+    }
+    // A VM started to run (`fvm start`) starts its services, through a starter
+    // forked now, while the init still has the capabilities to confine them.
+    if init.mode == StartMode::Background {
+        let starter = services::Starter::fork(spec.service_limits, &spec.service_confine).ok();
+        init.services = services::Supervisor::new(&spec.services, starter, writer);
+    } else {
+        drop(writer);
     }
     // From here the init only reaps, forwards signals and keeps the timeout: none
     // of that needs more than the VM's own capabilities, and a process of the VM
@@ -83,8 +98,13 @@ pub(super) fn run(
     if init.mode == StartMode::Background {
         init.chan = None;
     }
+    init.services.start_all();
     init.serve(&signals)
 }
+
+/// What [`setup`] leaves the init: its signals, its copies of the command's
+/// pipes, and the VM's logs.
+type Assembled = (SignalFd, [Option<OwnedFd>; 3], Option<Writer>);
 
 /// Assemble the VM. Errors are one line for the user, naming the step.
 fn setup(
@@ -93,7 +113,7 @@ fn setup(
     chan: &Channel,
     cgroup: cgroup::Entry,
     control: &ControlPipe,
-) -> Result<(SignalFd, [Option<OwnedFd>; 3]), String> {
+) -> Result<Assembled, String> {
     // The command's pipe ends are fvm's (and go with everything else it had
     // open); the init takes copies of its own, to hand on and then close.
     let pipes = pipes
@@ -107,6 +127,8 @@ fn setup(
         chan.as_fd().as_raw_fd(),
         control.read.as_raw_fd(),
         control.write.as_raw_fd(),
+        control.requests.as_fd().as_raw_fd(),
+        control.requests_in.as_raw_fd(),
     ];
     keep.extend(cgroup.raw_fds());
     keep.extend(pipes.iter().flatten().map(AsRawFd::as_raw_fd));
@@ -131,6 +153,14 @@ fn setup(
     // Leave the session of whoever ran fvm: the VM must not get its terminal.
     rustix::process::setsid().map_err(|e| format!("cannot start a new session: {e}"))?;
     tracing::debug!("init: in the vm's cgroup");
+    // The VM's logs directory, the one fd of the store the init keeps (see
+    // `crate::logs`): opened while the store is still in view.
+    let writer = match (&spec.logs, spec.mode) {
+        (Some(dir), StartMode::Background) => Some(
+            Writer::open(dir).map_err(|e| format!("cannot open the vm's logs directory: {e}"))?,
+        ),
+        _ => None,
+    };
     apply::enter_root(&spec.plan, &spec.layout).map_err(|e| crate::error_line(&e))?;
     tracing::debug!("init: root assembled");
     rustix::system::sethostname(spec.name.as_bytes())
@@ -158,7 +188,7 @@ fn setup(
                 .map_err(Into::into)
         })
         .map_err(|e| format!("cannot set up signal handling: {e}"))
-        .map(|signals| (signals, pipes))
+        .map(|signals| (signals, pipes, writer))
 }
 
 /// The VM's own /etc/resolv.conf (in its layer), naming `servers`. Whatever was
@@ -201,6 +231,11 @@ struct Init {
     /// The first stop signal that came from outside the VM (a sender the VM's
     /// pid namespace doesn't show: `fvm stop`, the host shutting down).
     outside: Option<i32>,
+    /// The VM's services and detached commands.
+    services: services::Supervisor,
+    /// A stop signal for the VM's other processes, sent once its services
+    /// have stopped (in reverse order).
+    pending_signal: Option<Signal>,
 }
 
 impl Init {
@@ -285,10 +320,14 @@ impl Init {
     fn serve(mut self, signals: &SignalFd) -> ! {
         let mut watched: Vec<OwnedFd> = Vec::new();
         loop {
+            let sources = self.services.poll_fds();
             let mut fds = vec![
                 PollFd::new(signals, PollFlags::IN),
                 PollFd::new(&self.control.read, PollFlags::IN),
+                PollFd::new(&self.control.requests, PollFlags::IN),
             ];
+            fds.extend(sources.iter().map(|(fd, _)| PollFd::new(fd, PollFlags::IN)));
+            let first_watched = fds.len();
             fds.extend(watched.iter().map(|w| PollFd::new(w, PollFlags::IN)));
             let wake = self.next_wake().map(|at| {
                 let d = at.saturating_duration_since(Instant::now());
@@ -302,11 +341,23 @@ impl Init {
             {
                 sys::exit_now(1);
             }
+            let request = !fds[2].revents().is_empty();
+            let ready: Vec<services::Polled> = fds[3..first_watched]
+                .iter()
+                .zip(&sources)
+                .filter(|(fd, _)| !fd.revents().is_empty())
+                .map(|(_, (_, which))| *which)
+                .collect();
             drop(fds);
+            drop(sources);
             if let Some(timeout) = control::read_timeout(&self.control.read) {
                 self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
             }
             self.enforce_timeout();
+            if request {
+                self.answer_request();
+            }
+            self.services.ready(&ready);
             while let Ok(Some(info)) = signals.read_signal() {
                 let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
                     continue;
@@ -314,11 +365,19 @@ impl Init {
                 if sig == Signal::SIGCHLD {
                     continue;
                 }
-                // kill(-1) from a pid-namespace init reaches every other process of
-                // the VM, double-forked daemons included.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
-                if sig != Signal::SIGUSR1 && sig != Signal::SIGUSR2 {
+                let stop = sig != Signal::SIGUSR1 && sig != Signal::SIGUSR2;
+                if stop && self.services.any_active() {
+                    // The services first, in reverse order; then the rest.
+                    self.services.stop_all(None);
+                    self.pending_signal = Some(sig);
+                } else {
+                    // kill(-1) from a pid-namespace init reaches every other process of
+                    // the VM, double-forked daemons included.
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
+                }
+                if stop {
                     self.stopping = true;
+                    self.services.end();
                     // A process of the VM that signals its init shows its pid;
                     // one outside the VM's pid namespace shows as 0. Only kill()
                     // (SI_USER) counts: a process of the VM can queue a signal
@@ -330,6 +389,13 @@ impl Init {
                 }
             }
             let (no_children, command_exit) = self.reap();
+            self.services.tick();
+            if let Some(sig) = self.pending_signal
+                && self.services.stopped()
+            {
+                self.pending_signal = None;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), sig);
+            }
             let ending = self.stopping || self.mode == StartMode::Command;
             let others = if no_children && (ending || command_exit.is_some()) {
                 others_alive()
@@ -352,20 +418,41 @@ impl Init {
                 self.chan = None;
             }
             if ending && no_children && others.is_empty() {
+                self.services.flush();
                 sys::exit_now(0);
             }
             watched = others;
         }
     }
 
+    /// One request from fvm (see `runtime::control`), answered on the line it
+    /// came with.
+    fn answer_request(&mut self) {
+        let Ok(Some((req, fds))) = self.control.requests.recv_value::<services::Request>() else {
+            return;
+        };
+        let Some(reply) = fds.into_iter().next() else {
+            return;
+        };
+        let answer = self.services.handle(req);
+        let reply = Channel::from(reply);
+        // Never wait on fvm: a reply that doesn't fit now is dropped.
+        let _ = rustix::io::ioctl_fionbio(&reply, true);
+        let _ = reply.send_value(&answer, &[]);
+    }
+
     /// The next moment the timeout needs the init: the deadline, or the SIGKILL
     /// after it.
     fn next_wake(&self) -> Option<Instant> {
-        match (self.kill_at, self.timed_out) {
+        let timeout = match (self.kill_at, self.timed_out) {
             (Some(at), _) => Some(at),
             (None, false) => self.deadline,
             (None, true) => None,
-        }
+        };
+        [timeout, self.services.next_wake()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Stop the VM once its timeout has run out: SIGTERM to every process, and
@@ -377,6 +464,9 @@ impl Init {
             self.timed_out = true;
             self.stopping = true;
             self.kill_at = Some(now + TIMEOUT_GRACE);
+            // Nothing is restarted or started any more.
+            self.services.stop_all(Some(TIMEOUT_GRACE));
+            self.services.end();
             let _ = nix::sys::signal::kill(everyone, Signal::SIGTERM);
         } else if self.kill_at.is_some_and(|k| now >= k) {
             self.kill_at = None;
@@ -394,6 +484,9 @@ impl Init {
                     if Some(child.pid) == self.command {
                         self.command = None;
                         command_exit = Some((Exit::from_raw(child.status), child.cpu));
+                    } else {
+                        self.services
+                            .reaped(child.pid, Exit::from_raw(child.status));
                     }
                 }
                 Ok(None) => return (false, command_exit),

@@ -38,6 +38,14 @@ pub struct LaunchSpec {
     pub confined: bool,
     /// Name servers for the VM's own /etc/resolv.conf (none: keep the host's).
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// The services the init starts once the VM runs (in the background mode),
+    /// with the VM's per-process limits and confinement (see `runtime::services`).
+    pub services: Vec<crate::store::service::Service>,
+    pub service_limits: crate::limits::ProcessLimits,
+    pub service_confine: crate::confine::Confinement,
+    /// The VM's logs directory in the store, which the init opens before the
+    /// VM's root replaces the host's (see [`crate::logs`]).
+    pub logs: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +69,8 @@ pub struct Launched {
     pub chan: Channel,
     /// The write end of the init's control pipe, by its fd number in the init.
     pub control_fd: i32,
+    /// fvm's end of the init's request socket, by its fd number in the init.
+    pub request_fd: i32,
 }
 
 impl Launched {
@@ -107,6 +117,7 @@ pub fn launch(
     let control = ControlPipe::new().map_err(LaunchError::Channel)?;
     // The child's fd table is a copy of ours: same numbers.
     let control_fd = std::os::fd::AsRawFd::as_raw_fd(&control.write);
+    let request_fd = std::os::fd::AsRawFd::as_raw_fd(&control.requests_in);
     // The child starts with a copy of our buffers; flush so nothing prints twice.
     let _ = io::stdout().flush();
     let _ = io::stderr().flush();
@@ -128,5 +139,6 @@ pub fn launch(
         pid,
         chan: ours,
         control_fd,
+        request_fd,
     })
 }

@@ -8,6 +8,7 @@ pub mod enter;
 mod init;
 pub mod launch;
 pub mod relay;
+pub mod services;
 pub mod stdio;
 pub mod stop;
 

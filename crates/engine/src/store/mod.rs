@@ -5,7 +5,8 @@
 //! <root>/dirs            VM layer directories kept outside the store (`--dir`)
 //! <root>/vms/<name>/     vm.toml (policy), state.json, lock, root/ (mount point
 //!                        of the VM's root while it starts), layers/<mount>/{upper,work},
-//!                        hide-pending (a `--dir` VM not yet covered in every running VM)
+//!                        hide-pending (a `--dir` VM not yet covered in every running VM),
+//!                        logs/ (its services' and detached commands' output)
 //! ```
 //!
 //! A VM directory appears by `rename` of a complete temp directory and disappears by
@@ -15,6 +16,7 @@ mod create;
 pub mod end;
 mod name;
 mod policy;
+pub mod service;
 mod state;
 
 use std::io;
@@ -450,6 +452,11 @@ impl VmDir {
 
     pub fn staging_path(&self) -> PathBuf {
         self.path.join("root")
+    }
+
+    /// The VM's logs (see [`crate::logs`]): in the store, never in its layers.
+    pub fn logs_path(&self) -> PathBuf {
+        self.path.join("logs")
     }
     /// Where the VM's layers live: its `dir` if set, else inside the store.
     pub fn layers_path(&self, policy: &Policy) -> PathBuf {

@@ -23,32 +23,50 @@ pub struct NameError {
 
 impl VmName {
     pub fn new(name: &str) -> Result<VmName, NameError> {
-        let fail = |reason| {
-            Err(NameError {
-                name: name.to_owned(),
-                reason,
-            })
-        };
-        let mut chars = name.chars();
-        match chars.next() {
-            None => return fail("it is empty"),
-            Some(c) if !(c.is_ascii_lowercase() || c.is_ascii_digit()) => {
-                return fail("it must start with a lowercase letter or a digit");
-            }
-            Some(_) => {}
-        }
-        if name.len() > MAX_LEN {
-            return fail("it is longer than 63 characters");
-        }
-        if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.-".contains(c)) {
-            return fail("only a-z, 0-9, '_', '.' and '-' are allowed");
-        }
+        check_narrow(
+            name,
+            MAX_LEN,
+            "_.-",
+            "it is longer than 63 characters",
+            "only a-z, 0-9, '_', '.' and '-' are allowed",
+        )
+        .map_err(|reason| NameError {
+            name: name.to_owned(),
+            reason,
+        })?;
         Ok(VmName(name.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// Check a narrow name: `[a-z0-9]`, then up to `max - 1` of `[a-z0-9]` and
+/// `others`. The reason it isn't one, in words (`too_long`, `bad_char` for
+/// those cases).
+pub(crate) fn check_narrow(
+    name: &str,
+    max: usize,
+    others: &str,
+    too_long: &'static str,
+    bad_char: &'static str,
+) -> Result<(), &'static str> {
+    let mut chars = name.chars();
+    match chars.next() {
+        None => return Err("it is empty"),
+        Some(c) if !(c.is_ascii_lowercase() || c.is_ascii_digit()) => {
+            return Err("it must start with a lowercase letter or a digit");
+        }
+        Some(_) => {}
+    }
+    if name.len() > max {
+        return Err(too_long);
+    }
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || others.contains(c)) {
+        return Err(bad_char);
+    }
+    Ok(())
 }
 
 impl TryFrom<String> for VmName {

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::VmName;
+use super::service::{self, Service, ServiceError};
 use crate::confine::Security;
 use crate::layers::Layers;
 use crate::limits::{LimitError, Limits};
@@ -32,12 +33,18 @@ pub struct Policy {
     /// [`crate::mounts::volatile`].
     #[serde(default, skip_serializing_if = "Layers::is_default")]
     pub layers: Layers,
+    /// Start the VM when the host boots (`fvm start --autostart`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub autostart: bool,
     /// Resource limits; see [`crate::limits`].
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
     /// How the VM is networked; see [`crate::net`].
     #[serde(default, skip_serializing_if = "NetPolicy::is_default")]
     pub network: NetPolicy,
+    /// Services the VM's init starts, in this order; see [`super::service`].
+    #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<Service>,
 }
 
 /// A policy file that can't be used.
@@ -74,6 +81,12 @@ pub enum PolicyError {
         path: PathBuf,
         #[source]
         source: LimitError,
+    },
+    #[error("policy file {path}: {source}")]
+    Service {
+        path: PathBuf,
+        #[source]
+        source: ServiceError,
     },
     #[error("policy file {path}: {source}")]
     Network {
@@ -118,6 +131,17 @@ const HEADER: &str = "\
 # dns            bridge: name servers for the VM's own /etc/resolv.conf
 # allow, deny    bridge: egress rules, CIDR[:PORT[/tcp|udp]]
 # publish        bridge: host ports forwarded to the VM, HOSTPORT:VMPORT[/tcp|udp]
+#
+# autostart      true: `fvm start --autostart` (run at host boot) starts this VM
+# [[service]]    a service the VM's init starts when the VM starts, in file order
+#                (stopped in reverse order); see `fvm service` and `fvm logs`
+# name           [a-z0-9][a-z0-9_-]{0,31}
+# command        run by /bin/sh -c
+# env            a table of variables set for it
+# workdir        its working directory (default /)
+# user           who it runs as (a name in the VM's /etc/passwd or a uid)
+# restart        no (default), on-failure or always
+# pidfile        for a daemon that forks: where its main process writes its pid
 ";
 
 impl Policy {
@@ -131,6 +155,8 @@ impl Policy {
             layers: Layers::Disk,
             limits: Limits::default(),
             network: NetPolicy::default(),
+            autostart: false,
+            services: Vec::new(),
         }
     }
 
@@ -172,6 +198,10 @@ impl Policy {
                 path: path.to_owned(),
                 source,
             })?;
+        service::validate_all(&policy.services).map_err(|source| PolicyError::Service {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(policy)
     }
 
@@ -320,6 +350,32 @@ mod tests {
         }
         p.security = [Security::Default, Security::Unconfined][rng.usize(..2)];
         p.layers = [Layers::Disk, Layers::Volatile][rng.usize(..2)];
+        p.autostart = rng.bool();
+        for i in 0..rng.usize(..4) {
+            let mut s = Service::new(
+                service::ServiceName::new(&format!("s{i}")).unwrap(),
+                &format!("x{}", crate::testing::text(rng, 30).replace('\0', "")),
+            )
+            .unwrap();
+            if rng.bool() {
+                s.set(
+                    "env",
+                    &format!("V{i}={}", crate::testing::text(rng, 10).replace('\0', "")),
+                )
+                .unwrap();
+            }
+            s.restart = [
+                service::Restart::No,
+                service::Restart::OnFailure,
+                service::Restart::Always,
+            ][rng.usize(..3)];
+            if rng.bool() {
+                s.pidfile = Some("/run/x.pid".into());
+                s.workdir = Some("/srv".into());
+                s.user = Some("www-data".into());
+            }
+            p.services.push(s);
+        }
         const VALUES: &[(Key, &[&str])] = &[
             (Key::Memory, &["64M", "512M", "2G", "1073741824", "1T"]),
             (Key::Swap, &["0", "128M", "1G"]),

@@ -55,6 +55,10 @@ pub struct State {
     /// (Read apart from the rest, leniently: see [`State::load`].)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<End>,
+    /// The init's request socket (see `runtime::control`), by fd number in the
+    /// init: services and `fvm run -d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_fd: Option<i32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -195,6 +199,7 @@ mod tests {
                 crate::store::end::Cause::Oom,
                 crate::store::end::Subject::Vm,
             )),
+            request_fd: Some(8),
         };
         st.save(&p).unwrap();
         let back = State::load(&p).unwrap();

@@ -66,6 +66,12 @@ pub struct VmInfo {
     pub network: NetInfo,
     pub paths: Paths,
     pub cgroup: Vec<PathBuf>,
+    /// Started when the host boots (`fvm start --autostart`).
+    pub autostart: bool,
+    /// The policy's services (`fvm service VM status` shows how they run).
+    pub services: Vec<crate::store::service::Service>,
+    /// Where the VM's logs are (`fvm logs`).
+    pub logs: PathBuf,
 }
 
 /// How the VM is networked.
@@ -229,6 +235,12 @@ impl Engine {
                 layers,
             },
             cgroup: cgroup.map(|c| c.dirs().to_vec()).unwrap_or_default(),
+            autostart: policy.as_ref().is_some_and(|p| p.autostart),
+            services: policy
+                .as_ref()
+                .map(|p| p.services.clone())
+                .unwrap_or_default(),
+            logs: vm.logs_path(),
             init,
         })
     }

@@ -283,6 +283,7 @@ impl Engine {
                 .map_err(|source| VmError::layers_sync(name)(source))?;
         }
         make_dir(&layout.staging).map_err(fail)?;
+        make_dir(&vm.logs_path()).map_err(fail)?;
         if temporary {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
@@ -325,6 +326,10 @@ impl Engine {
             dns: policy.network.dns.clone(),
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
+            services: policy.services.clone(),
+            service_limits: policy.limits.per_process(),
+            service_confine: confinement.clone(),
+            logs: Some(vm.logs_path()),
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,
@@ -352,6 +357,7 @@ impl Engine {
                     stopping: false,
                     // How it ended last time stays for `inspect` until it ends again.
                     end: vm.load_state().ok().and_then(|s| s.end),
+                    request_fd: Some(launched.request_fd),
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
@@ -473,8 +479,10 @@ impl Engine {
                 hung_up = stop::hang_up_sessions(&cgroup.pids().unwrap_or_default(), &leaf);
             }
         }
-        if init.is_some() {
+        if let Some(init) = init {
             tracing::info!("stopping vm {name}");
+            // Its services first, in reverse order, within the grace time.
+            self.stop_services(name, init, &state, grace);
         }
         let outcome = match init {
             Some(init) => match stop::stop(init, grace) {

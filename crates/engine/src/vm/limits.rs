@@ -22,6 +22,9 @@ pub struct Configured {
     pub for_new_processes: Vec<Key>,
     /// Network rules (allow, deny, publish, nat) changed on the running VM.
     pub network_applied: bool,
+    /// Services changed while the VM ran: they take their new definitions when
+    /// next (re)started (`fvm service`).
+    pub services_changed: bool,
 }
 
 impl Engine {
@@ -87,6 +90,7 @@ impl Engine {
             applied: Vec::new(),
             for_new_processes: Vec::new(),
             network_applied: false,
+            services_changed: running.is_some() && policy.services != old.services,
         };
         let live_limits = running.is_some() && !changed.is_empty();
         let cgroup = self.cgroup(name)?;

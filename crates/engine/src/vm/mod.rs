@@ -16,12 +16,14 @@ mod maintain;
 mod network;
 mod processes;
 mod run;
+mod services;
 mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::SystemTime;
 
+pub use crate::runtime::services::ServiceState;
 /// What the `run` and `stop` of the CLI hand to and get from the engine.
 pub use crate::runtime::stop::Stopped;
 pub use crate::runtime::{CommandSpec, Program, TtyMode};
@@ -32,6 +34,7 @@ pub use lifecycle::CreateOptions;
 pub use limits::Configured;
 pub use processes::VmProcess;
 pub use run::Ended;
+pub use services::{Autostarted, Detached, ServiceAction, ServiceStatus, describe};
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
@@ -70,6 +73,8 @@ pub enum VmError {
     CopyRunning { name: String },
     #[error("vm {name:?} is not running")]
     NotRunning { name: String },
+    #[error("vm {name:?}: {message}")]
+    Services { name: String, message: String },
     #[error("vm {name:?} is suspended (fvm resume {name} first)")]
     Suspended { name: String },
     #[error("cannot copy vm {src:?} to {dst:?}")]

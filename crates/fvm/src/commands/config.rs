@@ -33,6 +33,9 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
         || layers.is_some()
         || !p.limits.given().is_empty()
         || !p.net.given().is_empty()
+        || !args.services.service.is_empty()
+        || !args.services.no_service.is_empty()
+        || args.services.autostart.is_some()
     {
         let done = engine.configure(&name, |policy| {
             before = Some(policy.clone());
@@ -48,8 +51,14 @@ pub fn run(ctx: &Context<'_>, args: &ConfigArgs) -> Result<u8> {
             p.net
                 .apply_to(&mut policy.network)
                 .map_err(|e| VmError::Network(e.into()))?;
+            apply_services(&args.services, policy)?;
             p.limits.apply_to(&mut policy.limits).map_err(VmError::from)
         })?;
+        if done.services_changed {
+            eprintln!(
+                "fvm: services of running vm {name} take their new definitions when next (re)started: fvm service {name} SERVICE restart"
+            );
+        }
         if done.network_applied {
             eprintln!("fvm: network rules applied to running vm {name}");
         }
@@ -110,7 +119,47 @@ fn changes(old: &Policy, new: &Policy) -> Vec<String> {
         let flag = if key == "mode" { "net" } else { key };
         line(flag, shown(a.get(key)), shown(b.get(key)));
     }
+    // A service by name: its whole definition as the policy file has it.
+    let service = |p: &Policy, n: &str| {
+        p.services
+            .iter()
+            .find(|s| s.name.as_str() == n)
+            .map(service_words)
+    };
+    let mut names: Vec<&str> = old.services.iter().map(|s| s.name.as_str()).collect();
+    for s in &new.services {
+        if !names.contains(&s.name.as_str()) {
+            names.push(s.name.as_str());
+        }
+    }
+    for n in names {
+        line(&format!("service {n}"), service(old, n), service(new, n));
+    }
+    line("autostart", value(&old.autostart), value(&new.autostart));
     out
+}
+
+/// A service as words: its command, then what isn't the default
+/// (`restart=always, user=www-data`).
+fn service_words(s: &fvm_engine::store::service::Service) -> String {
+    let mut extra: Vec<String> = s.env.iter().map(|(k, v)| format!("env {k}={v}")).collect();
+    if let Some(w) = &s.workdir {
+        extra.push(format!("workdir={}", w.display()));
+    }
+    if let Some(u) = &s.user {
+        extra.push(format!("user={u}"));
+    }
+    if !s.restart.is_default() {
+        extra.push(format!("restart={}", s.restart.as_str()));
+    }
+    if let Some(p) = &s.pidfile {
+        extra.push(format!("pidfile={}", p.display()));
+    }
+    if extra.is_empty() {
+        s.command.clone()
+    } else {
+        format!("{} ({})", s.command, extra.join(", "))
+    }
 }
 
 fn value(v: &impl serde::Serialize) -> Option<String> {
@@ -134,6 +183,31 @@ fn shown(v: Option<&serde_json::Value>) -> Option<String> {
         ),
         other => Some(other.to_string()),
     }
+}
+
+/// `--service`, `--no-service` and `--autostart`, in that order; any error
+/// leaves the policy as it was.
+fn apply_services(
+    args: &crate::cli::ServiceConfigArgs,
+    policy: &mut fvm_engine::store::Policy,
+) -> Result<(), VmError> {
+    use fvm_engine::store::service;
+    let bad = |e: service::ServiceError| VmError::Services {
+        name: policy.name.to_string(),
+        message: e.0,
+    };
+    let mut services = policy.services.clone();
+    for arg in &args.service {
+        service::apply_arg(&mut services, arg).map_err(bad)?;
+    }
+    for name in &args.no_service {
+        service::remove(&mut services, name).map_err(bad)?;
+    }
+    policy.services = services;
+    if let Some(a) = args.autostart {
+        policy.autostart = a;
+    }
+    Ok(())
 }
 
 fn list(keys: &[fvm_engine::limits::Key]) -> String {

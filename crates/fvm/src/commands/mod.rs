@@ -11,10 +11,12 @@ mod diff;
 mod doctor;
 mod inspect;
 mod list;
+mod logs;
 mod man;
 mod network;
 mod ps;
 mod run;
+mod service;
 mod start;
 mod stats;
 mod stop;
@@ -51,6 +53,8 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Network(a) => network::run(&ctx, a),
         Command::Completions(a) => completions::run(&ctx, a),
         Command::Man(a) => man::run(&ctx, a),
+        Command::Service(a) => service::run(&ctx, a),
+        Command::Logs(a) => logs::run(&ctx, a),
     }
 }
 

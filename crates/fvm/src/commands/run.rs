@@ -34,6 +34,32 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             given[0].0
         );
     }
+    if args.detach {
+        let Some(name) = name else {
+            anyhow::bail!("a vm name is required with -d");
+        };
+        env.push(("FVM_NAME".into(), name.to_string()));
+        let engine = ctx.engine_for(&name)?;
+        let done = engine.run_detached(&name, args.command.clone(), env, cwd)?;
+        if ctx.json() {
+            crate::output::print_json(&serde_json::json!({
+                "name": name,
+                "pid": done.pid,
+                "started_vm": done.started_vm,
+                "logs": format!("fvm logs {name} run"),
+            }))?;
+        } else {
+            if done.started_vm {
+                eprintln!("fvm: started vm {name}");
+            }
+            crate::output::print(&format!("{name} {}\n", done.pid))?;
+            eprintln!(
+                "fvm: its output: fvm logs {name} run; it is pid {} in the vm",
+                done.pid
+            );
+        }
+        return Ok(0);
+    }
     let ended = if args.rm {
         let engine = ctx.engine(true)?;
         let mut opts = fvm_engine::vm::CreateOptions::default();
