@@ -83,6 +83,10 @@ pub struct NetworkArgs {
     /// Its subnet; the bridge gets the first address (default 10.77.0.0/24)
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
+    /// Where the store's resolver forwards names that are not VMs' (repeatable;
+    /// `none`: the host's /etc/resolv.conf name servers, the default)
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub upstream_dns: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -288,6 +292,9 @@ pub struct RunArgs {
     /// Limits for the throw-away VM (with --rm; a named VM has its policy)
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// The network of the throw-away VM (with --rm; a named VM has its policy)
+    #[command(flatten)]
+    pub net: NetArgs,
     /// The VM (optional with --rm)
     pub name: Option<String>,
     /// The command and its arguments, after `--`

@@ -314,7 +314,15 @@ impl Engine {
                 } else {
                     0
                 },
-            dns: policy.network.dns.clone(),
+            // A bridged VM asks the store's resolver (the bridge's address),
+            // unless its policy names its own servers.
+            dns: if policy.network.dns.is_empty()
+                && policy.network.mode == crate::net::NetMode::Bridge
+            {
+                vec![self.store_network()?.gateway().addr]
+            } else {
+                policy.network.dns.clone()
+            },
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
         };

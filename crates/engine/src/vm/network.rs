@@ -60,7 +60,7 @@ impl From<AttachError> for NetworkError {
 }
 
 impl Engine {
-    fn net_lock(&self) -> Result<Lock, NetworkError> {
+    pub(super) fn net_lock(&self) -> Result<Lock, NetworkError> {
         let path = self.store.root().join("net.lock");
         Lock::exclusive(&path).map_err(|source| NetworkError::Lock { path, source })
     }
@@ -74,22 +74,37 @@ impl Engine {
         StoreNet::load(&self.network_path()).map_err(|e| VmError::Network(NetworkError::Store(e)))
     }
 
-    /// Change the store's bridge and subnet. Refused while a bridged VM runs, or
-    /// if a VM's address would fall outside the new subnet.
+    /// Change the store's bridge and subnet (refused while a bridged VM runs,
+    /// or if a VM's address would fall outside the new subnet) and its
+    /// resolver's upstreams (at any time: a running resolver reads them again).
     pub fn set_store_network(
         &self,
         bridge: Option<String>,
         subnet: Option<Ipv4Net>,
+        upstream_dns: Option<Vec<std::net::SocketAddrV4>>,
     ) -> Result<StoreNet, VmError> {
         let _net = self.net_lock().map_err(VmError::Network)?;
         let old = self.store_network()?;
         let new = StoreNet {
             bridge: bridge.unwrap_or_else(|| old.bridge.clone()),
             subnet: subnet.unwrap_or(old.subnet),
+            upstream_dns: upstream_dns.unwrap_or_else(|| old.upstream_dns.clone()),
         };
         new.validate()
             .map_err(|e| VmError::Network(NetworkError::Store(e)))?;
         if new == old {
+            return Ok(new);
+        }
+        let path = self.network_path();
+        if new.bridge == old.bridge && new.subnet == old.subnet {
+            crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
+                .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
+            if let Some(pid) = self.resolver_pid() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                );
+            }
             return Ok(new);
         }
         for (name, policy) in self.policies() {
@@ -118,14 +133,13 @@ impl Engine {
         if new.bridge != old.bridge {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
-        let path = self.network_path();
         crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
     }
 
     /// Every VM's policy that can be read, by name.
-    fn policies(&self) -> Vec<(VmName, Policy)> {
+    pub(super) fn policies(&self) -> Vec<(VmName, Policy)> {
         self.store
             .names()
             .unwrap_or_default()
@@ -270,33 +284,14 @@ impl Engine {
         pending: Option<(&VmName, &NetPolicy)>,
     ) -> Result<(), NetworkError> {
         let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
-        let mut vms = Vec::new();
-        for (name, policy) in self.policies() {
-            let net = match pending {
-                Some((n, p)) if *n == name => p.clone(),
-                _ => policy.network.clone(),
-            };
-            let Some(ip) = net.address() else { continue };
-            let running = self
-                .store
-                .vm(&name)
-                .ok()
-                .and_then(|vm| vm.load_state().ok())
-                .is_some_and(|s| s.live_init(&self.cgroup_leaf(&name)).is_some());
-            if !running {
-                continue;
-            }
-            vms.push(VmRules {
-                name: name.to_string(),
-                link: netcfg::veth_name(self.store.id(), name.as_str()),
-                ip,
-                nat: net.nat,
-                allow: net.allow.clone(),
-                deny: net.deny.clone(),
-                publish: net.publish.clone(),
-            });
-        }
-        Ok(attach::firewall(&store, self.store.id(), &vms)?)
+        let vms: Vec<VmRules> = self
+            .running_bridged(pending)
+            .into_iter()
+            .map(|(rules, _)| rules)
+            .collect();
+        attach::firewall(&store, self.store.id(), &vms)?;
+        self.sync_resolver(&store, !vms.is_empty());
+        Ok(())
     }
 
     /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
@@ -381,6 +376,10 @@ impl Engine {
             if self.remove_bridge(&store).map_err(VmError::Network)? {
                 done.push(format!("removed bridge {}", store.bridge));
             }
+            if self.resolver_pid().is_some() {
+                done.push("stopped the store's resolver".into());
+            }
+            self.stop_resolver();
         }
         Ok(done)
     }
