@@ -244,6 +244,8 @@ impl Engine {
             }
         }
         let policy = &self.ensure_address(vm, policy)?;
+        self.check_host_ports(&policy.network)
+            .map_err(VmError::Network)?;
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).

@@ -30,6 +30,14 @@ pub enum NetworkError {
         proto: &'static str,
         owner: String,
     },
+    #[error(
+        "host port {port}/{proto} is in use on the host{by}: publishing it would take its connections over"
+    )]
+    PortBusy {
+        port: u16,
+        proto: &'static str,
+        by: &'static str,
+    },
     #[error("--{key} changes what vm {name:?} was started with: stop it first")]
     Running { key: &'static str, name: String },
     #[error(transparent)]
@@ -205,6 +213,31 @@ impl Engine {
                     owner: owner.to_string(),
                 });
             }
+        }
+        self.check_host_ports(net)
+    }
+
+    /// Refuse a published host port that a host process listens on, or that a
+    /// running VM of another store publishes (checked at create, config and
+    /// every start: a port can become busy in between).
+    pub(super) fn check_host_ports(&self, net: &NetPolicy) -> Result<(), NetworkError> {
+        if net.mode != NetMode::Bridge || net.publish.is_empty() {
+            return Ok(());
+        }
+        let elsewhere = crate::net::nft::published_by_other_stores(&attach::table(self.store.id()));
+        for p in &net.publish {
+            let by = if elsewhere.contains(&(p.host_port, p.proto)) {
+                " (by a vm of another store)"
+            } else if attach::port_in_use(p.host_port, p.proto) {
+                ""
+            } else {
+                continue;
+            };
+            return Err(NetworkError::PortBusy {
+                port: p.host_port,
+                proto: p.proto.as_str(),
+                by,
+            });
         }
         Ok(())
     }
