@@ -49,9 +49,13 @@ impl Engine {
         self.store.root().join("dns.pid")
     }
 
-    /// The pid in the resolver's pid file, if it is a live `fvm-dns` (a pid
-    /// file outliving its resolver never gets another process signalled).
+    /// The pid in the resolver's pid file, if it is a live `fvm-dns` that
+    /// holds the resolver's lock (a pid file outliving its resolver, or a
+    /// zombie not yet reaped, never gets a signal meant for a resolver).
     pub fn resolver_pid(&self) -> Option<i32> {
+        if !self.resolver_alive() {
+            return None;
+        }
         let pid = std::fs::read_to_string(self.dns_pid_path())
             .ok()?
             .trim()
