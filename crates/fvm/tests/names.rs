@@ -285,7 +285,7 @@ fn bridged_vms_reach_each_other_by_name_and_other_names_go_upstream_within_the_p
         "a bridged vm's resolv.conf names the bridge:\n{out}"
     );
     assert!(
-        out.stdout.contains(&format!("{}", ips[2])) && out.stdout.contains("vm3"),
+        out.stdout.contains(ips[2].as_str()) && out.stdout.contains("vm3"),
         "{out}"
     );
     assert!(
