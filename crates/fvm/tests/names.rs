@@ -16,6 +16,7 @@
 //! else: every resolver queried is one the test started, or the store's.
 
 mod common;
+#[allow(dead_code)]
 mod network_support;
 
 use std::path::Path;

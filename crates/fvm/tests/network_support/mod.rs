@@ -11,8 +11,6 @@
 //! first, through fvm, then as a last resort the bridge, the store's nft tables and
 //! any namespace or link the test made).
 
-#![allow(dead_code)] // each test binary uses its own subset
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
