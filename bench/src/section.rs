@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, host_changes, invocation, io, network};
+use crate::{Args, changes, copy, density, dns, host_changes, invocation, io, network};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -15,13 +15,15 @@ pub enum Section {
     HostChanges,
     Io,
     Density,
+    Dns,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
+        Section::Dns,
         Section::HostChanges,
         Section::Io,
         Section::Density,
@@ -36,6 +38,7 @@ impl Section {
             (args.host_changes_only, Section::HostChanges),
             (args.io_only, Section::Io),
             (args.density_only, Section::Density),
+            (args.dns_only, Section::Dns),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -104,6 +107,22 @@ impl Section {
             Section::Density => {
                 let measured = density::measure(store, &density_params(args))?;
                 density::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Dns => {
+                let params = dns::Params {
+                    rounds: if args.quick {
+                        2
+                    } else {
+                        args.dns_rounds.max(1)
+                    },
+                    lookups: if args.quick {
+                        500
+                    } else {
+                        args.dns_lookups.max(1)
+                    },
+                    subnet: args.net_subnet.clone(),
+                };
+                dns::render(&dns::measure(store, &params)?, &inv, date, kernel, place)
             }
         })
     }

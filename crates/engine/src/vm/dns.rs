@@ -222,25 +222,7 @@ impl Engine {
 /// resolver needs none once its sockets are bound. It keeps uid 0, to read the
 /// store's policies.
 fn drop_privileges() -> std::io::Result<()> {
-    use rustix::thread::{CapabilitySet, CapabilitySets};
-    for bit in 0..64u32 {
-        match rustix::thread::remove_capability_from_bounding_set(CapabilitySet::from_bits_retain(
-            1 << bit,
-        )) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::INVAL) => break,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    rustix::thread::clear_ambient_capability_set()?;
-    rustix::thread::set_capabilities(
-        None,
-        CapabilitySets {
-            effective: CapabilitySet::empty(),
-            permitted: CapabilitySet::empty(),
-            inheritable: CapabilitySet::empty(),
-        },
-    )?;
+    crate::confine::caps::drop_to(rustix::thread::CapabilitySet::empty())?;
     rustix::thread::set_no_new_privs(true)?;
     Ok(())
 }
