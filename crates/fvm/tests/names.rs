@@ -196,6 +196,18 @@ fn wait_resolver(store: &TestStore, what: &str) -> i32 {
     pid.unwrap_or_default()
 }
 
+/// Wait until `pid` is no live `comm` (gone, or a zombie).
+#[track_caller]
+fn wait_gone(pid: i32, comm: &str) {
+    wait_for(&format!("{comm} {pid} is gone"), || {
+        if is_alive_as(pid, comm) {
+            Err("alive".into())
+        } else {
+            Ok(())
+        }
+    });
+}
+
 /// Whether a socket listens on `ip` port 53 (UDP or TCP) in the host's namespace.
 fn listening_on_53(ip: &str) -> Vec<String> {
     let needle = format!("{ip}:53");
@@ -421,13 +433,7 @@ print("sent")
     // A SIGKILL leaves a pid file; the next start makes a new resolver, and
     // the last stop removes everything.
     kill9(&[pid]);
-    wait_for("the killed resolver is gone", || {
-        if is_alive_as(pid, "fvm-dns") {
-            Err("alive".into())
-        } else {
-            Ok(())
-        }
-    });
+    wait_gone(pid, "fvm-dns");
     net.store.start("other");
     let again = wait_resolver(&net.store, "a new resolver runs after the kill");
     assert_ne!(again, pid);
@@ -444,13 +450,7 @@ print("sent")
     kill9(&[third]);
     let init = net.inspect("junk")["init"]["pid"].as_i64().unwrap_or(0) as i32;
     kill9(&[init]);
-    wait_for("the vm's init is gone", || {
-        if is_alive_as(init, "fvm-init") {
-            Err("alive".into())
-        } else {
-            Ok(())
-        }
-    });
+    wait_gone(init, "fvm-init");
     net.fvm(&["doctor", "--cleanup"]);
     assert_resolver_gone(&net, "after a SIGKILL and doctor --cleanup", Some(third));
     net.assert_clean();

@@ -56,14 +56,7 @@ impl Engine {
         if !self.resolver_alive() {
             return None;
         }
-        let pid = std::fs::read_to_string(self.dns_pid_path())
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|p| *p > 1)?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == COMM).then_some(pid)
+        crate::os::procid::from_pid_file(&self.dns_pid_path(), COMM)
     }
 
     fn resolver_alive(&self) -> bool {
