@@ -261,8 +261,10 @@ fn upstreams(store: &StoreNet) -> Vec<Upstream> {
     } else {
         store.upstream_dns.clone()
     };
+    // Never itself (a host whose resolv.conf names the bridge).
     addrs
         .into_iter()
+        .filter(|a| *a.ip() != store.gateway().addr)
         .map(|addr| Upstream {
             addr,
             local: dns::is_local(*addr.ip()),
