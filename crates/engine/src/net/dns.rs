@@ -808,6 +808,165 @@ mod tests {
         assert_eq!(m.metadata.id, 0x1234);
     }
 
+    /// A zone whose one VM is 127.0.0.1 (the test itself), with `upstream`,
+    /// until `done` is set.
+    struct Loopback {
+        upstream: SocketAddrV4,
+        done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl ZoneSource for Loopback {
+        fn zone(&self) -> Option<Zone> {
+            if self.done.load(std::sync::atomic::Ordering::SeqCst) {
+                return None;
+            }
+            let mut me = vm("me", [127, 0, 0, 1]);
+            me.nat = true;
+            Some(Zone {
+                subnet: Some("127.0.0.0/8".parse().unwrap()),
+                vms: vec![me],
+                upstreams: vec![Upstream {
+                    addr: self.upstream,
+                    local: true,
+                }],
+            })
+        }
+        fn gone(&self, _: &Zone) -> bool {
+            self.done.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn rcode(answer: &[u8]) -> ResponseCode {
+        Message::from_vec(answer).unwrap().metadata.response_code
+    }
+
+    #[test]
+    fn the_loop_answers_over_udp_and_tcp_and_fails_forwards_promptly() {
+        // The upstream: answers deb.debian.org, stays silent for the rest.
+        let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let upstream_addr = match upstream.local_addr().unwrap() {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(_) => unreachable!(),
+        };
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, peer)) = upstream.recv_from(&mut buf) {
+                let Ok(mut m) = Message::from_vec(&buf[..n]) else {
+                    continue;
+                };
+                if m.queries[0].name().to_ascii() != "deb.debian.org." {
+                    continue;
+                }
+                m.metadata.message_type = MessageType::Response;
+                m.add_answer(Record::from_rdata(
+                    m.queries[0].name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, 80))),
+                ));
+                let _ = upstream.send_to(&m.to_vec().unwrap(), peer);
+            }
+        });
+        // A closed port: the kernel refuses what is sent there.
+        let closed = {
+            let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+            match s.local_addr().unwrap() {
+                SocketAddr::V4(a) => a,
+                SocketAddr::V6(_) => unreachable!(),
+            }
+        };
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let at = udp.local_addr().unwrap();
+        let tcp = TcpListener::bind(at).unwrap();
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server = {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let signals = nix::sys::signalfd::SignalFd::with_flags(
+                    &nix::sys::signal::SigSet::empty(),
+                    nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+                )
+                .unwrap();
+                serve(
+                    &udp,
+                    &tcp,
+                    &signals,
+                    &Loopback {
+                        upstream: upstream_addr,
+                        done,
+                    },
+                )
+            })
+        };
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.connect(at).unwrap();
+        client
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let ask = |name: &str| {
+            client.send(&query(name, RecordType::A)).unwrap();
+            let mut buf = [0u8; 1500];
+            let n = client.recv(&mut buf).unwrap();
+            buf[..n].to_vec()
+        };
+        let a = ask("me.");
+        assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 1);
+        let a = ask("deb.debian.org.");
+        let m = Message::from_vec(&a).unwrap();
+        assert_eq!(m.metadata.id, 0x1234, "the vm's id comes back");
+        assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::new(192, 0, 2, 80))));
+        // Unanswered upstream: SERVFAIL after UPSTREAM_TIMEOUT, not silence.
+        assert_eq!(rcode(&ask("silent.example.")), ResponseCode::ServFail);
+
+        // TCP: a length-prefixed query, a length-prefixed answer.
+        let mut stream = TcpStream::connect(at).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let q = query("me.", RecordType::A);
+        let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+        framed.extend(&q);
+        stream.write_all(&framed).unwrap();
+        let mut len = [0u8; 2];
+        stream.read_exact(&mut len).unwrap();
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        stream.read_exact(&mut answer).unwrap();
+        assert_eq!(Message::from_vec(&answer).unwrap().answers.len(), 1);
+        // A claimed length past the limit closes the connection.
+        stream.write_all(&[0xff, 0xff, 0, 0]).unwrap();
+        assert!(matches!(stream.read(&mut len), Ok(0) | Err(_)));
+
+        // A refusing upstream: the forward's socket reports it (the loop
+        // answers SERVFAIL on that error at once, rather than at the timeout,
+        // which a test can't tell apart without a clock).
+        let refused = Resolver {
+            zone: Zone {
+                subnet: Some("127.0.0.0/8".parse().unwrap()),
+                vms: vec![vm("me", [127, 0, 0, 1])],
+                upstreams: vec![Upstream {
+                    addr: closed,
+                    local: true,
+                }],
+            },
+        };
+        let q = query("x.example.", RecordType::A);
+        let Action::Forward { upstream, .. } = refused.handle(Ipv4Addr::LOCALHOST, &q) else {
+            panic!("not forwarded");
+        };
+        let (socket, _, _) = forward(upstream, &q).unwrap();
+        socket.set_nonblocking(false).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            socket.recv(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused)
+        );
+
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        server.join().unwrap().unwrap();
+    }
+
     #[test]
     fn nameservers_of_a_resolv_conf() {
         let text = "# x\nnameserver 192.0.2.1\nnameserver ::1\nsearch example\nnameserver 127.0.0.53 # stub\n";
