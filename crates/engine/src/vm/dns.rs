@@ -37,7 +37,10 @@ use crate::os::sys;
 /// The resolver's process name (`/proc/PID/comm`).
 const COMM: &str = "fvm-dns";
 
-/// How long a command waits for a resolver it asked to end.
+/// How long a command waits for a resolver it asked to end (SIGTERM), before
+/// it kills it (a resolver waiting for the network lock the command holds can't
+/// read its signals; it has nothing to save), and then for the kill.
+const TERM_WAIT: Duration = Duration::from_millis(200);
 const STOP_WAIT: Duration = Duration::from_secs(1);
 
 impl Engine {
@@ -124,7 +127,7 @@ impl Engine {
         if let Some(pid) = found {
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-            if !self.resolver_gone_within(STOP_WAIT) {
+            if !self.resolver_gone_within(TERM_WAIT) {
                 // Stuck (waiting for the network lock this command holds).
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
                 self.resolver_gone_within(STOP_WAIT);
