@@ -137,10 +137,12 @@ pub struct NetArgs {
     /// The VM's address on the bridge, e.g. 10.77.0.5/24 (default: the next free one)
     #[arg(long, value_name = "ADDR/PREFIX")]
     pub ip: Option<String>,
-    /// Masquerade the VM's traffic to beyond the bridge's subnet (--nat false: off)
+    /// Masquerade the VM's traffic to beyond the bridge's subnet: on by default
+    /// for a bridged VM (--nat false: off; --nat default: back to the default)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub nat: Option<String>,
-    /// A name server for the VM's own /etc/resolv.conf (repeatable)
+    /// A name server for the VM's own /etc/resolv.conf (repeatable; default: the
+    /// store's resolver on the bridge, which knows the other VMs' names)
     #[arg(long, value_name = "ADDR")]
     pub dns: Vec<String>,
     /// Let the VM reach CIDR[:PORT[/tcp|udp]] (repeatable)
