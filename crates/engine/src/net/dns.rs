@@ -3,8 +3,8 @@
 //! While bridged VMs of a store run, one process of fvm (`fvm-dns`) listens on
 //! the bridge's own address, port 53, UDP and TCP. It answers
 //!
-//! - a VM's name (one label, as `hostname` sets it: `web1`) with the VM's
-//!   address (A; other types of a VM's name have no data), and the reverse
+//! - a VM's name (as `hostname` sets it: `web1`, or `web.1` for a name with a
+//!   dot) with the VM's address (A; other types of a VM's name have no data), and the reverse
 //!   (PTR) of a VM's address with its name; another one-label name, or another
 //!   address of the subnet, is NXDOMAIN at once;
 //! - anything else by forwarding it, over UDP, to the first upstream the asking
@@ -52,7 +52,8 @@ pub const MAX_TCP: usize = 32;
 pub const TCP_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a VM may cache an answer about a VM (names move when VMs do).
 const TTL: u32 = 5;
-/// The largest UDP message read; a longer one is cut and fails to parse.
+/// The largest UDP message read from a VM; a longer one is cut and fails to
+/// parse. (An upstream's answer may be as large as UDP allows.)
 const UDP_MAX: usize = 4096;
 /// The largest TCP message read (RFC 1035's own limit is 65535).
 const TCP_MAX: usize = 8192;
@@ -150,16 +151,15 @@ impl Resolver {
         }
         let name = query.name();
         let kind = query.query_type();
+        // A VM's name, whole (VM names may hold dots: `web.1`).
+        let full = name.to_ascii();
+        if let Some(target) = self.zone.by_name(full.strip_suffix('.').unwrap_or(&full)) {
+            let answer = (kind == RecordType::A || kind == RecordType::ANY)
+                .then(|| Record::from_rdata(name.clone(), TTL, RData::A(A(target.ip))));
+            return reply(&msg, ResponseCode::NoError, answer);
+        }
         if name.num_labels() == 1 {
-            let label = String::from_utf8_lossy(name.iter().next().unwrap_or_default());
-            return match self.zone.by_name(&label) {
-                Some(target) => {
-                    let answer = (kind == RecordType::A || kind == RecordType::ANY)
-                        .then(|| Record::from_rdata(name.clone(), TTL, RData::A(A(target.ip))));
-                    reply(&msg, ResponseCode::NoError, answer)
-                }
-                None => reply(&msg, ResponseCode::NXDomain, None),
-            };
+            return reply(&msg, ResponseCode::NXDomain, None);
         }
         if let Some(subnet) = self.zone.subnet
             && let Some(ip) = reverse_v4(name)
@@ -345,7 +345,7 @@ pub fn serve(
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut next_conn = 0u64;
     let mut next_check = Instant::now() + CHECK;
-    let mut buf = vec![0u8; UDP_MAX];
+    let mut buf = vec![0u8; 65536];
     loop {
         let now = Instant::now();
         let wake = forwards
@@ -507,7 +507,7 @@ pub fn serve(
         // UDP queries: a bounded batch per wake, so forwards and TCP get turns.
         if ready[1] {
             for _ in 0..64 {
-                let (n, from) = match udp.recv_from(&mut buf) {
+                let (n, from) = match udp.recv_from(&mut buf[..UDP_MAX]) {
                     Ok((n, SocketAddr::V4(from))) => (n, from),
                     Ok(_) => continue,
                     Err(_) => break,
@@ -686,9 +686,13 @@ mod tests {
             assert_eq!(m.answers.len(), 1);
             assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::new(10, 77, 0, 3))));
         }
-        // Its own name too.
+        // Its own name too, and a name with a dot in it.
         let m = answer(r.handle(WEB1, &query("web1.", RecordType::A)));
         assert_eq!(m.answers[0].data, RData::A(A(WEB1)));
+        let mut dotted = resolver();
+        dotted.zone.vms.push(vm("web.2", [10, 77, 0, 9]));
+        let m = answer(dotted.handle(WEB1, &query("web.2.", RecordType::A)));
+        assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::new(10, 77, 0, 9))));
         // No IPv6 address: no data, not NXDOMAIN.
         let m = answer(r.handle(WEB1, &query("db.", RecordType::AAAA)));
         assert_eq!(m.metadata.response_code, ResponseCode::NoError);
