@@ -120,6 +120,29 @@ impl Engine {
         })
     }
 
+    /// For commands that look at the store (with the watcher's check): if
+    /// bridged VMs run but the resolver doesn't (it was killed), start it
+    /// again, and say so.
+    pub(super) fn keep_resolver(&self) {
+        if self.resolver_alive() {
+            return;
+        }
+        let Ok(_lock) = self.net_lock() else {
+            return;
+        };
+        let vms = self.running_bridged(None).len();
+        if vms == 0 {
+            return;
+        }
+        let Ok(store) = self.store_network() else {
+            return;
+        };
+        tracing::warn!(
+            "the store's resolver was not running while {vms} bridged vm(s) ran (their names did not resolve): restarted it"
+        );
+        self.sync_resolver(&store, true);
+    }
+
     /// End the resolver, if one runs, and remove what it leaves.
     pub(super) fn stop_resolver(&self) {
         let found = self.resolver_pid();
