@@ -67,16 +67,30 @@ impl Engine {
     }
 
     /// Wait until the resolver's lock is free, up to `wait`; whether it is.
-    fn resolver_gone_within(&self, wait: Duration) -> bool {
+    /// With `pidfd`, the resolver's, woken by its exit rather than by a
+    /// timer (a stop of the last bridged VM waits for it).
+    fn resolver_gone_within(&self, wait: Duration, pidfd: Option<&std::os::fd::OwnedFd>) -> bool {
         let until = Instant::now() + wait;
         loop {
             if !self.resolver_alive() {
                 return true;
             }
-            if Instant::now() >= until {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            let step = left.min(Duration::from_millis(5));
+            match pidfd {
+                Some(fd) => {
+                    let mut fds = [rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)];
+                    let timeout = rustix::event::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: i64::from(step.subsec_nanos()),
+                    };
+                    let _ = rustix::event::poll(&mut fds, Some(&timeout));
+                }
+                None => std::thread::sleep(step),
+            }
         }
     }
 
@@ -105,7 +119,7 @@ impl Engine {
         }
         // Held without a pid file: one on its way out (or in its first
         // instants: then it reads the store after this VM was recorded).
-        if self.resolver_alive() && !self.resolver_gone_within(STOP_WAIT) {
+        if self.resolver_alive() && !self.resolver_gone_within(STOP_WAIT, None) {
             return Ok(());
         }
         let _ = std::fs::remove_file(self.dns_pid_path());
@@ -148,12 +162,15 @@ impl Engine {
         let found = self.resolver_pid();
         tracing::debug!(pid = ?found, "no bridged vm runs: the store's resolver goes");
         if let Some(pid) = found {
+            let pidfd = rustix::process::Pid::from_raw(pid).and_then(|p| {
+                rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+            });
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, Signal::SIGTERM);
-            if !self.resolver_gone_within(TERM_WAIT) {
+            if !self.resolver_gone_within(TERM_WAIT, pidfd.as_ref()) {
                 // Stuck (waiting for the network lock this command holds).
                 let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
-                self.resolver_gone_within(STOP_WAIT);
+                self.resolver_gone_within(STOP_WAIT, pidfd.as_ref());
             }
         }
         if !self.resolver_alive() {
