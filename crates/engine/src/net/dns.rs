@@ -7,11 +7,12 @@
 //!   dot) with the VM's address (A; other types of a VM's name have no data), and the reverse
 //!   (PTR) of a VM's address with its name; another one-label name, or another
 //!   address of the subnet, is NXDOMAIN at once;
-//! - anything else by forwarding it, over UDP, to the first upstream the asking
-//!   VM's egress policy lets it reach on port 53 (see
-//!   [`super::nft::VmRules::reaches`]): REFUSED at once when there is none, so
-//!   DNS is no channel around `--deny`. An upstream that doesn't answer within
-//!   [`UPSTREAM_TIMEOUT`], or refuses the packet, gives SERVFAIL.
+//! - anything else by forwarding it, over UDP, to the upstreams the asking VM's
+//!   egress policy lets it reach on port 53 (see
+//!   [`super::nft::VmRules::reaches`]), one after another: REFUSED at once when
+//!   there is none, so DNS is no channel around `--deny`. An upstream that
+//!   refuses the packet, or doesn't answer within its share of
+//!   [`UPSTREAM_TIMEOUT`], makes way for the next; SERVFAIL when none is left.
 //!
 //! Every packet is hostile: it is read into a fixed buffer and parsed by
 //! `hickory-proto`; a packet that is not a query is dropped, and one that
@@ -41,9 +42,11 @@ use super::nft::VmRules;
 
 /// The resolver's port, on the bridge's address.
 pub const PORT: u16 = 53;
-/// How long a forwarded query waits for its upstream before the VM gets
-/// SERVFAIL: well under a client's own timeout (glibc: 5 s).
-pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a forwarded query waits for its upstreams (shared among them)
+/// before the VM gets SERVFAIL: well under a client's own timeout (glibc: 5 s).
+pub const UPSTREAM_TIMEOUT: Duration = Duration::from_millis(2000);
+/// Upstreams a query is tried at, at most (as many as glibc reads).
+const MAX_UPSTREAMS: usize = 3;
 /// Forwards in flight, and per VM: past them a query gets SERVFAIL at once.
 pub const MAX_FORWARDS: usize = 256;
 pub const MAX_FORWARDS_PER_VM: usize = 64;
@@ -85,12 +88,14 @@ impl Zone {
         self.vms.iter().find(|v| v.name.eq_ignore_ascii_case(name))
     }
 
-    /// The first upstream `vm` may reach on UDP port 53.
-    fn upstream_for(&self, vm: &VmRules) -> Option<SocketAddrV4> {
-        let subnet = self.subnet?;
+    /// The upstreams `vm` may reach on UDP port 53, in order.
+    fn upstreams_for(&self, vm: &VmRules) -> Vec<SocketAddrV4> {
+        let Some(subnet) = self.subnet else {
+            return Vec::new();
+        };
         self.upstreams
             .iter()
-            .find(|u| {
+            .filter(|u| {
                 vm.reaches(
                     subnet,
                     *u.addr.ip(),
@@ -100,6 +105,8 @@ impl Zone {
                 )
             })
             .map(|u| u.addr)
+            .take(MAX_UPSTREAMS)
+            .collect()
     }
 }
 
@@ -107,9 +114,10 @@ impl Zone {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action {
     Reply(Vec<u8>),
-    /// Send `query` (the VM's, as it came) to `upstream`; `id` is the VM's id.
+    /// Send `query` (the VM's, as it came) to `upstreams`, one after another;
+    /// `id` is the VM's id.
     Forward {
-        upstream: SocketAddrV4,
+        upstreams: Vec<SocketAddrV4>,
         query: Vec<u8>,
         id: u16,
     },
@@ -183,13 +191,14 @@ impl Resolver {
         if self.zone.upstreams.is_empty() {
             return reply(&msg, ResponseCode::ServFail, None);
         }
-        match self.zone.upstream_for(vm) {
-            Some(upstream) => Action::Forward {
-                upstream,
-                query: packet.to_vec(),
-                id,
-            },
-            None => reply(&msg, ResponseCode::Refused, None),
+        let upstreams = self.zone.upstreams_for(vm);
+        if upstreams.is_empty() {
+            return reply(&msg, ResponseCode::Refused, None);
+        }
+        Action::Forward {
+            upstreams,
+            query: packet.to_vec(),
+            id,
         }
     }
 }
@@ -310,7 +319,35 @@ struct Forward {
     id: u16,
     client: Ipv4Addr,
     origin: Origin,
+    /// When the current upstream has had its share of the time.
     deadline: Instant,
+    /// The upstreams left to try, and when the VM gets SERVFAIL at the latest.
+    next: Vec<SocketAddrV4>,
+    until: Instant,
+}
+
+impl Forward {
+    /// The current upstream's share of the time left: the rest, split evenly
+    /// between it and the ones after it.
+    fn share(now: Instant, until: Instant, left: usize) -> Instant {
+        now + until.saturating_duration_since(now) / (left as u32 + 1)
+    }
+
+    /// Move on to the next upstream that takes the query; false when none is
+    /// left, or no time.
+    fn retry(&mut self, now: Instant) -> bool {
+        while !self.next.is_empty() && now < self.until {
+            let upstream = self.next.remove(0);
+            if let Ok((socket, query, sent)) = forward(upstream, &self.query) {
+                self.socket = socket;
+                self.query = query;
+                self.sent = sent;
+                self.deadline = Forward::share(now, self.until, self.next.len());
+                return true;
+            }
+        }
+        false
+    }
 }
 
 /// A VM's TCP connection: a query being read, or waiting for its forward.
@@ -401,28 +438,33 @@ pub fn serve(
         // Answers from upstreams (before new queries: they free slots).
         let nf = forwards.len();
         let mut done = vec![false; nf];
-        for (i, f) in forwards.iter().enumerate() {
-            if !ready[3 + i] {
-                continue;
-            }
-            let answer = match f.socket.recv(&mut buf) {
-                Ok(n) => relay_answer(&f.query, f.sent, &buf[..n], f.id),
-                // Refused (ICMP unreachable): the VM hears it at once.
-                Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {
-                    Some(servfail(&f.query, f.id))
-                }
-                Err(_) => None,
-            };
-            if let Some(answer) = answer {
-                respond(udp, &mut conns, f.origin, &answer);
-                done[i] = true;
-            }
-        }
         let now = Instant::now();
-        for (i, f) in forwards.iter().enumerate() {
-            if !done[i] && f.deadline <= now {
-                respond(udp, &mut conns, f.origin, &servfail(&f.query, f.id));
-                done[i] = true;
+        for (i, f) in forwards.iter_mut().enumerate() {
+            // None: wait on; Some(None): this upstream failed; Some(answer).
+            let outcome = if ready[3 + i] {
+                match f.socket.recv(&mut buf) {
+                    Ok(n) => relay_answer(&f.query, f.sent, &buf[..n], f.id).map(Some),
+                    // Refused (ICMP unreachable): on to the next at once.
+                    Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => Some(None),
+                    Err(_) => None,
+                }
+            } else {
+                None
+            };
+            let outcome = match outcome {
+                None if f.deadline <= now => Some(None),
+                o => o,
+            };
+            match outcome {
+                Some(Some(answer)) => {
+                    respond(udp, &mut conns, f.origin, &answer);
+                    done[i] = true;
+                }
+                Some(None) if !f.retry(now) => {
+                    respond(udp, &mut conns, f.origin, &servfail(&f.query, f.id));
+                    done[i] = true;
+                }
+                _ => {}
             }
         }
         let mut i = 0;
@@ -552,29 +594,32 @@ fn dispatch(
         }
         Action::Reply(bytes) => respond(udp, conns, origin, &bytes),
         Action::Forward {
-            upstream,
+            mut upstreams,
             query,
             id,
         } => {
             let mine = forwards.iter().filter(|f| f.client == client).count();
-            let sent = match (forwards.len() < MAX_FORWARDS && mine < MAX_FORWARDS_PER_VM)
-                .then(|| forward(upstream, &query))
-            {
-                Some(Ok(f)) => f,
-                _ => {
-                    respond(udp, conns, origin, &servfail(&query, id));
+            let room = forwards.len() < MAX_FORWARDS && mine < MAX_FORWARDS_PER_VM;
+            let now = Instant::now();
+            let until = now + UPSTREAM_TIMEOUT;
+            while room && !upstreams.is_empty() {
+                let upstream = upstreams.remove(0);
+                if let Ok((socket, query, sent)) = forward(upstream, &query) {
+                    forwards.push(Forward {
+                        socket,
+                        query,
+                        sent,
+                        id,
+                        client,
+                        origin,
+                        deadline: Forward::share(now, until, upstreams.len()),
+                        next: upstreams,
+                        until,
+                    });
                     return;
                 }
-            };
-            forwards.push(Forward {
-                socket: sent.0,
-                query: sent.1,
-                sent: sent.2,
-                id,
-                client,
-                origin,
-                deadline: Instant::now() + UPSTREAM_TIMEOUT,
-            });
+            }
+            respond(udp, conns, origin, &servfail(&query, id));
         }
     }
 }
@@ -720,7 +765,7 @@ mod tests {
         assert_eq!(
             r.handle(WEB1, &q),
             Action::Forward {
-                upstream: "192.0.2.53:53".parse().unwrap(),
+                upstreams: vec!["192.0.2.53:53".parse().unwrap()],
                 query: q.clone(),
                 id: 0x1234
             }
@@ -815,7 +860,7 @@ mod tests {
     /// A zone whose one VM is 127.0.0.1 (the test itself), with `upstream`,
     /// until `done` is set.
     struct Loopback {
-        upstream: SocketAddrV4,
+        upstreams: Vec<SocketAddrV4>,
         done: std::sync::Arc<std::sync::atomic::AtomicBool>,
     }
 
@@ -829,10 +874,11 @@ mod tests {
             Some(Zone {
                 subnet: Some("127.0.0.0/8".parse().unwrap()),
                 vms: vec![me],
-                upstreams: vec![Upstream {
-                    addr: self.upstream,
-                    local: true,
-                }],
+                upstreams: self
+                    .upstreams
+                    .iter()
+                    .map(|&addr| Upstream { addr, local: true })
+                    .collect(),
             })
         }
         fn gone(&self, _: &Zone) -> bool {
@@ -845,7 +891,7 @@ mod tests {
     }
 
     #[test]
-    fn the_loop_answers_over_udp_and_tcp_and_fails_forwards_promptly() {
+    fn the_loop_answers_over_udp_and_tcp_and_moves_past_a_refusing_upstream() {
         // The upstream: answers deb.debian.org, stays silent for the rest.
         let upstream = UdpSocket::bind("127.0.0.1:0").unwrap();
         let upstream_addr = match upstream.local_addr().unwrap() {
@@ -895,7 +941,8 @@ mod tests {
                     &tcp,
                     &signals,
                     &Loopback {
-                        upstream: upstream_addr,
+                        // The first refuses every query: the next answers.
+                        upstreams: vec![closed, upstream_addr],
                         done,
                     },
                 )
@@ -914,11 +961,13 @@ mod tests {
         };
         let a = ask("me.");
         assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 1);
+        // Past the upstream that refuses, to the one that answers.
         let a = ask("deb.debian.org.");
         let m = Message::from_vec(&a).unwrap();
         assert_eq!(m.metadata.id, 0x1234, "the vm's id comes back");
         assert_eq!(m.answers[0].data, RData::A(A(Ipv4Addr::new(192, 0, 2, 80))));
-        // Unanswered upstream: SERVFAIL after UPSTREAM_TIMEOUT, not silence.
+        // Refused by one upstream, unanswered by the other: SERVFAIL after
+        // UPSTREAM_TIMEOUT, not silence.
         assert_eq!(rcode(&ask("silent.example.")), ResponseCode::ServFail);
 
         // TCP: a length-prefixed query, a length-prefixed answer.
@@ -938,34 +987,6 @@ mod tests {
         // A claimed length past the limit closes the connection.
         stream.write_all(&[0xff, 0xff, 0, 0]).unwrap();
         assert!(matches!(stream.read(&mut len), Ok(0) | Err(_)));
-
-        // A refusing upstream: the forward's socket reports it (the loop
-        // answers SERVFAIL on that error at once, rather than at the timeout,
-        // which a test can't tell apart without a clock).
-        let refused = Resolver {
-            zone: Zone {
-                subnet: Some("127.0.0.0/8".parse().unwrap()),
-                vms: vec![vm("me", [127, 0, 0, 1])],
-                upstreams: vec![Upstream {
-                    addr: closed,
-                    local: true,
-                }],
-            },
-        };
-        let q = query("x.example.", RecordType::A);
-        let Action::Forward { upstream, .. } = refused.handle(Ipv4Addr::LOCALHOST, &q) else {
-            panic!("not forwarded");
-        };
-        let (socket, _, _) = forward(upstream, &q).unwrap();
-        socket.set_nonblocking(false).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        assert_eq!(
-            socket.recv(&mut buf).map_err(|e| e.kind()),
-            Err(std::io::ErrorKind::ConnectionRefused)
-        );
 
         done.store(true, std::sync::atomic::Ordering::SeqCst);
         server.join().unwrap().unwrap();
