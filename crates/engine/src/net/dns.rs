@@ -293,12 +293,23 @@ pub fn is_local(ip: Ipv4Addr) -> bool {
     ip.is_loopback() || UdpSocket::bind((ip, 0)).is_ok()
 }
 
+/// What [`ZoneSource::zone`] found.
+#[derive(Debug)]
+pub enum ZoneRead {
+    Zone(Zone),
+    /// No bridged VM runs: the resolver exits.
+    Done,
+    /// The store can't be read without waiting (a command is changing it):
+    /// the resolver answers from what it knows and asks again shortly.
+    Busy,
+}
+
 /// Where the resolver gets its zone from, and learns that it is done.
 pub trait ZoneSource {
-    /// The store's running bridged VMs and the upstreams now; `None` when no
-    /// bridged VM runs (the resolver then exits). Called at the start, at every
-    /// SIGHUP, and when [`ZoneSource::gone`] says a VM went.
-    fn zone(&self) -> Option<Zone>;
+    /// The store's running bridged VMs and the upstreams now. Called at the
+    /// start (`wait`), and without waiting at every SIGHUP and when
+    /// [`ZoneSource::gone`] says a VM went.
+    fn zone(&self, wait: bool) -> ZoneRead;
     /// Cheap: whether a VM of `zone` has ended since it was read.
     fn gone(&self, zone: &Zone) -> bool;
 }
@@ -361,6 +372,11 @@ struct Conn {
 
 /// How often the resolver looks whether the VMs it serves still run.
 const CHECK: Duration = Duration::from_secs(1);
+/// How soon it asks again for a store that was busy.
+const RETRY: Duration = Duration::from_millis(10);
+/// Queries held, from addresses of the subnet it doesn't know yet, while a
+/// read of the store is due (a VM that has just started asks at once).
+const HELD: usize = 64;
 
 /// The resolver's loop, on `udp` and `tcp` (bound to the bridge's address),
 /// until SIGTERM (`signals` reports it) or until no bridged VM runs. SIGHUP
@@ -374,10 +390,17 @@ pub fn serve(
     use nix::sys::signal::Signal;
     udp.set_nonblocking(true)?;
     tcp.set_nonblocking(true)?;
-    let Some(zone) = source.zone() else {
-        return Ok(());
+    let zone = loop {
+        match source.zone(true) {
+            ZoneRead::Zone(z) => break z,
+            ZoneRead::Done => return Ok(()),
+            ZoneRead::Busy => std::thread::sleep(RETRY),
+        }
     };
     let mut resolver = Resolver { zone };
+    // When the store is to be read again, and the queries held until then.
+    let mut reload_at: Option<Instant> = None;
+    let mut held: Vec<(SocketAddrV4, Vec<u8>)> = Vec::new();
     let mut forwards: Vec<Forward> = Vec::new();
     let mut conns: HashMap<u64, Conn> = HashMap::new();
     let mut next_conn = 0u64;
@@ -389,6 +412,7 @@ pub fn serve(
             .iter()
             .map(|f| f.deadline)
             .chain(conns.values().map(|c| c.deadline))
+            .chain(reload_at)
             .chain([next_check])
             .min()
             .unwrap_or(next_check);
@@ -421,18 +445,40 @@ pub fn serve(
             fds.iter().map(|f| !f.revents().is_empty()).collect()
         };
         if ready[0] {
-            let mut reload = false;
             while let Ok(Some(info)) = signals.read_signal() {
                 match Signal::try_from(info.ssi_signo as i32) {
-                    Ok(Signal::SIGHUP) => reload = true,
+                    Ok(Signal::SIGHUP) => {
+                        reload_at.get_or_insert_with(Instant::now);
+                    }
                     _ => return Ok(()),
                 }
             }
-            if reload {
-                match source.zone() {
-                    Some(z) => resolver.zone = z,
-                    None => return Ok(()),
+        }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + CHECK;
+            if source.gone(&resolver.zone) {
+                reload_at.get_or_insert_with(Instant::now);
+            }
+        }
+        if reload_at.is_some_and(|at| at <= Instant::now()) {
+            match source.zone(false) {
+                ZoneRead::Zone(z) => {
+                    resolver.zone = z;
+                    reload_at = None;
+                    for (from, query) in std::mem::take(&mut held) {
+                        let action = resolver.handle(*from.ip(), &query);
+                        dispatch(
+                            action,
+                            *from.ip(),
+                            Origin::Udp(from),
+                            udp,
+                            &mut conns,
+                            &mut forwards,
+                        );
+                    }
                 }
+                ZoneRead::Done => return Ok(()),
+                ZoneRead::Busy => reload_at = Some(Instant::now() + RETRY),
             }
         }
         // Answers from upstreams (before new queries: they free slots).
@@ -555,6 +601,16 @@ pub fn serve(
                     Err(_) => break,
                 };
                 let action = resolver.handle(*from.ip(), &buf[..n]);
+                // From an address of the subnet it doesn't know, while the
+                // store is to be read again: kept for after the read.
+                if action == Action::Drop
+                    && reload_at.is_some()
+                    && held.len() < HELD
+                    && resolver.zone.subnet.is_some_and(|s| s.contains(*from.ip()))
+                {
+                    held.push((from, buf[..n].to_vec()));
+                    continue;
+                }
                 dispatch(
                     action,
                     *from.ip(),
@@ -563,15 +619,6 @@ pub fn serve(
                     &mut conns,
                     &mut forwards,
                 );
-            }
-        }
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + CHECK;
-            if source.gone(&resolver.zone) {
-                match source.zone() {
-                    Some(z) => resolver.zone = z,
-                    None => return Ok(()),
-                }
             }
         }
     }
@@ -865,13 +912,13 @@ mod tests {
     }
 
     impl ZoneSource for Loopback {
-        fn zone(&self) -> Option<Zone> {
+        fn zone(&self, _wait: bool) -> ZoneRead {
             if self.done.load(std::sync::atomic::Ordering::SeqCst) {
-                return None;
+                return ZoneRead::Done;
             }
             let mut me = vm("me", [127, 0, 0, 1]);
             me.nat = true;
-            Some(Zone {
+            ZoneRead::Zone(Zone {
                 subnet: Some("127.0.0.0/8".parse().unwrap()),
                 vms: vec![me],
                 upstreams: self

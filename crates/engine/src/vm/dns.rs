@@ -28,7 +28,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::Engine;
 use crate::net::StoreNet;
-use crate::net::dns::{self, Upstream, Zone, ZoneSource};
+use crate::net::dns::{self, Upstream, Zone, ZoneRead, ZoneSource};
 use crate::net::nft::VmRules;
 use crate::os::files::Lock;
 use crate::os::procid::ProcId;
@@ -273,19 +273,34 @@ struct Source<'a> {
 }
 
 impl ZoneSource for Source<'_> {
-    fn zone(&self) -> Option<Zone> {
-        let lock = self.engine.net_lock().ok()?;
-        let store = self.engine.store_network().ok()?;
+    fn zone(&self, wait: bool) -> ZoneRead {
+        // A store that can't be locked or read any more (deleted, damaged)
+        // ends the resolver, as no VM would.
+        let lock = if wait {
+            self.engine.net_lock().ok()
+        } else {
+            match self.engine.try_net_lock() {
+                Ok(Some(lock)) => Some(lock),
+                Ok(None) => return ZoneRead::Busy,
+                Err(_) => None,
+            }
+        };
+        let Some(lock) = lock else {
+            return ZoneRead::Done;
+        };
+        let Ok(store) = self.engine.store_network() else {
+            return ZoneRead::Done;
+        };
         let running = self.engine.running_bridged(None);
         if running.is_empty() {
             let _ = std::fs::remove_file(self.engine.dns_pid_path());
             *self.held.borrow_mut() = Some(lock);
-            return None;
+            return ZoneRead::Done;
         }
         let (vms, inits): (Vec<VmRules>, Vec<ProcId>) = running.into_iter().unzip();
         *self.inits.borrow_mut() = inits;
         drop(lock);
-        Some(Zone {
+        ZoneRead::Zone(Zone {
             subnet: Some(store.subnet),
             vms,
             upstreams: upstreams(&store),

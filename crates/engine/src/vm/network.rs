@@ -73,6 +73,13 @@ impl Engine {
         Lock::exclusive(&path).map_err(|source| NetworkError::Lock { path, source })
     }
 
+    /// The network lock if nobody holds it (for the store's resolver, which
+    /// answers from what it knows rather than wait).
+    pub(super) fn try_net_lock(&self) -> Result<Option<Lock>, NetworkError> {
+        let path = self.store.root().join("net.lock");
+        Lock::try_exclusive(&path).map_err(|source| NetworkError::Lock { path, source })
+    }
+
     fn network_path(&self) -> PathBuf {
         self.store.root().join("network.toml")
     }
