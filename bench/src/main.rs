@@ -15,6 +15,7 @@
 mod changes;
 mod copy;
 mod density;
+mod dns;
 mod host_changes;
 mod io;
 mod measure;
@@ -174,6 +175,19 @@ struct Args {
         "density_only", "io_only"
     ])]
     services_only: bool,
+    /// Rounds of the names-on-the-bridge benchmark [--quick: 2]
+    #[arg(long, default_value_t = 5)]
+    dns_rounds: usize,
+    /// Lookups per subject per round [--quick: 500]
+    #[arg(long, default_value_t = 5000)]
+    dns_lookups: usize,
+    /// Run only the names-on-the-bridge benchmark (the store's resolver), and
+    /// replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only", "io_only", "services_only"
+    ])]
+    dns_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -211,6 +225,17 @@ enum Helper {
         #[arg(last = true)]
         argv: Vec<std::ffi::OsString>,
     },
+    /// COUNT sequential DNS lookups of NAME at SERVER (IP[:PORT]); print the
+    /// nanoseconds they took
+    #[command(hide = true)]
+    DnsQuery {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -242,6 +267,11 @@ fn run(args: Args) -> Result<()> {
             append,
             argv,
         }) => return io::io_op(*repeat, append.as_deref(), argv),
+        Some(Helper::DnsQuery {
+            server,
+            name,
+            count,
+        }) => return dns::lookups(server, name, *count),
         None => {}
     }
     let runs = if args.quick { 20 } else { args.runs };

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, host_changes, invocation, io, network, services};
+use crate::{Args, changes, copy, density, dns, host_changes, invocation, io, network, services};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -16,13 +16,15 @@ pub enum Section {
     Io,
     Density,
     Services,
+    Dns,
 }
 
 impl Section {
-    pub const ALL: [Section; 7] = [
+    pub const ALL: [Section; 8] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
+        Section::Dns,
         Section::HostChanges,
         Section::Io,
         Section::Density,
@@ -39,6 +41,7 @@ impl Section {
             (args.io_only, Section::Io),
             (args.density_only, Section::Density),
             (args.services_only, Section::Services),
+            (args.dns_only, Section::Dns),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -127,6 +130,22 @@ impl Section {
                     kernel,
                     place,
                 )
+            }
+            Section::Dns => {
+                let params = dns::Params {
+                    rounds: if args.quick {
+                        2
+                    } else {
+                        args.dns_rounds.max(1)
+                    },
+                    lookups: if args.quick {
+                        500
+                    } else {
+                        args.dns_lookups.max(1)
+                    },
+                    subnet: args.net_subnet.clone(),
+                };
+                dns::render(&dns::measure(store, &params)?, &inv, date, kernel, place)
             }
         })
     }

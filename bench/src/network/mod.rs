@@ -33,7 +33,7 @@ use crate::measure::{check_output, median_ratio, round_ratios, time_command};
 use crate::store::{Store, Sweep, Swept};
 use fleet::{FLEET_BRIDGED, FLEET_HOSTED, Fleet};
 use startstop::Steps;
-use subnet::choose_subnet;
+pub use subnet::choose_subnet;
 
 pub const BEGIN: &str = "<!-- bench:network:begin -->";
 pub const END: &str = "<!-- bench:network:end -->";
@@ -225,7 +225,7 @@ fn nft_table_exists(family: &str, table: &str) -> bool {
 }
 
 /// `fvmbench0`, or the next such name that no link has.
-fn free_bridge_name() -> Result<String> {
+pub fn free_bridge_name() -> Result<String> {
     (0..100)
         .map(|i| format!("fvmbench{i}"))
         .find(|n| !Path::new("/sys/class/net").join(n).exists())

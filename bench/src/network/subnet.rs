@@ -83,7 +83,7 @@ fn route_destinations(routes: &str) -> Vec<Cidr> {
 
 /// The bridge's subnet: `given`, or the first 10.231.x.0 network from /22 up that
 /// holds `vms` VMs and its gateway; either way one that no route of the host overlaps.
-pub(super) fn choose_subnet(given: Option<&str>, vms: usize) -> Result<Cidr> {
+pub fn choose_subnet(given: Option<&str>, vms: usize) -> Result<Cidr> {
     let out = Command::new("ip")
         .args(["-4", "route", "show", "table", "all"])
         .output()

@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["os"],
     // Values and leaf mechanisms, each on its own.
     &["limits", "confine", "layers"],
+    // (net holds the resolver's protocol and loop, net::dns; vm::dns runs it.)
     &["cgroup", "net"],
     // The store's files, and assembling a VM's filesystem.
     &["store", "mounts"],

@@ -186,6 +186,10 @@ pub struct NetworkArgs {
     /// Its subnet; the bridge gets the first address (default 10.77.0.0/24)
     #[arg(long, value_name = "CIDR")]
     pub subnet: Option<String>,
+    /// Where the store's resolver forwards names that are not VMs' (repeatable;
+    /// `none`: the host's /etc/resolv.conf name servers, the default)
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub upstream_dns: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -237,10 +241,12 @@ pub struct NetArgs {
     /// The VM's address on the bridge, e.g. 10.77.0.5/24 (default: the next free one)
     #[arg(long, value_name = "ADDR/PREFIX")]
     pub ip: Option<String>,
-    /// Masquerade the VM's traffic to beyond the bridge's subnet (--nat false: off)
+    /// Masquerade the VM's traffic to beyond the bridge's subnet: on by default
+    /// for a bridged VM (--nat false: off; --nat default: back to the default)
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub nat: Option<String>,
-    /// A name server for the VM's own /etc/resolv.conf (repeatable)
+    /// A name server for the VM's own /etc/resolv.conf (repeatable; default: the
+    /// store's resolver on the bridge, which knows the other VMs' names)
     #[arg(long, value_name = "ADDR")]
     pub dns: Vec<String>,
     /// Let the VM reach CIDR[:PORT[/tcp|udp]] (repeatable)
@@ -401,6 +407,9 @@ pub struct RunArgs {
     /// logs (fvm logs VM run), its stdin is /dev/null
     #[arg(short = 'd', long, conflicts_with_all = ["rm", "tty"])]
     pub detach: bool,
+    /// The network of the throw-away VM (with --rm; a named VM has its policy)
+    #[command(flatten)]
+    pub net: NetArgs,
     /// The VM (optional with --rm)
     #[arg(add = crate::complete::vm_names())]
     pub name: Option<String>,

@@ -568,9 +568,13 @@ fn nat_and_allow_decide_what_outside_the_host_a_vm_reaches() {
     }
     let net = Net::new("netnat");
     let outside = Outside::new(&net.subnet);
-    net.bridged("plain", &[]);
-    net.bridged("natted", &["--nat"]);
-    let allowed = net.bridged("allowed", &["--allow", &outside.subnet.cidr()]);
+    // NAT is on by default: `plain` and `allowed` turn it off.
+    net.bridged("plain", &["--nat", "false"]);
+    net.bridged("natted", &[]);
+    let allowed = net.bridged(
+        "allowed",
+        &["--nat", "false", "--allow", &outside.subnet.cidr()],
+    );
     for vm in ["plain", "natted", "allowed"] {
         net.store.start(vm);
     }
@@ -604,17 +608,18 @@ fn nat_and_allow_decide_what_outside_the_host_a_vm_reaches() {
         "after `config --nat false`",
         &net.probe1("plain", there.clone()),
     );
+    // The default is no key; off is written out, so it stays off.
     assert_eq!(
         policy_network(&net.store, "natted")
             .get("nat")
             .map(String::as_str),
-        Some("true")
+        None
     );
-    assert_ne!(
+    assert_eq!(
         policy_network(&net.store, "plain")
             .get("nat")
             .map(String::as_str),
-        Some("true")
+        Some("false")
     );
     net.assert_clean();
     drop(outside);

@@ -41,7 +41,13 @@ pub const KEPT: CapabilitySet = CapabilitySet::CHOWN
 /// effective, permitted and inheritable. Allocates nothing (used between fork and
 /// exec).
 pub fn drop_to_kept() -> std::io::Result<()> {
-    let kept = KEPT;
+    drop_to(KEPT)
+}
+
+/// Drop every capability outside `kept` from the calling thread, as
+/// [`drop_to_kept`] does (with an empty `kept`, CAP_SETPCAP goes last, with
+/// the effective set). Allocates nothing.
+pub fn drop_to(kept: CapabilitySet) -> std::io::Result<()> {
     for bit in 0..64u32 {
         let cap = CapabilitySet::from_bits_retain(1 << bit);
         if kept.contains(cap) {

@@ -121,3 +121,57 @@ fn enable_forwarding() {
         }
     }
 }
+
+/// Whether a process of the host holds `port`/`proto` (listens on it, on any
+/// address, IPv4 or IPv6): publishing it would take its connections over.
+/// Asked by binding it: TCP with SO_REUSEADDR, which only a listener (or a
+/// socket bound without it) refuses; UDP without, which any socket on the port
+/// refuses. IPv6 with IPV6_V6ONLY, so that an IPv6-only listener counts too.
+pub fn port_in_use(port: u16, proto: super::Proto) -> bool {
+    use rustix::net::{AddressFamily, SocketType, sockopt};
+    let kind = match proto {
+        super::Proto::Tcp => SocketType::STREAM,
+        super::Proto::Udp => SocketType::DGRAM,
+    };
+    let v4 = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    [(AddressFamily::INET, v4), (AddressFamily::INET6, v6)]
+        .into_iter()
+        .any(|(family, at)| {
+            let Ok(fd) = rustix::net::socket(family, kind, None) else {
+                // No IPv6 on this host: nothing listens there.
+                return false;
+            };
+            if proto == super::Proto::Tcp {
+                let _ = sockopt::set_socket_reuseaddr(&fd, true);
+            }
+            if family == AddressFamily::INET6 {
+                let _ = sockopt::set_ipv6_v6only(&fd, true);
+            }
+            rustix::net::bind(&fd, &at) == Err(rustix::io::Errno::ADDRINUSE)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::Proto;
+
+    #[test]
+    fn a_port_a_host_process_holds_is_in_use_on_any_address() {
+        // Listeners on loopback only, IPv4 and IPv6, and a UDP socket.
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        assert!(port_in_use(port, Proto::Tcp));
+        drop(v4);
+        assert!(!port_in_use(port, Proto::Tcp));
+        if let Ok(v6) = std::net::TcpListener::bind("[::1]:0") {
+            assert!(port_in_use(v6.local_addr().unwrap().port(), Proto::Tcp));
+        }
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        assert!(port_in_use(port, Proto::Udp));
+        drop(udp);
+        assert!(!port_in_use(port, Proto::Udp));
+    }
+}

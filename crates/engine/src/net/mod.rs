@@ -4,6 +4,8 @@
 //!
 //! - [`addr`]: addresses, egress rules and published ports, as the policy writes them;
 //! - [`link`]: bridges, veths, addresses and routes, through netlink (blocking requests);
+//! - [`dns`]: the store's resolver on the bridge (VM names, forwards within
+//!   each VM's egress policy);
 //! - [`nft`]: the store's nftables tables (egress policy, NAT, published ports),
 //!   generated as text and applied atomically with `nft -f`.
 //!
@@ -13,6 +15,7 @@
 
 pub mod addr;
 pub mod attach;
+pub mod dns;
 pub mod link;
 pub mod nft;
 
@@ -68,9 +71,11 @@ pub struct NetPolicy {
     /// The VM's address on the bridge, with the bridge's prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<Ipv4Net>,
-    /// Masquerade traffic to outside the bridge's subnet.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub nat: bool,
+    /// Masquerade traffic to outside the bridge's subnet. Absent means the
+    /// default, on for a bridged VM; `false` is written out, so a VM whose NAT
+    /// was turned off keeps it off when the default changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<bool>,
     /// Name servers written to the VM's own /etc/resolv.conf.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dns: Vec<Ipv4Addr>,
@@ -135,7 +140,7 @@ impl NetPolicy {
     }
 
     /// Apply one flag. List settings add to their list; `none` clears it. `nat`
-    /// takes `true`/`false` (the bare flag is `true`).
+    /// takes `true`/`false` (the bare flag is `true`), or `default` (on).
     pub fn set(&mut self, key: NetKey, text: &str) -> Result<(), NetError> {
         let none = text == "none";
         match key {
@@ -149,9 +154,12 @@ impl NetPolicy {
             }
             NetKey::Nat => {
                 self.nat = match text {
-                    "true" | "yes" | "on" => true,
-                    "false" | "no" | "off" => false,
-                    _ => return Err(err(key, format!("{text:?} is not true or false"))),
+                    "true" | "yes" | "on" => Some(true),
+                    "false" | "no" | "off" => Some(false),
+                    "default" => None,
+                    _ => {
+                        return Err(err(key, format!("{text:?} is not true, false or default")));
+                    }
                 }
             }
             NetKey::Dns if none => self.dns.clear(),
@@ -181,7 +189,8 @@ impl NetPolicy {
         if self.mode != NetMode::Bridge {
             let extra = [
                 (NetKey::Ip, self.ip.is_some()),
-                (NetKey::Nat, self.nat),
+                // (`--nat false` says nothing a non-bridged VM could misread.)
+                (NetKey::Nat, self.nat == Some(true)),
                 (NetKey::Dns, !self.dns.is_empty()),
                 (NetKey::Allow, !self.allow.is_empty()),
                 (NetKey::Deny, !self.deny.is_empty()),
@@ -212,6 +221,12 @@ impl NetPolicy {
         Ok(())
     }
 
+    /// Whether the VM's traffic beyond the bridge is masqueraded: a bridged VM
+    /// has NAT unless its policy says `nat = false`.
+    pub fn nat(&self) -> bool {
+        self.mode == NetMode::Bridge && self.nat != Some(false)
+    }
+
     /// The VM's address, for a bridged VM.
     pub fn address(&self) -> Option<Ipv4Addr> {
         (self.mode == NetMode::Bridge).then_some(self.ip?.addr)
@@ -226,6 +241,14 @@ pub struct StoreNet {
     /// The bridge's network; its first host address is the bridge's own, the
     /// VMs' gateway.
     pub subnet: Ipv4Net,
+    /// Where the store's resolver forwards names that are not VMs'; empty: the
+    /// host's /etc/resolv.conf name servers (read when the resolver starts).
+    #[serde(
+        default,
+        rename = "upstream-dns",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub upstream_dns: Vec<std::net::SocketAddrV4>,
 }
 
 impl Default for StoreNet {
@@ -236,8 +259,26 @@ impl Default for StoreNet {
                 addr: Ipv4Addr::new(10, 77, 0, 0),
                 prefix: 24,
             },
+            upstream_dns: Vec::new(),
         }
     }
+}
+
+/// `IP[:PORT]`, an upstream name server (port 53 by default).
+pub fn parse_upstream(text: &str) -> Result<std::net::SocketAddrV4, String> {
+    text.parse::<std::net::SocketAddrV4>()
+        .or_else(|_| {
+            text.parse::<Ipv4Addr>()
+                .map(|ip| std::net::SocketAddrV4::new(ip, dns::PORT))
+        })
+        .map_err(|_| format!("{text:?} is not an IPv4 address or IP:PORT"))
+        .and_then(|a| {
+            if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_broadcast() {
+                Err(format!("{text:?} is not a name server's address"))
+            } else {
+                Ok(a)
+            }
+        })
 }
 
 impl StoreNet {
@@ -300,7 +341,9 @@ impl StoreNet {
     pub fn to_toml(&self) -> String {
         format!(
             "# featherweight store network: the bridge bridged VMs attach to, and its\n\
-             # subnet (the bridge has the first address; VMs get the others).\n{}",
+             # subnet (the bridge has the first address; VMs get the others);\n\
+             # upstream-dns: where the store's resolver forwards names that are not\n\
+             # VMs' (absent: the host's /etc/resolv.conf name servers).\n{}",
             toml::to_string(self).expect("serializes")
         )
     }
@@ -414,6 +457,7 @@ mod tests {
         let tiny = StoreNet {
             bridge: "fvmt".into(),
             subnet: "10.9.9.0/30".parse().unwrap(),
+            upstream_dns: Vec::new(),
         };
         assert_eq!(tiny.allocate(&[]).unwrap().to_string(), "10.9.9.2/30");
         assert_eq!(tiny.allocate(&[Ipv4Addr::new(10, 9, 9, 2)]), None);
@@ -424,6 +468,37 @@ mod tests {
             };
             assert!(s.validate().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn upstreams_and_nat_round_trip() {
+        assert_eq!(
+            parse_upstream("192.0.2.1").unwrap().to_string(),
+            "192.0.2.1:53"
+        );
+        assert_eq!(parse_upstream("127.0.0.1:5353").unwrap().port(), 5353);
+        for bad in ["x", "0.0.0.0", "1.2.3.4:0", "::1"] {
+            assert!(parse_upstream(bad).is_err(), "{bad}");
+        }
+        let s = StoreNet {
+            upstream_dns: vec![parse_upstream("192.0.2.1").unwrap()],
+            ..StoreNet::default()
+        };
+        let text = s.to_toml();
+        assert!(text.contains("upstream-dns = [\"192.0.2.1:53\"]"), "{text}");
+        assert_eq!(toml::from_str::<StoreNet>(&text).unwrap(), s);
+        // A policy written before NAT was on by default has no `nat` key: it
+        // gets the default; `false` is written out and read back.
+        let old: NetPolicy = toml::from_str("mode = \"bridge\"\nip = \"10.77.0.2/24\"").unwrap();
+        assert!(old.nat());
+        let mut off = old.clone();
+        off.set(NetKey::Nat, "false").unwrap();
+        let text = toml::to_string(&off).unwrap();
+        assert!(text.contains("nat = false"), "{text}");
+        assert!(!toml::from_str::<NetPolicy>(&text).unwrap().nat());
+        off.set(NetKey::Nat, "default").unwrap();
+        assert!(off.nat());
+        assert!(!NetPolicy::default().nat());
     }
 
     #[test]

@@ -65,12 +65,49 @@ fn matcher(rule: &Rule) -> String {
     m
 }
 
+impl Rule {
+    /// Whether this rule matches a packet to `dst` (what [`matcher`] writes).
+    pub fn matches(&self, dst: Ipv4Addr, port: u16, proto: super::Proto) -> bool {
+        self.net.contains(dst)
+            && self.port.is_none_or(|p| p == port)
+            && (self.port.is_none() || self.proto.is_none_or(|p| p == proto))
+    }
+}
+
+impl VmRules {
+    /// Whether the VM's egress policy lets a packet to `dst` through, as its
+    /// chain in the inet table decides (`local`: `dst` is one of the host's own
+    /// addresses). The store's resolver asks this before it forwards a VM's
+    /// query, so that DNS is no way around the policy.
+    pub fn reaches(
+        &self,
+        subnet: Ipv4Net,
+        dst: Ipv4Addr,
+        port: u16,
+        proto: super::Proto,
+        local: bool,
+    ) -> bool {
+        if self.deny.iter().any(|r| r.matches(dst, port, proto)) {
+            return false;
+        }
+        self.allow.iter().any(|r| r.matches(dst, port, proto))
+            || subnet.contains(dst)
+            || local
+            || self.nat
+    }
+}
+
 fn chain_name(vm: &VmRules) -> String {
     // Links are `fvm` + hex, so this is a valid, unique chain name.
     format!("from_{}", vm.link)
 }
 
 impl Ruleset<'_> {
+    /// The bridge's own address: the subnet's first.
+    fn gateway(&self) -> Ipv4Addr {
+        self.subnet.nth(1).unwrap_or(self.subnet.addr)
+    }
+
     /// The nft script that replaces the store's tables with these rules.
     pub fn script(&self) -> String {
         let mut s = String::new();
@@ -124,6 +161,17 @@ impl Ruleset<'_> {
                 s,
                 "  chain {hook} {{\n    type filter hook {hook} priority filter - 1; policy accept;"
             );
+            if hook == "input" {
+                // The store's resolver answers on the bridge only: not to the
+                // host's other interfaces, nor to the host itself.
+                let _ = writeln!(
+                    s,
+                    "    ip daddr {} meta l4proto {{ tcp, udp }} th dport {} iifname != \"{}\" drop",
+                    self.gateway(),
+                    super::dns::PORT,
+                    self.bridge
+                );
+            }
             for vm in self.vms {
                 let _ = writeln!(s, "    ip saddr {} jump {}", vm.ip, chain_name(vm));
             }
@@ -223,6 +271,60 @@ pub fn exists(table: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Host ports that running VMs of other stores publish: the `dnat` rules of
+/// every other `fvm-*` inet table. (A published port has no socket on the host,
+/// so only the rules tell.)
+pub fn published_by_other_stores(own: &str) -> Vec<(u16, super::Proto)> {
+    let list = |args: &[&str]| {
+        Command::new("nft")
+            .args(args)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let tables = list(&["list", "tables", "inet"]);
+    let mut out = Vec::new();
+    for table in tables
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("table inet "))
+        .filter(|t| t.starts_with("fvm-") && *t != own)
+    {
+        out.extend(published_in(&list(&[
+            "list",
+            "chain",
+            "inet",
+            table,
+            "prerouting",
+        ])));
+    }
+    out
+}
+
+/// The `PROTO dport PORT dnat` rules of a chain as `nft list` prints it.
+fn published_in(text: &str) -> Vec<(u16, super::Proto)> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.contains(" dnat ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        for w in words.windows(3) {
+            let proto = match w[0] {
+                "tcp" => super::Proto::Tcp,
+                "udp" => super::Proto::Udp,
+                _ => continue,
+            };
+            if w[1] == "dport"
+                && let Ok(port) = w[2].parse()
+            {
+                out.push((port, proto));
+            }
+        }
+    }
+    out
+}
+
 fn run_nft(script: &str) -> Result<(), NftError> {
     tracing::debug!(%script, "nft -f -");
     let mut child = Command::new("nft")
@@ -265,6 +367,41 @@ mod tests {
             deny: vec![],
             publish: vec![],
         }
+    }
+
+    #[test]
+    fn published_ports_are_read_back_from_a_listed_chain() {
+        let listed = "table inet fvm-1a2b {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t\tfib daddr type local tcp dport 18080 dnat ip to 10.77.0.2:80\n\t\tfib daddr type local udp dport 5353 dnat ip to 10.77.0.3:53\n\t}\n}\n";
+        assert_eq!(
+            published_in(listed),
+            vec![
+                (18080, super::super::Proto::Tcp),
+                (5353, super::super::Proto::Udp)
+            ]
+        );
+        assert!(published_in("tcp dport 80 accept").is_empty());
+    }
+
+    #[test]
+    fn reaches_follows_the_chain_deny_allow_subnet_host_nat() {
+        let subnet: Ipv4Net = "10.77.0.0/24".parse().unwrap();
+        let mut a = vm("a", "fvm00000000001", [10, 77, 0, 2]);
+        let up = Ipv4Addr::new(192, 0, 2, 53);
+        let udp = super::super::Proto::Udp;
+        assert!(!a.reaches(subnet, up, 53, udp, false));
+        assert!(a.reaches(subnet, up, 53, udp, true));
+        assert!(a.reaches(subnet, Ipv4Addr::new(10, 77, 0, 9), 53, udp, false));
+        a.nat = true;
+        assert!(a.reaches(subnet, up, 53, udp, false));
+        a.deny = vec!["192.0.2.0/24:53/udp".parse().unwrap()];
+        assert!(!a.reaches(subnet, up, 53, udp, false));
+        assert!(a.reaches(subnet, up, 53, super::super::Proto::Tcp, false));
+        a.deny = vec!["0.0.0.0/0:53".parse().unwrap()];
+        assert!(!a.reaches(subnet, Ipv4Addr::LOCALHOST, 53, udp, true));
+        a.nat = false;
+        a.deny.clear();
+        a.allow = vec!["192.0.2.53".parse().unwrap()];
+        assert!(a.reaches(subnet, up, 53, udp, false));
     }
 
     #[test]

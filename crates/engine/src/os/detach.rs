@@ -8,10 +8,20 @@ use super::sys;
 /// /dev/null; it exits with what `work` returns. Returns once the intermediate
 /// child is reaped.
 pub fn spawn_detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> std::io::Result<()> {
+    spawn_detached_keeping(name, &[], work)
+}
+
+/// [`spawn_detached`], keeping the fds `keep` open in the worker (sockets the
+/// caller bound for it, say).
+pub fn spawn_detached_keeping(
+    name: &std::ffi::CStr,
+    keep: &[std::os::fd::RawFd],
+    work: impl FnOnce() -> i32,
+) -> std::io::Result<()> {
     let pid = sys::spawn(|| {
         let _ = rustix::process::setsid();
         // The intermediate child ends at once, so the worker is nobody's child.
-        let _ = sys::spawn(|| detached(name, work));
+        let _ = sys::spawn(|| detached(name, keep, work));
         0
     })?;
     let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
@@ -19,9 +29,10 @@ pub fn spawn_detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> std:
 }
 
 /// The second child of [`spawn_detached`]: stdio on /dev/null, then `work`.
-fn detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> i32 {
-    let _ = sys::close_all_except(&[]);
-    // With every fd closed, /dev/null opens as fd 0 (stdin) and stays open.
+fn detached(name: &std::ffi::CStr, keep: &[std::os::fd::RawFd], work: impl FnOnce() -> i32) -> i32 {
+    let _ = sys::close_all_except(keep);
+    // With every fd closed (the kept ones are never 0-2: the caller's stdio
+    // holds those), /dev/null opens as fd 0 (stdin) and stays open.
     if let Ok(null) = rustix::fs::open(
         "/dev/null",
         rustix::fs::OFlags::RDWR,

@@ -25,6 +25,19 @@ pub enum Liveness {
     Dead,
 }
 
+/// The pid a helper's pid file names, if a process named `comm` has it now (a
+/// pid file outliving its process never gets another process signalled).
+pub fn from_pid_file(path: &std::path::Path, comm: &str) -> Option<i32> {
+    let pid = std::fs::read_to_string(path)
+        .ok()?
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 1)?;
+    let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (name.trim_end() == comm).then_some(pid)
+}
+
 impl ProcId {
     /// Identify a live pid as it is now.
     pub fn of(pid: i32) -> io::Result<ProcId> {

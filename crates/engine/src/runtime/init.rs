@@ -209,7 +209,8 @@ fn write_resolv_conf(servers: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
         .open(path)?;
     std::io::Write::write_all(
         &mut file,
-        format!("# written by fvm (--dns)\n{text}").as_bytes(),
+        format!("# written by fvm: the store's resolver on the bridge, or --dns\n{text}")
+            .as_bytes(),
     )
 }
 

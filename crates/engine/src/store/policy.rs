@@ -127,8 +127,10 @@ const HEADER: &str = "\
 # [network]      how the VM is networked (see `fvm network` for the store's bridge)
 # mode           host (the host's network), none (only lo) or bridge (its own address)
 # ip             bridge: the VM's address and prefix, e.g. 10.77.0.5/24
-# nat            bridge: masquerade traffic to beyond the bridge's subnet
-# dns            bridge: name servers for the VM's own /etc/resolv.conf
+# nat            bridge: masquerade traffic to beyond the bridge's subnet; absent
+#                means on, `nat = false` turns it off
+# dns            bridge: name servers for the VM's own /etc/resolv.conf (absent:
+#                the store's resolver on the bridge, which knows the VMs' names)
 # allow, deny    bridge: egress rules, CIDR[:PORT[/tcp|udp]]
 # publish        bridge: host ports forwarded to the VM, HOSTPORT:VMPORT[/tcp|udp]
 #
@@ -408,7 +410,7 @@ mod tests {
                         .unwrap(),
                 );
             }
-            p.network.nat = rng.bool();
+            p.network.nat = [None, Some(false), Some(true)][rng.usize(..3)];
             p.network.dns = (0..rng.usize(..3)).map(|_| rng.u32(..).into()).collect();
             p.network.allow = (0..rng.usize(..4))
                 .map(|_| crate::testing::rule(rng))

@@ -206,7 +206,7 @@ impl Engine {
                     .as_ref()
                     .filter(|p| running && p.network.mode == crate::net::NetMode::Bridge)
                     .map(|_| crate::net::veth_name(self.store.id(), name.as_str())),
-                nat: policy.as_ref().is_some_and(|p| p.network.nat),
+                nat: policy.as_ref().is_some_and(|p| p.network.nat()),
                 dns: policy
                     .as_ref()
                     .map(|p| p.network.dns.clone())

@@ -246,6 +246,8 @@ impl Engine {
             }
         }
         let policy = &self.ensure_address(vm, policy)?;
+        self.check_host_ports(&policy.network)
+            .map_err(VmError::Network)?;
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).
@@ -323,7 +325,15 @@ impl Engine {
                 } else {
                     0
                 },
-            dns: policy.network.dns.clone(),
+            // A bridged VM asks the store's resolver (the bridge's address),
+            // unless its policy names its own servers.
+            dns: if policy.network.dns.is_empty()
+                && policy.network.mode == crate::net::NetMode::Bridge
+            {
+                vec![self.store_network()?.gateway().addr]
+            } else {
+                policy.network.dns.clone()
+            },
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
             services: policy.services.clone(),

@@ -8,6 +8,7 @@
 
 mod changes;
 mod copy;
+mod dns;
 mod freeze;
 mod info;
 mod lifecycle;

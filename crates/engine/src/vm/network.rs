@@ -30,6 +30,14 @@ pub enum NetworkError {
         proto: &'static str,
         owner: String,
     },
+    #[error(
+        "host port {port}/{proto} is in use on the host{by}: publishing it would take its connections over"
+    )]
+    PortBusy {
+        port: u16,
+        proto: &'static str,
+        by: &'static str,
+    },
     #[error("--{key} changes what vm {name:?} was started with: stop it first")]
     Running { key: &'static str, name: String },
     #[error(transparent)]
@@ -60,9 +68,16 @@ impl From<AttachError> for NetworkError {
 }
 
 impl Engine {
-    fn net_lock(&self) -> Result<Lock, NetworkError> {
+    pub(super) fn net_lock(&self) -> Result<Lock, NetworkError> {
         let path = self.store.root().join("net.lock");
         Lock::exclusive(&path).map_err(|source| NetworkError::Lock { path, source })
+    }
+
+    /// The network lock if nobody holds it (for the store's resolver, which
+    /// answers from what it knows rather than wait).
+    pub(super) fn try_net_lock(&self) -> Result<Option<Lock>, NetworkError> {
+        let path = self.store.root().join("net.lock");
+        Lock::try_exclusive(&path).map_err(|source| NetworkError::Lock { path, source })
     }
 
     fn network_path(&self) -> PathBuf {
@@ -74,22 +89,37 @@ impl Engine {
         StoreNet::load(&self.network_path()).map_err(|e| VmError::Network(NetworkError::Store(e)))
     }
 
-    /// Change the store's bridge and subnet. Refused while a bridged VM runs, or
-    /// if a VM's address would fall outside the new subnet.
+    /// Change the store's bridge and subnet (refused while a bridged VM runs,
+    /// or if a VM's address would fall outside the new subnet) and its
+    /// resolver's upstreams (at any time: a running resolver reads them again).
     pub fn set_store_network(
         &self,
         bridge: Option<String>,
         subnet: Option<Ipv4Net>,
+        upstream_dns: Option<Vec<std::net::SocketAddrV4>>,
     ) -> Result<StoreNet, VmError> {
         let _net = self.net_lock().map_err(VmError::Network)?;
         let old = self.store_network()?;
         let new = StoreNet {
             bridge: bridge.unwrap_or_else(|| old.bridge.clone()),
             subnet: subnet.unwrap_or(old.subnet),
+            upstream_dns: upstream_dns.unwrap_or_else(|| old.upstream_dns.clone()),
         };
         new.validate()
             .map_err(|e| VmError::Network(NetworkError::Store(e)))?;
         if new == old {
+            return Ok(new);
+        }
+        let path = self.network_path();
+        if new.bridge == old.bridge && new.subnet == old.subnet {
+            crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
+                .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
+            if let Some(pid) = self.resolver_pid() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGHUP,
+                );
+            }
             return Ok(new);
         }
         for (name, policy) in self.policies() {
@@ -118,14 +148,13 @@ impl Engine {
         if new.bridge != old.bridge {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
-        let path = self.network_path();
         crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
     }
 
     /// Every VM's policy that can be read, by name.
-    fn policies(&self) -> Vec<(VmName, Policy)> {
+    pub(super) fn policies(&self) -> Vec<(VmName, Policy)> {
         self.store
             .names()
             .unwrap_or_default()
@@ -191,6 +220,31 @@ impl Engine {
                     owner: owner.to_string(),
                 });
             }
+        }
+        self.check_host_ports(net)
+    }
+
+    /// Refuse a published host port that a host process listens on, or that a
+    /// running VM of another store publishes (checked at create, config and
+    /// every start: a port can become busy in between).
+    pub(super) fn check_host_ports(&self, net: &NetPolicy) -> Result<(), NetworkError> {
+        if net.mode != NetMode::Bridge || net.publish.is_empty() {
+            return Ok(());
+        }
+        let elsewhere = crate::net::nft::published_by_other_stores(&attach::table(self.store.id()));
+        for p in &net.publish {
+            let by = if elsewhere.contains(&(p.host_port, p.proto)) {
+                " (by a vm of another store)"
+            } else if attach::port_in_use(p.host_port, p.proto) {
+                ""
+            } else {
+                continue;
+            };
+            return Err(NetworkError::PortBusy {
+                port: p.host_port,
+                proto: p.proto.as_str(),
+                by,
+            });
         }
         Ok(())
     }
@@ -270,33 +324,14 @@ impl Engine {
         pending: Option<(&VmName, &NetPolicy)>,
     ) -> Result<(), NetworkError> {
         let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
-        let mut vms = Vec::new();
-        for (name, policy) in self.policies() {
-            let net = match pending {
-                Some((n, p)) if *n == name => p.clone(),
-                _ => policy.network.clone(),
-            };
-            let Some(ip) = net.address() else { continue };
-            let running = self
-                .store
-                .vm(&name)
-                .ok()
-                .and_then(|vm| vm.load_state().ok())
-                .is_some_and(|s| s.live_init(&self.cgroup_leaf(&name)).is_some());
-            if !running {
-                continue;
-            }
-            vms.push(VmRules {
-                name: name.to_string(),
-                link: netcfg::veth_name(self.store.id(), name.as_str()),
-                ip,
-                nat: net.nat,
-                allow: net.allow.clone(),
-                deny: net.deny.clone(),
-                publish: net.publish.clone(),
-            });
-        }
-        Ok(attach::firewall(&store, self.store.id(), &vms)?)
+        let vms: Vec<VmRules> = self
+            .running_bridged(pending)
+            .into_iter()
+            .map(|(rules, _)| rules)
+            .collect();
+        attach::firewall(&store, self.store.id(), &vms)?;
+        self.sync_resolver(&store, !vms.is_empty());
+        Ok(())
     }
 
     /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
@@ -381,6 +416,10 @@ impl Engine {
             if self.remove_bridge(&store).map_err(VmError::Network)? {
                 done.push(format!("removed bridge {}", store.bridge));
             }
+            if self.resolver_pid().is_some() {
+                done.push("stopped the store's resolver".into());
+            }
+            self.stop_resolver();
         }
         Ok(done)
     }

@@ -59,13 +59,18 @@ impl Engine {
     }
 
     /// For commands that look at the store: start the watcher again if VMs run
-    /// without it, and say so.
+    /// without it, and the store's resolver if bridged VMs run without it, and
+    /// say so.
     pub fn keep_watcher(&self) {
         self.watcher().keep();
+        self.keep_resolver();
     }
 
-    /// The state of the store's watcher; a missing one is started again.
+    /// The state of the store's watcher; a missing one is started again (and
+    /// so is a missing resolver of running bridged VMs).
     pub fn watcher_health(&self) -> WatcherHealth {
-        self.watcher().health()
+        let health = self.watcher().health();
+        self.keep_resolver();
+        health
     }
 }

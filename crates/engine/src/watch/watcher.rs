@@ -206,14 +206,7 @@ impl Watcher<'_> {
     /// The pid in the store's watcher pid file, if it is a live `fvm-watch`
     /// (never signal a process the file names after its watcher has gone).
     fn watcher_pid(&self) -> Option<i32> {
-        let pid = std::fs::read_to_string(self.watch_pid_path())
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
-            .filter(|p| *p > 1)?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-        (comm.trim_end() == "fvm-watch").then_some(pid)
+        crate::os::procid::from_pid_file(&self.watch_pid_path(), "fvm-watch")
     }
 
     fn watch_loop(&self) -> std::io::Result<()> {

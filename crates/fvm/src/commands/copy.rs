@@ -16,6 +16,23 @@ pub fn run(ctx: &Context<'_>, args: &CopyArgs) -> Result<u8> {
             engine.copy(&src, &dst)?;
         }
     }
+    // What names SRC's own place on the network stays with SRC.
+    if let Ok(policy) = engine.policy_of(&src) {
+        let net = &policy.network;
+        let mut left = Vec::new();
+        if let Some(ip) = net.ip {
+            left.push(format!(
+                "{src}'s address {ip} (the copy gets a free one at its first start)"
+            ));
+        }
+        if !net.publish.is_empty() {
+            let ports: Vec<String> = net.publish.iter().map(ToString::to_string).collect();
+            left.push(format!("{src}'s published ports {}", ports.join(", ")));
+        }
+        if !left.is_empty() {
+            eprintln!("fvm: not copied to {dst}: {}", left.join("; "));
+        }
+    }
     output::print(&format!("{dst}\n"))?;
     Ok(0)
 }

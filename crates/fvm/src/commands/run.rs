@@ -34,6 +34,12 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             given[0].0
         );
     }
+    if let Some((key, _)) = args.net.given().first().filter(|_| !args.rm) {
+        anyhow::bail!(
+            "--{} is for throw-away vms (--rm); set a named vm's network with fvm config",
+            key.name()
+        );
+    }
     if args.detach {
         let Some(name) = name else {
             anyhow::bail!("a vm name is required with -d");
@@ -64,6 +70,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
         let engine = ctx.engine(true)?;
         let mut opts = fvm_engine::vm::CreateOptions::default();
         args.limits.apply_to(&mut opts.limits)?;
+        args.net.apply_to(&mut opts.network)?;
         let spec_for = |vm: &str, mut env: Vec<(String, String)>| {
             env.push(("FVM_NAME".into(), vm.to_owned()));
             CommandSpec {
