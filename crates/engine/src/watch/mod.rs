@@ -39,6 +39,12 @@ pub const SETTLE: Duration = Duration::from_millis(50);
 /// watcher doesn't listen: it reads what queued just before each invalidation.
 pub const BURST: Duration = Duration::from_millis(100);
 
+/// How long the watcher stops listening after the kernel woke it with only
+/// changes of the VMs' own (a VM writing its layer in directories it doesn't yet
+/// have the kernel ignore): a VM's write burst wakes it a few times a second at
+/// most, and a host change that comes meanwhile waits at most this long more.
+pub const HOLD: Duration = Duration::from_millis(50);
+
 /// Invalidations per batch of changes, [`RETRY`] apart. A dentry that a VM
 /// process is using at the instant of an invalidation (open, or being looked
 /// up) isn't dropped; a second pass a little later catches the ones that were

@@ -43,11 +43,72 @@ const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_millis(250)
 /// `statfs` type of overlayfs.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
+/// How many directories of the VMs' own (under the store, or a VM's `--dir`) a
+/// group has the kernel ignore at most: past it, its ignore marks are dropped
+/// and made again as events come, so a VM making directories without end costs
+/// the kernel bounded memory and the watcher a constant per event.
+const MAX_IGNORED_DIRS: usize = 8192;
+
+/// How many directory handles a group remembers the verdict of at most (then it
+/// forgets them all and starts again).
+const MAX_KNOWN_DIRS: usize = 100_000;
+
 /// A host filesystem under the VMs' overlays, watched as a whole.
 struct Watched {
     group: OwnedFd,
     /// Any directory on it, for `open_by_handle_at`.
     mount: OwnedFd,
+    /// Directory handle → whether changes in it concern the VMs.
+    relevant: HashMap<Vec<u8>, bool>,
+    /// Ignore marks added since the last flush (see [`MAX_IGNORED_DIRS`]).
+    ignored: usize,
+}
+
+/// What the watcher counted since it started, written to `STORE/watch.stats` when
+/// it gets SIGUSR1 (for tests and the benchmark: how much of the VMs' own
+/// writing still reaches it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Returns from `poll`: each one a wakeup.
+    pub wakeups: u64,
+    /// Events read that concern the VMs (host changes, overflows).
+    pub host_events: u64,
+    /// Events read of the VMs' own directories (the kernel didn't ignore them yet).
+    pub own_events: u64,
+    /// Directories of the VMs' own the kernel has been told to ignore.
+    pub ignored_dirs: u64,
+    /// Invalidation passes (each over every running VM).
+    pub invalidations: u64,
+}
+
+impl Stats {
+    /// `key value` lines.
+    pub fn render(&self) -> String {
+        format!(
+            "wakeups {}\nhost_events {}\nown_events {}\nignored_dirs {}\ninvalidations {}\n",
+            self.wakeups, self.host_events, self.own_events, self.ignored_dirs, self.invalidations
+        )
+    }
+
+    /// What [`Stats::render`] wrote; unknown lines are skipped, missing ones are 0.
+    pub fn parse(text: &str) -> Stats {
+        let mut s = Stats::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(Ok(value))) = (words.next(), words.next().map(str::parse)) else {
+                continue;
+            };
+            match key {
+                "wakeups" => s.wakeups = value,
+                "host_events" => s.host_events = value,
+                "own_events" => s.own_events = value,
+                "ignored_dirs" => s.ignored_dirs = value,
+                "invalidations" => s.invalidations = value,
+                _ => {}
+            }
+        }
+        s
+    }
 }
 
 /// A running VM of the store.
@@ -112,6 +173,11 @@ impl Watcher<'_> {
 
     fn watch_pid_path(&self) -> PathBuf {
         self.store.root().join("watch.pid")
+    }
+
+    /// Where the watcher writes its [`Stats`] when asked (SIGUSR1).
+    pub fn stats_path(&self) -> PathBuf {
+        self.store.root().join("watch.stats")
     }
 
     /// After a VM started: make sure the store's watcher runs and knows it.
@@ -222,13 +288,22 @@ impl Watcher<'_> {
         };
         // Signals first: a starter that reads the pid file sends SIGHUP at once,
         // whose default action would end this process.
-        let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
+        let set = sys::catch_and_block(&[
+            Signal::SIGHUP,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR1,
+        ])?;
+        let mut stats = Stats::default();
         self.write_pid_file()?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let mut watched: HashMap<u64, Watched> = HashMap::new();
-        // Directory handle → whether changes in it concern the VMs.
-        let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
         let mut pending: Option<Instant> = None;
+        // After the groups woke it with nothing for the VMs (a VM writing its own
+        // layer, in directories the kernel doesn't ignore yet): when to read them
+        // again. Until then it doesn't listen, so such a burst wakes it a few
+        // times a second, not at every file.
+        let mut hold: Option<Instant> = None;
         // Invalidations left for the current batch of changes (see `super::PASSES`).
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
@@ -290,7 +365,7 @@ impl Watcher<'_> {
             // meanwhile is read just before it, so a burst of changes costs a few
             // wake-ups, not one per change.
             loop {
-                let listening = pending.is_none();
+                let listening = pending.is_none() && hold.is_none();
                 let mut fds = vec![PollFd::new(&signals, PollFlags::IN)];
                 let groups = if listening { devs.len() } else { 0 };
                 fds.extend(
@@ -302,7 +377,7 @@ impl Watcher<'_> {
                     vms.iter()
                         .map(|v| PollFd::new(v.handle.pidfd(), PollFlags::IN)),
                 );
-                let wake = [pending, rescan_at, firewall.as_ref().map(|f| f.0)]
+                let wake = [pending, hold, rescan_at, firewall.as_ref().map(|f| f.0)]
                     .into_iter()
                     .flatten()
                     .min()
@@ -317,6 +392,7 @@ impl Watcher<'_> {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
                 }
+                stats.wakeups += 1;
                 let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
                 drop(fds);
                 let mut rescan = false;
@@ -328,6 +404,13 @@ impl Watcher<'_> {
                             Ok(Signal::SIGHUP) => {
                                 rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
                             }
+                            Ok(Signal::SIGUSR1) => {
+                                let _ = crate::os::files::write_atomic(
+                                    &self.stats_path(),
+                                    stats.render().as_bytes(),
+                                    0o600,
+                                );
+                            }
                             Ok(_) => return Ok(()),
                             Err(_) => {}
                         }
@@ -335,14 +418,28 @@ impl Watcher<'_> {
                 }
                 let now = Instant::now();
                 let due = pending.is_some_and(|at| now >= at);
-                // Read the queues when they woke us, and before every invalidation.
+                let held = hold.is_some_and(|at| now >= at);
+                if held {
+                    hold = None;
+                }
+                // Read the queues when they woke us, when a hold ends, and before
+                // every invalidation.
                 let mut changed = false;
+                let mut woke_any = false;
                 for (i, dev) in devs.iter().enumerate() {
                     let woke = listening && ready[1 + i];
-                    if (woke || due) && self.drain(*dev, &watched[dev], &private, &mut relevant) {
+                    woke_any |= woke;
+                    if (woke || due || held)
+                        && let Some(w) = watched.get_mut(dev)
+                        && drain(w, &private, &mut stats)
+                    {
                         changed = true;
                     }
                 }
+                if woke_any && !changed && !due {
+                    hold = Some(now + super::HOLD);
+                }
+                let due = due || (held && changed);
                 if changed && !due {
                     // The first change of a burst: gather for SETTLE.
                     pending = Some(now + super::SETTLE);
@@ -357,15 +454,13 @@ impl Watcher<'_> {
                         passes_left = passes_left.saturating_sub(1);
                         pending = (passes_left > 0).then(|| now + super::RETRY);
                     }
+                    stats.invalidations += 1;
                     for vm in &vms {
                         invalidate(vm);
                     }
                 }
                 if ready[1 + groups..].iter().any(|r| *r) {
                     rescan = true;
-                }
-                if relevant.len() > 100_000 {
-                    relevant.clear();
                 }
                 if rescan_at.is_some_and(|at| Instant::now() >= at) {
                     rescan = true;
@@ -434,7 +529,12 @@ impl Watcher<'_> {
                         | rustix::fs::OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
                 )?;
-                Ok(Watched { group, mount })
+                Ok(Watched {
+                    group,
+                    mount,
+                    relevant: HashMap::new(),
+                    ignored: 0,
+                })
             })();
             match added {
                 Ok(w) => {
@@ -444,57 +544,78 @@ impl Watcher<'_> {
             }
         }
     }
+}
 
-    /// Read every queued event of one filesystem; true if any concerns the VMs
-    /// (not a change under the store or a VM's `--dir`, which are the VMs' own).
-    fn drain(
-        &self,
-        dev: u64,
-        w: &Watched,
-        private: &[PathBuf],
-        relevant: &mut HashMap<(u64, Vec<u8>), bool>,
-    ) -> bool {
-        let mut any = false;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match rustix::io::read(&w.group, &mut buf) {
-                Ok(0) | Err(_) => return any,
-                Ok(n) => n,
-            };
-            for event in super::parse(&buf[..n]) {
-                if any {
-                    continue;
-                }
-                any = is_relevant(dev, w, &event, private, relevant);
+/// Read every queued event of one filesystem; true if any concerns the VMs
+/// (not a change under the store or a VM's `--dir`, which are the VMs' own).
+fn drain(w: &mut Watched, private: &[PathBuf], stats: &mut Stats) -> bool {
+    let mut any = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match rustix::io::read(&w.group, &mut buf) {
+            Ok(0) | Err(_) => return any,
+            Ok(n) => n,
+        };
+        for event in super::parse(&buf[..n]) {
+            // Every event is looked at, even after one that concerns the VMs:
+            // each directory of the VMs' own it names is ignored from then on.
+            let relevant = is_relevant(w, &event, private, stats);
+            if relevant {
+                stats.host_events += 1;
+            } else {
+                stats.own_events += 1;
             }
+            any |= relevant;
         }
     }
 }
 
-fn is_relevant(
-    dev: u64,
-    w: &Watched,
-    event: &Event,
-    private: &[PathBuf],
-    cache: &mut HashMap<(u64, Vec<u8>), bool>,
-) -> bool {
+/// Whether a change in the event's directory concerns the VMs. A directory of
+/// the VMs' own is from then on ignored by the kernel (its entries' events are
+/// dropped before they are queued: a VM writing its layer wakes nobody).
+fn is_relevant(w: &mut Watched, event: &Event, private: &[PathBuf], stats: &mut Stats) -> bool {
     if event.handle.is_empty() {
         return true;
     }
-    let key = (dev, event.handle.clone());
-    if let Some(r) = cache.get(&key) {
+    if let Some(r) = w.relevant.get(event.handle.as_slice()) {
         return *r;
     }
     let r = match sys::open_by_handle(w.mount.as_fd(), event.handle_type, &event.handle) {
         Ok(Some(fd)) => match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-            Ok(dir) => !private.iter().any(|p| dir.starts_with(p)),
+            Ok(dir) => {
+                let own = private.iter().any(|p| dir.starts_with(p));
+                if own && ignore(w, fd.as_fd()) {
+                    stats.ignored_dirs += 1;
+                }
+                !own
+            }
             Err(_) => true,
         },
         // The directory is gone already: it can't be told apart; assume it matters.
         _ => true,
     };
-    cache.insert(key, r);
+    if w.relevant.len() >= MAX_KNOWN_DIRS {
+        w.relevant.clear();
+    }
+    w.relevant.insert(event.handle.clone(), r);
     r
+}
+
+/// Have the kernel drop the events of a directory of the VMs' own. Past
+/// [`MAX_IGNORED_DIRS`] the group's ignore marks are flushed first. A mark that
+/// can't be added (the user's fanotify mark limit) leaves the directory to the
+/// cache of verdicts. True if the mark was added.
+fn ignore(w: &mut Watched, dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    if w.ignored >= MAX_IGNORED_DIRS {
+        if sys::fanotify_flush_inode_marks(w.group.as_fd()).is_err() {
+            return false;
+        }
+        w.ignored = 0;
+    }
+    let added =
+        sys::fanotify_ignore_dir(w.group.as_fd(), MASK | libc::FAN_EVENT_ON_CHILD, dir).is_ok();
+    w.ignored += usize::from(added);
+    added
 }
 
 /// Drop the VM's cached overlay dentries: reconfigure each of its overlay
@@ -554,4 +675,28 @@ fn invalidate(vm: &Running) {
 /// Where the VM's overlays are mounted, as its mount table says.
 fn overlay_points(vm: &Running) -> Vec<PathBuf> {
     mounts::mountinfo::mount_points_of(&vm.init, "overlay")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    #[test]
+    fn stats_read_back_what_they_wrote() {
+        let s = Stats {
+            wakeups: 7,
+            host_events: 3,
+            own_events: 2,
+            ignored_dirs: 9,
+            invalidations: 1,
+        };
+        assert_eq!(Stats::parse(&s.render()), s);
+        assert_eq!(
+            Stats::parse("wakeups 4\nnonsense\nown_events x\nfuture 5\n"),
+            Stats {
+                wakeups: 4,
+                ..Stats::default()
+            }
+        );
+    }
 }
