@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, host_changes, invocation, io, network};
+use crate::{Args, changes, copy, density, host_changes, invocation, io, network, watcher_cost};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -14,16 +14,18 @@ pub enum Section {
     Network,
     HostChanges,
     Io,
+    Watcher,
     Density,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
         Section::HostChanges,
         Section::Io,
+        Section::Watcher,
         Section::Density,
     ];
 
@@ -36,6 +38,7 @@ impl Section {
             (args.host_changes_only, Section::HostChanges),
             (args.io_only, Section::Io),
             (args.density_only, Section::Density),
+            (args.watcher_only, Section::Watcher),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -101,6 +104,22 @@ impl Section {
                 kernel,
                 place,
             ),
+            Section::Watcher => {
+                // An earlier fvm's store beside this one's, for a before/after in
+                // the same run.
+                let parent = store.root().parent().unwrap_or(store.root());
+                let before = match &args.watcher_fvm_before {
+                    Some(fvm) => Some((
+                        crate::store::Store::new(&std::path::absolute(fvm)?, parent)?,
+                        fvm.display().to_string(),
+                    )),
+                    None => None,
+                };
+                let mut stores = vec![(store, "this fvm".to_owned())];
+                stores.extend(before.as_ref().map(|(s, l)| (s, l.clone())));
+                let measured = watcher_cost::measure(&stores, &watcher_params(args))?;
+                watcher_cost::render(&measured, &inv, date, kernel, place)
+            }
             Section::Density => {
                 let measured = density::measure(store, &density_params(args))?;
                 density::render(&measured, &inv, date, kernel, place)
@@ -112,6 +131,21 @@ impl Section {
 fn density_params(args: &Args) -> density::Params {
     density::Params {
         sizes: density::sizes(args.quick, args.density_max),
+    }
+}
+
+fn watcher_params(args: &Args) -> watcher_cost::Params {
+    if args.quick {
+        return watcher_cost::Params {
+            rounds: 2,
+            tree_mib: 20,
+            fleet: 10,
+        };
+    }
+    watcher_cost::Params {
+        rounds: args.watcher_rounds.max(1),
+        tree_mib: args.watcher_tree_mib.max(1),
+        fleet: args.watcher_vms.max(1),
     }
 }
 
