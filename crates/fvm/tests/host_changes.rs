@@ -30,7 +30,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Out, TestStore, is_alive_as, live_comm, needs_root};
+use common::{Out, TestStore, TmpfsMount, is_alive_as, live_comm, needs_root};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -815,4 +815,51 @@ fn wait_until_storm_started(store: &TestStore, dir: &Path) {
     common::wait_until("the vm's write storm to reach its third directory", || {
         in_vm(store, "busy", dir, "test -d storm/d3").code == 0
     });
+}
+
+#[test]
+fn a_store_on_a_filesystem_of_its_own_gets_no_mark() {
+    if !needs_root("a_store_on_a_filesystem_of_its_own_gets_no_mark") {
+        return;
+    }
+    // The store is the root of a tmpfs: everything on it is the VMs' own, so the
+    // kernel is asked to report nothing of it (and a VM's writes cost nothing),
+    // while the host's root filesystem is still watched.
+    let host = host_dir("hostchg-ownfs");
+    let fs = TmpfsMount::with_size("hostchg-ownfs", "256m");
+    let store = TestStore::at(&fs.path);
+    let dir = host.path();
+    store.create("busy");
+    store.start("busy");
+    let pid = wait_for_watcher(&store, dir);
+    let own = kernel_dev(&store.root);
+    assert!(
+        !watches(pid, &own),
+        "the watcher has a mark on the store's own filesystem (device {own})"
+    );
+    in_vm(&store, "busy", dir, &storm(dir, 4, 0, 500, 10)).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = watcher_stats(&store, pid);
+    println!(
+        "with the store on its own tmpfs, the watcher read {} own events",
+        stats["own_events"]
+    );
+    assert_eq!(
+        stats["own_events"], 0,
+        "the watcher read events of the vms' own with the store on a filesystem of its own"
+    );
+    // Host changes still show.
+    in_vm(&store, "busy", dir, "test ! -e later").ok();
+    write(&dir.join("later"), "later\n");
+    let made = Instant::now();
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat later 2>/dev/null || echo missing",
+        want: "later",
+    }
+    .shows("create with the store on a filesystem of its own", made);
+    // (Not `assert_clean`: the store's root is a mount point.)
+    drop(store);
 }

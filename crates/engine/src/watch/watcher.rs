@@ -497,7 +497,8 @@ impl Watcher<'_> {
     }
 
     /// Add a fanotify group for each host filesystem the VMs overlay that has none
-    /// yet. A filesystem that can't be watched (no file handles) is left out.
+    /// yet. A filesystem that can't be watched (no file handles) is left out, and
+    /// so is one mounted only inside the store or a VM's `--dir`.
     fn watch_filesystems(&self, watched: &mut HashMap<u64, Watched>) {
         let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
             return;
@@ -505,12 +506,17 @@ impl Watcher<'_> {
         let Ok(table) = mounts::mountinfo::parse(&text) else {
             return;
         };
-        let Ok(plan) =
-            mounts::plan::build(&table, &self.store.private_paths(), &|p: &Path| p.is_dir())
-        else {
+        let private = self.store.private_paths();
+        let Ok(plan) = mounts::plan::build(&table, &private, &|p: &Path| p.is_dir()) else {
             return;
         };
         for o in &plan.overlays {
+            // A mount inside the store or a VM's `--dir` (the store on a filesystem
+            // of its own) holds nothing but the VMs' own: its filesystem gets no
+            // mark for it, so the kernel has nothing to check at the VMs' writes.
+            if private.iter().any(|p| o.mount_point.starts_with(p)) {
+                continue;
+            }
             let Ok(st) = rustix::fs::stat(&o.mount_point) else {
                 continue;
             };
