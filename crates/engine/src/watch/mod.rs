@@ -17,7 +17,9 @@
 //! runs: a fanotify group per host filesystem under the VMs' overlays reports
 //! creates, deletes, renames and attribute changes (`FAN_MARK_FILESYSTEM`, with
 //! the parent directory's handle and the name); changes under the store itself
-//! (the VMs' own layers) are ignored; the rest, gathered for [`SETTLE`], end in
+//! (the VMs' own layers) are dropped by the kernel, each such directory given an
+//! ignore mark at its first event, and a filesystem mounted inside the store gets
+//! no mark at all; the rest, gathered for [`SETTLE`], end in
 //! one reconfigure of every overlay of every running VM. In-place writes need
 //! nothing: overlayfs reads the host's page cache.
 //!
