@@ -863,3 +863,65 @@ fn a_store_on_a_filesystem_of_its_own_gets_no_mark() {
     // (Not `assert_clean`: the store's root is a mount point.)
     drop(store);
 }
+
+/// Whether the process has a fanotify inode mark on inode `ino` (the watcher's
+/// only inode marks are ignore marks), as its fdinfo says.
+fn ignore_marked(pid: i32, ino: u64) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let needle = format!("fanotify ino:{ino:x} ");
+    fds.flatten().any(|fd| {
+        std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .is_ok_and(|info| info.contains(&needle))
+    })
+}
+
+#[test]
+fn a_directory_moved_from_the_store_into_the_host_tree_is_watched_again() {
+    if !needs_root("a_directory_moved_from_the_store_into_the_host_tree_is_watched_again") {
+        return;
+    }
+    // A directory under the store is the VMs' own, and the watcher has the kernel
+    // ignore it once it saw a change in it. Moved into the host's tree, it is the
+    // host's again: a file created in it must show in a VM.
+    let host = host_dir("hostchg-moveout");
+    let store = TestStore::new("hostchg-moveout");
+    let dir = host.path();
+    store.create("busy");
+    store.start("busy");
+    let pid = wait_for_watcher(&store, dir);
+    let inside = store.root.join("fvm-test-moved");
+    std::fs::create_dir(&inside).expect("a directory in the store");
+    let ino = std::fs::metadata(&inside).expect("stat").ino();
+    write(&inside.join("first"), "own\n");
+    common::wait_until("the watcher has the kernel ignore the directory", || {
+        ignore_marked(pid, ino)
+    });
+    std::fs::rename(&inside, dir.join("moved")).expect("move the directory out of the store");
+    common::wait_until(
+        "the watcher drops its ignore mark on the moved directory",
+        || !ignore_marked(pid, ino),
+    );
+    in_vm(
+        &store,
+        "busy",
+        dir,
+        "cat moved/first && test ! -e moved/later",
+    )
+    .ok();
+    write(&dir.join("moved").join("later"), "host\n");
+    let made = Instant::now();
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat moved/later 2>/dev/null || echo missing",
+        want: "host",
+    }
+    .shows("create in a directory moved out of the store", made);
+    store.assert_clean();
+}

@@ -556,10 +556,16 @@ impl Watcher<'_> {
 /// (not a change under the store or a VM's `--dir`, which are the VMs' own).
 fn drain(w: &mut Watched, private: &[PathBuf], stats: &mut Stats) -> bool {
     let mut any = false;
+    let mut moved_in = false;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match rustix::io::read(&w.group, &mut buf) {
-            Ok(0) | Err(_) => return any,
+            Ok(0) | Err(_) => {
+                if moved_in {
+                    forget_own_dirs(w);
+                }
+                return any;
+            }
             Ok(n) => n,
         };
         for event in super::parse(&buf[..n]) {
@@ -568,6 +574,11 @@ fn drain(w: &mut Watched, private: &[PathBuf], stats: &mut Stats) -> bool {
             let relevant = is_relevant(w, &event, private, stats);
             if relevant {
                 stats.host_events += 1;
+                // A directory moved into the host's tree (or anywhere the watcher
+                // can't place) may be one of the VMs' own moved out of the store:
+                // it and its subdirectories keep their ignore marks and verdicts.
+                moved_in |=
+                    event.mask & libc::FAN_MOVED_TO != 0 && event.mask & libc::FAN_ONDIR != 0;
             } else {
                 stats.own_events += 1;
             }
@@ -605,6 +616,16 @@ fn is_relevant(w: &mut Watched, event: &Event, private: &[PathBuf], stats: &mut 
     }
     w.relevant.insert(event.handle.clone(), r);
     r
+}
+
+/// Drop every ignore mark and verdict of the group: after a directory moved
+/// into the host's tree, none of them can be trusted. The VMs' own directories
+/// are marked again at their next event.
+fn forget_own_dirs(w: &mut Watched) {
+    if sys::fanotify_flush_inode_marks(w.group.as_fd()).is_ok() {
+        w.ignored = 0;
+    }
+    w.relevant.clear();
 }
 
 /// Have the kernel drop the events of a directory of the VMs' own. Past
