@@ -896,24 +896,28 @@ fn a_directory_moved_from_the_store_into_the_host_tree_is_watched_again() {
     let pid = wait_for_watcher(&store, dir);
     let inside = store.root.join("fvm-test-moved");
     std::fs::create_dir(&inside).expect("a directory in the store");
+    std::fs::create_dir(inside.join("sub")).expect("a subdirectory in the store");
     let ino = std::fs::metadata(&inside).expect("stat").ino();
+    let sub = std::fs::metadata(inside.join("sub")).expect("stat").ino();
     write(&inside.join("first"), "own\n");
-    common::wait_until("the watcher has the kernel ignore the directory", || {
-        ignore_marked(pid, ino)
+    write(&inside.join("sub").join("first"), "own\n");
+    common::wait_until("the watcher has the kernel ignore the directories", || {
+        ignore_marked(pid, ino) && ignore_marked(pid, sub)
     });
     std::fs::rename(&inside, dir.join("moved")).expect("move the directory out of the store");
     common::wait_until(
-        "the watcher drops its ignore mark on the moved directory",
-        || !ignore_marked(pid, ino),
+        "the watcher drops its ignore marks on the moved directories",
+        || !ignore_marked(pid, ino) && !ignore_marked(pid, sub),
     );
     in_vm(
         &store,
         "busy",
         dir,
-        "cat moved/first && test ! -e moved/later",
+        "cat moved/first && test ! -e moved/later && test ! -e moved/sub/later",
     )
     .ok();
     write(&dir.join("moved").join("later"), "host\n");
+    write(&dir.join("moved").join("sub").join("later"), "host\n");
     let made = Instant::now();
     Watch {
         store: &store,
@@ -923,5 +927,16 @@ fn a_directory_moved_from_the_store_into_the_host_tree_is_watched_again() {
         want: "host",
     }
     .shows("create in a directory moved out of the store", made);
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat moved/sub/later 2>/dev/null || echo missing",
+        want: "host",
+    }
+    .shows(
+        "create in a subdirectory of one moved out of the store",
+        made,
+    );
     store.assert_clean();
 }

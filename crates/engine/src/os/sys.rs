@@ -528,6 +528,33 @@ pub fn fanotify_ignore_dir(
     }
 }
 
+/// Remove the ignore mark [`fanotify_ignore_dir`] put on the directory `dir`;
+/// `ENOENT` if it has none.
+pub fn fanotify_unignore_dir(
+    group: BorrowedFd<'_>,
+    mask: u64,
+    dir: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: as in fanotify_ignore_dir.
+    let ret = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_REMOVE
+                | libc::FAN_MARK_IGNORE
+                | libc::FAN_MARK_ONLYDIR
+                | libc::FAN_MARK_DONT_FOLLOW,
+            mask,
+            dir.as_raw_fd(),
+            c".".as_ptr(),
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Remove every inode mark of `group` (its ignore marks); its filesystem marks stay.
 pub fn fanotify_flush_inode_marks(group: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: plain syscall; FAN_MARK_FLUSH takes no path (NULL is allowed).

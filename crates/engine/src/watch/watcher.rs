@@ -49,6 +49,14 @@ const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 /// the kernel bounded memory and the watcher a constant per event.
 const MAX_IGNORED_DIRS: usize = 8192;
 
+/// What an ignore mark on a directory of the VMs' own drops: every watched event
+/// of its entries, subdirectories included.
+const IGNORED: u64 = MASK | libc::FAN_EVENT_ON_CHILD;
+
+/// Directories moved into the host's tree that one read of the queue checks
+/// for an ignore mark; past it, every mark is dropped without looking.
+const MAX_MOVES_CHECKED: usize = 64;
+
 /// How many directory handles a group remembers the verdict of at most (then it
 /// forgets them all and starts again).
 const MAX_KNOWN_DIRS: usize = 100_000;
@@ -556,12 +564,13 @@ impl Watcher<'_> {
 /// (not a change under the store or a VM's `--dir`, which are the VMs' own).
 fn drain(w: &mut Watched, private: &[PathBuf], stats: &mut Stats) -> bool {
     let mut any = false;
-    let mut moved_in = false;
+    // Directories moved into the host's tree in this batch (see below).
+    let mut moved_in: Vec<Event> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match rustix::io::read(&w.group, &mut buf) {
             Ok(0) | Err(_) => {
-                if moved_in {
+                if moved_in.len() > MAX_MOVES_CHECKED || moved_in.iter().any(|e| was_own(w, e)) {
                     forget_own_dirs(w);
                 }
                 return any;
@@ -577,8 +586,12 @@ fn drain(w: &mut Watched, private: &[PathBuf], stats: &mut Stats) -> bool {
                 // A directory moved into the host's tree (or anywhere the watcher
                 // can't place) may be one of the VMs' own moved out of the store:
                 // it and its subdirectories keep their ignore marks and verdicts.
-                moved_in |=
-                    event.mask & libc::FAN_MOVED_TO != 0 && event.mask & libc::FAN_ONDIR != 0;
+                if event.mask & libc::FAN_MOVED_TO != 0
+                    && event.mask & libc::FAN_ONDIR != 0
+                    && moved_in.len() <= MAX_MOVES_CHECKED
+                {
+                    moved_in.push(event.clone());
+                }
             } else {
                 stats.own_events += 1;
             }
@@ -618,9 +631,36 @@ fn is_relevant(w: &mut Watched, event: &Event, private: &[PathBuf], stats: &mut 
     r
 }
 
-/// Drop every ignore mark and verdict of the group: after a directory moved
-/// into the host's tree, none of them can be trusted. The VMs' own directories
-/// are marked again at their next event.
+/// Whether the directory an event says was moved in had an ignore mark (it came
+/// from the store or a VM's `--dir`); the mark is removed. A directory that
+/// can't be found any more was deleted (its marks went with it) or moved on
+/// (which is another event, checked in its turn).
+fn was_own(w: &Watched, moved: &Event) -> bool {
+    let Ok(Some(parent)) = sys::open_by_handle(w.mount.as_fd(), moved.handle_type, &moved.handle)
+    else {
+        return false;
+    };
+    let Ok(dir) = rustix::fs::openat(
+        &parent,
+        std::ffi::OsStr::from_bytes(&moved.name),
+        rustix::fs::OFlags::PATH
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return false;
+    };
+    match sys::fanotify_unignore_dir(w.group.as_fd(), IGNORED, dir.as_fd()) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
+    }
+}
+
+/// Drop every ignore mark and verdict of the group: after a directory of the
+/// VMs' own moved into the host's tree, none of them can be trusted (its
+/// subdirectories have marks too, and its handle a verdict). The VMs' own
+/// directories are marked again at their next event.
 fn forget_own_dirs(w: &mut Watched) {
     if sys::fanotify_flush_inode_marks(w.group.as_fd()).is_ok() {
         w.ignored = 0;
@@ -639,8 +679,7 @@ fn ignore(w: &mut Watched, dir: std::os::fd::BorrowedFd<'_>) -> bool {
         }
         w.ignored = 0;
     }
-    let added =
-        sys::fanotify_ignore_dir(w.group.as_fd(), MASK | libc::FAN_EVENT_ON_CHILD, dir).is_ok();
+    let added = sys::fanotify_ignore_dir(w.group.as_fd(), IGNORED, dir).is_ok();
     w.ignored += usize::from(added);
     added
 }
