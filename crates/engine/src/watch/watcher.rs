@@ -631,8 +631,9 @@ fn is_relevant(w: &mut Watched, event: &Event, private: &[PathBuf], stats: &mut 
     r
 }
 
-/// Whether the directory an event says was moved in had an ignore mark (it came
-/// from the store or a VM's `--dir`); the mark is removed. A directory that
+/// Whether the directory an event says was moved in had an ignore mark or a
+/// verdict as one of the VMs' own (it came from the store or a VM's `--dir`);
+/// the mark is removed. A directory that
 /// can't be found any more was deleted (its marks went with it) or moved on
 /// (which is another event, checked in its turn).
 fn was_own(w: &Watched, moved: &Event) -> bool {
@@ -651,10 +652,16 @@ fn was_own(w: &Watched, moved: &Event) -> bool {
     ) else {
         return false;
     };
-    match sys::fanotify_unignore_dir(w.group.as_fd(), IGNORED, dir.as_fd()) {
+    let marked = match sys::fanotify_unignore_dir(w.group.as_fd(), IGNORED, dir.as_fd()) {
         Ok(()) => true,
         Err(e) => e.raw_os_error() != Some(libc::ENOENT),
-    }
+    };
+    // One whose mark the kernel refused still has its verdict remembered.
+    marked
+        || std::ffi::CString::new(moved.name.clone()).is_ok_and(|name| {
+            sys::file_handle(parent.as_fd(), &name)
+                .is_ok_and(|(_, handle)| w.relevant.get(handle.as_slice()) == Some(&false))
+        })
 }
 
 /// Drop every ignore mark and verdict of the group: after a directory of the
