@@ -393,7 +393,7 @@ fn step_args(
 }
 
 /// Run an `io-op` command and read the seconds it printed, one line per repetition.
-fn run_op(cmd: &mut Command, want: usize) -> Result<Vec<f64>> {
+pub(crate) fn run_op(cmd: &mut Command, want: usize) -> Result<Vec<f64>> {
     let text = stdout_of(cmd)?;
     let secs: Vec<f64> = text
         .lines()

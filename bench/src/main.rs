@@ -30,6 +30,7 @@ mod store;
 mod table;
 mod throughput;
 mod tree;
+mod watcher_cost;
 
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
@@ -188,6 +189,26 @@ struct Args {
         "density_only", "io_only", "services_only"
     ])]
     dns_only: bool,
+    /// Rounds of the watcher benchmark (an untar on the host and one in a VM each)
+    /// [--quick: 2]
+    #[arg(long, default_value_t = 5)]
+    watcher_rounds: usize,
+    /// MiB of small files in the tree the watcher benchmark untars [--quick: 20]
+    #[arg(long, default_value_t = 100)]
+    watcher_tree_mib: usize,
+    /// VMs untarring at once in the watcher benchmark [--quick: 10]
+    #[arg(long, default_value_t = 50)]
+    watcher_vms: usize,
+    /// An earlier fvm binary whose watcher the watcher benchmark measures too, in the
+    /// same rounds (its VMs in a store of their own)
+    #[arg(long)]
+    watcher_fvm_before: Option<PathBuf>,
+    /// Run only the watcher benchmark, and replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only", "io_only", "services_only", "dns_only"
+    ])]
+    watcher_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }

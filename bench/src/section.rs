@@ -4,7 +4,10 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, dns, host_changes, invocation, io, network, services};
+use crate::{
+    Args, changes, copy, density, dns, host_changes, invocation, io, network, services,
+    watcher_cost,
+};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -14,19 +17,21 @@ pub enum Section {
     Network,
     HostChanges,
     Io,
+    Watcher,
     Density,
     Services,
     Dns,
 }
 
 impl Section {
-    pub const ALL: [Section; 8] = [
+    pub const ALL: [Section; 9] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
         Section::Dns,
         Section::HostChanges,
         Section::Io,
+        Section::Watcher,
         Section::Density,
         Section::Services,
     ];
@@ -42,6 +47,7 @@ impl Section {
             (args.density_only, Section::Density),
             (args.services_only, Section::Services),
             (args.dns_only, Section::Dns),
+            (args.watcher_only, Section::Watcher),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -107,6 +113,22 @@ impl Section {
                 kernel,
                 place,
             ),
+            Section::Watcher => {
+                // An earlier fvm's store beside this one's, for a before/after in
+                // the same run.
+                let parent = store.root().parent().unwrap_or(store.root());
+                let before = match &args.watcher_fvm_before {
+                    Some(fvm) => Some((
+                        crate::store::Store::new(&std::path::absolute(fvm)?, parent)?,
+                        fvm.display().to_string(),
+                    )),
+                    None => None,
+                };
+                let mut stores = vec![(store, "this fvm".to_owned())];
+                stores.extend(before.as_ref().map(|(s, l)| (s, l.clone())));
+                let measured = watcher_cost::measure(&stores, &watcher_params(args))?;
+                watcher_cost::render(&measured, &inv, date, kernel, place)
+            }
             Section::Density => {
                 let measured = density::measure(store, &density_params(args))?;
                 density::render(&measured, &inv, date, kernel, place)
@@ -154,6 +176,21 @@ impl Section {
 fn density_params(args: &Args) -> density::Params {
     density::Params {
         sizes: density::sizes(args.quick, args.density_max),
+    }
+}
+
+fn watcher_params(args: &Args) -> watcher_cost::Params {
+    if args.quick {
+        return watcher_cost::Params {
+            rounds: 2,
+            tree_mib: 20,
+            fleet: 10,
+        };
+    }
+    watcher_cost::Params {
+        rounds: args.watcher_rounds.max(1),
+        tree_mib: args.watcher_tree_mib.max(1),
+        fleet: args.watcher_vms.max(1),
     }
 }
 

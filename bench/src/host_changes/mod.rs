@@ -35,7 +35,7 @@
 //! store, whose guard deletes them.
 
 mod latency;
-mod watcher;
+pub(crate) mod watcher;
 mod workload;
 
 use std::fmt::Write as _;

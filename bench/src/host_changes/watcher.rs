@@ -29,7 +29,7 @@ fn is_watcher(pid: u32) -> bool {
 }
 
 /// Wait until the store's watcher runs (`running`) or is gone.
-pub(super) fn wait_for_watcher(store: &Store, running: bool) -> Result<()> {
+pub(crate) fn wait_for_watcher(store: &Store, running: bool) -> Result<()> {
     let deadline = Instant::now() + WATCHER_WAIT;
     while watcher_pid(store).is_some() != running {
         if Instant::now() >= deadline {
@@ -75,6 +75,94 @@ const CUTIME: usize = 16;
 fn stat_ticks(path: &str, field: usize) -> Result<u64> {
     let stat = fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     parse_ticks(&stat, field).with_context(|| format!("parsing {path}"))
+}
+
+/// What the store's watcher did: CPU time, wakeups, and the events it read
+/// (its own counters, which it writes to `STORE/watch.stats` on SIGUSR1).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Probe {
+    pub cpu_ms: f64,
+    /// Voluntary context switches (`/proc/PID/status`): one per sleep.
+    pub wakeups: u64,
+    pub own_events: u64,
+    pub host_events: u64,
+}
+
+impl Probe {
+    /// What happened between `before` and this.
+    pub(crate) fn since(&self, before: &Probe) -> Probe {
+        Probe {
+            cpu_ms: self.cpu_ms - before.cpu_ms,
+            wakeups: self.wakeups.saturating_sub(before.wakeups),
+            own_events: self.own_events.saturating_sub(before.own_events),
+            host_events: self.host_events.saturating_sub(before.host_events),
+        }
+    }
+}
+
+/// The store's watcher's counters now (it must run); `counters`: ask it for its
+/// event counts too (a watcher of an fvm before them would die of the SIGUSR1).
+pub(crate) fn probe(store: &Store, counters: bool) -> Result<Probe> {
+    let pid = watcher_pid(store).context("the store's watcher does not run")?;
+    let cpu_ms = cpu_ticks(pid)? as f64 * 1000.0 / clock_ticks();
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let wakeups = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    if !counters {
+        return Ok(Probe {
+            cpu_ms,
+            wakeups,
+            ..Probe::default()
+        });
+    }
+    let stats_path = store.root().join("watch.stats");
+    let _ = fs::remove_file(&stats_path);
+    crate::measure::check_output(Command::new("kill").arg("-USR1").arg(pid.to_string()))
+        .context("signalling the watcher")?;
+    let deadline = Instant::now() + WATCHER_WAIT;
+    let stats = loop {
+        if let Ok(text) = fs::read_to_string(&stats_path) {
+            break text;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the watcher wrote no {} after SIGUSR1",
+                stats_path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let field = |key: &str| {
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("reading /proc/{pid}/status"))?;
+    let wakeups = status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    Ok(Probe {
+        cpu_ms: cpu_ticks(pid)? as f64 * 1000.0 / clock_ticks(),
+        wakeups,
+        own_events: field("own_events "),
+        host_events: field("host_events "),
+    })
 }
 
 /// Field `field` plus the next one of a `/proc/PID/stat` line.

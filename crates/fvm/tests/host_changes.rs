@@ -30,7 +30,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Out, TestStore, is_alive_as, live_comm, needs_root};
+use common::{Out, TestStore, TmpfsMount, is_alive_as, live_comm, needs_root};
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------
@@ -687,4 +687,256 @@ fn a_vm_started_as_the_last_one_stops_still_gets_a_watcher() {
         assert_eq!(watchers_of(&store), vec![pid], "one watcher per store");
     }
     store.stop("vm3");
+}
+
+/// The watcher's counters (`STORE/watch.stats`, which it writes on SIGUSR1).
+fn watcher_stats(store: &TestStore, pid: i32) -> std::collections::HashMap<String, u64> {
+    let path = store.root.join("watch.stats");
+    let _ = std::fs::remove_file(&path);
+    common::signal("USR1", &[pid]);
+    common::wait_until("the watcher writes watch.stats after SIGUSR1", || {
+        path.exists()
+    });
+    std::fs::read_to_string(&path)
+        .expect("read watch.stats")
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// A VM's write storm in its own layer, under `DIR/storm` (the host's DIR, so
+/// the VM copies it up): in each of `dirs` directories (made if missing), files
+/// numbered from `from`, `files` of them, one of them chmodded; then each
+/// directory renamed back and forth `renames` times. Prints how many files
+/// `storm` holds.
+fn storm(dir: &Path, dirs: u32, from: u32, files: u32, renames: u32) -> String {
+    format!(
+        "mkdir -p {d}/storm && cd {d}/storm && \
+         for d in $(seq {dirs}); do mkdir -p d$d; i={from}; \
+           while [ $i -lt {end} ]; do : > d$d/f$i; i=$((i+1)); done; \
+           chmod 600 d$d/f{from}; done && \
+         r=0; while [ $r -lt {renames} ]; do \
+           for d in $(seq {dirs}); do mv d$d e$d; mv e$d d$d; done; r=$((r+1)); done && \
+         find . -type f | wc -l",
+        d = s(dir),
+        end = from + files,
+    )
+}
+
+#[test]
+fn a_vms_write_storm_in_its_own_layer_does_not_reach_the_watcher() {
+    if !needs_root("a_vms_write_storm_in_its_own_layer_does_not_reach_the_watcher") {
+        return;
+    }
+    let host = host_dir("hostchg-storm");
+    let store = TestStore::new("hostchg-storm");
+    let dir = host.path();
+    store.create("busy");
+    store.start("busy");
+    let pid = wait_for_watcher(&store, dir);
+    // A first, small storm makes the directories: their first events reach the
+    // watcher, which has the kernel ignore them from then on.
+    in_vm(&store, "busy", dir, &storm(dir, 8, 0, 10, 1)).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = watcher_stats(&store, pid);
+    // 8000 creates, 3200 renames, 8 chmods in the VM's layer.
+    let made = in_vm(&store, "busy", dir, &storm(dir, 8, 10, 1000, 200)).ok();
+    assert_eq!(made.out(), "8080", "the storm's files");
+    std::thread::sleep(Duration::from_millis(300));
+    let after = watcher_stats(&store, pid);
+    let delta = |k: &str| after[k] - before[k];
+    println!(
+        "during the vm's write storm the watcher read {} events of the vms' own and {} host \
+         events, woke {} times (host changes of other processes on this machine count too)",
+        delta("own_events"),
+        delta("host_events"),
+        delta("wakeups"),
+    );
+    // What does reach it: the `fvm run`'s own files in the store, whose
+    // directories are ignored already; a few for any the kernel evicted meanwhile.
+    assert!(
+        delta("own_events") <= 50,
+        "the watcher read {} events of the vms' own while a vm made 8000 files and 3200 \
+         renames in its own layer: the kernel must drop them",
+        delta("own_events")
+    );
+    assert!(
+        is_alive_as(pid, "fvm-watch"),
+        "the watcher is gone after the vm's storm"
+    );
+    store.assert_clean();
+}
+
+#[test]
+fn a_host_change_during_a_vms_write_storm_shows() {
+    if !needs_root("a_host_change_during_a_vms_write_storm_shows") {
+        return;
+    }
+    let host = host_dir("hostchg-stormhost");
+    let store = TestStore::new("hostchg-stormhost");
+    let dir = host.path();
+    let own = tempfile::tempdir_in("/var/tmp").expect("a host directory in /var/tmp");
+    store.create("busy");
+    store.start("busy");
+    wait_for_watcher(&store, dir);
+    in_vm(&store, "busy", dir, "test ! -e during").ok();
+    // The storm goes on in the VM (its own layer, under a directory the host
+    // doesn't change) while the host creates a file the VM had found missing.
+    let busy = store.background(&[
+        "run",
+        "busy",
+        "--",
+        "sh",
+        "-c",
+        &storm(own.path(), 20, 0, 1000, 50),
+    ]);
+    // Well into the storm: its first directories are ignored by the kernel by now.
+    wait_until_storm_started(&store, own.path());
+    write(&dir.join("during"), "host\n");
+    let made = Instant::now();
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat during 2>/dev/null || echo missing",
+        want: "host",
+    }
+    .shows("create during a vm's write storm", made);
+    let out = busy.finish().ok();
+    assert_eq!(out.out(), "20000", "the storm's files");
+    store.assert_clean();
+}
+
+/// Wait until the VM's storm has made its third directory.
+fn wait_until_storm_started(store: &TestStore, dir: &Path) {
+    common::wait_until("the vm's write storm to reach its third directory", || {
+        in_vm(store, "busy", dir, "test -d storm/d3").code == 0
+    });
+}
+
+#[test]
+fn a_store_on_a_filesystem_of_its_own_gets_no_mark() {
+    if !needs_root("a_store_on_a_filesystem_of_its_own_gets_no_mark") {
+        return;
+    }
+    // The store is the root of a tmpfs: everything on it is the VMs' own, so the
+    // kernel is asked to report nothing of it (and a VM's writes cost nothing),
+    // while the host's root filesystem is still watched.
+    let host = host_dir("hostchg-ownfs");
+    let fs = TmpfsMount::with_size("hostchg-ownfs", "256m");
+    let store = TestStore::at(&fs.path);
+    let dir = host.path();
+    store.create("busy");
+    store.start("busy");
+    let pid = wait_for_watcher(&store, dir);
+    let own = kernel_dev(&store.root);
+    assert!(
+        !watches(pid, &own),
+        "the watcher has a mark on the store's own filesystem (device {own})"
+    );
+    in_vm(&store, "busy", dir, &storm(dir, 4, 0, 500, 10)).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = watcher_stats(&store, pid);
+    println!(
+        "with the store on its own tmpfs, the watcher read {} own events",
+        stats["own_events"]
+    );
+    assert_eq!(
+        stats["own_events"], 0,
+        "the watcher read events of the vms' own with the store on a filesystem of its own"
+    );
+    // Host changes still show.
+    in_vm(&store, "busy", dir, "test ! -e later").ok();
+    write(&dir.join("later"), "later\n");
+    let made = Instant::now();
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat later 2>/dev/null || echo missing",
+        want: "later",
+    }
+    .shows("create with the store on a filesystem of its own", made);
+    // (Not `assert_clean`: the store's root is a mount point.)
+    drop(store);
+}
+
+/// Whether the process has a fanotify inode mark on inode `ino` (the watcher's
+/// only inode marks are ignore marks), as its fdinfo says.
+fn ignore_marked(pid: i32, ino: u64) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let needle = format!("fanotify ino:{ino:x} ");
+    fds.flatten().any(|fd| {
+        std::fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .is_ok_and(|info| info.contains(&needle))
+    })
+}
+
+#[test]
+fn a_directory_moved_from_the_store_into_the_host_tree_is_watched_again() {
+    if !needs_root("a_directory_moved_from_the_store_into_the_host_tree_is_watched_again") {
+        return;
+    }
+    // A directory under the store is the VMs' own, and the watcher has the kernel
+    // ignore it once it saw a change in it. Moved into the host's tree, it is the
+    // host's again: a file created in it must show in a VM.
+    let host = host_dir("hostchg-moveout");
+    let store = TestStore::new("hostchg-moveout");
+    let dir = host.path();
+    store.create("busy");
+    store.start("busy");
+    let pid = wait_for_watcher(&store, dir);
+    let inside = store.root.join("fvm-test-moved");
+    std::fs::create_dir(&inside).expect("a directory in the store");
+    std::fs::create_dir(inside.join("sub")).expect("a subdirectory in the store");
+    let ino = std::fs::metadata(&inside).expect("stat").ino();
+    let sub = std::fs::metadata(inside.join("sub")).expect("stat").ino();
+    write(&inside.join("first"), "own\n");
+    write(&inside.join("sub").join("first"), "own\n");
+    common::wait_until("the watcher has the kernel ignore the directories", || {
+        ignore_marked(pid, ino) && ignore_marked(pid, sub)
+    });
+    std::fs::rename(&inside, dir.join("moved")).expect("move the directory out of the store");
+    common::wait_until(
+        "the watcher drops its ignore marks on the moved directories",
+        || !ignore_marked(pid, ino) && !ignore_marked(pid, sub),
+    );
+    in_vm(
+        &store,
+        "busy",
+        dir,
+        "cat moved/first && test ! -e moved/later && test ! -e moved/sub/later",
+    )
+    .ok();
+    write(&dir.join("moved").join("later"), "host\n");
+    write(&dir.join("moved").join("sub").join("later"), "host\n");
+    let made = Instant::now();
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat moved/later 2>/dev/null || echo missing",
+        want: "host",
+    }
+    .shows("create in a directory moved out of the store", made);
+    Watch {
+        store: &store,
+        vm: "busy",
+        dir,
+        probe: "cat moved/sub/later 2>/dev/null || echo missing",
+        want: "host",
+    }
+    .shows(
+        "create in a subdirectory of one moved out of the store",
+        made,
+    );
+    store.assert_clean();
 }

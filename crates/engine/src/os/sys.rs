@@ -501,6 +501,85 @@ pub fn fanotify_mark_filesystem(group: BorrowedFd<'_>, mask: u64, path: &CStr) -
     }
 }
 
+/// Have the kernel drop `mask`'s events in the directory `dir` (an `O_PATH` fd is
+/// fine) before they reach `group`: an ignore mark on the directory's inode
+/// (`FAN_MARK_IGNORE`, surviving modifications, with `FAN_ONDIR` in `mask` for
+/// subdirectories), evictable, so that it doesn't pin the inode and goes when
+/// the kernel evicts it. It covers the directory's own entries, not deeper ones.
+pub fn fanotify_ignore_dir(
+    group: BorrowedFd<'_>,
+    mask: u64,
+    dir: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: the path is a NUL-terminated literal, resolved against `dir`
+    // (fanotify_mark needs a path: a bare O_PATH fd is refused).
+    let ret = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_ADD
+                | libc::FAN_MARK_IGNORE
+                | libc::FAN_MARK_IGNORED_SURV_MODIFY
+                | libc::FAN_MARK_EVICTABLE
+                | libc::FAN_MARK_ONLYDIR
+                | libc::FAN_MARK_DONT_FOLLOW,
+            mask,
+            dir.as_raw_fd(),
+            c".".as_ptr(),
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Remove the ignore mark [`fanotify_ignore_dir`] put on the directory `dir`;
+/// `ENOENT` if it has none.
+pub fn fanotify_unignore_dir(
+    group: BorrowedFd<'_>,
+    mask: u64,
+    dir: BorrowedFd<'_>,
+) -> io::Result<()> {
+    // SAFETY: as in fanotify_ignore_dir.
+    let ret = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_REMOVE
+                | libc::FAN_MARK_IGNORE
+                | libc::FAN_MARK_ONLYDIR
+                | libc::FAN_MARK_DONT_FOLLOW,
+            mask,
+            dir.as_raw_fd(),
+            c".".as_ptr(),
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Remove every inode mark of `group` (its ignore marks); its filesystem marks stay.
+pub fn fanotify_flush_inode_marks(group: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall; FAN_MARK_FLUSH takes no path (NULL is allowed).
+    let ret = unsafe {
+        libc::fanotify_mark(
+            group.as_raw_fd(),
+            libc::FAN_MARK_FLUSH,
+            0,
+            libc::AT_FDCWD,
+            std::ptr::null(),
+        )
+    };
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// The file handle of `name` in `dir` (not following a symlink): its type and
 /// bytes, as `open_by_handle_at` and overlayfs's origin records use them.
 pub fn file_handle(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<(i32, Vec<u8>)> {

@@ -17,7 +17,9 @@
 //! runs: a fanotify group per host filesystem under the VMs' overlays reports
 //! creates, deletes, renames and attribute changes (`FAN_MARK_FILESYSTEM`, with
 //! the parent directory's handle and the name); changes under the store itself
-//! (the VMs' own layers) are ignored; the rest, gathered for [`SETTLE`], end in
+//! (the VMs' own layers) are dropped by the kernel, each such directory given an
+//! ignore mark at its first event, and a filesystem mounted inside the store gets
+//! no mark at all; the rest, gathered for [`SETTLE`], end in
 //! one reconfigure of every overlay of every running VM. In-place writes need
 //! nothing: overlayfs reads the host's page cache.
 //!
@@ -38,6 +40,12 @@ pub const SETTLE: Duration = Duration::from_millis(50);
 /// untar, an upgrade): ten times a second, not at every change. Meanwhile the
 /// watcher doesn't listen: it reads what queued just before each invalidation.
 pub const BURST: Duration = Duration::from_millis(100);
+
+/// How long the watcher stops listening after the kernel woke it with only
+/// changes of the VMs' own (a VM writing its layer in directories it doesn't yet
+/// have the kernel ignore): a VM's write burst wakes it a few times a second at
+/// most, and a host change that comes meanwhile waits at most this long more.
+pub const HOLD: Duration = Duration::from_millis(50);
 
 /// Invalidations per batch of changes, [`RETRY`] apart. A dentry that a VM
 /// process is using at the instant of an invalidation (open, or being looked

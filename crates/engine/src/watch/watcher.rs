@@ -43,11 +43,80 @@ const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_millis(250)
 /// `statfs` type of overlayfs.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
+/// How many directories of the VMs' own (under the store, or a VM's `--dir`) a
+/// group has the kernel ignore at most: past it, its ignore marks are dropped
+/// and made again as events come, so a VM making directories without end costs
+/// the kernel bounded memory and the watcher a constant per event.
+const MAX_IGNORED_DIRS: usize = 8192;
+
+/// What an ignore mark on a directory of the VMs' own drops: every watched event
+/// of its entries, subdirectories included.
+const IGNORED: u64 = MASK | libc::FAN_EVENT_ON_CHILD;
+
+/// Directories moved into the host's tree that one read of the queue checks
+/// for an ignore mark; past it, every mark is dropped without looking.
+const MAX_MOVES_CHECKED: usize = 64;
+
+/// How many directory handles a group remembers the verdict of at most (then it
+/// forgets them all and starts again).
+const MAX_KNOWN_DIRS: usize = 100_000;
+
 /// A host filesystem under the VMs' overlays, watched as a whole.
 struct Watched {
     group: OwnedFd,
     /// Any directory on it, for `open_by_handle_at`.
     mount: OwnedFd,
+    /// Directory handle → whether changes in it concern the VMs.
+    relevant: HashMap<Vec<u8>, bool>,
+    /// Ignore marks added since the last flush (see [`MAX_IGNORED_DIRS`]).
+    ignored: usize,
+}
+
+/// What the watcher counted since it started, written to `STORE/watch.stats` when
+/// it gets SIGUSR1 (for tests and the benchmark: how much of the VMs' own
+/// writing still reaches it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    /// Returns from `poll`: each one a wakeup.
+    pub wakeups: u64,
+    /// Events read that concern the VMs (host changes, overflows).
+    pub host_events: u64,
+    /// Events read of the VMs' own directories (the kernel didn't ignore them yet).
+    pub own_events: u64,
+    /// Directories of the VMs' own the kernel has been told to ignore.
+    pub ignored_dirs: u64,
+    /// Invalidation passes (each over every running VM).
+    pub invalidations: u64,
+}
+
+impl Stats {
+    /// `key value` lines.
+    pub fn render(&self) -> String {
+        format!(
+            "wakeups {}\nhost_events {}\nown_events {}\nignored_dirs {}\ninvalidations {}\n",
+            self.wakeups, self.host_events, self.own_events, self.ignored_dirs, self.invalidations
+        )
+    }
+
+    /// What [`Stats::render`] wrote; unknown lines are skipped, missing ones are 0.
+    pub fn parse(text: &str) -> Stats {
+        let mut s = Stats::default();
+        for line in text.lines() {
+            let mut words = line.split_whitespace();
+            let (Some(key), Some(Ok(value))) = (words.next(), words.next().map(str::parse)) else {
+                continue;
+            };
+            match key {
+                "wakeups" => s.wakeups = value,
+                "host_events" => s.host_events = value,
+                "own_events" => s.own_events = value,
+                "ignored_dirs" => s.ignored_dirs = value,
+                "invalidations" => s.invalidations = value,
+                _ => {}
+            }
+        }
+        s
+    }
 }
 
 /// A running VM of the store.
@@ -112,6 +181,11 @@ impl Watcher<'_> {
 
     fn watch_pid_path(&self) -> PathBuf {
         self.store.root().join("watch.pid")
+    }
+
+    /// Where the watcher writes its [`Stats`] when asked (SIGUSR1).
+    pub fn stats_path(&self) -> PathBuf {
+        self.store.root().join("watch.stats")
     }
 
     /// After a VM started: make sure the store's watcher runs and knows it.
@@ -215,13 +289,22 @@ impl Watcher<'_> {
         };
         // Signals first: a starter that reads the pid file sends SIGHUP at once,
         // whose default action would end this process.
-        let set = sys::catch_and_block(&[Signal::SIGHUP, Signal::SIGTERM, Signal::SIGINT])?;
+        let set = sys::catch_and_block(&[
+            Signal::SIGHUP,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGUSR1,
+        ])?;
+        let mut stats = Stats::default();
         self.write_pid_file()?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
         let mut watched: HashMap<u64, Watched> = HashMap::new();
-        // Directory handle → whether changes in it concern the VMs.
-        let mut relevant: HashMap<(u64, Vec<u8>), bool> = HashMap::new();
         let mut pending: Option<Instant> = None;
+        // After the groups woke it with nothing for the VMs (a VM writing its own
+        // layer, in directories the kernel doesn't ignore yet): when to read them
+        // again. Until then it doesn't listen, so such a burst wakes it a few
+        // times a second, not at every file.
+        let mut hold: Option<Instant> = None;
         // Invalidations left for the current batch of changes (see `super::PASSES`).
         let mut passes_left = 0;
         let mut known: Vec<Running> = Vec::new();
@@ -283,7 +366,7 @@ impl Watcher<'_> {
             // meanwhile is read just before it, so a burst of changes costs a few
             // wake-ups, not one per change.
             loop {
-                let listening = pending.is_none();
+                let listening = pending.is_none() && hold.is_none();
                 let mut fds = vec![PollFd::new(&signals, PollFlags::IN)];
                 let groups = if listening { devs.len() } else { 0 };
                 fds.extend(
@@ -295,7 +378,7 @@ impl Watcher<'_> {
                     vms.iter()
                         .map(|v| PollFd::new(v.handle.pidfd(), PollFlags::IN)),
                 );
-                let wake = [pending, rescan_at, firewall.as_ref().map(|f| f.0)]
+                let wake = [pending, hold, rescan_at, firewall.as_ref().map(|f| f.0)]
                     .into_iter()
                     .flatten()
                     .min()
@@ -310,6 +393,7 @@ impl Watcher<'_> {
                     Ok(_) | Err(rustix::io::Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
                 }
+                stats.wakeups += 1;
                 let ready: Vec<bool> = fds.iter().map(|f| !f.revents().is_empty()).collect();
                 drop(fds);
                 let mut rescan = false;
@@ -321,6 +405,13 @@ impl Watcher<'_> {
                             Ok(Signal::SIGHUP) => {
                                 rescan_at.get_or_insert_with(|| Instant::now() + RESCAN_DELAY);
                             }
+                            Ok(Signal::SIGUSR1) => {
+                                let _ = crate::os::files::write_atomic(
+                                    &self.stats_path(),
+                                    stats.render().as_bytes(),
+                                    0o600,
+                                );
+                            }
                             Ok(_) => return Ok(()),
                             Err(_) => {}
                         }
@@ -328,14 +419,28 @@ impl Watcher<'_> {
                 }
                 let now = Instant::now();
                 let due = pending.is_some_and(|at| now >= at);
-                // Read the queues when they woke us, and before every invalidation.
+                let held = hold.is_some_and(|at| now >= at);
+                if held {
+                    hold = None;
+                }
+                // Read the queues when they woke us, when a hold ends, and before
+                // every invalidation.
                 let mut changed = false;
+                let mut woke_any = false;
                 for (i, dev) in devs.iter().enumerate() {
                     let woke = listening && ready[1 + i];
-                    if (woke || due) && self.drain(*dev, &watched[dev], &private, &mut relevant) {
+                    woke_any |= woke;
+                    if (woke || due || held)
+                        && let Some(w) = watched.get_mut(dev)
+                        && drain(w, &private, &mut stats)
+                    {
                         changed = true;
                     }
                 }
+                if woke_any && !changed && !due {
+                    hold = Some(now + super::HOLD);
+                }
+                let due = due || (held && changed);
                 if changed && !due {
                     // The first change of a burst: gather for SETTLE.
                     pending = Some(now + super::SETTLE);
@@ -350,15 +455,13 @@ impl Watcher<'_> {
                         passes_left = passes_left.saturating_sub(1);
                         pending = (passes_left > 0).then(|| now + super::RETRY);
                     }
+                    stats.invalidations += 1;
                     for vm in &vms {
                         invalidate(vm);
                     }
                 }
                 if ready[1 + groups..].iter().any(|r| *r) {
                     rescan = true;
-                }
-                if relevant.len() > 100_000 {
-                    relevant.clear();
                 }
                 if rescan_at.is_some_and(|at| Instant::now() >= at) {
                     rescan = true;
@@ -395,7 +498,8 @@ impl Watcher<'_> {
     }
 
     /// Add a fanotify group for each host filesystem the VMs overlay that has none
-    /// yet. A filesystem that can't be watched (no file handles) is left out.
+    /// yet. A filesystem that can't be watched (no file handles) is left out, and
+    /// so is one mounted only inside the store or a VM's `--dir`.
     fn watch_filesystems(&self, watched: &mut HashMap<u64, Watched>) {
         let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
             return;
@@ -403,12 +507,17 @@ impl Watcher<'_> {
         let Ok(table) = mounts::mountinfo::parse(&text) else {
             return;
         };
-        let Ok(plan) =
-            mounts::plan::build(&table, &self.store.private_paths(), &|p: &Path| p.is_dir())
-        else {
+        let private = self.store.private_paths();
+        let Ok(plan) = mounts::plan::build(&table, &private, &|p: &Path| p.is_dir()) else {
             return;
         };
         for o in &plan.overlays {
+            // A mount inside the store or a VM's `--dir` (the store on a filesystem
+            // of its own) holds nothing but the VMs' own: its filesystem gets no
+            // mark for it, so the kernel has nothing to check at the VMs' writes.
+            if private.iter().any(|p| o.mount_point.starts_with(p)) {
+                continue;
+            }
             let Ok(st) = rustix::fs::stat(&o.mount_point) else {
                 continue;
             };
@@ -427,7 +536,12 @@ impl Watcher<'_> {
                         | rustix::fs::OFlags::CLOEXEC,
                     rustix::fs::Mode::empty(),
                 )?;
-                Ok(Watched { group, mount })
+                Ok(Watched {
+                    group,
+                    mount,
+                    relevant: HashMap::new(),
+                    ignored: 0,
+                })
             })();
             match added {
                 Ok(w) => {
@@ -437,57 +551,137 @@ impl Watcher<'_> {
             }
         }
     }
+}
 
-    /// Read every queued event of one filesystem; true if any concerns the VMs
-    /// (not a change under the store or a VM's `--dir`, which are the VMs' own).
-    fn drain(
-        &self,
-        dev: u64,
-        w: &Watched,
-        private: &[PathBuf],
-        relevant: &mut HashMap<(u64, Vec<u8>), bool>,
-    ) -> bool {
-        let mut any = false;
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match rustix::io::read(&w.group, &mut buf) {
-                Ok(0) | Err(_) => return any,
-                Ok(n) => n,
-            };
-            for event in super::parse(&buf[..n]) {
-                if any {
-                    continue;
+/// Read every queued event of one filesystem; true if any concerns the VMs
+/// (not a change under the store or a VM's `--dir`, which are the VMs' own).
+fn drain(w: &mut Watched, private: &[PathBuf], stats: &mut Stats) -> bool {
+    let mut any = false;
+    // Directories moved into the host's tree in this batch (see below).
+    let mut moved_in: Vec<Event> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match rustix::io::read(&w.group, &mut buf) {
+            Ok(0) | Err(_) => {
+                if moved_in.len() > MAX_MOVES_CHECKED || moved_in.iter().any(|e| was_own(w, e)) {
+                    forget_own_dirs(w);
                 }
-                any = is_relevant(dev, w, &event, private, relevant);
+                return any;
             }
+            Ok(n) => n,
+        };
+        for event in super::parse(&buf[..n]) {
+            // Every event is looked at, even after one that concerns the VMs:
+            // each directory of the VMs' own it names is ignored from then on.
+            let relevant = is_relevant(w, &event, private, stats);
+            if relevant {
+                stats.host_events += 1;
+                // A directory moved into the host's tree (or anywhere the watcher
+                // can't place) may be one of the VMs' own moved out of the store:
+                // it and its subdirectories keep their ignore marks and verdicts.
+                if event.mask & libc::FAN_MOVED_TO != 0
+                    && event.mask & libc::FAN_ONDIR != 0
+                    && moved_in.len() <= MAX_MOVES_CHECKED
+                {
+                    moved_in.push(event.clone());
+                }
+            } else {
+                stats.own_events += 1;
+            }
+            any |= relevant;
         }
     }
 }
 
-fn is_relevant(
-    dev: u64,
-    w: &Watched,
-    event: &Event,
-    private: &[PathBuf],
-    cache: &mut HashMap<(u64, Vec<u8>), bool>,
-) -> bool {
+/// Whether a change in the event's directory concerns the VMs. A directory of
+/// the VMs' own is from then on ignored by the kernel (its entries' events are
+/// dropped before they are queued: a VM writing its layer wakes nobody).
+fn is_relevant(w: &mut Watched, event: &Event, private: &[PathBuf], stats: &mut Stats) -> bool {
     if event.handle.is_empty() {
         return true;
     }
-    let key = (dev, event.handle.clone());
-    if let Some(r) = cache.get(&key) {
+    if let Some(r) = w.relevant.get(event.handle.as_slice()) {
         return *r;
     }
     let r = match sys::open_by_handle(w.mount.as_fd(), event.handle_type, &event.handle) {
         Ok(Some(fd)) => match std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())) {
-            Ok(dir) => !private.iter().any(|p| dir.starts_with(p)),
+            Ok(dir) => {
+                let own = private.iter().any(|p| dir.starts_with(p));
+                if own && ignore(w, fd.as_fd()) {
+                    stats.ignored_dirs += 1;
+                }
+                !own
+            }
             Err(_) => true,
         },
         // The directory is gone already: it can't be told apart; assume it matters.
         _ => true,
     };
-    cache.insert(key, r);
+    if w.relevant.len() >= MAX_KNOWN_DIRS {
+        w.relevant.clear();
+    }
+    w.relevant.insert(event.handle.clone(), r);
     r
+}
+
+/// Whether the directory an event says was moved in had an ignore mark or a
+/// verdict as one of the VMs' own (it came from the store or a VM's `--dir`);
+/// the mark is removed. A directory that
+/// can't be found any more was deleted (its marks went with it) or moved on
+/// (which is another event, checked in its turn).
+fn was_own(w: &Watched, moved: &Event) -> bool {
+    let Ok(Some(parent)) = sys::open_by_handle(w.mount.as_fd(), moved.handle_type, &moved.handle)
+    else {
+        return false;
+    };
+    let Ok(dir) = rustix::fs::openat(
+        &parent,
+        std::ffi::OsStr::from_bytes(&moved.name),
+        rustix::fs::OFlags::PATH
+            | rustix::fs::OFlags::DIRECTORY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
+        return false;
+    };
+    let marked = match sys::fanotify_unignore_dir(w.group.as_fd(), IGNORED, dir.as_fd()) {
+        Ok(()) => true,
+        Err(e) => e.raw_os_error() != Some(libc::ENOENT),
+    };
+    // One whose mark the kernel refused still has its verdict remembered.
+    marked
+        || std::ffi::CString::new(moved.name.clone()).is_ok_and(|name| {
+            sys::file_handle(parent.as_fd(), &name)
+                .is_ok_and(|(_, handle)| w.relevant.get(handle.as_slice()) == Some(&false))
+        })
+}
+
+/// Drop every ignore mark and verdict of the group: after a directory of the
+/// VMs' own moved into the host's tree, none of them can be trusted (its
+/// subdirectories have marks too, and its handle a verdict). The VMs' own
+/// directories are marked again at their next event.
+fn forget_own_dirs(w: &mut Watched) {
+    if sys::fanotify_flush_inode_marks(w.group.as_fd()).is_ok() {
+        w.ignored = 0;
+    }
+    w.relevant.clear();
+}
+
+/// Have the kernel drop the events of a directory of the VMs' own. Past
+/// [`MAX_IGNORED_DIRS`] the group's ignore marks are flushed first. A mark that
+/// can't be added (the user's fanotify mark limit) leaves the directory to the
+/// cache of verdicts. True if the mark was added.
+fn ignore(w: &mut Watched, dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    if w.ignored >= MAX_IGNORED_DIRS {
+        if sys::fanotify_flush_inode_marks(w.group.as_fd()).is_err() {
+            return false;
+        }
+        w.ignored = 0;
+    }
+    let added = sys::fanotify_ignore_dir(w.group.as_fd(), IGNORED, dir).is_ok();
+    w.ignored += usize::from(added);
+    added
 }
 
 /// Drop the VM's cached overlay dentries: reconfigure each of its overlay
@@ -547,4 +741,28 @@ fn invalidate(vm: &Running) {
 /// Where the VM's overlays are mounted, as its mount table says.
 fn overlay_points(vm: &Running) -> Vec<PathBuf> {
     mounts::mountinfo::mount_points_of(&vm.init, "overlay")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Stats;
+
+    #[test]
+    fn stats_read_back_what_they_wrote() {
+        let s = Stats {
+            wakeups: 7,
+            host_events: 3,
+            own_events: 2,
+            ignored_dirs: 9,
+            invalidations: 1,
+        };
+        assert_eq!(Stats::parse(&s.render()), s);
+        assert_eq!(
+            Stats::parse("wakeups 4\nnonsense\nown_events x\nfuture 5\n"),
+            Stats {
+                wakeups: 4,
+                ..Stats::default()
+            }
+        );
+    }
 }

@@ -45,6 +45,17 @@ impl TestStore {
         }
     }
 
+    /// A store whose root is the existing empty directory `root` (e.g. a
+    /// filesystem the test mounted there), which the caller removes.
+    pub fn at(root: &Path) -> TestStore {
+        TestStore {
+            root: root.canonicalize().expect("canonical store path"),
+            cgroups: Mutex::new(BTreeSet::new()),
+            id: Mutex::new(None),
+            dir: None,
+        }
+    }
+
     /// A `Command` for fvm on this store.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(FVM);
