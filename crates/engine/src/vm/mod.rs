@@ -7,6 +7,7 @@
 //! stopped. That is how a crash is cleaned up by the next command.
 
 mod changes;
+mod console;
 mod copy;
 mod freeze;
 mod info;
@@ -25,6 +26,7 @@ use std::sync::OnceLock;
 pub use crate::runtime::stop::Stopped;
 pub use crate::runtime::{CommandSpec, Program, TtyMode};
 pub use crate::watch::watcher::WatcherHealth;
+pub use console::{PREVIEW_BYTES, Version, Versions};
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;

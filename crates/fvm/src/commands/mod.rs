@@ -17,6 +17,7 @@ mod start;
 mod stats;
 mod stop;
 mod suspend;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
@@ -47,6 +48,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Network(a) => network::run(&ctx, a),
+        Command::Ui(a) => ui::run(&ctx, a),
     }
 }
 

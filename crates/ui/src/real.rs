@@ -1,0 +1,245 @@
+//! The backend on a real store. Reads call the engine in this process (on the
+//! server's blocking threads): they only read files, /proc and cgroupfs. Every
+//! operation that forks (start, stop, copy, commit, config, a shell) runs as a
+//! child `fvm` command, exactly what a user would type: the server is
+//! multi-threaded, and the engine's forked children (a VM's init, its commands)
+//! must start from a single-threaded process (see docs/ui.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fvm_engine::Engine;
+use fvm_engine::store::{Store, VmName};
+
+use crate::backend::{
+    Backend, Change, CommitPlan, Op, Preview, Process, Result, Sample, ShellCommand, Side, Vm,
+};
+
+#[derive(Debug)]
+pub struct RealBackend {
+    engine: Engine,
+    root: PathBuf,
+    /// The fvm binary the operations run.
+    exe: PathBuf,
+}
+
+impl RealBackend {
+    /// The backend on the store at `root`, running operations with the fvm binary
+    /// `exe`.
+    pub fn open(root: &Path, exe: PathBuf) -> anyhow::Result<RealBackend> {
+        let store = Store::open(root)?;
+        Ok(RealBackend {
+            engine: Engine::new(store),
+            root: root.to_owned(),
+            exe,
+        })
+    }
+
+    fn fvm(&self, args: &[String]) -> Result<String> {
+        let out = Command::new(&self.exe)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            Ok(format!("{stdout}{stderr}"))
+        } else {
+            let line = stderr.lines().rev().find(|l| !l.trim().is_empty());
+            Err(line.map_or_else(|| format!("fvm failed: {}", out.status), str::to_owned))
+        }
+    }
+}
+
+fn name(n: &str) -> Result<VmName> {
+    VmName::new(n).map_err(|e| fvm_engine::error_line(&e))
+}
+
+fn err(e: fvm_engine::VmError) -> String {
+    fvm_engine::error_line(&e)
+}
+
+fn vm_of(info: fvm_engine::vm::VmInfo, network: fvm_engine::net::NetPolicy) -> Vm {
+    Vm {
+        name: info.name.to_string(),
+        status: info.status.as_str().to_owned(),
+        error: info.error,
+        description: info.description,
+        ip: info.ip,
+        started_at: info.started_at,
+        processes: info.processes,
+        memory: info.memory,
+        disk: info.disk,
+        limits: info.limits,
+        network,
+        oom_kills: info.usage.and_then(|u| u.oom_kills),
+    }
+}
+
+fn side(v: fvm_engine::vm::Version) -> Side {
+    Side {
+        kind: v.kind.to_owned(),
+        mode: v.mode,
+        uid: v.uid,
+        gid: v.gid,
+        size: v.size,
+        target: v.target.map(|t| t.to_string_lossy().into_owned()),
+        text: v.head.and_then(|h| crate::backend::as_text(&h)),
+    }
+}
+
+impl Backend for RealBackend {
+    fn list(&self) -> Result<Vec<Vm>> {
+        let list = self.engine.list().map_err(err)?;
+        Ok(list
+            .into_iter()
+            .map(|info| {
+                let net = self
+                    .engine
+                    .policy_of(&info.name)
+                    .map(|p| p.network)
+                    .unwrap_or_default();
+                vm_of(info, net)
+            })
+            .collect())
+    }
+
+    fn vm(&self, n: &str) -> Result<Vm> {
+        let n = name(n)?;
+        let info = self.engine.info(&n).map_err(err)?;
+        let net = self
+            .engine
+            .policy_of(&n)
+            .map(|p| p.network)
+            .unwrap_or_default();
+        Ok(vm_of(info, net))
+    }
+
+    fn changes(&self, n: &str) -> Result<Vec<Change>> {
+        let n = name(n)?;
+        Ok(self
+            .engine
+            .diff(&n, &[])
+            .map_err(err)?
+            .into_iter()
+            .map(|c| Change {
+                path: c.path,
+                kind: c.kind.letter(),
+                size: c.size,
+            })
+            .collect())
+    }
+
+    fn preview(&self, n: &str, path: &Path) -> Result<Preview> {
+        let v = self.engine.versions(&name(n)?, path).map_err(err)?;
+        Ok(Preview {
+            host: v.host.map(side),
+            vm: v.vm.map(side),
+        })
+    }
+
+    fn commit_plan(&self, n: &str, paths: &[PathBuf]) -> Result<CommitPlan> {
+        let mut args = vec!["ui".to_owned(), "--commit-plan".to_owned(), n.to_owned()];
+        args.push("--".to_owned());
+        args.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
+        let out = self.fvm(&args)?;
+        serde_json::from_str(&out).map_err(|e| format!("unreadable commit plan: {e}"))
+    }
+
+    fn processes(&self, n: &str) -> Result<Vec<Process>> {
+        let procs = self.engine.processes(&name(n)?).map_err(err)?;
+        Ok(procs
+            .into_iter()
+            .map(|p| Process {
+                pid: p.pid,
+                host_pid: p.host_pid,
+                host_ppid: crate::procs::parent(p.host_pid).unwrap_or(0),
+                user: p.user.clone(),
+                cpu_percent: p.cpu_percent,
+                rss: p.rss,
+                command: p.shown_command(),
+            })
+            .collect())
+    }
+
+    fn samples(&self) -> Vec<(String, Sample)> {
+        let Ok(names) = self.engine.store().names() else {
+            return Vec::new();
+        };
+        names
+            .iter()
+            .filter_map(|n| {
+                let (usage, limits) = self.engine.sample(n).ok()??;
+                Some((
+                    n.to_string(),
+                    Sample {
+                        usage,
+                        memory_limit: limits.memory.map(|m| m.0),
+                        processes_limit: limits.processes,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    fn run(&self, op: &Op) -> Result<String> {
+        self.fvm(&op.argv())
+    }
+
+    fn kill(&self, n: &str, host_pid: i32, signal: i32) -> Result<()> {
+        let n = name(n)?;
+        let info = self.engine.info(&n).map_err(err)?;
+        crate::procs::kill_in_cgroup(host_pid, signal, &info.cgroup)
+    }
+
+    fn shell(&self, n: &str) -> Result<ShellCommand> {
+        let n = name(n)?;
+        Ok(ShellCommand {
+            program: self.exe.clone(),
+            args: vec![
+                "--root".to_owned(),
+                self.root.to_string_lossy().into_owned(),
+                "shell".to_owned(),
+                n.to_string(),
+            ],
+            dir: None,
+        })
+    }
+}
+
+/// `fvm ui --commit-plan NAME -- PATHS`: what committing PATHS would do, as JSON
+/// on stdout. Run by the server as a child (a commit's dry run takes the VM's
+/// lock and may settle a stopped VM's leftovers, which forks).
+pub fn commit_plan(engine: &Engine, n: &str, paths: &[PathBuf]) -> anyhow::Result<String> {
+    let n = VmName::new(n)?;
+    let opts = fvm_engine::changes::commit::Options {
+        dry_run: true,
+        force: false,
+        running: false,
+    };
+    let outcome = engine.commit(&n, paths, opts, &mut |_, _| {})?;
+    let plan = CommitPlan {
+        steps: outcome
+            .steps
+            .iter()
+            .map(|s| s.describe(&outcome.steps))
+            .collect(),
+        conflicts: outcome
+            .conflicts
+            .iter()
+            .map(|c| crate::backend::Conflict {
+                path: c.path.clone(),
+                deleted_on_host: c.deleted_on_host,
+            })
+            .collect(),
+        skipped: outcome
+            .skipped
+            .iter()
+            .map(|(p, why)| (p.clone(), (*why).to_owned()))
+            .collect(),
+    };
+    Ok(serde_json::to_string(&plan)?)
+}
