@@ -31,7 +31,7 @@ pub fn frame(read_only: bool, assets: bool) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="referrer" content="no-referrer";
-                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0,"refreshOnHistoryMiss":true,"selfRequestsOnly":true}"#;
+                meta name="htmx-config" content=r#"{"includeIndicatorStyles":false,"allowEval":false,"allowScriptTags":false,"historyCacheSize":0,"refreshOnHistoryMiss":true,"selfRequestsOnly":true,"attributesToSettle":["class","width","height"]}"#;
                 title { "fvm" }
                 link rel="stylesheet" href="/assets/app.css";
                 @if assets {
@@ -565,7 +565,7 @@ pub fn policy_check(
                     @if !e.next_start.is_empty() { li { "Take effect when the VM next starts: " (e.next_start.join(", ")) } }
                 }
                 @if !read_only {
-                    form hx-post={"/vm/" (vm) "/policy"} hx-target="#policy-result" hx-include=".policy" {
+                    form hx-post={"/vm/" (vm) "/policy/save"} hx-target="#dialog" hx-include=".policy" {
                         button type="submit" { "Save" }
                     }
                 }

@@ -298,7 +298,7 @@ fn router(app: AppState) -> Router {
         .route("/vm/{name}/commit", post(commit))
         .route("/vm/{name}/kill", post(kill))
         .route("/vm/{name}/policy/check", post(policy_check))
-        .route("/vm/{name}/policy", post(policy_save))
+        .route("/vm/{name}/policy/save", post(policy_save))
         .layer(axum::middleware::from_fn_with_state(app.clone(), guard))
         .with_state(app)
 }
@@ -526,7 +526,7 @@ async fn op_dialog(Path((name, op)): Path<(String, String)>) -> Response {
         _ => "Copy",
     };
     let extra = if op == "copy" {
-        maud::html! { label { "New VM's name: " input type="text" name="dst" required pattern="[a-z0-9][a-z0-9_.-]{0,62}"; } }
+        maud::html! { label { "New VM's name: " input type="text" name="dst" required pattern=r"[a-z0-9][a-z0-9_.\-]{0,62}"; } }
     } else if op == "delete" {
         maud::html! { p class="error" { "This deletes the VM and every change it holds." } }
     } else {
@@ -599,7 +599,7 @@ async fn create_dialog() -> Response {
         args: Vec::new(),
     };
     let extra = maud::html! {
-        label { "Name: " input type="text" name="name" required pattern="[a-z0-9][a-z0-9_.-]{0,62}"; }
+        label { "Name: " input type="text" name="name" required pattern=r"[a-z0-9][a-z0-9_.\-]{0,62}"; }
         label { "Memory limit (optional): " input type="text" name="memory" placeholder="512M"; }
         label { "Description (optional): " input type="text" name="description"; }
     };

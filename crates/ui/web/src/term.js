@@ -6,6 +6,49 @@
 import { Terminal } from '/assets/xterm.mjs';
 import { FitAddon } from '/assets/addon-fit.mjs';
 
+// xterm.js keeps its CSS in <style> elements it writes at run time, which the
+// console's CSP (style-src 'self', no inline styles) blocks. Its style elements
+// are made constructable stylesheets instead (document.adoptedStyleSheets, which
+// the CSP allows since only script can make them): the same CSS, from the same
+// code, and nothing from a terminal's output ever reaches CSS.
+class SheetStyle extends HTMLElement {
+  constructor() {
+    super();
+    this._sheet = new CSSStyleSheet();
+    this._css = '';
+  }
+  get sheet() {
+    return this._sheet;
+  }
+  get textContent() {
+    return this._css;
+  }
+  set textContent(css) {
+    this._css = String(css);
+    this._sheet.replaceSync(this._css);
+  }
+  get innerText() {
+    return this._css;
+  }
+  set innerText(css) {
+    this.textContent = css;
+  }
+  connectedCallback() {
+    if (!document.adoptedStyleSheets.includes(this._sheet)) {
+      document.adoptedStyleSheets = [...document.adoptedStyleSheets, this._sheet];
+    }
+  }
+  disconnectedCallback() {
+    document.adoptedStyleSheets = document.adoptedStyleSheets.filter((s) => s !== this._sheet);
+  }
+}
+if (!customElements.get('fvm-sheet-style')) {
+  customElements.define('fvm-sheet-style', SheetStyle);
+  const create = document.createElement.bind(document);
+  document.createElement = (tag, opts) =>
+    String(tag).toLowerCase() === 'style' ? create('fvm-sheet-style') : create(tag, opts);
+}
+
 export function mount(el, api) {
   const vm = el.dataset.vm;
   const key = 'fvm-shell-' + vm;

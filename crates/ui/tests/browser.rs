@@ -1,0 +1,125 @@
+//! The browser tests of the console (tests/browser/ui.test.mjs): playwright-core
+//! drives the system's chromium against a console served by this process. The
+//! fake backend's suite always runs where node, npm and chromium are; the real
+//! engine's suite also needs root and the fvm binary. Skipped visibly
+//! (`SKIP (...)`, a failure under FVM_MUST_RUN=1) where something is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use fvm_engine::testing::skip;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+/// The test's node project in the target directory: package.json, its lockfile
+/// and the script, with `npm ci` run once per lockfile (node_modules never lands
+/// in the source tree; nothing downloads a browser).
+fn browser_dir(test: &str) -> Option<PathBuf> {
+    if !on_path("node") || !on_path("npm") {
+        skip(test, "needs node and npm");
+        return None;
+    }
+    if !Path::new(CHROMIUM).is_file() {
+        skip(test, "needs chromium (apt-get install chromium)");
+        return None;
+    }
+    if !fvm_ui::has_assets() {
+        skip(
+            test,
+            "needs the console's scripts (--features fvm-ui/ui-assets)",
+        );
+        return None;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fvm-ui-browser");
+    std::fs::create_dir_all(&dir).expect("the target directory is writable");
+    for f in ["package.json", "package-lock.json", "ui.test.mjs"] {
+        std::fs::copy(src.join(f), dir.join(f)).expect("copy the browser test");
+    }
+    let lock = std::fs::read(src.join("package-lock.json")).expect("the lockfile");
+    let stamp = dir.join("installed.lock");
+    if !std::fs::read(&stamp).is_ok_and(|s| s == lock) || !dir.join("node_modules").is_dir() {
+        let status = Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .env("PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD", "1")
+            .current_dir(&dir)
+            .status()
+            .expect("run npm");
+        assert!(status.success(), "npm ci for the browser tests failed");
+        std::fs::write(&stamp, lock).expect("write the stamp");
+    }
+    Some(dir)
+}
+
+/// Serve `backend` on a free loopback port from a thread of this process;
+/// returns the URL with its token.
+fn serve(backend: Arc<dyn fvm_ui::backend::Backend>, audit: PathBuf) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = fvm_ui::Options {
+        listen: "127.0.0.1:0".parse().expect("an address"),
+        socket: None,
+        allow_remote: false,
+        read_only: false,
+        allow_uids: Vec::new(),
+        allow_gids: Vec::new(),
+        audit: Some(audit),
+    };
+    std::thread::spawn(move || {
+        let r = fvm_ui::run(opts, backend, move |url| {
+            let _ = tx.send(url.to_owned());
+        });
+        if let Err(e) = r {
+            panic!("fvm ui: {e}");
+        }
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the console started")
+}
+
+fn node(dir: &Path, envs: &[(&str, String)]) {
+    let out = Command::new("node")
+        .arg("ui.test.mjs")
+        .current_dir(dir)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("run node");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "browser checks failed:\n{text}");
+}
+
+#[test]
+fn browser_suite_on_the_fake_backend() {
+    let Some(dir) = browser_dir("browser_suite_on_the_fake_backend") else {
+        return;
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix("fvm-ui-fake-")
+        .tempdir()
+        .expect("a temp dir");
+    let backend = Arc::new(fvm_ui::fake::FakeBackend::new(tmp.path()));
+    let url = serve(backend, tmp.path().join("ui-audit.log"));
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui");
+    let _ = std::fs::create_dir_all(&shots);
+    node(
+        &dir,
+        &[
+            ("URL", url),
+            ("MODE", "fake".to_owned()),
+            ("FAKE_DIR", tmp.path().display().to_string()),
+            ("SHOTS", shots.display().to_string()),
+        ],
+    );
+    let audit = std::fs::read_to_string(tmp.path().join("ui-audit.log")).expect("an audit log");
+    assert!(
+        audit.contains("fvm commit --force web1 -- /etc/hosts"),
+        "{audit}"
+    );
+    assert!(!audit.contains("evil"), "{audit}");
+}
