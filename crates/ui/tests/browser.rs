@@ -105,8 +105,14 @@ fn browser_suite_on_the_fake_backend() {
         .expect("a temp dir");
     let backend = Arc::new(fvm_ui::fake::FakeBackend::new(tmp.path()));
     let url = serve(backend, tmp.path().join("ui-audit.log"));
-    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui");
-    let _ = std::fs::create_dir_all(&shots);
+    // The screenshots of docs/ui are retaken with FVM_UI_SCREENSHOTS=1 (they
+    // differ a little on every run: times, graphs).
+    let shots = if std::env::var_os("FVM_UI_SCREENSHOTS").is_some_and(|v| v == "1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui")
+    } else {
+        tmp.path().join("shots")
+    };
+    std::fs::create_dir_all(&shots).expect("a screenshot directory");
     node(
         &dir,
         &[
@@ -122,4 +128,93 @@ fn browser_suite_on_the_fake_backend() {
         "{audit}"
     );
     assert!(!audit.contains("evil"), "{audit}");
+}
+
+/// Removes the test's VM and store however the test ends.
+struct RealStore {
+    fvm: PathBuf,
+    root: tempfile::TempDir,
+    vm: String,
+}
+
+impl RealStore {
+    fn fvm(&self, args: &[&str]) -> std::process::Output {
+        Command::new(&self.fvm)
+            .arg("--root")
+            .arg(self.root.path())
+            .args(args)
+            .output()
+            .expect("run fvm")
+    }
+}
+
+impl Drop for RealStore {
+    fn drop(&mut self) {
+        let _ = self.fvm(&["delete", "--force", &self.vm]);
+        let _ = self.fvm(&["doctor", "--cleanup"]);
+    }
+}
+
+#[test]
+fn browser_suite_on_the_real_engine() {
+    let test = "browser_suite_on_the_real_engine";
+    if !fvm_engine::testing::require_root(test) {
+        return;
+    }
+    // The fvm binary cargo built beside this test (target/<profile>/fvm).
+    let fvm = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("fvm")))
+        .filter(|f| f.is_file());
+    let Some(fvm) = fvm else {
+        skip(test, "needs the fvm binary (cargo build -p fvm)");
+        return;
+    };
+    let Some(dir) = browser_dir(test) else {
+        return;
+    };
+    let store = RealStore {
+        fvm,
+        root: tempfile::Builder::new()
+            .prefix("fvm-ui-store-")
+            .tempdir_in("/tmp")
+            .expect("a store directory"),
+        vm: format!("fvm-ui-{}", std::process::id()),
+    };
+    let out = store.fvm(&["create", &store.vm]);
+    assert!(
+        out.status.success(),
+        "create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = store.fvm(&["start", &store.vm]);
+    assert!(
+        out.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The host directory the commit writes into: the test's own.
+    let host = tempfile::Builder::new()
+        .prefix("fvm-ui-commit-")
+        .tempdir_in("/tmp")
+        .expect("a host directory");
+    let host_file = host.path().join("from-the-vm.txt");
+    let backend = fvm_ui::real::RealBackend::open(store.root.path(), store.fvm.clone())
+        .expect("open the store");
+    let url = serve(Arc::new(backend), store.root.path().join("ui-audit.log"));
+    node(
+        &dir,
+        &[
+            ("URL", url),
+            ("MODE", "real".to_owned()),
+            ("VM", store.vm.clone()),
+            ("HOST_FILE", host_file.display().to_string()),
+        ],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&host_file).expect("committed"),
+        "committed-by-ui\n"
+    );
+    let audit = std::fs::read_to_string(store.root.path().join("ui-audit.log")).expect("audit");
+    assert!(audit.contains(&format!("fvm stop {}", store.vm)), "{audit}");
 }
