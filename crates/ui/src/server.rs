@@ -188,7 +188,7 @@ async fn serve(
         let app = mk(Hosts::LoopbackAnyPort);
         start_tasks(&app);
         ready(&format!(
-            "unix socket {} (forward a local port to it, then open http://localhost:PORT/#token={token})",
+            "unix socket {}; forward a local port to it and open http://localhost:PORT/#token={token}",
             path.display()
         ));
         let l = UnixL {

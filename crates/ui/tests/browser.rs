@@ -10,6 +10,9 @@ use std::sync::Arc;
 
 use fvm_engine::testing::skip;
 
+mod common;
+use common::serve;
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 fn on_path(tool: &str) -> bool {
@@ -55,31 +58,6 @@ fn browser_dir(test: &str) -> Option<PathBuf> {
         std::fs::write(&stamp, lock).expect("write the stamp");
     }
     Some(dir)
-}
-
-/// Serve `backend` on a free loopback port from a thread of this process;
-/// returns the URL with its token.
-fn serve(backend: Arc<dyn fvm_ui::backend::Backend>, audit: PathBuf) -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    let opts = fvm_ui::Options {
-        listen: "127.0.0.1:0".parse().expect("an address"),
-        socket: None,
-        allow_remote: false,
-        read_only: false,
-        allow_uids: Vec::new(),
-        allow_gids: Vec::new(),
-        audit: Some(audit),
-    };
-    std::thread::spawn(move || {
-        let r = fvm_ui::run(opts, backend, move |url| {
-            let _ = tx.send(url.to_owned());
-        });
-        if let Err(e) = r {
-            panic!("fvm ui: {e}");
-        }
-    });
-    rx.recv_timeout(std::time::Duration::from_secs(30))
-        .expect("the console started")
 }
 
 fn node(dir: &Path, envs: &[(&str, String)]) {
