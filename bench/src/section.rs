@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, host_changes, invocation, io, network};
+use crate::{Args, changes, copy, density, host_changes, invocation, io, network, ui};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -15,16 +15,18 @@ pub enum Section {
     HostChanges,
     Io,
     Density,
+    Ui,
 }
 
 impl Section {
-    pub const ALL: [Section; 6] = [
+    pub const ALL: [Section; 7] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
         Section::HostChanges,
         Section::Io,
         Section::Density,
+        Section::Ui,
     ];
 
     /// The section an `--X-only` flag asks for.
@@ -36,6 +38,7 @@ impl Section {
             (args.host_changes_only, Section::HostChanges),
             (args.io_only, Section::Io),
             (args.density_only, Section::Density),
+            (args.ui_only, Section::Ui),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -104,6 +107,22 @@ impl Section {
             Section::Density => {
                 let measured = density::measure(store, &density_params(args))?;
                 density::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Ui => {
+                let params = if args.quick {
+                    ui::Params {
+                        vms: 10,
+                        window: std::time::Duration::from_secs(5),
+                        rounds: 2,
+                    }
+                } else {
+                    ui::Params {
+                        vms: args.ui_vms,
+                        window: std::time::Duration::from_secs(args.ui_window.max(1)),
+                        rounds: 2,
+                    }
+                };
+                ui::render(&ui::measure(store, &params)?, &inv, date, kernel, place)
             }
         })
     }

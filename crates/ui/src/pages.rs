@@ -199,14 +199,20 @@ pub fn overview(vm: &Vm) -> Markup {
 }
 
 /// A dialog: what it does, the equivalent command, and a form that does it.
-pub fn dialog(title: &str, op: &Op, post: &str, extra: Markup, confirm: Option<&str>) -> Markup {
+pub fn dialog(
+    title: &str,
+    command: &str,
+    post: &str,
+    extra: Markup,
+    confirm: Option<&str>,
+) -> Markup {
     html! {
         div class="modal" role="dialog" aria-modal="true" aria-labelledby="dlg-title" {
             form hx-post=(post) hx-target="#dialog" {
                 h2 id="dlg-title" { (title) }
                 (extra)
                 p { "Equivalent command:" }
-                pre class="cmd" { code { (op.command_line()) } }
+                pre class="cmd" { code { (command) } }
                 @if let Some(name) = confirm {
                     label { "Type " strong { (name) } " to confirm: "
                         input type="text" name="confirm" autocomplete="off" required; }

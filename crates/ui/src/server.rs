@@ -535,7 +535,7 @@ async fn op_dialog(Path((name, op)): Path<(String, String)>) -> Response {
     let confirm = (op == "delete").then_some(name.as_str());
     html(pages::dialog(
         &format!("{title} {name}"),
-        &o,
+        &o.command_line(),
         &post,
         extra,
         confirm,
@@ -603,7 +603,13 @@ async fn create_dialog() -> Response {
         label { "Memory limit (optional): " input type="text" name="memory" placeholder="512M"; }
         label { "Description (optional): " input type="text" name="description"; }
     };
-    html(pages::dialog("Create", &op, "/create", extra, None))
+    html(pages::dialog(
+        "Create",
+        &op.command_line(),
+        "/create",
+        extra,
+        None,
+    ))
 }
 
 async fn create(
@@ -631,54 +637,19 @@ async fn create(
     html(pages::outcome(&line, &result, Some(&format!("/vm/{name}"))))
 }
 
-/// Bulk start and stop run at once; bulk delete asks first.
-async fn bulk(
-    State(app): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-    Form(form): Form<Vec<(String, String)>>,
-) -> Response {
-    let names: Vec<String> = form
-        .iter()
-        .filter(|(k, _)| k == "vm")
-        .map(|(_, v)| v.clone())
-        .collect();
-    let action = form
-        .iter()
-        .find(|(k, _)| k == "action")
+fn field<'a>(form: &'a [(String, String)], key: &str) -> impl Iterator<Item = &'a str> {
+    form.iter()
+        .filter(move |(k, _)| k == key)
         .map(|(_, v)| v.as_str())
-        .unwrap_or("");
-    if names.is_empty() {
-        return html(pages::outcome(
-            "",
-            &Err("select VMs first".to_owned()),
-            None,
-        ));
-    }
-    if action == "delete" {
-        let all = names.join(" ");
-        let extra = maud::html! {
-            p { "Delete " (names.len()) " VMs and every change they hold: " strong { (all) } }
-            @for n in &names { input type="hidden" name="vm" value=(n); }
-        };
-        let op = Op::Delete(all.clone());
-        return html(pages::dialog(
-            "Delete",
-            &op,
-            "/bulk/delete",
-            extra,
-            Some(&names.len().to_string()),
-        ));
-    }
+}
+
+/// Run `ops` one after another; one outcome for all.
+async fn run_all(app: &AppState, peer: &Peer, ops: Vec<Op>) -> Response {
     let mut lines = Vec::new();
     let mut failed = Vec::new();
-    for n in names {
-        let op = match action {
-            "start" => Op::Start(n),
-            "stop" => Op::Stop(n),
-            _ => return status(StatusCode::BAD_REQUEST, "no such action"),
-        };
+    for op in ops {
         lines.push(op.command_line());
-        if let Err(e) = run_op(&app, &peer, op).await {
+        if let Err(e) = run_op(app, peer, op).await {
             failed.push(e);
         }
     }
@@ -690,42 +661,59 @@ async fn bulk(
     html(pages::outcome(&lines.join("\n"), &result, Some("/")))
 }
 
+/// Bulk start and stop run at once; bulk delete asks first.
+async fn bulk(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let names: Vec<String> = field(&form, "vm").map(str::to_owned).collect();
+    let action = field(&form, "action").next().unwrap_or("");
+    if names.is_empty() {
+        return html(pages::outcome(
+            "",
+            &Err("select VMs first".to_owned()),
+            None,
+        ));
+    }
+    let op: fn(String) -> Op = match action {
+        "start" => Op::Start,
+        "stop" => Op::Stop,
+        "delete" => Op::Delete,
+        _ => return status(StatusCode::BAD_REQUEST, "no such action"),
+    };
+    let ops: Vec<Op> = names.iter().cloned().map(op).collect();
+    if action == "delete" {
+        let extra = maud::html! {
+            p { "Delete " (names.len()) " VMs and every change they hold: " strong { (names.join(" ")) } }
+            @for n in &names { input type="hidden" name="vm" value=(n); }
+        };
+        let lines: Vec<String> = ops.iter().map(Op::command_line).collect();
+        return html(pages::dialog(
+            "Delete",
+            &lines.join("\n"),
+            "/bulk/delete",
+            extra,
+            Some(&names.len().to_string()),
+        ));
+    }
+    run_all(&app, &peer, ops).await
+}
+
 async fn bulk_delete(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<Peer>,
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
-    let names: Vec<String> = form
-        .iter()
-        .filter(|(k, _)| k == "vm")
-        .map(|(_, v)| v.clone())
-        .collect();
-    let typed = form
-        .iter()
-        .find(|(k, _)| k == "confirm")
-        .map(|(_, v)| v.trim());
-    if typed != Some(names.len().to_string().as_str()) {
+    let names: Vec<String> = field(&form, "vm").map(str::to_owned).collect();
+    if field(&form, "confirm").next().map(str::trim) != Some(names.len().to_string().as_str()) {
         return html(pages::outcome(
             "",
             &Err(format!("type {} to delete them", names.len())),
             None,
         ));
     }
-    let mut lines = Vec::new();
-    let mut failed = Vec::new();
-    for n in names {
-        let op = Op::Delete(n);
-        lines.push(op.command_line());
-        if let Err(e) = run_op(&app, &peer, op).await {
-            failed.push(e);
-        }
-    }
-    let result = if failed.is_empty() {
-        Ok(String::new())
-    } else {
-        Err(failed.join("\n"))
-    };
-    html(pages::outcome(&lines.join("\n"), &result, Some("/")))
+    run_all(&app, &peer, names.into_iter().map(Op::Delete).collect()).await
 }
 
 #[derive(serde::Deserialize)]
@@ -741,7 +729,15 @@ async fn preview(
     let b = app.backend.clone();
     let path = PathBuf::from(&q.path);
     let p = path.clone();
-    match blocking(move || b.preview(&name, &p)).await {
+    // Only a changed path: a preview must not read any host file it is asked
+    // for (in read-only mode, say).
+    let previewed = blocking(move || {
+        if !b.changes(&name)?.iter().any(|c| c.path == p) {
+            return Err(format!("{} is not a change of this vm", p.display()));
+        }
+        b.preview(&name, &p)
+    });
+    match previewed.await {
         Ok(pv) => html(pages::preview(&path, &pv)),
         Err(e) => html(pages::error(&e)),
     }
@@ -782,20 +778,17 @@ async fn commit(
     Form(form): Form<Vec<(String, String)>>,
 ) -> Response {
     let paths = paths_of(&form);
-    let choice: HashMap<PathBuf, &str> = form
+    let choice: Vec<(PathBuf, bool)> = form
         .iter()
-        .filter_map(|(k, v)| Some((PathBuf::from(k.strip_prefix("c:")?), v.as_str())))
+        .filter_map(|(k, v)| Some((PathBuf::from(k.strip_prefix("c:")?), v == "vm")))
         .collect();
-    let plain: Vec<PathBuf> = paths
-        .iter()
-        .filter(|p| !choice.contains_key(*p))
-        .cloned()
-        .collect();
-    let forced: Vec<PathBuf> = choice
-        .iter()
-        .filter(|(_, c)| **c == "vm")
-        .map(|(p, _)| p.clone())
-        .collect();
+    let b = app.backend.clone();
+    let n = name.clone();
+    let changes = match blocking(move || b.changes(&n)).await {
+        Ok(c) => c,
+        Err(e) => return html(pages::error(&e)),
+    };
+    let (plain, forced) = split_selection(&paths, &choice, &changes);
     let mut lines = Vec::new();
     let mut out = String::new();
     for (paths, force) in [(plain, false), (forced, true)] {
@@ -820,6 +813,42 @@ async fn commit(
         &Ok(out),
         Some(&format!("/vm/{name}/changes")),
     ))
+}
+
+/// The two commits of a selection: `paths` (each covering everything below it)
+/// less the conflicts, and the conflicts the VM wins (`choice`: path, VM wins).
+/// A covering path with a conflict below it is replaced by the changes below it,
+/// so that a skipped conflict is left out and a won one goes only with `--force`.
+fn split_selection(
+    paths: &[PathBuf],
+    choice: &[(PathBuf, bool)],
+    changes: &[crate::backend::Change],
+) -> (Vec<PathBuf>, Vec<PathBuf>) {
+    let conflict = |p: &PathBuf| choice.iter().any(|(c, _)| c == p);
+    let mut plain = Vec::new();
+    for p in paths {
+        if conflict(p) {
+            continue;
+        }
+        if choice.iter().any(|(c, _)| c.starts_with(p)) {
+            plain.extend(
+                changes
+                    .iter()
+                    .map(|c| &c.path)
+                    .filter(|c| c.starts_with(p) && !conflict(c))
+                    .cloned(),
+            );
+        } else {
+            plain.push(p.clone());
+        }
+    }
+    let selected = |c: &PathBuf| paths.iter().any(|p| c.starts_with(p));
+    let forced = choice
+        .iter()
+        .filter(|(c, vm)| *vm && selected(c))
+        .map(|(c, _)| c.clone())
+        .collect();
+    (plain, forced)
 }
 
 async fn kill(
@@ -1077,5 +1106,43 @@ async fn client(app: AppState, mut socket: WebSocket) {
     for (_, (s, t)) in channels {
         t.abort();
         s.detach();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_under_a_selected_directory_is_split_out() {
+        let change = |p: &str| crate::backend::Change {
+            path: PathBuf::from(p),
+            kind: 'C',
+            size: 0,
+        };
+        let changes = [
+            change("/etc/a"),
+            change("/etc/hosts"),
+            change("/etc/z"),
+            change("/usr/x"),
+        ];
+        let paths = [PathBuf::from("/etc"), PathBuf::from("/usr")];
+        let p = |s: &str| PathBuf::from(s);
+        // Skipped: the rest of /etc goes, /etc/hosts does not.
+        let (plain, forced) = split_selection(&paths, &[(p("/etc/hosts"), false)], &changes);
+        assert_eq!(plain, [p("/etc/a"), p("/etc/z"), p("/usr")]);
+        assert!(forced.is_empty());
+        // The VM wins: it goes in the forced commit alone.
+        let (plain, forced) = split_selection(&paths, &[(p("/etc/hosts"), true)], &changes);
+        assert_eq!(plain, [p("/etc/a"), p("/etc/z"), p("/usr")]);
+        assert_eq!(forced, [p("/etc/hosts")]);
+        // A conflict that is itself selected, and one that is not selected at all.
+        let (plain, forced) = split_selection(
+            &[p("/etc/hosts"), p("/usr")],
+            &[(p("/etc/hosts"), true), (p("/var/y"), true)],
+            &changes,
+        );
+        assert_eq!(plain, [p("/usr")]);
+        assert_eq!(forced, [p("/etc/hosts")]);
     }
 }

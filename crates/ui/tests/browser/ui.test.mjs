@@ -277,7 +277,7 @@ if (MODE === 'fake') {
     assert(JSON.stringify(names) === '["db","web1"]', names.join(','));
   });
 
-  await check('bulk stop and start', async () => {
+  await check('bulk stop, start and delete', async () => {
     await page.check('input[name=vm][value=web1]');
     await page.check('input[name=vm][value=db]');
     await page.click('.bulk button:text-is("Stop")');
@@ -289,6 +289,15 @@ if (MODE === 'fake') {
     await page.waitForSelector('.modal h2:text-is("Done")');
     await page.click('.modal button:text-is("Close")');
     await page.waitForSelector('tr[data-vm=web1] .state.running');
+    await page.check('input[name=vm][value=db]');
+    await page.click('.bulk button:text-is("Delete…")');
+    await page.waitForSelector('.modal pre.cmd');
+    assert((await page.locator('.modal pre.cmd').innerText()) === 'fvm delete --force db');
+    await page.fill('.modal input[name=confirm]', '1');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")');
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForFunction(() => document.querySelectorAll('table.vms tbody tr').length === 1);
   });
 } else {
   const vm = process.env.VM;
