@@ -240,6 +240,30 @@ if (MODE === 'fake') {
     assert(cols > 600, 'the terminal fills the pane');
   });
 
+  await check('the pty of the shell has the size of the pane, and follows it; paste works', async () => {
+    const size = async () => {
+      await page.click('.term');
+      await page.keyboard.type('stty size\n');
+      await page.waitForFunction(() => /\n\d+ \d+\s*\n/.test(document.querySelector('.xterm-rows').innerText));
+      const t = await page.evaluate(() => document.querySelector('.xterm-rows').innerText);
+      const all = [...t.matchAll(/^(\d+) (\d+)\s*$/gm)];
+      return all[all.length - 1].slice(1, 3).map(Number);
+    };
+    const [rows, cols] = await size();
+    assert(rows > 10 && cols > 80, `stty size ${rows} ${cols}`);
+    await page.setViewportSize({ width: 900, height: 700 });
+    await page.keyboard.type('clear\n');
+    await page.waitForFunction(() => !document.querySelector('.xterm-rows').innerText.includes('stty'));
+    const [rows2, cols2] = await size();
+    assert(cols2 < cols && rows2 < rows, `after a resize: ${rows2} ${cols2}, before ${rows} ${cols}`);
+    await page.setViewportSize({ width: 1280, height: 860 });
+    await page.evaluate(() => navigator.clipboard.writeText('echo pasted-$((40+2))'));
+    await page.click('.term-paste');
+    await page.waitForFunction(() => document.querySelector('.xterm-rows').innerText.includes('echo pasted-'));
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => document.querySelector('.xterm-rows').innerText.includes('pasted-42'));
+  });
+
   await check('dialogs show the command; delete needs the typed name', async () => {
     await keepCsp();
     await page.goto(`${origin}/vm/db`);
