@@ -109,6 +109,10 @@ pub struct UiArgs {
     /// itself, in a process of its own)
     #[arg(long, value_name = "NAME", hide = true)]
     pub commit_plan: Option<String>,
+    /// The host's and VM NAME's version of the path after `--`, as JSON (run by
+    /// the console itself for a VM whose layers are a disk image)
+    #[arg(long, value_name = "NAME", hide = true, conflicts_with = "commit_plan")]
+    pub preview: Option<String>,
     #[arg(last = true, hide = true)]
     pub paths: Vec<PathBuf>,
 }

@@ -82,14 +82,14 @@ pub struct Sample {
 }
 
 /// A preview of one changed file: the host's and the VM's version.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Preview {
     pub host: Option<Side>,
     pub vm: Option<Side>,
 }
 
 /// One version of a path.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct Side {
     /// file, directory, symlink, fifo, socket, device
     pub kind: String,

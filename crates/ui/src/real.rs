@@ -54,6 +54,74 @@ impl RealBackend {
     }
 }
 
+impl RealBackend {
+    /// Whether the VM's layers are a disk image: reading them mounts it in a
+    /// private mount namespace, which only a single-threaded process may enter,
+    /// so its reads run in a child `fvm`.
+    fn in_image(&self, n: &VmName) -> bool {
+        self.engine
+            .store()
+            .vm(n)
+            .is_ok_and(|vm| vm.image_path().exists())
+    }
+
+    /// `fvm --json diff NAME` of a VM whose layers are an image.
+    fn changes_of_image(&self, n: &VmName) -> Result<Vec<Change>> {
+        #[derive(serde::Deserialize)]
+        struct Listed {
+            path: String,
+            path_hex: Option<String>,
+            kind: char,
+            size: u64,
+        }
+        let out = self.fvm(&["--json".to_owned(), "diff".to_owned(), n.to_string()])?;
+        let listed: Vec<Listed> =
+            serde_json::from_str(&out).map_err(|e| format!("unreadable diff: {e}"))?;
+        Ok(listed
+            .into_iter()
+            .map(|c| Change {
+                path: c
+                    .path_hex
+                    .as_deref()
+                    .and_then(unhex)
+                    .unwrap_or_else(|| c.path.into()),
+                kind: c.kind,
+                size: c.size,
+            })
+            .collect())
+    }
+}
+
+/// The bytes of a path from hex (`path_hex` of `fvm diff --json`).
+fn unhex(hex: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+}
+
+/// A changed path's two versions, from the engine.
+fn preview(
+    engine: &Engine,
+    n: &VmName,
+    path: &Path,
+) -> std::result::Result<Preview, fvm_engine::VmError> {
+    let v = engine.versions(n, path)?;
+    Ok(Preview {
+        host: v.host.map(side),
+        vm: v.vm.map(side),
+    })
+}
+
+/// `fvm ui --preview NAME -- PATH`: a changed path's two versions, as JSON on
+/// stdout (for a VM whose layers are an image; see [`RealBackend::in_image`]).
+pub fn preview_json(engine: &Engine, n: &str, path: &Path) -> anyhow::Result<String> {
+    let n = VmName::new(n)?;
+    Ok(serde_json::to_string(&preview(engine, &n, path)?)?)
+}
+
 fn name(n: &str) -> Result<VmName> {
     VmName::new(n).map_err(|e| fvm_engine::error_line(&e))
 }
@@ -120,6 +188,9 @@ impl Backend for RealBackend {
 
     fn changes(&self, n: &str) -> Result<Vec<Change>> {
         let n = name(n)?;
+        if self.in_image(&n) {
+            return self.changes_of_image(&n);
+        }
         Ok(self
             .engine
             .diff(&n, &[])
@@ -134,11 +205,18 @@ impl Backend for RealBackend {
     }
 
     fn preview(&self, n: &str, path: &Path) -> Result<Preview> {
-        let v = self.engine.versions(&name(n)?, path).map_err(err)?;
-        Ok(Preview {
-            host: v.host.map(side),
-            vm: v.vm.map(side),
-        })
+        let n = name(n)?;
+        if self.in_image(&n) {
+            let out = self.fvm(&[
+                "ui".to_owned(),
+                "--preview".to_owned(),
+                n.to_string(),
+                "--".to_owned(),
+                path.to_string_lossy().into_owned(),
+            ])?;
+            return serde_json::from_str(&out).map_err(|e| format!("unreadable preview: {e}"));
+        }
+        preview(&self.engine, &n, path).map_err(err)
     }
 
     fn commit_plan(&self, n: &str, paths: &[PathBuf]) -> Result<CommitPlan> {
@@ -242,4 +320,16 @@ pub fn commit_plan(engine: &Engine, n: &str, paths: &[PathBuf]) -> anyhow::Resul
             .collect(),
     };
     Ok(serde_json::to_string(&plan)?)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_paths() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = super::unhex("2f61ff").unwrap();
+        assert_eq!(p.as_os_str().as_bytes(), b"/a\xff");
+        assert_eq!(super::unhex("2f6"), None);
+        assert_eq!(super::unhex("zz"), None);
+    }
 }

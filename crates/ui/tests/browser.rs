@@ -139,12 +139,7 @@ fn browser_suite_on_the_real_engine() {
     if !fvm_engine::testing::require_root(test) {
         return;
     }
-    // The fvm binary cargo built beside this test (target/<profile>/fvm).
-    let fvm = std::env::current_exe()
-        .ok()
-        .and_then(|e| Some(e.parent()?.parent()?.join("fvm")))
-        .filter(|f| f.is_file());
-    let Some(fvm) = fvm else {
+    let Some(fvm) = common::fvm_binary() else {
         skip(test, "needs the fvm binary (cargo build -p fvm)");
         return;
     };

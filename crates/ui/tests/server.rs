@@ -228,3 +228,72 @@ fn unix_socket_lets_root_in_and_other_users_not() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "closed");
 }
+
+#[test]
+fn reads_of_a_vm_whose_layers_are_an_image() {
+    use fvm_ui::backend::Backend;
+    let test = "reads_of_a_vm_whose_layers_are_an_image";
+    if !fvm_engine::testing::require_root(test) {
+        return;
+    }
+    let Some(fvm) = common::fvm_binary() else {
+        fvm_engine::testing::skip(test, "needs the fvm binary (cargo build -p fvm)");
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("fvm-ui-img-")
+        .tempdir_in("/tmp")
+        .expect("a store");
+    let vm = format!("fvm-ui-img-{}", std::process::id());
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(&fvm)
+            .arg("--root")
+            .arg(root.path())
+            .args(args)
+            .output()
+            .expect("run fvm");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    struct Delete<'a>(&'a dyn Fn(&[&str]), &'a str);
+    impl Drop for Delete<'_> {
+        fn drop(&mut self) {
+            (self.0)(&["delete", "--force", self.1]);
+        }
+    }
+    // A disk limit on a filesystem without project quotas: an image.
+    run(&["create", "--disk", "64M", &vm]);
+    let _delete = Delete(&run, &vm);
+    run(&["start", &vm]);
+    if !root.path().join("vms").join(&vm).join("disk.img").exists() {
+        fvm_engine::testing::part_skipped(
+            test,
+            "this filesystem holds the disk limit with project quotas",
+        );
+        return;
+    }
+    run(&[
+        "run",
+        &vm,
+        "--",
+        "sh",
+        "-c",
+        "echo hi > /root/fvm-ui-img.txt",
+    ]);
+    // This test process has threads: the reads must not enter the image's
+    // mount namespace here.
+    let backend = fvm_ui::real::RealBackend::open(root.path(), fvm.clone()).expect("open");
+    let changes = backend.changes(&vm).expect("changes");
+    let path = std::path::Path::new("/root/fvm-ui-img.txt");
+    assert!(
+        changes.iter().any(|c| c.path == path && c.kind == 'A'),
+        "{changes:?}"
+    );
+    let preview = backend.preview(&vm, path).expect("preview");
+    assert_eq!(preview.vm.and_then(|v| v.text).as_deref(), Some("hi\n"));
+    assert!(preview.host.is_none());
+    run(&["stop", &vm]);
+}

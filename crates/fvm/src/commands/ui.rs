@@ -15,6 +15,14 @@ pub fn run(ctx: &Context<'_>, args: &UiArgs) -> Result<u8> {
         println!("{}", fvm_ui::real::commit_plan(&engine, name, &args.paths)?);
         return Ok(0);
     }
+    if let Some(name) = &args.preview {
+        let engine = ctx.engine_for(&super::vm_name(name)?)?;
+        let [path] = args.paths.as_slice() else {
+            bail!("--preview takes one path, after --");
+        };
+        println!("{}", fvm_ui::real::preview_json(&engine, name, path)?);
+        return Ok(0);
+    }
     if !fvm_ui::has_assets() {
         bail!("{}", fvm_ui::NO_ASSETS);
     }

@@ -39,3 +39,11 @@ pub fn serve_with(backend: Arc<dyn fvm_ui::backend::Backend>, opts: fvm_ui::Opti
 pub fn serve(backend: Arc<dyn fvm_ui::backend::Backend>, audit: PathBuf) -> String {
     serve_with(backend, options(audit))
 }
+
+/// The fvm binary cargo built beside this test (target/<profile>/fvm).
+pub fn fvm_binary() -> Option<PathBuf> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.parent()?.join("fvm")))
+        .filter(|f| f.is_file())
+}
