@@ -229,6 +229,12 @@ pub trait Backend: Send + Sync + 'static {
     fn samples(&self) -> Vec<(String, Sample)>;
     /// Run an operation; Ok holds what it printed.
     fn run(&self, op: &Op) -> Result<String>;
+    /// Run an operation that reports how far it got (a commit): `progress` gets
+    /// (steps done, steps in all) as they come.
+    fn run_progress(&self, op: &Op, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<String> {
+        let _ = progress;
+        self.run(op)
+    }
     /// Send `signal` to host pid `host_pid` if, at that moment, it is a process
     /// of VM `name`.
     fn kill(&self, name: &str, host_pid: i32, signal: i32) -> Result<()>;

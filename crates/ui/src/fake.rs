@@ -367,6 +367,22 @@ impl Backend for FakeBackend {
         }
     }
 
+    /// A commit reports each of its changes, a fifth of a second apart.
+    fn run_progress(&self, op: &Op, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<String> {
+        if let Op::Commit { name, paths, .. } = op {
+            let n = self
+                .changes(name)?
+                .iter()
+                .filter(|c| paths.iter().any(|p| c.path.starts_with(p)))
+                .count();
+            for i in 0..n {
+                progress(i, n);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        self.run(op)
+    }
+
     fn kill(&self, name: &str, host_pid: i32, signal: i32) -> Result<()> {
         if !crate::procs::SIGNALS.iter().any(|(s, _)| *s == signal) {
             return Err(format!("signal {signal} is not one the console sends"));

@@ -424,7 +424,7 @@ pub fn plan(vm: &str, paths: &[PathBuf], plan: &CommitPlan) -> Markup {
         .map(|p| p.to_string_lossy().into_owned())
         .collect();
     html! {
-        form class="plan" hx-post={"/vm/" (vm) "/commit"} hx-target="#plan" hx-indicator="#committing" {
+        form class="plan" hx-post={"/vm/" (vm) "/commit"} hx-target="#plan" {
             h2 { "Commit " (paths.len()) " selected" }
             input type="hidden" name="paths" value=(serde_json::to_string(&joined).unwrap_or_default());
             @if !plan.conflicts.is_empty() {
@@ -448,7 +448,21 @@ pub fn plan(vm: &str, paths: &[PathBuf], plan: &CommitPlan) -> Markup {
             @for (p, why) in &plan.skipped { p { "skipped " code { (p.to_string_lossy()) } ": " (why) } }
             div class="buttons" {
                 button type="submit" { "Commit" }
-                span id="committing" class="htmx-indicator" { "Committing…" }
+            }
+        }
+    }
+}
+
+/// A commit at work: it asks again for its progress until it is done.
+pub fn job(vm: &str, id: &str, (done, all): (usize, usize)) -> Markup {
+    html! {
+        div id="job" hx-get={"/vm/" (vm) "/commit/job/" (id)} hx-trigger="load delay:400ms" hx-swap="outerHTML" {
+            p role="status" {
+                "Committing… "
+                @if all > 0 {
+                    progress max=(all) value=(done) aria-label="Commit progress" {}
+                    " " (done) "/" (all)
+                }
             }
         }
     }
@@ -624,6 +638,21 @@ pub fn error(msg: &str) -> Markup {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_running_commit_shows_its_progress_and_asks_again() {
+        let html = job("web1", "abc", (2, 3)).into_string();
+        assert!(
+            html.contains(r#"hx-get="/vm/web1/commit/job/abc""#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<progress max="3" value="2""#), "{html}");
+        assert!(
+            !job("web1", "abc", (0, 0))
+                .into_string()
+                .contains("<progress")
+        );
+    }
 
     #[test]
     fn diff_of_lines() {

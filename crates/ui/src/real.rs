@@ -92,6 +92,51 @@ impl RealBackend {
     }
 }
 
+/// The last `DONE/ALL` of a `committing` progress bar in `out`.
+fn bar_counts(out: &[u8]) -> Option<(usize, usize)> {
+    let text = String::from_utf8_lossy(out);
+    let at = text.rfind("committing")?;
+    text[at..]
+        .split(|c: char| c.is_whitespace() || c == '\x1b')
+        .find_map(|w| {
+            let (d, a) = w.split_once('/')?;
+            Some((d.parse().ok()?, a.parse().ok()?))
+        })
+}
+
+/// What a command printed on a pty, as lines: escape sequences and carriage
+/// returns (the progress bar's redraws) dropped.
+fn plain_text(out: &[u8]) -> String {
+    let text = String::from_utf8_lossy(out);
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte; other escapes: one more char.
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                } else {
+                    chars.next();
+                }
+            }
+            c => plain.push(c),
+        }
+    }
+    // A carriage return redraws its line: what follows the last one stays.
+    plain
+        .split('\n')
+        .filter_map(|l| l.split('\r').rfind(|s| !s.trim().is_empty()))
+        .filter(|l| !l.trim_start().starts_with("committing"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The bytes of a path from hex (`path_hex` of `fvm diff --json`).
 fn unhex(hex: &str) -> Option<PathBuf> {
     use std::os::unix::ffi::OsStringExt;
@@ -267,6 +312,45 @@ impl Backend for RealBackend {
         self.fvm(&op.argv())
     }
 
+    /// A commit runs on a pty, where `fvm commit` draws its progress bar
+    /// (`committing [bar] DONE/ALL`) for large commits; the counts are read off
+    /// it.
+    fn run_progress(&self, op: &Op, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<String> {
+        if !matches!(op, Op::Commit { .. }) {
+            return self.run(op);
+        }
+        let (mut pty, pts) =
+            pty_process::blocking::open().map_err(|e| format!("cannot open a pty: {e}"))?;
+        let _ = pty.resize(pty_process::Size::new(24, 200));
+        let mut child = pty_process::blocking::Command::new(&self.exe)
+            .arg("--root")
+            .arg(&self.root)
+            .args(op.argv())
+            .spawn(pts)
+            .map_err(|e| format!("cannot run {}: {e}", self.exe.display()))?;
+        let mut text = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match std::io::Read::read(&mut pty, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    text.extend_from_slice(&buf[..n]);
+                    if let Some((done, all)) = bar_counts(&text) {
+                        progress(done, all);
+                    }
+                }
+            }
+        }
+        let status = child.wait().map_err(|e| format!("fvm commit: {e}"))?;
+        let out = plain_text(&text);
+        if status.success() {
+            Ok(out)
+        } else {
+            let line = out.lines().rev().find(|l| !l.trim().is_empty());
+            Err(line.map_or_else(|| format!("fvm failed: {status}"), str::to_owned))
+        }
+    }
+
     fn kill(&self, n: &str, host_pid: i32, signal: i32) -> Result<()> {
         let n = name(n)?;
         let info = self.engine.info(&n).map_err(err)?;
@@ -331,5 +415,13 @@ mod tests {
         assert_eq!(p.as_os_str().as_bytes(), b"/a\xff");
         assert_eq!(super::unhex("2f6"), None);
         assert_eq!(super::unhex("zz"), None);
+    }
+
+    #[test]
+    fn progress_bar_counts_and_plain_output() {
+        let out = b"\x1b[2Kcommitting \xe2\x96\x88\xe2\x96\x88   12/600 00:00:01\r\x1b[2Kcommitting \xe2\x96\x88 600/600 00:00:02\r\x1b[2K\rcommitted 600 changes\r\n";
+        assert_eq!(super::bar_counts(out), Some((600, 600)));
+        assert_eq!(super::plain_text(out), "committed 600 changes");
+        assert_eq!(super::bar_counts(b"/etc/1/2 committed"), None);
     }
 }

@@ -134,6 +134,7 @@ pub struct App {
     shells: Arc<Shells>,
     stats: broadcast::Sender<Arc<str>>,
     changed: Mutex<HashMap<String, (Instant, Option<usize>)>>,
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
 }
 
 type AppState = Arc<App>;
@@ -174,6 +175,7 @@ async fn serve(
             shells: Arc::new(Shells::default()),
             stats: stats.clone(),
             changed: Mutex::new(HashMap::new()),
+            jobs: Mutex::new(HashMap::new()),
         })
     };
     if let Some(path) = &opts.socket {
@@ -296,6 +298,7 @@ fn router(app: AppState) -> Router {
         .route("/vm/{name}/preview", get(preview))
         .route("/vm/{name}/commit/plan", post(commit_plan))
         .route("/vm/{name}/commit", post(commit))
+        .route("/vm/{name}/commit/job/{id}", get(commit_job))
         .route("/vm/{name}/kill", post(kill))
         .route("/vm/{name}/policy/check", post(policy_check))
         .route("/vm/{name}/policy/save", post(policy_save))
@@ -543,10 +546,19 @@ async fn op_dialog(Path((name, op)): Path<(String, String)>) -> Response {
 }
 
 async fn run_op(app: &AppState, peer: &Peer, op: Op) -> Result<String, String> {
+    run_op_progress(app, peer, op, Arc::new(|_, _| {})).await
+}
+
+async fn run_op_progress(
+    app: &AppState,
+    peer: &Peer,
+    op: Op,
+    progress: Arc<dyn Fn(usize, usize) + Send + Sync>,
+) -> Result<String, String> {
     let line = op.command_line();
     let b = app.backend.clone();
     let o = op.clone();
-    let result = blocking(move || b.run(&o)).await;
+    let result = blocking(move || b.run_progress(&o, &*progress)).await;
     if let Some(audit) = &app.audit {
         let outcome = match &result {
             Ok(_) => "ok".to_owned(),
@@ -789,30 +801,88 @@ async fn commit(
         Err(e) => return html(pages::error(&e)),
     };
     let (plain, forced) = split_selection(&paths, &choice, &changes);
-    let mut lines = Vec::new();
-    let mut out = String::new();
-    for (paths, force) in [(plain, false), (forced, true)] {
-        if paths.is_empty() {
-            continue;
-        }
-        let op = Op::Commit {
-            name: name.clone(),
-            paths,
-            force,
-        };
-        lines.push(op.command_line());
-        match run_op(&app, &peer, op).await {
-            Ok(o) => out.push_str(&o),
-            Err(e) => {
-                return html(pages::outcome(&lines.join("\n"), &Err(e), None));
+    let job = Arc::new(Job::default());
+    let id = crate::security::random_token();
+    app.jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id.clone(), job.clone());
+    let a = app.clone();
+    let vm = name.clone();
+    tokio::spawn(async move {
+        let name = vm;
+        let mut lines = Vec::new();
+        let mut result = Ok(String::new());
+        for (paths, force) in [(plain, false), (forced, true)] {
+            if paths.is_empty() {
+                continue;
+            }
+            let op = Op::Commit {
+                name: name.clone(),
+                paths,
+                force,
+            };
+            lines.push(op.command_line());
+            let j = job.clone();
+            let progress = Arc::new(move |done, all| {
+                *j.progress.lock().unwrap_or_else(|e| e.into_inner()) = (done, all);
+            });
+            match run_op_progress(&a, &peer, op, progress).await {
+                Ok(o) => {
+                    if let Ok(out) = &mut result {
+                        out.push_str(&o);
+                    }
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
+        let then = result.is_ok().then(|| format!("/vm/{name}/changes"));
+        *job.done.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((lines.join("\n"), result, then));
+    });
+    html(pages::job(&name, &id, (0, 0)))
+}
+
+/// A commit running in the background: how far it got, and its outcome.
+#[derive(Default)]
+pub struct Job {
+    progress: Mutex<(usize, usize)>,
+    /// (command lines, outcome, where to go after)
+    #[allow(clippy::type_complexity)]
+    done: Mutex<Option<(String, Result<String, String>, Option<String>)>>,
+}
+
+/// A commit's progress, polled by its page until it is done.
+async fn commit_job(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Response {
+    let job = app
+        .jobs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&id)
+        .cloned();
+    let Some(job) = job else {
+        return html(pages::error("no such commit"));
+    };
+    let done = job.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match done {
+        Some((lines, result, then)) => {
+            app.jobs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+            html(pages::outcome(&lines, &result, then.as_deref()))
+        }
+        None => {
+            let p = *job.progress.lock().unwrap_or_else(|e| e.into_inner());
+            html(pages::job(&name, &id, p))
+        }
     }
-    html(pages::outcome(
-        &lines.join("\n"),
-        &Ok(out),
-        Some(&format!("/vm/{name}/changes")),
-    ))
 }
 
 /// The two commits of a selection: `paths` (each covering everything below it)

@@ -164,6 +164,7 @@ if (MODE === 'fake') {
     await axe('commit plan');
     await page.check('input[name="c:/etc/hosts"][value=vm]');
     await page.click('form.plan button[type=submit]');
+    await page.waitForSelector('#job, #plan h2:text-is("Done")');
     await page.waitForSelector('#plan h2:text-is("Done")');
     const out = await page.locator('#plan').innerText();
     assert(out.includes('fvm commit web1 -- /etc/nginx /usr') && out.includes('fvm commit --force web1 -- /etc/hosts'), out);
