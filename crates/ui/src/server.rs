@@ -387,6 +387,17 @@ fn html(m: Markup) -> Response {
         .into_response()
 }
 
+/// A backend call on a blocking thread; a failure as the error fragment.
+async fn call<T: Send + 'static>(
+    app: &App,
+    f: impl FnOnce(&dyn Backend) -> Result<T, String> + Send + 'static,
+) -> Result<T, Response> {
+    let b = app.backend.clone();
+    blocking(move || f(&*b))
+        .await
+        .map_err(|e| html(pages::error(&e)))
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
@@ -472,11 +483,10 @@ async fn vm_tab(
     State(app): State<AppState>,
     Path((name, tab)): Path<(String, String)>,
 ) -> Response {
-    let b = app.backend.clone();
     let n = name.clone();
-    let vm = match blocking(move || b.vm(&n)).await {
+    let vm = match call(&app, move |b| b.vm(&n)).await {
         Ok(v) => v,
-        Err(e) => return html(pages::error(&e)),
+        Err(r) => return r,
     };
     let b = app.backend.clone();
     let ro = app.read_only;
@@ -794,11 +804,10 @@ async fn commit(
         .iter()
         .filter_map(|(k, v)| Some((PathBuf::from(k.strip_prefix("c:")?), v == "vm")))
         .collect();
-    let b = app.backend.clone();
     let n = name.clone();
-    let changes = match blocking(move || b.changes(&n)).await {
+    let changes = match call(&app, move |b| b.changes(&n)).await {
         Ok(c) => c,
-        Err(e) => return html(pages::error(&e)),
+        Err(r) => return r,
     };
     let (plain, forced) = split_selection(&paths, &choice, &changes);
     let job = Arc::new(Job::default());
@@ -985,11 +994,10 @@ async fn policy_check(
     Path(name): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let b = app.backend.clone();
     let n = name.clone();
-    let vm = match blocking(move || b.vm(&n)).await {
+    let vm = match call(&app, move |b| b.vm(&n)).await {
         Ok(v) => v,
-        Err(e) => return html(pages::error(&e)),
+        Err(r) => return r,
     };
     html(pages::policy_check(
         &name,
@@ -1004,11 +1012,10 @@ async fn policy_save(
     Path(name): Path<String>,
     Form(form): Form<HashMap<String, String>>,
 ) -> Response {
-    let b = app.backend.clone();
     let n = name.clone();
-    let vm = match blocking(move || b.vm(&n)).await {
+    let vm = match call(&app, move |b| b.vm(&n)).await {
         Ok(v) => v,
-        Err(e) => return html(pages::error(&e)),
+        Err(r) => return r,
     };
     let edit = match crate::policy::edit(&vm, &form) {
         Ok(e) => e,
