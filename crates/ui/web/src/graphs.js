@@ -20,6 +20,23 @@ const SERIES = {
   ],
 };
 
+// Bytes on an axis: K, M, G.
+function bytes(v) {
+  if (v == null) return '';
+  const units = ['', 'K', 'M', 'G', 'T'];
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v.toFixed(v < 10 && i ? 1 : 0)}${units[i]}`;
+}
+
+const AXIS = {
+  mem: (u, vals) => vals.map(bytes),
+  io: (u, vals) => vals.map((v) => bytes(v) + '/s'),
+};
+
 export function mount(el, api) {
   const vm = el.dataset.vm;
   let points = [];
@@ -58,7 +75,7 @@ export function mount(el, api) {
         height: 160,
         plugins: [markerPlugin],
         series: [{}, ...SERIES[id].map((s) => ({ label: s.label, stroke: s.stroke, dash: s.dash, width: 1.5 }))],
-        axes: [{}, { size: 70 }],
+        axes: [{}, AXIS[id] ? { size: 70, values: AXIS[id] } : { size: 70 }],
       };
       charts[id] = new uPlot(opts, data(id), box);
     }
