@@ -241,6 +241,19 @@ if (MODE === 'fake') {
     assert(cols > 600, 'the terminal fills the pane');
   });
 
+  await check('a hidden tab closes its WebSocket; shown again, the shell comes back', async () => {
+    const visibility = (hidden) =>
+      page.evaluate((h) => {
+        Object.defineProperty(document, 'hidden', { value: h, configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, hidden);
+    await visibility(true);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'paused');
+    await visibility(false);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    await page.waitForFunction(() => /(^|\s)42(\s|$)/m.test(document.querySelector('.xterm-rows')?.innerText || ''));
+  });
+
   await check('the pty of the shell has the size of the pane, and follows it; paste works', async () => {
     const size = async () => {
       await page.click('.term');
