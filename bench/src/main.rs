@@ -30,6 +30,7 @@ mod store;
 mod table;
 mod throughput;
 mod tree;
+mod ui;
 mod watcher_cost;
 
 use std::cell::RefCell;
@@ -209,6 +210,18 @@ struct Args {
         "density_only", "io_only", "services_only", "dns_only"
     ])]
     watcher_only: bool,
+    /// Running VMs the web console benchmark serves [--quick: 10]
+    #[arg(long, default_value_t = 100)]
+    ui_vms: usize,
+    /// Seconds of each window of the web console benchmark [--quick: 5]
+    #[arg(long, default_value_t = 20)]
+    ui_window: u64,
+    /// Run only the web console benchmark, and replace only its section
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only", "io_only", "services_only", "dns_only", "watcher_only"
+    ])]
+    ui_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }

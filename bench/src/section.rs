@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::store::Store;
 use crate::{
-    Args, changes, copy, density, dns, host_changes, invocation, io, network, services,
+    Args, changes, copy, density, dns, host_changes, invocation, io, network, services, ui,
     watcher_cost,
 };
 
@@ -21,10 +21,11 @@ pub enum Section {
     Density,
     Services,
     Dns,
+    Ui,
 }
 
 impl Section {
-    pub const ALL: [Section; 9] = [
+    pub const ALL: [Section; 10] = [
         Section::Copy,
         Section::Changes,
         Section::Network,
@@ -34,6 +35,7 @@ impl Section {
         Section::Watcher,
         Section::Density,
         Section::Services,
+        Section::Ui,
     ];
 
     /// The section an `--X-only` flag asks for.
@@ -48,6 +50,7 @@ impl Section {
             (args.services_only, Section::Services),
             (args.dns_only, Section::Dns),
             (args.watcher_only, Section::Watcher),
+            (args.ui_only, Section::Ui),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -168,6 +171,22 @@ impl Section {
                     subnet: args.net_subnet.clone(),
                 };
                 dns::render(&dns::measure(store, &params)?, &inv, date, kernel, place)
+            }
+            Section::Ui => {
+                let params = if args.quick {
+                    ui::Params {
+                        vms: 10,
+                        window: std::time::Duration::from_secs(5),
+                        rounds: 2,
+                    }
+                } else {
+                    ui::Params {
+                        vms: args.ui_vms,
+                        window: std::time::Duration::from_secs(args.ui_window.max(1)),
+                        rounds: 2,
+                    }
+                };
+                ui::render(&ui::measure(store, &params)?, &inv, date, kernel, place)
             }
         })
     }

@@ -86,6 +86,9 @@ pub enum Command {
     Service(ServiceArgs),
     /// Show the output of a VM's services and detached commands (run -d)
     Logs(LogsArgs),
+    /// Serve the web console: the VM list, changes and commit, graphs, processes,
+    /// policy and a browser shell, on loopback with a token printed once
+    Ui(UiArgs),
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +179,45 @@ pub struct LogsArgs {
     /// Only the last N lines
     #[arg(long, short = 'n', value_name = "N")]
     pub tail: Option<usize>,
+}
+
+/// `fvm ui`: where it listens and who may use it (see docs/ui.md).
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// Listen on this loopback address and port (port 0: any free one)
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
+    /// Listen on a Unix socket instead; peers are let in by their credentials
+    /// (root, --allow-uid, --allow-gid)
+    #[arg(long, value_name = "PATH", conflicts_with = "listen")]
+    pub socket: Option<PathBuf>,
+    /// Let --listen name an address that is not loopback (the console is a root
+    /// shell on clones of this host: put TLS and more in front of it)
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Show only: no operations, no shells
+    #[arg(long)]
+    pub read_only: bool,
+    /// A uid besides root that may connect to --socket (repeatable)
+    #[arg(long, value_name = "UID", requires = "socket")]
+    pub allow_uid: Vec<u32>,
+    /// A gid whose members may connect to --socket (repeatable)
+    #[arg(long, value_name = "GID", requires = "socket")]
+    pub allow_gid: Vec<u32>,
+    /// Serve fixed, made-up VMs instead of the store (for trying the console and
+    /// for its tests); commits land in DIR/host
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub fake_backend: Option<PathBuf>,
+    /// What committing PATHS of VM NAME would do, as JSON (run by the console
+    /// itself, in a process of its own)
+    #[arg(long, value_name = "NAME", hide = true)]
+    pub commit_plan: Option<String>,
+    /// The host's and VM NAME's version of the path after `--`, as JSON (run by
+    /// the console itself for a VM whose layers are a disk image)
+    #[arg(long, value_name = "NAME", hide = true, conflicts_with = "commit_plan")]
+    pub preview: Option<String>,
+    #[arg(last = true, hide = true)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 //! stopped. That is how a crash is cleaned up by the next command.
 
 mod changes;
+mod console;
 mod copy;
 mod dns;
 mod freeze;
@@ -29,6 +30,7 @@ pub use crate::runtime::services::ServiceState;
 pub use crate::runtime::stop::Stopped;
 pub use crate::runtime::{CommandSpec, Program, TtyMode};
 pub use crate::watch::watcher::WatcherHealth;
+pub use console::{PREVIEW_BYTES, Version, Versions};
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;

@@ -21,6 +21,7 @@ mod start;
 mod stats;
 mod stop;
 mod suspend;
+mod ui;
 
 use std::path::{Path, PathBuf};
 
@@ -55,6 +56,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Man(a) => man::run(&ctx, a),
         Command::Service(a) => service::run(&ctx, a),
         Command::Logs(a) => logs::run(&ctx, a),
+        Command::Ui(a) => ui::run(&ctx, a),
     }
 }
 
