@@ -288,11 +288,32 @@ pub struct RunArgs {
     /// Limits for the throw-away VM (with --rm; a named VM has its policy)
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// For job runners (with --rm)
+    #[command(flatten)]
+    pub job: JobArgs,
     /// The VM (optional with --rm)
     pub name: Option<String>,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// What a job runner (a batch scheduler, xargs) asks of a throw-away VM.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// When the command ends (also when it fails), write what the VM changed to
+    /// FILE as JSON (the output of `fvm diff --json`), replacing FILE at once
+    #[arg(long, value_name = "FILE", requires = "rm")]
+    pub diff_out: Option<PathBuf>,
+    /// Make the VM's cgroup inside this cgroup (its path from the hierarchy's
+    /// root, as /proc/self/cgroup shows it), e.g. a batch job's, so that its
+    /// accounting and its kill reach the VM
+    #[arg(long, value_name = "PATH", requires = "rm")]
+    pub cgroup_parent: Option<String>,
+    /// Seconds the VM gets to stop after SIGINT or SIGTERM to fvm, before its
+    /// processes are killed
+    #[arg(long, value_name = "S", default_value_t = 10, requires = "rm")]
+    pub stop_time: u64,
 }
 
 #[derive(Debug, Args)]

@@ -69,6 +69,7 @@ pub(super) fn run(
         deadline: spec.timeout.map(|s| started + Duration::from_secs(s)),
         kill_at: None,
         timed_out: false,
+        end_with_caller: spec.end_with_caller,
     };
     if let Some(cmd) = &spec.command {
         init.start_command(cmd, &spec.stdio, pipes);
@@ -197,6 +198,8 @@ struct Init {
     /// When the processes that ignored the timeout's SIGTERM get SIGKILL.
     kill_at: Option<Instant>,
     timed_out: bool,
+    /// See [`LaunchSpec::end_with_caller`].
+    end_with_caller: bool,
 }
 
 impl Init {
@@ -278,6 +281,13 @@ impl Init {
                 PollFd::new(&self.control.read, PollFlags::IN),
             ];
             fds.extend(watched.iter().map(|w| PollFd::new(w, PollFlags::IN)));
+            // fvm sends nothing after `Go`: the channel turns readable only when
+            // the fvm waiting on the command is gone.
+            let caller_at = fds.len();
+            let watch_caller = self.end_with_caller && !self.stopping;
+            if let (true, Some(chan)) = (watch_caller, &self.chan) {
+                fds.push(PollFd::from_borrowed_fd(chan.as_fd(), PollFlags::IN));
+            }
             let wake = self.next_wake().map(|at| {
                 let d = at.saturating_duration_since(Instant::now());
                 rustix::event::Timespec {
@@ -290,7 +300,18 @@ impl Init {
             {
                 sys::exit_now(1);
             }
+            let caller_gone = fds.get(caller_at).is_some_and(|f| !f.revents().is_empty());
             drop(fds);
+            if caller_gone
+                && matches!(
+                    self.chan.as_ref().map(Channel::recv),
+                    Some(Ok(None) | Err(_))
+                )
+            {
+                self.chan = None;
+                self.stopping = true;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
+            }
             if let Some(timeout) = control::read_timeout(&self.control.read) {
                 self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
             }

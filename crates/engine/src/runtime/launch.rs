@@ -38,6 +38,10 @@ pub struct LaunchSpec {
     pub confined: bool,
     /// Name servers for the VM's own /etc/resolv.conf (none: keep the host's).
     pub dns: Vec<std::net::Ipv4Addr>,
+    /// A throw-away VM: when the `fvm` that waits for its command dies (SIGKILL),
+    /// the init kills every process of the VM and exits, so nothing of it runs on
+    /// unseen; the next command on the store deletes what is left.
+    pub end_with_caller: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -33,6 +33,21 @@ pub struct CreateOptions {
     /// A throw-away VM (`run --rm`): its layers are a tmpfs, which takes any
     /// `disk` and `inodes` limit on any host.
     pub temporary: bool,
+    /// Make the VM's cgroup in this cgroup (a path from the hierarchy's root),
+    /// which must exist in every hierarchy in use.
+    pub cgroup_parent: Option<String>,
+}
+
+/// Whether a VM being started is a throw-away one, and where its layers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Throwaway {
+    /// A VM of the store, kept after it stops.
+    No,
+    /// Deleted after its command, its layers on a tmpfs private to the VM.
+    Tmpfs,
+    /// Deleted after its command, its layers in the store until then, so that
+    /// what it changed can be read once it has stopped (`run --diff-out`).
+    OnDisk,
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -41,6 +56,16 @@ const FORCE_GRACE: Duration = Duration::ZERO;
 impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
         self.check_limits(&opts.limits)?;
+        let cgroup_parent = match &opts.cgroup_parent {
+            Some(given) => {
+                let parent = crate::cgroup::parent_path(given).map_err(VmError::cgroup(name))?;
+                self.cgroups()
+                    .and_then(|c| c.check_parent(&parent))
+                    .map_err(VmError::cgroup(name))?;
+                Some(parent)
+            }
+            None => None,
+        };
         let dir = opts.dir.as_deref().map(canonical_dir).transpose()?;
         if !opts.temporary {
             let layers = dir.clone().unwrap_or_else(|| self.store.root().join("vms"));
@@ -53,6 +78,7 @@ impl Engine {
         policy.limits = opts.limits.clone();
         policy.security = opts.security;
         policy.layers = opts.layers;
+        policy.cgroup_parent = cgroup_parent;
         let mut network = opts.network.clone();
         let made = self.with_network(name, &mut network, |net| {
             policy.network = net.clone();
@@ -200,7 +226,8 @@ impl Engine {
                 name: name.to_string(),
             });
         }
-        let (_launched, init) = self.launch(&vm, &policy, StartMode::Background, None, false)?;
+        let (_launched, init) =
+            self.launch(&vm, &policy, StartMode::Background, None, Throwaway::No)?;
         Ok(init)
     }
 
@@ -221,9 +248,11 @@ impl Engine {
         policy: &Policy,
         mode: StartMode,
         command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
-        temporary: bool,
+        throwaway: Throwaway,
     ) -> Result<(Launched, ProcId), VmError> {
         let name = vm.name();
+        let temporary = throwaway != Throwaway::No;
+        let tmpfs = throwaway == Throwaway::Tmpfs;
         let fail = |e: StartError| self.start_error(name, e);
         // A policy written on another host, or by hand, may ask for what this one
         // can't enforce: refuse to start rather than run without the limit.
@@ -248,7 +277,7 @@ impl Engine {
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).
         let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
-        let image = if temporary {
+        let image = if tmpfs {
             None
         } else {
             self.image_layers(vm, &vm.layers_path(policy), &policy.limits)?
@@ -259,8 +288,8 @@ impl Engine {
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
-            tmpfs_layers: temporary,
-            tmpfs_limits: if temporary {
+            tmpfs_layers: tmpfs,
+            tmpfs_limits: if tmpfs {
                 mounts::disk::tmpfs_options(&policy.limits)
             } else {
                 String::new()
@@ -275,7 +304,7 @@ impl Engine {
                 .map_err(|source| VmError::layers_sync(name)(source))?;
         }
         make_dir(&layout.staging).map_err(fail)?;
-        if temporary {
+        if tmpfs {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
@@ -317,6 +346,7 @@ impl Engine {
             dns: policy.network.dns.clone(),
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
+            end_with_caller: temporary,
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,

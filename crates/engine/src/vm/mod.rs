@@ -30,6 +30,7 @@ pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
 pub use processes::VmProcess;
+pub use run::{JobOptions, JobOutcome, STOP_GRACE};
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
 use crate::mounts::{MountError, PlanError};
@@ -337,9 +338,20 @@ impl Engine {
     }
 
     /// The name of a VM's cgroup: `fvm-<store id>-<vm>`, so VMs of different stores
-    /// never share one, and leftovers are easy to find.
+    /// never share one, and leftovers are easy to find; under its policy's
+    /// `cgroup-parent` when it has one (`<parent>/fvm-<store id>-<vm>`).
     pub fn cgroup_leaf(&self, name: &VmName) -> String {
-        format!("fvm-{}-{}", self.store.id(), name)
+        let leaf = format!("fvm-{}-{}", self.store.id(), name);
+        let parent = self
+            .store
+            .vm(name)
+            .ok()
+            .and_then(|vm| vm.load_policy().ok())
+            .and_then(|p| p.cgroup_parent);
+        match parent {
+            Some(parent) => format!("{parent}/{leaf}"),
+            None => leaf,
+        }
     }
 
     fn cgroup(&self, name: &VmName) -> Result<VmCgroup, VmError> {

@@ -4,9 +4,13 @@
 //! started for the command; its init runs the command and exits once the last
 //! process of the VM has, and this process then cleans up after it.
 
+use std::time::Duration;
+
 use rustix::process::Pid;
 
+use super::lifecycle::Throwaway;
 use super::{Engine, VmError};
+use crate::changes::diff::Change;
 use crate::os::procid::ProcId;
 use crate::runtime::channel::Exit;
 use crate::runtime::command::CommandSpec;
@@ -86,7 +90,14 @@ impl Engine {
             }
             return Ok(outcome.exit);
         }
-        let outcome = self.run_cold(&vm, &policy, (spec, stdio, ends), lock, false, &signals)?;
+        let outcome = self.run_cold(
+            &vm,
+            &policy,
+            (spec, stdio, ends),
+            lock,
+            (Throwaway::No, STOP_GRACE),
+            &signals,
+        )?;
         Ok(outcome.exit)
     }
 
@@ -97,7 +108,7 @@ impl Engine {
         policy: &Policy,
         (spec, stdio, mut ends): (CommandSpec, StdioPlan, CallerEnds),
         lock: crate::store::Lock,
-        temporary: bool,
+        (throwaway, grace): (Throwaway, Duration),
         signals: &nix::sys::signal::SigSet,
     ) -> Result<Outcome, VmError> {
         let name = vm.name();
@@ -106,7 +117,7 @@ impl Engine {
             policy,
             StartMode::Command,
             Some((spec, stdio, ends.command_pipes())),
-            temporary,
+            throwaway,
         )?;
         // The init has its own copies of the command's pipe ends.
         ends.release_command_ends();
@@ -116,6 +127,7 @@ impl Engine {
             Waited::Init {
                 pid,
                 chan: launched.chan,
+                grace,
             },
             None,
             signals,
@@ -187,6 +199,19 @@ impl Engine {
         opts: &super::CreateOptions,
         spec: CommandSpec,
     ) -> Result<Exit, VmError> {
+        self.run_job(name, opts, spec, &JobOptions::default())
+            .map(|o| o.exit)
+    }
+
+    /// A throw-away VM for one command, as [`Engine::run_temporary`], with what a
+    /// job runner asks for (see [`JobOptions`]).
+    pub fn run_job(
+        &self,
+        name: Option<VmName>,
+        opts: &super::CreateOptions,
+        spec: CommandSpec,
+        job: &JobOptions,
+    ) -> Result<JobOutcome, VmError> {
         let name = match name {
             Some(n) => n,
             None => self.temporary_name()?,
@@ -194,6 +219,14 @@ impl Engine {
         let opts = super::CreateOptions {
             temporary: true,
             ..opts.clone()
+        };
+        let throwaway = if job.diff {
+            // The layers are read after the VM has stopped, so they are kept in
+            // the store (on disk) until the delete, not on the VM's own tmpfs.
+            self.check_disk(&self.store.root().join("vms"), &opts.limits)?;
+            Throwaway::OnDisk
+        } else {
+            Throwaway::Tmpfs
         };
         let vm = self.create(&name, &opts)?;
         // Everything after the create runs in here, so that any failure still ends
@@ -212,8 +245,24 @@ impl Engine {
             let policy = self.policy(&vm)?;
             let (stdio, ends) =
                 stdio::plan(spec.tty).map_err(|e| self.relay_error(&name, e.into()))?;
-            self.run_cold(&vm, &policy, (spec, stdio, ends), lock, true, &signals)
+            self.run_cold(
+                &vm,
+                &policy,
+                (spec, stdio, ends),
+                lock,
+                (throwaway, job.stop_grace),
+                &signals,
+            )
         })();
+        // What the VM changed, read once nothing of it runs any more (a daemon
+        // the command left is stopped first, as the delete would).
+        let diff = match (&result, job.diff) {
+            (Ok(_), true) => Some(
+                self.stop(&name, Duration::ZERO)
+                    .and_then(|_| self.diff(&name, &[])),
+            ),
+            _ => None,
+        };
         let cleanup = self.delete(&name, true);
         let outcome = result?;
         // The command ran: a delete that failed afterwards (a full disk) is a
@@ -225,7 +274,10 @@ impl Engine {
                 crate::error_line(&e)
             );
         }
-        Ok(outcome.exit)
+        Ok(JobOutcome {
+            exit: outcome.exit,
+            diff,
+        })
     }
 
     pub fn temporary_name(&self) -> Result<VmName, VmError> {
@@ -240,6 +292,37 @@ impl Engine {
     fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
         VmError::relay(name)(source)
     }
+}
+
+/// How long a VM run for one command gets to stop after `fvm run` is asked to
+/// stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT), before its processes are killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a job runner asks of a throw-away VM (see [`Engine::run_job`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JobOptions {
+    /// Read what the VM changed after the command (its layers are kept on disk
+    /// until then).
+    pub diff: bool,
+    /// See [`STOP_GRACE`].
+    pub stop_grace: Duration,
+}
+
+impl Default for JobOptions {
+    fn default() -> JobOptions {
+        JobOptions {
+            diff: false,
+            stop_grace: STOP_GRACE,
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub struct JobOutcome {
+    pub exit: Exit,
+    /// What the VM changed, when asked for: sorted by path, as `fvm diff`.
+    pub diff: Option<Result<Vec<Change>, VmError>>,
 }
 
 /// Ended by SIGTERM or SIGKILL, as a stop of the VM ends its processes.
