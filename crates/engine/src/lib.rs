@@ -29,6 +29,7 @@ pub mod layers;
 pub mod limits;
 pub mod mounts;
 pub mod net;
+pub mod oci;
 pub mod os;
 pub(crate) mod runtime;
 pub mod store;

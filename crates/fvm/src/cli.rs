@@ -73,6 +73,20 @@ pub enum Command {
     Doctor(DoctorArgs),
     /// Show or set the store's bridge and subnet (for VMs with --net bridge)
     Network(NetworkArgs),
+    /// Be an OCI runtime for container engines, with runc's command line
+    /// (`fvm oci --help`; also installed as fvm-runc); see docs/fleet.md
+    Oci(OciArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OciArgs {
+    /// The runtime's global flags, command and arguments
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]

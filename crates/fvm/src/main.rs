@@ -18,6 +18,11 @@ use clap::Parser;
 const FAILURE: u8 = 125;
 
 fn main() -> ExitCode {
+    // Called as an OCI runtime (`fvm-runc ...`, `fvm oci ...`): runc's command
+    // line, not fvm's.
+    if let Some(args) = commands::oci::runtime_args() {
+        return ExitCode::from(commands::oci::main(args));
+    }
     let cli = match cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

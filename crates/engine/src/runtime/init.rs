@@ -70,7 +70,11 @@ pub(super) fn run(
         kill_at: None,
         timed_out: false,
         end_with_caller: spec.end_with_caller,
+        exit_code: 0,
     };
+    if spec.parked {
+        init.wait_for_start(&signals);
+    }
     if let Some(cmd) = &spec.command {
         init.start_command(cmd, &spec.stdio, pipes);
     }
@@ -200,9 +204,43 @@ struct Init {
     timed_out: bool,
     /// See [`LaunchSpec::end_with_caller`].
     end_with_caller: bool,
+    /// What the init exits with: the command's status (128 + the signal that
+    /// ended it), as an OCI runtime's caller reads it from the init's exit.
+    exit_code: i32,
 }
 
 impl Init {
+    /// Parked (see [`LaunchSpec::parked`]): wait for the start message. A stop
+    /// signal before it ends the VM, which has nothing else running.
+    fn wait_for_start(&mut self, signals: &SignalFd) {
+        loop {
+            let mut fds = [
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(&self.control.read, PollFlags::IN),
+            ];
+            if let Err(e) = rustix::event::poll(&mut fds, None)
+                && e != rustix::io::Errno::INTR
+            {
+                sys::exit_now(1);
+            }
+            let mut started = false;
+            if let Some(timeout) = control::read_messages(&self.control.read, &mut started) {
+                self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
+            }
+            if started {
+                return;
+            }
+            while let Ok(Some(info)) = signals.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
+                if !matches!(sig, Signal::SIGCHLD | Signal::SIGUSR1 | Signal::SIGUSR2) {
+                    sys::exit_now(128 + sig as i32);
+                }
+            }
+        }
+    }
+
     fn start_command(
         &mut self,
         cmd: &command::CommandSpec,
@@ -312,7 +350,7 @@ impl Init {
                 self.stopping = true;
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
             }
-            if let Some(timeout) = control::read_timeout(&self.control.read) {
+            if let Some(timeout) = control::read_messages(&self.control.read, &mut false) {
                 self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
             }
             self.enforce_timeout();
@@ -338,6 +376,7 @@ impl Init {
                 Vec::new()
             };
             if let Some(exit) = command_exit {
+                self.exit_code = exit.code();
                 let last = no_children && others.is_empty();
                 let timed_out = self.timed_out;
                 self.send(
@@ -351,7 +390,7 @@ impl Init {
                 self.chan = None;
             }
             if ending && no_children && others.is_empty() {
-                sys::exit_now(0);
+                sys::exit_now(self.exit_code);
             }
             watched = others;
         }

@@ -50,6 +50,24 @@ pub(super) enum Throwaway {
     OnDisk,
 }
 
+/// How a VM is launched.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct How {
+    pub throwaway: Throwaway,
+    /// The init waits for a start message before the command (see
+    /// `runtime::launch::LaunchSpec::parked`).
+    pub parked: bool,
+}
+
+impl From<Throwaway> for How {
+    fn from(throwaway: Throwaway) -> How {
+        How {
+            throwaway,
+            parked: false,
+        }
+    }
+}
+
 /// How long `delete --force` lets a VM shut down before killing it.
 const FORCE_GRACE: Duration = Duration::ZERO;
 
@@ -248,8 +266,9 @@ impl Engine {
         policy: &Policy,
         mode: StartMode,
         command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
-        throwaway: Throwaway,
+        how: impl Into<How>,
     ) -> Result<(Launched, ProcId), VmError> {
+        let How { throwaway, parked } = how.into();
         let name = vm.name();
         let temporary = throwaway != Throwaway::No;
         let tmpfs = throwaway == Throwaway::Tmpfs;
@@ -347,6 +366,7 @@ impl Engine {
             timeout: policy.limits.timeout.map(|t| t.0),
             confined: confinement.is_confined(),
             end_with_caller: temporary,
+            parked,
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,

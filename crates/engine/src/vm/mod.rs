@@ -14,6 +14,7 @@ mod lifecycle;
 mod limits;
 mod maintain;
 mod network;
+mod parked;
 mod processes;
 mod run;
 mod watch;
@@ -29,6 +30,7 @@ pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
+pub use parked::RunStatus;
 pub use processes::VmProcess;
 pub use run::{JobOptions, JobOutcome, STOP_GRACE};
 
@@ -66,6 +68,8 @@ pub enum VmError {
     CopyRunning { name: String },
     #[error("vm {name:?} is not running")]
     NotRunning { name: String },
+    #[error("{signal} is not a signal")]
+    BadSignal { signal: i32 },
     #[error("vm {name:?} is suspended (fvm resume {name} first)")]
     Suspended { name: String },
     #[error("cannot copy vm {src:?} to {dst:?}")]

@@ -11,6 +11,7 @@ mod doctor;
 mod inspect;
 mod list;
 mod network;
+pub mod oci;
 mod ps;
 mod run;
 mod start;
@@ -47,6 +48,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Network(a) => network::run(&ctx, a),
+        Command::Oci(a) => Ok(oci::main(a.args.clone())),
     }
 }
 

@@ -1,0 +1,469 @@
+//! fvm as an OCI runtime: what `fvm oci` (also installed as `fvm-runc`) does
+//! for container engines that drive runc (containerd's runc shim, conmon).
+//!
+//! A container is one VM of the runtime's own store (`<root>/store`), named
+//! from the container's ID (see [`id`]); `<root>/containers/<ID>.json` records
+//! the container: its VM, bundle, annotations, the VM's init and whether it was
+//! started. `create` assembles the VM and leaves its init parked with the
+//! container's process not yet run; `start` lets it run; the init exits with
+//! the process's status, and is reaped by the engine's shim (the child
+//! subreaper the init passes to when `create` exits). `delete` writes the export
+//! an annotation asks for, then removes the VM. The OCI logic lives here; the
+//! VM's lives in [`crate::vm`].
+
+pub mod bundle;
+pub mod id;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Store, VmName};
+use crate::vm::{CreateOptions, Engine, VmError};
+pub use bundle::Bundle;
+
+/// The runtime spec version this runtime implements.
+pub const OCI_VERSION: &str = "1.0.2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    #[error("{0}")]
+    Id(String),
+    #[error("container {id:?} does not exist")]
+    NoSuchContainer { id: String },
+    #[error("container {id:?} already exists")]
+    Exists { id: String },
+    #[error("container {id:?} is {status}, not {wanted}")]
+    WrongStatus {
+        id: String,
+        status: &'static str,
+        wanted: &'static str,
+    },
+    #[error("bundle {}: {why}", .path.display())]
+    Bundle { path: PathBuf, why: String },
+    #[error("config.json: {why}")]
+    Config { why: String },
+    #[error("annotation {key}: {why}")]
+    Annotation { key: &'static str, why: String },
+    #[error("{0:?} is not a signal")]
+    Signal(String),
+    #[error("{what} {}", .path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+fn io_err(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> OciError + use<> {
+    let path = path.to_owned();
+    move |source| OciError::Io { what, path, source }
+}
+
+/// What `<root>/containers/<ID>.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub id: String,
+    pub vm: VmName,
+    pub bundle: PathBuf,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+    /// The VM's init (host pid), which the engine reaps.
+    pub pid: i32,
+    /// `start` has let the process run.
+    #[serde(default)]
+    pub started: bool,
+    /// When `create` ran (RFC 3339).
+    pub created: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<PathBuf>,
+    /// Left out of an export (the engine's own mounts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<PathBuf>,
+}
+
+/// A container's status, as the runtime spec (and runc's `paused`) names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+/// The state document `state` prints: the runtime spec's, with runc's
+/// `rootfs` and `created`, which runc's callers read too.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateDoc {
+    pub oci_version: String,
+    pub id: String,
+    pub status: String,
+    /// The VM's init, while it runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub created: String,
+    #[serde(skip_serializing_if = "HashMap::is_empty")]
+    pub annotations: HashMap<String, String>,
+}
+
+/// The runtime on one `--root`.
+#[derive(Debug)]
+pub struct Runtime {
+    root: PathBuf,
+    engine: Engine,
+}
+
+impl Runtime {
+    /// Open (making it if needed) the runtime's directory `root`.
+    pub fn open(root: &Path) -> Result<Runtime, OciError> {
+        for dir in [root.to_owned(), root.join("containers")] {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(io_err("cannot set the mode of", &dir))?;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("cannot create", &dir)(e)),
+            }
+        }
+        let store = Store::open_or_create(&root.join("store"))?;
+        Ok(Runtime {
+            root: root.to_owned(),
+            engine: Engine::new(store),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn record_path(&self, id: &str) -> Result<PathBuf, OciError> {
+        let id = id::check(id).map_err(OciError::Id)?;
+        Ok(self.root.join("containers").join(format!("{id}.json")))
+    }
+
+    /// The record of container `id`.
+    pub fn record(&self, id: &str) -> Result<Record, OciError> {
+        let path = self.record_path(id)?;
+        let text = match crate::os::files::read_regular_max(&path, 1 << 20) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OciError::NoSuchContainer { id: id.to_owned() });
+            }
+            Err(e) => return Err(io_err("cannot read", &path)(e)),
+        };
+        serde_json::from_str(&text).map_err(|e| {
+            io_err("cannot parse", &path)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+        })
+    }
+
+    fn save(&self, record: &Record) -> Result<(), OciError> {
+        let path = self.record_path(&record.id)?;
+        let text = serde_json::to_vec_pretty(record).expect("a record always serializes");
+        crate::os::files::write_atomic(&path, &text, 0o600).map_err(io_err("cannot write", &path))
+    }
+
+    /// `create`: make the container's VM and park its process. Returns the
+    /// VM's init (host pid) for `--pid-file`.
+    pub fn create(&self, id: &str, bundle_dir: &Path) -> Result<i32, OciError> {
+        let path = self.record_path(id)?;
+        if path.exists() {
+            return Err(OciError::Exists { id: id.to_owned() });
+        }
+        let bundle = Bundle::load(bundle_dir, self.engine.store().root())?;
+        let vm = id::vm_name(id);
+        let mut opts = CreateOptions::default();
+        opts.network.mode = bundle.network()?;
+        opts.description = Some(format!("OCI container {id}"));
+        self.engine.create(&vm, &opts)?;
+        let started = (|| -> Result<Record, OciError> {
+            let record = Record {
+                id: id.to_owned(),
+                vm: vm.clone(),
+                bundle: bundle.dir.clone(),
+                annotations: bundle.spec.annotations().clone().unwrap_or_default(),
+                pid: 0,
+                started: false,
+                created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+                    .to_string(),
+                export: bundle.export.clone(),
+                skip: bundle.mount_points(),
+            };
+            // Recorded before the VM starts: a `create` killed half-way leaves
+            // a container `delete` removes.
+            self.save(&record)?;
+            let init = self.engine.start_parked(&vm, bundle.command()?)?;
+            let record = Record {
+                pid: init.pid,
+                ..record
+            };
+            self.save(&record)?;
+            Ok(record)
+        })();
+        match started {
+            Ok(record) => Ok(record.pid),
+            Err(e) => {
+                let _ = self.engine.delete(&vm, true);
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// The container's status now.
+    pub fn status(&self, record: &Record) -> Status {
+        match self.engine.vm_status(&record.vm) {
+            Some(crate::vm::RunStatus::Suspended) => Status::Paused,
+            Some(crate::vm::RunStatus::Running) if record.started => Status::Running,
+            Some(crate::vm::RunStatus::Running) => Status::Created,
+            None => Status::Stopped,
+        }
+    }
+
+    /// `start`: let a created container's process run.
+    pub fn start(&self, id: &str) -> Result<(), OciError> {
+        let mut record = self.record(id)?;
+        match self.status(&record) {
+            Status::Created => {}
+            status => {
+                return Err(OciError::WrongStatus {
+                    id: id.to_owned(),
+                    status: status.as_str(),
+                    wanted: "created",
+                });
+            }
+        }
+        record.started = true;
+        self.save(&record)?;
+        self.engine.release(&record.vm)?;
+        Ok(())
+    }
+
+    /// `state`.
+    pub fn state(&self, id: &str) -> Result<StateDoc, OciError> {
+        let record = self.record(id)?;
+        let status = self.status(&record);
+        Ok(StateDoc {
+            oci_version: OCI_VERSION.into(),
+            id: record.id.clone(),
+            status: status.as_str().into(),
+            pid: (status != Status::Stopped).then_some(record.pid),
+            rootfs: record.bundle.join("rootfs"),
+            bundle: record.bundle,
+            created: record.created,
+            annotations: record.annotations,
+        })
+    }
+
+    /// `kill`: `signal` to the container's init (which passes it on to every
+    /// process of the VM), or with `all` to every process. A stopped container
+    /// is an error without `all`, as for runc.
+    pub fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), OciError> {
+        let record = self.record(id)?;
+        let sent = self.engine.signal(&record.vm, signal, all)?;
+        if !sent && !all {
+            return Err(OciError::WrongStatus {
+                id: id.to_owned(),
+                status: "stopped",
+                wanted: "running",
+            });
+        }
+        Ok(())
+    }
+
+    /// `pause` and `resume`: freeze and thaw the VM.
+    pub fn pause(&self, id: &str, pause: bool) -> Result<(), OciError> {
+        let record = self.record(id)?;
+        if pause {
+            self.engine.suspend(&record.vm)?;
+        } else {
+            self.engine.resume(&record.vm)?;
+        }
+        Ok(())
+    }
+
+    /// `ps`: host pids of the container's processes.
+    pub fn pids(&self, id: &str) -> Result<Vec<i32>, OciError> {
+        let record = self.record(id)?;
+        Ok(self.engine.pids(&record.vm)?)
+    }
+
+    /// `delete`: export what an annotation asks for, then remove the VM and the
+    /// record. A running container needs `force` (it is killed). With `force`,
+    /// a container that does not exist is no error.
+    pub fn delete(&self, id: &str, force: bool) -> Result<(), OciError> {
+        let record = match self.record(id) {
+            Err(OciError::NoSuchContainer { .. }) if force => return Ok(()),
+            other => other?,
+        };
+        let status = self.status(&record);
+        if status != Status::Stopped && !force {
+            return Err(OciError::WrongStatus {
+                id: id.to_owned(),
+                status: status.as_str(),
+                wanted: "stopped",
+            });
+        }
+        if self.engine.store().vm(&record.vm).is_ok() {
+            // Stopped first, so the export is of the container's last state.
+            if status != Status::Stopped {
+                self.engine.stop(&record.vm, Duration::ZERO)?;
+            }
+            if let Some(dir) = &record.export {
+                self.export(&record, dir)?;
+            }
+            self.engine.delete(&record.vm, true)?;
+        }
+        let path = self.record_path(id)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io_err("cannot remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Write the container's diff to `dir/<ID>.json` (as `fvm diff --json`),
+    /// without the engine's own mount points.
+    fn export(&self, record: &Record, dir: &Path) -> Result<(), OciError> {
+        let changes: Vec<_> = self
+            .engine
+            .diff(&record.vm, &[])?
+            .into_iter()
+            .filter(|c| !record.skip.iter().any(|s| c.path.starts_with(s)))
+            .collect();
+        let mut text = serde_json::to_vec_pretty(&changes).expect("changes always serialize");
+        text.push(b'\n');
+        let path = dir.join(format!("{}.json", record.id));
+        crate::os::files::write_durable(&path, &text, 0o644)
+            .map_err(io_err("cannot write the export", &path))
+    }
+}
+
+/// Wait for the container's init, a child of this process (`run` in the
+/// foreground), and return its exit status: the container process's.
+pub fn wait_init(pid: i32) -> std::io::Result<i32> {
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+            Ok(status) => {
+                return Ok(status.map_or(255, |(_, s)| {
+                    crate::runtime::channel::Exit::from_wait(s).code()
+                }));
+            }
+        }
+    }
+}
+
+/// A signal as runc takes it: a number, or a name with or without `SIG`.
+pub fn parse_signal(given: &str) -> Result<i32, OciError> {
+    if let Ok(n) = given.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n)
+            .map(|s| s as i32)
+            .map_err(|_| OciError::Signal(given.to_owned()));
+    }
+    let upper = given.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| OciError::Signal(given.to_owned()))
+}
+
+/// The runtime spec's features document for `features`.
+pub fn features() -> serde_json::Value {
+    serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": OCI_VERSION,
+        "hooks": [],
+        "mountOptions": [],
+        "linux": {
+            "namespaces": ["pid", "network", "ipc", "uts", "mount", "cgroup"],
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+        },
+        "annotations": {
+            "org.featherweight.rootfs": "host: the container is a copy-on-write clone of the live host (required)",
+            "org.featherweight.export": "DIR: at delete, write the container's changes to DIR/<id>.json",
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_number_and_name() {
+        assert_eq!(parse_signal("9").unwrap(), 9);
+        assert_eq!(parse_signal("KILL").unwrap(), 9);
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("term").unwrap(), 15);
+        for bad in ["", "0x9", "SIGNOPE", "999", "-1"] {
+            assert!(parse_signal(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_state_document_has_the_specs_fields() {
+        let doc = StateDoc {
+            oci_version: OCI_VERSION.into(),
+            id: "abc".into(),
+            status: Status::Created.as_str().into(),
+            pid: Some(42),
+            bundle: "/b".into(),
+            rootfs: "/b/rootfs".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            annotations: HashMap::from([("a".into(), "b".into())]),
+        };
+        let v = serde_json::to_value(&doc).unwrap();
+        assert_eq!(v["ociVersion"], OCI_VERSION);
+        assert_eq!(v["status"], "created");
+        assert_eq!(v["pid"], 42);
+        assert_eq!(v["bundle"], "/b");
+        assert_eq!(v["annotations"]["a"], "b");
+        // It parses as the spec's own state.
+        let spec: oci_spec::runtime::State = serde_json::from_value(v).unwrap();
+        assert_eq!(spec.id(), "abc");
+        let stopped = StateDoc {
+            pid: None,
+            status: Status::Stopped.as_str().into(),
+            ..doc
+        };
+        assert!(serde_json::to_value(&stopped).unwrap().get("pid").is_none());
+    }
+
+    #[test]
+    fn features_is_the_specs_document() {
+        let f: oci_spec::runtime::Features = serde_json::from_value(features()).unwrap();
+        assert_eq!(f.oci_version_max(), OCI_VERSION);
+    }
+}

@@ -1,0 +1,243 @@
+//! `fvm oci ...` and `fvm-runc ...`: fvm as an OCI runtime, with runc's command
+//! line (as containerd's runc shim and conmon call it). The work is the engine's
+//! (`fvm_engine::oci`); this parses, prints, and reports errors the way runc's
+//! callers read them: one line on stderr, and with `--log FILE --log-format
+//! json` a JSON line `{"level":"error","msg":...}` appended to FILE, exit 1.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use fvm_engine::oci::{self, Runtime};
+use liboci_cli::{CommonCmd, GlobalOpts, StandardCmd};
+
+/// Where state lives without `--root`.
+pub const DEFAULT_ROOT: &str = "/run/fvm-runc";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fvm-runc",
+    version,
+    about = "fvm as an OCI runtime: each container is a copy-on-write clone of this host (annotation org.featherweight.rootfs=host)"
+)]
+struct OciCli {
+    #[command(flatten)]
+    global: GlobalOpts,
+    /// Accepted for runc's callers and ignored (fvm does not checkpoint)
+    #[arg(long, hide = true, value_name = "PATH")]
+    criu: Option<PathBuf>,
+    /// Accepted for runc's callers and ignored
+    #[arg(long, hide = true, value_name = "BOOL")]
+    rootless: Option<String>,
+    #[command(subcommand)]
+    command: OciCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum OciCommand {
+    #[command(flatten)]
+    Standard(Box<StandardCmd>),
+    #[command(flatten)]
+    Common(Box<CommonCmd>),
+}
+
+/// Run the runtime's command line `args` (without the program name); returns
+/// the exit status.
+pub fn main(args: Vec<OsString>) -> u8 {
+    let parsed = OciCli::try_parse_from(std::iter::once(OsString::from("fvm-runc")).chain(args));
+    let cli = match parsed {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 1 } else { 0 };
+        }
+    };
+    if cli.global.debug {
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .try_init();
+    }
+    if !fvm_engine::running_as_root() {
+        report(&cli, "fvm-runc must run as root");
+        return 1;
+    }
+    match dispatch(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let line = fvm_engine::error_line(e.as_ref());
+            report(&cli, &fvm_engine::os::quote::line(&line));
+            1
+        }
+    }
+}
+
+/// An error: on stderr, and as runc writes it to `--log` in JSON.
+fn report(cli: &OciCli, msg: &str) {
+    eprintln!("fvm-runc: {msg}");
+    let Some(log) = &cli.global.log else {
+        return;
+    };
+    let line = if cli.global.log_format.as_deref() == Some("json") {
+        let time = unix_time();
+        format!(
+            "{}\n",
+            serde_json::json!({"level": "error", "msg": msg, "time": time})
+        )
+    } else {
+        format!("fvm-runc: {msg}\n")
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
+
+/// Seconds since the epoch (runc's callers read only `msg`).
+fn unix_time() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{secs}")
+}
+
+fn runtime(cli: &OciCli) -> Result<Runtime> {
+    let root = cli
+        .global
+        .root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_ROOT));
+    Ok(Runtime::open(&root)?)
+}
+
+fn dispatch(cli: &OciCli) -> Result<u8> {
+    match &cli.command {
+        OciCommand::Standard(cmd) => match cmd.as_ref() {
+            StandardCmd::Create(a) => {
+                if a.console_socket.is_some() {
+                    anyhow::bail!(
+                        "--console-socket: fvm's runtime gives a container no terminal (run it without -t)"
+                    );
+                }
+                let rt = runtime(cli)?;
+                let pid = rt.create(&a.container_id, &a.bundle)?;
+                if let Some(file) = &a.pid_file {
+                    write_pid(file, pid)?;
+                }
+                Ok(0)
+            }
+            StandardCmd::Start(a) => {
+                runtime(cli)?.start(&a.container_id)?;
+                Ok(0)
+            }
+            StandardCmd::State(a) => {
+                let state = runtime(cli)?.state(&a.container_id)?;
+                print_json(&state)
+            }
+            StandardCmd::Kill(a) => {
+                let sig = oci::parse_signal(&a.signal)?;
+                runtime(cli)?.kill(&a.container_id, sig, a.all)?;
+                Ok(0)
+            }
+            StandardCmd::Delete(a) => {
+                runtime(cli)?.delete(&a.container_id, a.force)?;
+                Ok(0)
+            }
+        },
+        OciCommand::Common(cmd) => match cmd.as_ref() {
+            CommonCmd::Features(_) => print_json(&oci::features()),
+            CommonCmd::Pause(a) => {
+                runtime(cli)?.pause(&a.container_id, true)?;
+                Ok(0)
+            }
+            CommonCmd::Resume(a) => {
+                runtime(cli)?.pause(&a.container_id, false)?;
+                Ok(0)
+            }
+            CommonCmd::Ps(a) => {
+                let pids = runtime(cli)?.pids(&a.container_id)?;
+                if a.format == "json" {
+                    return print_json(&pids);
+                }
+                let mut text = String::from("PID\n");
+                for p in pids {
+                    text.push_str(&format!("{p}\n"));
+                }
+                crate::output::print(&text)?;
+                Ok(0)
+            }
+            CommonCmd::Run(a) => {
+                if a.console_socket.is_some() {
+                    anyhow::bail!(
+                        "--console-socket: fvm's runtime gives a container no terminal (run it without -t)"
+                    );
+                }
+                let rt = runtime(cli)?;
+                let pid = rt.create(&a.container_id, &a.bundle)?;
+                if let Some(file) = &a.pid_file {
+                    write_pid(file, pid)?;
+                }
+                rt.start(&a.container_id)?;
+                if a.detach {
+                    return Ok(0);
+                }
+                // In the foreground: the init is this process's child; its exit
+                // status is the container process's.
+                let status = oci::wait_init(pid)
+                    .with_context(|| format!("cannot wait for container {}", a.container_id))?;
+                if !a.keep {
+                    rt.delete(&a.container_id, true)?;
+                }
+                Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
+            }
+            other => anyhow::bail!("{} is not part of fvm's runtime", command_name(other)),
+        },
+    }
+}
+
+fn command_name(cmd: &CommonCmd) -> &'static str {
+    match cmd {
+        CommonCmd::Checkpointt(_) => "checkpoint",
+        CommonCmd::Events(_) => "events",
+        CommonCmd::Exec(_) => "exec",
+        CommonCmd::Features(_) => "features",
+        CommonCmd::List(_) => "list",
+        CommonCmd::Pause(_) => "pause",
+        CommonCmd::Ps(_) => "ps",
+        CommonCmd::Resume(_) => "resume",
+        CommonCmd::Run(_) => "run",
+        CommonCmd::Update(_) => "update",
+        CommonCmd::Spec(_) => "spec",
+    }
+}
+
+fn write_pid(file: &Path, pid: i32) -> Result<()> {
+    fvm_engine::os::files::write_atomic(file, pid.to_string().as_bytes(), 0o644)
+        .with_context(|| format!("cannot write --pid-file {}", file.display()))
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> Result<u8> {
+    crate::output::print_json(value)?;
+    Ok(0)
+}
+
+/// The runtime's arguments when fvm was called as one: `fvm-runc ARGS` (by the
+/// program's file name) or `fvm oci ARGS`.
+pub fn runtime_args() -> Option<Vec<OsString>> {
+    let mut args = std::env::args_os();
+    let argv0 = args.next()?;
+    if Path::new(&argv0).file_name() == Some("fvm-runc".as_ref()) {
+        return Some(args.collect());
+    }
+    let rest: Vec<OsString> = args.collect();
+    if rest.first().is_some_and(|a| a == "oci") {
+        return Some(rest[1..].to_vec());
+    }
+    None
+}
