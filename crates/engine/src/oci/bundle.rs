@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::OciError;
 use crate::net::NetMode;
@@ -95,53 +95,8 @@ impl Bundle {
         let process = self.spec.process().as_ref().ok_or(OciError::Config {
             why: "it has no process".into(),
         })?;
-        let args = process.args().clone().unwrap_or_default();
-        if args.is_empty() {
-            return Err(OciError::Config {
-                why: "process.args is empty".into(),
-            });
-        }
-        if process.terminal().unwrap_or(false) {
-            return Err(OciError::Config {
-                why: "process.terminal is set, and fvm's runtime gives a container no terminal (run it without -t)".into(),
-            });
-        }
-        let mut env = Vec::new();
-        for var in process.env().iter().flatten() {
-            let (k, v) = var.split_once('=').unwrap_or((var.as_str(), ""));
-            if k.is_empty() || k.contains('\0') || v.contains('\0') {
-                return Err(OciError::Config {
-                    why: format!("process.env has a bad entry {var:?}"),
-                });
-            }
-            env.push((k.to_owned(), v.to_owned()));
-        }
-        let cwd = process.cwd().clone();
-        if !cwd.is_absolute() {
-            return Err(OciError::Config {
-                why: format!("process.cwd {} is not absolute", cwd.display()),
-            });
-        }
-        let user = process.user();
-        if user.uid() != 0 || user.gid() != 0 {
-            return Err(OciError::Config {
-                why: format!(
-                    "process.user is {}:{}, and fvm runs a container's process as root of its vm (with the vm's capabilities and seccomp filter)",
-                    user.uid(),
-                    user.gid()
-                ),
-            });
-        }
-        Ok(CommandSpec {
-            program: Program::Argv(args),
-            env,
-            cwd,
-            tty: TtyMode::Never,
-            limits: Default::default(),
-            confine: Default::default(),
-        })
+        command(process)
     }
-
     /// The VM's network: the host's when the config has no network namespace,
     /// its own (only `lo`) when it asks for a new one.
     pub fn network(&self) -> Result<NetMode, OciError> {
@@ -178,6 +133,55 @@ impl Bundle {
             .filter(|d| d != Path::new("/"))
             .collect()
     }
+}
+
+/// An OCI process (a bundle's, or `exec --process`'s) as a command in the VM.
+pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(OciError::Config {
+            why: "process.args is empty".into(),
+        });
+    }
+    if process.terminal().unwrap_or(false) {
+        return Err(OciError::Config {
+                why: "process.terminal is set, and fvm's runtime gives a container no terminal (run it without -t)".into(),
+            });
+    }
+    let mut env = Vec::new();
+    for var in process.env().iter().flatten() {
+        let (k, v) = var.split_once('=').unwrap_or((var.as_str(), ""));
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(OciError::Config {
+                why: format!("process.env has a bad entry {var:?}"),
+            });
+        }
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let cwd = process.cwd().clone();
+    if !cwd.is_absolute() {
+        return Err(OciError::Config {
+            why: format!("process.cwd {} is not absolute", cwd.display()),
+        });
+    }
+    let user = process.user();
+    if user.uid() != 0 || user.gid() != 0 {
+        return Err(OciError::Config {
+            why: format!(
+                "process.user is {}:{}, and fvm runs a container's process as root of its vm (with the vm's capabilities and seccomp filter)",
+                user.uid(),
+                user.gid()
+            ),
+        });
+    }
+    Ok(CommandSpec {
+        program: Program::Argv(args),
+        env,
+        cwd,
+        tty: TtyMode::Never,
+        limits: Default::default(),
+        confine: Default::default(),
+    })
 }
 
 /// An export directory: an operator's path on the host, absolute, an existing

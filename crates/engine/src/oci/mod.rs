@@ -138,6 +138,10 @@ pub struct Runtime {
 impl Runtime {
     /// Open (making it if needed) the runtime's directory `root`.
     pub fn open(root: &Path) -> Result<Runtime, OciError> {
+        // (The engine names a root whose parents may not exist yet either.)
+        if let Some(parent) = root.parent() {
+            std::fs::create_dir_all(parent).map_err(io_err("cannot create", parent))?;
+        }
         for dir in [root.to_owned(), root.join("containers")] {
             match std::fs::create_dir(&dir) {
                 Ok(()) => {
@@ -294,6 +298,35 @@ impl Runtime {
         Ok(())
     }
 
+    /// `exec`: run the OCI process in `process_json` in the running container,
+    /// with this process's fds 0-2. Its host pid goes to `pid_file` (written
+    /// through the file's directory, opened before this process enters the
+    /// VM's namespaces). Returns the pid; the process is this one's child.
+    pub fn exec(
+        &self,
+        id: &str,
+        process_json: &Path,
+        pid_file: Option<&Path>,
+    ) -> Result<i32, OciError> {
+        let record = self.record(id)?;
+        let text = crate::os::files::read_regular_max(process_json, 1 << 20)
+            .map_err(io_err("cannot read the process file", process_json))?;
+        let process: oci_spec::runtime::Process =
+            serde_json::from_str(&text).map_err(|e| OciError::Bundle {
+                path: process_json.to_owned(),
+                why: e.to_string(),
+            })?;
+        let spec = bundle::command(&process)?;
+        let pid_dir = pid_file
+            .map(|f| PidFile::open(f).map_err(io_err("cannot open the directory of", f)))
+            .transpose()?;
+        let pid = self.engine.exec_in(&record.vm, spec)?;
+        if let (Some(dir), Some(file)) = (pid_dir, pid_file) {
+            dir.write(pid).map_err(io_err("cannot write", file))?;
+        }
+        Ok(pid)
+    }
+
     /// `pause` and `resume`: freeze and thaw the VM.
     pub fn pause(&self, id: &str, pause: bool) -> Result<(), OciError> {
         let record = self.record(id)?;
@@ -360,6 +393,53 @@ impl Runtime {
         let path = dir.join(format!("{}.json", record.id));
         crate::os::files::write_durable(&path, &text, 0o644)
             .map_err(io_err("cannot write the export", &path))
+    }
+}
+
+/// A pid file, reached through its directory opened beforehand: written after
+/// this process has moved into a VM's mount namespace.
+struct PidFile {
+    dir: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+}
+
+impl PidFile {
+    fn open(path: &Path) -> std::io::Result<PidFile> {
+        let name = path
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("no file name"))?
+            .to_owned();
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = rustix::fs::open(
+            parent,
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )?;
+        Ok(PidFile { dir, name })
+    }
+
+    /// Write `pid` to a temporary name beside the file and rename it over.
+    fn write(&self, pid: i32) -> std::io::Result<()> {
+        use std::io::Write as _;
+        let mut tmp = std::ffi::OsString::from(".");
+        tmp.push(&self.name);
+        tmp.push(format!(".tmp-{}", std::process::id()));
+        let fd = rustix::fs::openat(
+            &self.dir,
+            &tmp,
+            rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::TRUNC
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o644),
+        )?;
+        std::fs::File::from(fd).write_all(pid.to_string().as_bytes())?;
+        rustix::fs::renameat(&self.dir, &tmp, &self.dir, &self.name)?;
+        Ok(())
     }
 }
 

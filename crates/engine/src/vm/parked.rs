@@ -125,3 +125,40 @@ impl Engine {
         self.cgroup(name)?.pids().map_err(VmError::cgroup(name))
     }
 }
+
+impl Engine {
+    /// Start `spec` in running VM `name` with this process's own fds 0-2, and
+    /// return its host pid (a child of this process). Afterwards this process
+    /// lives in the VM's namespaces: host paths no longer reach the host.
+    pub fn exec_in(&self, name: &VmName, mut spec: CommandSpec) -> Result<i32, VmError> {
+        let vm = self.vm(name)?;
+        let lock = vm.lock()?;
+        let policy = self.policy(&vm)?;
+        spec.limits = policy.limits.per_process();
+        let state = self.reconcile(&vm)?;
+        let init = state
+            .live_init(&self.cgroup_leaf(name))
+            .ok_or_else(|| VmError::NotRunning {
+                name: name.to_string(),
+            })?
+            .clone();
+        let cgroup = self.cgroup(name)?;
+        if cgroup.frozen() {
+            return Err(VmError::Suspended {
+                name: name.to_string(),
+            });
+        }
+        spec.confine = self.confinement(name, &policy)?;
+        self.keep_watcher();
+        let entered = crate::runtime::enter::enter(
+            &init,
+            &cgroup,
+            &spec,
+            &StdioPlan::inherit(),
+            Pipes::default(),
+        );
+        drop(lock);
+        let (pid, _master) = entered.map_err(VmError::enter(name))?;
+        Ok(pid.as_raw_nonzero().get())
+    }
+}

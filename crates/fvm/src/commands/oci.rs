@@ -82,7 +82,7 @@ fn report(cli: &OciCli, msg: &str) {
         return;
     };
     let line = if cli.global.log_format.as_deref() == Some("json") {
-        let time = unix_time();
+        let time = rfc3339_now();
         format!(
             "{}\n",
             serde_json::json!({"level": "error", "msg": msg, "time": time})
@@ -99,12 +99,9 @@ fn report(cli: &OciCli, msg: &str) {
     }
 }
 
-/// Seconds since the epoch (runc's callers read only `msg`).
-fn unix_time() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format!("{secs}")
+/// Now, in RFC 3339 (as runc's log has it, and containerd parses it).
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
 fn runtime(cli: &OciCli) -> Result<Runtime> {
@@ -196,6 +193,25 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 }
                 Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
             }
+            CommonCmd::Exec(a) => {
+                let Some(process) = &a.process else {
+                    anyhow::bail!("exec needs --process FILE (the OCI process to run)");
+                };
+                if a.console_socket.is_some() || a.tty {
+                    anyhow::bail!(
+                        "--tty/--console-socket: fvm's runtime gives a process no terminal (run it without -t)"
+                    );
+                }
+                let rt = runtime(cli)?;
+                let pid = rt.exec(&a.container_id, process, a.pid_file.as_deref())?;
+                if a.detach {
+                    return Ok(0);
+                }
+                let status = oci::wait_init(pid).with_context(|| {
+                    format!("cannot wait for the process in {}", a.container_id)
+                })?;
+                Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
+            }
             other => anyhow::bail!("{} is not part of fvm's runtime", command_name(other)),
         },
     }
@@ -230,7 +246,11 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<u8> {
 /// The runtime's arguments when fvm was called as one: `fvm-runc ARGS` (by the
 /// program's file name) or `fvm oci ARGS`.
 pub fn runtime_args() -> Option<Vec<OsString>> {
-    let mut args = std::env::args_os();
+    runtime_args_from(std::env::args_os())
+}
+
+fn runtime_args_from(argv: impl IntoIterator<Item = OsString>) -> Option<Vec<OsString>> {
+    let mut args = argv.into_iter();
     let argv0 = args.next()?;
     if Path::new(&argv0).file_name() == Some("fvm-runc".as_ref()) {
         return Some(args.collect());
@@ -240,4 +260,61 @@ pub fn runtime_args() -> Option<Vec<OsString>> {
         return Some(rest[1..].to_vec());
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<OsString> {
+        list.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_runtime_is_chosen_by_program_name_or_oci() {
+        assert_eq!(
+            runtime_args_from(args(&[
+                "/usr/local/bin/fvm-runc",
+                "--root",
+                "/r",
+                "state",
+                "x"
+            ])),
+            Some(args(&["--root", "/r", "state", "x"]))
+        );
+        assert_eq!(
+            runtime_args_from(args(&["fvm", "oci", "features"])),
+            Some(args(&["features"]))
+        );
+        assert_eq!(runtime_args_from(args(&["fvm", "list"])), None);
+        assert_eq!(
+            runtime_args_from(args(&["/bin/fvm-runc-old", "list"])),
+            None
+        );
+        assert_eq!(runtime_args_from(args(&["fvm", "run", "oci"])), None);
+    }
+
+    #[test]
+    fn runcs_command_lines_parse() {
+        // As containerd's runc shim (go-runc) and conmon build them.
+        for line in [
+            "--root /run/containerd/runc/k8s.io --log /b/log.json --log-format json --systemd-cgroup create --bundle /b --pid-file /b/init.pid abc",
+            "--root /r --log /b/log.json --log-format json start abc",
+            "--root /r state abc",
+            "--root /r kill --all abc 9",
+            "--root /r kill abc SIGTERM",
+            "--root /r delete --force abc",
+            "--root /r exec --process /tmp/p.json --detach --pid-file /b/e.pid abc",
+            "--root /r ps --format json abc",
+            "--root /r pause abc",
+            "--root /r resume abc",
+            "--root /r --debug --criu /usr/sbin/criu features",
+            "--root /r run --bundle /b --detach abc",
+        ] {
+            let argv = std::iter::once("fvm-runc").chain(line.split(' '));
+            if let Err(e) = OciCli::try_parse_from(argv) {
+                panic!("{line}: {e}");
+            }
+        }
+    }
 }

@@ -1,0 +1,269 @@
+//! fvm as containerd's runtime: `ctr` with `--runc-binary fvm-runc` (a symlink to
+//! the fvm under test) and the io.containerd.runc.v2 shim, against a containerd
+//! this test starts on its own root, state and socket (its CRI plugin off) and
+//! kills by pid at the end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Out, cgroup_dirs_matching, needs_root, needs_tool, try_run, unique, wait_until};
+
+/// A containerd of the test's own, and fvm-runc beside it.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl Containerd {
+    fn start(tag: &str) -> Containerd {
+        let dir = common::temp_dir(tag);
+        let d = dir.path();
+        for sub in ["root", "state", "rootfs", "export", "bin", "runc"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(common::FVM, d.join("bin/fvm-runc")).unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd.ttrpc.sock\"\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let c = Containerd { dir, child };
+        let sock = c.path("containerd.sock");
+        wait_until("containerd serves", || {
+            sock.exists() && c.ctr(&["version"]).code == 0
+        });
+        c
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn ctr(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.path("containerd.sock"))
+            .args(args);
+        try_run(cmd, None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `ctr run` with fvm-runc and its own runtime root.
+    fn run(&self, flags: &[&str], id: &str, argv: &[&str]) -> Out {
+        let bin = self.path("bin/fvm-runc");
+        let root = self.path("runc");
+        let rootfs = self.path("rootfs");
+        let mut args = vec![
+            "run",
+            "--runc-binary",
+            bin.to_str().unwrap(),
+            "--runc-root",
+            root.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        // `--rootfs` is a switch: the directory is the first argument after the
+        // flags (ctr stops reading flags there).
+        args.extend_from_slice(&["--rootfs", rootfs.to_str().unwrap()]);
+        args.push(id);
+        args.extend_from_slice(argv);
+        self.ctr(&args)
+    }
+
+    /// The runtime's store (containerd's namespace `default`).
+    fn store(&self) -> PathBuf {
+        self.path("runc/default/store")
+    }
+
+    /// What of the runtime is left on the host: containers, VMs, mounts,
+    /// cgroups.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for dir in ["runc/default/containers", "runc/default/store/vms"] {
+            if let Ok(entries) = std::fs::read_dir(self.path(dir)) {
+                left.extend(
+                    entries
+                        .flatten()
+                        .map(|e| format!("{dir}/{:?}", e.file_name())),
+                );
+            }
+        }
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        left.extend(
+            mountinfo
+                .lines()
+                .filter(|l| l.contains(&root))
+                .map(|l| format!("mount: {l}")),
+        );
+        if let Ok(store) = fvm_engine::store::Store::open(&self.store()) {
+            left.extend(
+                cgroup_dirs_matching(&format!("fvm-{}-", store.id()))
+                    .into_iter()
+                    .map(|d| format!("cgroup {}", d.display())),
+            );
+        }
+        left
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: every container of the runtime goes.
+        let _ = Command::new(common::FVM)
+            .args(["oci", "--root"])
+            .arg(self.path("runc/default"))
+            .arg("delete")
+            .arg("--force")
+            .arg("fvm-never-made")
+            .status();
+        if let Ok(entries) = std::fs::read_dir(self.path("runc/default/containers")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".json") {
+                    let _ = Command::new(common::FVM)
+                        .args(["oci", "--root"])
+                        .arg(self.path("runc/default"))
+                        .args(["delete", "--force", id])
+                        .status();
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // containerd's shims (children of init once it is gone) end by
+        // themselves when their containers are deleted.
+    }
+}
+
+fn skip(test: &str) -> bool {
+    !needs_root(test) || !needs_tool(test, "containerd") || !needs_tool(test, "ctr")
+}
+
+#[test]
+fn a_host_clone_container_runs_and_exports_its_changes() {
+    if skip("a_host_clone_container_runs_and_exports_its_changes") {
+        return;
+    }
+    let c = Containerd::start("oci-run");
+    let probe = format!("/etc/{}", unique("probe"));
+    let export = c.path("export");
+    let export_ann = format!("org.featherweight.export={}", export.display());
+    let id = "fvm-oci-run";
+    let out = c.run(
+        &[
+            "--rm",
+            "--annotation",
+            "org.featherweight.rootfs=host",
+            "--annotation",
+            &export_ann,
+        ],
+        id,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!("echo x > {probe}; echo from the container; exit 3"),
+        ],
+    );
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("from the container"), "{out}");
+    assert!(
+        !Path::new(&probe).exists(),
+        "the container wrote to the host"
+    );
+    let text = std::fs::read_to_string(export.join(format!("{id}.json"))).unwrap();
+    let changes: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "A" && c["path"] == probe.as_str()),
+        "{text}"
+    );
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
+#[test]
+fn a_detached_container_takes_exec_ps_pause_kill_and_delete() {
+    if skip("a_detached_container_takes_exec_ps_pause_kill_and_delete") {
+        return;
+    }
+    let c = Containerd::start("oci-task");
+    let id = "fvm-oci-task";
+    c.run(
+        &["-d", "--annotation", "org.featherweight.rootfs=host"],
+        id,
+        &["sleep", "1000"],
+    )
+    .ok();
+    let status = |c: &Containerd| {
+        let out = c.ctr(&["task", "ls"]).ok();
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(status(&c), "RUNNING");
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "/bin/sh",
+        "-c",
+        "echo from exec; exit 4",
+    ]);
+    assert_eq!(exec.code, 4, "{exec}");
+    assert!(exec.stdout.contains("from exec"), "{exec}");
+    // The init, sh's sleep: at least two processes.
+    let ps = c.ctr(&["task", "ps", id]).ok();
+    assert!(ps.stdout.lines().count() >= 3, "{ps}");
+    c.ctr(&["task", "pause", id]).ok();
+    assert_eq!(status(&c), "PAUSED");
+    c.ctr(&["task", "resume", id]).ok();
+    assert_eq!(status(&c), "RUNNING");
+    c.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]).ok();
+    wait_until("the task stopped", || status(&c) == "STOPPED");
+    c.ctr(&["task", "delete", id]).ok();
+    c.ctr(&["container", "delete", id]).ok();
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
+#[test]
+fn a_container_without_the_annotation_never_gets_the_host() {
+    if skip("a_container_without_the_annotation_never_gets_the_host") {
+        return;
+    }
+    let c = Containerd::start("oci-plain");
+    let out = c.run(&["--rm"], "fvm-oci-plain", &["/bin/true"]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("org.featherweight.rootfs"),
+        "the refusal names the annotation: {out}"
+    );
+    let _ = c.ctr(&["container", "delete", "fvm-oci-plain"]);
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
