@@ -15,6 +15,29 @@ use common::{Out, cgroup_dirs_matching, needs_root, needs_tool, try_run, unique,
 struct Containerd {
     dir: tempfile::TempDir,
     child: std::process::Child,
+    /// The cgroup ctr's containers are put in (`--cgroup /PARENT/ID`).
+    cgroup_parent: String,
+}
+
+/// Cgroup dirs named `needle...` in `parent` in each hierarchy.
+fn vm_cgroups_under(parent: &str, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for root in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for e in std::fs::read_dir(root.path().join(parent))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(needle) {
+                found.push(e.path());
+            }
+        }
+    }
+    found
 }
 
 impl Containerd {
@@ -42,7 +65,11 @@ impl Containerd {
             .stderr(log)
             .spawn()
             .expect("start containerd");
-        let c = Containerd { dir, child };
+        let c = Containerd {
+            dir,
+            child,
+            cgroup_parent: unique("ctr"),
+        };
         let sock = c.path("containerd.sock");
         wait_until("containerd serves", || {
             sock.exists() && c.ctr(&["version"]).code == 0
@@ -67,8 +94,11 @@ impl Containerd {
         let bin = self.path("bin/fvm-runc");
         let root = self.path("runc");
         let rootfs = self.path("rootfs");
+        let cgroup = format!("/{}/{id}", self.cgroup_parent);
         let mut args = vec![
             "run",
+            "--cgroup",
+            &cgroup,
             "--runc-binary",
             bin.to_str().unwrap(),
             "--runc-root",
@@ -110,8 +140,15 @@ impl Containerd {
                 .map(|l| format!("mount: {l}")),
         );
         if let Ok(store) = fvm_engine::store::Store::open(&self.store()) {
+            let needle = format!("fvm-{}-", store.id());
             left.extend(
-                cgroup_dirs_matching(&format!("fvm-{}-", store.id()))
+                cgroup_dirs_matching(&needle)
+                    .into_iter()
+                    .map(|d| format!("cgroup {}", d.display())),
+            );
+            // Under the parent of ctr's cgroupsPath (/default/ID) too.
+            left.extend(
+                vm_cgroups_under(&self.cgroup_parent, &needle)
                     .into_iter()
                     .map(|d| format!("cgroup {}", d.display())),
             );
@@ -144,6 +181,14 @@ impl Drop for Containerd {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The parent cgroup fvm made for the containers (as runc would).
+        for root in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(root.path().join(&self.cgroup_parent));
+        }
         // containerd's shims (children of init once it is gone) end by
         // themselves when their containers are deleted.
     }
@@ -207,11 +252,31 @@ fn a_detached_container_takes_exec_ps_pause_kill_and_delete() {
     let c = Containerd::start("oci-task");
     let id = "fvm-oci-task";
     c.run(
-        &["-d", "--annotation", "org.featherweight.rootfs=host"],
+        &[
+            "-d",
+            "--annotation",
+            "org.featherweight.rootfs=host",
+            "--memory-limit",
+            "268435456",
+        ],
         id,
         &["sleep", "1000"],
     )
     .ok();
+    // The VM's cgroup is in the parent of the container's cgroupsPath, with the
+    // container's memory limit.
+    let store = fvm_engine::store::Store::open(&c.store()).unwrap();
+    let dirs = vm_cgroups_under(&c.cgroup_parent, &format!("fvm-{}-", store.id()));
+    // cgroup v1: the memory hierarchy's; v2: the one unified directory.
+    let memory: Vec<&PathBuf> = dirs
+        .iter()
+        .filter(|d| d.to_string_lossy().contains("/memory/") || dirs.len() == 1)
+        .collect();
+    assert_eq!(memory.len(), 1, "{dirs:?}");
+    let limit = std::fs::read_to_string(memory[0].join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(memory[0].join("memory.max")))
+        .unwrap();
+    assert_eq!(limit.trim(), "268435456");
     let status = |c: &Containerd| {
         let out = c.ctr(&["task", "ls"]).ok();
         out.stdout

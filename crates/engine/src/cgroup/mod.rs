@@ -346,6 +346,19 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Make the parent cgroup `parent` (from [`parent_path`]) where it is
+    /// missing, in every hierarchy in use (an OCI container's `cgroupsPath`).
+    pub fn make_parent(&self, parent: &str) -> Result<(), CgroupError> {
+        for root in self.roots() {
+            let mut dir = root.clone();
+            for part in parent.split('/') {
+                dir.push(part);
+                control::make_dir(&dir)?;
+            }
+        }
+        Ok(())
+    }
+
     /// How a VM sees its cgroup: what to mount under its `/sys/fs/cgroup`.
     pub fn view(&self) -> CgroupView {
         match &self.layout {

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 
 use super::OciError;
+use crate::limits::{Key, Limits};
 use crate::net::NetMode;
 use crate::runtime::command::{CommandSpec, Program};
 use crate::runtime::stdio::TtyMode;
@@ -87,6 +88,8 @@ impl Bundle {
         // Checked now, so that `create` fails rather than the VM.
         bundle.command()?;
         bundle.network()?;
+        bundle.cgroup_parent()?;
+        bundle.limits()?;
         Ok(bundle)
     }
 
@@ -121,6 +124,72 @@ impl Bundle {
         }
     }
 
+    /// The cgroup the container's VM is made in: the parent of `cgroupsPath`
+    /// (see [`cgroup_parent`]), `None` without one.
+    pub fn cgroup_parent(&self) -> Result<Option<String>, OciError> {
+        match self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+        {
+            Some(path) => cgroup_parent(&path.to_string_lossy()),
+            None => Ok(None),
+        }
+    }
+
+    /// `linux.resources` as the VM's limits: memory (limit and swap), CPU
+    /// (quota over period, shares as a weight) and pids.
+    pub fn limits(&self) -> Result<Limits, OciError> {
+        let mut limits = Limits::default();
+        let Some(res) = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        else {
+            return Ok(limits);
+        };
+        let bad = |e: crate::limits::LimitError| OciError::Config {
+            why: format!("linux.resources: {e}"),
+        };
+        if let Some(mem) = res.memory()
+            && let Some(limit) = mem.limit().filter(|l| *l > 0)
+        {
+            limits.set(Key::Memory, &limit.to_string()).map_err(bad)?;
+            if let Some(swap) = mem.swap().filter(|s| *s >= limit) {
+                // The spec's swap is memory and swap together.
+                limits
+                    .set(Key::Swap, &(swap - limit).to_string())
+                    .map_err(bad)?;
+            }
+        }
+        if let Some(cpu) = res.cpu() {
+            if let (Some(quota), Some(period)) = (cpu.quota().filter(|q| *q > 0), cpu.period())
+                && period > 0
+            {
+                let cpus = quota as f64 / period as f64;
+                limits.set(Key::Cpus, &format!("{cpus:.2}")).map_err(bad)?;
+            }
+            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+                // cgroup v1 shares (2-262144, 1024 the default) as a weight
+                // (1-10000, 100 the default), as runc converts them.
+                let weight = (1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142).max(1);
+                limits
+                    .set(Key::CpuWeight, &weight.to_string())
+                    .map_err(bad)?;
+            }
+        }
+        if let Some(pids) = res.pids()
+            && pids.limit() > 0
+        {
+            limits
+                .set(Key::Processes, &pids.limit().to_string())
+                .map_err(bad)?;
+        }
+        Ok(limits)
+    }
+
     /// Where the engine mounts its own files into the container (hosts,
     /// resolv.conf, secrets, /proc, /dev...): left out of an export, as they are
     /// not the container's work.
@@ -133,6 +202,52 @@ impl Bundle {
             .filter(|d| d != Path::new("/"))
             .collect()
     }
+}
+
+/// The parent cgroup of a container's `cgroupsPath`, for the VM's cgroup: on
+/// cgroupfs `/a/b/c` gives `a/b`; in systemd's form `slice:prefix:name` the
+/// container's cgroup is `slice/prefix-name.scope` and the parent `slice` (the
+/// cgroupfs path systemd would use for a top-level slice; with no systemd
+/// running, fvm makes it itself). A path at the top (`/c`) has no parent.
+pub fn cgroup_parent(path: &str) -> Result<Option<String>, OciError> {
+    let bad = |why: &str| OciError::Config {
+        why: format!("linux.cgroupsPath {path:?}: {why}"),
+    };
+    let full = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        let parts: Vec<&str> = path.split(':').collect();
+        let [slice, prefix, name] = parts[..] else {
+            return Err(bad("neither a path (/a/b) nor systemd's slice:prefix:name"));
+        };
+        if [slice, prefix, name].iter().any(|p| p.contains('/')) || name.is_empty() {
+            return Err(bad("systemd's slice, prefix and name have no '/'"));
+        }
+        let slice = if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        };
+        let scope = if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        format!("/{slice}/{scope}")
+    };
+    let parent = Path::new(&full)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if parent.trim_matches('/').is_empty() {
+        // Still checked: the container's own name must be a plain one too.
+        crate::cgroup::parent_path(&full).map_err(|e| bad(&crate::error_line(&e)))?;
+        return Ok(None);
+    }
+    crate::cgroup::parent_path(&full).map_err(|e| bad(&crate::error_line(&e)))?;
+    crate::cgroup::parent_path(&parent)
+        .map(Some)
+        .map_err(|e| bad(&crate::error_line(&e)))
 }
 
 /// An OCI process (a bundle's, or `exec --process`'s) as a command in the VM.
@@ -267,6 +382,59 @@ mod tests {
         assert_eq!(with(r#"{"type":"pid"}"#).unwrap(), NetMode::Host);
         assert_eq!(with(r#"{"type":"network"}"#).unwrap(), NetMode::None);
         assert!(with(r#"{"type":"network","path":"/proc/1/ns/net"}"#).is_err());
+    }
+
+    #[test]
+    fn cgroups_paths_give_the_vms_parent() {
+        assert_eq!(
+            cgroup_parent("/default/abc").unwrap().as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            cgroup_parent("/kubepods/burstable/pod1/abc")
+                .unwrap()
+                .as_deref(),
+            Some("kubepods/burstable/pod1")
+        );
+        assert_eq!(cgroup_parent("/abc").unwrap(), None);
+        assert_eq!(
+            cgroup_parent("kubepods-pod1.slice:cri-containerd:abc")
+                .unwrap()
+                .as_deref(),
+            Some("kubepods-pod1.slice")
+        );
+        assert_eq!(
+            cgroup_parent(":fvm:abc").unwrap().as_deref(),
+            Some("system.slice")
+        );
+        for bad in [
+            "/a/../../etc/x",
+            "/a/./b",
+            "a:b",
+            "a/b:c:d",
+            "s:p:",
+            "/a//b",
+            "relative/path",
+        ] {
+            assert!(cgroup_parent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resources_become_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let json = BASE.replace(
+            r#""annotations""#,
+            r#""linux":{"cgroupsPath":"/default/x","resources":{"memory":{"limit":268435456,"swap":268435456},"cpu":{"quota":50000,"period":100000,"shares":1024},"pids":{"limit":64}}},"annotations""#,
+        );
+        let b = Bundle::from_spec("/b".into(), spec(&json), tmp.path()).unwrap();
+        let l = b.limits().unwrap();
+        assert_eq!(l.get(Key::Memory).as_deref(), Some("256M"));
+        assert_eq!(l.get(Key::Swap).as_deref(), Some("0"));
+        assert_eq!(l.get(Key::Cpus).as_deref(), Some("0.5"));
+        assert_eq!(l.get(Key::Processes).as_deref(), Some("64"));
+        assert!(l.get(Key::CpuWeight).is_some());
+        assert_eq!(b.cgroup_parent().unwrap().as_deref(), Some("default"));
     }
 
     #[test]

@@ -201,6 +201,16 @@ impl Runtime {
         let vm = id::vm_name(id);
         let mut opts = CreateOptions::default();
         opts.network.mode = bundle.network()?;
+        opts.limits = bundle.limits()?;
+        if let Some(parent) = bundle.cgroup_parent()? {
+            // runc makes a container's missing parents; so does fvm (they are
+            // the engine's to remove, as runc leaves them too).
+            self.engine
+                .cgroups()
+                .and_then(|c| c.make_parent(&parent))
+                .map_err(|e| VmError::cgroup(&vm)(e))?;
+            opts.cgroup_parent = Some(parent);
+        }
         opts.description = Some(format!("OCI container {id}"));
         self.engine.create(&vm, &opts)?;
         let started = (|| -> Result<Record, OciError> {
