@@ -332,3 +332,90 @@ fn a_container_without_the_annotation_never_gets_the_host() {
         c.leftovers().is_empty()
     });
 }
+
+/// A bundle directory with `config.json` = `json`.
+fn bundle(dir: &Path, json: &str) -> PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    std::fs::write(b.join("config.json"), json).unwrap();
+    b
+}
+
+/// `fvm oci --root ROOT ARGS`.
+fn oci(root: &Path, args: &[&str]) -> Out {
+    let mut cmd = Command::new(common::FVM);
+    cmd.arg("oci").arg("--root").arg(root).args(args);
+    try_run(cmd, None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_runtime_by_hand_create_state_kill_delete() {
+    if !needs_root("the_runtime_by_hand_create_state_kill_delete") {
+        return;
+    }
+    let dir = common::temp_dir("oci-hand");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"args":["sleep","1000"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let pid_file = dir.path().join("init.pid");
+    let id = "fvm-hand";
+    oci(
+        &root,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ],
+    )
+    .ok();
+    let state: serde_json::Value =
+        serde_json::from_str(&oci(&root, &["state", id]).ok().stdout).unwrap();
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], id);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(state["pid"].to_string(), pid.trim());
+    // A second create of the ID is refused; so are hostile IDs.
+    let again = oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]);
+    assert_eq!(again.code, 1, "{again}");
+    assert!(again.stderr.contains("already exists"), "{again}");
+    for bad in ["../../etc", "a/b", ".hidden", "-x"] {
+        let out = oci(&root, &["state", "--", bad]);
+        assert_eq!(out.code, 1, "{bad}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    }
+    // Not stopped: delete without --force is refused.
+    let busy = oci(&root, &["delete", id]);
+    assert_eq!(busy.code, 1, "{busy}");
+    // A kill before start ends the parked VM.
+    oci(&root, &["kill", id, "KILL"]).ok();
+    wait_until("the container stopped", || {
+        oci(&root, &["state", id]).stdout.contains("\"stopped\"")
+    });
+    // A stopped container: kill --all and delete are fine; a plain kill is not.
+    oci(&root, &["kill", "--all", id, "TERM"]).ok();
+    assert_eq!(oci(&root, &["kill", id, "TERM"]).code, 1);
+    oci(&root, &["delete", id]).ok();
+    // Gone: delete --force of it again (after a crash, say) is still fine.
+    oci(&root, &["delete", "--force", id]).ok();
+    let gone = oci(&root, &["state", id]);
+    assert!(gone.stderr.contains("does not exist"), "{gone}");
+    assert!(
+        std::fs::read_dir(root.join("store/vms"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(
+        std::fs::read_dir(root.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
