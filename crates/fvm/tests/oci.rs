@@ -277,6 +277,7 @@ fn a_detached_container_takes_exec_ps_pause_kill_and_delete() {
         .or_else(|_| std::fs::read_to_string(memory[0].join("memory.max")))
         .unwrap();
     assert_eq!(limit.trim(), "268435456");
+
     let status = |c: &Containerd| {
         let out = c.ctr(&["task", "ls"]).ok();
         out.stdout
@@ -390,6 +391,27 @@ fn the_runtime_by_hand_create_state_kill_delete() {
         assert_eq!(out.code, 1, "{bad}: {out}");
         assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
     }
+    // A live change of limits, as containerd's shim sends it (`update
+    // --resources -`, the JSON on stdin).
+    let mut cmd = Command::new(common::FVM);
+    cmd.arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["update", "--resources", "-", id]);
+    try_run(
+        cmd,
+        Some(br#"{"memory":{"limit":134217728},"pids":{"limit":77}}"#),
+        Duration::from_secs(90),
+    )
+    .unwrap()
+    .ok();
+    let store = fvm_engine::store::Store::open(&root.join("store")).unwrap();
+    let pids = cgroup_dirs_matching(&format!("fvm-{}-", store.id()))
+        .into_iter()
+        .map(|d| d.join("pids.max"))
+        .find(|f| f.exists())
+        .expect("the vm's pids cgroup");
+    assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "77");
     // Not stopped: delete without --force is refused.
     let busy = oci(&root, &["delete", id]);
     assert_eq!(busy.code, 1, "{busy}");

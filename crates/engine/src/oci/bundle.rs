@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::OciError;
 use crate::limits::{Key, Limits};
@@ -141,53 +141,15 @@ impl Bundle {
     /// `linux.resources` as the VM's limits: memory (limit and swap), CPU
     /// (quota over period, shares as a weight) and pids.
     pub fn limits(&self) -> Result<Limits, OciError> {
-        let mut limits = Limits::default();
-        let Some(res) = self
+        match self
             .spec
             .linux()
             .as_ref()
             .and_then(|l| l.resources().as_ref())
-        else {
-            return Ok(limits);
-        };
-        let bad = |e: crate::limits::LimitError| OciError::Config {
-            why: format!("linux.resources: {e}"),
-        };
-        if let Some(mem) = res.memory()
-            && let Some(limit) = mem.limit().filter(|l| *l > 0)
         {
-            limits.set(Key::Memory, &limit.to_string()).map_err(bad)?;
-            if let Some(swap) = mem.swap().filter(|s| *s >= limit) {
-                // The spec's swap is memory and swap together.
-                limits
-                    .set(Key::Swap, &(swap - limit).to_string())
-                    .map_err(bad)?;
-            }
+            Some(res) => resource_limits(res),
+            None => Ok(Limits::default()),
         }
-        if let Some(cpu) = res.cpu() {
-            if let (Some(quota), Some(period)) = (cpu.quota().filter(|q| *q > 0), cpu.period())
-                && period > 0
-            {
-                let cpus = quota as f64 / period as f64;
-                limits.set(Key::Cpus, &format!("{cpus:.2}")).map_err(bad)?;
-            }
-            if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
-                // cgroup v1 shares (2-262144, 1024 the default) as a weight
-                // (1-10000, 100 the default), as runc converts them.
-                let weight = (1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142).max(1);
-                limits
-                    .set(Key::CpuWeight, &weight.to_string())
-                    .map_err(bad)?;
-            }
-        }
-        if let Some(pids) = res.pids()
-            && pids.limit() > 0
-        {
-            limits
-                .set(Key::Processes, &pids.limit().to_string())
-                .map_err(bad)?;
-        }
-        Ok(limits)
     }
 
     /// Where the engine mounts its own files into the container (hosts,
@@ -202,6 +164,51 @@ impl Bundle {
             .filter(|d| d != Path::new("/"))
             .collect()
     }
+}
+
+/// OCI `linux.resources` (a config's, or `update --resources`'s) as a VM's
+/// limits: memory (limit and swap), CPU (quota over period, shares as a
+/// weight) and pids.
+pub fn resource_limits(res: &LinuxResources) -> Result<Limits, OciError> {
+    let mut limits = Limits::default();
+    let bad = |e: crate::limits::LimitError| OciError::Config {
+        why: format!("linux.resources: {e}"),
+    };
+    if let Some(mem) = res.memory()
+        && let Some(limit) = mem.limit().filter(|l| *l > 0)
+    {
+        limits.set(Key::Memory, &limit.to_string()).map_err(bad)?;
+        if let Some(swap) = mem.swap().filter(|s| *s >= limit) {
+            // The spec's swap is memory and swap together.
+            limits
+                .set(Key::Swap, &(swap - limit).to_string())
+                .map_err(bad)?;
+        }
+    }
+    if let Some(cpu) = res.cpu() {
+        if let (Some(quota), Some(period)) = (cpu.quota().filter(|q| *q > 0), cpu.period())
+            && period > 0
+        {
+            let cpus = quota as f64 / period as f64;
+            limits.set(Key::Cpus, &format!("{cpus:.2}")).map_err(bad)?;
+        }
+        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+            // cgroup v1 shares (2-262144, 1024 the default) as a weight
+            // (1-10000, 100 the default), as runc converts them.
+            let weight = (1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142).max(1);
+            limits
+                .set(Key::CpuWeight, &weight.to_string())
+                .map_err(bad)?;
+        }
+    }
+    if let Some(pids) = res.pids()
+        && pids.limit() > 0
+    {
+        limits
+            .set(Key::Processes, &pids.limit().to_string())
+            .map_err(bad)?;
+    }
+    Ok(limits)
 }
 
 /// The parent cgroup of a container's `cgroupsPath`, for the VM's cgroup: on

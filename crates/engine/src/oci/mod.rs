@@ -337,6 +337,26 @@ impl Runtime {
         Ok(pid)
     }
 
+    /// `update`: set the limits `resources` names on the container's VM (live,
+    /// as `fvm config` does); the keys it leaves out keep their values.
+    pub fn update(
+        &self,
+        id: &str,
+        resources: &oci_spec::runtime::LinuxResources,
+    ) -> Result<(), OciError> {
+        let record = self.record(id)?;
+        let limits = bundle::resource_limits(resources)?;
+        self.engine.configure(&record.vm, |policy| {
+            for key in limits.keys() {
+                if let Some(value) = limits.get(key) {
+                    policy.limits.set(key, &value)?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
     /// `pause` and `resume`: freeze and thaw the VM.
     pub fn pause(&self, id: &str, pause: bool) -> Result<(), OciError> {
         let record = self.record(id)?;

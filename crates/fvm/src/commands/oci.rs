@@ -212,9 +212,65 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 })?;
                 Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
             }
+            CommonCmd::Update(a) => {
+                let resources = update_resources(a)?;
+                runtime(cli)?.update(&a.container_id, &resources)?;
+                Ok(0)
+            }
             other => anyhow::bail!("{} is not part of fvm's runtime", command_name(other)),
         },
     }
+}
+
+/// `update`'s resources: the JSON of `--resources FILE` (`-`: stdin), with
+/// runc's single-value flags on top.
+fn update_resources(a: &liboci_cli::Update) -> Result<oci_spec::runtime::LinuxResources> {
+    use oci_spec::runtime::{LinuxPids, LinuxResources};
+    let mut res: LinuxResources = match &a.resources {
+        Some(path) => {
+            let text = if path.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::Read::read_to_string(
+                    &mut std::io::Read::take(std::io::stdin(), 1 << 20),
+                    &mut t,
+                )
+                .context("cannot read --resources from stdin")?;
+                t
+            } else {
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read --resources {}", path.display()))?
+            };
+            serde_json::from_str(&text).context("--resources is not OCI linux.resources JSON")?
+        }
+        None => LinuxResources::default(),
+    };
+    if let Some(m) = a.memory {
+        let mut mem = res.memory().unwrap_or_default();
+        mem.set_limit(Some(i64::try_from(m).context("--memory is too large")?));
+        if let Some(s) = a.memory_swap {
+            mem.set_swap(Some(s));
+        }
+        res.set_memory(Some(mem));
+    }
+    if a.cpu_quota.is_some() || a.cpu_period.is_some() || a.cpu_share.is_some() {
+        let mut cpu = res.cpu().clone().unwrap_or_default();
+        if let Some(q) = a.cpu_quota {
+            cpu.set_quota(Some(i64::try_from(q).context("--cpu-quota is too large")?));
+        }
+        if let Some(p) = a.cpu_period {
+            cpu.set_period(Some(p));
+        }
+        if let Some(s) = a.cpu_share {
+            cpu.set_shares(Some(s));
+        }
+        res.set_cpu(Some(cpu));
+    }
+    if let Some(p) = a.pids_limit {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(p);
+        res.set_pids(Some(pids));
+    }
+    Ok(res)
 }
 
 fn command_name(cmd: &CommonCmd) -> &'static str {
@@ -310,6 +366,7 @@ mod tests {
             "--root /r resume abc",
             "--root /r --debug --criu /usr/sbin/criu features",
             "--root /r run --bundle /b --detach abc",
+            "--root /r update --resources - abc",
         ] {
             let argv = std::iter::once("fvm-runc").chain(line.split(' '));
             if let Err(e) = OciCli::try_parse_from(argv) {
