@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 use crate::store::Store;
-use crate::{Args, changes, copy, density, host_changes, invocation, io, network};
+use crate::{Args, changes, copy, density, host_changes, invocation, io, network, oci};
 
 /// The sections measured after the startup rounds, in the order of a full run.
 #[derive(Debug, Clone, Copy)]
@@ -15,6 +15,8 @@ pub enum Section {
     HostChanges,
     Io,
     Density,
+    /// Only with `--oci-only` (it needs containerd): not in [`Section::ALL`].
+    Oci,
 }
 
 impl Section {
@@ -36,6 +38,7 @@ impl Section {
             (args.host_changes_only, Section::HostChanges),
             (args.io_only, Section::Io),
             (args.density_only, Section::Density),
+            (args.oci_only, Section::Oci),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -104,6 +107,15 @@ impl Section {
             Section::Density => {
                 let measured = density::measure(store, &density_params(args))?;
                 density::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Oci => {
+                let rounds = if args.quick {
+                    3
+                } else {
+                    args.oci_rounds.max(1)
+                };
+                let measured = oci::measure(store, &oci::Params { rounds })?;
+                oci::render(&measured, &inv, date, kernel, place)
             }
         })
     }
