@@ -103,7 +103,10 @@ impl Containerd {
     /// gets the host-clone annotation and an empty rootfs).
     fn run(&self, fvm: bool, flags: &[&str], id: &str, argv: &[&str]) -> Command {
         let mut cmd = self.ctr();
-        cmd.arg("run").args(flags);
+        cmd.arg("run")
+            .args(flags)
+            .arg("--cgroup")
+            .arg(format!("/{CGROUP_PARENT}/{id}"));
         if fvm {
             cmd.arg("--runc-binary")
                 .arg(self.path("bin/fvm-runc"))
@@ -127,8 +130,19 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // The containers' parent cgroup, which runc and fvm-runc made.
+        for root in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(root.path().join(CGROUP_PARENT));
+        }
     }
 }
+
+/// The cgroup the benchmark's containers are put in (`/PARENT/ID`).
+const CGROUP_PARENT: &str = "fvm-bench-oci";
 
 /// A rootfs for runc: the static busybox as /bin/busybox, `true` and `sleep`.
 fn busybox_rootfs(rootfs: &Path) -> Result<()> {
