@@ -441,3 +441,85 @@ fn the_runtime_by_hand_create_state_kill_delete() {
             .is_none()
     );
 }
+
+#[test]
+fn podman_runs_fvm_runc_through_conmon() {
+    let test = "podman_runs_fvm_runc_through_conmon";
+    if !needs_root(test) || !needs_tool(test, "podman") || !needs_tool(test, "conmon") {
+        return;
+    }
+    let dir = common::temp_dir("oci-podman");
+    let d = dir.path();
+    for sub in ["storage", "runroot", "rootfs", "export"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink(common::FVM, d.join("fvm-runc")).unwrap();
+    // podman's own storage in the test's directory. The runtime keeps its
+    // default root (/run/fvm-runc): the cleanup podman's conmon runs after the
+    // container (`podman container cleanup --rm`) calls the runtime without
+    // podman's --runtime-flag, so a root given there would be missed.
+    let podman = || {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--runtime")
+            .arg(d.join("fvm-runc"))
+            .args(["--events-backend", "file", "--cgroup-manager", "cgroupfs"]);
+        cmd
+    };
+    let probe = format!("/etc/{}", unique("podman-probe"));
+    let export = format!("org.featherweight.export={}", d.join("export").display());
+    let mut cmd = podman();
+    cmd.args(["run", "--rm", "--network", "host"])
+        .args(["--annotation", "org.featherweight.rootfs=host"])
+        .args(["--annotation", &export])
+        .arg("--rootfs")
+        .arg(d.join("rootfs"))
+        .args([
+            "/bin/sh",
+            "-c",
+            &format!("echo x > {probe}; echo from podman; exit 3"),
+        ]);
+    let out = try_run(cmd, None, Duration::from_secs(120)).unwrap();
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("from podman"), "{out}");
+    assert!(
+        !Path::new(&probe).exists(),
+        "the container wrote to the host"
+    );
+    // The export is written by the delete of that cleanup.
+    let exports = || -> Vec<PathBuf> {
+        std::fs::read_dir(d.join("export"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    wait_until("the export is written", || exports().len() == 1);
+    let file = &exports()[0];
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(&format!("\"{probe}\"")), "{text}");
+    // Nothing of this container is left in the runtime.
+    let id = file.file_stem().unwrap().to_string_lossy().into_owned();
+    let root = Path::new(fvm_runc_default_root());
+    assert!(!root.join("containers").join(format!("{id}.json")).exists());
+    let vm = format!("c-{}-", &id[..12]);
+    let vms: Vec<_> = std::fs::read_dir(root.join("store/vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&vm))
+        .collect();
+    assert!(vms.is_empty(), "{vms:?}");
+    // podman's own mounts of its storage go with it.
+    let mut reset = podman();
+    reset.args(["system", "reset", "--force"]);
+    let _ = try_run(reset, None, Duration::from_secs(60));
+}
+
+/// The runtime's `--root` when none is given.
+fn fvm_runc_default_root() -> &'static str {
+    "/run/fvm-runc"
+}
