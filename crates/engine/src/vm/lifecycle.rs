@@ -232,6 +232,17 @@ impl Engine {
 
     /// Start a stopped VM in the background.
     pub fn start(&self, name: &VmName) -> Result<ProcId, VmError> {
+        self.start_stopped(name, StartMode::Background, None, Throwaway::No.into())
+    }
+
+    /// Start stopped VM `name` as `mode`, with `command` (see [`Engine::launch`]).
+    pub(super) fn start_stopped(
+        &self,
+        name: &VmName,
+        mode: StartMode,
+        command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
+        how: How,
+    ) -> Result<ProcId, VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         let policy = self.policy(&vm)?;
@@ -244,8 +255,7 @@ impl Engine {
                 name: name.to_string(),
             });
         }
-        let (_launched, init) =
-            self.launch(&vm, &policy, StartMode::Background, None, Throwaway::No)?;
+        let (_launched, init) = self.launch(&vm, &policy, mode, command, how)?;
         Ok(init)
     }
 

@@ -16,29 +16,15 @@ impl Engine {
     /// the nearest child subreaper (an OCI runtime's caller is one), which reaps
     /// it and reads the command's status from the init's exit status.
     pub fn start_parked(&self, name: &VmName, spec: CommandSpec) -> Result<ProcId, VmError> {
-        let vm = self.vm(name)?;
-        let _lock = vm.lock()?;
-        let policy = self.policy(&vm)?;
-        if self
-            .reconcile(&vm)?
-            .live_init(&self.cgroup_leaf(name))
-            .is_some()
-        {
-            return Err(VmError::AlreadyRunning {
-                name: name.to_string(),
-            });
-        }
-        let (_launched, init) = self.launch(
-            &vm,
-            &policy,
+        self.start_stopped(
+            name,
             StartMode::Command,
             Some((spec, StdioPlan::inherit(), Pipes::default())),
             How {
                 throwaway: Throwaway::No,
                 parked: true,
             },
-        )?;
-        Ok(init)
+        )
     }
 
     /// Let the command of VM `name`, started by [`Engine::start_parked`], run.

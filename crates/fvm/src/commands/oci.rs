@@ -117,16 +117,13 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
     match &cli.command {
         OciCommand::Standard(cmd) => match cmd.as_ref() {
             StandardCmd::Create(a) => {
-                if a.console_socket.is_some() {
-                    anyhow::bail!(
-                        "--console-socket: fvm's runtime gives a container no terminal (run it without -t)"
-                    );
-                }
-                let rt = runtime(cli)?;
-                let pid = rt.create(&a.container_id, &a.bundle)?;
-                if let Some(file) = &a.pid_file {
-                    write_pid(file, pid)?;
-                }
+                create(
+                    cli,
+                    &a.container_id,
+                    &a.bundle,
+                    a.pid_file.as_deref(),
+                    a.console_socket.is_some(),
+                )?;
                 Ok(0)
             }
             StandardCmd::Start(a) => {
@@ -170,16 +167,13 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 Ok(0)
             }
             CommonCmd::Run(a) => {
-                if a.console_socket.is_some() {
-                    anyhow::bail!(
-                        "--console-socket: fvm's runtime gives a container no terminal (run it without -t)"
-                    );
-                }
-                let rt = runtime(cli)?;
-                let pid = rt.create(&a.container_id, &a.bundle)?;
-                if let Some(file) = &a.pid_file {
-                    write_pid(file, pid)?;
-                }
+                let (rt, pid) = create(
+                    cli,
+                    &a.container_id,
+                    &a.bundle,
+                    a.pid_file.as_deref(),
+                    a.console_socket.is_some(),
+                )?;
                 rt.start(&a.container_id)?;
                 if a.detach {
                     return Ok(0);
@@ -287,6 +281,28 @@ fn command_name(cmd: &CommonCmd) -> &'static str {
         CommonCmd::Update(_) => "update",
         CommonCmd::Spec(_) => "spec",
     }
+}
+
+/// `create` (and the first half of `run`): the container, and its init's pid
+/// in `pid_file`.
+fn create(
+    cli: &OciCli,
+    id: &str,
+    bundle: &Path,
+    pid_file: Option<&Path>,
+    console_socket: bool,
+) -> Result<(Runtime, i32)> {
+    if console_socket {
+        anyhow::bail!(
+            "--console-socket: fvm's runtime gives a container no terminal (run it without -t)"
+        );
+    }
+    let rt = runtime(cli)?;
+    let pid = rt.create(id, bundle)?;
+    if let Some(file) = pid_file {
+        write_pid(file, pid)?;
+    }
+    Ok((rt, pid))
 }
 
 fn write_pid(file: &Path, pid: i32) -> Result<()> {
