@@ -205,6 +205,9 @@ fn a_host_clone_container_runs_and_exports_its_changes() {
     }
     let c = Containerd::start("oci-run");
     let probe = format!("/etc/{}", unique("probe"));
+    // A host file the container deletes (in its own view only).
+    let doomed = common::HostFile(PathBuf::from(format!("/etc/{}", unique("doomed"))));
+    std::fs::write(&doomed.0, "host\n").unwrap();
     let export = c.path("export");
     let export_ann = format!("org.featherweight.export={}", export.display());
     let id = "fvm-oci-run";
@@ -215,12 +218,17 @@ fn a_host_clone_container_runs_and_exports_its_changes() {
             "org.featherweight.rootfs=host",
             "--annotation",
             &export_ann,
+            "--annotation",
+            "org.featherweight.export-layer=true",
         ],
         id,
         &[
             "/bin/sh",
             "-c",
-            &format!("echo x > {probe}; echo from the container; exit 3"),
+            &format!(
+                "echo x > {probe}; rm {}; echo from the container; exit 3",
+                doomed.0.display()
+            ),
         ],
     );
     assert_eq!(out.code, 3, "{out}");
@@ -238,6 +246,28 @@ fn a_host_clone_container_runs_and_exports_its_changes() {
             .iter()
             .any(|c| c["kind"] == "A" && c["path"] == probe.as_str()),
         "{text}"
+    );
+    assert!(doomed.0.exists(), "the container deleted a host file");
+    // The layer: the new file with its content, a whiteout for the deleted one.
+    let tar = export.join(format!("{id}.tar"));
+    let mut list = Command::new("tar");
+    list.arg("-tvf").arg(&tar);
+    let listed = try_run(list, None, Duration::from_secs(30)).unwrap().ok();
+    let name = |p: &str| p.trim_start_matches('/').to_owned();
+    assert!(listed.stdout.contains(&name(&probe)), "{listed}");
+    let whiteout = format!(
+        "etc/.wh.{}",
+        doomed.0.file_name().unwrap().to_string_lossy()
+    );
+    assert!(listed.stdout.contains(&whiteout), "{listed}");
+    let mut cat = Command::new("tar");
+    cat.arg("-xOf").arg(&tar).arg(name(&probe));
+    assert_eq!(
+        try_run(cat, None, Duration::from_secs(30))
+            .unwrap()
+            .ok()
+            .stdout,
+        "x\n"
     );
     wait_until("nothing of the container is left", || {
         c.leftovers().is_empty()

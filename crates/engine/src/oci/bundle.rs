@@ -18,6 +18,8 @@ use crate::runtime::stdio::TtyMode;
 pub const ROOTFS: &str = "org.featherweight.rootfs";
 /// Write the container's diff (JSON) into this host directory at `delete`.
 pub const EXPORT: &str = "org.featherweight.export";
+/// `true`: also write the container's layer there, as an OCI layer tarball.
+pub const EXPORT_LAYER: &str = "org.featherweight.export-layer";
 
 /// The largest config.json read (the runtime spec's files are kilobytes).
 const MAX_CONFIG: u64 = 4 << 20;
@@ -32,6 +34,8 @@ pub struct Bundle {
     pub host_clone: bool,
     /// `org.featherweight.export=DIR`, checked.
     pub export: Option<PathBuf>,
+    /// `org.featherweight.export-layer=true`.
+    pub export_layer: bool,
 }
 
 impl Bundle {
@@ -79,11 +83,28 @@ impl Bundle {
             .get(EXPORT)
             .map(|d| export_dir(d, store))
             .transpose()?;
+        let export_layer = match annotations.get(EXPORT_LAYER).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") if export.is_some() => true,
+            Some("true") => {
+                return Err(OciError::Annotation {
+                    key: EXPORT_LAYER,
+                    why: format!("it needs {EXPORT} (the directory to write the layer to)"),
+                });
+            }
+            Some(other) => {
+                return Err(OciError::Annotation {
+                    key: EXPORT_LAYER,
+                    why: format!("{other:?} is not true or false"),
+                });
+            }
+        };
         let bundle = Bundle {
             dir,
             spec,
             host_clone,
             export,
+            export_layer,
         };
         // Checked now, so that `create` fails rather than the VM.
         bundle.command()?;
@@ -457,6 +478,18 @@ mod tests {
         };
         let ok = with(out.path().to_str().unwrap()).unwrap();
         assert_eq!(ok.export.unwrap(), out.path().canonicalize().unwrap());
+        assert!(!ok.export_layer);
+        let layer = BASE.replace(
+            r#""org.featherweight.rootfs":"host""#,
+            r#""org.featherweight.rootfs":"host","org.featherweight.export-layer":"true""#,
+        );
+        assert!(matches!(
+            Bundle::from_spec("/b".into(), spec(&layer), store.path()),
+            Err(OciError::Annotation {
+                key: EXPORT_LAYER,
+                ..
+            })
+        ));
         std::fs::create_dir(store.path().join("in")).unwrap();
         for bad in [
             "relative/dir".to_owned(),

@@ -13,6 +13,7 @@
 
 pub mod bundle;
 pub mod id;
+pub mod layer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -85,6 +86,9 @@ pub struct Record {
     pub created: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<PathBuf>,
+    /// Export the layer too, as a tarball.
+    #[serde(default)]
+    pub export_layer: bool,
     /// Left out of an export (the engine's own mounts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<PathBuf>,
@@ -224,6 +228,7 @@ impl Runtime {
                 created: humantime::format_rfc3339_seconds(std::time::SystemTime::now())
                     .to_string(),
                 export: bundle.export.clone(),
+                export_layer: bundle.export_layer,
                 skip: bundle.mount_points(),
             };
             // Recorded before the VM starts: a `create` killed half-way leaves
@@ -390,27 +395,36 @@ impl Runtime {
                 wanted: "stopped",
             });
         }
+        let mut exported = Ok(());
         if self.engine.store().vm(&record.vm).is_ok() {
             // Stopped first, so the export is of the container's last state.
             if status != Status::Stopped {
                 self.engine.stop(&record.vm, Duration::ZERO)?;
             }
             if let Some(dir) = &record.export {
-                self.export(&record, dir)?;
+                exported = self.export(&record, dir);
+                // Without --force a failed export keeps the container, to try
+                // again; with it the container goes, and the failure is still
+                // reported.
+                if exported.is_err() && !force {
+                    return exported;
+                }
             }
             self.engine.delete(&record.vm, true)?;
         }
         let path = self.record_path(id)?;
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io_err("cannot remove", &path)(e))
+                return Err(io_err("cannot remove", &path)(e));
             }
-            _ => Ok(()),
+            _ => {}
         }
+        exported
     }
 
     /// Write the container's diff to `dir/<ID>.json` (as `fvm diff --json`),
-    /// without the engine's own mount points.
+    /// without the engine's own mount points; with `export_layer`, its layer
+    /// to `dir/<ID>.tar` too.
     fn export(&self, record: &Record, dir: &Path) -> Result<(), OciError> {
         let changes: Vec<_> = self
             .engine
@@ -420,6 +434,12 @@ impl Runtime {
             .collect();
         let mut text = serde_json::to_vec_pretty(&changes).expect("changes always serialize");
         text.push(b'\n');
+        if record.export_layer {
+            let layers = self.engine.layers_of(&record.vm)?;
+            let tar = dir.join(format!("{}.tar", record.id));
+            layer::write(&tar, &changes, &layers)
+                .map_err(io_err("cannot write the exported layer", &tar))?;
+        }
         let path = dir.join(format!("{}.json", record.id));
         crate::os::files::write_durable(&path, &text, 0o644)
             .map_err(io_err("cannot write the export", &path))
@@ -523,6 +543,7 @@ pub fn features() -> serde_json::Value {
         "annotations": {
             "org.featherweight.rootfs": "host: the container is a copy-on-write clone of the live host (required)",
             "org.featherweight.export": "DIR: at delete, write the container's changes to DIR/<id>.json",
+            "org.featherweight.export-layer": "true: with export, also write the container's layer to DIR/<id>.tar (an OCI layer, .wh. whiteouts)",
         },
     })
 }
