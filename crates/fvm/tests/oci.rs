@@ -208,6 +208,15 @@ fn a_host_clone_container_runs_and_exports_its_changes() {
     // A host file the container deletes (in its own view only).
     let doomed = common::HostFile(PathBuf::from(format!("/etc/{}", unique("doomed"))));
     std::fs::write(&doomed.0, "host\n").unwrap();
+    // A directory the engine binds in read-only (a volume, a secret).
+    let volume = c.path("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("secret"), "s3cret\n").unwrap();
+    let bind_at = format!("/srv/{}", unique("bind"));
+    let mount = format!(
+        "type=bind,src={},dst={bind_at},options=rbind:ro",
+        volume.display()
+    );
     let export = c.path("export");
     let export_ann = format!("org.featherweight.export={}", export.display());
     let id = "fvm-oci-run";
@@ -220,13 +229,17 @@ fn a_host_clone_container_runs_and_exports_its_changes() {
             &export_ann,
             "--annotation",
             "org.featherweight.export-layer=true",
+            "--mount",
+            &mount,
         ],
         id,
         &[
             "/bin/sh",
             "-c",
             &format!(
-                "echo x > {probe}; rm {}; echo from the container; exit 3",
+                "echo x > {probe}; rm {}; cat {bind_at}/secret; \
+                 touch {bind_at}/w 2>/dev/null && echo bind-writable; \
+                 echo from the container; exit 3",
                 doomed.0.display()
             ),
         ],
@@ -248,6 +261,8 @@ fn a_host_clone_container_runs_and_exports_its_changes() {
         "{text}"
     );
     assert!(doomed.0.exists(), "the container deleted a host file");
+    // The engine's mount is not the container's change.
+    assert!(!text.contains(&bind_at), "{text}");
     // The layer: the new file with its content, a whiteout for the deleted one.
     let tar = export.join(format!("{id}.tar"));
     let mut list = Command::new("tar");

@@ -8,6 +8,7 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::OciError;
 use crate::limits::{Key, Limits};
+use crate::mounts::plan::Bind;
 use crate::net::NetMode;
 use crate::runtime::command::{CommandSpec, Program};
 use crate::runtime::stdio::TtyMode;
@@ -111,6 +112,7 @@ impl Bundle {
         bundle.network()?;
         bundle.cgroup_parent()?;
         bundle.limits()?;
+        bundle.binds()?;
         Ok(bundle)
     }
 
@@ -171,6 +173,51 @@ impl Bundle {
             Some(res) => resource_limits(res),
             None => Ok(Limits::default()),
         }
+    }
+
+    /// The config's bind mounts (`type` "bind", or a `bind`/`rbind` option):
+    /// host paths the engine puts into the container (hosts files, secrets,
+    /// volumes). Its kernel filesystems and tmpfs mounts (/proc, /dev, /sys,
+    /// /run...) are fvm's own in every VM already.
+    pub fn binds(&self) -> Result<Vec<Bind>, OciError> {
+        let mut out = Vec::new();
+        for m in self.spec.mounts().iter().flatten() {
+            let options = m.options().clone().unwrap_or_default();
+            let is_bind = m.typ().as_deref() == Some("bind")
+                || options.iter().any(|o| o == "bind" || o == "rbind");
+            if !is_bind {
+                continue;
+            }
+            let target = m.destination().clone();
+            let plain = target.is_absolute()
+                && target
+                    .components()
+                    .skip(1)
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+                && target != Path::new("/");
+            if !plain {
+                return Err(OciError::Config {
+                    why: format!(
+                        "mount destination {} is not an absolute path of plain names",
+                        target.display()
+                    ),
+                });
+            }
+            let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
+                return Err(OciError::Config {
+                    why: format!(
+                        "the bind mount at {} has no absolute source",
+                        target.display()
+                    ),
+                });
+            };
+            out.push(Bind {
+                source,
+                target,
+                readonly: options.iter().any(|o| o == "ro"),
+            });
+        }
+        Ok(out)
     }
 
     /// Where the engine mounts its own files into the container (hosts,

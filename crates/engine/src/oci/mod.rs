@@ -234,7 +234,9 @@ impl Runtime {
             // Recorded before the VM starts: a `create` killed half-way leaves
             // a container `delete` removes.
             self.save(&record)?;
-            let init = self.engine.start_parked(&vm, bundle.command()?)?;
+            let init = self
+                .engine
+                .start_parked(&vm, bundle.command()?, bundle.binds()?)?;
             let record = Record {
                 pid: init.pid,
                 ..record

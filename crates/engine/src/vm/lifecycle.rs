@@ -51,12 +51,14 @@ pub(super) enum Throwaway {
 }
 
 /// How a VM is launched.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct How {
     pub throwaway: Throwaway,
     /// The init waits for a start message before the command (see
     /// `runtime::launch::LaunchSpec::parked`).
     pub parked: bool,
+    /// Host paths bound into the VM (an OCI container's mounts).
+    pub binds: Vec<mounts::plan::Bind>,
 }
 
 impl From<Throwaway> for How {
@@ -64,6 +66,7 @@ impl From<Throwaway> for How {
         How {
             throwaway,
             parked: false,
+            binds: Vec::new(),
         }
     }
 }
@@ -278,7 +281,11 @@ impl Engine {
         command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
         how: impl Into<How>,
     ) -> Result<(Launched, ProcId), VmError> {
-        let How { throwaway, parked } = how.into();
+        let How {
+            throwaway,
+            parked,
+            binds,
+        } = how.into();
         let name = vm.name();
         let temporary = throwaway != Throwaway::No;
         let tmpfs = throwaway == Throwaway::Tmpfs;
@@ -305,7 +312,8 @@ impl Engine {
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).
-        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
+        let mut plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
+        plan.binds = binds;
         let image = if tmpfs {
             None
         } else {

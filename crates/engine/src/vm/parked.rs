@@ -15,7 +15,13 @@ impl Engine {
     /// VM's init is a child of this process: when it exits, the init passes to
     /// the nearest child subreaper (an OCI runtime's caller is one), which reaps
     /// it and reads the command's status from the init's exit status.
-    pub fn start_parked(&self, name: &VmName, spec: CommandSpec) -> Result<ProcId, VmError> {
+    /// `binds` are host paths bound into the VM (the container's mounts).
+    pub fn start_parked(
+        &self,
+        name: &VmName,
+        spec: CommandSpec,
+        binds: Vec<crate::mounts::plan::Bind>,
+    ) -> Result<ProcId, VmError> {
         self.start_stopped(
             name,
             StartMode::Command,
@@ -23,6 +29,7 @@ impl Engine {
             How {
                 throwaway: Throwaway::No,
                 parked: true,
+                binds,
             },
         )
     }
