@@ -427,6 +427,11 @@ fn the_runtime_by_hand_create_state_kill_delete() {
     assert_eq!(state["id"], id);
     let pid = std::fs::read_to_string(&pid_file).unwrap();
     assert_eq!(state["pid"].to_string(), pid.trim());
+    let list: serde_json::Value =
+        serde_json::from_str(&oci(&root, &["list", "--format", "json"]).ok().stdout).unwrap();
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["status"], "created");
+    assert_eq!(oci(&root, &["list", "-q"]).ok().stdout, format!("{id}\n"));
     // A second create of the ID is refused; so are hostile IDs.
     let again = oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]);
     assert_eq!(again.code, 1, "{again}");

@@ -299,6 +299,23 @@ impl Runtime {
         })
     }
 
+    /// `list`: the state of every container of this root, by ID. A record that
+    /// can't be read is skipped (it names nothing this runtime can act on).
+    pub fn list(&self) -> Result<Vec<StateDoc>, OciError> {
+        let dir = self.root.join("containers");
+        let mut ids: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(io_err("cannot read", &dir))?
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let id = name.strip_suffix(".json")?;
+                id::check(id).ok().map(str::to_owned)
+            })
+            .collect();
+        ids.sort();
+        Ok(ids.iter().filter_map(|id| self.state(id).ok()).collect())
+    }
+
     /// `kill`: `signal` to the container's init (which passes it on to every
     /// process of the VM), or with `all` to every process. A stopped container
     /// is an error without `all`, as for runc.

@@ -206,12 +206,52 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 })?;
                 Ok(u8::try_from(status.clamp(0, 255)).unwrap_or(1))
             }
+            CommonCmd::List(a) => {
+                let all = runtime(cli)?.list()?;
+                if a.format == "json" {
+                    return print_json(&all);
+                }
+                let mut text = String::new();
+                if a.quiet {
+                    for s in &all {
+                        text.push_str(&s.id);
+                        text.push('\n');
+                    }
+                } else {
+                    let rows = all
+                        .iter()
+                        .map(|s| {
+                            vec![
+                                s.id.clone(),
+                                s.pid.map_or("0".into(), |p| p.to_string()),
+                                s.status.clone(),
+                                s.bundle.display().to_string(),
+                                s.created.clone(),
+                            ]
+                        })
+                        .collect();
+                    text =
+                        crate::output::table(&["ID", "PID", "STATUS", "BUNDLE", "CREATED"], rows);
+                }
+                crate::output::print(&text)?;
+                Ok(0)
+            }
             CommonCmd::Update(a) => {
                 let resources = update_resources(a)?;
                 runtime(cli)?.update(&a.container_id, &resources)?;
                 Ok(0)
             }
-            other => anyhow::bail!("{} is not part of fvm's runtime", command_name(other)),
+            other => anyhow::bail!(
+                "{}: fvm's runtime does not {}",
+                command_name(other),
+                match other {
+                    CommonCmd::Checkpointt(_) => "checkpoint containers",
+                    CommonCmd::Events(_) =>
+                        "stream container events (read `fvm stats` of the container's vm)",
+                    _ =>
+                        "write a config.json (a bundle needs the annotation org.featherweight.rootfs=host)",
+                }
+            ),
         },
     }
 }
@@ -383,6 +423,7 @@ mod tests {
             "--root /r --debug --criu /usr/sbin/criu features",
             "--root /r run --bundle /b --detach abc",
             "--root /r update --resources - abc",
+            "--root /r list --format json",
         ] {
             let argv = std::iter::once("fvm-runc").chain(line.split(' '));
             if let Err(e) = OciCli::try_parse_from(argv) {
