@@ -409,6 +409,27 @@ fn the_runtime_by_hand_create_state_kill_delete() {
     );
     let pid_file = dir.path().join("init.pid");
     let id = "fvm-hand";
+    // A host file as stdin would be the VM's to reopen for writing: refused,
+    // and nothing is made.
+    let host_file = dir.path().join("stdin-file");
+    std::fs::write(&host_file, "host data\n").unwrap();
+    let refused = Command::new(common::FVM)
+        .arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), id])
+        .stdin(std::fs::File::open(&host_file).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stdin is a host file"), "{stderr}");
+    assert!(
+        std::fs::read_dir(root.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     oci(
         &root,
         &[

@@ -202,6 +202,7 @@ impl Runtime {
             return Err(OciError::Exists { id: id.to_owned() });
         }
         let bundle = Bundle::load(bundle_dir, self.engine.store().root())?;
+        check_stdio()?;
         let vm = id::vm_name(id);
         let mut opts = CreateOptions::default();
         opts.network.mode = bundle.network()?;
@@ -351,6 +352,7 @@ impl Runtime {
                 why: e.to_string(),
             })?;
         let spec = bundle::command(&process)?;
+        check_stdio()?;
         let pid_dir = pid_file
             .map(|f| PidFile::open(f).map_err(io_err("cannot open the directory of", f)))
             .transpose()?;
@@ -463,6 +465,14 @@ impl Runtime {
         crate::os::files::write_durable(&path, &text, 0o644)
             .map_err(io_err("cannot write the export", &path))
     }
+}
+
+/// The container's process gets this process's fds 0-2 as they are: see
+/// [`crate::runtime::stdio::check_inherit`].
+fn check_stdio() -> Result<(), OciError> {
+    crate::runtime::stdio::check_inherit().map_err(|e| OciError::Config {
+        why: format!("the process's stdio: {e}"),
+    })
 }
 
 /// A pid file, reached through its directory opened beforehand: written after

@@ -136,6 +136,34 @@ pub fn plan(mode: TtyMode) -> io::Result<(StdioPlan, CallerEnds)> {
     decide(mode, callers)
 }
 
+/// Check that this process's fds 0-2 can be handed to a VM's process as they
+/// are, with nobody left to relay them (an OCI container's, whose runtime
+/// exits): pipes, sockets, /dev/null and the like, and files as stdout or
+/// stderr. Refused with one line: a directory or an `O_PATH` fd, a terminal
+/// (a VM is never handed the caller's terminal), and a host file or device as
+/// stdin (a VM could reopen it for writing through /proc).
+pub fn check_inherit() -> io::Result<()> {
+    for (i, fd) in [
+        io::stdin().as_fd(),
+        io::stdout().as_fd(),
+        io::stderr().as_fd(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let why = match classify(fd, i)? {
+            Caller::Pass => continue,
+            Caller::Terminal => "a terminal (give the container a console socket instead)",
+            Caller::Relay => "a host file or device (give it a pipe)",
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is {why}: a vm is never handed it", NAMES[i]),
+        ));
+    }
+    Ok(())
+}
+
 const NAMES: [&str; 3] = ["stdin", "stdout", "stderr"];
 
 fn classify(fd: BorrowedFd<'_>, i: usize) -> io::Result<Caller> {
