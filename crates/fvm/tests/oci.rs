@@ -159,7 +159,27 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // Whatever a failed test left: every container of the runtime goes.
+        // Whatever a failed test left: its tasks and containers go through
+        // containerd first, so their shims exit too.
+        // (Never a panic here: this may run while a failed test unwinds.)
+        let quiet = |args: &[&str]| {
+            let mut cmd = Command::new("ctr");
+            cmd.arg("--address")
+                .arg(self.path("containerd.sock"))
+                .args(args);
+            try_run(cmd, None, Duration::from_secs(30)).map_or(String::new(), |o| o.stdout)
+        };
+        for id in quiet(&["task", "ls", "-q"]).lines().map(str::trim) {
+            if !id.is_empty() {
+                quiet(&["task", "delete", "--force", id]);
+            }
+        }
+        for id in quiet(&["container", "ls", "-q"]).lines().map(str::trim) {
+            if !id.is_empty() {
+                quiet(&["container", "delete", id]);
+            }
+        }
+        // Then every container of the runtime.
         let _ = Command::new(common::FVM)
             .args(["oci", "--root"])
             .arg(self.path("runc/default"))
@@ -593,4 +613,84 @@ fn podman_runs_fvm_runc_through_conmon() {
 /// The runtime's `--root` when none is given.
 fn fvm_runc_default_root() -> &'static str {
     "/run/fvm-runc"
+}
+
+/// Receives one fd over a unix socket (as an engine's console socket does) and
+/// prints what it reads from it until `TERMOK`.
+const CONSOLE_RECEIVER: &str = r#"
+import socket, array, os, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+msg, anc, _, _ = c.recvmsg(4096, socket.CMSG_LEN(4))
+fds = array.array("i")
+for level, kind, data in anc:
+    fds.frombytes(data[:4])
+m = fds[0]
+os.set_blocking(m, False)
+out = b""
+end = time.time() + 30
+while time.time() < end and b"TERMOK" not in out:
+    try:
+        d = os.read(m, 4096)
+        if not d:
+            break
+        out += d
+    except BlockingIOError:
+        time.sleep(0.05)
+    except OSError:
+        break
+sys.stdout.write(out.decode(errors="replace"))
+"#;
+
+#[test]
+fn a_terminal_container_gets_a_pty_through_the_console_socket() {
+    if !needs_root("a_terminal_container_gets_a_pty_through_the_console_socket") {
+        return;
+    }
+    let dir = common::temp_dir("oci-tty");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"terminal":true,"user":{"uid":0,"gid":0},
+                       "args":["/bin/sh","-c","tty; echo TERMOK; sleep 2"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let socket = dir.path().join("console.sock");
+    let receiver = common::Background::start({
+        let mut cmd = Command::new(common::python());
+        cmd.arg("-c").arg(CONSOLE_RECEIVER).arg(&socket);
+        cmd
+    });
+    wait_until("the console socket listens", || socket.exists());
+    let id = "fvm-tty";
+    // A terminal needs a console socket, and a console socket a terminal.
+    let without = oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]);
+    assert_eq!(without.code, 1, "{without}");
+    assert!(without.stderr.contains("--console-socket"), "{without}");
+    oci(
+        &root,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--console-socket",
+            socket.to_str().unwrap(),
+            id,
+        ],
+    )
+    .ok();
+    oci(&root, &["start", id]).ok();
+    let out = receiver.finish();
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("TERMOK"), "{out}");
+    oci(&root, &["delete", "--force", id]).ok();
+    assert!(
+        std::fs::read_dir(root.join("store/vms"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }

@@ -123,6 +123,16 @@ impl Bundle {
         })?;
         command(process)
     }
+    /// `process.terminal`: the process gets a pty, whose master goes to the
+    /// engine's console socket.
+    pub fn terminal(&self) -> bool {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+    }
+
     /// The VM's network: the host's when the config has no network namespace,
     /// its own (only `lo`) when it asks for a new one.
     pub fn network(&self) -> Result<NetMode, OciError> {
@@ -332,11 +342,6 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         return Err(OciError::Config {
             why: "process.args is empty".into(),
         });
-    }
-    if process.terminal().unwrap_or(false) {
-        return Err(OciError::Config {
-                why: "process.terminal is set, and fvm's runtime gives a container no terminal (run it without -t)".into(),
-            });
     }
     let mut env = Vec::new();
     for var in process.env().iter().flatten() {
@@ -558,7 +563,6 @@ mod tests {
             (r#""uid":0"#, r#""uid":1000"#),
             (r#""cwd":"/srv""#, r#""cwd":"srv""#),
             (r#""args":["/bin/sh","-c","exit 3"]"#, r#""args":[]"#),
-            (r#""cwd":"/srv""#, r#""cwd":"/srv","terminal":true"#),
         ] {
             let json = BASE.replace(from, to);
             assert!(

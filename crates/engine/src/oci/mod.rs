@@ -196,13 +196,35 @@ impl Runtime {
 
     /// `create`: make the container's VM and park its process. Returns the
     /// VM's init (host pid) for `--pid-file`.
-    pub fn create(&self, id: &str, bundle_dir: &Path) -> Result<i32, OciError> {
+    /// With `process.terminal` the process's fds 0-2 are a pty from the VM's
+    /// devpts, whose master is sent to `console_socket` (required then, and
+    /// only then, as for runc).
+    pub fn create(
+        &self,
+        id: &str,
+        bundle_dir: &Path,
+        console_socket: Option<&Path>,
+    ) -> Result<i32, OciError> {
         let path = self.record_path(id)?;
         if path.exists() {
             return Err(OciError::Exists { id: id.to_owned() });
         }
         let bundle = Bundle::load(bundle_dir, self.engine.store().root())?;
-        check_stdio()?;
+        let tty = bundle.terminal();
+        match (tty, console_socket) {
+            (true, None) => {
+                return Err(OciError::Config {
+                    why: "process.terminal is set: it needs --console-socket".into(),
+                });
+            }
+            (false, Some(_)) => {
+                return Err(OciError::Config {
+                    why: "--console-socket is given, but process.terminal is not set".into(),
+                });
+            }
+            (false, None) => check_stdio()?,
+            (true, Some(_)) => {}
+        }
         let vm = id::vm_name(id);
         let mut opts = CreateOptions::default();
         opts.network.mode = bundle.network()?;
@@ -235,9 +257,12 @@ impl Runtime {
             // Recorded before the VM starts: a `create` killed half-way leaves
             // a container `delete` removes.
             self.save(&record)?;
-            let init = self
-                .engine
-                .start_parked(&vm, bundle.command()?, bundle.binds()?)?;
+            let (init, master) =
+                self.engine
+                    .start_parked(&vm, bundle.command()?, bundle.binds()?, tty)?;
+            if let (Some(master), Some(socket)) = (master, console_socket) {
+                send_console(socket, master).map_err(io_err("cannot send the pty to", socket))?;
+            }
             let record = Record {
                 pid: init.pid,
                 ..record
@@ -351,6 +376,12 @@ impl Runtime {
                 path: process_json.to_owned(),
                 why: e.to_string(),
             })?;
+        if process.terminal().unwrap_or(false) {
+            return Err(OciError::Config {
+                why: "the process file sets terminal, and fvm gives an exec'd process no terminal"
+                    .into(),
+            });
+        }
         let spec = bundle::command(&process)?;
         check_stdio()?;
         let pid_dir = pid_file
@@ -465,6 +496,23 @@ impl Runtime {
         crate::os::files::write_durable(&path, &text, 0o644)
             .map_err(io_err("cannot write the export", &path))
     }
+}
+
+/// Send a pty master to the engine's console socket (SCM_RIGHTS), as runc does.
+fn send_console(socket: &Path, master: std::os::fd::OwnedFd) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    let fds = [master.as_fd()];
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
+    cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
+    rustix::net::sendmsg(
+        &stream,
+        &[std::io::IoSlice::new(b"/dev/ptmx")],
+        &mut cmsg,
+        rustix::net::SendFlags::NOSIGNAL,
+    )?;
+    Ok(())
 }
 
 /// The container's process gets this process's fds 0-2 as they are: see

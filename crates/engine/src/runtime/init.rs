@@ -72,11 +72,20 @@ pub(super) fn run(
         end_with_caller: spec.end_with_caller,
         exit_code: 0,
     };
+    // A parked command's pty is opened (and its master sent) before the park:
+    // whoever parked it hands the master on and goes.
+    let mut pty = None;
+    if spec.parked && spec.stdio.pty() {
+        pty = Some(init.open_pty());
+    }
     if spec.parked {
         init.wait_for_start(&signals);
     }
     if let Some(cmd) = &spec.command {
-        init.start_command(cmd, &spec.stdio, pipes);
+        if pty.is_none() && spec.stdio.pty() {
+            pty = Some(init.open_pty());
+        }
+        init.start_command(cmd, &spec.stdio, pipes, pty);
     }
     // From here the init only reaps, forwards signals and keeps the timeout: none
     // of that needs more than the VM's own capabilities, and a process of the VM
@@ -241,30 +250,34 @@ impl Init {
         }
     }
 
+    /// A pty from the VM's devpts: the master goes to fvm, the slave is
+    /// returned for the command.
+    fn open_pty(&self) -> OwnedFd {
+        match command::open_pty() {
+            Ok((master, slave)) => {
+                self.send(&Msg::Pty, Some(&master));
+                slave
+            }
+            Err(e) => {
+                self.send(
+                    &Msg::Failed {
+                        error: format!("cannot open a pty in the vm: {e}"),
+                    },
+                    None,
+                );
+                sys::exit_now(1);
+            }
+        }
+    }
+
+    /// Start the command; `pty` is the slave of its pty, if it has one.
     fn start_command(
         &mut self,
         cmd: &command::CommandSpec,
         stdio: &StdioPlan,
         pipes: [Option<OwnedFd>; 3],
+        pty: Option<OwnedFd>,
     ) {
-        let mut pty = None;
-        if stdio.pty() {
-            match command::open_pty() {
-                Ok((master, slave)) => {
-                    self.send(&Msg::Pty, Some(&master));
-                    pty = Some(slave);
-                }
-                Err(e) => {
-                    self.send(
-                        &Msg::Failed {
-                            error: format!("cannot open a pty in the vm: {e}"),
-                        },
-                        None,
-                    );
-                    sys::exit_now(1);
-                }
-            }
-        }
         match command::spawn(
             cmd,
             stdio,

@@ -57,6 +57,13 @@ impl StdioPlan {
         self.streams.contains(&Stream::Pty)
     }
 
+    /// fds 0-2 all the pty's slave (an OCI container with a console socket).
+    pub fn all_pty() -> StdioPlan {
+        StdioPlan {
+            streams: [Stream::Pty; 3],
+        }
+    }
+
     /// Everything passed as it is: for a process that must not relay anything.
     pub fn inherit() -> StdioPlan {
         StdioPlan {

@@ -236,6 +236,7 @@ impl Engine {
     /// Start a stopped VM in the background.
     pub fn start(&self, name: &VmName) -> Result<ProcId, VmError> {
         self.start_stopped(name, StartMode::Background, None, Throwaway::No.into())
+            .map(|(_, init)| init)
     }
 
     /// Start stopped VM `name` as `mode`, with `command` (see [`Engine::launch`]).
@@ -245,7 +246,7 @@ impl Engine {
         mode: StartMode,
         command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
         how: How,
-    ) -> Result<ProcId, VmError> {
+    ) -> Result<(Launched, ProcId), VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         let policy = self.policy(&vm)?;
@@ -258,8 +259,7 @@ impl Engine {
                 name: name.to_string(),
             });
         }
-        let (_launched, init) = self.launch(&vm, &policy, mode, command, how)?;
-        Ok(init)
+        self.launch(&vm, &policy, mode, command, how)
     }
 
     pub(super) fn policy(&self, vm: &VmDir) -> Result<Policy, VmError> {

@@ -15,23 +15,42 @@ impl Engine {
     /// VM's init is a child of this process: when it exits, the init passes to
     /// the nearest child subreaper (an OCI runtime's caller is one), which reaps
     /// it and reads the command's status from the init's exit status.
-    /// `binds` are host paths bound into the VM (the container's mounts).
+    /// `binds` are host paths bound into the VM (the container's mounts). With
+    /// `tty` the command's fds 0-2 are a pty from the VM's devpts instead, and
+    /// its master is returned, for the caller to hand on.
     pub fn start_parked(
         &self,
         name: &VmName,
         spec: CommandSpec,
         binds: Vec<crate::mounts::plan::Bind>,
-    ) -> Result<ProcId, VmError> {
-        self.start_stopped(
+        tty: bool,
+    ) -> Result<(ProcId, Option<std::os::fd::OwnedFd>), VmError> {
+        let stdio = if tty {
+            StdioPlan::all_pty()
+        } else {
+            StdioPlan::inherit()
+        };
+        let (launched, init) = self.start_stopped(
             name,
             StartMode::Command,
-            Some((spec, StdioPlan::inherit(), Pipes::default())),
+            Some((spec, stdio, Pipes::default())),
             How {
                 throwaway: Throwaway::No,
                 parked: true,
                 binds,
             },
-        )
+        )?;
+        if !tty {
+            return Ok((init, None));
+        }
+        let failed =
+            |why: String| VmError::relay(name)(crate::runtime::relay::RelayError::Init(why));
+        match launched.chan.recv() {
+            Ok(Some((crate::runtime::channel::Msg::Pty, Some(master)))) => Ok((init, Some(master))),
+            Ok(Some((crate::runtime::channel::Msg::Failed { error }, _))) => Err(failed(error)),
+            Ok(_) => Err(failed("the vm's init sent no pty".into())),
+            Err(e) => Err(failed(format!("cannot read the vm's pty: {e}"))),
+        }
     }
 
     /// Let the command of VM `name`, started by [`Engine::start_parked`], run.

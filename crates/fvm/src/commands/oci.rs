@@ -122,7 +122,7 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                     &a.container_id,
                     &a.bundle,
                     a.pid_file.as_deref(),
-                    a.console_socket.is_some(),
+                    a.console_socket.as_deref(),
                 )?;
                 Ok(0)
             }
@@ -172,7 +172,7 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                     &a.container_id,
                     &a.bundle,
                     a.pid_file.as_deref(),
-                    a.console_socket.is_some(),
+                    a.console_socket.as_deref(),
                 )?;
                 rt.start(&a.container_id)?;
                 if a.detach {
@@ -193,7 +193,7 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 };
                 if a.console_socket.is_some() || a.tty {
                     anyhow::bail!(
-                        "--tty/--console-socket: fvm's runtime gives a process no terminal (run it without -t)"
+                        "--tty/--console-socket: fvm's runtime gives an exec'd process no terminal (run it without -t)"
                     );
                 }
                 let rt = runtime(cli)?;
@@ -330,15 +330,10 @@ fn create(
     id: &str,
     bundle: &Path,
     pid_file: Option<&Path>,
-    console_socket: bool,
+    console_socket: Option<&Path>,
 ) -> Result<(Runtime, i32)> {
-    if console_socket {
-        anyhow::bail!(
-            "--console-socket: fvm's runtime gives a container no terminal (run it without -t)"
-        );
-    }
     let rt = runtime(cli)?;
-    let pid = rt.create(id, bundle)?;
+    let pid = rt.create(id, bundle, console_socket)?;
     if let Some(file) = pid_file {
         write_pid(file, pid)?;
     }
