@@ -694,3 +694,37 @@ fn a_terminal_container_gets_a_pty_through_the_console_socket() {
             .is_none()
     );
 }
+
+#[test]
+fn no_new_privileges_is_honoured() {
+    if !needs_root("no_new_privileges_is_honoured") {
+        return;
+    }
+    let dir = common::temp_dir("oci-nnp");
+    let root = dir.path().join("root");
+    for (nnp, want) in [(true, "1"), (false, "0")] {
+        let b = bundle(
+            dir.path(),
+            &format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                    "process":{{"noNewPrivileges":{nnp},"user":{{"uid":0,"gid":0}},
+                               "args":["/bin/sh","-c","grep NoNewPrivs /proc/self/status"],"cwd":"/"}},
+                    "annotations":{{"org.featherweight.rootfs":"host"}}}}"#
+            ),
+        );
+        let out = oci(&root, &["run", "--bundle", b.to_str().unwrap(), "fvm-nnp"]).ok();
+        let value = out
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(value, want, "noNewPrivileges {nnp}: {out}");
+    }
+    assert!(
+        std::fs::read_dir(root.join("store/vms"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}

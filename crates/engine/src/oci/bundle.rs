@@ -375,7 +375,9 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         cwd,
         tty: TtyMode::Never,
         limits: Default::default(),
-        confine: Default::default(),
+        // The engine fills in the VM's confinement; `noNewPrivileges` is kept.
+        confine: crate::confine::Confinement::none()
+            .with_no_new_privs(process.no_new_privileges().unwrap_or(false)),
     })
 }
 

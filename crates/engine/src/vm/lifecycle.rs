@@ -368,7 +368,9 @@ impl Engine {
                 .map_or(StdioPlan::inherit(), |(_, s, _)| *s),
             command: command.map(|(mut c, _, _)| {
                 c.limits = policy.limits.per_process();
-                c.confine = confinement.clone();
+                c.confine = confinement
+                    .clone()
+                    .with_no_new_privs(c.confine.no_new_privs);
                 c
             }),
             namespaces: sys::ns::MOUNT

@@ -160,7 +160,9 @@ impl Engine {
                 name: name.to_string(),
             });
         }
-        spec.confine = self.confinement(name, &policy)?;
+        spec.confine = self
+            .confinement(name, &policy)?
+            .with_no_new_privs(spec.confine.no_new_privs);
         self.keep_watcher();
         let entered = crate::runtime::enter::enter(
             &init,
