@@ -20,6 +20,7 @@ mod host_changes;
 mod io;
 mod measure;
 mod network;
+mod oci;
 mod peers;
 mod phases;
 mod report;
@@ -222,6 +223,17 @@ struct Args {
         "density_only", "io_only", "services_only", "dns_only", "watcher_only"
     ])]
     ui_only: bool,
+    /// Timed rounds of the containerd benchmark [--quick: 3]
+    #[arg(long, default_value_t = 20)]
+    oci_rounds: usize,
+    /// Run only the containerd benchmark (fvm-runc against runc under ctr; needs
+    /// containerd, runc and busybox-static), and replace only its section. Not
+    /// part of a full run.
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only", "io_only", "services_only", "dns_only", "watcher_only", "ui_only"
+    ])]
+    oci_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }

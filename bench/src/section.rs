@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use crate::store::Store;
 use crate::{
-    Args, changes, copy, density, dns, host_changes, invocation, io, network, services, ui,
+    Args, changes, copy, density, dns, host_changes, invocation, io, network, oci, services, ui,
     watcher_cost,
 };
 
@@ -22,6 +22,8 @@ pub enum Section {
     Services,
     Dns,
     Ui,
+    /// Only with `--oci-only` (it needs containerd): not in [`Section::ALL`].
+    Oci,
 }
 
 impl Section {
@@ -51,6 +53,7 @@ impl Section {
             (args.dns_only, Section::Dns),
             (args.watcher_only, Section::Watcher),
             (args.ui_only, Section::Ui),
+            (args.oci_only, Section::Oci),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -187,6 +190,15 @@ impl Section {
                     }
                 };
                 ui::render(&ui::measure(store, &params)?, &inv, date, kernel, place)
+            }
+            Section::Oci => {
+                let rounds = if args.quick {
+                    3
+                } else {
+                    args.oci_rounds.max(1)
+                };
+                let measured = oci::measure(store, &oci::Params { rounds })?;
+                oci::render(&measured, &inv, date, kernel, place)
             }
         })
     }

@@ -56,6 +56,11 @@ impl Store {
         id_of(&self.root)
     }
 
+    /// The fvm binary measured.
+    pub fn fvm_binary(&self) -> &Path {
+        &self.fvm
+    }
+
     /// `fvm --root DIR`, ready for a verb.
     pub fn fvm(&self) -> Command {
         let mut cmd = Command::new(&self.fvm);

@@ -31,6 +31,7 @@ pub mod limits;
 pub mod logs;
 pub mod mounts;
 pub mod net;
+pub mod oci;
 pub mod os;
 pub(crate) mod runtime;
 pub mod store;

@@ -26,7 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["watch"],
     // The operations, and the host check.
     &["vm"],
-    &["doctor"],
+    // The host check; fvm as an OCI runtime (a container is a VM).
+    &["doctor", "oci"],
 ];
 
 /// Modules only tests use.

@@ -89,6 +89,9 @@ pub enum Command {
     /// Serve the web console: the VM list, changes and commit, graphs, processes,
     /// policy and a browser shell, on loopback with a token printed once
     Ui(UiArgs),
+    /// Be an OCI runtime for container engines, with runc's command line
+    /// (`fvm oci --help`; also installed as fvm-runc); see docs/fleet.md
+    Oci(OciArgs),
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +221,17 @@ pub struct UiArgs {
     pub preview: Option<String>,
     #[arg(last = true, hide = true)]
     pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct OciArgs {
+    /// The runtime's global flags, command and arguments
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 #[derive(Debug, Args)]
@@ -452,12 +466,33 @@ pub struct RunArgs {
     /// The network of the throw-away VM (with --rm; a named VM has its policy)
     #[command(flatten)]
     pub net: NetArgs,
+    /// For job runners (with --rm)
+    #[command(flatten)]
+    pub job: JobArgs,
     /// The VM (optional with --rm)
     #[arg(add = crate::complete::vm_names())]
     pub name: Option<String>,
     /// The command and its arguments, after `--`
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// What a job runner (a batch scheduler, xargs) asks of a throw-away VM.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// When the command ends (also when it fails), write what the VM changed to
+    /// FILE as JSON (the output of `fvm diff --json`), replacing FILE at once
+    #[arg(long, value_name = "FILE", requires = "rm")]
+    pub diff_out: Option<PathBuf>,
+    /// Make the VM's cgroup inside this cgroup (its path from the hierarchy's
+    /// root, as /proc/self/cgroup shows it), e.g. a batch job's, so that its
+    /// accounting and its kill reach the VM
+    #[arg(long, value_name = "PATH", requires = "rm")]
+    pub cgroup_parent: Option<String>,
+    /// Seconds the VM gets to stop after SIGINT or SIGTERM to fvm, before its
+    /// processes are killed
+    #[arg(long, value_name = "S", default_value_t = 10, requires = "rm")]
+    pub stop_time: u64,
 }
 
 #[derive(Debug, Args)]

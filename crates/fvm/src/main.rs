@@ -22,6 +22,11 @@ use clap::Parser;
 const FAILURE: u8 = 125;
 
 fn main() -> ExitCode {
+    // Called as an OCI runtime (`fvm-runc ...`, `fvm oci ...`): runc's command
+    // line, not fvm's.
+    if let Some(args) = commands::oci::runtime_args() {
+        return ExitCode::from(commands::oci::main(args));
+    }
     // A TAB in a shell whose completion script `fvm completions` printed: answer
     // it and exit (see `complete`).
     clap_complete::CompleteEnv::with_factory(<cli::Cli as clap::CommandFactory>::command)

@@ -78,6 +78,12 @@ pub enum CgroupError {
     NoHierarchy,
     #[error("invalid cgroup name {name:?}: must be a single path component")]
     BadName { name: String },
+    #[error(
+        "invalid cgroup parent {given:?}: {why} (give a cgroup's path from the root of the cgroup hierarchy, e.g. /slurm/uid_0/job_1/step_0)"
+    )]
+    BadParent { given: String, why: &'static str },
+    #[error("cgroup parent {parent} does not exist: no {}", .path.display())]
+    NoParent { parent: String, path: PathBuf },
     #[error("cannot create cgroup {}", .path.display())]
     Create {
         path: PathBuf,
@@ -274,12 +280,16 @@ impl Cgroups {
         leaves
     }
 
-    /// The cgroup of one VM: a directory named `leaf` directly under each root.
+    /// The cgroup of one VM: a directory named `leaf` under each root, or under
+    /// a parent cgroup (`parent/leaf`, the parent as [`parent_path`] gives it).
     ///
-    /// `leaf` must be one path component; it becomes a directory name in
-    /// privileged code, so `..` or a `/` would let a caller escape the hierarchy.
+    /// Each component becomes a directory name in privileged code, so `..`, `.`
+    /// or an empty one would let a caller escape the hierarchy: refused.
     pub fn vm(&self, leaf: &str) -> Result<VmCgroup, CgroupError> {
-        if leaf.is_empty() || leaf == "." || leaf == ".." || leaf.contains(['/', '\0']) {
+        if leaf
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.contains('\0'))
+        {
             return Err(CgroupError::BadName {
                 name: leaf.to_owned(),
             });
@@ -332,6 +342,35 @@ impl Cgroups {
         Ok(())
     }
 
+    /// Check that the parent cgroup `parent` (from [`parent_path`]) exists in
+    /// every hierarchy in use: a VM's cgroup is made in it, never the parent
+    /// itself (it belongs to whoever asked: a batch scheduler, a systemd scope).
+    pub fn check_parent(&self, parent: &str) -> Result<(), CgroupError> {
+        for root in self.roots() {
+            let path = root.join(parent);
+            if !path.is_dir() {
+                return Err(CgroupError::NoParent {
+                    parent: format!("/{parent}"),
+                    path,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Make the parent cgroup `parent` (from [`parent_path`]) where it is
+    /// missing, in every hierarchy in use (an OCI container's `cgroupsPath`).
+    pub fn make_parent(&self, parent: &str) -> Result<(), CgroupError> {
+        for root in self.roots() {
+            let mut dir = root.clone();
+            for part in parent.split('/') {
+                dir.push(part);
+                control::make_dir(&dir)?;
+            }
+        }
+        Ok(())
+    }
+
     /// How a VM sees its cgroup: what to mount under its `/sys/fs/cgroup`.
     pub fn view(&self) -> CgroupView {
         match &self.layout {
@@ -341,6 +380,37 @@ impl Cgroups {
             }
         }
     }
+}
+
+/// A parent cgroup as the user gives it (`/a/b` or `a/b`: a path from the root
+/// of the cgroup hierarchy, as /proc/PID/cgroup shows it), cleaned to `a/b`.
+/// Every component must be a plain name: the result is joined to each
+/// hierarchy's root in privileged code and must stay inside it.
+pub fn parent_path(given: &str) -> Result<String, CgroupError> {
+    let bad = |why| CgroupError::BadParent {
+        given: given.to_owned(),
+        why,
+    };
+    if given.len() > 1024 {
+        return Err(bad("longer than 1024 bytes"));
+    }
+    let parts: Vec<&str> = given
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
+    if parts.iter().all(|p| p.is_empty()) {
+        return Err(bad("it names the root cgroup"));
+    }
+    for p in &parts {
+        if p.is_empty() || *p == "." || *p == ".." {
+            return Err(bad("it has an empty, `.` or `..` component"));
+        }
+        if p.chars().any(char::is_control) {
+            return Err(bad("it has a control character"));
+        }
+    }
+    Ok(parts.join("/"))
 }
 
 /// What a VM mounts at `/sys/fs/cgroup`, read-only, inside its cgroup namespace

@@ -90,7 +90,7 @@ fn create_refuses_a_control_file_with_the_leaf_name() {
 #[test]
 fn bad_leaf_names_are_rejected() {
     let (_tmp, cgroups) = v2_fake();
-    for name in ["", ".", "..", "a/b", "/abs", "../x", "a\0b"] {
+    for name in ["", ".", "..", "a//b", "/abs", "../x", "a/..", "a\0b"] {
         let err = cgroups.vm(name).unwrap_err();
         assert!(
             matches!(err, CgroupError::BadName { .. }),
@@ -98,6 +98,86 @@ fn bad_leaf_names_are_rejected() {
         );
     }
     cgroups.vm("fvm-1a2b3c4d-web1.v2_x").unwrap();
+}
+
+#[test]
+fn parent_paths_stay_inside_the_hierarchy() {
+    assert_eq!(
+        parent_path("/slurm/uid_0/job_1/step_0").unwrap(),
+        "slurm/uid_0/job_1/step_0"
+    );
+    assert_eq!(parent_path("a/b/").unwrap(), "a/b");
+    for bad in [
+        "",
+        "/",
+        "//",
+        "/../etc",
+        "/a/../../b",
+        "a//b",
+        "/a/./b",
+        "/a\nb",
+    ] {
+        assert!(
+            matches!(parent_path(bad), Err(CgroupError::BadParent { .. })),
+            "{bad:?}"
+        );
+    }
+    assert!(parent_path(&"a/".repeat(600)).is_err());
+}
+
+#[test]
+fn v2_a_vm_under_a_parent_is_made_in_it_and_only_there() {
+    let (tmp, cgroups) = v2_fake();
+    let parent = parent_path("/job_1/step_0").unwrap();
+    assert!(matches!(
+        cgroups.check_parent(&parent),
+        Err(CgroupError::NoParent { .. })
+    ));
+    fs::create_dir_all(tmp.path().join("job_1/step_0")).unwrap();
+    fs::write(
+        tmp.path().join("job_1/step_0/cgroup.controllers"),
+        "memory pids\n",
+    )
+    .unwrap();
+    fs::write(tmp.path().join("job_1/step_0/cgroup.subtree_control"), "").unwrap();
+    cgroups.check_parent(&parent).unwrap();
+    let vm = cgroups.vm(&format!("{parent}/fvm-1a2b3c4d-job")).unwrap();
+    assert_eq!(
+        vm.dirs(),
+        [tmp.path().join("job_1/step_0/fvm-1a2b3c4d-job")]
+    );
+    vm.create().unwrap();
+    assert!(vm.exists());
+    // The parent hands its controllers down to the VM's cgroup.
+    assert_eq!(
+        fs::read_to_string(tmp.path().join("job_1/step_0/cgroup.subtree_control")).unwrap(),
+        "+memory +pids"
+    );
+    vm.remove().unwrap();
+    assert!(!vm.exists());
+    assert!(tmp.path().join("job_1/step_0").is_dir());
+    for bad in ["job_1/../../x/fvm-1", "job_1//fvm-1", "./fvm-1"] {
+        assert!(cgroups.vm(bad).is_err(), "{bad}");
+    }
+}
+
+#[test]
+fn v1_a_parent_must_be_in_every_hierarchy() {
+    let (tmp, cgroups) = v1_fake();
+    for h in ["cpu,cpuacct", "memory", "pids"] {
+        fs::create_dir(tmp.path().join(h).join("job_7")).unwrap();
+    }
+    // Missing from the freezer's hierarchy.
+    let err = cgroups.check_parent("job_7").unwrap_err();
+    assert!(err.to_string().contains("freezer"), "{err}");
+    fs::create_dir(tmp.path().join("freezer/job_7")).unwrap();
+    cgroups.check_parent("job_7").unwrap();
+    let vm = cgroups.vm("job_7/fvm-1a2b3c4d-job").unwrap();
+    assert!(
+        vm.dirs()
+            .iter()
+            .all(|d| d.ends_with("job_7/fvm-1a2b3c4d-job"))
+    );
 }
 
 #[test]

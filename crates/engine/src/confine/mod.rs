@@ -60,6 +60,9 @@ impl Security {
 pub struct Confinement {
     /// `None`: unconfined.
     filters: Option<Arc<seccomp::Filters>>,
+    /// Set `no_new_privs` too (an OCI process's `noNewPrivileges`): setuid
+    /// programs then run without their privileges.
+    pub no_new_privs: bool,
 }
 
 impl Confinement {
@@ -70,7 +73,16 @@ impl Confinement {
                 Security::Default => Some(Arc::new(seccomp::compile()?)),
                 Security::Unconfined => None,
             },
+            no_new_privs: false,
         })
+    }
+
+    /// This confinement, with `no_new_privs` as given.
+    pub fn with_no_new_privs(self, no_new_privs: bool) -> Confinement {
+        Confinement {
+            no_new_privs,
+            ..self
+        }
     }
 
     /// No confinement at all.
@@ -86,12 +98,15 @@ impl Confinement {
     /// the capabilities (in that order: loading needs CAP_SYS_ADMIN). Allocates
     /// nothing.
     pub fn apply(&self) -> std::io::Result<()> {
-        let Some(filters) = &self.filters else {
-            return Ok(());
-        };
-        for program in &filters.0 {
-            crate::os::sys::load_seccomp(program)?;
+        if let Some(filters) = &self.filters {
+            for program in &filters.0 {
+                crate::os::sys::load_seccomp(program)?;
+            }
+            caps::drop_to_kept()?;
         }
-        caps::drop_to_kept()
+        if self.no_new_privs {
+            rustix::thread::set_no_new_privs(true)?;
+        }
+        Ok(())
     }
 }

@@ -187,6 +187,9 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
     for file in &plan.file_binds {
         bind_file_readonly(&staging, file, &layout.staging)?;
     }
+    for b in &plan.binds {
+        bind(&staging, b, &layout.staging)?;
+    }
     // Host DNS config that lives in /run must be read now, while the host's /run is
     // still reachable; it is written into the VM's private /run after the pivot.
     let resolv = run_resolv_conf();
@@ -312,6 +315,82 @@ fn bind_file_readonly(root: &OwnedFd, file: &Path, staging: &Path) -> Result<(),
     let at = staging.join(file.strip_prefix("/").unwrap_or(file));
     rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY, "")
         .map_err(|e| err("make read-only", file)(e.into()))
+}
+
+/// Bind `b.source` (a host path) at `b.target` beneath the VM's root, made
+/// there (a directory or an empty file, as the source is) where missing; every
+/// component is opened beneath the root without following a symlink.
+fn bind(root: &OwnedFd, b: &super::plan::Bind, staging: &Path) -> Result<(), MountError> {
+    let source = rustix::fs::open(&b.source, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| err("open", &b.source)(e.into()))?;
+    let is_dir = rustix::fs::fstat(&source)
+        .map(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+        })
+        .map_err(|e| err("stat", &b.source)(e.into()))?;
+    let target = make_beneath(root, &b.target, is_dir)?;
+    rustix::mount::mount_bind_recursive(fd_path(&source), fd_path(&target))
+        .map_err(|e| err(format!("bind {} at", b.source.display()), &b.target)(e.into()))?;
+    if b.readonly {
+        // As in `bind_file_readonly`: by path, which was just made or checked
+        // to have no symlink, before any process of the VM runs.
+        let at = staging.join(b.target.strip_prefix("/").unwrap_or(&b.target));
+        rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| err("make read-only", &b.target)(e.into()))?;
+    }
+    Ok(())
+}
+
+/// `path` beneath `root`, each missing directory made on the way and the last
+/// component made as a directory (`dir`) or an empty file; refused where a
+/// component is a symlink or not a directory.
+fn make_beneath(root: &OwnedFd, path: &Path, dir: bool) -> Result<OwnedFd, MountError> {
+    let parts: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(Ok(n)),
+            std::path::Component::RootDir => None,
+            _ => Some(Err(())),
+        })
+        .collect::<Result<_, ()>>()
+        .map_err(|()| err("use the mount point", path)(io::Error::other("it has . or ..")))?;
+    let Some((last, parents)) = parts.split_last() else {
+        return Err(err("use the mount point", path)(io::Error::other(
+            "it is the root",
+        )));
+    };
+    let beneath = |at: &OwnedFd, name: &std::ffi::OsStr, flags: OFlags| {
+        rustix::fs::openat2(
+            at,
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let mut at = root.try_clone().map_err(err("open", path))?;
+    for part in parents {
+        match rustix::fs::mkdirat(&at, *part, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(err("create a directory for", path)(e.into())),
+        }
+        at = beneath(&at, part, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| err("open a directory of the mount point", path)(e.into()))?;
+    }
+    if dir {
+        match rustix::fs::mkdirat(&at, *last, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(err("create", path)(e.into())),
+        }
+        beneath(&at, last, OFlags::PATH | OFlags::DIRECTORY)
+    } else {
+        match beneath(&at, last, OFlags::WRONLY | OFlags::CREATE) {
+            Ok(_) | Err(rustix::io::Errno::ISDIR) => {}
+            Err(e) => return Err(err("create", path)(e.into())),
+        }
+        beneath(&at, last, OFlags::PATH)
+    }
+    .map_err(|e| err("open the mount point", path)(e.into()))
 }
 
 fn run_resolv_conf() -> Option<(PathBuf, Vec<u8>)> {

@@ -93,6 +93,20 @@ pub struct MountPlan {
     /// What to mount read-only at `/sys/fs/cgroup`: the VM's own cgroup, seen
     /// through its cgroup namespace. Filled in from the host's cgroup layout.
     pub cgroups: crate::cgroup::CgroupView,
+    /// Host paths bound at other paths in the VM: what an OCI container's
+    /// engine mounts into it (hosts files, secrets, volumes).
+    pub binds: Vec<Bind>,
+}
+
+/// A host file or directory bound into the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// On the host (the caller's path, trusted).
+    pub source: PathBuf,
+    /// In the VM: absolute, plain components; made (beneath the VM's root,
+    /// never through a symlink) when missing.
+    pub target: PathBuf,
+    pub readonly: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,8 @@
 //! the sender's pid.
 //!
 //! A message is 8 bytes, native-endian: the VM's timeout in seconds counted from
-//! its start, 0 for none.
+//! its start, 0 for none; or [`START`], which lets a parked init (an OCI
+//! container between `create` and `start`) run its command.
 //!
 //! Requests that want an answer (services, `fvm run -d`, see
 //! `runtime::services`) go the same way over a second pair the init holds both
@@ -103,18 +104,27 @@ fn take_fd(init: &ProcId, fd: RawFd, kind: FileType, what: &str) -> io::Result<O
     Ok(Some(copy))
 }
 
+/// The message that starts a parked init's command. No timeout is this long
+/// (timeouts are checked to be far shorter).
+pub const START: u64 = u64::MAX;
+
 /// The message for a timeout (`None`: no timeout).
 pub fn encode_timeout(seconds: Option<u64>) -> [u8; 8] {
     seconds.unwrap_or(0).to_ne_bytes()
 }
 
 /// In the init: the last timeout among the pending messages, if any arrived;
-/// `Some(None)` means "no timeout any more".
-pub fn read_timeout(read: &OwnedFd) -> Option<Option<u64>> {
+/// `Some(None)` means "no timeout any more". A [`START`] among them sets
+/// `started`.
+pub fn read_messages(read: &OwnedFd, started: &mut bool) -> Option<Option<u64>> {
     let mut latest = None;
     let mut buf = [0u8; 8];
     while let Ok(8) = rustix::io::read(read, &mut buf) {
         let secs = u64::from_ne_bytes(buf);
+        if secs == START {
+            *started = true;
+            continue;
+        }
         latest = Some((secs > 0).then_some(secs));
     }
     latest
@@ -122,10 +132,18 @@ pub fn read_timeout(read: &OwnedFd) -> Option<Option<u64>> {
 
 /// Tell the running init `init` its new timeout. Returns false if the VM is gone.
 pub fn send_timeout(init: &ProcId, fd: RawFd, seconds: Option<u64>) -> io::Result<bool> {
+    send(init, fd, encode_timeout(seconds))
+}
+
+/// Let the parked init `init` run its command. Returns false if the VM is gone.
+pub fn send_start(init: &ProcId, fd: RawFd) -> io::Result<bool> {
+    send(init, fd, START.to_ne_bytes())
+}
+
+fn send(init: &ProcId, fd: RawFd, msg: [u8; 8]) -> io::Result<bool> {
     let Some(pipe) = take_fd(init, fd, FileType::Fifo, "control pipe")? else {
         return Ok(false);
     };
-    let msg = encode_timeout(seconds);
     let n = rustix::io::write(pipe.as_fd(), &msg)?;
     if n != msg.len() {
         return Err(io::Error::new(
@@ -143,11 +161,25 @@ mod tests {
     #[test]
     fn the_last_message_wins_and_zero_clears() {
         let p = ControlPipe::new().unwrap();
-        assert_eq!(read_timeout(&p.read), None);
+        assert_eq!(read_messages(&p.read, &mut false), None);
         rustix::io::write(&p.write, &encode_timeout(Some(5))).unwrap();
         rustix::io::write(&p.write, &encode_timeout(Some(9))).unwrap();
-        assert_eq!(read_timeout(&p.read), Some(Some(9)));
+        assert_eq!(read_messages(&p.read, &mut false), Some(Some(9)));
         rustix::io::write(&p.write, &encode_timeout(None)).unwrap();
-        assert_eq!(read_timeout(&p.read), Some(None));
+        assert_eq!(read_messages(&p.read, &mut false), Some(None));
+    }
+
+    #[test]
+    fn start_is_told_apart_from_timeouts() {
+        let p = ControlPipe::new().unwrap();
+        let mut started = false;
+        rustix::io::write(&p.write, &START.to_ne_bytes()).unwrap();
+        assert_eq!(read_messages(&p.read, &mut started), None);
+        assert!(started);
+        rustix::io::write(&p.write, &encode_timeout(Some(3))).unwrap();
+        rustix::io::write(&p.write, &START.to_ne_bytes()).unwrap();
+        let mut again = false;
+        assert_eq!(read_messages(&p.read, &mut again), Some(Some(3)));
+        assert!(again);
     }
 }

@@ -77,9 +77,23 @@ pub(super) fn run(
         outside: None,
         services: services::Supervisor::new(&[], None, None),
         pending_signal: None,
+        end_with_caller: spec.end_with_caller,
+        exit_code: 0,
     };
+    // A parked command's pty is opened (and its master sent) before the park:
+    // whoever parked it hands the master on and goes.
+    let mut pty = None;
+    if spec.parked && spec.stdio.pty() {
+        pty = Some(init.open_pty());
+    }
+    if spec.parked {
+        init.wait_for_start(&signals);
+    }
     if let Some(cmd) = &spec.command {
-        init.start_command(cmd, &spec.stdio, pipes);
+        if pty.is_none() && spec.stdio.pty() {
+            pty = Some(init.open_pty());
+        }
+        init.start_command(cmd, &spec.stdio, pipes, pty);
     }
     // A VM started to run (`fvm start`) starts its services, through a starter
     // forked now, while the init still has the capabilities to confine them.
@@ -237,33 +251,73 @@ struct Init {
     /// A stop signal for the VM's other processes, sent once its services
     /// have stopped (in reverse order).
     pending_signal: Option<Signal>,
+    /// See [`LaunchSpec::end_with_caller`].
+    end_with_caller: bool,
+    /// What the init exits with: the command's status (128 + the signal that
+    /// ended it), as an OCI runtime's caller reads it from the init's exit.
+    exit_code: i32,
 }
 
 impl Init {
+    /// Parked (see [`LaunchSpec::parked`]): wait for the start message. A stop
+    /// signal before it ends the VM, which has nothing else running.
+    fn wait_for_start(&mut self, signals: &SignalFd) {
+        loop {
+            let mut fds = [
+                PollFd::new(signals, PollFlags::IN),
+                PollFd::new(&self.control.read, PollFlags::IN),
+            ];
+            if let Err(e) = rustix::event::poll(&mut fds, None)
+                && e != rustix::io::Errno::INTR
+            {
+                sys::exit_now(1);
+            }
+            let mut started = false;
+            if let Some(timeout) = control::read_messages(&self.control.read, &mut started) {
+                self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
+            }
+            if started {
+                return;
+            }
+            while let Ok(Some(info)) = signals.read_signal() {
+                let Ok(sig) = Signal::try_from(info.ssi_signo as i32) else {
+                    continue;
+                };
+                if !matches!(sig, Signal::SIGCHLD | Signal::SIGUSR1 | Signal::SIGUSR2) {
+                    sys::exit_now(128 + sig as i32);
+                }
+            }
+        }
+    }
+
+    /// A pty from the VM's devpts: the master goes to fvm, the slave is
+    /// returned for the command.
+    fn open_pty(&self) -> OwnedFd {
+        match command::open_pty() {
+            Ok((master, slave)) => {
+                self.send(&Msg::Pty, Some(&master));
+                slave
+            }
+            Err(e) => {
+                self.send(
+                    &Msg::Failed {
+                        error: format!("cannot open a pty in the vm: {e}"),
+                    },
+                    None,
+                );
+                sys::exit_now(1);
+            }
+        }
+    }
+
+    /// Start the command; `pty` is the slave of its pty, if it has one.
     fn start_command(
         &mut self,
         cmd: &command::CommandSpec,
         stdio: &StdioPlan,
         pipes: [Option<OwnedFd>; 3],
+        pty: Option<OwnedFd>,
     ) {
-        let mut pty = None;
-        if stdio.pty() {
-            match command::open_pty() {
-                Ok((master, slave)) => {
-                    self.send(&Msg::Pty, Some(&master));
-                    pty = Some(slave);
-                }
-                Err(e) => {
-                    self.send(
-                        &Msg::Failed {
-                            error: format!("cannot open a pty in the vm: {e}"),
-                        },
-                        None,
-                    );
-                    sys::exit_now(1);
-                }
-            }
-        }
         match command::spawn(
             cmd,
             stdio,
@@ -330,6 +384,13 @@ impl Init {
             fds.extend(sources.iter().map(|(fd, _)| PollFd::new(fd, PollFlags::IN)));
             let first_watched = fds.len();
             fds.extend(watched.iter().map(|w| PollFd::new(w, PollFlags::IN)));
+            // fvm sends nothing after `Go`: the channel turns readable only when
+            // the fvm waiting on the command is gone.
+            let caller_at = fds.len();
+            let watch_caller = self.end_with_caller && !self.stopping;
+            if let (true, Some(chan)) = (watch_caller, &self.chan) {
+                fds.push(PollFd::from_borrowed_fd(chan.as_fd(), PollFlags::IN));
+            }
             let wake = self.next_wake().map(|at| {
                 let d = at.saturating_duration_since(Instant::now());
                 rustix::event::Timespec {
@@ -349,9 +410,20 @@ impl Init {
                 .filter(|(fd, _)| !fd.revents().is_empty())
                 .map(|(_, (_, which))| *which)
                 .collect();
+            let caller_gone = fds.get(caller_at).is_some_and(|f| !f.revents().is_empty());
             drop(fds);
             drop(sources);
-            if let Some(timeout) = control::read_timeout(&self.control.read) {
+            if caller_gone
+                && matches!(
+                    self.chan.as_ref().map(Channel::recv),
+                    Some(Ok(None) | Err(_))
+                )
+            {
+                self.chan = None;
+                self.stopping = true;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-1), Signal::SIGKILL);
+            }
+            if let Some(timeout) = control::read_messages(&self.control.read, &mut false) {
                 self.deadline = timeout.map(|s| self.started + Duration::from_secs(s));
             }
             self.enforce_timeout();
@@ -404,6 +476,7 @@ impl Init {
                 Vec::new()
             };
             if let Some((exit, cpu)) = command_exit {
+                self.exit_code = exit.code();
                 let last = no_children && others.is_empty();
                 let timed_out = self.timed_out;
                 self.send(
@@ -420,7 +493,7 @@ impl Init {
             }
             if ending && no_children && others.is_empty() {
                 self.services.flush();
-                sys::exit_now(0);
+                sys::exit_now(self.exit_code);
             }
             watched = others;
         }

@@ -46,6 +46,14 @@ pub struct LaunchSpec {
     /// The VM's logs directory in the store, which the init opens before the
     /// VM's root replaces the host's (see [`crate::logs`]).
     pub logs: Option<std::path::PathBuf>,
+    /// A throw-away VM: when the `fvm` that waits for its command dies (SIGKILL),
+    /// the init kills every process of the VM and exits, so nothing of it runs on
+    /// unseen; the next command on the store deletes what is left.
+    pub end_with_caller: bool,
+    /// The init waits, once the VM is assembled, for a start message on its
+    /// control pipe before it runs the command (an OCI container's `create`,
+    /// then `start`). A stop signal meanwhile ends it.
+    pub parked: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

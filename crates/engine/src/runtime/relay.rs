@@ -8,7 +8,7 @@
 
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -24,8 +24,15 @@ use super::stdio::CallerEnds;
 #[derive(Debug)]
 pub enum Waited {
     /// The init of a VM started for this command reports over the channel; signals
-    /// go to the init, which passes them to every process of the VM.
-    Init { pid: Pid, chan: Channel },
+    /// go to the init, which passes them to every process of the VM. A stop
+    /// signal (SIGINT, SIGTERM, SIGHUP, SIGQUIT) to this process starts `grace`:
+    /// when it runs out with the VM still there, the init gets SIGKILL, which
+    /// ends every process of the VM (it is their pid namespace's init).
+    Init {
+        pid: Pid,
+        chan: Channel,
+        grace: Duration,
+    },
     /// A command we forked inside a running VM.
     Child { pid: Pid },
 }
@@ -132,6 +139,13 @@ struct Relay {
     /// The target is the command itself, in a running VM, whose processes can
     /// stop it: a signal that ends it is followed by SIGCONT.
     wake_after: bool,
+    /// How long the VM gets after a stop signal before its init is killed
+    /// (`None`: the target is a command in a running VM, which is only signalled).
+    grace: Option<Duration>,
+    /// When the VM's init gets SIGKILL, once a stop signal has arrived.
+    kill_at: Option<Instant>,
+    /// The init was killed for not stopping in time.
+    killed: bool,
 }
 
 /// Wait for the command, relaying the caller's streams as `ends` says; a pty
@@ -144,14 +158,15 @@ pub fn run(
 ) -> Result<Outcome, RelayError> {
     let sigfd = SignalFd::with_flags(signals, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(io::Error::from)?;
-    let (target, pidfd, chan) = match waited {
-        Waited::Init { pid, chan } => (pid, None, Some(chan)),
+    let (target, pidfd, chan, grace) = match waited {
+        Waited::Init { pid, chan, grace } => (pid, None, Some(chan), Some(grace)),
         Waited::Child { pid } => (
             pid,
             Some(
                 rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
                     .map_err(io::Error::from)?,
             ),
+            None,
             None,
         ),
     };
@@ -167,6 +182,9 @@ pub fn run(
         winsize_to: None,
         target,
         wake_after: pidfd.is_some(),
+        grace,
+        kill_at: None,
+        killed: false,
     };
     r.attach_pipes(ends)?;
     if let Some(m) = master {
@@ -194,7 +212,14 @@ pub fn run(
         if want_stdin {
             fds.push(PollFd::new(&stdin, PollFlags::IN));
         }
-        match rustix::event::poll(&mut fds, None) {
+        let wake = r.kill_at.map(|at| {
+            let d = at.saturating_duration_since(Instant::now());
+            rustix::event::Timespec {
+                tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                tv_nsec: i64::from(d.subsec_nanos()),
+            }
+        });
+        match rustix::event::poll(&mut fds, wake.as_ref()) {
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(io::Error::from(e).into()),
             Ok(_) => {}
@@ -204,6 +229,7 @@ pub fn run(
         if !ready[0].is_empty() {
             r.signals(&sigfd);
         }
+        r.kill_when_grace_is_over();
         let outputs_ready: Vec<bool> = ready[2..2 + r.outputs.len()]
             .iter()
             .map(|f| !f.is_empty())
@@ -225,7 +251,18 @@ pub fn run(
                         cpu: child.map(|c| c.cpu),
                     })
                 }
-                (None, Some(c)) => r.message(c)?,
+                (None, Some(c)) => match r.message(c) {
+                    // The init died of the SIGKILL sent when the grace ran out,
+                    // and every process of the VM with it.
+                    Err(RelayError::VmGone) if r.killed => Some(Outcome {
+                        exit: Exit::Signal(libc::SIGKILL),
+                        vm_ended: true,
+                        timed_out: false,
+                        outside: None,
+                        cpu: None,
+                    }),
+                    other => other?,
+                },
                 (None, None) => None,
             };
             if let Some(o) = outcome {
@@ -237,6 +274,16 @@ pub fn run(
 }
 
 impl Relay {
+    /// After a stop signal: SIGKILL to the VM's init once the grace is over.
+    fn kill_when_grace_is_over(&mut self) {
+        if self.kill_at.is_some_and(|at| Instant::now() >= at) {
+            self.kill_at = None;
+            self.killed = true;
+            let target = nix::unistd::Pid::from_raw(self.target.as_raw_nonzero().get());
+            let _ = nix::sys::signal::kill(target, Signal::SIGKILL);
+        }
+    }
+
     fn attach_pipes(&mut self, ends: CallerEnds) -> io::Result<()> {
         for (fd, sink) in [(ends.stdout, Sink::Stdout), (ends.stderr, Sink::Stderr)] {
             if let Some(fd) = fd {
@@ -332,6 +379,17 @@ impl Relay {
                 sig => {
                     let target = nix::unistd::Pid::from_raw(self.target.as_raw_nonzero().get());
                     let _ = nix::sys::signal::kill(target, sig);
+                    if let Some(grace) = self.grace
+                        && self.kill_at.is_none()
+                        && !self.killed
+                        && matches!(
+                            sig,
+                            Signal::SIGINT | Signal::SIGTERM | Signal::SIGHUP | Signal::SIGQUIT
+                        )
+                    {
+                        // (A grace too long to count is no deadline.)
+                        self.kill_at = Instant::now().checked_add(grace);
+                    }
                     // A command a process of the VM stopped would hold the signal
                     // until someone continues it, and this command would wait.
                     if self.wake_after

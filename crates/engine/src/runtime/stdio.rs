@@ -57,6 +57,13 @@ impl StdioPlan {
         self.streams.contains(&Stream::Pty)
     }
 
+    /// fds 0-2 all the pty's slave (an OCI container with a console socket).
+    pub fn all_pty() -> StdioPlan {
+        StdioPlan {
+            streams: [Stream::Pty; 3],
+        }
+    }
+
     /// Everything passed as it is: for a process that must not relay anything.
     pub fn inherit() -> StdioPlan {
         StdioPlan {
@@ -134,6 +141,34 @@ pub fn plan(mode: TtyMode) -> io::Result<(StdioPlan, CallerEnds)> {
         classify(io::stderr().as_fd(), 2)?,
     ];
     decide(mode, callers)
+}
+
+/// Check that this process's fds 0-2 can be handed to a VM's process as they
+/// are, with nobody left to relay them (an OCI container's, whose runtime
+/// exits): pipes, sockets, /dev/null and the like, and files as stdout or
+/// stderr. Refused with one line: a directory or an `O_PATH` fd, a terminal
+/// (a VM is never handed the caller's terminal), and a host file or device as
+/// stdin (a VM could reopen it for writing through /proc).
+pub fn check_inherit() -> io::Result<()> {
+    for (i, fd) in [
+        io::stdin().as_fd(),
+        io::stdout().as_fd(),
+        io::stderr().as_fd(),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let why = match classify(fd, i)? {
+            Caller::Pass => continue,
+            Caller::Terminal => "a terminal (give the container a console socket instead)",
+            Caller::Relay => "a host file or device (give it a pipe)",
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is {why}: a vm is never handed it", NAMES[i]),
+        ));
+    }
+    Ok(())
 }
 
 const NAMES: [&str; 3] = ["stdin", "stdout", "stderr"];

@@ -45,6 +45,11 @@ pub struct Policy {
     /// Services the VM's init starts, in this order; see [`super::service`].
     #[serde(default, rename = "service", skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<Service>,
+    /// The cgroup the VM's own cgroup is made in (`a/b`, from the root of the
+    /// hierarchy; see [`crate::cgroup::parent_path`]) instead of the root: a
+    /// batch scheduler's job cgroup, whose accounting and kill then reach it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<String>,
 }
 
 /// A policy file that can't be used.
@@ -74,6 +79,10 @@ pub enum PolicyError {
         found: String,
         expected: String,
     },
+    #[error(
+        "policy file {path}: `cgroup-parent` {parent:?} is not a cgroup path of plain names (a/b)"
+    )]
+    CgroupParent { path: PathBuf, parent: String },
     #[error("policy file {path}: `dir` must be an absolute path, not {dir:?}")]
     RelativeDir { path: PathBuf, dir: PathBuf },
     #[error("policy file {path}: {source}")]
@@ -106,6 +115,7 @@ const HEADER: &str = "\
 # dir          where the VM's private layers live, if not inside the store
 # security     unconfined gives root in the VM every capability and no seccomp
 #              filter (for trusted work only); by default both confine it
+# cgroup-parent the cgroup (from the hierarchy's root) the VM's cgroup is made in
 # layers       disk (default) or volatile: nothing the VM writes is synced while it
 #              runs (fsync returns at once; faster), it is synced when the VM stops;
 #              if the host goes down while it runs, its changes can't be trusted
@@ -159,6 +169,7 @@ impl Policy {
             network: NetPolicy::default(),
             autostart: false,
             services: Vec::new(),
+            cgroup_parent: None,
         }
     }
 
@@ -184,6 +195,14 @@ impl Policy {
             return Err(PolicyError::RelativeDir {
                 path: path.to_owned(),
                 dir: dir.clone(),
+            });
+        }
+        if let Some(parent) = &policy.cgroup_parent
+            && crate::cgroup::parent_path(parent).ok().as_ref() != Some(parent)
+        {
+            return Err(PolicyError::CgroupParent {
+                path: path.to_owned(),
+                parent: parent.clone(),
             });
         }
         policy
@@ -337,6 +356,16 @@ mod tests {
             Policy::parse(rel, Path::new("p"), &name("a")),
             Err(PolicyError::RelativeDir { .. })
         ));
+        for bad in ["../x", "/a/b", "a/./b", ""] {
+            let text = format!("name = \"a\"\ncreated = \"x\"\ncgroup-parent = {bad:?}\n");
+            assert!(
+                matches!(
+                    Policy::parse(&text, Path::new("p"), &name("a")),
+                    Err(PolicyError::CgroupParent { .. })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     /// A random policy that is valid: random text where the file takes any, and
@@ -377,6 +406,9 @@ mod tests {
                 s.user = Some("www-data".into());
             }
             p.services.push(s);
+        }
+        if rng.bool() {
+            p.cgroup_parent = Some("slurm/job_1/step_0".into());
         }
         const VALUES: &[(Key, &[&str])] = &[
             (Key::Memory, &["64M", "512M", "2G", "1073741824", "1T"]),

@@ -21,6 +21,13 @@ impl Engine {
         diff::diff(&layers, &filter, &committed).map_err(|e| changes_error(name, e.into()))
     }
 
+    /// VM `name`'s layers (one per host mount it changed), to read its files
+    /// by; the VM should be stopped.
+    pub fn layers_of(&self, name: &VmName) -> Result<Vec<Layer>, VmError> {
+        let vm = self.vm(name)?;
+        self.layers(&vm)
+    }
+
     /// Write VM `name`'s changes under `paths` (all if empty) back to the host. A
     /// running VM is frozen while it happens. With conflicts, nothing is written
     /// and the outcome lists them.

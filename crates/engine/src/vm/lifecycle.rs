@@ -35,6 +35,42 @@ pub struct CreateOptions {
     /// A throw-away VM (`run --rm`): its layers are a tmpfs, which takes any
     /// `disk` and `inodes` limit on any host.
     pub temporary: bool,
+    /// Make the VM's cgroup in this cgroup (a path from the hierarchy's root),
+    /// which must exist in every hierarchy in use.
+    pub cgroup_parent: Option<String>,
+}
+
+/// Whether a VM being started is a throw-away one, and where its layers are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Throwaway {
+    /// A VM of the store, kept after it stops.
+    No,
+    /// Deleted after its command, its layers on a tmpfs private to the VM.
+    Tmpfs,
+    /// Deleted after its command, its layers in the store until then, so that
+    /// what it changed can be read once it has stopped (`run --diff-out`).
+    OnDisk,
+}
+
+/// How a VM is launched.
+#[derive(Debug, Clone)]
+pub(super) struct How {
+    pub throwaway: Throwaway,
+    /// The init waits for a start message before the command (see
+    /// `runtime::launch::LaunchSpec::parked`).
+    pub parked: bool,
+    /// Host paths bound into the VM (an OCI container's mounts).
+    pub binds: Vec<mounts::plan::Bind>,
+}
+
+impl From<Throwaway> for How {
+    fn from(throwaway: Throwaway) -> How {
+        How {
+            throwaway,
+            parked: false,
+            binds: Vec::new(),
+        }
+    }
 }
 
 /// How long `delete --force` lets a VM shut down before killing it.
@@ -43,6 +79,16 @@ const FORCE_GRACE: Duration = Duration::ZERO;
 impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
         self.check_limits(&opts.limits)?;
+        let cgroup_parent = match &opts.cgroup_parent {
+            Some(given) => {
+                let parent = crate::cgroup::parent_path(given).map_err(VmError::cgroup(name))?;
+                self.cgroups()
+                    .and_then(|c| c.check_parent(&parent))
+                    .map_err(VmError::cgroup(name))?;
+                Some(parent)
+            }
+            None => None,
+        };
         let dir = opts.dir.as_deref().map(canonical_dir).transpose()?;
         if !opts.temporary {
             let layers = dir.clone().unwrap_or_else(|| self.store.root().join("vms"));
@@ -55,6 +101,7 @@ impl Engine {
         policy.limits = opts.limits.clone();
         policy.security = opts.security;
         policy.layers = opts.layers;
+        policy.cgroup_parent = cgroup_parent;
         let mut network = opts.network.clone();
         let made = self.with_network(name, &mut network, |net| {
             policy.network = net.clone();
@@ -190,6 +237,18 @@ impl Engine {
 
     /// Start a stopped VM in the background.
     pub fn start(&self, name: &VmName) -> Result<ProcId, VmError> {
+        self.start_stopped(name, StartMode::Background, None, Throwaway::No.into())
+            .map(|(_, init)| init)
+    }
+
+    /// Start stopped VM `name` as `mode`, with `command` (see [`Engine::launch`]).
+    pub(super) fn start_stopped(
+        &self,
+        name: &VmName,
+        mode: StartMode,
+        command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
+        how: How,
+    ) -> Result<(Launched, ProcId), VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
         let policy = self.policy(&vm)?;
@@ -202,8 +261,7 @@ impl Engine {
                 name: name.to_string(),
             });
         }
-        let (_launched, init) = self.launch(&vm, &policy, StartMode::Background, None, false)?;
-        Ok(init)
+        self.launch(&vm, &policy, mode, command, how)
     }
 
     pub(super) fn policy(&self, vm: &VmDir) -> Result<Policy, VmError> {
@@ -223,9 +281,16 @@ impl Engine {
         policy: &Policy,
         mode: StartMode,
         command: Option<(CommandSpec, StdioPlan, Pipes<'_>)>,
-        temporary: bool,
+        how: impl Into<How>,
     ) -> Result<(Launched, ProcId), VmError> {
+        let How {
+            throwaway,
+            parked,
+            binds,
+        } = how.into();
         let name = vm.name();
+        let temporary = throwaway != Throwaway::No;
+        let tmpfs = throwaway == Throwaway::Tmpfs;
         let fail = |e: StartError| self.start_error(name, e);
         // A policy written on another host, or by hand, may ask for what this one
         // can't enforce: refuse to start rather than run without the limit.
@@ -251,8 +316,9 @@ impl Engine {
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).
-        let plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
-        let image = if temporary {
+        let mut plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
+        plan.binds = binds;
+        let image = if tmpfs {
             None
         } else {
             self.image_layers(vm, &vm.layers_path(policy), &policy.limits)?
@@ -269,8 +335,8 @@ impl Engine {
         let layout = Layout {
             staging: vm.staging_path(),
             layers: vm.layers_path(policy),
-            tmpfs_layers: temporary,
-            tmpfs_limits: if temporary {
+            tmpfs_layers: tmpfs,
+            tmpfs_limits: if tmpfs {
                 mounts::disk::tmpfs_options(&policy.limits)
             } else {
                 String::new()
@@ -286,7 +352,7 @@ impl Engine {
         }
         make_dir(&layout.staging).map_err(fail)?;
         make_dir(&vm.logs_path()).map_err(fail)?;
-        if temporary {
+        if tmpfs {
             make_dir(&layout.layers).map_err(fail)?;
         } else {
             mounts::apply::prepare_layers(&plan, &layout.layers).map_err(|e| fail(e.into()))?;
@@ -313,7 +379,9 @@ impl Engine {
                 .map_or(StdioPlan::inherit(), |(_, s, _)| *s),
             command: command.map(|(mut c, _, _)| {
                 c.limits = policy.limits.per_process();
-                c.confine = confinement.clone();
+                c.confine = confinement
+                    .clone()
+                    .with_no_new_privs(c.confine.no_new_privs);
                 c
             }),
             namespaces: sys::ns::MOUNT
@@ -340,6 +408,8 @@ impl Engine {
             service_limits: policy.limits.per_process(),
             service_confine: confinement.clone(),
             logs: Some(vm.logs_path()),
+            end_with_caller: temporary,
+            parked,
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,

@@ -16,6 +16,7 @@ mod lifecycle;
 mod limits;
 mod maintain;
 mod network;
+mod parked;
 mod processes;
 mod run;
 mod services;
@@ -35,8 +36,10 @@ pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
+pub use parked::RunStatus;
 pub use processes::VmProcess;
 pub use run::Ended;
+pub use run::{JobOptions, JobOutcome, STOP_GRACE};
 pub use services::{Autostarted, Detached, ServiceAction, ServiceStatus, describe};
 
 use crate::cgroup::{CgroupError, Cgroups, VmCgroup};
@@ -78,6 +81,8 @@ pub enum VmError {
     NotRunning { name: String },
     #[error("vm {name:?}: {message}")]
     Services { name: String, message: String },
+    #[error("{signal} is not a signal")]
+    BadSignal { signal: i32 },
     #[error("vm {name:?} is suspended (fvm resume {name} first)")]
     Suspended { name: String },
     #[error("cannot copy vm {src:?} to {dst:?}")]
@@ -350,9 +355,20 @@ impl Engine {
     }
 
     /// The name of a VM's cgroup: `fvm-<store id>-<vm>`, so VMs of different stores
-    /// never share one, and leftovers are easy to find.
+    /// never share one, and leftovers are easy to find; under its policy's
+    /// `cgroup-parent` when it has one (`<parent>/fvm-<store id>-<vm>`).
     pub fn cgroup_leaf(&self, name: &VmName) -> String {
-        format!("fvm-{}-{}", self.store.id(), name)
+        let leaf = format!("fvm-{}-{}", self.store.id(), name);
+        let parent = self
+            .store
+            .vm(name)
+            .ok()
+            .and_then(|vm| vm.load_policy().ok())
+            .and_then(|p| p.cgroup_parent);
+        match parent {
+            Some(parent) => format!("{parent}/{leaf}"),
+            None => leaf,
+        }
     }
 
     fn cgroup(&self, name: &VmName) -> Result<VmCgroup, VmError> {

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rustix::process::Pid;
 
+use super::lifecycle::Throwaway;
 use super::{Engine, VmError};
+use crate::changes::diff::Change;
 use crate::os::procid::ProcId;
 use crate::runtime::channel::Exit;
 use crate::runtime::command::CommandSpec;
@@ -82,7 +84,14 @@ impl Engine {
                 end,
             });
         }
-        self.run_cold(&vm, &policy, (spec, stdio, ends), lock, false, &signals)
+        self.run_cold(
+            &vm,
+            &policy,
+            (spec, stdio, ends),
+            lock,
+            (Throwaway::No, STOP_GRACE),
+            &signals,
+        )
     }
 
     /// After a command in a running VM ended, with the VM's lock held: if the VM
@@ -123,7 +132,7 @@ impl Engine {
         policy: &Policy,
         (spec, stdio, mut ends): (CommandSpec, StdioPlan, CallerEnds),
         lock: crate::store::Lock,
-        temporary: bool,
+        (throwaway, grace): (Throwaway, Duration),
         signals: &nix::sys::signal::SigSet,
     ) -> Result<Ended, VmError> {
         let name = vm.name();
@@ -133,7 +142,7 @@ impl Engine {
             policy,
             StartMode::Command,
             Some((spec, stdio, ends.command_pipes())),
-            temporary,
+            throwaway,
         )?;
         // The init has its own copies of the command's pipe ends.
         ends.release_command_ends();
@@ -144,6 +153,7 @@ impl Engine {
             Waited::Init {
                 pid,
                 chan: launched.chan,
+                grace,
             },
             None,
             signals,
@@ -261,6 +271,19 @@ impl Engine {
         opts: &super::CreateOptions,
         spec: CommandSpec,
     ) -> Result<Ended, VmError> {
+        self.run_job(name, opts, spec, &JobOptions::default())
+            .map(|o| o.ended)
+    }
+
+    /// A throw-away VM for one command, as [`Engine::run_temporary`], with what a
+    /// job runner asks for (see [`JobOptions`]).
+    pub fn run_job(
+        &self,
+        name: Option<VmName>,
+        opts: &super::CreateOptions,
+        spec: CommandSpec,
+        job: &JobOptions,
+    ) -> Result<JobOutcome, VmError> {
         let name = match name {
             Some(n) => n,
             None => self.temporary_name()?,
@@ -268,6 +291,14 @@ impl Engine {
         let opts = super::CreateOptions {
             temporary: true,
             ..opts.clone()
+        };
+        let throwaway = if job.diff {
+            // The layers are read after the VM has stopped, so they are kept in
+            // the store (on disk) until the delete, not on the VM's own tmpfs.
+            self.check_disk(&self.store.root().join("vms"), &opts.limits)?;
+            Throwaway::OnDisk
+        } else {
+            Throwaway::Tmpfs
         };
         let vm = self.create(&name, &opts)?;
         // Everything after the create runs in here, so that any failure still ends
@@ -286,8 +317,24 @@ impl Engine {
             let policy = self.policy(&vm)?;
             let (stdio, ends) =
                 stdio::plan(spec.tty).map_err(|e| self.relay_error(&name, e.into()))?;
-            self.run_cold(&vm, &policy, (spec, stdio, ends), lock, true, &signals)
+            self.run_cold(
+                &vm,
+                &policy,
+                (spec, stdio, ends),
+                lock,
+                (throwaway, job.stop_grace),
+                &signals,
+            )
         })();
+        // What the VM changed, read once nothing of it runs any more (a daemon
+        // the command left is stopped first, as the delete would).
+        let diff = match (&result, job.diff) {
+            (Ok(_), true) => Some(
+                self.stop(&name, Duration::ZERO)
+                    .and_then(|_| self.diff(&name, &[])),
+            ),
+            _ => None,
+        };
         let cleanup = self.delete(&name, true);
         let ended = result?;
         // The command ran: a delete that failed afterwards (a full disk) is a
@@ -299,7 +346,7 @@ impl Engine {
                 crate::error_line(&e)
             );
         }
-        Ok(ended)
+        Ok(JobOutcome { ended, diff })
     }
 
     pub fn temporary_name(&self) -> Result<VmName, VmError> {
@@ -314,6 +361,37 @@ impl Engine {
     fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
         VmError::relay(name)(source)
     }
+}
+
+/// How long a VM run for one command gets to stop after `fvm run` is asked to
+/// stop (SIGINT, SIGTERM, SIGHUP, SIGQUIT), before its processes are killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What a job runner asks of a throw-away VM (see [`Engine::run_job`]).
+#[derive(Debug, Clone, Copy)]
+pub struct JobOptions {
+    /// Read what the VM changed after the command (its layers are kept on disk
+    /// until then).
+    pub diff: bool,
+    /// See [`STOP_GRACE`].
+    pub stop_grace: Duration,
+}
+
+impl Default for JobOptions {
+    fn default() -> JobOptions {
+        JobOptions {
+            diff: false,
+            stop_grace: STOP_GRACE,
+        }
+    }
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub struct JobOutcome {
+    pub ended: Ended,
+    /// What the VM changed, when asked for: sorted by path, as `fvm diff`.
+    pub diff: Option<Result<Vec<Change>, VmError>>,
 }
 
 /// Ended by a signal a stop of the VM sends: SIGHUP (a terminal session hung

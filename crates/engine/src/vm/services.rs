@@ -99,7 +99,7 @@ impl Engine {
                 &policy,
                 crate::store::StartMode::Background,
                 None,
-                false,
+                super::lifecycle::Throwaway::No,
             )?;
             started_vm = true;
         }

@@ -14,6 +14,7 @@ mod list;
 mod logs;
 mod man;
 mod network;
+pub mod oci;
 mod ps;
 mod run;
 mod service;
@@ -57,6 +58,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Service(a) => service::run(&ctx, a),
         Command::Logs(a) => logs::run(&ctx, a),
         Command::Ui(a) => ui::run(&ctx, a),
+        Command::Oci(a) => Ok(oci::main(a.args.clone())),
     }
 }
 

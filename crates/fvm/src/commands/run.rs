@@ -71,6 +71,14 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
         let mut opts = fvm_engine::vm::CreateOptions::default();
         args.limits.apply_to(&mut opts.limits)?;
         args.net.apply_to(&mut opts.network)?;
+        opts.cgroup_parent = args.job.cgroup_parent.clone();
+        if let Some(out) = &args.job.diff_out {
+            check_diff_out(out)?;
+        }
+        let job = fvm_engine::vm::JobOptions {
+            diff: args.job.diff_out.is_some(),
+            stop_grace: std::time::Duration::from_secs(args.job.stop_time),
+        };
         let spec_for = |vm: &str, mut env: Vec<(String, String)>| {
             env.push(("FVM_NAME".into(), vm.to_owned()));
             CommandSpec {
@@ -89,7 +97,11 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             None => engine.temporary_name()?,
         };
         let spec = spec_for(name.as_str(), env);
-        engine.run_temporary(Some(name), &opts, spec)?
+        let outcome = engine.run_job(Some(name), &opts, spec, &job)?;
+        if let (Some(out), Some(diff)) = (&args.job.diff_out, outcome.diff) {
+            write_diff(out, &diff?)?;
+        }
+        outcome.ended
     } else {
         let Some(name) = name else {
             anyhow::bail!("a vm name is required (or use --rm for a throw-away vm)");
@@ -142,6 +154,38 @@ fn report(ended: &Ended) -> u8 {
         eprintln!("fvm: {}", ended.end);
     }
     u8::try_from(ended.exit.code().clamp(0, 255)).unwrap_or(125)
+}
+
+/// `--diff-out FILE` must be a file in an existing directory: checked before the
+/// command runs, not found out after it.
+fn check_diff_out(path: &std::path::Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if path.file_name().is_none() {
+        anyhow::bail!("--diff-out {}: not a file name", path.display());
+    }
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "--diff-out {}: no directory {}",
+            path.display(),
+            dir.display()
+        );
+    }
+    if path.is_dir() {
+        anyhow::bail!("--diff-out {}: is a directory", path.display());
+    }
+    Ok(())
+}
+
+/// The diff as `fvm diff --json` prints it, written to a temporary file beside
+/// `path`, synced, and renamed over it: a reader sees all of it or nothing.
+fn write_diff(path: &std::path::Path, diff: &[fvm_engine::changes::diff::Change]) -> Result<()> {
+    let mut text = serde_json::to_string_pretty(diff)?;
+    text.push('\n');
+    fvm_engine::os::files::write_durable(path, text.as_bytes(), 0o644)
+        .map_err(|e| anyhow::anyhow!("cannot write --diff-out {}: {e}", path.display()))
 }
 
 /// What the caller's terminal is, which a command on it needs: TERM and

@@ -12,6 +12,7 @@ mod host;
 mod store;
 
 pub use host::*;
+#[allow(unused_imports)] // a test binary of containers has no store of its own
 pub use store::*;
 
 use std::io::{Read, Seek, Write};

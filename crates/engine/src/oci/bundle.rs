@@ -1,0 +1,580 @@
+//! A bundle's config.json, read into what fvm does with it: the VM's command,
+//! its network, and the annotations that choose fvm's own behaviour.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
+
+use super::OciError;
+use crate::limits::{Key, Limits};
+use crate::mounts::plan::Bind;
+use crate::net::NetMode;
+use crate::runtime::command::{CommandSpec, Program};
+use crate::runtime::stdio::TtyMode;
+
+/// The annotation that makes the container a clone of the live host. Only this
+/// annotation does: a bundle whose `root.path` is `/` still gets its rootfs, so
+/// a container sent to another runtime by mistake never runs on the host.
+pub const ROOTFS: &str = "org.featherweight.rootfs";
+/// Write the container's diff (JSON) into this host directory at `delete`.
+pub const EXPORT: &str = "org.featherweight.export";
+/// `true`: also write the container's layer there, as an OCI layer tarball.
+pub const EXPORT_LAYER: &str = "org.featherweight.export-layer";
+
+/// The largest config.json read (the runtime spec's files are kilobytes).
+const MAX_CONFIG: u64 = 4 << 20;
+
+/// A bundle as fvm runs it.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory, absolute.
+    pub dir: PathBuf,
+    pub spec: Spec,
+    /// `org.featherweight.rootfs=host`.
+    pub host_clone: bool,
+    /// `org.featherweight.export=DIR`, checked.
+    pub export: Option<PathBuf>,
+    /// `org.featherweight.export-layer=true`.
+    pub export_layer: bool,
+}
+
+impl Bundle {
+    /// Read `dir/config.json`. `store` is the runtime's store, which an export
+    /// directory must not be inside.
+    pub fn load(dir: &Path, store: &Path) -> Result<Bundle, OciError> {
+        let dir = std::fs::canonicalize(dir).map_err(|e| OciError::Bundle {
+            path: dir.to_owned(),
+            why: e.to_string(),
+        })?;
+        let path = dir.join("config.json");
+        let text = crate::os::files::read_regular_max(&path, MAX_CONFIG).map_err(|e| {
+            OciError::Bundle {
+                path: path.clone(),
+                why: e.to_string(),
+            }
+        })?;
+        let spec: Spec = serde_json::from_str(&text).map_err(|e| OciError::Bundle {
+            path: path.clone(),
+            why: e.to_string(),
+        })?;
+        Bundle::from_spec(dir, spec, store)
+    }
+
+    pub fn from_spec(dir: PathBuf, spec: Spec, store: &Path) -> Result<Bundle, OciError> {
+        let empty = HashMap::new();
+        let annotations = spec.annotations().as_ref().unwrap_or(&empty);
+        let host_clone = match annotations.get(ROOTFS).map(String::as_str) {
+            None => false,
+            Some("host") => true,
+            Some(other) => {
+                return Err(OciError::Annotation {
+                    key: ROOTFS,
+                    why: format!("{other:?} is not \"host\""),
+                });
+            }
+        };
+        if !host_clone {
+            return Err(OciError::Annotation {
+                key: ROOTFS,
+                why: "fvm runs a container as a clone of its host: set it to \"host\" (a container of its own image is run by another runtime)".into(),
+            });
+        }
+        let export = annotations
+            .get(EXPORT)
+            .map(|d| export_dir(d, store))
+            .transpose()?;
+        let export_layer = match annotations.get(EXPORT_LAYER).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") if export.is_some() => true,
+            Some("true") => {
+                return Err(OciError::Annotation {
+                    key: EXPORT_LAYER,
+                    why: format!("it needs {EXPORT} (the directory to write the layer to)"),
+                });
+            }
+            Some(other) => {
+                return Err(OciError::Annotation {
+                    key: EXPORT_LAYER,
+                    why: format!("{other:?} is not true or false"),
+                });
+            }
+        };
+        let bundle = Bundle {
+            dir,
+            spec,
+            host_clone,
+            export,
+            export_layer,
+        };
+        // Checked now, so that `create` fails rather than the VM.
+        bundle.command()?;
+        bundle.network()?;
+        bundle.cgroup_parent()?;
+        bundle.limits()?;
+        bundle.binds()?;
+        Ok(bundle)
+    }
+
+    /// The container's process as the VM's command.
+    pub fn command(&self) -> Result<CommandSpec, OciError> {
+        let process = self.spec.process().as_ref().ok_or(OciError::Config {
+            why: "it has no process".into(),
+        })?;
+        command(process)
+    }
+    /// `process.terminal`: the process gets a pty, whose master goes to the
+    /// engine's console socket.
+    pub fn terminal(&self) -> bool {
+        self.spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.terminal())
+            .unwrap_or(false)
+    }
+
+    /// The VM's network: the host's when the config has no network namespace,
+    /// its own (only `lo`) when it asks for a new one.
+    pub fn network(&self) -> Result<NetMode, OciError> {
+        let namespaces = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        match namespaces
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+        {
+            None => Ok(NetMode::Host),
+            Some(n) if n.path().is_none() => Ok(NetMode::None),
+            Some(n) => Err(OciError::Config {
+                why: format!(
+                    "it joins the network namespace {}, and fvm makes a vm's network itself (host, or its own with only lo)",
+                    n.path().as_deref().unwrap_or(Path::new("")).display()
+                ),
+            }),
+        }
+    }
+
+    /// The cgroup the container's VM is made in: the parent of `cgroupsPath`
+    /// (see [`cgroup_parent`]), `None` without one.
+    pub fn cgroup_parent(&self) -> Result<Option<String>, OciError> {
+        match self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+        {
+            Some(path) => cgroup_parent(&path.to_string_lossy()),
+            None => Ok(None),
+        }
+    }
+
+    /// `linux.resources` as the VM's limits: memory (limit and swap), CPU
+    /// (quota over period, shares as a weight) and pids.
+    pub fn limits(&self) -> Result<Limits, OciError> {
+        match self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+        {
+            Some(res) => resource_limits(res),
+            None => Ok(Limits::default()),
+        }
+    }
+
+    /// The config's bind mounts (`type` "bind", or a `bind`/`rbind` option):
+    /// host paths the engine puts into the container (hosts files, secrets,
+    /// volumes). Its kernel filesystems and tmpfs mounts (/proc, /dev, /sys,
+    /// /run...) are fvm's own in every VM already.
+    pub fn binds(&self) -> Result<Vec<Bind>, OciError> {
+        let mut out = Vec::new();
+        for m in self.spec.mounts().iter().flatten() {
+            let options = m.options().clone().unwrap_or_default();
+            let is_bind = m.typ().as_deref() == Some("bind")
+                || options.iter().any(|o| o == "bind" || o == "rbind");
+            if !is_bind {
+                continue;
+            }
+            let target = m.destination().clone();
+            let plain = target.is_absolute()
+                && target
+                    .components()
+                    .skip(1)
+                    .all(|c| matches!(c, std::path::Component::Normal(_)))
+                && target != Path::new("/");
+            if !plain {
+                return Err(OciError::Config {
+                    why: format!(
+                        "mount destination {} is not an absolute path of plain names",
+                        target.display()
+                    ),
+                });
+            }
+            let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
+                return Err(OciError::Config {
+                    why: format!(
+                        "the bind mount at {} has no absolute source",
+                        target.display()
+                    ),
+                });
+            };
+            out.push(Bind {
+                source,
+                target,
+                readonly: options.iter().any(|o| o == "ro"),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Where the engine mounts its own files into the container (hosts,
+    /// resolv.conf, secrets, /proc, /dev...): left out of an export, as they are
+    /// not the container's work.
+    pub fn mount_points(&self) -> Vec<PathBuf> {
+        self.spec
+            .mounts()
+            .iter()
+            .flatten()
+            .map(|m| m.destination().clone())
+            .filter(|d| d != Path::new("/"))
+            .collect()
+    }
+}
+
+/// OCI `linux.resources` (a config's, or `update --resources`'s) as a VM's
+/// limits: memory (limit and swap), CPU (quota over period, shares as a
+/// weight) and pids.
+pub fn resource_limits(res: &LinuxResources) -> Result<Limits, OciError> {
+    let mut limits = Limits::default();
+    let bad = |e: crate::limits::LimitError| OciError::Config {
+        why: format!("linux.resources: {e}"),
+    };
+    if let Some(mem) = res.memory()
+        && let Some(limit) = mem.limit().filter(|l| *l > 0)
+    {
+        limits.set(Key::Memory, &limit.to_string()).map_err(bad)?;
+        if let Some(swap) = mem.swap().filter(|s| *s >= limit) {
+            // The spec's swap is memory and swap together.
+            limits
+                .set(Key::Swap, &(swap - limit).to_string())
+                .map_err(bad)?;
+        }
+    }
+    if let Some(cpu) = res.cpu() {
+        if let (Some(quota), Some(period)) = (cpu.quota().filter(|q| *q > 0), cpu.period())
+            && period > 0
+        {
+            let cpus = quota as f64 / period as f64;
+            limits.set(Key::Cpus, &format!("{cpus:.2}")).map_err(bad)?;
+        }
+        if let Some(shares) = cpu.shares().filter(|s| *s > 0) {
+            // cgroup v1 shares (2-262144, 1024 the default) as a weight
+            // (1-10000, 100 the default), as runc converts them.
+            let weight = (1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142).max(1);
+            limits
+                .set(Key::CpuWeight, &weight.to_string())
+                .map_err(bad)?;
+        }
+    }
+    if let Some(pids) = res.pids()
+        && pids.limit() > 0
+    {
+        limits
+            .set(Key::Processes, &pids.limit().to_string())
+            .map_err(bad)?;
+    }
+    Ok(limits)
+}
+
+/// The parent cgroup of a container's `cgroupsPath`, for the VM's cgroup: on
+/// cgroupfs `/a/b/c` gives `a/b`; in systemd's form `slice:prefix:name` the
+/// container's cgroup is `slice/prefix-name.scope` and the parent `slice` (the
+/// cgroupfs path systemd would use for a top-level slice; with no systemd
+/// running, fvm makes it itself). A path at the top (`/c`) has no parent.
+pub fn cgroup_parent(path: &str) -> Result<Option<String>, OciError> {
+    let bad = |why: &str| OciError::Config {
+        why: format!("linux.cgroupsPath {path:?}: {why}"),
+    };
+    let full = if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        let parts: Vec<&str> = path.split(':').collect();
+        let [slice, prefix, name] = parts[..] else {
+            return Err(bad("neither a path (/a/b) nor systemd's slice:prefix:name"));
+        };
+        if [slice, prefix, name].iter().any(|p| p.contains('/')) || name.is_empty() {
+            return Err(bad("systemd's slice, prefix and name have no '/'"));
+        }
+        let slice = if slice.is_empty() {
+            "system.slice"
+        } else {
+            slice
+        };
+        let scope = if prefix.is_empty() {
+            format!("{name}.scope")
+        } else {
+            format!("{prefix}-{name}.scope")
+        };
+        format!("/{slice}/{scope}")
+    };
+    let parent = Path::new(&full)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if parent.trim_matches('/').is_empty() {
+        // Still checked: the container's own name must be a plain one too.
+        crate::cgroup::parent_path(&full).map_err(|e| bad(&crate::error_line(&e)))?;
+        return Ok(None);
+    }
+    crate::cgroup::parent_path(&full).map_err(|e| bad(&crate::error_line(&e)))?;
+    crate::cgroup::parent_path(&parent)
+        .map(Some)
+        .map_err(|e| bad(&crate::error_line(&e)))
+}
+
+/// An OCI process (a bundle's, or `exec --process`'s) as a command in the VM.
+pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
+    let args = process.args().clone().unwrap_or_default();
+    if args.is_empty() {
+        return Err(OciError::Config {
+            why: "process.args is empty".into(),
+        });
+    }
+    let mut env = Vec::new();
+    for var in process.env().iter().flatten() {
+        let (k, v) = var.split_once('=').unwrap_or((var.as_str(), ""));
+        if k.is_empty() || k.contains('\0') || v.contains('\0') {
+            return Err(OciError::Config {
+                why: format!("process.env has a bad entry {var:?}"),
+            });
+        }
+        env.push((k.to_owned(), v.to_owned()));
+    }
+    let cwd = process.cwd().clone();
+    if !cwd.is_absolute() {
+        return Err(OciError::Config {
+            why: format!("process.cwd {} is not absolute", cwd.display()),
+        });
+    }
+    let user = process.user();
+    if user.uid() != 0 || user.gid() != 0 {
+        return Err(OciError::Config {
+            why: format!(
+                "process.user is {}:{}, and fvm runs a container's process as root of its vm (with the vm's capabilities and seccomp filter)",
+                user.uid(),
+                user.gid()
+            ),
+        });
+    }
+    Ok(CommandSpec {
+        program: Program::Argv(args),
+        env,
+        cwd,
+        tty: TtyMode::Never,
+        limits: Default::default(),
+        // The engine fills in the VM's confinement; `noNewPrivileges` is kept.
+        confine: crate::confine::Confinement::none()
+            .with_no_new_privs(process.no_new_privileges().unwrap_or(false)),
+        user: None,
+    })
+}
+
+/// An export directory: an operator's path on the host, absolute, an existing
+/// directory, and not inside the runtime's store.
+fn export_dir(given: &str, store: &Path) -> Result<PathBuf, OciError> {
+    let bad = |why: &str| OciError::Annotation {
+        key: EXPORT,
+        why: format!("{given:?}: {why}"),
+    };
+    let path = Path::new(given);
+    if !path.is_absolute() {
+        return Err(bad("not an absolute path"));
+    }
+    let real = std::fs::canonicalize(path).map_err(|e| bad(&e.to_string()))?;
+    if !real.is_dir() {
+        return Err(bad("not a directory"));
+    }
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_owned());
+    if real.starts_with(&store) {
+        return Err(bad("inside the runtime's store"));
+    }
+    Ok(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    const BASE: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"user":{"uid":0,"gid":0},"args":["/bin/sh","-c","exit 3"],
+                   "env":["PATH=/usr/bin:/bin","A=b=c"],"cwd":"/srv"},
+        "mounts":[{"destination":"/proc","type":"proc"},{"destination":"/etc/hosts","type":"bind","source":"/x"}],
+        "annotations":{"org.featherweight.rootfs":"host"}}"#;
+
+    #[test]
+    fn a_host_clone_bundle_becomes_a_command() {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = Bundle::from_spec("/b".into(), spec(BASE), tmp.path()).unwrap();
+        assert!(b.host_clone);
+        let c = b.command().unwrap();
+        assert_eq!(
+            c.program,
+            Program::Argv(vec!["/bin/sh".into(), "-c".into(), "exit 3".into()])
+        );
+        assert_eq!(c.env[1], ("A".into(), "b=c".into()));
+        assert_eq!(c.cwd, Path::new("/srv"));
+        assert_eq!(b.network().unwrap(), NetMode::Host);
+        assert_eq!(
+            b.mount_points(),
+            [Path::new("/proc"), Path::new("/etc/hosts")]
+        );
+    }
+
+    #[test]
+    fn only_the_annotation_makes_a_host_clone() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A bundle of the host's own root, without the annotation: refused.
+        let plain = BASE
+            .replace(r#""org.featherweight.rootfs":"host""#, r#""x":"y""#)
+            .replace(r#""path":"rootfs""#, r#""path":"/""#);
+        assert!(matches!(
+            Bundle::from_spec("/b".into(), spec(&plain), tmp.path()),
+            Err(OciError::Annotation { key: ROOTFS, .. })
+        ));
+        let other = BASE.replace(r#"rootfs":"host""#, r#"rootfs":"Host""#);
+        assert!(Bundle::from_spec("/b".into(), spec(&other), tmp.path()).is_err());
+    }
+
+    #[test]
+    fn network_namespaces_map_to_the_vms_network() {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |ns: &str| {
+            let json = BASE.replace(
+                r#""annotations""#,
+                &format!(r#""linux":{{"namespaces":[{ns}]}},"annotations""#),
+            );
+            Bundle::from_spec("/b".into(), spec(&json), tmp.path()).map(|b| b.network().unwrap())
+        };
+        assert_eq!(with(r#"{"type":"pid"}"#).unwrap(), NetMode::Host);
+        assert_eq!(with(r#"{"type":"network"}"#).unwrap(), NetMode::None);
+        assert!(with(r#"{"type":"network","path":"/proc/1/ns/net"}"#).is_err());
+    }
+
+    #[test]
+    fn cgroups_paths_give_the_vms_parent() {
+        assert_eq!(
+            cgroup_parent("/default/abc").unwrap().as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            cgroup_parent("/kubepods/burstable/pod1/abc")
+                .unwrap()
+                .as_deref(),
+            Some("kubepods/burstable/pod1")
+        );
+        assert_eq!(cgroup_parent("/abc").unwrap(), None);
+        assert_eq!(
+            cgroup_parent("kubepods-pod1.slice:cri-containerd:abc")
+                .unwrap()
+                .as_deref(),
+            Some("kubepods-pod1.slice")
+        );
+        assert_eq!(
+            cgroup_parent(":fvm:abc").unwrap().as_deref(),
+            Some("system.slice")
+        );
+        for bad in [
+            "/a/../../etc/x",
+            "/a/./b",
+            "a:b",
+            "a/b:c:d",
+            "s:p:",
+            "/a//b",
+            "relative/path",
+        ] {
+            assert!(cgroup_parent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resources_become_limits() {
+        let tmp = tempfile::tempdir().unwrap();
+        let json = BASE.replace(
+            r#""annotations""#,
+            r#""linux":{"cgroupsPath":"/default/x","resources":{"memory":{"limit":268435456,"swap":268435456},"cpu":{"quota":50000,"period":100000,"shares":1024},"pids":{"limit":64}}},"annotations""#,
+        );
+        let b = Bundle::from_spec("/b".into(), spec(&json), tmp.path()).unwrap();
+        let l = b.limits().unwrap();
+        assert_eq!(l.get(Key::Memory).as_deref(), Some("256M"));
+        assert_eq!(l.get(Key::Swap).as_deref(), Some("0"));
+        assert_eq!(l.get(Key::Cpus).as_deref(), Some("0.5"));
+        assert_eq!(l.get(Key::Processes).as_deref(), Some("64"));
+        assert!(l.get(Key::CpuWeight).is_some());
+        assert_eq!(b.cgroup_parent().unwrap().as_deref(), Some("default"));
+    }
+
+    #[test]
+    fn export_dirs_are_checked() {
+        let store = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let with = |dir: &str| {
+            let json = BASE.replace(
+                r#""org.featherweight.rootfs":"host""#,
+                &format!(r#""org.featherweight.rootfs":"host","org.featherweight.export":{dir:?}"#),
+            );
+            Bundle::from_spec("/b".into(), spec(&json), store.path())
+        };
+        let ok = with(out.path().to_str().unwrap()).unwrap();
+        assert_eq!(ok.export.unwrap(), out.path().canonicalize().unwrap());
+        assert!(!ok.export_layer);
+        let layer = BASE.replace(
+            r#""org.featherweight.rootfs":"host""#,
+            r#""org.featherweight.rootfs":"host","org.featherweight.export-layer":"true""#,
+        );
+        assert!(matches!(
+            Bundle::from_spec("/b".into(), spec(&layer), store.path()),
+            Err(OciError::Annotation {
+                key: EXPORT_LAYER,
+                ..
+            })
+        ));
+        std::fs::create_dir(store.path().join("in")).unwrap();
+        for bad in [
+            "relative/dir".to_owned(),
+            "/fvm-no-such-dir".to_owned(),
+            store.path().join("in").display().to_string(),
+            "/etc/hostname".to_owned(),
+        ] {
+            assert!(
+                matches!(with(&bad), Err(OciError::Annotation { key: EXPORT, .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn processes_fvm_cant_honour_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (from, to) in [
+            (r#""uid":0"#, r#""uid":1000"#),
+            (r#""cwd":"/srv""#, r#""cwd":"srv""#),
+            (r#""args":["/bin/sh","-c","exit 3"]"#, r#""args":[]"#),
+        ] {
+            let json = BASE.replace(from, to);
+            assert!(
+                matches!(
+                    Bundle::from_spec("/b".into(), spec(&json), tmp.path()),
+                    Err(OciError::Config { .. })
+                ),
+                "{to}"
+            );
+        }
+    }
+}

@@ -1,0 +1,730 @@
+//! fvm as containerd's runtime: `ctr` with `--runc-binary fvm-runc` (a symlink to
+//! the fvm under test) and the io.containerd.runc.v2 shim, against a containerd
+//! this test starts on its own root, state and socket (its CRI plugin off) and
+//! kills by pid at the end.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Out, cgroup_dirs_matching, needs_root, needs_tool, try_run, unique, wait_until};
+
+/// A containerd of the test's own, and fvm-runc beside it.
+struct Containerd {
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+    /// The cgroup ctr's containers are put in (`--cgroup /PARENT/ID`).
+    cgroup_parent: String,
+}
+
+/// Cgroup dirs named `needle...` in `parent` in each hierarchy.
+fn vm_cgroups_under(parent: &str, needle: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for root in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for e in std::fs::read_dir(root.path().join(parent))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_name().to_string_lossy().starts_with(needle) {
+                found.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+impl Containerd {
+    fn start(tag: &str) -> Containerd {
+        let dir = common::temp_dir(tag);
+        let d = dir.path();
+        for sub in ["root", "state", "rootfs", "export", "bin", "runc"] {
+            std::fs::create_dir(d.join(sub)).unwrap();
+        }
+        std::os::unix::fs::symlink(common::FVM, d.join("bin/fvm-runc")).unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{d}/root\"\nstate = \"{d}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd.ttrpc.sock\"\n",
+            d = d.display()
+        );
+        std::fs::write(d.join("config.toml"), config).unwrap();
+        let log = std::fs::File::create(d.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(d.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start containerd");
+        let c = Containerd {
+            dir,
+            child,
+            cgroup_parent: unique("ctr"),
+        };
+        let sock = c.path("containerd.sock");
+        wait_until("containerd serves", || {
+            sock.exists() && c.ctr(&["version"]).code == 0
+        });
+        c
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn ctr(&self, args: &[&str]) -> Out {
+        let mut cmd = Command::new("ctr");
+        cmd.arg("--address")
+            .arg(self.path("containerd.sock"))
+            .args(args);
+        try_run(cmd, None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `ctr run` with fvm-runc and its own runtime root.
+    fn run(&self, flags: &[&str], id: &str, argv: &[&str]) -> Out {
+        let bin = self.path("bin/fvm-runc");
+        let root = self.path("runc");
+        let rootfs = self.path("rootfs");
+        let cgroup = format!("/{}/{id}", self.cgroup_parent);
+        let mut args = vec![
+            "run",
+            "--cgroup",
+            &cgroup,
+            "--runc-binary",
+            bin.to_str().unwrap(),
+            "--runc-root",
+            root.to_str().unwrap(),
+        ];
+        args.extend_from_slice(flags);
+        // `--rootfs` is a switch: the directory is the first argument after the
+        // flags (ctr stops reading flags there).
+        args.extend_from_slice(&["--rootfs", rootfs.to_str().unwrap()]);
+        args.push(id);
+        args.extend_from_slice(argv);
+        self.ctr(&args)
+    }
+
+    /// The runtime's store (containerd's namespace `default`).
+    fn store(&self) -> PathBuf {
+        self.path("runc/default/store")
+    }
+
+    /// What of the runtime is left on the host: containers, VMs, mounts,
+    /// cgroups.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        for dir in ["runc/default/containers", "runc/default/store/vms"] {
+            if let Ok(entries) = std::fs::read_dir(self.path(dir)) {
+                left.extend(
+                    entries
+                        .flatten()
+                        .map(|e| format!("{dir}/{:?}", e.file_name())),
+                );
+            }
+        }
+        let root = self.dir.path().to_string_lossy().into_owned();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        left.extend(
+            mountinfo
+                .lines()
+                .filter(|l| l.contains(&root))
+                .map(|l| format!("mount: {l}")),
+        );
+        if let Ok(store) = fvm_engine::store::Store::open(&self.store()) {
+            let needle = format!("fvm-{}-", store.id());
+            left.extend(
+                cgroup_dirs_matching(&needle)
+                    .into_iter()
+                    .map(|d| format!("cgroup {}", d.display())),
+            );
+            // Under the parent of ctr's cgroupsPath (/default/ID) too.
+            left.extend(
+                vm_cgroups_under(&self.cgroup_parent, &needle)
+                    .into_iter()
+                    .map(|d| format!("cgroup {}", d.display())),
+            );
+        }
+        left
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // Whatever a failed test left: its tasks and containers go through
+        // containerd first, so their shims exit too.
+        // (Never a panic here: this may run while a failed test unwinds.)
+        let quiet = |args: &[&str]| {
+            let mut cmd = Command::new("ctr");
+            cmd.arg("--address")
+                .arg(self.path("containerd.sock"))
+                .args(args);
+            try_run(cmd, None, Duration::from_secs(30)).map_or(String::new(), |o| o.stdout)
+        };
+        for id in quiet(&["task", "ls", "-q"]).lines().map(str::trim) {
+            if !id.is_empty() {
+                quiet(&["task", "delete", "--force", id]);
+            }
+        }
+        for id in quiet(&["container", "ls", "-q"]).lines().map(str::trim) {
+            if !id.is_empty() {
+                quiet(&["container", "delete", id]);
+            }
+        }
+        // Then every container of the runtime.
+        let _ = Command::new(common::FVM)
+            .args(["oci", "--root"])
+            .arg(self.path("runc/default"))
+            .arg("delete")
+            .arg("--force")
+            .arg("fvm-never-made")
+            .status();
+        if let Ok(entries) = std::fs::read_dir(self.path("runc/default/containers")) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(id) = name.strip_suffix(".json") {
+                    let _ = Command::new(common::FVM)
+                        .args(["oci", "--root"])
+                        .arg(self.path("runc/default"))
+                        .args(["delete", "--force", id])
+                        .status();
+                }
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The parent cgroup fvm made for the containers (as runc would).
+        for root in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(root.path().join(&self.cgroup_parent));
+        }
+        // containerd's shims (children of init once it is gone) end by
+        // themselves when their containers are deleted.
+    }
+}
+
+fn skip(test: &str) -> bool {
+    !needs_root(test) || !needs_tool(test, "containerd") || !needs_tool(test, "ctr")
+}
+
+#[test]
+fn a_host_clone_container_runs_and_exports_its_changes() {
+    if skip("a_host_clone_container_runs_and_exports_its_changes") {
+        return;
+    }
+    let c = Containerd::start("oci-run");
+    let probe = format!("/etc/{}", unique("probe"));
+    // A host file the container deletes (in its own view only).
+    let doomed = common::HostFile(PathBuf::from(format!("/etc/{}", unique("doomed"))));
+    std::fs::write(&doomed.0, "host\n").unwrap();
+    // A directory the engine binds in read-only (a volume, a secret).
+    let volume = c.path("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("secret"), "s3cret\n").unwrap();
+    let bind_at = format!("/srv/{}", unique("bind"));
+    let mount = format!(
+        "type=bind,src={},dst={bind_at},options=rbind:ro",
+        volume.display()
+    );
+    let export = c.path("export");
+    let export_ann = format!("org.featherweight.export={}", export.display());
+    let id = "fvm-oci-run";
+    let out = c.run(
+        &[
+            "--rm",
+            "--annotation",
+            "org.featherweight.rootfs=host",
+            "--annotation",
+            &export_ann,
+            "--annotation",
+            "org.featherweight.export-layer=true",
+            "--mount",
+            &mount,
+        ],
+        id,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "echo x > {probe}; rm {}; cat {bind_at}/secret; \
+                 touch {bind_at}/w 2>/dev/null && echo bind-writable; \
+                 echo from the container; exit 3",
+                doomed.0.display()
+            ),
+        ],
+    );
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("from the container"), "{out}");
+    assert!(
+        !Path::new(&probe).exists(),
+        "the container wrote to the host"
+    );
+    let text = std::fs::read_to_string(export.join(format!("{id}.json"))).unwrap();
+    let changes: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == "A" && c["path"] == probe.as_str()),
+        "{text}"
+    );
+    assert!(doomed.0.exists(), "the container deleted a host file");
+    // The engine's mount is not the container's change.
+    assert!(!text.contains(&bind_at), "{text}");
+    // The layer: the new file with its content, a whiteout for the deleted one.
+    let tar = export.join(format!("{id}.tar"));
+    let mut list = Command::new("tar");
+    list.arg("-tvf").arg(&tar);
+    let listed = try_run(list, None, Duration::from_secs(30)).unwrap().ok();
+    let name = |p: &str| p.trim_start_matches('/').to_owned();
+    assert!(listed.stdout.contains(&name(&probe)), "{listed}");
+    let whiteout = format!(
+        "etc/.wh.{}",
+        doomed.0.file_name().unwrap().to_string_lossy()
+    );
+    assert!(listed.stdout.contains(&whiteout), "{listed}");
+    let mut cat = Command::new("tar");
+    cat.arg("-xOf").arg(&tar).arg(name(&probe));
+    assert_eq!(
+        try_run(cat, None, Duration::from_secs(30))
+            .unwrap()
+            .ok()
+            .stdout,
+        "x\n"
+    );
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
+#[test]
+fn a_detached_container_takes_exec_ps_pause_kill_and_delete() {
+    if skip("a_detached_container_takes_exec_ps_pause_kill_and_delete") {
+        return;
+    }
+    let c = Containerd::start("oci-task");
+    let id = "fvm-oci-task";
+    c.run(
+        &[
+            "-d",
+            "--annotation",
+            "org.featherweight.rootfs=host",
+            "--memory-limit",
+            "268435456",
+        ],
+        id,
+        &["sleep", "1000"],
+    )
+    .ok();
+    // The VM's cgroup is in the parent of the container's cgroupsPath, with the
+    // container's memory limit.
+    let store = fvm_engine::store::Store::open(&c.store()).unwrap();
+    let dirs = vm_cgroups_under(&c.cgroup_parent, &format!("fvm-{}-", store.id()));
+    // cgroup v1: the memory hierarchy's; v2: the one unified directory.
+    let memory: Vec<&PathBuf> = dirs
+        .iter()
+        .filter(|d| d.to_string_lossy().contains("/memory/") || dirs.len() == 1)
+        .collect();
+    assert_eq!(memory.len(), 1, "{dirs:?}");
+    let limit = std::fs::read_to_string(memory[0].join("memory.limit_in_bytes"))
+        .or_else(|_| std::fs::read_to_string(memory[0].join("memory.max")))
+        .unwrap();
+    assert_eq!(limit.trim(), "268435456");
+
+    let status = |c: &Containerd| {
+        let out = c.ctr(&["task", "ls"]).ok();
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(id))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(status(&c), "RUNNING");
+    let exec = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        id,
+        "/bin/sh",
+        "-c",
+        "echo from exec; exit 4",
+    ]);
+    assert_eq!(exec.code, 4, "{exec}");
+    assert!(exec.stdout.contains("from exec"), "{exec}");
+    // The init, sh's sleep: at least two processes.
+    let ps = c.ctr(&["task", "ps", id]).ok();
+    assert!(ps.stdout.lines().count() >= 3, "{ps}");
+    c.ctr(&["task", "pause", id]).ok();
+    assert_eq!(status(&c), "PAUSED");
+    c.ctr(&["task", "resume", id]).ok();
+    assert_eq!(status(&c), "RUNNING");
+    c.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]).ok();
+    wait_until("the task stopped", || status(&c) == "STOPPED");
+    c.ctr(&["task", "delete", id]).ok();
+    c.ctr(&["container", "delete", id]).ok();
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
+#[test]
+fn a_container_without_the_annotation_never_gets_the_host() {
+    if skip("a_container_without_the_annotation_never_gets_the_host") {
+        return;
+    }
+    let c = Containerd::start("oci-plain");
+    let out = c.run(&["--rm"], "fvm-oci-plain", &["/bin/true"]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("org.featherweight.rootfs"),
+        "the refusal names the annotation: {out}"
+    );
+    let _ = c.ctr(&["container", "delete", "fvm-oci-plain"]);
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
+/// A bundle directory with `config.json` = `json`.
+fn bundle(dir: &Path, json: &str) -> PathBuf {
+    let b = dir.join("bundle");
+    std::fs::create_dir_all(b.join("rootfs")).unwrap();
+    std::fs::write(b.join("config.json"), json).unwrap();
+    b
+}
+
+/// `fvm oci --root ROOT ARGS`.
+fn oci(root: &Path, args: &[&str]) -> Out {
+    let mut cmd = Command::new(common::FVM);
+    cmd.arg("oci").arg("--root").arg(root).args(args);
+    try_run(cmd, None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn the_runtime_by_hand_create_state_kill_delete() {
+    if !needs_root("the_runtime_by_hand_create_state_kill_delete") {
+        return;
+    }
+    let dir = common::temp_dir("oci-hand");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"args":["sleep","1000"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let pid_file = dir.path().join("init.pid");
+    let id = "fvm-hand";
+    // A host file as stdin would be the VM's to reopen for writing: refused,
+    // and nothing is made.
+    let host_file = dir.path().join("stdin-file");
+    std::fs::write(&host_file, "host data\n").unwrap();
+    let refused = Command::new(common::FVM)
+        .arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), id])
+        .stdin(std::fs::File::open(&host_file).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stdin is a host file"), "{stderr}");
+    assert!(
+        std::fs::read_dir(root.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    oci(
+        &root,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ],
+    )
+    .ok();
+    let state: serde_json::Value =
+        serde_json::from_str(&oci(&root, &["state", id]).ok().stdout).unwrap();
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], id);
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(state["pid"].to_string(), pid.trim());
+    let list: serde_json::Value =
+        serde_json::from_str(&oci(&root, &["list", "--format", "json"]).ok().stdout).unwrap();
+    assert_eq!(list[0]["id"], id);
+    assert_eq!(list[0]["status"], "created");
+    assert_eq!(oci(&root, &["list", "-q"]).ok().stdout, format!("{id}\n"));
+    // A second create of the ID is refused; so are hostile IDs.
+    let again = oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]);
+    assert_eq!(again.code, 1, "{again}");
+    assert!(again.stderr.contains("already exists"), "{again}");
+    for bad in ["../../etc", "a/b", ".hidden", "-x"] {
+        let out = oci(&root, &["state", "--", bad]);
+        assert_eq!(out.code, 1, "{bad}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    }
+    // A live change of limits, as containerd's shim sends it (`update
+    // --resources -`, the JSON on stdin).
+    let mut cmd = Command::new(common::FVM);
+    cmd.arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["update", "--resources", "-", id]);
+    try_run(
+        cmd,
+        Some(br#"{"memory":{"limit":134217728},"pids":{"limit":77}}"#),
+        Duration::from_secs(90),
+    )
+    .unwrap()
+    .ok();
+    let store = fvm_engine::store::Store::open(&root.join("store")).unwrap();
+    let pids = cgroup_dirs_matching(&format!("fvm-{}-", store.id()))
+        .into_iter()
+        .map(|d| d.join("pids.max"))
+        .find(|f| f.exists())
+        .expect("the vm's pids cgroup");
+    assert_eq!(std::fs::read_to_string(pids).unwrap().trim(), "77");
+    // Not stopped: delete without --force is refused.
+    let busy = oci(&root, &["delete", id]);
+    assert_eq!(busy.code, 1, "{busy}");
+    // A kill before start ends the parked VM.
+    oci(&root, &["kill", id, "KILL"]).ok();
+    wait_until("the container stopped", || {
+        oci(&root, &["state", id]).stdout.contains("\"stopped\"")
+    });
+    // A stopped container: kill --all and delete are fine; a plain kill is not.
+    oci(&root, &["kill", "--all", id, "TERM"]).ok();
+    assert_eq!(oci(&root, &["kill", id, "TERM"]).code, 1);
+    oci(&root, &["delete", id]).ok();
+    // Gone: delete --force of it again (after a crash, say) is still fine.
+    oci(&root, &["delete", "--force", id]).ok();
+    let gone = oci(&root, &["state", id]);
+    assert!(gone.stderr.contains("does not exist"), "{gone}");
+    assert!(
+        std::fs::read_dir(root.join("store/vms"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+    assert!(
+        std::fs::read_dir(root.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn podman_runs_fvm_runc_through_conmon() {
+    let test = "podman_runs_fvm_runc_through_conmon";
+    if !needs_root(test) || !needs_tool(test, "podman") || !needs_tool(test, "conmon") {
+        return;
+    }
+    let dir = common::temp_dir("oci-podman");
+    let d = dir.path();
+    for sub in ["storage", "runroot", "rootfs", "export"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    std::os::unix::fs::symlink(common::FVM, d.join("fvm-runc")).unwrap();
+    // podman's own storage in the test's directory. The runtime keeps its
+    // default root (/run/fvm-runc): the cleanup podman's conmon runs after the
+    // container (`podman container cleanup --rm`) calls the runtime without
+    // podman's --runtime-flag, so a root given there would be missed.
+    let podman = || {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(d.join("storage"))
+            .arg("--runroot")
+            .arg(d.join("runroot"))
+            .arg("--runtime")
+            .arg(d.join("fvm-runc"))
+            .args(["--events-backend", "file", "--cgroup-manager", "cgroupfs"]);
+        cmd
+    };
+    let probe = format!("/etc/{}", unique("podman-probe"));
+    let export = format!("org.featherweight.export={}", d.join("export").display());
+    let mut cmd = podman();
+    cmd.args(["run", "--rm", "--network", "host"])
+        .args(["--annotation", "org.featherweight.rootfs=host"])
+        .args(["--annotation", &export])
+        .arg("--rootfs")
+        .arg(d.join("rootfs"))
+        .args([
+            "/bin/sh",
+            "-c",
+            &format!("echo x > {probe}; echo from podman; exit 3"),
+        ]);
+    let out = try_run(cmd, None, Duration::from_secs(120)).unwrap();
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("from podman"), "{out}");
+    assert!(
+        !Path::new(&probe).exists(),
+        "the container wrote to the host"
+    );
+    // The export is written by the delete of that cleanup.
+    let exports = || -> Vec<PathBuf> {
+        std::fs::read_dir(d.join("export"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect()
+    };
+    wait_until("the export is written", || exports().len() == 1);
+    let file = &exports()[0];
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(&format!("\"{probe}\"")), "{text}");
+    // Nothing of this container is left in the runtime.
+    let id = file.file_stem().unwrap().to_string_lossy().into_owned();
+    let root = Path::new(fvm_runc_default_root());
+    assert!(!root.join("containers").join(format!("{id}.json")).exists());
+    let vm = format!("c-{}-", &id[..12]);
+    let vms: Vec<_> = std::fs::read_dir(root.join("store/vms"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&vm))
+        .collect();
+    assert!(vms.is_empty(), "{vms:?}");
+    // podman's own mounts of its storage go with it.
+    let mut reset = podman();
+    reset.args(["system", "reset", "--force"]);
+    let _ = try_run(reset, None, Duration::from_secs(60));
+}
+
+/// The runtime's `--root` when none is given.
+fn fvm_runc_default_root() -> &'static str {
+    "/run/fvm-runc"
+}
+
+/// Receives one fd over a unix socket (as an engine's console socket does) and
+/// prints what it reads from it until `TERMOK`.
+const CONSOLE_RECEIVER: &str = r#"
+import socket, array, os, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+msg, anc, _, _ = c.recvmsg(4096, socket.CMSG_LEN(4))
+fds = array.array("i")
+for level, kind, data in anc:
+    fds.frombytes(data[:4])
+m = fds[0]
+os.set_blocking(m, False)
+out = b""
+end = time.time() + 30
+while time.time() < end and b"TERMOK" not in out:
+    try:
+        d = os.read(m, 4096)
+        if not d:
+            break
+        out += d
+    except BlockingIOError:
+        time.sleep(0.05)
+    except OSError:
+        break
+sys.stdout.write(out.decode(errors="replace"))
+"#;
+
+#[test]
+fn a_terminal_container_gets_a_pty_through_the_console_socket() {
+    if !needs_root("a_terminal_container_gets_a_pty_through_the_console_socket") {
+        return;
+    }
+    let dir = common::temp_dir("oci-tty");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"terminal":true,"user":{"uid":0,"gid":0},
+                       "args":["/bin/sh","-c","tty; echo TERMOK; sleep 2"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let socket = dir.path().join("console.sock");
+    let receiver = common::Background::start({
+        let mut cmd = Command::new(common::python());
+        cmd.arg("-c").arg(CONSOLE_RECEIVER).arg(&socket);
+        cmd
+    });
+    wait_until("the console socket listens", || socket.exists());
+    let id = "fvm-tty";
+    // A terminal needs a console socket, and a console socket a terminal.
+    let without = oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]);
+    assert_eq!(without.code, 1, "{without}");
+    assert!(without.stderr.contains("--console-socket"), "{without}");
+    oci(
+        &root,
+        &[
+            "create",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--console-socket",
+            socket.to_str().unwrap(),
+            id,
+        ],
+    )
+    .ok();
+    oci(&root, &["start", id]).ok();
+    let out = receiver.finish();
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("TERMOK"), "{out}");
+    oci(&root, &["delete", "--force", id]).ok();
+    assert!(
+        std::fs::read_dir(root.join("store/vms"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[test]
+fn no_new_privileges_is_honoured() {
+    if !needs_root("no_new_privileges_is_honoured") {
+        return;
+    }
+    let dir = common::temp_dir("oci-nnp");
+    let root = dir.path().join("root");
+    for (nnp, want) in [(true, "1"), (false, "0")] {
+        let b = bundle(
+            dir.path(),
+            &format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                    "process":{{"noNewPrivileges":{nnp},"user":{{"uid":0,"gid":0}},
+                               "args":["/bin/sh","-c","grep NoNewPrivs /proc/self/status"],"cwd":"/"}},
+                    "annotations":{{"org.featherweight.rootfs":"host"}}}}"#
+            ),
+        );
+        let out = oci(&root, &["run", "--bundle", b.to_str().unwrap(), "fvm-nnp"]).ok();
+        let value = out
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(value, want, "noNewPrivileges {nnp}: {out}");
+    }
+    assert!(
+        std::fs::read_dir(root.join("store/vms"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
