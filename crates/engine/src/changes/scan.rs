@@ -26,6 +26,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use serde::Serialize;
 
 use super::record::Committed;
+use super::same;
 use crate::layers::{self as layer, Descend, Entry, Layer};
 use crate::os::dirchain::{self, DirChain};
 
@@ -89,29 +90,80 @@ pub struct Item {
     /// The directory that hides the host's entry at its path and contains this
     /// path (itself included): it can only be committed as a whole.
     pub unit: Option<PathBuf>,
+    /// Only a copy-up of what the host has (see `same`): no change to show or
+    /// commit.
+    pub same: bool,
 }
 
-/// Which paths to look at: all, or those at or under any of these.
+/// Which paths to look at: all, or those at or under any of these; less those
+/// at or under an excluded path.
+///
+/// Exclusions only select: a scan still reads what is under them (a directory
+/// the VM replaced commits as a whole, so a plan must see all of it).
 #[derive(Debug, Clone, Default)]
-pub struct Filter(Vec<PathBuf>);
+pub struct Filter {
+    paths: Vec<PathBuf>,
+    exclude: Vec<PathBuf>,
+}
 
 impl Filter {
     pub fn new(paths: Vec<PathBuf>) -> Filter {
-        Filter(paths)
+        Filter {
+            paths,
+            exclude: Vec::new(),
+        }
     }
 
-    /// `path` is selected (at or under a filter path).
+    /// The same, less what is at or under `exclude`.
+    pub fn excluding(self, exclude: Vec<PathBuf>) -> Filter {
+        Filter { exclude, ..self }
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    pub fn excluded_paths(&self) -> &[PathBuf] {
+        &self.exclude
+    }
+
+    /// `path` is at or under an excluded path.
+    pub fn excludes(&self, path: &Path) -> bool {
+        self.exclude.iter().any(|x| path.starts_with(x))
+    }
+
+    /// `path` is selected (at or under a filter path, and not excluded).
     pub fn selects(&self, path: &Path) -> bool {
-        self.0.is_empty() || self.0.iter().any(|f| path.starts_with(f))
+        (self.paths.is_empty() || self.paths.iter().any(|f| path.starts_with(f)))
+            && !self.excludes(path)
     }
 
-    /// Something at or under `path` may be selected.
+    /// Something at or under `path` may be selected (exclusions aside).
     pub fn reaches(&self, path: &Path) -> bool {
-        self.0.is_empty()
+        self.paths.is_empty()
             || self
-                .0
+                .paths
                 .iter()
                 .any(|f| path.starts_with(f) || f.starts_with(path))
+    }
+
+    /// The first filter or excluded path that no item is at or under (the
+    /// items sorted by path, as `scan` returns them).
+    pub fn unmatched<'a>(&'a self, items: &[Item]) -> Option<&'a Path> {
+        self.paths
+            .iter()
+            .chain(&self.exclude)
+            .map(PathBuf::as_path)
+            .find(|f| {
+                let bytes = f.as_os_str().as_bytes();
+                let at = items.partition_point(|i| i.path.as_os_str().as_bytes() < bytes);
+                // Sorted by bytes: what is under `f` follows it, though other names
+                // with `f` as a prefix of bytes (`/etc-x` for `/etc`) may come between.
+                !items[at..]
+                    .iter()
+                    .take_while(|i| i.path.as_os_str().as_bytes().starts_with(bytes))
+                    .any(|i| i.path.starts_with(f))
+            })
     }
 }
 
@@ -210,7 +262,7 @@ fn scan_layer(
         if done && e.file_type() != FileType::Directory {
             return Ok(Descend::No);
         }
-        let item = |kind, vm, unit: Option<PathBuf>| Item {
+        let item = |kind, vm, unit: Option<PathBuf>, same| Item {
             path: path.clone(),
             kind,
             layer: idx,
@@ -219,6 +271,7 @@ fn scan_layer(
             upper: Some(e.stat),
             host,
             unit,
+            same,
         };
         let vm = match e.file_type() {
             _ if e.is_whiteout() => VmEntry::Whiteout,
@@ -241,7 +294,18 @@ fn scan_layer(
             (_, false) => Kind::Added,
         };
         let VmEntry::Dir { opaque } = vm else {
-            out.push(item(kind, vm, parent.unit.clone()));
+            // Inside a replaced directory every entry commits with it.
+            let same = kind == Kind::Changed
+                && parent.unit.is_none()
+                && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| match vm {
+                    // (A file with other names commits with them.)
+                    VmEntry::File if e.stat.st_nlink == 1 => e
+                        .open()
+                        .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h)),
+                    VmEntry::Symlink => same::same_link(e.parent, e.name, &e.stat, d, e.name, h),
+                    _ => false,
+                });
+            out.push(item(kind, vm, parent.unit.clone(), same));
             return Ok(Descend::No);
         };
         let host_is_dir =
@@ -266,7 +330,15 @@ fn scan_layer(
         };
         let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
         let committed_item = done.then_some(out.len());
-        out.push(item(kind, vm, unit.clone()));
+        // In the layer only because something in it changed.
+        let same = kind == Kind::Changed
+            && !opaque
+            && unit.is_none()
+            && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| {
+                e.open()
+                    .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h))
+            });
+        out.push(item(kind, vm, unit.clone(), same));
         if !merged && let Some(hfd) = &host_fd {
             match hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out) {
                 Err(e) if dirchain::vanished(&e) => {}
@@ -342,6 +414,7 @@ fn hidden_entries(
             upper: None,
             host: host_stat(host, &name),
             unit: unit.cloned(),
+            same: false,
         });
     }
     Ok(())

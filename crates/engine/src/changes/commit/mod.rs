@@ -38,6 +38,9 @@ pub struct Options {
     pub force: bool,
     /// The VM is running (and frozen): leave its layer alone for now.
     pub running: bool,
+    /// Also commit the copy-ups that changed nothing (see `scan::Item::same`),
+    /// which drops them from the layer; otherwise they are left out.
+    pub all: bool,
 }
 
 /// What a commit did, or would do.
@@ -49,6 +52,8 @@ pub struct Outcome {
     pub skipped: Vec<(PathBuf, &'static str)>,
     /// Steps of an interrupted commit that this one finished first.
     pub resumed: usize,
+    /// A filter path that matches no change: nothing was planned or written.
+    pub unmatched: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,12 @@ pub enum CommitError {
     Scan(#[from] ScanError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(
+        "cannot leave out {}: {} commits with the rest (it is in a directory the vm replaced as a whole, or another name of a file the vm hard-linked); nothing was committed",
+        crate::os::quote::path(.excluded),
+        crate::os::quote::path(.path)
+    )]
+    Excluded { excluded: PathBuf, path: PathBuf },
     #[error(
         "the commit journal {} can't be used ({why}); `fvm commit --abort` drops it without touching the host",
         .path.display()
@@ -138,7 +149,30 @@ pub fn commit(
     {
         items = scan::scan(layers, &Filter::new(Vec::new()), &committed)?;
     }
+    if let Some(path) = filter.unmatched(&items) {
+        return Ok(Outcome {
+            resumed,
+            unmatched: Some(path.to_owned()),
+            ..Outcome::default()
+        });
+    }
+    if !opts.all {
+        // The host has these already.
+        items.retain(|it| !it.same);
+    }
     let mut plan = plan::plan(&items, layers, filter);
+    if let Some(step) = plan.steps.iter().find(|s| filter.excludes(&s.path)) {
+        let excluded = filter
+            .excluded_paths()
+            .iter()
+            .find(|x| step.path.starts_with(x))
+            .expect("excluded")
+            .clone();
+        return Err(CommitError::Excluded {
+            excluded,
+            path: step.path.clone(),
+        });
+    }
     // Only the layers with something to do, re-indexed.
     let used: Vec<usize> = {
         let mut u: Vec<usize> = plan.steps.iter().map(|s| s.layer).collect();
