@@ -222,7 +222,7 @@ fn unified(details: &[Detail], style: &Style) -> String {
             out.push_str(&line);
             out.push('\n');
         }
-        content(d, &shown, style, &mut out);
+        content(d, style, &mut out);
     }
     out
 }
@@ -280,7 +280,7 @@ fn metadata(host: Option<&Side>, vm: Option<&Side>) -> Vec<String> {
 }
 
 /// The content part: a unified diff of text, else sizes and checksums.
-fn content(d: &Detail, shown: &str, style: &Style, out: &mut String) {
+fn content(d: &Detail, style: &Style, out: &mut String) {
     fn text(s: Option<&Side>) -> Option<&str> {
         match s.map(|s| &s.content) {
             None | Some(Content::None) => Some(""),
@@ -296,16 +296,17 @@ fn content(d: &Detail, shown: &str, style: &Style, out: &mut String) {
         if a == b {
             return;
         }
-        let from = if regular(d.host.as_ref()) {
-            format!("host{shown}")
-        } else {
-            "/dev/null".to_owned()
+        // `host/PATH` and `vm/PATH`, like git's `a/` and `b/`, quoted as a whole.
+        let side = |s: Option<&Side>, prefix: &str| {
+            if regular(s) {
+                let mut p = prefix.as_bytes().to_vec();
+                p.extend_from_slice(d.path.as_os_str().as_encoded_bytes());
+                quote::bytes(&p).into_owned()
+            } else {
+                "/dev/null".to_owned()
+            }
         };
-        let to = if regular(d.vm.as_ref()) {
-            format!("vm{shown}")
-        } else {
-            "/dev/null".to_owned()
-        };
+        let (from, to) = (side(d.host.as_ref(), "host"), side(d.vm.as_ref(), "vm"));
         let diff = similar::TextDiff::from_lines(a, b);
         out.push_str(&style.paint("1", &format!("--- {from}")));
         out.push('\n');

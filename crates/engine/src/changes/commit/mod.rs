@@ -63,7 +63,7 @@ pub enum CommitError {
     #[error(transparent)]
     Apply(#[from] ApplyError),
     #[error(
-        "cannot leave out {}: {} commits with the rest (it is in a directory the vm replaced as a whole, or another name of a file the vm hard-linked); nothing was committed",
+        "cannot leave out {}: {} commits with the rest (it is in a directory the vm made or replaced as a whole, or another name of a file the vm hard-linked); nothing was committed",
         crate::os::quote::path(.excluded),
         crate::os::quote::path(.path)
     )]
