@@ -147,23 +147,26 @@ impl Filter {
                 .any(|f| path.starts_with(f) || f.starts_with(path))
     }
 
-    /// The first filter or excluded path that no item is at or under (the
-    /// items sorted by path, as `scan` returns them).
+    /// The first filter or excluded path that matches nothing: no item is at
+    /// or under it (the items sorted by path, as `scan` returns them) and the
+    /// host has nothing there either (an unchanged path is no error, as in git;
+    /// a typo is).
     pub fn unmatched<'a>(&'a self, items: &[Item]) -> Option<&'a Path> {
+        let matched = |f: &Path| {
+            let bytes = f.as_os_str().as_bytes();
+            let at = items.partition_point(|i| i.path.as_os_str().as_bytes() < bytes);
+            // Sorted by bytes: what is under `f` follows it, though other names
+            // with `f` as a prefix of bytes (`/etc-x` for `/etc`) may come between.
+            items[at..]
+                .iter()
+                .take_while(|i| i.path.as_os_str().as_bytes().starts_with(bytes))
+                .any(|i| i.path.starts_with(f))
+        };
         self.paths
             .iter()
             .chain(&self.exclude)
             .map(PathBuf::as_path)
-            .find(|f| {
-                let bytes = f.as_os_str().as_bytes();
-                let at = items.partition_point(|i| i.path.as_os_str().as_bytes() < bytes);
-                // Sorted by bytes: what is under `f` follows it, though other names
-                // with `f` as a prefix of bytes (`/etc-x` for `/etc`) may come between.
-                !items[at..]
-                    .iter()
-                    .take_while(|i| i.path.as_os_str().as_bytes().starts_with(bytes))
-                    .any(|i| i.path.starts_with(f))
-            })
+            .find(|f| !matched(f) && std::fs::symlink_metadata(f).is_err())
     }
 }
 

@@ -95,16 +95,17 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
         return Ok(0);
     }
     let mut text = String::new();
-    if outcome.steps.is_empty() {
+    if outcome.changes() == 0 {
         // Exit status 0: the host has what the selection holds already.
         text.push_str(&format!("nothing to commit in vm {:?}\n", name.as_str()));
     } else if args.dry_run {
-        for s in &outcome.steps {
+        // (Directories only restored to the VM's times are no change to show.)
+        for s in outcome.steps.iter().filter(|s| !s.same) {
             text.push_str(&s.describe(&outcome.steps));
             text.push('\n');
         }
     } else {
-        text.push_str(&format!("committed {} changes\n", outcome.steps.len()));
+        text.push_str(&format!("committed {} changes\n", outcome.changes()));
     }
     output::print(&text)?;
     Ok(0)

@@ -116,6 +116,13 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
     }
 }
 
+impl Outcome {
+    /// The steps that change something (not only a directory's times).
+    pub fn changes(&self) -> usize {
+        self.steps.iter().filter(|s| !s.same).count()
+    }
+}
+
 /// Where a VM keeps its commit journal and its record of entries committed while
 /// it ran.
 #[derive(Debug, Clone)]
@@ -156,9 +163,23 @@ pub fn commit(
             ..Outcome::default()
         });
     }
-    if !opts.all {
-        // The host has these already.
-        items.retain(|it| !it.same);
+    if opts.all {
+        for it in &mut items {
+            it.same = false;
+        }
+    } else {
+        // The host has these files already. A directory stays where something
+        // below it is committed (its step restores its times afterwards).
+        let mut above: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+        for it in items.iter().filter(|it| !it.same) {
+            above.extend(it.path.ancestors().skip(1));
+        }
+        let keep: Vec<bool> = items
+            .iter()
+            .map(|it| !it.same || above.contains(it.path.as_path()))
+            .collect();
+        let mut keep = keep.into_iter();
+        items.retain(|_| keep.next().expect("one per item"));
     }
     let mut plan = plan::plan(&items, layers, filter);
     if let Some(step) = plan.steps.iter().find(|s| filter.excludes(&s.path)) {
@@ -205,7 +226,7 @@ pub fn commit(
                 .map_err(io_err("read", Path::new("the vm's layer")))?;
     }
     outcome.steps = plan.steps;
-    if !outcome.conflicts.is_empty() || opts.dry_run || outcome.steps.is_empty() {
+    if !outcome.conflicts.is_empty() || opts.dry_run || outcome.changes() == 0 {
         return Ok(outcome);
     }
     let mut journal = Journal {
