@@ -13,7 +13,8 @@ use crate::cli::CommitArgs;
 use crate::output;
 use fvm_engine::vm::Selection;
 
-/// Commits with fewer steps than this finish too fast for a progress bar.
+/// Commits with fewer steps than this finish too fast for a progress bar (unless
+/// they have taken half a second already).
 const BAR_FROM: usize = 500;
 
 pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
@@ -35,9 +36,10 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
         );
         b
     });
+    let started = std::time::Instant::now();
     let mut progress = |done: usize, total: usize| {
         if let Some(b) = &bar
-            && total >= BAR_FROM
+            && (total >= BAR_FROM || started.elapsed() >= output::PROGRESS_AFTER)
         {
             if b.is_hidden() {
                 b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
