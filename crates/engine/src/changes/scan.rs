@@ -5,8 +5,10 @@
 //! For each entry of an upper directory:
 //! - a whiteout (char device 0/0) is a deletion: `D` if the host has the path;
 //! - anything else is `C` if the host has the path, `A` if not (a chmod or an
-//!   xattr change copies a file up, so it shows as `C`; a directory is `C` when the
-//!   VM changed something in it, as in `podman diff`);
+//!   xattr change copies a file up, so it shows as `C`; a directory is in the
+//!   layer when the VM changed something in it). An entry that is only a copy-up
+//!   of the host's (see `same`) is marked, for `diff` to hide and `commit` to
+//!   leave out;
 //! - a directory that hides the host's one (overlayfs marks it opaque) also yields
 //!   every host entry in it that the VM no longer has, as `D`.
 //!
