@@ -240,6 +240,18 @@ fn diff_u_shows_text_binary_metadata_and_links() {
     assert!(tty.stdout.contains("\x1b[32m+TWO"), "{tty}");
     assert!(tty.stdout.contains(r"+x\x1b]0;owned\x07y"), "{tty}");
     assert!(!tty.stdout.contains("\x1b]0;owned"), "{tty}");
+    // JSON: each side as data, read change by change.
+    let json: Value =
+        serde_json::from_str(&store.fvm(&["--json", "diff", "un", s(h), "-u"]).ok().stdout)
+            .unwrap();
+    let t = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == s(&h.join("t")))
+        .unwrap();
+    assert_eq!(t["vm"]["text"], "one\nTWO\nthree\nfour\nfive\n", "{json}");
+    assert_eq!(t["host"]["mode"], 0o644, "{json}");
     // One file of a directory's changes, by path.
     let one = store.fvm(&["diff", "un", s(&h.join("t")), "-u"]).ok();
     assert_eq!(one.stdout.matches("diff --fvm").count(), 1, "{one}");

@@ -59,11 +59,16 @@ pub struct Detail {
     pub vm: Option<Side>,
 }
 
-/// Read both sides of `items` (changes of `layers`).
-pub fn details(layers: &[Layer], items: &[Item]) -> io::Result<Vec<Detail>> {
+/// Read both sides of `items` (changes of `layers`), one change at a time: each
+/// goes to `each` before the next is read, so at most one file's text (two
+/// sides of [`TEXT_MAX`]) is held however many changes there are.
+pub fn details(
+    layers: &[Layer],
+    items: &[Item],
+    each: &mut dyn FnMut(Detail) -> io::Result<()>,
+) -> io::Result<()> {
     let mut uppers: Vec<Option<Tree>> = layers.iter().map(|_| None).collect();
     let mut hosts: Vec<Option<Tree>> = layers.iter().map(|_| None).collect();
-    let mut out = Vec::with_capacity(items.len());
     for it in items {
         let l = &layers[it.layer];
         let vm = match it.vm {
@@ -80,14 +85,14 @@ pub fn details(layers: &[Layer], items: &[Item]) -> io::Result<Vec<Detail>> {
             }
             None => None,
         };
-        out.push(Detail {
+        each(Detail {
             path: it.path.clone(),
             kind: it.kind,
             host,
             vm,
-        });
+        })?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn tree<'a>(slot: &'a mut Option<Tree>, root: &Path) -> io::Result<&'a mut Tree> {

@@ -51,13 +51,16 @@ impl Engine {
         }
     }
 
-    /// Both sides of each change [`Engine::diff`] lists, for `diff -u`.
+    /// Both sides of each change [`Engine::diff`] lists, for `diff -u`, given
+    /// to `each` one at a time (an error from it stops the reading and is
+    /// returned as it is).
     pub fn diff_details(
         &self,
         name: &VmName,
         sel: &Selection,
         all: bool,
-    ) -> Result<Vec<Detail>, VmError> {
+        each: &mut dyn FnMut(Detail) -> std::io::Result<()>,
+    ) -> Result<(), VmError> {
         let vm = self.vm(name)?;
         let filter = sel.filter()?;
         let _image = self.layers_image(&vm)?;
@@ -73,7 +76,7 @@ impl Engine {
             .into_iter()
             .filter(|i| filter.selects(&i.path) && (all || !i.same))
             .collect();
-        show::details(&layers, &items).map_err(|e| changes_error(name, e.into()))
+        show::details(&layers, &items, each).map_err(|e| changes_error(name, e.into()))
     }
 
     /// Drop VM `name`'s changes at or under `paths`, so that it sees the host's

@@ -29,11 +29,33 @@ pub fn run(ctx: &Context<'_>, args: &DiffArgs) -> Result<u8> {
     let sel = Selection::paths(&vm_path_args(&args.paths)?);
     let review = &args.review;
     if review.unified {
-        let details = engine.diff_details(&name, &sel, review.all)?;
-        if ctx.json() {
-            output::print_json(&details.iter().map(JsonDetail::from).collect::<Vec<_>>())?;
-        } else {
-            output::print(&unified(&details, &Style::new(review)))?;
+        // Printed change by change: a layer of many large files is never held
+        // in memory at once.
+        let style = Style::new(review);
+        let json = ctx.json();
+        let mut first = true;
+        let mut closed = false;
+        let mut each = |d: Detail| -> std::io::Result<()> {
+            let text = if json {
+                let v = serde_json::to_string_pretty(&JsonDetail::from(&d))
+                    .map_err(std::io::Error::other)?;
+                format!("{}{v}", if first { "[\n" } else { ",\n" })
+            } else {
+                unified(std::slice::from_ref(&d), &style)
+            };
+            first = false;
+            output::print(&text).map_err(|e| {
+                closed = e.is::<output::StdoutClosed>();
+                std::io::Error::other(format!("{e:#}"))
+            })
+        };
+        let done = engine.diff_details(&name, &sel, review.all, &mut each);
+        if closed {
+            return Err(output::StdoutClosed.into());
+        }
+        done?;
+        if json {
+            output::print(if first { "[]\n" } else { "\n]\n" })?;
         }
         return Ok(0);
     }
