@@ -109,6 +109,49 @@ impl Drop for Progress {
     }
 }
 
+/// A count of things done, on stderr, for work whose total isn't known ahead
+/// (reading a large layer): only on a terminal, drawn once the work has taken
+/// [`PROGRESS_AFTER`], cleared when done or dropped.
+#[derive(Debug)]
+pub struct Counter {
+    what: &'static str,
+    bar: Option<ProgressBar>,
+    started: std::time::Instant,
+}
+
+impl Counter {
+    pub fn on_terminal(what: &'static str) -> Option<Counter> {
+        io::stderr().is_terminal().then(|| Counter {
+            what,
+            bar: None,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    pub fn set(&mut self, done: u64) {
+        if self.bar.is_none() && self.started.elapsed() >= PROGRESS_AFTER {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{msg}: {human_pos} entries {elapsed}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_message(self.what);
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+}
+
+impl Drop for Counter {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Standard output was closed by its reader (`fvm list | head -1`): not an error
 /// worth a message, as in other Unix tools.
 #[derive(Debug, thiserror::Error)]

@@ -68,8 +68,9 @@ pub fn diff(
     filter: &Filter,
     committed: &Committed,
     all: bool,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<Diff, ScanError> {
-    let items = scan::scan(layers, filter, committed)?;
+    let items = scan::scan_with_progress(layers, filter, committed, progress)?;
     let unmatched = filter.unmatched(&items).map(Path::to_owned);
     let changes = changes(
         items
@@ -130,10 +131,16 @@ mod tests {
             dir: d.path().join("nothing"),
         };
         assert!(
-            diff(&[layer], &Filter::default(), &Committed::default(), false)
-                .unwrap()
-                .changes
-                .is_empty()
+            diff(
+                &[layer],
+                &Filter::default(),
+                &Committed::default(),
+                false,
+                &mut |_| {}
+            )
+            .unwrap()
+            .changes
+            .is_empty()
         );
     }
 
@@ -155,6 +162,7 @@ mod tests {
             &Filter::default(),
             &Committed::default(),
             false,
+            &mut |_| {},
         )
         .unwrap()
         .changes
@@ -179,7 +187,7 @@ mod tests {
         );
         let only = Filter::new(vec![host.path().join("newdir")]);
         assert_eq!(
-            diff(&[layer], &only, &Committed::default(), false)
+            diff(&[layer], &only, &Committed::default(), false, &mut |_| {})
                 .unwrap()
                 .changes
                 .len(),

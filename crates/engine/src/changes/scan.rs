@@ -189,10 +189,22 @@ pub fn scan(
     filter: &Filter,
     committed: &Committed,
 ) -> Result<Vec<Item>, ScanError> {
+    scan_with_progress(layers, filter, committed, &mut |_| {})
+}
+
+/// [`scan`], telling `progress` how many layer entries it has read so far
+/// (every [`PROGRESS_EVERY`] entries), for a progress display on a large layer.
+pub fn scan_with_progress(
+    layers: &[Layer],
+    filter: &Filter,
+    committed: &Committed,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<Item>, ScanError> {
     let mut out = Vec::new();
+    let mut seen = 0u64;
     for (i, l) in layers.iter().enumerate() {
         if filter.reaches(&l.mount_point) {
-            scan_layer(i, l, filter, committed, &mut out)?;
+            scan_layer(i, l, filter, committed, &mut out, &mut seen, progress)?;
         }
     }
     out.sort_by(|a, b| {
@@ -206,6 +218,9 @@ pub fn scan(
     out.dedup_by(|a, b| a.path.as_os_str() == b.path.as_os_str());
     Ok(out)
 }
+
+/// How often (in layer entries read) a scan reports its progress.
+pub const PROGRESS_EVERY: u64 = 4096;
 
 /// The host side of a directory being walked.
 struct Level {
@@ -228,6 +243,8 @@ fn scan_layer(
     filter: &Filter,
     committed: &Committed,
     out: &mut Vec<Item>,
+    seen: &mut u64,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), ScanError> {
     // The host directories at the paths being walked, as deep as the host has
     // them, with a bounded number of fds (see `DirChain`).
@@ -239,6 +256,10 @@ fn scan_layer(
     let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
     let out = RefCell::new(out);
     let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
+        *seen += 1;
+        if seen.is_multiple_of(PROGRESS_EVERY) {
+            progress(*seen);
+        }
         let mut stack = stack.borrow_mut();
         let mut out = out.borrow_mut();
         let mut hosts = hosts.borrow_mut();

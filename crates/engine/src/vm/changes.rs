@@ -35,15 +35,22 @@ impl Selection {
 impl Engine {
     /// What VM `name` changed in `sel`, sorted by path; copy-ups that changed
     /// nothing only with `all`. A running VM can be diffed; its layers are read
-    /// as they are.
-    pub fn diff(&self, name: &VmName, sel: &Selection, all: bool) -> Result<Vec<Change>, VmError> {
+    /// as they are. `progress` gets the number of layer entries read so far, now
+    /// and then.
+    pub fn diff(
+        &self,
+        name: &VmName,
+        sel: &Selection,
+        all: bool,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<Vec<Change>, VmError> {
         let vm = self.vm(name)?;
         let filter = sel.filter()?;
         let _image = self.layers_image(&vm)?;
         let layers = self.layers(&vm)?;
         let committed =
             commit::committed(&files(&vm)).map_err(|e| changes_error(name, e.into()))?;
-        let found = diff::diff(&layers, &filter, &committed, all)
+        let found = diff::diff(&layers, &filter, &committed, all, progress)
             .map_err(|e| changes_error(name, e.into()))?;
         match found.unmatched {
             Some(path) => Err(no_match(name, path)),

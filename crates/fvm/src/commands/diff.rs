@@ -59,7 +59,15 @@ pub fn run(ctx: &Context<'_>, args: &DiffArgs) -> Result<u8> {
         }
         return Ok(0);
     }
-    let changes = engine.diff(&name, &sel, review.all)?;
+    let changes = {
+        // A layer of a million entries takes seconds to read: say how far it got.
+        let mut counter = output::Counter::on_terminal("reading the vm's layers");
+        engine.diff(&name, &sel, review.all, &mut |n| {
+            if let Some(c) = &mut counter {
+                c.set(n);
+            }
+        })?
+    };
     if review.stat {
         let stat = Stat::of(&changes);
         if ctx.json() {
