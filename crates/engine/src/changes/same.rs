@@ -60,7 +60,7 @@ pub fn same(vm: &OwnedFd, vm_st: &Stat, host_dir: &OwnedFd, name: &CStr, host_st
     kind == FileType::Directory || same_content(vm, &host, vm_st.st_size as u64).unwrap_or(false)
 }
 
-/// Two symlinks with the same target and owner.
+/// Two symlinks with the same target, owner and mtime.
 pub fn same_link(
     vm_dir: &OwnedFd,
     vm_name: &CStr,
@@ -74,6 +74,7 @@ pub fn same_link(
         || vm_st.st_uid != host_st.st_uid
         || vm_st.st_gid != host_st.st_gid
         || vm_st.st_size != host_st.st_size
+        || (vm_st.st_mtime, vm_st.st_mtime_nsec) != (host_st.st_mtime, host_st.st_mtime_nsec)
     {
         return false;
     }

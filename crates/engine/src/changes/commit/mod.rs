@@ -168,18 +168,10 @@ pub fn commit(
             it.same = false;
         }
     } else {
-        // The host has these files already. A directory stays where something
-        // below it is committed (its step restores its times afterwards).
-        let mut above: std::collections::HashSet<&Path> = std::collections::HashSet::new();
-        for it in items.iter().filter(|it| !it.same) {
-            above.extend(it.path.ancestors().skip(1));
-        }
-        let keep: Vec<bool> = items
-            .iter()
-            .map(|it| !it.same || above.contains(it.path.as_path()))
-            .collect();
-        let mut keep = keep.into_iter();
-        items.retain(|_| keep.next().expect("one per item"));
+        // The host has these files already. A directory stays, unlisted and
+        // uncounted: its step gives the host's directory the VM's times (which
+        // its entries' changes moved), so that the host ends as the VM saw it.
+        items.retain(|it| !it.same || matches!(it.vm, VmEntry::Dir { .. }));
     }
     let mut plan = plan::plan(&items, layers, filter);
     if let Some(step) = plan.steps.iter().find(|s| filter.excludes(&s.path)) {
@@ -226,7 +218,7 @@ pub fn commit(
                 .map_err(io_err("read", Path::new("the vm's layer")))?;
     }
     outcome.steps = plan.steps;
-    if !outcome.conflicts.is_empty() || opts.dry_run || outcome.changes() == 0 {
+    if !outcome.conflicts.is_empty() || opts.dry_run || outcome.steps.is_empty() {
         return Ok(outcome);
     }
     let mut journal = Journal {
@@ -536,7 +528,8 @@ pub fn resume(
     }
     journal.running |= running;
     run(&mut journal, files, &mut uppers, true, progress)?;
-    Ok(journal.steps.len())
+    // (Directories only given their times back are no change to count.)
+    Ok(journal.steps.iter().filter(|s| !s.same).count())
 }
 
 /// Before a VM's files go (`delete`) or in `doctor --cleanup`: finish an
