@@ -117,6 +117,12 @@ impl Engine {
             self.check_layers_trusted(&vm, &vm.layers_path(&policy))?;
         }
         let layers = self.layers(&vm)?;
+        if !dry_run {
+            // Entries committed while the VM ran go first (as a commit of the
+            // stopped VM does), so that their record names no discarded entry.
+            commit::deferred::settle(&files.committed)
+                .map_err(|e| changes_error(name, e.into()))?;
+        }
         let committed = commit::committed(&files).map_err(|e| changes_error(name, e.into()))?;
         let done = discard::discard(&layers, &filter, &committed, dry_run)
             .map_err(|e| changes_error(name, e.into()))?;
