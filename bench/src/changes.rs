@@ -1,7 +1,9 @@
 //! The "Diff and commit" section of docs/BENCHMARKS.md.
 //!
 //! - `fvm diff` of a VM with 100,000 changed files (target: under 1 s), next to
-//!   `find` walking the same upper layer (a floor: what reading the layer costs).
+//!   `find` walking the same upper layer (a floor: what reading the layer costs),
+//!   and of a VM with as many copy-ups that changed nothing (each compared with
+//!   the host's file, content included, and hidden).
 //! - `fvm commit` of 10,000 files of 16 KiB (target: within 1.5x `cp -a` of the
 //!   same files to the same filesystem). Commit syncs before and after renaming
 //!   (its files are durable when it returns), so `cp -a` is measured both alone
@@ -194,6 +196,29 @@ fn measure_in(store: &Store, host: &Path, sizes: &Sizes) -> Result<ChangesBench>
         )?);
     }
     store.delete("differ")?;
+    // The same number of copy-ups that changed nothing (a chmod to the mode each
+    // host file has): `diff` compares each with the host's, content included,
+    // and shows none of them.
+    eprintln!("fvm-bench: diff: {diff_files} copy-ups that changed nothing");
+    let same = host.join("same");
+    check_output(
+        Command::new("python3").args(["-c", &writer(std::slice::from_ref(&same), diff_files, 64)]),
+    )?;
+    store.create("samer")?;
+    let chmod = format!(
+        "import os\nfor r, ds, fs in os.walk({:?}):\n    for f in fs:\n        p = os.path.join(r, f)\n        os.chmod(p, os.stat(p).st_mode & 0o7777)\n",
+        same.display().to_string()
+    );
+    check_output(
+        store
+            .fvm()
+            .args(["run", "samer", "--", "python3", "-c", &chmod]),
+    )?;
+    let mut d_same = Vec::new();
+    for _ in 0..rounds.max(3) {
+        d_same.push(timed(store.fvm().args(["diff", "samer"]))?);
+    }
+    store.delete("samer")?;
 
     let (mut c_fvm, mut c_cp, mut c_cp_sync) = (Vec::new(), Vec::new(), Vec::new());
     let mut ratios = Vec::new();
@@ -269,6 +294,12 @@ fn measure_in(store: &Store, host: &Path, sizes: &Sizes) -> Result<ChangesBench>
                 "find (floor)".into(),
                 "find DIR/vms/VM/layers/-/upper -printf ''".into(),
                 stats(&d_find)?,
+            ),
+            (
+                "fvm diff, copy-ups".into(),
+                "fvm --root DIR diff VM (as many chmods to the same mode, all compared and hidden)"
+                    .into(),
+                stats(&d_same)?,
             ),
         ],
         commit: vec![

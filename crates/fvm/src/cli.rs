@@ -70,6 +70,8 @@ pub enum Command {
     Diff(DiffArgs),
     /// Write a VM's changes (or those under PATHs) back to the host
     Commit(CommitArgs),
+    /// Drop a stopped VM's changes under PATHs, so it sees the host's files there again
+    Discard(DiscardArgs),
     /// Show a VM's policy, or change it
     Config(ConfigArgs),
     /// Check what this host supports
@@ -512,16 +514,58 @@ pub struct StatsArgs {
 pub struct DiffArgs {
     #[arg(add = crate::complete::vm_names())]
     pub name: String,
-    /// Only changes at or under these paths (as the VM sees them)
+    /// Only changes at or under these paths (as the VM sees them; a relative
+    /// path is taken from the current directory)
     pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub review: ReviewArgs,
+}
+
+/// How `fvm diff` shows changes.
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// Also show copy-ups that changed nothing (same content and metadata as the
+    /// host) and directories listed only because something in them changed
+    #[arg(long)]
+    pub all: bool,
+    /// Counts (A/C/D) and bytes per directory, and a total
+    #[arg(long, conflicts_with = "unified")]
+    pub stat: bool,
+    /// Each change in full: a unified diff of text files, sizes and sha256 of
+    /// binaries, metadata before and after
+    #[arg(long, short = 'u')]
+    pub unified: bool,
+    /// Colour the -u output: auto (on a terminal), always, never
+    #[arg(long, value_name = "WHEN", default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub color: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DiscardArgs {
+    pub name: String,
+    /// Drop the VM's changes at or under these paths (as the VM sees them; a
+    /// relative path is taken from the current directory)
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Print what would be dropped, and drop nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct CommitArgs {
     #[arg(add = crate::complete::vm_names())]
     pub name: String,
-    /// Only changes at or under these paths (as the VM sees them)
+    /// Only changes at or under these paths (as the VM sees them; a relative
+    /// path is taken from the current directory)
     pub paths: Vec<PathBuf>,
+    /// Leave out the changes at or under this path (repeatable)
+    #[arg(long, value_name = "PATH")]
+    pub exclude: Vec<PathBuf>,
+    /// Also commit copy-ups that changed nothing, which drops them from the VM's
+    /// layer (without it they are left out, and stay in the layer)
+    #[arg(long)]
+    pub all: bool,
     /// Print what would be done, and do nothing
     #[arg(long)]
     pub dry_run: bool,
@@ -530,7 +574,7 @@ pub struct CommitArgs {
     pub force: bool,
     /// Drop an interrupted commit that can't be finished (its temp files and its
     /// journal); host paths it already replaced keep the VM's version
-    #[arg(long, conflicts_with_all = ["dry_run", "force", "paths"])]
+    #[arg(long, conflicts_with_all = ["dry_run", "force", "paths", "exclude", "all"])]
     pub abort: bool,
 }
 

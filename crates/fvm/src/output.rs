@@ -54,8 +54,10 @@ pub fn size(bytes: u64) -> String {
     format!("{v:.1}{}", UNITS[unit])
 }
 
-/// Work smaller than this finishes too soon for a bar to be worth drawing.
+/// Work smaller than this finishes too soon for a bar to be worth drawing...
 const PROGRESS_MIN_BYTES: u64 = 64 << 20;
+/// ... unless it has taken this long already (many small files).
+pub const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// A progress bar in bytes on stderr, for long operations (copy). Only made when
 /// stderr is a terminal, drawn only once the work is known to be big, and
@@ -64,17 +66,22 @@ const PROGRESS_MIN_BYTES: u64 = 64 << 20;
 pub struct Progress {
     what: &'static str,
     bar: Option<ProgressBar>,
+    started: std::time::Instant,
 }
 
 impl Progress {
     pub fn on_terminal(what: &'static str) -> Option<Progress> {
-        io::stderr()
-            .is_terminal()
-            .then_some(Progress { what, bar: None })
+        io::stderr().is_terminal().then(|| Progress {
+            what,
+            bar: None,
+            started: std::time::Instant::now(),
+        })
     }
 
     pub fn set(&mut self, done: u64, total: u64) {
-        if self.bar.is_none() && total >= PROGRESS_MIN_BYTES {
+        if self.bar.is_none()
+            && (total >= PROGRESS_MIN_BYTES || self.started.elapsed() >= PROGRESS_AFTER)
+        {
             let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             if let Ok(style) = ProgressStyle::with_template(
                 "{msg} [{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} {eta}",
@@ -95,6 +102,49 @@ impl Progress {
 }
 
 impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A count of things done, on stderr, for work whose total isn't known ahead
+/// (reading a large layer): only on a terminal, drawn once the work has taken
+/// [`PROGRESS_AFTER`], cleared when done or dropped.
+#[derive(Debug)]
+pub struct Counter {
+    what: &'static str,
+    bar: Option<ProgressBar>,
+    started: std::time::Instant,
+}
+
+impl Counter {
+    pub fn on_terminal(what: &'static str) -> Option<Counter> {
+        io::stderr().is_terminal().then(|| Counter {
+            what,
+            bar: None,
+            started: std::time::Instant::now(),
+        })
+    }
+
+    pub fn set(&mut self, done: u64) {
+        if self.bar.is_none() && self.started.elapsed() >= PROGRESS_AFTER {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{msg}: {human_pos} entries {elapsed}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_message(self.what);
+            self.bar = Some(bar);
+        }
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+}
+
+impl Drop for Counter {
     fn drop(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();

@@ -35,10 +35,18 @@ fn fifty_vms_created_started_used_and_deleted_leave_nothing() {
     }
 
     assert!(store.list().is_empty(), "list after deleting every vm");
+    // (A delete returns before its layers are removed: wait for the removers.)
     let vms = store.root.join("vms");
-    let left: Vec<_> = std::fs::read_dir(&vms)
-        .map(|d| d.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&vms)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default()
+    };
+    let start = std::time::Instant::now();
+    while !left().is_empty() && start.elapsed() < common::WAIT {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = left();
     assert!(left.is_empty(), "{} still holds {left:?}", vms.display());
     let id = store.id().expect("the store id is known from inspect");
     let cgroups = cgroup_dirs_matching(&format!("fvm-{id}-"));

@@ -200,6 +200,13 @@ fn a_12000_deep_tree_is_walked_by_every_command_with_64_fds() {
     check(&["delete", "deep-copy"], WALK_RSS_KIB);
     check(&["delete", "deep"], WALK_RSS_KIB);
     println!("peak memory with a {DEPTH}-deep tree: {rss:#?}");
+    // The layers are removed after `delete` returns, by a process of its own
+    // (forked by `delete`, so under the same limit of 64 fds).
+    // (A debug build removes two 12,000-deep trees in well over the usual wait.)
+    let start = std::time::Instant::now();
+    while !trash(&store).is_empty() && start.elapsed() < Duration::from_secs(600) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(trash(&store).is_empty(), "{:?}", trash(&store));
     store.assert_clean();
 }
@@ -225,7 +232,8 @@ fn delete_of_a_1100_deep_tree_with_1024_fds_leaves_no_trash() {
         .ok();
     let out = limited(&store, scratch.path(), 1024, &["delete", "del"]);
     assert_eq!(out.out.code, 0, "{}", out.out);
-    assert!(trash(&store).is_empty(), "{:?}", trash(&store));
+    // (The layers are removed after `delete` returns, by a process of its own.)
+    common::wait_until("the trash is removed", || trash(&store).is_empty());
     store.assert_clean();
 }
 
@@ -248,7 +256,9 @@ fn a_killed_delete_is_finished_by_the_next_command() {
         ])
         .ok();
     // SIGKILL at the 1000th unlink: the VM's directory is in the trash by then
-    // (it is renamed there first), and 2,000 of its files are still in it.
+    // (it is renamed there first, and `delete` returns), and 2,000 of its files
+    // are still in it. The unlinks are the layers' remover's, a detached child
+    // of `delete` that `strace -f` follows: it is the one killed.
     let mut cmd = Command::new("strace");
     cmd.args([
         "-f",
@@ -267,7 +277,7 @@ fn a_killed_delete_is_finished_by_the_next_command() {
     // A debug build commits a 12,000-deep tree in a few minutes, not in the
     // usual command timeout.
     let out = try_run(cmd, None, Duration::from_secs(900)).unwrap_or_else(|e| panic!("{e}"));
-    assert_ne!(out.code, 0, "the delete was killed: {out}");
+    assert_eq!(out.code, 0, "the delete itself returns at once: {out}");
     let left = trash(&store);
     assert_eq!(left.len(), 1, "a killed delete leaves its trash: {left:?}");
     let kept = std::fs::read_dir(store.root.join("vms").join(&left[0]))

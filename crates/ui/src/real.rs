@@ -238,7 +238,12 @@ impl Backend for RealBackend {
         }
         Ok(self
             .engine
-            .diff(&n, &[])
+            .diff(
+                &n,
+                &fvm_engine::vm::Selection::paths(&[]),
+                false,
+                &mut |_| {},
+            )
             .map_err(err)?
             .into_iter()
             .map(|c| Change {
@@ -381,8 +386,14 @@ pub fn commit_plan(engine: &Engine, n: &str, paths: &[PathBuf]) -> anyhow::Resul
         dry_run: true,
         force: false,
         running: false,
+        all: false,
     };
-    let outcome = engine.commit(&n, paths, opts, &mut |_, _| {})?;
+    let outcome = engine.commit(
+        &n,
+        &fvm_engine::vm::Selection::paths(paths),
+        opts,
+        &mut |_, _| {},
+    )?;
     let plan = CommitPlan {
         steps: outcome
             .steps

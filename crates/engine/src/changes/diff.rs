@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::record::Committed;
-use super::scan::{self, VmEntry};
+use super::scan::{self, Item, VmEntry};
 pub use super::scan::{Filter, Kind, ScanError};
 use crate::layers::Layer;
 
@@ -27,6 +27,10 @@ pub struct Change {
     pub kind: Kind,
     /// Size of the VM's version (files and symlinks), 0 otherwise.
     pub size: u64,
+    /// Only a copy-up of the host's entry (shown with `--all`): the same content
+    /// and metadata, or a directory whose own metadata didn't change.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub same_as_host: bool,
 }
 
 fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
@@ -48,15 +52,39 @@ fn hex_unless_utf8(p: &Path) -> Option<String> {
     })
 }
 
-/// Every change in `layers` that the filter selects, sorted by path.
+/// What `diff` found.
+#[derive(Debug, Clone, Default)]
+pub struct Diff {
+    pub changes: Vec<Change>,
+    /// A filter path that nothing changed is at or under (an error for callers
+    /// that take paths: it is most likely a typo).
+    pub unmatched: Option<PathBuf>,
+}
+
+/// Every change in `layers` that the filter selects, sorted by path; copy-ups
+/// that changed nothing only with `all`.
 pub fn diff(
     layers: &[Layer],
     filter: &Filter,
     committed: &Committed,
-) -> Result<Vec<Change>, ScanError> {
-    Ok(scan::scan(layers, filter, committed)?
+    all: bool,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Diff, ScanError> {
+    let items = scan::scan_with_progress(layers, filter, committed, progress)?;
+    let unmatched = filter.unmatched(&items).map(Path::to_owned);
+    let changes = changes(
+        items
+            .into_iter()
+            .filter(|i| filter.selects(&i.path) && (all || !i.same))
+            .collect(),
+    );
+    Ok(Diff { changes, unmatched })
+}
+
+/// Scanned items as changes.
+pub fn changes(items: Vec<Item>) -> Vec<Change> {
+    items
         .into_iter()
-        .filter(|i| filter.selects(&i.path))
         .map(|i| Change {
             size: match (i.vm, i.upper) {
                 (VmEntry::File | VmEntry::Symlink, Some(st)) => st.st_size as u64,
@@ -65,8 +93,9 @@ pub fn diff(
             path_hex: hex_unless_utf8(&i.path),
             path: i.path,
             kind: i.kind,
+            same_as_host: i.same,
         })
-        .collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -83,6 +112,7 @@ mod tests {
                 path,
                 kind: Kind::Added,
                 size: 0,
+                same_as_host: false,
             })
             .unwrap()
         };
@@ -101,9 +131,16 @@ mod tests {
             dir: d.path().join("nothing"),
         };
         assert!(
-            diff(&[layer], &Filter::default(), &Committed::default())
-                .unwrap()
-                .is_empty()
+            diff(
+                &[layer],
+                &Filter::default(),
+                &Committed::default(),
+                false,
+                &mut |_| {}
+            )
+            .unwrap()
+            .changes
+            .is_empty()
         );
     }
 
@@ -124,8 +161,11 @@ mod tests {
             std::slice::from_ref(&layer),
             &Filter::default(),
             &Committed::default(),
+            false,
+            &mut |_| {},
         )
         .unwrap()
+        .changes
         .into_iter()
         .map(|c| {
             let rel = c
@@ -147,7 +187,10 @@ mod tests {
         );
         let only = Filter::new(vec![host.path().join("newdir")]);
         assert_eq!(
-            diff(&[layer], &only, &Committed::default()).unwrap().len(),
+            diff(&[layer], &only, &Committed::default(), false, &mut |_| {})
+                .unwrap()
+                .changes
+                .len(),
             2
         );
     }

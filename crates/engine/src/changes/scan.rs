@@ -5,8 +5,10 @@
 //! For each entry of an upper directory:
 //! - a whiteout (char device 0/0) is a deletion: `D` if the host has the path;
 //! - anything else is `C` if the host has the path, `A` if not (a chmod or an
-//!   xattr change copies a file up, so it shows as `C`; a directory is `C` when the
-//!   VM changed something in it, as in `podman diff`);
+//!   xattr change copies a file up, so it shows as `C`; a directory is in the
+//!   layer when the VM changed something in it). An entry that is only a copy-up
+//!   of the host's (see `same`) is marked, for `diff` to hide and `commit` to
+//!   leave out;
 //! - a directory that hides the host's one (overlayfs marks it opaque) also yields
 //!   every host entry in it that the VM no longer has, as `D`.
 //!
@@ -26,6 +28,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
 use serde::Serialize;
 
 use super::record::Committed;
+use super::same;
 use crate::layers::{self as layer, Descend, Entry, Layer};
 use crate::os::dirchain::{self, DirChain};
 
@@ -89,29 +92,83 @@ pub struct Item {
     /// The directory that hides the host's entry at its path and contains this
     /// path (itself included): it can only be committed as a whole.
     pub unit: Option<PathBuf>,
+    /// Only a copy-up of what the host has (see `same`): no change to show or
+    /// commit.
+    pub same: bool,
 }
 
-/// Which paths to look at: all, or those at or under any of these.
+/// Which paths to look at: all, or those at or under any of these; less those
+/// at or under an excluded path.
+///
+/// Exclusions only select: a scan still reads what is under them (a directory
+/// the VM replaced commits as a whole, so a plan must see all of it).
 #[derive(Debug, Clone, Default)]
-pub struct Filter(Vec<PathBuf>);
+pub struct Filter {
+    paths: Vec<PathBuf>,
+    exclude: Vec<PathBuf>,
+}
 
 impl Filter {
     pub fn new(paths: Vec<PathBuf>) -> Filter {
-        Filter(paths)
+        Filter {
+            paths,
+            exclude: Vec::new(),
+        }
     }
 
-    /// `path` is selected (at or under a filter path).
+    /// The same, less what is at or under `exclude`.
+    pub fn excluding(self, exclude: Vec<PathBuf>) -> Filter {
+        Filter { exclude, ..self }
+    }
+
+    pub fn paths(&self) -> &[PathBuf] {
+        &self.paths
+    }
+
+    pub fn excluded_paths(&self) -> &[PathBuf] {
+        &self.exclude
+    }
+
+    /// `path` is at or under an excluded path.
+    pub fn excludes(&self, path: &Path) -> bool {
+        self.exclude.iter().any(|x| path.starts_with(x))
+    }
+
+    /// `path` is selected (at or under a filter path, and not excluded).
     pub fn selects(&self, path: &Path) -> bool {
-        self.0.is_empty() || self.0.iter().any(|f| path.starts_with(f))
+        (self.paths.is_empty() || self.paths.iter().any(|f| path.starts_with(f)))
+            && !self.excludes(path)
     }
 
-    /// Something at or under `path` may be selected.
+    /// Something at or under `path` may be selected (exclusions aside).
     pub fn reaches(&self, path: &Path) -> bool {
-        self.0.is_empty()
+        self.paths.is_empty()
             || self
-                .0
+                .paths
                 .iter()
                 .any(|f| path.starts_with(f) || f.starts_with(path))
+    }
+
+    /// The first filter or excluded path that matches nothing: no item is at
+    /// or under it (the items sorted by path, as `scan` returns them) and the
+    /// host has nothing there either (an unchanged path is no error, as in git;
+    /// a typo is).
+    pub fn unmatched<'a>(&'a self, items: &[Item]) -> Option<&'a Path> {
+        let matched = |f: &Path| {
+            let bytes = f.as_os_str().as_bytes();
+            let at = items.partition_point(|i| i.path.as_os_str().as_bytes() < bytes);
+            // Sorted by bytes: what is under `f` follows it, though other names
+            // with `f` as a prefix of bytes (`/etc-x` for `/etc`) may come between.
+            items[at..]
+                .iter()
+                .take_while(|i| i.path.as_os_str().as_bytes().starts_with(bytes))
+                .any(|i| i.path.starts_with(f))
+        };
+        self.paths
+            .iter()
+            .chain(&self.exclude)
+            .map(PathBuf::as_path)
+            .find(|f| !matched(f) && std::fs::symlink_metadata(f).is_err())
     }
 }
 
@@ -132,10 +189,22 @@ pub fn scan(
     filter: &Filter,
     committed: &Committed,
 ) -> Result<Vec<Item>, ScanError> {
+    scan_with_progress(layers, filter, committed, &mut |_| {})
+}
+
+/// [`scan`], telling `progress` how many layer entries it has read so far
+/// (every [`PROGRESS_EVERY`] entries), for a progress display on a large layer.
+pub fn scan_with_progress(
+    layers: &[Layer],
+    filter: &Filter,
+    committed: &Committed,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Vec<Item>, ScanError> {
     let mut out = Vec::new();
+    let mut seen = 0u64;
     for (i, l) in layers.iter().enumerate() {
         if filter.reaches(&l.mount_point) {
-            scan_layer(i, l, filter, committed, &mut out)?;
+            scan_layer(i, l, filter, committed, &mut out, &mut seen, progress)?;
         }
     }
     out.sort_by(|a, b| {
@@ -149,6 +218,9 @@ pub fn scan(
     out.dedup_by(|a, b| a.path.as_os_str() == b.path.as_os_str());
     Ok(out)
 }
+
+/// How often (in layer entries read) a scan reports its progress.
+pub const PROGRESS_EVERY: u64 = 4096;
 
 /// The host side of a directory being walked.
 struct Level {
@@ -171,6 +243,8 @@ fn scan_layer(
     filter: &Filter,
     committed: &Committed,
     out: &mut Vec<Item>,
+    seen: &mut u64,
+    progress: &mut dyn FnMut(u64),
 ) -> Result<(), ScanError> {
     // The host directories at the paths being walked, as deep as the host has
     // them, with a bounded number of fds (see `DirChain`).
@@ -182,6 +256,10 @@ fn scan_layer(
     let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
     let out = RefCell::new(out);
     let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
+        *seen += 1;
+        if seen.is_multiple_of(PROGRESS_EVERY) {
+            progress(*seen);
+        }
         let mut stack = stack.borrow_mut();
         let mut out = out.borrow_mut();
         let mut hosts = hosts.borrow_mut();
@@ -210,7 +288,7 @@ fn scan_layer(
         if done && e.file_type() != FileType::Directory {
             return Ok(Descend::No);
         }
-        let item = |kind, vm, unit: Option<PathBuf>| Item {
+        let item = |kind, vm, unit: Option<PathBuf>, same| Item {
             path: path.clone(),
             kind,
             layer: idx,
@@ -219,6 +297,7 @@ fn scan_layer(
             upper: Some(e.stat),
             host,
             unit,
+            same,
         };
         let vm = match e.file_type() {
             _ if e.is_whiteout() => VmEntry::Whiteout,
@@ -241,7 +320,18 @@ fn scan_layer(
             (_, false) => Kind::Added,
         };
         let VmEntry::Dir { opaque } = vm else {
-            out.push(item(kind, vm, parent.unit.clone()));
+            // Inside a replaced directory every entry commits with it.
+            let same = kind == Kind::Changed
+                && parent.unit.is_none()
+                && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| match vm {
+                    // (A file with other names commits with them.)
+                    VmEntry::File if e.stat.st_nlink == 1 => e
+                        .open()
+                        .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h)),
+                    VmEntry::Symlink => same::same_link(e.parent, e.name, &e.stat, d, e.name, h),
+                    _ => false,
+                });
+            out.push(item(kind, vm, parent.unit.clone(), same));
             return Ok(Descend::No);
         };
         let host_is_dir =
@@ -266,7 +356,15 @@ fn scan_layer(
         };
         let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
         let committed_item = done.then_some(out.len());
-        out.push(item(kind, vm, unit.clone()));
+        // In the layer only because something in it changed.
+        let same = kind == Kind::Changed
+            && !opaque
+            && unit.is_none()
+            && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| {
+                e.open()
+                    .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h))
+            });
+        out.push(item(kind, vm, unit.clone(), same));
         if !merged && let Some(hfd) = &host_fd {
             match hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out) {
                 Err(e) if dirchain::vanished(&e) => {}
@@ -342,6 +440,7 @@ fn hidden_entries(
             upper: None,
             host: host_stat(host, &name),
             unit: unit.cloned(),
+            same: false,
         });
     }
     Ok(())

@@ -170,6 +170,7 @@ mod tests {
             path_hex: None,
             kind,
             size: 0,
+            same_as_host: false,
         }
     }
 

@@ -480,7 +480,12 @@ impl Runtime {
     fn export(&self, record: &Record, dir: &Path) -> Result<(), OciError> {
         let changes: Vec<_> = self
             .engine
-            .diff(&record.vm, &[])?
+            .diff(
+                &record.vm,
+                &super::vm::Selection::paths(&[]),
+                false,
+                &mut |_| {},
+            )?
             .into_iter()
             .filter(|c| !record.skip.iter().any(|s| c.path.starts_with(s)))
             .collect();

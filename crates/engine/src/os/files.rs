@@ -204,6 +204,19 @@ impl Lock {
     }
 }
 
+/// Whether someone holds the lock file `path` (which is not created if missing).
+pub fn is_locked(path: &Path) -> bool {
+    let Ok(fd) = rustix::fs::open(
+        path,
+        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    rustix::fs::flock(fd.as_fd(), FlockOperation::NonBlockingLockShared)
+        == Err(rustix::io::Errno::WOULDBLOCK)
+}
+
 /// Delete a directory tree that a VM may have filled with hostile content.
 /// See [`remove_tree_at`]; `path`'s last component is not followed.
 pub fn remove_tree(path: &Path) -> io::Result<()> {

@@ -219,6 +219,18 @@ impl Store {
 
     /// Delete a stopped VM and its layers. Takes the store lock.
     pub fn delete_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<(), StoreError> {
+        let trash = self.trash_vm(vm, dir)?;
+        remove_trash(&trash)
+    }
+
+    /// Take a stopped VM out of the store at once: its directory is renamed into
+    /// the store's trash (`.trash-NAME-PID`) under the store lock, and its `--dir`
+    /// released. The VM is gone (its name free again) when this returns; its
+    /// layers go with [`remove_trash`], by the caller, which should hold the
+    /// VM's lock meanwhile (it moved with the directory): a trash whose lock is
+    /// held is left alone by [`Store::finish_deletes`] and `sweep`, and one
+    /// whose holder died is removed by them.
+    pub fn trash_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<PathBuf, StoreError> {
         let _lock = self.lock()?;
         let trash = self
             .vms()
@@ -239,10 +251,7 @@ impl Store {
                     source,
                 })?;
         }
-        files::remove_tree(&trash).map_err(|source| StoreError::Delete {
-            path: trash.clone(),
-            source,
-        })
+        Ok(trash)
     }
 
     /// Remove what crashed creates and deletes left behind (`.new-*`, `.trash-*`).
@@ -296,7 +305,12 @@ impl Store {
             if new {
                 self.release_dir_of_crashed_create(&e.path(), &e.file_name().to_string_lossy());
             }
-            if new || n.starts_with(TRASH.as_bytes()) {
+            let trash = !new && n.starts_with(TRASH.as_bytes());
+            // A delete still removing its trash holds the VM's lock in it.
+            if trash && files::is_locked(&e.path().join("lock")) {
+                continue;
+            }
+            if new || trash {
                 if !new {
                     self.release_dir_of_trash(&e.path())?;
                 }
@@ -523,3 +537,12 @@ impl VmDir {
 
 #[cfg(test)]
 mod tests;
+
+/// Remove a VM's trash (see [`Store::trash_vm`]), its lock file last, so that
+/// whoever holds that lock keeps the trash to itself until it is empty.
+pub fn remove_trash(trash: &Path) -> Result<(), StoreError> {
+    files::remove_tree_last(trash, "lock").map_err(|source| StoreError::Delete {
+        path: trash.to_owned(),
+        source,
+    })
+}

@@ -31,6 +31,7 @@ pub use crate::runtime::services::ServiceState;
 pub use crate::runtime::stop::Stopped;
 pub use crate::runtime::{CommandSpec, Program, TtyMode};
 pub use crate::watch::watcher::WatcherHealth;
+pub use changes::Selection;
 pub use console::{PREVIEW_BYTES, Version, Versions};
 pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
@@ -83,6 +84,14 @@ pub enum VmError {
     Services { name: String, message: String },
     #[error("{signal} is not a signal")]
     BadSignal { signal: i32 },
+    #[error(
+        "cannot discard changes of vm {name:?} while it runs or is suspended (overlayfs doesn't support changing a mounted layer): stop it first"
+    )]
+    DiscardRunning { name: String },
+    #[error(
+        "vm {name:?} has an interrupted commit: finish it with `fvm commit {name}` or drop it with `fvm commit --abort {name}` first"
+    )]
+    DiscardUnfinishedCommit { name: String },
     #[error("vm {name:?} is suspended (fvm resume {name} first)")]
     Suspended { name: String },
     #[error("cannot copy vm {src:?} to {dst:?}")]
@@ -201,8 +210,11 @@ pub enum VmError {
     },
     #[error("vm {name:?} is running: its layers can be changed to {layers} once it is stopped")]
     LayersWhileRunning { name: String, layers: &'static str },
-    #[error("invalid path {path:?}: paths name what the vm sees, without `..`")]
+    #[error("invalid path {}: it leads above /", crate::os::quote::path(.path))]
     BadPath { path: PathBuf },
+    /// Exit status 1, as git's for a pathspec that matches no file.
+    #[error("path {} matches no change in vm {name:?}", crate::os::quote::path(.path))]
+    NoMatch { name: String, path: PathBuf },
     #[error("vm {name:?}")]
     Relay {
         name: String,
@@ -253,6 +265,8 @@ pub enum ChangesError {
     Scan(#[from] crate::changes::scan::ScanError),
     #[error(transparent)]
     Commit(#[from] crate::changes::commit::CommitError),
+    #[error(transparent)]
+    Discard(#[from] crate::changes::discard::DiscardError),
     #[error("cannot read the vm's layers")]
     Layers(#[from] std::io::Error),
 }
@@ -300,6 +314,7 @@ impl VmError {
                 source: EnterError::Spawn(source),
                 ..
             } => source.exit_code(),
+            VmError::NoMatch { .. } => 1,
             _ => 125,
         }
     }

@@ -328,13 +328,13 @@ impl Engine {
         })();
         // What the VM changed, read once nothing of it runs any more (a daemon
         // the command left is stopped first, as the delete would).
-        let diff = match (&result, job.diff) {
-            (Ok(_), true) => Some(
-                self.stop(&name, Duration::ZERO)
-                    .and_then(|_| self.diff(&name, &[])),
-            ),
-            _ => None,
-        };
+        let diff =
+            match (&result, job.diff) {
+                (Ok(_), true) => Some(self.stop(&name, Duration::ZERO).and_then(|_| {
+                    self.diff(&name, &super::Selection::paths(&[]), false, &mut |_| {})
+                })),
+                _ => None,
+            };
         let cleanup = self.delete(&name, true);
         let ended = result?;
         // The command ran: a delete that failed afterwards (a full disk) is a

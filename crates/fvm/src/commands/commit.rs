@@ -7,11 +7,14 @@ use anyhow::{Result, bail};
 use fvm_engine::changes::commit::Options;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use super::diff::vm_path_args;
 use super::{Context, vm_name};
 use crate::cli::CommitArgs;
 use crate::output;
+use fvm_engine::vm::Selection;
 
-/// Commits with fewer steps than this finish too fast for a progress bar.
+/// Commits with fewer steps than this finish too fast for a progress bar (unless
+/// they have taken half a second already).
 const BAR_FROM: usize = 500;
 
 pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
@@ -33,9 +36,10 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
         );
         b
     });
+    let started = std::time::Instant::now();
     let mut progress = |done: usize, total: usize| {
         if let Some(b) = &bar
-            && total >= BAR_FROM
+            && (total >= BAR_FROM || started.elapsed() >= output::PROGRESS_AFTER)
         {
             if b.is_hidden() {
                 b.set_draw_target(indicatif::ProgressDrawTarget::stderr());
@@ -48,8 +52,13 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
         dry_run: args.dry_run,
         force: args.force,
         running: false,
+        all: args.all,
     };
-    let outcome = engine.commit(&name, &args.paths, opts, &mut progress)?;
+    let sel = Selection {
+        paths: vm_path_args(&args.paths)?,
+        exclude: vm_path_args(&args.exclude)?,
+    };
+    let outcome = engine.commit(&name, &sel, opts, &mut progress)?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -88,13 +97,17 @@ pub fn run(ctx: &Context<'_>, args: &CommitArgs) -> Result<u8> {
         return Ok(0);
     }
     let mut text = String::new();
-    if args.dry_run {
-        for s in &outcome.steps {
+    if outcome.changes() == 0 {
+        // Exit status 0: the host has what the selection holds already.
+        text.push_str(&format!("nothing to commit in vm {:?}\n", name.as_str()));
+    } else if args.dry_run {
+        // (Directories only restored to the VM's times are no change to show.)
+        for s in outcome.steps.iter().filter(|s| !s.same) {
             text.push_str(&s.describe(&outcome.steps));
             text.push('\n');
         }
-    } else if !outcome.steps.is_empty() {
-        text.push_str(&format!("committed {} changes\n", outcome.steps.len()));
+    } else {
+        text.push_str(&format!("committed {} changes\n", outcome.changes()));
     }
     output::print(&text)?;
     Ok(0)

@@ -8,6 +8,7 @@ mod copy;
 mod create;
 mod delete;
 mod diff;
+mod discard;
 mod doctor;
 mod inspect;
 mod list;
@@ -50,6 +51,7 @@ pub fn dispatch(cli: &Cli) -> Result<u8> {
         Command::Inspect(a) => inspect::run(&ctx, a),
         Command::Diff(a) => diff::run(&ctx, a),
         Command::Commit(a) => commit::run(&ctx, a),
+        Command::Discard(a) => discard::run(&ctx, a),
         Command::Config(a) => config::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Network(a) => network::run(&ctx, a),

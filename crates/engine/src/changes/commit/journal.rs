@@ -135,6 +135,7 @@ mod tests {
             action,
             in_layer: true,
             host_had: false,
+            same: false,
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Options {
     pub force: bool,
     /// The VM is running (and frozen): leave its layer alone for now.
     pub running: bool,
+    /// Also commit the copy-ups that changed nothing (see `scan::Item::same`),
+    /// which drops them from the layer; otherwise they are left out.
+    pub all: bool,
 }
 
 /// What a commit did, or would do.
@@ -49,6 +52,8 @@ pub struct Outcome {
     pub skipped: Vec<(PathBuf, &'static str)>,
     /// Steps of an interrupted commit that this one finished first.
     pub resumed: usize,
+    /// A filter path that matches no change: nothing was planned or written.
+    pub unmatched: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,12 @@ pub enum CommitError {
     Scan(#[from] ScanError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
+    #[error(
+        "cannot leave out {}: {} commits with the rest (it is in a directory the vm made or replaced as a whole, or another name of a file the vm hard-linked); nothing was committed",
+        crate::os::quote::path(.excluded),
+        crate::os::quote::path(.path)
+    )]
+    Excluded { excluded: PathBuf, path: PathBuf },
     #[error(
         "the commit journal {} can't be used ({why}); `fvm commit --abort` drops it without touching the host",
         .path.display()
@@ -105,6 +116,13 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
     }
 }
 
+impl Outcome {
+    /// The steps that change something (not only a directory's times).
+    pub fn changes(&self) -> usize {
+        self.steps.iter().filter(|s| !s.same).count()
+    }
+}
+
 /// Where a VM keeps its commit journal and its record of entries committed while
 /// it ran.
 #[derive(Debug, Clone)]
@@ -138,7 +156,36 @@ pub fn commit(
     {
         items = scan::scan(layers, &Filter::new(Vec::new()), &committed)?;
     }
+    if let Some(path) = filter.unmatched(&items) {
+        return Ok(Outcome {
+            resumed,
+            unmatched: Some(path.to_owned()),
+            ..Outcome::default()
+        });
+    }
+    if opts.all {
+        for it in &mut items {
+            it.same = false;
+        }
+    } else {
+        // The host has these files already. A directory stays, unlisted and
+        // uncounted: its step gives the host's directory the VM's times (which
+        // its entries' changes moved), so that the host ends as the VM saw it.
+        items.retain(|it| !it.same || matches!(it.vm, VmEntry::Dir { .. }));
+    }
     let mut plan = plan::plan(&items, layers, filter);
+    if let Some(step) = plan.steps.iter().find(|s| filter.excludes(&s.path)) {
+        let excluded = filter
+            .excluded_paths()
+            .iter()
+            .find(|x| step.path.starts_with(x))
+            .expect("excluded")
+            .clone();
+        return Err(CommitError::Excluded {
+            excluded,
+            path: step.path.clone(),
+        });
+    }
     // Only the layers with something to do, re-indexed.
     let used: Vec<usize> = {
         let mut u: Vec<usize> = plan.steps.iter().map(|s| s.layer).collect();
@@ -481,7 +528,8 @@ pub fn resume(
     }
     journal.running |= running;
     run(&mut journal, files, &mut uppers, true, progress)?;
-    Ok(journal.steps.len())
+    // (Directories only given their times back are no change to count.)
+    Ok(journal.steps.iter().filter(|s| !s.same).count())
 }
 
 /// Before a VM's files go (`delete`) or in `doctor --cleanup`: finish an

@@ -40,6 +40,11 @@ pub struct Step {
     pub in_layer: bool,
     /// The host had something at this path when the plan was made.
     pub host_had: bool,
+    /// A directory the VM changed nothing of but what is in it: its step only
+    /// gives the host's directory the VM's times after its entries landed. Not
+    /// a change to report.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub same: bool,
 }
 
 /// A host path that changed after the VM took its copy.
@@ -155,6 +160,7 @@ pub fn plan(items: &[Item], layers: &[Layer], filter: &Filter) -> Plan {
             action,
             in_layer: it.vm != VmEntry::Hidden,
             host_had: it.host.is_some(),
+            same: it.same,
         });
     }
     plan
