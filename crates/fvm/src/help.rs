@@ -96,8 +96,8 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         &[
             ("fvm create web1", "a VM with the default policy"),
             (
-                "fvm create web1 --net bridge --nat --publish 8080:80",
-                "on the store's bridge, reaching out, with host port 8080 forwarded to its port 80",
+                "fvm create web1 --net bridge --publish 8080:80",
+                "on the store's bridge (reaching out through NAT, finding other VMs by name), with host port 8080 forwarded to its port 80",
             ),
             (
                 "fvm --json create web1",
@@ -150,6 +150,71 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
         &[("fvm suspend web1 web2", "freeze every process of two VMs")],
     ),
     ("resume", &[("fvm resume web1", "let them run again")]),
+    (
+        "discard",
+        &[
+            (
+                "fvm discard web1 /etc/nginx",
+                "drop what the stopped VM changed under /etc/nginx: the host's version shows again",
+            ),
+            (
+                "fvm discard --dry-run web1 var/cache",
+                "what would be dropped, for a path read from the current directory",
+            ),
+        ],
+    ),
+    (
+        "service",
+        &[
+            (
+                "fvm service web1 status",
+                "each service's state, pid, restarts and last exit",
+            ),
+            (
+                "fvm service web1 nginx restart",
+                "stop nginx, then start it again",
+            ),
+        ],
+    ),
+    (
+        "logs",
+        &[
+            (
+                "fvm logs web1 -f",
+                "what its services and run -d commands print, as they print it",
+            ),
+            (
+                "fvm logs web1 nginx --since 10m --tail 50",
+                "the last 50 lines of nginx from the last ten minutes",
+            ),
+        ],
+    ),
+    (
+        "ui",
+        &[
+            (
+                "fvm ui",
+                "serve the web console on loopback; open the address it prints",
+            ),
+            (
+                "fvm ui --read-only --listen 127.0.0.1:8999",
+                "look, change nothing, on a fixed port",
+            ),
+        ],
+    ),
+    (
+        "oci",
+        &[
+            (
+                "fvm oci --root /run/fvm-runc state ID",
+                "a container's state, as runc prints it (containerd and podman call fvm-runc this way)",
+            ),
+            (
+                "ctr run --rm --runc-binary /usr/bin/fvm-runc --annotation org.featherweight.rootfs=host --rootfs EMPTY ID /bin/sh",
+                "a clone of the host as a containerd task",
+            ),
+        ],
+    ),
     ("ps", &[("fvm ps web1", "the processes of a running VM")]),
     (
         "stats",
