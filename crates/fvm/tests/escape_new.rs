@@ -1,0 +1,142 @@
+//! The escape suite, new surfaces (docs/security.md): what a hostile VM tries
+//! against the parts fvm gained with services, the resolver, the web console and
+//! the OCI runtime.
+//!
+//! - The store's resolver (`fvm-dns`): one VM that opens every TCP connection
+//!   the resolver takes, and keeps each alive with a query now and then, must
+//!   not leave the other VMs without DNS over TCP.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use fvm_engine::net::dns::{self, Zone, ZoneRead, ZoneSource};
+use fvm_engine::net::nft::VmRules;
+
+/// Two VMs on loopback: `hog` (127.0.0.1) and `other` (127.0.0.2), no
+/// upstreams, until `done` is set.
+struct TwoVms {
+    done: Arc<AtomicBool>,
+}
+
+impl ZoneSource for TwoVms {
+    fn zone(&self, _wait: bool) -> ZoneRead {
+        if self.done.load(Ordering::SeqCst) {
+            return ZoneRead::Done;
+        }
+        let vm = |name: &str, ip: Ipv4Addr| VmRules {
+            name: name.into(),
+            link: String::new(),
+            ip,
+            nat: true,
+            allow: vec![],
+            deny: vec![],
+            publish: vec![],
+        };
+        ZoneRead::Zone(Zone {
+            subnet: Some("127.0.0.0/8".parse().unwrap()),
+            vms: vec![
+                vm("hog", Ipv4Addr::new(127, 0, 0, 1)),
+                vm("other", Ipv4Addr::new(127, 0, 0, 2)),
+            ],
+            upstreams: vec![],
+        })
+    }
+
+    fn gone(&self, _: &Zone) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+}
+
+/// A query for `name`'s A record, length-prefixed for TCP.
+fn tcp_query(name: &str) -> Vec<u8> {
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend(q);
+    framed
+}
+
+/// Ask `name` on `stream`: whether an answer came (a dropped connection gives
+/// none).
+fn asked(stream: &mut TcpStream, name: &str) -> bool {
+    if stream.write_all(&tcp_query(name)).is_err() {
+        return false;
+    }
+    let mut len = [0u8; 2];
+    if stream.read_exact(&mut len).is_err() {
+        return false;
+    }
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut answer).is_ok()
+}
+
+/// A TCP connection to `to` from `from`.
+fn connect_from(from: Ipv4Addr, to: SocketAddrV4) -> TcpStream {
+    let fd: OwnedFd = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    rustix::net::bind(&fd, &SocketAddrV4::new(from, 0)).unwrap();
+    rustix::net::connect(&fd, &to).unwrap();
+    let stream = TcpStream::from(fd);
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+}
+
+#[test]
+fn one_vm_cannot_take_every_tcp_connection_of_the_resolver() {
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let at = match udp.local_addr().unwrap() {
+        SocketAddr::V4(a) => a,
+        SocketAddr::V6(_) => unreachable!(),
+    };
+    let tcp = TcpListener::bind(at).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let server = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let signals = nix::sys::signalfd::SignalFd::with_flags(
+                &nix::sys::signal::SigSet::empty(),
+                nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+            )
+            .unwrap();
+            dns::serve(&udp, &tcp, &signals, &TwoVms { done })
+        })
+    };
+    // The hog opens as many connections as the resolver takes in all, and
+    // asks on each (an answer resets a connection's deadline: it could go on).
+    let hog = Ipv4Addr::new(127, 0, 0, 1);
+    let mut held: Vec<TcpStream> = (0..dns::MAX_TCP).map(|_| connect_from(hog, at)).collect();
+    let answered = held
+        .iter_mut()
+        .map(|s| asked(s, "other"))
+        .filter(|&a| a)
+        .count();
+    // Another VM still gets its answer over TCP.
+    let mut other = connect_from(Ipv4Addr::new(127, 0, 0, 2), at);
+    let ok = asked(&mut other, "hog");
+    done.store(true, Ordering::SeqCst);
+    drop(held);
+    drop(other);
+    server.join().unwrap().unwrap();
+    assert!(
+        ok,
+        "another vm got no answer over tcp while one vm held {answered} connections"
+    );
+    assert!(
+        answered <= dns::MAX_TCP_PER_VM,
+        "one vm holds {answered} of the resolver's connections"
+    );
+}
