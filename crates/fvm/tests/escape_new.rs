@@ -5,13 +5,20 @@
 //! - The store's resolver (`fvm-dns`): one VM that opens every TCP connection
 //!   the resolver takes, and keeps each alive with a query now and then, must
 //!   not leave the other VMs without DNS over TCP.
+//! - The service starter (`fvm-starter`): root in a VM can stop it (SIGSTOP);
+//!   the init, waiting for it to start a service, must not hang with it, or the
+//!   VM's `timeout` would never stop the VM.
+
+mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use common::{COMMAND_TIMEOUT, TestStore, needs_root};
 
 use fvm_engine::net::dns::{self, Zone, ZoneRead, ZoneSource};
 use fvm_engine::net::nft::VmRules;
@@ -139,4 +146,40 @@ fn one_vm_cannot_take_every_tcp_connection_of_the_resolver() {
         answered <= dns::MAX_TCP_PER_VM,
         "one vm holds {answered} of the resolver's connections"
     );
+}
+
+/// Every process of the VM named `fvm-starter` gets SIGSTOP, then the service
+/// fails (so it is restarted: through the stopped starter).
+const STOP_THE_STARTER: &str = "stopper=for p in /proc/[0-9]*; do \
+    [ \"$(cat $p/comm 2>/dev/null)\" = fvm-starter ] && kill -STOP ${p#/proc/}; done; exit 1";
+
+#[test]
+fn a_stopped_service_starter_does_not_keep_the_vm_past_its_timeout() {
+    if !needs_root("a_stopped_service_starter_does_not_keep_the_vm_past_its_timeout") {
+        return;
+    }
+    let store = TestStore::new("esc-starter");
+    store.create_with("starter1", &["--timeout", "4s"]);
+    store
+        .fvm(&[
+            "config",
+            "starter1",
+            "--service",
+            STOP_THE_STARTER,
+            "--service",
+            "stopper.restart=always",
+        ])
+        .ok();
+    store.start("starter1");
+    // No lower bound: only that the timeout still stops the VM (without the
+    // fix its init waits for the stopped starter for ever).
+    let start = Instant::now();
+    while store.status("starter1") != "stopped" {
+        assert!(
+            start.elapsed() < COMMAND_TIMEOUT,
+            "a vm with a 4 s timeout still runs after {COMMAND_TIMEOUT:?}: its init waits for the stopped service starter"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    store.assert_clean();
 }
