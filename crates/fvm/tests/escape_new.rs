@@ -5,6 +5,10 @@
 //! - The store's resolver (`fvm-dns`): one VM that opens every TCP connection
 //!   the resolver takes, and keeps each alive with a query now and then, must
 //!   not leave the other VMs without DNS over TCP.
+//! - The resolver on the host's loopback: a VM without NAT can't reach the
+//!   host's loopback stub (systemd-resolved's 127.0.0.53) itself, so the
+//!   resolver must not forward for it there (the stub would carry its queries,
+//!   and what they encode, out to the internet).
 //! - The service starter (`fvm-starter`): root in a VM can stop it (SIGSTOP);
 //!   the init, waiting for it to start a service, must not hang with it, or the
 //!   VM's `timeout` would never stop the VM.
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::{COMMAND_TIMEOUT, TestStore, needs_root};
 
-use fvm_engine::net::dns::{self, Zone, ZoneRead, ZoneSource};
+use fvm_engine::net::dns::{self, Action, Resolver, Upstream, Zone, ZoneRead, ZoneSource};
 use fvm_engine::net::nft::VmRules;
 
 /// Two VMs on loopback: `hog` (127.0.0.1) and `other` (127.0.0.2), no
@@ -146,6 +150,50 @@ fn one_vm_cannot_take_every_tcp_connection_of_the_resolver() {
         answered <= dns::MAX_TCP_PER_VM,
         "one vm holds {answered} of the resolver's connections"
     );
+}
+
+#[test]
+fn a_vm_without_nat_gets_no_answers_from_the_hosts_loopback_stub() {
+    let mut offline = VmRules {
+        name: "offline".into(),
+        link: String::new(),
+        ip: Ipv4Addr::new(10, 77, 0, 5),
+        nat: false,
+        allow: vec![],
+        deny: vec![],
+        publish: vec![],
+    };
+    let resolver = |vm: &VmRules| Resolver {
+        zone: Zone {
+            subnet: Some("10.77.0.0/24".parse().unwrap()),
+            vms: vec![vm.clone()],
+            upstreams: vec![Upstream {
+                addr: "127.0.0.53:53".parse().unwrap(),
+                local: true,
+            }],
+        },
+    };
+    // A query for exfiltrated-secret.example.: the stub would resolve it on the
+    // internet.
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["exfiltrated-secret", "example"] {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    match resolver(&offline).handle(offline.ip, &q) {
+        // REFUSED (rcode 5), as for an upstream its policy denies.
+        Action::Reply(r) => assert_eq!(r[3] & 0x0f, 5, "{r:?}"),
+        other => {
+            panic!("a vm without nat had its query forwarded to the host's loopback: {other:?}")
+        }
+    }
+    // With NAT it reaches the internet anyway: the stub serves it.
+    offline.nat = true;
+    assert!(matches!(
+        resolver(&offline).handle(offline.ip, &q),
+        Action::Forward { .. }
+    ));
 }
 
 /// Every process of the VM named `fvm-starter` gets SIGSTOP, then the service
