@@ -9,6 +9,9 @@
 //!   host's loopback stub (systemd-resolved's 127.0.0.53) itself, so the
 //!   resolver must not forward for it there (the stub would carry its queries,
 //!   and what they encode, out to the internet).
+//! - The web console (`fvm ui`): a file name the VM chose, shown in the
+//!   changes tree, has its invisible and direction-changing characters escaped
+//!   as `fvm diff` escapes them, so it can't pass for another name.
 //! - The service starter (`fvm-starter`): root in a VM can stop it (SIGSTOP);
 //!   the init, waiting for it to start a service, must not hang with it, or the
 //!   VM's `timeout` would never stop the VM.
@@ -22,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{COMMAND_TIMEOUT, TestStore, needs_root};
+use common::{COMMAND_TIMEOUT, FVM, TestStore, needs_root};
 
 use fvm_engine::net::dns::{self, Action, Resolver, Upstream, Zone, ZoneRead, ZoneSource};
 use fvm_engine::net::nft::VmRules;
@@ -231,4 +234,71 @@ fn a_stopped_service_starter_does_not_keep_the_vm_past_its_timeout() {
         std::thread::sleep(Duration::from_millis(100));
     }
     store.assert_clean();
+}
+
+/// One HTTP/1.1 GET (`Connection: close`) with the console's token; the body.
+fn console_get(host: &str, token: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn the_console_escapes_a_vm_file_name_that_would_read_as_another() {
+    if !needs_root("the_console_escapes_a_vm_file_name_that_would_read_as_another") {
+        return;
+    }
+    let store = TestStore::new("esc-ui");
+    store.create("ui1");
+    // "fvm-esc-<RIGHT-TO-LEFT OVERRIDE>txt.sh" reads as "fvm-esc-hs.txt".
+    store
+        .fvm(&[
+            "run",
+            "ui1",
+            "--",
+            "sh",
+            "-c",
+            "touch \"/etc/fvm-esc-$(printf '\\342\\200\\256')txt.sh\"",
+        ])
+        .ok();
+    let backend =
+        fvm_ui::real::RealBackend::open(&store.root, std::path::PathBuf::from(FVM)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let opts = fvm_ui::Options {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        socket: None,
+        allow_remote: false,
+        read_only: true,
+        allow_uids: Vec::new(),
+        allow_gids: Vec::new(),
+        audit: None,
+    };
+    std::thread::spawn(move || {
+        let _ = fvm_ui::run(opts, Arc::new(backend), move |url| {
+            let _ = tx.send(url.to_owned());
+        });
+    });
+    let url = rx.recv_timeout(COMMAND_TIMEOUT).unwrap();
+    let (host, token) = url
+        .strip_prefix("http://")
+        .and_then(|u| u.split_once("/#token="))
+        .unwrap();
+    let page = console_get(host, token, "/vm/ui1/changes");
+    // Shown (as element text) escaped; the attributes that name it for a
+    // request keep it as it is.
+    assert!(
+        !page.contains(">fvm-esc-\u{202e}"),
+        "the changes tree shows a vm's file name with its direction override as it is:\n{page}"
+    );
+    assert!(
+        page.contains("fvm-esc-\\u{202e}txt.sh"),
+        "the changes tree lacks the escaped name:\n{page}"
+    );
 }

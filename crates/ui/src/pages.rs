@@ -275,21 +275,29 @@ fn tree(changes: &[Change]) -> Node {
     root
 }
 
+/// A name or path from a VM as a person should see it: quoted, with its
+/// control, invisible and direction characters escaped, as `fvm diff` shows it
+/// (a right-to-left override would make it read as another name). Attributes
+/// that name the path for a request keep it as it is.
+fn shown(name: &str) -> String {
+    fvm_engine::os::quote::bytes(name.as_bytes()).into_owned()
+}
+
 fn render_node(vm: &str, path: &Path, name: &str, node: &Node, read_only: bool) -> Markup {
     let p = path.to_string_lossy();
     html! {
         li role="treeitem" aria-expanded=[(!node.children.is_empty()).then_some("true")] {
             span class="row" {
                 @if !read_only {
-                    input type="checkbox" class="pick" data-path=(p) aria-label={"Select " (p)};
+                    input type="checkbox" class="pick" data-path=(p) aria-label={"Select " (shown(&p))};
                 }
                 @if let Some(c) = &node.change {
                     span class={"kind k" (c.kind)} title=(kind_name(c.kind)) { (c.kind) }
                     button type="button" class="link" hx-get={"/vm/" (vm) "/preview"}
-                        hx-vals=(serde_json::json!({"path": p}).to_string()) hx-target="#preview" { (name) }
+                        hx-vals=(serde_json::json!({"path": p}).to_string()) hx-target="#preview" { (shown(name)) }
                 } @else {
                     span class="kind" {}
-                    span class="dir" { (name) "/" }
+                    span class="dir" { (shown(name)) "/" }
                 }
             }
             @if !node.children.is_empty() {
@@ -367,7 +375,7 @@ pub fn preview(path: &Path, p: &Preview) -> Markup {
         (h, v) => Some(line_diff(h.unwrap_or(""), v.unwrap_or(""))),
     };
     html! {
-        h3 class="path" { (path.to_string_lossy()) }
+        h3 class="path" { (shown(&path.to_string_lossy())) }
         div class="sides" { (side("Host", p.host.as_ref())) (side("VM", p.vm.as_ref())) }
         @if let Some(lines) = diff {
             pre class="diff" {
@@ -433,9 +441,9 @@ pub fn plan(vm: &str, paths: &[PathBuf], plan: &CommitPlan) -> Markup {
                     @for c in &plan.conflicts {
                         @let p = c.path.to_string_lossy();
                         li class="conflict" {
-                            code { (p) } (if c.deleted_on_host { " (deleted on the host)" } else { "" })
+                            code { (shown(&p)) } (if c.deleted_on_host { " (deleted on the host)" } else { "" })
                             fieldset {
-                                legend class="sr" { "Choice for " (p) }
+                                legend class="sr" { "Choice for " (shown(&p)) }
                                 label { input type="radio" name={"c:" (p)} value="skip" checked; " skip" }
                                 label { input type="radio" name={"c:" (p)} value="vm"; " VM wins" }
                             }
@@ -445,7 +453,7 @@ pub fn plan(vm: &str, paths: &[PathBuf], plan: &CommitPlan) -> Markup {
             }
             h3 { "Dry run: " (plan.steps.len()) " steps" }
             pre class="steps" { @for s in &plan.steps { (s) "\n" } }
-            @for (p, why) in &plan.skipped { p { "skipped " code { (p.to_string_lossy()) } ": " (why) } }
+            @for (p, why) in &plan.skipped { p { "skipped " code { (shown(&p.to_string_lossy())) } ": " (why) } }
             div class="buttons" {
                 button type="submit" { "Commit" }
             }
