@@ -283,6 +283,12 @@ fn shown(name: &str) -> String {
     fvm_engine::os::quote::bytes(name.as_bytes()).into_owned()
 }
 
+/// Other text from a VM (a command line, a user name): control, invisible and
+/// direction characters escaped, as `fvm ps` shows them.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    fvm_engine::os::quote::line(s)
+}
+
 fn render_node(vm: &str, path: &Path, name: &str, node: &Node, read_only: bool) -> Markup {
     let p = path.to_string_lossy();
     html! {
@@ -356,7 +362,7 @@ fn side(title: &str, s: Option<&Side>) -> Markup {
                 Some(s) => {
                     p { (s.kind) ", mode " (format!("{:04o}", s.mode)) ", owner " (s.uid) ":" (s.gid)
                         @if s.kind == "file" { ", " (size(s.size)) } }
-                    @if let Some(t) = &s.target { p { "→ " code { (t) } } }
+                    @if let Some(t) = &s.target { p { "→ " code { (shown(t)) } } }
                     @if s.kind == "file" && s.text.is_none() { p { "binary file" } }
                 }
             }
@@ -506,9 +512,9 @@ pub fn processes(vm: &str, procs: &[Process], read_only: bool) -> Markup {
             tbody {
                 @for (depth, p) in rows {
                     tr {
-                        td { (p.pid) } td { (p.host_pid) } td { (p.user) }
+                        td { (p.pid) } td { (p.host_pid) } td { (text(&p.user)) }
                         td { (format!("{:.1}", p.cpu_percent)) } td { (size(p.rss)) }
-                        td class={"cmd depth" (depth.min(8))} { (p.command) }
+                        td class={"cmd depth" (depth.min(8))} { (text(&p.command)) }
                         @if !read_only {
                             td {
                                 button hx-post={"/vm/" (vm) "/kill"} hx-target="#tab"
@@ -666,6 +672,22 @@ mod tests {
     fn diff_of_lines() {
         let d = line_diff("a\nb\nc\n", "a\nc\nd\n");
         assert_eq!(d, [(' ', "a"), ('-', "b"), (' ', "c"), ('+', "d")]);
+    }
+
+    #[test]
+    fn direction_overrides_from_a_vm_are_escaped() {
+        let p = Process {
+            pid: 7,
+            host_pid: 1007,
+            host_ppid: 1,
+            user: "ro\u{202e}ot".into(),
+            cpu_percent: 0.0,
+            rss: 0,
+            command: "sleep 1 \u{202e}# a comment".into(),
+        };
+        let html = processes("web1", &[p], true).into_string();
+        assert!(!html.contains('\u{202e}'), "{html}");
+        assert!(html.contains("sleep 1 \\u{202e}# a comment"), "{html}");
     }
 
     #[test]
