@@ -275,21 +275,35 @@ fn tree(changes: &[Change]) -> Node {
     root
 }
 
+/// A name or path from a VM as a person should see it: quoted, with its
+/// control, invisible and direction characters escaped, as `fvm diff` shows it
+/// (a right-to-left override would make it read as another name). Attributes
+/// that name the path for a request keep it as it is.
+fn shown(name: &str) -> String {
+    fvm_engine::os::quote::bytes(name.as_bytes()).into_owned()
+}
+
+/// Other text from a VM (a command line, a user name): control, invisible and
+/// direction characters escaped, as `fvm ps` shows them.
+fn text(s: &str) -> std::borrow::Cow<'_, str> {
+    fvm_engine::os::quote::line(s)
+}
+
 fn render_node(vm: &str, path: &Path, name: &str, node: &Node, read_only: bool) -> Markup {
     let p = path.to_string_lossy();
     html! {
         li role="treeitem" aria-expanded=[(!node.children.is_empty()).then_some("true")] {
             span class="row" {
                 @if !read_only {
-                    input type="checkbox" class="pick" data-path=(p) aria-label={"Select " (p)};
+                    input type="checkbox" class="pick" data-path=(p) aria-label={"Select " (shown(&p))};
                 }
                 @if let Some(c) = &node.change {
                     span class={"kind k" (c.kind)} title=(kind_name(c.kind)) { (c.kind) }
                     button type="button" class="link" hx-get={"/vm/" (vm) "/preview"}
-                        hx-vals=(serde_json::json!({"path": p}).to_string()) hx-target="#preview" { (name) }
+                        hx-vals=(serde_json::json!({"path": p}).to_string()) hx-target="#preview" { (shown(name)) }
                 } @else {
                     span class="kind" {}
-                    span class="dir" { (name) "/" }
+                    span class="dir" { (shown(name)) "/" }
                 }
             }
             @if !node.children.is_empty() {
@@ -348,7 +362,7 @@ fn side(title: &str, s: Option<&Side>) -> Markup {
                 Some(s) => {
                     p { (s.kind) ", mode " (format!("{:04o}", s.mode)) ", owner " (s.uid) ":" (s.gid)
                         @if s.kind == "file" { ", " (size(s.size)) } }
-                    @if let Some(t) = &s.target { p { "→ " code { (t) } } }
+                    @if let Some(t) = &s.target { p { "→ " code { (shown(t)) } } }
                     @if s.kind == "file" && s.text.is_none() { p { "binary file" } }
                 }
             }
@@ -367,7 +381,7 @@ pub fn preview(path: &Path, p: &Preview) -> Markup {
         (h, v) => Some(line_diff(h.unwrap_or(""), v.unwrap_or(""))),
     };
     html! {
-        h3 class="path" { (path.to_string_lossy()) }
+        h3 class="path" { (shown(&path.to_string_lossy())) }
         div class="sides" { (side("Host", p.host.as_ref())) (side("VM", p.vm.as_ref())) }
         @if let Some(lines) = diff {
             pre class="diff" {
@@ -433,9 +447,9 @@ pub fn plan(vm: &str, paths: &[PathBuf], plan: &CommitPlan) -> Markup {
                     @for c in &plan.conflicts {
                         @let p = c.path.to_string_lossy();
                         li class="conflict" {
-                            code { (p) } (if c.deleted_on_host { " (deleted on the host)" } else { "" })
+                            code { (shown(&p)) } (if c.deleted_on_host { " (deleted on the host)" } else { "" })
                             fieldset {
-                                legend class="sr" { "Choice for " (p) }
+                                legend class="sr" { "Choice for " (shown(&p)) }
                                 label { input type="radio" name={"c:" (p)} value="skip" checked; " skip" }
                                 label { input type="radio" name={"c:" (p)} value="vm"; " VM wins" }
                             }
@@ -445,7 +459,7 @@ pub fn plan(vm: &str, paths: &[PathBuf], plan: &CommitPlan) -> Markup {
             }
             h3 { "Dry run: " (plan.steps.len()) " steps" }
             pre class="steps" { @for s in &plan.steps { (s) "\n" } }
-            @for (p, why) in &plan.skipped { p { "skipped " code { (p.to_string_lossy()) } ": " (why) } }
+            @for (p, why) in &plan.skipped { p { "skipped " code { (shown(&p.to_string_lossy())) } ": " (why) } }
             div class="buttons" {
                 button type="submit" { "Commit" }
             }
@@ -498,9 +512,9 @@ pub fn processes(vm: &str, procs: &[Process], read_only: bool) -> Markup {
             tbody {
                 @for (depth, p) in rows {
                     tr {
-                        td { (p.pid) } td { (p.host_pid) } td { (p.user) }
+                        td { (p.pid) } td { (p.host_pid) } td { (text(&p.user)) }
                         td { (format!("{:.1}", p.cpu_percent)) } td { (size(p.rss)) }
-                        td class={"cmd depth" (depth.min(8))} { (p.command) }
+                        td class={"cmd depth" (depth.min(8))} { (text(&p.command)) }
                         @if !read_only {
                             td {
                                 button hx-post={"/vm/" (vm) "/kill"} hx-target="#tab"
@@ -658,6 +672,22 @@ mod tests {
     fn diff_of_lines() {
         let d = line_diff("a\nb\nc\n", "a\nc\nd\n");
         assert_eq!(d, [(' ', "a"), ('-', "b"), (' ', "c"), ('+', "d")]);
+    }
+
+    #[test]
+    fn direction_overrides_from_a_vm_are_escaped() {
+        let p = Process {
+            pid: 7,
+            host_pid: 1007,
+            host_ppid: 1,
+            user: "ro\u{202e}ot".into(),
+            cpu_percent: 0.0,
+            rss: 0,
+            command: "sleep 1 \u{202e}# a comment".into(),
+        };
+        let html = processes("web1", &[p], true).into_string();
+        assert!(!html.contains('\u{202e}'), "{html}");
+        assert!(html.contains("sleep 1 \\u{202e}# a comment"), "{html}");
     }
 
     #[test]

@@ -22,7 +22,7 @@
 //! in flight are bounded ([`MAX_FORWARDS`], [`MAX_FORWARDS_PER_VM`]), each on a
 //! socket of its own (a fresh random port, connected to the upstream, so only
 //! the upstream's answers reach it), and so are TCP connections
-//! ([`MAX_TCP`], each with a deadline).
+//! ([`MAX_TCP`], [`MAX_TCP_PER_VM`], each with a deadline).
 //!
 //! The protocol work ([`Resolver::handle`]) is pure; [`serve`] is the loop
 //! around it, a single thread in `poll`.
@@ -50,8 +50,10 @@ const MAX_UPSTREAMS: usize = 3;
 /// Forwards in flight, and per VM: past them a query gets SERVFAIL at once.
 pub const MAX_FORWARDS: usize = 256;
 pub const MAX_FORWARDS_PER_VM: usize = 64;
-/// TCP connections at once, and how long one may take to send its query.
+/// TCP connections at once, and per VM (so one VM can't hold them all), and
+/// how long one may take to send its query.
 pub const MAX_TCP: usize = 32;
+pub const MAX_TCP_PER_VM: usize = 8;
 pub const TCP_DEADLINE: Duration = Duration::from_secs(3);
 /// How long a VM may cache an answer about a VM (names move when VMs do).
 const TTL: u32 = 5;
@@ -365,6 +367,7 @@ impl Forward {
 #[derive(Debug)]
 struct Conn {
     stream: TcpStream,
+    client: Ipv4Addr,
     buf: Vec<u8>,
     deadline: Instant,
     waiting: bool,
@@ -573,11 +576,15 @@ pub fn serve(
         conns.retain(|_, c| c.deadline > now);
         if ready[2] {
             while let Ok((stream, peer)) = tcp.accept() {
-                let known = match peer {
-                    SocketAddr::V4(p) => resolver.zone.by_ip(*p.ip()).is_some(),
-                    SocketAddr::V6(_) => false,
+                let client = match peer {
+                    SocketAddr::V4(p) if resolver.zone.by_ip(*p.ip()).is_some() => *p.ip(),
+                    _ => continue,
                 };
-                if !known || conns.len() >= MAX_TCP || stream.set_nonblocking(true).is_err() {
+                let mine = conns.values().filter(|c| c.client == client).count();
+                if conns.len() >= MAX_TCP
+                    || mine >= MAX_TCP_PER_VM
+                    || stream.set_nonblocking(true).is_err()
+                {
                     continue;
                 }
                 next_conn += 1;
@@ -585,6 +592,7 @@ pub fn serve(
                     next_conn,
                     Conn {
                         stream,
+                        client,
                         buf: Vec::new(),
                         deadline: Instant::now() + TCP_DEADLINE,
                         waiting: false,

@@ -78,7 +78,11 @@ impl VmRules {
     /// Whether the VM's egress policy lets a packet to `dst` through, as its
     /// chain in the inet table decides (`local`: `dst` is one of the host's own
     /// addresses). The store's resolver asks this before it forwards a VM's
-    /// query, so that DNS is no way around the policy.
+    /// query, so that DNS is no way around the policy. The host's loopback
+    /// addresses are not among the ones a VM reaches without NAT: a packet from
+    /// the bridge never gets to them (only an `--allow` names them on purpose),
+    /// so a VM without NAT gets nothing from a loopback stub resolver, which
+    /// would carry its queries to the internet.
     pub fn reaches(
         &self,
         subnet: Ipv4Net,
@@ -92,7 +96,7 @@ impl VmRules {
         }
         self.allow.iter().any(|r| r.matches(dst, port, proto))
             || subnet.contains(dst)
-            || local
+            || (local && !dst.is_loopback())
             || self.nat
     }
 }

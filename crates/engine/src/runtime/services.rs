@@ -57,6 +57,8 @@ pub const BACKOFF_RESET: Duration = Duration::from_secs(10);
 pub const PIDFILE_WAIT: Duration = Duration::from_secs(10);
 /// The grace time of a stop the init was not told one for.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// How long the init waits for the starter to start a command.
+pub const STARTER_DEADLINE: Duration = Duration::from_secs(10);
 /// The most detached commands running at once.
 pub const MAX_DETACHED: usize = 256;
 
@@ -213,6 +215,17 @@ impl Starter {
         self.chan
             .send_value(req, &[out.as_fd(), err.as_fd()])
             .map_err(|e| format!("the vm's service starter is gone: {e}"))?;
+        // Root in the VM can stop the starter (SIGSTOP): the init must not wait
+        // for it for ever (its timeout, logs and children wait with it). One that
+        // doesn't answer in time is killed: no service starts until the VM
+        // restarts.
+        let answered = super::stop::wait_readable(&self.chan, STARTER_DEADLINE);
+        if !matches!(answered, Ok(true)) {
+            self.kill();
+            return Err(format!(
+                "the vm's service starter did not answer within {STARTER_DEADLINE:?} (stopped from inside the vm?): it was ended, no service can start until the vm restarts"
+            ));
+        }
         match self.chan.recv_value::<SpawnAnswer>() {
             Ok(Some((SpawnAnswer::Started(pid), _))) => {
                 Pid::from_raw(pid).ok_or_else(|| "the starter returned no pid".to_owned())

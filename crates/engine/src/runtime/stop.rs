@@ -80,7 +80,7 @@ impl InitHandle {
 /// Wait until `fd` is readable (a pidfd: the process exited; a pipe: data or its
 /// other end closed); false on timeout. A huge timeout (`--time` near u64::MAX)
 /// means "wait for ever".
-pub fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+pub fn wait_readable(fd: impl std::os::fd::AsFd, timeout: Duration) -> io::Result<bool> {
     let now = std::time::Instant::now();
     let deadline = now
         .checked_add(timeout)
@@ -91,7 +91,7 @@ pub fn wait_readable(fd: &OwnedFd, timeout: Duration) -> io::Result<bool> {
             tv_sec: left.as_secs() as i64,
             tv_nsec: i64::from(left.subsec_nanos()),
         };
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let mut fds = [PollFd::new(&fd, PollFlags::IN)];
         match rustix::event::poll(&mut fds, Some(&ts)) {
             Ok(0) => return Ok(false),
             Ok(_) => return Ok(true),
