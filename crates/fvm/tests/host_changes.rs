@@ -740,8 +740,17 @@ fn a_vms_write_storm_in_its_own_layer_does_not_reach_the_watcher() {
     // A first, small storm makes the directories: their first events reach the
     // watcher, which has the kernel ignore them from then on.
     in_vm(&store, "busy", dir, &storm(dir, 8, 0, 10, 1)).ok();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = watcher_stats(&store, pid);
+    // Until the watcher has read them all (on a loaded machine that takes a
+    // while): its count of the VMs' own events stops moving, and the storm's
+    // nine directories are ignored.
+    let mut before = watcher_stats(&store, pid);
+    common::wait_until("the watcher has read the first storm's events", || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = watcher_stats(&store, pid);
+        let settled = now["own_events"] == before["own_events"] && now["ignored_dirs"] >= 9;
+        before = now;
+        settled
+    });
     // 8000 creates, 3200 renames, 8 chmods in the VM's layer.
     let made = in_vm(&store, "busy", dir, &storm(dir, 8, 10, 1000, 200)).ok();
     assert_eq!(made.out(), "8080", "the storm's files");

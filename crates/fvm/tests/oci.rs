@@ -519,12 +519,7 @@ fn the_runtime_by_hand_create_state_kill_delete() {
     oci(&root, &["delete", "--force", id]).ok();
     let gone = oci(&root, &["state", id]);
     assert!(gone.stderr.contains("does not exist"), "{gone}");
-    assert!(
-        std::fs::read_dir(root.join("store/vms"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    no_vms_left(&root);
     assert!(
         std::fs::read_dir(root.join("containers"))
             .unwrap()
@@ -687,12 +682,7 @@ fn a_terminal_container_gets_a_pty_through_the_console_socket() {
     assert!(out.stdout.contains("/dev/pts/"), "{out}");
     assert!(out.stdout.contains("TERMOK"), "{out}");
     oci(&root, &["delete", "--force", id]).ok();
-    assert!(
-        std::fs::read_dir(root.join("store/vms"))
-            .unwrap()
-            .next()
-            .is_none()
-    );
+    no_vms_left(&root);
 }
 
 #[test]
@@ -721,10 +711,17 @@ fn no_new_privileges_is_honoured() {
             .to_owned();
         assert_eq!(value, want, "noNewPrivileges {nnp}: {out}");
     }
-    assert!(
+    no_vms_left(&root);
+}
+
+/// The runtime's store has no VM left: a deleted VM's layers are removed in the
+/// background (its directory renamed into the store's trash first), so this
+/// waits for that to finish.
+fn no_vms_left(root: &Path) {
+    common::wait_until("the runtime's store has no vm left", || {
         std::fs::read_dir(root.join("store/vms"))
             .unwrap()
             .next()
             .is_none()
-    );
+    });
 }

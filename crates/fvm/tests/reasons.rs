@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::{FVM, TestStore, needs_root, needs_tool, python, wait_until};
 use serde_json::Value;
@@ -408,11 +408,18 @@ fn a_shell_in_tmux_ends_when_the_vm_is_stopped() {
         let started = Instant::now();
         store.fvm(&["stop", "desk", "--time", "30"]).ok();
         println!("{phase}: fvm stop took {:?}", started.elapsed());
-        wait_until("the shell says why it ended", || {
-            let pane = tmux.pane(&session);
-            pane.contains("fvm: stopped: fvm stop (1 terminal session hung up)")
-                && pane.contains("fvm-shell-exit=129")
-        });
+        let mut pane = String::new();
+        let said = Instant::now();
+        while !(pane.contains("fvm: stopped: fvm stop (1 terminal session hung up)")
+            && pane.contains("fvm-shell-exit=129"))
+        {
+            assert!(
+                said.elapsed() < Duration::from_secs(30),
+                "{phase}: the shell did not say why it ended:\n{pane}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+            pane = tmux.pane(&session);
+        }
         assert!(
             !std::path::Path::new(&format!("/proc/{pid}")).exists(),
             "{phase}: the shell's process is still there"
