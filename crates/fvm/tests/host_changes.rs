@@ -39,6 +39,24 @@ use serde_json::Value;
 /// A host change must show in a VM that had looked the path up within this.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(1);
 
+/// The storm test counts the events the watcher reads, which the other tests
+/// of this file, run in parallel, would add to by the thousand (and press the
+/// kernel to evict the watcher's ignore marks): it runs alone, the others
+/// together.
+static QUIET: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    QUIET
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    QUIET
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// After a change failed to show in time, how long to go on looking, to tell a
 /// late change from one that never shows (for the failure message only).
 const LOOK_ON: Duration = Duration::from_secs(5);
@@ -330,6 +348,7 @@ const CAT_F: &str = "cat f 2>/dev/null || echo missing";
 
 #[test]
 fn a_host_create_shows_where_the_vm_found_nothing() {
+    let _shared = shared();
     if !needs_root("a_host_create_shows_where_the_vm_found_nothing") {
         return;
     }
@@ -351,6 +370,7 @@ fn a_host_create_shows_where_the_vm_found_nothing() {
 
 #[test]
 fn a_host_in_place_write_shows() {
+    let _shared = shared();
     if !needs_root("a_host_in_place_write_shows") {
         return;
     }
@@ -377,6 +397,7 @@ fn a_host_in_place_write_shows() {
 
 #[test]
 fn a_host_rename_over_shows_the_new_file() {
+    let _shared = shared();
     if !needs_root("a_host_rename_over_shows_the_new_file") {
         return;
     }
@@ -398,6 +419,7 @@ fn a_host_rename_over_shows_the_new_file() {
 
 #[test]
 fn a_host_delete_shows() {
+    let _shared = shared();
     if !needs_root("a_host_delete_shows") {
         return;
     }
@@ -424,6 +446,7 @@ const CHMOD_PROBE: &str = "echo $(stat -c %a f) $(test -x f && echo x || echo no
 
 #[test]
 fn a_host_chmod_shows() {
+    let _shared = shared();
     if !needs_root("a_host_chmod_shows") {
         return;
     }
@@ -448,6 +471,7 @@ fn a_host_chmod_shows() {
 
 #[test]
 fn a_new_host_directory_shows_where_the_vm_found_nothing() {
+    let _shared = shared();
     if !needs_root("a_new_host_directory_shows_where_the_vm_found_nothing") {
         return;
     }
@@ -473,6 +497,7 @@ fn a_new_host_directory_shows_where_the_vm_found_nothing() {
 
 #[test]
 fn a_host_directory_rename_shows() {
+    let _shared = shared();
     if !needs_root("a_host_directory_rename_shows") {
         return;
     }
@@ -521,6 +546,7 @@ fn pids_of(store: &TestStore, vm: &str, command: &str) -> (i64, i32) {
 
 #[test]
 fn a_process_holding_the_old_file_survives_a_host_rename_over() {
+    let _shared = shared();
     if !needs_root("a_process_holding_the_old_file_survives_a_host_rename_over") {
         return;
     }
@@ -588,6 +614,7 @@ fn a_process_holding_the_old_file_survives_a_host_rename_over() {
 
 #[test]
 fn the_watcher_ends_with_the_stores_last_vm() {
+    let _shared = shared();
     if !needs_root("the_watcher_ends_with_the_stores_last_vm") {
         return;
     }
@@ -650,6 +677,7 @@ fn the_watcher_ends_with_the_stores_last_vm() {
 
 #[test]
 fn a_vm_started_as_the_last_one_stops_still_gets_a_watcher() {
+    let _shared = shared();
     if !needs_root("a_vm_started_as_the_last_one_stops_still_gets_a_watcher") {
         return;
     }
@@ -728,6 +756,7 @@ fn storm(dir: &Path, dirs: u32, from: u32, files: u32, renames: u32) -> String {
 
 #[test]
 fn a_vms_write_storm_in_its_own_layer_does_not_reach_the_watcher() {
+    let _alone = alone();
     if !needs_root("a_vms_write_storm_in_its_own_layer_does_not_reach_the_watcher") {
         return;
     }
@@ -781,6 +810,7 @@ fn a_vms_write_storm_in_its_own_layer_does_not_reach_the_watcher() {
 
 #[test]
 fn a_host_change_during_a_vms_write_storm_shows() {
+    let _shared = shared();
     if !needs_root("a_host_change_during_a_vms_write_storm_shows") {
         return;
     }
@@ -828,6 +858,7 @@ fn wait_until_storm_started(store: &TestStore, dir: &Path) {
 
 #[test]
 fn a_store_on_a_filesystem_of_its_own_gets_no_mark() {
+    let _shared = shared();
     if !needs_root("a_store_on_a_filesystem_of_its_own_gets_no_mark") {
         return;
     }
@@ -891,6 +922,7 @@ fn ignore_marked(pid: i32, ino: u64) -> bool {
 
 #[test]
 fn a_directory_moved_from_the_store_into_the_host_tree_is_watched_again() {
+    let _shared = shared();
     if !needs_root("a_directory_moved_from_the_store_into_the_host_tree_is_watched_again") {
         return;
     }
