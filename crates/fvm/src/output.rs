@@ -40,19 +40,7 @@ pub fn inodes(vm: &fvm_engine::vm::VmInfo) -> String {
     }
 }
 
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
-    if bytes < 1024 {
-        return format!("{bytes}B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1}{}", UNITS[unit])
-}
+pub use fvm_engine::limits::human_bytes as size;
 
 /// Work smaller than this finishes too soon for a bar to be worth drawing...
 const PROGRESS_MIN_BYTES: u64 = 64 << 20;

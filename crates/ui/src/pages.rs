@@ -65,19 +65,7 @@ fn nav(href: &str, label: &str) -> Markup {
     html! { a href=(href) hx-get=(href) hx-target="#main" hx-push-url="true" { (label) } }
 }
 
-pub fn size(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["K", "M", "G", "T", "P"];
-    if bytes < 1024 {
-        return format!("{bytes}B");
-    }
-    let mut v = bytes as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1}{}", UNITS[unit])
-}
+pub use fvm_engine::limits::human_bytes as size;
 
 fn uptime(started: Option<&str>) -> String {
     let Some(at) = started.and_then(|s| humantime::parse_rfc3339(s).ok()) else {

@@ -19,7 +19,7 @@ pub mod units;
 
 use serde::{Deserialize, Serialize};
 
-pub use units::{Cpus, Seconds, Size};
+pub use units::{Cpus, Seconds, Size, human_bytes};
 
 /// `priority`: a named CPU share and nice value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
