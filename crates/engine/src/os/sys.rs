@@ -484,21 +484,13 @@ pub fn fanotify_dfid_name() -> io::Result<std::os::fd::OwnedFd> {
 
 /// Watch the whole filesystem that `path` is on for the events in `mask`.
 pub fn fanotify_mark_filesystem(group: BorrowedFd<'_>, mask: u64, path: &CStr) -> io::Result<()> {
-    // SAFETY: `path` is a valid NUL-terminated string for the call's duration.
-    let ret = unsafe {
-        libc::fanotify_mark(
-            group.as_raw_fd(),
-            libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
-            mask,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-        )
-    };
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    fanotify_mark_at(
+        group,
+        libc::FAN_MARK_ADD | libc::FAN_MARK_FILESYSTEM,
+        mask,
+        None,
+        path,
+    )
 }
 
 /// Have the kernel drop `mask`'s events in the directory `dir` (an `O_PATH` fd is
@@ -511,27 +503,19 @@ pub fn fanotify_ignore_dir(
     mask: u64,
     dir: BorrowedFd<'_>,
 ) -> io::Result<()> {
-    // SAFETY: the path is a NUL-terminated literal, resolved against `dir`
-    // (fanotify_mark needs a path: a bare O_PATH fd is refused).
-    let ret = unsafe {
-        libc::fanotify_mark(
-            group.as_raw_fd(),
-            libc::FAN_MARK_ADD
-                | libc::FAN_MARK_IGNORE
-                | libc::FAN_MARK_IGNORED_SURV_MODIFY
-                | libc::FAN_MARK_EVICTABLE
-                | libc::FAN_MARK_ONLYDIR
-                | libc::FAN_MARK_DONT_FOLLOW,
-            mask,
-            dir.as_raw_fd(),
-            c".".as_ptr(),
-        )
-    };
-    if ret == -1 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    // fanotify_mark needs a path: a bare O_PATH fd is refused, so "." beneath it.
+    fanotify_mark_at(
+        group,
+        libc::FAN_MARK_ADD
+            | libc::FAN_MARK_IGNORE
+            | libc::FAN_MARK_IGNORED_SURV_MODIFY
+            | libc::FAN_MARK_EVICTABLE
+            | libc::FAN_MARK_ONLYDIR
+            | libc::FAN_MARK_DONT_FOLLOW,
+        mask,
+        Some(dir),
+        c".",
+    )
 }
 
 /// Remove the ignore mark [`fanotify_ignore_dir`] put on the directory `dir`;
@@ -541,19 +525,30 @@ pub fn fanotify_unignore_dir(
     mask: u64,
     dir: BorrowedFd<'_>,
 ) -> io::Result<()> {
-    // SAFETY: as in fanotify_ignore_dir.
-    let ret = unsafe {
-        libc::fanotify_mark(
-            group.as_raw_fd(),
-            libc::FAN_MARK_REMOVE
-                | libc::FAN_MARK_IGNORE
-                | libc::FAN_MARK_ONLYDIR
-                | libc::FAN_MARK_DONT_FOLLOW,
-            mask,
-            dir.as_raw_fd(),
-            c".".as_ptr(),
-        )
-    };
+    fanotify_mark_at(
+        group,
+        libc::FAN_MARK_REMOVE
+            | libc::FAN_MARK_IGNORE
+            | libc::FAN_MARK_ONLYDIR
+            | libc::FAN_MARK_DONT_FOLLOW,
+        mask,
+        Some(dir),
+        c".",
+    )
+}
+
+/// `fanotify_mark` on `path`, relative to `dir` (the current directory if none).
+fn fanotify_mark_at(
+    group: BorrowedFd<'_>,
+    flags: u32,
+    mask: u64,
+    dir: Option<BorrowedFd<'_>>,
+    path: &CStr,
+) -> io::Result<()> {
+    let dirfd = dir.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
+    // SAFETY: `path` is a valid NUL-terminated string for the call's duration,
+    // and `dirfd` is AT_FDCWD or an fd borrowed for it.
+    let ret = unsafe { libc::fanotify_mark(group.as_raw_fd(), flags, mask, dirfd, path.as_ptr()) };
     if ret == -1 {
         Err(io::Error::last_os_error())
     } else {
