@@ -374,6 +374,80 @@ fn bridged_vms_reach_each_other_by_name_and_other_names_go_upstream_within_the_p
     drop(outside);
 }
 
+/// `ip -j link show ARGS…`: each link's name and MAC address.
+fn macs(args: &[&str]) -> Vec<(String, String)> {
+    let mut argv = vec!["ip", "-j", "link", "show"];
+    argv.extend_from_slice(args);
+    let out = host(&argv);
+    let links: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("ip -j link show {args:?}: {e}:\n{out}"));
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            (
+                l["ifname"].as_str().unwrap_or_default().to_owned(),
+                l["address"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A bridge without an address of its own takes its lowest port's, and moves
+/// as VMs come and go; a VM that learned the gateway's old address then sends
+/// to a port's address, which the host drops, and loses its resolver and its
+/// gateway for seconds. The store's bridge keeps the address it was made with.
+#[test]
+fn the_bridge_keeps_its_own_address_as_vms_come_and_go() {
+    let test = "the_bridge_keeps_its_own_address_as_vms_come_and_go";
+    if !ready(test, &[]) {
+        return;
+    }
+    let net = Net::new("bridgemac");
+    let vms = ["m1", "m2", "m3", "m4"];
+    for vm in vms {
+        net.bridged(vm, &[]);
+    }
+    net.store.start("m1");
+    let bridge = net.bridge();
+    let address = || {
+        let own = macs(&[&bridge]);
+        assert_eq!(own.len(), 1, "bridge {bridge}: {own:?}");
+        let ports = macs(&["master", &bridge]);
+        assert!(
+            ports.iter().all(|(_, mac)| *mac != own[0].1),
+            "the bridge {bridge} has a port's address {}: {ports:?}",
+            own[0].1
+        );
+        own[0].1.clone()
+    };
+    let first = address();
+    let gw = net.subnet.gateway();
+    let asks = |what: &str| {
+        let got = query_in(&net.store, "m1", &gw, &["m2"]);
+        assert!(
+            got[0].is_some(),
+            "{what}: m1 asking the resolver for m2 got no answer"
+        );
+    };
+    asks("with m1 alone");
+    for round in 0..2 {
+        for vm in &vms[1..] {
+            net.store.start(vm);
+            assert_eq!(address(), first, "round {round}: after {vm} started");
+        }
+        asks(&format!("round {round}, all running"));
+        for vm in &vms[1..] {
+            net.store.stop(vm);
+            assert_eq!(address(), first, "round {round}: after {vm} stopped");
+        }
+        asks(&format!("round {round}, m1 alone again"));
+    }
+    net.store.stop("m1");
+    net.assert_clean();
+}
+
 #[test]
 fn the_resolver_survives_garbage_and_leaves_nothing_after_a_sigkill() {
     let test = "the_resolver_survives_garbage_and_leaves_nothing_after_a_sigkill";

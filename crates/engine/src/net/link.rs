@@ -291,9 +291,16 @@ impl Netlink {
                 link
             }
             None => {
+                // An address of its own, set at creation: a bridge without
+                // one takes the lowest of its ports' addresses, and changes it
+                // as VMs come and go. A VM that learned the gateway's old
+                // address then sends to a port's address, which the host's IP
+                // stack drops as not its own, until the VM asks again: seconds
+                // without its resolver or its gateway.
                 let mut bridge = up_link(0);
                 bridge.attributes = vec![
                     LinkAttribute::IfName(name.to_owned()),
+                    LinkAttribute::Address(random_mac().to_vec()),
                     LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]),
                 ];
                 match self.change(
@@ -473,6 +480,17 @@ impl Netlink {
 }
 
 /// A link message for link `index` (0: one being made) that brings it up.
+/// A random unicast, locally administered MAC address.
+fn random_mac() -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    // Up to 256 bytes, getrandom(2) fills the buffer whole and is never
+    // interrupted; should it fail, a fixed address still keeps the bridge's
+    // address from moving.
+    let _ = rustix::rand::getrandom(&mut mac, rustix::rand::GetRandomFlags::empty());
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
 fn up_link(index: u32) -> LinkMessage {
     let mut link = LinkMessage::default();
     link.header.index = index;
