@@ -410,9 +410,11 @@ fn a_shell_in_tmux_ends_when_the_vm_is_stopped() {
         println!("{phase}: fvm stop took {:?}", started.elapsed());
         let mut pane = String::new();
         let said = Instant::now();
-        // The count of sessions is the stop's own record; a shell that started
-        // the VM itself may find the stop's intent first and say only who.
-        while !(pane.contains("fvm: stopped: fvm stop") && pane.contains("fvm-shell-exit=129")) {
+        // The count of sessions is in the stop's intent too: a shell that
+        // started the VM itself, and finds the intent first, says it as well.
+        while !(pane.contains("fvm: stopped: fvm stop (1 terminal session hung up)")
+            && pane.contains("fvm-shell-exit=129"))
+        {
             assert!(
                 said.elapsed() < Duration::from_secs(30),
                 "{phase}: the shell did not say why it ended:\n{pane}"

@@ -104,28 +104,29 @@ pub fn wait_readable(fd: impl std::os::fd::AsFd, timeout: Duration) -> io::Resul
 /// The major device numbers of Unix98 pty slaves (`/dev/pts/N`).
 const PTY_SLAVE_MAJORS: std::ops::RangeInclusive<u32> = 136..=143;
 
-/// Hang up every terminal session among `pids` (host pids of the VM's cgroup):
-/// SIGHUP then SIGCONT, as the kernel sends a session leader when its terminal
-/// hangs up, to each process that leads a session and has a pty as its
-/// controlling terminal. Returns how many were hung up.
-///
-/// Each process is signalled through a pidfd opened before it is checked (its
-/// cgroup is `leaf`, it leads its session, its terminal is a pty), so a pid the
-/// VM's process left behind and the host reused is never signalled.
-pub fn hang_up_sessions(pids: &[i32], leaf: &str) -> usize {
+/// The terminal sessions among `pids` (host pids of the VM's cgroup): each
+/// process that leads a session and has a pty as its controlling terminal, by
+/// a pidfd opened before it was checked (its cgroup is `leaf`), so that a pid
+/// the VM's process left behind and the host reused is never signalled.
+pub fn pty_sessions(pids: &[i32], leaf: &str) -> Vec<OwnedFd> {
     pids.iter()
-        .filter(|&&pid| {
-            let Some(id) = Pid::from_raw(pid) else {
-                return false;
-            };
-            let Ok(pidfd) = rustix::process::pidfd_open(id, PidfdFlags::empty()) else {
-                return false;
-            };
-            if !crate::os::procid::in_cgroup(pid, leaf) || !leads_a_pty_session(pid) {
-                return false;
-            }
-            let hung_up = rustix::process::pidfd_send_signal(&pidfd, Signal::HUP).is_ok();
-            let _ = rustix::process::pidfd_send_signal(&pidfd, Signal::CONT);
+        .filter_map(|&pid| {
+            let pidfd =
+                rustix::process::pidfd_open(Pid::from_raw(pid)?, PidfdFlags::empty()).ok()?;
+            (crate::os::procid::in_cgroup(pid, leaf) && leads_a_pty_session(pid)).then_some(pidfd)
+        })
+        .collect()
+}
+
+/// Hang up `sessions` (from [`pty_sessions`]): SIGHUP then SIGCONT, as the
+/// kernel sends a session leader when its terminal hangs up. Returns how many
+/// took the SIGHUP.
+pub fn hang_up(sessions: &[OwnedFd]) -> usize {
+    sessions
+        .iter()
+        .filter(|pidfd| {
+            let hung_up = rustix::process::pidfd_send_signal(pidfd, Signal::HUP).is_ok();
+            let _ = rustix::process::pidfd_send_signal(pidfd, Signal::CONT);
             hung_up
         })
         .count()

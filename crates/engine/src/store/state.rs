@@ -51,6 +51,9 @@ pub struct State {
     /// without it ended some other way (see [`End`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopping: bool,
+    /// With `stopping`: how many terminal sessions the stop hangs up first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hanging_up: Option<u32>,
     /// How the last command `fvm run` waited for, or the VM itself, ended.
     /// (Read apart from the rest, leniently: see [`State::load`].)
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -195,6 +198,7 @@ mod tests {
             temporary: true,
             control_fd: Some(7),
             stopping: true,
+            hanging_up: Some(2),
             end: Some(crate::store::end::End::now(
                 crate::store::end::Cause::Oom,
                 crate::store::end::Subject::Vm,
@@ -208,5 +212,6 @@ mod tests {
         assert!(back.stopped(None).temporary);
         assert_eq!(back.stopped(None).end, st.end);
         assert!(!back.stopped(None).stopping);
+        assert_eq!(back.stopped(None).hanging_up, None);
     }
 }

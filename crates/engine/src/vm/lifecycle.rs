@@ -435,6 +435,7 @@ impl Engine {
                     temporary,
                     control_fd: Some(launched.control_fd),
                     stopping: false,
+                    hanging_up: None,
                     // How it ended last time stays for `inspect` until it ends again.
                     end: vm.load_state().ok().and_then(|s| s.end),
                     request_fd: Some(launched.request_fd),
@@ -544,20 +545,25 @@ impl Engine {
         if init.is_some() {
             let cgroup = self.cgroup(name)?;
             self.unfreeze(name, &cgroup)?;
+            let sessions = if grace.is_zero() {
+                Vec::new()
+            } else {
+                stop::pty_sessions(&cgroup.pids().unwrap_or_default(), &leaf)
+            };
             // Recorded before the first signal: whoever finds the init gone
-            // (this command, a `run` whose command it ends, the watcher) knows
-            // fvm stopped it. A stop goes on without it (a full disk): only the
-            // reason others see is at stake, and this command records its own.
+            // (this command, a `run` or `shell` whose command it ends, the
+            // watcher) knows fvm stopped it, and how many sessions it hangs
+            // up. A stop goes on without it (a full disk): only the reason
+            // others see is at stake, and this command records its own.
             let intent = State {
                 stopping: true,
+                hanging_up: Some(u32::try_from(sessions.len()).unwrap_or(u32::MAX)),
                 ..state.clone()
             };
             if let Err(e) = self.save_state(&vm, &intent) {
                 tracing::debug!(vm = %name, "cannot record the stop's intent: {}", error_line(&e));
             }
-            if !grace.is_zero() {
-                hung_up = stop::hang_up_sessions(&cgroup.pids().unwrap_or_default(), &leaf);
-            }
+            hung_up = stop::hang_up(&sessions);
         }
         if let Some(init) = init {
             tracing::info!("stopping vm {name}");
@@ -566,6 +572,9 @@ impl Engine {
         }
         let outcome = match init {
             Some(init) => match stop::stop(init, grace) {
+                // Found running above, gone before its first signal: the
+                // hang-up of its sessions ended it (a shell as its command).
+                Ok(Stopped::NotRunning) => Stopped::Terminated,
                 Ok(outcome) => outcome,
                 Err(e) => {
                     // Not stopped: the VM's end, when it comes, is not this stop's.

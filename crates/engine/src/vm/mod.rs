@@ -550,7 +550,10 @@ impl Engine {
 /// something outside fvm (the host shutting down, or a kill of the init).
 fn gone_end(state: &State, policy: Option<&crate::store::Policy>, now: SystemTime) -> End {
     if state.stopping {
-        return End::now(Cause::Stop, Subject::Vm);
+        return End {
+            hung_up: state.hanging_up,
+            ..End::now(Cause::Stop, Subject::Vm)
+        };
     }
     let timeout = policy.and_then(|p| p.limits.timeout);
     let started = state
@@ -595,12 +598,12 @@ mod end_tests {
         assert_eq!(gone_end(&state, None, at(61)).cause, Cause::Outside);
         let stopping = State {
             stopping: true,
+            hanging_up: Some(1),
             ..state.clone()
         };
-        assert_eq!(
-            gone_end(&stopping, Some(&policy), at(61)).cause,
-            Cause::Stop
-        );
+        let end = gone_end(&stopping, Some(&policy), at(61));
+        // The stop's intent says how many sessions it hangs up.
+        assert_eq!((end.cause, end.hung_up), (Cause::Stop, Some(1)));
         // A start time that can't be read proves no timeout.
         let odd = State {
             started_at: Some("yesterday".into()),
