@@ -224,7 +224,7 @@ fn overlay(store: Option<&Store>) -> Result<String, (Level, String)> {
             },
         }
     };
-    let result = sys::spawn(probe_mount).ok().and_then(|pid| {
+    let result = sys::spawn(|_| probe_mount()).ok().and_then(|pid| {
         rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty())
             .ok()
             .flatten()

@@ -739,11 +739,11 @@ impl Entry {
     }
 
     /// The fds this holds, so a child that closes everything else keeps them.
-    pub fn raw_fds(&self) -> Vec<std::os::fd::RawFd> {
-        use std::os::fd::AsRawFd;
+    pub fn fds(&self) -> Vec<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
         match self {
-            Entry::CloneInto(fd) => vec![fd.as_raw_fd()],
-            Entry::Tasks(files) => files.iter().map(|f| f.as_raw_fd()).collect(),
+            Entry::CloneInto(fd) => vec![fd.as_fd()],
+            Entry::Tasks(files) => files.iter().map(|f| f.as_fd()).collect(),
         }
     }
 }

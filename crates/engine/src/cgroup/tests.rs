@@ -347,7 +347,7 @@ fn v1_entry_writes_zero_to_every_tasks_file() {
     create_with_files(&vm, &[("tasks", "")]);
     let entry = vm.entry().unwrap();
     assert!(entry.clone_into().is_none());
-    assert_eq!(entry.raw_fds().len(), 4);
+    assert_eq!(entry.fds().len(), 4);
     entry.join_self().unwrap();
     for dir in vm.dirs() {
         assert_eq!(fs::read_to_string(dir.join("tasks")).unwrap(), "0");

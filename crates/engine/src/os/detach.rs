@@ -15,13 +15,13 @@ pub fn spawn_detached(name: &std::ffi::CStr, work: impl FnOnce() -> i32) -> std:
 /// caller bound for it, say).
 pub fn spawn_detached_keeping(
     name: &std::ffi::CStr,
-    keep: &[std::os::fd::RawFd],
+    keep: &[std::os::fd::BorrowedFd<'_>],
     work: impl FnOnce() -> i32,
 ) -> std::io::Result<()> {
-    let pid = sys::spawn(|| {
+    let pid = sys::spawn(|_| {
         let _ = rustix::process::setsid();
         // The intermediate child ends at once, so the worker is nobody's child.
-        let _ = sys::spawn(|| detached(name, keep, work));
+        let _ = sys::spawn(|forked| detached(forked, name, keep, work));
         0
     })?;
     let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
@@ -29,8 +29,13 @@ pub fn spawn_detached_keeping(
 }
 
 /// The second child of [`spawn_detached`]: stdio on /dev/null, then `work`.
-fn detached(name: &std::ffi::CStr, keep: &[std::os::fd::RawFd], work: impl FnOnce() -> i32) -> i32 {
-    let _ = sys::close_all_except(keep);
+fn detached(
+    forked: &sys::Forked,
+    name: &std::ffi::CStr,
+    keep: &[std::os::fd::BorrowedFd<'_>],
+    work: impl FnOnce() -> i32,
+) -> i32 {
+    let _ = forked.close_all_except(keep);
     // With every fd closed (the kept ones are never 0-2: the caller's stdio
     // holds those), /dev/null opens as fd 0 (stdin) and stays open.
     if let Ok(null) = rustix::fs::open(

@@ -62,7 +62,7 @@ pub const CHILD_PANICKED: i32 = 101;
 pub fn spawn_in(
     flags: u64,
     cgroup: Option<BorrowedFd<'_>>,
-    child: impl FnOnce() -> i32,
+    child: impl FnOnce(&Forked) -> i32,
 ) -> io::Result<Pid> {
     ensure_single_threaded()?;
     // SAFETY: the process was single-threaded just now, and nothing between the
@@ -71,7 +71,7 @@ pub fn spawn_in(
 }
 
 /// [`spawn_in`] without new namespaces or a cgroup: `fork()`.
-pub fn spawn(child: impl FnOnce() -> i32) -> io::Result<Pid> {
+pub fn spawn(child: impl FnOnce(&Forked) -> i32) -> io::Result<Pid> {
     spawn_in(0, None, child)
 }
 
@@ -82,7 +82,7 @@ pub fn spawn(child: impl FnOnce() -> i32) -> io::Result<Pid> {
 pub fn spawn_from_test(cgroup: Option<BorrowedFd<'_>>, child: fn() -> i32) -> io::Result<Pid> {
     // SAFETY: the other threads are the harness's; the child, by this function's
     // contract, takes none of the locks they may hold.
-    unsafe { clone_and_run(0, cgroup, child) }
+    unsafe { clone_and_run(0, cgroup, |_| child()) }
 }
 
 /// Fail unless this process is single-threaded. `unshare` of CLONE_THREAD,
@@ -116,7 +116,7 @@ fn ensure_single_threaded() -> io::Result<()> {
 unsafe fn clone_and_run(
     flags: u64,
     cgroup: Option<BorrowedFd<'_>>,
-    child: impl FnOnce() -> i32,
+    child: impl FnOnce(&Forked) -> i32,
 ) -> io::Result<Pid> {
     let mut args = CloneArgs {
         flags,
@@ -147,14 +147,16 @@ unsafe fn clone_and_run(
     match ret {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            let code = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(child)) {
-                Ok(code) => code,
-                Err(payload) => {
-                    // Dropping the payload could run code that panics again.
-                    std::mem::forget(payload);
-                    CHILD_PANICKED
-                }
-            };
+            let forked = Forked { _only_here: () };
+            let code =
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| child(&forked))) {
+                    Ok(code) => code,
+                    Err(payload) => {
+                        // Dropping the payload could run code that panics again.
+                        std::mem::forget(payload);
+                        CHILD_PANICKED
+                    }
+                };
             exit_now(code)
         }
         pid => Pid::from_raw(pid as i32).ok_or_else(|| io::Error::other("clone3 returned pid 0")),
@@ -324,14 +326,31 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Close every fd of this process except `keep` (used by a VM's first process, which
-/// inherits whatever the fvm command had open, including its lock files, and by
-/// the detached workers). Only for the start of a [`spawn_in`] child: the owners
-/// of the closed numbers in the frames it was forked from are never used or
-/// dropped there again ([`spawn_in`] ends the child with `_exit`); the fds the
-/// child's own work holds must all be in `keep`, which this can't check.
-pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
-    let mut keep: Vec<RawFd> = keep.to_vec();
+/// What a child of [`spawn_in`] is handed: proof that it runs in a forked
+/// process that ends with `_exit` when its work returns (or panics), never
+/// returning into the frames it was forked from. Only [`spawn_in`] makes one.
+pub struct Forked {
+    _only_here: (),
+}
+
+impl Forked {
+    /// Close every fd of this process except `keep` (used by a VM's first
+    /// process, which inherits whatever the fvm command had open, including its
+    /// lock files, and by the detached workers).
+    ///
+    /// Sound because of where it can be called: in a forked child, the owners
+    /// (`OwnedFd`, `File`) of the numbers it closes live in the frames the child
+    /// was forked from, which it never returns into, so none of them is dropped
+    /// again (`_exit` runs no destructor). `keep` is borrowed from its owners,
+    /// so it names only open fds. What it can't check: an fd the child's own
+    /// work goes on to use must be in `keep`.
+    pub fn close_all_except(&self, keep: &[BorrowedFd<'_>]) -> io::Result<()> {
+        close_all_except(keep.iter().map(AsRawFd::as_raw_fd).collect())
+    }
+}
+
+/// See [`Forked::close_all_except`].
+fn close_all_except(mut keep: Vec<RawFd>) -> io::Result<()> {
     keep.sort_unstable();
     keep.dedup();
     let mut next = 0;
@@ -366,7 +385,7 @@ pub fn close_on_exec_beyond_stdio() -> io::Result<()> {
 }
 
 fn close_range(first: RawFd, last: RawFd) -> io::Result<()> {
-    // SAFETY: called only by close_all_except at the start of a spawn_in child, which
+    // SAFETY: called only by Forked::close_all_except, in a spawn_in child, which
     // gives up every fd outside `keep`; an OwnedFd that refers to a closed number
     // belongs to a frame the child never returns to (spawn_in _exits it).
     let ret = unsafe { libc::syscall(libc::SYS_close_range, first as u32, last as u32, 0) };
@@ -883,7 +902,7 @@ mod tests {
     #[test]
     fn spawn_refuses_a_process_with_other_threads() {
         // The test harness runs this on a thread of its own: not single-threaded.
-        let err = spawn(|| 0).unwrap_err();
+        let err = spawn(|_| 0).unwrap_err();
         assert!(err.to_string().contains("other threads"), "{err}");
     }
 

@@ -411,7 +411,7 @@ fn spawn_with(
     };
     let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| fork_err(e.into()))?;
-    let pid = sys::spawn_in(flags, cgroup, || {
+    let pid = sys::spawn_in(flags, cgroup, |_| {
         let errno = exec_child(&r, stdio, pipes, tty, before_exec);
         let _ = rustix::io::write(&err_write, &errno.to_ne_bytes());
         if errno == libc::ENOENT { 127 } else { 126 }

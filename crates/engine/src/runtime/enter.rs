@@ -177,7 +177,7 @@ pub fn hide_paths(
     };
     let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .map_err(|e| EnterError::Setns(e.into()))?;
-    let pid = crate::os::sys::spawn(|| {
+    let pid = crate::os::sys::spawn(|_| {
         let _ = rustix::thread::set_name(c"fvm-hide");
         let result =
             rustix::thread::move_into_thread_name_spaces(handle.pidfd().as_fd(), Ns::MOUNT)

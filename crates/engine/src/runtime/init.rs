@@ -8,7 +8,7 @@
 //! beneath that descriptor only. It also keeps the VM's services (see
 //! [`super::services`]).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -43,6 +43,7 @@ const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 
 /// Run the VM's init. Never returns.
 pub(super) fn run(
+    forked: &sys::Forked,
     spec: &LaunchSpec,
     pipes: Pipes<'_>,
     chan: Channel,
@@ -50,7 +51,7 @@ pub(super) fn run(
     control: ControlPipe,
 ) -> ! {
     let started = Instant::now();
-    let (signals, pipes, writer) = match setup(spec, pipes, &chan, cgroup, &control) {
+    let (signals, pipes, writer) = match setup(forked, spec, pipes, &chan, cgroup, &control) {
         Ok(s) => s,
         Err(error) => {
             let _ = chan.send(&Msg::Failed { error }, None);
@@ -122,6 +123,7 @@ type Assembled = (SignalFd, [Option<OwnedFd>; 3], Option<Writer>);
 
 /// Assemble the VM. Errors are one line for the user, naming the step.
 fn setup(
+    forked: &sys::Forked,
     spec: &LaunchSpec,
     pipes: Pipes<'_>,
     chan: &Channel,
@@ -135,18 +137,20 @@ fn setup(
         .map_err(|e| format!("cannot copy the command's pipes: {e}"))?;
     // Everything inherited from the fvm command (lock files, the store) goes first.
     let mut keep = vec![
-        0,
-        1,
-        2,
-        chan.as_fd().as_raw_fd(),
-        control.read.as_raw_fd(),
-        control.write.as_raw_fd(),
-        control.requests.as_fd().as_raw_fd(),
-        control.requests_in.as_raw_fd(),
+        rustix::stdio::stdin(),
+        rustix::stdio::stdout(),
+        rustix::stdio::stderr(),
+        chan.as_fd(),
+        control.read.as_fd(),
+        control.write.as_fd(),
+        control.requests.as_fd(),
+        control.requests_in.as_fd(),
     ];
-    keep.extend(cgroup.raw_fds());
-    keep.extend(pipes.iter().flatten().map(AsRawFd::as_raw_fd));
-    sys::close_all_except(&keep).map_err(|e| format!("cannot close inherited files: {e}"))?;
+    keep.extend(cgroup.fds());
+    keep.extend(pipes.iter().flatten().map(AsFd::as_fd));
+    forked
+        .close_all_except(&keep)
+        .map_err(|e| format!("cannot close inherited files: {e}"))?;
     // `ps` inside the VM shows this as PID 1, and nothing of how fvm was run
     // (its arguments, the caller's environment) is left for the VM to read.
     let _ = rustix::thread::set_name(c"fvm-init");

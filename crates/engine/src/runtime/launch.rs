@@ -139,9 +139,11 @@ pub fn launch(
         .map_err(LaunchError::Clone)?;
     // The init's copy of `ours` goes with every other inherited file it does not
     // keep (see `init::setup`); here the unrun closure drops what was the init's.
-    let pid = sys::spawn_in(spec.namespaces, into.as_ref().map(|fd| fd.as_fd()), || {
-        init::run(spec, pipes, theirs, entry, control)
-    })
+    let pid = sys::spawn_in(
+        spec.namespaces,
+        into.as_ref().map(|fd| fd.as_fd()),
+        |forked| init::run(forked, spec, pipes, theirs, entry, control),
+    )
     .map_err(LaunchError::Clone)?;
     Ok(Launched {
         pid,

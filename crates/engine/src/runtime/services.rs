@@ -32,7 +32,7 @@
 //! the grace time is over, and SIGKILL to what is left of its process group once
 //! its main process has ended.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -194,10 +194,15 @@ impl Starter {
     /// init's fds the starter closes.
     pub(super) fn fork(limits: ProcessLimits, confine: &Confinement) -> std::io::Result<Starter> {
         let (ours, theirs) = Channel::pair()?;
-        let pid = crate::os::sys::spawn(|| {
+        let pid = crate::os::sys::spawn(|forked| {
             let _ = rustix::thread::set_name(c"fvm-starter");
-            let fd = theirs.as_fd().as_raw_fd();
-            if crate::os::sys::close_all_except(&[0, 1, 2, fd]).is_err() {
+            let keep = [
+                rustix::stdio::stdin(),
+                rustix::stdio::stdout(),
+                rustix::stdio::stderr(),
+                theirs.as_fd(),
+            ];
+            if forked.close_all_except(&keep).is_err() {
                 return 1;
             }
             // The init's blocked signals: a stop of the VM must end this too.

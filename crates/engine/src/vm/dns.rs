@@ -19,7 +19,7 @@
 
 use std::cell::RefCell;
 use std::net::{SocketAddrV4, TcpListener, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -128,7 +128,7 @@ impl Engine {
             .map_err(|e| std::io::Error::new(e.kind(), format!("udp {at}: {e}")))?;
         let tcp = TcpListener::bind(at)
             .map_err(|e| std::io::Error::new(e.kind(), format!("tcp {at}: {e}")))?;
-        let keep = [udp.as_raw_fd(), tcp.as_raw_fd()];
+        let keep = [udp.as_fd(), tcp.as_fd()];
         crate::os::detach::spawn_detached_keeping(c"fvm-dns", &keep, || {
             self.run_resolver(&udp, &tcp)
         })
