@@ -135,7 +135,11 @@ if (MODE === 'fake') {
 
   await check('the preview shows a text diff, mode changes and binaries', async () => {
     await page.click('button.link:text-is("hosts")');
-    await page.waitForSelector('#preview .dadd');
+    // The previous preview has added lines too: wait for this file's own.
+    await page.waitForFunction(() => {
+      const pv = document.querySelector('#preview');
+      return pv && pv.querySelector('.dadd') && pv.innerText.includes('/etc/hosts');
+    });
     const pv = await page.locator('#preview').innerText();
     assert(pv.includes('10.77.0.1 gateway') && pv.includes('mode 0644') && pv.includes('mode 0600'), pv);
     await page.click('button.link:text-is("tool")');
