@@ -124,6 +124,11 @@ pub enum Op {
         paths: Vec<PathBuf>,
         force: bool,
     },
+    /// Drop the VM's changes at or under these paths (a stopped VM only).
+    Discard {
+        name: String,
+        paths: Vec<PathBuf>,
+    },
     /// `fvm config NAME` with these flags (`--memory`, `512M`, ...).
     Config {
         name: String,
@@ -158,6 +163,11 @@ impl Op {
                 v.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
                 v
             }
+            Op::Discard { name, paths } => {
+                let mut v = s(&["discard", name, "--"]);
+                v.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
+                v
+            }
             Op::Config { name, args } => {
                 let mut v = s(&["config", name]);
                 v.extend(args.iter().cloned());
@@ -181,6 +191,7 @@ impl Op {
         match self {
             Op::Create { name, .. }
             | Op::Commit { name, .. }
+            | Op::Discard { name, .. }
             | Op::Config { name, .. }
             | Op::Start(name)
             | Op::Stop(name)

@@ -101,7 +101,11 @@ impl FakeBackend {
         };
         let db = FakeVm {
             vm: vm("db", "stopped", None),
-            changes: vec![change("/var/lib/db/data", 'A', 100)],
+            changes: vec![
+                change("/etc/db.conf", 'C', 30),
+                change("/var/lib/db/data", 'A', 100),
+                change("/var/lib/db/wal", 'A', 50),
+            ],
             processes: Vec::new(),
         };
         FakeBackend {
@@ -353,6 +357,22 @@ impl Backend for FakeBackend {
                     Ok(())
                 })?;
                 Ok(format!("committed {done} changes\n"))
+            }
+            Op::Discard { name, paths } => {
+                let dropped = self.with(name, |v| {
+                    if v.vm.running() {
+                        return Err(format!(
+                            "cannot discard changes of vm {name:?} while it runs or is suspended (overlayfs doesn't support changing a mounted layer): stop it first"
+                        ));
+                    }
+                    let before = v.changes.len();
+                    v.changes
+                        .retain(|c| !paths.iter().any(|p| c.path.starts_with(p)));
+                    Ok(before - v.changes.len())
+                })?;
+                Ok(format!(
+                    "discarded {dropped} change(s) of vm {name:?}: it sees the host's version there again\n"
+                ))
             }
             Op::Config { name, args } => {
                 let mut limits = self.with(name, |v| Ok(v.vm.limits.clone()))?;

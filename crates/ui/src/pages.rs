@@ -214,6 +214,41 @@ pub fn dialog(
     }
 }
 
+/// The dialog of a discard: what goes, the command, and on a running VM why it
+/// must be stopped first (the engine refuses to change a mounted layer).
+pub fn discard_dialog(vm: &Vm, paths: &[PathBuf], command: &str) -> Markup {
+    let joined: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let title = format!("Discard changes of {}", vm.name);
+    if vm.running() {
+        return html! {
+            div class="modal" role="dialog" aria-modal="true" aria-labelledby="dlg-title" {
+                h2 id="dlg-title" { (title) }
+                p class="error" role="alert" {
+                    "The VM is " (vm.status) ": a discard works on a stopped VM only (overlayfs doesn't support changing the layer of a mounted overlay), and fvm refuses it. Stop the VM first, then discard."
+                }
+                p { "Equivalent command:" }
+                pre class="cmd" { code { (command) } }
+                div class="buttons" { button type="button" data-close="dialog" { "Close" } }
+            }
+        };
+    }
+    let extra = html! {
+        p { "The VM's changes at or under these " (paths.len()) " paths are dropped: it sees the host's version there again. Nothing is written to the host, and what is dropped can't be brought back." }
+        ul class="discard-paths" { @for p in &joined { li { code { (shown(p)) } } } }
+        input type="hidden" name="paths" value=(serde_json::to_string(&joined).unwrap_or_default());
+    };
+    dialog(
+        &title,
+        command,
+        &format!("/vm/{}/discard", vm.name),
+        extra,
+        None,
+    )
+}
+
 /// The result of an operation, in the dialog area.
 pub fn outcome(op_line: &str, result: &Result<String, String>, then: Option<&str>) -> Markup {
     html! {
@@ -283,7 +318,7 @@ fn render_node(vm: &str, path: &Path, name: &str, node: &Node, read_only: bool) 
         li role="treeitem" aria-expanded=[(!node.children.is_empty()).then_some("true")] {
             span class="row" {
                 @if !read_only {
-                    input type="checkbox" class="pick" data-path=(p) aria-label={"Select " (shown(&p))};
+                    input type="checkbox" class="pick" data-path=(p) data-change=[node.change.as_ref().map(|_| "1")] aria-label={"Select " (shown(&p))};
                 }
                 @if let Some(c) = &node.change {
                     span class={"kind k" (c.kind)} title=(kind_name(c.kind)) { (c.kind) }
@@ -326,8 +361,11 @@ pub fn changes(vm: &str, changes: &[Change], read_only: bool) -> Markup {
                         label { input type="checkbox" class="pick-all" aria-label="Select all"; " all" }
                         button type="button" class="review" hx-post={"/vm/" (vm) "/commit/plan"}
                             hx-target="#plan" hx-include="#picked" { "Review commit…" }
+                        button type="button" class="discard danger" hx-post={"/vm/" (vm) "/discard/dialog"}
+                            hx-target="#dialog" hx-include="#picked-exact" { "Discard…" }
                     }
                     form id="picked" { input type="hidden" name="paths" value=""; }
+                    form id="picked-exact" { input type="hidden" name="paths" value=""; }
                 }
                 ul role="tree" aria-label="Changes" class="tree" {
                     @for (n, child) in &root.children {

@@ -299,6 +299,8 @@ fn router(app: AppState) -> Router {
         .route("/vm/{name}/commit/plan", post(commit_plan))
         .route("/vm/{name}/commit", post(commit))
         .route("/vm/{name}/commit/job/{id}", get(commit_job))
+        .route("/vm/{name}/discard/dialog", post(discard_dialog))
+        .route("/vm/{name}/discard", post(discard))
         .route("/vm/{name}/kill", post(kill))
         .route("/vm/{name}/policy/check", post(policy_check))
         .route("/vm/{name}/policy/save", post(policy_save))
@@ -853,6 +855,64 @@ async fn commit(
             Some((lines.join("\n"), result, then));
     });
     html(pages::job(&name, &id, (0, 0)))
+}
+
+/// The dialog of a discard of the picked paths: the `fvm discard` command, and
+/// on a running VM why it can't be done now (the engine refuses it: stop the
+/// VM first).
+async fn discard_dialog(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let paths = paths_of(&form);
+    let op = Op::Discard {
+        name: name.clone(),
+        paths: paths.clone(),
+    };
+    if paths.is_empty() {
+        return html(pages::outcome(
+            &op.command_line(),
+            &Err("select changes to discard first".to_owned()),
+            None,
+        ));
+    }
+    let n = name.clone();
+    let vm = match call(&app, move |b| b.vm(&n)).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    html(pages::discard_dialog(&vm, &paths, &op.command_line()))
+}
+
+/// Discard the picked paths: the VM's changes at or under them go, and it sees
+/// the host's version there again. Nothing is written to the host.
+async fn discard(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let paths = paths_of(&form);
+    let op = Op::Discard {
+        name: name.clone(),
+        paths: paths.clone(),
+    };
+    let line = op.command_line();
+    if paths.is_empty() {
+        return html(pages::outcome(
+            &line,
+            &Err("select changes to discard first".to_owned()),
+            None,
+        ));
+    }
+    let result = run_op(&app, &peer, op).await;
+    let then = format!("/vm/{name}/changes");
+    html(pages::outcome(
+        &line,
+        &result,
+        result.is_ok().then_some(then.as_str()),
+    ))
 }
 
 /// A commit running in the background: how far it got, and its outcome.

@@ -176,6 +176,58 @@ if (MODE === 'fake') {
     assert(JSON.stringify(host) === JSON.stringify(['%etc%hosts', '%etc%nginx', '%etc%nginx%nginx.conf', '%usr%bin%tool']), host.join(','));
   });
 
+  await check('discard of picked files: refused plainly on a running VM, done on a stopped one', async () => {
+    await keepCsp();
+    await page.goto(`${origin}/vm/web1/changes`);
+    await page.waitForSelector('ul.tree');
+    await page.locator('input.pick[data-path="/etc/old.conf"]').check();
+    await page.click('button.discard');
+    await page.waitForSelector('.modal pre.cmd');
+    const running = await page.locator('.modal').innerText();
+    assert(running.includes('Stop the VM first') && running.includes('fvm discard web1 -- /etc/old.conf'), running);
+    assert((await page.locator('.modal button[type=submit]').count()) === 0, 'a running VM has nothing to submit');
+    await page.click('.modal button:text-is("Close")');
+    await keepCsp();
+    await page.goto(`${origin}/vm/db/changes`);
+    await page.waitForSelector('ul.tree');
+    await page.locator('input.pick[data-path="/etc/db.conf"]').check();
+    await page.locator('input.pick[data-path="/var/lib/db/data"]').check();
+    await page.click('button.discard');
+    await page.waitForSelector('.modal pre.cmd');
+    const cmd = await page.locator('.modal pre.cmd').innerText();
+    assert(cmd === 'fvm discard db -- /etc/db.conf /var/lib/db/data', cmd);
+    await shot('discard');
+    await axe('discard dialog');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")');
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForFunction(() => document.querySelector('ul.tree') && !document.querySelector('input.pick[data-path="/etc/db.conf"]'));
+    const tree = await page.locator('ul.tree').innerText();
+    assert(!tree.includes('db.conf') && !tree.includes('data') && tree.includes('wal'), tree);
+  });
+
+  await check('read-only mode: no discard, and a discard request is refused', async () => {
+    const p = await context.newPage();
+    await p.goto(process.env.RO_URL.replace('/#', '/vm/db/changes#'));
+    await p.waitForSelector('ul.tree');
+    assert((await p.locator('button.discard').count()) === 0 && (await p.locator('input.pick').count()) === 0, 'a picker in read-only mode');
+    const r = await p.evaluate(async () => {
+      const token = sessionStorage.getItem('fvm-token');
+      const x = await fetch('/vm/db/discard', {
+        method: 'POST',
+        headers: { Authorization: 'Bearer ' + token, 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'paths=' + encodeURIComponent(JSON.stringify(['/var/lib/db/data'])),
+      });
+      return [x.status, await x.text()];
+    });
+    assert(r[0] === 403 && r[1].includes('read-only'), r.join(' '));
+    await p.reload();
+    await p.waitForSelector('ul.tree');
+    const tree = await p.locator('ul.tree').innerText();
+    assert(tree.includes('data'), tree);
+    await p.close();
+  });
+
   await check('graphs keep their history across navigation', async () => {
     await keepCsp();
     await page.goto(`${origin}/vm/web1/graphs`);
@@ -350,6 +402,7 @@ if (MODE === 'fake') {
   await check('real engine: a browser shell in the VM prints 42', async () => {
     await shell42(vm);
     await page.keyboard.type(`echo committed-by-ui > ${process.env.HOST_FILE}\n`);
+    await page.keyboard.type(`echo a > ${process.env.DISCARD_A}; echo b > ${process.env.DISCARD_B}\n`);
     await page.keyboard.type('exit\n');
     await page.waitForFunction(() => document.querySelector('.xterm-rows').innerText.includes('the shell ended'), null, { timeout: 20000 });
   });
@@ -363,6 +416,42 @@ if (MODE === 'fake') {
     await page.click('form.plan button[type=submit]');
     await page.waitForSelector('#plan h2:text-is("Done")', { timeout: 30000 });
     assert(readFileSync(process.env.HOST_FILE, 'utf8') === 'committed-by-ui\n', 'the host has the file');
+  });
+  await check('real engine: discard of two files, refused while the VM runs', async () => {
+    const pick = async () => {
+      await page.waitForSelector('ul.tree');
+      await page.locator(`input.pick[data-path="${process.env.DISCARD_A}"]`).check();
+      await page.locator(`input.pick[data-path="${process.env.DISCARD_B}"]`).check();
+      await page.click('button.discard');
+      await page.waitForSelector('.modal pre.cmd');
+      const cmd = await page.locator('.modal pre.cmd').innerText();
+      assert(cmd === `fvm discard ${vm} -- ${process.env.DISCARD_A} ${process.env.DISCARD_B}`, cmd);
+    };
+    await keepCsp();
+    await page.goto(`${origin}/vm/${vm}/changes`);
+    await pick();
+    assert((await page.locator('.modal').innerText()).includes('Stop the VM first'), 'says why not');
+    await page.click('.modal button:text-is("Close")');
+    await keepCsp();
+    await page.goto(`${origin}/vm/${vm}`);
+    await page.click('button:text-is("Stop…")');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('h1 .state.stopped');
+    await tab('Changes');
+    await pick();
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForFunction((a) => document.querySelector('ul.tree') && !document.querySelector(`input.pick[data-path="${a}"]`), process.env.DISCARD_A);
+    const tree = await page.locator('#tab').innerText();
+    assert(!tree.includes('discard-a.txt') && !tree.includes('discard-b.txt'), tree);
+    await page.click('button:text-is("Start…")');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('h1 .state.running');
   });
   await check('real engine: stop and start from the dialogs', async () => {
     await keepCsp();
