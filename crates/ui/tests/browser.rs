@@ -173,6 +173,20 @@ fn browser_suite_on_the_real_engine() {
         "create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A service whose output is hostile: HTML, and an ANSI escape.
+    let out = store.fvm(&[
+        "config",
+        &store.vm,
+        "--service",
+        r"hello=echo '<img src=x onerror=alert(1)>' $(printf '[31mred[0m'); exec sleep 1000",
+        "--service",
+        "hello.restart=always",
+    ]);
+    assert!(
+        out.status.success(),
+        "config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = store.fvm(&["start", &store.vm]);
     assert!(
         out.status.success(),

@@ -9,7 +9,7 @@
 // Prints one line per check and "N passed, N failed" at the end.
 
 import { chromium } from 'playwright-core';
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, existsSync, appendFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 
@@ -88,6 +88,14 @@ async function cspClean() {
   const csp = [...seenCsp, ...(await page.evaluate(() => window.__csp || []))];
   assert(!csp.length, `CSP violations: ${csp.join(', ')}`);
   assert(!problems.length, problems.join('; '));
+}
+
+// A log line written like a hostile service would: HTML and an ANSI escape.
+const HOSTILE_LOG = '<img src=x onerror=alert(1)> \u001b[31mred\u001b[0m';
+const HOSTILE_SHOWN = '<img src=x onerror=alert(1)> \\x1b[31mred\\x1b[0m';
+
+async function logCount(text) {
+  return page.evaluate((t) => [...document.querySelectorAll('.loglines .logline')].filter((l) => l.textContent.includes(t)).length, text);
 }
 
 async function termText() {
@@ -281,6 +289,60 @@ if (MODE === 'fake') {
     await axe('network');
   });
 
+  await check('services: state, restart policy, last end, and a restart through its dialog', async () => {
+    await tab('Services');
+    await page.waitForSelector('table.services');
+    const web = await page.locator('tr[data-service=web]').innerText();
+    assert(web.includes('running') && web.includes('always') && web.includes("nginx -g 'daemon off;'"), web);
+    const worker = await page.locator('tr[data-service=worker]').innerText();
+    assert(worker.includes('failed') && worker.includes('on-failure') && worker.includes('exit status 1'), worker);
+    const logs = await page.locator('.loglines').innerText();
+    assert(logs.includes('listening on 0.0.0.0:80') && logs.includes('worker: no such queue'), logs);
+    await shot('services');
+    await axe('services');
+    await page.click('tr[data-service=web] button:text-is("Restart…")');
+    await page.waitForSelector('.modal pre.cmd');
+    const cmd = await page.locator('.modal pre.cmd').innerText();
+    assert(cmd === 'fvm service web1 web restart', cmd);
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")');
+    // The log view follows: the restart's note comes over the WebSocket.
+    await page.waitForFunction(() => document.querySelector('.loglines').innerText.includes('restarted'));
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('tr[data-service=web]');
+  });
+
+  await check('a hostile log line is followed over the WebSocket, without polling, and shows as text', async () => {
+    await page.waitForFunction(() => document.querySelector('.loglines')?.innerText.includes('restarted'));
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    // Let the page send its follow request before the line is written.
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    const requests = [];
+    const onRequest = (r) => requests.push(r.url());
+    page.on('request', onRequest);
+    appendFileSync(
+      `${process.env.FAKE_DIR}/logs/web1/web.log`,
+      JSON.stringify({ time: new Date().toISOString(), source: 'web', pid: 7, stream: 'stdout', line: HOSTILE_LOG }) + '\n',
+    );
+    await page.waitForFunction((t) => document.querySelector('.loglines').innerText.includes(t), HOSTILE_SHOWN);
+    page.off('request', onRequest);
+    assert(!requests.length, `requests while following: ${requests.join(', ')}`);
+    assert((await page.locator('.loglines img').count()) === 0, 'an img element in the logs');
+    assert(dialogs.length === 0, `dialogs: ${dialogs}`);
+    // The server renders the same line the same way.
+    await page.reload();
+    await page.waitForSelector('.loglines');
+    assert((await logCount(HOSTILE_SHOWN)) === 1, 'the line after a reload');
+    assert((await page.locator('.loglines img').count()) === 0, 'an img element in the rendered logs');
+    // One source.
+    await page.selectOption('select[name=source]', 'worker');
+    await page.waitForFunction(() => location.search === '?source=worker');
+    await page.waitForSelector('.logs[data-source=worker]');
+    const only = await page.locator('.loglines').innerText();
+    assert(only.includes('no such queue') && !only.includes('listening'), only);
+    assert(dialogs.length === 0, `dialogs: ${dialogs}`);
+  });
+
   await check('the browser shell prints 42, and keeps it across a tab switch and a reload', async () => {
     await shell42('web1');
     await shot('shell');
@@ -452,6 +514,30 @@ if (MODE === 'fake') {
     await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
     await page.click('.modal button:text-is("Close")');
     await page.waitForSelector('h1 .state.running');
+  });
+  await check('real engine: services and their followed logs, escaped', async () => {
+    await keepCsp();
+    await page.goto(`${origin}/vm/${vm}/services`);
+    await page.waitForSelector('tr[data-service=hello]');
+    await page.waitForFunction(() => document.querySelector('tr[data-service=hello]').innerText.includes('running'), null, { timeout: 20000 });
+    const row = await page.locator('tr[data-service=hello]').innerText();
+    assert(row.includes('always'), row);
+    await page.waitForFunction((t) => document.querySelector('.loglines').innerText.includes(t), HOSTILE_SHOWN, { timeout: 20000 });
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    const before = await logCount(HOSTILE_SHOWN);
+    await page.click('tr[data-service=hello] button:text-is("Restart…")');
+    await page.waitForSelector('.modal pre.cmd');
+    const cmd = await page.locator('.modal pre.cmd').innerText();
+    assert(cmd === `fvm service ${vm} hello restart`, cmd);
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    // The restarted service writes the line again; the open view follows it.
+    await page.waitForFunction(({ t, n }) => [...document.querySelectorAll('.loglines .logline')].filter((l) => l.textContent.includes(t)).length > n, { t: HOSTILE_SHOWN, n: before }, { timeout: 20000 });
+    assert((await page.locator('.loglines img').count()) === 0, 'an img element in the logs');
+    assert(dialogs.length === 0, `dialogs: ${dialogs}`);
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('tr[data-service=hello]');
   });
   await check('real engine: stop and start from the dialogs', async () => {
     await keepCsp();
