@@ -553,3 +553,23 @@ impl Backend for FakeBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampled(b: &FakeBackend) -> Vec<String> {
+        b.samples().into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn only_running_vms_are_sampled() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let b = FakeBackend::new(dir.path());
+        assert_eq!(sampled(&b), ["web1"]);
+        b.run(&Op::Stop("web1".to_owned())).expect("stop");
+        assert!(sampled(&b).is_empty());
+        b.run(&Op::Start("db".to_owned())).expect("start");
+        assert_eq!(sampled(&b), ["db"]);
+    }
+}

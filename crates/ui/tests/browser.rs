@@ -235,6 +235,20 @@ fn browser_suite_on_the_real_engine() {
         std::fs::read_to_string(&host_file).expect("committed"),
         "committed-by-ui\n"
     );
+    // What the sampler reads each second: the running VM, and nothing once it
+    // is stopped.
+    use fvm_ui::backend::Backend;
+    let reader = fvm_ui::real::RealBackend::open(store.root.path(), store.fvm.clone())
+        .expect("open the store");
+    let sampled = || -> Vec<String> { reader.samples().into_iter().map(|(n, _)| n).collect() };
+    assert_eq!(sampled(), [store.vm.clone()]);
+    let out = store.fvm(&["stop", &store.vm]);
+    assert!(
+        out.status.success(),
+        "stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sampled().is_empty(), "{:?}", sampled());
     let audit = std::fs::read_to_string(store.root.path().join("ui-audit.log")).expect("audit");
     assert!(audit.contains(&format!("fvm stop {}", store.vm)), "{audit}");
     assert!(
