@@ -241,7 +241,7 @@ fn browser_suite_on_the_real_engine() {
     let reader = fvm_ui::real::RealBackend::open(store.root.path(), store.fvm.clone())
         .expect("open the store");
     let sampled = || -> Vec<String> { reader.samples().into_iter().map(|(n, _)| n).collect() };
-    assert_eq!(sampled(), [store.vm.clone()]);
+    assert_eq!(sampled(), std::slice::from_ref(&store.vm));
     let out = store.fvm(&["stop", &store.vm]);
     assert!(
         out.status.success(),
