@@ -343,6 +343,28 @@ if (MODE === 'fake') {
     assert(dialogs.length === 0, `dialogs: ${dialogs}`);
   });
 
+  await check('the log view catches up after a hidden tab, and follows again', async () => {
+    const visibility = (hidden) =>
+      page.evaluate((h) => {
+        Object.defineProperty(document, 'hidden', { value: h, configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, hidden);
+    const line = (text) =>
+      appendFileSync(
+        `${process.env.FAKE_DIR}/logs/web1/worker.log`,
+        JSON.stringify({ time: new Date().toISOString(), source: 'worker', pid: 9, stream: 'stderr', line: text }) + '\n',
+      );
+    await visibility(true);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'paused');
+    line('written while the tab was hidden');
+    await visibility(false);
+    await page.waitForFunction(() => document.querySelector('.loglines').innerText.includes('written while the tab was hidden'));
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    line('written after it came back');
+    await page.waitForFunction(() => document.querySelector('.loglines').innerText.includes('written after it came back'));
+    assert((await logCount('written while the tab was hidden')) === 1, 'the line once');
+  });
+
   await check('the browser shell prints 42, and keeps it across a tab switch and a reload', async () => {
     await shell42('web1');
     await shot('shell');
