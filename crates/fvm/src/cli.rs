@@ -88,8 +88,9 @@ pub enum Command {
     Service(ServiceArgs),
     /// Show the output of a VM's services and detached commands (run -d)
     Logs(LogsArgs),
-    /// Serve the web console: the VM list, changes and commit, graphs, processes,
-    /// policy and a browser shell, on loopback with a token printed once
+    /// Serve the web console: the VM list, changes with commit and discard, graphs,
+    /// processes, policy, services and logs, and a browser shell, on loopback
+    /// with a token printed once
     Ui(UiArgs),
     /// Be an OCI runtime for container engines, with runc's command line
     /// (`fvm oci --help`; also installed as fvm-runc); see docs/fleet.md

@@ -26,6 +26,11 @@ const OWN: &[File] = &[
         "text/javascript",
         include_bytes!("../web/src/picker.js"),
     ),
+    (
+        "logs.js",
+        "text/javascript",
+        include_bytes!("../web/src/logs.js"),
+    ),
     ("app.css", "text/css", include_bytes!("../web/src/app.css")),
 ];
 

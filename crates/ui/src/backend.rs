@@ -73,6 +73,26 @@ pub struct Process {
     pub command: String,
 }
 
+/// One service of a VM: what `fvm service VM status` shows, with its policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceRow {
+    pub name: String,
+    /// running, starting, backoff, stopping, stopped, exited or failed
+    pub state: String,
+    /// Its main process inside the VM.
+    pub pid: Option<i32>,
+    pub restarts: u32,
+    /// When it entered its state (RFC 3339).
+    pub since: Option<String>,
+    /// How its process last ended (`exit status 1`, `killed by SIGTERM`), or
+    /// why it could not start.
+    pub last_end: Option<String>,
+    /// Its restart policy: no, on-failure or always.
+    pub restart: String,
+    /// What it runs (`/bin/sh -c`).
+    pub command: String,
+}
+
 /// What a running VM uses now.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -124,6 +144,18 @@ pub enum Op {
         paths: Vec<PathBuf>,
         force: bool,
     },
+    /// Drop the VM's changes at or under these paths (a stopped VM only).
+    Discard {
+        name: String,
+        paths: Vec<PathBuf>,
+    },
+    /// `fvm service NAME [SERVICE] ACTION`: start, stop or restart one service
+    /// of a running VM, or all of them.
+    Service {
+        name: String,
+        service: Option<String>,
+        action: String,
+    },
     /// `fvm config NAME` with these flags (`--memory`, `512M`, ...).
     Config {
         name: String,
@@ -158,6 +190,21 @@ impl Op {
                 v.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
                 v
             }
+            Op::Discard { name, paths } => {
+                let mut v = s(&["discard", name, "--"]);
+                v.extend(paths.iter().map(|p| p.to_string_lossy().into_owned()));
+                v
+            }
+            Op::Service {
+                name,
+                service,
+                action,
+            } => {
+                let mut v = s(&["service", name]);
+                v.extend(service.iter().cloned());
+                v.push(action.clone());
+                v
+            }
             Op::Config { name, args } => {
                 let mut v = s(&["config", name]);
                 v.extend(args.iter().cloned());
@@ -181,6 +228,8 @@ impl Op {
         match self {
             Op::Create { name, .. }
             | Op::Commit { name, .. }
+            | Op::Discard { name, .. }
+            | Op::Service { name, .. }
             | Op::Config { name, .. }
             | Op::Start(name)
             | Op::Stop(name)
@@ -225,6 +274,11 @@ pub trait Backend: Send + Sync + 'static {
     /// What committing `paths` would do (nothing is written).
     fn commit_plan(&self, name: &str, paths: &[PathBuf]) -> Result<CommitPlan>;
     fn processes(&self, name: &str) -> Result<Vec<Process>>;
+    /// The VM's services: those of its policy, and their state.
+    fn services(&self, name: &str) -> Result<Vec<ServiceRow>>;
+    /// The VM's logs (its services' and detached commands' output), to read
+    /// and follow.
+    fn logs(&self, name: &str) -> Result<fvm_engine::logs::Logs>;
     /// Names of the running VMs and what each uses now.
     fn samples(&self) -> Vec<(String, Sample)>;
     /// Run an operation; Ok holds what it printed.

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use fvm_engine::cgroup::Usage;
 use fvm_engine::limits::{Key, Limits};
+use fvm_engine::logs::{Entry, Stream};
 use fvm_engine::net::{NetKey, NetPolicy};
 
 use crate::backend::{
-    Backend, Change, CommitPlan, Conflict, Op, Preview, Process, Result, Sample, ShellCommand,
-    Side, Vm,
+    Backend, Change, CommitPlan, Conflict, Op, Preview, Process, Result, Sample, ServiceRow,
+    ShellCommand, Side, Vm,
 };
 
 /// The file name the tests use to check that VM data is shown as text.
@@ -33,6 +34,20 @@ struct FakeVm {
     vm: Vm,
     changes: Vec<Change>,
     processes: Vec<Process>,
+    services: Vec<ServiceRow>,
+}
+
+fn service(name: &str, state: &str, restart: &str, command: &str) -> ServiceRow {
+    ServiceRow {
+        name: name.to_owned(),
+        state: state.to_owned(),
+        pid: (state == "running").then_some(7),
+        restarts: 0,
+        since: Some("2026-01-01T00:00:00Z".to_owned()),
+        last_end: None,
+        restart: restart.to_owned(),
+        command: command.to_owned(),
+    }
 }
 
 fn change(path: &str, kind: char, size: u64) -> Change {
@@ -98,16 +113,67 @@ impl FakeBackend {
                 process(8, 5008, 5007, "nginx: worker process"),
                 process(9, 5009, 5007, "nginx: worker process"),
             ],
+            services: vec![
+                service("web", "running", "always", "nginx -g 'daemon off;'"),
+                ServiceRow {
+                    restarts: 3,
+                    last_end: Some("exit status 1".to_owned()),
+                    ..service("worker", "failed", "on-failure", "./worker --queue jobs")
+                },
+            ],
         };
         let db = FakeVm {
             vm: vm("db", "stopped", None),
-            changes: vec![change("/var/lib/db/data", 'A', 100)],
+            changes: vec![
+                change("/etc/db.conf", 'C', 30),
+                change("/var/lib/db/data", 'A', 100),
+                change("/var/lib/db/wal", 'A', 50),
+            ],
             processes: Vec::new(),
+            services: Vec::new(),
         };
-        FakeBackend {
+        let fake = FakeBackend {
             vms: Mutex::new(vec![db, web]),
             dir: dir.to_owned(),
             tick: AtomicU64::new(0),
+        };
+        for (line, stream) in [
+            ("listening on 0.0.0.0:80", Stream::Stdout),
+            ("GET / 200", Stream::Stdout),
+            ("worker: no such queue", Stream::Stderr),
+        ] {
+            let source = if line.starts_with("worker") {
+                "worker"
+            } else {
+                "web"
+            };
+            fake.log("web1", source, stream, line);
+        }
+        fake
+    }
+
+    /// Where VM `name`'s logs are: `logs/NAME/` in the directory, in the
+    /// engine's format (a test appends to them to see them followed).
+    pub fn logs_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("logs").join(name)
+    }
+
+    /// Append a line to a service's log.
+    fn log(&self, vm: &str, source: &str, stream: Stream, line: &str) {
+        use std::io::Write;
+        let dir = self.logs_dir(vm);
+        let _ = std::fs::create_dir_all(&dir);
+        let entry = Entry::now(source, Some(7), stream, line.as_bytes());
+        let Ok(mut text) = serde_json::to_string(&entry) else {
+            return;
+        };
+        text.push('\n');
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(format!("{source}.log")));
+        if let Ok(mut f) = file {
+            let _ = f.write_all(text.as_bytes());
         }
     }
 
@@ -133,6 +199,12 @@ impl FakeBackend {
             v.vm.status = to.to_owned();
             if to == "stopped" {
                 v.processes.clear();
+                for s in &mut v.services {
+                    if s.state == "running" {
+                        s.state = "stopped".to_owned();
+                        s.pid = None;
+                    }
+                }
             } else if v.processes.is_empty() {
                 v.processes.push(process(1, 6001, 0, "fvm-init"));
             }
@@ -251,6 +323,17 @@ impl Backend for FakeBackend {
         self.with(name, |v| Ok(v.processes.clone()))
     }
 
+    fn services(&self, name: &str) -> Result<Vec<ServiceRow>> {
+        self.with(name, |v| Ok(v.services.clone()))
+    }
+
+    fn logs(&self, name: &str) -> Result<fvm_engine::logs::Logs> {
+        self.with(name, |_| Ok(()))?;
+        let dir = self.logs_dir(name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        Ok(fvm_engine::logs::Logs::new(dir))
+    }
+
     fn samples(&self) -> Vec<(String, Sample)> {
         let t = self.tick.fetch_add(1, Ordering::Relaxed);
         let Ok(vms) = self.vms.lock() else {
@@ -305,6 +388,7 @@ impl Backend for FakeBackend {
                     vm: vm(name, "stopped", None),
                     changes: Vec::new(),
                     processes: Vec::new(),
+                    services: Vec::new(),
                 });
                 Ok(String::new())
             }
@@ -353,6 +437,62 @@ impl Backend for FakeBackend {
                     Ok(())
                 })?;
                 Ok(format!("committed {done} changes\n"))
+            }
+            Op::Discard { name, paths } => {
+                let dropped = self.with(name, |v| {
+                    if v.vm.running() {
+                        return Err(format!(
+                            "cannot discard changes of vm {name:?} while it runs or is suspended (overlayfs doesn't support changing a mounted layer): stop it first"
+                        ));
+                    }
+                    let before = v.changes.len();
+                    v.changes
+                        .retain(|c| !paths.iter().any(|p| c.path.starts_with(p)));
+                    Ok(before - v.changes.len())
+                })?;
+                Ok(format!(
+                    "discarded {dropped} change(s) of vm {name:?}: it sees the host's version there again\n"
+                ))
+            }
+            Op::Service {
+                name,
+                service,
+                action,
+            } => {
+                let (state, note) = match action.as_str() {
+                    "start" => ("running", "started"),
+                    "stop" => ("stopped", "stopped by fvm"),
+                    "restart" => ("running", "restarted"),
+                    _ => return Err(format!("unknown action {action}")),
+                };
+                let touched = self.with(name, |v| {
+                    if !v.vm.running() {
+                        return Err(format!("vm {name:?} is not running"));
+                    }
+                    let mut touched = Vec::new();
+                    for s in &mut v.services {
+                        if service.as_ref().is_some_and(|n| *n != s.name) {
+                            continue;
+                        }
+                        if s.state == "running" && state == "stopped" {
+                            s.last_end = Some("killed by SIGTERM".to_owned());
+                        }
+                        s.state = state.to_owned();
+                        s.pid = (state == "running").then_some(7);
+                        touched.push(s.name.clone());
+                    }
+                    if touched.is_empty() {
+                        return Err(format!(
+                            "vm {name:?} has no service {}",
+                            service.as_deref().unwrap_or("")
+                        ));
+                    }
+                    Ok(touched)
+                })?;
+                for s in &touched {
+                    self.log(name, s, Stream::Fvm, note);
+                }
+                Ok(String::new())
             }
             Op::Config { name, args } => {
                 let mut limits = self.with(name, |v| Ok(v.vm.limits.clone()))?;
@@ -411,5 +551,25 @@ impl Backend for FakeBackend {
             args: Vec::new(),
             dir: Some(dir),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampled(b: &FakeBackend) -> Vec<String> {
+        b.samples().into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[test]
+    fn only_running_vms_are_sampled() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let b = FakeBackend::new(dir.path());
+        assert_eq!(sampled(&b), ["web1"]);
+        b.run(&Op::Stop("web1".to_owned())).expect("stop");
+        assert!(sampled(&b).is_empty());
+        b.run(&Op::Start("db".to_owned())).expect("start");
+        assert_eq!(sampled(&b), ["db"]);
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use maud::{DOCTYPE, Markup, html};
 
-use crate::backend::{Change, CommitPlan, Op, Preview, Process, Side, Vm};
+use crate::backend::{Change, CommitPlan, Op, Preview, Process, ServiceRow, Side, Vm};
 use crate::policy::{NET_KEYS, net_text};
 
 pub const TABS: &[(&str, &str)] = &[
@@ -18,6 +18,7 @@ pub const TABS: &[(&str, &str)] = &[
     ("processes", "Processes"),
     ("policy", "Policy"),
     ("network", "Network"),
+    ("services", "Services"),
     ("shell", "Shell"),
 ];
 
@@ -214,6 +215,41 @@ pub fn dialog(
     }
 }
 
+/// The dialog of a discard: what goes, the command, and on a running VM why it
+/// must be stopped first (the engine refuses to change a mounted layer).
+pub fn discard_dialog(vm: &Vm, paths: &[PathBuf], command: &str) -> Markup {
+    let joined: Vec<String> = paths
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    let title = format!("Discard changes of {}", vm.name);
+    if vm.running() {
+        return html! {
+            div class="modal" role="dialog" aria-modal="true" aria-labelledby="dlg-title" {
+                h2 id="dlg-title" { (title) }
+                p class="error" role="alert" {
+                    "The VM is " (vm.status) ": a discard works on a stopped VM only (overlayfs doesn't support changing the layer of a mounted overlay), and fvm refuses it. Stop the VM first, then discard."
+                }
+                p { "Equivalent command:" }
+                pre class="cmd" { code { (command) } }
+                div class="buttons" { button type="button" data-close="dialog" { "Close" } }
+            }
+        };
+    }
+    let extra = html! {
+        p { "The VM's changes at or under these " (paths.len()) " paths are dropped: it sees the host's version there again. Nothing is written to the host, and what is dropped can't be brought back." }
+        ul class="discard-paths" { @for p in &joined { li { code { (shown(p)) } } } }
+        input type="hidden" name="paths" value=(serde_json::to_string(&joined).unwrap_or_default());
+    };
+    dialog(
+        &title,
+        command,
+        &format!("/vm/{}/discard", vm.name),
+        extra,
+        None,
+    )
+}
+
 /// The result of an operation, in the dialog area.
 pub fn outcome(op_line: &str, result: &Result<String, String>, then: Option<&str>) -> Markup {
     html! {
@@ -283,7 +319,7 @@ fn render_node(vm: &str, path: &Path, name: &str, node: &Node, read_only: bool) 
         li role="treeitem" aria-expanded=[(!node.children.is_empty()).then_some("true")] {
             span class="row" {
                 @if !read_only {
-                    input type="checkbox" class="pick" data-path=(p) aria-label={"Select " (shown(&p))};
+                    input type="checkbox" class="pick" data-path=(p) data-change=[node.change.as_ref().map(|_| "1")] aria-label={"Select " (shown(&p))};
                 }
                 @if let Some(c) = &node.change {
                     span class={"kind k" (c.kind)} title=(kind_name(c.kind)) { (c.kind) }
@@ -326,8 +362,11 @@ pub fn changes(vm: &str, changes: &[Change], read_only: bool) -> Markup {
                         label { input type="checkbox" class="pick-all" aria-label="Select all"; " all" }
                         button type="button" class="review" hx-post={"/vm/" (vm) "/commit/plan"}
                             hx-target="#plan" hx-include="#picked" { "Review commit…" }
+                        button type="button" class="discard danger" hx-post={"/vm/" (vm) "/discard/dialog"}
+                            hx-target="#dialog" hx-include="#picked-exact" { "Discard…" }
                     }
                     form id="picked" { input type="hidden" name="paths" value=""; }
+                    form id="picked-exact" { input type="hidden" name="paths" value=""; }
                 }
                 ul role="tree" aria-label="Changes" class="tree" {
                     @for (n, child) in &root.children {
@@ -608,13 +647,129 @@ pub fn network(vm: &Vm, read_only: bool) -> Markup {
             dt { "Denied" } dd { (net_text(n, fvm_engine::net::NetKey::Deny)) }
             dt { "DNS" } dd { (net_text(n, fvm_engine::net::NetKey::Dns)) }
         }
-        p { "Services and logs are not in this console yet. " code { "fvm network" } " shows the store's bridge." }
+        p { code { "fvm network" } " shows the store's bridge." }
         form class="policy" hx-post={"/vm/" (vm.name) "/policy/check"} hx-target="#policy-result" {
             (net_fields(vm, read_only))
             @if !read_only { div class="buttons" { button type="submit" { "Check" } } }
         }
         div id="policy-result" aria-live="polite" {}
     }
+}
+
+/// How many log lines the Services tab shows before it follows new ones.
+pub const LOG_TAIL: usize = 200;
+
+/// The Services tab: each service's state, restart policy and last end, with
+/// start, stop and restart; then the last lines of the logs, followed live.
+pub fn services(
+    vm: &Vm,
+    services: &[ServiceRow],
+    sources: &[String],
+    source: Option<&str>,
+    lines: &[fvm_engine::logs::Entry],
+    read_only: bool,
+) -> Markup {
+    let actions: &[(&str, &str)] = &[
+        ("start", "Start…"),
+        ("stop", "Stop…"),
+        ("restart", "Restart…"),
+    ];
+    let base = format!("/vm/{}/services", vm.name);
+    html! {
+        p { code { "fvm service " (vm.name) " status" } }
+        @if services.is_empty() {
+            p { "This VM has no services. " code { "fvm config " (vm.name) " --service NAME='CMD'" } " adds one." }
+        } @else {
+            table class="services" {
+                thead { tr {
+                    th { "Service" } th { "State" } th { "PID" } th { "Restart" } th { "Restarts" }
+                    th { "Since" } th { "Last end" } th { "Command" }
+                    @if !read_only { th { "Actions" } }
+                } }
+                tbody {
+                    @for s in services {
+                        tr data-service=(s.name) {
+                            td { (text(&s.name)) }
+                            td { span class={"state svc-" (s.state)} { (s.state) } }
+                            td { (s.pid.map_or("-".to_owned(), |p| p.to_string())) }
+                            td { (s.restart) }
+                            td { (s.restarts) }
+                            td { (s.since.as_deref().unwrap_or("-")) }
+                            td { (text(s.last_end.as_deref().unwrap_or("-"))) }
+                            td class="cmd" { code { (text(&s.command)) } }
+                            @if !read_only {
+                                td {
+                                    @if vm.running() {
+                                        @for (action, label) in actions {
+                                            button hx-get={"/vm/" (vm.name) "/service/dialog/" (action)}
+                                                hx-vals=(serde_json::json!({"service": s.name}).to_string())
+                                                hx-target="#dialog" aria-label={(label) " " (s.name)} { (label) }
+                                            " "
+                                        }
+                                    } @else {
+                                        "VM stopped"
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        h2 { "Logs" }
+        div class="toolbar" {
+            p { code { "fvm logs " (vm.name) @if let Some(s) = source { " " (text(s)) } " --tail " (LOG_TAIL) " -f" } }
+            label { "Source: "
+                select name="source" hx-get=(base) hx-target="#main" hx-push-url="true" {
+                    option value="" selected[source.is_none()] { "all" }
+                    @for s in sources {
+                        option value=(s) selected[source == Some(s.as_str())] { (text(s)) }
+                    }
+                }
+            }
+        }
+        div class="logs" data-widget="logs" data-vm=(vm.name) data-source=(source.unwrap_or("")) {
+            div class="loglines" role="log" aria-label="Log lines" tabindex="0" {
+                (log_lines(lines))
+            }
+        }
+    }
+}
+
+/// Log lines, each escaped as hostile: the markup escapes HTML, and control,
+/// invisible and direction characters (an ANSI escape) show as `\x1b`.
+pub fn log_lines(lines: &[fvm_engine::logs::Entry]) -> Markup {
+    html! {
+        @if lines.is_empty() { p class="hint" { "No log lines yet." } }
+        @for e in lines {
+            div class={"logline s-" (stream(e))} {
+                span class="t" { (e.time) } " "
+                span class="src" { (text(&e.source)) @if let Some(p) = e.pid { "[" (p) "]" } } " "
+                span class="stream" { (stream(e)) } " "
+                span class="text" { (text(&e.line)) }
+            }
+        }
+    }
+}
+
+fn stream(e: &fvm_engine::logs::Entry) -> &'static str {
+    match e.stream {
+        fvm_engine::logs::Stream::Stdout => "out",
+        fvm_engine::logs::Stream::Stderr => "err",
+        fvm_engine::logs::Stream::Fvm => "fvm",
+    }
+}
+
+/// One log line as the page's script gets it over the WebSocket: its parts,
+/// the VM's text already escaped as [`log_lines`] does.
+pub fn log_json(e: &fvm_engine::logs::Entry) -> serde_json::Value {
+    serde_json::json!({
+        "time": e.time,
+        "source": text(&e.source),
+        "pid": e.pid,
+        "stream": stream(e),
+        "text": text(&e.line),
+    })
 }
 
 pub fn shell(vm: &Vm) -> Markup {
@@ -676,6 +831,28 @@ mod tests {
         let html = processes("web1", &[p], true).into_string();
         assert!(!html.contains('\u{202e}'), "{html}");
         assert!(html.contains("sleep 1 \\u{202e}# a comment"), "{html}");
+    }
+
+    #[test]
+    fn log_lines_from_a_vm_are_escaped() {
+        let e = fvm_engine::logs::Entry::now(
+            "web",
+            Some(7),
+            fvm_engine::logs::Stream::Stdout,
+            b"<img src=x onerror=alert(1)> \x1b[31mred\x1b[0m \xe2\x80\xae",
+        );
+        let html = log_lines(std::slice::from_ref(&e)).into_string();
+        assert!(!html.contains("<img") && !html.contains('\x1b'), "{html}");
+        assert!(!html.contains('\u{202e}'), "{html}");
+        assert!(
+            html.contains(r"&lt;img src=x onerror=alert(1)&gt; \x1b[31mred\x1b[0m"),
+            "{html}"
+        );
+        let json = log_json(&e).to_string();
+        assert!(
+            !json.contains("\\u001b") && json.contains(r"\\x1b[31m"),
+            "{json}"
+        );
     }
 
     #[test]

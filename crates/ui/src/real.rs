@@ -12,7 +12,8 @@ use fvm_engine::Engine;
 use fvm_engine::store::{Store, VmName};
 
 use crate::backend::{
-    Backend, Change, CommitPlan, Op, Preview, Process, Result, Sample, ShellCommand, Side, Vm,
+    Backend, Change, CommitPlan, Op, Preview, Process, Result, Sample, ServiceRow, ShellCommand,
+    Side, Vm,
 };
 
 #[derive(Debug)]
@@ -291,6 +292,44 @@ impl Backend for RealBackend {
                 command: p.shown_command(),
             })
             .collect())
+    }
+
+    /// The state comes from `fvm --json service NAME status` in a child (asking
+    /// the VM's init takes its lock and may settle a stopped VM's leftovers,
+    /// which forks); the restart policy and command from the policy.
+    fn services(&self, n: &str) -> Result<Vec<ServiceRow>> {
+        let vm = name(n)?;
+        let policy = self.engine.policy_of(&vm).map_err(err)?;
+        let out = self.fvm(&[
+            "--json".to_owned(),
+            "service".to_owned(),
+            vm.to_string(),
+            "status".to_owned(),
+        ])?;
+        let status: Vec<fvm_engine::vm::ServiceStatus> =
+            serde_json::from_str(&out).map_err(|e| format!("unreadable service status: {e}"))?;
+        Ok(status
+            .into_iter()
+            .map(|s| {
+                let def = policy.services.iter().find(|d| d.name.as_str() == s.name);
+                ServiceRow {
+                    state: s.state.as_str().to_owned(),
+                    pid: s.pid,
+                    restarts: s.restarts,
+                    since: s.since,
+                    last_end: s
+                        .error
+                        .or_else(|| s.last_exit.map(|x| fvm_engine::vm::describe(Some(x)))),
+                    restart: def.map_or("-", |d| d.restart.as_str()).to_owned(),
+                    command: def.map(|d| d.command.clone()).unwrap_or_default(),
+                    name: s.name,
+                }
+            })
+            .collect())
+    }
+
+    fn logs(&self, n: &str) -> Result<fvm_engine::logs::Logs> {
+        self.engine.logs(&name(n)?).map_err(err)
     }
 
     fn samples(&self) -> Vec<(String, Sample)> {

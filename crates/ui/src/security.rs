@@ -66,23 +66,33 @@ impl Auth {
 
     /// A new ticket for one WebSocket.
     pub fn ticket(&self) -> String {
+        self.ticket_at(Instant::now())
+    }
+
+    /// A new ticket, handed out at time `now` (the clock is the caller's, so a
+    /// test needn't wait); expired ones are forgotten.
+    pub fn ticket_at(&self, now: Instant) -> String {
         let t = random_token();
         let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        tickets.retain(|_, at| now.duration_since(*at) < TICKET_TTL);
+        tickets.retain(|_, at| now.saturating_duration_since(*at) < TICKET_TTL);
         tickets.insert(t.clone(), now);
         t
     }
 
     /// Use a ticket: true once, within its lifetime.
     pub fn redeem(&self, ticket: &str) -> bool {
+        self.redeem_at(ticket, Instant::now())
+    }
+
+    /// Use a ticket at time `now`: true once, within its lifetime.
+    pub fn redeem_at(&self, ticket: &str, now: Instant) -> bool {
         let mut tickets = self.tickets.lock().unwrap_or_else(|e| e.into_inner());
         let found = tickets
             .keys()
             .find(|k| same(k.as_bytes(), ticket.as_bytes()))
             .cloned();
         match found.and_then(|k| tickets.remove(&k)) {
-            Some(at) => at.elapsed() < TICKET_TTL,
+            Some(at) => now.saturating_duration_since(at) < TICKET_TTL,
             None => false,
         }
     }
@@ -208,6 +218,22 @@ mod tests {
         assert!(auth.redeem(&t));
         assert!(!auth.redeem(&t));
         assert!(!auth.redeem("nope"));
+    }
+
+    #[test]
+    fn a_ticket_expires_after_its_lifetime() {
+        let auth = Auth::new(random_token());
+        let t0 = Instant::now();
+        let soon = auth.ticket_at(t0);
+        assert!(auth.redeem_at(&soon, t0 + TICKET_TTL - Duration::from_millis(1)));
+        let late = auth.ticket_at(t0);
+        assert!(!auth.redeem_at(&late, t0 + TICKET_TTL));
+        // Refused once expired, it is gone: no earlier clock brings it back.
+        assert!(!auth.redeem_at(&late, t0));
+        // Handing out a ticket forgets those that expired by then.
+        let old = auth.ticket_at(t0);
+        let _new = auth.ticket_at(t0 + TICKET_TTL + Duration::from_secs(1));
+        assert!(!auth.redeem_at(&old, t0));
     }
 
     #[test]

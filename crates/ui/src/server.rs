@@ -299,6 +299,11 @@ fn router(app: AppState) -> Router {
         .route("/vm/{name}/commit/plan", post(commit_plan))
         .route("/vm/{name}/commit", post(commit))
         .route("/vm/{name}/commit/job/{id}", get(commit_job))
+        .route("/vm/{name}/logs", get(logs))
+        .route("/vm/{name}/service/dialog/{action}", get(service_dialog))
+        .route("/vm/{name}/service/{action}", post(service_op))
+        .route("/vm/{name}/discard/dialog", post(discard_dialog))
+        .route("/vm/{name}/discard", post(discard))
         .route("/vm/{name}/kill", post(kill))
         .route("/vm/{name}/policy/check", post(policy_check))
         .route("/vm/{name}/policy/save", post(policy_save))
@@ -476,12 +481,18 @@ async fn list(State(app): State<AppState>) -> Response {
 }
 
 async fn vm_overview(state: State<AppState>, Path(name): Path<String>) -> Response {
-    vm_tab(state, Path((name, "overview".to_owned()))).await
+    vm_tab(
+        state,
+        Path((name, "overview".to_owned())),
+        Query(HashMap::new()),
+    )
+    .await
 }
 
 async fn vm_tab(
     State(app): State<AppState>,
     Path((name, tab)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let n = name.clone();
     let vm = match call(&app, move |b| b.vm(&n)).await {
@@ -503,10 +514,119 @@ async fn vm_tab(
         },
         "policy" => pages::policy(&vm, ro),
         "network" => pages::network(&vm, ro),
+        "services" => {
+            let source = q.get("source").filter(|s| !s.is_empty()).cloned();
+            let read = blocking(move || {
+                let services = b.services(&name)?;
+                let logs = b.logs(&name)?;
+                let lines = read_logs(&logs, source.clone());
+                Ok::<_, String>((services, logs.sources(), source, lines))
+            });
+            match read.await {
+                Ok((services, sources, source, lines)) => {
+                    pages::services(&vm, &services, &sources, source.as_deref(), &lines, ro)
+                }
+                Err(e) => pages::error(&e),
+            }
+        }
         "shell" if !ro => pages::shell(&vm),
         _ => return status(StatusCode::NOT_FOUND, "no such tab"),
     };
     html(pages::vm_page(&vm, &tab, ro, content))
+}
+
+/// The last [`pages::LOG_TAIL`] lines of a VM's logs (of one source, a
+/// service's name or `run`, if given).
+fn read_logs(
+    logs: &fvm_engine::logs::Logs,
+    source: Option<String>,
+) -> Vec<fvm_engine::logs::Entry> {
+    logs.read(&fvm_engine::logs::Query {
+        source: source.filter(|s| logs.sources().contains(s)),
+        since: None,
+        tail: Some(pages::LOG_TAIL),
+    })
+}
+
+/// The log lines alone (the page takes them again after its WebSocket was
+/// away, then follows).
+async fn logs(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let source = q.get("source").filter(|s| !s.is_empty()).cloned();
+    match call(&app, move |b| Ok(read_logs(&b.logs(&name)?, source))).await {
+        Ok(lines) => html(pages::log_lines(&lines)),
+        Err(r) => r,
+    }
+}
+
+/// A service operation: `action` start, stop or restart; `service` a valid
+/// service name, or none for all of them.
+fn service_op_for(name: &str, action: &str, service: Option<&String>) -> Result<Op, String> {
+    if !["start", "stop", "restart"].contains(&action) {
+        return Err("no such service action".to_owned());
+    }
+    let service = service.filter(|s| !s.is_empty()).cloned();
+    if let Some(s) = &service {
+        fvm_engine::store::service::ServiceName::new(s).map_err(|e| e.to_string())?;
+    }
+    Ok(Op::Service {
+        name: name.to_owned(),
+        service,
+        action: action.to_owned(),
+    })
+}
+
+async fn service_dialog(
+    Path((name, action)): Path<(String, String)>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let op = match service_op_for(&name, &action, q.get("service")) {
+        Ok(o) => o,
+        Err(e) => return status(StatusCode::BAD_REQUEST, &e),
+    };
+    let Op::Service { service, .. } = &op else {
+        unreachable!("a service operation")
+    };
+    let what = service.as_deref().unwrap_or("every service");
+    let title = match action.as_str() {
+        "start" => "Start",
+        "stop" => "Stop",
+        _ => "Restart",
+    };
+    let extra = maud::html! {
+        @if let Some(s) = service { input type="hidden" name="service" value=(s); }
+        p { (title) " " (what) " of " (name) "." }
+    };
+    html(pages::dialog(
+        &format!("{title} {what}"),
+        &op.command_line(),
+        &format!("/vm/{name}/service/{action}"),
+        extra,
+        None,
+    ))
+}
+
+async fn service_op(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path((name, action)): Path<(String, String)>,
+    Form(form): Form<HashMap<String, String>>,
+) -> Response {
+    let op = match service_op_for(&name, &action, form.get("service")) {
+        Ok(o) => o,
+        Err(e) => return status(StatusCode::BAD_REQUEST, &e),
+    };
+    let line = op.command_line();
+    let result = run_op(&app, &peer, op).await;
+    let then = format!("/vm/{name}/services");
+    html(pages::outcome(
+        &line,
+        &result,
+        result.is_ok().then_some(then.as_str()),
+    ))
 }
 
 fn op_for(name: &str, op: &str, form: &HashMap<String, String>) -> Option<Op> {
@@ -855,6 +975,64 @@ async fn commit(
     html(pages::job(&name, &id, (0, 0)))
 }
 
+/// The dialog of a discard of the picked paths: the `fvm discard` command, and
+/// on a running VM why it can't be done now (the engine refuses it: stop the
+/// VM first).
+async fn discard_dialog(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let paths = paths_of(&form);
+    let op = Op::Discard {
+        name: name.clone(),
+        paths: paths.clone(),
+    };
+    if paths.is_empty() {
+        return html(pages::outcome(
+            &op.command_line(),
+            &Err("select changes to discard first".to_owned()),
+            None,
+        ));
+    }
+    let n = name.clone();
+    let vm = match call(&app, move |b| b.vm(&n)).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    html(pages::discard_dialog(&vm, &paths, &op.command_line()))
+}
+
+/// Discard the picked paths: the VM's changes at or under them go, and it sees
+/// the host's version there again. Nothing is written to the host.
+async fn discard(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+    Path(name): Path<String>,
+    Form(form): Form<Vec<(String, String)>>,
+) -> Response {
+    let paths = paths_of(&form);
+    let op = Op::Discard {
+        name: name.clone(),
+        paths: paths.clone(),
+    };
+    let line = op.command_line();
+    if paths.is_empty() {
+        return html(pages::outcome(
+            &line,
+            &Err("select changes to discard first".to_owned()),
+            None,
+        ));
+    }
+    let result = run_op(&app, &peer, op).await;
+    let then = format!("/vm/{name}/changes");
+    html(pages::outcome(
+        &line,
+        &result,
+        result.is_ok().then_some(then.as_str()),
+    ))
+}
+
 /// A commit running in the background: how far it got, and its outcome.
 #[derive(Default)]
 pub struct Job {
@@ -1073,6 +1251,53 @@ enum ClientMsg {
     Close {
         ch: u8,
     },
+    /// Follow a VM's logs (of one source, if given): new lines come as `log`
+    /// messages. One per page; a new one replaces it.
+    Follow {
+        vm: String,
+        source: Option<String>,
+    },
+    Unfollow,
+}
+
+/// A log follower: a thread in the engine's `Logs::follow` (inotify, no
+/// polling), which ends once this is dropped (its pipe's write end closes).
+struct Follower {
+    _stop: std::os::fd::OwnedFd,
+}
+
+/// Follow `logs` on a thread of its own (it blocks until the page stops it),
+/// sending each new line to `tx`.
+fn follow(
+    vm: String,
+    logs: fvm_engine::logs::Logs,
+    source: Option<String>,
+    tx: mpsc::Sender<Message>,
+) -> std::io::Result<Follower> {
+    let (stop_rx, stop_tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let q = fvm_engine::logs::Query {
+        source,
+        since: None,
+        tail: None,
+    };
+    std::thread::Builder::new()
+        .name("fvm-ui-logs".to_owned())
+        .spawn(move || {
+            let sent = logs.follow(
+                &q,
+                &mut |e| {
+                    let msg =
+                        serde_json::json!({"op": "log", "vm": vm, "line": pages::log_json(e)});
+                    tx.blocking_send(Message::Text(msg.to_string().into()))
+                        .map_err(|_| std::io::Error::other("the page went away"))
+                },
+                std::os::fd::AsFd::as_fd(&stop_rx),
+            );
+            if let Err(e) = sent {
+                tracing::debug!("following the logs of {vm}: {e}");
+            }
+        })?;
+    Ok(Follower { _stop: stop_tx })
 }
 
 /// One page's WebSocket: resource samples out; shells in and out, each on a
@@ -1083,6 +1308,7 @@ async fn client(app: AppState, mut socket: WebSocket) {
     let mut channels: HashMap<u8, (Arc<crate::shell::Session>, tokio::task::JoinHandle<()>)> =
         HashMap::new();
     let mut next_ch: u8 = 1;
+    let mut follower: Option<Follower> = None;
     loop {
         tokio::select! {
             msg = socket.recv() => {
@@ -1164,6 +1390,22 @@ async fn client(app: AppState, mut socket: WebSocket) {
                             s.detach();
                         }
                     }
+                    ClientMsg::Follow { vm, source } => {
+                        follower = None;
+                        let b = app.backend.clone();
+                        let v = vm.clone();
+                        match blocking(move || b.logs(&v)).await {
+                            Ok(logs) => match follow(vm, logs, source.filter(|s| !s.is_empty()), out_tx.clone()) {
+                                Ok(f) => follower = Some(f),
+                                Err(e) => tracing::warn!("cannot follow logs: {e}"),
+                            },
+                            Err(e) => {
+                                let msg = serde_json::json!({"op": "error", "msg": e}).to_string();
+                                let _ = socket.send(Message::Text(msg.into())).await;
+                            }
+                        }
+                    }
+                    ClientMsg::Unfollow => follower = None,
                 }
             }
             Some(out) = out_rx.recv() => {
@@ -1180,6 +1422,7 @@ async fn client(app: AppState, mut socket: WebSocket) {
             }
         }
     }
+    drop(follower);
     for (_, (s, t)) in channels {
         t.abort();
         s.detach();

@@ -185,13 +185,22 @@ impl Shells {
 
     /// End sessions no page has looked at for [`IDLE`].
     pub fn reap_idle(&self) {
+        self.reap_idle_at(Instant::now());
+    }
+
+    /// End sessions no page has looked at for [`IDLE`] at time `now`, and say
+    /// how many (the clock is the caller's, so a test needn't wait).
+    pub fn reap_idle_at(&self, now: Instant) -> usize {
         let all = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ended = 0;
         for s in all.values() {
             let a = s.attached.lock().unwrap_or_else(|e| e.into_inner());
-            if a.0 == 0 && a.1.elapsed() > IDLE {
+            if a.0 == 0 && now.saturating_duration_since(a.1) > IDLE {
                 s.end();
+                ended += 1;
             }
         }
+        ended
     }
 
     pub fn end_all(&self) {
@@ -203,5 +212,90 @@ impl Shells {
         {
             s.end();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Until the session's shell has ended (a guard against a hang, not a
+    /// timing assertion).
+    async fn ended(rx: &mut broadcast::Receiver<Event>) {
+        let wait = async {
+            loop {
+                match rx.recv().await {
+                    Ok(Event::Ended) | Err(broadcast::error::RecvError::Closed) => return,
+                    Ok(Event::Output(_)) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), wait)
+            .await
+            .expect("the shell ended");
+    }
+
+    #[test]
+    fn a_detached_session_is_reaped_after_its_idle_time_and_an_attached_one_never() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let shells = Arc::new(Shells::default());
+            let sh = ShellCommand {
+                program: "/bin/sh".into(),
+                args: Vec::new(),
+                dir: None,
+            };
+            let s = shells.open("web1", sh, 80, 24).expect("a shell");
+            let (_, mut rx) = s.attach();
+            // A page is attached: kept however long it stays.
+            assert_eq!(shells.reap_idle_at(Instant::now() + IDLE * 100), 0);
+            let before = Instant::now();
+            s.detach();
+            let after = Instant::now();
+            // Detached for less than its idle time: kept.
+            let within = before + IDLE - Duration::from_secs(1);
+            assert_eq!(shells.reap_idle_at(within), 0);
+            assert!(shells.get(&s.id, "web1").is_some());
+            // Past it: ended, and gone from the sessions.
+            assert_eq!(
+                shells.reap_idle_at(after + IDLE + Duration::from_secs(1)),
+                1
+            );
+            ended(&mut rx).await;
+            assert!(s.ended());
+            assert!(shells.get(&s.id, "web1").is_none());
+        });
+    }
+
+    #[test]
+    fn a_page_coming_back_keeps_its_session() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(async {
+            let shells = Arc::new(Shells::default());
+            let sh = ShellCommand {
+                program: "/bin/sh".into(),
+                args: Vec::new(),
+                dir: None,
+            };
+            let s = shells.open("web1", sh, 80, 24).expect("a shell");
+            s.attach();
+            s.detach();
+            // Attached again before the reaper looks: its idle time starts over
+            // when that page leaves.
+            let (_, mut rx) = s.attach();
+            assert_eq!(shells.reap_idle_at(Instant::now() + IDLE * 2), 0);
+            s.detach();
+            let left = Instant::now();
+            assert_eq!(shells.reap_idle_at(left + IDLE / 2), 0);
+            assert!(!s.ended());
+            shells.end_all();
+            ended(&mut rx).await;
+        });
     }
 }

@@ -83,6 +83,12 @@ fn browser_suite_on_the_fake_backend() {
         .expect("a temp dir");
     let backend = Arc::new(fvm_ui::fake::FakeBackend::new(tmp.path()));
     let url = serve(backend, tmp.path().join("ui-audit.log"));
+    // The same store again, in read-only mode.
+    let ro_dir = tmp.path().join("read-only");
+    std::fs::create_dir_all(&ro_dir).expect("a directory");
+    let mut opts = common::options(ro_dir.join("ui-audit.log"));
+    opts.read_only = true;
+    let ro_url = common::serve_with(Arc::new(fvm_ui::fake::FakeBackend::new(&ro_dir)), opts);
     // The screenshots of docs/ui are retaken with FVM_UI_SCREENSHOTS=1 (they
     // differ a little on every run: times, graphs).
     let shots = if std::env::var_os("FVM_UI_SCREENSHOTS").is_some_and(|v| v == "1") {
@@ -96,6 +102,7 @@ fn browser_suite_on_the_fake_backend() {
         &[
             ("URL", url),
             ("MODE", "fake".to_owned()),
+            ("RO_URL", ro_url),
             ("FAKE_DIR", tmp.path().display().to_string()),
             ("SHOTS", shots.display().to_string()),
         ],
@@ -106,6 +113,12 @@ fn browser_suite_on_the_fake_backend() {
         "{audit}"
     );
     assert!(!audit.contains("evil"), "{audit}");
+    assert!(
+        audit.contains("fvm discard db -- /etc/db.conf /var/lib/db/data"),
+        "{audit}"
+    );
+    let ro_audit = std::fs::read_to_string(ro_dir.join("ui-audit.log")).unwrap_or_default();
+    assert!(!ro_audit.contains("discard"), "{ro_audit}");
 }
 
 /// Removes the test's VM and store however the test ends.
@@ -160,6 +173,20 @@ fn browser_suite_on_the_real_engine() {
         "create: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A service whose output is hostile: HTML, and an ANSI escape.
+    let out = store.fvm(&[
+        "config",
+        &store.vm,
+        "--service",
+        r"hello=echo '<img src=x onerror=alert(1)>' $(printf '[31mred[0m'); exec sleep 1000",
+        "--service",
+        "hello.restart=always",
+    ]);
+    assert!(
+        out.status.success(),
+        "config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = store.fvm(&["start", &store.vm]);
     assert!(
         out.status.success(),
@@ -172,6 +199,8 @@ fn browser_suite_on_the_real_engine() {
         .tempdir_in("/tmp")
         .expect("a host directory");
     let host_file = host.path().join("from-the-vm.txt");
+    // Two files the VM writes and the console then discards.
+    let discarded = ["discard-a.txt", "discard-b.txt"].map(|f| host.path().join(f));
     let backend = fvm_ui::real::RealBackend::open(store.root.path(), store.fvm.clone())
         .expect("open the store");
     let url = serve(Arc::new(backend), store.root.path().join("ui-audit.log"));
@@ -182,12 +211,53 @@ fn browser_suite_on_the_real_engine() {
             ("MODE", "real".to_owned()),
             ("VM", store.vm.clone()),
             ("HOST_FILE", host_file.display().to_string()),
+            ("DISCARD_A", discarded[0].display().to_string()),
+            ("DISCARD_B", discarded[1].display().to_string()),
         ],
     );
+    // The VM's layer no longer has the discarded files, and the host never got them.
+    let out = store.fvm(&["--json", "diff", &store.vm]);
+    assert!(
+        out.status.success(),
+        "diff: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let diff = String::from_utf8_lossy(&out.stdout);
+    for f in &discarded {
+        assert!(
+            !diff.contains(&*f.to_string_lossy()),
+            "{} is still a change: {diff}",
+            f.display()
+        );
+        assert!(!f.exists(), "{} reached the host", f.display());
+    }
     assert_eq!(
         std::fs::read_to_string(&host_file).expect("committed"),
         "committed-by-ui\n"
     );
+    // What the sampler reads each second: the running VM, and nothing once it
+    // is stopped.
+    use fvm_ui::backend::Backend;
+    let reader = fvm_ui::real::RealBackend::open(store.root.path(), store.fvm.clone())
+        .expect("open the store");
+    let sampled = || -> Vec<String> { reader.samples().into_iter().map(|(n, _)| n).collect() };
+    assert_eq!(sampled(), std::slice::from_ref(&store.vm));
+    let out = store.fvm(&["stop", &store.vm]);
+    assert!(
+        out.status.success(),
+        "stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(sampled().is_empty(), "{:?}", sampled());
     let audit = std::fs::read_to_string(store.root.path().join("ui-audit.log")).expect("audit");
     assert!(audit.contains(&format!("fvm stop {}", store.vm)), "{audit}");
+    assert!(
+        audit.contains(&format!(
+            "fvm discard {} -- {} {}",
+            store.vm,
+            discarded[0].display(),
+            discarded[1].display()
+        )),
+        "{audit}"
+    );
 }

@@ -86,6 +86,24 @@ fn read_only_serves_reads_and_refuses_changes_and_shells() {
         status(&get("/vm/web1/shell", &[&bearer, "HX-Request: true"])),
         "403"
     );
+    for mutating in [
+        "/vm/web1/service/restart",
+        "/vm/db/discard",
+        "/vm/db/discard/dialog",
+    ] {
+        assert_eq!(
+            status(&post(mutating, &[&bearer, &origin])),
+            "403",
+            "{mutating}"
+        );
+    }
+    // The services tab and its logs are reads: shown, without buttons.
+    let services = get("/vm/web1/services", &[&bearer, "HX-Request: true"]);
+    assert_eq!(status(&services), "200", "{services}");
+    assert!(
+        services.contains("listening on 0.0.0.0:80") && !services.contains("Restart…"),
+        "{services}"
+    );
     // A check changes nothing and stays allowed.
     assert_eq!(
         status(&post("/vm/web1/policy/check", &[&bearer, &origin])),

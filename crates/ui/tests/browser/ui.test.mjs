@@ -9,7 +9,7 @@
 // Prints one line per check and "N passed, N failed" at the end.
 
 import { chromium } from 'playwright-core';
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, existsSync, appendFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createRequire } from 'node:module';
 
@@ -88,6 +88,14 @@ async function cspClean() {
   const csp = [...seenCsp, ...(await page.evaluate(() => window.__csp || []))];
   assert(!csp.length, `CSP violations: ${csp.join(', ')}`);
   assert(!problems.length, problems.join('; '));
+}
+
+// A log line written like a hostile service would: HTML and an ANSI escape.
+const HOSTILE_LOG = '<img src=x onerror=alert(1)> \u001b[31mred\u001b[0m';
+const HOSTILE_SHOWN = '<img src=x onerror=alert(1)> \\x1b[31mred\\x1b[0m';
+
+async function logCount(text) {
+  return page.evaluate((t) => [...document.querySelectorAll('.loglines .logline')].filter((l) => l.textContent.includes(t)).length, text);
 }
 
 async function termText() {
@@ -176,6 +184,58 @@ if (MODE === 'fake') {
     assert(JSON.stringify(host) === JSON.stringify(['%etc%hosts', '%etc%nginx', '%etc%nginx%nginx.conf', '%usr%bin%tool']), host.join(','));
   });
 
+  await check('discard of picked files: refused plainly on a running VM, done on a stopped one', async () => {
+    await keepCsp();
+    await page.goto(`${origin}/vm/web1/changes`);
+    await page.waitForSelector('ul.tree');
+    await page.locator('input.pick[data-path="/etc/old.conf"]').check();
+    await page.click('button.discard');
+    await page.waitForSelector('.modal pre.cmd');
+    const running = await page.locator('.modal').innerText();
+    assert(running.includes('Stop the VM first') && running.includes('fvm discard web1 -- /etc/old.conf'), running);
+    assert((await page.locator('.modal button[type=submit]').count()) === 0, 'a running VM has nothing to submit');
+    await page.click('.modal button:text-is("Close")');
+    await keepCsp();
+    await page.goto(`${origin}/vm/db/changes`);
+    await page.waitForSelector('ul.tree');
+    await page.locator('input.pick[data-path="/etc/db.conf"]').check();
+    await page.locator('input.pick[data-path="/var/lib/db/data"]').check();
+    await page.click('button.discard');
+    await page.waitForSelector('.modal pre.cmd');
+    const cmd = await page.locator('.modal pre.cmd').innerText();
+    assert(cmd === 'fvm discard db -- /etc/db.conf /var/lib/db/data', cmd);
+    await shot('discard');
+    await axe('discard dialog');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")');
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForFunction(() => document.querySelector('ul.tree') && !document.querySelector('input.pick[data-path="/etc/db.conf"]'));
+    const tree = await page.locator('ul.tree').innerText();
+    assert(!tree.includes('db.conf') && !tree.includes('data') && tree.includes('wal'), tree);
+  });
+
+  await check('read-only mode: no discard, and a discard request is refused', async () => {
+    const p = await context.newPage();
+    await p.goto(process.env.RO_URL.replace('/#', '/vm/db/changes#'));
+    await p.waitForSelector('ul.tree');
+    assert((await p.locator('button.discard').count()) === 0 && (await p.locator('input.pick').count()) === 0, 'a picker in read-only mode');
+    const r = await p.evaluate(async () => {
+      const token = sessionStorage.getItem('fvm-token');
+      const x = await fetch('/vm/db/discard', {
+        method: 'POST',
+        headers: { Authorization: 'Bearer ' + token, 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'paths=' + encodeURIComponent(JSON.stringify(['/var/lib/db/data'])),
+      });
+      return [x.status, await x.text()];
+    });
+    assert(r[0] === 403 && r[1].includes('read-only'), r.join(' '));
+    await p.reload();
+    await p.waitForSelector('ul.tree');
+    const tree = await p.locator('ul.tree').innerText();
+    assert(tree.includes('data'), tree);
+    await p.close();
+  });
+
   await check('graphs keep their history across navigation', async () => {
     await keepCsp();
     await page.goto(`${origin}/vm/web1/graphs`);
@@ -227,6 +287,82 @@ if (MODE === 'fake') {
     const t = await page.locator('#tab').innerText();
     assert(t.includes('bridge') && t.includes('8080:80'), t);
     await axe('network');
+  });
+
+  await check('services: state, restart policy, last end, and a restart through its dialog', async () => {
+    await tab('Services');
+    await page.waitForSelector('table.services');
+    const web = await page.locator('tr[data-service=web]').innerText();
+    assert(web.includes('running') && web.includes('always') && web.includes("nginx -g 'daemon off;'"), web);
+    const worker = await page.locator('tr[data-service=worker]').innerText();
+    assert(worker.includes('failed') && worker.includes('on-failure') && worker.includes('exit status 1'), worker);
+    const logs = await page.locator('.loglines').innerText();
+    assert(logs.includes('listening on 0.0.0.0:80') && logs.includes('worker: no such queue'), logs);
+    await shot('services');
+    await axe('services');
+    await page.click('tr[data-service=web] button:text-is("Restart…")');
+    await page.waitForSelector('.modal pre.cmd');
+    const cmd = await page.locator('.modal pre.cmd').innerText();
+    assert(cmd === 'fvm service web1 web restart', cmd);
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")');
+    // The log view follows: the restart's note comes over the WebSocket.
+    await page.waitForFunction(() => document.querySelector('.loglines').innerText.includes('restarted'));
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('tr[data-service=web]');
+  });
+
+  await check('a hostile log line is followed over the WebSocket, without polling, and shows as text', async () => {
+    await page.waitForFunction(() => document.querySelector('.loglines')?.innerText.includes('restarted'));
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    // Let the page send its follow request before the line is written.
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    const requests = [];
+    const onRequest = (r) => requests.push(r.url());
+    page.on('request', onRequest);
+    appendFileSync(
+      `${process.env.FAKE_DIR}/logs/web1/web.log`,
+      JSON.stringify({ time: new Date().toISOString(), source: 'web', pid: 7, stream: 'stdout', line: HOSTILE_LOG }) + '\n',
+    );
+    await page.waitForFunction((t) => document.querySelector('.loglines').innerText.includes(t), HOSTILE_SHOWN);
+    page.off('request', onRequest);
+    assert(!requests.length, `requests while following: ${requests.join(', ')}`);
+    assert((await page.locator('.loglines img').count()) === 0, 'an img element in the logs');
+    assert(dialogs.length === 0, `dialogs: ${dialogs}`);
+    // The server renders the same line the same way.
+    await page.reload();
+    await page.waitForSelector('.loglines');
+    assert((await logCount(HOSTILE_SHOWN)) === 1, 'the line after a reload');
+    assert((await page.locator('.loglines img').count()) === 0, 'an img element in the rendered logs');
+    // One source.
+    await page.selectOption('select[name=source]', 'worker');
+    await page.waitForFunction(() => location.search === '?source=worker');
+    await page.waitForSelector('.logs[data-source=worker]');
+    const only = await page.locator('.loglines').innerText();
+    assert(only.includes('no such queue') && !only.includes('listening'), only);
+    assert(dialogs.length === 0, `dialogs: ${dialogs}`);
+  });
+
+  await check('the log view catches up after a hidden tab, and follows again', async () => {
+    const visibility = (hidden) =>
+      page.evaluate((h) => {
+        Object.defineProperty(document, 'hidden', { value: h, configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      }, hidden);
+    const line = (text) =>
+      appendFileSync(
+        `${process.env.FAKE_DIR}/logs/web1/worker.log`,
+        JSON.stringify({ time: new Date().toISOString(), source: 'worker', pid: 9, stream: 'stderr', line: text }) + '\n',
+      );
+    await visibility(true);
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'paused');
+    line('written while the tab was hidden');
+    await visibility(false);
+    await page.waitForFunction(() => document.querySelector('.loglines').innerText.includes('written while the tab was hidden'));
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    line('written after it came back');
+    await page.waitForFunction(() => document.querySelector('.loglines').innerText.includes('written after it came back'));
+    assert((await logCount('written while the tab was hidden')) === 1, 'the line once');
   });
 
   await check('the browser shell prints 42, and keeps it across a tab switch and a reload', async () => {
@@ -350,6 +486,7 @@ if (MODE === 'fake') {
   await check('real engine: a browser shell in the VM prints 42', async () => {
     await shell42(vm);
     await page.keyboard.type(`echo committed-by-ui > ${process.env.HOST_FILE}\n`);
+    await page.keyboard.type(`echo a > ${process.env.DISCARD_A}; echo b > ${process.env.DISCARD_B}\n`);
     await page.keyboard.type('exit\n');
     await page.waitForFunction(() => document.querySelector('.xterm-rows').innerText.includes('the shell ended'), null, { timeout: 20000 });
   });
@@ -363,6 +500,66 @@ if (MODE === 'fake') {
     await page.click('form.plan button[type=submit]');
     await page.waitForSelector('#plan h2:text-is("Done")', { timeout: 30000 });
     assert(readFileSync(process.env.HOST_FILE, 'utf8') === 'committed-by-ui\n', 'the host has the file');
+  });
+  await check('real engine: discard of two files, refused while the VM runs', async () => {
+    const pick = async () => {
+      await page.waitForSelector('ul.tree');
+      await page.locator(`input.pick[data-path="${process.env.DISCARD_A}"]`).check();
+      await page.locator(`input.pick[data-path="${process.env.DISCARD_B}"]`).check();
+      await page.click('button.discard');
+      await page.waitForSelector('.modal pre.cmd');
+      const cmd = await page.locator('.modal pre.cmd').innerText();
+      assert(cmd === `fvm discard ${vm} -- ${process.env.DISCARD_A} ${process.env.DISCARD_B}`, cmd);
+    };
+    await keepCsp();
+    await page.goto(`${origin}/vm/${vm}/changes`);
+    await pick();
+    assert((await page.locator('.modal').innerText()).includes('Stop the VM first'), 'says why not');
+    await page.click('.modal button:text-is("Close")');
+    await keepCsp();
+    await page.goto(`${origin}/vm/${vm}`);
+    await page.click('button:text-is("Stop…")');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('h1 .state.stopped');
+    await tab('Changes');
+    await pick();
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForFunction((a) => document.querySelector('ul.tree') && !document.querySelector(`input.pick[data-path="${a}"]`), process.env.DISCARD_A);
+    const tree = await page.locator('#tab').innerText();
+    assert(!tree.includes('discard-a.txt') && !tree.includes('discard-b.txt'), tree);
+    await page.click('button:text-is("Start…")');
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('h1 .state.running');
+  });
+  await check('real engine: services and their followed logs, escaped', async () => {
+    await keepCsp();
+    await page.goto(`${origin}/vm/${vm}/services`);
+    await page.waitForSelector('tr[data-service=hello]');
+    await page.waitForFunction(() => document.querySelector('tr[data-service=hello]').innerText.includes('running'), null, { timeout: 20000 });
+    const row = await page.locator('tr[data-service=hello]').innerText();
+    assert(row.includes('always'), row);
+    await page.waitForFunction((t) => document.querySelector('.loglines').innerText.includes(t), HOSTILE_SHOWN, { timeout: 20000 });
+    await page.waitForFunction(() => document.getElementById('conn').textContent === 'live');
+    await page.evaluate(() => new Promise((r) => setTimeout(r, 300)));
+    const before = await logCount(HOSTILE_SHOWN);
+    await page.click('tr[data-service=hello] button:text-is("Restart…")');
+    await page.waitForSelector('.modal pre.cmd');
+    const cmd = await page.locator('.modal pre.cmd').innerText();
+    assert(cmd === `fvm service ${vm} hello restart`, cmd);
+    await page.click('.modal button[type=submit]');
+    await page.waitForSelector('.modal h2:text-is("Done")', { timeout: 30000 });
+    // The restarted service writes the line again; the open view follows it.
+    await page.waitForFunction(({ t, n }) => [...document.querySelectorAll('.loglines .logline')].filter((l) => l.textContent.includes(t)).length > n, { t: HOSTILE_SHOWN, n: before }, { timeout: 20000 });
+    assert((await page.locator('.loglines img').count()) === 0, 'an img element in the logs');
+    assert(dialogs.length === 0, `dialogs: ${dialogs}`);
+    await page.click('.modal button:text-is("Close")');
+    await page.waitForSelector('tr[data-service=hello]');
   });
   await check('real engine: stop and start from the dialogs', async () => {
     await keepCsp();

@@ -43,13 +43,27 @@ function cover(lis, out) {
   return out;
 }
 
+// For a discard: the selected paths that are changes themselves (a directory
+// that only holds changes is not one: discarding it would drop whatever else
+// the VM's layer has there).
+function exact(lis, out) {
+  for (const li of lis) {
+    const b = box(li);
+    if (b.checked && !b.indeterminate && b.dataset.change) out.push(b.dataset.path);
+    else if (b.checked || b.indeterminate) exact(kids(li), out);
+  }
+  return out;
+}
+
 export function mount(el) {
   const top = () => [...el.querySelectorAll(':scope > ul.tree > li')];
   const hidden = el.querySelector('#picked input[name=paths]');
+  const discard = el.querySelector('#picked-exact input[name=paths]');
   const all = el.querySelector('.pick-all');
   const update = () => {
     const paths = cover(top(), []);
     if (hidden) hidden.value = JSON.stringify(paths);
+    if (discard) discard.value = JSON.stringify(exact(top(), []));
     if (all) {
       const bs = top().map(box);
       all.checked = bs.length > 0 && bs.every((b) => b.checked && !b.indeterminate);
