@@ -103,12 +103,15 @@ impl Store {
     }
 
     /// VM names present in the store directory, whoever made them (`run --rm` included).
+    /// Names starting with `.` are fvm's own (a deleted VM's layers waiting in the
+    /// trash, a create in progress), never VMs.
     pub fn listed(&self) -> BTreeSet<String> {
         let Ok(entries) = fs::read_dir(self.root.join("vms")) else {
             return BTreeSet::new();
         };
         entries
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
             .collect()
     }
 }

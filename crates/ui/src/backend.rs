@@ -239,6 +239,22 @@ impl Op {
             Op::Copy { src, .. } => src,
         }
     }
+
+    /// Refuse an operation whose VM names are not VM names. They come from the
+    /// request's URL and form, and go on `fvm`'s command line before any `--`:
+    /// a "name" like `--root=/elsewhere` would be read as a flag.
+    pub fn check_names(&self) -> Result<()> {
+        let check = |n: &str| {
+            fvm_engine::store::VmName::new(n)
+                .map(drop)
+                .map_err(|e| fvm_engine::error_line(&e))
+        };
+        check(self.vm())?;
+        if let Op::Copy { dst, .. } = self {
+            check(dst)?;
+        }
+        Ok(())
+    }
 }
 
 /// `text` as one shell word.
@@ -309,5 +325,28 @@ pub fn as_text(bytes: &[u8]) -> Option<String> {
             Some(String::from_utf8_lossy(&bytes[..e.valid_up_to()]).into_owned())
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Op;
+
+    #[test]
+    fn names_that_fvm_would_read_as_flags_are_refused() {
+        for bad in ["--root=/elsewhere", "-f", "--help", "", "a b", "../x"] {
+            assert!(Op::Stop(bad.to_owned()).check_names().is_err(), "{bad:?}");
+            let copy = Op::Copy {
+                src: "web1".to_owned(),
+                dst: bad.to_owned(),
+            };
+            assert!(copy.check_names().is_err(), "copy to {bad:?}");
+        }
+        assert!(Op::Stop("web1".to_owned()).check_names().is_ok());
+        let copy = Op::Copy {
+            src: "web1".to_owned(),
+            dst: "web1.b".to_owned(),
+        };
+        assert!(copy.check_names().is_ok());
     }
 }

@@ -688,7 +688,10 @@ async fn run_op_progress(
     let line = op.command_line();
     let b = app.backend.clone();
     let o = op.clone();
-    let result = blocking(move || b.run_progress(&o, &*progress)).await;
+    let result = match op.check_names() {
+        Ok(()) => blocking(move || b.run_progress(&o, &*progress)).await,
+        Err(e) => Err(e),
+    };
     if let Some(audit) = &app.audit {
         let outcome = match &result {
             Ok(_) => "ok".to_owned(),
@@ -765,10 +768,11 @@ async fn create(
         .unwrap_or_default();
     let mut args = Vec::new();
     if let Some(m) = form.get("memory").filter(|m| !m.trim().is_empty()) {
-        args.extend(["--memory".to_owned(), m.trim().to_owned()]);
+        // One word each: a value starting with `-` stays a value.
+        args.push(format!("--memory={}", m.trim()));
     }
     if let Some(d) = form.get("description").filter(|d| !d.trim().is_empty()) {
-        args.extend(["--description".to_owned(), d.trim().to_owned()]);
+        args.push(format!("--description={}", d.trim()));
     }
     let op = Op::Create {
         name: name.clone(),
