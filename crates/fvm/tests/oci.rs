@@ -381,19 +381,95 @@ fn a_detached_container_takes_exec_ps_pause_kill_and_delete() {
     });
 }
 
+/// A tiny root filesystem in `dir`: `programs` of the host (looked up in
+/// /bin, /sbin) with the libraries they load, and the usual empty mount points.
+fn tiny_rootfs(dir: &Path, programs: &[&str]) {
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    for sub in ["proc", "sys", "dev", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    for program in programs {
+        let host = ["/bin", "/sbin", "/usr/bin", "/usr/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(program))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{program} is not on this host"));
+        copy(&host, &dir.join("bin").join(program));
+        let mut ldd = Command::new("ldd");
+        ldd.arg(&host);
+        let out = try_run(ldd, None, Duration::from_secs(30)).unwrap();
+        for lib in out.stdout.split_whitespace().filter(|w| w.starts_with('/')) {
+            let lib = Path::new(lib);
+            copy(lib, &dir.join(lib.strip_prefix("/").unwrap()));
+        }
+    }
+}
+
 #[test]
 fn a_container_without_the_annotation_never_gets_the_host() {
     if skip("a_container_without_the_annotation_never_gets_the_host") {
         return;
     }
     let c = Containerd::start("oci-plain");
-    let out = c.run(&["--rm"], "fvm-oci-plain", &["/bin/true"]);
-    assert_ne!(out.code, 0, "{out}");
-    assert!(
-        out.stderr.contains("org.featherweight.rootfs"),
-        "the refusal names the annotation: {out}"
+    let rootfs = c.path("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "ls", "cat", "rm"]);
+    // A host file the container must not see.
+    let host_only = common::HostFile(PathBuf::from(format!("/etc/{}", unique("hostonly"))));
+    std::fs::write(&host_only.0, "host\n").unwrap();
+    let export = c.path("export");
+    let export_ann = format!("org.featherweight.export={}", export.display());
+    let id = "fvm-oci-plain";
+    let out = c.run(
+        &["--rm", "--annotation", &export_ann],
+        id,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "test -e {} && echo HOST-VISIBLE; ls /etc; echo rootfs-listed; \
+                 echo x > /probe; rm /bin/cat; exit 3",
+                host_only.0.display()
+            ),
+        ],
     );
-    let _ = c.ctr(&["container", "delete", "fvm-oci-plain"]);
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("rootfs-listed"), "{out}");
+    assert!(!out.stdout.contains("HOST-VISIBLE"), "{out}");
+    // Its /etc is the rootfs's, empty: none of the host's files.
+    assert!(!out.stdout.contains("passwd"), "{out}");
+    // The rootfs itself is only the lower layer: unchanged.
+    assert!(!rootfs.join("probe").exists());
+    assert!(rootfs.join("bin/cat").exists());
+    // The export lists the container's changes at its own paths.
+    let text = std::fs::read_to_string(export.join(format!("{id}.json"))).unwrap();
+    let changes: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let has = |kind: &str, path: &str| {
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == kind && c["path"] == path)
+    };
+    assert!(has("A", "/probe"), "{text}");
+    assert!(has("D", "/bin/cat"), "{text}");
+    assert!(!text.contains("/proc"), "{text}");
+
+    // root.readonly: nothing can be written, the mount points still work.
+    let out = c.run(
+        &["--rm", "--read-only"],
+        "fvm-oci-readonly",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo x > /probe2 || echo read-only; cat /proc/self/comm",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("read-only"), "{out}");
+    assert!(out.stdout.contains("cat"), "{out}");
     wait_until("nothing of the container is left", || {
         c.leftovers().is_empty()
     });

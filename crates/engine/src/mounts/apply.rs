@@ -192,7 +192,11 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
     }
     // Host DNS config that lives in /run must be read now, while the host's /run is
     // still reachable; it is written into the VM's private /run after the pivot.
-    let resolv = run_resolv_conf();
+    let resolv = if plan.own_root {
+        None
+    } else {
+        run_resolv_conf()
+    };
     pivot(&layout.staging)?;
     populate(plan, resolv)
 }
@@ -450,6 +454,10 @@ fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<(), 
     }
     for path in &plan.hide {
         hide(path)?;
+    }
+    if plan.root_readonly {
+        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| err("make read-only", Path::new("/"))(e.into()))?;
     }
     Ok(())
 }

@@ -96,6 +96,22 @@ pub struct MountPlan {
     /// Host paths bound at other paths in the VM: what an OCI container's
     /// engine mounts into it (hosts files, secrets, volumes).
     pub binds: Vec<Bind>,
+    /// The VM's root is a directory of its own (an OCI container's rootfs),
+    /// not the host's: nothing of the host's tree (not even its DNS files in
+    /// `/run`) is carried in.
+    pub own_root: bool,
+    /// Remount the VM's root read-only once it is assembled (an OCI
+    /// container's `root.readonly`): its own mount points are made first.
+    pub root_readonly: bool,
+}
+
+/// A directory that is a VM's only lower layer, instead of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    /// On the host: absolute and canonical (the caller's path, trusted).
+    pub path: PathBuf,
+    /// The VM's root is mounted read-only.
+    pub readonly: bool,
 }
 
 /// A host file or directory bound into the VM.
@@ -115,6 +131,36 @@ pub enum PlanError {
     NoRoot,
     #[error("the host root is a {fs_type} filesystem, which can't be a VM's lower layer")]
     RootUnusable { fs_type: String },
+    #[error("the root directory {0} is not an absolute path below /")]
+    RootfsNotOwn(PathBuf),
+}
+
+/// The plan of a VM whose only lower layer is `rootfs` (one overlay, at `/`):
+/// none of the host's mounts, files or hidden paths, only the fresh kernel
+/// trees every VM gets.
+pub fn of_rootfs(rootfs: &Rootfs) -> Result<MountPlan, PlanError> {
+    let plain = rootfs.path.is_absolute()
+        && rootfs
+            .path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || rootfs.path == Path::new("/") {
+        return Err(PlanError::RootfsNotOwn(rootfs.path.clone()));
+    }
+    Ok(MountPlan {
+        overlays: vec![Overlay {
+            // The layer's recorded mount point is where its lower layer is on
+            // the host (what a diff compares it with).
+            mount_point: rootfs.path.clone(),
+            key: crate::layers::layer_key(&rootfs.path),
+            flags: Flags::default(),
+            fs_type: "rootfs".into(),
+        }],
+        own_root: true,
+        root_readonly: rootfs.readonly,
+        ..MountPlan::default()
+    })
 }
 
 /// Build the plan. `private` lists host paths holding VM layers (canonical).
@@ -288,6 +334,28 @@ mod tests {
 37 22 0:41 / /media/auto rw,relatime shared:15 - autofs systemd-1 rw
 38 37 0:42 / /media/auto/usb rw,relatime shared:16 - vfat /dev/sdb1 rw
 ";
+
+    #[test]
+    fn a_rootfs_is_the_only_lower_layer() {
+        let r = Rootfs {
+            path: "/srv/bundle/rootfs".into(),
+            readonly: true,
+        };
+        let p = of_rootfs(&r).unwrap();
+        assert_eq!(p.overlays.len(), 1);
+        assert_eq!(p.overlays[0].mount_point, Path::new("/srv/bundle/rootfs"));
+        assert!(p.root_readonly && !p.overlays[0].flags.readonly);
+        assert!(p.own_root);
+        assert!(p.file_binds.is_empty() && p.hide.is_empty() && !p.private_tmp);
+        // The host's root by any name is not a root of its own.
+        for bad in ["/", "relative", "/a/../b"] {
+            let r = Rootfs {
+                path: bad.into(),
+                readonly: false,
+            };
+            assert!(of_rootfs(&r).is_err(), "{bad}");
+        }
+    }
 
     fn plan(text: &str, private: &[&str]) -> MountPlan {
         let private: Vec<PathBuf> = private.iter().map(PathBuf::from).collect();

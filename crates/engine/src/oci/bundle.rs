@@ -8,14 +8,15 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::OciError;
 use crate::limits::{Key, Limits};
-use crate::mounts::plan::Bind;
+use crate::mounts::plan::{Bind, Rootfs};
 use crate::net::NetMode;
 use crate::runtime::command::{CommandSpec, Program};
 use crate::runtime::stdio::TtyMode;
 
 /// The annotation that makes the container a clone of the live host. Only this
-/// annotation does: a bundle whose `root.path` is `/` still gets its rootfs, so
-/// a container sent to another runtime by mistake never runs on the host.
+/// annotation does: without it the bundle's `root.path` is the VM's only lower
+/// layer (and `/` is refused), so a container sent to another runtime by
+/// mistake never runs on the host.
 pub const ROOTFS: &str = "org.featherweight.rootfs";
 /// Write the container's diff (JSON) into this host directory at `delete`.
 pub const EXPORT: &str = "org.featherweight.export";
@@ -33,6 +34,9 @@ pub struct Bundle {
     pub spec: Spec,
     /// `org.featherweight.rootfs=host`.
     pub host_clone: bool,
+    /// Without it: the bundle's `root.path` (canonical), the VM's only lower
+    /// layer.
+    pub rootfs: Option<Rootfs>,
     /// `org.featherweight.export=DIR`, checked.
     pub export: Option<PathBuf>,
     /// `org.featherweight.export-layer=true`.
@@ -74,12 +78,11 @@ impl Bundle {
                 });
             }
         };
-        if !host_clone {
-            return Err(OciError::Annotation {
-                key: ROOTFS,
-                why: "fvm runs a container as a clone of its host: set it to \"host\" (a container of its own image is run by another runtime)".into(),
-            });
-        }
+        let rootfs = if host_clone {
+            None
+        } else {
+            Some(rootfs_of(&dir, &spec, store)?)
+        };
         let export = annotations
             .get(EXPORT)
             .map(|d| export_dir(d, store))
@@ -104,6 +107,7 @@ impl Bundle {
             dir,
             spec,
             host_clone,
+            rootfs,
             export,
             export_layer,
         };
@@ -382,6 +386,37 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
     })
 }
 
+/// A plain bundle's root: `root.path` (relative to the bundle, or absolute),
+/// an existing directory, which is neither the host's `/` (by any name: that
+/// would be a host clone without the annotation) nor holds or is inside the
+/// runtime's store.
+fn rootfs_of(dir: &Path, spec: &Spec, store: &Path) -> Result<Rootfs, OciError> {
+    let root = spec.root().as_ref().ok_or(OciError::Config {
+        why: "it has no root.path (and no org.featherweight.rootfs=host annotation)".into(),
+    })?;
+    let given = root.path();
+    let bad = |why: String| OciError::Config {
+        why: format!("root.path {}: {why}", given.display()),
+    };
+    let path = std::fs::canonicalize(dir.join(given)).map_err(|e| bad(e.to_string()))?;
+    if !path.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if path == Path::new("/") {
+        return Err(bad(format!(
+            "it is the host's /, which fvm runs only with the annotation {ROOTFS}=host"
+        )));
+    }
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_owned());
+    if store.starts_with(&path) || path.starts_with(&store) {
+        return Err(bad("it holds the runtime's store, or is inside it".into()));
+    }
+    Ok(Rootfs {
+        path,
+        readonly: root.readonly().unwrap_or(false),
+    })
+}
+
 /// An export directory: an operator's path on the host, absolute, an existing
 /// directory, and not inside the runtime's store.
 fn export_dir(given: &str, store: &Path) -> Result<PathBuf, OciError> {
@@ -439,17 +474,46 @@ mod tests {
 
     #[test]
     fn only_the_annotation_makes_a_host_clone() {
-        let tmp = tempfile::tempdir().unwrap();
-        // A bundle of the host's own root, without the annotation: refused.
-        let plain = BASE
-            .replace(r#""org.featherweight.rootfs":"host""#, r#""x":"y""#)
-            .replace(r#""path":"rootfs""#, r#""path":"/""#);
-        assert!(matches!(
-            Bundle::from_spec("/b".into(), spec(&plain), tmp.path()),
-            Err(OciError::Annotation { key: ROOTFS, .. })
-        ));
+        let store = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::create_dir(b.path().join("rootfs")).unwrap();
+        let plain = |root: &str| {
+            let json = BASE
+                .replace(r#""org.featherweight.rootfs":"host""#, r#""x":"y""#)
+                .replace(r#"{"path":"rootfs"}"#, root);
+            Bundle::from_spec(b.path().to_owned(), spec(&json), store.path())
+        };
+        // Without the annotation the bundle's rootfs is the only lower layer,
+        // read-only as the config says.
+        let own = plain(r#"{"path":"rootfs","readonly":true}"#).unwrap();
+        assert!(!own.host_clone);
+        let rootfs = own.rootfs.unwrap();
+        assert_eq!(rootfs.path, b.path().join("rootfs").canonicalize().unwrap());
+        assert!(rootfs.readonly);
+        let absolute = format!(r#"{{"path":{:?}}}"#, b.path().join("rootfs"));
+        assert!(!plain(&absolute).unwrap().rootfs.unwrap().readonly);
+        // The host's root by any name, a missing one, a file, the store or a
+        // directory holding it: refused.
+        let store_parent = format!(r#"{{"path":{:?}}}"#, store.path().parent().unwrap());
+        let inside = format!(r#"{{"path":{:?}}}"#, store.path());
+        for root in [
+            r#"{"path":"/"}"#,
+            r#"{"path":"../../../../../../../../.."}"#,
+            r#"{"path":"missing"}"#,
+            r#"{"path":"/etc/hostname"}"#,
+            &store_parent,
+            &inside,
+        ] {
+            assert!(
+                matches!(plain(root), Err(OciError::Config { .. })),
+                "{root}"
+            );
+        }
         let other = BASE.replace(r#"rootfs":"host""#, r#"rootfs":"Host""#);
-        assert!(Bundle::from_spec("/b".into(), spec(&other), tmp.path()).is_err());
+        assert!(Bundle::from_spec("/b".into(), spec(&other), store.path()).is_err());
+        // A host clone has no rootfs of its own.
+        let host = Bundle::from_spec("/b".into(), spec(BASE), store.path()).unwrap();
+        assert!(host.rootfs.is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, VmName};
-use crate::vm::{CreateOptions, Engine, VmError};
+use crate::vm::{ContainerSetup, CreateOptions, Engine, VmError};
 pub use bundle::Bundle;
 
 /// The runtime spec version this runtime implements.
@@ -92,6 +92,10 @@ pub struct Record {
     /// Left out of an export (the engine's own mounts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<PathBuf>,
+    /// A plain container's root directory on the host (its VM's only lower
+    /// layer); none for a host clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
 }
 
 /// A container's status, as the runtime spec (and runc's `paused`) names it.
@@ -253,13 +257,18 @@ impl Runtime {
                 export: bundle.export.clone(),
                 export_layer: bundle.export_layer,
                 skip: bundle.mount_points(),
+                rootfs: bundle.rootfs.as_ref().map(|r| r.path.clone()),
             };
             // Recorded before the VM starts: a `create` killed half-way leaves
             // a container `delete` removes.
             self.save(&record)?;
-            let (init, master) =
-                self.engine
-                    .start_parked(&vm, bundle.command()?, bundle.binds()?, tty)?;
+            let setup = ContainerSetup {
+                binds: bundle.binds()?,
+                rootfs: bundle.rootfs.clone(),
+            };
+            let (init, master) = self
+                .engine
+                .start_parked(&vm, bundle.command()?, setup, tty)?;
             if let (Some(master), Some(socket)) = (master, console_socket) {
                 send_console(socket, master).map_err(io_err("cannot send the pty to", socket))?;
             }
@@ -318,7 +327,10 @@ impl Runtime {
             id: record.id.clone(),
             status: status.as_str().into(),
             pid: (status != Status::Stopped).then_some(record.pid),
-            rootfs: record.bundle.join("rootfs"),
+            rootfs: record
+                .rootfs
+                .clone()
+                .unwrap_or_else(|| record.bundle.join("rootfs")),
             bundle: record.bundle,
             created: record.created,
             annotations: record.annotations,
@@ -487,12 +499,25 @@ impl Runtime {
                 &mut |_| {},
             )?
             .into_iter()
-            .filter(|c| !record.skip.iter().any(|s| c.path.starts_with(s)))
+            .filter_map(|mut c| {
+                // A plain container's layer is recorded at its rootfs on the
+                // host: its paths are the container's below it.
+                if let Some(root) = &record.rootfs {
+                    c.path = Path::new("/").join(c.path.strip_prefix(root).ok()?);
+                }
+                (!record.skip.iter().any(|s| c.path.starts_with(s))).then_some(c)
+            })
             .collect();
         let mut text = serde_json::to_vec_pretty(&changes).expect("changes always serialize");
         text.push(b'\n');
         if record.export_layer {
-            let layers = self.engine.layers_of(&record.vm)?;
+            let mut layers = self.engine.layers_of(&record.vm)?;
+            if record.rootfs.is_some() {
+                // The changes' paths are the container's: so is its layer's.
+                for l in &mut layers {
+                    l.mount_point = "/".into();
+                }
+            }
             let tar = dir.join(format!("{}.tar", record.id));
             layer::write(&tar, &changes, &layers)
                 .map_err(io_err("cannot write the exported layer", &tar))?;
@@ -623,7 +648,7 @@ pub fn features() -> serde_json::Value {
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
         },
         "annotations": {
-            "org.featherweight.rootfs": "host: the container is a copy-on-write clone of the live host (required)",
+            "org.featherweight.rootfs": "host: the container is a copy-on-write clone of the live host (without it: the bundle's rootfs is the only lower layer)",
             "org.featherweight.export": "DIR: at delete, write the container's changes to DIR/<id>.json",
             "org.featherweight.export-layer": "true: with export, also write the container's layer to DIR/<id>.tar (an OCI layer, .wh. whiteouts)",
         },

@@ -61,6 +61,9 @@ pub(super) struct How {
     pub parked: bool,
     /// Host paths bound into the VM (an OCI container's mounts).
     pub binds: Vec<mounts::plan::Bind>,
+    /// The VM's only lower layer, instead of the host (an OCI container's
+    /// rootfs).
+    pub rootfs: Option<mounts::plan::Rootfs>,
 }
 
 impl From<Throwaway> for How {
@@ -69,6 +72,7 @@ impl From<Throwaway> for How {
             throwaway,
             parked: false,
             binds: Vec::new(),
+            rootfs: None,
         }
     }
 }
@@ -287,6 +291,7 @@ impl Engine {
             throwaway,
             parked,
             binds,
+            rootfs,
         } = how.into();
         let name = vm.name();
         let temporary = throwaway != Throwaway::No;
@@ -316,7 +321,14 @@ impl Engine {
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).
-        let mut plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
+        let mut plan = match &rootfs {
+            None => self.plan(policy.dir.as_deref()).map_err(fail)?,
+            Some(r) => {
+                let mut plan = mounts::plan::of_rootfs(r).map_err(|e| fail(e.into()))?;
+                plan.cgroups = self.cgroups().map_err(|e| fail(e.into()))?.view();
+                plan
+            }
+        };
         plan.binds = binds;
         let image = if tmpfs {
             None

@@ -9,20 +9,29 @@ use crate::runtime::control;
 use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::store::{StartMode, VmName};
 
+/// What an OCI container asks of its VM beyond its command.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSetup {
+    /// Host paths bound into the VM (the container's mounts).
+    pub binds: Vec<crate::mounts::plan::Bind>,
+    /// The VM's only lower layer, instead of the host (the bundle's rootfs).
+    pub rootfs: Option<crate::mounts::plan::Rootfs>,
+}
+
 impl Engine {
     /// Start stopped VM `name` with `spec` as its command, which waits until
     /// [`Engine::release`]. The command gets this process's own fds 0-2. The
     /// VM's init is a child of this process: when it exits, the init passes to
     /// the nearest child subreaper (an OCI runtime's caller is one), which reaps
     /// it and reads the command's status from the init's exit status.
-    /// `binds` are host paths bound into the VM (the container's mounts). With
+    /// `setup` holds the container's mounts and root. With
     /// `tty` the command's fds 0-2 are a pty from the VM's devpts instead, and
     /// its master is returned, for the caller to hand on.
     pub fn start_parked(
         &self,
         name: &VmName,
         spec: CommandSpec,
-        binds: Vec<crate::mounts::plan::Bind>,
+        setup: ContainerSetup,
         tty: bool,
     ) -> Result<(ProcId, Option<std::os::fd::OwnedFd>), VmError> {
         let stdio = if tty {
@@ -37,7 +46,8 @@ impl Engine {
             How {
                 throwaway: Throwaway::No,
                 parked: true,
-                binds,
+                binds: setup.binds,
+                rootfs: setup.rootfs,
             },
         )?;
         if !tty {
