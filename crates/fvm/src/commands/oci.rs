@@ -20,7 +20,7 @@ pub const DEFAULT_ROOT: &str = "/run/fvm-runc";
 #[command(
     name = "fvm-runc",
     version,
-    about = "fvm as an OCI runtime: each container is a copy-on-write clone of this host (annotation org.featherweight.rootfs=host)"
+    about = "fvm as an OCI runtime: a container is a copy-on-write clone of this host (annotation org.featherweight.rootfs=host) or of its bundle's rootfs"
 )]
 struct OciCli {
     #[command(flatten)]
@@ -249,7 +249,7 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                     CommonCmd::Events(_) =>
                         "stream container events (read `fvm stats` of the container's vm)",
                     _ =>
-                        "write a config.json (a bundle needs the annotation org.featherweight.rootfs=host)",
+                        "write a config.json (a host clone's bundle needs the annotation org.featherweight.rootfs=host)",
                 }
             ),
         },
