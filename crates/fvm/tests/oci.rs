@@ -801,3 +801,130 @@ fn no_vms_left(root: &Path) {
             .is_none()
     });
 }
+
+/// A network namespace the test makes (`ip netns add`), with a veth pair of
+/// its own inside it; deleted on drop.
+struct Netns {
+    name: String,
+    veth: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let tag = format!("{:08x}", std::process::id() ^ rand_tag());
+        let ns = Netns {
+            name: format!("fvm-oci-{tag}"),
+            veth: format!("fvmo{tag}"),
+        };
+        common::sh(&format!(
+            "ip netns add {n} && ip -n {n} link set lo up && \
+             ip -n {n} link add {v} type veth peer name fvmp{t} && \
+             ip -n {n} addr add 127.0.0.2/32 dev {v} && ip -n {n} link set {v} up",
+            n = ns.name,
+            v = ns.veth,
+            t = tag
+        ))
+        .ok();
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// A few bits that differ between runs of the same pid.
+fn rand_tag() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_container_joins_a_network_namespace_by_path() {
+    let test = "a_container_joins_a_network_namespace_by_path";
+    if !needs_root(test) || !needs_tool(test, "ip") {
+        return;
+    }
+    let dir = common::temp_dir("oci-netns");
+    let root = dir.path().join("root");
+    let ns = Netns::new();
+    let config = |path: &str, args: &str| {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "process":{{"user":{{"uid":0,"gid":0}},"args":{args},"cwd":"/"}},
+                "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"network","path":{path:?}}}]}},
+                "annotations":{{"org.featherweight.rootfs":"host"}}}}"#
+        )
+    };
+    // The container's process and an exec'd one are in that namespace: they
+    // see its veth, and none of the host's interfaces.
+    let b = bundle(
+        dir.path(),
+        &config(
+            &ns.path(),
+            r#"["/bin/sh","-c","cat /proc/net/dev; ls /sys/class/net; sleep 1000"]"#,
+        ),
+    );
+    let log = dir.path().join("out.log");
+    let id = "fvm-netns";
+    let mut create = Command::new(common::FVM);
+    create
+        .arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit());
+    assert!(create.status().unwrap().success());
+    oci(&root, &["start", id]).ok();
+    wait_until("the container listed its interfaces", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(&ns.veth)
+            .count()
+            >= 2
+    });
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let host_ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    for iface in &host_ifaces {
+        assert!(!seen.contains(iface.as_str()), "host {iface} seen: {seen}");
+    }
+    let process = dir.path().join("process.json");
+    std::fs::write(
+        &process,
+        r#"{"user":{"uid":0,"gid":0},"args":["/bin/cat","/proc/net/dev"],"cwd":"/"}"#,
+    )
+    .unwrap();
+    let exec = oci(&root, &["exec", "--process", process.to_str().unwrap(), id]).ok();
+    assert!(exec.stdout.contains(&ns.veth), "{exec}");
+    oci(&root, &["delete", "--force", id]).ok();
+    // Anything but a network namespace is refused, with one line, and nothing
+    // is made.
+    for bad in ["/proc/self/ns/pid", "/etc/hostname", "/dev/null"] {
+        let b = bundle(dir.path(), &config(bad, r#"["/bin/true"]"#));
+        let out = oci(
+            &root,
+            &["run", "--bundle", b.to_str().unwrap(), "fvm-netns-bad"],
+        );
+        assert_eq!(out.code, 1, "{bad}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("network namespace"), "{out}");
+    }
+    no_vms_left(&root);
+}

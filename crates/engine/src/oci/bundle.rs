@@ -2,6 +2,7 @@
 //! its network, and the annotations that choose fvm's own behaviour.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
@@ -138,8 +139,11 @@ impl Bundle {
     }
 
     /// The VM's network: the host's when the config has no network namespace,
-    /// its own (only `lo`) when it asks for a new one.
+    /// its own (only `lo`) when it asks for a new one; with a namespace by path
+    /// (see [`Bundle::netns_path`]) fvm makes none (`host`), and the VM joins
+    /// that one.
     pub fn network(&self) -> Result<NetMode, OciError> {
+        self.netns_path()?;
         let namespaces = self
             .spec
             .linux()
@@ -152,12 +156,28 @@ impl Bundle {
         {
             None => Ok(NetMode::Host),
             Some(n) if n.path().is_none() => Ok(NetMode::None),
-            Some(n) => Err(OciError::Config {
-                why: format!(
-                    "it joins the network namespace {}, and fvm makes a vm's network itself (host, or its own with only lo)",
-                    n.path().as_deref().unwrap_or(Path::new("")).display()
-                ),
+            Some(_) => Ok(NetMode::Host),
+        }
+    }
+
+    /// The network namespace the container joins (`linux.namespaces` of type
+    /// network with a path, as a CNI plugin gives): an absolute path.
+    pub fn netns_path(&self) -> Result<Option<PathBuf>, OciError> {
+        let namespaces = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        match namespaces
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .and_then(|n| n.path().clone())
+        {
+            Some(p) if !p.is_absolute() => Err(OciError::Config {
+                why: format!("the network namespace {} is not absolute", p.display()),
             }),
+            other => Ok(other),
         }
     }
 
@@ -386,6 +406,38 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
     })
 }
 
+/// Open the network namespace at `path`, refused with one line unless it is
+/// one: a regular file of the namespace filesystem (a `/run/netns/NAME` bind,
+/// or `/proc/PID/ns/net`) whose kind the kernel says is network. Opened without
+/// blocking, and only after a stat shows a regular file (never a device or a
+/// fifo).
+pub fn open_netns(path: &Path) -> Result<std::os::fd::OwnedFd, OciError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let bad = |why: String| OciError::Config {
+        why: format!("the network namespace {}: {why}", path.display()),
+    };
+    let st = rustix::fs::stat(path).map_err(|e| bad(e.to_string()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(bad("not a namespace file".into()));
+    }
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let opened = rustix::fs::fstat(&fd).map_err(|e| bad(e.to_string()))?;
+    let fs = rustix::fs::fstatfs(&fd).map_err(|e| bad(e.to_string()))?;
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino)
+        || fs.f_type != NSFS_MAGIC
+        || crate::os::sys::namespace_type(fd.as_fd()).ok() != Some(crate::os::sys::ns::NET)
+    {
+        return Err(bad("not a network namespace".into()));
+    }
+    Ok(fd)
+}
+
 /// A plain bundle's root: `root.path` (relative to the bundle, or absolute),
 /// an existing directory, which is neither the host's `/` (by any name: that
 /// would be a host clone without the annotation) nor holds or is inside the
@@ -528,7 +580,29 @@ mod tests {
         };
         assert_eq!(with(r#"{"type":"pid"}"#).unwrap(), NetMode::Host);
         assert_eq!(with(r#"{"type":"network"}"#).unwrap(), NetMode::None);
-        assert!(with(r#"{"type":"network","path":"/proc/1/ns/net"}"#).is_err());
+        // A namespace by path: fvm makes no network, the VM joins that one.
+        assert_eq!(
+            with(r#"{"type":"network","path":"/proc/1/ns/net"}"#).unwrap(),
+            NetMode::Host
+        );
+        assert!(with(r#"{"type":"network","path":"proc/1/ns/net"}"#).is_err());
+    }
+
+    #[test]
+    fn only_a_network_namespace_is_joined() {
+        assert!(open_netns(Path::new("/proc/self/ns/net")).is_ok());
+        for bad in [
+            "/proc/self/ns/pid",
+            "/proc/self/ns/mnt",
+            "/etc/hostname",
+            "/dev/null",
+            "/proc/self/ns",
+            "/fvm-no-such-netns",
+        ] {
+            let e = open_netns(Path::new(bad)).unwrap_err();
+            assert!(matches!(e, OciError::Config { .. }), "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]

@@ -230,6 +230,11 @@ impl Runtime {
             (true, Some(_)) => {}
         }
         let vm = id::vm_name(id);
+        // Opened (and checked) before anything is made.
+        let netns = bundle
+            .netns_path()?
+            .map(|p| bundle::open_netns(&p))
+            .transpose()?;
         let mut opts = CreateOptions::default();
         opts.network.mode = bundle.network()?;
         opts.limits = bundle.limits()?;
@@ -265,6 +270,7 @@ impl Runtime {
             let setup = ContainerSetup {
                 binds: bundle.binds()?,
                 rootfs: bundle.rootfs.clone(),
+                netns,
             };
             let (init, master) = self
                 .engine

@@ -53,7 +53,7 @@ pub(super) enum Throwaway {
 }
 
 /// How a VM is launched.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct How {
     pub throwaway: Throwaway,
     /// The init waits for a start message before the command (see
@@ -64,6 +64,8 @@ pub(super) struct How {
     /// The VM's only lower layer, instead of the host (an OCI container's
     /// rootfs).
     pub rootfs: Option<mounts::plan::Rootfs>,
+    /// A network namespace the VM joins (an OCI container's, by path).
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 impl From<Throwaway> for How {
@@ -73,6 +75,7 @@ impl From<Throwaway> for How {
             parked: false,
             binds: Vec::new(),
             rootfs: None,
+            netns: None,
         }
     }
 }
@@ -292,6 +295,7 @@ impl Engine {
             parked,
             binds,
             rootfs,
+            netns,
         } = how.into();
         let name = vm.name();
         let temporary = throwaway != Throwaway::No;
@@ -422,6 +426,7 @@ impl Engine {
             logs: Some(vm.logs_path()),
             end_with_caller: temporary,
             parked,
+            netns,
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,

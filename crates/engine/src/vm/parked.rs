@@ -10,12 +10,15 @@ use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::store::{StartMode, VmName};
 
 /// What an OCI container asks of its VM beyond its command.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct ContainerSetup {
     /// Host paths bound into the VM (the container's mounts).
     pub binds: Vec<crate::mounts::plan::Bind>,
     /// The VM's only lower layer, instead of the host (the bundle's rootfs).
     pub rootfs: Option<crate::mounts::plan::Rootfs>,
+    /// A network namespace the VM joins (checked to be one by the caller),
+    /// with the VM's network mode `host`: fvm sets up nothing of it.
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 impl Engine {
@@ -48,6 +51,7 @@ impl Engine {
                 parked: true,
                 binds: setup.binds,
                 rootfs: setup.rootfs,
+                netns: setup.netns,
             },
         )?;
         if !tty {
