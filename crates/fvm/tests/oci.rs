@@ -928,3 +928,70 @@ fn a_container_joins_a_network_namespace_by_path() {
     }
     no_vms_left(&root);
 }
+
+#[test]
+fn mounts_masked_and_readonly_paths_stay_inside_the_vms_root() {
+    if !needs_root("mounts_masked_and_readonly_paths_stay_inside_the_vms_root") {
+        return;
+    }
+    let dir = common::temp_dir("oci-mounts");
+    let root = dir.path().join("root");
+    let host_side = dir.path().join("hostside");
+    std::fs::create_dir(&host_side).unwrap();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("secret"), "s3cret\n").unwrap();
+    let config = format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+            "process":{{"user":{{"uid":0,"gid":0}},"cwd":"/","env":["PATH=/bin"],
+              "args":["/bin/sh","-c","cat /run/fvmvol/secret; echo x > /run/fvmvol/w 2>/dev/null && echo VOL-WRITABLE; cat /evil/inside/secret; cat /proc/mounts; cat /etc/secret-file; echo masked-file; ls /etc/secret-dir; echo masked-dir; echo y > /ro-dir/f 2>/dev/null && echo RO-WRITABLE; echo z > /data/f && echo data-ok"]}},
+            "mounts":[
+              {{"destination":"/var/run/fvmvol","type":"bind","source":{vol:?},"options":["rbind","ro"]}},
+              {{"destination":"/evil/inside","type":"bind","source":{vol:?},"options":["rbind","ro"]}},
+              {{"destination":"/data","type":"tmpfs","source":"tmpfs","options":["nosuid","size=1m","mode=0700"]}}],
+            "linux":{{"maskedPaths":["/etc/secret-file","/etc/secret-dir","/fvm-not-there"],
+                      "readonlyPaths":["/ro-dir"]}}}}"#,
+        vol = volume.to_str().unwrap()
+    );
+    let b = bundle(dir.path(), &config);
+    let rootfs = b.join("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "cat", "ls"]);
+    // Debian's /var/run, and a symlink that climbs out towards a host path.
+    std::fs::create_dir(rootfs.join("var")).unwrap();
+    std::os::unix::fs::symlink("/run", rootfs.join("var/run")).unwrap();
+    let climb = format!("../../../../../../..{}", host_side.display());
+    std::os::unix::fs::symlink(&climb, rootfs.join("evil")).unwrap();
+    std::fs::write(rootfs.join("etc/secret-file"), "leak\n").unwrap();
+    std::fs::create_dir(rootfs.join("etc/secret-dir")).unwrap();
+    std::fs::write(rootfs.join("etc/secret-dir/leak-too"), "leak\n").unwrap();
+    std::fs::create_dir(rootfs.join("ro-dir")).unwrap();
+    let out = oci(
+        &root,
+        &["run", "--bundle", b.to_str().unwrap(), "fvm-mounts"],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    // The bind through /var/run is at /run (the VM's), read-only.
+    assert_eq!(out.stdout.matches("s3cret").count(), 2, "{out}");
+    assert!(!out.stdout.contains("VOL-WRITABLE"), "{out}");
+    // The symlink was followed inside the VM's root: nothing made on the host.
+    assert!(!host_side.join("inside").exists());
+    assert_eq!(std::fs::read_dir(&host_side).unwrap().count(), 0);
+    // The tmpfs with its options.
+    let data = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tmpfs /data "))
+        .unwrap_or_else(|| panic!("no /data tmpfs: {out}"));
+    assert!(data.contains("nosuid"), "{data}");
+    assert!(data.contains("size=1024k"), "{data}");
+    assert!(data.contains("mode=700"), "{data}");
+    assert!(out.stdout.contains("data-ok"), "{out}");
+    // Masked and read-only paths.
+    assert!(!out.stdout.contains("leak"), "{out}");
+    assert!(out.stdout.contains("masked-dir"), "{out}");
+    assert!(!out.stdout.contains("RO-WRITABLE"), "{out}");
+    // The rootfs is only the lower layer: untouched.
+    assert!(!rootfs.join("data").exists());
+    oci(&root, &["delete", "--force", "fvm-mounts"]).ok();
+    no_vms_left(&root);
+}

@@ -93,9 +93,9 @@ pub struct MountPlan {
     /// What to mount read-only at `/sys/fs/cgroup`: the VM's own cgroup, seen
     /// through its cgroup namespace. Filled in from the host's cgroup layout.
     pub cgroups: crate::cgroup::CgroupView,
-    /// Host paths bound at other paths in the VM: what an OCI container's
-    /// engine mounts into it (hosts files, secrets, volumes).
-    pub binds: Vec<Bind>,
+    /// What an OCI container's config mounts into it (hosts files, secrets,
+    /// volumes, tmpfs mounts) and masks, applied once fvm's own mounts are made.
+    pub container: ContainerMounts,
     /// The VM's root is a directory of its own (an OCI container's rootfs),
     /// not the host's: nothing of the host's tree (not even its DNS files in
     /// `/run`) is carried in.
@@ -114,13 +114,43 @@ pub struct Rootfs {
     pub readonly: bool,
 }
 
+/// An OCI container's own mounts, in the VM as seen from its root: each
+/// destination is resolved inside the VM's root (a symlink on the way is
+/// followed there, never to the host's tree, and never through `/proc`'s
+/// magic links); a missing one is made in the VM's own layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerMounts {
+    /// Binds and tmpfs mounts, in the config's order.
+    pub mounts: Vec<ContainerMount>,
+    /// Paths hidden: a file by `/dev/null` bound over it, a directory by an
+    /// empty read-only tmpfs (missing ones are left alone).
+    pub masked: Vec<PathBuf>,
+    /// Paths bound read-only over themselves (missing ones are left alone).
+    pub readonly: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerMount {
+    Bind(Bind),
+    Tmpfs(Tmpfs),
+}
+
+/// A tmpfs the container's config mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    /// In the VM: absolute, plain components.
+    pub target: PathBuf,
+    pub flags: Flags,
+    /// tmpfs's own options (`size=...,mode=...`), checked.
+    pub data: String,
+}
+
 /// A host file or directory bound into the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     /// On the host (the caller's path, trusted).
     pub source: PathBuf,
-    /// In the VM: absolute, plain components; made (beneath the VM's root,
-    /// never through a symlink) when missing.
+    /// In the VM: absolute, plain components (see [`ContainerMounts`]).
     pub target: PathBuf,
     pub readonly: bool,
 }

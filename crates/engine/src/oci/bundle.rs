@@ -9,7 +9,7 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::OciError;
 use crate::limits::{Key, Limits};
-use crate::mounts::plan::{Bind, Rootfs};
+use crate::mounts::plan::{Bind, ContainerMount, ContainerMounts, Flags, Rootfs, Tmpfs};
 use crate::net::NetMode;
 use crate::runtime::command::{CommandSpec, Program};
 use crate::runtime::stdio::TtyMode;
@@ -117,7 +117,7 @@ impl Bundle {
         bundle.network()?;
         bundle.cgroup_parent()?;
         bundle.limits()?;
-        bundle.binds()?;
+        bundle.mounts()?;
         Ok(bundle)
     }
 
@@ -209,33 +209,31 @@ impl Bundle {
         }
     }
 
-    /// The config's bind mounts (`type` "bind", or a `bind`/`rbind` option):
-    /// host paths the engine puts into the container (hosts files, secrets,
-    /// volumes). Its kernel filesystems and tmpfs mounts (/proc, /dev, /sys,
-    /// /run...) are fvm's own in every VM already.
-    pub fn binds(&self) -> Result<Vec<Bind>, OciError> {
-        let mut out = Vec::new();
+    /// The config's mounts fvm applies, in order: binds (`type` "bind", or a
+    /// `bind`/`rbind` option: hosts files, secrets, volumes) and tmpfs mounts
+    /// (with their size, mode and flags), and `linux.maskedPaths` and
+    /// `readonlyPaths`. Its other kernel filesystems (proc, sysfs, devpts,
+    /// mqueue, cgroup) and the tmpfs at `/dev` and `/run` are fvm's own in
+    /// every VM already.
+    pub fn mounts(&self) -> Result<ContainerMounts, OciError> {
+        let mut out = ContainerMounts::default();
         for m in self.spec.mounts().iter().flatten() {
             let options = m.options().clone().unwrap_or_default();
             let is_bind = m.typ().as_deref() == Some("bind")
                 || options.iter().any(|o| o == "bind" || o == "rbind");
-            if !is_bind {
+            let is_tmpfs = !is_bind && m.typ().as_deref() == Some("tmpfs");
+            if !is_bind && !is_tmpfs {
                 continue;
             }
             let target = m.destination().clone();
-            let plain = target.is_absolute()
-                && target
-                    .components()
-                    .skip(1)
-                    .all(|c| matches!(c, std::path::Component::Normal(_)))
-                && target != Path::new("/");
-            if !plain {
-                return Err(OciError::Config {
-                    why: format!(
-                        "mount destination {} is not an absolute path of plain names",
-                        target.display()
-                    ),
-                });
+            plain_path("mount destination", &target)?;
+            if is_tmpfs {
+                if [Path::new("/dev"), Path::new("/run")].contains(&target.as_path()) {
+                    continue;
+                }
+                out.mounts
+                    .push(ContainerMount::Tmpfs(tmpfs(&target, &options)?));
+                continue;
             }
             let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
                 return Err(OciError::Config {
@@ -245,11 +243,21 @@ impl Bundle {
                     ),
                 });
             };
-            out.push(Bind {
+            out.mounts.push(ContainerMount::Bind(Bind {
                 source,
                 target,
                 readonly: options.iter().any(|o| o == "ro"),
-            });
+            }));
+        }
+        if let Some(linux) = self.spec.linux() {
+            for p in linux.masked_paths().iter().flatten() {
+                out.masked
+                    .push(plain_path("linux.maskedPaths entry", Path::new(p))?);
+            }
+            for p in linux.readonly_paths().iter().flatten() {
+                out.readonly
+                    .push(plain_path("linux.readonlyPaths entry", Path::new(p))?);
+            }
         }
         Ok(out)
     }
@@ -403,6 +411,72 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         confine: crate::confine::Confinement::none()
             .with_no_new_privs(process.no_new_privileges().unwrap_or(false)),
         user: None,
+    })
+}
+
+/// `path` if it is absolute, of plain names, and not `/`.
+fn plain_path(what: &str, path: &Path) -> Result<PathBuf, OciError> {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        && path != Path::new("/");
+    if !plain {
+        return Err(OciError::Config {
+            why: format!(
+                "{what} {} is not an absolute path of plain names",
+                path.display()
+            ),
+        });
+    }
+    Ok(path.to_owned())
+}
+
+/// A tmpfs mount's options: mount flags (`ro`, `nosuid`, `nodev`, `noexec`,
+/// `noatime`...) and tmpfs's own (`size`, `mode`, `nr_inodes`, `nr_blocks`,
+/// `uid`, `gid`), each checked; anything else is refused.
+fn tmpfs(target: &Path, options: &[String]) -> Result<Tmpfs, OciError> {
+    let bad = |why: String| OciError::Config {
+        why: format!("the tmpfs at {}: {why}", target.display()),
+    };
+    let mut flags = Flags::default();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags.readonly = true,
+            "nosuid" => flags.nosuid = true,
+            "nodev" => flags.nodev = true,
+            "noexec" => flags.noexec = true,
+            "noatime" => flags.noatime = true,
+            "nodiratime" => flags.nodiratime = true,
+            "rw" | "suid" | "dev" | "exec" | "atime" | "diratime" | "relatime" | "strictatime"
+            | "norelatime" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" => {
+            }
+            other => {
+                let (key, value) = other
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("option {other:?} is not one fvm knows")))?;
+                let ok = match key {
+                    "size" | "nr_blocks" | "nr_inodes" => {
+                        let digits = value.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+                        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                    }
+                    "mode" => value.len() <= 4 && value.bytes().all(|b| (b'0'..=b'7').contains(&b)),
+                    "uid" | "gid" => value.parse::<u32>().is_ok(),
+                    _ => return Err(bad(format!("option {other:?} is not one fvm knows"))),
+                };
+                if !ok {
+                    return Err(bad(format!("option {other:?} has a bad value")));
+                }
+                data.push(other.to_owned());
+            }
+        }
+    }
+    Ok(Tmpfs {
+        target: target.to_owned(),
+        flags,
+        data: data.join(","),
     })
 }
 
@@ -586,6 +660,73 @@ mod tests {
             NetMode::Host
         );
         assert!(with(r#"{"type":"network","path":"proc/1/ns/net"}"#).is_err());
+    }
+
+    #[test]
+    fn mounts_tmpfs_masked_and_readonly_paths_are_read_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |mounts: &str, linux: &str| {
+            let json = BASE
+                .replace(
+                    r#""mounts":[{"destination":"/proc","type":"proc"},{"destination":"/etc/hosts","type":"bind","source":"/x"}]"#,
+                    &format!(r#""mounts":[{mounts}]"#),
+                )
+                .replace(r#""annotations""#, &format!(r#""linux":{{{linux}}},"annotations""#));
+            Bundle::from_spec("/b".into(), spec(&json), tmp.path()).and_then(|b| b.mounts())
+        };
+        let m = with(
+            r#"{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["size=65536k"]},
+               {"destination":"/run","type":"tmpfs","source":"tmpfs"},
+               {"destination":"/data","type":"tmpfs","source":"tmpfs","options":["nosuid","strictatime","size=1m","mode=0700","nr_inodes=5k"]},
+               {"destination":"/var/run/x","type":"bind","source":"/srv/x","options":["rbind","ro"]},
+               {"destination":"/proc","type":"proc","source":"proc"}"#,
+            r#""maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"]"#,
+        )
+        .unwrap();
+        // fvm's own /dev and /run are not made again; the rest in order.
+        assert_eq!(m.mounts.len(), 2);
+        let ContainerMount::Tmpfs(t) = &m.mounts[0] else {
+            panic!("{m:?}")
+        };
+        assert_eq!(t.target, Path::new("/data"));
+        assert!(t.flags.nosuid && !t.flags.readonly);
+        assert_eq!(t.data, "size=1m,mode=0700,nr_inodes=5k");
+        let ContainerMount::Bind(b) = &m.mounts[1] else {
+            panic!("{m:?}")
+        };
+        assert!(b.readonly && b.target == Path::new("/var/run/x"));
+        assert_eq!(m.masked, [Path::new("/proc/kcore")]);
+        assert_eq!(m.readonly, [Path::new("/proc/sys")]);
+        for (mounts, linux) in [
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["size=1m,mode=777"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["mode=999"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["context=x"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["uid=-1"]}"#,
+                "",
+            ),
+            (r#"{"destination":"d","type":"tmpfs"}"#, ""),
+            (
+                r#"{"destination":"/a/../b","type":"bind","source":"/x"}"#,
+                "",
+            ),
+            ("", r#""maskedPaths":["proc/kcore"]"#),
+            ("", r#""readonlyPaths":["/proc/../etc"]"#),
+        ] {
+            assert!(
+                matches!(with(mounts, linux), Err(OciError::Config { .. })),
+                "{mounts} {linux}"
+            );
+        }
     }
 
     #[test]

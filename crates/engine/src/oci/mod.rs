@@ -268,7 +268,7 @@ impl Runtime {
             // a container `delete` removes.
             self.save(&record)?;
             let setup = ContainerSetup {
-                binds: bundle.binds()?,
+                mounts: bundle.mounts()?,
                 rootfs: bundle.rootfs.clone(),
                 netns,
             };

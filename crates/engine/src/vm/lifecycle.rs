@@ -59,8 +59,8 @@ pub(super) struct How {
     /// The init waits for a start message before the command (see
     /// `runtime::launch::LaunchSpec::parked`).
     pub parked: bool,
-    /// Host paths bound into the VM (an OCI container's mounts).
-    pub binds: Vec<mounts::plan::Bind>,
+    /// An OCI container's mounts and masked paths.
+    pub container: mounts::plan::ContainerMounts,
     /// The VM's only lower layer, instead of the host (an OCI container's
     /// rootfs).
     pub rootfs: Option<mounts::plan::Rootfs>,
@@ -73,7 +73,7 @@ impl From<Throwaway> for How {
         How {
             throwaway,
             parked: false,
-            binds: Vec::new(),
+            container: Default::default(),
             rootfs: None,
             netns: None,
         }
@@ -293,7 +293,7 @@ impl Engine {
         let How {
             throwaway,
             parked,
-            binds,
+            container,
             rootfs,
             netns,
         } = how.into();
@@ -333,7 +333,7 @@ impl Engine {
                 plan
             }
         };
-        plan.binds = binds;
+        plan.container = container;
         let image = if tmpfs {
             None
         } else {

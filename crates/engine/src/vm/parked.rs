@@ -12,8 +12,8 @@ use crate::store::{StartMode, VmName};
 /// What an OCI container asks of its VM beyond its command.
 #[derive(Debug, Default)]
 pub struct ContainerSetup {
-    /// Host paths bound into the VM (the container's mounts).
-    pub binds: Vec<crate::mounts::plan::Bind>,
+    /// The container's mounts and masked paths.
+    pub mounts: crate::mounts::plan::ContainerMounts,
     /// The VM's only lower layer, instead of the host (the bundle's rootfs).
     pub rootfs: Option<crate::mounts::plan::Rootfs>,
     /// A network namespace the VM joins (checked to be one by the caller),
@@ -49,7 +49,7 @@ impl Engine {
             How {
                 throwaway: Throwaway::No,
                 parked: true,
-                binds: setup.binds,
+                container: setup.mounts,
                 rootfs: setup.rootfs,
                 netns: setup.netns,
             },
