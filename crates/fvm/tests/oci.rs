@@ -995,3 +995,72 @@ fn mounts_masked_and_readonly_paths_stay_inside_the_vms_root() {
     oci(&root, &["delete", "--force", "fvm-mounts"]).ok();
     no_vms_left(&root);
 }
+
+/// `Name:` of a `/proc/PID/status` text, its fields joined by one space.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
+#[test]
+fn the_process_user_capabilities_and_rlimits_are_applied_within_fvms_own() {
+    if !needs_root("the_process_user_capabilities_and_rlimits_are_applied_within_fvms_own") {
+        return;
+    }
+    let dir = common::temp_dir("oci-user");
+    let root = dir.path().join("root");
+    let run = |process: &str| {
+        let b = bundle(
+            dir.path(),
+            &format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"cwd":"/","env":["PATH=/bin"],
+                    "args":["/bin/sh","-c","cat /proc/self/status; echo umask $(umask); echo nofile $(ulimit -Sn) $(ulimit -Hn)"],
+                    {process}}}}}"#
+            ),
+        );
+        tiny_rootfs(&b.join("rootfs"), &["sh", "cat"]);
+        oci(&root, &["run", "--bundle", b.to_str().unwrap(), "fvm-user"]).ok()
+    };
+    // A user of its own, with groups, umask, rlimits and capabilities: those
+    // outside fvm's set (SYS_ADMIN) are not given, whatever the config says.
+    let out = run(
+        r#""user":{"uid":1234,"gid":2345,"additionalGids":[3456,4567],"umask":23},
+           "rlimits":[{"type":"RLIMIT_NOFILE","soft":100,"hard":200}],
+           "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_NET_RAW","CAP_KILL"],
+                           "effective":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_KILL"],
+                           "permitted":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_KILL"],
+                           "inheritable":["CAP_KILL","CAP_SYS_ADMIN"],
+                           "ambient":["CAP_KILL","CAP_SYS_ADMIN"]}"#,
+    );
+    let s = &out.stdout;
+    assert_eq!(status_field(s, "Uid"), "1234 1234 1234 1234", "{out}");
+    assert_eq!(status_field(s, "Gid"), "2345 2345 2345 2345", "{out}");
+    assert_eq!(status_field(s, "Groups"), "3456 4567", "{out}");
+    assert!(s.contains("umask 0027"), "{out}");
+    assert!(s.contains("nofile 100 200"), "{out}");
+    // CHOWN 0, KILL 5, NET_RAW 13 bound; only KILL ambient (so kept by a
+    // non-root process across exec).
+    assert_eq!(status_field(s, "CapBnd"), "0000000000002021", "{out}");
+    assert_eq!(status_field(s, "CapAmb"), "0000000000000020", "{out}");
+    assert_eq!(status_field(s, "CapEff"), "0000000000000020", "{out}");
+    // Root asking for more than fvm gives gets only what it gives.
+    let out = run(r#""user":{"uid":0,"gid":0},
+           "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_MKNOD"],
+                           "effective":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_MKNOD"],
+                           "permitted":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_MKNOD"]}"#);
+    assert_eq!(
+        status_field(&out.stdout, "CapEff"),
+        "0000000000000001",
+        "{out}"
+    );
+    assert_eq!(
+        status_field(&out.stdout, "CapBnd"),
+        "0000000000000001",
+        "{out}"
+    );
+    assert_eq!(status_field(&out.stdout, "Uid"), "0 0 0 0", "{out}");
+    no_vms_left(&root);
+}

@@ -11,7 +11,7 @@ use super::OciError;
 use crate::limits::{Key, Limits};
 use crate::mounts::plan::{Bind, ContainerMount, ContainerMounts, Flags, Rootfs, Tmpfs};
 use crate::net::NetMode;
-use crate::runtime::command::{CommandSpec, Program};
+use crate::runtime::command::{Capabilities, CommandSpec, ProcessSetup, Program};
 use crate::runtime::stdio::TtyMode;
 
 /// The annotation that makes the container a clone of the live host. Only this
@@ -392,15 +392,55 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         });
     }
     let user = process.user();
-    if user.uid() != 0 || user.gid() != 0 {
+    if user.username().is_some() {
         return Err(OciError::Config {
-            why: format!(
-                "process.user is {}:{}, and fvm runs a container's process as root of its vm (with the vm's capabilities and seccomp filter)",
-                user.uid(),
-                user.gid()
-            ),
+            why: "process.user.username is for Windows; give uid and gid".into(),
         });
     }
+    let groups = user.additional_gids().clone().unwrap_or_default();
+    if groups.len() > 65536 {
+        return Err(OciError::Config {
+            why: "process.user.additionalGids has more groups than the kernel takes".into(),
+        });
+    }
+    let setup = ProcessSetup {
+        ids: Some((user.uid(), user.gid(), groups)),
+        umask: match user.umask() {
+            Some(m) if m > 0o777 => {
+                return Err(OciError::Config {
+                    why: format!("process.user.umask {m:o} is not a file mode mask"),
+                });
+            }
+            m => m,
+        },
+        capabilities: process
+            .capabilities()
+            .as_ref()
+            .map(|c| {
+                let set = |s: &Option<oci_spec::runtime::Capabilities>| capability_set(s);
+                Ok::<_, OciError>(Capabilities {
+                    bounding: set(c.bounding())?,
+                    effective: set(c.effective())?,
+                    permitted: set(c.permitted())?,
+                    inheritable: set(c.inheritable())?,
+                    ambient: set(c.ambient())?,
+                })
+            })
+            .transpose()?,
+        rlimits: process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| {
+                if r.soft() > r.hard() {
+                    return Err(OciError::Config {
+                        why: format!("process.rlimits: {:?} has soft above hard", r.typ()),
+                    });
+                }
+                Ok((rlimit_resource(r.typ()), r.soft(), r.hard()))
+            })
+            .collect::<Result<_, _>>()?,
+    };
     Ok(CommandSpec {
         program: Program::Argv(args),
         env,
@@ -411,7 +451,98 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         confine: crate::confine::Confinement::none()
             .with_no_new_privs(process.no_new_privileges().unwrap_or(false)),
         user: None,
+        process: setup,
     })
+}
+
+/// The capabilities' bit numbers, by their names in a config.
+const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// One of an OCI process's capability sets as bits (an absent set is empty).
+fn capability_set(
+    caps: &Option<oci_spec::runtime::Capabilities>,
+) -> Result<rustix::thread::CapabilitySet, OciError> {
+    let mut set = rustix::thread::CapabilitySet::empty();
+    for cap in caps.iter().flatten() {
+        let name = serde_json::to_value(cap)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let bit = CAPABILITIES
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| OciError::Config {
+                why: format!("process.capabilities: {name:?} is not a capability fvm knows"),
+            })?;
+        set |= rustix::thread::CapabilitySet::from_bits_retain(1 << bit);
+    }
+    Ok(set)
+}
+
+/// An OCI rlimit's resource.
+fn rlimit_resource(typ: oci_spec::runtime::PosixRlimitType) -> rustix::process::Resource {
+    use oci_spec::runtime::PosixRlimitType as T;
+    use rustix::process::Resource as R;
+    match typ {
+        T::RlimitCpu => R::Cpu,
+        T::RlimitFsize => R::Fsize,
+        T::RlimitData => R::Data,
+        T::RlimitStack => R::Stack,
+        T::RlimitCore => R::Core,
+        T::RlimitRss => R::Rss,
+        T::RlimitNproc => R::Nproc,
+        T::RlimitNofile => R::Nofile,
+        T::RlimitMemlock => R::Memlock,
+        T::RlimitAs => R::As,
+        T::RlimitLocks => R::Locks,
+        T::RlimitSigpending => R::Sigpending,
+        T::RlimitMsgqueue => R::Msgqueue,
+        T::RlimitNice => R::Nice,
+        T::RlimitRtprio => R::Rtprio,
+        T::RlimitRttime => R::Rttime,
+    }
 }
 
 /// `path` if it is absolute, of plain names, and not `/`.
@@ -839,10 +970,39 @@ mod tests {
     }
 
     #[test]
+    fn the_process_user_capabilities_and_rlimits_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let json = BASE.replace(
+            r#""user":{"uid":0,"gid":0}"#,
+            r#""user":{"uid":1000,"gid":100,"additionalGids":[5],"umask":18},
+               "capabilities":{"bounding":["CAP_CHOWN","CAP_KILL"],"ambient":["CAP_KILL"]},
+               "rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":20}]"#,
+        );
+        let b = Bundle::from_spec("/b".into(), spec(&json), tmp.path()).unwrap();
+        let p = b.command().unwrap().process;
+        assert_eq!(p.ids, Some((1000, 100, vec![5])));
+        assert_eq!(p.umask, Some(0o22));
+        let caps = p.capabilities.unwrap();
+        use rustix::thread::CapabilitySet as C;
+        assert_eq!(caps.bounding, C::CHOWN | C::KILL);
+        assert_eq!(caps.ambient, C::KILL);
+        assert!(caps.effective.is_empty());
+        assert_eq!(p.rlimits, [(rustix::process::Resource::Nofile, 10, 20)]);
+        // The capability table is the kernel's numbering.
+        assert_eq!(CAPABILITIES[21], "CAP_SYS_ADMIN");
+        assert_eq!(CAPABILITIES[40], "CAP_CHECKPOINT_RESTORE");
+    }
+
+    #[test]
     fn processes_fvm_cant_honour_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         for (from, to) in [
-            (r#""uid":0"#, r#""uid":1000"#),
+            (r#""uid":0"#, r#""uid":0,"umask":512"#),
+            (r#""uid":0"#, r#""uid":0,"username":"root""#),
+            (
+                r#""cwd":"/srv""#,
+                r#""cwd":"/srv","rlimits":[{"type":"RLIMIT_NOFILE","soft":2,"hard":1}]"#,
+            ),
             (r#""cwd":"/srv""#, r#""cwd":"srv""#),
             (r#""args":["/bin/sh","-c","exit 3"]"#, r#""args":[]"#),
         ] {
