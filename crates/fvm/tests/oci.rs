@@ -1064,3 +1064,68 @@ fn the_process_user_capabilities_and_rlimits_are_applied_within_fvms_own() {
     assert_eq!(status_field(&out.stdout, "Uid"), "0 0 0 0", "{out}");
     no_vms_left(&root);
 }
+
+#[test]
+fn exec_with_a_terminal_sends_its_pty_to_the_console_socket() {
+    if !needs_root("exec_with_a_terminal_sends_its_pty_to_the_console_socket") {
+        return;
+    }
+    let dir = common::temp_dir("oci-exec-tty");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"args":["sleep","1000"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let id = "fvm-exec-tty";
+    oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]).ok();
+    oci(&root, &["start", id]).ok();
+    let process = dir.path().join("process.json");
+    std::fs::write(
+        &process,
+        r#"{"terminal":true,"user":{"uid":0,"gid":0},"cwd":"/",
+            "args":["/bin/sh","-c","tty; echo TERMOK; sleep 2"]}"#,
+    )
+    .unwrap();
+    let p = process.to_str().unwrap();
+    // A terminal needs a console socket.
+    let without = oci(&root, &["exec", "--process", p, "--detach", id]);
+    assert_eq!(without.code, 1, "{without}");
+    assert!(without.stderr.contains("--console-socket"), "{without}");
+    let socket = dir.path().join("console.sock");
+    let receiver = common::Background::start({
+        let mut cmd = Command::new(common::python());
+        cmd.arg("-c").arg(CONSOLE_RECEIVER).arg(&socket);
+        cmd
+    });
+    wait_until("the console socket listens", || socket.exists());
+    let pid_file = dir.path().join("exec.pid");
+    oci(
+        &root,
+        &[
+            "exec",
+            "--process",
+            p,
+            "--detach",
+            "--console-socket",
+            socket.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ],
+    )
+    .ok();
+    let out = receiver.finish();
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("TERMOK"), "{out}");
+    assert!(
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .is_ok()
+    );
+    oci(&root, &["delete", "--force", id]).ok();
+    no_vms_left(&root);
+}

@@ -377,14 +377,19 @@ impl Runtime {
     }
 
     /// `exec`: run the OCI process in `process_json` in the running container,
-    /// with this process's fds 0-2. Its host pid goes to `pid_file` (written
-    /// through the file's directory, opened before this process enters the
-    /// VM's namespaces). Returns the pid; the process is this one's child.
+    /// with this process's fds 0-2, or, when the process file sets `terminal`
+    /// (or `tty`, runc's `--tty`), a pty from the VM's devpts whose master goes
+    /// to `console_socket` (required then, and only then, as for `create`). Its
+    /// host pid goes to `pid_file` (written through the file's directory,
+    /// opened before this process enters the VM's namespaces). Returns the pid;
+    /// the process is this one's child.
     pub fn exec(
         &self,
         id: &str,
         process_json: &Path,
         pid_file: Option<&Path>,
+        console_socket: Option<&Path>,
+        tty: bool,
     ) -> Result<i32, OciError> {
         let record = self.record(id)?;
         let text = crate::os::files::read_regular_max(process_json, 1 << 20)
@@ -394,18 +399,38 @@ impl Runtime {
                 path: process_json.to_owned(),
                 why: e.to_string(),
             })?;
-        if process.terminal().unwrap_or(false) {
-            return Err(OciError::Config {
-                why: "the process file sets terminal, and fvm gives an exec'd process no terminal"
-                    .into(),
-            });
-        }
+        let tty = tty || process.terminal().unwrap_or(false);
         let spec = bundle::command(&process)?;
-        check_stdio()?;
+        // The console socket is connected to before this process enters the
+        // VM's namespaces, where its path would not reach it.
+        let console = match (tty, console_socket) {
+            (true, None) => {
+                return Err(OciError::Config {
+                    why: "the process has a terminal: it needs --console-socket".into(),
+                });
+            }
+            (false, Some(_)) => {
+                return Err(OciError::Config {
+                    why: "--console-socket is given, but the process has no terminal".into(),
+                });
+            }
+            (false, None) => {
+                check_stdio()?;
+                None
+            }
+            (true, Some(socket)) => Some((
+                std::os::unix::net::UnixStream::connect(socket)
+                    .map_err(io_err("cannot connect to the console socket", socket))?,
+                socket,
+            )),
+        };
         let pid_dir = pid_file
             .map(|f| PidFile::open(f).map_err(io_err("cannot open the directory of", f)))
             .transpose()?;
-        let pid = self.engine.exec_in(&record.vm, spec)?;
+        let (pid, master) = self.engine.exec_in(&record.vm, spec, tty)?;
+        if let (Some((stream, socket)), Some(master)) = (console, master) {
+            send_console_on(&stream, master).map_err(io_err("cannot send the pty to", socket))?;
+        }
         if let (Some(dir), Some(file)) = (pid_dir, pid_file) {
             dir.write(pid).map_err(io_err("cannot write", file))?;
         }
@@ -536,14 +561,22 @@ impl Runtime {
 
 /// Send a pty master to the engine's console socket (SCM_RIGHTS), as runc does.
 fn send_console(socket: &Path, master: std::os::fd::OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
     let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    send_console_on(&stream, master)
+}
+
+/// [`send_console`] on a connected socket.
+fn send_console_on(
+    stream: &std::os::unix::net::UnixStream,
+    master: std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
     let fds = [master.as_fd()];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
     cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
     rustix::net::sendmsg(
-        &stream,
+        stream,
         &[std::io::IoSlice::new(b"/dev/ptmx")],
         &mut cmsg,
         rustix::net::SendFlags::NOSIGNAL,

@@ -153,10 +153,16 @@ impl Engine {
 }
 
 impl Engine {
-    /// Start `spec` in running VM `name` with this process's own fds 0-2, and
+    /// Start `spec` in running VM `name` with this process's own fds 0-2 (with
+    /// `tty`: a pty from the VM's devpts instead, whose master is returned), and
     /// return its host pid (a child of this process). Afterwards this process
     /// lives in the VM's namespaces: host paths no longer reach the host.
-    pub fn exec_in(&self, name: &VmName, mut spec: CommandSpec) -> Result<i32, VmError> {
+    pub fn exec_in(
+        &self,
+        name: &VmName,
+        mut spec: CommandSpec,
+        tty: bool,
+    ) -> Result<(i32, Option<std::os::fd::OwnedFd>), VmError> {
         let vm = self.vm(name)?;
         let lock = vm.lock()?;
         let policy = self.policy(&vm)?;
@@ -178,15 +184,14 @@ impl Engine {
             .confinement(name, &policy)?
             .with_no_new_privs(spec.confine.no_new_privs);
         self.keep_watcher();
-        let entered = crate::runtime::enter::enter(
-            &init,
-            &cgroup,
-            &spec,
-            &StdioPlan::inherit(),
-            Pipes::default(),
-        );
+        let stdio = if tty {
+            StdioPlan::all_pty()
+        } else {
+            StdioPlan::inherit()
+        };
+        let entered = crate::runtime::enter::enter(&init, &cgroup, &spec, &stdio, Pipes::default());
         drop(lock);
-        let (pid, _master) = entered.map_err(VmError::enter(name))?;
-        Ok(pid.as_raw_nonzero().get())
+        let (pid, master) = entered.map_err(VmError::enter(name))?;
+        Ok((pid.as_raw_nonzero().get(), master))
     }
 }

@@ -191,13 +191,14 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 let Some(process) = &a.process else {
                     anyhow::bail!("exec needs --process FILE (the OCI process to run)");
                 };
-                if a.console_socket.is_some() || a.tty {
-                    anyhow::bail!(
-                        "--tty/--console-socket: fvm's runtime gives an exec'd process no terminal (run it without -t)"
-                    );
-                }
                 let rt = runtime(cli)?;
-                let pid = rt.exec(&a.container_id, process, a.pid_file.as_deref())?;
+                let pid = rt.exec(
+                    &a.container_id,
+                    process,
+                    a.pid_file.as_deref(),
+                    a.console_socket.as_deref(),
+                    a.tty,
+                )?;
                 if a.detach {
                     return Ok(0);
                 }
