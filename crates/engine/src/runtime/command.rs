@@ -534,11 +534,28 @@ fn exec_child(
     // an OOM score of 0), last, so that nothing of fvm's own work above counts
     // against them.
     for &(resource, soft, hard) in &r.process.rlimits {
-        let limit = rustix::process::Rlimit {
+        use rustix::process::{Rlimit, getrlimit, setrlimit};
+        let limit = Rlimit {
             current: Some(soft),
             maximum: Some(hard),
         };
-        if let Err(e) = rustix::process::setrlimit(resource, limit) {
+        let set = match setrlimit(resource, limit) {
+            // Above what this host lets even root raise it to (a hard limit
+            // fvm itself runs under): as high as it goes.
+            Err(rustix::io::Errno::PERM) => {
+                let most = getrlimit(resource).maximum;
+                let clamp = |v: u64| most.map_or(v, |m| v.min(m));
+                setrlimit(
+                    resource,
+                    Rlimit {
+                        current: Some(clamp(soft)),
+                        maximum: Some(clamp(hard)),
+                    },
+                )
+            }
+            other => other,
+        };
+        if let Err(e) = set {
             return e.raw_os_error();
         }
     }
