@@ -475,6 +475,39 @@ fn a_container_without_the_annotation_never_gets_the_host() {
     });
 }
 
+#[test]
+fn ctr_run_with_a_terminal() {
+    let test = "ctr_run_with_a_terminal";
+    if skip(test) || !needs_tool(test, "script") {
+        return;
+    }
+    let c = Containerd::start("oci-ctr-tty");
+    let bin = c.path("bin/fvm-runc");
+    let root = c.path("runc");
+    let rootfs = c.path("rootfs");
+    let id = "fvm-oci-tty";
+    // ctr wants a terminal of its own for -t: `script` gives it one.
+    let line = format!(
+        "ctr --address {sock} run -t --rm --cgroup /{parent}/{id} --runc-binary {bin} \
+         --runc-root {root} --annotation org.featherweight.rootfs=host --rootfs {rootfs} \
+         {id} /bin/sh -c 'tty; echo TERMOK; exit 5'",
+        sock = c.path("containerd.sock").display(),
+        parent = c.cgroup_parent,
+        bin = bin.display(),
+        root = root.display(),
+        rootfs = rootfs.display(),
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let out = try_run(cmd, None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.code, 5, "{out}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("TERMOK"), "{out}");
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
 /// A bundle directory with `config.json` = `json`.
 fn bundle(dir: &Path, json: &str) -> PathBuf {
     let b = dir.join("bundle");

@@ -195,7 +195,12 @@ fn setup(
     if !spec.dns.is_empty() {
         write_resolv_conf(&spec.dns).map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))?;
     }
-    if spec.mode == StartMode::Background {
+    // A background VM's init has no one to talk to; nor has a parked one
+    // whose command gets a pty for all of fds 0-2 (an OCI container with a
+    // console socket): the caller's own stdio (an engine reading `create`'s
+    // output until it closes) is let go.
+    let all_pty = spec.stdio == StdioPlan::all_pty();
+    if spec.mode == StartMode::Background || (spec.parked && all_pty) {
         let null = rustix::fs::open(
             "/dev/null",
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
