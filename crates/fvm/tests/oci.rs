@@ -1162,3 +1162,39 @@ fn exec_with_a_terminal_sends_its_pty_to_the_console_socket() {
     oci(&root, &["delete", "--force", id]).ok();
     no_vms_left(&root);
 }
+
+#[test]
+fn a_plain_bundle_of_the_hosts_root_is_refused() {
+    if !needs_root("a_plain_bundle_of_the_hosts_root_is_refused") {
+        return;
+    }
+    let dir = common::temp_dir("oci-slash");
+    let root = dir.path().join("root");
+    // The host's / by its name and by another: never a container's own root.
+    for path in ["/", "../../../../../../../../.."] {
+        let b = bundle(
+            dir.path(),
+            &format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":{path:?}}},
+                    "process":{{"user":{{"uid":0,"gid":0}},"args":["/bin/true"],"cwd":"/"}}}}"#
+            ),
+        );
+        let out = oci(
+            &root,
+            &["run", "--bundle", b.to_str().unwrap(), "fvm-slash"],
+        );
+        assert_eq!(out.code, 1, "{path}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        assert!(
+            out.stderr.contains("org.featherweight.rootfs=host"),
+            "{out}"
+        );
+    }
+    // Nothing was made.
+    let made = |sub: &str| {
+        std::fs::read_dir(root.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!((made("containers"), made("store/vms")), (0, 0));
+}
