@@ -213,6 +213,10 @@ pub const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
                 "ctr run --rm --runc-binary /usr/bin/fvm-runc --annotation org.featherweight.rootfs=host --rootfs EMPTY ID /bin/sh",
                 "a clone of the host as a containerd task",
             ),
+            (
+                "ctr run --rm --runc-binary /usr/bin/fvm-runc --rootfs DIR ID /bin/sh",
+                "a container of its own root directory DIR (never the host's), with fvm's diff",
+            ),
         ],
     ),
     ("ps", &[("fvm ps web1", "the processes of a running VM")]),

@@ -381,19 +381,128 @@ fn a_detached_container_takes_exec_ps_pause_kill_and_delete() {
     });
 }
 
+/// A tiny root filesystem in `dir`: `programs` of the host (looked up in
+/// /bin, /sbin) with the libraries they load, and the usual empty mount points.
+fn tiny_rootfs(dir: &Path, programs: &[&str]) {
+    let copy = |from: &Path, to: &Path| {
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(from, to).unwrap_or_else(|e| panic!("copy {}: {e}", from.display()));
+    };
+    for sub in ["proc", "sys", "dev", "run", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    for program in programs {
+        let host = ["/bin", "/sbin", "/usr/bin", "/usr/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(program))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{program} is not on this host"));
+        copy(&host, &dir.join("bin").join(program));
+        let mut ldd = Command::new("ldd");
+        ldd.arg(&host);
+        let out = try_run(ldd, None, Duration::from_secs(30)).unwrap();
+        for lib in out.stdout.split_whitespace().filter(|w| w.starts_with('/')) {
+            let lib = Path::new(lib);
+            copy(lib, &dir.join(lib.strip_prefix("/").unwrap()));
+        }
+    }
+}
+
 #[test]
 fn a_container_without_the_annotation_never_gets_the_host() {
     if skip("a_container_without_the_annotation_never_gets_the_host") {
         return;
     }
     let c = Containerd::start("oci-plain");
-    let out = c.run(&["--rm"], "fvm-oci-plain", &["/bin/true"]);
-    assert_ne!(out.code, 0, "{out}");
-    assert!(
-        out.stderr.contains("org.featherweight.rootfs"),
-        "the refusal names the annotation: {out}"
+    let rootfs = c.path("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "ls", "cat", "rm"]);
+    // A host file the container must not see.
+    let host_only = common::HostFile(PathBuf::from(format!("/etc/{}", unique("hostonly"))));
+    std::fs::write(&host_only.0, "host\n").unwrap();
+    let export = c.path("export");
+    let export_ann = format!("org.featherweight.export={}", export.display());
+    let id = "fvm-oci-plain";
+    let out = c.run(
+        &["--rm", "--annotation", &export_ann],
+        id,
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "test -e {} && echo HOST-VISIBLE; ls /etc; echo rootfs-listed; \
+                 echo x > /probe; rm /bin/cat; exit 3",
+                host_only.0.display()
+            ),
+        ],
     );
-    let _ = c.ctr(&["container", "delete", "fvm-oci-plain"]);
+    assert_eq!(out.code, 3, "{out}");
+    assert!(out.stdout.contains("rootfs-listed"), "{out}");
+    assert!(!out.stdout.contains("HOST-VISIBLE"), "{out}");
+    // Its /etc is the rootfs's, empty: none of the host's files.
+    assert!(!out.stdout.contains("passwd"), "{out}");
+    // The rootfs itself is only the lower layer: unchanged.
+    assert!(!rootfs.join("probe").exists());
+    assert!(rootfs.join("bin/cat").exists());
+    // The export lists the container's changes at its own paths.
+    let text = std::fs::read_to_string(export.join(format!("{id}.json"))).unwrap();
+    let changes: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let has = |kind: &str, path: &str| {
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["kind"] == kind && c["path"] == path)
+    };
+    assert!(has("A", "/probe"), "{text}");
+    assert!(has("D", "/bin/cat"), "{text}");
+    assert!(!text.contains("/proc"), "{text}");
+
+    // root.readonly: nothing can be written, the mount points still work.
+    let out = c.run(
+        &["--rm", "--read-only"],
+        "fvm-oci-readonly",
+        &[
+            "/bin/sh",
+            "-c",
+            "echo x > /probe2 || echo read-only; cat /proc/self/comm",
+        ],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("read-only"), "{out}");
+    assert!(out.stdout.contains("cat"), "{out}");
+    wait_until("nothing of the container is left", || {
+        c.leftovers().is_empty()
+    });
+}
+
+#[test]
+fn ctr_run_with_a_terminal() {
+    let test = "ctr_run_with_a_terminal";
+    if skip(test) || !needs_tool(test, "script") {
+        return;
+    }
+    let c = Containerd::start("oci-ctr-tty");
+    let bin = c.path("bin/fvm-runc");
+    let root = c.path("runc");
+    let rootfs = c.path("rootfs");
+    let id = "fvm-oci-tty";
+    // ctr wants a terminal of its own for -t: `script` gives it one.
+    let line = format!(
+        "ctr --address {sock} run -t --rm --cgroup /{parent}/{id} --runc-binary {bin} \
+         --runc-root {root} --annotation org.featherweight.rootfs=host --rootfs {rootfs} \
+         {id} /bin/sh -c 'tty; echo TERMOK; exit 5'",
+        sock = c.path("containerd.sock").display(),
+        parent = c.cgroup_parent,
+        bin = bin.display(),
+        root = root.display(),
+        rootfs = rootfs.display(),
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"]);
+    let out = try_run(cmd, None, Duration::from_secs(90)).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.code, 5, "{out}");
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("TERMOK"), "{out}");
     wait_until("nothing of the container is left", || {
         c.leftovers().is_empty()
     });
@@ -724,4 +833,368 @@ fn no_vms_left(root: &Path) {
             .next()
             .is_none()
     });
+}
+
+/// A network namespace the test makes (`ip netns add`), with a veth pair of
+/// its own inside it; deleted on drop.
+struct Netns {
+    name: String,
+    veth: String,
+}
+
+impl Netns {
+    fn new() -> Netns {
+        let tag = format!("{:08x}", std::process::id() ^ rand_tag());
+        let ns = Netns {
+            name: format!("fvm-oci-{tag}"),
+            veth: format!("fvmo{tag}"),
+        };
+        common::sh(&format!(
+            "ip netns add {n} && ip -n {n} link set lo up && \
+             ip -n {n} link add {v} type veth peer name fvmp{t} && \
+             ip -n {n} addr add 127.0.0.2/32 dev {v} && ip -n {n} link set {v} up",
+            n = ns.name,
+            v = ns.veth,
+            t = tag
+        ))
+        .ok();
+        ns
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .status();
+    }
+}
+
+/// A few bits that differ between runs of the same pid.
+fn rand_tag() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_container_joins_a_network_namespace_by_path() {
+    let test = "a_container_joins_a_network_namespace_by_path";
+    if !needs_root(test) || !needs_tool(test, "ip") {
+        return;
+    }
+    let dir = common::temp_dir("oci-netns");
+    let root = dir.path().join("root");
+    let ns = Netns::new();
+    let config = |path: &str, args: &str| {
+        format!(
+            r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+                "process":{{"user":{{"uid":0,"gid":0}},"args":{args},"cwd":"/"}},
+                "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"network","path":{path:?}}}]}},
+                "annotations":{{"org.featherweight.rootfs":"host"}}}}"#
+        )
+    };
+    // The container's process and an exec'd one are in that namespace: they
+    // see its veth, and none of the host's interfaces.
+    let b = bundle(
+        dir.path(),
+        &config(
+            &ns.path(),
+            r#"["/bin/sh","-c","cat /proc/net/dev; ls /sys/class/net; sleep 1000"]"#,
+        ),
+    );
+    let log = dir.path().join("out.log");
+    let id = "fvm-netns";
+    let mut create = Command::new(common::FVM);
+    create
+        .arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["create", "--bundle", b.to_str().unwrap(), id])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit());
+    assert!(create.status().unwrap().success());
+    oci(&root, &["start", id]).ok();
+    wait_until("the container listed its interfaces", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(&ns.veth)
+            .count()
+            >= 2
+    });
+    let seen = std::fs::read_to_string(&log).unwrap();
+    let host_ifaces: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "lo")
+        .collect();
+    for iface in &host_ifaces {
+        assert!(!seen.contains(iface.as_str()), "host {iface} seen: {seen}");
+    }
+    let process = dir.path().join("process.json");
+    std::fs::write(
+        &process,
+        r#"{"user":{"uid":0,"gid":0},"args":["/bin/cat","/proc/net/dev"],"cwd":"/"}"#,
+    )
+    .unwrap();
+    let exec = oci(&root, &["exec", "--process", process.to_str().unwrap(), id]).ok();
+    assert!(exec.stdout.contains(&ns.veth), "{exec}");
+    oci(&root, &["delete", "--force", id]).ok();
+    // Anything but a network namespace is refused, with one line, and nothing
+    // is made.
+    for bad in ["/proc/self/ns/pid", "/etc/hostname", "/dev/null"] {
+        let b = bundle(dir.path(), &config(bad, r#"["/bin/true"]"#));
+        let out = oci(
+            &root,
+            &["run", "--bundle", b.to_str().unwrap(), "fvm-netns-bad"],
+        );
+        assert_eq!(out.code, 1, "{bad}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        assert!(out.stderr.contains("network namespace"), "{out}");
+    }
+    no_vms_left(&root);
+}
+
+#[test]
+fn mounts_masked_and_readonly_paths_stay_inside_the_vms_root() {
+    if !needs_root("mounts_masked_and_readonly_paths_stay_inside_the_vms_root") {
+        return;
+    }
+    let dir = common::temp_dir("oci-mounts");
+    let root = dir.path().join("root");
+    let host_side = dir.path().join("hostside");
+    std::fs::create_dir(&host_side).unwrap();
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::fs::write(volume.join("secret"), "s3cret\n").unwrap();
+    let config = format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+            "process":{{"user":{{"uid":0,"gid":0}},"cwd":"/","env":["PATH=/bin"],
+              "args":["/bin/sh","-c","cat /run/fvmvol/secret; echo x > /run/fvmvol/w 2>/dev/null && echo VOL-WRITABLE; cat /evil/inside/secret; cat /proc/mounts; cat /etc/secret-file; echo masked-file; ls /etc/secret-dir; echo masked-dir; echo y > /ro-dir/f 2>/dev/null && echo RO-WRITABLE; echo z > /data/f && echo data-ok"]}},
+            "mounts":[
+              {{"destination":"/var/run/fvmvol","type":"bind","source":{vol:?},"options":["rbind","ro"]}},
+              {{"destination":"/evil/inside","type":"bind","source":{vol:?},"options":["rbind","ro"]}},
+              {{"destination":"/data","type":"tmpfs","source":"tmpfs","options":["nosuid","size=1m","mode=0700"]}}],
+            "linux":{{"maskedPaths":["/etc/secret-file","/etc/secret-dir","/fvm-not-there"],
+                      "readonlyPaths":["/ro-dir"]}}}}"#,
+        vol = volume.to_str().unwrap()
+    );
+    let b = bundle(dir.path(), &config);
+    let rootfs = b.join("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "cat", "ls"]);
+    // Debian's /var/run, and a symlink that climbs out towards a host path.
+    std::fs::create_dir(rootfs.join("var")).unwrap();
+    std::os::unix::fs::symlink("/run", rootfs.join("var/run")).unwrap();
+    let climb = format!("../../../../../../..{}", host_side.display());
+    std::os::unix::fs::symlink(&climb, rootfs.join("evil")).unwrap();
+    std::fs::write(rootfs.join("etc/secret-file"), "leak\n").unwrap();
+    std::fs::create_dir(rootfs.join("etc/secret-dir")).unwrap();
+    std::fs::write(rootfs.join("etc/secret-dir/leak-too"), "leak\n").unwrap();
+    std::fs::create_dir(rootfs.join("ro-dir")).unwrap();
+    let out = oci(
+        &root,
+        &["run", "--bundle", b.to_str().unwrap(), "fvm-mounts"],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    // The bind through /var/run is at /run (the VM's), read-only.
+    assert_eq!(out.stdout.matches("s3cret").count(), 2, "{out}");
+    assert!(!out.stdout.contains("VOL-WRITABLE"), "{out}");
+    // The symlink was followed inside the VM's root: nothing made on the host.
+    assert!(!host_side.join("inside").exists());
+    assert_eq!(std::fs::read_dir(&host_side).unwrap().count(), 0);
+    // The tmpfs with its options.
+    let data = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tmpfs /data "))
+        .unwrap_or_else(|| panic!("no /data tmpfs: {out}"));
+    assert!(data.contains("nosuid"), "{data}");
+    assert!(data.contains("size=1024k"), "{data}");
+    assert!(data.contains("mode=700"), "{data}");
+    assert!(out.stdout.contains("data-ok"), "{out}");
+    // Masked and read-only paths.
+    assert!(!out.stdout.contains("leak"), "{out}");
+    assert!(out.stdout.contains("masked-dir"), "{out}");
+    assert!(!out.stdout.contains("RO-WRITABLE"), "{out}");
+    // The rootfs is only the lower layer: untouched.
+    assert!(!rootfs.join("data").exists());
+    oci(&root, &["delete", "--force", "fvm-mounts"]).ok();
+    no_vms_left(&root);
+}
+
+/// `Name:` of a `/proc/PID/status` text, its fields joined by one space.
+fn status_field(status: &str, name: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}:")))
+        .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| panic!("no {name} in {status}"))
+}
+
+#[test]
+fn the_process_user_capabilities_and_rlimits_are_applied_within_fvms_own() {
+    if !needs_root("the_process_user_capabilities_and_rlimits_are_applied_within_fvms_own") {
+        return;
+    }
+    let dir = common::temp_dir("oci-user");
+    let root = dir.path().join("root");
+    let run = |process: &str| {
+        let b = bundle(
+            dir.path(),
+            &format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},"process":{{"cwd":"/","env":["PATH=/bin"],
+                    "args":["/bin/sh","-c","cat /proc/self/status; echo umask $(umask); echo nofile $(ulimit -Sn) $(ulimit -Hn)"],
+                    {process}}}}}"#
+            ),
+        );
+        tiny_rootfs(&b.join("rootfs"), &["sh", "cat"]);
+        oci(&root, &["run", "--bundle", b.to_str().unwrap(), "fvm-user"]).ok()
+    };
+    // A user of its own, with groups, umask, rlimits and capabilities: those
+    // outside fvm's set (SYS_ADMIN) are not given, whatever the config says.
+    let out = run(
+        r#""user":{"uid":1234,"gid":2345,"additionalGids":[3456,4567],"umask":23},
+           "rlimits":[{"type":"RLIMIT_NOFILE","soft":100,"hard":200}],
+           "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_NET_RAW","CAP_KILL"],
+                           "effective":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_KILL"],
+                           "permitted":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_KILL"],
+                           "inheritable":["CAP_KILL","CAP_SYS_ADMIN"],
+                           "ambient":["CAP_KILL","CAP_SYS_ADMIN"]}"#,
+    );
+    let s = &out.stdout;
+    assert_eq!(status_field(s, "Uid"), "1234 1234 1234 1234", "{out}");
+    assert_eq!(status_field(s, "Gid"), "2345 2345 2345 2345", "{out}");
+    assert_eq!(status_field(s, "Groups"), "3456 4567", "{out}");
+    assert!(s.contains("umask 0027"), "{out}");
+    assert!(s.contains("nofile 100 200"), "{out}");
+    // CHOWN 0, KILL 5, NET_RAW 13 bound; only KILL ambient (so kept by a
+    // non-root process across exec).
+    assert_eq!(status_field(s, "CapBnd"), "0000000000002021", "{out}");
+    assert_eq!(status_field(s, "CapAmb"), "0000000000000020", "{out}");
+    assert_eq!(status_field(s, "CapEff"), "0000000000000020", "{out}");
+    // Root asking for more than fvm gives gets only what it gives.
+    let out = run(r#""user":{"uid":0,"gid":0},
+           "capabilities":{"bounding":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_MKNOD"],
+                           "effective":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_MKNOD"],
+                           "permitted":["CAP_CHOWN","CAP_SYS_ADMIN","CAP_MKNOD"]}"#);
+    assert_eq!(
+        status_field(&out.stdout, "CapEff"),
+        "0000000000000001",
+        "{out}"
+    );
+    assert_eq!(
+        status_field(&out.stdout, "CapBnd"),
+        "0000000000000001",
+        "{out}"
+    );
+    assert_eq!(status_field(&out.stdout, "Uid"), "0 0 0 0", "{out}");
+    no_vms_left(&root);
+}
+
+#[test]
+fn exec_with_a_terminal_sends_its_pty_to_the_console_socket() {
+    if !needs_root("exec_with_a_terminal_sends_its_pty_to_the_console_socket") {
+        return;
+    }
+    let dir = common::temp_dir("oci-exec-tty");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"args":["sleep","1000"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let id = "fvm-exec-tty";
+    oci(&root, &["create", "--bundle", b.to_str().unwrap(), id]).ok();
+    oci(&root, &["start", id]).ok();
+    let process = dir.path().join("process.json");
+    std::fs::write(
+        &process,
+        r#"{"terminal":true,"user":{"uid":0,"gid":0},"cwd":"/",
+            "args":["/bin/sh","-c","tty; echo TERMOK; sleep 2"]}"#,
+    )
+    .unwrap();
+    let p = process.to_str().unwrap();
+    // A terminal needs a console socket.
+    let without = oci(&root, &["exec", "--process", p, "--detach", id]);
+    assert_eq!(without.code, 1, "{without}");
+    assert!(without.stderr.contains("--console-socket"), "{without}");
+    let socket = dir.path().join("console.sock");
+    let receiver = common::Background::start({
+        let mut cmd = Command::new(common::python());
+        cmd.arg("-c").arg(CONSOLE_RECEIVER).arg(&socket);
+        cmd
+    });
+    wait_until("the console socket listens", || socket.exists());
+    let pid_file = dir.path().join("exec.pid");
+    oci(
+        &root,
+        &[
+            "exec",
+            "--process",
+            p,
+            "--detach",
+            "--console-socket",
+            socket.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+            id,
+        ],
+    )
+    .ok();
+    let out = receiver.finish();
+    assert!(out.stdout.contains("/dev/pts/"), "{out}");
+    assert!(out.stdout.contains("TERMOK"), "{out}");
+    assert!(
+        std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse::<i32>()
+            .is_ok()
+    );
+    oci(&root, &["delete", "--force", id]).ok();
+    no_vms_left(&root);
+}
+
+#[test]
+fn a_plain_bundle_of_the_hosts_root_is_refused() {
+    if !needs_root("a_plain_bundle_of_the_hosts_root_is_refused") {
+        return;
+    }
+    let dir = common::temp_dir("oci-slash");
+    let root = dir.path().join("root");
+    // The host's / by its name and by another: never a container's own root.
+    for path in ["/", "../../../../../../../../.."] {
+        let b = bundle(
+            dir.path(),
+            &format!(
+                r#"{{"ociVersion":"1.0.2","root":{{"path":{path:?}}},
+                    "process":{{"user":{{"uid":0,"gid":0}},"args":["/bin/true"],"cwd":"/"}}}}"#
+            ),
+        );
+        let out = oci(
+            &root,
+            &["run", "--bundle", b.to_str().unwrap(), "fvm-slash"],
+        );
+        assert_eq!(out.code, 1, "{path}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+        assert!(
+            out.stderr.contains("org.featherweight.rootfs=host"),
+            "{out}"
+        );
+    }
+    // Nothing was made.
+    let made = |sub: &str| {
+        std::fs::read_dir(root.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!((made("containers"), made("store/vms")), (0, 0));
 }

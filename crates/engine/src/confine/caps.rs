@@ -73,6 +73,55 @@ pub fn drop_to(kept: CapabilitySet) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Remove every capability outside `keep` from the bounding set (what is
+/// outside it already stays out). Allocates nothing.
+pub fn limit_bounding(keep: CapabilitySet) -> std::io::Result<()> {
+    for bit in 0..64u32 {
+        let cap = CapabilitySet::from_bits_retain(1 << bit);
+        if keep.contains(cap) {
+            continue;
+        }
+        match rustix::thread::remove_capability_from_bounding_set(cap) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Set the effective, permitted and inheritable sets to what is asked within
+/// what the thread has now (its permitted set: never more), then raise the
+/// ambient capabilities asked for that are permitted and inheritable; keeping
+/// capabilities across a uid change is turned off again. Allocates nothing.
+pub fn narrow(
+    effective: CapabilitySet,
+    permitted: CapabilitySet,
+    inheritable: CapabilitySet,
+    ambient: CapabilitySet,
+) -> std::io::Result<()> {
+    let now = rustix::thread::capabilities(None)?;
+    let permitted = permitted & now.permitted;
+    let inheritable = inheritable & (now.inheritable | now.permitted);
+    rustix::thread::set_capabilities(
+        None,
+        CapabilitySets {
+            effective: effective & permitted,
+            permitted,
+            inheritable,
+        },
+    )?;
+    rustix::thread::clear_ambient_capability_set()?;
+    for bit in 0..64u32 {
+        let cap = CapabilitySet::from_bits_retain(1 << bit);
+        if (ambient & permitted & inheritable).contains(cap) && !cap.is_empty() {
+            rustix::thread::configure_capability_in_ambient_set(cap, true)?;
+        }
+    }
+    rustix::thread::set_keep_capabilities(false)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,16 +9,21 @@
 //! 2. After `pivot_root` and detaching the old root the host tree is unreachable,
 //!    so everything else (files, device nodes, fresh kernel filesystems) is created
 //!    by ordinary paths inside the VM's own view.
+//! 3. Last, an OCI container's own mounts: its binds (taken as detached mount
+//!    trees before the pivot), tmpfs mounts, masked and read-only paths, each at
+//!    a path resolved inside the VM's root (a symlink followed as the VM sees
+//!    it, never up into the host's tree, never through a magic link).
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags};
 
-use super::plan::{Flags, MountPlan, Overlay};
+use super::plan::{ContainerMount, ContainerMounts, Flags, MountPlan, Overlay};
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot {what} {path}")]
@@ -187,14 +192,25 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
     for file in &plan.file_binds {
         bind_file_readonly(&staging, file, &layout.staging)?;
     }
-    for b in &plan.binds {
-        bind(&staging, b, &layout.staging)?;
-    }
+    // The container's bind sources: detached copies of their mounts, taken
+    // while the host's tree is in view and attached once the VM's own mounts
+    // are made (`container_mounts`).
+    let sources = bind_sources(&plan.container)?;
     // Host DNS config that lives in /run must be read now, while the host's /run is
     // still reachable; it is written into the VM's private /run after the pivot.
-    let resolv = run_resolv_conf();
+    let resolv = if plan.own_root {
+        None
+    } else {
+        run_resolv_conf()
+    };
     pivot(&layout.staging)?;
-    populate(plan, resolv)
+    populate(plan, resolv)?;
+    container_mounts(&plan.container, sources)?;
+    if plan.root_readonly {
+        rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
+            .map_err(|e| err("make read-only", Path::new("/"))(e.into()))?;
+    }
+    Ok(())
 }
 
 fn mount_overlay(o: &Overlay, layout: &Layout, target: &Path) -> Result<(), MountError> {
@@ -317,80 +333,237 @@ fn bind_file_readonly(root: &OwnedFd, file: &Path, staging: &Path) -> Result<(),
         .map_err(|e| err("make read-only", file)(e.into()))
 }
 
-/// Bind `b.source` (a host path) at `b.target` beneath the VM's root, made
-/// there (a directory or an empty file, as the source is) where missing; every
-/// component is opened beneath the root without following a symlink.
-fn bind(root: &OwnedFd, b: &super::plan::Bind, staging: &Path) -> Result<(), MountError> {
-    let source = rustix::fs::open(&b.source, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| err("open", &b.source)(e.into()))?;
-    let is_dir = rustix::fs::fstat(&source)
-        .map(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+/// A detached copy (with the mounts below it) of each bind's source, by the
+/// index of its mount; taken before `pivot_root`, while host paths resolve.
+fn bind_sources(c: &ContainerMounts) -> Result<Vec<Option<OwnedFd>>, MountError> {
+    use rustix::mount::OpenTreeFlags;
+    c.mounts
+        .iter()
+        .map(|m| match m {
+            ContainerMount::Bind(b) => rustix::mount::open_tree(
+                rustix::fs::CWD,
+                &b.source,
+                OpenTreeFlags::OPEN_TREE_CLONE
+                    | OpenTreeFlags::OPEN_TREE_CLOEXEC
+                    | OpenTreeFlags::AT_RECURSIVE,
+            )
+            .map(Some)
+            .map_err(|e| err("take the mount of", &b.source)(e.into())),
+            ContainerMount::Tmpfs(_) => Ok(None),
         })
-        .map_err(|e| err("stat", &b.source)(e.into()))?;
-    let target = make_beneath(root, &b.target, is_dir)?;
-    rustix::mount::mount_bind_recursive(fd_path(&source), fd_path(&target))
-        .map_err(|e| err(format!("bind {} at", b.source.display()), &b.target)(e.into()))?;
-    if b.readonly {
-        // As in `bind_file_readonly`: by path, which was just made or checked
-        // to have no symlink, before any process of the VM runs.
-        let at = staging.join(b.target.strip_prefix("/").unwrap_or(&b.target));
-        rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY, "")
-            .map_err(|e| err("make read-only", &b.target)(e.into()))?;
+        .collect()
+}
+
+/// Step 3, after fvm's own mounts: the container's binds and tmpfs mounts in
+/// order, then its masked and read-only paths. Every path is resolved inside
+/// the VM's root (see [`open_in_root`]).
+fn container_mounts(c: &ContainerMounts, sources: Vec<Option<OwnedFd>>) -> Result<(), MountError> {
+    if c.mounts.is_empty() && c.masked.is_empty() && c.readonly.is_empty() {
+        return Ok(());
+    }
+    let root = open_root()?;
+    for (m, source) in c.mounts.iter().zip(sources) {
+        match (m, source) {
+            (ContainerMount::Bind(b), Some(tree)) => {
+                let is_dir = rustix::fs::fstat(&tree)
+                    .map(|st| {
+                        rustix::fs::FileType::from_raw_mode(st.st_mode)
+                            == rustix::fs::FileType::Directory
+                    })
+                    .map_err(|e| err("stat", &b.source)(e.into()))?;
+                let target = open_in_root(&root, &b.target, Some(is_dir))?
+                    .ok_or_else(|| err("create", &b.target)(io::ErrorKind::NotFound.into()))?;
+                rustix::mount::move_mount(
+                    &tree,
+                    "",
+                    &target,
+                    "",
+                    rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
+                        | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
+                )
+                .map_err(|e| err(format!("bind {} at", b.source.display()), &b.target)(e.into()))?;
+                if b.readonly {
+                    remount_readonly(&root, &b.target)?;
+                }
+            }
+            (ContainerMount::Tmpfs(t), _) => {
+                let target = open_in_root(&root, &t.target, Some(true))?
+                    .ok_or_else(|| err("create", &t.target)(io::ErrorKind::NotFound.into()))?;
+                mount_fs("tmpfs", &fd_path(&target), "tmpfs", flags(t.flags), &t.data).map_err(
+                    |mut e| {
+                        e.path = t.target.clone();
+                        e
+                    },
+                )?;
+            }
+            (ContainerMount::Bind(b), None) => {
+                return Err(err("bind", &b.source)(io::ErrorKind::NotFound.into()));
+            }
+        }
+    }
+    let locked = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    for path in &c.masked {
+        let Some(target) = open_in_root(&root, path, None)? else {
+            continue;
+        };
+        let st = rustix::fs::fstat(&target).map_err(|e| err("stat", path)(e.into()))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+            mount_fs(
+                "tmpfs",
+                &fd_path(&target),
+                "tmpfs",
+                locked | MountFlags::RDONLY,
+                "mode=0555,size=4k,nr_inodes=1",
+            )
+            .map_err(|mut e| {
+                e.path = path.clone();
+                e
+            })?;
+        } else {
+            rustix::mount::mount_bind("/dev/null", fd_path(&target))
+                .map_err(|e| err("mask", path)(e.into()))?;
+        }
+    }
+    for path in &c.readonly {
+        let Some(target) = open_in_root(&root, path, None)? else {
+            continue;
+        };
+        rustix::mount::mount_bind_recursive(fd_path(&target), fd_path(&target))
+            .map_err(|e| err("bind over itself", path)(e.into()))?;
+        remount_readonly(&root, path)?;
     }
     Ok(())
 }
 
-/// `path` beneath `root`, each missing directory made on the way and the last
-/// component made as a directory (`dir`) or an empty file; refused where a
-/// component is a symlink or not a directory.
-fn make_beneath(root: &OwnedFd, path: &Path, dir: bool) -> Result<OwnedFd, MountError> {
-    let parts: Vec<&std::ffi::OsStr> = path
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(n) => Some(Ok(n)),
-            std::path::Component::RootDir => None,
-            _ => Some(Err(())),
-        })
-        .collect::<Result<_, ()>>()
-        .map_err(|()| err("use the mount point", path)(io::Error::other("it has . or ..")))?;
-    let Some((last, parents)) = parts.split_last() else {
-        return Err(err("use the mount point", path)(io::Error::other(
-            "it is the root",
-        )));
-    };
-    let beneath = |at: &OwnedFd, name: &std::ffi::OsStr, flags: OFlags| {
+/// Make the mount at `path` (in the VM's root) read-only, keeping its other
+/// flags (`nosuid`, `nodev`, `noexec`), which a bind remount would clear.
+fn remount_readonly(root: &OwnedFd, path: &Path) -> Result<(), MountError> {
+    use rustix::fs::StatVfsMountFlags as V;
+    let top = open_in_root(root, path, None)?
+        .ok_or_else(|| err("make read-only", path)(io::ErrorKind::NotFound.into()))?;
+    let vfs = rustix::fs::fstatvfs(&top).map_err(|e| err("stat", path)(e.into()))?;
+    let mut f = MountFlags::BIND | MountFlags::RDONLY;
+    for (has, flag) in [
+        (V::NOSUID, MountFlags::NOSUID),
+        (V::NODEV, MountFlags::NODEV),
+        (V::NOEXEC, MountFlags::NOEXEC),
+    ] {
+        if vfs.f_flag.contains(has) {
+            f |= flag;
+        }
+    }
+    rustix::mount::mount_remount(fd_path(&top), f, "")
+        .map_err(|e| err("make read-only", path)(e.into()))
+}
+
+/// `path` inside the VM's root `root`, a symlink on the way followed as the
+/// VM sees it (`/var/run/x` is `/run/x` where `/var/run` links to `/run`),
+/// never above the root, and never through a magic link of `/proc`. With
+/// `make` (whether the last component is a directory), missing components
+/// are made (directories, and the last one as a directory or an empty file);
+/// without it a missing path is `None`.
+fn open_in_root(
+    root: &OwnedFd,
+    path: &Path,
+    make: Option<bool>,
+) -> Result<Option<OwnedFd>, MountError> {
+    let open = |rel: &Path, extra: OFlags| {
+        let rel = if rel.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rel
+        };
         rustix::fs::openat2(
-            at,
-            name,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            root,
+            rel,
+            OFlags::PATH | OFlags::CLOEXEC | extra,
             Mode::empty(),
-            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
         )
     };
-    let mut at = root.try_clone().map_err(err("open", path))?;
-    for part in parents {
-        match rustix::fs::mkdirat(&at, *part, Mode::from_raw_mode(0o755)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => return Err(err("create a directory for", path)(e.into())),
+    let rel = path.strip_prefix("/").unwrap_or(path);
+    let is_dir = match (open(rel, OFlags::empty()), make) {
+        (Ok(fd), _) => return Ok(Some(fd)),
+        (Err(rustix::io::Errno::NOENT), None) => return Ok(None),
+        (Err(rustix::io::Errno::NOENT), Some(is_dir)) => is_dir,
+        (Err(e), _) => return Err(err("open", path)(e.into())),
+    };
+    // Walked a name at a time from the root: `at` is where the walk is, as
+    // the kernel names it (symlinks resolved), so `..` is its parent. A
+    // missing name that is a dangling symlink is followed (its target made
+    // inside the root); any other missing name is made.
+    let name_of = |fd: &OwnedFd| -> Result<PathBuf, MountError> {
+        let real = std::fs::read_link(fd_path(fd)).map_err(err("resolve", path))?;
+        Ok(real.strip_prefix("/").unwrap_or(&real).to_owned())
+    };
+    let mut queue: std::collections::VecDeque<std::ffi::OsString> = rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n.to_owned()),
+            _ => None,
+        })
+        .collect();
+    let mut at = PathBuf::new();
+    let mut links = 0;
+    while let Some(part) = queue.pop_front() {
+        if part == "." {
+            continue;
         }
-        at = beneath(&at, part, OFlags::PATH | OFlags::DIRECTORY)
-            .map_err(|e| err("open a directory of the mount point", path)(e.into()))?;
-    }
-    if dir {
-        match rustix::fs::mkdirat(&at, *last, Mode::from_raw_mode(0o755)) {
+        if part == ".." {
+            at.pop();
+            continue;
+        }
+        let next = at.join(&part);
+        match open(&next, OFlags::empty()) {
+            Ok(fd) => {
+                at = name_of(&fd)?;
+                continue;
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(err("open", path)(e.into())),
+        }
+        let parent =
+            open(&at, OFlags::DIRECTORY).map_err(|e| err("open a directory of", path)(e.into()))?;
+        if let Ok(target) = rustix::fs::readlinkat(&parent, &part, Vec::new()) {
+            links += 1;
+            if links > 40 {
+                return Err(err("open", path)(io::Error::from_raw_os_error(libc::ELOOP)));
+            }
+            let target = PathBuf::from(std::ffi::OsString::from_vec(target.into_bytes()));
+            if target.is_absolute() {
+                at = PathBuf::new();
+            }
+            for c in target.components().rev() {
+                match c {
+                    std::path::Component::Normal(n) => queue.push_front(n.to_owned()),
+                    std::path::Component::ParentDir => queue.push_front("..".into()),
+                    _ => {}
+                }
+            }
+            continue;
+        }
+        let made = if queue.is_empty() && !is_dir {
+            rustix::fs::openat(
+                &parent,
+                &part,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            )
+            .map(drop)
+        } else {
+            rustix::fs::mkdirat(&parent, &part, Mode::from_raw_mode(0o755))
+        };
+        match made {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(err("create", path)(e.into())),
         }
-        beneath(&at, last, OFlags::PATH | OFlags::DIRECTORY)
-    } else {
-        match beneath(&at, last, OFlags::WRONLY | OFlags::CREATE) {
-            Ok(_) | Err(rustix::io::Errno::ISDIR) => {}
-            Err(e) => return Err(err("create", path)(e.into())),
-        }
-        beneath(&at, last, OFlags::PATH)
+        let fd = open(&next, OFlags::empty())
+            .map_err(|e| err("open the mount point", path)(e.into()))?;
+        at = name_of(&fd)?;
     }
-    .map_err(|e| err("open the mount point", path)(e.into()))
+    open(&at, OFlags::empty())
+        .map(Some)
+        .map_err(|e| err("open the mount point", path)(e.into()))
 }
 
 fn run_resolv_conf() -> Option<(PathBuf, Vec<u8>)> {

@@ -93,9 +93,56 @@ pub struct MountPlan {
     /// What to mount read-only at `/sys/fs/cgroup`: the VM's own cgroup, seen
     /// through its cgroup namespace. Filled in from the host's cgroup layout.
     pub cgroups: crate::cgroup::CgroupView,
-    /// Host paths bound at other paths in the VM: what an OCI container's
-    /// engine mounts into it (hosts files, secrets, volumes).
-    pub binds: Vec<Bind>,
+    /// What an OCI container's config mounts into it (hosts files, secrets,
+    /// volumes, tmpfs mounts) and masks, applied once fvm's own mounts are made.
+    pub container: ContainerMounts,
+    /// The VM's root is a directory of its own (an OCI container's rootfs),
+    /// not the host's: nothing of the host's tree (not even its DNS files in
+    /// `/run`) is carried in.
+    pub own_root: bool,
+    /// Remount the VM's root read-only once it is assembled (an OCI
+    /// container's `root.readonly`): its own mount points are made first.
+    pub root_readonly: bool,
+}
+
+/// A directory that is a VM's only lower layer, instead of the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rootfs {
+    /// On the host: absolute and canonical (the caller's path, trusted).
+    pub path: PathBuf,
+    /// The VM's root is mounted read-only.
+    pub readonly: bool,
+}
+
+/// An OCI container's own mounts, in the VM as seen from its root: each
+/// destination is resolved inside the VM's root (a symlink on the way is
+/// followed there, never to the host's tree, and never through `/proc`'s
+/// magic links); a missing one is made in the VM's own layer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ContainerMounts {
+    /// Binds and tmpfs mounts, in the config's order.
+    pub mounts: Vec<ContainerMount>,
+    /// Paths hidden: a file by `/dev/null` bound over it, a directory by an
+    /// empty read-only tmpfs (missing ones are left alone).
+    pub masked: Vec<PathBuf>,
+    /// Paths bound read-only over themselves (missing ones are left alone).
+    pub readonly: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContainerMount {
+    Bind(Bind),
+    Tmpfs(Tmpfs),
+}
+
+/// A tmpfs the container's config mounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tmpfs {
+    /// In the VM: absolute, plain components.
+    pub target: PathBuf,
+    pub flags: Flags,
+    /// tmpfs's own options (`size=...,mode=...`), checked.
+    pub data: String,
 }
 
 /// A host file or directory bound into the VM.
@@ -103,8 +150,7 @@ pub struct MountPlan {
 pub struct Bind {
     /// On the host (the caller's path, trusted).
     pub source: PathBuf,
-    /// In the VM: absolute, plain components; made (beneath the VM's root,
-    /// never through a symlink) when missing.
+    /// In the VM: absolute, plain components (see [`ContainerMounts`]).
     pub target: PathBuf,
     pub readonly: bool,
 }
@@ -115,6 +161,36 @@ pub enum PlanError {
     NoRoot,
     #[error("the host root is a {fs_type} filesystem, which can't be a VM's lower layer")]
     RootUnusable { fs_type: String },
+    #[error("the root directory {0} is not an absolute path below /")]
+    RootfsNotOwn(PathBuf),
+}
+
+/// The plan of a VM whose only lower layer is `rootfs` (one overlay, at `/`):
+/// none of the host's mounts, files or hidden paths, only the fresh kernel
+/// trees every VM gets.
+pub fn of_rootfs(rootfs: &Rootfs) -> Result<MountPlan, PlanError> {
+    let plain = rootfs.path.is_absolute()
+        && rootfs
+            .path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if !plain || rootfs.path == Path::new("/") {
+        return Err(PlanError::RootfsNotOwn(rootfs.path.clone()));
+    }
+    Ok(MountPlan {
+        overlays: vec![Overlay {
+            // The layer's recorded mount point is where its lower layer is on
+            // the host (what a diff compares it with).
+            mount_point: rootfs.path.clone(),
+            key: crate::layers::layer_key(&rootfs.path),
+            flags: Flags::default(),
+            fs_type: "rootfs".into(),
+        }],
+        own_root: true,
+        root_readonly: rootfs.readonly,
+        ..MountPlan::default()
+    })
 }
 
 /// Build the plan. `private` lists host paths holding VM layers (canonical).
@@ -288,6 +364,28 @@ mod tests {
 37 22 0:41 / /media/auto rw,relatime shared:15 - autofs systemd-1 rw
 38 37 0:42 / /media/auto/usb rw,relatime shared:16 - vfat /dev/sdb1 rw
 ";
+
+    #[test]
+    fn a_rootfs_is_the_only_lower_layer() {
+        let r = Rootfs {
+            path: "/srv/bundle/rootfs".into(),
+            readonly: true,
+        };
+        let p = of_rootfs(&r).unwrap();
+        assert_eq!(p.overlays.len(), 1);
+        assert_eq!(p.overlays[0].mount_point, Path::new("/srv/bundle/rootfs"));
+        assert!(p.root_readonly && !p.overlays[0].flags.readonly);
+        assert!(p.own_root);
+        assert!(p.file_binds.is_empty() && p.hide.is_empty() && !p.private_tmp);
+        // The host's root by any name is not a root of its own.
+        for bad in ["/", "relative", "/a/../b"] {
+            let r = Rootfs {
+                path: bad.into(),
+                readonly: false,
+            };
+            assert!(of_rootfs(&r).is_err(), "{bad}");
+        }
+    }
 
     fn plan(text: &str, private: &[&str]) -> MountPlan {
         let private: Vec<PathBuf> = private.iter().map(PathBuf::from).collect();

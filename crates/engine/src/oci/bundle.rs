@@ -2,20 +2,22 @@
 //! its network, and the annotations that choose fvm's own behaviour.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Process, Spec};
 
 use super::OciError;
 use crate::limits::{Key, Limits};
-use crate::mounts::plan::Bind;
+use crate::mounts::plan::{Bind, ContainerMount, ContainerMounts, Flags, Rootfs, Tmpfs};
 use crate::net::NetMode;
-use crate::runtime::command::{CommandSpec, Program};
+use crate::runtime::command::{Capabilities, CommandSpec, ProcessSetup, Program};
 use crate::runtime::stdio::TtyMode;
 
 /// The annotation that makes the container a clone of the live host. Only this
-/// annotation does: a bundle whose `root.path` is `/` still gets its rootfs, so
-/// a container sent to another runtime by mistake never runs on the host.
+/// annotation does: without it the bundle's `root.path` is the VM's only lower
+/// layer (and `/` is refused), so a container sent to another runtime by
+/// mistake never runs on the host.
 pub const ROOTFS: &str = "org.featherweight.rootfs";
 /// Write the container's diff (JSON) into this host directory at `delete`.
 pub const EXPORT: &str = "org.featherweight.export";
@@ -33,6 +35,9 @@ pub struct Bundle {
     pub spec: Spec,
     /// `org.featherweight.rootfs=host`.
     pub host_clone: bool,
+    /// Without it: the bundle's `root.path` (canonical), the VM's only lower
+    /// layer.
+    pub rootfs: Option<Rootfs>,
     /// `org.featherweight.export=DIR`, checked.
     pub export: Option<PathBuf>,
     /// `org.featherweight.export-layer=true`.
@@ -74,12 +79,11 @@ impl Bundle {
                 });
             }
         };
-        if !host_clone {
-            return Err(OciError::Annotation {
-                key: ROOTFS,
-                why: "fvm runs a container as a clone of its host: set it to \"host\" (a container of its own image is run by another runtime)".into(),
-            });
-        }
+        let rootfs = if host_clone {
+            None
+        } else {
+            Some(rootfs_of(&dir, &spec, store)?)
+        };
         let export = annotations
             .get(EXPORT)
             .map(|d| export_dir(d, store))
@@ -104,6 +108,7 @@ impl Bundle {
             dir,
             spec,
             host_clone,
+            rootfs,
             export,
             export_layer,
         };
@@ -112,7 +117,7 @@ impl Bundle {
         bundle.network()?;
         bundle.cgroup_parent()?;
         bundle.limits()?;
-        bundle.binds()?;
+        bundle.mounts()?;
         Ok(bundle)
     }
 
@@ -134,8 +139,11 @@ impl Bundle {
     }
 
     /// The VM's network: the host's when the config has no network namespace,
-    /// its own (only `lo`) when it asks for a new one.
+    /// its own (only `lo`) when it asks for a new one; with a namespace by path
+    /// (see [`Bundle::netns_path`]) fvm makes none (`host`), and the VM joins
+    /// that one.
     pub fn network(&self) -> Result<NetMode, OciError> {
+        self.netns_path()?;
         let namespaces = self
             .spec
             .linux()
@@ -148,12 +156,28 @@ impl Bundle {
         {
             None => Ok(NetMode::Host),
             Some(n) if n.path().is_none() => Ok(NetMode::None),
-            Some(n) => Err(OciError::Config {
-                why: format!(
-                    "it joins the network namespace {}, and fvm makes a vm's network itself (host, or its own with only lo)",
-                    n.path().as_deref().unwrap_or(Path::new("")).display()
-                ),
+            Some(_) => Ok(NetMode::Host),
+        }
+    }
+
+    /// The network namespace the container joins (`linux.namespaces` of type
+    /// network with a path, as a CNI plugin gives): an absolute path.
+    pub fn netns_path(&self) -> Result<Option<PathBuf>, OciError> {
+        let namespaces = self
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().clone())
+            .unwrap_or_default();
+        match namespaces
+            .iter()
+            .find(|n| n.typ() == LinuxNamespaceType::Network)
+            .and_then(|n| n.path().clone())
+        {
+            Some(p) if !p.is_absolute() => Err(OciError::Config {
+                why: format!("the network namespace {} is not absolute", p.display()),
             }),
+            other => Ok(other),
         }
     }
 
@@ -185,33 +209,31 @@ impl Bundle {
         }
     }
 
-    /// The config's bind mounts (`type` "bind", or a `bind`/`rbind` option):
-    /// host paths the engine puts into the container (hosts files, secrets,
-    /// volumes). Its kernel filesystems and tmpfs mounts (/proc, /dev, /sys,
-    /// /run...) are fvm's own in every VM already.
-    pub fn binds(&self) -> Result<Vec<Bind>, OciError> {
-        let mut out = Vec::new();
+    /// The config's mounts fvm applies, in order: binds (`type` "bind", or a
+    /// `bind`/`rbind` option: hosts files, secrets, volumes) and tmpfs mounts
+    /// (with their size, mode and flags), and `linux.maskedPaths` and
+    /// `readonlyPaths`. Its other kernel filesystems (proc, sysfs, devpts,
+    /// mqueue, cgroup) and the tmpfs at `/dev` and `/run` are fvm's own in
+    /// every VM already.
+    pub fn mounts(&self) -> Result<ContainerMounts, OciError> {
+        let mut out = ContainerMounts::default();
         for m in self.spec.mounts().iter().flatten() {
             let options = m.options().clone().unwrap_or_default();
             let is_bind = m.typ().as_deref() == Some("bind")
                 || options.iter().any(|o| o == "bind" || o == "rbind");
-            if !is_bind {
+            let is_tmpfs = !is_bind && m.typ().as_deref() == Some("tmpfs");
+            if !is_bind && !is_tmpfs {
                 continue;
             }
             let target = m.destination().clone();
-            let plain = target.is_absolute()
-                && target
-                    .components()
-                    .skip(1)
-                    .all(|c| matches!(c, std::path::Component::Normal(_)))
-                && target != Path::new("/");
-            if !plain {
-                return Err(OciError::Config {
-                    why: format!(
-                        "mount destination {} is not an absolute path of plain names",
-                        target.display()
-                    ),
-                });
+            plain_path("mount destination", &target)?;
+            if is_tmpfs {
+                if [Path::new("/dev"), Path::new("/run")].contains(&target.as_path()) {
+                    continue;
+                }
+                out.mounts
+                    .push(ContainerMount::Tmpfs(tmpfs(&target, &options)?));
+                continue;
             }
             let Some(source) = m.source().clone().filter(|s| s.is_absolute()) else {
                 return Err(OciError::Config {
@@ -221,11 +243,21 @@ impl Bundle {
                     ),
                 });
             };
-            out.push(Bind {
+            out.mounts.push(ContainerMount::Bind(Bind {
                 source,
                 target,
                 readonly: options.iter().any(|o| o == "ro"),
-            });
+            }));
+        }
+        if let Some(linux) = self.spec.linux() {
+            for p in linux.masked_paths().iter().flatten() {
+                out.masked
+                    .push(plain_path("linux.maskedPaths entry", Path::new(p))?);
+            }
+            for p in linux.readonly_paths().iter().flatten() {
+                out.readonly
+                    .push(plain_path("linux.readonlyPaths entry", Path::new(p))?);
+            }
         }
         Ok(out)
     }
@@ -360,15 +392,55 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         });
     }
     let user = process.user();
-    if user.uid() != 0 || user.gid() != 0 {
+    if user.username().is_some() {
         return Err(OciError::Config {
-            why: format!(
-                "process.user is {}:{}, and fvm runs a container's process as root of its vm (with the vm's capabilities and seccomp filter)",
-                user.uid(),
-                user.gid()
-            ),
+            why: "process.user.username is for Windows; give uid and gid".into(),
         });
     }
+    let groups = user.additional_gids().clone().unwrap_or_default();
+    if groups.len() > 65536 {
+        return Err(OciError::Config {
+            why: "process.user.additionalGids has more groups than the kernel takes".into(),
+        });
+    }
+    let setup = ProcessSetup {
+        ids: Some((user.uid(), user.gid(), groups)),
+        umask: match user.umask() {
+            Some(m) if m > 0o777 => {
+                return Err(OciError::Config {
+                    why: format!("process.user.umask {m:o} is not a file mode mask"),
+                });
+            }
+            m => m,
+        },
+        capabilities: process
+            .capabilities()
+            .as_ref()
+            .map(|c| {
+                let set = |s: &Option<oci_spec::runtime::Capabilities>| capability_set(s);
+                Ok::<_, OciError>(Capabilities {
+                    bounding: set(c.bounding())?,
+                    effective: set(c.effective())?,
+                    permitted: set(c.permitted())?,
+                    inheritable: set(c.inheritable())?,
+                    ambient: set(c.ambient())?,
+                })
+            })
+            .transpose()?,
+        rlimits: process
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| {
+                if r.soft() > r.hard() {
+                    return Err(OciError::Config {
+                        why: format!("process.rlimits: {:?} has soft above hard", r.typ()),
+                    });
+                }
+                Ok((rlimit_resource(r.typ()), r.soft(), r.hard()))
+            })
+            .collect::<Result<_, _>>()?,
+    };
     Ok(CommandSpec {
         program: Program::Argv(args),
         env,
@@ -379,6 +451,226 @@ pub fn command(process: &Process) -> Result<CommandSpec, OciError> {
         confine: crate::confine::Confinement::none()
             .with_no_new_privs(process.no_new_privileges().unwrap_or(false)),
         user: None,
+        process: setup,
+    })
+}
+
+/// The capabilities' bit numbers, by their names in a config.
+const CAPABILITIES: [&str; 41] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+/// One of an OCI process's capability sets as bits (an absent set is empty).
+fn capability_set(
+    caps: &Option<oci_spec::runtime::Capabilities>,
+) -> Result<rustix::thread::CapabilitySet, OciError> {
+    let mut set = rustix::thread::CapabilitySet::empty();
+    for cap in caps.iter().flatten() {
+        let name = serde_json::to_value(cap)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        let bit = CAPABILITIES
+            .iter()
+            .position(|c| *c == name)
+            .ok_or_else(|| OciError::Config {
+                why: format!("process.capabilities: {name:?} is not a capability fvm knows"),
+            })?;
+        set |= rustix::thread::CapabilitySet::from_bits_retain(1 << bit);
+    }
+    Ok(set)
+}
+
+/// An OCI rlimit's resource.
+fn rlimit_resource(typ: oci_spec::runtime::PosixRlimitType) -> rustix::process::Resource {
+    use oci_spec::runtime::PosixRlimitType as T;
+    use rustix::process::Resource as R;
+    match typ {
+        T::RlimitCpu => R::Cpu,
+        T::RlimitFsize => R::Fsize,
+        T::RlimitData => R::Data,
+        T::RlimitStack => R::Stack,
+        T::RlimitCore => R::Core,
+        T::RlimitRss => R::Rss,
+        T::RlimitNproc => R::Nproc,
+        T::RlimitNofile => R::Nofile,
+        T::RlimitMemlock => R::Memlock,
+        T::RlimitAs => R::As,
+        T::RlimitLocks => R::Locks,
+        T::RlimitSigpending => R::Sigpending,
+        T::RlimitMsgqueue => R::Msgqueue,
+        T::RlimitNice => R::Nice,
+        T::RlimitRtprio => R::Rtprio,
+        T::RlimitRttime => R::Rttime,
+    }
+}
+
+/// `path` if it is absolute, of plain names, and not `/`.
+fn plain_path(what: &str, path: &Path) -> Result<PathBuf, OciError> {
+    let plain = path.is_absolute()
+        && path
+            .components()
+            .skip(1)
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        && path != Path::new("/");
+    if !plain {
+        return Err(OciError::Config {
+            why: format!(
+                "{what} {} is not an absolute path of plain names",
+                path.display()
+            ),
+        });
+    }
+    Ok(path.to_owned())
+}
+
+/// A tmpfs mount's options: mount flags (`ro`, `nosuid`, `nodev`, `noexec`,
+/// `noatime`...) and tmpfs's own (`size`, `mode`, `nr_inodes`, `nr_blocks`,
+/// `uid`, `gid`), each checked; anything else is refused.
+fn tmpfs(target: &Path, options: &[String]) -> Result<Tmpfs, OciError> {
+    let bad = |why: String| OciError::Config {
+        why: format!("the tmpfs at {}: {why}", target.display()),
+    };
+    let mut flags = Flags::default();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "ro" => flags.readonly = true,
+            "nosuid" => flags.nosuid = true,
+            "nodev" => flags.nodev = true,
+            "noexec" => flags.noexec = true,
+            "noatime" => flags.noatime = true,
+            "nodiratime" => flags.nodiratime = true,
+            "rw" | "suid" | "dev" | "exec" | "atime" | "diratime" | "relatime" | "strictatime"
+            | "norelatime" | "private" | "rprivate" | "slave" | "rslave" | "shared" | "rshared" => {
+            }
+            other => {
+                let (key, value) = other
+                    .split_once('=')
+                    .ok_or_else(|| bad(format!("option {other:?} is not one fvm knows")))?;
+                let ok = match key {
+                    "size" | "nr_blocks" | "nr_inodes" => {
+                        let digits = value.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+                        !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+                    }
+                    "mode" => value.len() <= 4 && value.bytes().all(|b| (b'0'..=b'7').contains(&b)),
+                    "uid" | "gid" => value.parse::<u32>().is_ok(),
+                    _ => return Err(bad(format!("option {other:?} is not one fvm knows"))),
+                };
+                if !ok {
+                    return Err(bad(format!("option {other:?} has a bad value")));
+                }
+                data.push(other.to_owned());
+            }
+        }
+    }
+    Ok(Tmpfs {
+        target: target.to_owned(),
+        flags,
+        data: data.join(","),
+    })
+}
+
+/// Open the network namespace at `path`, refused with one line unless it is
+/// one: a regular file of the namespace filesystem (a `/run/netns/NAME` bind,
+/// or `/proc/PID/ns/net`) whose kind the kernel says is network. Opened without
+/// blocking, and only after a stat shows a regular file (never a device or a
+/// fifo).
+pub fn open_netns(path: &Path) -> Result<std::os::fd::OwnedFd, OciError> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    const NSFS_MAGIC: i64 = 0x6e73_6673;
+    let bad = |why: String| OciError::Config {
+        why: format!("the network namespace {}: {why}", path.display()),
+    };
+    let st = rustix::fs::stat(path).map_err(|e| bad(e.to_string()))?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(bad("not a namespace file".into()));
+    }
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let opened = rustix::fs::fstat(&fd).map_err(|e| bad(e.to_string()))?;
+    let fs = rustix::fs::fstatfs(&fd).map_err(|e| bad(e.to_string()))?;
+    if (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino)
+        || fs.f_type != NSFS_MAGIC
+        || crate::os::sys::namespace_type(fd.as_fd()).ok() != Some(crate::os::sys::ns::NET)
+    {
+        return Err(bad("not a network namespace".into()));
+    }
+    Ok(fd)
+}
+
+/// A plain bundle's root: `root.path` (relative to the bundle, or absolute),
+/// an existing directory, which is neither the host's `/` (by any name: that
+/// would be a host clone without the annotation) nor holds or is inside the
+/// runtime's store.
+fn rootfs_of(dir: &Path, spec: &Spec, store: &Path) -> Result<Rootfs, OciError> {
+    let root = spec.root().as_ref().ok_or(OciError::Config {
+        why: "it has no root.path (and no org.featherweight.rootfs=host annotation)".into(),
+    })?;
+    let given = root.path();
+    let bad = |why: String| OciError::Config {
+        why: format!("root.path {}: {why}", given.display()),
+    };
+    let path = std::fs::canonicalize(dir.join(given)).map_err(|e| bad(e.to_string()))?;
+    if !path.is_dir() {
+        return Err(bad("not a directory".into()));
+    }
+    if path == Path::new("/") {
+        return Err(bad(format!(
+            "it is the host's /, which fvm runs only with the annotation {ROOTFS}=host"
+        )));
+    }
+    let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_owned());
+    if store.starts_with(&path) || path.starts_with(&store) {
+        return Err(bad("it holds the runtime's store, or is inside it".into()));
+    }
+    Ok(Rootfs {
+        path,
+        readonly: root.readonly().unwrap_or(false),
     })
 }
 
@@ -439,17 +731,46 @@ mod tests {
 
     #[test]
     fn only_the_annotation_makes_a_host_clone() {
-        let tmp = tempfile::tempdir().unwrap();
-        // A bundle of the host's own root, without the annotation: refused.
-        let plain = BASE
-            .replace(r#""org.featherweight.rootfs":"host""#, r#""x":"y""#)
-            .replace(r#""path":"rootfs""#, r#""path":"/""#);
-        assert!(matches!(
-            Bundle::from_spec("/b".into(), spec(&plain), tmp.path()),
-            Err(OciError::Annotation { key: ROOTFS, .. })
-        ));
+        let store = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        std::fs::create_dir(b.path().join("rootfs")).unwrap();
+        let plain = |root: &str| {
+            let json = BASE
+                .replace(r#""org.featherweight.rootfs":"host""#, r#""x":"y""#)
+                .replace(r#"{"path":"rootfs"}"#, root);
+            Bundle::from_spec(b.path().to_owned(), spec(&json), store.path())
+        };
+        // Without the annotation the bundle's rootfs is the only lower layer,
+        // read-only as the config says.
+        let own = plain(r#"{"path":"rootfs","readonly":true}"#).unwrap();
+        assert!(!own.host_clone);
+        let rootfs = own.rootfs.unwrap();
+        assert_eq!(rootfs.path, b.path().join("rootfs").canonicalize().unwrap());
+        assert!(rootfs.readonly);
+        let absolute = format!(r#"{{"path":{:?}}}"#, b.path().join("rootfs"));
+        assert!(!plain(&absolute).unwrap().rootfs.unwrap().readonly);
+        // The host's root by any name, a missing one, a file, the store or a
+        // directory holding it: refused.
+        let store_parent = format!(r#"{{"path":{:?}}}"#, store.path().parent().unwrap());
+        let inside = format!(r#"{{"path":{:?}}}"#, store.path());
+        for root in [
+            r#"{"path":"/"}"#,
+            r#"{"path":"../../../../../../../../.."}"#,
+            r#"{"path":"missing"}"#,
+            r#"{"path":"/etc/hostname"}"#,
+            &store_parent,
+            &inside,
+        ] {
+            assert!(
+                matches!(plain(root), Err(OciError::Config { .. })),
+                "{root}"
+            );
+        }
         let other = BASE.replace(r#"rootfs":"host""#, r#"rootfs":"Host""#);
-        assert!(Bundle::from_spec("/b".into(), spec(&other), tmp.path()).is_err());
+        assert!(Bundle::from_spec("/b".into(), spec(&other), store.path()).is_err());
+        // A host clone has no rootfs of its own.
+        let host = Bundle::from_spec("/b".into(), spec(BASE), store.path()).unwrap();
+        assert!(host.rootfs.is_none());
     }
 
     #[test]
@@ -464,7 +785,96 @@ mod tests {
         };
         assert_eq!(with(r#"{"type":"pid"}"#).unwrap(), NetMode::Host);
         assert_eq!(with(r#"{"type":"network"}"#).unwrap(), NetMode::None);
-        assert!(with(r#"{"type":"network","path":"/proc/1/ns/net"}"#).is_err());
+        // A namespace by path: fvm makes no network, the VM joins that one.
+        assert_eq!(
+            with(r#"{"type":"network","path":"/proc/1/ns/net"}"#).unwrap(),
+            NetMode::Host
+        );
+        assert!(with(r#"{"type":"network","path":"proc/1/ns/net"}"#).is_err());
+    }
+
+    #[test]
+    fn mounts_tmpfs_masked_and_readonly_paths_are_read_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let with = |mounts: &str, linux: &str| {
+            let json = BASE
+                .replace(
+                    r#""mounts":[{"destination":"/proc","type":"proc"},{"destination":"/etc/hosts","type":"bind","source":"/x"}]"#,
+                    &format!(r#""mounts":[{mounts}]"#),
+                )
+                .replace(r#""annotations""#, &format!(r#""linux":{{{linux}}},"annotations""#));
+            Bundle::from_spec("/b".into(), spec(&json), tmp.path()).and_then(|b| b.mounts())
+        };
+        let m = with(
+            r#"{"destination":"/dev","type":"tmpfs","source":"tmpfs","options":["size=65536k"]},
+               {"destination":"/run","type":"tmpfs","source":"tmpfs"},
+               {"destination":"/data","type":"tmpfs","source":"tmpfs","options":["nosuid","strictatime","size=1m","mode=0700","nr_inodes=5k"]},
+               {"destination":"/var/run/x","type":"bind","source":"/srv/x","options":["rbind","ro"]},
+               {"destination":"/proc","type":"proc","source":"proc"}"#,
+            r#""maskedPaths":["/proc/kcore"],"readonlyPaths":["/proc/sys"]"#,
+        )
+        .unwrap();
+        // fvm's own /dev and /run are not made again; the rest in order.
+        assert_eq!(m.mounts.len(), 2);
+        let ContainerMount::Tmpfs(t) = &m.mounts[0] else {
+            panic!("{m:?}")
+        };
+        assert_eq!(t.target, Path::new("/data"));
+        assert!(t.flags.nosuid && !t.flags.readonly);
+        assert_eq!(t.data, "size=1m,mode=0700,nr_inodes=5k");
+        let ContainerMount::Bind(b) = &m.mounts[1] else {
+            panic!("{m:?}")
+        };
+        assert!(b.readonly && b.target == Path::new("/var/run/x"));
+        assert_eq!(m.masked, [Path::new("/proc/kcore")]);
+        assert_eq!(m.readonly, [Path::new("/proc/sys")]);
+        for (mounts, linux) in [
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["size=1m,mode=777"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["mode=999"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["context=x"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","type":"tmpfs","options":["uid=-1"]}"#,
+                "",
+            ),
+            (r#"{"destination":"d","type":"tmpfs"}"#, ""),
+            (
+                r#"{"destination":"/a/../b","type":"bind","source":"/x"}"#,
+                "",
+            ),
+            ("", r#""maskedPaths":["proc/kcore"]"#),
+            ("", r#""readonlyPaths":["/proc/../etc"]"#),
+        ] {
+            assert!(
+                matches!(with(mounts, linux), Err(OciError::Config { .. })),
+                "{mounts} {linux}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_a_network_namespace_is_joined() {
+        assert!(open_netns(Path::new("/proc/self/ns/net")).is_ok());
+        for bad in [
+            "/proc/self/ns/pid",
+            "/proc/self/ns/mnt",
+            "/etc/hostname",
+            "/dev/null",
+            "/proc/self/ns",
+            "/fvm-no-such-netns",
+        ] {
+            let e = open_netns(Path::new(bad)).unwrap_err();
+            assert!(matches!(e, OciError::Config { .. }), "{bad}");
+            assert!(e.to_string().contains(bad), "{e}");
+        }
     }
 
     #[test]
@@ -560,10 +970,39 @@ mod tests {
     }
 
     #[test]
+    fn the_process_user_capabilities_and_rlimits_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let json = BASE.replace(
+            r#""user":{"uid":0,"gid":0}"#,
+            r#""user":{"uid":1000,"gid":100,"additionalGids":[5],"umask":18},
+               "capabilities":{"bounding":["CAP_CHOWN","CAP_KILL"],"ambient":["CAP_KILL"]},
+               "rlimits":[{"type":"RLIMIT_NOFILE","soft":10,"hard":20}]"#,
+        );
+        let b = Bundle::from_spec("/b".into(), spec(&json), tmp.path()).unwrap();
+        let p = b.command().unwrap().process;
+        assert_eq!(p.ids, Some((1000, 100, vec![5])));
+        assert_eq!(p.umask, Some(0o22));
+        let caps = p.capabilities.unwrap();
+        use rustix::thread::CapabilitySet as C;
+        assert_eq!(caps.bounding, C::CHOWN | C::KILL);
+        assert_eq!(caps.ambient, C::KILL);
+        assert!(caps.effective.is_empty());
+        assert_eq!(p.rlimits, [(rustix::process::Resource::Nofile, 10, 20)]);
+        // The capability table is the kernel's numbering.
+        assert_eq!(CAPABILITIES[21], "CAP_SYS_ADMIN");
+        assert_eq!(CAPABILITIES[40], "CAP_CHECKPOINT_RESTORE");
+    }
+
+    #[test]
     fn processes_fvm_cant_honour_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         for (from, to) in [
-            (r#""uid":0"#, r#""uid":1000"#),
+            (r#""uid":0"#, r#""uid":0,"umask":512"#),
+            (r#""uid":0"#, r#""uid":0,"username":"root""#),
+            (
+                r#""cwd":"/srv""#,
+                r#""cwd":"/srv","rlimits":[{"type":"RLIMIT_NOFILE","soft":2,"hard":1}]"#,
+            ),
             (r#""cwd":"/srv""#, r#""cwd":"srv""#),
             (r#""args":["/bin/sh","-c","exit 3"]"#, r#""args":[]"#),
         ] {

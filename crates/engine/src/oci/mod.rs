@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, VmName};
-use crate::vm::{CreateOptions, Engine, VmError};
+use crate::vm::{ContainerSetup, CreateOptions, Engine, VmError};
 pub use bundle::Bundle;
 
 /// The runtime spec version this runtime implements.
@@ -92,6 +92,10 @@ pub struct Record {
     /// Left out of an export (the engine's own mounts).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skip: Vec<PathBuf>,
+    /// A plain container's root directory on the host (its VM's only lower
+    /// layer); none for a host clone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs: Option<PathBuf>,
 }
 
 /// A container's status, as the runtime spec (and runc's `paused`) names it.
@@ -226,6 +230,11 @@ impl Runtime {
             (true, Some(_)) => {}
         }
         let vm = id::vm_name(id);
+        // Opened (and checked) before anything is made.
+        let netns = bundle
+            .netns_path()?
+            .map(|p| bundle::open_netns(&p))
+            .transpose()?;
         let mut opts = CreateOptions::default();
         opts.network.mode = bundle.network()?;
         opts.limits = bundle.limits()?;
@@ -253,13 +262,19 @@ impl Runtime {
                 export: bundle.export.clone(),
                 export_layer: bundle.export_layer,
                 skip: bundle.mount_points(),
+                rootfs: bundle.rootfs.as_ref().map(|r| r.path.clone()),
             };
             // Recorded before the VM starts: a `create` killed half-way leaves
             // a container `delete` removes.
             self.save(&record)?;
-            let (init, master) =
-                self.engine
-                    .start_parked(&vm, bundle.command()?, bundle.binds()?, tty)?;
+            let setup = ContainerSetup {
+                mounts: bundle.mounts()?,
+                rootfs: bundle.rootfs.clone(),
+                netns,
+            };
+            let (init, master) = self
+                .engine
+                .start_parked(&vm, bundle.command()?, setup, tty)?;
             if let (Some(master), Some(socket)) = (master, console_socket) {
                 send_console(socket, master).map_err(io_err("cannot send the pty to", socket))?;
             }
@@ -318,7 +333,10 @@ impl Runtime {
             id: record.id.clone(),
             status: status.as_str().into(),
             pid: (status != Status::Stopped).then_some(record.pid),
-            rootfs: record.bundle.join("rootfs"),
+            rootfs: record
+                .rootfs
+                .clone()
+                .unwrap_or_else(|| record.bundle.join("rootfs")),
             bundle: record.bundle,
             created: record.created,
             annotations: record.annotations,
@@ -359,14 +377,19 @@ impl Runtime {
     }
 
     /// `exec`: run the OCI process in `process_json` in the running container,
-    /// with this process's fds 0-2. Its host pid goes to `pid_file` (written
-    /// through the file's directory, opened before this process enters the
-    /// VM's namespaces). Returns the pid; the process is this one's child.
+    /// with this process's fds 0-2, or, when the process file sets `terminal`
+    /// (or `tty`, runc's `--tty`), a pty from the VM's devpts whose master goes
+    /// to `console_socket` (required then, and only then, as for `create`). Its
+    /// host pid goes to `pid_file` (written through the file's directory,
+    /// opened before this process enters the VM's namespaces). Returns the pid;
+    /// the process is this one's child.
     pub fn exec(
         &self,
         id: &str,
         process_json: &Path,
         pid_file: Option<&Path>,
+        console_socket: Option<&Path>,
+        tty: bool,
     ) -> Result<i32, OciError> {
         let record = self.record(id)?;
         let text = crate::os::files::read_regular_max(process_json, 1 << 20)
@@ -376,18 +399,38 @@ impl Runtime {
                 path: process_json.to_owned(),
                 why: e.to_string(),
             })?;
-        if process.terminal().unwrap_or(false) {
-            return Err(OciError::Config {
-                why: "the process file sets terminal, and fvm gives an exec'd process no terminal"
-                    .into(),
-            });
-        }
+        let tty = tty || process.terminal().unwrap_or(false);
         let spec = bundle::command(&process)?;
-        check_stdio()?;
+        // The console socket is connected to before this process enters the
+        // VM's namespaces, where its path would not reach it.
+        let console = match (tty, console_socket) {
+            (true, None) => {
+                return Err(OciError::Config {
+                    why: "the process has a terminal: it needs --console-socket".into(),
+                });
+            }
+            (false, Some(_)) => {
+                return Err(OciError::Config {
+                    why: "--console-socket is given, but the process has no terminal".into(),
+                });
+            }
+            (false, None) => {
+                check_stdio()?;
+                None
+            }
+            (true, Some(socket)) => Some((
+                std::os::unix::net::UnixStream::connect(socket)
+                    .map_err(io_err("cannot connect to the console socket", socket))?,
+                socket,
+            )),
+        };
         let pid_dir = pid_file
             .map(|f| PidFile::open(f).map_err(io_err("cannot open the directory of", f)))
             .transpose()?;
-        let pid = self.engine.exec_in(&record.vm, spec)?;
+        let (pid, master) = self.engine.exec_in(&record.vm, spec, tty)?;
+        if let (Some((stream, socket)), Some(master)) = (console, master) {
+            send_console_on(&stream, master).map_err(io_err("cannot send the pty to", socket))?;
+        }
         if let (Some(dir), Some(file)) = (pid_dir, pid_file) {
             dir.write(pid).map_err(io_err("cannot write", file))?;
         }
@@ -487,12 +530,25 @@ impl Runtime {
                 &mut |_| {},
             )?
             .into_iter()
-            .filter(|c| !record.skip.iter().any(|s| c.path.starts_with(s)))
+            .filter_map(|mut c| {
+                // A plain container's layer is recorded at its rootfs on the
+                // host: its paths are the container's below it.
+                if let Some(root) = &record.rootfs {
+                    c.path = Path::new("/").join(c.path.strip_prefix(root).ok()?);
+                }
+                (!record.skip.iter().any(|s| c.path.starts_with(s))).then_some(c)
+            })
             .collect();
         let mut text = serde_json::to_vec_pretty(&changes).expect("changes always serialize");
         text.push(b'\n');
         if record.export_layer {
-            let layers = self.engine.layers_of(&record.vm)?;
+            let mut layers = self.engine.layers_of(&record.vm)?;
+            if record.rootfs.is_some() {
+                // The changes' paths are the container's: so is its layer's.
+                for l in &mut layers {
+                    l.mount_point = "/".into();
+                }
+            }
             let tar = dir.join(format!("{}.tar", record.id));
             layer::write(&tar, &changes, &layers)
                 .map_err(io_err("cannot write the exported layer", &tar))?;
@@ -505,14 +561,22 @@ impl Runtime {
 
 /// Send a pty master to the engine's console socket (SCM_RIGHTS), as runc does.
 fn send_console(socket: &Path, master: std::os::fd::OwnedFd) -> std::io::Result<()> {
-    use std::os::fd::AsFd;
     let stream = std::os::unix::net::UnixStream::connect(socket)?;
+    send_console_on(&stream, master)
+}
+
+/// [`send_console`] on a connected socket.
+fn send_console_on(
+    stream: &std::os::unix::net::UnixStream,
+    master: std::os::fd::OwnedFd,
+) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
     let fds = [master.as_fd()];
     let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
     let mut cmsg = rustix::net::SendAncillaryBuffer::new(&mut space);
     cmsg.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
     rustix::net::sendmsg(
-        &stream,
+        stream,
         &[std::io::IoSlice::new(b"/dev/ptmx")],
         &mut cmsg,
         rustix::net::SendFlags::NOSIGNAL,
@@ -623,7 +687,7 @@ pub fn features() -> serde_json::Value {
             "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
         },
         "annotations": {
-            "org.featherweight.rootfs": "host: the container is a copy-on-write clone of the live host (required)",
+            "org.featherweight.rootfs": "host: the container is a copy-on-write clone of the live host (without it: the bundle's rootfs is the only lower layer)",
             "org.featherweight.export": "DIR: at delete, write the container's changes to DIR/<id>.json",
             "org.featherweight.export-layer": "true: with export, also write the container's layer to DIR/<id>.tar (an OCI layer, .wh. whiteouts)",
         },

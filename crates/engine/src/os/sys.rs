@@ -256,6 +256,18 @@ pub fn clear_undeletable_flags(fd: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(true)
 }
 
+/// The kind of namespace `fd` (a file of the namespace filesystem) is, as
+/// `CLONE_NEW*` flags (`ns::NET` for a network namespace).
+pub fn namespace_type(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: NS_GET_NSTYPE takes no argument and only returns an int; on a
+    // file that is not a namespace the kernel fails it with ENOTTY.
+    let kind = unsafe { libc::ioctl(fd.as_raw_fd(), libc::NS_GET_NSTYPE) };
+    if kind < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(kind as u64)
+}
+
 /// Call `f` when this process exits normally (returns from `main` or calls
 /// `exit`), after everything else it printed.
 pub fn at_exit(f: extern "C" fn()) -> io::Result<()> {

@@ -48,6 +48,33 @@ pub struct CommandSpec {
     /// Who runs the command: a name or `UID[:GID]` of the VM's own /etc/passwd;
     /// root when none.
     pub user: Option<String>,
+    /// What an OCI process asks for besides (its exact ids, umask,
+    /// capabilities, rlimits); nothing for fvm's own commands.
+    pub process: ProcessSetup,
+}
+
+/// An OCI process's own settings, applied in the forked child before exec.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessSetup {
+    /// Run as exactly these ids, not looked up in the VM's /etc/passwd (it
+    /// wins over `user`): uid, gid and the supplementary groups.
+    pub ids: Option<(u32, u32, Vec<u32>)>,
+    pub umask: Option<u32>,
+    /// The capability sets the process asks for: what it gets is each of
+    /// them within what the VM's confinement leaves (never more).
+    pub capabilities: Option<Capabilities>,
+    /// Set before the VM's own per-process limits, which win where both are.
+    pub rlimits: Vec<(rustix::process::Resource, u64, u64)>,
+}
+
+/// The five capability sets of an OCI process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    pub bounding: rustix::thread::CapabilitySet,
+    pub effective: rustix::thread::CapabilitySet,
+    pub permitted: rustix::thread::CapabilitySet,
+    pub inheritable: rustix::thread::CapabilitySet,
+    pub ambient: rustix::thread::CapabilitySet,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +145,7 @@ struct Resolved {
     confine: Confinement,
     /// The ids to switch to before exec; none for root as fvm runs.
     ids: Option<Ids>,
+    process: ProcessSetup,
 }
 
 /// A user's ids: uid, primary gid and supplementary groups.
@@ -143,9 +171,25 @@ impl CommandSpec {
     /// Resolve against the filesystem the caller sees now (the VM's).
     fn resolve(&self) -> Result<Resolved, SpawnError> {
         let passwd = crate::os::files::read_regular(Path::new("/etc/passwd")).unwrap_or_default();
-        let (account, ids) = match &self.user {
-            None => (Account::root(&passwd), None),
-            Some(user) => {
+        let (account, ids) = match (&self.process.ids, &self.user) {
+            (Some((uid, gid, groups)), _) => {
+                // Named as the VM's files name it, if they do.
+                let account = Account::find(&passwd, &uid.to_string()).unwrap_or(Account {
+                    name: uid.to_string(),
+                    uid: *uid,
+                    gid: *gid,
+                    home: "/".into(),
+                    shell: "/bin/sh".into(),
+                });
+                let ids = Ids {
+                    uid: *uid,
+                    gid: *gid,
+                    groups: groups.clone(),
+                };
+                (account, Some(ids))
+            }
+            (None, None) => (Account::root(&passwd), None),
+            (None, Some(user)) => {
                 let group =
                     crate::os::files::read_regular(Path::new("/etc/group")).unwrap_or_default();
                 let account = Account::find(&passwd, user)
@@ -204,6 +248,7 @@ impl CommandSpec {
             limits: self.limits,
             confine: self.confine.clone(),
             ids,
+            process: self.process.clone(),
         })
     }
 }
@@ -485,8 +530,35 @@ fn exec_child(
     if rustix::process::chdir(r.cwd.as_c_str()).is_err() {
         let _ = rustix::process::chdir(c"/");
     }
-    // The policy's rlimits and nice value (and an OOM score of 0), last, so
-    // that nothing of fvm's own work above counts against them.
+    // An OCI process's rlimits, then the policy's rlimits and nice value (and
+    // an OOM score of 0), last, so that nothing of fvm's own work above counts
+    // against them.
+    for &(resource, soft, hard) in &r.process.rlimits {
+        use rustix::process::{Rlimit, getrlimit, setrlimit};
+        let limit = Rlimit {
+            current: Some(soft),
+            maximum: Some(hard),
+        };
+        let set = match setrlimit(resource, limit) {
+            // Above what this host lets even root raise it to (a hard limit
+            // fvm itself runs under): as high as it goes.
+            Err(rustix::io::Errno::PERM) => {
+                let most = getrlimit(resource).maximum;
+                let clamp = |v: u64| most.map_or(v, |m| v.min(m));
+                setrlimit(
+                    resource,
+                    Rlimit {
+                        current: Some(clamp(soft)),
+                        maximum: Some(clamp(hard)),
+                    },
+                )
+            }
+            other => other,
+        };
+        if let Err(e) = set {
+            return e.raw_os_error();
+        }
+    }
     if let Err(e) = r.limits.apply() {
         return errno(e);
     }
@@ -495,12 +567,37 @@ fn exec_child(
     if let Err(e) = r.confine.apply() {
         return errno(e);
     }
+    // An OCI process's bounding set, within what is left.
+    if let Some(caps) = &r.process.capabilities
+        && let Err(e) = crate::confine::caps::limit_bounding(caps.bounding)
+    {
+        return errno(e);
+    }
     // Last, the user's ids (root keeps SETUID and SETGID for this): groups
-    // first, then the gid, then the uid, which also clears every capability.
+    // first, then the gid, then the uid, which also clears every capability
+    // (but for an OCI process's own, kept across it and set below).
+    if r.process.capabilities.is_some()
+        && let Err(e) = rustix::thread::set_keep_capabilities(true)
+    {
+        return e.raw_os_error();
+    }
     if let Some(ids) = &r.ids
         && let Err(e) = switch_ids(ids)
     {
         return errno(e);
+    }
+    if let Some(caps) = &r.process.capabilities
+        && let Err(e) = crate::confine::caps::narrow(
+            caps.effective,
+            caps.permitted,
+            caps.inheritable,
+            caps.ambient,
+        )
+    {
+        return errno(e);
+    }
+    if let Some(mask) = r.process.umask {
+        rustix::process::umask(rustix::fs::Mode::from_raw_mode(mask & 0o777));
     }
     if let Err(e) = sys::reset_signals_for_exec() {
         return errno(e);
@@ -578,6 +675,7 @@ mod tests {
             limits: ProcessLimits::default(),
             confine: Confinement::none(),
             user: None,
+            process: Default::default(),
         }
     }
 

@@ -148,9 +148,18 @@ fn setup(
     ];
     keep.extend(cgroup.fds());
     keep.extend(pipes.iter().flatten().map(AsFd::as_fd));
+    keep.extend(spec.netns.as_ref().map(AsFd::as_fd));
     forked
         .close_all_except(&keep)
         .map_err(|e| format!("cannot close inherited files: {e}"))?;
+    // Before /sys is mounted: it shows the network namespace of its mounter.
+    if let Some(netns) = &spec.netns {
+        rustix::thread::move_into_link_name_space(
+            netns.as_fd(),
+            Some(rustix::thread::LinkNameSpaceType::Network),
+        )
+        .map_err(|e| format!("cannot join the network namespace: {e}"))?;
+    }
     // `ps` inside the VM shows this as PID 1, and nothing of how fvm was run
     // (its arguments, the caller's environment) is left for the VM to read.
     let _ = rustix::thread::set_name(c"fvm-init");
@@ -186,7 +195,12 @@ fn setup(
     if !spec.dns.is_empty() {
         write_resolv_conf(&spec.dns).map_err(|e| format!("cannot write /etc/resolv.conf: {e}"))?;
     }
-    if spec.mode == StartMode::Background {
+    // A background VM's init has no one to talk to; nor has a parked one
+    // whose command gets a pty for all of fds 0-2 (an OCI container with a
+    // console socket): the caller's own stdio (an engine reading `create`'s
+    // output until it closes) is let go.
+    let all_pty = spec.stdio == StdioPlan::all_pty();
+    if spec.mode == StartMode::Background || (spec.parked && all_pty) {
         let null = rustix::fs::open(
             "/dev/null",
             rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,

@@ -54,6 +54,9 @@ pub struct LaunchSpec {
     /// control pipe before it runs the command (an OCI container's `create`,
     /// then `start`). A stop signal meanwhile ends it.
     pub parked: bool,
+    /// A network namespace the init joins before it assembles the VM (an OCI
+    /// container's, by path), instead of the one it was cloned into.
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -259,6 +259,7 @@ fn starter_loop(chan: &Channel, limits: ProcessLimits, confine: &Confinement) {
                 limits,
                 confine: confine.clone(),
                 user: req.user,
+                process: Default::default(),
             };
             // stdin is the init's /dev/null.
             let stdio = StdioPlan {

@@ -53,14 +53,19 @@ pub(super) enum Throwaway {
 }
 
 /// How a VM is launched.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct How {
     pub throwaway: Throwaway,
     /// The init waits for a start message before the command (see
     /// `runtime::launch::LaunchSpec::parked`).
     pub parked: bool,
-    /// Host paths bound into the VM (an OCI container's mounts).
-    pub binds: Vec<mounts::plan::Bind>,
+    /// An OCI container's mounts and masked paths.
+    pub container: mounts::plan::ContainerMounts,
+    /// The VM's only lower layer, instead of the host (an OCI container's
+    /// rootfs).
+    pub rootfs: Option<mounts::plan::Rootfs>,
+    /// A network namespace the VM joins (an OCI container's, by path).
+    pub netns: Option<std::os::fd::OwnedFd>,
 }
 
 impl From<Throwaway> for How {
@@ -68,7 +73,9 @@ impl From<Throwaway> for How {
         How {
             throwaway,
             parked: false,
-            binds: Vec::new(),
+            container: Default::default(),
+            rootfs: None,
+            netns: None,
         }
     }
 }
@@ -286,7 +293,9 @@ impl Engine {
         let How {
             throwaway,
             parked,
-            binds,
+            container,
+            rootfs,
+            netns,
         } = how.into();
         let name = vm.name();
         let temporary = throwaway != Throwaway::No;
@@ -316,8 +325,15 @@ impl Engine {
         // The plan is of the host's mounts: read them before a VM's image is
         // mounted (in a mount namespace of this process; the VM's init is cloned
         // into a copy of it, which keeps the image mounted while the VM runs).
-        let mut plan = self.plan(policy.dir.as_deref()).map_err(fail)?;
-        plan.binds = binds;
+        let mut plan = match &rootfs {
+            None => self.plan(policy.dir.as_deref()).map_err(fail)?,
+            Some(r) => {
+                let mut plan = mounts::plan::of_rootfs(r).map_err(|e| fail(e.into()))?;
+                plan.cgroups = self.cgroups().map_err(|e| fail(e.into()))?.view();
+                plan
+            }
+        };
+        plan.container = container;
         let image = if tmpfs {
             None
         } else {
@@ -410,6 +426,7 @@ impl Engine {
             logs: Some(vm.logs_path()),
             end_with_caller: temporary,
             parked,
+            netns,
         };
         let launched = match launch::launch(&spec, pipes, &cgroup) {
             Ok(l) => l,

@@ -37,7 +37,7 @@ pub use copy::{CopyProgress, CopyVmError};
 pub use info::{VmInfo, VmStatus};
 pub use lifecycle::CreateOptions;
 pub use limits::Configured;
-pub use parked::RunStatus;
+pub use parked::{ContainerSetup, RunStatus};
 pub use processes::VmProcess;
 pub use run::Ended;
 pub use run::{JobOptions, JobOutcome, STOP_GRACE};

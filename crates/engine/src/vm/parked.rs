@@ -9,20 +9,32 @@ use crate::runtime::control;
 use crate::runtime::stdio::{Pipes, StdioPlan};
 use crate::store::{StartMode, VmName};
 
+/// What an OCI container asks of its VM beyond its command.
+#[derive(Debug, Default)]
+pub struct ContainerSetup {
+    /// The container's mounts and masked paths.
+    pub mounts: crate::mounts::plan::ContainerMounts,
+    /// The VM's only lower layer, instead of the host (the bundle's rootfs).
+    pub rootfs: Option<crate::mounts::plan::Rootfs>,
+    /// A network namespace the VM joins (checked to be one by the caller),
+    /// with the VM's network mode `host`: fvm sets up nothing of it.
+    pub netns: Option<std::os::fd::OwnedFd>,
+}
+
 impl Engine {
     /// Start stopped VM `name` with `spec` as its command, which waits until
     /// [`Engine::release`]. The command gets this process's own fds 0-2. The
     /// VM's init is a child of this process: when it exits, the init passes to
     /// the nearest child subreaper (an OCI runtime's caller is one), which reaps
     /// it and reads the command's status from the init's exit status.
-    /// `binds` are host paths bound into the VM (the container's mounts). With
+    /// `setup` holds the container's mounts and root. With
     /// `tty` the command's fds 0-2 are a pty from the VM's devpts instead, and
     /// its master is returned, for the caller to hand on.
     pub fn start_parked(
         &self,
         name: &VmName,
         spec: CommandSpec,
-        binds: Vec<crate::mounts::plan::Bind>,
+        setup: ContainerSetup,
         tty: bool,
     ) -> Result<(ProcId, Option<std::os::fd::OwnedFd>), VmError> {
         let stdio = if tty {
@@ -37,7 +49,9 @@ impl Engine {
             How {
                 throwaway: Throwaway::No,
                 parked: true,
-                binds,
+                container: setup.mounts,
+                rootfs: setup.rootfs,
+                netns: setup.netns,
             },
         )?;
         if !tty {
@@ -139,10 +153,16 @@ impl Engine {
 }
 
 impl Engine {
-    /// Start `spec` in running VM `name` with this process's own fds 0-2, and
+    /// Start `spec` in running VM `name` with this process's own fds 0-2 (with
+    /// `tty`: a pty from the VM's devpts instead, whose master is returned), and
     /// return its host pid (a child of this process). Afterwards this process
     /// lives in the VM's namespaces: host paths no longer reach the host.
-    pub fn exec_in(&self, name: &VmName, mut spec: CommandSpec) -> Result<i32, VmError> {
+    pub fn exec_in(
+        &self,
+        name: &VmName,
+        mut spec: CommandSpec,
+        tty: bool,
+    ) -> Result<(i32, Option<std::os::fd::OwnedFd>), VmError> {
         let vm = self.vm(name)?;
         let lock = vm.lock()?;
         let policy = self.policy(&vm)?;
@@ -164,15 +184,14 @@ impl Engine {
             .confinement(name, &policy)?
             .with_no_new_privs(spec.confine.no_new_privs);
         self.keep_watcher();
-        let entered = crate::runtime::enter::enter(
-            &init,
-            &cgroup,
-            &spec,
-            &StdioPlan::inherit(),
-            Pipes::default(),
-        );
+        let stdio = if tty {
+            StdioPlan::all_pty()
+        } else {
+            StdioPlan::inherit()
+        };
+        let entered = crate::runtime::enter::enter(&init, &cgroup, &spec, &stdio, Pipes::default());
         drop(lock);
-        let (pid, _master) = entered.map_err(VmError::enter(name))?;
-        Ok(pid.as_raw_nonzero().get())
+        let (pid, master) = entered.map_err(VmError::enter(name))?;
+        Ok((pid.as_raw_nonzero().get(), master))
     }
 }

@@ -20,7 +20,7 @@ pub const DEFAULT_ROOT: &str = "/run/fvm-runc";
 #[command(
     name = "fvm-runc",
     version,
-    about = "fvm as an OCI runtime: each container is a copy-on-write clone of this host (annotation org.featherweight.rootfs=host)"
+    about = "fvm as an OCI runtime: a container is a copy-on-write clone of this host (annotation org.featherweight.rootfs=host) or of its bundle's rootfs"
 )]
 struct OciCli {
     #[command(flatten)]
@@ -191,13 +191,14 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                 let Some(process) = &a.process else {
                     anyhow::bail!("exec needs --process FILE (the OCI process to run)");
                 };
-                if a.console_socket.is_some() || a.tty {
-                    anyhow::bail!(
-                        "--tty/--console-socket: fvm's runtime gives an exec'd process no terminal (run it without -t)"
-                    );
-                }
                 let rt = runtime(cli)?;
-                let pid = rt.exec(&a.container_id, process, a.pid_file.as_deref())?;
+                let pid = rt.exec(
+                    &a.container_id,
+                    process,
+                    a.pid_file.as_deref(),
+                    a.console_socket.as_deref(),
+                    a.tty,
+                )?;
                 if a.detach {
                     return Ok(0);
                 }
@@ -249,7 +250,7 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                     CommonCmd::Events(_) =>
                         "stream container events (read `fvm stats` of the container's vm)",
                     _ =>
-                        "write a config.json (a bundle needs the annotation org.featherweight.rootfs=host)",
+                        "write a config.json (a host clone's bundle needs the annotation org.featherweight.rootfs=host)",
                 }
             ),
         },

@@ -89,6 +89,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
                 limits: Default::default(),
                 confine: Default::default(),
                 user: args.user.clone(),
+                process: Default::default(),
             }
         };
         // The name of a throw-away VM is only known once it is picked.
@@ -115,6 +116,7 @@ pub fn run(ctx: &Context<'_>, args: &RunArgs) -> Result<u8> {
             limits: Default::default(),
             confine: Default::default(),
             user: args.user.clone(),
+            process: Default::default(),
         };
         ctx.engine_for(&name)?.run(&name, spec)?
     };
@@ -141,6 +143,7 @@ pub fn shell(ctx: &Context<'_>, args: &ShellArgs) -> Result<u8> {
         limits: Default::default(),
         confine: Default::default(),
         user: args.user.clone(),
+        process: Default::default(),
     };
     let ended = ctx.engine_for(&name)?.run(&name, spec)?;
     Ok(report(&ended))
