@@ -217,20 +217,21 @@ impl Store {
         }
     }
 
-    /// Delete a stopped VM and its layers. Takes the store lock.
-    pub fn delete_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<(), StoreError> {
-        let trash = self.trash_vm(vm, dir)?;
-        remove_trash(&trash)
+    /// Delete a stopped VM and its layers, here and now (see [`Store::trash_vm`]
+    /// and [`Store::empty_trash`]).
+    pub fn delete_vm(&self, vm: &VmDir) -> Result<(), StoreError> {
+        let trash = self.trash_vm(vm)?;
+        self.empty_trash(&trash)
     }
 
     /// Take a stopped VM out of the store at once: its directory is renamed into
-    /// the store's trash (`.trash-NAME-PID`) under the store lock, and its `--dir`
-    /// released. The VM is gone (its name free again) when this returns; its
-    /// layers go with [`remove_trash`], by the caller, which should hold the
-    /// VM's lock meanwhile (it moved with the directory): a trash whose lock is
-    /// held is left alone by [`Store::finish_deletes`] and `sweep`, and one
-    /// whose holder died is removed by them.
-    pub fn trash_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<PathBuf, StoreError> {
+    /// the store's trash (`.trash-NAME-PID`) under the store lock. The VM is
+    /// gone (its name free again) when this returns; its layers, in the store
+    /// or in its `--dir`, go with [`Store::empty_trash`], by the caller, which
+    /// should hold the VM's lock meanwhile (it moved with the directory): a
+    /// trash whose lock is held is left alone by [`Store::finish_deletes`] and
+    /// `sweep`, and one whose holder died is emptied by them.
+    pub fn trash_vm(&self, vm: &VmDir) -> Result<PathBuf, StoreError> {
         let _lock = self.lock()?;
         let trash = self
             .vms()
@@ -239,19 +240,19 @@ impl Store {
             path: vm.path.clone(),
             source,
         })?;
-        if let Some(dir) = dir {
-            self.release_owned_dir(dir, &vm.name)
-                .map_err(|source| StoreError::Delete {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            self.set_dirs(|dirs| dirs.retain(|d| d != dir))
-                .map_err(|source| StoreError::Delete {
-                    path: self.root.join("dirs"),
-                    source,
-                })?;
-        }
         Ok(trash)
+    }
+
+    /// Remove a deleted VM's layers: its `--dir` first (named by the policy in
+    /// the trash, and only if it carries the VM's owner mark), then the trash,
+    /// its lock file last. The long part, the layers, is removed without the
+    /// store lock; the `--dir`'s owner mark, the directory itself and its line
+    /// in the index go under it, so a create can't claim the path in between.
+    /// Killed at any point, what is left is a trash holding the policy (and the
+    /// `--dir` its owner mark), which the next command finishes.
+    pub fn empty_trash(&self, trash: &Path) -> Result<(), StoreError> {
+        self.release_dir_of_trash(trash, false)?;
+        remove_trash(trash)
     }
 
     /// Remove what crashed creates and deletes left behind (`.new-*`, `.trash-*`).
@@ -312,7 +313,7 @@ impl Store {
             }
             if new || trash {
                 if !new {
-                    self.release_dir_of_trash(&e.path())?;
+                    self.release_dir_of_trash(&e.path(), true)?;
                 }
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
@@ -345,9 +346,11 @@ impl Store {
         }
     }
 
-    /// The `--dir` of a VM whose delete was interrupted (named by the policy in
-    /// its trash, `.trash-NAME-PID`), released as its delete would have.
-    fn release_dir_of_trash(&self, trash: &Path) -> Result<(), StoreError> {
+    /// The `--dir` of a deleted VM (named by the policy in its trash,
+    /// `.trash-NAME-PID`), released: removed if it carries the VM's owner mark,
+    /// and taken out of the index. `locked`: the caller holds the store lock;
+    /// else it is taken for the last step only.
+    fn release_dir_of_trash(&self, trash: &Path, locked: bool) -> Result<(), StoreError> {
         let name = trash
             .file_name()
             .and_then(|n| n.to_str())
@@ -368,6 +371,12 @@ impl Store {
             path: dir.clone(),
             source,
         };
+        if self.owns_dir(&dir, &name) {
+            // Its layers, all but the owner mark, which keeps telling the rest
+            // is the VM's if this is cut short.
+            files::remove_all_but(&dir, OWNER_MARK).map_err(fail)?;
+        }
+        let _lock = if locked { None } else { Some(self.lock()?) };
         self.release_owned_dir(&dir, &name).map_err(fail)?;
         self.set_dirs(|dirs| dirs.retain(|d| *d != dir))
             .map_err(|source| StoreError::Delete {
