@@ -254,195 +254,162 @@ fn scan_layer(
             .ok(),
     );
     let stack: RefCell<Vec<Level>> = RefCell::new(Vec::new());
-    let first = out.len();
     let out = RefCell::new(out);
-    // A command that forks later must be single-threaded again by then.
-    let single = crate::os::sys::single_threaded();
-    let scanned = std::thread::scope(|scope| {
-        // Regular files whose stats match the host's are compared on other threads
-        // while the walk goes on; their items are marked when all are done.
-        let comparer = RefCell::new(same::Comparer::new(scope));
-        let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
-            *seen += 1;
-            if seen.is_multiple_of(PROGRESS_EVERY) {
-                progress(*seen);
-            }
-            let mut stack = stack.borrow_mut();
-            let mut out = out.borrow_mut();
-            let mut hosts = hosts.borrow_mut();
-            if e.rel.as_os_str().is_empty() {
-                stack.push(Level {
-                    host: hosts.is_some(),
-                    merged: true,
-                    unit: None,
-                    everything: false,
-                    committed_item: None,
-                });
-                return Ok(Descend::Yes);
-            }
-            let path = l.vm_path(e.rel);
-            let parent = stack.last().expect("the root is pushed first");
-            if !parent.everything && !filter.reaches(&path) {
-                return Ok(Descend::No);
-            }
-            // The host's directory here (`None` if it has none, or it moved).
-            let host_dir = match hosts.as_ref() {
-                Some(h) if parent.host => h.top(),
-                _ => None,
-            };
-            let host = host_dir.and_then(|d| host_stat(d, e.name));
-            let done = committed.contains(&l.dir, e.rel, &e.stat);
-            if done && e.file_type() != FileType::Directory {
-                return Ok(Descend::No);
-            }
-            let item = |kind, vm, unit: Option<PathBuf>, same| Item {
-                path: path.clone(),
-                kind,
-                layer: idx,
-                rel: e.rel.to_owned(),
-                vm,
-                upper: Some(e.stat),
-                host,
-                unit,
-                same,
-            };
-            let vm = match e.file_type() {
-                _ if e.is_whiteout() => VmEntry::Whiteout,
-                FileType::Directory => match is_opaque(e) {
-                    Ok(opaque) => VmEntry::Dir { opaque },
-                    // Gone or moved since the walk saw it (a running VM).
-                    Err(e) if dirchain::vanished(&e) => return Ok(Descend::No),
-                    Err(e) => return Err(e),
-                },
-                FileType::RegularFile => VmEntry::File,
-                FileType::Symlink => VmEntry::Symlink,
-                FileType::Fifo => VmEntry::Fifo,
-                FileType::Socket => VmEntry::Socket,
-                _ => VmEntry::Device,
-            };
-            let kind = match (vm, host.is_some()) {
-                (VmEntry::Whiteout, true) => Kind::Deleted,
-                (VmEntry::Whiteout, false) => return Ok(Descend::No),
-                (_, true) => Kind::Changed,
-                (_, false) => Kind::Added,
-            };
-            let VmEntry::Dir { opaque } = vm else {
-                // Inside a replaced directory every entry commits with it.
-                let same = kind == Kind::Changed
-                    && parent.unit.is_none()
-                    && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| match vm {
-                        // (A file with other names commits with them.)
-                        VmEntry::File if e.stat.st_nlink == 1 => {
-                            let dir = e.rel.parent().unwrap_or(Path::new(""));
-                            comparer.borrow_mut().compare(
-                                out.len(),
-                                dir,
-                                e.parent,
-                                d,
-                                e.name,
-                                &e.stat,
-                                h,
-                            );
-                            false
-                        }
-                        VmEntry::Symlink => {
-                            same::same_link(e.parent, e.name, &e.stat, d, e.name, h)
-                        }
-                        _ => false,
-                    });
-                out.push(item(kind, vm, parent.unit.clone(), same));
-                return Ok(Descend::No);
-            };
-            let host_is_dir =
-                host.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
-            let host_fd = if host_is_dir {
-                host_dir.and_then(|d| {
-                    open_host_dir(Some(d), Path::new(OsStr::from_bytes(e.name.to_bytes()))).ok()
-                })
-            } else {
-                None
-            };
-            // A directory committed while the VM ran is as the host has it now.
-            let merged = parent.merged && host_is_dir && (!opaque || done);
-            // A directory that hides what the host has there (an opaque one, or one in
-            // place of a file) is a unit: committing part of it would leave the rest
-            // of it hiding what the commit put on the host.
-            let hides = (opaque && !done) || (host.is_some() && !host_is_dir);
-            let unit = match (&parent.unit, hides || (!merged && host_fd.is_some())) {
-                (Some(u), _) => Some(u.clone()),
-                (None, true) => Some(path.clone()),
-                (None, false) => None,
-            };
-            let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
-            let committed_item = done.then_some(out.len());
-            // In the layer only because something in it changed.
-            let same = kind == Kind::Changed
-                && !opaque
-                && unit.is_none()
-                && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| {
-                    e.open()
-                        .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h))
-                });
-            out.push(item(kind, vm, unit.clone(), same));
-            if !merged && let Some(hfd) = &host_fd {
-                match hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out) {
-                    Err(e) if dirchain::vanished(&e) => {}
-                    other => other?,
-                }
-            }
-            let has_host = host_fd.is_some();
-            if let (Some(h), Some(fd)) = (hosts.as_mut(), host_fd) {
-                h.push(e.name, fd)?;
-            }
-            stack.push(Level {
-                host: has_host,
-                merged,
-                unit,
-                everything,
-                committed_item,
-            });
-            Ok(Descend::Yes)
-        };
-        let mut leave = |_: &Path| -> io::Result<()> {
-            let level = stack.borrow_mut().pop();
-            if level.as_ref().is_some_and(|l| l.host)
-                && let Some(h) = hosts.borrow_mut().as_mut()
-            {
-                h.pop();
-            }
-            let mut out = out.borrow_mut();
-            if let Some(Level {
-                committed_item: Some(i),
-                ..
-            }) = level
-                && out.len() == i + 1
-            {
-                out.pop();
-            }
-            Ok(())
-        };
-        let walked = layer::walk(&l.upper(), &mut visit, &mut leave);
-        drop(visit);
+    let mut visit = |e: &Entry<'_>| -> io::Result<Descend> {
+        *seen += 1;
+        if seen.is_multiple_of(PROGRESS_EVERY) {
+            progress(*seen);
+        }
+        let mut stack = stack.borrow_mut();
         let mut out = out.borrow_mut();
-        for (i, same) in comparer.into_inner().finish() {
-            // (Only a directory's item is ever taken back, and none is compared.)
-            if let Some(it) = out.get_mut(i).filter(|_| i >= first) {
-                it.same = same;
+        let mut hosts = hosts.borrow_mut();
+        if e.rel.as_os_str().is_empty() {
+            stack.push(Level {
+                host: hosts.is_some(),
+                merged: true,
+                unit: None,
+                everything: false,
+                committed_item: None,
+            });
+            return Ok(Descend::Yes);
+        }
+        let path = l.vm_path(e.rel);
+        let parent = stack.last().expect("the root is pushed first");
+        if !parent.everything && !filter.reaches(&path) {
+            return Ok(Descend::No);
+        }
+        // The host's directory here (`None` if it has none, or it moved).
+        let host_dir = match hosts.as_ref() {
+            Some(h) if parent.host => h.top(),
+            _ => None,
+        };
+        let host = host_dir.and_then(|d| host_stat(d, e.name));
+        let done = committed.contains(&l.dir, e.rel, &e.stat);
+        if done && e.file_type() != FileType::Directory {
+            return Ok(Descend::No);
+        }
+        let item = |kind, vm, unit: Option<PathBuf>, same| Item {
+            path: path.clone(),
+            kind,
+            layer: idx,
+            rel: e.rel.to_owned(),
+            vm,
+            upper: Some(e.stat),
+            host,
+            unit,
+            same,
+        };
+        let vm = match e.file_type() {
+            _ if e.is_whiteout() => VmEntry::Whiteout,
+            FileType::Directory => match is_opaque(e) {
+                Ok(opaque) => VmEntry::Dir { opaque },
+                // Gone or moved since the walk saw it (a running VM).
+                Err(e) if dirchain::vanished(&e) => return Ok(Descend::No),
+                Err(e) => return Err(e),
+            },
+            FileType::RegularFile => VmEntry::File,
+            FileType::Symlink => VmEntry::Symlink,
+            FileType::Fifo => VmEntry::Fifo,
+            FileType::Socket => VmEntry::Socket,
+            _ => VmEntry::Device,
+        };
+        let kind = match (vm, host.is_some()) {
+            (VmEntry::Whiteout, true) => Kind::Deleted,
+            (VmEntry::Whiteout, false) => return Ok(Descend::No),
+            (_, true) => Kind::Changed,
+            (_, false) => Kind::Added,
+        };
+        let VmEntry::Dir { opaque } = vm else {
+            // Inside a replaced directory every entry commits with it.
+            let same = kind == Kind::Changed
+                && parent.unit.is_none()
+                && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| match vm {
+                    // (A file with other names commits with them.)
+                    VmEntry::File if e.stat.st_nlink == 1 => e
+                        .open()
+                        .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h)),
+                    VmEntry::Symlink => same::same_link(e.parent, e.name, &e.stat, d, e.name, h),
+                    _ => false,
+                });
+            out.push(item(kind, vm, parent.unit.clone(), same));
+            return Ok(Descend::No);
+        };
+        let host_is_dir =
+            host.is_some_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory);
+        let host_fd = if host_is_dir {
+            host_dir.and_then(|d| {
+                open_host_dir(Some(d), Path::new(OsStr::from_bytes(e.name.to_bytes()))).ok()
+            })
+        } else {
+            None
+        };
+        // A directory committed while the VM ran is as the host has it now.
+        let merged = parent.merged && host_is_dir && (!opaque || done);
+        // A directory that hides what the host has there (an opaque one, or one in
+        // place of a file) is a unit: committing part of it would leave the rest
+        // of it hiding what the commit put on the host.
+        let hides = (opaque && !done) || (host.is_some() && !host_is_dir);
+        let unit = match (&parent.unit, hides || (!merged && host_fd.is_some())) {
+            (Some(u), _) => Some(u.clone()),
+            (None, true) => Some(path.clone()),
+            (None, false) => None,
+        };
+        let everything = parent.everything || (unit.is_some() && filter.reaches(&path));
+        let committed_item = done.then_some(out.len());
+        // In the layer only because something in it changed.
+        let same = kind == Kind::Changed
+            && !opaque
+            && unit.is_none()
+            && host_dir.zip(host.as_ref()).is_some_and(|(d, h)| {
+                e.open()
+                    .is_ok_and(|fd| same::same(&fd, &e.stat, d, e.name, h))
+            });
+        out.push(item(kind, vm, unit.clone(), same));
+        if !merged && let Some(hfd) = &host_fd {
+            match hidden_entries(hfd, e, idx, &path, unit.as_ref(), &mut out) {
+                Err(e) if dirchain::vanished(&e) => {}
+                other => other?,
             }
         }
-        match walked {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(ScanError {
-                path: l.mount_point.clone(),
-                source,
-            }),
+        let has_host = host_fd.is_some();
+        if let (Some(h), Some(fd)) = (hosts.as_mut(), host_fd) {
+            h.push(e.name, fd)?;
         }
-    });
-    if single {
-        crate::os::sys::wait_single_threaded(std::time::Duration::from_secs(1));
+        stack.push(Level {
+            host: has_host,
+            merged,
+            unit,
+            everything,
+            committed_item,
+        });
+        Ok(Descend::Yes)
+    };
+    let mut leave = |_: &Path| -> io::Result<()> {
+        let level = stack.borrow_mut().pop();
+        if level.as_ref().is_some_and(|l| l.host)
+            && let Some(h) = hosts.borrow_mut().as_mut()
+        {
+            h.pop();
+        }
+        let mut out = out.borrow_mut();
+        if let Some(Level {
+            committed_item: Some(i),
+            ..
+        }) = level
+            && out.len() == i + 1
+        {
+            out.pop();
+        }
+        Ok(())
+    };
+    match layer::walk(&l.upper(), &mut visit, &mut leave) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(ScanError {
+            path: l.mount_point.clone(),
+            source,
+        }),
     }
-    scanned
 }
 
 /// The host's entries of a directory the VM replaced: each one the VM doesn't

@@ -85,29 +85,6 @@ pub fn spawn_from_test(cgroup: Option<BorrowedFd<'_>>, child: fn() -> i32) -> io
     unsafe { clone_and_run(0, cgroup, |_| child()) }
 }
 
-/// Whether this process is single-threaded now (see [`ensure_single_threaded`]).
-pub fn single_threaded() -> bool {
-    ensure_single_threaded().is_ok()
-}
-
-/// After the threads a single-threaded process started have been joined: wait
-/// (at most `limit`) until the kernel has let go of them too. A joined thread
-/// still belongs to the process for a moment after `join` returns (its exit
-/// wakes the joiner before it leaves the thread group), and a fork then would
-/// be refused.
-pub fn wait_single_threaded(limit: std::time::Duration) -> bool {
-    let end = std::time::Instant::now() + limit;
-    loop {
-        if single_threaded() {
-            return true;
-        }
-        if std::time::Instant::now() >= end {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_micros(200));
-    }
-}
-
 /// Fail unless this process is single-threaded. `unshare` of CLONE_THREAD,
 /// CLONE_SIGHAND and CLONE_VM is refused with EINVAL while any other task shares
 /// this process's thread group, signal handlers or memory, and otherwise has
