@@ -689,15 +689,7 @@ impl Engine {
         // layers, in its dir, go the same way: the dir stays in the store's
         // index (hidden in every VM) until it is gone.
         let trash = self.store.trash_vm(&vm)?;
-        let (store, cleaner) = (self.store.clone(), trash.clone());
-        let detached = crate::os::detach::spawn_detached(c"fvm-delete", move || {
-            match crate::store::Lock::exclusive(&cleaner.join("lock")) {
-                Ok(_lock) => i32::from(store.empty_trash(&cleaner).is_err()),
-                // Removed by someone else meanwhile.
-                Err(_) => 0,
-            }
-        });
-        if let Err(e) = detached {
+        if let Err(e) = self.store.empty_trash_in_background(&trash) {
             tracing::debug!("removing the deleted vm's layers here: {e}");
             self.store.empty_trash(&trash)?;
         }
