@@ -3,7 +3,8 @@
 //! - `fvm diff` of a VM with 100,000 changed files (target: under 1 s), next to
 //!   `find` walking the same upper layer (a floor: what reading the layer costs),
 //!   and of a VM with as many copy-ups that changed nothing (each compared with
-//!   the host's file, content included, and hidden).
+//!   the host's file, content included, and hidden), A/B against `diff --all`
+//!   (the same comparisons, every line shown) in each round.
 //! - `fvm commit` of 10,000 files of 16 KiB (target: within 1.5x `cp -a` of the
 //!   same files to the same filesystem). Commit syncs before and after renaming
 //!   (its files are durable when it returns), so `cp -a` is measured both alone
@@ -214,9 +215,29 @@ fn measure_in(store: &Store, host: &Path, sizes: &Sizes) -> Result<ChangesBench>
             .fvm()
             .args(["run", "samer", "--", "python3", "-c", &chmod]),
     )?;
-    let mut d_same = Vec::new();
-    for _ in 0..rounds.max(3) {
-        d_same.push(timed(store.fvm().args(["diff", "samer"]))?);
+    // A/B in each round: `--all` shows them (compared all the same, for
+    // `same_as_host`), and the floor of reading that layer.
+    let samer_upper = store.vm_dir("samer").join("layers/-/upper");
+    let (mut d_same, mut d_same_all, mut d_same_find) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds.max(3) {
+        let quiet = |v: &mut Vec<f64>| -> Result<()> {
+            v.push(timed(store.fvm().args(["diff", "samer"]))?);
+            Ok(())
+        };
+        let all = |v: &mut Vec<f64>| -> Result<()> {
+            v.push(timed(store.fvm().args(["diff", "samer", "--all"]))?);
+            Ok(())
+        };
+        if round % 2 == 0 {
+            quiet(&mut d_same)?;
+            all(&mut d_same_all)?;
+        } else {
+            all(&mut d_same_all)?;
+            quiet(&mut d_same)?;
+        }
+        d_same_find.push(timed(
+            Command::new("find").arg(&samer_upper).args(["-printf", ""]),
+        )?);
     }
     store.delete("samer")?;
 
@@ -300,6 +321,16 @@ fn measure_in(store: &Store, host: &Path, sizes: &Sizes) -> Result<ChangesBench>
                 "fvm --root DIR diff VM (as many chmods to the same mode, all compared and hidden)"
                     .into(),
                 stats(&d_same)?,
+            ),
+            (
+                "fvm diff --all, copy-ups".into(),
+                "fvm --root DIR diff VM --all (the same, all shown)".into(),
+                stats(&d_same_all)?,
+            ),
+            (
+                "find (floor), copy-ups".into(),
+                "find DIR/vms/VM/layers/-/upper -printf ''".into(),
+                stats(&d_same_find)?,
             ),
         ],
         commit: vec![

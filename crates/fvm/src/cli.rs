@@ -58,6 +58,10 @@ pub enum Command {
     /// private-layer size
     Stats(StatsArgs),
     /// Delete VMs and their private layers
+    ///
+    /// Each VM is gone from the store at once; its layers (in the store or in its
+    /// --dir) are removed right after by a process of their own, and what a crash
+    /// leaves of them is removed by the next command on the store.
     #[command(visible_alias = "rm")]
     Delete(DeleteArgs),
     /// Clone a stopped or suspended VM: its policy and its private layers (a
@@ -71,6 +75,9 @@ pub enum Command {
     /// Write a VM's changes (or those under PATHs) back to the host
     Commit(CommitArgs),
     /// Drop a stopped VM's changes under PATHs, so it sees the host's files there again
+    ///
+    /// A running or suspended VM is refused (its layer is in use; stop it first);
+    /// --dry-run works on any VM.
     Discard(DiscardArgs),
     /// Show a VM's policy, or change it
     Config(ConfigArgs),

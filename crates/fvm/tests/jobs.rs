@@ -61,9 +61,8 @@ fn parallel_runs_each_write_their_own_diff() {
     let out = common::temp_dir("jobs-out");
     let tag = unique("job");
     // 200 callers, 8 at a time, each a throw-away VM that writes one file of its
-    // own number; fvm is called by xargs as a batch runner would. The number's
-    // placeholder is one no path here can hold (temporary names are letters and
-    // digits, and xargs replaces it everywhere in the line).
+    // own number; fvm is called by xargs as a batch runner would.
+    // (The placeholder can't be a letter a temporary name may hold.)
     let script = format!(
         "seq 0 199 | xargs -P 8 -I @@ {fvm} --root {root} run --rm --diff-out {out}/@@.json \
          -- sh -c 'echo @@ > /tmp/{tag}-@@; exit $((@@ % 3))'; echo xargs=$?",

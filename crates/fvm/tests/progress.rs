@@ -1,7 +1,7 @@
 //! Long operations: a progress bar on a terminal and nothing on a pipe (commit,
 //! copy), and a `delete` that takes the VM out of the store at once and removes
 //! its layers afterwards, with a delete cut short finished by the next command
-//! or `doctor --cleanup`.
+//! (by a process of its own) or `doctor --cleanup` (before it returns).
 
 mod common;
 
@@ -117,7 +117,10 @@ fn a_delete_cut_short_is_finished_and_one_at_work_is_left_alone() {
     // next command, c2 by `doctor --cleanup`.
     std::fs::rename(vms.join("c1"), vms.join(".trash-c1-999999")).unwrap();
     store.fvm(&["list"]).ok();
-    assert_eq!(trash(&store), Vec::<String>::new());
+    // (It hands the removal to a process of its own, and doesn't wait for it.)
+    wait_until("the next command finishes the delete", || {
+        trash(&store).is_empty()
+    });
     std::fs::rename(vms.join("c2"), vms.join(".trash-c2-999998")).unwrap();
     std::fs::rename(vms.join("c3"), vms.join(".trash-c3-999997")).unwrap();
     // c3's delete is still at work: it holds the lock that moved with the dir.
@@ -133,6 +136,143 @@ fn a_delete_cut_short_is_finished_and_one_at_work_is_left_alone() {
     assert_eq!(trash(&store), [".trash-c3-999997"], "c3 left");
     drop(held);
     store.fvm(&["list"]).ok();
-    assert_eq!(trash(&store), Vec::<String>::new());
+    wait_until("the next command finishes c3", || trash(&store).is_empty());
+    store.assert_clean();
+}
+
+/// The pids of the processes named `fvm-delete` that have a file of `store`
+/// open: the removers this test's deletes started, and no one else's.
+fn removers(store: &TestStore) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if common::live_comm(pid).as_deref() != Some("fvm-delete") {
+            continue;
+        }
+        let ours = std::fs::read_dir(e.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t.starts_with(&store.root)));
+        if ours {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A VM whose layers are in a directory of the user's choice (`--dir`), with
+/// 299,000 files: `diff` counts the entries it reads on a terminal and says
+/// nothing through a pipe; `delete` returns while its layers are still there
+/// (the VM gone from the store, its dir still hidden in VMs until it is gone);
+/// its remover killed half-way, the next command finishes the job. Symlinks the
+/// VM planted in its layer are removed, never followed.
+#[test]
+fn a_large_dir_vm_shows_diff_progress_and_its_delete_returns_at_once_and_survives_a_kill() {
+    let test =
+        "a_large_dir_vm_shows_diff_progress_and_its_delete_returns_at_once_and_survives_a_kill";
+    if !needs_root(test) || !needs_tool(test, "script") {
+        return;
+    }
+    let store = TestStore::new("pgdir");
+    let outside = temp_dir("pgdir");
+    let vmdir = outside.path().join("vm-layers");
+    let precious = outside.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("keep"), "keep me\n").unwrap();
+    let h = temp_dir("pgdir-h");
+    store.create_with("big", &["--dir", s(&vmdir)]);
+    let script = format!(
+        "set -e; mkdir {h}/d0; : > {h}/d0/f; ln -s {p} {h}/to-dir; ln -s {f} {h}/d0/to-file",
+        h = s(h.path()),
+        p = s(&precious),
+        f = s(&precious.join("keep")),
+    );
+    store.sh("big", &script).ok();
+    // The bulk is written straight into the stopped VM's layer (as the VM's
+    // writes would land there), as hard links: making an inode costs this host
+    // about 0.3 ms, a link a tenth of that, and each link is an entry of the
+    // layer all the same.
+    let upper = vmdir
+        .join("-/upper")
+        .join(h.path().strip_prefix("/").unwrap());
+    assert!(
+        upper.join("d0/f").exists(),
+        "the layer is not where expected"
+    );
+    for d in 1..300 {
+        let sub = upper.join(format!("d{d}"));
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::File::create(sub.join("f0")).unwrap();
+        for i in 1..1000 {
+            std::fs::hard_link(sub.join("f0"), sub.join(format!("f{i}"))).unwrap();
+        }
+    }
+
+    // diff: a count of the entries read on a terminal, nothing through a pipe.
+    let tty = fvm_on_tty(&store, &["diff", "big", s(h.path()), "--stat"]).ok();
+    assert!(tty.stdout.contains("reading the vm's layers"), "{tty}");
+    let piped = store.fvm(&["diff", "big", s(h.path()), "--stat"]).ok();
+    assert_eq!(piped.stderr, "", "{piped}");
+    assert!(piped.stdout.contains(" 299303 "), "{piped}");
+
+    // delete: back at once, with nothing to draw; the layers go after.
+    let del = fvm_on_tty(&store, &["delete", "big"]).ok();
+    assert_eq!(del.out(), "big", "{del}");
+    assert!(store.list().is_empty());
+    assert!(!store.vm_dirs().contains(&"big".to_owned()));
+    // (Beside the layers, the dir holds its owner mark, which goes last.)
+    let layers = || {
+        std::fs::read_dir(&vmdir)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name() != ".fvm-owner")
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert!(
+        layers() > 0,
+        "the delete returned after its layers were gone"
+    );
+    let index = std::fs::read_to_string(store.root.join("dirs")).unwrap_or_default();
+    assert!(
+        index.lines().any(|l| Path::new(l) == vmdir),
+        "the dir stays hidden in VMs until it is gone: {index:?}"
+    );
+    // Its remover killed half-way: what is left is finished by the next command.
+    let mut pids = Vec::new();
+    wait_until("the deleted vm's remover runs", || {
+        pids = removers(&store);
+        !pids.is_empty()
+    });
+    common::kill9(&pids);
+    wait_until("the remover is gone", || {
+        pids.iter().all(|p| !common::is_alive_as(*p, "fvm-delete"))
+    });
+    assert!(
+        !trash(&store).is_empty() && layers() > 0,
+        "the remover was killed half-way: {:?}",
+        trash(&store)
+    );
+    store.fvm(&["list"]).ok();
+    // It doesn't wait for that many files to go: a remover of its own does.
+    assert!(
+        layers() > 0,
+        "the next command held everything up until the layers were gone"
+    );
+    wait_until("the next command finishes the delete", || {
+        trash(&store).is_empty()
+    });
+    assert!(!vmdir.exists(), "the dir is removed");
+    let index = std::fs::read_to_string(store.root.join("dirs")).unwrap_or_default();
+    assert!(!index.contains(s(&vmdir)), "{index:?}");
+    assert_eq!(
+        std::fs::read_to_string(precious.join("keep")).unwrap(),
+        "keep me\n",
+        "a symlink in the layer was followed"
+    );
     store.assert_clean();
 }

@@ -428,3 +428,248 @@ fn a_path_that_matches_nothing_fails_and_nothing_to_commit_is_said() {
     let again = store.fvm(&["commit", "nm", s(h)]).ok();
     assert_eq!(again.out(), "nothing to commit in vm \"nm\"", "{again}");
 }
+
+/// `fvm ARGS` on `store` with arguments that need not be UTF-8: (exit status,
+/// stdout, stderr) as bytes, exactly as fvm wrote them.
+fn fvm_raw(store: &TestStore, args: &[&std::ffi::OsStr]) -> (i32, Vec<u8>, Vec<u8>) {
+    let mut cmd = store.command(&[]);
+    cmd.args(args);
+    let out = cmd.output().expect("run fvm");
+    (out.status.code().unwrap_or(-1), out.stdout, out.stderr)
+}
+
+/// What a terminal must never get from a VM's name: a control byte (but the
+/// newline that ends a line), a C1 control, bytes that are not UTF-8.
+fn assert_printable(what: &str, bytes: &[u8]) {
+    let text =
+        std::str::from_utf8(bytes).unwrap_or_else(|e| panic!("{what}: not UTF-8 ({e}): {bytes:?}"));
+    assert!(
+        !text
+            .chars()
+            .any(|c| c != '\n' && c.is_control() || c == '\u{fffd}'),
+        "{what}: a raw control character: {text:?}"
+    );
+}
+
+/// Names a VM makes with control characters, newlines, escape sequences and
+/// bytes that are not UTF-8 are shown escaped by `diff -u` (headers and
+/// metadata lines), `diff --stat` (directory names) and `discard` (its lines
+/// and its errors); `diff -u --json` and `--stat --json` carry the bytes in hex
+/// for a name that is not UTF-8.
+#[test]
+fn hostile_names_are_shown_escaped_in_review_output() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    if !needs_root("hostile_names_are_shown_escaped_in_review_output") {
+        return;
+    }
+    let store = TestStore::new("rv-hostile");
+    let dir = temp_dir("rv-hostile");
+    let h = dir.path();
+    let whole = h.join(OsStr::from_bytes(b"whole\x1b[2J"));
+    std::fs::create_dir(&whole).unwrap();
+    write(&whole.join("old"), b"old\n");
+    write(&h.join("modes"), b"m\n");
+    let top = format!("/tmp/{}", common::unique("fvm-rv-top"));
+    store.create("hn");
+    let py = python();
+    let script = r#"
+import os, sys
+h = sys.argv[1].encode()
+top = sys.argv[2].encode()
+names = [b"nl\nA fake", b"esc\x1b[2Jname", b"ctl\x07\x08\x7f", "c1\u009b31m".encode(), b"bad\xff\xfe", b"rlo\xe2\x80\xaetxt"]
+for n in names:
+    with open(os.path.join(h, n), "wb") as f:
+        f.write(b"x\n")
+os.symlink(b"target\x1b]0;owned\x07\n\xff", os.path.join(h, b"link\x1b[1A"))
+os.chmod(os.path.join(h, b"modes"), 0o600)
+w = os.path.join(h, b"whole\x1b[2J")
+os.remove(os.path.join(w, b"old"))
+os.rmdir(w)
+os.mkdir(w)
+open(os.path.join(w, b"new\x1b[K"), "wb").write(b"n\n")
+d = top + b"\x1b[2J\n\xff"
+os.makedirs(d)
+open(os.path.join(d, b"f"), "wb").write(b"f\n")
+"#;
+    store
+        .fvm(&["run", "hn", "--", py, "-c", script, s(h), &top])
+        .ok();
+    let hb = h.as_os_str().as_bytes();
+    let path = |name: &[u8]| {
+        let mut p = hb.to_vec();
+        p.push(b'/');
+        p.extend_from_slice(name);
+        std::ffi::OsString::from_vec(p)
+    };
+    use std::os::unix::ffi::OsStringExt;
+    let hos = h.as_os_str();
+
+    // diff (the listing), diff -u and diff --stat: nothing raw.
+    for args in [
+        vec![OsStr::new("diff"), OsStr::new("hn"), hos],
+        vec![OsStr::new("diff"), OsStr::new("hn"), hos, OsStr::new("-u")],
+        vec![OsStr::new("diff"), OsStr::new("hn"), OsStr::new("--stat")],
+        vec![
+            OsStr::new("diff"),
+            OsStr::new("hn"),
+            OsStr::new("-u"),
+            OsStr::new("--all"),
+        ],
+    ] {
+        let (code, out, err) = fvm_raw(&store, &args);
+        assert_eq!(code, 0, "{args:?}: {}", String::from_utf8_lossy(&err));
+        assert_printable(&format!("{args:?} stdout"), &out);
+        assert_printable(&format!("{args:?} stderr"), &err);
+    }
+    let (_, u, _) = fvm_raw(
+        &store,
+        &[OsStr::new("diff"), OsStr::new("hn"), hos, OsStr::new("-u")],
+    );
+    let u = String::from_utf8(u).unwrap();
+    let hs = s(h);
+    for want in [
+        format!(r#"diff --fvm "{hs}/nl\nA fake""#),
+        format!(r#"+++ "vm{hs}/esc\x1b[2Jname""#),
+        format!(r#"+++ "vm{hs}/ctl\x07\x08\x7f""#),
+        format!(r#"+++ "vm{hs}/c1\u{{009b}}31m""#),
+        format!(r#"+++ "vm{hs}/bad\xff\xfe""#),
+        format!(r#"+++ "vm{hs}/rlo\u{{202e}}txt""#),
+        format!(r#"diff --fvm "{hs}/link\x1b[1A""#),
+        r#"symlink target (none) -> "target\x1b]0;owned\x07\n\xff""#.to_owned(),
+        format!(r#"diff --fvm "{hs}/whole\x1b[2J/new\x1b[K""#),
+    ] {
+        assert!(u.contains(&want), "{want} in:\n{u}");
+    }
+    assert!(u.contains("old file 0644 0:0\nnew file 0600 0:0"), "{u}");
+    let (_, st, _) = fvm_raw(
+        &store,
+        &[OsStr::new("diff"), OsStr::new("hn"), OsStr::new("--stat")],
+    );
+    let st = String::from_utf8(st).unwrap();
+    assert!(st.contains(&format!(r#""{top}\x1b[2J\n\xff""#)), "{st}");
+
+    // JSON: exact text, and the bytes in hex where a name is not UTF-8.
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let (_, j, _) = fvm_raw(
+        &store,
+        &[
+            OsStr::new("--json"),
+            OsStr::new("diff"),
+            OsStr::new("hn"),
+            hos,
+            OsStr::new("-u"),
+        ],
+    );
+    let j: Value = serde_json::from_slice(&j).unwrap();
+    let bad = path(b"bad\xff\xfe");
+    let d = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path_hex"] == hex(bad.as_bytes()))
+        .unwrap_or_else(|| panic!("no path_hex for the name that is not UTF-8: {j:#}"));
+    assert_eq!(d["vm"]["text"], "x\n", "{d}");
+    let esc = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == format!("{hs}/esc\x1b[2Jname"))
+        .unwrap_or_else(|| panic!("{j:#}"));
+    assert!(esc.get("path_hex").is_none(), "{esc}");
+    let link = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == format!("{hs}/link\x1b[1A"))
+        .unwrap_or_else(|| panic!("{j:#}"));
+    assert_eq!(
+        link["vm"]["target_hex"],
+        hex(b"target\x1b]0;owned\x07\n\xff"),
+        "{link}"
+    );
+    let (_, j, _) = fvm_raw(
+        &store,
+        &[
+            OsStr::new("--json"),
+            OsStr::new("diff"),
+            OsStr::new("hn"),
+            OsStr::new("--stat"),
+        ],
+    );
+    let j: Value = serde_json::from_slice(&j).unwrap();
+    let mut topdir = top.as_bytes().to_vec();
+    topdir.extend_from_slice(b"\x1b[2J\n\xff");
+    assert!(
+        j["dirs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["dir_hex"] == hex(&topdir)),
+        "{j:#}"
+    );
+
+    // discard: its lines and its errors.
+    let discard = |extra: &[&OsStr]| {
+        let mut args = vec![OsStr::new("discard"), OsStr::new("hn")];
+        args.extend_from_slice(extra);
+        let (code, out, err) = fvm_raw(&store, &args);
+        assert_printable(&format!("{args:?} stdout"), &out);
+        assert_printable(&format!("{args:?} stderr"), &err);
+        (
+            code,
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(err).unwrap(),
+        )
+    };
+    let (nl, ctl, bad, esc) = (
+        path(b"nl\nA fake"),
+        path(b"ctl\x07\x08\x7f"),
+        path(b"bad\xff\xfe"),
+        path(b"esc\x1b[2Jname"),
+    );
+    let (code, out, _) = discard(&[&nl, &ctl, &bad, OsStr::new("--dry-run")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(r#"would discard A "{hs}/nl\nA fake""#)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(r#"would discard A "{hs}/bad\xff\xfe""#)),
+        "{out}"
+    );
+    let (code, _, err) = discard(&[&path(b"nothing\x1b[2J\xff")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            r#"path "{hs}/nothing\x1b[2J\xff" matches no change"#
+        )),
+        "{err}"
+    );
+    let inside = path(b"whole\x1b[2J/new\x1b[K");
+    let (code, _, err) = discard(&[&inside]);
+    assert_eq!(code, 125, "{err}");
+    assert!(
+        err.contains(r#"the vm replaced "#) && err.contains(r#"/whole\x1b[2J""#),
+        "{err}"
+    );
+    let (code, out, _) = discard(&[&nl, &ctl, &bad, &esc]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("discarded 4 change(s)"), "{out}");
+    let (_, j, _) = fvm_raw(
+        &store,
+        &[
+            OsStr::new("--json"),
+            OsStr::new("discard"),
+            OsStr::new("hn"),
+            &path(b"rlo\xe2\x80\xaetxt"),
+            OsStr::new("--dry-run"),
+        ],
+    );
+    let j: Value = serde_json::from_slice(&j).unwrap();
+    assert_eq!(
+        j["changes"][0]["path"],
+        format!("{hs}/rlo\u{202e}txt"),
+        "{j}"
+    );
+}

@@ -37,11 +37,16 @@ fn lossy<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&p.to_string_lossy())
 }
 
-/// The bytes of a path that is not UTF-8, in hex.
-fn hex_unless_utf8(p: &Path) -> Option<String> {
-    use std::fmt::Write as _;
+/// The bytes of a path that is not UTF-8, in hex (for JSON, beside the path as
+/// text with U+FFFD for the bad bytes).
+pub fn hex_unless_utf8(p: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
+    bytes_hex_unless_utf8(p.as_os_str().as_bytes())
+}
+
+/// [`hex_unless_utf8`] for any bytes a VM chose (a symlink's target).
+pub fn bytes_hex_unless_utf8(bytes: &[u8]) -> Option<String> {
+    use std::fmt::Write as _;
     std::str::from_utf8(bytes).is_err().then(|| {
         bytes
             .iter()

@@ -92,42 +92,48 @@ fn sorted(mut x: data::Xattrs) -> data::Xattrs {
     x
 }
 
-/// Whether two regular files hold the same `size` bytes, and no more.
+/// Whether two regular files hold the same `size` bytes, and no more. Both are
+/// open on the inodes whose stat said regular file of `size` bytes (see
+/// [`crate::layers::open_same`]).
+///
+/// One `pread` per chunk and side, the last asking for a byte more than is left,
+/// so that a file that has grown since it was looked at shows without a read of
+/// its own; a short read counts as a difference (it only ever makes a copy-up
+/// that changed nothing show). The buffers are as big as the file, up to
+/// [`CHUNK`]: most files in a layer are small, and zeroing two chunks for each
+/// cost more than comparing them.
 fn same_content(a: &OwnedFd, b: &OwnedFd, size: u64) -> io::Result<bool> {
-    for fd in [a, b] {
-        if FileType::from_raw_mode(rustix::fs::fstat(fd)?.st_mode) != FileType::RegularFile {
-            return Ok(false);
-        }
-    }
-    let mut x = vec![0u8; CHUNK];
-    let mut y = vec![0u8; CHUNK];
+    let len = size.min(CHUNK as u64) as usize + 1;
+    let mut x = vec![0u8; len];
+    let mut y = vec![0u8; len];
     let mut off = 0u64;
-    while off < size {
-        let want = (size - off).min(CHUNK as u64) as usize;
-        if read_full(a, &mut x[..want], off)? != want
-            || read_full(b, &mut y[..want], off)? != want
+    loop {
+        let left = size - off;
+        let want = left.min(CHUNK as u64) as usize;
+        let last = left <= CHUNK as u64;
+        let ask = if last { want + 1 } else { want };
+        if read_once(a, &mut x[..ask], off)? != want
+            || read_once(b, &mut y[..ask], off)? != want
             || x[..want] != y[..want]
         {
             return Ok(false);
         }
+        if last {
+            return Ok(true);
+        }
         off += want as u64;
     }
-    // Neither has grown since it was looked at.
-    Ok(read_full(a, &mut x[..1], off)? == 0 && read_full(b, &mut y[..1], off)? == 0)
 }
 
-/// Read at `off` until `buf` is full or the file ends.
-fn read_full(fd: &OwnedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match rustix::io::pread(fd, &mut buf[got..], off + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
+/// One `pread` at `off` (again if a signal interrupted it).
+fn read_once(fd: &OwnedFd, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    loop {
+        match rustix::io::pread(fd, &mut *buf, off) {
+            Ok(n) => return Ok(n),
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(got)
 }
 
 #[cfg(test)]
@@ -186,6 +192,16 @@ mod tests {
         assert!(check("same"));
         assert!(check("empty"));
         assert!(!check("last"));
+        // Whole chunks, and a file longer than its stat said (it grew).
+        let exact = &big[..CHUNK * 2];
+        std::fs::write(vm.path().join("exact"), exact).unwrap();
+        std::fs::write(host.path().join("exact"), exact).unwrap();
+        assert!(check("exact"));
+        let (a, _) = open(vm.path(), "exact");
+        let (b, _) = open(host.path(), "exact");
+        assert!(same_content(&a, &b, exact.len() as u64).unwrap());
+        assert!(!same_content(&a, &b, exact.len() as u64 - 1).unwrap());
+        assert!(!same_content(&a, &b, 10).unwrap());
         std::fs::set_permissions(
             vm.path().join("same"),
             std::os::unix::fs::PermissionsExt::from_mode(0o600),

@@ -244,16 +244,22 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
 /// Delete the directory `path` like [`remove_tree`], its entry `last` only after
 /// everything else in it.
 pub fn remove_tree_last(path: &Path, last: &str) -> io::Result<()> {
+    remove_all_but(path, last)?;
+    remove_tree(path)
+}
+
+/// Delete everything in the directory `path` (as [`remove_tree`] does) but its
+/// entry `keep`; fine if `path` is gone. Not followed if `path` is a symlink.
+pub fn remove_all_but(path: &Path, keep: &str) -> io::Result<()> {
     let Some(dir) = open_dir(rustix::fs::CWD, path)? else {
         return Ok(());
     };
     for name in crate::os::dirchain::names(&dir)? {
-        if name.as_bytes() != last.as_bytes() {
+        if name.as_bytes() != keep.as_bytes() {
             remove_tree_at(dir.as_fd(), &name)?;
         }
     }
-    drop(dir);
-    remove_tree(path)
+    Ok(())
 }
 
 /// Delete `name` in `parent` and, if it is a directory, everything below it.

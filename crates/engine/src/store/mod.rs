@@ -217,20 +217,21 @@ impl Store {
         }
     }
 
-    /// Delete a stopped VM and its layers. Takes the store lock.
-    pub fn delete_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<(), StoreError> {
-        let trash = self.trash_vm(vm, dir)?;
-        remove_trash(&trash)
+    /// Delete a stopped VM and its layers, here and now (see [`Store::trash_vm`]
+    /// and [`Store::empty_trash`]).
+    pub fn delete_vm(&self, vm: &VmDir) -> Result<(), StoreError> {
+        let trash = self.trash_vm(vm)?;
+        self.empty_trash(&trash)
     }
 
     /// Take a stopped VM out of the store at once: its directory is renamed into
-    /// the store's trash (`.trash-NAME-PID`) under the store lock, and its `--dir`
-    /// released. The VM is gone (its name free again) when this returns; its
-    /// layers go with [`remove_trash`], by the caller, which should hold the
-    /// VM's lock meanwhile (it moved with the directory): a trash whose lock is
-    /// held is left alone by [`Store::finish_deletes`] and `sweep`, and one
-    /// whose holder died is removed by them.
-    pub fn trash_vm(&self, vm: &VmDir, dir: Option<&Path>) -> Result<PathBuf, StoreError> {
+    /// the store's trash (`.trash-NAME-PID`) under the store lock. The VM is
+    /// gone (its name free again) when this returns; its layers, in the store
+    /// or in its `--dir`, go with [`Store::empty_trash`], by the caller, which
+    /// should hold the VM's lock meanwhile (it moved with the directory): a
+    /// trash whose lock is held is left alone by [`Store::finish_deletes`] and
+    /// `sweep`, and one whose holder died is emptied by them.
+    pub fn trash_vm(&self, vm: &VmDir) -> Result<PathBuf, StoreError> {
         let _lock = self.lock()?;
         let trash = self
             .vms()
@@ -239,34 +240,50 @@ impl Store {
             path: vm.path.clone(),
             source,
         })?;
-        if let Some(dir) = dir {
-            self.release_owned_dir(dir, &vm.name)
-                .map_err(|source| StoreError::Delete {
-                    path: dir.to_owned(),
-                    source,
-                })?;
-            self.set_dirs(|dirs| dirs.retain(|d| d != dir))
-                .map_err(|source| StoreError::Delete {
-                    path: self.root.join("dirs"),
-                    source,
-                })?;
-        }
         Ok(trash)
+    }
+
+    /// Remove a deleted VM's layers: its `--dir` first (named by the policy in
+    /// the trash, and only if it carries the VM's owner mark), then the trash,
+    /// its lock file last. The long part, the layers, is removed without the
+    /// store lock; the `--dir`'s owner mark, the directory itself and its line
+    /// in the index go under it, so a create can't claim the path in between.
+    /// Killed at any point, what is left is a trash holding the policy (and the
+    /// `--dir` its owner mark), which the next command finishes.
+    pub fn empty_trash(&self, trash: &Path) -> Result<(), StoreError> {
+        self.release_dir_of_trash(trash, false)?;
+        remove_trash(trash)
+    }
+
+    /// Have a process of its own (`fvm-delete`, detached) empty `trash` (see
+    /// [`Store::empty_trash`]) once it has the VM's lock, which moved into the
+    /// trash with its directory: the caller, if it holds that lock, lets go of
+    /// it when it is done. An error if the process can't be started.
+    pub fn empty_trash_in_background(&self, trash: &Path) -> io::Result<()> {
+        let (store, trash) = (self.clone(), trash.to_owned());
+        crate::os::detach::spawn_detached(c"fvm-delete", move || {
+            match Lock::exclusive(&trash.join("lock")) {
+                Ok(_lock) => i32::from(store.empty_trash(&trash).is_err()),
+                // Removed by someone else meanwhile.
+                Err(_) => 0,
+            }
+        })
     }
 
     /// Remove what crashed creates and deletes left behind (`.new-*`, `.trash-*`).
     /// Takes the store lock, so it never races a create or delete in progress.
     pub fn sweep(&self) -> Result<Vec<PathBuf>, StoreError> {
         let _lock = self.lock()?;
-        self.remove_leftovers(true)
+        self.remove_leftovers(false)
     }
 
     /// Finish deletes that were interrupted (killed, or the machine went down):
-    /// each left a `.trash-*` directory holding the VM's layers; and remove what
-    /// creates and copies that were killed left (a `.new-*` directory whose lock
-    /// nobody holds). Every command on the store calls this first. It does nothing
-    /// while another command holds the store lock, since a delete in progress
-    /// holds it until its trash is gone.
+    /// each left a `.trash-*` directory holding the VM's layers, which a process
+    /// of its own removes (a large one would hold up the command for seconds;
+    /// here, if no process can be started); and remove what creates and copies
+    /// that were killed left (a `.new-*` directory whose lock nobody holds).
+    /// Every command on the store calls this first. It does nothing while
+    /// another command holds the store lock.
     pub fn finish_deletes(&self) -> Result<Vec<PathBuf>, StoreError> {
         // Trash, and the half-made directories of creates and copies that were
         // killed (one still at work holds its directory's lock, and is left alone).
@@ -287,9 +304,10 @@ impl Store {
         }
     }
 
-    /// Remove the `.trash-*` directories (and the `.new-*` ones whose create is
-    /// gone, if `new_too`); the caller holds the store lock.
-    fn remove_leftovers(&self, new_too: bool) -> Result<Vec<PathBuf>, StoreError> {
+    /// Remove the `.new-*` directories whose create is gone and the `.trash-*`
+    /// ones nobody is emptying: here, or with `background` by a process of
+    /// their own; the caller holds the store lock.
+    fn remove_leftovers(&self, background: bool) -> Result<Vec<PathBuf>, StoreError> {
         let mut removed = Vec::new();
         let Ok(entries) = std::fs::read_dir(self.vms()) else {
             return Ok(removed);
@@ -297,7 +315,7 @@ impl Store {
         for e in entries.filter_map(Result::ok) {
             let n = e.file_name();
             let n = n.as_bytes();
-            let new = new_too && n.starts_with(b".new-");
+            let new = n.starts_with(b".new-");
             // A create (or copy) still filling its directory holds its lock.
             if new && matches!(Lock::try_exclusive(&e.path().join("lock")), Ok(None)) {
                 continue;
@@ -306,13 +324,21 @@ impl Store {
                 self.release_dir_of_crashed_create(&e.path(), &e.file_name().to_string_lossy());
             }
             let trash = !new && n.starts_with(TRASH.as_bytes());
-            // A delete still removing its trash holds the VM's lock in it.
-            if trash && files::is_locked(&e.path().join("lock")) {
+            // A delete still removing its trash holds the VM's lock in it. (A
+            // sweep gives one a moment: the remover a command just started for
+            // a small trash is done by then.)
+            let lock = e.path().join("lock");
+            let held = || files::is_locked(&lock);
+            if trash && held() && (background || !released_soon(held)) {
+                continue;
+            }
+            if trash && background && self.empty_trash_in_background(&e.path()).is_ok() {
+                removed.push(e.path());
                 continue;
             }
             if new || trash {
                 if !new {
-                    self.release_dir_of_trash(&e.path())?;
+                    self.release_dir_of_trash(&e.path(), true)?;
                 }
                 files::remove_tree(&e.path()).map_err(|source| StoreError::Delete {
                     path: e.path(),
@@ -345,9 +371,11 @@ impl Store {
         }
     }
 
-    /// The `--dir` of a VM whose delete was interrupted (named by the policy in
-    /// its trash, `.trash-NAME-PID`), released as its delete would have.
-    fn release_dir_of_trash(&self, trash: &Path) -> Result<(), StoreError> {
+    /// The `--dir` of a deleted VM (named by the policy in its trash,
+    /// `.trash-NAME-PID`), released: removed if it carries the VM's owner mark,
+    /// and taken out of the index. `locked`: the caller holds the store lock;
+    /// else it is taken for the last step only.
+    fn release_dir_of_trash(&self, trash: &Path, locked: bool) -> Result<(), StoreError> {
         let name = trash
             .file_name()
             .and_then(|n| n.to_str())
@@ -368,6 +396,12 @@ impl Store {
             path: dir.clone(),
             source,
         };
+        if self.owns_dir(&dir, &name) {
+            // Its layers, all but the owner mark, which keeps telling the rest
+            // is the VM's if this is cut short.
+            files::remove_all_but(&dir, OWNER_MARK).map_err(fail)?;
+        }
+        let _lock = if locked { None } else { Some(self.lock()?) };
         self.release_owned_dir(&dir, &name).map_err(fail)?;
         self.set_dirs(|dirs| dirs.retain(|d| *d != dir))
             .map_err(|source| StoreError::Delete {
@@ -406,6 +440,18 @@ impl Store {
         }
         files::write_atomic(&self.root.join("dirs"), text.as_bytes(), 0o600)
     }
+}
+
+/// Whether `held()` turns false within a second.
+fn released_soon(held: impl Fn() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < end {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        if !held() {
+            return true;
+        }
+    }
+    false
 }
 
 /// FNV-1a of the canonical root path, as 8 hex digits.

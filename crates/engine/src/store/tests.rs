@@ -28,7 +28,7 @@ fn create_list_delete() {
     assert_eq!(vm.load_policy().unwrap().name, name("b"));
     let e = s.create_vm(&Policy::new(name("a"), None)).unwrap_err();
     assert_eq!(e.to_string(), "vm \"a\" already exists");
-    s.delete_vm(&vm, None).unwrap();
+    s.delete_vm(&vm).unwrap();
     assert_eq!(s.names().unwrap(), vec![name("a")]);
     assert!(matches!(s.vm(&name("b")), Err(StoreError::NoSuchVm { .. })));
     assert!(s.sweep().unwrap().is_empty());
@@ -50,9 +50,26 @@ fn external_dir_is_claimed_hidden_and_released() {
         .create_vm(&Policy::new(name("web2"), Some(dir.clone())))
         .unwrap_err();
     assert!(matches!(e, StoreError::DirInUse { .. }), "{e}");
-    s.delete_vm(&vm, Some(&dir)).unwrap();
+    // Symlinks a VM planted in its layers are removed, not followed.
+    let precious = outside.path().join("precious");
+    std::fs::create_dir(&precious).unwrap();
+    std::fs::write(precious.join("data"), "keep me").unwrap();
+    std::fs::create_dir_all(dir.join("-/upper")).unwrap();
+    std::os::unix::fs::symlink(&precious, dir.join("-/upper/to-dir")).unwrap();
+    std::os::unix::fs::symlink(precious.join("data"), dir.join("-/upper/to-file")).unwrap();
+    let trash = s.trash_vm(&vm).unwrap();
+    // Out of the store at once; the dir stays hidden in VMs until it is gone.
+    assert!(s.names().unwrap().is_empty());
+    assert!(dir.join("-/upper").exists());
+    assert!(s.private_paths().contains(&dir));
+    s.empty_trash(&trash).unwrap();
+    assert!(!trash.exists());
     assert!(!dir.exists());
     assert!(!s.private_paths().contains(&dir));
+    assert_eq!(
+        std::fs::read_to_string(precious.join("data")).unwrap(),
+        "keep me"
+    );
 }
 
 #[test]
@@ -93,7 +110,10 @@ fn a_dir_without_the_owner_mark_is_never_deleted() {
     std::fs::write(precious.join("data"), "keep me").unwrap();
     let vm = s.create_vm(&Policy::new(name("a"), None)).unwrap();
     // As if vm.toml had been edited to point `dir` at someone's data.
-    s.delete_vm(&vm, Some(&precious)).unwrap();
+    let mut p = vm.load_policy().unwrap();
+    p.dir = Some(precious.clone());
+    vm.save_policy(&p).unwrap();
+    s.delete_vm(&vm).unwrap();
     assert_eq!(
         std::fs::read_to_string(precious.join("data")).unwrap(),
         "keep me"

@@ -697,25 +697,18 @@ impl Engine {
         }
         // With an unreadable policy only the store directory is known to be ours.
         let policy = vm.load_policy().ok();
-        let dir = policy.as_ref().and_then(|p| p.dir.clone());
         self.release_disk_limits(&vm, policy.as_ref());
         // The VM leaves the store at once; its layers (many thousands of files
         // after an upgrade) are removed by a process of their own, which takes
         // the VM's lock, moved into the trash with its directory, when this
         // command lets go of it. A crash before the trash is empty leaves it to
-        // the next command on the store (or `doctor --cleanup`).
-        let trash = self.store.trash_vm(&vm, dir.as_deref())?;
-        let cleaner = trash.clone();
-        let detached = crate::os::detach::spawn_detached(c"fvm-delete", move || {
-            match crate::store::Lock::exclusive(&cleaner.join("lock")) {
-                Ok(_lock) => i32::from(crate::store::remove_trash(&cleaner).is_err()),
-                // Removed by someone else meanwhile.
-                Err(_) => 0,
-            }
-        });
-        if let Err(e) = detached {
+        // the next command on the store (or `doctor --cleanup`). A `--dir` VM's
+        // layers, in its dir, go the same way: the dir stays in the store's
+        // index (hidden in every VM) until it is gone.
+        let trash = self.store.trash_vm(&vm)?;
+        if let Err(e) = self.store.empty_trash_in_background(&trash) {
             tracing::debug!("removing the deleted vm's layers here: {e}");
-            crate::store::remove_trash(&trash)?;
+            self.store.empty_trash(&trash)?;
         }
         if policy.is_some_and(|p| p.network.mode == crate::net::NetMode::Bridge) {
             self.release_network()?;

@@ -13,7 +13,7 @@ use std::io::IsTerminal;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use fvm_engine::changes::diff::{Change, Kind};
+use fvm_engine::changes::diff::{Change, Kind, bytes_hex_unless_utf8, hex_unless_utf8};
 use fvm_engine::changes::show::{Content, Detail, Side};
 use fvm_engine::os::quote;
 use fvm_engine::vm::Selection;
@@ -116,6 +116,10 @@ struct Stat {
 struct StatRow {
     #[serde(serialize_with = "lossy")]
     dir: PathBuf,
+    /// The directory's bytes in hex when it is not UTF-8 (`dir` then shows
+    /// U+FFFD for the bad bytes), as `path_hex` in `diff --json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dir_hex: Option<String>,
     added: u64,
     changed: u64,
     deleted: u64,
@@ -150,6 +154,7 @@ impl Stat {
             by_dir
                 .entry(dir.clone())
                 .or_insert_with(|| StatRow {
+                    dir_hex: hex_unless_utf8(&dir),
                     dir,
                     ..StatRow::default()
                 })
@@ -382,10 +387,14 @@ fn content(d: &Detail, style: &Style, out: &mut String) {
     ));
 }
 
-/// `diff -u --json`: each side's metadata and content as data.
+/// `diff -u --json`: each side's metadata and content as data. A path or link
+/// target that is not UTF-8 has its bytes in hex beside it (`path_hex`,
+/// `target_hex`), as in `diff --json`.
 #[derive(Debug, Serialize)]
 struct JsonDetail {
     path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_hex: Option<String>,
     kind: Kind,
     host: Option<JsonSide>,
     vm: Option<JsonSide>,
@@ -401,6 +410,8 @@ struct JsonSide {
     xattrs: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_hex: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     text: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -429,6 +440,7 @@ impl From<&Detail> for JsonDetail {
                 .target
                 .as_deref()
                 .map(|t| String::from_utf8_lossy(t).into_owned()),
+            target_hex: s.target.as_deref().and_then(bytes_hex_unless_utf8),
             text: match &s.content {
                 Content::Text(t) => Some(t.clone()),
                 _ => None,
@@ -440,6 +452,7 @@ impl From<&Detail> for JsonDetail {
         };
         JsonDetail {
             path: d.path.to_string_lossy().into_owned(),
+            path_hex: hex_unless_utf8(&d.path),
             kind: d.kind,
             host: d.host.as_ref().map(side),
             vm: d.vm.as_ref().map(side),

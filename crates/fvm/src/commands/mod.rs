@@ -118,8 +118,14 @@ impl Context<'_> {
         } else {
             Store::open(&root)?
         };
-        // A delete that was killed left its trash: finish it now.
-        match store.finish_deletes() {
+        // A delete that was killed left its trash: finish it now (in the
+        // background; `doctor --cleanup` removes it before it returns).
+        let cleanup = matches!(&self.cli.command, crate::cli::Command::Doctor(d) if d.cleanup);
+        match if cleanup {
+            Ok(Vec::new())
+        } else {
+            store.finish_deletes()
+        } {
             Ok(done) => {
                 for p in done {
                     tracing::info!(path = %p.display(), "finished an interrupted delete");
