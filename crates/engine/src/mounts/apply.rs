@@ -295,7 +295,9 @@ fn mount_fs(
 /// `None` if the VM's layer removed it or turned it into something else.
 fn open_beneath(root: &OwnedFd, path: &Path, dir: bool) -> Result<Option<OwnedFd>, MountError> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let mut oflags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    // No `O_NOFOLLOW`: with `O_PATH` it would open a symlink itself, where
+    // `RESOLVE_NO_SYMLINKS` makes it an `ELOOP` (`None`).
+    let mut oflags = OFlags::PATH | OFlags::CLOEXEC;
     if dir {
         oflags |= OFlags::DIRECTORY;
     }
@@ -450,112 +452,104 @@ fn attr_flags(f: Flags) -> rustix::mount::MountAttrFlags {
 
 /// `path` inside the VM's root `root`, a symlink on the way followed as the
 /// VM sees it (`/var/run/x` is `/run/x` where `/var/run` links to `/run`),
-/// never above the root, and never through a magic link of `/proc`. With
-/// `make` (whether the last component is a directory), missing components
-/// are made (directories, and the last one as a directory or an empty file);
-/// without it a missing path is `None`.
+/// never above the root. With `make` (whether the last component is a
+/// directory), missing components are made (directories, and the last one as
+/// a directory or an empty file); without it a missing path is `None`.
+///
+/// Walked one name at a time by descriptor, from the root: each name opened
+/// below the directory reached so far with no symlink followed; a symlink's
+/// text is read and walked in its place (from the root if absolute), and `..`
+/// steps back to the directory the walk came from (never above the root).
+/// No path is looked up twice and nothing goes through `/proc`, so neither a
+/// mount made earlier (a bind at `/proc`) nor a change made meanwhile in a
+/// shared volume can make the result differ from what was walked.
 fn open_in_root(
     root: &OwnedFd,
     path: &Path,
     make: Option<bool>,
 ) -> Result<Option<OwnedFd>, MountError> {
-    let open = |rel: &Path, extra: OFlags| {
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
+    use std::ffi::OsString;
+    // Without `O_NOFOLLOW`: with `O_PATH` it would open a symlink itself;
+    // `RESOLVE_NO_SYMLINKS` makes any symlink an `ELOOP`.
+    let step = |dir: &OwnedFd, name: &std::ffi::OsStr| {
         rustix::fs::openat2(
-            root,
-            rel,
-            OFlags::PATH | OFlags::CLOEXEC | extra,
+            dir,
+            name,
+            OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         )
     };
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    let is_dir = match (open(rel, OFlags::empty()), make) {
-        (Ok(fd), _) => return Ok(Some(fd)),
-        (Err(rustix::io::Errno::NOENT), None) => return Ok(None),
-        (Err(rustix::io::Errno::NOENT), Some(is_dir)) => is_dir,
-        (Err(e), _) => return Err(err("open", path)(e.into())),
+    let names = |p: &Path| -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_owned()),
+                std::path::Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
     };
-    // Walked a name at a time from the root: `at` is where the walk is, as
-    // the kernel names it (symlinks resolved), so `..` is its parent. A
-    // missing name that is a dangling symlink is followed (its target made
-    // inside the root); any other missing name is made.
-    let name_of = |fd: &OwnedFd| -> Result<PathBuf, MountError> {
-        let real = std::fs::read_link(fd_path(fd)).map_err(err("resolve", path))?;
-        Ok(real.strip_prefix("/").unwrap_or(&real).to_owned())
-    };
-    let mut queue: std::collections::VecDeque<std::ffi::OsString> = rel
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(n) => Some(n.to_owned()),
-            _ => None,
-        })
-        .collect();
-    let mut at = PathBuf::new();
+    let mut queue: std::collections::VecDeque<OsString> = names(path).into();
+    // The directories walked into below the root, innermost last.
+    let mut walked: Vec<OwnedFd> = Vec::new();
     let mut links = 0;
     while let Some(part) = queue.pop_front() {
-        if part == "." {
-            continue;
-        }
         if part == ".." {
-            at.pop();
+            walked.pop();
             continue;
         }
-        let next = at.join(&part);
-        match open(&next, OFlags::empty()) {
+        let at = walked.last().unwrap_or(root);
+        match step(at, &part) {
             Ok(fd) => {
-                at = name_of(&fd)?;
+                walked.push(fd);
+                continue;
+            }
+            Err(rustix::io::Errno::LOOP) => {
+                links += 1;
+                if links > 40 {
+                    return Err(err("open", path)(io::Error::from_raw_os_error(libc::ELOOP)));
+                }
+                let target = rustix::fs::readlinkat(at, &part, Vec::new())
+                    .map_err(|e| err("read a symlink of", path)(e.into()))?;
+                let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                if target.is_absolute() {
+                    walked.clear();
+                }
+                for name in names(&target).into_iter().rev() {
+                    queue.push_front(name);
+                }
                 continue;
             }
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(err("open", path)(e.into())),
         }
-        let parent =
-            open(&at, OFlags::DIRECTORY).map_err(|e| err("open a directory of", path)(e.into()))?;
-        if let Ok(target) = rustix::fs::readlinkat(&parent, &part, Vec::new()) {
-            links += 1;
-            if links > 40 {
-                return Err(err("open", path)(io::Error::from_raw_os_error(libc::ELOOP)));
-            }
-            let target = PathBuf::from(std::ffi::OsString::from_vec(target.into_bytes()));
-            if target.is_absolute() {
-                at = PathBuf::new();
-            }
-            for c in target.components().rev() {
-                match c {
-                    std::path::Component::Normal(n) => queue.push_front(n.to_owned()),
-                    std::path::Component::ParentDir => queue.push_front("..".into()),
-                    _ => {}
-                }
-            }
-            continue;
-        }
+        let Some(is_dir) = make else {
+            return Ok(None);
+        };
         let made = if queue.is_empty() && !is_dir {
             rustix::fs::openat(
-                &parent,
+                at,
                 &part,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o644),
             )
             .map(drop)
         } else {
-            rustix::fs::mkdirat(&parent, &part, Mode::from_raw_mode(0o755))
+            rustix::fs::mkdirat(at, &part, Mode::from_raw_mode(0o755))
         };
         match made {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(err("create", path)(e.into())),
         }
-        let fd = open(&next, OFlags::empty())
-            .map_err(|e| err("open the mount point", path)(e.into()))?;
-        at = name_of(&fd)?;
+        let fd = step(at, &part).map_err(|e| err("open the mount point", path)(e.into()))?;
+        walked.push(fd);
     }
-    open(&at, OFlags::empty())
-        .map(Some)
-        .map_err(|e| err("open the mount point", path)(e.into()))
+    match walked.pop() {
+        Some(fd) => Ok(Some(fd)),
+        None => rustix::fs::openat(root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map(Some)
+            .map_err(|e| err("open", path)(e.into())),
+    }
 }
 
 fn run_resolv_conf() -> Option<(PathBuf, Vec<u8>)> {
@@ -898,10 +892,12 @@ fn protect_kernel_files(proc: &OwnedFd, sys: &OwnedFd, null: &OwnedFd) -> Result
 /// `name` below fvm's own kernel filesystem mount `base`, with no symlink
 /// followed; `None` only when the kernel has no such entry.
 fn kernel_entry(base: &OwnedFd, name: &str, shown: &Path) -> Result<Option<OwnedFd>, MountError> {
+    // No `O_NOFOLLOW`, which with `O_PATH` opens a symlink itself: a
+    // symlink is an error (`ELOOP`).
     match rustix::fs::openat2(
         base,
         name,
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
     ) {
@@ -977,7 +973,7 @@ fn populate_dev(root: &OwnedFd) -> Result<OwnedFd, MountError> {
     let null = rustix::fs::openat2(
         &dev,
         "null",
-        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
     )
