@@ -857,6 +857,7 @@ mod tests {
             panic!("{m:?}")
         };
         assert!(b.flags.readonly && b.target == Path::new("/var/run/x"));
+        assert!(!b.flags.nosuid && !b.flags.noexec);
         assert_eq!(m.masked, [Path::new("/proc/kcore")]);
         assert_eq!(m.readonly, [Path::new("/proc/sys")]);
         for (mounts, linux) in [
@@ -883,12 +884,36 @@ mod tests {
             ),
             ("", r#""maskedPaths":["proc/kcore"]"#),
             ("", r#""readonlyPaths":["/proc/../etc"]"#),
+            (
+                r#"{"destination":"/d","type":"bind","source":"/x","options":["rbind","idmap"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","source":"/x","options":["bind","z"]}"#,
+                "",
+            ),
         ] {
             assert!(
                 matches!(with(mounts, linux), Err(OciError::Config { .. })),
                 "{mounts} {linux}"
             );
         }
+    }
+
+    #[test]
+    fn bind_options_become_flags_and_unknown_ones_are_refused() {
+        let opts = |o: &[&str]| {
+            bind_flags(
+                Path::new("/d"),
+                &o.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let f = opts(&["rbind", "rro", "nosuid", "nodev", "noexec", "rprivate"]).unwrap();
+        assert!(f.readonly && f.nosuid && f.nodev && f.noexec);
+        let f = opts(&["bind", "rw", "relatime", "rslave"]).unwrap();
+        assert_eq!(f, Flags::default());
+        let e = opts(&["rbind", "copy-up"]).unwrap_err().to_string();
+        assert!(e.contains("\"copy-up\"") && e.contains("/d"), "{e}");
     }
 
     #[test]
