@@ -1214,8 +1214,7 @@ fn plain_config(script: &str, mounts: &str) -> String {
 fn mount_options<'a>(mountinfo: &'a str, point: &str) -> Option<Vec<&'a str>> {
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(point))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(point))
         .map(|l| l.split(' ').nth(5).unwrap_or("").split(',').collect())
 }
 
