@@ -1382,3 +1382,44 @@ fn a_readonly_bind_stays_readonly_wherever_its_target_symlink_leads() {
     oci(&root, &["delete", "--force", "fvm-robind-bogus"]);
     no_vms_left(&root);
 }
+
+#[test]
+fn a_mask_is_fvms_own_dev_null_whatever_is_bound_at_dev() {
+    if !needs_root("a_mask_is_fvms_own_dev_null_whatever_is_bound_at_dev") {
+        return;
+    }
+    let dir = common::temp_dir("oci-mask");
+    let root = dir.path().join("root");
+    // A host directory bound at /dev whose `null` is a plain host file.
+    let devdir = dir.path().join("devdir");
+    std::fs::create_dir(&devdir).unwrap();
+    std::fs::write(devdir.join("null"), "hostnull\n").unwrap();
+    let mounts = format!(
+        r#"[{{"destination":"/dev","type":"bind","source":{:?},"options":["rbind","rw"]}}]"#,
+        devdir.to_str().unwrap()
+    );
+    let config = plain_config(
+        "cat /etc/secret; echo over > /etc/secret; echo done",
+        &mounts,
+    )
+    .replace(
+        r#""mounts":"#,
+        r#""linux":{"maskedPaths":["/etc/secret"]},"mounts":"#,
+    );
+    let b = bundle(dir.path(), &config);
+    let rootfs = b.join("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "cat"]);
+    std::fs::write(rootfs.join("etc/secret"), "leak\n").unwrap();
+    let out = oci(&root, &["run", "--bundle", b.to_str().unwrap(), "fvm-mask"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("done"), "{out}");
+    assert!(!out.stdout.contains("leak"), "{out}");
+    assert!(!out.stdout.contains("hostnull"), "{out}");
+    // The host file bound at /dev was not put over the masked path.
+    assert_eq!(
+        std::fs::read_to_string(devdir.join("null")).unwrap(),
+        "hostnull\n"
+    );
+    oci(&root, &["delete", "--force", "fvm-mask"]);
+    no_vms_left(&root);
+}
