@@ -6,13 +6,19 @@
 //! 1. Before `pivot_root` only overlays and read-only binds are mounted, onto
 //!    targets opened beneath the new root without following symlinks: a symlink the
 //!    VM planted in its layer last time can't aim a mount at a host path.
-//! 2. After `pivot_root` and detaching the old root the host tree is unreachable,
-//!    so everything else (files, device nodes, fresh kernel filesystems) is created
-//!    by ordinary paths inside the VM's own view.
+//! 2. After `pivot_root` and detaching the old root the host tree is unreachable.
+//!    The root may still be an image of its own (a plain OCI rootfs) whose `/proc`
+//!    or `/dev` is a symlink, so each of fvm's mount points is opened from the root
+//!    one name at a time without following symlinks (a symlink or a file there is
+//!    refused), every fresh kernel filesystem is made with `fsmount` and attached
+//!    to that descriptor, and what goes below it (devices, `/proc/sys`'s read-only
+//!    copy, the masks) is reached from the new mount's own descriptor: no path is
+//!    looked up twice.
 //! 3. Last, an OCI container's own mounts: its binds (taken as detached mount
-//!    trees before the pivot), tmpfs mounts, masked and read-only paths, each at
-//!    a path resolved inside the VM's root (a symlink followed as the VM sees
-//!    it, never up into the host's tree, never through a magic link).
+//!    trees before the pivot, their flags set on that copy), tmpfs mounts, masked
+//!    and read-only paths, each at a path walked by descriptor inside the VM's
+//!    root (a symlink followed as the VM sees it, never up into the host's tree,
+//!    never through `/proc`) and mounted on that descriptor.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
