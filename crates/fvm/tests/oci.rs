@@ -1198,3 +1198,228 @@ fn a_plain_bundle_of_the_hosts_root_is_refused() {
     };
     assert_eq!((made("containers"), made("store/vms")), (0, 0));
 }
+
+/// `config.json` of a plain bundle running `script` under `/bin/sh`, with
+/// `mounts` (a JSON array).
+fn plain_config(script: &str, mounts: &str) -> String {
+    format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"rootfs"}},
+            "process":{{"user":{{"uid":0,"gid":0}},"cwd":"/","env":["PATH=/bin"],
+              "args":["/bin/sh","-c",{script:?}]}},
+            "mounts":{mounts}}}"#
+    )
+}
+
+/// The mount options (field 6) of the mount at `point` in a mountinfo text.
+fn mount_options<'a>(mountinfo: &'a str, point: &str) -> Option<Vec<&'a str>> {
+    mountinfo
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(point))
+        .map(|l| l.split(' ').nth(5).unwrap_or("").split(',').collect())
+}
+
+#[test]
+fn a_plain_rootfs_cannot_steer_fvms_own_proc() {
+    if !needs_root("a_plain_rootfs_cannot_steer_fvms_own_proc") {
+        return;
+    }
+    let dir = common::temp_dir("oci-proc");
+    let root = dir.path().join("root");
+    let shm = dir.path().join("shm");
+    std::fs::create_dir(&shm).unwrap();
+    // The same value back: never a different one into a host sysctl.
+    let script = "v=$(cat /proc/sys/kernel/core_uses_pid); \
+                  (echo $v > /proc/sys/kernel/core_uses_pid) 2>/dev/null && echo SYSCTL-WRITABLE; \
+                  cat /proc/keys >/dev/null 2>&1 && grep -q . /proc/keys && echo KEYS-SHOWN; \
+                  cat /proc/self/mountinfo";
+    let shm_bind = format!(
+        r#"[{{"destination":"/dev/shm","type":"bind","source":{:?},"options":["rbind","rw"]}}]"#,
+        shm.to_str().unwrap()
+    );
+    // (name, mounts, the image's layout: symlinks and directories)
+    type Layout = (
+        &'static str,
+        String,
+        &'static [(&'static str, &'static str)],
+    );
+    let layouts: [Layout; 4] = [
+        // /proc resolves to /realproc before fvm's /dev, to nothing after it,
+        // and again once fvm made /run/lock.
+        (
+            "lock",
+            "[]".into(),
+            &[
+                ("proc", "/run/lock/../../realproc"),
+                ("run/lock", "/dev/fvmy"),
+                ("dev/fvmy", ""),
+                ("realproc", ""),
+            ],
+        ),
+        // Through the pod's shared /dev/shm, past the masks of the config.
+        (
+            "shm",
+            shm_bind,
+            &[
+                ("dev/shm", "/realproc"),
+                ("proc", "/dev/shm"),
+                ("realproc", ""),
+            ],
+        ),
+        // A mount point that is a file, or a symlink to a directory.
+        ("file", "[]".into(), &[("run", "-file")]),
+        ("dev", "[]".into(), &[("dev", "/realdev"), ("realdev", "")]),
+    ];
+    for (name, mounts, layout) in layouts {
+        let b = bundle(&dir.path().join(name), &plain_config(script, &mounts));
+        let rootfs = b.join("rootfs");
+        tiny_rootfs(&rootfs, &["sh", "cat", "grep"]);
+        for (path, target) in layout {
+            let at = rootfs.join(path);
+            if at.is_dir() && !at.is_symlink() {
+                std::fs::remove_dir(&at).unwrap();
+            }
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            match *target {
+                "" => std::fs::create_dir(&at).unwrap(),
+                "-file" => std::fs::write(&at, "").unwrap(),
+                t => std::os::unix::fs::symlink(t, &at).unwrap(),
+            }
+        }
+        let id = format!("fvm-proc-{name}");
+        let out = oci(&root, &["run", "--bundle", b.to_str().unwrap(), &id]);
+        assert!(!out.stdout.contains("SYSCTL-WRITABLE"), "{name}: {out}");
+        assert!(!out.stdout.contains("KEYS-SHOWN"), "{name}: {out}");
+        // Refused, in one line naming the mount point.
+        assert_eq!(out.code, 1, "{name}: {out}");
+        assert_eq!(out.stderr.trim().lines().count(), 1, "{name}: {out}");
+        assert!(
+            out.stderr.contains("a symlink or not a directory"),
+            "{name}: {out}"
+        );
+        oci(&root, &["delete", "--force", &id]);
+    }
+    // An image with plain directories: fvm's /proc is there, its kernel
+    // files read-only and masked.
+    let b = bundle(&dir.path().join("plain"), &plain_config(script, "[]"));
+    tiny_rootfs(&b.join("rootfs"), &["sh", "cat", "grep"]);
+    let out = oci(
+        &root,
+        &["run", "--bundle", b.to_str().unwrap(), "fvm-proc-plain"],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    assert!(!out.stdout.contains("SYSCTL-WRITABLE"), "{out}");
+    assert!(!out.stdout.contains("KEYS-SHOWN"), "{out}");
+    let sys = mount_options(&out.stdout, "/proc/sys")
+        .unwrap_or_else(|| panic!("no /proc/sys mount: {out}"));
+    assert!(sys.contains(&"ro"), "{sys:?}");
+    assert!(mount_options(&out.stdout, "/proc").is_some(), "{out}");
+    oci(&root, &["delete", "--force", "fvm-proc-plain"]);
+    no_vms_left(&root);
+}
+
+#[test]
+fn a_readonly_bind_stays_readonly_wherever_its_target_symlink_leads() {
+    if !needs_root("a_readonly_bind_stays_readonly_wherever_its_target_symlink_leads") {
+        return;
+    }
+    let dir = common::temp_dir("oci-robind");
+    let root = dir.path().join("root");
+    // The volume holds a symlink that, looked up again after the bind, would
+    // lead /m (= /d/x/..) to the VM's root.
+    let volume = dir.path().join("volume");
+    std::fs::create_dir(&volume).unwrap();
+    std::os::unix::fs::symlink("/tmp", volume.join("x")).unwrap();
+    std::fs::write(volume.join("f"), "host\n").unwrap();
+    let flagged = dir.path().join("flagged");
+    std::fs::create_dir(&flagged).unwrap();
+    let mounts = format!(
+        r#"[{{"destination":"/m","type":"bind","source":{vol:?},"options":["rbind","ro"]}},
+            {{"destination":"/flagged","type":"bind","source":{fl:?},"options":["rbind","nosuid","nodev","noexec","rprivate"]}}]"#,
+        vol = volume.to_str().unwrap(),
+        fl = flagged.to_str().unwrap()
+    );
+    let script = "echo y > /d/f 2>/dev/null && echo VOL-WRITABLE; cat /d/f; \
+                  echo z > /probe 2>/dev/null && echo ROOT-WRITABLE; cat /proc/self/mountinfo";
+    let b = bundle(dir.path(), &plain_config(script, &mounts));
+    let rootfs = b.join("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "cat"]);
+    std::fs::create_dir_all(rootfs.join("d/x")).unwrap();
+    std::os::unix::fs::symlink("/d/x/..", rootfs.join("m")).unwrap();
+    let out = oci(
+        &root,
+        &["run", "--bundle", b.to_str().unwrap(), "fvm-robind"],
+    );
+    assert_eq!(out.code, 0, "{out}");
+    // The volume is at /d, read-only; the VM's root is not.
+    assert!(out.stdout.contains("host"), "{out}");
+    assert!(!out.stdout.contains("VOL-WRITABLE"), "{out}");
+    assert!(out.stdout.contains("ROOT-WRITABLE"), "{out}");
+    assert_eq!(std::fs::read_to_string(volume.join("f")).unwrap(), "host\n");
+    let d = mount_options(&out.stdout, "/d").unwrap_or_else(|| panic!("no /d: {out}"));
+    assert!(d.contains(&"ro"), "{d:?}");
+    let root_opts = mount_options(&out.stdout, "/").unwrap_or_else(|| panic!("no /: {out}"));
+    assert!(root_opts.contains(&"rw"), "{root_opts:?}");
+    // nosuid, nodev and noexec of a bind are applied.
+    let f = mount_options(&out.stdout, "/flagged").unwrap_or_else(|| panic!("no /flagged: {out}"));
+    for o in ["nosuid", "nodev", "noexec"] {
+        assert!(f.contains(&o), "{o}: {f:?}");
+    }
+    oci(&root, &["delete", "--force", "fvm-robind"]);
+    // A bind option fvm doesn't know is refused, not dropped.
+    let mounts = format!(
+        r#"[{{"destination":"/m2","type":"bind","source":{:?},"options":["rbind","fvmbogus"]}}]"#,
+        volume.to_str().unwrap()
+    );
+    let b = bundle(&dir.path().join("bogus"), &plain_config("true", &mounts));
+    tiny_rootfs(&b.join("rootfs"), &["sh"]);
+    let out = oci(
+        &root,
+        &["run", "--bundle", b.to_str().unwrap(), "fvm-robind-bogus"],
+    );
+    assert_eq!(out.code, 1, "{out}");
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{out}");
+    assert!(out.stderr.contains("fvmbogus"), "{out}");
+    oci(&root, &["delete", "--force", "fvm-robind-bogus"]);
+    no_vms_left(&root);
+}
+
+#[test]
+fn a_mask_is_fvms_own_dev_null_whatever_is_bound_at_dev() {
+    if !needs_root("a_mask_is_fvms_own_dev_null_whatever_is_bound_at_dev") {
+        return;
+    }
+    let dir = common::temp_dir("oci-mask");
+    let root = dir.path().join("root");
+    // A host directory bound at /dev whose `null` is a plain host file.
+    let devdir = dir.path().join("devdir");
+    std::fs::create_dir(&devdir).unwrap();
+    std::fs::write(devdir.join("null"), "hostnull\n").unwrap();
+    let mounts = format!(
+        r#"[{{"destination":"/dev","type":"bind","source":{:?},"options":["rbind","rw"]}}]"#,
+        devdir.to_str().unwrap()
+    );
+    let config = plain_config(
+        "cat /etc/secret; echo over > /etc/secret; echo done",
+        &mounts,
+    )
+    .replace(
+        r#""mounts":"#,
+        r#""linux":{"maskedPaths":["/etc/secret"]},"mounts":"#,
+    );
+    let b = bundle(dir.path(), &config);
+    let rootfs = b.join("rootfs");
+    tiny_rootfs(&rootfs, &["sh", "cat"]);
+    std::fs::write(rootfs.join("etc/secret"), "leak\n").unwrap();
+    let out = oci(&root, &["run", "--bundle", b.to_str().unwrap(), "fvm-mask"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(out.stdout.contains("done"), "{out}");
+    assert!(!out.stdout.contains("leak"), "{out}");
+    assert!(!out.stdout.contains("hostnull"), "{out}");
+    // The host file bound at /dev was not put over the masked path.
+    assert_eq!(
+        std::fs::read_to_string(devdir.join("null")).unwrap(),
+        "hostnull\n"
+    );
+    oci(&root, &["delete", "--force", "fvm-mask"]);
+    no_vms_left(&root);
+}

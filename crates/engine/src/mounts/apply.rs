@@ -6,18 +6,24 @@
 //! 1. Before `pivot_root` only overlays and read-only binds are mounted, onto
 //!    targets opened beneath the new root without following symlinks: a symlink the
 //!    VM planted in its layer last time can't aim a mount at a host path.
-//! 2. After `pivot_root` and detaching the old root the host tree is unreachable,
-//!    so everything else (files, device nodes, fresh kernel filesystems) is created
-//!    by ordinary paths inside the VM's own view.
+//! 2. After `pivot_root` and detaching the old root the host tree is unreachable.
+//!    The root may still be an image of its own (a plain OCI rootfs) whose `/proc`
+//!    or `/dev` is a symlink, so each of fvm's mount points is opened from the root
+//!    one name at a time without following symlinks (a symlink or a file there is
+//!    refused), every fresh kernel filesystem is made with `fsmount` and attached
+//!    to that descriptor, and what goes below it (devices, `/proc/sys`'s read-only
+//!    copy, the masks) is reached from the new mount's own descriptor: no path is
+//!    looked up twice.
 //! 3. Last, an OCI container's own mounts: its binds (taken as detached mount
-//!    trees before the pivot), tmpfs mounts, masked and read-only paths, each at
-//!    a path resolved inside the VM's root (a symlink followed as the VM sees
-//!    it, never up into the host's tree, never through a magic link).
+//!    trees before the pivot, their flags set on that copy), tmpfs mounts, masked
+//!    and read-only paths, each at a path walked by descriptor inside the VM's
+//!    root (a symlink followed as the VM sees it, never up into the host's tree,
+//!    never through `/proc`) and mounted on that descriptor.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStringExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -190,7 +196,7 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
         mount_overlay(o, layout, &fd_path(&target))?;
     }
     for file in &plan.file_binds {
-        bind_file_readonly(&staging, file, &layout.staging)?;
+        bind_file_readonly(&staging, file)?;
     }
     // The container's bind sources: detached copies of their mounts, taken
     // while the host's tree is in view and attached once the VM's own mounts
@@ -204,8 +210,8 @@ pub fn enter_root(plan: &MountPlan, layout: &Layout) -> Result<(), MountError> {
         run_resolv_conf()
     };
     pivot(&layout.staging)?;
-    populate(plan, resolv)?;
-    container_mounts(&plan.container, sources)?;
+    let null = populate(plan, resolv)?;
+    container_mounts(&plan.container, sources, &null)?;
     if plan.root_readonly {
         rustix::mount::mount_remount("/", MountFlags::BIND | MountFlags::RDONLY, "")
             .map_err(|e| err("make read-only", Path::new("/"))(e.into()))?;
@@ -295,7 +301,9 @@ fn mount_fs(
 /// `None` if the VM's layer removed it or turned it into something else.
 fn open_beneath(root: &OwnedFd, path: &Path, dir: bool) -> Result<Option<OwnedFd>, MountError> {
     let rel = path.strip_prefix("/").unwrap_or(path);
-    let mut oflags = OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW;
+    // No `O_NOFOLLOW`: with `O_PATH` it would open a symlink itself, where
+    // `RESOLVE_NO_SYMLINKS` makes it an `ELOOP` (`None`).
+    let mut oflags = OFlags::PATH | OFlags::CLOEXEC;
     if dir {
         oflags |= OFlags::DIRECTORY;
     }
@@ -318,19 +326,26 @@ fn fd_path(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
-fn bind_file_readonly(root: &OwnedFd, file: &Path, staging: &Path) -> Result<(), MountError> {
+fn bind_file_readonly(root: &OwnedFd, file: &Path) -> Result<(), MountError> {
+    use rustix::mount::OpenTreeFlags as T;
     let Some(target) = open_beneath(root, file, false)? else {
         return Ok(());
     };
-    let source = rustix::fs::open(file, OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| err("open", file)(e.into()))?;
-    rustix::mount::mount_bind(fd_path(&source), fd_path(&target))
-        .map_err(|e| err("bind host file", file)(e.into()))?;
-    // The fd still names the file below the new mount; remount by path (no VM
-    // process exists yet, and the path was just checked to have no symlinks).
-    let at = staging.join(file.strip_prefix("/").unwrap_or(file));
-    rustix::mount::mount_remount(&at, MountFlags::BIND | MountFlags::RDONLY, "")
-        .map_err(|e| err("make read-only", file)(e.into()))
+    // A read-only detached bind of the host file, attached onto the target
+    // by its descriptor: nothing is looked up again.
+    let source = rustix::mount::open_tree(
+        rustix::fs::CWD,
+        file,
+        T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC,
+    )
+    .map_err(|e| err("take the mount of", file)(e.into()))?;
+    crate::os::sys::mount_setattr(
+        source.as_fd(),
+        false,
+        rustix::mount::MountAttrFlags::MOUNT_ATTR_RDONLY,
+    )
+    .map_err(err("make read-only", file))?;
+    attach(&source, &target).map_err(err("bind host file", file))
 }
 
 /// A detached copy (with the mounts below it) of each bind's source, by the
@@ -355,9 +370,19 @@ fn bind_sources(c: &ContainerMounts) -> Result<Vec<Option<OwnedFd>>, MountError>
 }
 
 /// Step 3, after fvm's own mounts: the container's binds and tmpfs mounts in
-/// order, then its masked and read-only paths. Every path is resolved inside
-/// the VM's root (see [`open_in_root`]).
-fn container_mounts(c: &ContainerMounts, sources: Vec<Option<OwnedFd>>) -> Result<(), MountError> {
+/// order, then its masked and read-only paths. Every path is resolved once,
+/// inside the VM's root (see [`open_in_root`]), and used by that descriptor
+/// only: a bind is made read-only (`nosuid`...) on its detached copy before it
+/// is attached, a read-only path is a read-only copy of the tree at that
+/// descriptor attached onto it, and masks bind fvm's own `/dev/null` (`null`,
+/// taken when fvm made `/dev`). No path is looked up a second time, where an
+/// earlier mount could make it lead elsewhere.
+fn container_mounts(
+    c: &ContainerMounts,
+    sources: Vec<Option<OwnedFd>>,
+    null: &OwnedFd,
+) -> Result<(), MountError> {
+    use rustix::mount::MountAttrFlags as A;
     if c.mounts.is_empty() && c.masked.is_empty() && c.readonly.is_empty() {
         return Ok(());
     }
@@ -371,199 +396,166 @@ fn container_mounts(c: &ContainerMounts, sources: Vec<Option<OwnedFd>>) -> Resul
                             == rustix::fs::FileType::Directory
                     })
                     .map_err(|e| err("stat", &b.source)(e.into()))?;
+                let set = attr_flags(b.flags);
+                if !set.is_empty() {
+                    crate::os::sys::mount_setattr(tree.as_fd(), true, set).map_err(err(
+                        format!("set the flags of the bind of {} at", b.source.display()),
+                        &b.target,
+                    ))?;
+                }
                 let target = open_in_root(&root, &b.target, Some(is_dir))?
                     .ok_or_else(|| err("create", &b.target)(io::ErrorKind::NotFound.into()))?;
-                rustix::mount::move_mount(
-                    &tree,
-                    "",
-                    &target,
-                    "",
-                    rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH
-                        | rustix::mount::MoveMountFlags::MOVE_MOUNT_T_EMPTY_PATH,
-                )
-                .map_err(|e| err(format!("bind {} at", b.source.display()), &b.target)(e.into()))?;
-                if b.readonly {
-                    remount_readonly(&root, &b.target)?;
-                }
+                attach(&tree, &target)
+                    .map_err(err(format!("bind {} at", b.source.display()), &b.target))?;
             }
             (ContainerMount::Tmpfs(t), _) => {
                 let target = open_in_root(&root, &t.target, Some(true))?
                     .ok_or_else(|| err("create", &t.target)(io::ErrorKind::NotFound.into()))?;
-                mount_fs("tmpfs", &fd_path(&target), "tmpfs", flags(t.flags), &t.data).map_err(
-                    |mut e| {
-                        e.path = t.target.clone();
-                        e
-                    },
-                )?;
+                new_mount("tmpfs", "tmpfs", &t.data, attr_flags(t.flags))
+                    .and_then(|mnt| attach(&mnt, &target))
+                    .map_err(err("mount tmpfs at", &t.target))?;
             }
             (ContainerMount::Bind(b), None) => {
                 return Err(err("bind", &b.source)(io::ErrorKind::NotFound.into()));
             }
         }
     }
-    let locked = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     for path in &c.masked {
         let Some(target) = open_in_root(&root, path, None)? else {
             continue;
         };
-        let st = rustix::fs::fstat(&target).map_err(|e| err("stat", path)(e.into()))?;
-        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
-            mount_fs(
-                "tmpfs",
-                &fd_path(&target),
-                "tmpfs",
-                locked | MountFlags::RDONLY,
-                "mode=0555,size=4k,nr_inodes=1",
-            )
-            .map_err(|mut e| {
-                e.path = path.clone();
-                e
-            })?;
-        } else {
-            rustix::mount::mount_bind("/dev/null", fd_path(&target))
-                .map_err(|e| err("mask", path)(e.into()))?;
-        }
+        mask(&target, null).map_err(err("mask", path))?;
     }
     for path in &c.readonly {
         let Some(target) = open_in_root(&root, path, None)? else {
             continue;
         };
-        rustix::mount::mount_bind_recursive(fd_path(&target), fd_path(&target))
-            .map_err(|e| err("bind over itself", path)(e.into()))?;
-        remount_readonly(&root, path)?;
+        clone_with(&target, A::MOUNT_ATTR_RDONLY)
+            .and_then(|tree| attach(&tree, &target))
+            .map_err(err("make read-only", path))?;
     }
     Ok(())
 }
 
-/// Make the mount at `path` (in the VM's root) read-only, keeping its other
-/// flags (`nosuid`, `nodev`, `noexec`), which a bind remount would clear.
-fn remount_readonly(root: &OwnedFd, path: &Path) -> Result<(), MountError> {
-    use rustix::fs::StatVfsMountFlags as V;
-    let top = open_in_root(root, path, None)?
-        .ok_or_else(|| err("make read-only", path)(io::ErrorKind::NotFound.into()))?;
-    let vfs = rustix::fs::fstatvfs(&top).map_err(|e| err("stat", path)(e.into()))?;
-    let mut f = MountFlags::BIND | MountFlags::RDONLY;
-    for (has, flag) in [
-        (V::NOSUID, MountFlags::NOSUID),
-        (V::NODEV, MountFlags::NODEV),
-        (V::NOEXEC, MountFlags::NOEXEC),
+/// A mount's flags as the attributes of `fsmount` and `mount_setattr`.
+fn attr_flags(f: Flags) -> rustix::mount::MountAttrFlags {
+    use rustix::mount::MountAttrFlags as A;
+    let mut a = A::empty();
+    for (on, flag) in [
+        (f.readonly, A::MOUNT_ATTR_RDONLY),
+        (f.nosuid, A::MOUNT_ATTR_NOSUID),
+        (f.nodev, A::MOUNT_ATTR_NODEV),
+        (f.noexec, A::MOUNT_ATTR_NOEXEC),
+        (f.noatime, A::MOUNT_ATTR_NOATIME),
+        (f.nodiratime, A::MOUNT_ATTR_NODIRATIME),
     ] {
-        if vfs.f_flag.contains(has) {
-            f |= flag;
+        if on {
+            a |= flag;
         }
     }
-    rustix::mount::mount_remount(fd_path(&top), f, "")
-        .map_err(|e| err("make read-only", path)(e.into()))
+    a
 }
 
 /// `path` inside the VM's root `root`, a symlink on the way followed as the
 /// VM sees it (`/var/run/x` is `/run/x` where `/var/run` links to `/run`),
-/// never above the root, and never through a magic link of `/proc`. With
-/// `make` (whether the last component is a directory), missing components
-/// are made (directories, and the last one as a directory or an empty file);
-/// without it a missing path is `None`.
+/// never above the root. With `make` (whether the last component is a
+/// directory), missing components are made (directories, and the last one as
+/// a directory or an empty file); without it a missing path is `None`.
+///
+/// Walked one name at a time by descriptor, from the root: each name opened
+/// below the directory reached so far with no symlink followed; a symlink's
+/// text is read and walked in its place (from the root if absolute), and `..`
+/// steps back to the directory the walk came from (never above the root).
+/// No path is looked up twice and nothing goes through `/proc`, so neither a
+/// mount made earlier (a bind at `/proc`) nor a change made meanwhile in a
+/// shared volume can make the result differ from what was walked.
 fn open_in_root(
     root: &OwnedFd,
     path: &Path,
     make: Option<bool>,
 ) -> Result<Option<OwnedFd>, MountError> {
-    let open = |rel: &Path, extra: OFlags| {
-        let rel = if rel.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            rel
-        };
+    use std::ffi::OsString;
+    // Without `O_NOFOLLOW`: with `O_PATH` it would open a symlink itself;
+    // `RESOLVE_NO_SYMLINKS` makes any symlink an `ELOOP`.
+    let step = |dir: &OwnedFd, name: &std::ffi::OsStr| {
         rustix::fs::openat2(
-            root,
-            rel,
-            OFlags::PATH | OFlags::CLOEXEC | extra,
+            dir,
+            name,
+            OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
         )
     };
-    let rel = path.strip_prefix("/").unwrap_or(path);
-    let is_dir = match (open(rel, OFlags::empty()), make) {
-        (Ok(fd), _) => return Ok(Some(fd)),
-        (Err(rustix::io::Errno::NOENT), None) => return Ok(None),
-        (Err(rustix::io::Errno::NOENT), Some(is_dir)) => is_dir,
-        (Err(e), _) => return Err(err("open", path)(e.into())),
+    let names = |p: &Path| -> Vec<OsString> {
+        p.components()
+            .filter_map(|c| match c {
+                std::path::Component::Normal(n) => Some(n.to_owned()),
+                std::path::Component::ParentDir => Some("..".into()),
+                _ => None,
+            })
+            .collect()
     };
-    // Walked a name at a time from the root: `at` is where the walk is, as
-    // the kernel names it (symlinks resolved), so `..` is its parent. A
-    // missing name that is a dangling symlink is followed (its target made
-    // inside the root); any other missing name is made.
-    let name_of = |fd: &OwnedFd| -> Result<PathBuf, MountError> {
-        let real = std::fs::read_link(fd_path(fd)).map_err(err("resolve", path))?;
-        Ok(real.strip_prefix("/").unwrap_or(&real).to_owned())
-    };
-    let mut queue: std::collections::VecDeque<std::ffi::OsString> = rel
-        .components()
-        .filter_map(|c| match c {
-            std::path::Component::Normal(n) => Some(n.to_owned()),
-            _ => None,
-        })
-        .collect();
-    let mut at = PathBuf::new();
+    let mut queue: std::collections::VecDeque<OsString> = names(path).into();
+    // The directories walked into below the root, innermost last.
+    let mut walked: Vec<OwnedFd> = Vec::new();
     let mut links = 0;
     while let Some(part) = queue.pop_front() {
-        if part == "." {
-            continue;
-        }
         if part == ".." {
-            at.pop();
+            walked.pop();
             continue;
         }
-        let next = at.join(&part);
-        match open(&next, OFlags::empty()) {
+        let at = walked.last().unwrap_or(root);
+        match step(at, &part) {
             Ok(fd) => {
-                at = name_of(&fd)?;
+                walked.push(fd);
+                continue;
+            }
+            Err(rustix::io::Errno::LOOP) => {
+                links += 1;
+                if links > 40 {
+                    return Err(err("open", path)(io::Error::from_raw_os_error(libc::ELOOP)));
+                }
+                let target = rustix::fs::readlinkat(at, &part, Vec::new())
+                    .map_err(|e| err("read a symlink of", path)(e.into()))?;
+                let target = PathBuf::from(OsString::from_vec(target.into_bytes()));
+                if target.is_absolute() {
+                    walked.clear();
+                }
+                for name in names(&target).into_iter().rev() {
+                    queue.push_front(name);
+                }
                 continue;
             }
             Err(rustix::io::Errno::NOENT) => {}
             Err(e) => return Err(err("open", path)(e.into())),
         }
-        let parent =
-            open(&at, OFlags::DIRECTORY).map_err(|e| err("open a directory of", path)(e.into()))?;
-        if let Ok(target) = rustix::fs::readlinkat(&parent, &part, Vec::new()) {
-            links += 1;
-            if links > 40 {
-                return Err(err("open", path)(io::Error::from_raw_os_error(libc::ELOOP)));
-            }
-            let target = PathBuf::from(std::ffi::OsString::from_vec(target.into_bytes()));
-            if target.is_absolute() {
-                at = PathBuf::new();
-            }
-            for c in target.components().rev() {
-                match c {
-                    std::path::Component::Normal(n) => queue.push_front(n.to_owned()),
-                    std::path::Component::ParentDir => queue.push_front("..".into()),
-                    _ => {}
-                }
-            }
-            continue;
-        }
+        let Some(is_dir) = make else {
+            return Ok(None);
+        };
         let made = if queue.is_empty() && !is_dir {
             rustix::fs::openat(
-                &parent,
+                at,
                 &part,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_raw_mode(0o644),
             )
             .map(drop)
         } else {
-            rustix::fs::mkdirat(&parent, &part, Mode::from_raw_mode(0o755))
+            rustix::fs::mkdirat(at, &part, Mode::from_raw_mode(0o755))
         };
         match made {
             Ok(()) | Err(rustix::io::Errno::EXIST) => {}
             Err(e) => return Err(err("create", path)(e.into())),
         }
-        let fd = open(&next, OFlags::empty())
-            .map_err(|e| err("open the mount point", path)(e.into()))?;
-        at = name_of(&fd)?;
+        let fd = step(at, &part).map_err(|e| err("open the mount point", path)(e.into()))?;
+        walked.push(fd);
     }
-    open(&at, OFlags::empty())
-        .map(Some)
-        .map_err(|e| err("open the mount point", path)(e.into()))
+    match walked.pop() {
+        Some(fd) => Ok(Some(fd)),
+        None => rustix::fs::openat(root, ".", OFlags::PATH | OFlags::CLOEXEC, Mode::empty())
+            .map(Some)
+            .map_err(|e| err("open", path)(e.into())),
+    }
 }
 
 fn run_resolv_conf() -> Option<(PathBuf, Vec<u8>)> {
@@ -585,169 +577,368 @@ fn pivot(staging: &Path) -> Result<(), MountError> {
 }
 
 /// Step 2: fresh kernel filesystems and private directories, inside the VM's view.
-fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<(), MountError> {
-    let nosuid_nodev_noexec = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    mount_at("proc", "/proc", "proc", nosuid_nodev_noexec, "")?;
-    mount_at(
+///
+/// The VM's root may be an image of its own (a plain OCI rootfs), whose `/proc`,
+/// `/dev` or `/run` may be a symlink aimed at another of these (or at a place
+/// an earlier mount of fvm changes). So every mount point of fvm's is reached
+/// from the root one name at a time, with no symlink followed, as a directory
+/// (made if missing; refused if it is a symlink or not a directory), and the
+/// mount is attached to that descriptor: no path is looked up twice. What is
+/// mounted below a fresh mount (`/dev/pts`, `/proc/sys`...) is reached from
+/// that mount's own descriptor. Returns an `O_PATH` descriptor of fvm's
+/// `/dev/null`, the source of every mask made later.
+fn populate(plan: &MountPlan, resolv: Option<(PathBuf, Vec<u8>)>) -> Result<OwnedFd, MountError> {
+    use rustix::mount::MountAttrFlags as A;
+    let locked = A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV | A::MOUNT_ATTR_NOEXEC;
+    let root = open_root()?;
+    let proc_at = own_dir(&root, "proc", Path::new("/proc"))?;
+    let proc = mount_new("proc", "proc", "", locked, &proc_at, Path::new("/proc"))?;
+    let sys_at = own_dir(&root, "sys", Path::new("/sys"))?;
+    let sys = mount_new(
         "sysfs",
-        "/sys",
         "sysfs",
-        nosuid_nodev_noexec | MountFlags::RDONLY,
         "",
+        locked | A::MOUNT_ATTR_RDONLY,
+        &sys_at,
+        Path::new("/sys"),
     )?;
-    mount_cgroups(&plan.cgroups)?;
-    populate_dev()?;
-    protect_kernel_files()?;
-    mount_at(
+    mount_cgroups(&plan.cgroups, &sys)?;
+    let null = populate_dev(&root)?;
+    protect_kernel_files(&proc, &sys, &null)?;
+    let run_at = own_dir(&root, "run", Path::new("/run"))?;
+    let run = mount_new(
         "tmpfs",
-        "/run",
         "tmpfs",
-        MountFlags::NOSUID | MountFlags::NODEV,
         "mode=0755",
+        A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV,
+        &run_at,
+        Path::new("/run"),
     )?;
-    make_dir(Path::new("/run/lock"), 0o1777)?;
+    let lock = own_dir(&run, "lock", Path::new("/run/lock"))?;
+    set_mode(&lock, 0o1777, Path::new("/run/lock"))?;
     if let Some((path, content)) = resolv {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(err("create", parent))?;
-        }
-        std::fs::write(&path, content).map_err(err("write", &path))?;
+        write_in_run(&run, &path, &content)?;
     }
     if plan.private_tmp {
-        mount_at(
+        let tmp_at = own_dir(&root, "tmp", Path::new("/tmp"))?;
+        mount_new(
             "tmpfs",
-            "/tmp",
             "tmpfs",
-            MountFlags::NOSUID | MountFlags::NODEV,
             "mode=1777",
+            A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV,
+            &tmp_at,
+            Path::new("/tmp"),
         )?;
     }
     for path in &plan.hide {
         hide(path)?;
     }
+    Ok(null)
+}
+
+/// The directory `name` (names below `parent`, no symlink followed, never
+/// above it) as an `O_PATH` descriptor; the last name is made (mode 0755) if
+/// missing. A symlink or a non-directory on the way is refused: fvm mounts
+/// nothing through it.
+fn own_dir(parent: &OwnedFd, name: &str, shown: &Path) -> Result<OwnedFd, MountError> {
+    let open = || {
+        rustix::fs::openat2(
+            parent,
+            name,
+            OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+        )
+    };
+    let opened = match open() {
+        Err(rustix::io::Errno::NOENT) => {
+            match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => return Err(err("create", shown)(e.into())),
+            }
+            open()
+        }
+        r => r,
+    };
+    opened.map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::XDEV => {
+            err("mount at", shown)(io::Error::other("it is a symlink or not a directory"))
+        }
+        e => err("open the mount point", shown)(e.into()),
+    })
+}
+
+/// A fresh mount of `fstype` with `options` (`key=value` or flag, comma
+/// separated) and the mount attributes `attrs`, attached onto the directory
+/// `target` by descriptor. Returns the new mount's root.
+fn mount_new(
+    fstype: &str,
+    source: &str,
+    options: &str,
+    attrs: rustix::mount::MountAttrFlags,
+    target: &OwnedFd,
+    shown: &Path,
+) -> Result<OwnedFd, MountError> {
+    let mnt = new_mount(fstype, source, options, attrs)
+        .map_err(|e| err(format!("mount {fstype} at"), shown)(e))?;
+    attach(&mnt, target).map_err(|e| err(format!("mount {fstype} at"), shown)(e))?;
+    Ok(mnt)
+}
+
+/// A new, still detached mount of a kernel filesystem (fsopen, fsmount).
+fn new_mount(
+    fstype: &str,
+    source: &str,
+    options: &str,
+    attrs: rustix::mount::MountAttrFlags,
+) -> io::Result<OwnedFd> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, fsconfig_create, fsconfig_set_flag, fsconfig_set_string,
+        fsmount, fsopen,
+    };
+    let fs = fsopen(fstype, FsOpenFlags::FSOPEN_CLOEXEC)?;
+    fsconfig_set_string(&fs, "source", source)?;
+    for option in options.split(',').filter(|o| !o.is_empty()) {
+        match option.split_once('=') {
+            Some((key, value)) => fsconfig_set_string(&fs, key, value)?,
+            None => fsconfig_set_flag(&fs, option)?,
+        }
+    }
+    fsconfig_create(&fs)?;
+    Ok(fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, attrs)?)
+}
+
+/// Attach the detached mount `mnt` onto `target` (a descriptor, no path).
+fn attach(mnt: &OwnedFd, target: &OwnedFd) -> io::Result<()> {
+    use rustix::mount::MoveMountFlags as M;
+    rustix::mount::move_mount(
+        mnt,
+        "",
+        target,
+        "",
+        M::MOVE_MOUNT_F_EMPTY_PATH | M::MOVE_MOUNT_T_EMPTY_PATH,
+    )?;
     Ok(())
+}
+
+/// A detached copy of the mount tree at `fd` (the mounts below it too), which
+/// then gets the attributes `set` on every mount of it.
+fn clone_with(fd: &OwnedFd, set: rustix::mount::MountAttrFlags) -> io::Result<OwnedFd> {
+    use rustix::mount::OpenTreeFlags as T;
+    let tree = rustix::mount::open_tree(
+        fd,
+        "",
+        T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC | T::AT_RECURSIVE | T::AT_EMPTY_PATH,
+    )?;
+    if !set.is_empty() {
+        crate::os::sys::mount_setattr(tree.as_fd(), true, set)?;
+    }
+    Ok(tree)
+}
+
+/// A detached bind of fvm's `/dev/null` (by its descriptor) to mask a file.
+fn null_bind(null: &OwnedFd) -> io::Result<OwnedFd> {
+    use rustix::mount::OpenTreeFlags as T;
+    Ok(rustix::mount::open_tree(
+        null,
+        "",
+        T::OPEN_TREE_CLONE | T::OPEN_TREE_CLOEXEC | T::AT_EMPTY_PATH,
+    )?)
+}
+
+/// An empty read-only tmpfs to mask a directory.
+fn empty_dir_mount() -> io::Result<OwnedFd> {
+    use rustix::mount::MountAttrFlags as A;
+    new_mount(
+        "tmpfs",
+        "tmpfs",
+        "mode=0555,size=4k,nr_inodes=1",
+        A::MOUNT_ATTR_RDONLY | A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV | A::MOUNT_ATTR_NOEXEC,
+    )
+}
+
+fn set_mode(dir: &OwnedFd, mode: u32, shown: &Path) -> Result<(), MountError> {
+    rustix::fs::openat(
+        dir,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .and_then(|fd| rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)))
+    .map_err(|e| err("set the mode of", shown)(e.into()))
+}
+
+/// Write the host's DNS file `path` (below `/run`) into the VM's fresh `/run`,
+/// by names below its descriptor.
+fn write_in_run(run: &OwnedFd, path: &Path, content: &[u8]) -> Result<(), MountError> {
+    use std::io::Write;
+    let Ok(rel) = path.strip_prefix("/run") else {
+        return Ok(());
+    };
+    let names: Vec<&std::ffi::OsStr> = rel
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(n) => Some(n),
+            _ => None,
+        })
+        .collect();
+    let Some((file, dirs)) = names.split_last() else {
+        return Ok(());
+    };
+    let mut at = rustix::io::dup(run).map_err(|e| err("open", Path::new("/run"))(e.into()))?;
+    for d in dirs {
+        let name = d
+            .to_str()
+            .ok_or_else(|| err("create", path)(io::ErrorKind::InvalidInput.into()))?;
+        at = own_dir(&at, name, path)?;
+    }
+    let fd = rustix::fs::openat(
+        &at,
+        *file,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| err("write", path)(e.into()))?;
+    std::fs::File::from(fd)
+        .write_all(content)
+        .map_err(err("write", path))
 }
 
 /// The VM's cgroup at `/sys/fs/cgroup`, read-only. The init made its cgroup
 /// namespace after joining the VM's cgroup, so a cgroup filesystem mounted now
 /// has the VM's cgroup as its root: a process sees its own limits and usage, and
-/// nothing of the host's other cgroups.
-fn mount_cgroups(view: &crate::cgroup::CgroupView) -> Result<(), MountError> {
+/// nothing of the host's other cgroups. `sys` is fvm's fresh sysfs.
+fn mount_cgroups(view: &crate::cgroup::CgroupView, sys: &OwnedFd) -> Result<(), MountError> {
     use crate::cgroup::CgroupView;
-    let ro = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC | MountFlags::RDONLY;
+    use rustix::mount::MountAttrFlags as A;
+    let locked = A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV | A::MOUNT_ATTR_NOEXEC;
+    let ro = locked | A::MOUNT_ATTR_RDONLY;
     let root = Path::new("/sys/fs/cgroup");
     match view {
         CgroupView::None => Ok(()),
-        CgroupView::V2 => mount_fs("cgroup2", root, "cgroup2", ro, ""),
+        CgroupView::V2 => {
+            let at = own_dir(sys, "fs/cgroup", root)?;
+            mount_new("cgroup2", "cgroup2", "", ro, &at, root).map(drop)
+        }
         CgroupView::V1(hierarchies) => {
             // sysfs is read-only: a tmpfs gives the hierarchies directories.
-            mount_fs(
-                "tmpfs",
-                root,
-                "tmpfs",
-                MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-                "mode=0755,size=64k",
-            )?;
+            let at = own_dir(sys, "fs/cgroup", root)?;
+            let tmpfs = mount_new("tmpfs", "tmpfs", "mode=0755,size=64k", locked, &at, root)?;
             for controllers in hierarchies {
                 let name = controllers.join(",");
                 let dir = root.join(&name);
-                make_dir(&dir, 0o555)?;
-                mount_fs("cgroup", &dir, "cgroup", ro, &name)?;
+                let dir_fd = own_dir(&tmpfs, &name, &dir)?;
+                set_mode(&dir_fd, 0o555, &dir)?;
+                mount_new("cgroup", "cgroup", &name, ro, &dir_fd, &dir)?;
                 // `cpu,cpuacct` is also reachable as `cpu` and `cpuacct`, as on hosts.
                 if controllers.len() > 1 {
                     for c in controllers {
-                        let link = root.join(c);
-                        std::os::unix::fs::symlink(&name, &link).map_err(err("create", &link))?;
+                        rustix::fs::symlinkat(name.as_str(), &tmpfs, c.as_str())
+                            .map_err(|e| err("create", &root.join(c))(e.into()))?;
                     }
                 }
             }
-            rustix::mount::mount_remount(root, ro, "mode=0755,size=64k")
-                .map_err(|e| err("make read-only", root)(e.into()))
+            crate::os::sys::mount_setattr(tmpfs.as_fd(), false, ro)
+                .map_err(err("make read-only", root))
         }
     }
-}
-
-fn mount_at(
-    source: &str,
-    target: &str,
-    fstype: &str,
-    flags: MountFlags,
-    data: &str,
-) -> Result<(), MountError> {
-    let target = Path::new(target);
-    if !target.is_dir() {
-        std::fs::create_dir_all(target).map_err(err("create", target))?;
-    }
-    mount_fs(source, target, fstype, flags, data)
-}
-
-fn make_dir(path: &Path, mode: u32) -> Result<(), MountError> {
-    std::fs::create_dir_all(path)
-        .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)))
-        .map_err(err("create", path))
 }
 
 /// Files of /proc that change the running kernel for the whole machine (sysctls,
 /// sysrq, IRQ affinity, bus settings): read-only inside a VM.
-const KERNEL_READONLY: [&str; 5] = [
-    "/proc/sys",
-    "/proc/sysrq-trigger",
-    "/proc/irq",
-    "/proc/bus",
-    "/proc/fs",
+const KERNEL_READONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+
+/// Files of /proc that show host kernel memory, keys, timers or firmware: hidden.
+const KERNEL_MASKED: [&str; 8] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "acpi",
+    "scsi",
+    "asound",
 ];
 
-/// Files that show host kernel memory, keys, timers or firmware: hidden.
-const KERNEL_MASKED: [&str; 10] = [
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/timer_list",
-    "/proc/sched_debug",
-    "/proc/latency_stats",
-    "/proc/acpi",
-    "/proc/scsi",
-    "/proc/asound",
-    "/sys/firmware",
-    "/sys/devices/virtual/powercap",
-];
+/// The same, of /sys.
+const SYS_MASKED: [&str; 2] = ["firmware", "devices/virtual/powercap"];
 
 /// A fresh /proc is the VM's own for processes, but its kernel files are the
 /// host's: a VM writing `kernel.core_pattern` or a sysrq would act on the host.
-fn protect_kernel_files() -> Result<(), MountError> {
-    let locked = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    for path in KERNEL_READONLY.map(Path::new) {
-        if !path.exists() {
+/// Each entry is reached from the descriptor of fvm's own proc (or sysfs)
+/// mount with no symlink followed, and fails the start unless the kernel
+/// simply has no such entry.
+fn protect_kernel_files(proc: &OwnedFd, sys: &OwnedFd, null: &OwnedFd) -> Result<(), MountError> {
+    use rustix::mount::MountAttrFlags as A;
+    let ro =
+        A::MOUNT_ATTR_RDONLY | A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV | A::MOUNT_ATTR_NOEXEC;
+    for name in KERNEL_READONLY {
+        let shown = Path::new("/proc").join(name);
+        let Some(fd) = kernel_entry(proc, name, &shown)? else {
             continue;
-        }
-        rustix::mount::mount_bind(path, path).map_err(|e| err("bind", path)(e.into()))?;
-        rustix::mount::mount_remount(path, MountFlags::BIND | MountFlags::RDONLY | locked, "")
-            .map_err(|e| err("make read-only", path)(e.into()))?;
+        };
+        clone_with(&fd, ro)
+            .and_then(|tree| attach(&tree, &fd))
+            .map_err(err("make read-only", &shown))?;
     }
-    for path in KERNEL_MASKED.map(Path::new) {
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.is_dir() => mount_fs(
-                "tmpfs",
-                path,
-                "tmpfs",
-                MountFlags::RDONLY | locked,
-                "mode=0555,size=4k,nr_inodes=1",
-            )?,
-            Ok(_) => rustix::mount::mount_bind("/dev/null", path)
-                .map_err(|e| err("mask", path)(e.into()))?,
-            Err(_) => {}
-        }
+    let masked = KERNEL_MASKED
+        .iter()
+        .map(|n| (proc, Path::new("/proc"), *n))
+        .chain(SYS_MASKED.iter().map(|n| (sys, Path::new("/sys"), *n)));
+    for (base, base_name, name) in masked {
+        let shown = base_name.join(name);
+        let Some(fd) = kernel_entry(base, name, &shown)? else {
+            continue;
+        };
+        mask(&fd, null).map_err(err("mask", &shown))?;
     }
     Ok(())
 }
 
+/// `name` below fvm's own kernel filesystem mount `base`, with no symlink
+/// followed; `None` only when the kernel has no such entry.
+fn kernel_entry(base: &OwnedFd, name: &str, shown: &Path) -> Result<Option<OwnedFd>, MountError> {
+    // No `O_NOFOLLOW`, which with `O_PATH` opens a symlink itself: a
+    // symlink is an error (`ELOOP`).
+    match rustix::fs::openat2(
+        base,
+        name,
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS,
+    ) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(err("open", shown)(e.into())),
+    }
+}
+
+/// Hide what `target` shows: a directory under an empty read-only tmpfs, a
+/// file under a bind of `/dev/null`.
+fn mask(target: &OwnedFd, null: &OwnedFd) -> io::Result<()> {
+    let st = rustix::fs::fstat(target)?;
+    let cover =
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory {
+            empty_dir_mount()?
+        } else {
+            null_bind(null)?
+        };
+    attach(&cover, target)
+}
+
 /// A private /dev: a tmpfs with the harmless character devices, a new devpts
 /// instance (so ptys of the VM are its own), and its own shm and mqueue.
-fn populate_dev() -> Result<(), MountError> {
-    mount_at(
+/// Returns an `O_PATH` descriptor of its `null`.
+fn populate_dev(root: &OwnedFd) -> Result<OwnedFd, MountError> {
+    use rustix::mount::MountAttrFlags as A;
+    let dev_at = own_dir(root, "dev", Path::new("/dev"))?;
+    let dev = mount_new(
         "tmpfs",
-        "/dev",
         "tmpfs",
-        MountFlags::NOSUID | MountFlags::NOEXEC,
         "mode=0755,size=64k",
+        A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NOEXEC,
+        &dev_at,
+        Path::new("/dev"),
     )?;
     for (name, major, minor) in [
         ("null", 1, 3),
@@ -759,16 +950,21 @@ fn populate_dev() -> Result<(), MountError> {
     ] {
         let path = Path::new("/dev").join(name);
         rustix::fs::mknodat(
-            rustix::fs::CWD,
-            &path,
+            &dev,
+            name,
             rustix::fs::FileType::CharacterDevice,
             Mode::from_raw_mode(0o666),
             rustix::fs::makedev(major, minor),
         )
         .map_err(|e| err("create device", &path)(e.into()))?;
         // mknod applies the umask; devices must be usable by every user.
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))
-            .map_err(err("set mode of", &path))?;
+        rustix::fs::chmodat(
+            &dev,
+            name,
+            Mode::from_raw_mode(0o666),
+            rustix::fs::AtFlags::empty(),
+        )
+        .map_err(|e| err("set mode of", &path)(e.into()))?;
     }
     for (link, target) in [
         ("fd", "/proc/self/fd"),
@@ -777,32 +973,43 @@ fn populate_dev() -> Result<(), MountError> {
         ("stderr", "/proc/self/fd/2"),
         ("ptmx", "pts/ptmx"),
     ] {
-        let path = Path::new("/dev").join(link);
-        std::os::unix::fs::symlink(target, &path).map_err(err("create", &path))?;
+        rustix::fs::symlinkat(target, &dev, link)
+            .map_err(|e| err("create", &Path::new("/dev").join(link))(e.into()))?;
     }
-    mount_at(
-        "devpts",
-        "/dev/pts",
-        "devpts",
-        MountFlags::NOSUID | MountFlags::NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620,gid=5",
-    )?;
-    mount_at(
-        "shm",
-        "/dev/shm",
-        "tmpfs",
-        MountFlags::NOSUID | MountFlags::NODEV,
-        "mode=1777",
-    )?;
-    mount_at(
-        "mqueue",
-        "/dev/mqueue",
-        "mqueue",
-        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        "",
+    let null = rustix::fs::openat2(
+        &dev,
+        "null",
+        OFlags::PATH | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
     )
+    .map_err(|e| err("open", Path::new("/dev/null"))(e.into()))?;
+    for (name, fstype, options, attrs) in [
+        (
+            "pts",
+            "devpts",
+            "newinstance,ptmxmode=0666,mode=0620,gid=5",
+            A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NOEXEC,
+        ),
+        (
+            "shm",
+            "tmpfs",
+            "mode=1777",
+            A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV,
+        ),
+        (
+            "mqueue",
+            "mqueue",
+            "",
+            A::MOUNT_ATTR_NOSUID | A::MOUNT_ATTR_NODEV | A::MOUNT_ATTR_NOEXEC,
+        ),
+    ] {
+        let shown = Path::new("/dev").join(name);
+        let at = own_dir(&dev, name, &shown)?;
+        mount_new(fstype, fstype, options, attrs, &at, &shown)?;
+    }
+    Ok(null)
 }
-
 /// `statfs` type of tmpfs.
 const TMPFS_MAGIC: i64 = 0x0102_1994;
 
@@ -925,26 +1132,11 @@ fn cover_fd(target: &OwnedFd) -> io::Result<()> {
 /// If the VM's view has no directory there (the VM removed or replaced it), the
 /// layers can't be reached through that path and nothing needs covering.
 fn hide(path: &Path) -> Result<(), MountError> {
-    let root = rustix::fs::open(
-        "/",
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| err("open", Path::new("/"))(e.into()))?;
+    let root = open_root()?;
     let Some(target) = open_beneath(&root, path, true)? else {
         return Ok(());
     };
-    mount_fs(
-        "tmpfs",
-        &fd_path(&target),
-        "tmpfs",
-        MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC,
-        "mode=0000,size=4k,nr_inodes=1",
-    )
-    .map_err(|mut e| {
-        e.path = path.to_owned();
-        e
-    })
+    cover_fd(&target).map_err(err("mount tmpfs at", path))
 }
 
 #[cfg(test)]

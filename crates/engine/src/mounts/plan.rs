@@ -152,7 +152,9 @@ pub struct Bind {
     pub source: PathBuf,
     /// In the VM: absolute, plain components (see [`ContainerMounts`]).
     pub target: PathBuf,
-    pub readonly: bool,
+    /// Set on every mount of the bound tree (`ro` and `rro` alike) before
+    /// it is attached.
+    pub flags: Flags,
 }
 
 #[derive(Debug, thiserror::Error)]

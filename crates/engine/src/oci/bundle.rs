@@ -244,9 +244,9 @@ impl Bundle {
                 });
             };
             out.mounts.push(ContainerMount::Bind(Bind {
+                flags: bind_flags(&target, &options)?,
                 source,
                 target,
-                readonly: options.iter().any(|o| o == "ro"),
             }));
         }
         if let Some(linux) = self.spec.linux() {
@@ -567,6 +567,37 @@ fn plain_path(what: &str, path: &Path) -> Result<PathBuf, OciError> {
 /// A tmpfs mount's options: mount flags (`ro`, `nosuid`, `nodev`, `noexec`,
 /// `noatime`...) and tmpfs's own (`size`, `mode`, `nr_inodes`, `nr_blocks`,
 /// `uid`, `gid`), each checked; anything else is refused.
+/// A bind's options: read-only (`ro`, `rro`: the whole bound tree either
+/// way), `nosuid`, `nodev`, `noexec`, `noatime`, `nodiratime`; the defaults,
+/// propagation and atime choices are accepted and change nothing. Any other
+/// is refused rather than silently dropped.
+fn bind_flags(target: &Path, options: &[String]) -> Result<Flags, OciError> {
+    let mut flags = Flags::default();
+    for o in options {
+        match o.as_str() {
+            "ro" | "rro" => flags.readonly = true,
+            "nosuid" => flags.nosuid = true,
+            "nodev" => flags.nodev = true,
+            "noexec" => flags.noexec = true,
+            "noatime" => flags.noatime = true,
+            "nodiratime" => flags.nodiratime = true,
+            "bind" | "rbind" | "rw" | "rrw" | "suid" | "dev" | "exec" | "atime" | "diratime"
+            | "relatime" | "strictatime" | "norelatime" | "private" | "rprivate" | "slave"
+            | "rslave" | "shared" | "rshared" | "unbindable" | "runbindable" => {}
+            other => {
+                return Err(OciError::Config {
+                    why: format!(
+                        "the bind mount at {}: option {:?} is not one fvm knows",
+                        target.display(),
+                        other
+                    ),
+                });
+            }
+        }
+    }
+    Ok(flags)
+}
+
 fn tmpfs(target: &Path, options: &[String]) -> Result<Tmpfs, OciError> {
     let bad = |why: String| OciError::Config {
         why: format!("the tmpfs at {}: {why}", target.display()),
@@ -825,7 +856,8 @@ mod tests {
         let ContainerMount::Bind(b) = &m.mounts[1] else {
             panic!("{m:?}")
         };
-        assert!(b.readonly && b.target == Path::new("/var/run/x"));
+        assert!(b.flags.readonly && b.target == Path::new("/var/run/x"));
+        assert!(!b.flags.nosuid && !b.flags.noexec);
         assert_eq!(m.masked, [Path::new("/proc/kcore")]);
         assert_eq!(m.readonly, [Path::new("/proc/sys")]);
         for (mounts, linux) in [
@@ -852,12 +884,36 @@ mod tests {
             ),
             ("", r#""maskedPaths":["proc/kcore"]"#),
             ("", r#""readonlyPaths":["/proc/../etc"]"#),
+            (
+                r#"{"destination":"/d","type":"bind","source":"/x","options":["rbind","idmap"]}"#,
+                "",
+            ),
+            (
+                r#"{"destination":"/d","source":"/x","options":["bind","z"]}"#,
+                "",
+            ),
         ] {
             assert!(
                 matches!(with(mounts, linux), Err(OciError::Config { .. })),
                 "{mounts} {linux}"
             );
         }
+    }
+
+    #[test]
+    fn bind_options_become_flags_and_unknown_ones_are_refused() {
+        let opts = |o: &[&str]| {
+            bind_flags(
+                Path::new("/d"),
+                &o.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+            )
+        };
+        let f = opts(&["rbind", "rro", "nosuid", "nodev", "noexec", "rprivate"]).unwrap();
+        assert!(f.readonly && f.nosuid && f.nodev && f.noexec);
+        let f = opts(&["bind", "rw", "relatime", "rslave"]).unwrap();
+        assert_eq!(f, Flags::default());
+        let e = opts(&["rbind", "copy-up"]).unwrap_err().to_string();
+        assert!(e.contains("\"copy-up\"") && e.contains("/d"), "{e}");
     }
 
     #[test]

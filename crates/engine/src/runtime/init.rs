@@ -225,22 +225,39 @@ fn setup(
 
 /// The VM's own /etc/resolv.conf (in its layer), naming `servers`. Whatever was
 /// there (often a symlink into the host's /run) is replaced, not written through.
+/// `/etc` is opened inside the VM's root (`RESOLVE_IN_ROOT`, no magic link of
+/// `/proc`, which could name a descriptor this process holds), and the file is
+/// removed and made beneath that descriptor without following a symlink.
 fn write_resolv_conf(servers: &[std::net::Ipv4Addr]) -> std::io::Result<()> {
-    let path = std::path::Path::new("/etc/resolv.conf");
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-        _ => {}
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let root = rustix::fs::open(
+        "/",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let etc = rustix::fs::openat2(
+        &root,
+        "etc",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )?;
+    match rustix::fs::unlinkat(&etc, "resolv.conf", rustix::fs::AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
     }
     let text: String = servers
         .iter()
         .map(|s| format!("nameserver {s}\n"))
         .collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
+    let fd = rustix::fs::openat(
+        &etc,
+        "resolv.conf",
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )?;
     std::io::Write::write_all(
-        &mut file,
+        &mut std::fs::File::from(fd),
         format!("# written by fvm: the store's resolver on the bridge, or --dns\n{text}")
             .as_bytes(),
     )
