@@ -751,6 +751,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // The child is reaped by `wait_init_forwarding`, as `run`'s init is.
+    #[allow(clippy::zombie_processes)]
     fn run_in_the_foreground_passes_signals_on_and_returns_the_status() {
         use nix::sys::signal::{SigSet, Signal};
         // A child that only ends when the forwarded signal reaches it.
