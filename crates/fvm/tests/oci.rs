@@ -1421,5 +1421,65 @@ fn a_mask_is_fvms_own_dev_null_whatever_is_bound_at_dev() {
         "hostnull\n"
     );
     oci(&root, &["delete", "--force", "fvm-mask"]);
+
+/// `run` in the foreground (Slurm's `RunTimeRun`) passes a SIGTERM (a
+/// scheduler's cancel) on to the container and exits with its status; the
+/// container is deleted, as after any foreground `run`.
+#[test]
+fn run_in_the_foreground_passes_a_sigterm_on_to_the_container() {
+    if !needs_root("run_in_the_foreground_passes_a_sigterm_on_to_the_container") {
+        return;
+    }
+    let dir = common::temp_dir("oci-runterm");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"cwd":"/",
+                "args":["/bin/sh","-c","trap 'echo fvm-got-term; exit 7' TERM; echo fvm-ready; while :; do sleep 0.1; done"]},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    // Without the signal passed on, the container would outlive fvm: removed
+    // also when the test fails.
+    struct ForceDelete(PathBuf);
+    impl Drop for ForceDelete {
+        fn drop(&mut self) {
+            let _ = Command::new(common::FVM)
+                .arg("oci")
+                .arg("--root")
+                .arg(&self.0)
+                .args(["delete", "--force", "fvm-runterm"])
+                .output();
+        }
+    }
+    let _cleanup = ForceDelete(root.clone());
+    let out_path = dir.path().join("out");
+    let mut child = Command::new(common::FVM)
+        .arg("oci")
+        .arg("--root")
+        .arg(&root)
+        .args(["run", "--bundle", b.to_str().unwrap(), "fvm-runterm"])
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let out = || std::fs::read_to_string(&out_path).unwrap_or_default();
+    wait_until("the container runs", || out().contains("fvm-ready"));
+    common::signal("TERM", &[pid]);
+    let mut status = None;
+    wait_until("fvm oci run exits", || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(7), "{}", out());
+    assert!(out().contains("fvm-got-term"), "{}", out());
+    assert!(
+        std::fs::read_dir(root.join("containers"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     no_vms_left(&root);
 }

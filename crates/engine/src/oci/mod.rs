@@ -657,6 +657,58 @@ pub fn wait_init(pid: i32) -> std::io::Result<i32> {
     }
 }
 
+/// The signals `run` in the foreground passes on to the container, as runc's
+/// `run` does: a scheduler's SIGTERM (Slurm's `scancel`), a Ctrl-C, a hangup.
+pub const FORWARDED_SIGNALS: [nix::sys::signal::Signal; 6] = [
+    nix::sys::signal::Signal::SIGTERM,
+    nix::sys::signal::Signal::SIGINT,
+    nix::sys::signal::Signal::SIGHUP,
+    nix::sys::signal::Signal::SIGQUIT,
+    nix::sys::signal::Signal::SIGUSR1,
+    nix::sys::signal::Signal::SIGUSR2,
+];
+
+/// [`wait_init`], passing each of [`FORWARDED_SIGNALS`] this process gets to
+/// `forward` (which sends it to the container) instead of dying of it, until
+/// the init `pid` (a child of this process) ends. The signals are blocked in
+/// this thread from here on; block them before starting any other thread.
+pub fn wait_init_forwarding(pid: i32, mut forward: impl FnMut(i32)) -> std::io::Result<i32> {
+    use nix::sys::signal::SigSet;
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    use rustix::event::{PollFd, PollFlags};
+
+    let mut set = SigSet::empty();
+    for s in FORWARDED_SIGNALS {
+        set.add(s);
+    }
+    set.thread_block()?;
+    let sigfd = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    let child = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let pidfd = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty())?;
+    loop {
+        let mut fds = [
+            PollFd::new(&sigfd, PollFlags::IN),
+            PollFd::new(&pidfd, PollFlags::IN),
+        ];
+        match rustix::event::poll(&mut fds, None) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+        while let Ok(Some(info)) = sigfd.read_signal() {
+            forward(info.ssi_signo as i32);
+        }
+        let flags = rustix::process::WaitOptions::NOHANG;
+        match rustix::process::waitpid(Some(child), flags) {
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+            Ok(Some((_, s))) => {
+                return Ok(crate::runtime::channel::Exit::from_raw(s.as_raw()).code());
+            }
+        }
+    }
+}
+
 /// A signal as runc takes it: a number, or a name with or without `SIG`.
 pub fn parse_signal(given: &str) -> Result<i32, OciError> {
     if let Ok(n) = given.parse::<i32>() {
@@ -697,6 +749,38 @@ pub fn features() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    // The child is reaped by `wait_init_forwarding`, as `run`'s init is.
+    #[allow(clippy::zombie_processes)]
+    fn run_in_the_foreground_passes_signals_on_and_returns_the_status() {
+        use nix::sys::signal::{SigSet, Signal};
+        // A child that only ends when the forwarded signal reaches it.
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        // SIGTERM to this thread alone (blocked, it waits for the loop), never
+        // to the rest of the test process.
+        let mut term = SigSet::empty();
+        term.add(Signal::SIGTERM);
+        term.thread_block().unwrap();
+        nix::sys::signal::raise(Signal::SIGTERM).unwrap();
+        let mut forwarded = Vec::new();
+        let status = wait_init_forwarding(pid, |sig| {
+            forwarded.push(sig);
+            let to = nix::unistd::Pid::from_raw(pid);
+            nix::sys::signal::kill(to, Signal::try_from(sig).unwrap()).unwrap();
+        });
+        let mut all = SigSet::empty();
+        for s in FORWARDED_SIGNALS {
+            all.add(s);
+        }
+        all.thread_unblock().unwrap();
+        assert_eq!(status.unwrap(), 128 + 15);
+        assert_eq!(forwarded, vec![15]);
+    }
 
     #[test]
     fn signals_by_number_and_name() {

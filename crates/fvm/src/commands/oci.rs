@@ -179,9 +179,13 @@ fn dispatch(cli: &OciCli) -> Result<u8> {
                     return Ok(0);
                 }
                 // In the foreground: the init is this process's child; its exit
-                // status is the container process's.
-                let status = oci::wait_init(pid)
-                    .with_context(|| format!("cannot wait for container {}", a.container_id))?;
+                // status is the container process's. A SIGTERM (a scheduler's
+                // cancel), SIGINT or SIGHUP to this process is passed on to the
+                // container, as runc's run does, instead of leaving it running.
+                let status = oci::wait_init_forwarding(pid, |sig| {
+                    let _ = rt.kill(&a.container_id, sig, false);
+                })
+                .with_context(|| format!("cannot wait for container {}", a.container_id))?;
                 if !a.keep {
                     rt.delete(&a.container_id, true)?;
                 }
