@@ -1421,6 +1421,8 @@ fn a_mask_is_fvms_own_dev_null_whatever_is_bound_at_dev() {
         "hostnull\n"
     );
     oci(&root, &["delete", "--force", "fvm-mask"]);
+    no_vms_left(&root);
+}
 
 /// `run` in the foreground (Slurm's `RunTimeRun`) passes a SIGTERM (a
 /// scheduler's cancel) on to the container and exits with its status; the
