@@ -140,9 +140,14 @@ impl Store {
     /// path and before the VM first starts: a process of a VM that opened the
     /// directory before it was covered (as its working directory, say; it may have
     /// existed empty before the create) still reaches the old inode, and through
-    /// it whatever is made in it. The old one is renamed aside and removed, and a
-    /// new one made at the path, with the owner mark. Refused unless the directory
-    /// holds nothing but the VM's owner mark.
+    /// it whatever is made in it. The old one is removed in place and a new one
+    /// made at the path, with the owner mark. Refused unless the directory holds
+    /// nothing but the VM's owner mark.
+    ///
+    /// Never renamed aside first: a second name for the covered inode would let a
+    /// VM move its cover. The kernel keeps one dentry per directory inode, so a
+    /// VM's lookup of the other name moves the dentry the cover is mounted on
+    /// there, and the path is left uncovered over the new directory.
     pub fn renew_dir(&self, dir: &Path, name: &VmName) -> Result<(), StoreError> {
         let fail = |source| StoreError::Open {
             path: dir.to_owned(),
@@ -166,24 +171,29 @@ impl Store {
         // `Engine::launch`): it never sees the path between the rename and the
         // new directory.
         let _lock = self.lock()?;
-        let aside = parent.join(format!(
-            ".{}.fvm-old-{}",
-            leaf.to_string_lossy(),
-            std::process::id()
-        ));
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            dir,
-            rustix::fs::CWD,
-            &aside,
-            rustix::fs::RenameFlags::NOREPLACE,
-        )
-        .map_err(|e| fail(e.into()))?;
-        self.claim_dir(dir, name)?;
-        files::remove_tree(&aside).map_err(|source| StoreError::Delete {
-            path: aside.clone(),
+        let removed = || -> io::Result<()> {
+            use rustix::fs::{AtFlags, Mode, OFlags};
+            let parent_fd = rustix::fs::open(
+                parent,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            let old = rustix::fs::openat(
+                &parent_fd,
+                leaf,
+                OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            rustix::fs::unlinkat(&old, OWNER_MARK, AtFlags::empty())?;
+            // Fails (ENOTEMPTY) if anything was put in it since the check.
+            rustix::fs::unlinkat(&parent_fd, leaf, AtFlags::REMOVEDIR)?;
+            Ok(())
+        };
+        removed().map_err(|source| StoreError::Delete {
+            path: dir.to_owned(),
             source,
-        })
+        })?;
+        self.claim_dir(dir, name)
     }
 
     /// What a VM's `--dir` holds to prove it is fvm's to delete.

@@ -259,9 +259,12 @@ fn a_dir_is_renewed_only_while_it_holds_nothing_but_its_owner_mark() {
     let dir = outside.path().join("x");
     s.create_vm(&Policy::new(name("x"), Some(dir.clone())))
         .unwrap();
-    let before = std::fs::metadata(&dir).unwrap().ino();
+    // As a VM's process that opened it before it was covered would hold it.
+    let held = std::fs::File::open(&dir).unwrap();
     s.renew_dir(&dir, &name("x")).unwrap();
-    assert_ne!(std::fs::metadata(&dir).unwrap().ino(), before);
+    let old = held.metadata().unwrap();
+    assert_eq!(old.nlink(), 0, "the old directory is removed");
+    assert_ne!(std::fs::metadata(&dir).unwrap().ino(), old.ino());
     assert!(s.owns_dir(&dir, &name("x")));
     // Nothing is left beside it.
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
