@@ -459,7 +459,7 @@ impl Engine {
             self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
             if let Some(policy) = &policy {
-                self.refresh_firewall(&policy.network)?;
+                self.refresh_firewall(vm.name(), network::FirewallChange::Stop(&policy.network))?;
             }
             return Ok(stopped);
         }

@@ -14,6 +14,17 @@ use crate::net::{self as netcfg, Ipv4Net, NetMode, NetPolicy, StoreNet};
 use crate::os::files::Lock;
 use crate::store::{Policy, VmDir, VmName};
 
+/// What happened to a VM, for the firewall.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FirewallChange<'a> {
+    /// It started with this network.
+    Start(&'a NetPolicy),
+    /// It stopped (or was found gone); it ran with this network.
+    Stop(&'a NetPolicy),
+    /// Its network changed from the first to the second while it runs.
+    Change(&'a NetPolicy, &'a NetPolicy),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error(transparent)]
@@ -334,6 +345,64 @@ impl Engine {
         Ok(())
     }
 
+    /// Apply one VM's change to the firewall, touching nothing of the other
+    /// VMs; if that can't be done (no skeleton yet, or one made for other
+    /// settings, or pieces not as expected after a crash), rebuild it whole
+    /// from the VMs that run now. The caller holds the network lock, and has
+    /// recorded the VM as running (for a start) or stopped (for a stop).
+    pub(super) fn change_firewall(
+        &self,
+        name: &VmName,
+        change: FirewallChange<'_>,
+    ) -> Result<(), NetworkError> {
+        let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
+        let rules = |net: &NetPolicy| self.vm_rules(name, net);
+        let (old, new) = match change {
+            FirewallChange::Start(net) => (None, rules(net)),
+            FirewallChange::Stop(net) => (rules(net), None),
+            FirewallChange::Change(old, new) => (rules(old), rules(new)),
+        };
+        let step = match (&old, &new) {
+            (None, Some(new)) => Some(attach::Change::Add(new)),
+            (Some(old), None) => Some(attach::Change::Remove(old)),
+            (Some(old), Some(new)) => Some(attach::Change::Replace(old, new)),
+            (None, None) => None,
+        };
+        let Some(step) = step else {
+            return Ok(());
+        };
+        if new.is_none() && !self.any_bridged_running(name) {
+            // The last one stopped: the tables go (the resolver's rule with
+            // them), as does the resolver.
+            attach::firewall(&store, self.store.id(), &[])?;
+            self.sync_resolver(&store, false);
+            return Ok(());
+        }
+        match attach::change_firewall(&store, self.store.id(), step) {
+            Ok(()) => {
+                self.sync_resolver(&store, true);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(vm = %name, "rebuilding the store's firewall: {e}");
+                self.sync_firewall(None)
+            }
+        }
+    }
+
+    /// What the firewall holds for VM `name` with network `net`, if bridged.
+    fn vm_rules(&self, name: &VmName, net: &NetPolicy) -> Option<VmRules> {
+        Some(VmRules {
+            name: name.to_string(),
+            link: netcfg::veth_name(self.store.id(), name.as_str()),
+            ip: net.address()?,
+            nat: net.nat(),
+            allow: net.allow.clone(),
+            deny: net.deny.clone(),
+            publish: net.publish.clone(),
+        })
+    }
+
     /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
     /// network: `lo` up in its namespace, and for a bridged VM the veth, address
     /// and default route, then the firewall rules.
@@ -364,13 +433,22 @@ impl Engine {
         )?)
     }
 
-    /// After VM `name` started, stopped or changed rules: rebuild the firewall.
-    pub(super) fn refresh_firewall(&self, net: &NetPolicy) -> Result<(), VmError> {
+    /// After VM `name` started (its state says it runs) or stopped (its
+    /// state says so): its pieces of the firewall go in or out.
+    pub(super) fn refresh_firewall(
+        &self,
+        name: &VmName,
+        change: FirewallChange<'_>,
+    ) -> Result<(), VmError> {
+        let net = match change {
+            FirewallChange::Start(net) | FirewallChange::Stop(net) => net,
+            FirewallChange::Change(_, net) => net,
+        };
         if net.mode != NetMode::Bridge {
             return Ok(());
         }
         let _lock = self.net_lock().map_err(VmError::Network)?;
-        self.sync_firewall(None).map_err(VmError::Network)
+        self.change_firewall(name, change).map_err(VmError::Network)
     }
 
     /// After a bridged VM was deleted: with no bridged VM left in the store, the
