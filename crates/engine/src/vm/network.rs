@@ -451,6 +451,13 @@ impl Engine {
         self.change_firewall(name, change).map_err(VmError::Network)
     }
 
+    /// Rebuild the firewall whole from the VMs that run (after a VM whose
+    /// policy can't be read stopped).
+    pub(super) fn rebuild_firewall(&self) -> Result<(), VmError> {
+        let _lock = self.net_lock().map_err(VmError::Network)?;
+        self.sync_firewall(None).map_err(VmError::Network)
+    }
+
     /// After a bridged VM was deleted: with no bridged VM left in the store, the
     /// bridge and the tables go too.
     pub(super) fn release_network(&self) -> Result<(), VmError> {
