@@ -127,8 +127,8 @@ fn needs_forwarding(vm: &VmRules) -> bool {
 pub enum Change<'a> {
     /// It started: its pieces go in.
     Add(&'a VmRules),
-    /// It stopped: its pieces go.
-    Remove(&'a VmRules),
+    /// It stopped: its pieces go (`true`: it was the last one running).
+    Remove(&'a VmRules, bool),
     /// Its rules changed while it runs: its pieces are replaced.
     Replace(&'a VmRules, &'a VmRules),
 }
@@ -151,7 +151,7 @@ pub fn change_firewall(
                 enable_forwarding();
             }
         }
-        Change::Remove(vm) => r.apply_remove(vm)?,
+        Change::Remove(vm, last) => r.apply_remove(vm, last)?,
         Change::Replace(old, new) => {
             r.apply_replace(old, new)?;
             if needs_forwarding(new) {

@@ -2,10 +2,11 @@
 //! and `inet`, made of a skeleton that all the store's bridged VMs share and of
 //! each running VM's own pieces.
 //!
-//! - The skeleton, made when a first bridged VM starts (or when it is found
-//!   missing or different) and removed when the last one stops: the tables,
-//!   their base chains, and verdict maps keyed by a VM's bridge port (its
-//!   host-side veth), by its address and by its published host ports. Their
+//! - The skeleton, made when the store's first bridged VM starts (or when it
+//!   is found missing or different) and removed with the store's bridge: the
+//!   tables, their base chains, verdict maps keyed by a VM's bridge port (its
+//!   host-side veth), by its address and by its published host ports, and the
+//!   set of the resolver's address (in it while a VM runs). Their
 //!   names carry a fingerprint of the skeleton (the bridge, the subnet, the
 //!   ports' interface group and the layout), so that a VM's pieces are never
 //!   added to a skeleton made for something else.
@@ -152,6 +153,7 @@ const PORTS: Map = ("bridge", "ports");
 const SOURCES: Map = ("inet", "src");
 const PUBLISHED: Map = ("inet", "pub");
 const MASQUERADED: Map = ("inet", "masq");
+const RESOLVER: Map = ("inet", "dns");
 
 impl Ruleset<'_> {
     /// The bridge's own address: the subnet's first.
@@ -222,6 +224,7 @@ impl Ruleset<'_> {
             return Ok(s);
         }
         self.skeleton(&mut s);
+        self.resolver(&mut s, "add");
         // Two VMs can't have one address or host port (the engine refuses it),
         // but if hand-edited policies say so, the first one keeps it, as a
         // rule listed first would, and the rest of the firewall is still made.
@@ -259,8 +262,10 @@ impl Ruleset<'_> {
             s,
             "table inet {} {{\n  map {src} {{ type ipv4_addr : verdict; }}\n  \
              map {publ} {{ type inet_proto . inet_service : verdict; }}\n  \
-             map {masq} {{ type ipv4_addr : verdict; }}",
-            self.table
+             map {masq} {{ type ipv4_addr : verdict; }}\n  \
+             set {dns} {{ type ipv4_addr; }}",
+            self.table,
+            dns = self.map(RESOLVER),
         );
         for hook in ["forward", "input"] {
             let _ = writeln!(
@@ -269,11 +274,12 @@ impl Ruleset<'_> {
             );
             if hook == "input" {
                 // The store's resolver answers on the bridge only: not to the
-                // host's other interfaces, nor to the host itself.
+                // host's other interfaces, nor to the host itself. (Its address
+                // is in the set while a VM runs.)
                 let _ = writeln!(
                     s,
-                    "    ip daddr {} meta l4proto {{ tcp, udp }} th dport {} iifname != \"{}\" drop",
-                    self.gateway(),
+                    "    ip daddr @{} meta l4proto {{ tcp, udp }} th dport {} iifname != \"{}\" drop",
+                    self.map(RESOLVER),
                     super::dns::PORT,
                     self.bridge
                 );
@@ -464,19 +470,36 @@ impl Ruleset<'_> {
         Ok(())
     }
 
-    /// The script of a VM's start: its pieces, into the skeleton that is there.
+    /// The resolver's address in or out of the set its rule matches.
+    fn resolver(&self, s: &mut String, verb: &str) {
+        let _ = writeln!(
+            s,
+            "{verb} element inet {} {} {{ {} }}",
+            self.table,
+            self.map(RESOLVER),
+            self.gateway()
+        );
+    }
+
+    /// The script of a VM's start: its pieces, into the skeleton that is there
+    /// (and the resolver's address into its set, if it isn't there already).
     pub fn add_script(&self, vm: &VmRules) -> Result<String, NftError> {
         self.check()?;
         let mut s = String::new();
+        self.resolver(&mut s, "add");
         self.add_pieces(&mut s, vm, None)?;
         Ok(s)
     }
 
-    /// The script of a VM's stop: its pieces go.
-    pub fn remove_script(&self, vm: &VmRules) -> Result<String, NftError> {
+    /// The script of a VM's stop: its pieces go (and, after the store's last
+    /// running VM, the resolver's address from its set; the skeleton stays).
+    pub fn remove_script(&self, vm: &VmRules, last: bool) -> Result<String, NftError> {
         self.check()?;
         let mut s = String::new();
         self.remove_pieces(&mut s, vm)?;
+        if last {
+            self.resolver(&mut s, "delete");
+        }
         Ok(s)
     }
 
@@ -501,8 +524,8 @@ impl Ruleset<'_> {
     }
 
     /// Remove a stopped VM's pieces.
-    pub fn apply_remove(&self, vm: &VmRules) -> Result<(), NftError> {
-        run_nft(&self.remove_script(vm)?)
+    pub fn apply_remove(&self, vm: &VmRules, last: bool) -> Result<(), NftError> {
+        run_nft(&self.remove_script(vm, last)?)
     }
 
     /// Replace a running VM's pieces.
@@ -758,7 +781,7 @@ mod tests {
         let r = store_rules(&vms[..1]);
         let b = &vms[1];
         let add = r.add_script(b).unwrap();
-        let remove = r.remove_script(b).unwrap();
+        let remove = r.remove_script(b, false).unwrap();
         for s in [&add, &remove] {
             assert!(
                 !s.contains("fvm00000000001") && !s.contains("10.77.0.2"),
@@ -804,10 +827,19 @@ mod tests {
         changed.nat = true;
         changed.publish = vec!["8443:443".parse().unwrap()];
         let replace = r.replace_script(b, &changed).unwrap();
-        assert_eq!(
-            replace,
-            remove + &r.add_script(&changed).unwrap(),
-            "{replace}"
+        let added = r.add_script(&changed).unwrap();
+        let resolver = format!(
+            "add element inet fvm-1a2b dns_{} {{ 10.77.0.1 }}\n",
+            r.fingerprint()
+        );
+        assert!(added.starts_with(&resolver), "{added}");
+        assert_eq!(replace, remove + &added[resolver.len()..], "{replace}");
+        // The store's last running VM takes the resolver's address out of its
+        // set; the skeleton stays.
+        let last = r.remove_script(b, true).unwrap();
+        assert!(
+            last.ends_with(&resolver.replacen("add", "delete", 1)),
+            "{last}"
         );
     }
 
@@ -830,7 +862,7 @@ mod tests {
                 "{link}"
             );
             assert!(
-                matches!(r.remove_script(&bad), Err(NftError::Name(_))),
+                matches!(r.remove_script(&bad, false), Err(NftError::Name(_))),
                 "{link}"
             );
             let both = [vms[0].clone(), bad];
@@ -961,15 +993,17 @@ mod tests {
                 .map_err(|e| e.to_string())?;
             // Deleting it as it was before the change fails (its publish
             // element is gone, its masquerade element would stay).
-            assert!(r(&[]).apply_remove(&vms[2]).is_err());
-            r(&[]).apply_remove(&changed).map_err(|e| e.to_string())?;
+            assert!(r(&[]).apply_remove(&vms[2], false).is_err());
+            r(&[])
+                .apply_remove(&changed, false)
+                .map_err(|e| e.to_string())?;
             let stopped: Vec<String> = ["bridge", "inet"]
                 .iter()
                 .flat_map(|f| chains_of(f, &table))
                 .collect();
             assert_eq!(before, stopped);
             // And a stop of what isn't there fails.
-            assert!(r(&[]).apply_remove(&changed).is_err());
+            assert!(r(&[]).apply_remove(&changed, false).is_err());
             Ok(())
         };
         let result = steps();
@@ -1091,11 +1125,11 @@ mod tests {
             if others.is_empty() {
                 // The skeleton comes with the first VM.
                 script = r(std::slice::from_ref(&last)).script().unwrap();
-                script += &r(&[]).remove_script(&last).unwrap();
+                script += &r(&[]).remove_script(&last, false).unwrap();
             }
             script += &r(&[]).add_script(&last).unwrap();
             script += &r(&[]).replace_script(&last, &changed).unwrap();
-            script += &r(&[]).remove_script(&changed).unwrap();
+            script += &r(&[]).remove_script(&changed, false).unwrap();
             script += &r(&vms).script().unwrap();
             let mut child = Command::new("nft")
                 .args(["-c", "-f", "-"])

@@ -155,10 +155,12 @@ impl Engine {
                 ))));
             }
         }
-        // The old bridge has no VM left on it; it goes if it is ours.
+        // The old bridge has no VM left on it; it goes if it is ours, and the
+        // firewall's skeleton, made for the old settings, goes too.
         if new.bridge != old.bridge {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
+        attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
         crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
@@ -362,25 +364,21 @@ impl Engine {
             FirewallChange::Stop(net) => (rules(net), None),
             FirewallChange::Change(old, new) => (rules(old), rules(new)),
         };
+        // After the store's last running VM the resolver goes (and its
+        // address from the firewall's set).
+        let last = new.is_none() && !self.any_bridged_running(name);
         let step = match (&old, &new) {
             (None, Some(new)) => Some(attach::Change::Add(new)),
-            (Some(old), None) => Some(attach::Change::Remove(old)),
+            (Some(old), None) => Some(attach::Change::Remove(old, last)),
             (Some(old), Some(new)) => Some(attach::Change::Replace(old, new)),
             (None, None) => None,
         };
         let Some(step) = step else {
             return Ok(());
         };
-        if new.is_none() && !self.any_bridged_running(name) {
-            // The last one stopped: the tables go (the resolver's rule with
-            // them), as does the resolver.
-            attach::firewall(&store, self.store.id(), &[])?;
-            self.sync_resolver(&store, false);
-            return Ok(());
-        }
         match attach::change_firewall(&store, self.store.id(), step) {
             Ok(()) => {
-                self.sync_resolver(&store, true);
+                self.sync_resolver(&store, !last);
                 Ok(())
             }
             Err(e) => {
