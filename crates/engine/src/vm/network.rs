@@ -376,9 +376,15 @@ impl Engine {
         let Some(step) = step else {
             return Ok(());
         };
+        if last {
+            // Ended before its rule stops matching its address.
+            self.sync_resolver(&store, false);
+        }
         match attach::change_firewall(&store, self.store.id(), step) {
             Ok(()) => {
-                self.sync_resolver(&store, !last);
+                if !last {
+                    self.sync_resolver(&store, true);
+                }
                 Ok(())
             }
             Err(e) => {
