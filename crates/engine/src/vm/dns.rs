@@ -217,11 +217,8 @@ impl Engine {
         code
     }
 
-    /// The running bridged VMs as the firewall and the resolver see them (VM
-    /// `pending` with `pending_policy`, for a change being made), with their
-    /// inits. The caller holds the network lock.
-    /// Whether a bridged VM other than `except` runs (found at the first
-    /// one, without reading the others).
+    /// Whether a bridged VM other than `except` runs (the search stops at the
+    /// first one found).
     pub(super) fn any_bridged_running(&self, except: &crate::store::VmName) -> bool {
         self.store
             .names()
@@ -242,6 +239,9 @@ impl Engine {
             })
     }
 
+    /// The running bridged VMs as the firewall and the resolver see them (VM
+    /// `pending` with `pending_policy`, for a change being made), with their
+    /// inits. The caller holds the network lock.
     pub(super) fn running_bridged(
         &self,
         pending: Option<(&crate::store::VmName, &crate::net::NetPolicy)>,
