@@ -906,6 +906,55 @@ fn a_vms_start_and_stop_touch_no_other_vms_rules() {
     net.assert_clean();
 }
 
+#[test]
+fn a_damaged_firewall_is_made_whole_again_by_the_next_start_or_doctor() {
+    let test = "a_damaged_firewall_is_made_whole_again_by_the_next_start_or_doctor";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netheal");
+    let a_ip = net.bridged("a", &[]);
+    let b_ip = net.bridged("b", &[]);
+    let a = start_on_host(&net, "a", &a_ip);
+    let id = net.store.id().expect("the store has an id");
+    let table = format!("fvm-{id}");
+    let has = |family: &str, word: &str| {
+        network_support::nft_table(family, &table).is_some_and(|t| mentions(&t, word))
+    };
+    // The inet table is gone (a hand's `nft delete table`): b's start can't add
+    // its pieces to it, and rebuilds the whole firewall, a's rules included.
+    host(&["nft", "delete", "table", "inet", &table]).ok();
+    let b = start_on_host(&net, "b", &b_ip);
+    for (who, ip) in [("a", &a_ip), ("b", &b_ip)] {
+        assert!(
+            has("inet", ip),
+            "vm {who}'s rules are not back in the inet table"
+        );
+    }
+    // The bridge table is gone: `doctor --cleanup` makes it again, with both
+    // VMs' ports in it.
+    host(&["nft", "delete", "table", "bridge", &table]).ok();
+    net.fvm(&["doctor", "--cleanup"]).ok();
+    for (who, link) in [("a", &a), ("b", &b)] {
+        assert!(
+            has("bridge", link),
+            "vm {who}'s port is not back in the bridge table"
+        );
+    }
+    net.store.stop("a");
+    net.assert_vm_gone("after a stopped", &a, &a_ip);
+    assert!(
+        has("bridge", &b) && has("inet", &b_ip),
+        "b's rules went with a's"
+    );
+    net.store.stop("b");
+    net.assert_vm_gone("after b stopped", &b, &b_ip);
+    for name in ["a", "b"] {
+        net.fvm(&["delete", "--force", name]).ok();
+    }
+    net.assert_clean();
+}
+
 /// A network namespace `fvmtpn<hex>` with a veth whose host end
 /// (`fvmtpx<hex>`) is on a bridge: a port no VM of the store owns. Removed on
 /// drop.
