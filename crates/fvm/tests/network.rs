@@ -955,6 +955,63 @@ fn a_damaged_firewall_is_made_whole_again_by_the_next_start_or_doctor() {
     net.assert_clean();
 }
 
+#[test]
+fn a_bridged_start_or_stop_killed_midway_leaves_at_most_its_own_rules() {
+    let test = "a_bridged_start_or_stop_killed_midway_leaves_at_most_its_own_rules";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netkill");
+    let y_ip = net.bridged("y", &[]);
+    let x_ip = net.bridged("x", &["--publish", &format!("{}:80", free_port())]);
+    let y = start_on_host(&net, "y", &y_ip);
+    let x = start_on_host(&net, "x", &x_ip);
+    for (round, delay) in [1u64, 3, 5, 8, 11, 15, 20, 26, 33, 40]
+        .into_iter()
+        .enumerate()
+    {
+        let op = if net.store.status("x") == "running" {
+            "stop"
+        } else {
+            "start"
+        };
+        let bg = net.store.background(&[op, "x"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        kill9(&[bg.pid()]);
+        let _ = bg.finish();
+        let when = format!("round {round}: {op} x killed after {delay} ms");
+        // The next command tells the truth about x and cleans up after it.
+        let running = net.store.status("x") == "running";
+        let rules = ruleset();
+        if running {
+            assert!(
+                mentions(&rules, &x),
+                "{when}: x runs without its rules:\n{rules}"
+            );
+        } else {
+            net.assert_vm_gone(&when, &x, &x_ip);
+        }
+        // y's rules stay, whatever happened to x's.
+        assert!(
+            mentions(&rules, &y) && mentions(&rules, &y_ip),
+            "{when}: y's rules are gone:\n{rules}"
+        );
+    }
+    if net.store.status("x") == "running" {
+        net.store.stop("x");
+    }
+    net.assert_vm_gone("after x stopped", &x, &x_ip);
+    start_on_host(&net, "x", &x_ip);
+    net.serve("x");
+    net.store.stop("x");
+    net.store.stop("y");
+    net.assert_vm_gone("after y stopped", &y, &y_ip);
+    for name in ["x", "y"] {
+        net.fvm(&["delete", "--force", name]).ok();
+    }
+    net.assert_clean();
+}
+
 /// A network namespace `fvmtpn<hex>` with a veth whose host end
 /// (`fvmtpx<hex>`) is on a bridge: a port no VM of the store owns. Removed on
 /// drop.

@@ -605,13 +605,16 @@ fn published_in(text: &str) -> Vec<(u16, super::Proto)> {
 
 fn run_nft(script: &str) -> Result<(), NftError> {
     tracing::debug!(%script, "nft -f -");
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(NftError::Spawn)?;
+        .stderr(Stdio::piped());
+    // A killed fvm takes its nft with it: otherwise nft could apply a VM's
+    // change after the next command, under the network lock the killed one
+    // no longer holds, has cleaned up after the VM (its rules would stay).
+    crate::os::sys::killed_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
