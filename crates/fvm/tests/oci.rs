@@ -823,6 +823,41 @@ fn no_new_privileges_is_honoured() {
     no_vms_left(&root);
 }
 
+/// A container whose process can't be started says why on its stderr (the
+/// container's, which the engine shows), in one line, and fails: nobody reads
+/// the init's channel once `create` has gone.
+#[test]
+fn a_process_that_cannot_start_says_why_on_the_containers_stderr() {
+    if !needs_root("a_process_that_cannot_start_says_why_on_the_containers_stderr") {
+        return;
+    }
+    let dir = common::temp_dir("oci-noexec");
+    let root = dir.path().join("root");
+    let b = bundle(
+        dir.path(),
+        r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"user":{"uid":0,"gid":0},"args":["/fvm-no-such-program\u001b[2J"],"cwd":"/"},
+            "annotations":{"org.featherweight.rootfs":"host"}}"#,
+    );
+    let out = oci(
+        &root,
+        &["run", "--bundle", b.to_str().unwrap(), "fvm-noexec"],
+    );
+    assert_ne!(out.code, 0, "{out}");
+    let said: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("fvm-no-such-program"))
+        .collect();
+    assert_eq!(said.len(), 1, "one line names the program: {out}");
+    assert!(said[0].contains("not found"), "{out}");
+    assert!(
+        !out.stderr.contains('\x1b'),
+        "the name is shown escaped: {out}"
+    );
+    no_vms_left(&root);
+}
+
 /// The runtime's store has no VM left: a deleted VM's layers are removed in the
 /// background (its directory renamed into the store's trash first), so this
 /// waits for that to finish.

@@ -25,7 +25,7 @@ use super::stdio::{Pipes, StdioPlan};
 use crate::cgroup;
 use crate::logs::Writer;
 use crate::mounts::apply;
-use crate::os::sys;
+use crate::os::{quote, sys};
 use crate::store::StartMode;
 
 /// Signals the init passes on to every process of the VM.
@@ -94,7 +94,7 @@ pub(super) fn run(
         if pty.is_none() && spec.stdio.pty() {
             pty = Some(init.open_pty());
         }
-        init.start_command(cmd, &spec.stdio, pipes, pty);
+        init.start_command(cmd, &spec.stdio, pipes, pty, spec.parked);
     }
     // A VM started to run (`fvm start`) starts its services, through a starter
     // forked now, while the init still has the capabilities to confine them.
@@ -346,12 +346,16 @@ impl Init {
     }
 
     /// Start the command; `pty` is the slave of its pty, if it has one.
+    /// `parked`: nobody reads the init's channel any more (the OCI runtime's
+    /// `create` has gone), so a command that can't start is also said in one
+    /// line on the init's stderr, which is the container's.
     fn start_command(
         &mut self,
         cmd: &command::CommandSpec,
         stdio: &StdioPlan,
         pipes: [Option<OwnedFd>; 3],
         pty: Option<OwnedFd>,
+        parked: bool,
     ) {
         match command::spawn(
             cmd,
@@ -363,6 +367,10 @@ impl Init {
         ) {
             Ok(pid) => self.command = Some(pid),
             Err(e) => {
+                if parked {
+                    let line = format!("fvm: {}\n", quote::line(&crate::error_line(&e)));
+                    let _ = rustix::io::write(rustix::stdio::stderr(), line.as_bytes());
+                }
                 let msg = match e {
                     SpawnError::NoUser { user } => Msg::NoUser { user },
                     SpawnError::NotFound { program } => Msg::ExecFailed {
