@@ -10,7 +10,10 @@ export function mount(el, api) {
   const vm = el.dataset.vm;
   const source = el.dataset.source || null;
   const view = el.querySelector('.loglines');
-  let away = false;
+  // Mounted while the page's WebSocket is down (a hidden tab, a reconnect):
+  // what the server rendered may miss lines written since, so the first
+  // connection takes the last lines again before it follows.
+  let away = !api.connected();
 
   const follow = () => api.send({ op: 'follow', vm, source });
 
