@@ -7,7 +7,7 @@
 //! come and go, each adding and removing its own pieces; rebuilt whole from the
 //! VMs that run now when a VM's change can't be applied (see [`super::nft`]).
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 
 use super::link::{self, LinkError, Netlink};
 use super::nft::{self, NftError, Ruleset, VmRules};
@@ -96,7 +96,6 @@ fn ruleset<'a>(
     table: &'a str,
     store_id: &str,
     vms: &'a [VmRules],
-    hold: BorrowedFd<'a>,
 ) -> Ruleset<'a> {
     Ruleset {
         table,
@@ -104,21 +103,14 @@ fn ruleset<'a>(
         subnet: store.subnet,
         group: port_group(store_id),
         vms,
-        hold: Some(hold),
     }
 }
 
 /// Rebuild the store's firewall from `vms`, the bridged VMs that run now, in
-/// one transaction; IPv4 forwarding goes on if one of them needs it. `lock` is
-/// the store's network lock, held by the caller (and by `nft` while it runs).
-pub fn firewall(
-    store: &StoreNet,
-    store_id: &str,
-    vms: &[VmRules],
-    lock: BorrowedFd<'_>,
-) -> Result<(), NftError> {
+/// one transaction; IPv4 forwarding goes on if one of them needs it.
+pub fn firewall(store: &StoreNet, store_id: &str, vms: &[VmRules]) -> Result<(), NftError> {
     let table = table(store_id);
-    ruleset(store, &table, store_id, vms, lock).apply()?;
+    ruleset(store, &table, store_id, vms).apply()?;
     if vms.iter().any(needs_forwarding) {
         enable_forwarding();
     }
@@ -149,10 +141,9 @@ pub fn change_firewall(
     store: &StoreNet,
     store_id: &str,
     change: Change<'_>,
-    lock: BorrowedFd<'_>,
 ) -> Result<(), NftError> {
     let table = table(store_id);
-    let r = ruleset(store, &table, store_id, &[], lock);
+    let r = ruleset(store, &table, store_id, &[]);
     match change {
         Change::Add(vm) => {
             r.apply_add(vm)?;
@@ -179,8 +170,8 @@ pub fn remove_bridge(store: &StoreNet, store_id: &str) -> Result<bool, LinkError
 }
 
 /// The store's nft tables go.
-pub fn remove_tables(store_id: &str, lock: BorrowedFd<'_>) -> Result<(), NftError> {
-    nft::remove(&table(store_id), Some(lock))
+pub fn remove_tables(store_id: &str) -> Result<(), NftError> {
+    nft::remove(&table(store_id))
 }
 
 /// Whether the store's nft tables are there.

@@ -71,9 +71,6 @@ pub struct Ruleset<'a> {
     /// interface's default).
     pub group: u32,
     pub vms: &'a [VmRules],
-    /// The store's network lock, which `nft` holds too while it runs (see
-    /// [`crate::os::sys::spawn_killed_with_parent`]).
-    pub hold: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -518,32 +515,32 @@ impl Ruleset<'_> {
 
     /// Replace the store's tables (or remove them when no VM is left).
     pub fn apply(&self) -> Result<(), NftError> {
-        run_nft(&self.script()?, self.hold)
+        run_nft(&self.script()?)
     }
 
     /// Add a started VM's pieces to the skeleton.
     pub fn apply_add(&self, vm: &VmRules) -> Result<(), NftError> {
-        run_nft(&self.add_script(vm)?, self.hold)
+        run_nft(&self.add_script(vm)?)
     }
 
     /// Remove a stopped VM's pieces.
     pub fn apply_remove(&self, vm: &VmRules, last: bool) -> Result<(), NftError> {
-        run_nft(&self.remove_script(vm, last)?, self.hold)
+        run_nft(&self.remove_script(vm, last)?)
     }
 
     /// Replace a running VM's pieces.
     pub fn apply_replace(&self, old: &VmRules, new: &VmRules) -> Result<(), NftError> {
-        run_nft(&self.replace_script(old, new)?, self.hold)
+        run_nft(&self.replace_script(old, new)?)
     }
 }
 
 /// Remove the store's tables, if they exist.
-pub fn remove(table: &str, hold: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), NftError> {
+pub fn remove(table: &str) -> Result<(), NftError> {
     let mut s = String::new();
     for family in ["inet", "bridge"] {
         let _ = writeln!(s, "table {family} {table}\ndelete table {family} {table}");
     }
-    run_nft(&s, hold)
+    run_nft(&s)
 }
 
 /// Whether the store has tables now (for doctor).
@@ -606,18 +603,18 @@ fn published_in(text: &str) -> Vec<(u16, super::Proto)> {
     out
 }
 
-fn run_nft(script: &str, hold: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), NftError> {
+fn run_nft(script: &str) -> Result<(), NftError> {
     tracing::debug!(%script, "nft -f -");
     let mut cmd = Command::new("nft");
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // A killed fvm takes its nft with it, and nft holds the network lock
-    // until it is gone: otherwise nft could apply a VM's change after the next
-    // command has cleaned up after the VM (its rules would stay).
-    let mut child =
-        crate::os::sys::spawn_killed_with_parent(&mut cmd, hold).map_err(NftError::Spawn)?;
+    // A killed fvm takes its nft with it: otherwise nft could apply a VM's
+    // change after the next command, under the network lock the killed one
+    // no longer holds, has cleaned up after the VM (its rules would stay).
+    crate::os::sys::killed_with_parent(&mut cmd);
+    let mut child = cmd.spawn().map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
@@ -695,7 +692,6 @@ mod tests {
             bridge: "fvm0",
             subnet: "10.77.0.0/24".parse().unwrap(),
             group: 0x8000_0001,
-            hold: None,
             vms: &[],
         };
         assert_eq!(
@@ -711,7 +707,6 @@ mod tests {
             bridge: "fvm0",
             subnet: "10.77.0.0/24".parse().unwrap(),
             group: 0x8000_0001,
-            hold: None,
             vms,
         }
     }
@@ -894,7 +889,6 @@ mod tests {
         // Group 0 is every interface's: it would drop all bridged traffic.
         let r = Ruleset {
             group: 0,
-            hold: None,
             ..store_rules(&vms)
         };
         assert!(r.script().is_err());
@@ -917,7 +911,6 @@ mod tests {
             },
             Ruleset {
                 group: 0x8000_0002,
-                hold: None,
                 ..r.clone()
             },
         ] {
@@ -972,7 +965,6 @@ mod tests {
             bridge: "fvmtestbr0",
             subnet: "10.231.7.0/24".parse().unwrap(),
             group: 0x8000_0001,
-            hold: None,
             vms,
         };
         let steps = || -> Result<(), String> {
@@ -1019,7 +1011,7 @@ mod tests {
         };
         let result = steps();
         let present = exists(&table);
-        remove(&table, None).unwrap();
+        remove(&table).unwrap();
         result.unwrap();
         assert!(present);
         assert!(!exists(&table));
@@ -1084,7 +1076,6 @@ mod tests {
                 bridge: &bridge,
                 subnet: "10.77.0.0/24".parse().unwrap(),
                 group: 0x8000_0001,
-                hold: None,
                 vms,
             };
             assert_eq!(r(&vms).script().unwrap(), r(&renamed).script().unwrap());
@@ -1114,7 +1105,6 @@ mod tests {
                 subnet,
                 group,
                 vms,
-                hold: None,
             };
             // The others' full rebuild, then the last VM's start, a change of
             // its rules and its stop, as one batch: each step must find what
