@@ -144,36 +144,28 @@ impl Bundle {
     /// that one.
     pub fn network(&self) -> Result<NetMode, OciError> {
         self.netns_path()?;
-        let namespaces = self
-            .spec
+        match self.network_namespace() {
+            Some(n) if n.path().is_none() => Ok(NetMode::None),
+            _ => Ok(NetMode::Host),
+        }
+    }
+
+    /// The config's network namespace entry, if it has one.
+    fn network_namespace(&self) -> Option<oci_spec::runtime::LinuxNamespace> {
+        self.spec
             .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().clone())
-            .unwrap_or_default();
-        match namespaces
+            .as_ref()?
+            .namespaces()
+            .as_ref()?
             .iter()
             .find(|n| n.typ() == LinuxNamespaceType::Network)
-        {
-            None => Ok(NetMode::Host),
-            Some(n) if n.path().is_none() => Ok(NetMode::None),
-            Some(_) => Ok(NetMode::Host),
-        }
+            .cloned()
     }
 
     /// The network namespace the container joins (`linux.namespaces` of type
     /// network with a path, as a CNI plugin gives): an absolute path.
     pub fn netns_path(&self) -> Result<Option<PathBuf>, OciError> {
-        let namespaces = self
-            .spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.namespaces().clone())
-            .unwrap_or_default();
-        match namespaces
-            .iter()
-            .find(|n| n.typ() == LinuxNamespaceType::Network)
-            .and_then(|n| n.path().clone())
-        {
+        match self.network_namespace().and_then(|n| n.path().clone()) {
             Some(p) if !p.is_absolute() => Err(OciError::Config {
                 why: format!("the network namespace {} is not absolute", p.display()),
             }),
