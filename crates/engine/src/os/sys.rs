@@ -375,6 +375,30 @@ fn close_all_except(mut keep: Vec<RawFd>) -> io::Result<()> {
     close_range(next, RawFd::MAX)
 }
 
+/// Have the process `cmd` spawns killed (SIGKILL) when the thread that spawned
+/// it ends, the command's process included: a helper such as `nft` must not
+/// outlive a killed fvm and change the host after the next command, which
+/// took the lock the killed one held, has cleaned up after it. If the parent
+/// is gone before the child asked for that, the child never execs.
+pub fn killed_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child between fork and exec, where
+    // only async-signal-safe work is sound: it makes two system calls (prctl,
+    // getppid) through rustix, which neither allocates nor takes a lock, and
+    // builds an io::Error from an errno (no allocation either). It reads
+    // `parent`, a copied integer, and nothing else of the parent's memory.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Mark every fd of this process but stdin, stdout and stderr close-on-exec
 /// (`close_range` with CLOSE_RANGE_CLOEXEC, Linux 5.11): a command about to be
 /// exec'd starts with fds 0-2 only. Nothing is closed before the exec, so every

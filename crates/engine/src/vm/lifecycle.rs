@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::network::FirewallChange;
 use super::{Engine, StartError, VmError};
 use crate::error_line;
 use crate::layers::Layers;
@@ -464,7 +465,7 @@ impl Engine {
                 self.connect_vm(vm, &policy.network, init.pid)
                     .map_err(StartError::Network)?;
                 if policy.network.mode == crate::net::NetMode::Bridge {
-                    self.refresh_firewall(&policy.network)
+                    self.refresh_firewall(name, FirewallChange::Start(&policy.network))
                         .map_err(|e| StartError::Firewall(Box::new(e)))?;
                 }
                 Ok(init)
@@ -502,7 +503,7 @@ impl Engine {
                     temporary,
                     ..State::default()
                 });
-                let _ = self.refresh_firewall(&policy.network);
+                let _ = self.refresh_firewall(name, FirewallChange::Stop(&policy.network));
                 Err(fail(e))
             }
         }

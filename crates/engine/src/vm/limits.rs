@@ -150,7 +150,8 @@ impl Engine {
             return Err(VmError::policy(name)(source));
         }
         if net_lock.is_some() && running.is_some() {
-            if let Err(e) = self.sync_firewall(None) {
+            let change = super::network::FirewallChange::Change(&old.network, &policy.network);
+            if let Err(e) = self.change_firewall(name, change) {
                 undo(timeout_sent);
                 let _ = vm.save_policy(&old);
                 let _ = self.sync_firewall(None);

@@ -458,8 +458,12 @@ impl Engine {
             let stopped = state.stopped(end);
             self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
-            if let Some(policy) = &policy {
-                self.refresh_firewall(&policy.network)?;
+            // Without its policy they can't be told: the firewall is rebuilt
+            // from the VMs that run.
+            match &policy {
+                Some(policy) => self
+                    .refresh_firewall(vm.name(), network::FirewallChange::Stop(&policy.network))?,
+                None => self.rebuild_firewall()?,
             }
             return Ok(stopped);
         }

@@ -14,6 +14,17 @@ use crate::net::{self as netcfg, Ipv4Net, NetMode, NetPolicy, StoreNet};
 use crate::os::files::Lock;
 use crate::store::{Policy, VmDir, VmName};
 
+/// What happened to a VM, for the firewall.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FirewallChange<'a> {
+    /// It started with this network.
+    Start(&'a NetPolicy),
+    /// It stopped (or was found gone); it ran with this network.
+    Stop(&'a NetPolicy),
+    /// Its network changed from the first to the second while it runs.
+    Change(&'a NetPolicy, &'a NetPolicy),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
     #[error(transparent)]
@@ -144,10 +155,12 @@ impl Engine {
                 ))));
             }
         }
-        // The old bridge has no VM left on it; it goes if it is ours.
+        // The old bridge has no VM left on it; it goes if it is ours, and the
+        // firewall's skeleton, made for the old settings, goes too.
         if new.bridge != old.bridge {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
+        attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
         crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
@@ -334,6 +347,66 @@ impl Engine {
         Ok(())
     }
 
+    /// Apply one VM's change to the firewall, touching nothing of the other
+    /// VMs; if that can't be done (no skeleton yet, or one made for other
+    /// settings, or pieces not as expected after a crash), rebuild it whole
+    /// from the VMs that run now. The caller holds the network lock, and has
+    /// recorded the VM as running (for a start) or stopped (for a stop).
+    pub(super) fn change_firewall(
+        &self,
+        name: &VmName,
+        change: FirewallChange<'_>,
+    ) -> Result<(), NetworkError> {
+        let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
+        let rules = |net: &NetPolicy| self.vm_rules(name, net);
+        let (old, new) = match change {
+            FirewallChange::Start(net) => (None, rules(net)),
+            FirewallChange::Stop(net) => (rules(net), None),
+            FirewallChange::Change(old, new) => (rules(old), rules(new)),
+        };
+        // After the store's last running VM the resolver goes (and its
+        // address from the firewall's set).
+        let last = new.is_none() && !self.any_bridged_running(name);
+        let step = match (&old, &new) {
+            (None, Some(new)) => Some(attach::Change::Add(new)),
+            (Some(old), None) => Some(attach::Change::Remove(old, last)),
+            (Some(old), Some(new)) => Some(attach::Change::Replace(old, new)),
+            (None, None) => None,
+        };
+        let Some(step) = step else {
+            return Ok(());
+        };
+        if last {
+            // Ended before its rule stops matching its address.
+            self.sync_resolver(&store, false);
+        }
+        match attach::change_firewall(&store, self.store.id(), step) {
+            Ok(()) => {
+                if !last {
+                    self.sync_resolver(&store, true);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(vm = %name, "rebuilding the store's firewall: {e}");
+                self.sync_firewall(None)
+            }
+        }
+    }
+
+    /// What the firewall holds for VM `name` with network `net`, if bridged.
+    fn vm_rules(&self, name: &VmName, net: &NetPolicy) -> Option<VmRules> {
+        Some(VmRules {
+            name: name.to_string(),
+            link: netcfg::veth_name(self.store.id(), name.as_str()),
+            ip: net.address()?,
+            nat: net.nat(),
+            allow: net.allow.clone(),
+            deny: net.deny.clone(),
+            publish: net.publish.clone(),
+        })
+    }
+
     /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
     /// network: `lo` up in its namespace, and for a bridged VM the veth, address
     /// and default route, then the firewall rules.
@@ -364,11 +437,27 @@ impl Engine {
         )?)
     }
 
-    /// After VM `name` started, stopped or changed rules: rebuild the firewall.
-    pub(super) fn refresh_firewall(&self, net: &NetPolicy) -> Result<(), VmError> {
+    /// After VM `name` started (its state says it runs) or stopped (its
+    /// state says so): its pieces of the firewall go in or out.
+    pub(super) fn refresh_firewall(
+        &self,
+        name: &VmName,
+        change: FirewallChange<'_>,
+    ) -> Result<(), VmError> {
+        let net = match change {
+            FirewallChange::Start(net) | FirewallChange::Stop(net) => net,
+            FirewallChange::Change(_, net) => net,
+        };
         if net.mode != NetMode::Bridge {
             return Ok(());
         }
+        let _lock = self.net_lock().map_err(VmError::Network)?;
+        self.change_firewall(name, change).map_err(VmError::Network)
+    }
+
+    /// Rebuild the firewall whole from the VMs that run (after a VM whose
+    /// policy can't be read stopped).
+    pub(super) fn rebuild_firewall(&self) -> Result<(), VmError> {
         let _lock = self.net_lock().map_err(VmError::Network)?;
         self.sync_firewall(None).map_err(VmError::Network)
     }
