@@ -7,7 +7,7 @@
 //! come and go, each adding and removing its own pieces; rebuilt whole from the
 //! VMs that run now when a VM's change can't be applied (see [`super::nft`]).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::link::{self, LinkError, Netlink};
 use super::nft::{self, NftError, Ruleset, VmRules};
@@ -96,6 +96,7 @@ fn ruleset<'a>(
     table: &'a str,
     store_id: &str,
     vms: &'a [VmRules],
+    hold: BorrowedFd<'a>,
 ) -> Ruleset<'a> {
     Ruleset {
         table,
@@ -103,14 +104,21 @@ fn ruleset<'a>(
         subnet: store.subnet,
         group: port_group(store_id),
         vms,
+        hold: Some(hold),
     }
 }
 
 /// Rebuild the store's firewall from `vms`, the bridged VMs that run now, in
-/// one transaction; IPv4 forwarding goes on if one of them needs it.
-pub fn firewall(store: &StoreNet, store_id: &str, vms: &[VmRules]) -> Result<(), NftError> {
+/// one transaction; IPv4 forwarding goes on if one of them needs it. `lock` is
+/// the store's network lock, held by the caller (and by `nft` while it runs).
+pub fn firewall(
+    store: &StoreNet,
+    store_id: &str,
+    vms: &[VmRules],
+    lock: BorrowedFd<'_>,
+) -> Result<(), NftError> {
     let table = table(store_id);
-    ruleset(store, &table, store_id, vms).apply()?;
+    ruleset(store, &table, store_id, vms, lock).apply()?;
     if vms.iter().any(needs_forwarding) {
         enable_forwarding();
     }
@@ -141,9 +149,10 @@ pub fn change_firewall(
     store: &StoreNet,
     store_id: &str,
     change: Change<'_>,
+    lock: BorrowedFd<'_>,
 ) -> Result<(), NftError> {
     let table = table(store_id);
-    let r = ruleset(store, &table, store_id, &[]);
+    let r = ruleset(store, &table, store_id, &[], lock);
     match change {
         Change::Add(vm) => {
             r.apply_add(vm)?;
@@ -170,8 +179,8 @@ pub fn remove_bridge(store: &StoreNet, store_id: &str) -> Result<bool, LinkError
 }
 
 /// The store's nft tables go.
-pub fn remove_tables(store_id: &str) -> Result<(), NftError> {
-    nft::remove(&table(store_id))
+pub fn remove_tables(store_id: &str, lock: BorrowedFd<'_>) -> Result<(), NftError> {
+    nft::remove(&table(store_id), Some(lock))
 }
 
 /// Whether the store's nft tables are there.

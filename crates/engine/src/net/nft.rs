@@ -71,6 +71,9 @@ pub struct Ruleset<'a> {
     /// interface's default).
     pub group: u32,
     pub vms: &'a [VmRules],
+    /// The store's network lock, which `nft` holds too while it runs (see
+    /// [`crate::os::sys::spawn_killed_with_parent`]).
+    pub hold: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -515,32 +518,32 @@ impl Ruleset<'_> {
 
     /// Replace the store's tables (or remove them when no VM is left).
     pub fn apply(&self) -> Result<(), NftError> {
-        run_nft(&self.script()?)
+        run_nft(&self.script()?, self.hold)
     }
 
     /// Add a started VM's pieces to the skeleton.
     pub fn apply_add(&self, vm: &VmRules) -> Result<(), NftError> {
-        run_nft(&self.add_script(vm)?)
+        run_nft(&self.add_script(vm)?, self.hold)
     }
 
     /// Remove a stopped VM's pieces.
     pub fn apply_remove(&self, vm: &VmRules, last: bool) -> Result<(), NftError> {
-        run_nft(&self.remove_script(vm, last)?)
+        run_nft(&self.remove_script(vm, last)?, self.hold)
     }
 
     /// Replace a running VM's pieces.
     pub fn apply_replace(&self, old: &VmRules, new: &VmRules) -> Result<(), NftError> {
-        run_nft(&self.replace_script(old, new)?)
+        run_nft(&self.replace_script(old, new)?, self.hold)
     }
 }
 
 /// Remove the store's tables, if they exist.
-pub fn remove(table: &str) -> Result<(), NftError> {
+pub fn remove(table: &str, hold: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), NftError> {
     let mut s = String::new();
     for family in ["inet", "bridge"] {
         let _ = writeln!(s, "table {family} {table}\ndelete table {family} {table}");
     }
-    run_nft(&s)
+    run_nft(&s, hold)
 }
 
 /// Whether the store has tables now (for doctor).
@@ -603,18 +606,18 @@ fn published_in(text: &str) -> Vec<(u16, super::Proto)> {
     out
 }
 
-fn run_nft(script: &str) -> Result<(), NftError> {
+fn run_nft(script: &str, hold: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(), NftError> {
     tracing::debug!(%script, "nft -f -");
     let mut cmd = Command::new("nft");
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // A killed fvm takes its nft with it: otherwise nft could apply a VM's
-    // change after the next command, under the network lock the killed one
-    // no longer holds, has cleaned up after the VM (its rules would stay).
-    crate::os::sys::killed_with_parent(&mut cmd);
-    let mut child = cmd.spawn().map_err(NftError::Spawn)?;
+    // A killed fvm takes its nft with it, and nft holds the network lock
+    // until it is gone: otherwise nft could apply a VM's change after the next
+    // command has cleaned up after the VM (its rules would stay).
+    let mut child =
+        crate::os::sys::spawn_killed_with_parent(&mut cmd, hold).map_err(NftError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
@@ -692,6 +695,7 @@ mod tests {
             bridge: "fvm0",
             subnet: "10.77.0.0/24".parse().unwrap(),
             group: 0x8000_0001,
+            hold: None,
             vms: &[],
         };
         assert_eq!(
@@ -707,6 +711,7 @@ mod tests {
             bridge: "fvm0",
             subnet: "10.77.0.0/24".parse().unwrap(),
             group: 0x8000_0001,
+            hold: None,
             vms,
         }
     }
@@ -889,6 +894,7 @@ mod tests {
         // Group 0 is every interface's: it would drop all bridged traffic.
         let r = Ruleset {
             group: 0,
+            hold: None,
             ..store_rules(&vms)
         };
         assert!(r.script().is_err());
@@ -911,6 +917,7 @@ mod tests {
             },
             Ruleset {
                 group: 0x8000_0002,
+                hold: None,
                 ..r.clone()
             },
         ] {
@@ -965,6 +972,7 @@ mod tests {
             bridge: "fvmtestbr0",
             subnet: "10.231.7.0/24".parse().unwrap(),
             group: 0x8000_0001,
+            hold: None,
             vms,
         };
         let steps = || -> Result<(), String> {
@@ -1011,7 +1019,7 @@ mod tests {
         };
         let result = steps();
         let present = exists(&table);
-        remove(&table).unwrap();
+        remove(&table, None).unwrap();
         result.unwrap();
         assert!(present);
         assert!(!exists(&table));
@@ -1076,6 +1084,7 @@ mod tests {
                 bridge: &bridge,
                 subnet: "10.77.0.0/24".parse().unwrap(),
                 group: 0x8000_0001,
+                hold: None,
                 vms,
             };
             assert_eq!(r(&vms).script().unwrap(), r(&renamed).script().unwrap());
@@ -1105,6 +1114,7 @@ mod tests {
                 subnet,
                 group,
                 vms,
+                hold: None,
             };
             // The others' full rebuild, then the last VM's start, a change of
             // its rules and its stop, as one batch: each step must find what

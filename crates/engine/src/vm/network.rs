@@ -4,6 +4,7 @@
 //! the mechanics (links, the ruleset) are `net::attach`'s.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use super::{Engine, VmError};
@@ -109,7 +110,7 @@ impl Engine {
         subnet: Option<Ipv4Net>,
         upstream_dns: Option<Vec<std::net::SocketAddrV4>>,
     ) -> Result<StoreNet, VmError> {
-        let _net = self.net_lock().map_err(VmError::Network)?;
+        let net_lock = self.net_lock().map_err(VmError::Network)?;
         let old = self.store_network()?;
         let new = StoreNet {
             bridge: bridge.unwrap_or_else(|| old.bridge.clone()),
@@ -160,7 +161,8 @@ impl Engine {
         if new.bridge != old.bridge {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
-        attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
+        attach::remove_tables(self.store.id(), net_lock.as_fd())
+            .map_err(|e| VmError::Network(e.into()))?;
         crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
@@ -335,6 +337,7 @@ impl Engine {
     pub(super) fn sync_firewall(
         &self,
         pending: Option<(&VmName, &NetPolicy)>,
+        lock: &Lock,
     ) -> Result<(), NetworkError> {
         let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
         let vms: Vec<VmRules> = self
@@ -342,7 +345,7 @@ impl Engine {
             .into_iter()
             .map(|(rules, _)| rules)
             .collect();
-        attach::firewall(&store, self.store.id(), &vms)?;
+        attach::firewall(&store, self.store.id(), &vms, lock.as_fd())?;
         self.sync_resolver(&store, !vms.is_empty());
         Ok(())
     }
@@ -356,6 +359,7 @@ impl Engine {
         &self,
         name: &VmName,
         change: FirewallChange<'_>,
+        lock: &Lock,
     ) -> Result<(), NetworkError> {
         let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
         let rules = |net: &NetPolicy| self.vm_rules(name, net);
@@ -380,7 +384,7 @@ impl Engine {
             // Ended before its rule stops matching its address.
             self.sync_resolver(&store, false);
         }
-        match attach::change_firewall(&store, self.store.id(), step) {
+        match attach::change_firewall(&store, self.store.id(), step, lock.as_fd()) {
             Ok(()) => {
                 if !last {
                     self.sync_resolver(&store, true);
@@ -389,7 +393,7 @@ impl Engine {
             }
             Err(e) => {
                 tracing::debug!(vm = %name, "rebuilding the store's firewall: {e}");
-                self.sync_firewall(None)
+                self.sync_firewall(None, lock)
             }
         }
     }
@@ -451,30 +455,32 @@ impl Engine {
         if net.mode != NetMode::Bridge {
             return Ok(());
         }
-        let _lock = self.net_lock().map_err(VmError::Network)?;
-        self.change_firewall(name, change).map_err(VmError::Network)
+        let lock = self.net_lock().map_err(VmError::Network)?;
+        self.change_firewall(name, change, &lock)
+            .map_err(VmError::Network)
     }
 
     /// Rebuild the firewall whole from the VMs that run (after a VM whose
     /// policy can't be read stopped).
     pub(super) fn rebuild_firewall(&self) -> Result<(), VmError> {
-        let _lock = self.net_lock().map_err(VmError::Network)?;
-        self.sync_firewall(None).map_err(VmError::Network)
+        let lock = self.net_lock().map_err(VmError::Network)?;
+        self.sync_firewall(None, &lock).map_err(VmError::Network)
     }
 
     /// After a bridged VM was deleted: with no bridged VM left in the store, the
     /// bridge and the tables go too.
     pub(super) fn release_network(&self) -> Result<(), VmError> {
-        let _lock = self.net_lock().map_err(VmError::Network)?;
+        let lock = self.net_lock().map_err(VmError::Network)?;
         let store = self.store_network()?;
-        self.sync_firewall(None).map_err(VmError::Network)?;
+        self.sync_firewall(None, &lock).map_err(VmError::Network)?;
         if self
             .policies()
             .iter()
             .all(|(_, p)| p.network.mode != NetMode::Bridge)
         {
             self.remove_bridge(&store).map_err(VmError::Network)?;
-            attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
+            attach::remove_tables(self.store.id(), lock.as_fd())
+                .map_err(|e| VmError::Network(e.into()))?;
         }
         Ok(())
     }
@@ -487,7 +493,7 @@ impl Engine {
     /// bridged VM is left. Returns what was done.
     pub(super) fn cleanup_network(&self) -> Result<Vec<String>, VmError> {
         let mut done = Vec::new();
-        let _lock = self.net_lock().map_err(VmError::Network)?;
+        let lock = self.net_lock().map_err(VmError::Network)?;
         let store = self.store_network()?;
         let table = attach::table(self.store.id());
         let had_tables = attach::has_tables(self.store.id());
@@ -496,10 +502,11 @@ impl Engine {
             .iter()
             .any(|(_, p)| p.network.mode == NetMode::Bridge);
         if bridged {
-            self.sync_firewall(None).map_err(VmError::Network)?;
+            self.sync_firewall(None, &lock).map_err(VmError::Network)?;
         } else {
             if had_tables {
-                attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
+                attach::remove_tables(self.store.id(), lock.as_fd())
+                    .map_err(|e| VmError::Network(e.into()))?;
                 done.push(format!("removed nft tables {table}"));
             }
             if self.remove_bridge(&store).map_err(VmError::Network)? {
