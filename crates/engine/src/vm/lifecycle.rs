@@ -499,11 +499,12 @@ impl Engine {
                 drop(launched.chan);
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
                 let _ = cgroup.kill_all().and_then(|()| cgroup.remove());
+                // The rules before the state (see `Engine::reconcile`).
+                let _ = self.refresh_firewall(name, FirewallChange::Stop(&policy.network));
                 let _ = vm.save_state(&State {
                     temporary,
                     ..State::default()
                 });
-                let _ = self.refresh_firewall(name, FirewallChange::Stop(&policy.network));
                 Err(fail(e))
             }
         }

@@ -455,16 +455,22 @@ impl Engine {
                 }
                 (None, crate::store::Status::Stopped) => None,
             };
-            let stopped = state.stopped(end);
-            self.save_state(vm, &stopped)?;
             // Its rules go with it (its veth went with its network namespace).
             // Without its policy they can't be told: the firewall is rebuilt
-            // from the VMs that run.
-            match &policy {
-                Some(policy) => self
-                    .refresh_firewall(vm.name(), network::FirewallChange::Stop(&policy.network))?,
-                None => self.rebuild_firewall()?,
-            }
+            // from the VMs that run (not this one: its init is gone). Before the
+            // state says it stopped: a command killed in between leaves a state
+            // that still sends the next one here, never rules no one removes.
+            // (A firewall that can't be changed, nft gone, say, is reported
+            // after the state is saved, so it doesn't hold every command here.)
+            let firewall = match &policy {
+                Some(policy) => {
+                    self.refresh_firewall(vm.name(), network::FirewallChange::Stop(&policy.network))
+                }
+                None => self.rebuild_firewall(),
+            };
+            let stopped = state.stopped(end);
+            self.save_state(vm, &stopped)?;
+            firewall?;
             return Ok(stopped);
         }
         Ok(state)
