@@ -210,7 +210,10 @@ impl Ruleset<'_> {
     }
 
     /// The nft script that replaces the store's tables with the skeleton and
-    /// every VM's pieces (or removes them when no VM is left).
+    /// every VM's pieces. With no VM left the skeleton stays (it goes with the
+    /// store's bridge, [`remove`]), as after the last VM's own stop: a port of
+    /// the store without its VM's pieces (one whose start is under way, or
+    /// whose init isn't taken for running) still sends nothing.
     pub fn script(&self) -> Result<String, NftError> {
         self.check()?;
         let mut s = String::new();
@@ -223,10 +226,10 @@ impl Ruleset<'_> {
                 t = self.table
             );
         }
+        self.skeleton(&mut s);
         if self.vms.is_empty() {
             return Ok(s);
         }
-        self.skeleton(&mut s);
         self.resolver(&mut s, "add");
         // Two VMs can't have one address or host port (the engine refuses it),
         // but if hand-edited policies say so, the first one keeps it, as a
@@ -516,7 +519,7 @@ impl Ruleset<'_> {
         Ok(s)
     }
 
-    /// Replace the store's tables (or remove them when no VM is left).
+    /// Replace the store's tables.
     pub fn apply(&self) -> Result<(), NftError> {
         run_nft(&self.script()?, self.hold)
     }
@@ -689,7 +692,7 @@ mod tests {
     }
 
     #[test]
-    fn no_vm_only_removes_the_tables() {
+    fn with_no_vm_the_skeleton_stays_and_drops_the_stores_unknown_ports() {
         let r = Ruleset {
             table: "fvm-1a2b",
             bridge: "fvm0",
@@ -698,11 +701,21 @@ mod tests {
             hold: None,
             vms: &[],
         };
-        assert_eq!(
-            r.script().unwrap(),
-            "table inet fvm-1a2b\ndelete table inet fvm-1a2b\n\
-             table bridge fvm-1a2b\ndelete table bridge fvm-1a2b\n"
+        let s = r.script().unwrap();
+        assert!(
+            s.starts_with(
+                "table inet fvm-1a2b\ndelete table inet fvm-1a2b\n\
+                 table bridge fvm-1a2b\ndelete table bridge fvm-1a2b\n"
+            ),
+            "{s}"
         );
+        // The skeleton: a port of the store's group without an element sends
+        // nothing; no VM's pieces, and not the resolver's address.
+        assert_eq!(s.matches("iifgroup 2147483649 drop").count(), 2, "{s}");
+        assert!(!s.contains("element") && !s.contains("10.77.0.1"), "{s}");
+        let mut skeleton = String::new();
+        r.skeleton(&mut skeleton);
+        assert!(s.ends_with(&skeleton), "{s}");
     }
 
     fn store_rules(vms: &[VmRules]) -> Ruleset<'_> {
