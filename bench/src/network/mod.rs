@@ -1,6 +1,6 @@
 //! The "Network" section of docs/BENCHMARKS.md: what a VM with a network of its own
 //! (`--net bridge`: a network namespace, a veth to the store's bridge, an address, a
-//! default route, the store's nft tables rebuilt on every start and stop) costs next
+//! default route, the VM's own rules in the store's nft tables) costs next
 //! to a VM on the host's network (the default), measured in the same run.
 //!
 //! - start and stop latency of one VM of each, in interleaved rounds, and where a

@@ -798,6 +798,384 @@ fn a_crashed_vm_leaves_no_link_or_rule_once_fvm_runs_again() {
     net.assert_clean();
 }
 
+#[test]
+fn a_vm_that_ended_unseen_by_the_watcher_loses_its_rules_without_a_command_on_it() {
+    let test = "a_vm_that_ended_unseen_by_the_watcher_loses_its_rules_without_a_command_on_it";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netunseen");
+    let y_ip = net.bridged("y", &[]);
+    let x_ip = net.bridged("x", &[]);
+    let y = start_on_host(&net, "y", &y_ip);
+    let x = start_on_host(&net, "x", &x_ip);
+    // The watcher goes first, then x's init: x's state says it runs, its
+    // rules are in, and no watcher saw its init go (as after a start killed
+    // before the watcher ever saw the VM run).
+    let watcher = net.store.watcher_pid().expect("the store's watcher runs");
+    kill9(&[watcher]);
+    wait_until("the watcher is gone", || !is_alive_as(watcher, "fvm-watch"));
+    let init = net.store.init_pid("x").expect("a running vm has an init");
+    kill9(&[init]);
+    wait_until("the init is gone", || !is_alive_as(init, "fvm-init"));
+    assert!(
+        mentions(&ruleset(), &x),
+        "x's rules went with no command or watcher to remove them"
+    );
+    // `list` starts a new watcher (a VM runs), which finds x ended from its
+    // state and cleans up after it: no command on x is needed.
+    net.store.fvm(&["list"]).ok();
+    net.assert_vm_gone("after a new watcher found x ended", &x, &x_ip);
+    let rules = ruleset();
+    assert!(
+        mentions(&rules, &y) && mentions(&rules, &y_ip),
+        "y's rules are gone:\n{rules}"
+    );
+    net.store.stop("y");
+    net.assert_vm_gone("after y stopped", &y, &y_ip);
+    for name in ["x", "y"] {
+        net.fvm(&["delete", "--force", name]).ok();
+    }
+    net.assert_clean();
+}
+
+/// The chains of the store's tables that mention `word` (a VM's link), as
+/// `nft -a list` prints them, handles included, and the tables' own lines
+/// and base chains.
+fn chains_with_handles(net: &Net) -> (Vec<String>, Vec<String>) {
+    let id = net.store.id().expect("the store has an id");
+    let mut chains = Vec::new();
+    let mut heads = Vec::new();
+    for family in ["bridge", "inet"] {
+        let out = host(&["nft", "-a", "list", "table", family, &format!("fvm-{id}")]);
+        assert_eq!(out.code, 0, "{out}");
+        let text = out.stdout;
+        heads.push(text.lines().next().unwrap_or_default().to_owned());
+        for chain in text.split("\n\tchain ").skip(1) {
+            let chain = &chain[..chain.find("\n\t}").unwrap_or(chain.len())];
+            if chain.contains(" hook ") {
+                heads.push(chain.to_owned());
+            } else {
+                chains.push(format!("{family} {chain}"));
+            }
+        }
+    }
+    (chains, heads)
+}
+
+#[test]
+fn a_vms_start_and_stop_touch_no_other_vms_rules() {
+    let test = "a_vms_start_and_stop_touch_no_other_vms_rules";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netown");
+    let port = free_port();
+    let a_ip = net.bridged("a", &["--deny", "10.0.0.0/8:9/udp"]);
+    let b_ip = net.bridged("b", &["--publish", &format!("{port}:80")]);
+    let c_ip = net.bridged("c", &["--nat", "false", "--allow", "192.0.2.0/24"]);
+    let a = start_on_host(&net, "a", &a_ip);
+    let b = start_on_host(&net, "b", &b_ip);
+    let (before, heads) = chains_with_handles(&net);
+    let of = |chains: &[String], link: &str| -> Vec<String> {
+        chains
+            .iter()
+            .filter(|c| mentions(c, link) || c.contains(&format!("_{link} ")))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(of(&before, &a).len(), 4, "a's chains:\n{before:#?}");
+    assert_eq!(of(&before, &b).len(), 4, "b's chains:\n{before:#?}");
+
+    // The third start adds its own chains; a's and b's, the tables and their
+    // base chains are as they were, handles included (nothing was made again).
+    let c = start_on_host(&net, "c", &c_ip);
+    let (after, heads_after) = chains_with_handles(&net);
+    assert_eq!(heads, heads_after, "the skeleton was made again");
+    assert_eq!(of(&after, &c).len(), 4, "c's chains:\n{after:#?}");
+    let others: Vec<String> = after
+        .iter()
+        .filter(|ch| !of(&after, &c).contains(ch))
+        .cloned()
+        .collect();
+    assert_eq!(before, others, "c's start changed other vms' chains");
+
+    // b's stop deletes only b's pieces; its published port goes with it.
+    net.serve("b");
+    assert_eq!(host_get("127.0.0.1", port).as_deref(), Ok("b"));
+    net.store.stop("b");
+    net.assert_vm_gone("after b stopped", &b, &b_ip);
+    let (stopped, heads_stopped) = chains_with_handles(&net);
+    assert_eq!(heads, heads_stopped, "the skeleton was made again");
+    let mut want = of(&before, &a);
+    want.extend(of(&after, &c));
+    want.sort();
+    let mut stopped = stopped;
+    stopped.sort();
+    assert_eq!(stopped, want, "b's stop changed other vms' chains");
+    assert!(
+        host_get("127.0.0.1", port).is_err(),
+        "b's port is still published"
+    );
+
+    // A live change of c's rules replaces only c's pieces.
+    net.fvm(&["config", "c", "--deny", "10.0.0.0/8:7/tcp"]).ok();
+    let (changed, _) = chains_with_handles(&net);
+    assert_eq!(of(&changed, &a), of(&before, &a), "c's change touched a");
+    assert!(
+        of(&changed, &c)
+            .iter()
+            .any(|ch| ch.contains("dport 7 drop")),
+        "c's change is not in its chains:\n{changed:#?}"
+    );
+
+    // a crashes: the store's watcher (or the next command) rebuilds the whole
+    // firewall from the VMs that run, as after anything abnormal: a's pieces
+    // go, c's are made again as they were (with new handles).
+    let init = net.store.init_pid("a").expect("a running vm has an init");
+    kill9(&[init]);
+    wait_until("a's init is gone", || !is_alive_as(init, "fvm-init"));
+    assert_eq!(net.store.status("a"), "stopped");
+    net.assert_vm_gone("after a crashed", &a, &a_ip);
+    let (crashed, _) = chains_with_handles(&net);
+    let unhandled = |chains: &[String]| -> Vec<String> {
+        chains
+            .iter()
+            .map(|ch| {
+                ch.lines()
+                    .map(|l| l.split(" # handle ").next().unwrap_or(l))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect()
+    };
+    assert_eq!(
+        unhandled(&crashed),
+        unhandled(&of(&changed, &c)),
+        "a's cleanup changed c's rules"
+    );
+    net.serve("c");
+    net.store.stop("c");
+    net.assert_vm_gone("after c stopped", &c, &c_ip);
+    for name in ["a", "b", "c"] {
+        net.fvm(&["delete", "--force", name]).ok();
+    }
+    net.assert_clean();
+}
+
+#[test]
+fn a_damaged_firewall_is_made_whole_again_by_the_next_start_or_doctor() {
+    let test = "a_damaged_firewall_is_made_whole_again_by_the_next_start_or_doctor";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netheal");
+    let a_ip = net.bridged("a", &[]);
+    let b_ip = net.bridged("b", &[]);
+    let a = start_on_host(&net, "a", &a_ip);
+    let id = net.store.id().expect("the store has an id");
+    let table = format!("fvm-{id}");
+    let has = |family: &str, word: &str| {
+        network_support::nft_table(family, &table).is_some_and(|t| mentions(&t, word))
+    };
+    // The inet table is gone (a hand's `nft delete table`): b's start can't add
+    // its pieces to it, and rebuilds the whole firewall, a's rules included.
+    host(&["nft", "delete", "table", "inet", &table]).ok();
+    let b = start_on_host(&net, "b", &b_ip);
+    for (who, ip) in [("a", &a_ip), ("b", &b_ip)] {
+        assert!(
+            has("inet", ip),
+            "vm {who}'s rules are not back in the inet table"
+        );
+    }
+    // The bridge table is gone: `doctor --cleanup` makes it again, with both
+    // VMs' ports in it.
+    host(&["nft", "delete", "table", "bridge", &table]).ok();
+    net.fvm(&["doctor", "--cleanup"]).ok();
+    for (who, link) in [("a", &a), ("b", &b)] {
+        assert!(
+            has("bridge", link),
+            "vm {who}'s port is not back in the bridge table"
+        );
+    }
+    net.store.stop("a");
+    net.assert_vm_gone("after a stopped", &a, &a_ip);
+    assert!(
+        has("bridge", &b) && has("inet", &b_ip),
+        "b's rules went with a's"
+    );
+    net.store.stop("b");
+    net.assert_vm_gone("after b stopped", &b, &b_ip);
+    for name in ["a", "b"] {
+        net.fvm(&["delete", "--force", name]).ok();
+    }
+    net.assert_clean();
+}
+
+#[test]
+fn a_bridged_start_or_stop_killed_midway_leaves_at_most_its_own_rules() {
+    let test = "a_bridged_start_or_stop_killed_midway_leaves_at_most_its_own_rules";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netkill");
+    let y_ip = net.bridged("y", &[]);
+    let x_ip = net.bridged("x", &["--publish", &format!("{}:80", free_port())]);
+    let y = start_on_host(&net, "y", &y_ip);
+    let x = start_on_host(&net, "x", &x_ip);
+    for (round, delay) in [1u64, 3, 5, 8, 11, 15, 20, 26, 33, 40]
+        .into_iter()
+        .enumerate()
+    {
+        let op = if net.store.status("x") == "running" {
+            "stop"
+        } else {
+            "start"
+        };
+        let bg = net.store.background(&[op, "x"]);
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+        kill9(&[bg.pid()]);
+        let _ = bg.finish();
+        let when = format!("round {round}: {op} x killed after {delay} ms");
+        // The next command tells the truth about x and cleans up after it.
+        let running = net.store.status("x") == "running";
+        let rules = ruleset();
+        if running {
+            assert!(
+                mentions(&rules, &x),
+                "{when}: x runs without its rules:\n{rules}"
+            );
+        } else {
+            net.assert_vm_gone(&when, &x, &x_ip);
+        }
+        // y's rules stay, whatever happened to x's.
+        assert!(
+            mentions(&rules, &y) && mentions(&rules, &y_ip),
+            "{when}: y's rules are gone:\n{rules}"
+        );
+    }
+    if net.store.status("x") == "running" {
+        net.store.stop("x");
+    }
+    net.assert_vm_gone("after x stopped", &x, &x_ip);
+    start_on_host(&net, "x", &x_ip);
+    net.serve("x");
+    net.store.stop("x");
+    net.store.stop("y");
+    net.assert_vm_gone("after y stopped", &y, &y_ip);
+    for name in ["x", "y"] {
+        net.fvm(&["delete", "--force", name]).ok();
+    }
+    net.assert_clean();
+}
+
+/// A network namespace `fvmtpn<hex>` with a veth whose host end
+/// (`fvmtpx<hex>`) is on a bridge: a port no VM of the store owns. Removed on
+/// drop.
+struct StrayPort {
+    netns: String,
+    link: String,
+}
+
+impl StrayPort {
+    #[track_caller]
+    fn new(bridge: &str, group: &str, addr: &str) -> StrayPort {
+        let hex = random_hex(6);
+        let port = StrayPort {
+            netns: format!("fvmtpn{hex}"),
+            link: format!("fvmtpx{hex}"),
+        };
+        let peer = format!("fvmtpy{hex}");
+        let ns = port.netns.clone();
+        for argv in [
+            &["ip", "netns", "add", &ns][..],
+            &[
+                "ip", "link", "add", &port.link, "type", "veth", "peer", "name", &peer,
+            ],
+            &["ip", "link", "set", &peer, "netns", &ns],
+            &[
+                "ip", "link", "set", &port.link, "master", bridge, "group", group, "up",
+            ],
+            &["ip", "-n", &ns, "link", "set", "lo", "up"],
+            &["ip", "-n", &ns, "addr", "add", addr, "dev", &peer],
+            &["ip", "-n", &ns, "link", "set", &peer, "up"],
+        ] {
+            host(argv).ok();
+        }
+        port
+    }
+
+    /// Whether a TCP connection from the namespace to `ip:port` is made.
+    fn connects(&self, ip: &str, port: u16) -> bool {
+        let script = format!(
+            "import socket,sys\ns=socket.socket()\ns.settimeout(2)\n\
+             sys.exit(0 if s.connect_ex(('{ip}',{port}))==0 else 1)"
+        );
+        host(&[
+            "ip",
+            "netns",
+            "exec",
+            &self.netns,
+            common::python(),
+            "-c",
+            &script,
+        ])
+        .code
+            == 0
+    }
+}
+
+impl Drop for StrayPort {
+    fn drop(&mut self) {
+        host(&["ip", "netns", "del", &self.netns]);
+        if network_support::link_exists(&self.link) {
+            host(&["ip", "link", "del", "dev", &self.link]);
+        }
+    }
+}
+
+#[test]
+fn a_port_of_the_store_without_its_vms_rules_sends_nothing() {
+    let test = "a_port_of_the_store_without_its_vms_rules_sends_nothing";
+    if !ready(test, &["nft"]) {
+        return;
+    }
+    let net = Net::new("netport");
+    let ip = net.bridged("x", &[]);
+    let link = start_on_host(&net, "x", &ip);
+    net.serve("x");
+    // The VM's port is in the store's interface group.
+    let shown = host(&["ip", "-o", "link", "show", "dev", &link]).stdout;
+    let group = shown
+        .split_whitespace()
+        .skip_while(|w| *w != "group")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        group.parse::<u32>().is_ok_and(|g| g != 0),
+        "vm x's port is in no group of the store's:\n{shown}"
+    );
+    let free = net.subnet.addr(250);
+    // A port in the store's group that no VM's rules know: nothing passes,
+    // not to a VM, not to the host.
+    let stray = StrayPort::new(&net.bridge(), &group, &format!("{free}/24"));
+    assert!(
+        !stray.connects(&ip, 80),
+        "a port of the store without rules reached vm x"
+    );
+    drop(stray);
+    // The same port outside the store's group (another bridge's business to
+    // police) gets through: the test's port works.
+    let other = StrayPort::new(&net.bridge(), "default", &format!("{free}/24"));
+    assert!(other.connects(&ip, 80), "the test's port does not work");
+    drop(other);
+    net.store.stop("x");
+    net.assert_vm_gone("after stop", &link, &ip);
+    net.fvm(&["delete", "--force", "x"]).ok();
+    net.assert_clean();
+}
+
 // ---------------------------------------------------------------------------
 // addresses: allocation, list, inspect, the policy file, the VM's own view
 

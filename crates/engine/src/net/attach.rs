@@ -3,10 +3,11 @@
 //! settings and its network lock are the caller's (`vm`).
 //!
 //! Two store-wide things are shared by all bridged VMs: the bridge (marked as
-//! the store's by its alias) and the nft tables, rebuilt whole from the VMs that
-//! run now, so a crashed VM's rules go with the next rebuild.
+//! the store's by its alias) and the nft tables, whose skeleton stays while VMs
+//! come and go, each adding and removing its own pieces; rebuilt whole from the
+//! VMs that run now when a VM's change can't be applied (see [`super::nft`]).
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 
 use super::link::{self, LinkError, Netlink};
 use super::nft::{self, NftError, Ruleset, VmRules};
@@ -69,26 +70,103 @@ pub fn connect(
     );
     let veth = super::veth_name(store_id, vm);
     // The VM's end is made inside its namespace, where no other eth0 exists.
-    host.add_veth(&veth, "eth0", bridge, netns.as_fd())?;
+    host.add_veth(&veth, "eth0", bridge, port_group(store_id), netns.as_fd())?;
     let mut inside = Netlink::open_in(netns.as_fd(), home.as_fd())?;
     inside.configure_vm_side("eth0", Some(ip), Some(store.gateway().addr))?;
     tracing::debug!(vm, %ip, veth, "vm connected to bridge {}", store.bridge);
     Ok(())
 }
 
-/// Rebuild the store's firewall from `vms`, the bridged VMs that run now, in
-/// one transaction; IPv4 forwarding goes on if one of them needs it.
-pub fn firewall(store: &StoreNet, store_id: &str, vms: &[VmRules]) -> Result<(), NftError> {
-    let table = table(store_id);
+/// The interface group of the store's bridge ports: 30 bits of a hash of the
+/// store's id, from 2^30 up (never 0, every interface's default, nor one of
+/// the small numbers an administrator would pick; below 2^31, which `ip`
+/// shows as a negative number). The bridge table drops what a port of this
+/// group sends unless the port has its VM's rules.
+pub fn port_group(store_id: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in store_id.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h & 0x3fff_ffff) | 0x4000_0000
+}
+
+fn ruleset<'a>(
+    store: &'a StoreNet,
+    table: &'a str,
+    store_id: &str,
+    vms: &'a [VmRules],
+    hold: BorrowedFd<'a>,
+) -> Ruleset<'a> {
     Ruleset {
-        table: &table,
+        table,
         bridge: &store.bridge,
         subnet: store.subnet,
+        group: port_group(store_id),
         vms,
+        hold: Some(hold),
     }
-    .apply()?;
-    if vms.iter().any(|v| v.nat || !v.publish.is_empty()) {
+}
+
+/// Rebuild the store's firewall from `vms`, the bridged VMs that run now, in
+/// one transaction; IPv4 forwarding goes on if one of them needs it. `lock` is
+/// the store's network lock, held by the caller (and by `nft` while it runs).
+pub fn firewall(
+    store: &StoreNet,
+    store_id: &str,
+    vms: &[VmRules],
+    lock: BorrowedFd<'_>,
+) -> Result<(), NftError> {
+    let table = table(store_id);
+    ruleset(store, &table, store_id, vms, lock).apply()?;
+    if vms.iter().any(needs_forwarding) {
         enable_forwarding();
+    }
+    Ok(())
+}
+
+fn needs_forwarding(vm: &VmRules) -> bool {
+    vm.nat || !vm.publish.is_empty()
+}
+
+/// A change of the store's firewall for one VM, which touches nothing of the
+/// others.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// It started: its pieces go in.
+    Add(&'a VmRules),
+    /// It stopped: its pieces go (`true`: it was the last one running).
+    Remove(&'a VmRules, bool),
+    /// Its rules changed while it runs: its pieces are replaced.
+    Replace(&'a VmRules, &'a VmRules),
+}
+
+/// Apply one VM's change to the store's firewall in one transaction. An error
+/// means nothing changed: the skeleton is missing or other than this store's
+/// now, or the VM's pieces are not as expected; the caller then rebuilds the
+/// whole firewall ([`firewall`]).
+pub fn change_firewall(
+    store: &StoreNet,
+    store_id: &str,
+    change: Change<'_>,
+    lock: BorrowedFd<'_>,
+) -> Result<(), NftError> {
+    let table = table(store_id);
+    let r = ruleset(store, &table, store_id, &[], lock);
+    match change {
+        Change::Add(vm) => {
+            r.apply_add(vm)?;
+            if needs_forwarding(vm) {
+                enable_forwarding();
+            }
+        }
+        Change::Remove(vm, last) => r.apply_remove(vm, last)?,
+        Change::Replace(old, new) => {
+            r.apply_replace(old, new)?;
+            if needs_forwarding(new) {
+                enable_forwarding();
+            }
+        }
     }
     Ok(())
 }
@@ -101,8 +179,8 @@ pub fn remove_bridge(store: &StoreNet, store_id: &str) -> Result<bool, LinkError
 }
 
 /// The store's nft tables go.
-pub fn remove_tables(store_id: &str) -> Result<(), NftError> {
-    nft::remove(&table(store_id))
+pub fn remove_tables(store_id: &str, lock: BorrowedFd<'_>) -> Result<(), NftError> {
+    nft::remove(&table(store_id), Some(lock))
 }
 
 /// Whether the store's nft tables are there.
@@ -156,6 +234,19 @@ pub fn port_in_use(port: u16, proto: super::Proto) -> bool {
 mod tests {
     use super::*;
     use crate::net::Proto;
+
+    #[test]
+    fn a_stores_port_group_is_its_own_and_never_the_default() {
+        let groups: Vec<u32> = ["1a2b3c4d", "1a2b3c4e", "00000000", "ffffffff"]
+            .iter()
+            .map(|id| port_group(id))
+            .collect();
+        for g in &groups {
+            assert!((0x4000_0000..0x8000_0000).contains(g), "{g:#x}");
+        }
+        assert_eq!(port_group("1a2b3c4d"), groups[0]);
+        assert_ne!(groups[0], groups[1]);
+    }
 
     #[test]
     fn a_port_a_host_process_holds_is_in_use_on_any_address() {

@@ -395,13 +395,15 @@ impl Netlink {
     }
 
     /// Create the veth pair `host` / `peer`, the host end attached to bridge
-    /// `bridge` and up, the peer moved into the namespace `netns`. A leftover
+    /// `bridge`, in interface group `group` and up, the peer moved into the
+    /// namespace `netns`. A leftover
     /// pair of the same name (a crash between create and move) is replaced.
     pub fn add_veth(
         &mut self,
         host: &str,
         peer: &str,
         bridge: u32,
+        group: u32,
         netns: BorrowedFd<'_>,
     ) -> Result<(), LinkError> {
         if let Some(old) = self.get(host)? {
@@ -419,6 +421,7 @@ impl Netlink {
         pair.attributes = vec![
             LinkAttribute::IfName(host.to_owned()),
             LinkAttribute::Controller(bridge),
+            LinkAttribute::Group(group),
             LinkAttribute::LinkInfo(vec![
                 LinkInfo::Kind(InfoKind::Veth),
                 LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer_link))),
@@ -648,7 +651,7 @@ mod tests {
             let mut host = Netlink::open().unwrap();
             let gateway = net("10.200.251.1/24");
             let bridge = host.ensure_bridge("fvmnlbr", gateway, "fvm-a").unwrap();
-            host.add_veth("fvmnlveth", "eth0", bridge, vm.as_fd())
+            host.add_veth("fvmnlveth", "eth0", bridge, 0, vm.as_fd())
                 .unwrap();
             let veth = host.get("fvmnlveth").unwrap().expect("the host end");
             assert!(veth.attributes.contains(&LinkAttribute::Controller(bridge)));
@@ -657,7 +660,7 @@ mod tests {
                 "the peer is not on the host"
             );
             // Made again over a leftover of the same name: the old pair goes first.
-            host.add_veth("fvmnlveth", "eth0", bridge, vm.as_fd())
+            host.add_veth("fvmnlveth", "eth0", bridge, 0, vm.as_fd())
                 .unwrap();
             assert_ne!(
                 host.get("fvmnlveth").unwrap().unwrap().header.index,

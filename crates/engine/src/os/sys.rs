@@ -375,6 +375,47 @@ fn close_all_except(mut keep: Vec<RawFd>) -> io::Result<()> {
     close_range(next, RawFd::MAX)
 }
 
+/// Spawn `cmd` so that it is killed (SIGKILL) when the thread that spawned it
+/// ends, the command's process included: a helper such as `nft` must not
+/// outlive a killed fvm and change the host after the next command, which
+/// took the lock the killed one held, has cleaned up after it. If the parent
+/// is gone before the child asked for that, the child never execs.
+///
+/// `hold` (a lock's fd) stays open in the child through its exec: the lock is
+/// then held until the child is gone too. A SIGKILL can't stop a transaction
+/// the child has handed the kernel already, so without this the next command
+/// could take the lock, clean up, and have the killed one's change land after.
+pub fn spawn_killed_with_parent(
+    cmd: &mut std::process::Command,
+    hold: Option<BorrowedFd<'_>>,
+) -> io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let parent = rustix::process::getpid();
+    let hold: Option<RawFd> = hold.map(|fd| fd.as_raw_fd());
+    // SAFETY: the closure runs in the forked child between fork and exec, where
+    // only async-signal-safe work is sound: it makes system calls (prctl,
+    // getppid, fcntl) through rustix, which neither allocates nor takes a lock,
+    // and builds an io::Error from an errno (no allocation either). It reads
+    // `parent` and `hold`, copied integers, and nothing else of the parent's
+    // memory. `hold` names an fd the caller has borrowed to us for this whole
+    // call, and the closure only runs inside `spawn` below, so the number is
+    // that open fd (the child's copy of it) when the child uses it.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            if let Some(fd) = hold {
+                let fd = BorrowedFd::borrow_raw(fd);
+                rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+}
+
 /// Mark every fd of this process but stdin, stdout and stderr close-on-exec
 /// (`close_range` with CLOSE_RANGE_CLOEXEC, Linux 5.11): a command about to be
 /// exec'd starts with fds 0-2 only. Nothing is closed before the exec, so every

@@ -217,6 +217,28 @@ impl Engine {
         code
     }
 
+    /// Whether a bridged VM other than `except` runs (the search stops at the
+    /// first one found).
+    pub(super) fn any_bridged_running(&self, except: &crate::store::VmName) -> bool {
+        self.store
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .any(|name| {
+                if name == *except {
+                    return false;
+                }
+                let Ok(vm) = self.store.vm(&name) else {
+                    return false;
+                };
+                vm.load_policy()
+                    .is_ok_and(|p| p.network.address().is_some())
+                    && vm
+                        .load_state()
+                        .is_ok_and(|s| s.live_init(&self.cgroup_leaf(&name)).is_some())
+            })
+    }
+
     /// The running bridged VMs as the firewall and the resolver see them (VM
     /// `pending` with `pending_policy`, for a change being made), with their
     /// inits. The caller holds the network lock.

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::network::FirewallChange;
 use super::{Engine, StartError, VmError};
 use crate::error_line;
 use crate::layers::Layers;
@@ -82,6 +83,24 @@ impl From<Throwaway> for How {
 
 /// How long `delete --force` lets a VM shut down before killing it.
 const FORCE_GRACE: Duration = Duration::ZERO;
+
+/// On cgroup v1 a VM's init moves itself into the VM's cgroup, its first step
+/// after the clone (on v2 it is made there). Until it has, nothing takes it for
+/// the VM's init (see [`ProcId::is_vm_init`]): not `status`, and not a rebuild
+/// of the store's firewall by any command, which would leave the VM's rules out
+/// while it runs. So a start records its init only once it is in (or gone,
+/// which the start then finds out from the init's channel).
+fn wait_until_in_cgroup(pid: i32, leaf: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut pause = Duration::from_micros(50);
+    while !crate::os::procid::in_cgroup(pid, leaf)
+        && ProcId::of(pid).is_ok_and(|p| p.is_alive())
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(2));
+    }
+}
 
 impl Engine {
     pub fn create(&self, name: &VmName, opts: &CreateOptions) -> Result<VmDir, VmError> {
@@ -439,6 +458,7 @@ impl Engine {
         // the host's mount namespace before it starts anything else.
         drop(image);
         // Record the init while it assembles the VM, then let it go on.
+        wait_until_in_cgroup(launched.pid.as_raw_nonzero().get(), &self.cgroup_leaf(name));
         let started = ProcId::of(launched.pid.as_raw_nonzero().get())
             .map_err(|e| StartError::Launch(launch::LaunchError::Channel(e)))
             .and_then(|init| {
@@ -459,12 +479,19 @@ impl Engine {
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
+                // The store's watcher learns of the VM before its firewall
+                // rules go in: if this command is killed from here on, the
+                // watcher finds the VM's init gone (or its state saying it runs
+                // without one) and rebuilds the firewall without it.
+                if policy.network.mode == crate::net::NetMode::Bridge {
+                    self.ensure_watcher();
+                }
                 // The VM's processes start only after `Go`: by then its network is up
                 // and the firewall knows it.
                 self.connect_vm(vm, &policy.network, init.pid)
                     .map_err(StartError::Network)?;
                 if policy.network.mode == crate::net::NetMode::Bridge {
-                    self.refresh_firewall(&policy.network)
+                    self.refresh_firewall(name, FirewallChange::Start(&policy.network))
                         .map_err(|e| StartError::Firewall(Box::new(e)))?;
                 }
                 Ok(init)
@@ -498,11 +525,16 @@ impl Engine {
                 drop(launched.chan);
                 let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
                 let _ = cgroup.kill_all().and_then(|()| cgroup.remove());
+                // The rules before the state (see `Engine::reconcile`): the
+                // whole firewall rebuilt from the VMs that run (not this one:
+                // its init is gone), whatever of this VM's pieces went in.
+                if policy.network.mode == crate::net::NetMode::Bridge {
+                    let _ = self.rebuild_firewall();
+                }
                 let _ = vm.save_state(&State {
                     temporary,
                     ..State::default()
                 });
-                let _ = self.refresh_firewall(&policy.network);
                 Err(fail(e))
             }
         }
@@ -549,7 +581,7 @@ impl Engine {
                     killed: Some(true),
                     ..End::now(Cause::Stop, Subject::Vm)
                 };
-                self.reconcile_with(&vm, Some(end))?;
+                self.reconcile_with(&vm, Some(end), false)?;
                 return Ok(Stopped::Killed);
             }
             Err(source) => {
@@ -614,7 +646,7 @@ impl Engine {
         // Cleans up after the init, the VM's firewall rules included. The VM has
         // stopped either way: a cleanup that fails now (a full disk) is reported,
         // and the next command on the VM finishes it.
-        if let Err(e) = self.reconcile_with(&vm, end) {
+        if let Err(e) = self.reconcile_with(&vm, end, init.is_some()) {
             if outcome == Stopped::NotRunning {
                 return Err(e);
             }

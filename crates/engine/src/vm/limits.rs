@@ -149,11 +149,12 @@ impl Engine {
             undo(timeout_sent);
             return Err(VmError::policy(name)(source));
         }
-        if net_lock.is_some() && running.is_some() {
-            if let Err(e) = self.sync_firewall(None) {
+        if let (Some(lock), Some(_)) = (&net_lock, &running) {
+            let change = super::network::FirewallChange::Change(&old.network, &policy.network);
+            if let Err(e) = self.change_firewall(name, change, lock) {
                 undo(timeout_sent);
                 let _ = vm.save_policy(&old);
-                let _ = self.sync_firewall(None);
+                let _ = self.sync_firewall(None, lock);
                 return Err(VmError::Network(e));
             }
             done.network_applied = true;

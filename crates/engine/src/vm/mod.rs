@@ -408,13 +408,23 @@ impl Engine {
 
     /// Make the state file tell the truth. The caller holds the VM's lock.
     fn reconcile(&self, vm: &VmDir) -> Result<State, VmError> {
-        self.reconcile_with(vm, None)
+        self.reconcile_with(vm, None, false)
     }
 
     /// [`Engine::reconcile`], recording `end` as how the VM ended if it is found
     /// gone (a command's end that was its VM's, or a stop's); without one, how it
-    /// ended is worked out from the state (see [`gone_end`]).
-    fn reconcile_with(&self, vm: &VmDir, end: Option<End>) -> Result<State, VmError> {
+    /// ended is worked out from the state (see [`gone_end`]). `stopped_here`:
+    /// the caller's `fvm stop` ended the VM's init, which it found running;
+    /// then only the VM's own firewall rules go. Every other cleanup after a
+    /// VM found gone (a crash, a command killed midway, whose rules may be
+    /// anything from none to all) rebuilds the whole firewall from the VMs
+    /// that run.
+    fn reconcile_with(
+        &self,
+        vm: &VmDir,
+        end: Option<End>,
+        stopped_here: bool,
+    ) -> Result<State, VmError> {
         // A VM left frozen by a command of fvm's that died is thawed first.
         self.thaw_abandoned(vm)?;
         let state = match vm.load_state() {
@@ -455,12 +465,28 @@ impl Engine {
                 }
                 (None, crate::store::Status::Stopped) => None,
             };
+            // Its rules go with it (its veth went with its network namespace).
+            // After this command's own stop, its own pieces go (the firewall
+            // is rebuilt if they aren't as its policy says). After anything
+            // else (or without its policy) the firewall is rebuilt from the
+            // VMs that run (not this one: its init is gone), under the network
+            // lock, which a killed command's `nft` holds until it is gone: so
+            // whatever a killed command left or was still adding goes. Before
+            // the state says it stopped: a command killed in between leaves a
+            // state that still sends the next one here, never rules no one
+            // removes. (A firewall that can't be changed, nft gone, say, is
+            // reported after the state is saved, so it doesn't hold every
+            // command here.)
+            let firewall = match &policy {
+                Some(p) if p.network.mode != crate::net::NetMode::Bridge => Ok(()),
+                Some(p) if stopped_here => {
+                    self.refresh_firewall(vm.name(), network::FirewallChange::Stop(&p.network))
+                }
+                _ => self.rebuild_firewall(),
+            };
             let stopped = state.stopped(end);
             self.save_state(vm, &stopped)?;
-            // Its rules go with it (its veth went with its network namespace).
-            if let Some(policy) = &policy {
-                self.refresh_firewall(&policy.network)?;
-            }
+            firewall?;
             return Ok(stopped);
         }
         Ok(state)

@@ -4,6 +4,7 @@
 //! the mechanics (links, the ruleset) are `net::attach`'s.
 
 use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use super::{Engine, VmError};
@@ -13,6 +14,17 @@ use crate::net::nft::{NftError, VmRules};
 use crate::net::{self as netcfg, Ipv4Net, NetMode, NetPolicy, StoreNet};
 use crate::os::files::Lock;
 use crate::store::{Policy, VmDir, VmName};
+
+/// What happened to a VM, for the firewall.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FirewallChange<'a> {
+    /// It started with this network.
+    Start(&'a NetPolicy),
+    /// It stopped (or was found gone); it ran with this network.
+    Stop(&'a NetPolicy),
+    /// Its network changed from the first to the second while it runs.
+    Change(&'a NetPolicy, &'a NetPolicy),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
@@ -98,7 +110,7 @@ impl Engine {
         subnet: Option<Ipv4Net>,
         upstream_dns: Option<Vec<std::net::SocketAddrV4>>,
     ) -> Result<StoreNet, VmError> {
-        let _net = self.net_lock().map_err(VmError::Network)?;
+        let net_lock = self.net_lock().map_err(VmError::Network)?;
         let old = self.store_network()?;
         let new = StoreNet {
             bridge: bridge.unwrap_or_else(|| old.bridge.clone()),
@@ -144,10 +156,13 @@ impl Engine {
                 ))));
             }
         }
-        // The old bridge has no VM left on it; it goes if it is ours.
+        // The old bridge has no VM left on it; it goes if it is ours, and the
+        // firewall's skeleton, made for the old settings, goes too.
         if new.bridge != old.bridge {
             self.remove_bridge(&old).map_err(VmError::Network)?;
         }
+        attach::remove_tables(self.store.id(), net_lock.as_fd())
+            .map_err(|e| VmError::Network(e.into()))?;
         crate::os::files::write_atomic(&path, new.to_toml().as_bytes(), 0o644)
             .map_err(|source| VmError::Network(NetworkError::Write { path, source }))?;
         Ok(new)
@@ -322,6 +337,7 @@ impl Engine {
     pub(super) fn sync_firewall(
         &self,
         pending: Option<(&VmName, &NetPolicy)>,
+        lock: &Lock,
     ) -> Result<(), NetworkError> {
         let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
         let vms: Vec<VmRules> = self
@@ -329,9 +345,70 @@ impl Engine {
             .into_iter()
             .map(|(rules, _)| rules)
             .collect();
-        attach::firewall(&store, self.store.id(), &vms)?;
+        attach::firewall(&store, self.store.id(), &vms, lock.as_fd())?;
         self.sync_resolver(&store, !vms.is_empty());
         Ok(())
+    }
+
+    /// Apply one VM's change to the firewall, touching nothing of the other
+    /// VMs; if that can't be done (no skeleton yet, or one made for other
+    /// settings, or pieces not as expected after a crash), rebuild it whole
+    /// from the VMs that run now. The caller holds the network lock, and has
+    /// recorded the VM as running (for a start) or stopped (for a stop).
+    pub(super) fn change_firewall(
+        &self,
+        name: &VmName,
+        change: FirewallChange<'_>,
+        lock: &Lock,
+    ) -> Result<(), NetworkError> {
+        let store = StoreNet::load(&self.network_path()).map_err(NetworkError::Store)?;
+        let rules = |net: &NetPolicy| self.vm_rules(name, net);
+        let (old, new) = match change {
+            FirewallChange::Start(net) => (None, rules(net)),
+            FirewallChange::Stop(net) => (rules(net), None),
+            FirewallChange::Change(old, new) => (rules(old), rules(new)),
+        };
+        // After the store's last running VM the resolver goes (and its
+        // address from the firewall's set).
+        let last = new.is_none() && !self.any_bridged_running(name);
+        let step = match (&old, &new) {
+            (None, Some(new)) => Some(attach::Change::Add(new)),
+            (Some(old), None) => Some(attach::Change::Remove(old, last)),
+            (Some(old), Some(new)) => Some(attach::Change::Replace(old, new)),
+            (None, None) => None,
+        };
+        let Some(step) = step else {
+            return Ok(());
+        };
+        if last {
+            // Ended before its rule stops matching its address.
+            self.sync_resolver(&store, false);
+        }
+        match attach::change_firewall(&store, self.store.id(), step, lock.as_fd()) {
+            Ok(()) => {
+                if !last {
+                    self.sync_resolver(&store, true);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(vm = %name, "rebuilding the store's firewall: {e}");
+                self.sync_firewall(None, lock)
+            }
+        }
+    }
+
+    /// What the firewall holds for VM `name` with network `net`, if bridged.
+    fn vm_rules(&self, name: &VmName, net: &NetPolicy) -> Option<VmRules> {
+        Some(VmRules {
+            name: name.to_string(),
+            link: netcfg::veth_name(self.store.id(), name.as_str()),
+            ip: net.address()?,
+            nat: net.nat(),
+            allow: net.allow.clone(),
+            deny: net.deny.clone(),
+            publish: net.publish.clone(),
+        })
     }
 
     /// Connect a just-cloned VM (its init is `pid`, our unreaped child) to its
@@ -364,28 +441,46 @@ impl Engine {
         )?)
     }
 
-    /// After VM `name` started, stopped or changed rules: rebuild the firewall.
-    pub(super) fn refresh_firewall(&self, net: &NetPolicy) -> Result<(), VmError> {
+    /// After VM `name` started (its state says it runs) or stopped (its
+    /// state says so): its pieces of the firewall go in or out.
+    pub(super) fn refresh_firewall(
+        &self,
+        name: &VmName,
+        change: FirewallChange<'_>,
+    ) -> Result<(), VmError> {
+        let net = match change {
+            FirewallChange::Start(net) | FirewallChange::Stop(net) => net,
+            FirewallChange::Change(_, net) => net,
+        };
         if net.mode != NetMode::Bridge {
             return Ok(());
         }
-        let _lock = self.net_lock().map_err(VmError::Network)?;
-        self.sync_firewall(None).map_err(VmError::Network)
+        let lock = self.net_lock().map_err(VmError::Network)?;
+        self.change_firewall(name, change, &lock)
+            .map_err(VmError::Network)
+    }
+
+    /// Rebuild the firewall whole from the VMs that run (after a VM whose
+    /// policy can't be read stopped).
+    pub(super) fn rebuild_firewall(&self) -> Result<(), VmError> {
+        let lock = self.net_lock().map_err(VmError::Network)?;
+        self.sync_firewall(None, &lock).map_err(VmError::Network)
     }
 
     /// After a bridged VM was deleted: with no bridged VM left in the store, the
     /// bridge and the tables go too.
     pub(super) fn release_network(&self) -> Result<(), VmError> {
-        let _lock = self.net_lock().map_err(VmError::Network)?;
+        let lock = self.net_lock().map_err(VmError::Network)?;
         let store = self.store_network()?;
-        self.sync_firewall(None).map_err(VmError::Network)?;
+        self.sync_firewall(None, &lock).map_err(VmError::Network)?;
         if self
             .policies()
             .iter()
             .all(|(_, p)| p.network.mode != NetMode::Bridge)
         {
             self.remove_bridge(&store).map_err(VmError::Network)?;
-            attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
+            attach::remove_tables(self.store.id(), lock.as_fd())
+                .map_err(|e| VmError::Network(e.into()))?;
         }
         Ok(())
     }
@@ -398,7 +493,7 @@ impl Engine {
     /// bridged VM is left. Returns what was done.
     pub(super) fn cleanup_network(&self) -> Result<Vec<String>, VmError> {
         let mut done = Vec::new();
-        let _lock = self.net_lock().map_err(VmError::Network)?;
+        let lock = self.net_lock().map_err(VmError::Network)?;
         let store = self.store_network()?;
         let table = attach::table(self.store.id());
         let had_tables = attach::has_tables(self.store.id());
@@ -407,10 +502,11 @@ impl Engine {
             .iter()
             .any(|(_, p)| p.network.mode == NetMode::Bridge);
         if bridged {
-            self.sync_firewall(None).map_err(VmError::Network)?;
+            self.sync_firewall(None, &lock).map_err(VmError::Network)?;
         } else {
             if had_tables {
-                attach::remove_tables(self.store.id()).map_err(|e| VmError::Network(e.into()))?;
+                attach::remove_tables(self.store.id(), lock.as_fd())
+                    .map_err(|e| VmError::Network(e.into()))?;
                 done.push(format!("removed nft tables {table}"));
             }
             if self.remove_bridge(&store).map_err(VmError::Network)? {

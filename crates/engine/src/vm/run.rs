@@ -241,7 +241,7 @@ impl Engine {
         let _lock = vm.lock()?;
         let mut state = self.load_state(vm)?;
         if state.init.as_ref() == Some(init) {
-            self.reconcile_with(vm, end.map(|e| e.said_of(Subject::Vm)))?;
+            self.reconcile_with(vm, end.map(|e| e.said_of(Subject::Vm)), false)?;
             return Ok(None);
         }
         // Cleaned up by a stop (its record says so), or by the store's watcher,

@@ -24,15 +24,38 @@ impl StoreVms for Engine {
         out
     }
 
+    fn ended(&self) -> Vec<VmName> {
+        let mut out = Vec::new();
+        for name in self.store.names().unwrap_or_default() {
+            let Ok(vm) = self.store.vm(&name) else {
+                continue;
+            };
+            if vm.load_state().is_ok_and(|s| {
+                s.status == crate::store::Status::Running
+                    && s.live_init(&self.cgroup_leaf(&name)).is_none()
+            }) {
+                out.push(name);
+            }
+        }
+        out
+    }
+
     /// A VM whose state still says running is reconciled; one whose lock is
-    /// held is left to the command holding it.
-    fn clean_up_after_exit(&self, gone: &[VmName]) {
+    /// held is left for another try (the command holding it may have looked
+    /// before the init went).
+    fn clean_up_after_exit(&self, gone: &[VmName]) -> Vec<VmName> {
+        let mut left = Vec::new();
         for name in gone {
             let Ok(vm) = self.store.vm(name) else {
                 continue;
             };
-            let Ok(Some(_lock)) = vm.try_lock() else {
-                continue;
+            let lock = match vm.try_lock() {
+                Ok(Some(lock)) => lock,
+                Ok(None) => {
+                    left.push(name.clone());
+                    continue;
+                }
+                Err(_) => continue,
             };
             if vm
                 .load_state()
@@ -40,8 +63,11 @@ impl StoreVms for Engine {
                 && let Err(e) = self.reconcile(&vm)
             {
                 tracing::debug!(vm = %name, "cleanup after the vm's end failed: {}", crate::error_line(&e));
+                left.push(name.clone());
             }
+            drop(lock);
         }
+        left
     }
 }
 

@@ -40,6 +40,50 @@ const RESCAN_DELAY: std::time::Duration = std::time::Duration::from_millis(100);
 /// own.
 const CLEANUP_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// How many times the watcher tries to clean up after an ended VM whose lock a
+/// command holds (a command on the VM cleans up after it too) or whose cleanup
+/// failed, CLEANUP_GRACE apart, before it leaves it to the next command on it.
+const CLEANUP_TRIES: u32 = 40;
+
+/// Add `gone` to the VMs to clean up after (in CLEANUP_GRACE from the first).
+fn queue_cleanup(firewall: &mut Option<(Instant, Vec<VmName>)>, gone: Vec<VmName>) {
+    if gone.is_empty() {
+        return;
+    }
+    let list = &mut firewall
+        .get_or_insert_with(|| (Instant::now() + CLEANUP_GRACE, Vec::new()))
+        .1;
+    for name in gone {
+        if !list.contains(&name) {
+            list.push(name);
+        }
+    }
+}
+
+/// After a cleanup of `done`: those `left` are tried again in CLEANUP_GRACE,
+/// up to CLEANUP_TRIES times in all.
+fn retry_cleanup(
+    firewall: &mut Option<(Instant, Vec<VmName>)>,
+    tries: &mut HashMap<VmName, u32>,
+    done: &[VmName],
+    left: Vec<VmName>,
+) {
+    for name in done {
+        if !left.contains(name) {
+            tries.remove(name);
+        }
+    }
+    let mut again = Vec::new();
+    for name in left {
+        let t = tries.entry(name.clone()).or_insert(0);
+        *t += 1;
+        if *t < CLEANUP_TRIES {
+            again.push(name);
+        }
+    }
+    queue_cleanup(firewall, again);
+}
+
 /// `statfs` type of overlayfs.
 const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 
@@ -155,9 +199,15 @@ pub enum WatcherHealth {
 pub trait StoreVms {
     /// The VMs of the store whose init runs now (checked, not just recorded).
     fn running(&self) -> Vec<(VmName, ProcId)>;
+    /// The VMs whose state says they run while their init is gone: no command
+    /// has cleaned up after them yet (a crash, or a start killed midway, whose
+    /// init this watcher may never have seen run).
+    fn ended(&self) -> Vec<VmName>;
     /// After VMs' inits went: clean up after each one no command has (its
     /// cgroup, state and firewall rules), as the next command on it would.
-    fn clean_up_after_exit(&self, gone: &[VmName]);
+    /// Returns those it could not clean up now (a command holds the VM's lock,
+    /// or the cleanup failed).
+    fn clean_up_after_exit(&self, gone: &[VmName]) -> Vec<VmName>;
 }
 
 /// The watcher of one store.
@@ -311,36 +361,38 @@ impl Watcher<'_> {
         // VMs whose init went, and when to check whether a command cleaned up after
         // them (see CLEANUP_GRACE).
         let mut firewall: Option<(Instant, Vec<VmName>)> = None;
+        // Cleanups tried and left for later, by VM.
+        let mut tries: HashMap<VmName, u32> = HashMap::new();
         let mut rescan_at: Option<Instant> = None;
         loop {
             let vms = self.running_vms();
             // A VM ended without a command that cleans up after it (its last process
             // ended after the `run` that started it, or its init crashed or was
-            // killed): its cgroup, state and firewall rules are cleaned up now
-            // rather than at the next command on it.
-            let gone: Vec<_> = known
-                .iter()
-                .filter(|k| !vms.contains(k))
-                .map(|k| k.name.clone())
-                .collect();
-            if !gone.is_empty() {
-                firewall
-                    .get_or_insert_with(|| (Instant::now() + CLEANUP_GRACE, Vec::new()))
-                    .1
-                    .extend(gone);
-            }
+            // killed, or its start was killed midway): its cgroup, state and
+            // firewall rules are cleaned up now rather than at the next command
+            // on it. Found from the VMs' states at every scan, not from the
+            // inits this watcher saw run: a start tells the watcher before it
+            // adds the VM's rules, and a scan after that finds the VM either
+            // running (then its init's end wakes this loop) or ended.
+            // A VM seen running again (started anew) starts its count afresh.
+            tries.retain(|name, _| !vms.iter().any(|v| v.name == *name));
+            let gone = self.ended_vms(&tries);
+            queue_cleanup(&mut firewall, gone);
             if vms.is_empty() {
-                if let Some((at, gone)) = firewall.take() {
+                while let Some((at, gone)) = firewall.take() {
                     std::thread::sleep(at.saturating_duration_since(Instant::now()));
-                    self.vms.clean_up_after_exit(&gone);
+                    let left = self.vms.clean_up_after_exit(&gone);
+                    retry_cleanup(&mut firewall, &mut tries, &gone, left);
                 }
                 // A VM may start now: its command finds the lock taken and only
                 // signals this watcher, which is on its way out. So let go of the
                 // lock (and the pid file) first, then look once more: the new VM
-                // is recorded as running before its command looks for a watcher.
+                // is recorded as running before its command looks for a watcher
+                // (and before it adds its firewall rules, so one whose start was
+                // killed since is found ended).
                 let _ = std::fs::remove_file(self.watch_pid_path());
                 drop(lock);
-                if self.running_vms().is_empty() {
+                if self.running_vms().is_empty() && self.ended_vms(&tries).is_empty() {
                     return Ok(());
                 }
                 // One did start. Carry on, unless it started a watcher of its own.
@@ -469,7 +521,8 @@ impl Watcher<'_> {
                 if firewall.as_ref().is_some_and(|f| Instant::now() >= f.0)
                     && let Some((_, gone)) = firewall.take()
                 {
-                    self.vms.clean_up_after_exit(&gone);
+                    let left = self.vms.clean_up_after_exit(&gone);
+                    retry_cleanup(&mut firewall, &mut tries, &gone, left);
                 }
                 if rescan {
                     rescan_at = None;
@@ -478,6 +531,14 @@ impl Watcher<'_> {
             }
             known = vms;
         }
+    }
+
+    /// The store's VMs that ended with no command cleaning up after them yet,
+    /// but those whose cleanup was tried CLEANUP_TRIES times.
+    fn ended_vms(&self, tries: &HashMap<VmName, u32>) -> Vec<VmName> {
+        let mut ended = self.vms.ended();
+        ended.retain(|name| tries.get(name).is_none_or(|t| *t < CLEANUP_TRIES));
+        ended
     }
 
     /// The store's VMs whose init runs now, each with a handle on its init.
@@ -746,6 +807,32 @@ fn overlay_points(vm: &Running) -> Vec<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::Stats;
+
+    #[test]
+    fn a_cleanup_left_for_later_is_tried_again_a_bounded_number_of_times() {
+        use super::{CLEANUP_TRIES, VmName, queue_cleanup, retry_cleanup};
+        let name = |n: &str| VmName::new(n).unwrap();
+        let mut firewall = None;
+        let mut tries = std::collections::HashMap::new();
+        queue_cleanup(&mut firewall, vec![name("a"), name("b"), name("a")]);
+        queue_cleanup(&mut firewall, vec![name("b")]);
+        let (_, gone) = firewall.take().unwrap();
+        assert_eq!(gone, [name("a"), name("b")]);
+        // b's lock was held: b is tried again, a is done.
+        retry_cleanup(&mut firewall, &mut tries, &gone, vec![name("b")]);
+        assert_eq!(firewall.as_ref().unwrap().1, [name("b")]);
+        assert!(!tries.contains_key(&name("a")));
+        let mut rounds = 1;
+        while let Some((_, gone)) = firewall.take() {
+            retry_cleanup(&mut firewall, &mut tries, &gone, gone.clone());
+            rounds += 1;
+        }
+        assert_eq!(rounds, CLEANUP_TRIES);
+        assert_eq!(tries[&name("b")], CLEANUP_TRIES);
+        // Done at last: its count goes.
+        retry_cleanup(&mut firewall, &mut tries, &[name("b")], Vec::new());
+        assert!(tries.is_empty() && firewall.is_none());
+    }
 
     #[test]
     fn stats_read_back_what_they_wrote() {
