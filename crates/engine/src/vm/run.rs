@@ -89,9 +89,10 @@ impl Engine {
             &policy,
             (spec, stdio, ends),
             lock,
-            (Throwaway::No, STOP_GRACE),
+            (Throwaway::No, STOP_GRACE, Teardown::Detach),
             &signals,
         )
+        .map(|(ended, _)| ended)
     }
 
     /// After a command in a running VM ended, with the VM's lock held: if the VM
@@ -126,15 +127,17 @@ impl Engine {
     }
 
     /// Start a stopped VM for one command. `lock` is released once the VM runs.
+    /// Also returns whether the VM's teardown was handed to a process of its own
+    /// (see [`Teardown`]), which then deletes it if asked to.
     fn run_cold(
         &self,
         vm: &VmDir,
         policy: &Policy,
         (spec, stdio, mut ends): (CommandSpec, StdioPlan, CallerEnds),
         lock: crate::store::Lock,
-        (throwaway, grace): (Throwaway, Duration),
+        (throwaway, grace, teardown): (Throwaway, Duration, Teardown),
         signals: &nix::sys::signal::SigSet,
-    ) -> Result<Ended, VmError> {
+    ) -> Result<(Ended, bool), VmError> {
         let name = vm.name();
         let cgroup = self.cgroup(name)?;
         let (launched, init) = self.launch(
@@ -189,7 +192,15 @@ impl Engine {
             Ok(o) => tracing::info!("command ended: exit {}", o.exit.code()),
             Err(e) => tracing::info!("command failed: {}", crate::error_line(e)),
         }
-        if ended {
+        let handed_off = match (&result, &end) {
+            (Ok(_), Some(e)) if ended && teardown != Teardown::Wait => {
+                self.hand_off(vm, pid, &init, e, teardown == Teardown::DetachAndDelete)
+            }
+            _ => false,
+        };
+        if handed_off {
+            tracing::info!("vm {name} stopping: cleaned up in the background");
+        } else if ended {
             match self.finish(vm, pid, &init, end.as_ref()) {
                 Ok(recorded) => {
                     tracing::debug!(vm = %name, "vm stopped and cleaned up");
@@ -213,7 +224,7 @@ impl Engine {
             end = Some(self.record_command_end(vm, &init, e.clone(), false));
         }
         let outcome = result.map_err(|e| self.relay_error(name, e))?;
-        Ok(Ended {
+        let ended = Ended {
             exit: outcome.exit,
             end: end.unwrap_or_else(|| {
                 End::of_exit(
@@ -222,7 +233,86 @@ impl Engine {
                     outcome.exit.signal(),
                 )
             }),
-        })
+        };
+        Ok((ended, handed_off))
+    }
+
+    /// After the command of a cold run ended and took its VM with it: hand what
+    /// is left (wait for the init to exit, which is when the kernel takes down
+    /// the VM's namespaces and overlays; record the VM stopped with `end`, said
+    /// of the VM; remove its cgroup; with `delete`, delete it) to a process of
+    /// its own, so that `fvm run` returns the command's status at once. False
+    /// (nothing handed off; the caller cleans up itself) if the VM's state names
+    /// another init by the time this has the VM's lock (a stop or the store's
+    /// watcher cleaned up already), or the process can't be started.
+    ///
+    /// That process holds the VM's lock until it is done (it inherits the
+    /// lock's open file), so every later command on the VM waits for it and
+    /// finds a clean stopped VM. What doesn't lock (`list`, `inspect`, the web
+    /// console) reads `ending`, recorded here first: the VM shows as stopped,
+    /// with this end, and a throw-away VM being deleted not at all. If the
+    /// process dies (SIGKILL) at any point, the VM is left running in its
+    /// state, with its init gone and `ending` set: the next command on it (or
+    /// the watcher, or `doctor --cleanup`) cleans up after it as after any gone
+    /// init, and records `ending` as how it ended; a throw-away VM left stopped
+    /// is deleted by `doctor --cleanup`. It keeps nothing of the caller's: every
+    /// fd but the lock and the init's pidfd is closed (stdio on /dev/null, so
+    /// a caller reading fvm's output to its end isn't held up), its working
+    /// directory is `/`, it runs in a session of its own (the terminal's
+    /// signals don't reach it), and what it logs goes nowhere.
+    fn hand_off(&self, vm: &VmDir, pid: Pid, init: &ProcId, end: &End, delete: bool) -> bool {
+        let name = vm.name();
+        let lock = match vm.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::debug!(vm = %name, "teardown not handed off: {}", crate::error_line(&e));
+                return false;
+            }
+        };
+        let state = match vm.load_state() {
+            Ok(state) if state.init.as_ref() == Some(init) => state,
+            _ => return false,
+        };
+        // The init is this process's child, not reaped: its pid can't be reused.
+        let Ok(handle) = crate::runtime::stop::InitHandle::of_child(pid) else {
+            return false;
+        };
+        let vm_end = end.said_of(Subject::Vm);
+        let ending = State {
+            ending: Some(vm_end.clone()),
+            ..state
+        };
+        if let Err(e) = self.save_state(vm, &ending) {
+            tracing::debug!(vm = %name, "teardown not handed off: {}", crate::error_line(&e));
+            return false;
+        }
+        let teardown = || {
+            let _ = rustix::process::chdir("/");
+            hold_for_test();
+            // Readable once the init has exited (whoever reaps it).
+            let _ = handle.wait(Duration::MAX);
+            tracing::debug!(vm = %name, "init exited");
+            let mut failed = self.reconcile_with(vm, Some(vm_end.clone())).is_err();
+            if delete && !failed {
+                failed = self.delete_locked(vm, true).is_err();
+            }
+            i32::from(failed)
+        };
+        let keep = [
+            std::os::fd::AsFd::as_fd(&lock),
+            std::os::fd::AsFd::as_fd(handle.pidfd()),
+        ];
+        match crate::os::detach::spawn_detached_keeping(c"fvm-teardown", &keep, teardown) {
+            Ok(()) => {
+                tracing::debug!(vm = %name, "teardown handed off");
+                true
+            }
+            Err(e) => {
+                // `ending` stays: the cleanup here records the same end.
+                tracing::debug!(vm = %name, "teardown not handed off: {e}");
+                false
+            }
+        }
     }
 
     /// After a VM started by this process has exited: reap its init and clean up,
@@ -300,6 +390,13 @@ impl Engine {
         } else {
             Throwaway::Tmpfs
         };
+        // A diff job reads the layers after the VM has stopped, before it
+        // returns: it waits for the teardown anyway, so it does it itself.
+        let teardown = if job.diff {
+            Teardown::Wait
+        } else {
+            Teardown::DetachAndDelete
+        };
         let vm = self.create(&name, &opts)?;
         // Everything after the create runs in here, so that any failure still ends
         // in the delete below (with the VM's lock released first).
@@ -322,12 +419,17 @@ impl Engine {
                 &policy,
                 (spec, stdio, ends),
                 lock,
-                (throwaway, job.stop_grace),
+                (throwaway, job.stop_grace, teardown),
                 &signals,
             )
         })();
         // What the VM changed, read once nothing of it runs any more (a daemon
         // the command left is stopped first, as the delete would).
+        if let Ok((ended, true)) = result {
+            // The VM is deleted by the process that cleans up after it.
+            return Ok(JobOutcome { ended, diff: None });
+        }
+        let result = result.map(|(ended, _)| ended);
         let diff =
             match (&result, job.diff) {
                 (Ok(_), true) => Some(self.stop(&name, Duration::ZERO).and_then(|_| {
@@ -360,6 +462,33 @@ impl Engine {
 
     fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
         VmError::relay(name)(source)
+    }
+}
+
+/// What a cold run does once its command has ended and its VM with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Teardown {
+    /// Wait for the init to exit and clean up, then return.
+    Wait,
+    /// Return at once; a process of its own cleans up (see [`Engine::hand_off`]).
+    Detach,
+    /// [`Teardown::Detach`], and that process deletes the VM after it.
+    DetachAndDelete,
+}
+
+/// In a debug build, with `FVM_DEBUG_TEARDOWN_HOLD` set to a directory: the
+/// process that cleans up after a cold run writes its pid to `teardown.pid`
+/// there and waits (two minutes at most) until `go` appears in it, so tests can
+/// look at the store meanwhile, or kill it. Nothing in a release build.
+fn hold_for_test() {
+    #[cfg(debug_assertions)]
+    if let Some(dir) = std::env::var_os("FVM_DEBUG_TEARDOWN_HOLD") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::write(dir.join("teardown.pid"), std::process::id().to_string());
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while !dir.join("go").exists() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
