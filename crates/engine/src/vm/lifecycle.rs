@@ -112,7 +112,20 @@ impl Engine {
         let mut network = opts.network.clone();
         let made = self.with_network(name, &mut network, |net| {
             policy.network = net.clone();
-            Ok(self.store.create_vm(&policy)?)
+            if !opts.temporary {
+                return Ok(self.store.create_vm(&policy)?);
+            }
+            // A throw-away VM is marked so in the directory that becomes it: a
+            // crash at any point leaves a VM the next cleanup deletes.
+            let marked = State {
+                temporary: true,
+                ..State::default()
+            };
+            Ok(self.store.create_vm_with(&policy, |tmp| {
+                marked
+                    .save(&tmp.join("state.json"))
+                    .map_err(|e| std::io::Error::other(crate::error_line(&e)))
+            })?)
         })?;
         // The VM was made with a `hide-pending` mark: until the VMs that already
         // run cover its `--dir` (and it has a new inode, which nothing a VM

@@ -403,14 +403,8 @@ impl Engine {
         let result = (|| {
             let lock = vm.lock()?;
             let signals = relay::block_signals().map_err(|e| self.relay_error(&name, e.into()))?;
-            // Marked before it starts: a crash leaves a VM the next cleanup deletes.
-            self.save_state(
-                &vm,
-                &State {
-                    temporary: true,
-                    ..State::default()
-                },
-            )?;
+            // (Marked temporary by the create: a crash leaves a VM the next
+            // cleanup deletes.)
             let policy = self.policy(&vm)?;
             let (stdio, ends) =
                 stdio::plan(spec.tty).map_err(|e| self.relay_error(&name, e.into()))?;
