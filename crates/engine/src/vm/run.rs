@@ -4,6 +4,7 @@
 //! started for the command; its init runs the command and exits once the last
 //! process of the VM has, and this process then cleans up after it.
 
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use rustix::process::Pid;
@@ -12,7 +13,7 @@ use super::lifecycle::Throwaway;
 use super::{Engine, VmError};
 use crate::changes::diff::Change;
 use crate::os::procid::ProcId;
-use crate::runtime::channel::Exit;
+use crate::runtime::channel::{Channel, Exit};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::relay::{self, Outcome, Waited};
@@ -152,6 +153,13 @@ impl Engine {
         let pid = launched.pid;
         let oom_before = cgroup.oom_kills();
         drop(lock);
+        // Started now, while the command runs, so that forking it costs the
+        // caller nothing once the command has ended.
+        let standby = match teardown {
+            Teardown::Wait => None,
+            Teardown::Detach => self.standby(vm, pid, false),
+            Teardown::DetachAndDelete => self.standby(vm, pid, true),
+        };
         let result = relay::run(
             Waited::Init {
                 pid,
@@ -192,12 +200,12 @@ impl Engine {
             Ok(o) => tracing::info!("command ended: exit {}", o.exit.code()),
             Err(e) => tracing::info!("command failed: {}", crate::error_line(e)),
         }
-        let handed_off = match (&result, &end) {
-            (Ok(_), Some(e)) if ended && teardown != Teardown::Wait => {
-                self.hand_off(vm, pid, &init, e, teardown == Teardown::DetachAndDelete)
-            }
+        let handed_off = match (&result, &end, &standby) {
+            (Ok(_), Some(e), Some(standby)) if ended => self.hand_off(vm, &init, e, standby),
             _ => false,
         };
+        // Not handed off: the process standing by reads end-of-file and exits.
+        drop(standby);
         if handed_off {
             tracing::info!("vm {name} stopping: cleaned up in the background");
         } else if ended {
@@ -237,30 +245,70 @@ impl Engine {
         Ok((ended, handed_off))
     }
 
-    /// After the command of a cold run ended and took its VM with it: hand what
-    /// is left (wait for the init to exit, which is when the kernel takes down
-    /// the VM's namespaces and overlays; record the VM stopped with `end`, said
-    /// of the VM; remove its cgroup; with `delete`, delete it) to a process of
-    /// its own, so that `fvm run` returns the command's status at once. False
-    /// (nothing handed off; the caller cleans up itself) if the VM's state names
-    /// another init by the time this has the VM's lock (a stop or the store's
-    /// watcher cleaned up already), or the process can't be started.
+    /// Start the process that cleans up after a cold run's VM (`fvm-teardown`)
+    /// once [`Engine::hand_off`] gives it the VM's lock: it waits for the init
+    /// `pid` (a child of this process, not reaped, so its pid can't be reused)
+    /// to exit, which is when the kernel takes down the VM's namespaces and
+    /// overlays, records the VM stopped with the end it is handed, removes the
+    /// cgroup, and with `delete` deletes the VM. Returns the line to hand it
+    /// over on; if this process goes away or drops that line without handing
+    /// anything over, it exits. `None` (the caller cleans up itself) if it
+    /// can't be started.
     ///
-    /// That process holds the VM's lock until it is done (it inherits the
-    /// lock's open file), so every later command on the VM waits for it and
-    /// finds a clean stopped VM. What doesn't lock (`list`, `inspect`, the web
-    /// console) reads `ending`, recorded here first: the VM shows as stopped,
-    /// with this end, and a throw-away VM being deleted not at all. If the
-    /// process dies (SIGKILL) at any point, the VM is left running in its
-    /// state, with its init gone and `ending` set: the next command on it (or
-    /// the watcher, or `doctor --cleanup`) cleans up after it as after any gone
-    /// init, and records `ending` as how it ended; a throw-away VM left stopped
-    /// is deleted by `doctor --cleanup`. It keeps nothing of the caller's: every
-    /// fd but the lock and the init's pidfd is closed (stdio on /dev/null, so
-    /// a caller reading fvm's output to its end isn't held up), its working
-    /// directory is `/`, it runs in a session of its own (the terminal's
-    /// signals don't reach it), and what it logs goes nowhere.
-    fn hand_off(&self, vm: &VmDir, pid: Pid, init: &ProcId, end: &End, delete: bool) -> bool {
+    /// It keeps nothing of the caller's: every fd but its line and a pidfd of
+    /// the init is closed (stdio on /dev/null, so a caller reading `fvm`'s
+    /// output to its end isn't held up), its working directory is `/`, it runs
+    /// in a session of its own (a ^C in the terminal doesn't reach it), and
+    /// what it logs goes nowhere.
+    fn standby(&self, vm: &VmDir, pid: Pid, delete: bool) -> Option<Channel> {
+        let handle = crate::runtime::stop::InitHandle::of_child(pid).ok()?;
+        let (ours, theirs) = Channel::pair().ok()?;
+        let teardown = || {
+            let _ = rustix::process::chdir("/");
+            // How the VM ended, with the VM's lock (its open file: the flock
+            // is held as long as this process has it).
+            let Ok(Some((end, fds))) = theirs.recv_value::<End>() else {
+                return 0;
+            };
+            let Some(_lock) = fds.into_iter().next() else {
+                return 1;
+            };
+            hold_for_test();
+            // Readable once the init has exited (whoever reaps it).
+            let _ = handle.wait(Duration::MAX);
+            let mut failed = self.reconcile_with(vm, Some(end)).is_err();
+            if delete && !failed {
+                failed = self.delete_locked(vm, true).is_err();
+            }
+            i32::from(failed)
+        };
+        let keep = [theirs.as_fd(), handle.pidfd().as_fd()];
+        match crate::os::detach::spawn_detached_keeping(c"fvm-teardown", &keep, teardown) {
+            Ok(()) => Some(ours),
+            Err(e) => {
+                tracing::debug!(vm = %vm.name(), "no teardown process: {e}");
+                None
+            }
+        }
+    }
+
+    /// After the command of a cold run ended and took its VM with it: hand the
+    /// rest of the stop to the process standing by (see [`Engine::standby`]),
+    /// so that `fvm run` returns the command's status at once. False (nothing
+    /// handed off; the caller cleans up itself) if the VM's state names another
+    /// init by the time this has the VM's lock (a stop or the store's watcher
+    /// cleaned up already), or the hand-over fails.
+    ///
+    /// The VM's lock is handed over with it, so every later command on the VM
+    /// waits until the stop is done and finds a clean stopped VM. What doesn't
+    /// lock (`list`, `inspect`, the web console) reads `ending`, recorded here
+    /// first: the VM shows as stopped, with this end, and a throw-away VM being
+    /// deleted not at all. If that process dies (SIGKILL) at any point, the VM
+    /// is left running in its state, with its init gone and `ending` set: the
+    /// next command on it (or the watcher, or `doctor --cleanup`) cleans up
+    /// after it as after any gone init, and records `ending` as how it ended; a
+    /// throw-away VM left stopped is deleted by `doctor --cleanup`.
+    fn hand_off(&self, vm: &VmDir, init: &ProcId, end: &End, standby: &Channel) -> bool {
         let name = vm.name();
         let lock = match vm.lock() {
             Ok(lock) => lock,
@@ -273,10 +321,6 @@ impl Engine {
             Ok(state) if state.init.as_ref() == Some(init) => state,
             _ => return false,
         };
-        // The init is this process's child, not reaped: its pid can't be reused.
-        let Ok(handle) = crate::runtime::stop::InitHandle::of_child(pid) else {
-            return false;
-        };
         let vm_end = end.said_of(Subject::Vm);
         let ending = State {
             ending: Some(vm_end.clone()),
@@ -286,23 +330,7 @@ impl Engine {
             tracing::debug!(vm = %name, "teardown not handed off: {}", crate::error_line(&e));
             return false;
         }
-        let teardown = || {
-            let _ = rustix::process::chdir("/");
-            hold_for_test();
-            // Readable once the init has exited (whoever reaps it).
-            let _ = handle.wait(Duration::MAX);
-            tracing::debug!(vm = %name, "init exited");
-            let mut failed = self.reconcile_with(vm, Some(vm_end.clone())).is_err();
-            if delete && !failed {
-                failed = self.delete_locked(vm, true).is_err();
-            }
-            i32::from(failed)
-        };
-        let keep = [
-            std::os::fd::AsFd::as_fd(&lock),
-            std::os::fd::AsFd::as_fd(handle.pidfd()),
-        ];
-        match crate::os::detach::spawn_detached_keeping(c"fvm-teardown", &keep, teardown) {
+        match standby.send_value(&vm_end, &[lock.as_fd()]) {
             Ok(()) => {
                 tracing::debug!(vm = %name, "teardown handed off");
                 true
