@@ -319,7 +319,10 @@ impl Engine {
         };
         let state = match vm.load_state() {
             Ok(state) if state.init.as_ref() == Some(init) => state,
-            _ => return false,
+            _ => {
+                tracing::debug!(vm = %name, "teardown not handed off: cleaned up already");
+                return false;
+            }
         };
         let vm_end = end.said_of(Subject::Vm);
         let ending = State {
