@@ -328,7 +328,7 @@ impl TestStore {
         };
         for e in entries.flatten() {
             let Ok(fd) = rustix::fs::open(
-                &e.path().join("lock"),
+                e.path().join("lock"),
                 OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             ) else {
