@@ -251,7 +251,10 @@ impl TestStore {
     /// Every path under the store root with its kind, mode, size and (for small
     /// regular files) content: to check that a failed command changed nothing.
     /// Lock files are left out: fvm makes them on first use, and they hold nothing.
+    /// Taken once no VM's lock is held (a cold `fvm run` returns while its VM's
+    /// stop is still recorded).
     pub fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+        self.wait_for_vm_locks(Duration::from_secs(60));
         fn walk(root: &Path, dir: &Path, map: &mut BTreeMap<PathBuf, String>) {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return;
