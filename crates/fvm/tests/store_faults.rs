@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::{TestStore, needs_root};
 
@@ -93,6 +94,8 @@ fn a_damaged_state_file_has_one_rule() {
     for how in ["json", "utf8", "large", "dir"] {
         // Stopped: treated as stopped, and the next command works.
         store.fvm(&["run", "bs", "--", "true"]).ok();
+        // Damaged once the stop is done (`run` returns before it is).
+        store.wait_for_vm_locks(Duration::from_secs(60));
         damage(&state, how);
         assert_eq!(store.status("bs"), "stopped", "{how}");
         undamage(&state);

@@ -145,6 +145,14 @@ pub struct Lock {
     _file: File,
 }
 
+/// The lock's file: an flock belongs to the open file, so a process forked
+/// with this fd kept open holds the lock too, until every copy is closed.
+impl AsFd for Lock {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self._file.as_fd()
+    }
+}
+
 /// A lock's file, open but not locked (see [`Lock::unlock`]).
 #[derive(Debug)]
 pub struct Unlocked {

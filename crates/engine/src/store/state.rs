@@ -62,6 +62,14 @@ pub struct State {
     /// init: services and `fvm run -d`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_fd: Option<i32>,
+    /// The command `fvm run` started the VM for has ended and the VM with it:
+    /// how (said of the VM). Written by `fvm run` under the VM's lock just
+    /// before it returns, while a process of its own (which holds the lock
+    /// until it is done) waits for the init to exit and records the VM
+    /// stopped. Whoever finds the init gone with this set records this end;
+    /// `list` shows it meanwhile. (Read apart, leniently, as `end`.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<End>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,9 +107,13 @@ impl State {
                 let mut value: serde_json::Value =
                     serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
                 let end = value.as_object_mut().and_then(|o| o.remove("end"));
+                let ending = value.as_object_mut().and_then(|o| o.remove("ending"));
                 let mut state: State =
                     serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
                 state.end = end
+                    .filter(|e| !e.is_null())
+                    .and_then(|e| super::end::read_recorded(e, path));
+                state.ending = ending
                     .filter(|e| !e.is_null())
                     .and_then(|e| super::end::read_recorded(e, path));
                 Ok(state)
@@ -204,6 +216,10 @@ mod tests {
                 crate::store::end::Subject::Vm,
             )),
             request_fd: Some(8),
+            ending: Some(crate::store::end::End::now(
+                crate::store::end::Cause::Exited,
+                crate::store::end::Subject::Vm,
+            )),
         };
         st.save(&p).unwrap();
         let back = State::load(&p).unwrap();
@@ -212,6 +228,7 @@ mod tests {
         assert!(back.stopped(None).temporary);
         assert_eq!(back.stopped(None).end, st.end);
         assert!(!back.stopped(None).stopping);
+        assert_eq!(back.stopped(None).ending, None);
         assert_eq!(back.stopped(None).hanging_up, None);
     }
 }

@@ -101,9 +101,31 @@ pub struct Paths {
 
 impl Engine {
     /// All VMs of the store, sorted by name.
+    /// A throw-away VM whose command has ended is left out while the process
+    /// that cleans up after it (and deletes it) holds its lock.
     pub fn list(&self) -> Result<Vec<VmInfo>, VmError> {
         let names = self.store.names()?;
-        names.iter().map(|n| self.info(n)).collect()
+        let mut all = Vec::with_capacity(names.len());
+        for name in &names {
+            match self.info(name) {
+                Ok(info) if info.temporary && self.being_deleted(name) => {}
+                // Deleted since the names were read.
+                Err(VmError::Store(crate::store::StoreError::NoSuchVm { .. })) => {}
+                other => all.push(other?),
+            }
+        }
+        Ok(all)
+    }
+
+    /// Whether the VM's command ended, taking the VM with it, and the process
+    /// that cleans up after it still holds its lock (see `State::ending`).
+    fn being_deleted(&self, name: &VmName) -> bool {
+        let Ok(vm) = self.vm(name) else {
+            return true;
+        };
+        vm.load_state()
+            .is_ok_and(|s| s.ending.is_some() && s.live_init(&self.cgroup_leaf(name)).is_none())
+            && crate::os::files::is_locked(&vm.lock_path())
     }
 
     pub fn info(&self, name: &VmName) -> Result<VmInfo, VmError> {

@@ -131,7 +131,20 @@ impl Engine {
         let mut network = opts.network.clone();
         let made = self.with_network(name, &mut network, |net| {
             policy.network = net.clone();
-            Ok(self.store.create_vm(&policy)?)
+            if !opts.temporary {
+                return Ok(self.store.create_vm(&policy)?);
+            }
+            // A throw-away VM is marked so in the directory that becomes it: a
+            // crash at any point leaves a VM the next cleanup deletes.
+            let marked = State {
+                temporary: true,
+                ..State::default()
+            };
+            Ok(self.store.create_vm_with(&policy, |tmp| {
+                marked
+                    .save(&tmp.join("state.json"))
+                    .map_err(|e| std::io::Error::other(crate::error_line(&e)))
+            })?)
         })?;
         // The VM was made with a `hide-pending` mark: until the VMs that already
         // run cover its `--dir` (and it has a new inode, which nothing a VM
@@ -476,6 +489,7 @@ impl Engine {
                     // How it ended last time stays for `inspect` until it ends again.
                     end: vm.load_state().ok().and_then(|s| s.end),
                     request_fd: Some(launched.request_fd),
+                    ending: None,
                 };
                 vm.save_state(&state).map_err(StartError::State)?;
                 tracing::debug!(vm = %name, pid = init.pid, "init cloned and recorded");
@@ -707,6 +721,13 @@ impl Engine {
     pub fn delete(&self, name: &VmName, force: bool) -> Result<(), VmError> {
         let vm = self.vm(name)?;
         let _lock = vm.lock()?;
+        self.delete_locked(&vm, force)
+    }
+
+    /// [`Engine::delete`] of `vm`, whose lock the caller holds (and lets go of
+    /// when it is done: the layers' remover waits for it).
+    pub(super) fn delete_locked(&self, vm: &VmDir, force: bool) -> Result<(), VmError> {
+        let name = vm.name();
         let cgroup = self.cgroup(name)?;
         let state = vm.load_state().unwrap_or_default();
         let running = state.live_init(&self.cgroup_leaf(name)).is_some()
@@ -724,12 +745,12 @@ impl Engine {
         }
         self.release_cgroup(name, &cgroup)?;
         // Its temp files on the host are known only from its journal.
-        if let Some(done) = self.settle_unfinished_commit(&vm, false)? {
+        if let Some(done) = self.settle_unfinished_commit(vm, false)? {
             tracing::warn!("vm {:?}: {done}", name.as_str());
         }
         // With an unreadable policy only the store directory is known to be ours.
         let policy = vm.load_policy().ok();
-        self.release_disk_limits(&vm, policy.as_ref());
+        self.release_disk_limits(vm, policy.as_ref());
         // The VM leaves the store at once; its layers (many thousands of files
         // after an upgrade) are removed by a process of their own, which takes
         // the VM's lock, moved into the trash with its directory, when this
@@ -737,7 +758,7 @@ impl Engine {
         // the next command on the store (or `doctor --cleanup`). A `--dir` VM's
         // layers, in its dir, go the same way: the dir stays in the store's
         // index (hidden in every VM) until it is gone.
-        let trash = self.store.trash_vm(&vm)?;
+        let trash = self.store.trash_vm(vm)?;
         if let Err(e) = self.store.empty_trash_in_background(&trash) {
             tracing::debug!("removing the deleted vm's layers here: {e}");
             self.store.empty_trash(&trash)?;

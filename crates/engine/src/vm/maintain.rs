@@ -17,8 +17,19 @@ impl Engine {
             .collect();
         let names = self.store.names()?;
         for name in &names {
-            let vm = self.vm(name)?;
-            let lock = vm.lock()?;
+            // A VM deleted since the names were read (a throw-away VM, by the
+            // process that cleaned up after its command) is done with.
+            let gone = |e: &crate::store::StoreError| {
+                matches!(e, crate::store::StoreError::NoSuchVm { .. })
+            };
+            let vm = match self.store.vm(name) {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
+            let lock = match vm.lock() {
+                Err(e) if gone(&e) => continue,
+                other => other?,
+            };
             let before = vm.load_state().ok();
             let state = match self.reconcile(&vm) {
                 Ok(s) => s,

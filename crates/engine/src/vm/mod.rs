@@ -575,6 +575,10 @@ impl Engine {
 /// out by now (the init ends the VM then, and nobody else is told); else
 /// something outside fvm (the host shutting down, or a kill of the init).
 fn gone_end(state: &State, policy: Option<&crate::store::Policy>, now: SystemTime) -> End {
+    // `fvm run` saw its command end and the VM with it (see `State::ending`).
+    if let Some(ending) = &state.ending {
+        return ending.said_of(Subject::Vm);
+    }
     if state.stopping {
         return End {
             hung_up: state.hanging_up,

@@ -4,6 +4,7 @@
 //! started for the command; its init runs the command and exits once the last
 //! process of the VM has, and this process then cleans up after it.
 
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use rustix::process::Pid;
@@ -12,7 +13,7 @@ use super::lifecycle::Throwaway;
 use super::{Engine, VmError};
 use crate::changes::diff::Change;
 use crate::os::procid::ProcId;
-use crate::runtime::channel::Exit;
+use crate::runtime::channel::{Channel, Exit};
 use crate::runtime::command::CommandSpec;
 use crate::runtime::enter;
 use crate::runtime::relay::{self, Outcome, Waited};
@@ -89,9 +90,10 @@ impl Engine {
             &policy,
             (spec, stdio, ends),
             lock,
-            (Throwaway::No, STOP_GRACE),
+            (Throwaway::No, STOP_GRACE, Teardown::Detach),
             &signals,
         )
+        .map(|(ended, _)| ended)
     }
 
     /// After a command in a running VM ended, with the VM's lock held: if the VM
@@ -126,15 +128,17 @@ impl Engine {
     }
 
     /// Start a stopped VM for one command. `lock` is released once the VM runs.
+    /// Also returns whether the VM's teardown was handed to a process of its own
+    /// (see [`Teardown`]), which then deletes it if asked to.
     fn run_cold(
         &self,
         vm: &VmDir,
         policy: &Policy,
         (spec, stdio, mut ends): (CommandSpec, StdioPlan, CallerEnds),
         lock: crate::store::Lock,
-        (throwaway, grace): (Throwaway, Duration),
+        (throwaway, grace, teardown): (Throwaway, Duration, Teardown),
         signals: &nix::sys::signal::SigSet,
-    ) -> Result<Ended, VmError> {
+    ) -> Result<(Ended, bool), VmError> {
         let name = vm.name();
         let cgroup = self.cgroup(name)?;
         let (launched, init) = self.launch(
@@ -149,6 +153,13 @@ impl Engine {
         let pid = launched.pid;
         let oom_before = cgroup.oom_kills();
         drop(lock);
+        // Started now, while the command runs, so that forking it costs the
+        // caller nothing once the command has ended.
+        let standby = match teardown {
+            Teardown::Wait => None,
+            Teardown::Detach => self.standby(vm, pid, false),
+            Teardown::DetachAndDelete => self.standby(vm, pid, true),
+        };
         let result = relay::run(
             Waited::Init {
                 pid,
@@ -189,7 +200,15 @@ impl Engine {
             Ok(o) => tracing::info!("command ended: exit {}", o.exit.code()),
             Err(e) => tracing::info!("command failed: {}", crate::error_line(e)),
         }
-        if ended {
+        let handed_off = match (&result, &end, &standby) {
+            (Ok(_), Some(e), Some(standby)) if ended => self.hand_off(vm, &init, e, standby),
+            _ => false,
+        };
+        // Not handed off: the process standing by reads end-of-file and exits.
+        drop(standby);
+        if handed_off {
+            tracing::info!("vm {name} stopping: cleaned up in the background");
+        } else if ended {
             match self.finish(vm, pid, &init, end.as_ref()) {
                 Ok(recorded) => {
                     tracing::debug!(vm = %name, "vm stopped and cleaned up");
@@ -213,7 +232,7 @@ impl Engine {
             end = Some(self.record_command_end(vm, &init, e.clone(), false));
         }
         let outcome = result.map_err(|e| self.relay_error(name, e))?;
-        Ok(Ended {
+        let ended = Ended {
             exit: outcome.exit,
             end: end.unwrap_or_else(|| {
                 End::of_exit(
@@ -222,7 +241,109 @@ impl Engine {
                     outcome.exit.signal(),
                 )
             }),
-        })
+        };
+        Ok((ended, handed_off))
+    }
+
+    /// Start the process that cleans up after a cold run's VM (`fvm-teardown`)
+    /// once [`Engine::hand_off`] gives it the VM's lock: it waits for the init
+    /// `pid` (a child of this process, not reaped, so its pid can't be reused)
+    /// to exit, which is when the kernel takes down the VM's namespaces and
+    /// overlays, records the VM stopped with the end it is handed, removes the
+    /// cgroup, and with `delete` deletes the VM. Returns the line to hand it
+    /// over on; if this process goes away or drops that line without handing
+    /// anything over, it exits. `None` (the caller cleans up itself) if it
+    /// can't be started.
+    ///
+    /// It keeps nothing of the caller's: every fd but its line and a pidfd of
+    /// the init is closed (stdio on /dev/null, so a caller reading `fvm`'s
+    /// output to its end isn't held up), its working directory is `/`, it runs
+    /// in a session of its own (a ^C in the terminal doesn't reach it), and
+    /// what it logs goes nowhere.
+    fn standby(&self, vm: &VmDir, pid: Pid, delete: bool) -> Option<Channel> {
+        let handle = crate::runtime::stop::InitHandle::of_child(pid).ok()?;
+        let (ours, theirs) = Channel::pair().ok()?;
+        let teardown = || {
+            let _ = rustix::process::chdir("/");
+            // How the VM ended, with the VM's lock (its open file: the flock
+            // is held as long as this process has it).
+            let Ok(Some((end, fds))) = theirs.recv_value::<End>() else {
+                return 0;
+            };
+            let Some(_lock) = fds.into_iter().next() else {
+                return 1;
+            };
+            hold_for_test();
+            // Readable once the init has exited (whoever reaps it).
+            let _ = handle.wait(Duration::MAX);
+            let mut failed = self.reconcile_with(vm, Some(end)).is_err();
+            if delete && !failed {
+                failed = self.delete_locked(vm, true).is_err();
+            }
+            i32::from(failed)
+        };
+        let keep = [theirs.as_fd(), handle.pidfd().as_fd()];
+        match crate::os::detach::spawn_detached_keeping(c"fvm-teardown", &keep, teardown) {
+            Ok(()) => Some(ours),
+            Err(e) => {
+                tracing::debug!(vm = %vm.name(), "no teardown process: {e}");
+                None
+            }
+        }
+    }
+
+    /// After the command of a cold run ended and took its VM with it: hand the
+    /// rest of the stop to the process standing by (see [`Engine::standby`]),
+    /// so that `fvm run` returns the command's status at once. False (nothing
+    /// handed off; the caller cleans up itself) if the VM's state names another
+    /// init by the time this has the VM's lock (a stop or the store's watcher
+    /// cleaned up already), or the hand-over fails.
+    ///
+    /// The VM's lock is handed over with it, so every later command on the VM
+    /// waits until the stop is done and finds a clean stopped VM. What doesn't
+    /// lock (`list`, `inspect`, the web console) reads `ending`, recorded here
+    /// first: the VM shows as stopped, with this end, and a throw-away VM being
+    /// deleted not at all. If that process dies (SIGKILL) at any point, the VM
+    /// is left running in its state, with its init gone and `ending` set: the
+    /// next command on it (or the watcher, or `doctor --cleanup`) cleans up
+    /// after it as after any gone init, and records `ending` as how it ended; a
+    /// throw-away VM left stopped is deleted by `doctor --cleanup`.
+    fn hand_off(&self, vm: &VmDir, init: &ProcId, end: &End, standby: &Channel) -> bool {
+        let name = vm.name();
+        let lock = match vm.lock() {
+            Ok(lock) => lock,
+            Err(e) => {
+                tracing::debug!(vm = %name, "teardown not handed off: {}", crate::error_line(&e));
+                return false;
+            }
+        };
+        let state = match vm.load_state() {
+            Ok(state) if state.init.as_ref() == Some(init) => state,
+            _ => {
+                tracing::debug!(vm = %name, "teardown not handed off: cleaned up already");
+                return false;
+            }
+        };
+        let vm_end = end.said_of(Subject::Vm);
+        let ending = State {
+            ending: Some(vm_end.clone()),
+            ..state
+        };
+        if let Err(e) = self.save_state(vm, &ending) {
+            tracing::debug!(vm = %name, "teardown not handed off: {}", crate::error_line(&e));
+            return false;
+        }
+        match standby.send_value(&vm_end, &[lock.as_fd()]) {
+            Ok(()) => {
+                tracing::debug!(vm = %name, "teardown handed off");
+                true
+            }
+            Err(e) => {
+                // `ending` stays: the cleanup here records the same end.
+                tracing::debug!(vm = %name, "teardown not handed off: {e}");
+                false
+            }
+        }
     }
 
     /// After a VM started by this process has exited: reap its init and clean up,
@@ -300,20 +421,21 @@ impl Engine {
         } else {
             Throwaway::Tmpfs
         };
+        // A diff job reads the layers after the VM has stopped, before it
+        // returns: it waits for the teardown anyway, so it does it itself.
+        let teardown = if job.diff {
+            Teardown::Wait
+        } else {
+            Teardown::DetachAndDelete
+        };
         let vm = self.create(&name, &opts)?;
         // Everything after the create runs in here, so that any failure still ends
         // in the delete below (with the VM's lock released first).
         let result = (|| {
             let lock = vm.lock()?;
             let signals = relay::block_signals().map_err(|e| self.relay_error(&name, e.into()))?;
-            // Marked before it starts: a crash leaves a VM the next cleanup deletes.
-            self.save_state(
-                &vm,
-                &State {
-                    temporary: true,
-                    ..State::default()
-                },
-            )?;
+            // (Marked temporary by the create: a crash leaves a VM the next
+            // cleanup deletes.)
             let policy = self.policy(&vm)?;
             let (stdio, ends) =
                 stdio::plan(spec.tty).map_err(|e| self.relay_error(&name, e.into()))?;
@@ -322,12 +444,17 @@ impl Engine {
                 &policy,
                 (spec, stdio, ends),
                 lock,
-                (throwaway, job.stop_grace),
+                (throwaway, job.stop_grace, teardown),
                 &signals,
             )
         })();
         // What the VM changed, read once nothing of it runs any more (a daemon
         // the command left is stopped first, as the delete would).
+        if let Ok((ended, true)) = result {
+            // The VM is deleted by the process that cleans up after it.
+            return Ok(JobOutcome { ended, diff: None });
+        }
+        let result = result.map(|(ended, _)| ended);
         let diff =
             match (&result, job.diff) {
                 (Ok(_), true) => Some(self.stop(&name, Duration::ZERO).and_then(|_| {
@@ -360,6 +487,33 @@ impl Engine {
 
     fn relay_error(&self, name: &VmName, source: relay::RelayError) -> VmError {
         VmError::relay(name)(source)
+    }
+}
+
+/// What a cold run does once its command has ended and its VM with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Teardown {
+    /// Wait for the init to exit and clean up, then return.
+    Wait,
+    /// Return at once; a process of its own cleans up (see [`Engine::hand_off`]).
+    Detach,
+    /// [`Teardown::Detach`], and that process deletes the VM after it.
+    DetachAndDelete,
+}
+
+/// In a debug build, with `FVM_DEBUG_TEARDOWN_HOLD` set to a directory: the
+/// process that cleans up after a cold run writes its pid to `teardown.pid`
+/// there and waits (two minutes at most) until `go` appears in it, so tests can
+/// look at the store meanwhile, or kill it. Nothing in a release build.
+fn hold_for_test() {
+    #[cfg(debug_assertions)]
+    if let Some(dir) = std::env::var_os("FVM_DEBUG_TEARDOWN_HOLD") {
+        let dir = std::path::PathBuf::from(dir);
+        let _ = std::fs::write(dir.join("teardown.pid"), std::process::id().to_string());
+        let until = std::time::Instant::now() + Duration::from_secs(120);
+        while !dir.join("go").exists() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

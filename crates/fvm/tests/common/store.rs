@@ -251,7 +251,10 @@ impl TestStore {
     /// Every path under the store root with its kind, mode, size and (for small
     /// regular files) content: to check that a failed command changed nothing.
     /// Lock files are left out: fvm makes them on first use, and they hold nothing.
+    /// Taken once no VM's lock is held (a cold `fvm run` returns while its VM's
+    /// stop is still recorded).
     pub fn snapshot(&self) -> BTreeMap<PathBuf, String> {
+        self.wait_for_vm_locks(Duration::from_secs(60));
         fn walk(root: &Path, dir: &Path, map: &mut BTreeMap<PathBuf, String>) {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return;
@@ -299,6 +302,7 @@ impl TestStore {
     pub fn delete_all(&self) -> Vec<String> {
         let mut problems = Vec::new();
         let timeout = Duration::from_secs(60);
+        self.wait_for_vm_locks(timeout);
         for name in self.vm_dirs() {
             if name.starts_with('.') {
                 continue;
@@ -314,6 +318,31 @@ impl TestStore {
             Err(e) => problems.push(e),
         }
         problems
+    }
+
+    /// Wait (up to `timeout`) until nobody holds the lock of any directory in
+    /// `vms/`: a cold `fvm run` returns while a process of its own still cleans
+    /// up after the VM (and deletes a throw-away one) under the VM's lock.
+    pub fn wait_for_vm_locks(&self, timeout: Duration) {
+        use rustix::fs::{FlockOperation, Mode, OFlags};
+        let start = Instant::now();
+        let Ok(entries) = std::fs::read_dir(self.root.join("vms")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Ok(fd) = rustix::fs::open(
+                e.path().join("lock"),
+                OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                continue;
+            };
+            while rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared).is_err()
+                && start.elapsed() < timeout
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     /// What of this store is still on the host (empty when clean).
