@@ -167,13 +167,6 @@ impl Unlocked {
     }
 }
 
-impl AsFd for Lock {
-    /// The locked file (a child that inherits it holds the lock too).
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self._file.as_fd()
-    }
-}
-
 impl Lock {
     /// Block until we hold `path` exclusively.
     pub fn exclusive(path: &Path) -> io::Result<Lock> {

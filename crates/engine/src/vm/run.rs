@@ -276,7 +276,7 @@ impl Engine {
             hold_for_test();
             // Readable once the init has exited (whoever reaps it).
             let _ = handle.wait(Duration::MAX);
-            let mut failed = self.reconcile_with(vm, Some(end)).is_err();
+            let mut failed = self.reconcile_with(vm, Some(end), false).is_err();
             if delete && !failed {
                 failed = self.delete_locked(vm, true).is_err();
             }
