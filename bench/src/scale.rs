@@ -119,6 +119,9 @@ pub struct ScaleBench {
     pub slab_kib: (u64, u64),
     /// Host veths of the store's VMs seen after the sequential phase.
     pub veths: usize,
+    /// Bytes the VMs' memory cgroups were charged after the sequential phase,
+    /// and over how many cgroups.
+    pub charged: Option<(u64, usize)>,
     /// Seconds to stop all between the phases, to stop all at the end, to delete all.
     pub restop_s: f64,
     pub stop_s: f64,
@@ -333,6 +336,23 @@ pub fn veth_name(store_id: &str, name: &str) -> String {
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     format!("fvm{:011x}", h >> 20)
+}
+
+/// What the store's VMs' memory cgroups are charged, summed, and how many there
+/// are: `memory.usage_in_bytes` (cgroup v1), else `memory.current` (v2).
+fn charged(store_id: &str) -> Option<(u64, usize)> {
+    let dirs = leftover_cgroups(store_id);
+    ["memory.usage_in_bytes", "memory.current"]
+        .into_iter()
+        .map(|file| {
+            let values: Vec<u64> = dirs
+                .iter()
+                .filter_map(|d| fs::read_to_string(Path::new(d).join(file)).ok())
+                .filter_map(|v| v.trim().parse().ok())
+                .collect();
+            (values.iter().sum(), values.len())
+        })
+        .find(|(_, n)| *n > 0)
 }
 
 /// Soft and hard RLIMIT_NOFILE of a process, from its /proc/PID/limits text.
@@ -551,6 +571,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
     b.avail_kib = (before.0, after.0);
     b.slab_kib = (before.1, after.1);
     b.veths = veths_present(&store.id(), &names);
+    b.charged = charged(&store.id());
     (b.sequential.answered, b.sequential.late) = ask_all(&targets);
     eprintln!(
         "fvm-bench: scale: {}/{n} answered; stopping them all",
@@ -600,11 +621,17 @@ impl Sweep for Cleanup<'_> {
             .into_iter()
             .filter(|n| n.starts_with(&format!("{PREFIX}-")))
             .collect();
-        for name in &ours {
-            if let Err(e) = check_output(self.store.fvm().args(["delete", "--force", name])) {
-                left.push(format!("deleting VM {name}: {e:#}"));
-            }
-        }
+        let fvm = Fvm {
+            bin: self.store.fvm_binary().to_path_buf(),
+            root: self.store.root().to_path_buf(),
+        };
+        let failed = in_parallel(ours.len(), WORKERS, |i| {
+            let name = &ours[i];
+            Ok(check_output(&mut fvm.cmd(&["delete", "--force", name]))
+                .err()
+                .map(|e| format!("deleting VM {name}: {e:#}")))
+        });
+        left.extend(failed.unwrap_or_default().into_iter().flatten());
         let veths = veths_present(&self.id, &names(BRIDGE_PORTS));
         if veths > 0 {
             left.push(format!("{veths} veths of the store's VMs"));
@@ -803,10 +830,22 @@ pub fn render(b: &ScaleBench, invocation: &str, date: &str, kernel: &str, store:
         s,
         "\nHost memory per VM, the change over the sequential phase (before its first start, \
          after its last, each read after `sync` and a {} s pause), over {n}: MemAvailable \
-         {:.0} KiB, Slab {:.0} KiB; each VM holds its init and its server.\n",
+         {:.0} KiB, Slab {:.0} KiB; each VM holds its init and its server. These are the \
+         whole host's: other work on the machine in the meantime moves them (a negative \
+         figure means it freed more than the VMs took). {}\n",
         crate::density::SETTLE.as_secs(),
         b.avail_per_vm_kib(),
-        b.slab_per_vm_kib()
+        b.slab_per_vm_kib(),
+        match b.charged {
+            Some((bytes, cgroups)) => format!(
+                "The VMs' own memory cgroups, which other work doesn't touch, were charged \
+                 {:.0} KiB per VM after the last start ({cgroups} cgroups; all they are \
+                 charged: their processes' memory, page cache they first brought in, \
+                 kernel memory the cgroups account).",
+                bytes as f64 / 1024.0 / cgroups.max(1) as f64
+            ),
+            None => "The VMs' memory cgroups could not be read.".to_owned(),
+        }
     );
     let _ = writeln!(
         s,
@@ -938,6 +977,7 @@ mod tests {
             avail_kib: (20_000_000, 20_000_000 - 1_200_000),
             slab_kib: (100_000, 100_000 + 500_000),
             veths: 1000,
+            charged: Some((1000 << 20, 1000)),
             restop_s: 9.0,
             stop_s: 8.0,
             delete_s: 7.0,
@@ -972,6 +1012,7 @@ mod tests {
             "MemAvailable 1200 KiB, Slab 500 KiB",
             "| `kernel.pid_max` | 32768 | 4000: processes | yes |",
             "1000 of 1000 veths were there while they ran (checked)",
+            "charged 1024 KiB per VM after the last start (1000 cgroups;",
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }
