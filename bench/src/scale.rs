@@ -775,7 +775,7 @@ pub fn render(b: &ScaleBench, invocation: &str, date: &str, kernel: &str, store:
         ("`fvm start` p90 ms", R),
         ("`fvm run -d` median ms", R),
         ("answering", R),
-        ("last 10 / first 10", R),
+        (&*format!("last {k} / first {k}", k = BUCKET.min(n)), R),
     ]);
     for (label, phase) in [
         ("one after another".to_owned(), &b.sequential),
