@@ -522,7 +522,11 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
             .with_context(|| format!("creating {name}"))?;
         targets.push((network::vm_ip(store, name)?, line_of(name)));
         if (i + 1) % 100 == 0 {
-            eprintln!("fvm-bench: scale: created {}/{n}", i + 1);
+            eprintln!(
+                "fvm-bench: scale: created {}/{n} ({:.0} s in)",
+                i + 1,
+                began.elapsed().as_secs_f64()
+            );
         }
     }
     b.create_s = t.elapsed().as_secs_f64();
@@ -563,7 +567,11 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
         b.sequential.start_ms.push(start);
         b.sequential.serve_ms.push(serve);
         if (i + 1) % 100 == 0 {
-            eprintln!("fvm-bench: scale: started {}/{n}", i + 1);
+            eprintln!(
+                "fvm-bench: scale: started {}/{n} ({:.0} s in)",
+                i + 1,
+                began.elapsed().as_secs_f64()
+            );
         }
     }
     b.sequential.wall_s = t.elapsed().as_secs_f64();
@@ -574,20 +582,25 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
     b.charged = charged(&store.id());
     (b.sequential.answered, b.sequential.late) = ask_all(&targets);
     eprintln!(
-        "fvm-bench: scale: {}/{n} answered; stopping them all",
-        b.sequential.answered
+        "fvm-bench: scale: {}/{n} answered; stopping them all ({:.0} s in)",
+        b.sequential.answered,
+        began.elapsed().as_secs_f64()
     );
     b.restop_s = stop_all("between the phases")?;
 
-    eprintln!("fvm-bench: scale: starting {n} VMs with {WORKERS} parallel starters");
+    eprintln!(
+        "fvm-bench: scale: starting {n} VMs with {WORKERS} parallel starters ({:.0} s in)",
+        began.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let timings = in_parallel(n, WORKERS, start_one)?;
     b.parallel.wall_s = t.elapsed().as_secs_f64();
     (b.parallel.start_ms, b.parallel.serve_ms) = timings.into_iter().unzip();
     (b.parallel.answered, b.parallel.late) = ask_all(&targets);
     eprintln!(
-        "fvm-bench: scale: {}/{n} answered; stopping and deleting them all",
-        b.parallel.answered
+        "fvm-bench: scale: {}/{n} answered; stopping and deleting them all ({:.0} s in)",
+        b.parallel.answered,
+        began.elapsed().as_secs_f64()
     );
     b.stop_s = stop_all("at the end")?;
     let t = Instant::now();
