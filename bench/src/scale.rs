@@ -90,6 +90,8 @@ pub struct Phase {
     /// at a later try.
     pub answered: usize,
     pub late: usize,
+    /// Times the kernel's IPv4 neighbour table was full while asking.
+    pub table_fulls: Option<u64>,
 }
 
 /// A limit of the host or of the benchmark's process that N VMs meet.
@@ -301,6 +303,25 @@ fn ask_all(vms: &[(Ipv4Addr, String)]) -> (usize, usize) {
     (answered, late)
 }
 
+/// How many times the kernel found its IPv4 neighbour table full so far.
+fn table_fulls() -> Option<u64> {
+    parse_table_fulls(&fs::read_to_string("/proc/net/stat/arp_cache").ok()?)
+}
+
+/// The `table_fulls` column of /proc/net/stat/arp_cache (a header line, then a
+/// line of hex counters per CPU), summed.
+pub fn parse_table_fulls(text: &str) -> Option<u64> {
+    let mut lines = text.lines();
+    let col = lines
+        .next()?
+        .split_whitespace()
+        .position(|c| c == "table_fulls")?;
+    lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| u64::from_str_radix(l.split_whitespace().nth(col)?, 16).ok())
+        .sum()
+}
+
 /// The line a server at `addr` answers with.
 fn ask(addr: SocketAddr) -> std::io::Result<String> {
     let conn = TcpStream::connect_timeout(&addr, ASK_TIMEOUT)?;
@@ -428,9 +449,9 @@ fn limits(n: usize) -> Result<Vec<Limit>> {
         ),
         (
             "net/ipv4/neigh/default/gc_thresh3",
-            n as u64 + 16,
-            "the host's neighbour table holds every VM it talks to on the bridge, \
-             besides its other neighbours",
+            2 * n as u64 + 16,
+            "one IPv4 neighbour table serves every network namespace: the host's \
+             entry for each VM it talks to, and each VM's for the host",
         ),
     ] {
         let value = sysctl(key);
@@ -580,7 +601,9 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
     b.slab_kib = (before.1, after.1);
     b.veths = veths_present(&store.id(), &names);
     b.charged = charged(&store.id());
+    let fulls = table_fulls();
     (b.sequential.answered, b.sequential.late) = ask_all(&targets);
+    b.sequential.table_fulls = fulls.zip(table_fulls()).map(|(a, z)| z.saturating_sub(a));
     eprintln!(
         "fvm-bench: scale: {}/{n} answered; stopping them all ({:.0} s in)",
         b.sequential.answered,
@@ -596,7 +619,9 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
     let timings = in_parallel(n, WORKERS, start_one)?;
     b.parallel.wall_s = t.elapsed().as_secs_f64();
     (b.parallel.start_ms, b.parallel.serve_ms) = timings.into_iter().unzip();
+    let fulls = table_fulls();
     (b.parallel.answered, b.parallel.late) = ask_all(&targets);
+    b.parallel.table_fulls = fulls.zip(table_fulls()).map(|(a, z)| z.saturating_sub(a));
     eprintln!(
         "fvm-bench: scale: {}/{n} answered; stopping and deleting them all ({:.0} s in)",
         b.parallel.answered,
@@ -813,6 +838,17 @@ pub fn render(b: &ScaleBench, invocation: &str, date: &str, kernel: &str, store:
         ]);
     }
     s.push_str(&table.render());
+    if let (Some(seq), Some(par)) = (b.sequential.table_fulls, b.parallel.table_fulls) {
+        let _ = writeln!(
+            s,
+            "\nWhile the servers were asked, the kernel's IPv4 neighbour table was full {seq} \
+             times (one after another) and {par} times (all at once): `table_fulls` of \
+             /proc/net/stat/arp_cache. That table serves every network namespace and holds \
+             `net.ipv4.neigh.default.gc_thresh3` entries (below); a connection needs the \
+             host's entry for the VM and the VM's for the host, and one that finds no room \
+             for either gets no answer until older entries are freed."
+        );
+    }
     let ratio = growth(&b.sequential.start_ms);
     let _ = writeln!(
         s,
@@ -928,6 +964,11 @@ mod tests {
                       Max open files            1024                 524288               files\n";
         assert_eq!(nofile(limits), Some(("1024".into(), "524288".into())));
         assert_eq!(nofile("Max open"), None);
+        let arp = "entries  allocs   table_fulls\n00000000 0000161e 0000010d\n\
+                   00000000 00001a25 000000ee\n";
+        assert_eq!(parse_table_fulls(arp), Some(0x10d + 0xee));
+        assert_eq!(parse_table_fulls("entries allocs\n0 0\n"), None);
+        assert_eq!(parse_table_fulls("table_fulls\nzz\n"), None);
         let a = veth_name("1a2b3c4d", "web1");
         assert_eq!(a.len(), 14);
         assert!(a.starts_with("fvm"));
@@ -977,6 +1018,7 @@ mod tests {
             serve_ms: vec![3.0; 1000],
             answered: 1000,
             late,
+            table_fulls: Some(late as u64 * 10),
         };
         let b = ScaleBench {
             bridge: "fvmbench0".into(),
@@ -1026,6 +1068,7 @@ mod tests {
             "| `kernel.pid_max` | 32768 | 4000: processes | yes |",
             "1000 of 1000 veths were there while they ran (checked)",
             "charged 1024 KiB per VM after the last start (1000 cgroups;",
+            "neighbour table was full 0 times (one after another) and 20 times (all at once)",
         ] {
             assert!(md.contains(want), "missing {want:?} in\n{md}");
         }
