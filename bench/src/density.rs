@@ -33,7 +33,7 @@ const PREFIX: &str = "dens";
 /// What each VM runs in the background after its start.
 const SLEEP: &str = "sleep 1000000 &";
 /// Untimed pause after `sync`, before /proc/meminfo is read.
-const SETTLE: Duration = Duration::from_secs(3);
+pub const SETTLE: Duration = Duration::from_secs(3);
 /// The targets: VMs on one machine, host memory per idle VM, time to
 /// start them all.
 const TARGET_VMS: usize = 1000;
@@ -190,7 +190,7 @@ fn read_meminfo() -> Result<String> {
 }
 
 /// MemAvailable and Slab, in KiB, after `sync` and [`SETTLE`].
-fn settled_meminfo() -> Result<(u64, u64)> {
+pub fn settled_meminfo() -> Result<(u64, u64)> {
     check_output(&mut std::process::Command::new("sync"))?;
     std::thread::sleep(SETTLE);
     let m = read_meminfo()?;
@@ -239,7 +239,7 @@ pub fn count_running(json: &str) -> usize {
 
 /// `fvm-init` processes in one of the store's cgroups (`/fvm-<id>-` in
 /// `/proc/PID/cgroup`).
-fn leftover_inits(id: &str) -> Vec<u32> {
+pub fn leftover_inits(id: &str) -> Vec<u32> {
     let needle = format!("/fvm-{id}-");
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -255,7 +255,7 @@ fn leftover_inits(id: &str) -> Vec<u32> {
 }
 
 /// Cgroup directories `fvm-<id>-*` under /sys/fs/cgroup and its hierarchies.
-fn leftover_cgroups(id: &str) -> Vec<String> {
+pub fn leftover_cgroups(id: &str) -> Vec<String> {
     let prefix = format!("fvm-{id}-");
     let top = Path::new("/sys/fs/cgroup");
     let mut dirs = vec![top.to_path_buf()];

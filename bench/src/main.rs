@@ -11,6 +11,10 @@
 //! without running VMs, and fleets of up to 1000 idle VMs, then replaces the "VM
 //! startup", phases, "VM copy", "Diff and commit", "Network", "Host changes" and
 //! "Density" sections of docs/BENCHMARKS.md with what it measured. Run it as root through `bench/run`.
+//!
+//! Two sections run only alone: `--oci-only` (fvm as containerd's runtime) and
+//! `--scale-only` (a store of 1000 bridged VMs, each serving a TCP port: does the
+//! thousandth start as fast as the first?).
 
 mod changes;
 mod copy;
@@ -24,6 +28,7 @@ mod oci;
 mod peers;
 mod phases;
 mod report;
+mod scale;
 mod section;
 mod services;
 mod startup;
@@ -234,6 +239,18 @@ struct Args {
         "density_only", "io_only", "services_only", "dns_only", "watcher_only", "ui_only"
     ])]
     oci_only: bool,
+    /// Bridged VMs of the scale benchmark, each serving a TCP port [--quick: 20]
+    #[arg(long, default_value_t = 1000)]
+    scale_vms: usize,
+    /// Run only the scale benchmark (a store of --scale-vms bridged VMs, started
+    /// one after another, then by 8 parallel starters), and replace only its
+    /// section. Not part of a full run.
+    #[arg(long, conflicts_with_all = [
+        "baselines_only", "copy_only", "changes_only", "network_only", "host_changes_only",
+        "density_only", "io_only", "services_only", "dns_only", "watcher_only", "ui_only",
+        "oci_only"
+    ])]
+    scale_only: bool,
     #[command(subcommand)]
     helper: Option<Helper>,
 }
@@ -282,6 +299,15 @@ enum Helper {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// Listen on ADDR and answer every connection with LINE and a newline, until
+    /// killed
+    #[command(hide = true)]
+    Serve {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        line: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -318,6 +344,7 @@ fn run(args: Args) -> Result<()> {
             name,
             count,
         }) => return dns::lookups(server, name, *count),
+        Some(Helper::Serve { listen, line }) => return scale::serve(listen, line),
         None => {}
     }
     let runs = if args.quick { 20 } else { args.runs };

@@ -5,8 +5,8 @@ use anyhow::Result;
 
 use crate::store::Store;
 use crate::{
-    Args, changes, copy, density, dns, host_changes, invocation, io, network, oci, services, ui,
-    watcher_cost,
+    Args, changes, copy, density, dns, host_changes, invocation, io, network, oci, scale, services,
+    ui, watcher_cost,
 };
 
 /// The sections measured after the startup rounds, in the order of a full run.
@@ -24,6 +24,8 @@ pub enum Section {
     Ui,
     /// Only with `--oci-only` (it needs containerd): not in [`Section::ALL`].
     Oci,
+    /// Only with `--scale-only` (it takes many minutes): not in [`Section::ALL`].
+    Scale,
 }
 
 impl Section {
@@ -54,6 +56,7 @@ impl Section {
             (args.watcher_only, Section::Watcher),
             (args.ui_only, Section::Ui),
             (args.oci_only, Section::Oci),
+            (args.scale_only, Section::Scale),
         ]
         .into_iter()
         .find_map(|(asked, section)| asked.then_some(section))
@@ -199,6 +202,13 @@ impl Section {
                 };
                 let measured = oci::measure(store, &oci::Params { rounds })?;
                 oci::render(&measured, &inv, date, kernel, place)
+            }
+            Section::Scale => {
+                let params = scale::Params {
+                    vms: if args.quick { 20 } else { args.scale_vms },
+                    subnet: args.net_subnet.clone(),
+                };
+                scale::render(&scale::measure(store, &params)?, &inv, date, kernel, place)
             }
         })
     }

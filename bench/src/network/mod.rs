@@ -152,7 +152,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<NetworkBench> {
 }
 
 /// `fvm create NAME [--net bridge]`.
-fn create(store: &Store, name: &str, bridged: bool) -> Command {
+pub(crate) fn create(store: &Store, name: &str, bridged: bool) -> Command {
     let mut cmd = store.create_command(name);
     if bridged {
         cmd.args(["--net", "bridge"]);
@@ -215,7 +215,7 @@ impl Sweep for Cleanup<'_> {
     }
 }
 
-fn nft_table_exists(family: &str, table: &str) -> bool {
+pub(crate) fn nft_table_exists(family: &str, table: &str) -> bool {
     Command::new("nft")
         .args(["list", "table", family, table])
         .stdout(Stdio::null())
@@ -233,7 +233,7 @@ pub fn free_bridge_name() -> Result<String> {
 }
 
 /// The address `fvm inspect` shows for a bridged VM.
-fn vm_ip(store: &Store, name: &str) -> Result<Ipv4Addr> {
+pub(crate) fn vm_ip(store: &Store, name: &str) -> Result<Ipv4Addr> {
     let out = store
         .fvm()
         .args(["inspect", name])
