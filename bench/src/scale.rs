@@ -129,6 +129,9 @@ pub struct ScaleBench {
     pub stop_s: f64,
     pub delete_s: f64,
     pub limits: Vec<Limit>,
+    /// The host's neighbour-table thresholds (gc_thresh2, gc_thresh3) before
+    /// and during the run, when they were raised for it.
+    pub neighbours_raised: Option<((u64, u64), (u64, u64))>,
     /// Wall time of the whole section, cleanup included.
     pub took_s: f64,
 }
@@ -494,6 +497,50 @@ fn limits(n: usize) -> Result<Vec<Limit>> {
     Ok(v)
 }
 
+/// The host's IPv4 neighbour-table thresholds, raised for the run when N VMs
+/// would overflow them (every VM answering needs two entries each), and put
+/// back on drop.
+struct NeighbourRoom {
+    old: (u64, u64),
+}
+
+const GC_THRESH2: &str = "net/ipv4/neigh/default/gc_thresh2";
+const GC_THRESH3: &str = "net/ipv4/neigh/default/gc_thresh3";
+
+impl NeighbourRoom {
+    /// `Ok(None)` when the host has room already.
+    fn make(n: usize) -> Result<Option<(NeighbourRoom, (u64, u64))>> {
+        let need = 2 * n as u64 + 16;
+        let (Some(t2), Some(t3)) = (sysctl(GC_THRESH2), sysctl(GC_THRESH3)) else {
+            return Ok(None);
+        };
+        if t3 >= need {
+            return Ok(None);
+        }
+        let new = (t2.max(need), t3.max(2 * need));
+        let room = NeighbourRoom { old: (t2, t3) };
+        // thresh3 first, so thresh2 is never above it.
+        write_sysctl(GC_THRESH3, new.1)?;
+        write_sysctl(GC_THRESH2, new.0)?;
+        Ok(Some((room, new)))
+    }
+}
+
+impl Drop for NeighbourRoom {
+    fn drop(&mut self) {
+        for (key, value) in [(GC_THRESH2, self.old.0), (GC_THRESH3, self.old.1)] {
+            if let Err(e) = write_sysctl(key, value) {
+                eprintln!("fvm-bench: scale: cannot put {key} back to {value}: {e:#}");
+            }
+        }
+    }
+}
+
+fn write_sysctl(key: &str, value: u64) -> Result<()> {
+    let path = Path::new("/proc/sys").join(key);
+    fs::write(&path, value.to_string()).with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
     let began = Instant::now();
     let n = p.vms;
@@ -507,6 +554,14 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
         eprintln!(
             "fvm-bench: scale: {} is {}, {n} VMs need {}",
             l.name, l.value, l.need
+        );
+    }
+    let room = NeighbourRoom::make(n)?;
+    let neighbours_raised = room.as_ref().map(|(r, new)| (r.old, *new));
+    if let Some((old, new)) = neighbours_raised {
+        eprintln!(
+            "fvm-bench: scale: neighbour table thresholds raised for the run from {}/{} to {}/{} (gc_thresh2/3)",
+            old.0, old.1, new.0, new.1
         );
     }
     let meminfo = fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
@@ -533,6 +588,7 @@ pub fn measure(store: &Store, p: &Params) -> Result<ScaleBench> {
         mem_total_kib: meminfo_kib(&meminfo, "MemTotal").context("MemTotal in /proc/meminfo")?,
         vms: n,
         limits,
+        neighbours_raised,
         ..ScaleBench::default()
     };
     let names = names(n);
@@ -777,8 +833,19 @@ pub fn render(b: &ScaleBench, invocation: &str, date: &str, kernel: &str, store:
          the bridge was left (checked); {} of {n} veths were there while they ran (checked)\n\
          - only with `--scale-only`: not part of a full run (`--scale-vms N` sets the number \
          of VMs)\n\
-         - measuring this section took {:.0} s\n",
-        b.cpus, b.bridge, b.subnet, b.veths, b.took_s
+         - measuring this section took {:.0} s\n{}",
+        b.cpus,
+        b.bridge,
+        b.subnet,
+        b.veths,
+        b.took_s,
+        b.neighbours_raised
+            .map_or(String::new(), |(old, new)| format!(
+                "- the host's IPv4 neighbour table was too small for every VM to answer (the \
+             limits below): `net.ipv4.neigh.default.gc_thresh2` and `gc_thresh3` were raised \
+             for the run from {} and {} to {} and {}, and put back afterwards\n",
+                old.0, old.1, new.0, new.1
+            ))
     );
     let _ = writeln!(
         s,
@@ -1050,6 +1117,7 @@ mod tests {
                     enough: None,
                 },
             ],
+            neighbours_raised: None,
             took_s: 300.0,
         };
         let md = render(&b, "bench/run --scale-only", "d", "k", "s");
