@@ -121,6 +121,16 @@ impl TestStore {
     #[track_caller]
     pub fn start(&self, name: &str) {
         self.fvm(&["start", name]).ok();
+        // The VM's init writes its first services status (`logs/services.json`,
+        // by a temp and a rename) just after `start` returns: give it up to 2 s,
+        // so that a snapshot taken next doesn't catch the temp.
+        let logs = self.root.join("vms").join(name).join("logs");
+        for _ in 0..200 {
+            if logs.join("services.json").exists() && !logs.join(".services.json.tmp").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     #[track_caller]
