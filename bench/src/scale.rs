@@ -347,20 +347,8 @@ fn veths_present(store_id: &str, names: &[String]) -> usize {
         .count()
 }
 
-/// The host-side veth of VM `name` of store `store_id`, as the engine's
-/// `net::veth_name` names it: `fvm` and 11 hex digits of an FNV-1a hash (64
-/// bits) of both, mixed.
-pub fn veth_name(store_id: &str, name: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in store_id.bytes().chain([b'/']).chain(name.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    format!("fvm{:011x}", h >> 20)
-}
+/// The host-side veth of VM `name` of store `store_id`: the engine names it.
+pub use fvm_engine::net::veth_name;
 
 /// What the store's VMs' memory cgroups are charged, summed, and how many there
 /// are: `memory.usage_in_bytes` (cgroup v1), else `memory.current` (v2).

@@ -159,14 +159,4 @@ pub fn cgroup_dirs_matching(needle: &str) -> Vec<PathBuf> {
 }
 
 /// Whether someone holds an flock on the file `path` (false if it is missing).
-pub fn is_locked(path: &Path) -> bool {
-    use rustix::fs::{FlockOperation, Mode, OFlags};
-    let Ok(fd) = rustix::fs::open(
-        path,
-        OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return false;
-    };
-    rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared).is_err()
-}
+pub use fvm_engine::os::files::is_locked;

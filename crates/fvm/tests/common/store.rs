@@ -334,22 +334,13 @@ impl TestStore {
     /// `vms/`: a cold `fvm run` returns while a process of its own still cleans
     /// up after the VM (and deletes a throw-away one) under the VM's lock.
     pub fn wait_for_vm_locks(&self, timeout: Duration) {
-        use rustix::fs::{FlockOperation, Mode, OFlags};
         let start = Instant::now();
         let Ok(entries) = std::fs::read_dir(self.root.join("vms")) else {
             return;
         };
         for e in entries.flatten() {
-            let Ok(fd) = rustix::fs::open(
-                e.path().join("lock"),
-                OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::empty(),
-            ) else {
-                continue;
-            };
-            while rustix::fs::flock(&fd, FlockOperation::NonBlockingLockShared).is_err()
-                && start.elapsed() < timeout
-            {
+            let lock = e.path().join("lock");
+            while super::is_locked(&lock) && start.elapsed() < timeout {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
